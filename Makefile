@@ -1,0 +1,39 @@
+# The two set-up commands (see README): `make demo` and `make test`.
+# Both install what a fresh Debian 12 machine needs (as root), then run.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
+          iproute2 mininet bridge-utils python3-venv
+
+.PHONY: demo test unit integration deps venv clean
+
+demo: $(STAMP)
+	$(VENV)/bin/nvctl demo
+
+test: $(STAMP)
+	$(PY) -m pytest -v tests
+
+unit: $(STAMP)
+	$(PY) -m pytest -v -m "not integration" tests
+
+integration: $(STAMP)
+	$(PY) -m pytest -v -m integration tests
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+clean:
+	rm -rf $(VENV) *.egg-info

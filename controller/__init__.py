@@ -1,0 +1,1 @@
+"""nvctl controller: tenant intent -> per-host OpenFlow, kept in sync with each host's OVS."""

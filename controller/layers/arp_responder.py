@@ -1,0 +1,34 @@
+"""ARP responder: requests for a known address on the switch are answered at the
+source host, so ARP never floods the overlay."""
+from __future__ import annotations
+
+from dataplane.match_action import ETH_TYPE_ARP, IN_PORT, Match, Move, Output, SetField
+from controller.layers.base import Layer, TableDecl
+from controller.registers import LOGICAL_SWITCH
+
+ARP_REQUEST, ARP_REPLY = 1, 2
+
+
+class ArpResponder(Layer):
+    name = "arp_responder"
+    id = 3
+    tables = (
+        TableDecl("arp_responder", frozenset({"reg13", "eth_type", "arp_op", "arp_tpa"}),
+                  successors=("@next",), miss="next",
+                  doc="answer ARP for known CAs; anything else goes on"),
+    )
+
+    def tenant_flows(self, t, out):
+        for p in t.tenant.ports:
+            hosts = t.span[p.switch]
+            ls = LOGICAL_SWITCH.m(t.vni[p.switch])
+            ip, mac = str(p.ip), p.mac
+            out.to(hosts, out.flow(
+                "arp_responder", 100,
+                Match.of(**ls, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
+                (Move("eth_src", "eth_dst"), SetField("eth_src", mac),
+                 SetField("arp_op", ARP_REPLY),
+                 Move("arp_sha", "arp_tha"), Move("arp_spa", "arp_tpa"),
+                 SetField("arp_sha", mac), SetField("arp_spa", ip),
+                 Output(IN_PORT)),
+                rule=f"arp {ip} is-at {mac} (port {p.name})"))

@@ -1,0 +1,106 @@
+"""What a policy layer is, and the views of intent it compiles from.
+
+A layer (one module in this package) declares the tables it owns and compiles its part
+of a tenant's intent into those tables only. It is handed an `Emitter` that builds
+flows, stamps them with the layer's cookie id and refuses a flow in a table the layer
+does not own, or one that breaks the table's declared contract.
+
+Successors may name a table or a pipeline symbol, resolved by `controller.pipeline`:
+  @next          the table that follows in pipeline order
+  @egress        the first table of the egress stage
+  @tunnel_entry  where packets that arrived over a tunnel continue
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from dataplane.match_action import Action, Flow, Goto, Match, Pipeline, Resubmit, Table
+from topology.model import Tenant
+
+
+@dataclass(frozen=True)
+class TableDecl:
+    name: str
+    fields: frozenset
+    successors: tuple = ()
+    miss: str = "drop"
+    doc: str = ""
+
+
+class Layer:
+    """Subclass per module: set `name`, `id` (stable: it is in every cookie) and
+    `tables`, and override the compile hooks you need."""
+
+    name: str = ""
+    id: int = 0
+    tables: tuple[TableDecl, ...] = ()
+
+    def tenant_flows(self, t: "TenantView", out: "Emitter") -> None:
+        """Flows for one tenant's intent."""
+
+    def host_flows(self, h: "HostView", out: "Emitter") -> None:
+        """Flows that belong to a host rather than a tenant (e.g. accepting tunnels)."""
+
+
+@dataclass(frozen=True)
+class HostView:
+    name: str
+    pa: str  # provider address (VXLAN endpoint)
+    tunnel_port: int  # ofport of the flow-based VXLAN port on br-int
+    peers: tuple[tuple[str, str], ...]  # (host, PA) of every other host
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """A tenant's intent plus its allocations and placement: all a layer may look at."""
+
+    tenant: Tenant
+    tenant_id: int
+    vni: dict  # switch -> VNI (also its logical_switch register value)
+    port_key: dict  # port -> key within its switch
+    ofport: dict  # port -> ofport on its host's br-int
+    span: dict  # switch -> frozenset of hosts carrying its flows
+    pa: dict  # host -> PA, for every host
+    tunnel_port: int  # ofport of the VXLAN port, the same on every host
+
+
+class Emitter:
+    """Collects one layer's flows per host. Only the layer's own tables are writable."""
+
+    def __init__(self, layer: Layer, pipeline: Pipeline, symbols: dict[str, str],
+                 sink: dict[str, list[Flow]], tenant_id: int = 0):
+        self.layer = layer
+        self.pipeline = pipeline
+        self.symbols = symbols
+        self.sink = sink
+        self.tenant_id = tenant_id
+        self._own = {d.name for d in layer.tables}
+
+    def table(self, name: str) -> Table:
+        """Resolve a table name or symbol (for goto/resubmit targets)."""
+        return self.pipeline[self.symbols.get(name, name)]
+
+    def goto(self, name: str) -> Goto:
+        return Goto(self.table(name))
+
+    def resubmit(self, name: str) -> Resubmit:
+        return Resubmit(self.table(name))
+
+    def flow(self, table: str, priority: int, match: Match, actions: Iterable[Action] = (),
+             rule: str = "") -> Flow:
+        if table not in self._own:
+            raise PermissionError(f"layer {self.layer.name} does not own table {table}")
+        t = self.pipeline[table]
+        f = Flow(t, priority, match, tuple(actions), self.layer.id, self.tenant_id, rule)
+        t.check(f)
+        return f
+
+    def to(self, hosts: Iterable[str], flow: Flow) -> None:
+        """Install `flow` on each of `hosts` (the same immutable object is shared)."""
+        for h in hosts:
+            lst = self.sink.get(h)
+            if lst is None:
+                lst = self.sink[h] = []
+            lst.append(flow)
+

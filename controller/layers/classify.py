@@ -1,0 +1,45 @@
+"""Classify: which logical switch and port a packet belongs to, as it enters br-int.
+
+From a workload's port: in_port -> logical_switch + inport. From the tunnel: only from
+a known provider address, then the VNI -> logical_switch, marked from_tunnel.
+"""
+from __future__ import annotations
+
+from dataplane.match_action import Match
+from controller.layers.base import Layer, TableDecl
+from controller.registers import FROM_TUNNEL, INPORT, LOGICAL_SWITCH
+
+
+class Classify(Layer):
+    name = "classify"
+    id = 1
+    tables = (
+        TableDecl("classify", frozenset({"in_port", "tun_ipv4_src"}),
+                  successors=("@next", "tunnel_vni"),
+                  doc="workload port -> logical switch and port; tunnel -> known PAs only"),
+        TableDecl("tunnel_vni", frozenset({"tunnel_id"}), successors=("@tunnel_entry",),
+                  doc="VNI -> logical switch, for packets from another host"),
+    )
+
+    def tenant_flows(self, t, out):
+        for p in t.tenant.ports:
+            vni = t.vni[p.switch]
+            out.to((p.host,), out.flow(
+                "classify", 100, Match.of(in_port=t.ofport[p.name]),
+                (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("@next")),
+                rule=f"port {p.name}"))
+        for s in t.tenant.switches:
+            hosts = t.span[s.name]
+            if not hosts:
+                continue
+            out.to(hosts, out.flow(
+                "tunnel_vni", 100, Match.of(tunnel_id=t.vni[s.name]),
+                (LOGICAL_SWITCH.load(t.vni[s.name]), FROM_TUNNEL.load(1),
+                 out.goto("@tunnel_entry")),
+                rule=f"switch {s.name} vni {t.vni[s.name]}"))
+
+    def host_flows(self, h, out):
+        for peer, pa in h.peers:
+            out.to((h.name,), out.flow(
+                "classify", 100, Match.of(in_port=h.tunnel_port, tun_ipv4_src=pa),
+                (out.goto("tunnel_vni"),), rule=f"tunnel from {peer}"))

@@ -1,0 +1,57 @@
+"""Encapsulation: deliver the logical output port where it lives.
+
+Local port -> egress stage. Remote port -> VXLAN to its host's PA with the switch's
+VNI. FLOOD -> a copy through egress for every local port, and one tunnel copy to each
+other host of the switch's span. Packets that came from a tunnel are never sent back
+into it (split horizon).
+"""
+from __future__ import annotations
+
+from dataplane.match_action import Match, Output, SetField
+from controller.layers.base import Layer, TableDecl
+from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, LOGICAL_SWITCH, OUTPORT
+
+
+class Encap(Layer):
+    name = "encap"
+    id = 5
+    tables = (
+        TableDecl("dispatch", frozenset({"reg13", "reg15", "reg10"}), successors=("@egress",),
+                  doc="outport -> local egress, VXLAN to the owner's PA, or flood"),
+    )
+
+    def tenant_flows(self, t, out):
+        for s in t.tenant.switches:
+            hosts = t.span[s.name]
+            if not hosts:
+                continue
+            vni = t.vni[s.name]
+            ls = LOGICAL_SWITCH.m(vni)
+            ports = t.tenant.ports_on(s.name)
+            for p in ports:
+                key = OUTPORT.m(t.port_key[p.name])
+                out.to((p.host,), out.flow(
+                    "dispatch", 100, Match.of(**ls, **key), (out.goto("@egress"),),
+                    rule=f"port {p.name} is local"))
+                remote = out.flow(
+                    "dispatch", 100, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
+                    (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]),
+                     Output(t.tunnel_port)),
+                    rule=f"port {p.name} is on {p.host}")
+                out.to((h for h in hosts if h != p.host), remote)
+            flood = OUTPORT.m(FLOOD_PORT_KEY)
+            for h in hosts:
+                local = []
+                for p in ports:
+                    if p.host == h:
+                        local += [OUTPORT.load(t.port_key[p.name]), out.resubmit("@egress")]
+                tunnels = [SetField("tunnel_id", vni)]
+                for other in sorted(hosts - {h}):
+                    tunnels += [SetField("tun_ipv4_dst", t.pa[other]), Output(t.tunnel_port)]
+                out.to((h,), out.flow(
+                    "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)),
+                    local + (tunnels if len(tunnels) > 1 else []),
+                    rule=f"switch {s.name} flood from a local port"))
+                out.to((h,), out.flow(
+                    "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
+                    local, rule=f"switch {s.name} flood from the tunnel"))

@@ -1,0 +1,34 @@
+"""Switching: destination MAC -> logical output port; broadcast and unknown -> FLOOD.
+
+Placement-independent: every host carrying a switch has the same flows here.
+"""
+from __future__ import annotations
+
+from dataplane.match_action import Match
+from controller.layers.base import Layer, TableDecl
+from controller.registers import FLOOD_PORT_KEY, LOGICAL_SWITCH, OUTPORT
+
+
+class Switching(Layer):
+    name = "switching"
+    id = 4
+    tables = (
+        TableDecl("l2_lookup", frozenset({"reg13", "eth_dst"}), successors=("@next",),
+                  doc="dst MAC -> outport; broadcast/unknown -> FLOOD"),
+    )
+
+    def tenant_flows(self, t, out):
+        for s in t.tenant.switches:
+            hosts = t.span[s.name]
+            if not hosts:
+                continue
+            ls = LOGICAL_SWITCH.m(t.vni[s.name])
+            for p in t.tenant.ports_on(s.name):
+                out.to(hosts, out.flow(
+                    "l2_lookup", 100, Match.of(**ls, eth_dst=p.mac),
+                    (OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
+                    rule=f"mac {p.mac} -> port {p.name}"))
+            out.to(hosts, out.flow(
+                "l2_lookup", 10, Match.of(**ls),
+                (OUTPORT.load(FLOOD_PORT_KEY), out.goto("@next")),
+                rule=f"switch {s.name} broadcast/unknown -> flood"))

@@ -1,0 +1,77 @@
+"""The one register map: which register bits carry which logical field.
+
+Every layer that reads or writes pipeline state uses these names, never a raw register.
+Overlaps are refused at import time (as OVN's logical-fields and Faucet's metadata do).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dataplane.match_action import FIELDS, SetField
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    field: str  # "metadata" or "regN"
+    lo: int  # first bit
+    bits: int
+    doc: str
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.bits) - 1) << self.lo
+
+    def match(self, value: int) -> tuple[str, object]:
+        """(field, value-or-(value, mask)) for Match.of(**dict([slot.match(v)]))."""
+        self.check(value)
+        if self.lo == 0 and self.bits == FIELDS[self.field].bits:
+            return self.field, value
+        return self.field, (value << self.lo, self.mask)
+
+    def m(self, value: int) -> dict:
+        """Keyword arguments for Match.of: `Match.of(**OUTPORT.m(3), eth_type=...)`."""
+        return dict([self.match(value)])
+
+    def load(self, value: int) -> SetField:
+        """The action that writes `value` into this slot."""
+        field, v = self.match(value)
+        return SetField(field, v[0], v[1]) if isinstance(v, tuple) else SetField(field, v)
+
+    def check(self, value: int) -> None:
+        if not 0 <= value < (1 << self.bits):
+            raise ValueError(f"{self.name}: {value} does not fit in {self.bits} bits")
+
+
+SLOTS: tuple[Slot, ...] = (
+    Slot("logical_switch", "reg13", 0, 32, "the logical switch (its VNI) the packet is on"),
+    Slot("inport", "reg14", 0, 32, "logical port key (within its switch) the packet came from"),
+    Slot("outport", "reg15", 0, 32, "logical port key chosen by l2_lookup; FLOOD for broadcast"),
+    Slot("from_tunnel", "reg10", 0, 1, "1 when the packet arrived over VXLAN from another host"),
+)
+
+BY_NAME = {s.name: s for s in SLOTS}
+
+FLOOD_PORT_KEY = 0xFFFF  # outport value meaning "every port of the switch"
+MAX_PORT_KEY = FLOOD_PORT_KEY - 1
+
+
+def _check_overlaps(slots) -> None:
+    seen: dict[str, list[Slot]] = {}
+    for s in slots:
+        if s.field not in FIELDS or s.field not in ("metadata",) and not s.field.startswith("reg"):
+            raise ValueError(f"slot {s.name}: {s.field} is not a register or metadata")
+        if s.lo + s.bits > FIELDS[s.field].bits:
+            raise ValueError(f"slot {s.name} overflows {s.field}")
+        for other in seen.get(s.field, []):
+            if other.mask & s.mask:
+                raise ValueError(f"register map: {s.name} overlaps {other.name} in {s.field}")
+        seen.setdefault(s.field, []).append(s)
+
+
+_check_overlaps(SLOTS)
+
+LOGICAL_SWITCH = BY_NAME["logical_switch"]
+INPORT = BY_NAME["inport"]
+OUTPORT = BY_NAME["outport"]
+FROM_TUNNEL = BY_NAME["from_tunnel"]

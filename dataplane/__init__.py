@@ -1,0 +1,1 @@
+"""Match-action values and the strict packet simulator (imports nothing else of ours)."""

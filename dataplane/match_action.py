@@ -1,0 +1,583 @@
+"""Match-action tables as immutable values, and a strict packet simulator.
+
+Everything the compiler produces and the reconciler installs is expressed with the
+values here: `Match`, the `Action` classes, `Flow`, `Table` and `Pipeline`. They are
+frozen, hashable and render to canonical `ovs-ofctl` text; a flow's cookie carries the
+layer and tenant that made it plus a hash of that text, so installed flows can be diffed
+by cookie alone.
+
+`simulate()` runs a packet through a host's flow set the way OVS would (highest
+priority wins, goto / resubmit, outputs snapshot the packet, output to the ingress
+port is dropped) and raises `Unsupported` on anything it does not model, instead of
+guessing.
+
+This module imports nothing else of ours (see STYLE.md: the walls).
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterable, Mapping
+
+# --------------------------------------------------------------------------------------
+# Fields
+# --------------------------------------------------------------------------------------
+
+ETH_TYPE_IP = 0x0800
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str  # our name == the OXM/NXM name os-ken uses
+    kind: str  # "int", "mac" or "ipv4"
+    bits: int
+    ofctl: str  # the name ovs-ofctl prints
+    prereq: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (field, allowed values)
+
+
+def _regs() -> list[FieldSpec]:
+    return [FieldSpec(f"reg{i}", "int", 32, f"reg{i}") for i in range(16)]
+
+
+_IP = (("eth_type", (ETH_TYPE_IP,)),)
+_ARP = (("eth_type", (ETH_TYPE_ARP,)),)
+
+FIELDS: dict[str, FieldSpec] = {
+    f.name: f
+    for f in [
+        FieldSpec("in_port", "int", 32, "in_port"),
+        FieldSpec("metadata", "int", 64, "metadata"),
+        FieldSpec("eth_src", "mac", 48, "dl_src"),
+        FieldSpec("eth_dst", "mac", 48, "dl_dst"),
+        FieldSpec("eth_type", "int", 16, "dl_type"),
+        FieldSpec("arp_op", "int", 16, "arp_op", _ARP),
+        FieldSpec("arp_spa", "ipv4", 32, "arp_spa", _ARP),
+        FieldSpec("arp_tpa", "ipv4", 32, "arp_tpa", _ARP),
+        FieldSpec("arp_sha", "mac", 48, "arp_sha", _ARP),
+        FieldSpec("arp_tha", "mac", 48, "arp_tha", _ARP),
+        FieldSpec("ipv4_src", "ipv4", 32, "nw_src", _IP),
+        FieldSpec("ipv4_dst", "ipv4", 32, "nw_dst", _IP),
+        FieldSpec("ip_proto", "int", 8, "nw_proto", _IP),
+        FieldSpec("tunnel_id", "int", 64, "tun_id"),
+        FieldSpec("tun_ipv4_src", "ipv4", 32, "tun_src"),
+        FieldSpec("tun_ipv4_dst", "ipv4", 32, "tun_dst"),
+        *_regs(),
+    ]
+}
+
+
+class Unsupported(Exception):
+    """The simulator met something it does not model; it refuses to guess."""
+
+
+def _norm_value(spec: FieldSpec, value):
+    if spec.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{spec.name}: expected an integer, got {value!r}")
+        if value < 0 or value >= 1 << spec.bits:
+            raise ValueError(f"{spec.name}: {value} does not fit in {spec.bits} bits")
+        return value
+    if spec.kind == "mac":
+        text = str(value).lower()
+        parts = text.split(":")
+        if len(parts) != 6 or not all(len(p) == 2 and int(p, 16) >= 0 for p in parts):
+            raise ValueError(f"{spec.name}: bad MAC {value!r}")
+        return text
+    if spec.kind == "ipv4":
+        return str(ipaddress.IPv4Address(value))
+    raise AssertionError(spec.kind)
+
+
+_DECIMAL = {"in_port", "arp_op", "ip_proto"}
+
+
+def _value_int(spec: FieldSpec, value) -> int:
+    if spec.kind == "int":
+        return value
+    if spec.kind == "mac":
+        return int(value.replace(":", ""), 16)
+    return int(ipaddress.IPv4Address(value))
+
+
+def _fmt_value(spec: FieldSpec, value, mask) -> str:
+    if spec.kind == "int":
+        if mask is not None:
+            return f"{value:#x}/{mask:#x}"
+        return str(value) if spec.name in _DECIMAL or value < 10 else f"{value:#x}"
+    if mask is None:
+        return str(value)
+    if spec.kind == "ipv4":
+        m = ipaddress.IPv4Address(mask)
+        net = ipaddress.IPv4Network(f"0.0.0.0/{m}")
+        return f"{value}/{net.prefixlen}"
+    return f"{value}/{mask}"
+
+
+# --------------------------------------------------------------------------------------
+# Match
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Match:
+    """A conjunction of field tests. `items` is sorted (field, value, mask) triples.
+
+    Build with `Match.of(in_port=3, eth_type=0x806, reg9=(1, 1),
+    ipv4_src="10.0.0.0/24")`; a mask is given as a (value, mask) pair, an IPv4 prefix
+    as "a.b.c.d/len". OpenFlow prerequisites (eth_type before arp_* or ipv4_*) are
+    checked, as OVS would.
+    """
+
+    items: tuple = ()
+
+    @staticmethod
+    def of(**fields) -> "Match":
+        items = []
+        for name, raw in fields.items():
+            spec = FIELDS.get(name)
+            if spec is None:
+                raise ValueError(f"unknown match field {name!r}")
+            mask = None
+            if isinstance(raw, tuple):
+                raw, mask = raw
+            elif spec.kind == "ipv4" and isinstance(raw, str) and "/" in raw:
+                net = ipaddress.IPv4Network(raw, strict=True)
+                if net.prefixlen < 32:
+                    raw, mask = str(net.network_address), int(net.netmask)
+                else:
+                    raw = str(net.network_address)
+            value = _norm_value(spec, raw)
+            if mask is not None:
+                mask = _norm_mask(spec, mask)
+                if _value_int(spec, value) & ~_mask_int(spec, mask):
+                    raise ValueError(f"{name}: value {raw} has bits outside mask {mask}")
+            items.append((name, value, mask))
+        items.sort(key=lambda t: t[0])
+        match = Match(tuple(items))
+        match._check_prereqs()
+        return match
+
+    def _check_prereqs(self):
+        present = {name: value for name, value, _ in self.items}
+        for name in present:
+            for pre, allowed in FIELDS[name].prereq:
+                if present.get(pre) not in allowed:
+                    raise ValueError(f"match on {name} needs {pre} in {[hex(a) for a in allowed]}")
+
+    def get(self, name):
+        for n, v, m in self.items:
+            if n == name:
+                return v if m is None else (v, m)
+        return None
+
+    def fields(self) -> set[str]:
+        return {n for n, _, _ in self.items}
+
+    def matches(self, packet: Mapping) -> bool:
+        for name, value, mask in self.items:
+            have = packet.get(name)
+            if have is None:
+                return False
+            spec = FIELDS[name]
+            if mask is None:
+                if have != value:
+                    return False
+            else:
+                m = _mask_int(spec, mask)
+                if _value_int(spec, have) & m != _value_int(spec, value) & m:
+                    return False
+        return True
+
+    def ofctl(self) -> str:
+        return ",".join(f"{FIELDS[n].ofctl}={_fmt_value(FIELDS[n], v, m)}" for n, v, m in self.items)
+
+
+def _norm_mask(spec: FieldSpec, mask):
+    if spec.kind == "int":
+        return _norm_value(spec, mask)
+    if spec.kind == "ipv4":
+        return str(ipaddress.IPv4Address(mask))
+    return _norm_value(spec, mask)
+
+
+def _mask_int(spec: FieldSpec, mask) -> int:
+    return _value_int(spec, mask)
+
+
+# --------------------------------------------------------------------------------------
+# Actions
+# --------------------------------------------------------------------------------------
+
+IN_PORT = "in_port"  # Output(IN_PORT) sends back out of the ingress port
+
+
+class Action:
+    """Base of all actions. Subclasses are frozen dataclasses with an `ofctl()`."""
+
+    def ofctl(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Output(Action):
+    port: int | str
+
+    def ofctl(self):
+        return "IN_PORT" if self.port == IN_PORT else f"output:{self.port}"
+
+
+@dataclass(frozen=True)
+class SetField(Action):
+    """Set a whole field (or, with `mask`, some of its bits) to a value."""
+
+    field: str
+    value: object
+    mask: int | None = None
+
+    def __post_init__(self):
+        spec = FIELDS.get(self.field)
+        if spec is None:
+            raise ValueError(f"unknown field {self.field!r}")
+        object.__setattr__(self, "value", _norm_value(spec, self.value))
+        if self.mask is not None and spec.kind != "int":
+            raise ValueError("masked set only on integer fields")
+
+    def bit_range(self) -> tuple[int, int]:
+        """(first bit, last bit) covered by a contiguous mask."""
+        m = self.mask
+        lo = (m & -m).bit_length() - 1
+        hi = m.bit_length() - 1
+        if m != ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1):
+            raise ValueError(f"mask {m:#x} on {self.field} is not contiguous")
+        return lo, hi
+
+    def ofctl(self):
+        spec = FIELDS[self.field]
+        if self.mask is None:
+            return f"set_field:{_fmt_value(spec, self.value, None)}->{spec.ofctl}"
+        lo, hi = self.bit_range()
+        return f"load:{self.value >> lo:#x}->NXM_NX_{spec.ofctl.upper()}[{lo}..{hi}]"
+
+
+@dataclass(frozen=True)
+class Move(Action):
+    """Copy a whole field into another of the same width (NXAST_REG_MOVE)."""
+
+    src: str
+    dst: str
+
+    def __post_init__(self):
+        a, b = FIELDS[self.src], FIELDS[self.dst]
+        if a.bits != b.bits:
+            raise ValueError(f"move {self.src}->{self.dst}: widths differ")
+
+    def ofctl(self):
+        return f"move:{_nxm(self.src)}[]->{_nxm(self.dst)}[]"
+
+
+_NXM_NAMES = {
+    "eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
+    "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
+    "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
+    "ipv4_src": "NXM_OF_IP_SRC", "ipv4_dst": "NXM_OF_IP_DST",
+}
+
+
+def _nxm(name: str) -> str:
+    if name.startswith("reg"):
+        return f"NXM_NX_{name.upper()}"
+    return _NXM_NAMES[name]
+
+
+@dataclass(frozen=True)
+class Resubmit(Action):
+    table: "Table"
+
+    def ofctl(self):
+        return f"resubmit(,{self.table.number})"
+
+
+@dataclass(frozen=True)
+class Goto(Action):
+    """goto_table; must be the last action, and only to a later table (OpenFlow 1.3)."""
+
+    table: "Table"
+
+    def ofctl(self):
+        return f"goto_table:{self.table.number}"
+
+
+# --------------------------------------------------------------------------------------
+# Tables and the pipeline
+# --------------------------------------------------------------------------------------
+
+
+class ContractError(ValueError):
+    """A flow broke its table's declared contract."""
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """A named table: the match fields it accepts, where it may go, what a miss does.
+
+    `miss` is "drop" or "next" (continue with the following table in the pipeline).
+    The number is assigned by the Pipeline; code and output use the name.
+    """
+
+    name: str
+    fields: frozenset
+    successors: tuple = ()  # names of tables this table may goto / resubmit to
+    miss: str = "drop"
+    number: int = -1
+    layer: str = ""
+
+    def __repr__(self):
+        return f"Table({self.name}#{self.number})"
+
+    def check(self, flow: "Flow") -> None:
+        extra = flow.match.fields() - self.fields
+        if extra:
+            raise ContractError(f"table {self.name}: match on undeclared field(s) {sorted(extra)}")
+        for i, act in enumerate(flow.actions):
+            if isinstance(act, (Goto, Resubmit)):
+                if act.table.name not in self.successors:
+                    raise ContractError(
+                        f"table {self.name}: {type(act).__name__.lower()} to {act.table.name} "
+                        f"is not a declared successor {list(self.successors)}")
+            if isinstance(act, Goto):
+                if i != len(flow.actions) - 1:
+                    raise ContractError(f"table {self.name}: goto must be the last action")
+                if act.table.number <= self.number:
+                    raise ContractError(f"table {self.name}: goto {act.table.name} goes backwards")
+
+
+class Pipeline:
+    """An ordered list of tables; numbers are their positions."""
+
+    def __init__(self, tables: Iterable[Table]):
+        self.tables: list[Table] = []
+        self.by_name: dict[str, Table] = {}
+        for i, t in enumerate(tables):
+            if t.name in self.by_name:
+                raise ValueError(f"duplicate table {t.name}")
+            object.__setattr__(t, "number", i)
+            self.tables.append(t)
+            self.by_name[t.name] = t
+        for t in self.tables:
+            for s in t.successors:
+                if s not in self.by_name:
+                    raise ValueError(f"table {t.name}: unknown successor {s}")
+            if t.miss not in ("drop", "next"):
+                raise ValueError(f"table {t.name}: miss must be drop or next")
+        self.by_number = {t.number: t for t in self.tables}
+
+    def __getitem__(self, name: str) -> Table:
+        return self.by_name[name]
+
+    def next_of(self, table: Table) -> Table | None:
+        return self.by_number.get(table.number + 1)
+
+
+# --------------------------------------------------------------------------------------
+# Flows and cookies
+# --------------------------------------------------------------------------------------
+
+COOKIE_LAYER_SHIFT = 56  # bits 63..56: layer id
+COOKIE_TENANT_SHIFT = 36  # bits 55..36: tenant id (0 = infrastructure)
+COOKIE_TENANT_MAX = (1 << 20) - 1
+COOKIE_HASH_MASK = (1 << 36) - 1  # bits 35..0: hash of the flow's canonical text
+
+
+def cookie_layer(cookie: int) -> int:
+    return cookie >> COOKIE_LAYER_SHIFT
+
+
+def cookie_tenant(cookie: int) -> int:
+    return (cookie >> COOKIE_TENANT_SHIFT) & COOKIE_TENANT_MAX
+
+
+@dataclass(frozen=True, eq=False)
+class Flow:
+    """One OpenFlow rule. Equality is by canonical text (which includes the cookie's
+    layer and tenant): two flows that would be installed identically are equal.
+
+    `rule` says which piece of intent made the flow ("port vm1", "switch web flood"),
+    for `nvctl flows`, traces and error messages; it is not installed.
+    """
+
+    table: Table
+    priority: int
+    match: Match
+    actions: tuple = ()
+    layer_id: int = 0
+    tenant_id: int = 0
+    rule: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if not 0 <= self.priority <= 0xFFFF:
+            raise ValueError(f"priority {self.priority} out of range")
+        if not 0 <= self.tenant_id <= COOKIE_TENANT_MAX:
+            raise ValueError(f"tenant id {self.tenant_id} out of range")
+
+    @cached_property
+    def body(self) -> str:
+        """Canonical text without cookie: table, priority, match, actions."""
+        acts = ",".join(a.ofctl() for a in self.actions) or "drop"
+        m = self.match.ofctl()
+        return f"table={self.table.number},priority={self.priority}{',' + m if m else ''},actions={acts}"
+
+    @cached_property
+    def cookie(self) -> int:
+        digest = hashlib.blake2b(self.body.encode(), digest_size=8).digest()
+        h = int.from_bytes(digest, "big") & COOKIE_HASH_MASK
+        return (self.layer_id << COOKIE_LAYER_SHIFT) | (self.tenant_id << COOKIE_TENANT_SHIFT) | h
+
+    def ofctl(self) -> str:
+        """A line `ovs-ofctl add-flows` accepts."""
+        return f"cookie={self.cookie:#x},{self.body}"
+
+    def __eq__(self, other):
+        return isinstance(other, Flow) and self.cookie == other.cookie and self.body == other.body
+
+    def __hash__(self):
+        return hash(self.cookie)
+
+
+def flows_by_cookie(flows: Iterable[Flow]) -> dict[int, Flow]:
+    """Index a host's flows by cookie; two different flows with one cookie is an error
+    (a 36-bit hash collision within one layer and tenant on one host, or a compiler bug)."""
+    out: dict[int, Flow] = {}
+    for f in flows:
+        old = out.get(f.cookie)
+        if old is not None and old.body != f.body:
+            raise ValueError(f"cookie collision {f.cookie:#x}: {old.body!r} vs {f.body!r}")
+        out[f.cookie] = f
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Simulator
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Emitted:
+    """A packet leaving the bridge: the port and the packet's fields at that moment."""
+
+    port: int
+    packet: dict
+
+
+@dataclass
+class Hop:
+    table: str
+    flow: Flow | None  # None: table miss
+
+
+@dataclass
+class Fate:
+    outputs: list[Emitted] = field(default_factory=list)
+    path: list[Hop] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> bool:
+        return not self.outputs
+
+    def ports(self) -> list[int]:
+        return [e.port for e in self.outputs]
+
+    def decided_by(self) -> Flow | None:
+        """The last flow that acted on the packet (the one that dropped it, if it was)."""
+        for hop in reversed(self.path):
+            if hop.flow is not None:
+                return hop.flow
+        return None
+
+
+MAX_RESUBMIT_DEPTH = 64
+
+
+class Simulator:
+    """Runs packets through one host's flow set. Strict: unknown actions raise."""
+
+    def __init__(self, pipeline: Pipeline, flows: Iterable[Flow]):
+        self.pipeline = pipeline
+        self.by_table: dict[int, list[Flow]] = {}
+        for f in flows:
+            self.by_table.setdefault(f.table.number, []).append(f)
+        for lst in self.by_table.values():
+            lst.sort(key=lambda f: -f.priority)
+
+    def lookup(self, table_no: int, pkt: Mapping) -> Flow | None:
+        best = None
+        for f in self.by_table.get(table_no, ()):
+            if best is not None and f.priority < best.priority:
+                break
+            if f.match.matches(pkt):
+                if best is not None:
+                    raise Unsupported(
+                        f"table {f.table.name}: two flows of priority {f.priority} match: "
+                        f"{best.body} / {f.body}")
+                best = f
+        return best
+
+    def run(self, packet: Mapping, in_port: int) -> Fate:
+        pkt = {k: v for k, v in packet.items() if v is not None}
+        for name in pkt:
+            if name not in FIELDS:
+                raise Unsupported(f"packet field {name!r} is not modelled")
+        for r in range(16):
+            pkt.setdefault(f"reg{r}", 0)
+        pkt.setdefault("metadata", 0)
+        pkt["in_port"] = in_port
+        fate = Fate()
+        self._table(0, pkt, fate, 0)
+        return fate
+
+    def _table(self, table_no: int, pkt: dict, fate: Fate, depth: int) -> None:
+        if depth > MAX_RESUBMIT_DEPTH:
+            raise Unsupported("resubmit depth exceeded (a loop?)")
+        table = self.pipeline.by_number.get(table_no)
+        if table is None:
+            raise Unsupported(f"no table number {table_no}")
+        flow = self.lookup(table_no, pkt)
+        fate.path.append(Hop(table.name, flow))
+        if flow is None:
+            return  # OpenFlow 1.3 table miss without a miss flow: drop
+        for act in flow.actions:
+            if isinstance(act, Output):
+                port = pkt["in_port"] if act.port == IN_PORT else act.port
+                if act.port != IN_PORT and port == pkt["in_port"]:
+                    continue  # OVS drops output to the ingress port
+                fate.outputs.append(Emitted(port, _visible(pkt)))
+            elif isinstance(act, SetField):
+                if act.mask is None:
+                    pkt[act.field] = act.value
+                else:
+                    old = pkt.get(act.field, 0)
+                    pkt[act.field] = (old & ~act.mask) | (act.value & act.mask)
+            elif isinstance(act, Move):
+                if act.src not in pkt:
+                    raise Unsupported(f"move from absent field {act.src}")
+                pkt[act.dst] = pkt[act.src]
+            elif isinstance(act, Resubmit):
+                # OVS keeps whatever the resubmitted tables changed; so do we.
+                self._table(act.table.number, pkt, fate, depth + 1)
+            elif isinstance(act, Goto):
+                self._table(act.table.number, pkt, fate, depth + 1)
+            else:
+                raise Unsupported(f"action {act!r} is not modelled")
+
+
+def _visible(pkt: Mapping) -> dict:
+    """The packet as it would be seen leaving: headers and tunnel metadata, no registers."""
+    return {k: v for k, v in pkt.items() if not k.startswith("reg") and k not in ("metadata", "in_port")}
+
+
+def simulate(pipeline: Pipeline, flows: Iterable[Flow], packet: Mapping, in_port: int) -> Fate:
+    return Simulator(pipeline, flows).run(packet, in_port)

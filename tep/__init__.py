@@ -1,0 +1,1 @@
+"""tep package."""

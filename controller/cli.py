@@ -1,0 +1,294 @@
+"""nvctl: the command line of the nvctl network virtualization platform.
+
+Typical session (as root):
+
+  nvctl lab up --hosts 3              # 3 simulated hypervisors + the controller
+  nvctl tenant create -f examples/blue.yaml
+  nvctl exec blue/vm1 -- ping -c 3 10.0.0.12
+  nvctl flows hv1                     # that host's OpenFlow rules, by table name
+  nvctl tenant show blue              # where each port is, whether flows are installed
+  nvctl lab down                      # removes everything the lab made
+
+Every command takes --state-dir (or NVCTL_STATE_DIR; default /var/lib/nvctl): the lab,
+its controller and its store live there, so several labs can run side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from controller.api import ApiClientError, call
+from scenarios.lab import Lab, LabError, state_dir_from
+
+
+def _api(args) -> str:
+    return os.path.join(state_dir_from(args.state_dir), "nvctl.sock")
+
+
+def _read_file(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"nvctl: cannot read {path}: {e.strerror}")
+
+
+def _print(obj, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+# lab ---------------------------------------------------------------------------------
+
+def cmd_lab_up(a):
+    lab = Lab(a.state_dir)
+    lab.up(hosts=a.hosts)
+    _lab_status(lab, a.json)
+
+
+def cmd_lab_status(a):
+    _lab_status(Lab(a.state_dir), a.json)
+
+
+def _lab_status(lab: Lab, as_json: bool):
+    st = lab.status()
+    if as_json:
+        return _print(st, True)
+    print(f"lab: {st['status']}   state: {st['state_dir']}")
+    if st["status"] == "down":
+        return
+    c = st["controller"]
+    print(f"controller: {'running' if c['alive'] else 'NOT RUNNING'} (pid {c['pid']}) "
+          f"in netns {lab.ctl_ns}{'  ' + c['error'] if c.get('error') else ''}")
+    print(f"{'HOST':6} {'NETNS':14} {'PA':14} {'OVS':5} {'OPENFLOW':10} {'FLOWS':>6}  SYNC")
+    for h in st["hosts"]:
+        conn = "connected" if h.get("connected") else "down"
+        sync = "in sync" if h.get("in_sync") else (h.get("error") or "pending")
+        print(f"{h['name']:6} {h['netns']:14} {h.get('pa', '?'):14} "
+              f"{'up' if h['vswitchd_alive'] else 'DOWN':5} {conn:10} {h.get('flows_desired', '-'):>6}  {sync}")
+
+
+def cmd_lab_down(a):
+    Lab(a.state_dir).down()
+
+
+def cmd_controller(a):
+    lab = Lab(a.state_dir)
+    if lab.manifest() is None:
+        raise LabError(f"no lab in {lab.dir}")
+    if a.action in ("stop", "restart"):
+        lab.stop_controller()
+        print("controller stopped")
+    if a.action in ("start", "restart"):
+        pid = lab.start_controller()
+        lab.wait_synced()
+        print(f"controller running (pid {pid}); all hosts connected and in sync")
+
+
+# tenants -----------------------------------------------------------------------------
+
+def _report_change(r: dict, as_json: bool):
+    if as_json:
+        return _print(r, True)
+    print(f"tenant {r['tenant']} {r['action']}")
+    for h, what in r["hosts"].items():
+        print(f"  {h}: {what}")
+    for e in r.get("attach_errors", []):
+        print(f"  warning: {e}")
+
+
+def cmd_tenant_create(a):
+    _report_change(call(_api(a), "tenant.create", yaml=_read_file(a.file)), a.json)
+
+
+def cmd_tenant_apply(a):
+    _report_change(call(_api(a), "tenant.apply", yaml=_read_file(a.file)), a.json)
+
+
+def cmd_tenant_validate(a):
+    r = call(_api(a), "tenant.validate", yaml=_read_file(a.file))
+    if a.json:
+        return _print(r, True)
+    print(f"tenant {r['tenant']} is valid: {r['switches']} switches, {r['ports']} ports")
+
+
+def cmd_tenant_delete(a):
+    _report_change(call(_api(a), "tenant.delete", name=a.name), a.json)
+
+
+def cmd_tenant_list(a):
+    rows = call(_api(a), "tenant.list")
+    if a.json:
+        return _print(rows, True)
+    print(f"{'NAME':20} {'ID':>5} {'SWITCHES':>8} {'PORTS':>6} {'REV':>4}")
+    for r in rows:
+        print(f"{r['name']:20} {r['tenant_id']:>5} {r['switches']:>8} {r['ports']:>6} {r['revision']:>4}")
+
+
+def cmd_tenant_show(a):
+    r = call(_api(a), "tenant.show", name=a.name)
+    if a.json:
+        return _print(r, True)
+    import yaml
+    print(yaml.safe_dump(r["spec"], sort_keys=False).rstrip())
+    print("status:")
+    print(f"  revision: {r['revision']}   tenant id: {r['ids']['tenant_id']}   "
+          f"VNIs: {', '.join(f'{k}={v}' for k, v in r['ids']['vni'].items())}")
+    print(f"  {'PORT':12} {'HOST':6} {'OFPORT':>6} {'STATE':6} NAMESPACE")
+    for p in r["ports"]:
+        print(f"  {p['name']:12} {p['host']:6} {p['ofport']:>6} {'up' if p['up'] else 'DOWN':6} {p['namespace'] or '-'}")
+    print(f"  {'HOST':6} {'FLOWS':>6} INSTALLED")
+    for h, s in r["hosts"].items():
+        print(f"  {h:6} {s['flows']:>6} {'yes' if s['installed'] else 'NO'}{'  ' + s['note'] if s.get('note') else ''}")
+
+
+# flows, exec ---------------------------------------------------------------------------
+
+def cmd_flows(a):
+    r = call(_api(a), "flows", host=a.host)
+    if a.json:
+        return _print(r, True)
+    table = None
+    for f in r["flows"]:
+        if a.tenant and f["tenant"] != a.tenant:
+            continue
+        if f["table"] != table:
+            table = f["table"]
+            print(f"# {table} (layer {f['layer']})")
+        mark = {True: " ", False: "!", None: "?"}[f["installed"]]
+        who = f"{f['tenant']}: " if f["tenant"] else ""
+        print(f"{mark} {f['flow']}   # {who}{f['rule']}")
+    missing = sum(1 for f in r["flows"] if f["installed"] is False)
+    print(f"# {len(r['flows'])} flows desired on {a.host}; "
+          + ("host not connected, installed state unknown" if not r["connected"] else
+             f"{missing} missing (!), {len(r['unexpected'])} unexpected on the switch"))
+    for u in r["unexpected"]:
+        print(f"# unexpected: cookie={u['cookie']} table={u['table']} layer={u['layer']}")
+
+
+def cmd_exec(a):
+    if "/" not in a.target:
+        raise SystemExit("nvctl exec: give the workload as TENANT/PORT, e.g. blue/vm1")
+    tenant, port = a.target.split("/", 1)
+    info = call(_api(a), "port.info", tenant=tenant, port=port)
+    if not info["namespace"]:
+        raise SystemExit(f"nvctl exec: {a.target} is on {info['host']}, which is not a lab host")
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    if not cmd:
+        raise SystemExit("nvctl exec: no command given (nvctl exec TENANT/PORT -- CMD ...)")
+    os.execvp("ip", ["ip", "netns", "exec", info["namespace"], *cmd])
+
+
+def cmd_hosts(a):
+    rows = call(_api(a), "host.list")
+    if a.json:
+        return _print(rows, True)
+    print(f"{'HOST':8} {'PA':14} {'DPID':18} {'OPENFLOW':10} {'FLOWS':>6} {'MODS SENT':>9}  SYNC")
+    for h in rows:
+        print(f"{h['name']:8} {h['pa']:14} {h['dpid']:18} {'connected' if h['connected'] else 'down':10} "
+              f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  {'in sync' if h['in_sync'] else h['error'] or 'pending'}")
+
+
+def cmd_demo(a):
+    from scenarios.demo import run_demo
+    sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
+
+
+# parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: an option given before the subcommand is not overwritten by its default
+    common.add_argument("--state-dir", default=argparse.SUPPRESS,
+                        help="lab and controller state (env NVCTL_STATE_DIR; default /var/lib/nvctl)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    ap = argparse.ArgumentParser(prog="nvctl", description=__doc__, parents=[common],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lab = sub.add_parser("lab", help="the embedded lab of simulated hypervisors", parents=[common],
+                         description="Simulated hypervisors on this machine: each a network namespace "
+                                     "with its own Open vSwitch, VXLAN between provider addresses.")
+    ls = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ls.add_parser("up", help="create hosts hv1..hvN and start the controller", parents=[common])
+    p.add_argument("--hosts", type=int, default=3, help="number of hypervisors (default 3)")
+    p.set_defaults(fn=cmd_lab_up)
+    ls.add_parser("status", help="processes, connections and flow sync per host",
+                  parents=[common]).set_defaults(fn=cmd_lab_status)
+    ls.add_parser("down", help="remove every namespace, link, process and file the lab made",
+                  parents=[common]).set_defaults(fn=cmd_lab_down)
+
+    c = sub.add_parser("controller", help="stop, start or restart the lab's controller", parents=[common])
+    c.add_argument("action", choices=["start", "stop", "restart"])
+    c.set_defaults(fn=cmd_controller)
+
+    t = sub.add_parser("tenant", help="create, change, inspect and delete tenants", parents=[common],
+                       description="Tenants are YAML documents (apiVersion nvctl/v1, kind Tenant); "
+                                   "see README.md for the reference. Invalid documents change nothing.")
+    ts = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, fn, hlp in (("create", cmd_tenant_create, "create a tenant (fails if it exists)"),
+                          ("apply", cmd_tenant_apply, "create or update a tenant in place"),
+                          ("validate", cmd_tenant_validate, "check a document without applying it")):
+        p = ts.add_parser(name, help=hlp, parents=[common])
+        p.add_argument("-f", "--file", required=True, help="tenant YAML file ('-' for stdin)")
+        p.set_defaults(fn=fn)
+    ts.add_parser("list", help="all tenants", parents=[common]).set_defaults(fn=cmd_tenant_list)
+    p = ts.add_parser("show", help="spec plus status: port placement, flows installed per host",
+                      parents=[common])
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_tenant_show)
+    p = ts.add_parser("delete", help="delete a tenant: its flows and workloads go", parents=[common])
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_tenant_delete)
+
+    p = sub.add_parser("flows", help="a host's flows by table name, checked against the switch",
+                       parents=[common])
+    p.add_argument("host")
+    p.add_argument("--tenant", help="only this tenant's flows")
+    p.set_defaults(fn=cmd_flows)
+
+    p = sub.add_parser("exec", help="run a command inside a workload: nvctl exec blue/vm1 -- ping 10.0.0.12",
+                       parents=[common])
+    p.add_argument("target", metavar="TENANT/PORT")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_exec)
+
+    sub.add_parser("hosts", help="registered hosts and their OpenFlow state",
+                   parents=[common]).set_defaults(fn=cmd_hosts)
+
+    p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
+                       parents=[common])
+    p.add_argument("--hosts", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    a.state_dir = getattr(a, "state_dir", None)
+    a.json = getattr(a, "json", False)
+    try:
+        a.fn(a)
+    except ApiClientError as e:
+        print(f"nvctl: {e}", file=sys.stderr)
+        for path, reason in e.errors:
+            print(f"  {path}: {reason}" if path else f"  {reason}", file=sys.stderr)
+        return 1
+    except LabError as e:
+        print(f"nvctl: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into head and closed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""The controller core: desired state, compilation, and keeping every host in sync.
+
+Intent changes (`create`, `apply`, `delete`) are serialized by one mutex. Each one:
+validates (nothing changes if anything is wrong), allocates, recompiles only the tenant
+that changed, persists in one store transaction, attaches or detaches workloads, and
+then reconciles the hosts whose flow sets changed. Reconciling a host reads its
+installed cookies once per connection, diffs them against the desired set and sends
+only the difference in one atomic bundle; with nothing changed it sends nothing.
+
+The core never imports os-ken: it talks to a `Session` (see ofadapter) per switch.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dataplane.match_action import Flow, cookie_layer, cookie_tenant
+from topology import schema
+from topology.model import Tenant
+from controller.allocator import Allocation, InUse, allocate
+from controller.compiler import Host, compile_host, compile_tenant
+from controller.pipeline import LAYER_BY_ID, PIPELINE
+from controller.store import HostRecord, Store
+from tep.driver import Attachment, LabDriver
+
+LOG = logging.getLogger("nvctl.core")
+
+
+class ApiError(Exception):
+    """An error for the user: message plus optional (path, reason) list."""
+
+    def __init__(self, message: str, errors: list | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
+
+@dataclass
+class HostState:
+    session: object | None = None
+    installed: set | None = None  # cookies on the switch; None: not read since connect
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    flow_mods: int = 0  # sent since the controller started
+    bundles: int = 0
+    syncs: int = 0
+    last_sync_mods: int | None = None  # flow-mods the last (re)connect sync needed
+    error: str | None = None
+    connected_at: float | None = None
+
+
+@dataclass
+class TenantEntry:
+    tenant: Tenant
+    alloc: Allocation
+    revision: int
+    flows: dict  # host -> list[Flow]
+
+
+class Core:
+    def __init__(self, store: Store, clock=time.monotonic):
+        self.store = store
+        self.clock = clock
+        self.mutex = threading.Lock()
+        self.hosts: dict[str, HostRecord] = {h.name: h for h in store.hosts()}
+        self.driver = LabDriver(self.hosts)
+        self.state: dict[str, HostState] = {h: HostState() for h in self.hosts}
+        self.tenants: dict[str, TenantEntry] = {}
+        self.unclaimed: dict[int, object] = {}  # dpid -> session of a not-yet-registered switch
+        for rec in store.tenants():
+            t = schema.validate(rec.doc, None)
+            self.tenants[rec.name] = TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {})
+        self._recompile_all()
+
+    # ------------------------------------------------------------------------------
+    # compilation
+    # ------------------------------------------------------------------------------
+    def _placement(self) -> dict[str, Host]:
+        return {n: Host(n, h.pa) for n, h in self.hosts.items()}
+
+    def _recompile_all(self) -> None:
+        hosts = self._placement()
+        self.infra = {h: compile_host(h, hosts) for h in hosts}
+        for e in self.tenants.values():
+            e.flows = compile_tenant(e.tenant, e.alloc, hosts)
+        self.desired: dict[str, dict[int, Flow]] = {h: {} for h in hosts}
+        for h, fl in self.infra.items():
+            for f in fl:
+                self.desired[h][f.cookie] = f
+        for e in self.tenants.values():
+            for h, fl in e.flows.items():
+                d = self.desired[h]
+                for f in fl:
+                    d[f.cookie] = f
+
+    def _swap_tenant_flows(self, old: dict, new: dict) -> set[str]:
+        """Replace one tenant's contribution in the desired sets; return changed hosts."""
+        changed = set()
+        for h, fl in old.items():
+            d = self.desired.get(h)
+            if d is None:
+                continue
+            for f in fl:
+                d.pop(f.cookie, None)
+        for h, fl in new.items():
+            d = self.desired.setdefault(h, {})
+            for f in fl:
+                d[f.cookie] = f
+        for h in set(old) | set(new):
+            before = {f.cookie for f in old.get(h, ())}
+            after = {f.cookie for f in new.get(h, ())}
+            if before != after:
+                changed.add(h)
+        return changed
+
+    # ------------------------------------------------------------------------------
+    # switches
+    # ------------------------------------------------------------------------------
+    def host_of_dpid(self, dpid: int) -> str | None:
+        for name, h in self.hosts.items():
+            if h.dpid == dpid:
+                return name
+        return None
+
+    def switch_connected(self, session) -> None:
+        host = self.host_of_dpid(session.dpid)
+        if host is None:
+            LOG.warning("switch %016x is not a registered host; holding it until it is", session.dpid)
+            self.unclaimed[session.dpid] = session
+            return
+        st = self.state.setdefault(host, HostState())
+        st.session, st.installed, st.connected_at = session, None, self.clock()
+        n = self.reconcile(host)
+        st.syncs += 1
+        st.last_sync_mods = n
+        LOG.info("host %s connected: sync sent %s flow-mods", host, n)
+
+    def switch_disconnected(self, session) -> None:
+        if self.unclaimed.get(session.dpid) is session:
+            del self.unclaimed[session.dpid]
+        host = self.host_of_dpid(session.dpid)
+        st = self.state.get(host) if host else None
+        if st is not None and st.session is session:
+            st.session, st.installed = None, None
+            LOG.info("host %s disconnected", host)
+
+    def ports_changed(self, session) -> None:
+        """Nothing to recompute: ofports are allocated, not learned. Kept as the hook
+        where binding status would be pushed to watchers."""
+
+    def reconcile(self, host: str) -> int | None:
+        """Bring one host's flows to the desired set. Returns flow-mods sent, or None
+        when the host is not connected or refused the change (see its state.error)."""
+        st = self.state.get(host)
+        if st is None:
+            return None
+        with st.lock:
+            s = st.session
+            if s is None:
+                return None
+            try:
+                if st.installed is None:
+                    st.installed = set(s.installed())
+                desired = dict(self.desired.get(host, {}))
+                want = set(desired)
+                dels = sorted(st.installed - want)
+                adds = [desired[c] for c in sorted(want - st.installed)]
+                n = s.push(dels, adds)
+                st.installed = want
+                st.flow_mods += n
+                st.bundles += 1 if n else 0
+                st.error = None
+                return n
+            except Exception as e:  # the switch refused, or went away: re-read next time
+                st.installed = None
+                st.error = str(e)
+                LOG.error("host %s: %s", host, e)
+                return None
+
+    def reconcile_many(self, hosts) -> dict[str, int | None]:
+        hosts = sorted(hosts)
+        if not hosts:
+            return {}
+        results: dict[str, int | None] = {}
+        threads = [threading.Thread(target=lambda h=h: results.__setitem__(h, self.reconcile(h)))
+                   for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    # ------------------------------------------------------------------------------
+    # hosts
+    # ------------------------------------------------------------------------------
+    def register_host(self, name: str, pa: str, dpid: int, info: dict) -> dict:
+        with self.mutex:
+            try:
+                ipaddress.IPv4Address(pa)
+            except ValueError:
+                raise ApiError(f"host {name}: provider address {pa!r} is not IPv4") from None
+            for other in self.hosts.values():
+                if other.name != name and (other.pa == pa or other.dpid == dpid):
+                    raise ApiError(f"host {name}: PA {pa} or dpid {dpid:#x} already used by {other.name}")
+            rec = HostRecord(name, pa, dpid, info)
+            self.store.put_host(rec)
+            self.hosts[name] = rec
+            self.state.setdefault(name, HostState())
+            self._recompile_all()
+            waiting = self.unclaimed.pop(dpid, None)
+        if waiting is not None and waiting.alive:
+            self.switch_connected(waiting)
+        self.reconcile_many(self.hosts)
+        return {"host": name}
+
+    # ------------------------------------------------------------------------------
+    # tenants
+    # ------------------------------------------------------------------------------
+    def _parse(self, text: str) -> Tenant:
+        try:
+            return schema.load_tenant(text, self.hosts.keys())
+        except schema.ValidationError as e:
+            raise ApiError("tenant is invalid; nothing was changed", e.errors) from None
+
+    def validate(self, yaml: str) -> dict:
+        t = self._parse(yaml)
+        return {"tenant": t.name, "switches": len(t.switches), "ports": len(t.ports)}
+
+    def create(self, yaml: str) -> dict:
+        return self._put(yaml, must_exist=False)
+
+    def apply(self, yaml: str) -> dict:
+        return self._put(yaml, must_exist=None)
+
+    def _attachments(self, name: str, e: TenantEntry | None) -> dict[str, Attachment]:
+        if e is None:
+            return {}
+        out = {}
+        for p in e.tenant.ports:
+            sw = e.tenant.switch(p.switch)
+            out[p.name] = Attachment(name, p.name, p.host, e.alloc.ofport[p.name], str(p.ip),
+                                     sw.cidr.prefixlen, p.mac)
+        return out
+
+    def _put(self, text: str, must_exist: bool | None) -> dict:
+        t = self._parse(text)
+        with self.mutex:
+            old = self.tenants.get(t.name)
+            if must_exist is False and old is not None:
+                raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
+            others = InUse()
+            for n, e in self.tenants.items():
+                if n != t.name:
+                    others.add(e.tenant, e.alloc)
+            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
+            flows = compile_tenant(t, alloc, self._placement())
+            rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(),
+                                        old.revision if old else None)
+            new = TenantEntry(t, alloc, rev, flows)
+            self.tenants[t.name] = new
+            changed = self._swap_tenant_flows(old.flows if old else {}, flows)
+            attach_errors = self._reattach(t.name, old, new)
+            results = self.reconcile_many(changed)
+        return self._result(t.name, "updated" if old else "created", results, attach_errors)
+
+    def delete(self, name: str) -> dict:
+        with self.mutex:
+            old = self.tenants.get(name)
+            if old is None:
+                raise ApiError(f"no tenant {name!r}")
+            self.store.delete_tenant(name, old.revision)
+            del self.tenants[name]
+            changed = self._swap_tenant_flows(old.flows, {})
+            attach_errors = self._reattach(name, old, None)
+            results = self.reconcile_many(changed)
+        return self._result(name, "deleted", results, attach_errors)
+
+    def _reattach(self, name: str, old: TenantEntry | None, new: TenantEntry | None) -> list[str]:
+        before, after = self._attachments(name, old), self._attachments(name, new)
+        errors = []
+        for port, a in before.items():
+            if after.get(port) != a:
+                try:
+                    self.driver.unplug(a)
+                except Exception as e:
+                    errors.append(f"detach {name}/{port} from {a.host}: {e}")
+        for port, a in after.items():
+            if before.get(port) != a:
+                try:
+                    self.driver.plug(a)
+                except Exception as e:
+                    errors.append(f"attach {name}/{port} to {a.host}: {e}")
+        return errors
+
+    def ensure_workloads(self) -> list[str]:
+        """At start: every wanted workload attached, no stale one left behind."""
+        errors, wanted = [], set()
+        for name, e in self.tenants.items():
+            for a in self._attachments(name, e).values():
+                ns = self.driver.namespace(a.tenant, a.port, a.host)
+                if ns:
+                    wanted.add(ns)
+                try:
+                    self.driver.plug(a)
+                except Exception as ex:
+                    errors.append(f"attach {name}/{a.port}: {ex}")
+        self.driver.collect_garbage(wanted)
+        return errors
+
+    def _result(self, name, action, results, attach_errors) -> dict:
+        return {"tenant": name, "action": action,
+                "hosts": {h: ("not connected" if n is None and self.state[h].session is None
+                              else self.state[h].error if n is None else f"{n} flow-mods")
+                          for h, n in sorted(results.items())},
+                "attach_errors": attach_errors}
+
+    # ------------------------------------------------------------------------------
+    # reading
+    # ------------------------------------------------------------------------------
+    def host_status(self, host: str) -> dict:
+        st = self.state.get(host, HostState())
+        want = set(self.desired.get(host, {}))
+        return {
+            "connected": st.session is not None,
+            "flows_desired": len(want),
+            "in_sync": st.session is not None and st.installed == want and st.error is None,
+            "flow_mods_sent": st.flow_mods,
+            "bundles": st.bundles,
+            "syncs": st.syncs,
+            "last_sync_flow_mods": st.last_sync_mods,
+            "error": st.error,
+        }
+
+    def list_hosts(self) -> list[dict]:
+        return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", **self.host_status(h.name)}
+                for h in sorted(self.hosts.values(), key=lambda h: h.name)]
+
+    def list_tenants(self) -> list[dict]:
+        return [{"name": n, "revision": e.revision, "switches": len(e.tenant.switches),
+                 "ports": len(e.tenant.ports), "tenant_id": e.alloc.tenant_id}
+                for n, e in sorted(self.tenants.items())]
+
+    def show(self, name: str) -> dict:
+        e = self.tenants.get(name)
+        if e is None:
+            raise ApiError(f"no tenant {name!r}")
+        ports = []
+        for p in e.tenant.ports:
+            st = self.state.get(p.host)
+            bound = None
+            if st is not None and st.session is not None:
+                bound = st.session.ports().get(e.alloc.ofport[p.name]) is not None
+            ports.append({"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac,
+                          "host": p.host, "ofport": e.alloc.ofport[p.name],
+                          "up": p.host in self.hosts and bool(bound),
+                          "namespace": self.driver.namespace(name, p.name, p.host)})
+        hosts = {}
+        for h in sorted({p.host for p in e.tenant.ports} | set(e.flows)):
+            if h not in self.hosts:
+                hosts[h] = {"flows": 0, "installed": False, "note": "host is not registered"}
+                continue
+            st = self.state[h]
+            mine = {f.cookie for f in e.flows.get(h, ())}
+            installed = st.session is not None and st.installed is not None and mine <= st.installed
+            hosts[h] = {"flows": len(mine), "installed": installed, "connected": st.session is not None}
+        return {"spec": schema.to_doc(e.tenant), "revision": e.revision,
+                "ids": {"tenant_id": e.alloc.tenant_id, "vni": e.alloc.vni},
+                "ports": ports, "hosts": hosts}
+
+    def port_info(self, tenant: str, port: str) -> dict:
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        try:
+            p = e.tenant.port(port)
+        except KeyError:
+            raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+        return {"tenant": tenant, "port": port, "host": p.host, "ip": str(p.ip), "mac": p.mac,
+                "namespace": self.driver.namespace(tenant, port, p.host)}
+
+    def flows(self, host: str, read_switch: bool = True) -> dict:
+        if host not in self.hosts:
+            raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
+        st = self.state[host]
+        on_switch = None
+        if read_switch and st.session is not None:
+            try:
+                on_switch = st.session.installed()
+            except Exception as e:
+                raise ApiError(f"host {host}: could not read flows: {e}") from None
+        names = {e.alloc.tenant_id: n for n, e in self.tenants.items()}
+        rows = []
+        for f in sorted(self.desired.get(host, {}).values(),
+                        key=lambda f: (f.table.number, -f.priority, f.body)):
+            rows.append({"table": f.table.name, "layer": f.table.layer, "cookie": f"{f.cookie:#x}",
+                         "tenant": names.get(f.tenant_id, ""), "rule": f.rule, "flow": f.body,
+                         "installed": None if on_switch is None else f.cookie in on_switch})
+        extra = []
+        if on_switch is not None:
+            for c, table in sorted(on_switch.items()):
+                if c not in self.desired.get(host, {}):
+                    layer = LAYER_BY_ID.get(cookie_layer(c))
+                    extra.append({"cookie": f"{c:#x}", "table": PIPELINE.by_number.get(table).name
+                                  if table in PIPELINE.by_number else str(table),
+                                  "layer": layer.name if layer else "?",
+                                  "tenant": names.get(cookie_tenant(c), "")})
+        return {"host": host, "flows": rows, "unexpected": extra,
+                "connected": st.session is not None}

@@ -1,0 +1,253 @@
+"""The os-ken adapter: the only module that imports os-ken.
+
+It turns our flow values into OpenFlow 1.3 messages (with Nicira extensions) at the
+edge, and gives the controller core a `Session` per connected switch with three calls:
+read the installed cookies, push a batch of deletes and adds in one atomic bundle, and
+the list of ports. Event handlers unwrap events and hand them to the core; they never
+block (waiting happens in the caller's green thread).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import nicira_ext, ofproto_v1_3
+
+from dataplane.match_action import (FIELDS, IN_PORT, Flow, Goto, Match, Move, Output, Resubmit,
+                                    SetField)
+
+LOG = logging.getLogger("nvctl.ofadapter")
+ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
+REPLY_TIMEOUT = 60.0
+OFP10_IN_PORT = 0xFFF8
+
+
+class SwitchError(RuntimeError):
+    """The switch refused something, or did not answer."""
+
+
+# --------------------------------------------------------------------------------------
+# Values -> os-ken messages
+# --------------------------------------------------------------------------------------
+
+def to_match(parser, m: Match):
+    kw = {}
+    for name, value, mask in m.items:
+        kw[name] = value if mask is None else (value, mask)
+    return parser.OFPMatch(**kw)
+
+
+def to_action(parser, ofp, a):
+    if isinstance(a, Output):
+        port = ofp.OFPP_IN_PORT if a.port == IN_PORT else a.port
+        return parser.OFPActionOutput(port, 0)
+    if isinstance(a, SetField):
+        if a.mask is None:
+            return parser.OFPActionSetField(**{a.field: a.value})
+        lo, hi = a.bit_range()
+        return parser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(lo, hi), dst=a.field,
+                                      value=a.value >> lo)
+    if isinstance(a, Move):
+        return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst,
+                                      n_bits=FIELDS[a.src].bits, src_ofs=0, dst_ofs=0)
+    if isinstance(a, Resubmit):
+        # NXAST_RESUBMIT_TABLE carries a 16-bit (OpenFlow 1.0) port: 0xfff8 is IN_PORT
+        return parser.NXActionResubmitTable(in_port=OFP10_IN_PORT, table_id=a.table.number)
+    raise TypeError(f"no OpenFlow encoding for {a!r}")
+
+
+def to_flow_mod(dp, f: Flow):
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    acts = [to_action(parser, ofp, a) for a in f.actions if not isinstance(a, Goto)]
+    inst = []
+    if acts:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts))
+    if f.actions and isinstance(f.actions[-1], Goto):
+        inst.append(parser.OFPInstructionGotoTable(f.actions[-1].table.number))
+    return parser.OFPFlowMod(dp, cookie=f.cookie, cookie_mask=0, table_id=f.table.number,
+                             command=ofp.OFPFC_ADD, idle_timeout=0, hard_timeout=0,
+                             priority=f.priority, buffer_id=ofp.OFP_NO_BUFFER,
+                             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, flags=0,
+                             match=to_match(parser, f.match), instructions=inst)
+
+
+def delete_cookie(dp, cookie: int):
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=ALL_ONES64, table_id=ofp.OFPTT_ALL,
+                             command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
+                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+
+
+# --------------------------------------------------------------------------------------
+# A connected switch
+# --------------------------------------------------------------------------------------
+
+class _Waiter:
+    def __init__(self):
+        self.event = hub.Event()
+        self.replies: list = []
+        self.errors: list = []
+
+
+class Session:
+    """One connected br-int. Methods block the calling green thread, never the app."""
+
+    def __init__(self, dp):
+        self.dp = dp
+        self.dpid: int = dp.id
+        self._waiters: dict[int, _Waiter] = {}
+        self._bundle_ids = iter(range(1, 1 << 31))
+        self._lock = threading.Lock()
+        self.alive = True
+
+    # replies, routed here by the app -------------------------------------------------
+    def on_reply(self, msg, last: bool) -> None:
+        w = self._waiters.get(msg.xid)
+        if w is not None:
+            w.replies.append(msg)
+            if last:
+                w.event.set()
+
+    def on_error(self, msg) -> bool:
+        w = self._waiters.get(msg.xid)
+        if w is None:
+            return False
+        w.errors.append(f"type={msg.type} code={msg.code} data={bytes(msg.data)[:64].hex()}")
+        return True
+
+    def close(self) -> None:
+        self.alive = False
+        for w in list(self._waiters.values()):
+            w.errors.append("switch disconnected")
+            w.event.set()
+
+    def _send(self, msg, waiter: _Waiter | None = None) -> int:
+        if not self.alive:
+            raise SwitchError("switch disconnected")
+        self.dp.set_xid(msg)
+        if waiter is not None:
+            self._waiters[msg.xid] = waiter
+        if not self.dp.send_msg(msg):
+            raise SwitchError("switch disconnected")
+        return msg.xid
+
+    def _wait(self, waiter: _Waiter, xids: list[int], what: str) -> list:
+        try:
+            if not waiter.event.wait(timeout=REPLY_TIMEOUT):
+                raise SwitchError(f"{what}: no answer in {REPLY_TIMEOUT:.0f}s")
+            if waiter.errors:
+                raise SwitchError(f"{what}: {'; '.join(waiter.errors[:3])}")
+            return waiter.replies
+        finally:
+            for x in xids:
+                self._waiters.pop(x, None)
+
+    # the three calls -------------------------------------------------------------------
+    def installed(self) -> dict[int, int]:
+        """cookie -> table number of every flow on the switch (flow stats, all tables)."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                         0, 0, parser.OFPMatch())
+        w = _Waiter()
+        xid = self._send(req, w)
+        out: dict[int, int] = {}
+        for reply in self._wait(w, [xid], "flow stats"):
+            for st in reply.body:
+                out[st.cookie] = st.table_id
+        return out
+
+    def push(self, delete: list[int], add: list[Flow]) -> int:
+        """Delete flows by cookie, then add flows, in one atomic ordered bundle; returns the
+        number of flow-mods sent. Raises SwitchError if the switch refused any of it."""
+        n = len(delete) + len(add)
+        if n == 0:
+            return 0
+        with self._lock:
+            dp = self.dp
+            ofp, parser = dp.ofproto, dp.ofproto_parser
+            bid = next(self._bundle_ids)
+            flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+            w = _Waiter()
+            xids = [self._send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []), w)]
+            for c in delete:
+                xids.append(self._send(parser.ONFBundleAddMsg(dp, bid, flags, delete_cookie(dp, c), []), w))
+            for f in add:
+                xids.append(self._send(parser.ONFBundleAddMsg(dp, bid, flags, to_flow_mod(dp, f), []), w))
+            xids.append(self._send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []), w))
+            # OVS answers in order: any error for the xids above arrives before the
+            # barrier reply, which is the only reply that ends the wait.
+            xids.append(self._send(parser.OFPBarrierRequest(dp), w))
+            self._wait(w, xids, f"bundle of {n} flow-mods")
+            return n
+
+    def ports(self) -> dict[int, str]:
+        """ofport -> interface name, as the switch reported them."""
+        return {no: (p.name.decode() if isinstance(p.name, bytes) else p.name)
+                for no, p in (self.dp.ports or {}).items()}
+
+
+# --------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------
+
+class NvApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.core = None
+        self.sessions: dict[int, Session] = {}
+
+    def attach(self, core) -> None:
+        self.core = core
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            old = self.sessions.get(dp.id)
+            if old is not None:
+                old.close()
+            s = self.sessions[dp.id] = Session(dp)
+            hub.spawn(self.core.switch_connected, s)
+        elif ev.state == DEAD_DISPATCHER:
+            s = self.sessions.get(dp.id)
+            if s is not None and s.dp is dp:
+                del self.sessions[dp.id]
+                s.close()
+                hub.spawn(self.core.switch_disconnected, s)
+
+    def _session(self, msg) -> Session | None:
+        s = self.sessions.get(msg.datapath.id)
+        return s if s is not None and s.dp is msg.datapath else None
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev):
+        s = self._session(ev.msg)
+        if s:
+            s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev):
+        s = self._session(ev.msg)
+        if s:
+            s.on_reply(ev.msg, True)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _error(self, ev):
+        s = self._session(ev.msg)
+        if s is None or not s.on_error(ev.msg):
+            LOG.warning("unsolicited error from %s: type=%s code=%s", ev.msg.datapath.id,
+                        ev.msg.type, ev.msg.code)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        s = self._session(ev.msg)
+        if s and self.core is not None:
+            hub.spawn(self.core.ports_changed, s)

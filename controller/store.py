@@ -1,0 +1,137 @@
+"""Desired state, persisted: tenants (spec + allocation) and registered hosts.
+
+`Store` is the interface the controller uses; `SqliteStore` is the embedded default.
+A replicated controller can implement the same few methods over etcd (a compare-and-
+swap on a revision per key gives the same all-or-nothing writes).
+
+Every write is one transaction: a controller killed mid-write leaves the old state or
+the new one, never a mix.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    name: str
+    doc: dict  # the canonical tenant document (topology.schema.to_doc)
+    alloc: dict  # Allocation.to_json()
+    revision: int
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    pa: str
+    dpid: int
+    info: dict  # driver-specific (lab: namespace and OVSDB socket)
+
+
+class Conflict(RuntimeError):
+    """The stored revision is not the one the writer started from."""
+
+
+class Store(Protocol):
+    def tenants(self) -> Iterator[TenantRecord]: ...
+    def tenant(self, name: str) -> TenantRecord | None: ...
+    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None) -> int: ...
+    def delete_tenant(self, name: str, expect_revision: int | None) -> None: ...
+    def hosts(self) -> Iterator[HostRecord]: ...
+    def put_host(self, h: HostRecord) -> None: ...
+    def delete_host(self, name: str) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    alloc TEXT NOT NULL,
+    revision INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    pa TEXT NOT NULL UNIQUE,
+    dpid INTEGER NOT NULL UNIQUE,
+    info TEXT NOT NULL
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # tenants -------------------------------------------------------------------------
+    def tenants(self) -> Iterator[TenantRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, doc, alloc, revision FROM tenants ORDER BY name").fetchall()
+        for r in rows:
+            yield TenantRecord(r[0], json.loads(r[1]), json.loads(r[2]), r[3])
+
+    def tenant(self, name: str) -> TenantRecord | None:
+        with self._lock:
+            r = self._db.execute("SELECT name, doc, alloc, revision FROM tenants WHERE name=?",
+                                 (name,)).fetchone()
+        return TenantRecord(r[0], json.loads(r[1]), json.loads(r[2]), r[3]) if r else None
+
+    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None) -> int:
+        """Create (expect_revision=None: must not exist) or replace (must be at that revision)."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT revision FROM tenants WHERE name=?", (name,)).fetchone()
+                have = row[0] if row else None
+                if have != expect_revision:
+                    raise Conflict(f"tenant {name}: stored revision {have}, expected {expect_revision}")
+                rev = (have or 0) + 1
+                cur.execute("INSERT OR REPLACE INTO tenants(name, doc, alloc, revision) VALUES (?,?,?,?)",
+                            (name, json.dumps(doc, sort_keys=True), json.dumps(alloc, sort_keys=True), rev))
+                cur.execute("COMMIT")
+                return rev
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def delete_tenant(self, name: str, expect_revision: int | None) -> None:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT revision FROM tenants WHERE name=?", (name,)).fetchone()
+                if row is None or (expect_revision is not None and row[0] != expect_revision):
+                    raise Conflict(f"tenant {name}: not at revision {expect_revision}")
+                cur.execute("DELETE FROM tenants WHERE name=?", (name,))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    # hosts ---------------------------------------------------------------------------
+    def hosts(self) -> Iterator[HostRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, pa, dpid, info FROM hosts ORDER BY name").fetchall()
+        for r in rows:
+            yield HostRecord(r[0], r[1], r[2], json.loads(r[3]))
+
+    def put_host(self, h: HostRecord) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO hosts(name, pa, dpid, info) VALUES (?,?,?,?)",
+                             (h.name, h.pa, h.dpid, json.dumps(h.info, sort_keys=True)))
+
+    def delete_host(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM hosts WHERE name=?", (name,))

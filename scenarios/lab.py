@@ -1,0 +1,401 @@
+"""The embedded lab: simulated hypervisors on this machine, with real Open vSwitch.
+
+    {p}ul    underlay switch (Linux bridge br-ul); every host's uplink, PAs 192.0.2.0/24
+    {p}ctl   the controller, and the management bridge br-mgmt 198.51.100.0/24
+    {p}hvN   a hypervisor: its own ovsdb-server + ovs-vswitchd (userspace datapath),
+             br-phy (uplink ul0, PA on its internal port), br-int (VXLAN port, controller)
+    {p}T.P   a workload of tenant T, port P (made by the controller's lab driver)
+
+`{p}` is derived from the state directory, so labs with different state directories
+run side by side. Everything made is named with the prefix and recorded in lab.json
+as it is made, so `down` removes it all, after a failed `up` too, and is idempotent.
+Only processes this lab started are ended, by the PIDs it recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute, NetNS, netns
+
+from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run
+from controller.compiler import TUNNEL_OFPORT
+
+OF_PORT = 6653
+CONTROLLER_IP = "198.51.100.1"
+MGMT_PREFIX = "198.51.100."
+UNDERLAY_PREFIX = "192.0.2."
+UNDERLAY_MTU = 1600
+MAX_HOSTS = 200
+DEFAULT_STATE_DIR = "/var/lib/nvctl"
+VSCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def state_dir_from(arg: str | None) -> str:
+    return os.path.abspath(arg or os.environ.get("NVCTL_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"hv{self.index}"
+
+    @property
+    def pa(self) -> str:
+        return f"{UNDERLAY_PREFIX}{10 + self.index}"
+
+    @property
+    def mgmt_ip(self) -> str:
+        return f"{MGMT_PREFIX}{10 + self.index}"
+
+    @property
+    def dpid(self) -> int:
+        return 0x4E56_0000_0000 + self.index  # "NV" + index
+
+
+class Lab:
+    def __init__(self, state_dir: str | None = None, log=print):
+        self.dir = state_dir_from(state_dir)
+        self.prefix = "nv" + hashlib.sha1(self.dir.encode()).hexdigest()[:4] + "-"
+        self.log = log
+        self.manifest_path = os.path.join(self.dir, "lab.json")
+        self.api_path = os.path.join(self.dir, "nvctl.sock")
+
+    # naming -------------------------------------------------------------------------
+    @property
+    def ctl_ns(self) -> str:
+        return self.prefix + "ctl"
+
+    @property
+    def ul_ns(self) -> str:
+        return self.prefix + "ul"
+
+    def host_ns(self, h: HostPlan | str) -> str:
+        return self.prefix + (h.name if isinstance(h, HostPlan) else h)
+
+    def host_dir(self, name: str) -> str:
+        return os.path.join(self.dir, "hosts", name)
+
+    def ovs_env(self, name: str) -> dict:
+        """Environment under which ovs-ofctl / ovs-appctl / ovs-vsctl reach host `name`."""
+        d = self.host_dir(name)
+        return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d}
+
+    def ovsdb(self, name: str) -> Ovsdb:
+        return Ovsdb(f"unix:{self.host_dir(name)}/db.sock")
+
+    # manifest -------------------------------------------------------------------------
+    def manifest(self) -> dict | None:
+        try:
+            with open(self.manifest_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def _save(self, m: dict) -> None:
+        tmp = self.manifest_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(m, f, indent=1)
+        os.replace(tmp, self.manifest_path)
+
+    # up -------------------------------------------------------------------------------
+    def up(self, hosts: int = 3, timeout: float = 60) -> dict:
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
+        m = self.manifest()
+        if m is not None:
+            raise LabError(f"a lab already exists in {self.dir} (status {m.get('status')}); "
+                           "run 'nvctl lab down' first")
+        _check_tools()
+        os.makedirs(self.dir, exist_ok=True)
+        plans = [HostPlan(i) for i in range(1, hosts + 1)]
+        m = {"prefix": self.prefix, "hosts": [p.name for p in plans], "status": "starting",
+             "started": time.time()}
+        self._save(m)
+        t0 = time.monotonic()
+        try:
+            self._networks()
+            self.log(f"[lab] underlay {self.ul_ns} and management {self.ctl_ns} ready")
+            self.start_controller()
+            self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
+            for p in plans:
+                self._host(p)
+                self.log(f"[lab] {p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}")
+            self._register(plans)
+            self.wait_synced(timeout)
+            m["status"] = "up"
+            self._save(m)
+        except BaseException:
+            self.log("[lab] bring-up failed; removing what was made")
+            self.down(quiet=True)
+            raise
+        self.log(f"[lab] up: {hosts} hosts in {time.monotonic() - t0:.1f}s (state {self.dir})")
+        return m
+
+    def _networks(self) -> None:
+        for ns in (self.ctl_ns, self.ul_ns):
+            _ns_create(ns)
+        with NetNS(self.ul_ns) as n:
+            n.link("add", ifname="br-ul", kind="bridge")
+            n.link("set", index=n.link_lookup(ifname="br-ul")[0], mtu=UNDERLAY_MTU, state="up")
+        with NetNS(self.ctl_ns) as n:
+            n.link("add", ifname="br-mgmt", kind="bridge")
+            idx = n.link_lookup(ifname="br-mgmt")[0]
+            n.addr("add", index=idx, address=CONTROLLER_IP, prefixlen=24)
+            n.link("set", index=idx, state="up")
+
+    def _host(self, p: HostPlan) -> None:
+        ns = self.host_ns(p)
+        _ns_create(ns)
+        _veth_between(f"{self.prefix}u{p.index}", ns, "ul0", self.ul_ns, p.name, "br-ul", UNDERLAY_MTU)
+        _veth_between(f"{self.prefix}m{p.index}", ns, "mgmt0", self.ctl_ns, p.name, "br-mgmt", 1500)
+        with NetNS(ns) as n:
+            idx = n.link_lookup(ifname="mgmt0")[0]
+            n.addr("add", index=idx, address=p.mgmt_ip, prefixlen=24)
+        self.start_ovs(p.name)
+        db = self.ovsdb(p.name)
+        db.ensure_physical_bridge("ul0", UNDERLAY_MTU)
+        with NetNS(ns) as n:
+            idx = _wait_link(n, PHYSICAL_BRIDGE)
+            n.addr("add", index=idx, address=p.pa, prefixlen=24)
+            n.link("set", index=idx, state="up")
+        db.ensure_integration_bridge(p.dpid, f"tcp:{CONTROLLER_IP}:{OF_PORT}", p.pa, TUNNEL_OFPORT)
+        db.vsctl("set", "controller", INTEGRATION_BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
+
+    def start_ovs(self, name: str) -> None:
+        d = self.host_dir(name)
+        os.makedirs(d, exist_ok=True)
+        env = self.ovs_env(name)
+        ns = self.host_ns(name)
+        if not os.path.exists(f"{d}/conf.db"):
+            run(["ovsdb-tool", "create", f"{d}/conf.db", VSCHEMA])
+        run(["ip", "netns", "exec", ns, "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+             f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=env)
+        run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=env)
+        run(["ip", "netns", "exec", ns, "ovs-vswitchd", f"unix:{d}/db.sock",
+             f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"], env=env)
+
+    def stop_ovs(self, name: str) -> None:
+        d = self.host_dir(name)
+        for proc in ("ovs-vswitchd", "ovsdb-server"):
+            _kill_pidfile(f"{d}/{proc}.pid", proc)
+
+    def start_controller(self) -> int:
+        log = open(os.path.join(self.dir, "controller.log"), "ab")
+        # nsenter, not `ip netns exec`: the latter gives the process a private mount
+        # namespace, and workload namespaces it creates would be invisible to everyone else.
+        cmd = ["nsenter", f"--net=/run/netns/{self.ctl_ns}", sys.executable, "-m", "controller.main",
+               "--state-dir", self.dir, "--listen", CONTROLLER_IP, "--port", str(OF_PORT)]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=root)
+        log.close()
+        with open(os.path.join(self.dir, "controller.pid"), "w") as f:
+            f.write(str(proc.pid))
+        deadline = time.monotonic() + 30
+        from controller.api import ApiClientError, call
+        while True:
+            if proc.poll() is not None:
+                raise LabError(f"controller exited with {proc.returncode}; see {self.dir}/controller.log")
+            try:
+                call(self.api_path, "ping", timeout=2)
+                return proc.pid
+            except (ApiClientError, OSError):
+                if time.monotonic() > deadline:
+                    raise LabError(f"controller did not answer in 30s; see {self.dir}/controller.log")
+                time.sleep(0.1)
+
+    def stop_controller(self, sig=signal.SIGTERM) -> None:
+        _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig)
+
+    def _register(self, plans: list[HostPlan]) -> None:
+        from controller.api import call
+        for p in plans:
+            call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid,
+                 info={"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix,
+                       "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock"})
+
+    def wait_synced(self, timeout: float = 60) -> list[dict]:
+        """Wait until every host's br-int is connected and holds its desired flows."""
+        from controller.api import call
+        deadline = time.monotonic() + timeout
+        while True:
+            hosts = call(self.api_path, "host.list")
+            if hosts and all(h["connected"] and h["in_sync"] for h in hosts):
+                return hosts
+            if time.monotonic() > deadline:
+                bad = [f"{h['name']} ({'connected' if h['connected'] else 'not connected'}"
+                       f"{', ' + h['error'] if h['error'] else ''})"
+                       for h in hosts if not (h["connected"] and h["in_sync"])]
+                raise LabError(f"hosts not in sync after {timeout:.0f}s: {', '.join(bad)}")
+            time.sleep(0.1)
+
+    # status ---------------------------------------------------------------------------
+    def status(self) -> dict:
+        m = self.manifest()
+        if m is None:
+            return {"state_dir": self.dir, "status": "down"}
+        out = {"state_dir": self.dir, "status": m["status"], "prefix": self.prefix, "hosts": []}
+        ctl_pid = _read_pid(os.path.join(self.dir, "controller.pid"))
+        out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, "controller.main")}
+        live = {}
+        if out["controller"]["alive"]:
+            from controller.api import ApiClientError, call
+            try:
+                live = {h["name"]: h for h in call(self.api_path, "host.list", timeout=5)}
+            except ApiClientError as e:
+                out["controller"]["error"] = str(e)
+        for name in m["hosts"]:
+            d = self.host_dir(name)
+            pid = _read_pid(f"{d}/ovs-vswitchd.pid")
+            h = {"name": name, "netns": self.host_ns(name), "vswitchd_alive": _alive(pid, "ovs-vswitchd")}
+            h.update({k: live[name][k] for k in ("pa", "connected", "in_sync", "flows_desired", "error")}
+                     if name in live else {})
+            out["hosts"].append(h)
+        return out
+
+    # down -----------------------------------------------------------------------------
+    def down(self, quiet: bool = False) -> list[str]:
+        """Remove every process, namespace, link and file this lab made. Idempotent."""
+        done = []
+        m = self.manifest() or {}
+        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main"):
+            done.append("controller")
+        hosts_dir = os.path.join(self.dir, "hosts")
+        names = set(m.get("hosts", []))
+        if os.path.isdir(hosts_dir):
+            names |= set(os.listdir(hosts_dir))
+        for name in sorted(names):
+            d = self.host_dir(name)
+            for proc in ("ovs-vswitchd", "ovsdb-server"):
+                if _kill_pidfile(f"{d}/{proc}.pid", proc):
+                    done.append(f"{name}/{proc}")
+        for ns in sorted(netns.listnetns()):
+            if ns.startswith(self.prefix):
+                netns.remove(ns)
+                done.append(f"netns {ns}")
+        with IPRoute() as ipr:  # veths left in this namespace by an interrupted up
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME")
+                if name and name.startswith(self.prefix):
+                    ipr.link("del", index=link["index"])
+                    done.append(f"link {name}")
+        for entry in ("hosts", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
+                      "desired.db-shm", "nvctl.sock", "lab.json", "lab.json.tmp"):
+            path = os.path.join(self.dir, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        if os.path.isdir(self.dir) and not os.listdir(self.dir):
+            os.rmdir(self.dir)
+        if not quiet:
+            self.log(f"[lab] down: removed {len(done)} items" + (": " + ", ".join(done) if done else ""))
+        return done
+
+
+# helpers --------------------------------------------------------------------------------
+
+def _check_tools() -> None:
+    missing = [t for t in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ethtool", "ip")
+               if shutil.which(t) is None]
+    if missing:
+        raise LabError(f"missing {', '.join(missing)}: run 'make deps' (installs openvswitch-switch, "
+                       "ethtool, iproute2)")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces and OVS)")
+
+
+def _ns_create(name: str) -> None:
+    netns.create(name)
+    with NetNS(name) as n:
+        n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+
+
+def _veth_between(tmp: str, ns_a: str, name_a: str, ns_b: str, name_b: str, bridge_b: str,
+                  mtu: int) -> None:
+    """A veth with one end `name_a` in ns_a and the other `name_b` in ns_b, enslaved to
+    bridge_b; created under temporary names that carry the lab prefix."""
+    a, b = tmp + "a", tmp + "b"
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=a, kind="veth", peer={"ifname": b})
+        ipr.link("set", index=ipr.link_lookup(ifname=a)[0], net_ns_fd=ns_a)
+        ipr.link("set", index=ipr.link_lookup(ifname=b)[0], net_ns_fd=ns_b)
+    with NetNS(ns_a) as n:
+        idx = n.link_lookup(ifname=a)[0]
+        n.link("set", index=idx, ifname=name_a, mtu=mtu, state="up")
+    with NetNS(ns_b) as n:
+        idx = n.link_lookup(ifname=b)[0]
+        br = n.link_lookup(ifname=bridge_b)[0]
+        n.link("set", index=idx, ifname=name_b, mtu=mtu, master=br, state="up")
+
+
+def _wait_link(n, ifname: str, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = n.link_lookup(ifname=ifname)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise LabError(f"interface {ifname} did not appear")
+        time.sleep(0.05)
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int | None, expect: str) -> bool:
+    """Is `pid` alive and still the process we started (its command line names `expect`)?"""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return False
+    if expect not in cmdline:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _kill_pidfile(path: str, expect: str, sig=signal.SIGTERM, timeout: float = 5) -> bool:
+    pid = _read_pid(path)
+    if not _alive(pid, expect):
+        return False
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid, expect):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+            break
+        time.sleep(0.05)
+    try:  # reap it if it is our child
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True

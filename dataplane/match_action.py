@@ -581,3 +581,56 @@ def _visible(pkt: Mapping) -> dict:
 
 def simulate(pipeline: Pipeline, flows: Iterable[Flow], packet: Mapping, in_port: int) -> Fate:
     return Simulator(pipeline, flows).run(packet, in_port)
+
+
+# --------------------------------------------------------------------------------------
+# Several hosts joined by tunnels
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Delivery:
+    host: str
+    port: int
+    packet: dict
+    hops: list  # [(host, Fate)] the packet went through, in order
+
+
+class Fabric:
+    """Hosts whose flow sets are joined by a flow-based tunnel port: a packet output on
+    `tunnel_port` with tun_ipv4_dst = a host's PA arrives at that host's tunnel port with
+    tun_ipv4_src = the sender's PA and its tunnel_id. A tunnel output to an address no
+    host owns is reported as lost (`lost`), not silently dropped."""
+
+    def __init__(self, pipeline: Pipeline, hosts: Mapping[str, tuple[Iterable[Flow], str]],
+                 tunnel_port: int, max_hops: int = 8):
+        self.sims = {h: Simulator(pipeline, flows) for h, (flows, _pa) in hosts.items()}
+        self.pa = {h: pa for h, (_f, pa) in hosts.items()}
+        self.by_pa = {pa: h for h, pa in self.pa.items()}
+        self.tunnel_port = tunnel_port
+        self.max_hops = max_hops
+        self.lost: list[tuple[str, dict]] = []
+
+    def send(self, host: str, in_port: int, packet: Mapping) -> list[Delivery]:
+        out: list[Delivery] = []
+        self._run(host, in_port, dict(packet), [], out)
+        return out
+
+    def _run(self, host, in_port, packet, hops, out):
+        if len(hops) >= self.max_hops:
+            raise Unsupported("tunnel hop limit reached (a forwarding loop?)")
+        fate = self.sims[host].run(packet, in_port)
+        hops = hops + [(host, fate)]
+        for e in fate.outputs:
+            if e.port != self.tunnel_port:
+                out.append(Delivery(host, e.port, e.packet, hops))
+                continue
+            dst = e.packet.get("tun_ipv4_dst")
+            peer = self.by_pa.get(dst)
+            if peer is None or "tunnel_id" not in e.packet:
+                self.lost.append((host, e.packet))
+                continue
+            inner = {k: v for k, v in e.packet.items() if not k.startswith("tun")}
+            inner["tunnel_id"] = e.packet["tunnel_id"]
+            inner["tun_ipv4_src"] = self.pa[host]
+            inner["tun_ipv4_dst"] = dst
+            self._run(peer, self.tunnel_port, inner, hops, out)

@@ -137,6 +137,7 @@ class Lab:
                 self.log(f"[lab] {p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}")
             self._register(plans)
             self.wait_synced(timeout)
+            self.warm_underlay(plans)
             m["status"] = "up"
             self._save(m)
         except BaseException:
@@ -175,6 +176,28 @@ class Lab:
             n.link("set", index=idx, state="up")
         db.ensure_integration_bridge(p.dpid, f"tcp:{CONTROLLER_IP}:{OF_PORT}", p.pa, TUNNEL_OFPORT)
         db.vsctl("set", "controller", INTEGRATION_BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
+
+    def warm_underlay(self, plans: list[HostPlan]) -> int:
+        """Each host pings every peer's PA once. The userspace datapath drops a tunnel
+        packet while it resolves the remote PA's MAC; the ARP replies to these pings go
+        through br-phy, where OVS learns them, so tenant traffic does not pay for it.
+        Returns how many peers did not answer."""
+        procs = []
+        for p in plans:
+            for q in plans:
+                if p is not q:
+                    procs.append(subprocess.Popen(
+                        ["ip", "netns", "exec", self.host_ns(p), "ping", "-c", "1", "-W", "2", q.pa],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if len(procs) > 64:  # bound the number of processes alive at once
+                failed = sum(pr.wait() != 0 for pr in procs)
+                procs = []
+                if failed:
+                    raise LabError(f"underlay: {failed} peer PAs did not answer ping from {p.name}")
+        failed = sum(pr.wait() != 0 for pr in procs)
+        if failed:
+            raise LabError(f"underlay: {failed} peer PAs did not answer ping")
+        return failed
 
     def start_ovs(self, name: str) -> None:
         d = self.host_dir(name)

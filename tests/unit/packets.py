@@ -1,0 +1,13 @@
+"""Packets as the simulator sees them (field dicts), for compiler tests."""
+from dataplane.match_action import BROADCAST_MAC, ETH_TYPE_ARP, ETH_TYPE_IP
+
+
+def icmp(src_mac, dst_mac, src_ip, dst_ip):
+    return {"eth_src": src_mac, "eth_dst": dst_mac, "eth_type": ETH_TYPE_IP,
+            "ipv4_src": src_ip, "ipv4_dst": dst_ip, "ip_proto": 1}
+
+
+def arp_request(src_mac, src_ip, target_ip):
+    return {"eth_src": src_mac, "eth_dst": BROADCAST_MAC, "eth_type": ETH_TYPE_ARP, "arp_op": 1,
+            "arp_sha": src_mac, "arp_spa": src_ip, "arp_tha": "00:00:00:00:00:00",
+            "arp_tpa": target_ip}

@@ -1,0 +1,121 @@
+"""The controller core without switches: incremental == full compile, nothing half-applied."""
+import random
+
+import pytest
+
+from controller.compiler import Host, compile_world
+from controller.core import ApiError, Core
+from controller.store import Conflict, SqliteStore
+from tests.unit.fixtures import BLUE, RED, tenant_yaml
+
+
+@pytest.fixture
+def core(tmp_path):
+    store = SqliteStore(str(tmp_path / "desired.db"))
+    c = Core(store)
+    for i in (1, 2, 3):
+        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test"})
+    yield c
+    store.close()
+
+
+def full(core):
+    """What a from-scratch compile of the core's current intent gives."""
+    hosts = {n: Host(n, h.pa) for n, h in core.hosts.items()}
+    tenants = {n: (e.tenant, e.alloc) for n, e in core.tenants.items()}
+    return {h: sorted(f.ofctl() for f in fl.values()) for h, fl in compile_world(hosts, tenants).items()}
+
+
+def desired(core):
+    return {h: sorted(f.ofctl() for f in fl.values()) for h, fl in core.desired.items()}
+
+
+def test_create_apply_delete_keep_incremental_equal_to_full(core):
+    core.create(BLUE)
+    core.create(RED)
+    assert desired(core) == full(core)
+    core.apply(BLUE.replace("ip: 10.0.0.14, host: hv1", "ip: 10.0.0.44, host: hv3"))
+    assert desired(core) == full(core)
+    core.delete("red")
+    assert desired(core) == full(core)
+
+
+def test_apply_then_revert_restores_the_original_flows(core):
+    core.create(BLUE)
+    before = desired(core)
+    core.apply(BLUE.replace("host: hv3", "host: hv2"))
+    assert desired(core) != before
+    core.apply(BLUE)
+    assert desired(core) == before
+
+
+def test_replaying_the_same_document_changes_nothing(core):
+    core.create(BLUE)
+    before = desired(core)
+    r = core.apply(BLUE)
+    assert desired(core) == before
+    assert r["hosts"] == {}  # no host's flow set changed, so none was touched
+
+
+def test_a_one_port_change_touches_only_hosts_whose_flows_change(core):
+    core.create(tenant_yaml("a", "s", [("p1", "10.0.0.11", "hv1"), ("p2", "10.0.0.12", "hv1")]))
+    core.create(tenant_yaml("b", "s", [("p1", "10.0.0.11", "hv2"), ("p2", "10.0.0.12", "hv3")]))
+    r = core.apply(tenant_yaml("a", "s", [("p1", "10.0.0.11", "hv1"), ("p2", "10.0.0.13", "hv1")]))
+    assert sorted(r["hosts"]) == ["hv1"]
+
+
+def test_invalid_document_changes_nothing(core):
+    core.create(BLUE)
+    before, rev = desired(core), core.store.tenant("blue").revision
+    bad = BLUE.replace("ip: 10.0.0.12", "ip: 10.0.1.12")
+    with pytest.raises(ApiError) as e:
+        core.apply(bad)
+    assert ("spec.ports[1].ip", "10.0.1.12 is outside switch web's cidr 10.0.0.0/24") in e.value.errors
+    assert desired(core) == before
+    assert core.store.tenant("blue").revision == rev
+
+
+def test_create_refuses_an_existing_tenant(core):
+    core.create(BLUE)
+    with pytest.raises(ApiError, match="already exists"):
+        core.create(BLUE)
+
+
+def test_allocations_survive_changes_and_restarts(core, tmp_path):
+    core.create(BLUE)
+    a1 = core.tenants["blue"].alloc
+    core.apply(BLUE.replace("    - {name: vm4, switch: web, ip: 10.0.0.14, host: hv1}\n", ""))
+    a2 = core.tenants["blue"].alloc
+    for p in ("vm1", "vm2", "vm3"):
+        assert (a1.port_key[p], a1.ofport[p]) == (a2.port_key[p], a2.ofport[p])
+    assert a1.vni == a2.vni and a1.tenant_id == a2.tenant_id
+    reborn = Core(core.store)  # a restarted controller knows every tenant
+    assert desired(reborn) == desired(core)
+
+
+def test_randomized_changes_incremental_equals_full(core):
+    rng = random.Random(7)
+    names = ["t0", "t1", "t2", "t3"]
+    for step in range(60):
+        name = rng.choice(names)
+        if name in core.tenants and rng.random() < 0.25:
+            core.delete(name)
+        else:
+            n = rng.randint(1, 5)
+            ports = [(f"p{i}", f"10.0.0.{10 + rng.randint(0, 40)}", f"hv{rng.randint(1, 3)}")
+                     for i in range(n)]
+            ports = list({ip: (p, ip, h) for p, ip, h in ports}.values())
+            core.apply(tenant_yaml(name, "s", ports))
+        assert desired(core) == full(core), f"step {step}"
+
+
+def test_store_revisions_refuse_stale_writers(tmp_path):
+    s = SqliteStore(str(tmp_path / "x.db"))
+    r1 = s.put_tenant("t", {"a": 1}, {}, None)
+    with pytest.raises(Conflict):
+        s.put_tenant("t", {"a": 2}, {}, None)  # create over an existing one
+    s.put_tenant("t", {"a": 2}, {}, r1)
+    with pytest.raises(Conflict):
+        s.put_tenant("t", {"a": 3}, {}, r1)  # stale revision
+    assert s.tenant("t").doc == {"a": 2}
+    s.close()

@@ -1,0 +1,86 @@
+"""Tenant YAML validation: every error names its field path and reason."""
+import pytest
+
+from topology.schema import ValidationError, load_tenant
+
+HOSTS = ["hv1", "hv2", "hv3"]
+
+GOOD = """
+apiVersion: nvctl/v1
+kind: Tenant
+metadata: {name: blue}
+spec:
+  switches:
+    - {name: web, cidr: 10.0.0.0/24}
+    - {name: db, cidr: 10.0.1.0/24}
+  ports:
+    - {name: vm1, switch: web, ip: 10.0.0.11, host: hv1}
+    - {name: vm2, switch: web, ip: 10.0.0.12, mac: "02:00:00:00:01:02", host: hv2}
+    - {name: db1, switch: db, ip: 10.0.1.5, host: hv3}
+"""
+
+
+def errors_of(text, hosts=HOSTS):
+    with pytest.raises(ValidationError) as e:
+        load_tenant(text, hosts)
+    return e.value.errors
+
+
+def test_valid_tenant_and_derived_mac():
+    t = load_tenant(GOOD, HOSTS)
+    assert t.name == "blue"
+    assert [p.name for p in t.ports] == ["vm1", "vm2", "db1"]
+    assert t.port("vm1").mac == "02:00:0a:00:00:0b"  # derived from 10.0.0.11
+    assert t.port("vm2").mac == "02:00:00:00:01:02"
+
+
+def test_ip_outside_cidr_names_the_field():
+    bad = GOOD.replace("{name: db1, switch: db, ip: 10.0.1.5", "{name: db1, switch: web, ip: 10.0.1.5")
+    assert errors_of(bad) == [("spec.ports[2].ip", "10.0.1.5 is outside switch web's cidr 10.0.0.0/24")]
+
+
+@pytest.mark.parametrize("old,new,path,reason", [
+    ("metadata: {name: blue}", "metadata: {name: blue, color: x}", "metadata.color", "unknown key"),
+    ("{name: vm1, switch: web,", "{name: vm1, colour: red, switch: web,", "spec.ports[0].colour", "unknown key"),
+    ("{name: vm2,", "{name: vm1,", "spec.ports[1].name", "duplicate port name 'vm1'"),
+    ("{name: db, cidr", "{name: web, cidr", "spec.switches[1].name", "duplicate switch name 'web'"),
+    ("ip: 10.0.0.12", "ip: 10.0.0.11", "spec.ports[1].ip", "10.0.0.11 is already used on switch web by vm1"),
+    ('mac: "02:00:00:00:01:02"', 'mac: "02:00:0a:00:00:0b"', "spec.ports[1].mac",
+     "02:00:0a:00:00:0b is already used on switch web by vm1"),
+    ("ip: 10.0.0.12", "ip: 10.0.0.0", "spec.ports[1].ip", "10.0.0.0 is the network address of 10.0.0.0/24"),
+    ("ip: 10.0.0.12", "ip: 10.0.0.255", "spec.ports[1].ip", "10.0.0.255 is the broadcast address"),
+    ("switch: db, ip: 10.0.1.5", "switch: dbx, ip: 10.0.1.5", "spec.ports[2].switch", "unknown switch 'dbx'"),
+    ("host: hv3", "host: hv9", "spec.ports[2].host", "unknown host 'hv9' (hosts: hv1, hv2, hv3)"),
+    ("ip: 10.0.0.12", "ip: 10.0.0.300", "spec.ports[1].ip", "is not an IPv4 address"),
+    ('mac: "02:00:00:00:01:02"', 'mac: "zz:00"', "spec.ports[1].mac", "is not a MAC address"),
+    ('mac: "02:00:00:00:01:02"', 'mac: "01:00:00:00:01:02"', "spec.ports[1].mac", "multicast"),
+    ("cidr: 10.0.1.0/24", "cidr: 10.0.1.0/33", "spec.switches[1].cidr", "is not an IPv4 network"),
+    ("cidr: 10.0.1.0/24", "cidr: 10.0.1.1/24", "spec.switches[1].cidr", "has host bits set"),
+    ("cidr: 10.0.1.0/24", "cidr: 10.0.0.128/25", "spec.switches[1].cidr", "overlaps switch web's 10.0.0.0/24"),
+    ("metadata: {name: blue}", "metadata: {name: Blue_1}", "metadata.name", "is not a valid name"),
+    ("apiVersion: nvctl/v1", "apiVersion: nvctl/v2", "apiVersion", "is not supported"),
+    ("kind: Tenant", "kind: Tenants", "kind", "is not supported"),
+    ("{name: vm1, switch: web, ip: 10.0.0.11, host: hv1}", "{name: vm1, switch: web, host: hv1}",
+     "spec.ports[0].ip", "is required"),
+])
+def test_each_rejection_names_field_and_reason(old, new, path, reason):
+    assert old in GOOD
+    errs = errors_of(GOOD.replace(old, new, 1))
+    assert any(p == path and reason in r for p, r in errs), errs
+
+
+def test_all_errors_are_reported_at_once():
+    bad = GOOD.replace("host: hv3", "host: hv9").replace("ip: 10.0.0.12", "ip: 10.0.9.12")
+    paths = [p for p, _ in errors_of(bad)]
+    assert paths == ["spec.ports[1].ip", "spec.ports[2].host"]
+
+
+def test_not_yaml_and_not_a_mapping():
+    assert "not valid YAML" in errors_of("spec: [unclosed")[0][1]
+    assert "must be a mapping" in errors_of("- just\n- a list\n")[0][1]
+    assert "exactly one YAML document" in errors_of(GOOD + "\n---\n" + GOOD)[0][1]
+
+
+def test_hosts_unchecked_when_not_given():
+    t = load_tenant(GOOD.replace("host: hv3", "host: anywhere"), None)
+    assert t.port("db1").host == "anywhere"

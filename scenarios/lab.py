@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute, NetNS, netns
 
 from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run
+from tep.workload import ipv4_only
 from controller.compiler import TUNNEL_OFPORT
 
 OF_PORT = 6653
@@ -177,27 +178,25 @@ class Lab:
         db.ensure_integration_bridge(p.dpid, f"tcp:{CONTROLLER_IP}:{OF_PORT}", p.pa, TUNNEL_OFPORT)
         db.vsctl("set", "controller", INTEGRATION_BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
 
-    def warm_underlay(self, plans: list[HostPlan]) -> int:
-        """Each host pings every peer's PA once. The userspace datapath drops a tunnel
-        packet while it resolves the remote PA's MAC; the ARP replies to these pings go
-        through br-phy, where OVS learns them, so tenant traffic does not pay for it.
-        Returns how many peers did not answer."""
-        procs = []
+    def warm_underlay(self, plans: list[HostPlan]) -> None:
+        """Teach every host's OVS the MAC of every peer PA before tenant traffic needs it.
+
+        The userspace datapath drops a tunnel packet while it resolves the remote PA, and
+        it learns only by snooping ARP *replies* on br-phy. So one host at a time: flush
+        its kernel's neighbours, then ping every peer; its kernel must ARP, and the
+        replies pass through its br-phy. (All at once, a kernel would learn its peers
+        from their requests, never ask, and its OVS would never learn.)"""
         for p in plans:
-            for q in plans:
-                if p is not q:
-                    procs.append(subprocess.Popen(
-                        ["ip", "netns", "exec", self.host_ns(p), "ping", "-c", "1", "-W", "2", q.pa],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            if len(procs) > 64:  # bound the number of processes alive at once
-                failed = sum(pr.wait() != 0 for pr in procs)
-                procs = []
+            ns = self.host_ns(p)
+            run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "dev", PHYSICAL_BRIDGE])
+            peers = [q.pa for q in plans if q is not p]
+            for i in range(0, len(peers), 64):  # bound the processes alive at once
+                procs = [subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", pa],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         for pa in peers[i:i + 64]]
+                failed = [pa for pa, pr in zip(peers[i:i + 64], procs) if pr.wait() != 0]
                 if failed:
-                    raise LabError(f"underlay: {failed} peer PAs did not answer ping from {p.name}")
-        failed = sum(pr.wait() != 0 for pr in procs)
-        if failed:
-            raise LabError(f"underlay: {failed} peer PAs did not answer ping")
-        return failed
+                    raise LabError(f"underlay: {p.name} cannot reach {', '.join(failed)}")
 
     def start_ovs(self, name: str) -> None:
         d = self.host_dir(name)
@@ -348,6 +347,7 @@ def _ns_create(name: str) -> None:
     netns.create(name)
     with NetNS(name) as n:
         n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+    ipv4_only(name)
 
 
 def _veth_between(tmp: str, ns_a: str, name_a: str, ns_b: str, name_b: str, bridge_b: str,
@@ -405,18 +405,26 @@ def _alive(pid: int | None, expect: str) -> bool:
         return False
 
 
+def _gone(pid: int) -> bool:
+    """Exited: no /proc entry, or a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return True
+
+
 def _kill_pidfile(path: str, expect: str, sig=signal.SIGTERM, timeout: float = 5) -> bool:
     pid = _read_pid(path)
     if not _alive(pid, expect):
         return False
     os.kill(pid, sig)
     deadline = time.monotonic() + timeout
-    while _alive(pid, expect):
+    while not _gone(pid):  # not _alive(): an exiting process's cmdline is already empty
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-            break
-        time.sleep(0.05)
+            deadline += timeout
+        time.sleep(0.02)
     try:  # reap it if it is our child
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -24,6 +24,15 @@ def ensure_namespace(name: str) -> None:
         with NetNS(name) as ns:
             lo = ns.link_lookup(ifname="lo")[0]
             ns.link("set", index=lo, state="up")
+        ipv4_only(name)
+
+
+def ipv4_only(ns_name: str) -> None:
+    """Links that arrive in this namespace from now on get no IPv6. The overlay carries
+    IPv4 (port security drops IPv6), and kernel IPv6 chatter (MLD, router solicitations)
+    on a veth goes straight to its peer, around OVS."""
+    run(["ip", "netns", "exec", ns_name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1",
+         "net.ipv6.conf.all.disable_ipv6=1"])
 
 
 def delete_namespace(name: str) -> None:
@@ -64,6 +73,7 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
         hns.link("set", index=idx, mtu=mtu, state="up")
     # The userspace datapath does not fill in checksums left to offload.
     run(["ip", "netns", "exec", ns_name, "ethtool", "-K", WORKLOAD_IFNAME, "tx", "off"])
+
 
 
 def delete_workload(ns_name: str, host_ns: str, host_ifname: str) -> None:

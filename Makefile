@@ -12,13 +12,13 @@ demo: $(STAMP)
 	$(VENV)/bin/nvctl demo
 
 test: $(STAMP)
-	$(PY) -m pytest -v tests
+	NVCTL_REQUIRE_INTEGRATION=1 $(PY) -m pytest -v tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -v -m "not integration" tests
 
 integration: $(STAMP)
-	$(PY) -m pytest -v -m integration tests
+	NVCTL_REQUIRE_INTEGRATION=1 $(PY) -m pytest -v -m integration tests
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

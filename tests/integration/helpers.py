@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
-import signal
 import subprocess
 import sys
 import tempfile
+
+from scenarios.netutil import Capture, in_ns, ping_many  # noqa: F401  (re-exported for tests)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,64 +32,6 @@ def apply_yaml(lab, text: str, op="apply", check=True):
         return nvctl(lab, "tenant", op, "-f", f.name, check=check)
     finally:
         os.unlink(f.name)
-
-
-def in_ns(ns: str, *cmd, timeout=60, check=False) -> subprocess.CompletedProcess:
-    p = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} in {ns} failed: {p.stderr}{p.stdout}")
-    return p
-
-
-def ping_many(pairs, count=3, interval=0.2):
-    """pairs: [(ns, dst_ip, label)] run at once -> {label: (received, transmitted)}."""
-    procs = {label: subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count),
-                                      "-i", str(interval), "-W", "2", ip],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for ns, ip, label in pairs}
-    out = {}
-    for label, p in procs.items():
-        text, _ = p.communicate(timeout=60)
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
-        out[label] = (int(m.group(2)), int(m.group(1))) if m else (0, count)
-    return out
-
-
-class Capture:
-    """tcpdump in a namespace, written to a pcap; stop() returns scapy packets."""
-
-    def __init__(self, ns: str, iface: str, bpf: str = "", inbound_only=False):
-        fd, self.path = tempfile.mkstemp(suffix=".pcap")
-        os.close(fd)
-        # --immediate-mode: otherwise packets wait in the ring for a block timeout, and
-        # SIGINT ends tcpdump without writing them ("N received by filter, 0 captured")
-        cmd = ["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-i", iface, "-n", "-U", "-w", self.path]
-        if inbound_only:
-            cmd[8:8] = ["-Q", "in"]
-        if bpf:
-            cmd += bpf.split()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        said = ""
-        while "listening on" not in said:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 10)
-            line = self.proc.stderr.readline().decode() if ready else ""
-            if not line:
-                self.proc.kill()
-                raise RuntimeError(f"tcpdump in {ns} did not start: {said}")
-            said += line
-
-    def stop(self):
-        from scapy.all import rdpcap  # registers every link type and layer
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        try:
-            return list(rdpcap(self.path))
-        finally:
-            os.unlink(self.path)
 
 
 SEND_SCRIPT = """

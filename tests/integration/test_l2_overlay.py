@@ -65,8 +65,8 @@ def test_no_packet_of_one_tenant_reaches_the_other(lab, tenants):
         ])
         time.sleep(0.5)
     finally:
-        got = {n: c.stop() for n, c in red_caps.items()}
-        seen_by_blue_vm2 = control.stop()
+        got = {n: c.packets() for n, c in red_caps.items()}
+        seen_by_blue_vm2 = control.packets()
     assert any(b"blue-broadcast" in bytes(p) for p in seen_by_blue_vm2), \
         "control failed: blue's own broadcast did not reach blue vm2, so the capture proves nothing"
     leaked = {n: [p.summary() for p in pk] for n, pk in got.items() if pk}
@@ -87,7 +87,7 @@ def test_underlay_carries_vxlan_between_pas_with_each_tenants_vni(lab, tenants):
                          (red["vm3"]["namespace"], red["vm1"]["ip"], "red")], count=3)
         assert res == {"blue": (3, 3), "red": (3, 3)}
     finally:
-        pkts = [p for c in caps for p in c.stop()]
+        pkts = [p for c in caps for p in c.packets()]
     seen = {}
     for p in pkts:
         if VXLAN not in p:
@@ -126,7 +126,7 @@ def test_forged_source_mac_or_ip_is_dropped(lab, tenants):
         send_frames(src["namespace"], frames)
         time.sleep(0.5)
     finally:
-        got = {n: c.stop() for n, c in caps.items()}
+        got = {n: c.packets() for n, c in caps.items()}
     from scapy.layers.l2 import ARP
     for n, pk in got.items():
         raw = [bytes(p) for p in pk]

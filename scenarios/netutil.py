@@ -1,0 +1,84 @@
+"""Traffic and capture helpers for scenarios and tests (lab namespaces only)."""
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import tempfile
+
+
+def in_ns(ns: str, *cmd, timeout=60, check=False) -> subprocess.CompletedProcess:
+    p = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} in {ns} failed: {p.stderr}{p.stdout}")
+    return p
+
+
+def ping_many(pairs, count=3, interval=0.2) -> dict:
+    """pairs: [(ns, dst_ip, label)], run at once -> {label: (received, transmitted)}."""
+    procs = {label: subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count),
+                                      "-i", str(interval), "-W", "2", ip],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for ns, ip, label in pairs}
+    out = {}
+    for label, p in procs.items():
+        text, _ = p.communicate(timeout=60)
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+        out[label] = (int(m.group(2)), int(m.group(1))) if m else (0, count)
+    return out
+
+
+class Capture:
+    """tcpdump in a namespace into a pcap. stop() returns the packet count; packets()
+    parses the pcap with scapy (a test dependency)."""
+
+    def __init__(self, ns: str, iface: str, bpf: str = "", inbound_only=False):
+        fd, self.path = tempfile.mkstemp(suffix=".pcap")
+        os.close(fd)
+        # --immediate-mode: otherwise packets wait in the ring for a block timeout, and
+        # SIGINT ends tcpdump without writing them ("N received by filter, 0 captured")
+        cmd = ["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-i", iface, "-n", "-U",
+               "-w", self.path]
+        if inbound_only:
+            cmd += ["-Q", "in"]
+        cmd += bpf.split()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.count: int | None = None
+        said = ""
+        while "listening on" not in said:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 10)
+            line = self.proc.stderr.readline().decode() if ready else ""
+            if not line:
+                self.proc.kill()
+                self.proc.wait()
+                os.unlink(self.path)
+                raise RuntimeError(f"tcpdump in {ns} did not start: {said}")
+            said += line
+
+    def stop(self) -> int:
+        if self.count is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                _, err = self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                _, err = self.proc.communicate()
+            m = re.search(rb"(\d+) packets? captured", err or b"")
+            self.count = int(m.group(1)) if m else 0
+        return self.count
+
+    def packets(self) -> list:
+        from scapy.all import rdpcap  # registers every link type and layer
+        self.stop()
+        try:
+            return list(rdpcap(self.path))
+        finally:
+            os.unlink(self.path)
+
+    def discard(self) -> int:
+        n = self.stop()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        return n

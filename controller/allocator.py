@@ -15,6 +15,7 @@ from dataplane.match_action import COOKIE_TENANT_MAX
 FIRST_VNI = 1000
 MAX_VNI = (1 << 24) - 1  # VXLAN's VNI is 24 bits
 FIRST_OFPORT = 10  # below: reserved for infrastructure ports (the tunnel is 1)
+FIRST_ZONE, MAX_ZONE = 1, 0xFFFF
 MAX_OFPORT = 0xFEFF
 
 
@@ -24,14 +25,21 @@ class Allocation:
     vni: dict = field(default_factory=dict)  # switch -> VNI
     port_key: dict = field(default_factory=dict)  # port -> key (unique within its switch)
     ofport: dict = field(default_factory=dict)  # port -> ofport on its host
+    zone: dict = field(default_factory=dict)  # port -> conntrack zone (unique on every host)
 
     def to_json(self) -> dict:
         return {"tenant_id": self.tenant_id, "vni": self.vni, "port_key": self.port_key,
-                "ofport": self.ofport}
+                "ofport": self.ofport, "zone": self.zone}
 
     @staticmethod
     def from_json(d: dict) -> "Allocation":
-        return Allocation(d["tenant_id"], dict(d["vni"]), dict(d["port_key"]), dict(d["ofport"]))
+        return Allocation(d["tenant_id"], dict(d["vni"]), dict(d["port_key"]), dict(d["ofport"]),
+                          dict(d.get("zone", {})))
+
+
+def router_port_name(router: str, switch: str) -> str:
+    """The port_key name of a router's port on a switch (port names cannot contain ':')."""
+    return f"{router}:{switch}"
 
 
 @dataclass
@@ -41,16 +49,19 @@ class InUse:
     tenant_ids: set = field(default_factory=set)
     vnis: set = field(default_factory=set)
     ofports: dict = field(default_factory=dict)  # host -> set of ofports
+    zones: set = field(default_factory=set)
 
     def add(self, t: Tenant, a: Allocation) -> None:
         self.tenant_ids.add(a.tenant_id)
         self.vnis.update(a.vni.values())
+        self.zones.update(a.zone.values())
         for p in t.ports:
             self.ofports.setdefault(p.host, set()).add(a.ofport[p.name])
 
     def remove(self, t: Tenant, a: Allocation) -> None:
         self.tenant_ids.discard(a.tenant_id)
         self.vnis.difference_update(a.vni.values())
+        self.zones.difference_update(a.zone.values())
         for p in t.ports:
             self.ofports.get(p.host, set()).discard(a.ofport[p.name])
 
@@ -68,43 +79,46 @@ def _lowest_free(used: set, start: int, stop: int, what: str) -> int:
     return n
 
 
+def _assign(items: list[tuple[str, str]], prev_values: dict, prev_scope: dict,
+            used: dict[str, set], lo: int, hi: int, what: str) -> dict:
+    """items: (name, scope). A name keeps its previous value while its scope (switch,
+    host, or "" for global) is unchanged; the others get the lowest free value in their
+    scope. `used` holds what others hold, per scope, and is updated."""
+    out: dict = {}
+    for name, scope in items:
+        if name in prev_values and prev_scope.get(name) == scope:
+            out[name] = prev_values[name]
+            used.setdefault(scope, set()).add(out[name])
+    for name, scope in items:
+        if name not in out:
+            taken = used.setdefault(scope, set())
+            out[name] = _lowest_free(taken, lo, hi, what + (f" on {scope}" if scope else ""))
+            taken.add(out[name])
+    return out
+
+
 def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
              others: InUse) -> Allocation:
     """Allocation for `t`. `others` must not include this tenant's own holdings."""
     tid = prev.tenant_id if prev else _lowest_free(others.tenant_ids, 1, COOKIE_TENANT_MAX,
                                                     "tenant id")
-    vni: dict = {}
-    taken = set(others.vnis)
-    for s in t.switches:  # keep the VNIs of switches that stay
-        if prev and s.name in prev.vni:
-            vni[s.name] = prev.vni[s.name]
-            taken.add(vni[s.name])
-    for s in t.switches:
-        if s.name not in vni:
-            vni[s.name] = _lowest_free(taken, FIRST_VNI, MAX_VNI, "VNI")
-            taken.add(vni[s.name])
-    prev_ports = {p.name: p for p in prev_tenant.ports} if prev_tenant else {}
-    keys: dict = {}
-    used_keys: dict[str, set] = {}
-    ofports: dict = {}
-    used_of: dict[str, set] = {h: set(v) for h, v in others.ofports.items()}
-    kept = []
-    for p in t.ports:
-        old = prev_ports.get(p.name)
-        if prev and old is not None and old.switch == p.switch:
-            keys[p.name] = prev.port_key[p.name]
-            used_keys.setdefault(p.switch, set()).add(keys[p.name])
-        if prev and old is not None and old.host == p.host:
-            ofports[p.name] = prev.ofport[p.name]
-            used_of.setdefault(p.host, set()).add(ofports[p.name])
-        kept.append(p)
-    for p in kept:
-        if p.name not in keys:
-            used = used_keys.setdefault(p.switch, set())
-            keys[p.name] = _lowest_free(used, 1, MAX_PORT_KEY, f"port key on switch {p.switch}")
-            used.add(keys[p.name])
-        if p.name not in ofports:
-            used = used_of.setdefault(p.host, set())
-            ofports[p.name] = _lowest_free(used, FIRST_OFPORT, MAX_OFPORT, f"ofport on {p.host}")
-            used.add(ofports[p.name])
-    return Allocation(tid, vni, keys, ofports)
+    prev = prev or Allocation(tid)
+    old = prev_tenant
+    switches = [(s.name, "") for s in t.switches]
+    vni = _assign(switches, prev.vni, {s.name: "" for s in old.switches} if old else {},
+                  {"": set(others.vnis)}, FIRST_VNI, MAX_VNI, "VNI")
+    members = [(p.name, p.switch) for p in t.ports] + \
+        [(router_port_name(r.name, rp.switch), rp.switch) for r in t.routers for rp in r.ports]
+    old_switch = {}
+    if old:
+        old_switch = {p.name: p.switch for p in old.ports}
+        old_switch.update({router_port_name(r.name, rp.switch): rp.switch
+                           for r in old.routers for rp in r.ports})
+    keys = _assign(members, prev.port_key, old_switch, {}, 1, MAX_PORT_KEY, "port key")
+    ofports = _assign([(p.name, p.host) for p in t.ports], prev.ofport,
+                      {p.name: p.host for p in old.ports} if old else {},
+                      {h: set(v) for h, v in others.ofports.items()}, FIRST_OFPORT, MAX_OFPORT, "ofport")
+    zones = _assign([(p.name, "") for p in t.ports], prev.zone,
+                    {p.name: "" for p in old.ports} if old else {},
+                    {"": set(others.zones)}, FIRST_ZONE, MAX_ZONE, "conntrack zone")
+    return Allocation(tid, vni, keys, ofports, zones)

@@ -7,11 +7,12 @@ and it is the reference any incremental path must equal.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
 from dataplane.match_action import Flow, flows_by_cookie
-from topology.graph import switch_spans
+from topology.graph import switch_members, switch_spans
 from topology.model import Tenant
 from controller.allocator import Allocation
 from controller.layers.base import HostView, TenantView
@@ -29,11 +30,11 @@ class Host:
 def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantView:
     placed = tuple(p for p in t.ports if p.host in hosts)  # ports on gone hosts are down
     if len(placed) != len(t.ports):
-        t = Tenant(t.name, t.switches, placed)
+        t = dataclasses.replace(t, ports=placed)
     return TenantView(
         tenant=t, tenant_id=a.tenant_id, vni=a.vni, port_key=a.port_key, ofport=a.ofport,
-        span=switch_spans(t), pa={h.name: h.pa for h in hosts.values()},
-        tunnel_port=TUNNEL_OFPORT)
+        members=switch_members(t), span=switch_spans(t), zone=a.zone,
+        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT)
 
 
 def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> dict[str, list[Flow]]:

@@ -239,8 +239,9 @@ class Core:
         out = {}
         for p in e.tenant.ports:
             sw = e.tenant.switch(p.switch)
+            gw = e.tenant.router_of(p.switch)
             out[p.name] = Attachment(name, p.name, p.host, e.alloc.ofport[p.name], str(p.ip),
-                                     sw.cidr.prefixlen, p.mac)
+                                     sw.cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None)
         return out
 
     def _put(self, text: str, must_exist: bool | None) -> dict:
@@ -280,7 +281,8 @@ class Core:
         before, after = self._attachments(name, old), self._attachments(name, new)
         errors = []
         for port, a in before.items():
-            if after.get(port) != a:
+            b = after.get(port)
+            if b is None or (b.host, b.ofport) != (a.host, a.ofport):  # else: updated in place
                 try:
                     self.driver.unplug(a)
                 except Exception as e:

@@ -17,13 +17,14 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
-from dataplane.match_action import (FIELDS, IN_PORT, Flow, Goto, Match, Move, Output, Resubmit,
-                                    SetField)
+from dataplane.match_action import (FIELDS, IN_PORT, Ct, DecTtl, Flow, Goto, Group, Match, Meter,
+                                    Move, Output, Resubmit, SetField)
 
 LOG = logging.getLogger("nvctl.ofadapter")
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 REPLY_TIMEOUT = 60.0
 OFP10_IN_PORT = 0xFFF8
+NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1  # OVS nx-match.h
 
 
 class SwitchError(RuntimeError):
@@ -57,13 +58,33 @@ def to_action(parser, ofp, a):
     if isinstance(a, Resubmit):
         # NXAST_RESUBMIT_TABLE carries a 16-bit (OpenFlow 1.0) port: 0xfff8 is IN_PORT
         return parser.NXActionResubmitTable(in_port=OFP10_IN_PORT, table_id=a.table.number)
+    if isinstance(a, DecTtl):
+        return parser.OFPActionDecNwTtl()
+    if isinstance(a, Group):
+        return parser.OFPActionGroup(a.group_id)
+    if isinstance(a, Ct):
+        nat = []
+        if a.nat is not None:
+            if not a.nat.kind:
+                nat = [parser.NXActionNAT(flags=0)]
+            else:
+                kw = {"range_ipv4_min": a.nat.ip, "range_ipv4_max": a.nat.ip}
+                if a.nat.port:
+                    kw.update(range_proto_min=a.nat.port, range_proto_max=a.nat.port)
+                flag = NX_NAT_F_SRC if a.nat.kind == "src" else NX_NAT_F_DST
+                nat = [parser.NXActionNAT(flags=flag, **kw)]
+        return parser.NXActionCT(
+            flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0, zone_src="",
+            zone_ofs_nbits=a.zone,
+            recirc_table=a.table.number if a.table is not None else nicira_ext.NX_CT_RECIRC_NONE,
+            alg=0, actions=nat)
     raise TypeError(f"no OpenFlow encoding for {a!r}")
 
 
 def to_flow_mod(dp, f: Flow):
     ofp, parser = dp.ofproto, dp.ofproto_parser
-    acts = [to_action(parser, ofp, a) for a in f.actions if not isinstance(a, Goto)]
-    inst = []
+    acts = [to_action(parser, ofp, a) for a in f.actions if not isinstance(a, (Goto, Meter))]
+    inst = [parser.OFPInstructionMeter(a.meter_id) for a in f.actions if isinstance(a, Meter)]
     if acts:
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts))
     if f.actions and isinstance(f.actions[-1], Goto):
@@ -166,17 +187,22 @@ class Session:
         n = len(delete) + len(add)
         if n == 0:
             return 0
+        dp = self.dp
+        # Encode everything before the bundle opens: a value we cannot encode must not
+        # leave a half-sent bundle on the switch.
+        mods = [delete_cookie(dp, c) for c in delete] + [to_flow_mod(dp, f) for f in add]
         with self._lock:
-            dp = self.dp
             ofp, parser = dp.ofproto, dp.ofproto_parser
             bid = next(self._bundle_ids)
             flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
             w = _Waiter()
             xids = [self._send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []), w)]
-            for c in delete:
-                xids.append(self._send(parser.ONFBundleAddMsg(dp, bid, flags, delete_cookie(dp, c), []), w))
-            for f in add:
-                xids.append(self._send(parser.ONFBundleAddMsg(dp, bid, flags, to_flow_mod(dp, f), []), w))
+            try:
+                for m in mods:
+                    xids.append(self._send(parser.ONFBundleAddMsg(dp, bid, flags, m, []), w))
+            except Exception:
+                self._send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_DISCARD_REQUEST, flags, []))
+                raise
             xids.append(self._send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []), w))
             # OVS answers in order: any error for the xids above arrives before the
             # barrier reply, which is the only reply that ends the wait.

@@ -12,10 +12,12 @@ from controller.layers.classify import Classify
 from controller.layers.delivery import Delivery
 from controller.layers.encap import Encap
 from controller.layers.port_security import PortSecurity
+from controller.layers.routing import Routing
 from controller.layers.switching import Switching
 
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
-INGRESS: tuple[Layer, ...] = (Classify(), PortSecurity(), ArpResponder(), Switching(), Encap())
+INGRESS: tuple[Layer, ...] = (Classify(), PortSecurity(), ArpResponder(), Switching(), Routing(),
+                              Encap())
 # Egress: towards a workload on this host.
 EGRESS: tuple[Layer, ...] = (Delivery(),)
 # Packets that arrive over VXLAN continue at this layer's first table.
@@ -39,7 +41,7 @@ def _build():
             sym["@next"] = nxt
         symbols_of[layer.name] = sym
     tables = []
-    for idx, (layer, d) in enumerate(order):
+    for layer, d in order:
         sym = symbols_of[layer.name]
         succ = []
         for s in d.successors:
@@ -48,11 +50,12 @@ def _build():
                     raise ValueError(f"table {d.name}: {s} means nothing for layer {layer.name}")
                 s = sym[s]
             succ.append(s)
-        if d.miss == "next":
-            if idx + 1 >= len(order):
-                raise ValueError(f"table {d.name}: miss=next but it is the last table")
-            succ.append(order[idx + 1][1].name)
-        tables.append(Table(d.name, frozenset(d.fields), tuple(dict.fromkeys(succ)), d.miss,
+        miss = d.miss
+        if miss.startswith("@"):
+            if miss not in sym:
+                raise ValueError(f"table {d.name}: miss {miss} means nothing for layer {layer.name}")
+            miss = sym[miss]
+        tables.append(Table(d.name, frozenset(d.fields), tuple(dict.fromkeys(succ)), miss,
                             layer=layer.name))
     return Pipeline(tables), symbols_of
 
@@ -73,6 +76,7 @@ def miss_flows(sink_host: str, sink: dict) -> None:
         out = emitter(layer, sink)
         for d in layer.tables:
             t: Table = PIPELINE[d.name]
-            actions = (out.goto(PIPELINE.next_of(t).name),) if d.miss == "next" else ()
+            actions = (out.goto(t.miss),) if t.miss != "drop" else ()
+            what = "drop" if t.miss == "drop" else f"continue at {t.miss}"
             out.to((sink_host,), out.flow(d.name, MISS_PRIORITY, Match(), actions,
-                                          rule=f"{d.name} miss: {d.miss}"))
+                                          rule=f"{d.name} miss: {what}"))

@@ -48,6 +48,8 @@ SLOTS: tuple[Slot, ...] = (
     Slot("inport", "reg14", 0, 32, "logical port key (within its switch) the packet came from"),
     Slot("outport", "reg15", 0, 32, "logical port key chosen by l2_lookup; FLOOD for broadcast"),
     Slot("from_tunnel", "reg10", 0, 1, "1 when the packet arrived over VXLAN from another host"),
+    Slot("nexthop", "reg12", 0, 32, "IPv4 next hop chosen by ip_routing, resolved by ip_neighbor"),
+    Slot("scratch", "reg11", 0, 32, "temporary for swapping fields within one flow's actions"),
 )
 
 BY_NAME = {s.name: s for s in SLOTS}
@@ -75,3 +77,5 @@ LOGICAL_SWITCH = BY_NAME["logical_switch"]
 INPORT = BY_NAME["inport"]
 OUTPORT = BY_NAME["outport"]
 FROM_TUNNEL = BY_NAME["from_tunnel"]
+NEXTHOP = BY_NAME["nexthop"]
+SCRATCH = BY_NAME["scratch"]

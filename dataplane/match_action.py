@@ -46,6 +46,25 @@ def _regs() -> list[FieldSpec]:
 
 _IP = (("eth_type", (ETH_TYPE_IP,)),)
 _ARP = (("eth_type", (ETH_TYPE_ARP,)),)
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+_TCP = _IP + (("ip_proto", (IPPROTO_TCP,)),)
+_UDP = _IP + (("ip_proto", (IPPROTO_UDP,)),)
+_ICMP = _IP + (("ip_proto", (IPPROTO_ICMP,)),)
+
+# ct_state bits (ovs-fields(7))
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK, CT_SNAT, CT_DNAT = (1 << i for i in range(8))
+CT_FLAGS = {"new": CT_NEW, "est": CT_EST, "rel": CT_REL, "rpl": CT_RPL, "inv": CT_INV,
+            "trk": CT_TRK, "snat": CT_SNAT, "dnat": CT_DNAT}
+
+
+def ct_state(**flags: bool) -> tuple[int, int]:
+    """A masked ct_state match: ct_state(trk=True, est=True, rpl=False) -> (value, mask)."""
+    value = mask = 0
+    for name, on in flags.items():
+        bit = CT_FLAGS[name]
+        mask |= bit
+        value |= bit if on else 0
+    return value, mask
 
 FIELDS: dict[str, FieldSpec] = {
     f.name: f
@@ -63,6 +82,15 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("ipv4_src", "ipv4", 32, "nw_src", _IP),
         FieldSpec("ipv4_dst", "ipv4", 32, "nw_dst", _IP),
         FieldSpec("ip_proto", "int", 8, "nw_proto", _IP),
+        FieldSpec("ip_ttl", "int", 8, "nw_ttl", _IP),
+        FieldSpec("tcp_src", "int", 16, "tcp_src", _TCP),
+        FieldSpec("tcp_dst", "int", 16, "tcp_dst", _TCP),
+        FieldSpec("udp_src", "int", 16, "udp_src", _UDP),
+        FieldSpec("udp_dst", "int", 16, "udp_dst", _UDP),
+        FieldSpec("icmpv4_type", "int", 8, "icmp_type", _ICMP),
+        FieldSpec("icmpv4_code", "int", 8, "icmp_code", _ICMP),
+        FieldSpec("ct_state", "int", 32, "ct_state"),
+        FieldSpec("ct_zone", "int", 16, "ct_zone"),
         FieldSpec("tunnel_id", "int", 64, "tun_id"),
         FieldSpec("tun_ipv4_src", "ipv4", 32, "tun_src"),
         FieldSpec("tun_ipv4_dst", "ipv4", 32, "tun_dst"),
@@ -93,7 +121,8 @@ def _norm_value(spec: FieldSpec, value):
     raise AssertionError(spec.kind)
 
 
-_DECIMAL = {"in_port", "arp_op", "ip_proto"}
+_DECIMAL = {"in_port", "arp_op", "ip_proto", "ip_ttl", "tcp_src", "tcp_dst", "udp_src", "udp_dst",
+            "icmpv4_type", "icmpv4_code", "ct_zone"}
 
 
 def _value_int(spec: FieldSpec, value) -> int:
@@ -104,7 +133,19 @@ def _value_int(spec: FieldSpec, value) -> int:
     return int(ipaddress.IPv4Address(value))
 
 
+def _from_int(spec: FieldSpec, n: int):
+    if spec.kind == "int":
+        return n
+    if spec.kind == "mac":
+        return ":".join(f"{(n >> s) & 0xFF:02x}" for s in range(40, -1, -8))
+    return str(ipaddress.IPv4Address(n))
+
+
 def _fmt_value(spec: FieldSpec, value, mask) -> str:
+    if spec.name == "ct_state":
+        m = (1 << 8) - 1 if mask is None else mask
+        return "".join(("+" if value & bit else "-") + name for name, bit in CT_FLAGS.items()
+                       if m & bit)
     if spec.kind == "int":
         if mask is not None:
             return f"{value:#x}/{mask:#x}"
@@ -312,6 +353,74 @@ class Goto(Action):
         return f"goto_table:{self.table.number}"
 
 
+@dataclass(frozen=True)
+class Nat:
+    """NAT inside ct(): kind "src" or "dst" with an address (and port) to translate to,
+    or kind "" for ct(nat): apply an existing connection's translation (both ways)."""
+
+    kind: str = ""
+    ip: str | None = None
+    port: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("", "src", "dst"):
+            raise ValueError(f"nat kind {self.kind!r}")
+        if self.kind and self.ip is None:
+            raise ValueError("nat(src/dst) needs an address")
+
+    def ofctl(self) -> str:
+        if not self.kind:
+            return "nat"
+        return f"nat({self.kind}={self.ip}{':' + str(self.port) if self.port else ''})"
+
+
+@dataclass(frozen=True)
+class Ct(Action):
+    """Send through conntrack in `zone`. With `table`, continue there with ct_state set
+    (must be the flow's last action); with `commit`, remember the connection."""
+
+    zone: int
+    commit: bool = False
+    table: "Table | None" = None
+    nat: Nat | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.zone <= 0xFFFF:
+            raise ValueError(f"ct zone {self.zone} out of range")
+
+    def ofctl(self):
+        parts = (["commit"] if self.commit else []) + \
+                ([f"table={self.table.number}"] if self.table is not None else []) + \
+                [f"zone={self.zone}"] + ([self.nat.ofctl()] if self.nat else [])
+        return f"ct({','.join(parts)})"
+
+
+@dataclass(frozen=True)
+class DecTtl(Action):
+    """Decrement the IPv4 TTL; a packet whose TTL would reach 0 is dropped."""
+
+    def ofctl(self):
+        return "dec_ttl"
+
+
+@dataclass(frozen=True)
+class Meter(Action):
+    """Pass the packet through a meter (OpenFlow 1.3 instruction; must come first)."""
+
+    meter_id: int
+
+    def ofctl(self):
+        return f"meter:{self.meter_id}"
+
+
+@dataclass(frozen=True)
+class Group(Action):
+    group_id: int
+
+    def ofctl(self):
+        return f"group:{self.group_id}"
+
+
 # --------------------------------------------------------------------------------------
 # Tables and the pipeline
 # --------------------------------------------------------------------------------------
@@ -325,8 +434,9 @@ class ContractError(ValueError):
 class Table:
     """A named table: the match fields it accepts, where it may go, what a miss does.
 
-    `miss` is "drop" or "next" (continue with the following table in the pipeline).
-    The number is assigned by the Pipeline; code and output use the name.
+    `miss` is "drop", or the name of the table a miss continues in ("next" for the one
+    that follows in the pipeline). The number is assigned by the Pipeline; code and
+    output use the name.
     """
 
     name: str
@@ -344,6 +454,14 @@ class Table:
         if extra:
             raise ContractError(f"table {self.name}: match on undeclared field(s) {sorted(extra)}")
         for i, act in enumerate(flow.actions):
+            if isinstance(act, Meter) and i != 0:
+                raise ContractError(f"table {self.name}: meter must be the first action")
+            if isinstance(act, Ct) and act.table is not None:
+                if act.table.name not in self.successors:
+                    raise ContractError(f"table {self.name}: ct to {act.table.name} is not a "
+                                        f"declared successor {list(self.successors)}")
+                if i != len(flow.actions) - 1:
+                    raise ContractError(f"table {self.name}: ct(table=...) must be the last action")
             if isinstance(act, (Goto, Resubmit)):
                 if act.table.name not in self.successors:
                     raise ContractError(
@@ -369,11 +487,18 @@ class Pipeline:
             self.tables.append(t)
             self.by_name[t.name] = t
         for t in self.tables:
+            if t.miss == "next":
+                if t.number + 1 >= len(self.tables):
+                    raise ValueError(f"table {t.name}: miss=next but it is the last table")
+                object.__setattr__(t, "miss", self.tables[t.number + 1].name)
             for s in t.successors:
                 if s not in self.by_name:
                     raise ValueError(f"table {t.name}: unknown successor {s}")
-            if t.miss not in ("drop", "next"):
-                raise ValueError(f"table {t.name}: miss must be drop or next")
+            if t.miss != "drop":
+                if t.miss not in self.by_name:
+                    raise ValueError(f"table {t.name}: miss goes to unknown table {t.miss}")
+                if t.miss not in t.successors:
+                    object.__setattr__(t, "successors", t.successors + (t.miss,))
         self.by_number = {t.number: t for t in self.tables}
 
     def __getitem__(self, name: str) -> Table:
@@ -502,11 +627,96 @@ class Fate:
 MAX_RESUBMIT_DEPTH = 64
 
 
+@dataclass
+class Conn:
+    zone: int
+    orig: tuple  # (proto, src, sport, dst, dport) as the first packet had it
+    reply: tuple  # what a reply looks like on the wire (after NAT), reversed
+    nat: "Nat | None" = None
+    natted: tuple | None = None  # the first packet's tuple after NAT
+
+
+def _l4_ports(pkt: Mapping) -> tuple[int, int]:
+    for proto in ("tcp", "udp"):
+        if f"{proto}_src" in pkt:
+            return pkt[f"{proto}_src"], pkt[f"{proto}_dst"]
+    return 0, 0
+
+
+def _tuple(pkt: Mapping) -> tuple | None:
+    if pkt.get("eth_type") != ETH_TYPE_IP:
+        return None
+    sport, dport = _l4_ports(pkt)
+    return (pkt.get("ip_proto", 0), pkt["ipv4_src"], sport, pkt["ipv4_dst"], dport)
+
+
+def _set_tuple(pkt: dict, t: tuple) -> None:
+    proto, src, sport, dst, dport = t
+    pkt["ipv4_src"], pkt["ipv4_dst"] = src, dst
+    for l4 in ("tcp", "udp"):
+        if f"{l4}_src" in pkt:
+            pkt[f"{l4}_src"], pkt[f"{l4}_dst"] = sport, dport
+
+
+def _reverse(t: tuple) -> tuple:
+    proto, src, sport, dst, dport = t
+    return (proto, dst, dport, src, sport)
+
+
+class Conntrack:
+    """One host's connection tracker, as far as the pipeline can observe it: a packet is
+    +new until its connection is committed, +est after (+rpl in the reply direction);
+    NAT set at commit is applied to later packets both ways by ct(nat)."""
+
+    def __init__(self):
+        self.index: dict[tuple, tuple[Conn, bool]] = {}  # (zone, tuple) -> (conn, is_reply)
+
+    def lookup(self, zone: int, pkt: Mapping) -> tuple[int, Conn | None, bool]:
+        t = _tuple(pkt)
+        if t is None:
+            return CT_TRK | CT_INV, None, False
+        hit = self.index.get((zone, t))
+        if hit is None:
+            return CT_TRK | CT_NEW, None, False
+        conn, rpl = hit
+        state = CT_TRK | CT_EST | (CT_RPL if rpl else 0)
+        if conn.nat is not None:
+            state |= CT_SNAT if conn.nat.kind == "src" else CT_DNAT
+        return state, conn, rpl
+
+    def translate(self, conn: Conn, rpl: bool, pkt: dict) -> None:
+        if conn.nat is None:
+            return
+        _set_tuple(pkt, _reverse(conn.orig) if rpl else conn.natted)
+
+    def commit(self, zone: int, pkt: dict, nat: "Nat | None") -> Conn | None:
+        t = _tuple(pkt)
+        if t is None:
+            raise Unsupported("ct(commit) of a non-IPv4 packet")
+        hit = self.index.get((zone, t))
+        if hit is not None:
+            return hit[0]
+        natted = t
+        if nat is not None and nat.kind:
+            proto, src, sport, dst, dport = t
+            if nat.kind == "src":
+                natted = (proto, nat.ip, nat.port or sport, dst, dport)
+            else:
+                natted = (proto, src, sport, nat.ip, nat.port or dport)
+        conn = Conn(zone, t, _reverse(natted), nat if nat and nat.kind else None, natted)
+        self.index[(zone, t)] = (conn, False)
+        self.index[(zone, conn.reply)] = (conn, True)
+        _set_tuple(pkt, natted)
+        return conn
+
+
 class Simulator:
     """Runs packets through one host's flow set. Strict: unknown actions raise."""
 
-    def __init__(self, pipeline: Pipeline, flows: Iterable[Flow]):
+    def __init__(self, pipeline: Pipeline, flows: Iterable[Flow], groups: Mapping | None = None):
         self.pipeline = pipeline
+        self.ct = Conntrack()
+        self.groups = dict(groups or {})  # id -> list of buckets (action tuples)
         self.by_table: dict[int, list[Flow]] = {}
         for f in flows:
             self.by_table.setdefault(f.table.number, []).append(f)
@@ -534,6 +744,8 @@ class Simulator:
         for r in range(16):
             pkt.setdefault(f"reg{r}", 0)
         pkt.setdefault("metadata", 0)
+        pkt.setdefault("ct_state", 0)
+        pkt.setdefault("ct_zone", 0)
         pkt["in_port"] = in_port
         fate = Fate()
         self._table(0, pkt, fate, 0)
@@ -549,7 +761,10 @@ class Simulator:
         fate.path.append(Hop(table.name, flow))
         if flow is None:
             return  # OpenFlow 1.3 table miss without a miss flow: drop
-        for act in flow.actions:
+        self._actions(flow.actions, pkt, fate, depth)
+
+    def _actions(self, actions, pkt: dict, fate: Fate, depth: int) -> None:
+        for act in actions:
             if isinstance(act, Output):
                 port = pkt["in_port"] if act.port == IN_PORT else act.port
                 if act.port != IN_PORT and port == pkt["in_port"]:
@@ -564,19 +779,52 @@ class Simulator:
             elif isinstance(act, Move):
                 if act.src not in pkt:
                     raise Unsupported(f"move from absent field {act.src}")
-                pkt[act.dst] = pkt[act.src]
+                pkt[act.dst] = _from_int(FIELDS[act.dst], _value_int(FIELDS[act.src], pkt[act.src]))
             elif isinstance(act, Resubmit):
                 # OVS keeps whatever the resubmitted tables changed; so do we.
                 self._table(act.table.number, pkt, fate, depth + 1)
             elif isinstance(act, Goto):
                 self._table(act.table.number, pkt, fate, depth + 1)
+            elif isinstance(act, Ct):
+                state, conn, rpl = self.ct.lookup(act.zone, pkt)
+                if act.nat is not None and not act.nat.kind and conn is not None:
+                    self.ct.translate(conn, rpl, pkt)
+                if act.commit:
+                    if conn is None:
+                        self.ct.commit(act.zone, pkt, act.nat)
+                    elif act.nat is not None and act.nat.kind:
+                        self.ct.translate(conn, rpl, pkt)
+                if act.table is not None:
+                    pkt["ct_state"], pkt["ct_zone"] = state, act.zone
+                    self._table(act.table.number, pkt, fate, depth + 1)
+            elif isinstance(act, DecTtl):
+                ttl = pkt.get("ip_ttl")
+                if ttl is None:
+                    raise Unsupported("dec_ttl on a packet without ip_ttl")
+                if ttl <= 1:
+                    fate.path.append(Hop("(dec_ttl: TTL expired)", None))
+                    return
+                pkt["ip_ttl"] = ttl - 1
+            elif isinstance(act, Meter):
+                continue  # meters limit rate, not fate: a single packet passes
+            elif isinstance(act, Group):
+                buckets = self.groups.get(act.group_id)
+                if not buckets:
+                    raise Unsupported(f"group {act.group_id} is not known to the simulator")
+                t = _tuple(pkt) or ()
+                pick = int(hashlib.blake2b(repr(t).encode(), digest_size=4).hexdigest(), 16) % len(buckets)
+                fate.path.append(Hop(f"(group {act.group_id}: bucket {pick} of {len(buckets)})", None))
+                self._actions(buckets[pick], pkt, fate, depth + 1)
             else:
                 raise Unsupported(f"action {act!r} is not modelled")
 
 
+_PIPELINE_STATE = ("metadata", "in_port", "ct_state", "ct_zone")
+
+
 def _visible(pkt: Mapping) -> dict:
     """The packet as it would be seen leaving: headers and tunnel metadata, no registers."""
-    return {k: v for k, v in pkt.items() if not k.startswith("reg") and k not in ("metadata", "in_port")}
+    return {k: v for k, v in pkt.items() if not k.startswith("reg") and k not in _PIPELINE_STATE}
 
 
 def simulate(pipeline: Pipeline, flows: Iterable[Flow], packet: Mapping, in_port: int) -> Fate:

@@ -25,6 +25,7 @@ class Attachment:
     ip: str
     prefixlen: int
     mac: str
+    gateway: str | None = None
 
 
 def workload_namespace(prefix: str, tenant: str, port: str) -> str:
@@ -56,7 +57,7 @@ class LabDriver:
             return
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
-        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac)
+        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway)
         Ovsdb(info["ovsdb"]).plug(ifname, a.ofport, {
             "iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
             "attached-mac": a.mac})

@@ -41,17 +41,41 @@ def delete_namespace(name: str) -> None:
 
 
 def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefixlen: int,
-                    mac: str, mtu: int = 1500) -> None:
-    """Create (or re-create) the workload namespace with eth0 <-> host_ifname in host_ns.
-    Idempotent: an existing eth0 whose peer is already in place is left alone."""
+                    mac: str, gateway: str | None = None, mtu: int = 1500) -> None:
+    """Make the workload namespace look as asked: eth0 <-> host_ifname in host_ns, with
+    this MAC, address and default gateway. Idempotent, and updates in place: an existing
+    workload keeps its namespace (and its processes and sockets)."""
     ensure_namespace(ns_name)
     with NetNS(ns_name) as ns:
-        if ns.link_lookup(ifname=WORKLOAD_IFNAME):
+        have = ns.link_lookup(ifname=WORKLOAD_IFNAME)
+        peer_ok = False
+        if have:
             with NetNS(host_ns) as hns:
-                if hns.link_lookup(ifname=host_ifname):
-                    return
-            idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
-            ns.link("del", index=idx)
+                peer_ok = bool(hns.link_lookup(ifname=host_ifname))
+            if not peer_ok:
+                ns.link("del", index=have[0])
+    if not peer_ok:
+        _new_veth(ns_name, host_ns, host_ifname, mtu)
+    with NetNS(ns_name) as ns:
+        idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
+        link = ns.get_links(idx)[0]
+        if link.get_attr("IFLA_ADDRESS") != mac:
+            ns.link("set", index=idx, state="down")
+            ns.link("set", index=idx, address=mac)
+        want = (ip, prefixlen)
+        for a in ns.get_addr(index=idx, family=2):
+            if (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) != want:
+                ns.addr("del", index=idx, address=a.get_attr("IFA_ADDRESS"), prefixlen=a["prefixlen"])
+        if want not in [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=2)]:
+            ns.addr("add", index=idx, address=ip, prefixlen=prefixlen)
+        ns.link("set", index=idx, state="up")
+        for r in ns.get_default_routes(family=2):
+            ns.route("del", dst="0.0.0.0/0", gateway=r.get_attr("RTA_GATEWAY"))
+        if gateway:
+            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+
+def _new_veth(ns_name: str, host_ns: str, host_ifname: str, mtu: int) -> None:
     tmp = f"t{host_ifname[1:]}"[:15]
     with IPRoute() as ipr:
         ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": tmp})
@@ -65,15 +89,12 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
             raise
     with NetNS(ns_name) as ns:
         idx = ns.link_lookup(ifname=tmp)[0]
-        ns.link("set", index=idx, ifname=WORKLOAD_IFNAME, address=mac, mtu=mtu)
-        ns.addr("add", index=idx, address=ip, prefixlen=prefixlen)
-        ns.link("set", index=idx, state="up")
+        ns.link("set", index=idx, ifname=WORKLOAD_IFNAME, mtu=mtu)
     with NetNS(host_ns) as hns:
         idx = hns.link_lookup(ifname=host_ifname)[0]
         hns.link("set", index=idx, mtu=mtu, state="up")
     # The userspace datapath does not fill in checksums left to offload.
     run(["ip", "netns", "exec", ns_name, "ethtool", "-K", WORKLOAD_IFNAME, "tx", "off"])
-
 
 
 def delete_workload(ns_name: str, host_ns: str, host_ifname: str) -> None:

@@ -16,15 +16,37 @@ def logical_graph(t: Tenant) -> nx.Graph:
     g = nx.Graph()
     for s in t.switches:
         g.add_node(("switch", s.name))
+    for r in t.routers:
+        for rp in r.ports:
+            g.add_edge(("router", r.name), ("switch", rp.switch))
     for p in t.ports:
         g.add_edge(("port", p.name), ("switch", p.switch))
         g.add_edge(("port", p.name), ("host", p.host))
     return g
 
 
-def switch_spans(t: Tenant) -> dict[str, frozenset[str]]:
-    """switch name -> hosts that carry its flows."""
-    spans: dict[str, set[str]] = {s.name: set() for s in t.switches}
+def switch_members(t: Tenant) -> dict[str, frozenset[str]]:
+    """switch name -> hosts with a port on it (where its broadcast goes)."""
+    members: dict[str, set[str]] = {s.name: set() for s in t.switches}
     for p in t.ports:
-        spans[p.switch].add(p.host)
-    return {k: frozenset(v) for k, v in spans.items()}
+        members[p.switch].add(p.host)
+    return {k: frozenset(v) for k, v in members.items()}
+
+
+def switch_spans(t: Tenant) -> dict[str, frozenset[str]]:
+    """switch name -> hosts that may send to it: the members of every switch routed to
+    it (its connected component through routers; hosts are not part of the path)."""
+    members = switch_members(t)
+    if not t.routers:
+        return members
+    g = nx.Graph()
+    g.add_nodes_from(s.name for s in t.switches)
+    for r in t.routers:
+        for a, b in zip(r.ports, r.ports[1:]):
+            g.add_edge(a.switch, b.switch)
+    spans: dict[str, frozenset[str]] = {}
+    for comp in nx.connected_components(g):
+        hosts = frozenset().union(*(members[s] for s in comp))
+        for s in comp:
+            spans[s] = hosts
+    return spans

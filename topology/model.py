@@ -18,6 +18,51 @@ class Port:
     ip: ipaddress.IPv4Address
     mac: str
     host: str
+    rate_limit_mbps: float | None = None
+
+
+@dataclass(frozen=True)
+class RouterPort:
+    switch: str
+    ip: ipaddress.IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: ipaddress.IPv4Network
+    next_hop: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Router:
+    name: str
+    ports: tuple[RouterPort, ...]
+    routes: tuple[Route, ...] = ()
+    external_ip: ipaddress.IPv4Address | None = None
+
+    def port_on(self, switch: str) -> RouterPort | None:
+        for rp in self.ports:
+            if rp.switch == switch:
+                return rp
+        return None
+
+
+@dataclass(frozen=True)
+class AclRule:
+    """One ACL rule. `ports`: the tenant ports it guards; `src`/`dst`: networks the
+    packet's source/destination must be in (empty: any); port ranges are inclusive."""
+
+    index: int
+    priority: int
+    direction: str  # "to-port" or "from-port"
+    ports: tuple[str, ...]  # empty: every port of the tenant
+    action: str  # "allow", "allow-stateless" or "deny"
+    protocol: str | None = None  # "tcp", "udp", "icmp" or None (any)
+    src: tuple[ipaddress.IPv4Network, ...] = ()
+    dst: tuple[ipaddress.IPv4Network, ...] = ()
+    src_ports: tuple[tuple[int, int], ...] = ()
+    dst_ports: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -25,6 +70,15 @@ class Tenant:
     name: str
     switches: tuple[Switch, ...]
     ports: tuple[Port, ...]
+    routers: tuple[Router, ...] = ()
+    acls: tuple[AclRule, ...] = ()
+
+    def router_of(self, switch: str) -> tuple[Router, RouterPort] | None:
+        for r in self.routers:
+            rp = r.port_on(switch)
+            if rp is not None:
+                return r, rp
+        return None
 
     def switch(self, name: str) -> Switch:
         for s in self.switches:
@@ -45,8 +99,9 @@ class Tenant:
         return {p.host for p in self.ports}
 
 
-def derived_mac(ip: ipaddress.IPv4Address) -> str:
-    """A locally administered unicast MAC from the port's IP: unique within a switch
-    because IPs are, and stable when the port moves between hosts."""
+def derived_mac(ip: ipaddress.IPv4Address, kind: int = 0) -> str:
+    """A locally administered unicast MAC from the IP: unique within a switch because
+    IPs are, and stable when the port moves between hosts. kind 0: workload ports,
+    kind 1: router ports."""
     b = ip.packed
-    return "02:00:" + ":".join(f"{x:02x}" for x in b)
+    return f"02:{kind:02x}:" + ":".join(f"{x:02x}" for x in b)

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from topology.model import Port, Switch, Tenant, derived_mac
+from topology.model import AclRule, Port, Route, Router, RouterPort, Switch, Tenant, derived_mac
 
 API_VERSION = "nvctl/v1"
 KIND = "Tenant"
@@ -23,9 +23,21 @@ MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 TOP_KEYS = {"apiVersion": True, "kind": True, "metadata": True, "spec": True}
 METADATA_KEYS = {"name": True}
-SPEC_KEYS = {"switches": False, "ports": False}
+SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False}
 SWITCH_KEYS = {"name": True, "cidr": True}
-PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True}
+PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
+             "rateLimitMbps": False}
+ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
+ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False}
+ROUTE_KEYS = {"prefix": True, "nextHop": True}
+EXTERNAL_KEYS = {"ip": True}
+ACL_KEYS = {"priority": True, "direction": True, "ports": False, "from": False, "to": False,
+            "protocol": False, "srcPorts": False, "dstPorts": False, "action": True}
+ACL_DIRECTIONS = ("to-port", "from-port")
+ACL_ACTIONS = ("allow", "allow-stateless", "deny")
+ACL_PROTOCOLS = ("tcp", "udp", "icmp", "any")
+MAX_ACL_PRIORITY = 32767
+MAX_RATE_MBPS = 100_000
 
 
 class ValidationError(ValueError):
@@ -101,12 +113,18 @@ def validate(doc: Any, known_hosts: Iterable[str] | None = None) -> Tenant:
     spec = doc.get("spec")
     switches: list[Switch] = []
     ports: list[Port] = []
+    routers: list[Router] = []
+    acls: list[AclRule] = []
     if spec is not None and _keys(spec, "spec", SPEC_KEYS, errs, "switches and ports"):
         switches = _switches(spec.get("switches", []), errs)
-        ports = _ports(spec.get("ports", []), {s.name: s for s in switches}, hosts, errs)
+        by_switch = {s.name: s for s in switches}
+        ports = _ports(spec.get("ports", []), by_switch, hosts, errs)
+        routers = _routers(spec.get("routers", []), by_switch, ports, errs)
+        acls = _acls(spec.get("acls", []), by_switch, ports, errs)
     if errs.items:
         raise ValidationError(errs.items)
-    return Tenant(name=name, switches=tuple(switches), ports=tuple(ports))
+    return Tenant(name=name, switches=tuple(switches), ports=tuple(ports), routers=tuple(routers),
+                  acls=tuple(acls))
 
 
 def _list(value: Any, path: str, errs: _Errors) -> list:
@@ -221,6 +239,11 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
                 errs.add(f"{path}.host", f"unknown host {host!r} (hosts: {known})")
                 host = None
         ok &= host is not None
+        rate = item.get("rateLimitMbps")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not 0 < rate <= MAX_RATE_MBPS):
+            errs.add(f"{path}.rateLimitMbps", f"{rate!r} is not a rate in Mbit/s (0 < rate <= {MAX_RATE_MBPS})")
+            ok = False
         if name is not None:
             names[name] = path
         if sw is not None and ip is not None:
@@ -228,19 +251,249 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
         if sw is not None and mac is not None:
             macs[(sw.name, mac)] = name or path
         if ok:
-            out.append(Port(name, sw.name, ip, mac, host))
+            out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None))
     return out
 
 
+def _ip(value: Any, path: str, errs: _Errors) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(str(value))
+    except ValueError:
+        errs.add(path, f"{value!r} is not an IPv4 address")
+        return None
+
+
+def _routers(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Errors) -> list[Router]:
+    out: list[Router] = []
+    names: set[str] = set()
+    attached: dict[str, str] = {}  # switch -> router that has a port on it
+    used_ips = {(p.switch, p.ip): p.name for p in ports}
+    used_macs = {(p.switch, p.mac): p.name for p in ports}
+    for i, item in enumerate(_list(raw, "spec.routers", errs)):
+        path = f"spec.routers[{i}]"
+        if not _keys(item, path, ROUTER_KEYS, errs, "name, ports"):
+            continue
+        ok = True
+        name = _name(item.get("name"), f"{path}.name", errs) if "name" in item else None
+        if name is not None and name in names:
+            errs.add(f"{path}.name", f"duplicate router name {name!r}")
+            name = None
+        ok &= name is not None
+        rports: list[RouterPort] = []
+        rpl = _list(item.get("ports"), f"{path}.ports", errs)
+        if "ports" in item and not rpl:
+            errs.add(f"{path}.ports", "a router needs at least one port")
+            ok = False
+        for j, rp in enumerate(rpl):
+            pp = f"{path}.ports[{j}]"
+            if not _keys(rp, pp, ROUTER_PORT_KEYS, errs, "switch and ip"):
+                ok = False
+                continue
+            sw = switches.get(rp.get("switch"))
+            if "switch" in rp and sw is None:
+                errs.add(f"{pp}.switch", f"unknown switch {rp['switch']!r}")
+            elif sw is not None and sw.name in attached:
+                errs.add(f"{pp}.switch", f"switch {sw.name} is already attached to router {attached[sw.name]}")
+                sw = None
+            ip = _ip(rp["ip"], f"{pp}.ip", errs) if "ip" in rp else None
+            if ip is not None and sw is not None:
+                if ip not in sw.cidr or ip in (sw.cidr.network_address, sw.cidr.broadcast_address):
+                    errs.add(f"{pp}.ip", f"{ip} is not a host address of switch {sw.name}'s cidr {sw.cidr}")
+                    ip = None
+                elif (sw.name, ip) in used_ips:
+                    errs.add(f"{pp}.ip", f"{ip} is already used on switch {sw.name} by {used_ips[(sw.name, ip)]}")
+                    ip = None
+            mac = None
+            if ip is not None:
+                mac = str(rp.get("mac", derived_mac(ip, 1))).lower()
+                if not MAC_RE.match(mac) or int(mac.split(":")[0], 16) & 1:
+                    errs.add(f"{pp}.mac", f"{rp.get('mac')!r} is not a unicast MAC address")
+                    mac = None
+                elif sw is not None and (sw.name, mac) in used_macs:
+                    errs.add(f"{pp}.mac", f"{mac} is already used on switch {sw.name} by {used_macs[(sw.name, mac)]}")
+                    mac = None
+            if sw is None or ip is None or mac is None:
+                ok = False
+                continue
+            attached[sw.name] = name or path
+            used_ips[(sw.name, ip)] = f"router {name}"
+            used_macs[(sw.name, mac)] = f"router {name}"
+            rports.append(RouterPort(sw.name, ip, mac))
+        routes: list[Route] = []
+        connected = {rp.switch for rp in rports}
+        port_ips = {p.ip: p for p in ports}
+        for j, rt in enumerate(_list(item.get("routes"), f"{path}.routes", errs)):
+            rp_path = f"{path}.routes[{j}]"
+            if not _keys(rt, rp_path, ROUTE_KEYS, errs, "prefix and nextHop"):
+                ok = False
+                continue
+            try:
+                prefix = ipaddress.IPv4Network(str(rt["prefix"]), strict=True)
+            except ValueError as e:
+                errs.add(f"{rp_path}.prefix", f"{rt['prefix']!r} is not an IPv4 network: {e}")
+                ok = False
+                continue
+            nh = _ip(rt["nextHop"], f"{rp_path}.nextHop", errs)
+            if nh is None:
+                ok = False
+                continue
+            target = port_ips.get(nh)
+            if target is None or target.switch not in connected:
+                errs.add(f"{rp_path}.nextHop", f"{nh} is not a port on a switch of router {name} "
+                                               f"({', '.join(sorted(connected)) or 'none'})")
+                ok = False
+                continue
+            routes.append(Route(prefix, nh))
+        ext = None
+        if "external" in item:
+            if _keys(item["external"], f"{path}.external", EXTERNAL_KEYS, errs, "ip"):
+                ext = _ip(item["external"].get("ip"), f"{path}.external.ip", errs) if "ip" in item["external"] else None
+            ok &= ext is not None
+        if name is not None:
+            names.add(name)
+        if ok:
+            out.append(Router(name, tuple(rports), tuple(routes), ext))
+    return out
+
+
+def _port_range(value: Any, path: str, errs: _Errors) -> tuple[int, int] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    elif isinstance(value, str) and re.fullmatch(r"\d+-\d+", value):
+        lo, hi = (int(x) for x in value.split("-"))
+    else:
+        errs.add(path, f"{value!r} is not a port or range (5432 or \"8000-8080\")")
+        return None
+    if not 1 <= lo <= hi <= 65535:
+        errs.add(path, f"{value!r} is not within 1-65535 with low <= high")
+        return None
+    return lo, hi
+
+
+def _peers(value: Any, path: str, switches: dict[str, Switch], ports: dict[str, Port],
+           errs: _Errors) -> tuple[ipaddress.IPv4Network, ...] | None:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for k, v in enumerate(items):
+        pp = f"{path}[{k}]" if isinstance(value, list) else path
+        if isinstance(v, str) and v in ports:
+            out.append(ipaddress.IPv4Network(f"{ports[v].ip}/32"))
+        elif isinstance(v, str) and v in switches:
+            out.append(switches[v].cidr)
+        else:
+            try:
+                out.append(ipaddress.IPv4Network(str(v), strict=True))
+            except ValueError:
+                errs.add(pp, f"{v!r} is not a port, a switch or an IPv4 CIDR of this tenant")
+                return None
+    return tuple(out)
+
+
+def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Errors) -> list[AclRule]:
+    out: list[AclRule] = []
+    by_name = {p.name: p for p in ports}
+    prio_seen: dict[tuple[str, int], int] = {}
+    for i, item in enumerate(_list(raw, "spec.acls", errs)):
+        path = f"spec.acls[{i}]"
+        if not _keys(item, path, ACL_KEYS, errs, "priority, direction, action"):
+            continue
+        ok = True
+        prio = item.get("priority")
+        if "priority" in item and (isinstance(prio, bool) or not isinstance(prio, int)
+                                   or not 0 <= prio <= MAX_ACL_PRIORITY):
+            errs.add(f"{path}.priority", f"{prio!r} is not an integer 0-{MAX_ACL_PRIORITY}")
+            ok = False
+        direction = item.get("direction")
+        if "direction" in item and direction not in ACL_DIRECTIONS:
+            errs.add(f"{path}.direction", f"{direction!r} is not one of {', '.join(ACL_DIRECTIONS)}")
+            ok = False
+        if ok and "priority" in item and "direction" in item:
+            other = prio_seen.get((direction, prio))
+            if other is not None:
+                errs.add(f"{path}.priority", f"{prio} is already used by spec.acls[{other}] ({direction}); "
+                                             "rules of one direction need distinct priorities")
+                ok = False
+            prio_seen[(direction, prio)] = i
+        action = item.get("action")
+        if "action" in item and action not in ACL_ACTIONS:
+            errs.add(f"{path}.action", f"{action!r} is not one of {', '.join(ACL_ACTIONS)}")
+            ok = False
+        guarded: tuple = ()  # empty: every port of the tenant, now and later
+        if "ports" in item:
+            lst = _list(item["ports"], f"{path}.ports", errs)
+            unknown = [x for x in lst if x not in by_name]
+            for x in unknown:
+                errs.add(f"{path}.ports", f"unknown port {x!r}")
+            if unknown or not lst:
+                if not lst and not unknown:
+                    errs.add(f"{path}.ports", "an empty list guards nothing (leave it out for all ports)")
+                ok = False
+            guarded = tuple(lst)
+        src = _peers(item["from"], f"{path}.from", switches, by_name, errs) if "from" in item else ()
+        dst = _peers(item["to"], f"{path}.to", switches, by_name, errs) if "to" in item else ()
+        ok &= src is not None and dst is not None
+        proto = item.get("protocol", "any")
+        if proto not in ACL_PROTOCOLS:
+            errs.add(f"{path}.protocol", f"{proto!r} is not one of {', '.join(ACL_PROTOCOLS)}")
+            ok = False
+        ranges = {}
+        for key in ("srcPorts", "dstPorts"):
+            ranges[key] = ()
+            if key in item:
+                if proto not in ("tcp", "udp"):
+                    errs.add(f"{path}.{key}", f"needs protocol tcp or udp (protocol is {proto})")
+                    ok = False
+                    continue
+                got = [_port_range(v, f"{path}.{key}[{k}]", errs)
+                       for k, v in enumerate(_list(item[key], f"{path}.{key}", errs))]
+                if None in got:
+                    ok = False
+                ranges[key] = tuple(g for g in got if g)
+        if ok:
+            out.append(AclRule(i, prio, direction, guarded, action, None if proto == "any" else proto,
+                               src, dst, ranges["srcPorts"], ranges["dstPorts"]))
+    return out
+
+
+def _range_doc(r: tuple[int, int]):
+    return r[0] if r[0] == r[1] else f"{r[0]}-{r[1]}"
+
+
 def to_doc(t: Tenant) -> dict:
-    """The canonical document for a tenant (what `tenant show` prints)."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": t.name},
-        "spec": {
-            "switches": [{"name": s.name, "cidr": str(s.cidr)} for s in t.switches],
-            "ports": [{"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac,
-                       "host": p.host} for p in t.ports],
-        },
-    }
+    """The canonical document for a tenant (what `tenant show` prints); validate(to_doc(t))
+    gives t back."""
+    ports = []
+    for p in t.ports:
+        d = {"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac, "host": p.host}
+        if p.rate_limit_mbps is not None:
+            d["rateLimitMbps"] = p.rate_limit_mbps
+        ports.append(d)
+    spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr)} for s in t.switches],
+                  "ports": ports}
+    if t.routers:
+        spec["routers"] = []
+        for r in t.routers:
+            d = {"name": r.name, "ports": [{"switch": rp.switch, "ip": str(rp.ip), "mac": rp.mac}
+                                           for rp in r.ports]}
+            if r.routes:
+                d["routes"] = [{"prefix": str(x.prefix), "nextHop": str(x.next_hop)} for x in r.routes]
+            if r.external_ip is not None:
+                d["external"] = {"ip": str(r.external_ip)}
+            spec["routers"].append(d)
+    if t.acls:
+        spec["acls"] = []
+        for a in t.acls:
+            d = {"priority": a.priority, "direction": a.direction,
+                 "protocol": a.protocol or "any", "action": a.action}
+            if a.ports:
+                d["ports"] = list(a.ports)
+            if a.src:
+                d["from"] = [str(n) for n in a.src]
+            if a.dst:
+                d["to"] = [str(n) for n in a.dst]
+            if a.src_ports:
+                d["srcPorts"] = [_range_doc(r) for r in a.src_ports]
+            if a.dst_ports:
+                d["dstPorts"] = [_range_doc(r) for r in a.dst_ports]
+            spec["acls"].append(d)
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": t.name}, "spec": spec}

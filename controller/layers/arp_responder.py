@@ -19,10 +19,13 @@ class ArpResponder(Layer):
     )
 
     def tenant_flows(self, t, out):
-        for p in t.tenant.ports:
-            hosts = t.span[p.switch]
-            ls = LOGICAL_SWITCH.m(t.vni[p.switch])
-            ip, mac = str(p.ip), p.mac
+        answers = [(p.switch, p.ip, p.mac, f"port {p.name}") for p in t.tenant.ports]
+        answers += [(rp.switch, rp.ip, rp.mac, f"router {r.name}")
+                    for r in t.tenant.routers for rp in r.ports]
+        for switch, ip, mac, who in answers:
+            hosts = t.members[switch]
+            ls = LOGICAL_SWITCH.m(t.vni[switch])
+            ip = str(ip)
             out.to(hosts, out.flow(
                 "arp_responder", 100,
                 Match.of(**ls, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
@@ -31,4 +34,4 @@ class ArpResponder(Layer):
                  Move("arp_sha", "arp_tha"), Move("arp_spa", "arp_tpa"),
                  SetField("arp_sha", mac), SetField("arp_spa", ip),
                  Output(IN_PORT)),
-                rule=f"arp {ip} is-at {mac} (port {p.name})"))
+                rule=f"arp {ip} is-at {mac} ({who})"))

@@ -58,9 +58,11 @@ class TenantView:
     tenant: Tenant
     tenant_id: int
     vni: dict  # switch -> VNI (also its logical_switch register value)
-    port_key: dict  # port -> key within its switch
+    port_key: dict  # port (or "router:switch" for a router port) -> key within its switch
     ofport: dict  # port -> ofport on its host's br-int
-    span: dict  # switch -> frozenset of hosts carrying its flows
+    members: dict  # switch -> frozenset of hosts with a port on it (flood, ARP, tunnel in)
+    span: dict  # switch -> hosts of its routed component (routing, unicast dispatch)
+    zone: dict  # port -> conntrack zone (its ACLs' state lives there, on its host)
     pa: dict  # host -> PA, for every host
     tunnel_port: int  # ofport of the VXLAN port, the same on every host
 

@@ -29,7 +29,7 @@ class Classify(Layer):
                 (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("@next")),
                 rule=f"port {p.name}"))
         for s in t.tenant.switches:
-            hosts = t.span[s.name]
+            hosts = t.members[s.name]
             if not hosts:
                 continue
             out.to(hosts, out.flow(

@@ -22,7 +22,7 @@ class Encap(Layer):
 
     def tenant_flows(self, t, out):
         for s in t.tenant.switches:
-            hosts = t.span[s.name]
+            hosts, members = t.span[s.name], t.members[s.name]
             if not hosts:
                 continue
             vni = t.vni[s.name]
@@ -40,13 +40,13 @@ class Encap(Layer):
                     rule=f"port {p.name} is on {p.host}")
                 out.to((h for h in hosts if h != p.host), remote)
             flood = OUTPORT.m(FLOOD_PORT_KEY)
-            for h in hosts:
+            for h in members:
                 local = []
                 for p in ports:
                     if p.host == h:
                         local += [OUTPORT.load(t.port_key[p.name]), out.resubmit("@egress")]
                 tunnels = [SetField("tunnel_id", vni)]
-                for other in sorted(hosts - {h}):
+                for other in sorted(members - {h}):
                     tunnels += [SetField("tun_ipv4_dst", t.pa[other]), Output(t.tunnel_port)]
                 out.to((h,), out.flow(
                     "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)),

@@ -5,6 +5,7 @@ Placement-independent: every host carrying a switch has the same flows here.
 from __future__ import annotations
 
 from dataplane.match_action import Match
+from controller.allocator import router_port_name
 from controller.layers.base import Layer, TableDecl
 from controller.registers import FLOOD_PORT_KEY, LOGICAL_SWITCH, OUTPORT
 
@@ -19,7 +20,7 @@ class Switching(Layer):
 
     def tenant_flows(self, t, out):
         for s in t.tenant.switches:
-            hosts = t.span[s.name]
+            hosts = t.members[s.name]
             if not hosts:
                 continue
             ls = LOGICAL_SWITCH.m(t.vni[s.name])
@@ -28,6 +29,13 @@ class Switching(Layer):
                     "l2_lookup", 100, Match.of(**ls, eth_dst=p.mac),
                     (OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
                     rule=f"mac {p.mac} -> port {p.name}"))
+            attached = t.tenant.router_of(s.name)
+            if attached is not None:
+                r, rp = attached
+                out.to(hosts, out.flow(
+                    "l2_lookup", 100, Match.of(**ls, eth_dst=rp.mac),
+                    (OUTPORT.load(t.port_key[router_port_name(r.name, s.name)]), out.goto("@next")),
+                    rule=f"mac {rp.mac} -> router {r.name}"))
             out.to(hosts, out.flow(
                 "l2_lookup", 10, Match.of(**ls),
                 (OUTPORT.load(FLOOD_PORT_KEY), out.goto("@next")),

@@ -1,0 +1,98 @@
+"""Routing: distributed logical routers. A packet sent to a router port's MAC is
+routed on the host it came from: TTL decremented, source MAC rewritten to the egress
+router port, moved onto the destination switch, next hop resolved to a MAC, then
+dispatched (one underlay crossing to the destination's host). The router answers
+ICMP echo on its own addresses.
+
+Longest prefix wins through priority; a connected route beats a static route of the
+same length.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from dataplane.match_action import (ETH_TYPE_IP, IN_PORT, IPPROTO_ICMP, DecTtl, Match, Move,
+                                    Output, SetField)
+from controller.allocator import router_port_name
+from controller.layers.base import Layer, TableDecl
+from controller.registers import INPORT, LOGICAL_SWITCH, NEXTHOP, OUTPORT, SCRATCH
+
+ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+PRIO_ECHO = 3000
+PRIO_NO_ROUTE = 1
+
+
+def route_priority(prefixlen: int, connected: bool) -> int:
+    return 100 + prefixlen * 2 + (1 if connected else 0)
+
+
+def ip_int(ip) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+class Routing(Layer):
+    name = "routing"
+    id = 7
+    tables = (
+        TableDecl("ip_routing",
+                  frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst"}),
+                  successors=("ip_neighbor",), miss="@next",
+                  doc="packets to a router port: ICMP echo to the router, or route by longest prefix"),
+        TableDecl("ip_neighbor", frozenset({"reg13", "reg12"}), successors=("@next",),
+                  doc="next hop on the destination switch -> its MAC and logical port"),
+    )
+
+    def tenant_flows(self, t, out):
+        tn = t.tenant
+        for r in tn.routers:
+            hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
+            if not hosts:
+                continue
+            addrs = [rp.ip for rp in r.ports]
+            for rp in r.ports:
+                came = {**LOGICAL_SWITCH.m(t.vni[rp.switch]),
+                        **OUTPORT.m(t.port_key[router_port_name(r.name, rp.switch)])}
+                for ip in addrs:  # ping the router on any of its addresses
+                    out.to(hosts, out.flow(
+                        "ip_routing", PRIO_ECHO,
+                        Match.of(**came, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_ICMP,
+                                 icmpv4_type=ICMP_ECHO_REQUEST, ipv4_dst=str(ip)),
+                        (Move("eth_src", "eth_dst"), SetField("eth_src", rp.mac),
+                         Move("ipv4_src", SCRATCH.field), Move("ipv4_dst", "ipv4_src"),
+                         Move(SCRATCH.field, "ipv4_dst"), SetField("icmpv4_type", ICMP_ECHO_REPLY),
+                         Output(IN_PORT)),
+                        rule=f"router {r.name} answers ping on {ip}"))
+                for egress in r.ports:  # connected networks
+                    sw = tn.switch(egress.switch)
+                    out.to(hosts, out.flow(
+                        "ip_routing", route_priority(sw.cidr.prefixlen, True),
+                        Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(sw.cidr)),
+                        self._forward(t, r.name, egress) + (Move("ipv4_dst", NEXTHOP.field),
+                                                            out.goto("ip_neighbor")),
+                        rule=f"router {r.name}: {sw.cidr} is connected ({sw.name})"))
+                for route in r.routes:
+                    nh_port = next(p for p in tn.ports if p.ip == route.next_hop)
+                    egress = r.port_on(nh_port.switch)
+                    out.to(hosts, out.flow(
+                        "ip_routing", route_priority(route.prefix.prefixlen, False),
+                        Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(route.prefix)),
+                        self._forward(t, r.name, egress) + (NEXTHOP.load(ip_int(route.next_hop)),
+                                                            out.goto("ip_neighbor")),
+                        rule=f"router {r.name}: {route.prefix} via {route.next_hop}"))
+                out.to(hosts, out.flow("ip_routing", PRIO_NO_ROUTE, Match.of(**came), (),
+                                       rule=f"router {r.name}: no route"))
+            for rp in r.ports:  # neighbours on every switch of the router
+                ls = LOGICAL_SWITCH.m(t.vni[rp.switch])
+                for p in tn.ports_on(rp.switch):
+                    out.to(hosts, out.flow(
+                        "ip_neighbor", 100, Match.of(**ls, **NEXTHOP.m(ip_int(p.ip))),
+                        (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]),
+                         out.goto("@next")),
+                        rule=f"router {r.name}: {p.ip} is {p.mac} (port {p.name})"))
+
+    @staticmethod
+    def _forward(t, router: str, egress) -> tuple:
+        """Leave through router port `egress`: TTL, source MAC, destination switch."""
+        return (DecTtl(), SetField("eth_src", egress.mac),
+                LOGICAL_SWITCH.load(t.vni[egress.switch]),
+                INPORT.load(t.port_key[router_port_name(router, egress.switch)]))

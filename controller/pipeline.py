@@ -6,6 +6,7 @@ are positions in the resulting order; nothing else writes a table number.
 from __future__ import annotations
 
 from dataplane.match_action import Match, Pipeline, Table
+from controller.layers.acl import FromPortAcl, ToPortAcl
 from controller.layers.arp_responder import ArpResponder
 from controller.layers.base import Emitter, Layer
 from controller.layers.classify import Classify
@@ -16,10 +17,10 @@ from controller.layers.routing import Routing
 from controller.layers.switching import Switching
 
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
-INGRESS: tuple[Layer, ...] = (Classify(), PortSecurity(), ArpResponder(), Switching(), Routing(),
-                              Encap())
+INGRESS: tuple[Layer, ...] = (Classify(), PortSecurity(), FromPortAcl(), ArpResponder(), Switching(),
+                              Routing(), Encap())
 # Egress: towards a workload on this host.
-EGRESS: tuple[Layer, ...] = (Delivery(),)
+EGRESS: tuple[Layer, ...] = (ToPortAcl(), Delivery())
 # Packets that arrive over VXLAN continue at this layer's first table.
 TUNNEL_ENTRY = "switching"
 

@@ -858,6 +858,14 @@ class Fabric:
         self.max_hops = max_hops
         self.lost: list[tuple[str, dict]] = []
 
+    def replace_flows(self, pipeline: Pipeline, hosts: Mapping[str, Iterable[Flow]]) -> None:
+        """Install new flow sets, keeping each host's conntrack state (a policy change
+        on a running network)."""
+        for h, flows in hosts.items():
+            old = self.sims[h]
+            self.sims[h] = Simulator(pipeline, flows, old.groups)
+            self.sims[h].ct = old.ct
+
     def send(self, host: str, in_port: int, packet: Mapping) -> list[Delivery]:
         out: list[Delivery] = []
         self._run(host, in_port, dict(packet), [], out)

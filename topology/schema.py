@@ -392,7 +392,7 @@ def _peers(value: Any, path: str, switches: dict[str, Switch], ports: dict[str, 
 def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Errors) -> list[AclRule]:
     out: list[AclRule] = []
     by_name = {p.name: p for p in ports}
-    prio_seen: dict[tuple[str, int], int] = {}
+    prio_seen: dict[tuple[str, int], list] = {}
     for i, item in enumerate(_list(raw, "spec.acls", errs)):
         path = f"spec.acls[{i}]"
         if not _keys(item, path, ACL_KEYS, errs, "priority, direction, action"):
@@ -407,13 +407,6 @@ def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Error
         if "direction" in item and direction not in ACL_DIRECTIONS:
             errs.add(f"{path}.direction", f"{direction!r} is not one of {', '.join(ACL_DIRECTIONS)}")
             ok = False
-        if ok and "priority" in item and "direction" in item:
-            other = prio_seen.get((direction, prio))
-            if other is not None:
-                errs.add(f"{path}.priority", f"{prio} is already used by spec.acls[{other}] ({direction}); "
-                                             "rules of one direction need distinct priorities")
-                ok = False
-            prio_seen[(direction, prio)] = i
         action = item.get("action")
         if "action" in item and action not in ACL_ACTIONS:
             errs.add(f"{path}.action", f"{action!r} is not one of {', '.join(ACL_ACTIONS)}")
@@ -449,6 +442,16 @@ def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Error
                 if None in got:
                     ok = False
                 ranges[key] = tuple(g for g in got if g)
+        if ok:
+            # Rules that guard a common port in one direction must not share a priority:
+            # which of them decides would be up to the switch.
+            for other_i, other_ports in prio_seen.get((direction, prio), []):
+                if not guarded or not other_ports or set(guarded) & set(other_ports):
+                    errs.add(f"{path}.priority", f"{prio} is also the priority of spec.acls[{other_i}], "
+                                                 f"which guards the same port(s) {direction}")
+                    ok = False
+                    break
+            prio_seen.setdefault((direction, prio), []).append((i, guarded))
         if ok:
             out.append(AclRule(i, prio, direction, guarded, action, None if proto == "any" else proto,
                                src, dst, ranges["srcPorts"], ranges["dstPorts"]))

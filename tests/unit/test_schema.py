@@ -84,3 +84,60 @@ def test_not_yaml_and_not_a_mapping():
 def test_hosts_unchecked_when_not_given():
     t = load_tenant(GOOD.replace("host: hv3", "host: anywhere"), None)
     assert t.port("db1").host == "anywhere"
+
+
+ROUTED = GOOD.replace("  ports:\n", """  routers:
+    - name: r1
+      ports: [{switch: web, ip: 10.0.0.1}, {switch: db, ip: 10.0.1.1}]
+      routes: [{prefix: 192.168.50.0/24, nextHop: 10.0.1.5}]
+  acls:
+    - {priority: 200, direction: to-port, ports: [db1], from: web, protocol: tcp, dstPorts: [5432, "6000-6010"], action: allow}
+    - {priority: 100, direction: to-port, ports: [db1], action: deny}
+    - {priority: 100, direction: to-port, ports: [vm1], from: db, action: deny}
+  ports:
+""", 1)
+
+
+def test_routers_and_acls_parse_and_round_trip():
+    from topology.schema import to_doc, validate
+    t = load_tenant(ROUTED, HOSTS)
+    assert [rp.switch for rp in t.routers[0].ports] == ["web", "db"]
+    assert t.routers[0].ports[0].mac == "02:01:0a:00:00:01"
+    assert t.acls[0].dst_ports == ((5432, 5432), (6000, 6010))
+    assert str(t.acls[0].src[0]) == "10.0.0.0/24"
+    assert validate(to_doc(t), HOSTS) == t
+
+
+@pytest.mark.parametrize("old,new,path,reason", [
+    ("{switch: db, ip: 10.0.1.1}", "{switch: web, ip: 10.0.0.2}", "spec.routers[0].ports[1].switch",
+     "switch web is already attached to router"),
+    ("{switch: db, ip: 10.0.1.1}", "{switch: db, ip: 10.0.1.5}", "spec.routers[0].ports[1].ip",
+     "10.0.1.5 is already used on switch db by db1"),
+    ("{switch: db, ip: 10.0.1.1}", "{switch: dbx, ip: 10.0.1.1}", "spec.routers[0].ports[1].switch",
+     "unknown switch 'dbx'"),
+    ("nextHop: 10.0.1.5", "nextHop: 10.0.1.99", "spec.routers[0].routes[0].nextHop",
+     "10.0.1.99 is not a port on a switch of router r1"),
+    ("prefix: 192.168.50.0/24", "prefix: 192.168.50.1/24", "spec.routers[0].routes[0].prefix",
+     "is not an IPv4 network"),
+    ("ports: [db1], from: web", "ports: [db9], from: web", "spec.acls[0].ports", "unknown port 'db9'"),
+    ("from: web, protocol", "from: nowhere, protocol", "spec.acls[0].from",
+     "'nowhere' is not a port, a switch or an IPv4 CIDR"),
+    ("protocol: tcp, dstPorts", "protocol: icmp, dstPorts", "spec.acls[0].dstPorts", "needs protocol tcp or udp"),
+    ('"6000-6010"', '"6010-6000"', "spec.acls[0].dstPorts[1]", "within 1-65535 with low <= high"),
+    ("action: allow}", "action: permit}", "spec.acls[0].action", "'permit' is not one of allow"),
+    ("direction: to-port, ports: [db1], action: deny", "direction: inbound, ports: [db1], action: deny",
+     "spec.acls[1].direction", "is not one of to-port, from-port"),
+    ("{priority: 100, direction: to-port, ports: [vm1]", "{priority: 100, direction: to-port, ports: [db1]",
+     "spec.acls[2].priority", "100 is also the priority of spec.acls[1]"),
+])
+def test_router_and_acl_rejections(old, new, path, reason):
+    assert old in ROUTED
+    errs = errors_of(ROUTED.replace(old, new, 1))
+    assert any(p == path and reason in r for p, r in errs), errs
+
+
+def test_rate_limit_must_be_a_positive_rate():
+    bad = GOOD.replace("host: hv1}", "host: hv1, rateLimitMbps: -5}")
+    assert errors_of(bad)[0][0] == "spec.ports[0].rateLimitMbps"
+    ok = load_tenant(GOOD.replace("host: hv1}", "host: hv1, rateLimitMbps: 100}"), HOSTS)
+    assert ok.port("vm1").rate_limit_mbps == 100.0

@@ -1,0 +1,161 @@
+"""Stateful ACLs, in two stages: from-port (ingress, on the sender's host, right after
+port security) and to-port (egress, on the receiver's host, right before delivery).
+
+Every port guarded by any ACL is tracked in its own conntrack zone in both stages, so
+its zone sees every connection it takes part in. In each stage:
+
+  +inv                 drop
+  replies (+est+rpl), related (+rel)      pass: an allowed connection's replies flow
+  otherwise, the rules by priority, on every packet of the connection's direction:
+    allow              +new: commit, pass;  +est: pass
+    allow-stateless    pass, nothing remembered
+    deny               drop (an ACL change thus cuts connections it no longer allows,
+                       and leaves the ones it still allows alone)
+  no rule matched      allowed: +new committed, +est passes
+
+Ports no ACL guards skip both stages without touching conntrack. Only IPv4 is tracked;
+ARP passes (port security already pinned it to the port's addresses).
+"""
+from __future__ import annotations
+
+import itertools
+
+from dataplane.match_action import (ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ct,
+                                    Match, ct_state)
+from controller.layers.base import Layer, TableDecl
+from controller.registers import INPORT, LOGICAL_SWITCH, OUTPORT
+
+PRIO_INVALID = 65000
+PRIO_REPLY = 64000
+PRIO_RULE_BASE = 100  # rule priority p becomes 100 + p (p <= 32767)
+PRIO_DEFAULT = 1
+PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
+_L4_FIELDS = frozenset({"ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst"})
+
+
+def range_masks(lo: int, hi: int, bits: int = 16) -> list[tuple[int, int]]:
+    """Cover [lo, hi] exactly with (value, mask) prefixes, fewest first-fit blocks."""
+    out = []
+    full = (1 << bits) - 1
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << bits
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, full & ~(size - 1)))
+        lo += size
+    return out
+
+
+def guarded_ports(tenant) -> dict[str, dict[str, list]]:
+    """port -> {"from-port": [rules], "to-port": [rules]} for every port any ACL guards."""
+    out: dict[str, dict[str, list]] = {}
+    for rule in tenant.acls:
+        for name in rule.ports or [p.name for p in tenant.ports]:
+            out.setdefault(name, {"from-port": [], "to-port": []})[rule.direction].append(rule)
+    return out
+
+
+def rule_matches(rule) -> list[dict]:
+    """The match keyword sets one ACL rule expands to (cross product of its lists)."""
+    base: dict = {"eth_type": ETH_TYPE_IP}
+    if rule.protocol:
+        base["ip_proto"] = PROTO[rule.protocol]
+    srcs = [str(n) for n in rule.src] or [None]
+    dsts = [str(n) for n in rule.dst] or [None]
+    l4 = rule.protocol if rule.protocol in ("tcp", "udp") else None
+    sports = [m for lo, hi in rule.src_ports for m in range_masks(lo, hi)] or [None]
+    dports = [m for lo, hi in rule.dst_ports for m in range_masks(lo, hi)] or [None]
+    out = []
+    for src, dst, sp, dp in itertools.product(srcs, dsts, sports, dports):
+        m = dict(base)
+        if src and src != "0.0.0.0/0":
+            m["ipv4_src"] = src
+        if dst and dst != "0.0.0.0/0":
+            m["ipv4_dst"] = dst
+        if sp is not None:
+            m[f"{l4}_src"] = sp if sp[1] != 0xFFFF else sp[0]
+        if dp is not None:
+            m[f"{l4}_dst"] = dp if dp[1] != 0xFFFF else dp[0]
+        out.append(m)
+    return out
+
+
+class _AclStage(Layer):
+    direction = ""
+    port_slot = INPORT
+    ct_table = ""
+    rules_table = ""
+
+    def tenant_flows(self, t, out):
+        tn = t.tenant
+        guarded = guarded_ports(tn)
+        for name, by_dir in guarded.items():
+            p = tn.port(name)
+            zone = t.zone[name]
+            me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
+            host = (p.host,)
+            out.to(host, out.flow(self.ct_table, 100, Match.of(**me, eth_type=ETH_TYPE_IP),
+                                  (Ct(zone=zone, table=out.table(self.rules_table)),),
+                                  rule=f"port {name}: track in zone {zone}"))
+            ip = {**me, "eth_type": ETH_TYPE_IP}
+            out.to(host, out.flow(self.rules_table, PRIO_INVALID,
+                                  Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
+                                  rule=f"port {name}: invalid connection state"))
+            for flags in (dict(est=True, rpl=True), dict(rel=True)):
+                out.to(host, out.flow(self.rules_table, PRIO_REPLY,
+                                      Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
+                                      (out.goto("@next"),),
+                                      rule=f"port {name}: reply of an allowed connection"))
+            commit = (Ct(zone=zone, commit=True), out.goto("@next"))
+            for rule in by_dir[self.direction]:
+                label = f"acl[{rule.index}] {rule.direction} {rule.action} (port {name})"
+                for m in rule_matches(rule):
+                    prio = PRIO_RULE_BASE + rule.priority
+                    if rule.action == "deny":
+                        variants = [({}, ())]
+                    elif rule.action == "allow-stateless":
+                        variants = [({}, (out.goto("@next"),))]
+                    else:
+                        variants = [(dict(new=True), commit),
+                                    (dict(est=True, rpl=False), (out.goto("@next"),))]
+                    for flags, actions in variants:
+                        cs = {"ct_state": ct_state(trk=True, **flags)} if flags else {}
+                        out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
+                                              actions, rule=label))
+            out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
+                                  Match.of(**ip, ct_state=ct_state(trk=True, new=True)), commit,
+                                  rule=f"port {name}: no rule matched, allow"))
+            out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
+                                  Match.of(**ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
+                                  (out.goto("@next"),), rule=f"port {name}: no rule matched, allow"))
+
+
+_RULE_FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ipv4_src", "ipv4_dst"}) | _L4_FIELDS
+
+
+class FromPortAcl(_AclStage):
+    name = "acl_from_port"
+    id = 8
+    direction = "from-port"
+    port_slot = INPORT
+    ct_table, rules_table = "acl_in_ct", "acl_in"
+    tables = (
+        TableDecl("acl_in_ct", frozenset({"reg13", "reg14", "eth_type"}), successors=("acl_in",),
+                  miss="@next", doc="IPv4 from a guarded port -> conntrack in the port's zone"),
+        TableDecl("acl_in", _RULE_FIELDS | {"reg14"}, successors=("@next",),
+                  doc="from-port rules by priority, stateful"),
+    )
+
+
+class ToPortAcl(_AclStage):
+    name = "acl_to_port"
+    id = 9
+    direction = "to-port"
+    port_slot = OUTPORT
+    ct_table, rules_table = "acl_out_ct", "acl_out"
+    tables = (
+        TableDecl("acl_out_ct", frozenset({"reg13", "reg15", "eth_type"}), successors=("acl_out",),
+                  miss="@next", doc="IPv4 to a guarded port -> conntrack in the port's zone"),
+        TableDecl("acl_out", _RULE_FIELDS | {"reg15"}, successors=("@next",),
+                  doc="to-port rules by priority, stateful"),
+    )

@@ -82,3 +82,46 @@ class Capture:
         if os.path.exists(self.path):
             os.unlink(self.path)
         return n
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _probe_cmd(ns: str, *args) -> list[str]:
+    import sys
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "scenarios.tcpprobe", *args]
+
+
+class TcpServer:
+    """An echo server in a workload namespace, ended (by its PID) on stop()."""
+
+    def __init__(self, ns: str, port: int):
+        self.proc = subprocess.Popen(_probe_cmd(ns, "serve", str(port)), cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            self.stop()
+            raise RuntimeError(f"tcp server in {ns} did not start: {line}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def tcp_connect(ns: str, ip: str, port: int, timeout: float = 2.0) -> str:
+    """'connected', 'refused', 'timeout' or 'error'."""
+    p = subprocess.run(_probe_cmd(ns, "connect", ip, str(port), "--timeout", str(timeout)),
+                       cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
+    return {0: "connected", 3: "refused", 4: "timeout"}.get(p.returncode, "error")
+
+
+def tcp_stream(ns: str, ip: str, port: int, seconds: float, interval: float = 0.05) -> subprocess.Popen:
+    """Start a long-lived echo stream; .communicate() gives its JSON report."""
+    return subprocess.Popen(_probe_cmd(ns, "stream", ip, str(port), "--seconds", str(seconds),
+                                       "--interval", str(interval)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,0 +1,103 @@
+"""A tiny TCP probe for lab workloads (run inside a namespace with `ip netns exec`).
+
+  python -m scenarios.tcpprobe serve PORT                 echo server, runs until killed
+  python -m scenarios.tcpprobe connect IP PORT [--timeout S]
+        exit 0: connected and echoed; 3: refused (RST); 4: timed out; 5: other error
+  python -m scenarios.tcpprobe stream IP PORT --seconds S [--interval I]
+        one connection, a numbered line every I seconds, echo checked; prints JSON
+        {"sent", "echoed", "max_gap_s", "error"}; exit 0 only if every line came back
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import socketserver
+import sys
+import time
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def serve(port: int) -> int:
+    with _Server(("0.0.0.0", port), _Echo) as srv:
+        print(f"listening on {port}", flush=True)
+        srv.serve_forever()
+    return 0
+
+
+def connect(ip: str, port: int, timeout: float) -> int:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.sendall(b"hello\n")
+            data = s.makefile("rb").readline()
+            return 0 if data == b"hello\n" else 5
+    except ConnectionRefusedError:
+        return 3
+    except (socket.timeout, TimeoutError):
+        return 4
+    except OSError as e:
+        print(e, file=sys.stderr)
+        return 5
+
+
+def stream(ip: str, port: int, seconds: float, interval: float) -> int:
+    out = {"sent": 0, "echoed": 0, "max_gap_s": 0.0, "error": None}
+    try:
+        with socket.create_connection((ip, port), timeout=5) as s:
+            s.settimeout(5)
+            f = s.makefile("rb")
+            end = time.monotonic() + seconds
+            last = time.monotonic()
+            while time.monotonic() < end:
+                s.sendall(f"{out['sent']}\n".encode())
+                out["sent"] += 1
+                line = f.readline()
+                if line.strip() != str(out["sent"] - 1).encode():
+                    out["error"] = f"bad echo {line!r}"
+                    break
+                now = time.monotonic()
+                out["max_gap_s"] = round(max(out["max_gap_s"], now - last), 3)
+                last = now
+                out["echoed"] += 1
+                time.sleep(interval)
+    except OSError as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(out), flush=True)
+    return 0 if out["error"] is None and out["echoed"] == out["sent"] else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="tcpprobe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("port", type=int)
+    p = sub.add_parser("connect")
+    p.add_argument("ip")
+    p.add_argument("port", type=int)
+    p.add_argument("--timeout", type=float, default=2.0)
+    p = sub.add_parser("stream")
+    p.add_argument("ip")
+    p.add_argument("port", type=int)
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--interval", type=float, default=0.05)
+    a = ap.parse_args(argv)
+    if a.cmd == "serve":
+        return serve(a.port)
+    if a.cmd == "connect":
+        return connect(a.ip, a.port, a.timeout)
+    return stream(a.ip, a.port, a.seconds, a.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

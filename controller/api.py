@@ -35,6 +35,7 @@ def operations(core) -> dict:
         "tenant.list": core.list_tenants,
         "tenant.show": core.show,
         "port.info": core.port_info,
+        "trace": core.trace,
         "flows": core.flows,
     }
 

@@ -183,6 +183,42 @@ def cmd_exec(a):
     os.execvp("ip", ["ip", "netns", "exec", info["namespace"], *cmd])
 
 
+def cmd_trace(a):
+    if "/" not in a.target:
+        raise SystemExit("nvctl trace: give the sender as TENANT/PORT, e.g. shop/web1")
+    tenant, port = a.target.split("/", 1)
+    r = call(_api(a), "trace", tenant=tenant, port=port, packet=a.packet, real=a.real)
+    if a.json:
+        return _print(r, True)
+    print(f"packet from {r['from']} on {r['host']}: {r['packet']}")
+    for hop in r["hops"]:
+        print(f"\n== {hop['host']} (in from {hop['in_port']})")
+        for t in hop["tables"]:
+            if "priority" not in t:
+                print(f"  {t['table']:14} {'(no flow matched: table miss)' if not t['table'].startswith('(') else ''}")
+                continue
+            who = f"{t['tenant']}: " if t["tenant"] else ""
+            print(f"  {t['table']:14} prio {t['priority']:<5} [{t['layer']}] {who}{t['rule']}")
+        if hop["outputs"]:
+            for o in hop["outputs"]:
+                print(f"  -> {o}")
+        else:
+            d = hop.get("dropped_by", {})
+            print(f"  -> DROPPED by {d.get('layer', '?')}: {d.get('rule', '?')}")
+        if "real" in hop:
+            real = hop["real"]
+            if "error" in real:
+                print(f"  real OVS: {real['error']}")
+            else:
+                verdict = "agrees" if real["agree"] else "DISAGREES"
+                print(f"  real OVS (ofproto/trace): {verdict}: {', '.join(real['outputs']) or 'drop'}")
+    print()
+    print("delivered to: " + (", ".join(r["delivered"]) if r["delivered"] else "nothing (dropped)"))
+    if r["agree"] is False:
+        print("simulator and OVS disagree")
+        sys.exit(2)
+
+
 def cmd_hosts(a):
     rows = call(_api(a), "host.list")
     if a.json:
@@ -257,6 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TENANT/PORT")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_exec)
+
+    p = sub.add_parser("trace", help="a packet's path through every host's flows, table by table",
+                       parents=[common],
+                       description="Simulate a packet sent by a tenant port through the compiled flows "
+                                   "of every host it crosses (tunnel hops included), as the first "
+                                   "packet of a connection. Examples:\n"
+                                   "  nvctl trace shop/web1 'tcp,nw_dst=10.0.1.10,tp_dst=5432'\n"
+                                   "  nvctl trace blue/vm1 'icmp,nw_dst=10.0.0.13' --real\n"
+                                   "  nvctl trace blue/vm1 'arp,arp_tpa=10.0.0.12'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", metavar="TENANT/PORT")
+    p.add_argument("packet", help="ip|icmp|tcp|udp|arp plus fields: nw_dst, nw_src, tp_src, tp_dst, "
+                                  "nw_ttl, icmp_type, dl_dst, arp_tpa ...")
+    p.add_argument("--real", action="store_true",
+                   help="also run ofproto/trace on each host's OVS and compare (exit 2 if they disagree)")
+    p.set_defaults(fn=cmd_trace)
 
     sub.add_parser("hosts", help="registered hosts and their OpenFlow state",
                    parents=[common]).set_defaults(fn=cmd_hosts)

@@ -370,6 +370,70 @@ class Core:
                 "ids": {"tenant_id": e.alloc.tenant_id, "vni": e.alloc.vni},
                 "ports": ports, "hosts": hosts}
 
+    def trace(self, tenant: str, port: str, packet: str, real: bool = False) -> dict:
+        """Simulate `packet` sent by tenant/port through every host it crosses; with
+        real=True also ask each host's OVS (ofproto/trace) and compare."""
+        from controller import trace as tr
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        try:
+            p = e.tenant.port(port)
+        except KeyError:
+            raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+        if p.host not in self.hosts:
+            raise ApiError(f"{tenant}/{port} is on {p.host}, which is not a registered host")
+        try:
+            proto, fields = tr.parse_spec(packet)
+            pkt = tr.build_packet(e.tenant, p, proto, fields)
+        except tr.TraceError as ex:
+            raise ApiError(f"packet {packet!r}: {ex}") from None
+        pas = {h: rec.pa for h, rec in self.hosts.items()}
+        by_pa = {v: k for k, v in pas.items()}
+        names = {e2.alloc.tenant_id: n for n, e2 in self.tenants.items()}
+        where = {}
+        for n, e2 in self.tenants.items():
+            for q in e2.tenant.ports:
+                where[(q.host, e2.alloc.ofport[q.name])] = f"{n}/{q.name}"
+        fabric = tr.simulate(self.desired, pas, p.host, e.alloc.ofport[p.name], pkt)
+
+        def label(host, item):
+            if item[0] == "tunnel":
+                return f"vxlan to {by_pa.get(item[1], item[1])} ({item[1]}) vni {item[2]}"
+            return f"port {where.get((host, item[1]), item[1])} (ofport {item[1]})"
+
+        hops = []
+        for host, in_port, pkt_in, fate in fabric.hops:
+            tables = []
+            for h in fate.path:
+                row = {"table": h.table}
+                if h.flow is not None:
+                    row.update(tr._flow_row(h.flow, names))
+                tables.append(row)
+            sim = tr.hop_outputs(fate)
+            came = (f"vxlan from {by_pa.get(pkt_in.get('tun_ipv4_src'), '?')}"
+                    if in_port == tr.TUNNEL_OFPORT else where.get((host, in_port), in_port))
+            hop = {"host": host, "in_port": came, "tables": tables,
+                   "outputs": [label(host, o) for o in sim]}
+            if not sim:
+                last = fate.decided_by()
+                hop["dropped_by"] = tr._flow_row(last, names) if last else {"rule": "no flow"}
+            if real:
+                rundir = self.hosts[host].info.get("rundir")
+                if not rundir:
+                    hop["real"] = {"error": "host has no local OVS run directory"}
+                else:
+                    got, raw = tr.real_hop(rundir, in_port, pkt_in)
+                    hop["real"] = {"outputs": [label(host, o) for o in got], "agree": got == sim,
+                                   "flow": tr.ofctl_flow(in_port, pkt_in)}
+            hops.append(hop)
+        delivered = [where.get((host, port_), f"{host}:{port_}")
+                     for host, _i, _p, fate in fabric.hops for port_ in fate.ports()
+                     if port_ != tr.TUNNEL_OFPORT]
+        return {"packet": tr.ofctl_flow(e.alloc.ofport[p.name], pkt), "from": f"{tenant}/{port}",
+                "host": p.host, "hops": hops, "delivered": delivered,
+                "agree": all(h.get("real", {}).get("agree", True) for h in hops) if real else None}
+
     def port_info(self, tenant: str, port: str) -> dict:
         e = self.tenants.get(tenant)
         if e is None:

@@ -121,6 +121,9 @@ def _norm_value(spec: FieldSpec, value):
     raise AssertionError(spec.kind)
 
 
+_RENDER_RANK = {"in_port": 0, "tunnel_id": 1, "tun_ipv4_src": 1, "tun_ipv4_dst": 1,
+                "eth_src": 2, "eth_dst": 2, "eth_type": 3, "ip_proto": 4}
+
 _DECIMAL = {"in_port", "arp_op", "ip_proto", "ip_ttl", "tcp_src", "tcp_dst", "udp_src", "udp_dst",
             "icmpv4_type", "icmpv4_code", "ct_zone"}
 
@@ -235,7 +238,9 @@ class Match:
         return True
 
     def ofctl(self) -> str:
-        return ",".join(f"{FIELDS[n].ofctl}={_fmt_value(FIELDS[n], v, m)}" for n, v, m in self.items)
+        """ovs-ofctl syntax, prerequisites first (OVS parsers check them left to right)."""
+        items = sorted(self.items, key=lambda it: (_RENDER_RANK.get(it[0], 9), it[0]))
+        return ",".join(f"{FIELDS[n].ofctl}={_fmt_value(FIELDS[n], v, m)}" for n, v, m in items)
 
 
 def _norm_mask(spec: FieldSpec, mask):
@@ -857,6 +862,7 @@ class Fabric:
         self.tunnel_port = tunnel_port
         self.max_hops = max_hops
         self.lost: list[tuple[str, dict]] = []
+        self.hops: list[tuple[str, int, dict, Fate]] = []  # (host, in_port, packet in, fate)
 
     def replace_flows(self, pipeline: Pipeline, hosts: Mapping[str, Iterable[Flow]]) -> None:
         """Install new flow sets, keeping each host's conntrack state (a policy change
@@ -874,7 +880,9 @@ class Fabric:
     def _run(self, host, in_port, packet, hops, out):
         if len(hops) >= self.max_hops:
             raise Unsupported("tunnel hop limit reached (a forwarding loop?)")
+        arrived = dict(packet)
         fate = self.sims[host].run(packet, in_port)
+        self.hops.append((host, in_port, arrived, fate))
         hops = hops + [(host, fate)]
         for e in fate.outputs:
             if e.port != self.tunnel_port:

@@ -250,7 +250,8 @@ class Lab:
         for p in plans:
             call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid,
                  info={"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix,
-                       "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock"})
+                       "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock",
+                       "rundir": self.host_dir(p.name)})
 
     def wait_synced(self, timeout: float = 60) -> list[dict]:
         """Wait until every host's br-int is connected and holds its desired flows."""

@@ -6,6 +6,8 @@ beyond the external_ids a workload's interface carries.
 """
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from dataclasses import dataclass
 
@@ -92,3 +94,30 @@ class Ovsdb:
 
     def ports(self, bridge: str = INTEGRATION_BRIDGE) -> list[str]:
         return self.vsctl("list-ports", bridge).split()
+
+
+class OvsHost:
+    """ovs-appctl on one host's ovs-vswitchd, found through its run directory."""
+
+    def __init__(self, rundir: str):
+        self.env = {**os.environ, "OVS_RUNDIR": rundir}
+
+    def appctl(self, *args: str, timeout: float = 30) -> str:
+        return run(["ovs-appctl", *args], timeout=timeout, env=self.env)
+
+    def odp_ports(self, bridge: str = INTEGRATION_BRIDGE) -> dict[int, tuple[str, int, str]]:
+        """datapath port number -> (bridge, ofport, name), from dpif/show."""
+        out: dict[int, tuple[str, int, str]] = {}
+        current = None
+        for line in self.appctl("dpif/show").splitlines():
+            m = re.match(r"^\s{2}(\S+):$", line)
+            if m:
+                current = m.group(1)
+                continue
+            m = re.match(r"^\s{4}(\S+) (\d+)/(\d+):", line)
+            if m and current:
+                out[int(m.group(3))] = (current, int(m.group(2)), m.group(1))
+        return out
+
+    def trace(self, flow: str, bridge: str = INTEGRATION_BRIDGE) -> str:
+        return self.appctl("ofproto/trace", bridge, flow)

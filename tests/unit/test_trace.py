@@ -1,0 +1,57 @@
+"""Pure parts of nvctl trace: the packet spec, and reading OVS's datapath actions."""
+import pytest
+
+from controller.trace import TraceError, build_packet, parse_datapath_actions, parse_spec
+from tests.unit.test_routing import ROUTED
+from topology.schema import load_tenant
+
+
+def test_spec_parsing_and_defaults():
+    t = load_tenant(ROUTED % {"name": "shop"}, None)
+    web1 = t.port("web1")
+    proto, f = parse_spec("tcp,nw_dst=10.0.1.10,tp_dst=5432")
+    pkt = build_packet(t, web1, proto, f)
+    assert pkt["eth_dst"] == t.router_of("web")[1].mac  # off-switch: via the router
+    assert (pkt["ipv4_src"], pkt["tcp_src"], pkt["tcp_dst"], pkt["ip_ttl"]) == ("10.0.0.11", 40000, 5432, 64)
+    same = build_packet(t, web1, *parse_spec("icmp,nw_dst=10.0.0.12"))
+    assert same["eth_dst"] == t.port("web2").mac and same["icmpv4_type"] == 8
+    forged = build_packet(t, web1, *parse_spec("ip,nw_dst=10.0.0.12,nw_src=10.9.9.9,dl_src=02:00:de:ad:be:ef"))
+    assert (forged["ipv4_src"], forged["eth_src"]) == ("10.9.9.9", "02:00:de:ad:be:ef")
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("sctp,nw_dst=1.2.3.4", "unknown protocol"),
+    ("tcp,nw_dest=1.2.3.4", "unknown field"),
+    ("tcp,nw_dst=1.2.3", "not a valid value"),
+    ("tcp", "give the destination"),
+    ("ip,nw_dst=10.0.0.77", "no port has it"),
+])
+def test_bad_specs_say_why(spec, msg):
+    t = load_tenant(ROUTED % {"name": "shop"}, None)
+    with pytest.raises(TraceError, match=msg):
+        build_packet(t, t.port("web1"), *parse_spec(spec))
+
+
+def test_datapath_actions_are_read_as_ports_and_tunnels():
+    odp = {5: ("br-int", 10, "wabc"), 3: ("br-int", 1, "vxlan0"), 1: ("br-phy", 1, "ul0")}
+    text = """Datapath actions: ct(zone=3),recirc(0x1)
+Datapath actions: set(eth(src=02:01:0a:00:01:01)),tnl_push(tnl_port(3),header(size=50,type=4,eth(dst=1e:db,src=f2:1e,dl_type=0x0800),ipv4(src=192.0.2.11,dst=192.0.2.12,proto=17,tos=0,ttl=64,frag=0x4000),udp(src=0,dst=4789,csum=0x0),vxlan(flags=0x8000000,vni=0x3e9)),out_port(2)),1,5
+"""
+    assert parse_datapath_actions(text, odp, 10) == [("port", 10), ("tunnel", "192.0.2.12", 1001)]
+    assert parse_datapath_actions("Datapath actions: drop\n", odp, 10) == []
+
+
+def test_an_explicit_destination_mac_is_taken_as_given():
+    t = load_tenant(ROUTED % {"name": "shop"}, None)
+    pkt = build_packet(t, t.port("web1"), *parse_spec("ip,nw_dst=10.0.0.77,dl_dst=02:00:00:00:99:99"))
+    assert pkt["eth_dst"] == "02:00:00:00:99:99"
+
+
+def test_copies_inside_clone_are_read_too():
+    odp = {3: ("br-int", 1, "vxlan0"), 1: ("br-phy", 1, "ul0"), 6: ("br-int", 11, "w")}
+    text = ("Datapath actions: clone(tnl_push(tnl_port(3),header(size=50,type=4,ipv4(src=192.0.2.12,"
+            "dst=192.0.2.11,proto=17),vxlan(flags=0x8000000,vni=0x3e8)),out_port(2)),1),6,"
+            "tnl_push(tnl_port(3),header(size=50,type=4,ipv4(src=192.0.2.12,dst=192.0.2.13,proto=17),"
+            "vxlan(flags=0x8000000,vni=0x3e8)),out_port(2)),1\n")
+    assert parse_datapath_actions(text, odp, 10) == [
+        ("port", 11), ("tunnel", "192.0.2.11", 1000), ("tunnel", "192.0.2.13", 1000)]

@@ -210,6 +210,39 @@ class Session:
             self._wait(w, xids, f"bundle of {n} flow-mods")
             return n
 
+    def meters(self) -> dict[int, tuple[int, int]]:
+        """meter id -> (rate kbit/s, burst kbit) of every meter on the switch."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        w = _Waiter()
+        xid = self._send(parser.OFPMeterConfigStatsRequest(self.dp, 0, ofp.OFPM_ALL), w)
+        out = {}
+        for reply in self._wait(w, [xid], "meter config"):
+            for m in reply.body:
+                band = m.bands[0] if m.bands else None
+                out[m.meter_id] = (band.rate, band.burst_size) if band else (0, 0)
+        return out
+
+    def set_meters(self, put: dict[int, tuple[int, int]], existing: set[int], delete: list[int]) -> int:
+        """Add or modify meters in `put` (modify those in `existing`), delete `delete`;
+        waits for a barrier. Returns the number of meter-mods."""
+        if not put and not delete:
+            return 0
+        dp = self.dp
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        msgs = []
+        for mid, (rate, burst) in sorted(put.items()):
+            cmd = ofp.OFPMC_MODIFY if mid in existing else ofp.OFPMC_ADD
+            msgs.append(parser.OFPMeterMod(dp, command=cmd, flags=ofp.OFPMF_KBPS | ofp.OFPMF_BURST,
+                                           meter_id=mid, bands=[parser.OFPMeterBandDrop(rate, burst)]))
+        for mid in sorted(delete):
+            msgs.append(parser.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, flags=0, meter_id=mid, bands=[]))
+        with self._lock:
+            w = _Waiter()
+            xids = [self._send(m, w) for m in msgs]
+            xids.append(self._send(parser.OFPBarrierRequest(dp), w))
+            self._wait(w, xids, f"{len(msgs)} meter-mods")
+        return len(msgs)
+
     def ports(self) -> dict[int, str]:
         """ofport -> interface name, as the switch reported them."""
         return {no: (p.name.decode() if isinstance(p.name, bytes) else p.name)
@@ -255,6 +288,12 @@ class NvApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
+        s = self._session(ev.msg)
+        if s:
+            s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    def _meter_stats(self, ev):
         s = self._session(ev.msg)
         if s:
             s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)

@@ -410,12 +410,28 @@ class DecTtl(Action):
 
 @dataclass(frozen=True)
 class Meter(Action):
-    """Pass the packet through a meter (OpenFlow 1.3 instruction; must come first)."""
+    """Pass the packet through a meter (OpenFlow 1.3 instruction; must come first).
+    The band travels with the action so a host's meters follow from its flows; only
+    the id is part of the flow's text."""
 
     meter_id: int
+    rate_kbps: int = field(default=0, compare=False)
+    burst_kb: int = field(default=0, compare=False)
 
     def ofctl(self):
         return f"meter:{self.meter_id}"
+
+
+def meters_of(flows: Iterable["Flow"]) -> dict[int, tuple[int, int]]:
+    """meter id -> (rate kbit/s, burst kbit) that these flows need."""
+    out: dict[int, tuple[int, int]] = {}
+    for f in flows:
+        for a in f.actions:
+            if isinstance(a, Meter):
+                want = (a.rate_kbps, a.burst_kb)
+                if out.setdefault(a.meter_id, want) != want:
+                    raise ValueError(f"meter {a.meter_id} is used with two different bands")
+    return out
 
 
 @dataclass(frozen=True)

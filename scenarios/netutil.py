@@ -125,3 +125,33 @@ def tcp_stream(ns: str, ip: str, port: int, seconds: float, interval: float = 0.
     return subprocess.Popen(_probe_cmd(ns, "stream", ip, str(port), "--seconds", str(seconds),
                                        "--interval", str(interval)),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: float = 3, port: int = 5201,
+           udp_mbps: float | None = None) -> dict:
+    """Run one iperf3 test between two lab namespaces; returns
+    {"mbps": received Mbit/s, "retransmits": n}. The server is ours and ends with the test."""
+    import json as _json
+    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cmd = ["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", str(port),
+               "-t", str(seconds), "-J"]
+        if udp_mbps:
+            cmd += ["-u", "-b", f"{udp_mbps}M"]
+        for attempt in range(20):  # the server needs a moment to listen
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+            if p.returncode == 0 or "Connection refused" not in p.stdout + p.stderr:
+                break
+            import time as _t
+            _t.sleep(0.1)
+        if p.returncode != 0:
+            raise RuntimeError(f"iperf3 failed: {p.stdout[-500:]}{p.stderr[-500:]}")
+        r = _json.loads(p.stdout)["end"]
+        received = r.get("sum_received") or r["sum"]
+        return {"mbps": round(received["bits_per_second"] / 1e6, 1),
+                "retransmits": r.get("sum_sent", {}).get("retransmits", 0)}
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+        srv.wait(timeout=10)

@@ -1,0 +1,46 @@
+"""Per-port rate limits with OpenFlow meters, measured with iperf3."""
+import os
+import subprocess
+
+import pytest
+
+from scenarios.netutil import iperf3
+from tests.integration.helpers import ROOT, apply_yaml, nvctl_json
+
+LIMIT_MBPS = 50
+BLUE = open(os.path.join(ROOT, "examples", "blue.yaml")).read().replace(
+    "{name: vm1, switch: web, ip: 10.0.0.11, host: hv1}",
+    f"{{name: vm1, switch: web, ip: 10.0.0.11, host: hv1, rateLimitMbps: {LIMIT_MBPS}}}")
+
+
+@pytest.fixture(scope="module")
+def blue(lab):
+    apply_yaml(lab, BLUE, op="create")
+    return {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
+
+
+def test_the_meter_is_on_the_switch(lab, blue):
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", "br-int"], capture_output=True,
+                         text=True, env=lab.ovs_env("hv1"), check=True).stdout
+    assert f"meter={blue['vm1']['ofport']} kbps burst" in out and f"rate={LIMIT_MBPS * 1000}" in out
+
+
+def test_a_limited_port_stays_near_its_limit_and_far_below_an_unlimited_one(lab, blue):
+    vm1, vm4, vm2 = blue["vm1"], blue["vm4"], blue["vm2"]
+    assert vm1["host"] == vm4["host"] != vm2["host"]
+    limited = iperf3(vm1["namespace"], vm2["namespace"], vm2["ip"], seconds=4)
+    unlimited = iperf3(vm4["namespace"], vm2["namespace"], vm2["ip"], seconds=4)
+    print(f"\nTCP through VXLAN, same run: limited ({LIMIT_MBPS} Mbit/s meter) {limited['mbps']} Mbit/s, "
+          f"unlimited {unlimited['mbps']} Mbit/s")
+    assert limited["mbps"] <= LIMIT_MBPS * 1.1, limited
+    assert limited["mbps"] >= LIMIT_MBPS * 0.3, limited  # limited, not broken
+    assert unlimited["mbps"] >= 3 * limited["mbps"], (limited, unlimited)
+
+
+def test_removing_the_limit_removes_the_meter(lab, blue):
+    apply_yaml(lab, BLUE.replace(f", rateLimitMbps: {LIMIT_MBPS}", ""))
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", "br-int"], capture_output=True,
+                         text=True, env=lab.ovs_env("hv1"), check=True).stdout
+    assert "meter=" not in out
+    hosts = nvctl_json(lab, "hosts")
+    assert all(h["in_sync"] for h in hosts), hosts

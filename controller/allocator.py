@@ -42,6 +42,16 @@ def router_port_name(router: str, switch: str) -> str:
     return f"{router}:{switch}"
 
 
+def transit_name(router: str) -> str:
+    """The vni name of a router's path to its gateway (names cannot contain ':')."""
+    return f"{router}:external"
+
+
+def router_zone_name(router: str) -> str:
+    """The zone name of a router's NAT connections on the gateway host."""
+    return f"router:{router}"
+
+
 @dataclass
 class InUse:
     """What other tenants hold: tenant ids, VNIs, and ofports per host."""
@@ -104,8 +114,10 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
                                                     "tenant id")
     prev = prev or Allocation(tid)
     old = prev_tenant
-    switches = [(s.name, "") for s in t.switches]
-    vni = _assign(switches, prev.vni, {s.name: "" for s in old.switches} if old else {},
+    def keyed(tenant):
+        return [(s.name, "") for s in tenant.switches] + \
+            [(transit_name(r.name), "") for r in tenant.routers if r.external_ip is not None]
+    vni = _assign(keyed(t), prev.vni, dict(keyed(old)) if old else {},
                   {"": set(others.vnis)}, FIRST_VNI, MAX_VNI, "VNI")
     members = [(p.name, p.switch) for p in t.ports] + \
         [(router_port_name(r.name, rp.switch), rp.switch) for r in t.routers for rp in r.ports]
@@ -118,7 +130,9 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
     ofports = _assign([(p.name, p.host) for p in t.ports], prev.ofport,
                       {p.name: p.host for p in old.ports} if old else {},
                       {h: set(v) for h, v in others.ofports.items()}, FIRST_OFPORT, MAX_OFPORT, "ofport")
-    zones = _assign([(p.name, "") for p in t.ports], prev.zone,
-                    {p.name: "" for p in old.ports} if old else {},
+    def zoned(tenant):
+        return [(p.name, "") for p in tenant.ports] + \
+            [(router_zone_name(r.name), "") for r in tenant.routers if r.external_ip is not None]
+    zones = _assign(zoned(t), prev.zone, dict(zoned(old)) if old else {},
                     {"": set(others.zones)}, FIRST_ZONE, MAX_ZONE, "conntrack zone")
     return Allocation(tid, vni, keys, ofports, zones)

@@ -25,16 +25,25 @@ TUNNEL_OFPORT = 1  # the flow-based VXLAN port's ofport on every br-int
 class Host:
     name: str
     pa: str
+    external: tuple | None = None  # (ofport, next_hop_mac) where the external network is attached
 
 
 def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantView:
     placed = tuple(p for p in t.ports if p.host in hosts)  # ports on gone hosts are down
     if len(placed) != len(t.ports):
         t = dataclasses.replace(t, ports=placed)
+    gateway = next(((h.name, *h.external) for h in sorted(hosts.values(), key=lambda h: h.name)
+                    if h.external), None)
+    span = switch_spans(t)
+    if gateway is not None:  # return traffic is routed on the gateway host
+        for r in t.routers:
+            if r.external_ip is not None:
+                for rp in r.ports:
+                    span[rp.switch] = span[rp.switch] | {gateway[0]}
     return TenantView(
         tenant=t, tenant_id=a.tenant_id, vni=a.vni, port_key=a.port_key, ofport=a.ofport,
-        members=switch_members(t), span=switch_spans(t), zone=a.zone,
-        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT)
+        members=switch_members(t), span=span, zone=a.zone,
+        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateway=gateway)
 
 
 def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> dict[str, list[Flow]]:
@@ -48,7 +57,8 @@ def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> dict[
 def compile_host(name: str, hosts: Mapping[str, Host]) -> list[Flow]:
     h = hosts[name]
     view = HostView(name, h.pa, TUNNEL_OFPORT,
-                    tuple(sorted((o.name, o.pa) for o in hosts.values() if o.name != name)))
+                    tuple(sorted((o.name, o.pa) for o in hosts.values() if o.name != name)),
+                    h.external)
     sink: dict[str, list[Flow]] = {}
     for layer in LAYERS:
         layer.host_flows(view, emitter(layer, sink))

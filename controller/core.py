@@ -78,7 +78,11 @@ class Core:
     # compilation
     # ------------------------------------------------------------------------------
     def _placement(self) -> dict[str, Host]:
-        return {n: Host(n, h.pa) for n, h in self.hosts.items()}
+        out = {}
+        for n, h in self.hosts.items():
+            ext = h.info.get("external")
+            out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None)
+        return out
 
     def _recompile_all(self) -> None:
         hosts = self._placement()

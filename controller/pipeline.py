@@ -12,14 +12,15 @@ from controller.layers.base import Emitter, Layer
 from controller.layers.classify import Classify
 from controller.layers.delivery import Delivery
 from controller.layers.encap import Encap
+from controller.layers.gateway import Gateway
 from controller.layers.port_security import PortSecurity
 from controller.layers.qos import Qos
 from controller.layers.routing import Routing
 from controller.layers.switching import Switching
 
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
-INGRESS: tuple[Layer, ...] = (Classify(), PortSecurity(), Qos(), FromPortAcl(), ArpResponder(),
-                              Switching(), Routing(), Encap())
+INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Qos(), FromPortAcl(),
+                              ArpResponder(), Switching(), Routing(), Encap())
 # Egress: towards a workload on this host.
 EGRESS: tuple[Layer, ...] = (ToPortAcl(), Delivery())
 # Packets that arrive over VXLAN continue at this layer's first table.

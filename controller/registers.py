@@ -55,6 +55,7 @@ SLOTS: tuple[Slot, ...] = (
 BY_NAME = {s.name: s for s in SLOTS}
 
 FLOOD_PORT_KEY = 0xFFFF  # outport value meaning "every port of the switch"
+EXTERNAL_NET_KEY = 1 << 24  # logical_switch value of the provider's external network (no VNI is this big)
 MAX_PORT_KEY = FLOOD_PORT_KEY - 1
 
 

@@ -34,6 +34,10 @@ CONTROLLER_IP = "198.51.100.1"
 MGMT_PREFIX = "198.51.100."
 UNDERLAY_PREFIX = "192.0.2."
 UNDERLAY_MTU = 1600
+EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
+OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
+EXTERNAL_OFPORT = 2  # ext0 on the gateway host's br-int
+GATEWAY_HOST = 1  # hv1 carries the external network
 MAX_HOSTS = 200
 DEFAULT_STATE_DIR = "/var/lib/nvctl"
 VSCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -84,6 +88,11 @@ class Lab:
     @property
     def ul_ns(self) -> str:
         return self.prefix + "ul"
+
+    @property
+    def ext_ns(self) -> str:
+        """The outside world: one host at OUTSIDE_IP on the external network."""
+        return self.prefix + "ext"
 
     def host_ns(self, h: HostPlan | str) -> str:
         return self.prefix + (h.name if isinstance(h, HostPlan) else h)
@@ -149,8 +158,13 @@ class Lab:
         return m
 
     def _networks(self) -> None:
-        for ns in (self.ctl_ns, self.ul_ns):
+        for ns in (self.ctl_ns, self.ul_ns, self.ext_ns):
             _ns_create(ns)
+        with NetNS(self.ext_ns) as n:
+            n.link("add", ifname="br-ext", kind="bridge")
+            idx = n.link_lookup(ifname="br-ext")[0]
+            n.addr("add", index=idx, address=OUTSIDE_IP, prefixlen=24)
+            n.link("set", index=idx, state="up")
         with NetNS(self.ul_ns) as n:
             n.link("add", ifname="br-ul", kind="bridge")
             n.link("set", index=n.link_lookup(ifname="br-ul")[0], mtu=UNDERLAY_MTU, state="up")
@@ -177,6 +191,11 @@ class Lab:
             n.link("set", index=idx, state="up")
         db.ensure_integration_bridge(p.dpid, f"tcp:{CONTROLLER_IP}:{OF_PORT}", p.pa, TUNNEL_OFPORT)
         db.vsctl("set", "controller", INTEGRATION_BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
+        if p.index == GATEWAY_HOST:
+            _veth_between(f"{self.prefix}x{p.index}", ns, "ext0", self.ext_ns, p.name, "br-ext", 1500)
+            db.plug("ext0", EXTERNAL_OFPORT, {"nvctl-role": "external"})
+            for dev in ("br-ext", p.name):  # the outside host's packets reach the userspace datapath
+                run(["ip", "netns", "exec", self.ext_ns, "ethtool", "-K", dev, "tx", "off"])
 
     def warm_underlay(self, plans: list[HostPlan]) -> None:
         """Teach every host's OVS the MAC of every peer PA before tenant traffic needs it.
@@ -247,11 +266,15 @@ class Lab:
 
     def _register(self, plans: list[HostPlan]) -> None:
         from controller.api import call
+        with NetNS(self.ext_ns) as n:
+            outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
-            call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid,
-                 info={"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix,
-                       "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock",
-                       "rundir": self.host_dir(p.name)})
+            info = {"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix,
+                    "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock", "rundir": self.host_dir(p.name)}
+            if p.index == GATEWAY_HOST:
+                info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,
+                                    "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}
+            call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info=info)
 
     def wait_synced(self, timeout: float = 60) -> list[dict]:
         """Wait until every host's br-int is connected and holds its desired flows."""

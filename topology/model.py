@@ -66,12 +66,31 @@ class AclRule:
 
 
 @dataclass(frozen=True)
+class NatRule:
+    """type "snat": the router's external address for sources in `cidr`;
+    type "floating-ip": `external_ip` is `port`'s, both ways."""
+
+    type: str
+    router: str
+    cidr: ipaddress.IPv4Network | None = None
+    port: str | None = None
+    external_ip: ipaddress.IPv4Address | None = None
+
+
+@dataclass(frozen=True)
 class Tenant:
     name: str
     switches: tuple[Switch, ...]
     ports: tuple[Port, ...]
     routers: tuple[Router, ...] = ()
     acls: tuple[AclRule, ...] = ()
+    nat: tuple[NatRule, ...] = ()
+
+    def router(self, name: str) -> Router:
+        for r in self.routers:
+            if r.name == name:
+                return r
+        raise KeyError(name)
 
     def router_of(self, switch: str) -> tuple[Router, RouterPort] | None:
         for r in self.routers:

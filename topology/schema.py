@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from topology.model import AclRule, Port, Route, Router, RouterPort, Switch, Tenant, derived_mac
+from topology.model import (AclRule, NatRule, Port, Route, Router, RouterPort, Switch, Tenant,
+                            derived_mac)
 
 API_VERSION = "nvctl/v1"
 KIND = "Tenant"
@@ -23,7 +24,8 @@ MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 TOP_KEYS = {"apiVersion": True, "kind": True, "metadata": True, "spec": True}
 METADATA_KEYS = {"name": True}
-SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False}
+SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False, "nat": False}
+NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
 SWITCH_KEYS = {"name": True, "cidr": True}
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
              "rateLimitMbps": False}
@@ -121,10 +123,11 @@ def validate(doc: Any, known_hosts: Iterable[str] | None = None) -> Tenant:
         ports = _ports(spec.get("ports", []), by_switch, hosts, errs)
         routers = _routers(spec.get("routers", []), by_switch, ports, errs)
         acls = _acls(spec.get("acls", []), by_switch, ports, errs)
+        nat = _nat(spec.get("nat", []), routers, ports, errs)
     if errs.items:
         raise ValidationError(errs.items)
     return Tenant(name=name, switches=tuple(switches), ports=tuple(ports), routers=tuple(routers),
-                  acls=tuple(acls))
+                  acls=tuple(acls), nat=tuple(nat) if spec is not None else ())
 
 
 def _list(value: Any, path: str, errs: _Errors) -> list:
@@ -356,6 +359,72 @@ def _routers(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Er
     return out
 
 
+def _nat(raw: Any, routers: list[Router], ports: list[Port], errs: _Errors) -> list[NatRule]:
+    out: list[NatRule] = []
+    by_router = {r.name: r for r in routers}
+    by_port = {p.name: p for p in ports}
+    used_ext = {r.external_ip: f"router {r.name}" for r in routers if r.external_ip}
+    fip_ports: set[str] = set()
+    for i, item in enumerate(_list(raw, "spec.nat", errs)):
+        path = f"spec.nat[{i}]"
+        if not _keys(item, path, NAT_KEYS, errs, "type and its fields"):
+            continue
+        kind = item.get("type")
+        if kind == "snat":
+            extra = [k for k in ("port", "externalIp") if k in item]
+            for k in extra:
+                errs.add(f"{path}.{k}", "not used by type snat (it takes router and cidr)")
+            r = by_router.get(item.get("router"))
+            if "router" not in item:
+                errs.add(f"{path}.router", "is required for type snat")
+            elif r is None:
+                errs.add(f"{path}.router", f"unknown router {item['router']!r}")
+            elif r.external_ip is None:
+                errs.add(f"{path}.router", f"router {r.name} has no external address (set external.ip)")
+                r = None
+            cidr = None
+            if "cidr" not in item:
+                errs.add(f"{path}.cidr", "is required for type snat")
+            else:
+                try:
+                    cidr = ipaddress.IPv4Network(str(item["cidr"]), strict=True)
+                except ValueError as e:
+                    errs.add(f"{path}.cidr", f"{item['cidr']!r} is not an IPv4 network: {e}")
+            if r is not None and cidr is not None and not extra:
+                out.append(NatRule("snat", r.name, cidr=cidr))
+        elif kind == "floating-ip":
+            for k in ("router", "cidr"):
+                if k in item:
+                    errs.add(f"{path}.{k}", "not used by type floating-ip (it takes port and externalIp)")
+            p = by_port.get(item.get("port"))
+            r = None
+            if "port" not in item:
+                errs.add(f"{path}.port", "is required for type floating-ip")
+            elif p is None:
+                errs.add(f"{path}.port", f"unknown port {item['port']!r}")
+            elif p.name in fip_ports:
+                errs.add(f"{path}.port", f"port {p.name} already has a floating IP")
+            else:
+                r = next((x for x in routers if x.port_on(p.switch)), None)
+                if r is None or r.external_ip is None:
+                    errs.add(f"{path}.port", f"port {p.name}'s switch {p.switch} has no router with an "
+                                             "external address")
+                    r = None
+            ext = _ip(item["externalIp"], f"{path}.externalIp", errs) if "externalIp" in item else None
+            if "externalIp" not in item:
+                errs.add(f"{path}.externalIp", "is required for type floating-ip")
+            elif ext is not None and ext in used_ext:
+                errs.add(f"{path}.externalIp", f"{ext} is already used by {used_ext[ext]}")
+                ext = None
+            if p is not None and r is not None and ext is not None:
+                used_ext[ext] = f"the floating IP of {p.name}"
+                fip_ports.add(p.name)
+                out.append(NatRule("floating-ip", r.name, port=p.name, external_ip=ext))
+        else:
+            errs.add(f"{path}.type", f"{kind!r} is not one of snat, floating-ip")
+    return out
+
+
 def _port_range(value: Any, path: str, errs: _Errors) -> tuple[int, int] | None:
     if isinstance(value, int) and not isinstance(value, bool):
         lo = hi = value
@@ -483,6 +552,13 @@ def to_doc(t: Tenant) -> dict:
             if r.external_ip is not None:
                 d["external"] = {"ip": str(r.external_ip)}
             spec["routers"].append(d)
+    if t.nat:
+        spec["nat"] = []
+        for n in t.nat:
+            if n.type == "snat":
+                spec["nat"].append({"type": "snat", "router": n.router, "cidr": str(n.cidr)})
+            else:
+                spec["nat"].append({"type": "floating-ip", "port": n.port, "externalIp": str(n.external_ip)})
     if t.acls:
         spec["acls"] = []
         for a in t.acls:

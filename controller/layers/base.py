@@ -49,6 +49,7 @@ class HostView:
     pa: str  # provider address (VXLAN endpoint)
     tunnel_port: int  # ofport of the flow-based VXLAN port on br-int
     peers: tuple[tuple[str, str], ...]  # (host, PA) of every other host
+    external: tuple | None = None  # (ofport, next_hop_mac) if the external network is here
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TenantView:
     zone: dict  # port -> conntrack zone (its ACLs' state lives there, on its host)
     pa: dict  # host -> PA, for every host
     tunnel_port: int  # ofport of the VXLAN port, the same on every host
+    gateway: tuple | None = None  # (host, external ofport, next hop MAC) of the gateway host
 
 
 class Emitter:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataplane.match_action import Match
 from controller.layers.base import Layer, TableDecl
-from controller.registers import FROM_TUNNEL, INPORT, LOGICAL_SWITCH
+from controller.allocator import transit_name
+from controller.registers import EXTERNAL_NET_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH
 
 
 class Classify(Layer):
@@ -15,9 +16,9 @@ class Classify(Layer):
     id = 1
     tables = (
         TableDecl("classify", frozenset({"in_port", "tun_ipv4_src"}),
-                  successors=("@next", "tunnel_vni"),
+                  successors=("port_security", "tunnel_vni", "ext_in"),
                   doc="workload port -> logical switch and port; tunnel -> known PAs only"),
-        TableDecl("tunnel_vni", frozenset({"tunnel_id"}), successors=("@tunnel_entry",),
+        TableDecl("tunnel_vni", frozenset({"tunnel_id"}), successors=("@tunnel_entry", "ext_snat"),
                   doc="VNI -> logical switch, for packets from another host"),
     )
 
@@ -26,7 +27,7 @@ class Classify(Layer):
             vni = t.vni[p.switch]
             out.to((p.host,), out.flow(
                 "classify", 100, Match.of(in_port=t.ofport[p.name]),
-                (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("@next")),
+                (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("port_security")),
                 rule=f"port {p.name}"))
         for s in t.tenant.switches:
             hosts = t.members[s.name]
@@ -38,7 +39,21 @@ class Classify(Layer):
                  out.goto("@tunnel_entry")),
                 rule=f"switch {s.name} vni {t.vni[s.name]}"))
 
+        if t.gateway is not None:
+            for r in t.tenant.routers:
+                if r.external_ip is not None:
+                    transit = t.vni[transit_name(r.name)]
+                    out.to((t.gateway[0],), out.flow(
+                        "tunnel_vni", 100, Match.of(tunnel_id=transit),
+                        (LOGICAL_SWITCH.load(transit), out.goto("ext_snat")),
+                        rule=f"router {r.name}: to the external network (vni {transit})"))
+
     def host_flows(self, h, out):
+        if h.external is not None:
+            out.to((h.name,), out.flow(
+                "classify", 100, Match.of(in_port=h.external[0]),
+                (LOGICAL_SWITCH.load(EXTERNAL_NET_KEY), out.goto("ext_in")),
+                rule="the external network"))
         for peer, pa in h.peers:
             out.to((h.name,), out.flow(
                 "classify", 100, Match.of(in_port=h.tunnel_port, tun_ipv4_src=pa),

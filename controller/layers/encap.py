@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataplane.match_action import Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
+from controller.allocator import transit_name
 from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, LOGICAL_SWITCH, OUTPORT
 
 
@@ -16,11 +17,25 @@ class Encap(Layer):
     name = "encap"
     id = 5
     tables = (
-        TableDecl("dispatch", frozenset({"reg13", "reg15", "reg10"}), successors=("@egress",),
+        TableDecl("dispatch", frozenset({"reg13", "reg15", "reg10"}), successors=("@egress", "ext_snat"),
                   doc="outport -> local egress, VXLAN to the owner's PA, or flood"),
     )
 
     def tenant_flows(self, t, out):
+        if t.gateway is not None:
+            gw = t.gateway[0]
+            for r in t.tenant.routers:
+                if r.external_ip is None:
+                    continue
+                transit = t.vni[transit_name(r.name)]
+                hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
+                m = Match.of(**LOGICAL_SWITCH.m(transit))
+                out.to((h for h in hosts if h != gw), out.flow(
+                    "dispatch", 100, m, (SetField("tunnel_id", transit), SetField("tun_ipv4_dst", t.pa[gw]),
+                                         Output(t.tunnel_port)),
+                    rule=f"router {r.name}: to the gateway {gw}"))
+                out.to((gw,), out.flow("dispatch", 100, m, (out.resubmit("ext_snat"),),
+                                       rule=f"router {r.name}: this host is the gateway"))
         for s in t.tenant.switches:
             hosts, members = t.span[s.name], t.members[s.name]
             if not hosts:

@@ -13,7 +13,8 @@ import ipaddress
 
 from dataplane.match_action import (ETH_TYPE_IP, IN_PORT, IPPROTO_ICMP, DecTtl, Match, Move,
                                     Output, SetField)
-from controller.allocator import router_port_name
+from controller.allocator import router_port_name, transit_name
+from topology.model import derived_mac
 from controller.layers.base import Layer, TableDecl
 from controller.registers import INPORT, LOGICAL_SWITCH, NEXTHOP, OUTPORT, SCRATCH
 
@@ -36,7 +37,7 @@ class Routing(Layer):
     tables = (
         TableDecl("ip_routing",
                   frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst"}),
-                  successors=("ip_neighbor",), miss="@next",
+                  successors=("ip_neighbor", "dispatch"), miss="@next",
                   doc="packets to a router port: ICMP echo to the router, or route by longest prefix"),
         TableDecl("ip_neighbor", frozenset({"reg13", "reg12"}), successors=("@next",),
                   doc="next hop on the destination switch -> its MAC and logical port"),
@@ -79,6 +80,12 @@ class Routing(Layer):
                         self._forward(t, r.name, egress) + (NEXTHOP.load(ip_int(route.next_hop)),
                                                             out.goto("ip_neighbor")),
                         rule=f"router {r.name}: {route.prefix} via {route.next_hop}"))
+                if r.external_ip is not None and t.gateway is not None:
+                    out.to(hosts, out.flow(
+                        "ip_routing", route_priority(0, False), Match.of(**came, eth_type=ETH_TYPE_IP),
+                        (DecTtl(), SetField("eth_src", derived_mac(r.external_ip, 1)),
+                         LOGICAL_SWITCH.load(t.vni[transit_name(r.name)]), out.goto("dispatch")),
+                        rule=f"router {r.name}: default route to the external network"))
                 out.to(hosts, out.flow("ip_routing", PRIO_NO_ROUTE, Match.of(**came), (),
                                        rule=f"router {r.name}: no route"))
             for rp in r.ports:  # neighbours on every switch of the router

@@ -16,6 +16,7 @@ FIRST_VNI = 1000
 MAX_VNI = (1 << 24) - 1  # VXLAN's VNI is 24 bits
 FIRST_OFPORT = 10  # below: reserved for infrastructure ports (the tunnel is 1)
 FIRST_ZONE, MAX_ZONE = 1, 0xFFFF
+MAX_GROUP = 0xFFFFFF00
 MAX_OFPORT = 0xFEFF
 
 
@@ -26,15 +27,16 @@ class Allocation:
     port_key: dict = field(default_factory=dict)  # port -> key (unique within its switch)
     ofport: dict = field(default_factory=dict)  # port -> ofport on its host
     zone: dict = field(default_factory=dict)  # port -> conntrack zone (unique on every host)
+    group: dict = field(default_factory=dict)  # load balancer -> OpenFlow group id
 
     def to_json(self) -> dict:
         return {"tenant_id": self.tenant_id, "vni": self.vni, "port_key": self.port_key,
-                "ofport": self.ofport, "zone": self.zone}
+                "ofport": self.ofport, "zone": self.zone, "group": self.group}
 
     @staticmethod
     def from_json(d: dict) -> "Allocation":
         return Allocation(d["tenant_id"], dict(d["vni"]), dict(d["port_key"]), dict(d["ofport"]),
-                          dict(d.get("zone", {})))
+                          dict(d.get("zone", {})), dict(d.get("group", {})))
 
 
 def router_port_name(router: str, switch: str) -> str:
@@ -45,6 +47,11 @@ def router_port_name(router: str, switch: str) -> str:
 def transit_name(router: str) -> str:
     """The vni name of a router's path to its gateway (names cannot contain ':')."""
     return f"{router}:external"
+
+
+def lb_zone_name(port: str = "") -> str:
+    """The zone where load-balanced connections are translated ("" for the tenant's)."""
+    return f"lb:{port}"
 
 
 def router_zone_name(router: str) -> str:
@@ -60,8 +67,10 @@ class InUse:
     vnis: set = field(default_factory=set)
     ofports: dict = field(default_factory=dict)  # host -> set of ofports
     zones: set = field(default_factory=set)
+    groups: set = field(default_factory=set)
 
     def add(self, t: Tenant, a: Allocation) -> None:
+        self.groups.update(a.group.values())
         self.tenant_ids.add(a.tenant_id)
         self.vnis.update(a.vni.values())
         self.zones.update(a.zone.values())
@@ -69,6 +78,7 @@ class InUse:
             self.ofports.setdefault(p.host, set()).add(a.ofport[p.name])
 
     def remove(self, t: Tenant, a: Allocation) -> None:
+        self.groups.difference_update(a.group.values())
         self.tenant_ids.discard(a.tenant_id)
         self.vnis.difference_update(a.vni.values())
         self.zones.difference_update(a.zone.values())
@@ -132,7 +142,11 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
                       {h: set(v) for h, v in others.ofports.items()}, FIRST_OFPORT, MAX_OFPORT, "ofport")
     def zoned(tenant):
         return [(p.name, "") for p in tenant.ports] + \
-            [(router_zone_name(r.name), "") for r in tenant.routers if r.external_ip is not None]
+            [(router_zone_name(r.name), "") for r in tenant.routers if r.external_ip is not None] + \
+            ([(lb_zone_name(""), "")] if tenant.load_balancers else [])
     zones = _assign(zoned(t), prev.zone, dict(zoned(old)) if old else {},
                     {"": set(others.zones)}, FIRST_ZONE, MAX_ZONE, "conntrack zone")
-    return Allocation(tid, vni, keys, ofports, zones)
+    groups = _assign([(lb.name, "") for lb in t.load_balancers], prev.group,
+                     {lb.name: "" for lb in old.load_balancers} if old else {},
+                     {"": set(others.groups)}, 1, MAX_GROUP, "group id")
+    return Allocation(tid, vni, keys, ofports, zones, groups)

@@ -43,7 +43,8 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
     return TenantView(
         tenant=t, tenant_id=a.tenant_id, vni=a.vni, port_key=a.port_key, ofport=a.ofport,
         members=switch_members(t), span=span, zone=a.zone,
-        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateway=gateway)
+        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateway=gateway,
+        group=a.group)
 
 
 def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> dict[str, list[Flow]]:

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dataplane.match_action import Flow, cookie_layer, cookie_tenant, meters_of
+from dataplane.match_action import Flow, cookie_layer, cookie_tenant, groups_of, meters_of
 from topology import schema
 from topology.model import Tenant
 from controller.allocator import Allocation, InUse, allocate
@@ -42,6 +42,7 @@ class HostState:
     session: object | None = None
     installed: set | None = None  # cookies on the switch; None: not read since connect
     meters: dict | None = None  # meter id -> band on the switch; None: not read since connect
+    groups: dict | None = None  # group id -> bucket signature on the switch
     lock: threading.Lock = field(default_factory=threading.Lock)
     flow_mods: int = 0  # sent since the controller started
     bundles: int = 0
@@ -135,7 +136,8 @@ class Core:
             self.unclaimed[session.dpid] = session
             return
         st = self.state.setdefault(host, HostState())
-        st.session, st.installed, st.meters, st.connected_at = session, None, None, self.clock()
+        st.session, st.installed, st.meters, st.groups = session, None, None, None
+        st.connected_at = self.clock()
         n = self.reconcile(host)
         st.syncs += 1
         st.last_sync_mods = n
@@ -147,7 +149,7 @@ class Core:
         host = self.host_of_dpid(session.dpid)
         st = self.state.get(host) if host else None
         if st is not None and st.session is session:
-            st.session, st.installed, st.meters = None, None, None
+            st.session, st.installed, st.meters, st.groups = None, None, None, None
             LOG.info("host %s disconnected", host)
 
     def ports_changed(self, session) -> None:
@@ -168,26 +170,35 @@ class Core:
                 if st.installed is None:
                     st.installed = set(s.installed())
                     st.meters = s.meters()
+                    st.groups = s.groups()
                 desired = dict(self.desired.get(host, {}))
                 want = set(desired)
                 dels = sorted(st.installed - want)
                 adds = [desired[c] for c in sorted(want - st.installed)]
                 want_meters = meters_of(desired.values())
                 put = {m: b for m, b in want_meters.items() if st.meters.get(m) != b}
-                n = s.set_meters(put, set(st.meters), [])  # meters before the flows using them
+                n = s.set_meters(put, set(st.meters), [])  # meters and groups before the flows using them
                 st.meters.update(put)
+                want_groups = {gid: (g, s.group_signature(g)) for gid, g in groups_of(desired.values()).items()}
+                gput = {gid: g for gid, (g, sig) in want_groups.items() if st.groups.get(gid) != sig}
+                n += s.set_groups(gput, set(st.groups), [])
+                st.groups.update({gid: want_groups[gid][1] for gid in gput})
                 n += s.push(dels, adds)
                 st.installed = want
                 gone = sorted(set(st.meters) - set(want_meters))
                 n += s.set_meters({}, set(st.meters), gone)  # and after the flows that used them
                 for m in gone:
                     del st.meters[m]
+                ggone = sorted(set(st.groups) - set(want_groups))
+                n += s.set_groups({}, set(st.groups), ggone)
+                for g in ggone:
+                    del st.groups[g]
                 st.flow_mods += n
                 st.bundles += 1 if n else 0
                 st.error = None
                 return n
             except Exception as e:  # the switch refused, or went away: re-read next time
-                st.installed = st.meters = None
+                st.installed = st.meters = st.groups = None
                 st.error = str(e)
                 LOG.error("host %s: %s", host, e)
                 return None
@@ -341,7 +352,8 @@ class Core:
             "connected": st.session is not None,
             "flows_desired": len(want),
             "in_sync": st.session is not None and st.installed == want and st.error is None
-                       and st.meters == meters_of(self.desired.get(host, {}).values()),
+                       and st.meters == meters_of(self.desired.get(host, {}).values())
+                       and set(st.groups or {}) == set(groups_of(self.desired.get(host, {}).values())),
             "flow_mods_sent": st.flow_mods,
             "bundles": st.bundles,
             "syncs": st.syncs,

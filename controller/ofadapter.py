@@ -15,7 +15,7 @@ from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
-from os_ken.ofproto import nicira_ext, ofproto_v1_3
+from os_ken.ofproto import nicira_ext, ofproto_v1_3, ofproto_v1_3_parser
 
 from dataplane.match_action import (FIELDS, IN_PORT, Ct, DecTtl, Flow, Goto, Group, Match, Meter,
                                     Move, Output, Resubmit, SetField)
@@ -29,6 +29,16 @@ NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1  # OVS nx-match.h
 
 class SwitchError(RuntimeError):
     """The switch refused something, or did not answer."""
+
+
+class PaddedNAT(ofproto_v1_3_parser.NXActionNAT):
+    """os-ken 4.2 leaves NXAST_NAT's body unpadded when a port range is present (28
+    bytes), while the enclosing length says 32: OVS refuses such a group-mod with
+    OFPBRC_BAD_LEN. Pad the body so header (10 bytes) + body is a multiple of 8."""
+
+    def serialize_body(self):
+        data = super().serialize_body()
+        return data + bytes((-(10 + len(data))) % 8)
 
 
 # --------------------------------------------------------------------------------------
@@ -66,13 +76,13 @@ def to_action(parser, ofp, a):
         nat = []
         if a.nat is not None:
             if not a.nat.kind:
-                nat = [parser.NXActionNAT(flags=0)]
+                nat = [PaddedNAT(flags=0)]
             else:
                 kw = {"range_ipv4_min": a.nat.ip, "range_ipv4_max": a.nat.ip}
                 if a.nat.port:
                     kw.update(range_proto_min=a.nat.port, range_proto_max=a.nat.port)
                 flag = NX_NAT_F_SRC if a.nat.kind == "src" else NX_NAT_F_DST
-                nat = [parser.NXActionNAT(flags=flag, **kw)]
+                nat = [PaddedNAT(flags=flag, **kw)]
         return parser.NXActionCT(
             flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0, zone_src="",
             zone_ofs_nbits=a.zone,
@@ -94,6 +104,27 @@ def to_flow_mod(dp, f: Flow):
                              priority=f.priority, buffer_id=ofp.OFP_NO_BUFFER,
                              out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, flags=0,
                              match=to_match(parser, f.match), instructions=inst)
+
+
+def to_buckets(dp, g: Group) -> list:
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return [parser.OFPBucket(weight=100, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                             actions=[to_action(parser, ofp, a) for a in bucket])
+            for bucket in g.buckets]
+
+
+def buckets_signature(buckets) -> bytes:
+    """Bytes that identify a bucket list, for ours and for what the switch reports."""
+    out = bytearray()
+    for b in buckets:
+        for a in b.actions:  # what the switch sent back parses as os-ken's unpadded NAT
+            for inner in getattr(a, "actions", None) or ():
+                if type(inner) is ofproto_v1_3_parser.NXActionNAT:
+                    inner.__class__ = PaddedNAT
+        buf = bytearray()
+        b.serialize(buf, 0)
+        out += bytes(buf)
+    return bytes(out)
 
 
 def delete_cookie(dp, cookie: int):
@@ -243,6 +274,39 @@ class Session:
             self._wait(w, xids, f"{len(msgs)} meter-mods")
         return len(msgs)
 
+    def groups(self) -> dict[int, bytes]:
+        """group id -> signature of its buckets, for every group on the switch."""
+        parser = self.dp.ofproto_parser
+        w = _Waiter()
+        xid = self._send(parser.OFPGroupDescStatsRequest(self.dp, 0), w)
+        out = {}
+        for reply in self._wait(w, [xid], "group desc"):
+            for g in reply.body:
+                out[g.group_id] = buckets_signature(g.buckets)
+        return out
+
+    def group_signature(self, g: Group) -> bytes:
+        return buckets_signature(to_buckets(self.dp, g))
+
+    def set_groups(self, put: dict, existing: set[int], delete: list[int]) -> int:
+        """Add or modify select groups in `put` (id -> Group), delete `delete`; waits for
+        a barrier. Returns the number of group-mods."""
+        if not put and not delete:
+            return 0
+        dp = self.dp
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        msgs = [parser.OFPGroupMod(dp, command=ofp.OFPGC_MODIFY if gid in existing else ofp.OFPGC_ADD,
+                                   type_=ofp.OFPGT_SELECT, group_id=gid, buckets=to_buckets(dp, g))
+                for gid, g in sorted(put.items())]
+        msgs += [parser.OFPGroupMod(dp, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_SELECT, group_id=gid,
+                                    buckets=[]) for gid in sorted(delete)]
+        with self._lock:
+            w = _Waiter()
+            xids = [self._send(m, w) for m in msgs]
+            xids.append(self._send(parser.OFPBarrierRequest(dp), w))
+            self._wait(w, xids, f"{len(msgs)} group-mods")
+        return len(msgs)
+
     def ports(self) -> dict[int, str]:
         """ofport -> interface name, as the switch reported them."""
         return {no: (p.name.decode() if isinstance(p.name, bytes) else p.name)
@@ -294,6 +358,12 @@ class NvApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_stats(self, ev):
+        s = self._session(ev.msg)
+        if s:
+            s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _group_stats(self, ev):
         s = self._session(ev.msg)
         if s:
             s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)

@@ -13,16 +13,17 @@ from controller.layers.classify import Classify
 from controller.layers.delivery import Delivery
 from controller.layers.encap import Encap
 from controller.layers.gateway import Gateway
+from controller.layers.lb import LbEgress, LbIngress
 from controller.layers.port_security import PortSecurity
 from controller.layers.qos import Qos
 from controller.layers.routing import Routing
 from controller.layers.switching import Switching
 
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
-INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Qos(), FromPortAcl(),
+INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Qos(), FromPortAcl(), LbIngress(),
                               ArpResponder(), Switching(), Routing(), Encap())
 # Egress: towards a workload on this host.
-EGRESS: tuple[Layer, ...] = (ToPortAcl(), Delivery())
+EGRESS: tuple[Layer, ...] = (LbEgress(), ToPortAcl(), Delivery())
 # Packets that arrive over VXLAN continue at this layer's first table.
 TUNNEL_ENTRY = "switching"
 

@@ -436,10 +436,29 @@ def meters_of(flows: Iterable["Flow"]) -> dict[int, tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Group(Action):
+    """Send to a select group; the buckets (tuples of actions) travel with the action,
+    so a host's groups follow from its flows. Only the id is part of the flow's text."""
+
     group_id: int
+    buckets: tuple = field(default=(), compare=False)
 
     def ofctl(self):
         return f"group:{self.group_id}"
+
+    def buckets_text(self) -> str:
+        return ";".join(",".join(a.ofctl() for a in b) for b in self.buckets)
+
+
+def groups_of(flows: Iterable["Flow"]) -> dict[int, "Group"]:
+    """group id -> the Group (with its buckets) these flows send to."""
+    out: dict[int, Group] = {}
+    for f in flows:
+        for a in f.actions:
+            if isinstance(a, Group):
+                old = out.setdefault(a.group_id, a)
+                if old.buckets_text() != a.buckets_text():
+                    raise ValueError(f"group {a.group_id} is used with two different bucket sets")
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -737,7 +756,9 @@ class Simulator:
     def __init__(self, pipeline: Pipeline, flows: Iterable[Flow], groups: Mapping | None = None):
         self.pipeline = pipeline
         self.ct = Conntrack()
-        self.groups = dict(groups or {})  # id -> list of buckets (action tuples)
+        flows = list(flows)
+        self.groups = {gid: g.buckets for gid, g in groups_of(flows).items()}
+        self.groups.update(groups or {})  # id -> list of buckets (action tuples)
         self.by_table: dict[int, list[Flow]] = {}
         for f in flows:
             self.by_table.setdefault(f.table.number, []).append(f)
@@ -885,7 +906,7 @@ class Fabric:
         on a running network)."""
         for h, flows in hosts.items():
             old = self.sims[h]
-            self.sims[h] = Simulator(pipeline, flows, old.groups)
+            self.sims[h] = Simulator(pipeline, flows)  # groups come with the new flows
             self.sims[h].ct = old.ct
 
     def send(self, host: str, in_port: int, packet: Mapping) -> list[Delivery]:

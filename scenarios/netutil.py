@@ -95,8 +95,9 @@ def _probe_cmd(ns: str, *args) -> list[str]:
 class TcpServer:
     """An echo server in a workload namespace, ended (by its PID) on stop()."""
 
-    def __init__(self, ns: str, port: int):
-        self.proc = subprocess.Popen(_probe_cmd(ns, "serve", str(port)), cwd=ROOT,
+    def __init__(self, ns: str, port: int, name: str = ""):
+        args = ["serve", str(port)] + (["--name", name] if name else [])
+        self.proc = subprocess.Popen(_probe_cmd(ns, *args), cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         if "listening" not in line:
@@ -118,6 +119,14 @@ def tcp_connect(ns: str, ip: str, port: int, timeout: float = 2.0) -> str:
     p = subprocess.run(_probe_cmd(ns, "connect", ip, str(port), "--timeout", str(timeout)),
                        cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
     return {0: "connected", 3: "refused", 4: "timeout"}.get(p.returncode, "error")
+
+
+def tcp_whois(ns: str, ip: str, port: int, count: int, timeout: float = 2.0) -> list:
+    """Open `count` connections one after another; the greeting (server name) of each."""
+    import json as _json
+    p = subprocess.run(_probe_cmd(ns, "whois", ip, str(port), "--count", str(count), "--timeout", str(timeout)),
+                       cwd=ROOT, capture_output=True, text=True, timeout=count * (timeout + 1) + 30)
+    return _json.loads(p.stdout)
 
 
 def tcp_stream(ns: str, ip: str, port: int, seconds: float, interval: float = 0.05) -> subprocess.Popen:

@@ -1,6 +1,8 @@
 """A tiny TCP probe for lab workloads (run inside a namespace with `ip netns exec`).
 
-  python -m scenarios.tcpprobe serve PORT                 echo server, runs until killed
+  python -m scenarios.tcpprobe serve PORT [--name N]      echo server (greets with N), until killed
+  python -m scenarios.tcpprobe whois IP PORT --count C    C connections; prints the JSON list of
+                                                          greetings (null where none came)
   python -m scenarios.tcpprobe connect IP PORT [--timeout S]
         exit 0: connected and echoed; 3: refused (RST); 4: timed out; 5: other error
   python -m scenarios.tcpprobe stream IP PORT --seconds S [--interval I]
@@ -18,7 +20,11 @@ import time
 
 
 class _Echo(socketserver.StreamRequestHandler):
+    greeting = b""
+
     def handle(self):
+        if self.greeting:
+            self.wfile.write(self.greeting)
         for line in self.rfile:
             self.wfile.write(line)
 
@@ -28,8 +34,9 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-def serve(port: int) -> int:
-    with _Server(("0.0.0.0", port), _Echo) as srv:
+def serve(port: int, name: str = "") -> int:
+    handler = type("Handler", (_Echo,), {"greeting": f"{name}\n".encode() if name else b""})
+    with _Server(("0.0.0.0", port), handler) as srv:
         print(f"listening on {port}", flush=True)
         srv.serve_forever()
     return 0
@@ -48,6 +55,19 @@ def connect(ip: str, port: int, timeout: float) -> int:
     except OSError as e:
         print(e, file=sys.stderr)
         return 5
+
+
+def whois(ip: str, port: int, count: int, timeout: float) -> int:
+    names = []
+    for _ in range(count):
+        try:
+            with socket.create_connection((ip, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                names.append(s.makefile("rb").readline().decode().strip() or None)
+        except OSError:
+            names.append(None)
+    print(json.dumps(names))
+    return 0
 
 
 def stream(ip: str, port: int, seconds: float, interval: float) -> int:
@@ -82,6 +102,12 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve")
     p.add_argument("port", type=int)
+    p.add_argument("--name", default="")
+    p = sub.add_parser("whois")
+    p.add_argument("ip")
+    p.add_argument("port", type=int)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=2.0)
     p = sub.add_parser("connect")
     p.add_argument("ip")
     p.add_argument("port", type=int)
@@ -93,7 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--interval", type=float, default=0.05)
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        return serve(a.port)
+        return serve(a.port, a.name)
+    if a.cmd == "whois":
+        return whois(a.ip, a.port, a.count, a.timeout)
     if a.cmd == "connect":
         return connect(a.ip, a.port, a.timeout)
     return stream(a.ip, a.port, a.seconds, a.interval)

@@ -78,6 +78,20 @@ class NatRule:
 
 
 @dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    vip: ipaddress.IPv4Address
+    protocol: str  # "tcp" or "udp"
+    port: int
+    backends: tuple[tuple[str, int], ...]  # (tenant port name, its listening port)
+
+    @property
+    def mac(self) -> str:
+        """What ARP answers for the VIP on its switch."""
+        return derived_mac(self.vip, 2)
+
+
+@dataclass(frozen=True)
 class Tenant:
     name: str
     switches: tuple[Switch, ...]
@@ -85,6 +99,7 @@ class Tenant:
     routers: tuple[Router, ...] = ()
     acls: tuple[AclRule, ...] = ()
     nat: tuple[NatRule, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
 
     def router(self, name: str) -> Router:
         for r in self.routers:

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from topology.model import (AclRule, NatRule, Port, Route, Router, RouterPort, Switch, Tenant,
-                            derived_mac)
+from topology.model import (AclRule, LoadBalancer, NatRule, Port, Route, Router, RouterPort, Switch,
+                            Tenant, derived_mac)
 
 API_VERSION = "nvctl/v1"
 KIND = "Tenant"
@@ -24,7 +24,9 @@ MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 TOP_KEYS = {"apiVersion": True, "kind": True, "metadata": True, "spec": True}
 METADATA_KEYS = {"name": True}
-SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False, "nat": False}
+SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False, "nat": False,
+             "loadBalancers": False}
+LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
 SWITCH_KEYS = {"name": True, "cidr": True}
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
@@ -124,10 +126,12 @@ def validate(doc: Any, known_hosts: Iterable[str] | None = None) -> Tenant:
         routers = _routers(spec.get("routers", []), by_switch, ports, errs)
         acls = _acls(spec.get("acls", []), by_switch, ports, errs)
         nat = _nat(spec.get("nat", []), routers, ports, errs)
+        lbs = _load_balancers(spec.get("loadBalancers", []), switches, routers, ports, errs)
     if errs.items:
         raise ValidationError(errs.items)
     return Tenant(name=name, switches=tuple(switches), ports=tuple(ports), routers=tuple(routers),
-                  acls=tuple(acls), nat=tuple(nat) if spec is not None else ())
+                  acls=tuple(acls), nat=tuple(nat) if spec is not None else (),
+                  load_balancers=tuple(lbs) if spec is not None else ())
 
 
 def _list(value: Any, path: str, errs: _Errors) -> list:
@@ -425,6 +429,63 @@ def _nat(raw: Any, routers: list[Router], ports: list[Port], errs: _Errors) -> l
     return out
 
 
+def _load_balancers(raw: Any, switches: list[Switch], routers: list[Router], ports: list[Port],
+                    errs: _Errors) -> list[LoadBalancer]:
+    out: list[LoadBalancer] = []
+    by_port = {p.name: p for p in ports}
+    taken = {p.ip: f"port {p.name}" for p in ports}
+    taken.update({rp.ip: f"router {r.name}" for r in routers for rp in r.ports})
+    names: set[str] = set()
+    vips: dict = {}
+    for i, item in enumerate(_list(raw, "spec.loadBalancers", errs)):
+        path = f"spec.loadBalancers[{i}]"
+        if not _keys(item, path, LB_KEYS, errs, "name, vip, protocol, port, backends"):
+            continue
+        ok = True
+        name = _name(item.get("name"), f"{path}.name", errs) if "name" in item else None
+        if name is not None and name in names:
+            errs.add(f"{path}.name", f"duplicate load balancer name {name!r}")
+            name = None
+        ok &= name is not None
+        vip = _ip(item["vip"], f"{path}.vip", errs) if "vip" in item else None
+        if vip is not None and vip in taken:
+            errs.add(f"{path}.vip", f"{vip} is already the address of {taken[vip]}")
+            vip = None
+        ok &= vip is not None
+        proto = item.get("protocol")
+        if "protocol" in item and proto not in ("tcp", "udp"):
+            errs.add(f"{path}.protocol", f"{proto!r} is not tcp or udp")
+            ok = False
+        port = item.get("port")
+        if "port" in item and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            errs.add(f"{path}.port", f"{port!r} is not a port number 1-65535")
+            ok = False
+        if ok and (vip, proto, port) in vips:
+            errs.add(f"{path}.port", f"{vip}:{port}/{proto} is already load balancer {vips[(vip, proto, port)]}")
+            ok = False
+        backends = []
+        lst = _list(item.get("backends"), f"{path}.backends", errs)
+        if "backends" in item and not lst:
+            errs.add(f"{path}.backends", "a load balancer needs at least one backend")
+            ok = False
+        for k, b in enumerate(lst):
+            m = re.fullmatch(r"([a-z][a-z0-9-]*):(\d+)", str(b))
+            if not m or m.group(1) not in by_port or not 1 <= int(m.group(2)) <= 65535:
+                why = "unknown port" if m and m.group(1) not in by_port else "is not PORT:NUMBER"
+                errs.add(f"{path}.backends[{k}]", f"{b!r} {why} (e.g. vm1:8080, vm1 a port of this tenant)")
+                ok = False
+                continue
+            backends.append((m.group(1), int(m.group(2))))
+        if len(set(backends)) != len(backends):
+            errs.add(f"{path}.backends", "a backend is listed twice")
+            ok = False
+        if ok:
+            names.add(name)
+            vips[(vip, proto, port)] = name
+            out.append(LoadBalancer(name, vip, proto, port, tuple(backends)))
+    return out
+
+
 def _port_range(value: Any, path: str, errs: _Errors) -> tuple[int, int] | None:
     if isinstance(value, int) and not isinstance(value, bool):
         lo = hi = value
@@ -559,6 +620,10 @@ def to_doc(t: Tenant) -> dict:
                 spec["nat"].append({"type": "snat", "router": n.router, "cidr": str(n.cidr)})
             else:
                 spec["nat"].append({"type": "floating-ip", "port": n.port, "externalIp": str(n.external_ip)})
+    if t.load_balancers:
+        spec["loadBalancers"] = [{"name": lb.name, "vip": str(lb.vip), "protocol": lb.protocol,
+                                  "port": lb.port, "backends": [f"{p}:{n}" for p, n in lb.backends]}
+                                 for lb in t.load_balancers]
     if t.acls:
         spec["acls"] = []
         for a in t.acls:

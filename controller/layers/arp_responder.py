@@ -22,6 +22,8 @@ class ArpResponder(Layer):
         answers = [(p.switch, p.ip, p.mac, f"port {p.name}") for p in t.tenant.ports]
         answers += [(rp.switch, rp.ip, rp.mac, f"router {r.name}")
                     for r in t.tenant.routers for rp in r.ports]
+        answers += [(s.name, lb.vip, lb.mac, f"load balancer {lb.name}")
+                    for lb in t.tenant.load_balancers for s in t.tenant.switches if lb.vip in s.cidr]
         for switch, ip, mac, who in answers:
             hosts = t.members[switch]
             ls = LOGICAL_SWITCH.m(t.vni[switch])

@@ -67,6 +67,7 @@ class TenantView:
     pa: dict  # host -> PA, for every host
     tunnel_port: int  # ofport of the VXLAN port, the same on every host
     gateway: tuple | None = None  # (host, external ofport, next hop MAC) of the gateway host
+    group: dict | None = None  # load balancer -> OpenFlow group id
 
 
 class Emitter:

@@ -1,0 +1,110 @@
+"""Load balancers: a VIP:port spread over backend ports, per connection.
+
+Ingress, on the client's host (after its from-port ACLs, which see the VIP): a packet to
+VIP:port goes through conntrack with NAT in the tenant's LB zone. An established
+connection comes back already translated; a new one goes to the LB's select group,
+whose buckets each commit it with DNAT to one backend. `lb_out` then addresses the
+frame to the translated destination (a port on the client's switch, else the router),
+and switching or routing carries on as for any packet. Removing a backend changes the
+group: new connections never reach it; established ones keep their translation.
+
+Egress (before the to-port ACLs): a packet from a backend address and port goes
+through the same zone to have the VIP put back as its source.
+"""
+from __future__ import annotations
+
+from dataplane.match_action import ETH_TYPE_IP, IPPROTO_TCP, IPPROTO_UDP, Ct, Group, Match, Nat, SetField, ct_state
+from controller.allocator import lb_zone_name
+from controller.layers.base import Layer, TableDecl
+from controller.registers import LOGICAL_SWITCH
+
+PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
+LB_ZONE = lb_zone_name("")  # one zone per tenant
+
+
+def _hosts(t):
+    return frozenset().union(*t.members.values()) if t.members else frozenset()
+
+
+class LbIngress(Layer):
+    name = "lb"
+    id = 12
+    tables = (
+        TableDecl("lb_in", frozenset({"reg13", "eth_type", "ip_proto", "ipv4_dst", "tcp_dst", "udp_dst"}),
+                  successors=("lb_dnat",), miss="@next", doc="to a VIP: conntrack with NAT"),
+        TableDecl("lb_dnat", frozenset({"reg13", "eth_type", "ct_state", "ip_proto", "ipv4_dst",
+                                        "tcp_dst", "udp_dst"}),
+                  successors=("lb_out",), doc="new: pick a backend (select group); established: on"),
+        TableDecl("lb_out", frozenset({"reg13", "eth_type", "ipv4_dst"}), successors=("@next",),
+                  doc="address the frame to the translated destination"),
+    )
+
+    def tenant_flows(self, t, out):
+        tn = t.tenant
+        if not tn.load_balancers:
+            return
+        zone = t.zone[LB_ZONE]
+        for lb in tn.load_balancers:
+            proto = PROTO[lb.protocol]
+            to_vip = dict(eth_type=ETH_TYPE_IP, ip_proto=proto, ipv4_dst=str(lb.vip),
+                          **{f"{lb.protocol}_dst": lb.port})
+            buckets = tuple(
+                (Ct(zone=zone, commit=True, nat=Nat("dst", str(tn.port(p).ip), port),
+                    table=out.table("lb_out")),)
+                for p, port in lb.backends)
+            for s in tn.switches:
+                ls = LOGICAL_SWITCH.m(t.vni[s.name])
+                where = t.members[s.name]
+                out.to(where, out.flow(
+                    "lb_in", 100, Match.of(**ls, **to_vip),
+                    (Ct(zone=zone, nat=Nat(), table=out.table("lb_dnat")),),
+                    rule=f"lb {lb.name}: {lb.vip}:{lb.port}/{lb.protocol}"))
+                out.to(where, out.flow(
+                    "lb_dnat", 100, Match.of(**ls, **to_vip, ct_state=ct_state(trk=True, new=True)),
+                    (Group(t.group[lb.name], buckets),),
+                    rule=f"lb {lb.name}: new connection -> one of {len(buckets)} backends"))
+        for s in tn.switches:
+            ls = LOGICAL_SWITCH.m(t.vni[s.name])
+            where = t.members[s.name]
+            ip = dict(eth_type=ETH_TYPE_IP)
+            out.to(where, out.flow(
+                "lb_dnat", 90, Match.of(**ls, **ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
+                (out.goto("lb_out"),), rule="lb: established connection, already translated"))
+            for q in tn.ports_on(s.name):
+                out.to(where, out.flow("lb_out", 100, Match.of(**ls, **ip, ipv4_dst=str(q.ip)),
+                                       (SetField("eth_dst", q.mac), out.goto("@next")),
+                                       rule=f"lb: backend {q.name} is on this switch"))
+            gw = tn.router_of(s.name)
+            if gw is not None:
+                out.to(where, out.flow("lb_out", 10, Match.of(**ls, **ip),
+                                       (SetField("eth_dst", gw[1].mac), out.goto("@next")),
+                                       rule=f"lb: backend off {s.name}, via router {gw[0].name}"))
+
+
+class LbEgress(Layer):
+    name = "lb_reply"
+    id = 13
+    tables = (
+        TableDecl("lb_reply", frozenset({"eth_type", "ip_proto", "ipv4_src", "tcp_src", "udp_src"}),
+                  successors=("@next",), miss="@next",
+                  doc="from a backend: put the VIP back as the source"),
+    )
+
+    def tenant_flows(self, t, out):
+        tn = t.tenant
+        if not tn.load_balancers:
+            return
+        zone = t.zone[LB_ZONE]
+        seen = set()
+        for lb in tn.load_balancers:
+            for p, port in lb.backends:
+                key = (lb.protocol, str(tn.port(p).ip), port)
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.to(_hosts(t), out.flow(
+                    "lb_reply", 100,
+                    Match.of(eth_type=ETH_TYPE_IP, ip_proto=PROTO[lb.protocol], ipv4_src=key[1],
+                             **{f"{lb.protocol}_src": port}),
+                    (Ct(zone=zone, nat=Nat(), table=out.table("@next")),),
+                    rule=f"lb: replies from backend {p}:{port}"))

@@ -1,0 +1,52 @@
+"""Load balancer on real OVS: select groups + conntrack DNAT."""
+import os
+from collections import Counter
+
+import pytest
+
+from scenarios.netutil import TcpServer, tcp_whois
+from tests.integration.helpers import ROOT, apply_yaml, nvctl_json
+
+LB = "  loadBalancers:\n    - {name: web-lb, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [%s]}\n"
+BACKENDS = ["web2:8080", "db1:8080", "db2:8080"]
+SHOP = open(os.path.join(ROOT, "examples", "shop.yaml")).read()
+
+
+def shop_with(backends):
+    return SHOP.replace("  ports:\n", LB % ", ".join(backends) + "  ports:\n", 1)
+
+
+@pytest.fixture(scope="module")
+def shop(lab):
+    apply_yaml(lab, shop_with(BACKENDS), op="create")
+    ports = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "shop")["ports"]}
+    servers = [TcpServer(ports[b.split(":")[0]]["namespace"], 8080, name=b.split(":")[0]) for b in BACKENDS]
+    try:
+        yield ports
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_thirty_connections_reach_every_backend(lab, shop):
+    names = tcp_whois(shop["web1"]["namespace"], "10.0.0.100", 80, count=30)
+    hits = Counter(names)
+    print(f"\n30 connections to the VIP: {dict(hits)}")
+    assert None not in hits, names
+    assert set(hits) == {"web2", "db1", "db2"}, hits
+
+
+def test_after_removing_a_backend_new_connections_never_reach_it(lab, shop):
+    apply_yaml(lab, shop_with(BACKENDS[:2]))
+    assert all(h["in_sync"] for h in nvctl_json(lab, "hosts"))
+    names = tcp_whois(shop["web1"]["namespace"], "10.0.0.100", 80, count=30)
+    hits = Counter(names)
+    print(f"\nafter removing db2: {dict(hits)}")
+    assert None not in hits and "db2" not in hits and set(hits) == {"web2", "db1"}, hits
+
+
+def test_a_reconnect_with_nothing_changed_sends_nothing(lab, shop):
+    lab.stop_controller()
+    lab.start_controller()
+    for h in lab.wait_synced(30):
+        assert h["last_sync_flow_mods"] == 0, h

@@ -210,6 +210,9 @@ def cmd_trace(a):
             if "error" in real:
                 print(f"  real OVS: {real['error']}")
             else:
+                if real["agree"] is None:
+                    print(f"  real OVS (ofproto/trace): not comparable: {real['note']}")
+                    continue
                 verdict = "agrees" if real["agree"] else "DISAGREES"
                 print(f"  real OVS (ofproto/trace): {verdict}: {', '.join(real['outputs']) or 'drop'}")
     print()

@@ -453,13 +453,16 @@ class Core:
                     got, raw = tr.real_hop(rundir, in_port, pkt_in)
                     hop["real"] = {"outputs": [label(host, o) for o in got], "agree": got == sim,
                                    "flow": tr.ofctl_flow(in_port, pkt_in)}
+                    if tr.DATAPATH_HASH in raw:
+                        hop["real"].update(agree=None, note="OVS picks the select group's bucket by a "
+                                           "datapath hash; ofproto/trace cannot follow it")
             hops.append(hop)
         delivered = [where.get((host, port_), f"{host}:{port_}")
                      for host, _i, _p, fate in fabric.hops for port_ in fate.ports()
                      if port_ != tr.TUNNEL_OFPORT]
         return {"packet": tr.ofctl_flow(e.alloc.ofport[p.name], pkt), "from": f"{tenant}/{port}",
                 "host": p.host, "hops": hops, "delivered": delivered,
-                "agree": all(h.get("real", {}).get("agree", True) for h in hops) if real else None}
+                "agree": all(h["real"].get("agree") is not False for h in hops) if real else None}
 
     def port_info(self, tenant: str, port: str) -> dict:
         e = self.tenants.get(tenant)

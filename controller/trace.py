@@ -81,9 +81,12 @@ def build_packet(tenant, port, proto: str, fields: dict) -> dict:
         pkt["eth_dst"] = fields["eth_dst"]
     elif ipaddress.IPv4Address(dst) in sw.cidr:
         peer = next((p for p in tenant.ports if p.switch == sw.name and str(p.ip) == dst), None)
+        vip = next((lb for lb in tenant.load_balancers if str(lb.vip) == dst), None)
         gw = tenant.router_of(sw.name)
         if peer is not None:
             pkt["eth_dst"] = peer.mac
+        elif vip is not None:
+            pkt["eth_dst"] = vip.mac
         elif gw is not None and str(gw[1].ip) == dst:
             pkt["eth_dst"] = gw[1].mac
         elif dst == str(sw.cidr.broadcast_address):
@@ -185,6 +188,9 @@ def parse_datapath_actions(text: str, odp: dict, in_port: int, bridge: str = "br
         if line.startswith("Datapath actions:"):
             walk(line.split(":", 1)[1])
     return sorted(out, key=str)
+
+
+DATAPATH_HASH = "hash("  # a select group hashed in the datapath: ofproto/trace stops there
 
 
 def real_hop(rundir: str, in_port: int, packet: dict) -> tuple[list, str]:

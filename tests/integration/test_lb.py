@@ -50,3 +50,16 @@ def test_a_reconnect_with_nothing_changed_sends_nothing(lab, shop):
     lab.start_controller()
     for h in lab.wait_synced(30):
         assert h["last_sync_flow_mods"] == 0, h
+
+
+def test_trace_sends_a_new_connection_to_a_backend(lab, shop):
+    """The select group's bucket is chosen by a hash, OVS's and the simulator's differ:
+    both must pick a current backend, not necessarily the same one."""
+    from controller.api import call
+    r = call(lab.api_path, "trace", tenant="shop", port="web1", packet="tcp,nw_dst=10.0.0.100,tp_dst=80",
+             real=True)
+    assert r["delivered"] and r["delivered"][0] in ("shop/web2", "shop/db1"), r
+    first = r["hops"][0]
+    assert any(t["table"].startswith("(group") for t in first["tables"])
+    assert first["real"]["agree"] is None and "select group" in first["real"]["note"], first["real"]
+    assert r["agree"] is True  # nothing that could be compared disagreed

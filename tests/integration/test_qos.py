@@ -44,3 +44,12 @@ def test_removing_the_limit_removes_the_meter(lab, blue):
     assert "meter=" not in out
     hosts = nvctl_json(lab, "hosts")
     assert all(h["in_sync"] for h in hosts), hosts
+
+
+def test_trace_passes_the_meter_and_agrees(lab, blue):
+    from controller.api import call
+    apply_yaml(lab, BLUE)  # the limit back on
+    r = call(lab.api_path, "trace", tenant="blue", port="vm1", packet="tcp,nw_dst=10.0.0.12,tp_dst=5201",
+             real=True)
+    assert r["agree"] is True and r["delivered"] == ["blue/vm2"], r
+    assert any(t["table"] == "rate_limit" and t.get("layer") == "qos" for t in r["hops"][0]["tables"])

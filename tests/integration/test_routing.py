@@ -62,3 +62,11 @@ def test_the_other_tenant_with_the_same_addresses_sees_nothing(lab, routed):
         seen = control.discard()
     assert seen >= 2, "control: shop db1 must see shop web1's pings"
     assert not any(leaked.values()), leaked
+
+
+def test_trace_predicts_routed_fates(lab, routed):
+    from controller.api import call
+    r = call(lab.api_path, "trace", tenant="shop", port="web1", packet="icmp,nw_dst=10.0.1.10", real=True)
+    assert r["agree"] is True and r["delivered"] == ["shop/db1"], r
+    gw = call(lab.api_path, "trace", tenant="shop", port="web1", packet="icmp,nw_dst=10.0.1.1", real=True)
+    assert gw["agree"] is True and gw["delivered"] == ["shop/web1"]  # the router's echo reply

@@ -88,7 +88,7 @@ def test_simulator_and_ovs_agree_on_generated_packets(lab, world):
         delivered += bool(r["delivered"])
         dropped += not r["delivered"]
         for h in r["hops"]:
-            if not h["real"]["agree"]:
+            if h["real"]["agree"] is not True:
                 disagreements.append((sender, spec, h["host"], h["outputs"], h["real"]))
     print(f"\n{len(packets)} packets, {hops} hops traced, {delivered} delivered, {dropped} dropped, "
           f"{len(disagreements)} disagreements")

@@ -1,0 +1,59 @@
+"""Golden flow dumps, keyed by table name: what each layer compiles for one tenant that
+uses every layer, on the gateway host and on a plain host. Lines sorted, cookies masked,
+so adding a table or reordering layers does not rewrite every expectation.
+
+After an intended change: UPDATE_GOLDEN=1 pytest tests/unit/test_golden.py, and review
+the diff of tests/unit/golden/ like code.
+"""
+import os
+import re
+
+import pytest
+
+from controller.compiler import compile_world
+from dataplane.match_action import groups_of, meters_of
+from tests.unit.fixtures import world
+from tests.unit.test_nat import DOC as NAT_DOC, HOSTS
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+DOC = NAT_DOC.replace("  nat:\n", """  acls:
+    - {priority: 200, direction: to-port, ports: [db1], from: web, protocol: tcp, dstPorts: [5432, "6000-6010"], action: allow}
+    - {priority: 100, direction: to-port, ports: [db1], action: deny}
+  loadBalancers:
+    - {name: web-lb, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [web2:8080, db1:8080]}
+  nat:
+""", 1).replace("{name: web1, switch: web, ip: 10.0.0.11, host: hv1}",
+                "{name: web1, switch: web, ip: 10.0.0.11, host: hv1, rateLimitMbps: 20}")
+
+
+def mask(text: str) -> str:
+    return re.sub(r"(goto_table:|resubmit\(,|table=)(\d+)", lambda m: m.group(1) + "<T>", text)
+
+
+def dump(flows) -> str:
+    """'# table' sections, each a sorted list of flows without table number and cookie."""
+    by_table = {}
+    for f in flows.values():
+        body = re.sub(r"^table=\d+,", "", f.body)
+        body = mask(body)
+        by_table.setdefault(f.table.name, []).append(f"{body}  # {f.rule}")
+    text = "".join(f"# {t}\n" + "".join(f"{line}\n" for line in sorted(lines))
+                   for t, lines in sorted(by_table.items()))
+    groups = groups_of(flows.values())
+    text += "".join(f"## group {gid}: {mask(g.buckets_text())}\n" for gid, g in sorted(groups.items()))
+    text += "".join(f"## meter {mid}: {rate} kbit/s, burst {burst} kbit\n"
+                    for mid, (rate, burst) in sorted(meters_of(flows.values()).items()))
+    return text
+
+
+@pytest.mark.parametrize("host", ["hv1", "hv3"])
+def test_golden_flows(host):
+    flows = compile_world(HOSTS, world(DOC, hosts=HOSTS))[host]
+    text = dump(flows)
+    path = os.path.join(GOLDEN, f"shop_{host}.txt")
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        expected = f.read()
+    assert text == expected, f"flows for {host} differ from {path} (UPDATE_GOLDEN=1 to accept)"

@@ -32,6 +32,7 @@ def operations(core) -> dict:
         "tenant.create": core.create,
         "tenant.apply": core.apply,
         "tenant.delete": core.delete,
+        "port.migrate": core.migrate,
         "tenant.list": core.list_tenants,
         "tenant.show": core.show,
         "port.info": core.port_info,

@@ -222,6 +222,23 @@ def cmd_trace(a):
         sys.exit(2)
 
 
+def cmd_port_migrate(a):
+    if "/" not in a.target:
+        raise SystemExit("nvctl port migrate: give the port as TENANT/PORT, e.g. blue/vm1")
+    tenant, port = a.target.split("/", 1)
+    r = call(_api(a), "port.migrate", tenant=tenant, port=port, to=a.to)
+    if a.json:
+        return _print(r, True)
+    t = r["timings_ms"]
+    print(f"{tenant}/{port}: {r['src']} -> {r['dst']} (ofport {r['ofport']} on {r['dst']})")
+    print(f"  1. flows for the new place on {r['dst']}: {t['destination_flows']} ms")
+    print(f"  2. attachment moved (detached from {r['src']}, attached to {r['dst']}): {t['attachment_moved']} ms")
+    print(f"  3. other hosts switched to {r['dst']}'s PA, one bundle each: {t['other_hosts_switched']} ms")
+    for h, what in r["hosts"].items():
+        print(f"     {h}: {what}")
+    print(f"  interruption (detach -> every host forwarding to the new place): {t['detach_to_all_switched']} ms")
+
+
 def cmd_hosts(a):
     rows = call(_api(a), "host.list")
     if a.json:
@@ -284,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = ts.add_parser("delete", help="delete a tenant: its flows and workloads go", parents=[common])
     p.add_argument("name")
     p.set_defaults(fn=cmd_tenant_delete)
+
+    pt = sub.add_parser("port", help="operate on one tenant port", parents=[common])
+    pts = pt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = pts.add_parser("migrate", parents=[common],
+                       help="live-migrate a port to another host, keeping its addresses and connections",
+                       description="Make-before-break: the destination gets the port's flows, the "
+                                   "workload's attachment moves, then every other host switches to "
+                                   "the new PA in one bundle each.")
+    p.add_argument("target", metavar="TENANT/PORT")
+    p.add_argument("--to", required=True, metavar="HOST", help="destination host")
+    p.set_defaults(fn=cmd_port_migrate)
 
     p = sub.add_parser("flows", help="a host's flows by table name, checked against the switch",
                        parents=[common])

@@ -11,6 +11,7 @@ The core never imports os-ken: it talks to a `Session` (see ofadapter) per switc
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import threading
@@ -290,6 +291,59 @@ class Core:
             results = self.reconcile_many(changed)
         return self._result(t.name, "updated" if old else "created", results, attach_errors)
 
+    def migrate(self, tenant: str, port: str, to: str) -> dict:
+        """Move a port to another host, make-before-break: the destination gets the
+        port's flows first, then the attachment moves, then every other host switches to
+        the new PA in one bundle each (the source's local flows go in the same step)."""
+        with self.mutex:
+            e = self.tenants.get(tenant)
+            if e is None:
+                raise ApiError(f"no tenant {tenant!r}")
+            try:
+                p = e.tenant.port(port)
+            except KeyError:
+                raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+            if to not in self.hosts:
+                raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})")
+            if to == p.host:
+                raise ApiError(f"{tenant}/{port} is already on {to}")
+            src = p.host
+            t = dataclasses.replace(e.tenant, ports=tuple(
+                dataclasses.replace(q, host=to) if q.name == port else q for q in e.tenant.ports))
+            others = InUse()
+            for n, e2 in self.tenants.items():
+                if n != tenant:
+                    others.add(e2.tenant, e2.alloc)
+            alloc = allocate(t, e.tenant, e.alloc, others)
+            flows = compile_tenant(t, alloc, self._placement())
+            rev = self.store.put_tenant(tenant, schema.to_doc(t), alloc.to_json(), e.revision)
+            new = TenantEntry(t, alloc, rev, flows)
+            old_att = self._attachments(tenant, e)[port]
+            new_att = self._attachments(tenant, new)[port]
+            self.tenants[tenant] = new
+            changed = self._swap_tenant_flows(e.flows, flows)
+            t0 = self.clock()
+            first = self.reconcile_many({to} & changed)  # 1. make: the destination is ready
+            self.driver.prepare_move(new_att)
+            t1 = self.clock()
+            # 2. the attachment moves while every other host switches to the new PA
+            switching = threading.Thread(target=lambda: rest.update(self.reconcile_many(changed - {to, src})))
+            rest: dict = {}
+            switching.start()
+            self.driver.move(old_att, new_att)
+            t2 = self.clock()
+            switching.join()
+            rest.update(self.reconcile_many({src} & changed))  # 3. then the source's flows go
+            t3 = self.clock()
+            self.driver.finish_move(old_att)
+        results = {**first, **rest}
+        out = self._result(tenant, f"migrated {port} {src} -> {to}", results, [])
+        out.update(port=port, src=src, dst=to, ofport=alloc.ofport[port], timings_ms={
+            "destination_flows": round((t1 - t0) * 1000, 1), "attachment_moved": round((t2 - t1) * 1000, 1),
+            "other_hosts_switched": round((t3 - t2) * 1000, 1),
+            "detach_to_all_switched": round((t3 - t1) * 1000, 1)})
+        return out
+
     def delete(self, name: str) -> dict:
         with self.mutex:
             old = self.tenants.get(name)
@@ -305,9 +359,16 @@ class Core:
     def _reattach(self, name: str, old: TenantEntry | None, new: TenantEntry | None) -> list[str]:
         before, after = self._attachments(name, old), self._attachments(name, new)
         errors = []
+        moved = set()
         for port, a in before.items():
             b = after.get(port)
-            if b is None or (b.host, b.ofport) != (a.host, a.ofport):  # else: updated in place
+            if b is not None and b.host != a.host:
+                try:
+                    self.driver.move(a, b)
+                    moved.add(port)
+                except Exception as e:
+                    errors.append(f"move {name}/{port} from {a.host} to {b.host}: {e}")
+            elif b is None or b.ofport != a.ofport:  # else: updated in place
                 try:
                     self.driver.unplug(a)
                 except Exception as e:

@@ -62,6 +62,33 @@ class LabDriver:
             "iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
             "attached-mac": a.mac})
 
+    def prepare_move(self, new: Attachment) -> None:
+        """Before a live move: the destination's br-int gets the port (its interface does
+        not exist there yet; ovs-vswitchd opens it the moment it appears)."""
+        dst = self._lab(new.host)
+        if dst is not None:
+            Ovsdb(dst["ovsdb"]).plug(host_ifname(new.tenant, new.port), new.ofport, {
+                "iface-id": f"{new.tenant}/{new.port}", "nvctl-tenant": new.tenant,
+                "nvctl-port": new.port, "attached-mac": new.mac})
+
+    def move(self, old: Attachment, new: Attachment) -> None:
+        """Live-move a workload to another host: the veth's host end goes from the old
+        host's namespace into the new one (whose br-int already has the port, see
+        prepare_move); the old br-int forgets it without being waited for. The workload
+        keeps its namespace, addresses and open sockets."""
+        src, dst = self._lab(old.host), self._lab(new.host)
+        if src is None or dst is None:
+            self.unplug(old)
+            self.plug(new)
+            return
+        workload.move_attachment(host_ifname(new.tenant, new.port), src["netns"], dst["netns"])
+
+    def finish_move(self, old: Attachment) -> None:
+        """After a live move: the old br-int forgets the port (its device is gone)."""
+        src = self._lab(old.host)
+        if src is not None:
+            Ovsdb(src["ovsdb"]).unplug(host_ifname(old.tenant, old.port), wait=False)
+
     def unplug(self, a: Attachment, keep_namespace: bool = False) -> None:
         info = self._lab(a.host)
         if info is None:

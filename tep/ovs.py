@@ -81,8 +81,9 @@ class Ovsdb:
             ["set", "interface", ifname, f"ofport_request={ofport}", *ids],
         )
 
-    def unplug(self, ifname: str) -> None:
-        self.vsctl("--if-exists", "del-port", INTEGRATION_BRIDGE, ifname)
+    def unplug(self, ifname: str, wait: bool = True) -> None:
+        """Remove a port; wait=False returns without waiting for ovs-vswitchd to apply it."""
+        self.vsctl(*([] if wait else ["--no-wait"]), "--if-exists", "del-port", INTEGRATION_BRIDGE, ifname)
 
     def ofport(self, ifname: str) -> int | None:
         try:

@@ -24,6 +24,7 @@ LOG = logging.getLogger("nvctl.ofadapter")
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 REPLY_TIMEOUT = 60.0
 OFP10_IN_PORT = 0xFFF8
+LIVENESS_INTERVAL = 0.25  # seconds between checks that each switch's connection is alive
 NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1  # OVS nx-match.h
 
 
@@ -327,6 +328,24 @@ class NvApp(app_manager.OSKenApp):
 
     def attach(self, core) -> None:
         self.core = core
+        hub.spawn(self._watch_liveness)
+
+    def _watch_liveness(self) -> None:
+        """os-ken 4.2 does not always emit the DEAD state change when a switch's
+        connection drops (seen here: the socket closed, no event), so sessions whose
+        datapath stopped serving are reaped here."""
+        while True:
+            hub.sleep(LIVENESS_INTERVAL)
+            for dpid, s in list(self.sessions.items()):
+                if not s.dp.is_active or getattr(s.dp, "socket", None) is None or s.dp.socket.fileno() < 0:
+                    self._gone(dpid, s)
+
+    def _gone(self, dpid: int, s: "Session") -> None:
+        if self.sessions.get(dpid) is s:
+            del self.sessions[dpid]
+            LOG.info("switch %016x disconnected", dpid)
+            s.close()
+            hub.spawn(self.core.switch_disconnected, s)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
@@ -342,9 +361,7 @@ class NvApp(app_manager.OSKenApp):
         elif ev.state == DEAD_DISPATCHER:
             s = self.sessions.get(dp.id)
             if s is not None and s.dp is dp:
-                del self.sessions[dp.id]
-                s.close()
-                hub.spawn(self.core.switch_disconnected, s)
+                self._gone(dp.id, s)
 
     def _session(self, msg) -> Session | None:
         s = self.sessions.get(msg.datapath.id)

@@ -230,6 +230,24 @@ class Lab:
         run(["ip", "netns", "exec", ns, "ovs-vswitchd", f"unix:{d}/db.sock",
              f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"], env=env)
 
+    def kill_vswitchd(self, name: str) -> bool:
+        """SIGKILL one host's ovs-vswitchd (a crash); OVSDB and the namespace stay."""
+        return _kill_pidfile(f"{self.host_dir(name)}/ovs-vswitchd.pid", "ovs-vswitchd", signal.SIGKILL)
+
+    def start_vswitchd(self, name: str) -> None:
+        """Start a host's ovs-vswitchd again. Its br-phy tap device is new, so the PA goes
+        back on it; bridges, ports and the controller come back from OVSDB."""
+        d = self.host_dir(name)
+        run(["ip", "netns", "exec", self.host_ns(name), "ovs-vswitchd", f"unix:{d}/db.sock",
+             f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"],
+            env=self.ovs_env(name))
+        plan = HostPlan(int(name[2:]))
+        with NetNS(self.host_ns(name)) as n:
+            idx = _wait_link(n, PHYSICAL_BRIDGE)
+            if not any(a.get_attr("IFA_ADDRESS") == plan.pa for a in n.get_addr(index=idx, family=2)):
+                n.addr("add", index=idx, address=plan.pa, prefixlen=24)
+            n.link("set", index=idx, state="up")
+
     def stop_ovs(self, name: str) -> None:
         d = self.host_dir(name)
         for proc in ("ovs-vswitchd", "ovsdb-server"):

@@ -75,8 +75,21 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
 
 
+def _drop_links(handle, *names: str) -> None:
+    for name in names:
+        for idx in handle.link_lookup(ifname=name):
+            handle.link("del", index=idx)
+
+
 def _new_veth(ns_name: str, host_ns: str, host_ifname: str, mtu: int) -> None:
     tmp = f"t{host_ifname[1:]}"[:15]
+    # leftovers of a creation that was interrupted (a controller killed mid-change)
+    with NetNS(ns_name) as ns:
+        _drop_links(ns, tmp)
+    with NetNS(host_ns) as hns:
+        _drop_links(hns, host_ifname)
+    with IPRoute() as ipr:
+        _drop_links(ipr, host_ifname, tmp)
     with IPRoute() as ipr:
         ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": tmp})
         try:

@@ -44,14 +44,25 @@ def make_lab(hosts: int = 3) -> Lab:
     return Lab(d, log=lambda *a: None)
 
 
+def fresh_compile_changes(lb: Lab) -> list[dict]:
+    """Restart the controller (a full compile from the store) and return the hosts to
+    which it had to send anything: after any sequence of incremental changes, none."""
+    lb.stop_controller()
+    lb.start_controller()
+    return [h for h in lb.wait_synced(60) if h["last_sync_flow_mods"] != 0]
+
+
 @pytest.fixture(scope="module")
 def lab():
     lb = make_lab()
+    drift = None
     try:
         lb.up(hosts=3)
         yield lb
+        drift = fresh_compile_changes(lb)
     finally:
         lb.down(quiet=True)
         left = [n for n in netns.listnetns() if n.startswith(lb.prefix)]
         shutil.rmtree(lb.dir, ignore_errors=True)
         assert not left, f"lab down left namespaces behind: {left}"
+    assert not drift, f"incremental updates drifted from a full compile: {drift}"

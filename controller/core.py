@@ -243,6 +243,24 @@ class Core:
     # ------------------------------------------------------------------------------
     # tenants
     # ------------------------------------------------------------------------------
+    def _port(self, tenant: str, port: str):
+        """(tenant entry, port) or an ApiError naming what is missing."""
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        try:
+            return e, e.tenant.port(port)
+        except KeyError:
+            raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+
+    def _held_by_others(self, tenant: str) -> InUse:
+        """Numbers every tenant but `tenant` holds (for the allocator)."""
+        used = InUse()
+        for n, e in self.tenants.items():
+            if n != tenant:
+                used.add(e.tenant, e.alloc)
+        return used
+
     def _parse(self, text: str) -> Tenant:
         try:
             return schema.load_tenant(text, self.hosts.keys())
@@ -276,11 +294,8 @@ class Core:
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
-            others = InUse()
-            for n, e in self.tenants.items():
-                if n != t.name:
-                    others.add(e.tenant, e.alloc)
-            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
+            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None,
+                             self._held_by_others(t.name))
             flows = compile_tenant(t, alloc, self._placement())
             rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(),
                                         old.revision if old else None)
@@ -296,13 +311,7 @@ class Core:
         port's flows first, then the attachment moves, then every other host switches to
         the new PA in one bundle each (the source's local flows go in the same step)."""
         with self.mutex:
-            e = self.tenants.get(tenant)
-            if e is None:
-                raise ApiError(f"no tenant {tenant!r}")
-            try:
-                p = e.tenant.port(port)
-            except KeyError:
-                raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+            e, p = self._port(tenant, port)
             if to not in self.hosts:
                 raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})")
             if to == p.host:
@@ -310,11 +319,7 @@ class Core:
             src = p.host
             t = dataclasses.replace(e.tenant, ports=tuple(
                 dataclasses.replace(q, host=to) if q.name == port else q for q in e.tenant.ports))
-            others = InUse()
-            for n, e2 in self.tenants.items():
-                if n != tenant:
-                    others.add(e2.tenant, e2.alloc)
-            alloc = allocate(t, e.tenant, e.alloc, others)
+            alloc = allocate(t, e.tenant, e.alloc, self._held_by_others(tenant))
             flows = compile_tenant(t, alloc, self._placement())
             rev = self.store.put_tenant(tenant, schema.to_doc(t), alloc.to_json(), e.revision)
             new = TenantEntry(t, alloc, rev, flows)
@@ -462,13 +467,7 @@ class Core:
         """Simulate `packet` sent by tenant/port through every host it crosses; with
         real=True also ask each host's OVS (ofproto/trace) and compare."""
         from controller import trace as tr
-        e = self.tenants.get(tenant)
-        if e is None:
-            raise ApiError(f"no tenant {tenant!r}")
-        try:
-            p = e.tenant.port(port)
-        except KeyError:
-            raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+        e, p = self._port(tenant, port)
         if p.host not in self.hosts:
             raise ApiError(f"{tenant}/{port} is on {p.host}, which is not a registered host")
         try:
@@ -526,13 +525,7 @@ class Core:
                 "agree": all(h["real"].get("agree") is not False for h in hops) if real else None}
 
     def port_info(self, tenant: str, port: str) -> dict:
-        e = self.tenants.get(tenant)
-        if e is None:
-            raise ApiError(f"no tenant {tenant!r}")
-        try:
-            p = e.tenant.port(port)
-        except KeyError:
-            raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+        e, p = self._port(tenant, port)
         return {"tenant": tenant, "port": port, "host": p.host, "ip": str(p.ip), "mac": p.mac,
                 "namespace": self.driver.namespace(tenant, port, p.host)}
 

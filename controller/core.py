@@ -50,7 +50,6 @@ class HostState:
     syncs: int = 0
     last_sync_mods: int | None = None  # flow-mods the last (re)connect sync needed
     error: str | None = None
-    connected_at: float | None = None
 
 
 @dataclass
@@ -138,7 +137,6 @@ class Core:
             return
         st = self.state.setdefault(host, HostState())
         st.session, st.installed, st.meters, st.groups = session, None, None, None
-        st.connected_at = self.clock()
         n = self.reconcile(host)
         st.syncs += 1
         st.last_sync_mods = n
@@ -152,10 +150,6 @@ class Core:
         if st is not None and st.session is session:
             st.session, st.installed, st.meters, st.groups = None, None, None, None
             LOG.info("host %s disconnected", host)
-
-    def ports_changed(self, session) -> None:
-        """Nothing to recompute: ofports are allocated, not learned. Kept as the hook
-        where binding status would be pushed to watchers."""
 
     def reconcile(self, host: str) -> int | None:
         """Bring one host's flows to the desired set. Returns flow-mods sent, or None

@@ -397,9 +397,3 @@ class NvApp(app_manager.OSKenApp):
         if s is None or not s.on_error(ev.msg):
             LOG.warning("unsolicited error from %s: type=%s code=%s", ev.msg.datapath.id,
                         ev.msg.type, ev.msg.code)
-
-    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
-    def _port_status(self, ev):
-        s = self._session(ev.msg)
-        if s and self.core is not None:
-            hub.spawn(self.core.ports_changed, s)

@@ -66,7 +66,6 @@ def _build():
 
 PIPELINE, SYMBOLS = _build()
 LAYER_BY_ID = {layer.id: layer for layer in LAYERS}
-LAYER_BY_NAME = {layer.name: layer for layer in LAYERS}
 
 
 def emitter(layer: Layer, sink, tenant_id: int = 0) -> Emitter:

@@ -43,7 +43,6 @@ class Store(Protocol):
     def delete_tenant(self, name: str, expect_revision: int | None) -> None: ...
     def hosts(self) -> Iterator[HostRecord]: ...
     def put_host(self, h: HostRecord) -> None: ...
-    def delete_host(self, name: str) -> None: ...
 
 
 SCHEMA = """
@@ -131,7 +130,3 @@ class SqliteStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO hosts(name, pa, dpid, info) VALUES (?,?,?,?)",
                              (h.name, h.pa, h.dpid, json.dumps(h.info, sort_keys=True)))
-
-    def delete_host(self, name: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM hosts WHERE name=?", (name,))

@@ -27,7 +27,6 @@ from typing import Iterable, Mapping
 
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
-ETH_TYPE_IPV6 = 0x86DD
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 
 
@@ -198,7 +197,7 @@ class Match:
             value = _norm_value(spec, raw)
             if mask is not None:
                 mask = _norm_mask(spec, mask)
-                if _value_int(spec, value) & ~_mask_int(spec, mask):
+                if _value_int(spec, value) & ~_value_int(spec, mask):
                     raise ValueError(f"{name}: value {raw} has bits outside mask {mask}")
             items.append((name, value, mask))
         items.sort(key=lambda t: t[0])
@@ -232,7 +231,7 @@ class Match:
                 if have != value:
                     return False
             else:
-                m = _mask_int(spec, mask)
+                m = _value_int(spec, mask)
                 if _value_int(spec, have) & m != _value_int(spec, value) & m:
                     return False
         return True
@@ -249,10 +248,6 @@ def _norm_mask(spec: FieldSpec, mask):
     if spec.kind == "ipv4":
         return str(ipaddress.IPv4Address(mask))
     return _norm_value(spec, mask)
-
-
-def _mask_int(spec: FieldSpec, mask) -> int:
-    return _value_int(spec, mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -543,9 +538,6 @@ class Pipeline:
 
     def __getitem__(self, name: str) -> Table:
         return self.by_name[name]
-
-    def next_of(self, table: Table) -> Table | None:
-        return self.by_number.get(table.number + 1)
 
 
 # --------------------------------------------------------------------------------------

@@ -248,11 +248,6 @@ class Lab:
                 n.addr("add", index=idx, address=plan.pa, prefixlen=24)
             n.link("set", index=idx, state="up")
 
-    def stop_ovs(self, name: str) -> None:
-        d = self.host_dir(name)
-        for proc in ("ovs-vswitchd", "ovsdb-server"):
-            _kill_pidfile(f"{d}/{proc}.pid", proc)
-
     def start_controller(self) -> int:
         log = open(os.path.join(self.dir, "controller.log"), "ab")
         # nsenter, not `ip netns exec`: the latter gives the process a private mount

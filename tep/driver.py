@@ -89,17 +89,13 @@ class LabDriver:
         if src is not None:
             Ovsdb(src["ovsdb"]).unplug(host_ifname(old.tenant, old.port), wait=False)
 
-    def unplug(self, a: Attachment, keep_namespace: bool = False) -> None:
+    def unplug(self, a: Attachment) -> None:
         info = self._lab(a.host)
         if info is None:
             return
         ifname = host_ifname(a.tenant, a.port)
         Ovsdb(info["ovsdb"]).unplug(ifname)
-        ns = workload_namespace(info["prefix"], a.tenant, a.port)
-        if keep_namespace:
-            workload.delete_workload("", info["netns"], ifname)
-        else:
-            workload.delete_workload(ns, info["netns"], ifname)
+        workload.delete_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"], ifname)
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:
         """Remove this lab's workload namespaces that no tenant port wants any more."""

@@ -85,17 +85,6 @@ class Ovsdb:
         """Remove a port; wait=False returns without waiting for ovs-vswitchd to apply it."""
         self.vsctl(*([] if wait else ["--no-wait"]), "--if-exists", "del-port", INTEGRATION_BRIDGE, ifname)
 
-    def ofport(self, ifname: str) -> int | None:
-        try:
-            out = self.vsctl("get", "interface", ifname, "ofport").strip()
-        except OvsError:
-            return None
-        n = int(out) if out.lstrip("-").isdigit() else -1
-        return n if n > 0 else None
-
-    def ports(self, bridge: str = INTEGRATION_BRIDGE) -> list[str]:
-        return self.vsctl("list-ports", bridge).split()
-
 
 class OvsHost:
     """ovs-appctl on one host's ovs-vswitchd, found through its run directory."""

@@ -5,11 +5,10 @@ end of the veth is re-created in the new host's namespace.
 """
 from __future__ import annotations
 
-import subprocess
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from tep.ovs import OvsError, run
+from tep.ovs import run
 
 WORKLOAD_IFNAME = "eth0"
 
@@ -115,15 +114,7 @@ def delete_workload(ns_name: str, host_ns: str, host_ifname: str) -> None:
         with NetNS(host_ns) as hns:
             for idx in hns.link_lookup(ifname=host_ifname):
                 hns.link("del", index=idx)
-    if ns_name:
-        delete_namespace(ns_name)
-
-
-def exec_in(ns_name: str, cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    if ns_name not in namespaces():
-        raise OvsError(f"no workload namespace {ns_name}")
-    return subprocess.run(["ip", "netns", "exec", ns_name, *cmd], capture_output=True,
-                          text=True, timeout=timeout)
+    delete_namespace(ns_name)
 
 
 def move_attachment(host_ifname: str, from_ns: str, to_ns: str, mtu: int = 1500) -> None:

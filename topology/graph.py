@@ -1,4 +1,4 @@
-"""The tenant's logical graph: switches, ports and the hosts they are placed on.
+"""The tenant's logical graph: switches joined by routers, and the hosts of their ports.
 
 The compiler asks it one question: which hosts must carry a logical switch's flows
 (its *span*): every host with a port on that switch. Routers (a later layer) join
@@ -10,19 +10,6 @@ from __future__ import annotations
 import networkx as nx
 
 from topology.model import Tenant
-
-
-def logical_graph(t: Tenant) -> nx.Graph:
-    g = nx.Graph()
-    for s in t.switches:
-        g.add_node(("switch", s.name))
-    for r in t.routers:
-        for rp in r.ports:
-            g.add_edge(("router", r.name), ("switch", rp.switch))
-    for p in t.ports:
-        g.add_edge(("port", p.name), ("switch", p.switch))
-        g.add_edge(("port", p.name), ("host", p.host))
-    return g
 
 
 def switch_members(t: Tenant) -> dict[str, frozenset[str]]:

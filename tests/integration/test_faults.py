@@ -1,6 +1,5 @@
 """Faults: the controller or a host's vswitchd dying, a host gone, a controller killed
 in the middle of a change, and two commands at once."""
-import json
 import os
 import signal
 import subprocess

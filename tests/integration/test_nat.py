@@ -1,6 +1,5 @@
 """External network on real OVS: SNAT, floating IP, and nothing else reachable."""
 import os
-import time
 
 import pytest
 

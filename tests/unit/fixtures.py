@@ -9,7 +9,7 @@ HOSTS = {f"hv{i}": Host(f"hv{i}", f"192.0.2.{10 + i}") for i in (1, 2, 3)}
 
 
 def tenant_yaml(name, switch, ports, cidr="10.0.0.0/24"):
-    lines = [f"apiVersion: nvctl/v1", "kind: Tenant", f"metadata: {{name: {name}}}", "spec:",
+    lines = ["apiVersion: nvctl/v1", "kind: Tenant", f"metadata: {{name: {name}}}", "spec:",
              "  switches:", f"    - {{name: {switch}, cidr: {cidr}}}", "  ports:"]
     for pname, ip, host, *mac in ports:
         extra = f', mac: "{mac[0]}"' if mac else ""

@@ -1,7 +1,5 @@
 """Stateful ACLs through the simulator's conntrack: allowed connections and their
 replies pass, other directions are refused, and policy changes act on live connections."""
-import pytest
-
 from controller.compiler import compile_world
 from controller.layers.acl import range_masks
 from controller.pipeline import PIPELINE

@@ -37,6 +37,13 @@ def _read_file(path: str) -> str:
         raise SystemExit(f"nvctl: cannot read {path}: {e.strerror}")
 
 
+def _tenant_port(target: str, command: str) -> tuple[str, str]:
+    tenant, sep, port = target.partition("/")
+    if not (sep and tenant and port):
+        raise SystemExit(f"nvctl {command}: give the port as TENANT/PORT, e.g. blue/vm1 (got {target!r})")
+    return tenant, port
+
+
 def _print(obj, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=True))
@@ -171,9 +178,7 @@ def cmd_flows(a):
 
 
 def cmd_exec(a):
-    if "/" not in a.target:
-        raise SystemExit("nvctl exec: give the workload as TENANT/PORT, e.g. blue/vm1")
-    tenant, port = a.target.split("/", 1)
+    tenant, port = _tenant_port(a.target, "exec")
     info = call(_api(a), "port.info", tenant=tenant, port=port)
     if not info["namespace"]:
         raise SystemExit(f"nvctl exec: {a.target} is on {info['host']}, which is not a lab host")
@@ -184,9 +189,7 @@ def cmd_exec(a):
 
 
 def cmd_trace(a):
-    if "/" not in a.target:
-        raise SystemExit("nvctl trace: give the sender as TENANT/PORT, e.g. shop/web1")
-    tenant, port = a.target.split("/", 1)
+    tenant, port = _tenant_port(a.target, "trace")
     r = call(_api(a), "trace", tenant=tenant, port=port, packet=a.packet, real=a.real)
     if a.json:
         return _print(r, True)
@@ -223,9 +226,7 @@ def cmd_trace(a):
 
 
 def cmd_port_migrate(a):
-    if "/" not in a.target:
-        raise SystemExit("nvctl port migrate: give the port as TENANT/PORT, e.g. blue/vm1")
-    tenant, port = a.target.split("/", 1)
+    tenant, port = _tenant_port(a.target, "port migrate")
     r = call(_api(a), "port.migrate", tenant=tenant, port=port, to=a.to)
     if a.json:
         return _print(r, True)

@@ -367,20 +367,9 @@ class NvApp(app_manager.OSKenApp):
         s = self.sessions.get(msg.datapath.id)
         return s if s is not None and s.dp is msg.datapath else None
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
-    def _flow_stats(self, ev):
-        s = self._session(ev.msg)
-        if s:
-            s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
-
-    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
-    def _meter_stats(self, ev):
-        s = self._session(ev.msg)
-        if s:
-            s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
-
-    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
-    def _group_stats(self, ev):
+    @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply,
+                 ofp_event.EventOFPGroupDescStatsReply], MAIN_DISPATCHER)
+    def _multipart_reply(self, ev):
         s = self._session(ev.msg)
         if s:
             s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)

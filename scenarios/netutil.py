@@ -126,6 +126,8 @@ def tcp_whois(ns: str, ip: str, port: int, count: int, timeout: float = 2.0) -> 
     import json as _json
     p = subprocess.run(_probe_cmd(ns, "whois", ip, str(port), "--count", str(count), "--timeout", str(timeout)),
                        cwd=ROOT, capture_output=True, text=True, timeout=count * (timeout + 1) + 30)
+    if p.returncode != 0:
+        raise RuntimeError(f"tcpprobe whois in {ns} failed ({p.returncode}): {p.stdout}{p.stderr}")
     return _json.loads(p.stdout)
 
 

@@ -1,6 +1,6 @@
 """Stateful ACLs through the simulator's conntrack: allowed connections and their
 replies pass, other directions are refused, and policy changes act on live connections."""
-from controller.compiler import compile_world
+from controller.compiler import TUNNEL_OFPORT, compile_world
 from controller.layers.acl import range_masks
 from controller.pipeline import PIPELINE
 from tests.unit.fixtures import HOSTS, Net, world
@@ -69,7 +69,7 @@ def test_the_deciding_rule_is_named():
     # web1 -> db1:22 as it arrives at db1's host (hv2) from the tunnel
     pkt = tcp(t.router_of("db")[1].mac, db1.mac, "10.0.0.11", "10.0.1.10", 40011, 22)
     pkt.update(tunnel_id=alloc.vni["db"], tun_ipv4_src=HOSTS["hv1"].pa)
-    fate = n.fabric.sims["hv2"].run(pkt, 1)
+    fate = n.fabric.sims["hv2"].run(pkt, TUNNEL_OFPORT)
     assert fate.dropped and fate.decided_by().rule == "acl[1] to-port deny (port db1)"
 
 

@@ -4,6 +4,11 @@ change tenants.
 
 Request:  {"op": "tenant.create", "args": {"yaml": "..."}}
 Answer:   {"ok": true, "result": ...}  or  {"ok": false, "error": "...", "errors": [[path, reason], ...]}
+
+Hosts on other machines reach a second, much smaller API over the network
+(`NetworkApiServer`): TLS with a client certificate signed by the controller's switch
+CA (or plain TCP only when the controller is started with --insecure), and only the
+operations a joining host needs: ping, host.join and host.self.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ def operations(core) -> dict:
     return {
         "ping": lambda: {"pong": True},
         "host.register": core.register_host,
+        "host.invite": core.invite_host,
         "host.list": core.list_hosts,
         "tenant.validate": core.validate,
         "tenant.create": core.create,
@@ -90,6 +96,60 @@ class ApiServer:
             return {"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}"}
 
 
+class NetworkApiServer:
+    """The join API on IP:PORT. `ctx` is a TLS server context (client certificates
+    required); None means plain TCP."""
+
+    def __init__(self, core, host: str, port: int, ctx=None):
+        from controller.core import ApiError
+        self.core, self.ctx, self.api_error = core, ctx, ApiError
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+
+    def serve_forever(self) -> None:
+        while True:
+            conn, addr = self.sock.accept()
+            threading.Thread(target=self._handle, args=(conn, addr[0]), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, peer_ip: str) -> None:
+        conn.settimeout(30)
+        try:
+            if self.ctx is not None:
+                conn = self.ctx.wrap_socket(conn, server_side=True)
+        except (OSError, ValueError) as e:  # no certificate, or one we did not sign
+            LOG.warning("join API: TLS refused %s: %s", peer_ip, e)
+            conn.close()
+            return
+        from controller.pki import peer_name
+        name = peer_name(conn.getpeercert()) if self.ctx is not None else None
+        req: dict = {}
+        with conn:
+            try:
+                req = json.loads(_read_line(conn))
+                op, args = req.get("op"), req.get("args") or {}
+                if op == "ping":
+                    answer = {"ok": True, "result": {"pong": True, "peer": name}}
+                elif op == "host.join":
+                    answer = {"ok": True, "result": self.core.join_host(args.get("token"), peer_ip, name)}
+                elif op == "host.self":
+                    answer = {"ok": True, "result": self.core.host_self(args.get("token"), name)}
+                else:
+                    answer = {"ok": False, "error": f"operation {op!r} is not offered over the network"}
+            except self.api_error as e:
+                answer = {"ok": False, "error": str(e)}
+            except Exception as e:
+                LOG.exception("join API")
+                answer = {"ok": False, "error": f"bad request: {type(e).__name__}: {e}"}
+            LOG.info("join API %s (%s): %s -> %s", peer_ip, name, req.get("op"),
+                     "ok" if answer["ok"] else answer["error"])
+            try:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                pass
+
+
 def _read_line(conn: socket.socket) -> bytes:
     buf = bytearray()
     while not buf.endswith(b"\n"):
@@ -117,4 +177,27 @@ def call(path: str, op: str, timeout: float = 600, **args):
         raise ApiClientError("the controller closed the connection without an answer")
     if not answer.get("ok"):
         raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
+    return answer["result"]
+
+
+def remote_call(ip: str, port: int, op: str, ctx=None, timeout: float = 60, **args):
+    """One request to a controller's network API (TLS when ctx is given)."""
+    try:
+        s = socket.create_connection((ip, port), timeout=timeout)
+    except OSError as e:
+        raise ApiClientError(f"cannot reach the controller at {ip}:{port}: {e.strerror or e}") from None
+    try:
+        if ctx is not None:
+            s = ctx.wrap_socket(s)
+        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        answer = json.loads(_read_line(s) or b"null")
+    except (OSError, ValueError) as e:
+        raise ApiClientError(f"the controller at {ip}:{port} refused the connection: {e}") from None
+    finally:
+        s.close()
+    if not answer:
+        raise ApiClientError(f"the controller at {ip}:{port} closed the connection without an answer "
+                             "(it refused our certificate?)")
+    if not answer.get("ok"):
+        raise ApiClientError(answer.get("error", "failed"))
     return answer["result"]

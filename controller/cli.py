@@ -250,6 +250,38 @@ def cmd_hosts(a):
               f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  {'in sync' if h['in_sync'] else h['error'] or 'pending'}")
 
 
+def cmd_host_invite(a):
+    workloads = None
+    if a.lab_netns:
+        workloads = {"netns": a.lab_netns, "prefix": Lab(a.state_dir).prefix}
+    b = call(_api(a), "host.invite", name=a.name, pa=a.pa, tls=not a.insecure, workloads=workloads)
+    out = a.out or f"{a.name}-join.json"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(b, f, indent=1)
+    if a.json:
+        return _print({k: v for k, v in b.items() if k not in ("key", "token")}, True)
+    c = b["controller"]
+    print(f"host {a.name} invited: PA {a.pa}, datapath id {b['dpid']:016x}, "
+          f"{'TLS (certificate CN=' + a.name + ' signed by the switch CA)' if b['tls'] else 'plain TCP (--insecure)'}")
+    print(f"join bundle: {out} (mode 0600; it holds the host's private key and one-time token, "
+          f"copy it to the host over a trusted channel)")
+    print(f"on the host:  nvctl host join {os.path.basename(out)} --uplink IFACE"
+          f"    # controller {c.get('ip')}:{c.get('api_port')}")
+
+
+def cmd_host_join(a):
+    from tep.join import JoinError, join, load_bundle
+    try:
+        b = load_bundle(a.bundle)
+        r = join(b, db_remote=a.db, uplink=a.uplink, prefixlen=a.prefixlen, pki_dir=a.pki_dir,
+                 datapath_type=a.datapath_type, timeout=a.timeout)
+    except JoinError as e:
+        print(f"nvctl host join: {e}", file=sys.stderr)
+        sys.exit(1)
+    _print(r, a.json)
+
+
 def cmd_demo(a):
     from scenarios.demo import run_demo
     sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
@@ -344,6 +376,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("hosts", help="registered hosts and their OpenFlow state",
                    parents=[common]).set_defaults(fn=cmd_hosts)
+
+    hp = sub.add_parser("host", help="invite a machine, or join this machine to a controller",
+                        parents=[common],
+                        description="Adding a real host takes two commands. On the controller's machine:\n"
+                                    "  nvctl host invite hv4 --pa 192.0.2.14      # writes hv4-join.json\n"
+                                    "then, on hv4 (Open vSwitch installed and running):\n"
+                                    "  nvctl host join hv4-join.json --uplink eth1\n"
+                                    "OpenFlow, OVSDB and the join API then run over TLS with certificates "
+                                    "from the controller's ovs-pki CA; a host without an invitation, or "
+                                    "with a certificate the controller did not sign, is refused.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    hs = hp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = hs.add_parser("invite", parents=[common], help="allow a host to join; writes its join bundle")
+    p.add_argument("name", help="host name (a-z, 0-9, '-'; it becomes the certificate's CN)")
+    p.add_argument("--pa", required=True, help="the host's provider address (its VXLAN endpoint)")
+    p.add_argument("--out", metavar="FILE", help="where to write the bundle (default NAME-join.json)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plain TCP for OpenFlow, OVSDB and the join API (trusted networks only); "
+                        "the controller must run with --insecure")
+    p.add_argument("--lab-netns", metavar="NS",
+                   help="the host is a namespace on the controller's machine: the controller makes "
+                        "workload namespaces for it (as for lab hosts)")
+    p.set_defaults(fn=cmd_host_invite)
+    p = hs.add_parser("join", parents=[common], help="run on the host: configure OVS and join")
+    p.add_argument("bundle", help="the join bundle from 'nvctl host invite'")
+    p.add_argument("--uplink", metavar="IFACE",
+                   help="underlay interface: added to br-phy, which gets the PA (userspace datapath). "
+                        "Without it the PA must already be on this host")
+    p.add_argument("--prefixlen", type=int, default=24, help="PA prefix length with --uplink (default 24)")
+    p.add_argument("--db", default="unix:/var/run/openvswitch/db.sock",
+                   help="this host's OVSDB (default %(default)s)")
+    p.add_argument("--pki-dir", default="/etc/nvctl/pki", help="where the key and certificates go")
+    p.add_argument("--datapath-type", choices=["system", "netdev"],
+                   help="default: system if the openvswitch kernel module is loaded, else netdev")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for flows (default 60)")
+    p.set_defaults(fn=cmd_host_join)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

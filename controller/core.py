@@ -12,8 +12,12 @@ The core never imports os-ken: it talks to a `Session` (see ofadapter) per switc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import ipaddress
 import logging
+import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +30,9 @@ from controller.compiler import Host, compile_host, compile_tenant
 from controller.pipeline import LAYER_BY_ID, PIPELINE
 from controller.store import HostRecord, Store
 from tep.driver import Attachment, LabDriver
+from tep.ovs import INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
+
+HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 LOG = logging.getLogger("nvctl.core")
 
@@ -70,6 +77,8 @@ class Core:
         self.state: dict[str, HostState] = {h: HostState() for h in self.hosts}
         self.tenants: dict[str, TenantEntry] = {}
         self.unclaimed: dict[int, object] = {}  # dpid -> session of a not-yet-registered switch
+        self.pki = None  # controller.pki.Pki when the controller accepts hosts over TLS
+        self.endpoints: dict = {}  # where joining hosts reach us: ip, of_port, of_tls_port, api_port
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self.tenants[rec.name] = TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {})
@@ -233,6 +242,99 @@ class Core:
             self.switch_connected(waiting)
         self.reconcile_many(self.hosts)
         return {"host": name}
+
+    def invite_host(self, name: str, pa: str, tls: bool = True, workloads: dict | None = None) -> dict:
+        """Allow one host to join: record its name, PA and datapath id, and return the
+        join bundle it needs (a one-time token, and with TLS its own key and certificate
+        signed by our switch CA plus the CA that signed ours). The bundle is a secret."""
+        with self.mutex:
+            if not HOST_NAME.match(name or ""):
+                raise ApiError(f"host name {name!r}: use 1-32 of a-z, 0-9 and '-', starting with a letter")
+            try:
+                ipaddress.IPv4Address(pa)
+            except ValueError:
+                raise ApiError(f"host {name}: provider address (--pa) {pa!r} is not an IPv4 address") from None
+            if name in self.hosts:
+                raise ApiError(f"host {name} is already registered")
+            invites = self.store.invites()
+            for other, inv in invites.items():
+                if other != name and inv["pa"] == pa:
+                    raise ApiError(f"host {name}: PA {pa} is already invited as {other}")
+            for h in self.hosts.values():
+                if h.pa == pa:
+                    raise ApiError(f"host {name}: PA {pa} is already used by {h.name}")
+            if tls and self.pki is None:
+                raise ApiError("this controller has no PKI (start it with --pki DIR), so it cannot "
+                               "issue certificates; invite with --insecure for plain TCP")
+            taken = {h.dpid for h in self.hosts.values()} | {i["dpid"] for i in invites.values()}
+            dpid = 0x4E56_0000_0000 | int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")
+            while dpid in taken:
+                dpid += 1
+            inv = {"name": name, "pa": pa, "dpid": dpid, "token": secrets.token_hex(16), "tls": bool(tls),
+                   "workloads": workloads or None}
+            bundle = {**inv, "controller": dict(self.endpoints)}
+            if tls:
+                key, cert = self.pki.sign_host(name)
+                bundle.update(key=key, cert=cert, ca=self.pki.read(self.pki.controller_ca))
+            self.store.put_invite(name, inv)
+            return bundle
+
+    def _invitation(self, token: str, peer_name: str | None) -> dict:
+        inv = next((i for i in self.store.invites().values()
+                    if hmac.compare_digest(i["token"], str(token or ""))), None)
+        if inv is None:
+            raise ApiError("refused: no invitation matches this join token "
+                           "(the operator runs 'nvctl host invite NAME --pa PA' first)")
+        if inv["tls"] and peer_name != inv["name"]:
+            raise ApiError(f"refused: host {inv['name']} was invited with TLS, but this connection "
+                           f"{'is plain TCP' if peer_name is None else 'presents a certificate for ' + repr(peer_name)}")
+        return inv
+
+    def join_host(self, token: str, peer_ip: str, peer_name: str | None) -> dict:
+        """A host asks to join (called by the network API with the connection's facts).
+        Refused unless an invitation matches its token and, with TLS, its certificate's
+        name; then its OVS is checked over OVSDB before it is registered."""
+        inv = self._invitation(token, peer_name)
+        name = inv["name"]
+        if name in self.hosts and self.hosts[name].info.get("mgmt") not in (None, peer_ip):
+            raise ApiError(f"refused: host {name} has already joined from {self.hosts[name].info['mgmt']}")
+        remote = f"{'ssl' if inv['tls'] else 'tcp'}:{peer_ip}:{OVSDB_PORT}"
+        tls = [self.pki.ctl_key, self.pki.ctl_cert, self.pki.switch_ca] if inv["tls"] else None
+        db = Ovsdb(remote, tuple(tls) if tls else None)
+        try:
+            got_dpid = db.vsctl("get", "bridge", INTEGRATION_BRIDGE, "other-config:datapath-id",
+                                timeout=10).strip().strip('"')
+            got_ip = db.vsctl("get", "interface", TUNNEL_PORT_NAME, "options:local_ip",
+                              timeout=10).strip().strip('"')
+        except OvsError as e:
+            raise ApiError(f"host {name}: cannot read its OVS over OVSDB at {remote}: {e}") from None
+        if int(got_dpid, 16) != inv["dpid"] or got_ip != inv["pa"]:
+            raise ApiError(f"host {name}: its br-int has datapath-id {got_dpid} and tunnel IP {got_ip}, "
+                           f"expected {inv['dpid']:016x} and {inv['pa']}")
+        info = {"kind": "lab" if inv["workloads"] else "remote", "joined": True, "tls": inv["tls"],
+                "mgmt": peer_ip, "ovsdb": remote, **({"ovsdb_tls": tls} if tls else {}),
+                **(inv["workloads"] or {})}
+        self.register_host(name, inv["pa"], inv["dpid"], info)
+        return {"host": name, "pa": inv["pa"], "dpid": f"{inv['dpid']:016x}", "ovsdb": remote}
+
+    def admit(self, dpid: int, peer_name: str | None) -> bool:
+        """May this OpenFlow connection speak for datapath `dpid`? A host that joined
+        with TLS must present its own certificate; a certificate never speaks for
+        another host's datapath."""
+        host = self.host_of_dpid(dpid)
+        if host is None:
+            inv = next((i for i in self.store.invites().values() if i["dpid"] == dpid), None)
+            return inv is None or not inv["tls"] or peer_name == inv["name"]
+        if self.hosts[host].info.get("tls") or peer_name is not None:
+            return peer_name == host
+        return True
+
+    def host_self(self, token: str, peer_name: str | None) -> dict:
+        """What a joined host may ask about itself."""
+        name = self._invitation(token, peer_name)["name"]
+        if name not in self.hosts:
+            raise ApiError(f"host {name} is not registered")
+        return {"name": name, **self.host_status(name)}
 
     # ------------------------------------------------------------------------------
     # tenants

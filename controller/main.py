@@ -2,6 +2,11 @@
 
 Wires the pieces: SQLite store -> core -> os-ken app (OpenFlow 1.3 on --listen:--port)
 and the API on DIR/nvctl.sock. Logs to stderr (the lab sends it to DIR/controller.log).
+
+For hosts on other machines (`nvctl host join`): with --pki DIR the controller also
+listens for OpenFlow over TLS on --tls-port and for the join API over TLS on
+--api-port, both requiring a host certificate signed by the PKI's switch CA. With
+--insecure (and no --pki) the join API is plain TCP instead.
 """
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ def main(argv=None) -> int:
     ap.add_argument("--state-dir", required=True, help="where the store and API socket live")
     ap.add_argument("--listen", default="0.0.0.0", help="OpenFlow listen address (default %(default)s)")
     ap.add_argument("--port", type=int, default=6653, help="OpenFlow TCP port (default %(default)s)")
+    ap.add_argument("--pki", metavar="DIR", help="ovs-pki directory (see controller/pki.py); "
+                    "created if missing; enables OpenFlow and the join API over TLS")
+    ap.add_argument("--tls-port", type=int, default=6654, help="OpenFlow over TLS (default %(default)s)")
+    ap.add_argument("--api-port", type=int, default=6655, help="join API for remote hosts (default %(default)s)")
+    ap.add_argument("--insecure", action="store_true",
+                    help="without --pki: serve the join API over plain TCP (trusted networks only)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
@@ -50,6 +61,7 @@ def main(argv=None) -> int:
     app = next(x for x in mgr.applications.values() if type(x).__name__ == "NvApp")
     app.attach(core)
 
+    services += _network_services(core, a)  # before the local API: invitations need the PKI
     api = ApiServer(core, os.path.join(a.state_dir, "nvctl.sock"))
     services.append(hub.spawn(api.serve_forever))
     logging.info("controller up: OpenFlow on %s:%d, API on %s", a.listen, a.port, api.path)
@@ -58,6 +70,36 @@ def main(argv=None) -> int:
     finally:
         mgr.close()
     return 0
+
+
+def _network_services(core, a) -> list:
+    """OpenFlow over TLS and the join API, for hosts that join over a network."""
+    import ssl
+
+    from os_ken.controller.controller import datapath_connection_factory
+    from os_ken.lib import hub
+
+    from controller.api import NetworkApiServer
+    from controller.pki import Pki, server_context
+
+    core.endpoints = {"ip": a.listen, "of_port": a.port, "api_port": a.api_port}
+    if a.pki:
+        pki = core.pki = Pki(a.pki).ensure()
+        core.endpoints["of_tls_port"] = a.tls_port
+        of_tls = hub.StreamServer((a.listen, a.tls_port), datapath_connection_factory,
+                                  ssl_ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+                                  keyfile=pki.ctl_key, certfile=pki.ctl_cert,
+                                  cert_reqs=ssl.CERT_REQUIRED, ca_certs=pki.switch_ca)
+        join = NetworkApiServer(core, a.listen, a.api_port,
+                                server_context(pki.ctl_key, pki.ctl_cert, pki.switch_ca))
+        logging.info("OpenFlow over TLS on %s:%d, join API over TLS on %s:%d",
+                     a.listen, a.tls_port, a.listen, a.api_port)
+        return [hub.spawn(of_tls.serve_forever), hub.spawn(join.serve_forever)]
+    if a.insecure:
+        join = NetworkApiServer(core, a.listen, a.api_port, None)
+        logging.warning("join API over plain TCP on %s:%d (--insecure)", a.listen, a.api_port)
+        return [hub.spawn(join.serve_forever)]
+    return []
 
 
 if __name__ == "__main__":

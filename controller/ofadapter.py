@@ -17,6 +17,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import nicira_ext, ofproto_v1_3, ofproto_v1_3_parser
 
+from controller.pki import peer_name
 from dataplane.match_action import (FIELDS, IN_PORT, Ct, DecTtl, Flow, Goto, Group, Match, Meter,
                                     Move, Output, Resubmit, SetField)
 
@@ -152,6 +153,8 @@ class Session:
     def __init__(self, dp):
         self.dp = dp
         self.dpid: int = dp.id
+        getpeercert = getattr(dp.socket, "getpeercert", None)  # TLS: the verified certificate
+        self.peer_name = peer_name(getpeercert()) if getpeercert else None
         self._waiters: dict[int, _Waiter] = {}
         self._bundle_ids = iter(range(1, 1 << 31))
         self._lock = threading.Lock()
@@ -353,10 +356,16 @@ class NvApp(app_manager.OSKenApp):
         if dp.id is None:
             return
         if ev.state == MAIN_DISPATCHER:
+            s = Session(dp)
+            if not self.core.admit(dp.id, s.peer_name):
+                LOG.warning("switch %016x refused: certificate %r does not belong to its host",
+                            dp.id, s.peer_name)
+                dp.close()
+                return
             old = self.sessions.get(dp.id)
             if old is not None:
                 old.close()
-            s = self.sessions[dp.id] = Session(dp)
+            self.sessions[dp.id] = s
             hub.spawn(self.core.switch_connected, s)
         elif ev.state == DEAD_DISPATCHER:
             s = self.sessions.get(dp.id)

@@ -43,6 +43,8 @@ class Store(Protocol):
     def delete_tenant(self, name: str, expect_revision: int | None) -> None: ...
     def hosts(self) -> Iterator[HostRecord]: ...
     def put_host(self, h: HostRecord) -> None: ...
+    def invites(self) -> dict[str, dict]: ...
+    def put_invite(self, name: str, doc: dict) -> None: ...
 
 
 SCHEMA = """
@@ -57,6 +59,10 @@ CREATE TABLE IF NOT EXISTS hosts (
     pa TEXT NOT NULL UNIQUE,
     dpid INTEGER NOT NULL UNIQUE,
     info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS invites (
+    name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
 );
 """
 
@@ -130,3 +136,14 @@ class SqliteStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO hosts(name, pa, dpid, info) VALUES (?,?,?,?)",
                              (h.name, h.pa, h.dpid, json.dumps(h.info, sort_keys=True)))
+
+    # invitations (hosts allowed to join) ----------------------------------------------
+    def invites(self) -> dict[str, dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, doc FROM invites ORDER BY name").fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def put_invite(self, name: str, doc: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO invites(name, doc) VALUES (?,?)",
+                             (name, json.dumps(doc, sort_keys=True)))

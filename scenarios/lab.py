@@ -97,6 +97,10 @@ class Lab:
     def host_ns(self, h: HostPlan | str) -> str:
         return self.prefix + (h.name if isinstance(h, HostPlan) else h)
 
+    @property
+    def pki_dir(self) -> str:
+        return os.path.join(self.dir, "pki")
+
     def host_dir(self, name: str) -> str:
         return os.path.join(self.dir, "hosts", name)
 
@@ -174,7 +178,9 @@ class Lab:
             n.addr("add", index=idx, address=CONTROLLER_IP, prefixlen=24)
             n.link("set", index=idx, state="up")
 
-    def _host(self, p: HostPlan) -> None:
+    def _machine(self, p: HostPlan) -> str:
+        """Namespace, underlay and management links, and a running OVS with an empty
+        database: a freshly installed hypervisor."""
         ns = self.host_ns(p)
         _ns_create(ns)
         _veth_between(f"{self.prefix}u{p.index}", ns, "ul0", self.ul_ns, p.name, "br-ul", UNDERLAY_MTU)
@@ -183,6 +189,10 @@ class Lab:
             idx = n.link_lookup(ifname="mgmt0")[0]
             n.addr("add", index=idx, address=p.mgmt_ip, prefixlen=24)
         self.start_ovs(p.name)
+        return ns
+
+    def _host(self, p: HostPlan) -> None:
+        ns = self._machine(p)
         db = self.ovsdb(p.name)
         db.ensure_physical_bridge("ul0", UNDERLAY_MTU)
         with NetNS(ns) as n:
@@ -196,6 +206,22 @@ class Lab:
             db.plug("ext0", EXTERNAL_OFPORT, {"nvctl-role": "external"})
             for dev in ("br-ext", p.name):  # the outside host's packets reach the userspace datapath
                 run(["ip", "netns", "exec", self.ext_ns, "ethtool", "-K", dev, "tx", "off"])
+
+    def add_bare_host(self, index: int) -> HostPlan:
+        """A machine for `nvctl host join`: namespace hv{index} on the underlay and the
+        management network, OVS running with an empty database, not registered. What
+        it becomes is up to `nvctl host join` run inside it (`ip netns exec`)."""
+        m = self.manifest()
+        if m is None or m.get("status") != "up":
+            raise LabError("the lab is not up")
+        p = HostPlan(index)
+        if p.name in m["hosts"] or p.name in m.get("bare_hosts", []):
+            raise LabError(f"{p.name} already exists in this lab")
+        m.setdefault("bare_hosts", []).append(p.name)
+        self._save(m)
+        self._machine(p)
+        self.log(f"[lab] {p.name}: bare host (OVS running, nothing configured), management {p.mgmt_ip}")
+        return p
 
     def warm_underlay(self, plans: list[HostPlan]) -> None:
         """Teach every host's OVS the MAC of every peer PA before tenant traffic needs it.
@@ -224,7 +250,12 @@ class Lab:
         ns = self.host_ns(name)
         if not os.path.exists(f"{d}/conf.db"):
             run(["ovsdb-tool", "create", f"{d}/conf.db", VSCHEMA])
+        # Like Debian's ovs-ctl: managers and TLS settings come from the database, so
+        # `ovs-vsctl set-manager pssl:6640` / `set-ssl` (what `nvctl host join` does) work.
         run(["ip", "netns", "exec", ns, "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+             "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+             "--private-key=db:Open_vSwitch,SSL,private_key", "--certificate=db:Open_vSwitch,SSL,certificate",
+             "--ca-cert=db:Open_vSwitch,SSL,ca_cert",
              f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=env)
         run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=env)
         run(["ip", "netns", "exec", ns, "ovs-vswitchd", f"unix:{d}/db.sock",
@@ -253,7 +284,8 @@ class Lab:
         # nsenter, not `ip netns exec`: the latter gives the process a private mount
         # namespace, and workload namespaces it creates would be invisible to everyone else.
         cmd = ["nsenter", f"--net=/run/netns/{self.ctl_ns}", sys.executable, "-m", "controller.main",
-               "--state-dir", self.dir, "--listen", CONTROLLER_IP, "--port", str(OF_PORT)]
+               "--state-dir", self.dir, "--listen", CONTROLLER_IP, "--port", str(OF_PORT),
+               "--pki", self.pki_dir]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -354,7 +386,7 @@ class Lab:
                 if name and name.startswith(self.prefix):
                     ipr.link("del", index=link["index"])
                     done.append(f"link {name}")
-        for entry in ("hosts", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
+        for entry in ("hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
                       "desired.db-shm", "nvctl.sock", "lab.json", "lab.json.tmp"):
             path = os.path.join(self.dir, entry)
             if os.path.isdir(path):

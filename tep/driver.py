@@ -28,6 +28,12 @@ class Attachment:
     gateway: str | None = None
 
 
+def _db(info: dict) -> Ovsdb:
+    """The host's OVSDB: a local socket for lab hosts, ssl: for hosts that joined."""
+    tls = info.get("ovsdb_tls")
+    return Ovsdb(info["ovsdb"], tuple(tls) if tls else None)
+
+
 def workload_namespace(prefix: str, tenant: str, port: str) -> str:
     return f"{prefix}{tenant}.{port}"
 
@@ -58,7 +64,7 @@ class LabDriver:
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
         workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway)
-        Ovsdb(info["ovsdb"]).plug(ifname, a.ofport, {
+        _db(info).plug(ifname, a.ofport, {
             "iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
             "attached-mac": a.mac})
 
@@ -67,7 +73,7 @@ class LabDriver:
         not exist there yet; ovs-vswitchd opens it the moment it appears)."""
         dst = self._lab(new.host)
         if dst is not None:
-            Ovsdb(dst["ovsdb"]).plug(host_ifname(new.tenant, new.port), new.ofport, {
+            _db(dst).plug(host_ifname(new.tenant, new.port), new.ofport, {
                 "iface-id": f"{new.tenant}/{new.port}", "nvctl-tenant": new.tenant,
                 "nvctl-port": new.port, "attached-mac": new.mac})
 
@@ -87,14 +93,14 @@ class LabDriver:
         """After a live move: the old br-int forgets the port (its device is gone)."""
         src = self._lab(old.host)
         if src is not None:
-            Ovsdb(src["ovsdb"]).unplug(host_ifname(old.tenant, old.port), wait=False)
+            _db(src).unplug(host_ifname(old.tenant, old.port), wait=False)
 
     def unplug(self, a: Attachment) -> None:
         info = self._lab(a.host)
         if info is None:
             return
         ifname = host_ifname(a.tenant, a.port)
-        Ovsdb(info["ovsdb"]).unplug(ifname)
+        _db(info).unplug(ifname)
         workload.delete_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"], ifname)
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:

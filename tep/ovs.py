@@ -14,16 +14,17 @@ from dataclasses import dataclass
 TUNNEL_PORT_NAME = "vxlan0"
 INTEGRATION_BRIDGE = "br-int"
 PHYSICAL_BRIDGE = "br-phy"
+OVSDB_PORT = 6640  # a joined host's ovsdb-server: pssl: (ptcp: only when insecure)
 
 
 class OvsError(RuntimeError):
     pass
 
 
-def run(cmd: list[str], timeout: float = 30, env: dict | None = None) -> str:
+def run(cmd: list[str], timeout: float = 30, env: dict | None = None, cwd: str | None = None) -> str:
     """Run a command; raise with its stderr when it fails."""
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise OvsError(f"{' '.join(cmd)}: timed out after {timeout}s") from None
     if p.returncode != 0:
@@ -33,12 +34,18 @@ def run(cmd: list[str], timeout: float = 30, env: dict | None = None) -> str:
 
 @dataclass(frozen=True)
 class Ovsdb:
-    """An OVS instance reached through its OVSDB socket (unix:PATH, tcp: or ssl:)."""
+    """An OVS instance reached through its OVSDB socket (unix:PATH, tcp: or ssl:).
+    For ssl:, `tls` is (private key, certificate, CA certificate) file paths."""
 
     remote: str
+    tls: tuple[str, str, str] | None = None
 
     def vsctl(self, *args: str, timeout: float = 30) -> str:
-        return run(["ovs-vsctl", f"--db={self.remote}", f"--timeout={int(timeout)}", *args],
+        auth = []
+        if self.tls:
+            auth = [f"--private-key={self.tls[0]}", f"--certificate={self.tls[1]}",
+                    f"--ca-cert={self.tls[2]}"]
+        return run(["ovs-vsctl", f"--db={self.remote}", f"--timeout={int(timeout)}", *auth, *args],
                    timeout=timeout + 5)
 
     def txn(self, *commands: list[str]) -> str:
@@ -50,11 +57,11 @@ class Ovsdb:
 
     # bridges ----------------------------------------------------------------------
     def ensure_integration_bridge(self, dpid: int, controller: str, tunnel_local_ip: str,
-                                  tunnel_ofport: int) -> None:
+                                  tunnel_ofport: int, datapath_type: str = "netdev") -> None:
         b = INTEGRATION_BRIDGE
         self.txn(
             ["--may-exist", "add-br", b],
-            ["set", "bridge", b, "datapath_type=netdev", "fail_mode=secure",
+            ["set", "bridge", b, f"datapath_type={datapath_type}", "fail_mode=secure",
              "protocols=OpenFlow13", f"other-config:datapath-id={dpid:016x}",
              "other-config:disable-in-band=true"],
             ["set-controller", b, controller],
@@ -64,11 +71,11 @@ class Ovsdb:
              "options:key=flow", f"ofport_request={tunnel_ofport}"],
         )
 
-    def ensure_physical_bridge(self, uplink: str, mtu: int) -> None:
+    def ensure_physical_bridge(self, uplink: str, mtu: int, datapath_type: str = "netdev") -> None:
         b = PHYSICAL_BRIDGE
         self.txn(
             ["--may-exist", "add-br", b],
-            ["set", "bridge", b, "datapath_type=netdev"],
+            ["set", "bridge", b, f"datapath_type={datapath_type}"],
             ["set", "interface", b, f"mtu_request={mtu}"],
             ["--may-exist", "add-port", b, uplink],
         )

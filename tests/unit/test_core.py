@@ -119,3 +119,26 @@ def test_store_revisions_refuse_stale_writers(tmp_path):
         s.put_tenant("t", {"a": 3}, {}, r1)  # stale revision
     assert s.tenant("t").doc == {"a": 2}
     s.close()
+
+
+def test_invitations_admit_only_the_named_host(core):
+    with pytest.raises(ApiError, match="no PKI"):
+        core.invite_host("hv7", "192.0.2.17", tls=True)
+    with pytest.raises(ApiError, match="already used by hv1"):
+        core.invite_host("hv7", "192.0.2.11", tls=False)
+    inv = core.invite_host("hv7", "192.0.2.17", tls=False)
+    assert inv["dpid"] not in {h.dpid for h in core.hosts.values()} and len(inv["token"]) == 32
+    with pytest.raises(ApiError, match="already invited as hv7"):
+        core.invite_host("hv8", "192.0.2.17", tls=False)
+    # OpenFlow admission: a certificate speaks only for its own host's datapath
+    assert core.admit(0x101, None)  # lab host, plain TCP
+    assert not core.admit(0x101, "hv2")  # hv2's certificate for hv1's datapath
+    assert core.admit(0x102, "hv2")
+    assert core.admit(inv["dpid"], None)  # invited without TLS: held until it joins
+    tls_inv = {**inv, "name": "hv9", "dpid": 0x999, "tls": True, "token": "t" * 32}
+    core.store.put_invite("hv9", tls_inv)
+    assert not core.admit(0x999, None) and not core.admit(0x999, "hv7") and core.admit(0x999, "hv9")
+    with pytest.raises(ApiError, match="no invitation matches"):
+        core.join_host("x" * 32, "198.51.100.99", None)
+    with pytest.raises(ApiError, match="is plain TCP"):
+        core.join_host("t" * 32, "198.51.100.99", None)

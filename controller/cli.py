@@ -232,12 +232,13 @@ def cmd_port_migrate(a):
         return _print(r, True)
     t = r["timings_ms"]
     print(f"{tenant}/{port}: {r['src']} -> {r['dst']} (ofport {r['ofport']} on {r['dst']})")
-    print(f"  1. flows for the new place on {r['dst']}: {t['destination_flows']} ms")
-    print(f"  2. attachment moved (detached from {r['src']}, attached to {r['dst']}): {t['attachment_moved']} ms")
-    print(f"  3. other hosts switched to {r['dst']}'s PA, one bundle each: {t['other_hosts_switched']} ms")
+    print(f"  1. {r['dst']} ready (its flows, workload attached there too): {t['destination_ready']} ms")
+    print(f"  2. other hosts switched to {r['dst']}'s PA, one bundle each: {t['other_hosts_switched']} ms")
     for h, what in r["hosts"].items():
         print(f"     {h}: {what}")
-    print(f"  interruption (detach -> every host forwarding to the new place): {t['detach_to_all_switched']} ms")
+    print(f"  3. {r['src']} switched: {t['source_switched']} ms")
+    print(f"  4. attachment on {r['src']} removed: {t['old_attachment_removed']} ms")
+    print(f"  switch window (both attachments live while hosts switch): {t['switch_window']} ms")
 
 
 def cmd_hosts(a):

@@ -404,8 +404,10 @@ class Core:
 
     def migrate(self, tenant: str, port: str, to: str) -> dict:
         """Move a port to another host, make-before-break: the destination gets the
-        port's flows first, then the attachment moves, then every other host switches to
-        the new PA in one bundle each (the source's local flows go in the same step)."""
+        port's flows and a second attachment of the workload; then every other host
+        switches to the new PA in one bundle each, then the source; only then does the
+        old attachment go. While the hosts switch, both attachments deliver, so no
+        packet needs a place that is not there yet."""
         with self.mutex:
             e, p = self._port(tenant, port)
             if to not in self.hosts:
@@ -424,25 +426,21 @@ class Core:
             self.tenants[tenant] = new
             changed = self._swap_tenant_flows(e.flows, flows)
             t0 = self.clock()
-            first = self.reconcile_many({to} & changed)  # 1. make: the destination is ready
-            self.driver.prepare_move(new_att)
+            first = self.reconcile_many({to} & changed)  # 1. the destination's flows
+            self.driver.prepare_move(new_att)  # 2. and the workload attached there too
             t1 = self.clock()
-            # 2. the attachment moves while every other host switches to the new PA
-            switching = threading.Thread(target=lambda: rest.update(self.reconcile_many(changed - {to, src})))
-            rest: dict = {}
-            switching.start()
-            self.driver.move(old_att, new_att)
+            rest = self.reconcile_many(changed - {to, src})  # 3. every other host: the new PA
             t2 = self.clock()
-            switching.join()
-            rest.update(self.reconcile_many({src} & changed))  # 3. then the source's flows go
+            rest.update(self.reconcile_many({src} & changed))  # 4. the source: local traffic too
             t3 = self.clock()
-            self.driver.finish_move(old_att)
+            self.driver.finish_move(old_att)  # 5. break: the old attachment goes
+            t4 = self.clock()
         results = {**first, **rest}
         out = self._result(tenant, f"migrated {port} {src} -> {to}", results, [])
         out.update(port=port, src=src, dst=to, ofport=alloc.ofport[port], timings_ms={
-            "destination_flows": round((t1 - t0) * 1000, 1), "attachment_moved": round((t2 - t1) * 1000, 1),
-            "other_hosts_switched": round((t3 - t2) * 1000, 1),
-            "detach_to_all_switched": round((t3 - t1) * 1000, 1)})
+            "destination_ready": round((t1 - t0) * 1000, 1), "other_hosts_switched": round((t2 - t1) * 1000, 1),
+            "source_switched": round((t3 - t2) * 1000, 1), "old_attachment_removed": round((t4 - t3) * 1000, 1),
+            "switch_window": round((t3 - t1) * 1000, 1)})
         return out
 
     def delete(self, name: str) -> dict:

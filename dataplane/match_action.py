@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Iterable, Mapping
 
 # --------------------------------------------------------------------------------------
@@ -180,37 +180,10 @@ class Match:
 
     @staticmethod
     def of(**fields) -> "Match":
-        items = []
-        for name, raw in fields.items():
-            spec = FIELDS.get(name)
-            if spec is None:
-                raise ValueError(f"unknown match field {name!r}")
-            mask = None
-            if isinstance(raw, tuple):
-                raw, mask = raw
-            elif spec.kind == "ipv4" and isinstance(raw, str) and "/" in raw:
-                net = ipaddress.IPv4Network(raw, strict=True)
-                if net.prefixlen < 32:
-                    raw, mask = str(net.network_address), int(net.netmask)
-                else:
-                    raw = str(net.network_address)
-            value = _norm_value(spec, raw)
-            if mask is not None:
-                mask = _norm_mask(spec, mask)
-                if _value_int(spec, value) & ~_value_int(spec, mask):
-                    raise ValueError(f"{name}: value {raw} has bits outside mask {mask}")
-            items.append((name, value, mask))
-        items.sort(key=lambda t: t[0])
-        match = Match(tuple(items))
-        match._check_prereqs()
-        return match
-
-    def _check_prereqs(self):
-        present = {name: value for name, value, _ in self.items}
-        for name in present:
-            for pre, allowed in FIELDS[name].prereq:
-                if present.get(pre) not in allowed:
-                    raise ValueError(f"match on {name} needs {pre} in {[hex(a) for a in allowed]}")
+        items = sorted(_match_item(name, raw) for name, raw in fields.items())
+        _check_prereqs(tuple(n for n, _, _ in items),
+                       tuple((n, v) for n, v, _ in items if n in _PREREQ_FIELDS))
+        return Match(tuple(items))
 
     def get(self, name):
         for n, v, m in self.items:
@@ -218,8 +191,8 @@ class Match:
                 return v if m is None else (v, m)
         return None
 
-    def fields(self) -> set[str]:
-        return {n for n, _, _ in self.items}
+    def fields(self) -> frozenset[str]:
+        return frozenset(n for n, _, _ in self.items)
 
     def matches(self, packet: Mapping) -> bool:
         for name, value, mask in self.items:
@@ -239,7 +212,56 @@ class Match:
     def ofctl(self) -> str:
         """ovs-ofctl syntax, prerequisites first (OVS parsers check them left to right)."""
         items = sorted(self.items, key=lambda it: (_RENDER_RANK.get(it[0], 9), it[0]))
-        return ",".join(f"{FIELDS[n].ofctl}={_fmt_value(FIELDS[n], v, m)}" for n, v, m in items)
+        return ",".join(_item_text(*it) for it in items)
+
+
+_PREREQ_FIELDS = frozenset(pre for spec in FIELDS.values() for pre, _ in spec.prereq)
+
+# Compiling a large deployment builds hundreds of thousands of matches out of a few
+# thousand distinct (field, value) pairs (tenants share CAs, ports, MACs): normalize,
+# check and render each pair once.
+_CACHE = 1 << 17
+
+
+@lru_cache(maxsize=_CACHE)
+def _match_item(name: str, raw) -> tuple:
+    spec = FIELDS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown match field {name!r}")
+    mask = None
+    if isinstance(raw, tuple):
+        raw, mask = raw
+    elif spec.kind == "ipv4" and isinstance(raw, str) and "/" in raw:
+        net = ipaddress.IPv4Network(raw, strict=True)
+        if net.prefixlen < 32:
+            raw, mask = str(net.network_address), int(net.netmask)
+        else:
+            raw = str(net.network_address)
+    value = _norm_value(spec, raw)
+    if mask is not None:
+        mask = _norm_mask(spec, mask)
+        if _value_int(spec, value) & ~_value_int(spec, mask):
+            raise ValueError(f"{name}: value {raw} has bits outside mask {mask}")
+    return (name, value, mask)
+
+
+@lru_cache(maxsize=_CACHE)
+def _check_prereqs(names: tuple, prereq_values: tuple) -> None:
+    present = dict(prereq_values)
+    for name in names:
+        for pre, allowed in FIELDS[name].prereq:
+            if present.get(pre) not in allowed:
+                raise ValueError(f"match on {name} needs {pre} in {[hex(a) for a in allowed]}")
+
+
+@lru_cache(maxsize=_CACHE)
+def _norm_cached(name: str, value):
+    return _norm_value(FIELDS[name], value)
+
+
+@lru_cache(maxsize=_CACHE)
+def _item_text(name: str, value, mask) -> str:
+    return f"{FIELDS[name].ofctl}={_fmt_value(FIELDS[name], value, mask)}"
 
 
 def _norm_mask(spec: FieldSpec, mask):
@@ -284,7 +306,7 @@ class SetField(Action):
         spec = FIELDS.get(self.field)
         if spec is None:
             raise ValueError(f"unknown field {self.field!r}")
-        object.__setattr__(self, "value", _norm_value(spec, self.value))
+        object.__setattr__(self, "value", _norm_cached(self.field, self.value))
         if self.mask is not None and spec.kind != "int":
             raise ValueError("masked set only on integer fields")
 

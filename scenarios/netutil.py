@@ -158,8 +158,11 @@ def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: float = 3, p
             _t.sleep(0.1)
         if p.returncode != 0:
             raise RuntimeError(f"iperf3 failed: {p.stdout[-500:]}{p.stderr[-500:]}")
-        r = _json.loads(p.stdout)["end"]
-        received = r.get("sum_received") or r["sum"]
+        doc = _json.loads(p.stdout)
+        r = doc["end"]
+        received = r.get("sum_received") or r.get("sum")
+        if received is None:
+            raise RuntimeError(f"iperf3 {client_ns} -> {server_ip}: {doc.get('error') or 'no result'}")
         return {"mbps": round(received["bits_per_second"] / 1e6, 1),
                 "retransmits": r.get("sum_sent", {}).get("retransmits", 0)}
     finally:

@@ -8,6 +8,7 @@ workloads from whoever runs them; the driver leaves those alone.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 from tep import workload
@@ -32,6 +33,11 @@ def _db(info: dict) -> Ovsdb:
     """The host's OVSDB: a local socket for lab hosts, ssl: for hosts that joined."""
     tls = info.get("ovsdb_tls")
     return Ovsdb(info["ovsdb"], tuple(tls) if tls else None)
+
+
+def _external_ids(a: Attachment) -> dict[str, str]:
+    return {"iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
+            "attached-mac": a.mac}
 
 
 def workload_namespace(prefix: str, tenant: str, port: str) -> str:
@@ -63,37 +69,44 @@ class LabDriver:
             return
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
+        _db(info).plug(ifname, a.ofport, _external_ids(a))
         workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway)
-        _db(info).plug(ifname, a.ofport, {
-            "iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
-            "attached-mac": a.mac})
 
-    def prepare_move(self, new: Attachment) -> None:
-        """Before a live move: the destination's br-int gets the port (its interface does
-        not exist there yet; ovs-vswitchd opens it the moment it appears)."""
+    def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
+        """Make: the workload gets a second attachment, into the destination's br-int
+        (whose flows for it are already in place), and we wait until that OVS has
+        opened the port. Both attachments now deliver; the old one still carries the
+        traffic the other hosts send to the old PA."""
         dst = self._lab(new.host)
-        if dst is not None:
-            _db(dst).plug(host_ifname(new.tenant, new.port), new.ofport, {
-                "iface-id": f"{new.tenant}/{new.port}", "nvctl-tenant": new.tenant,
-                "nvctl-port": new.port, "attached-mac": new.mac})
+        if dst is None:
+            return
+        ns = workload_namespace(dst["prefix"], new.tenant, new.port)
+        ifname = host_ifname(new.tenant, new.port)
+        db = _db(dst)
+        db.plug(ifname, new.ofport, _external_ids(new))
+        workload.attach(ns, dst["netns"], ifname)
+        deadline = time.monotonic() + timeout
+        while db.vsctl("get", "interface", ifname, "ofport").strip() != str(new.ofport):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{new.host}: OVS did not open {ifname} as ofport {new.ofport} in {timeout:.0f}s")
+            time.sleep(0.005)
+
+    def finish_move(self, old: Attachment) -> None:
+        """Break: after every host forwards to the new place, the old attachment goes."""
+        src = self._lab(old.host)
+        if src is None:
+            return
+        workload.detach(workload_namespace(src["prefix"], old.tenant, old.port), src["netns"])
+        _db(src).unplug(host_ifname(old.tenant, old.port), wait=False)
 
     def move(self, old: Attachment, new: Attachment) -> None:
-        """Live-move a workload to another host: the veth's host end goes from the old
-        host's namespace into the new one (whose br-int already has the port, see
-        prepare_move); the old br-int forgets it without being waited for. The workload
-        keeps its namespace, addresses and open sockets."""
-        src, dst = self._lab(old.host), self._lab(new.host)
-        if src is None or dst is None:
+        """Re-home a workload (a tenant apply that changed its host): attach, detach."""
+        if self._lab(new.host) is None or self._lab(old.host) is None:
             self.unplug(old)
             self.plug(new)
             return
-        workload.move_attachment(host_ifname(new.tenant, new.port), src["netns"], dst["netns"])
-
-    def finish_move(self, old: Attachment) -> None:
-        """After a live move: the old br-int forgets the port (its device is gone)."""
-        src = self._lab(old.host)
-        if src is not None:
-            _db(src).unplug(host_ifname(old.tenant, old.port), wait=False)
+        self.prepare_move(new)
+        self.finish_move(old)
 
     def unplug(self, a: Attachment) -> None:
         info = self._lab(a.host)

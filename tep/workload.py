@@ -1,12 +1,15 @@
-"""A lab workload ("VM"): a network namespace whose eth0 is a veth into a host's br-int.
+"""A lab workload ("VM"): a network namespace whose eth0 reaches a host's br-int.
 
-The workload keeps its namespace, addresses and sockets when it moves: only the host
-end of the veth is re-created in the new host's namespace.
+eth0 is a small bridge holding the workload's MAC and addresses; its ports are veths
+into hosts. A live migration attaches the workload to the destination first, switches
+the flows, then detaches it from the source (make-before-break, nothing moves between
+namespaces), so the workload keeps its namespace, addresses and sockets.
 """
 from __future__ import annotations
 
+import hashlib
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import NetNS, netns
 
 from tep.ovs import run
 
@@ -39,28 +42,45 @@ def delete_namespace(name: str) -> None:
         netns.remove(name)
 
 
+def attachment_name(host_ns: str) -> str:
+    """The workload-side end of its veth into one host: 11 characters, stable per host."""
+    return "h" + hashlib.blake2b(host_ns.encode(), digest_size=5).hexdigest()
+
+
 def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefixlen: int,
                     mac: str, gateway: str | None = None, mtu: int = 1500) -> None:
-    """Make the workload namespace look as asked: eth0 <-> host_ifname in host_ns, with
-    this MAC, address and default gateway. Idempotent, and updates in place: an existing
-    workload keeps its namespace (and its processes and sockets)."""
+    """Make the workload namespace look as asked: eth0 with this MAC, address and
+    default gateway, attached to host_ns (host end host_ifname) and to no other host.
+    Idempotent, and updates in place: an existing workload keeps its namespace (and
+    its processes and sockets).
+
+    eth0 is a Linux bridge (STP off, ports isolated from each other) whose ports are
+    veths into hosts: one normally, two during a live migration. The workload's MAC
+    and addresses belong to the bridge, so they stay while attachments come and go."""
     ensure_namespace(ns_name)
     with NetNS(ns_name) as ns:
         have = ns.link_lookup(ifname=WORKLOAD_IFNAME)
-        peer_ok = False
-        if have:
-            with NetNS(host_ns) as hns:
-                peer_ok = bool(hns.link_lookup(ifname=host_ifname))
-            if not peer_ok:
-                ns.link("del", index=have[0])
-    if not peer_ok:
-        _new_veth(ns_name, host_ns, host_ifname, mtu)
-    with NetNS(ns_name) as ns:
-        idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
+        if have and ns.get_links(have[0])[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") != "bridge":
+            ns.link("del", index=have[0])  # a workload from before eth0 was a bridge
+            have = []
+        if not have:
+            ns.link("add", ifname=WORKLOAD_IFNAME, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                    address=mac, mtu=mtu)
+            have = ns.link_lookup(ifname=WORKLOAD_IFNAME)
+        idx = have[0]
         link = ns.get_links(idx)[0]
         if link.get_attr("IFLA_ADDRESS") != mac:
             ns.link("set", index=idx, state="down")
             ns.link("set", index=idx, address=mac)
+    # The userspace datapath does not fill in checksums left to offload.
+    run(["ip", "netns", "exec", ns_name, "ethtool", "-K", WORKLOAD_IFNAME, "tx", "off"])
+    keep = attachment_name(host_ns)
+    for name in attachments(ns_name):
+        if name != keep:
+            _delete_link(ns_name, name)
+    attach(ns_name, host_ns, host_ifname, mtu)
+    with NetNS(ns_name) as ns:
+        idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
         want = (ip, prefixlen)
         for a in ns.get_addr(index=idx, family=2):
             if (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) != want:
@@ -74,54 +94,47 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
 
 
-def _drop_links(handle, *names: str) -> None:
-    for name in names:
-        for idx in handle.link_lookup(ifname=name):
-            handle.link("del", index=idx)
+def attachments(ns_name: str) -> list[str]:
+    """The workload's current attachments (ports of its eth0 bridge)."""
+    with NetNS(ns_name) as ns:
+        br = ns.link_lookup(ifname=WORKLOAD_IFNAME)
+        if not br:
+            return []
+        return [lk.get_attr("IFLA_IFNAME") for lk in ns.get_links() if lk.get_attr("IFLA_MASTER") == br[0]]
 
 
-def _new_veth(ns_name: str, host_ns: str, host_ifname: str, mtu: int) -> None:
-    tmp = f"t{host_ifname[1:]}"[:15]
-    # leftovers of a creation that was interrupted (a controller killed mid-change)
-    with NetNS(ns_name) as ns:
-        _drop_links(ns, tmp)
+def attach(ns_name: str, host_ns: str, host_ifname: str, mtu: int = 1500) -> None:
+    """Plug the workload into one more host: a veth from its eth0 bridge to host_ns.
+    Idempotent: an attachment whose host end is missing is made again."""
+    name = attachment_name(host_ns)
     with NetNS(host_ns) as hns:
-        _drop_links(hns, host_ifname)
-    with IPRoute() as ipr:
-        _drop_links(ipr, host_ifname, tmp)
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": tmp})
-        try:
-            ipr.link("set", index=ipr.link_lookup(ifname=tmp)[0], net_ns_fd=ns_name)
-            ipr.link("set", index=ipr.link_lookup(ifname=host_ifname)[0], net_ns_fd=host_ns)
-        except Exception:
-            for name in (host_ifname, tmp):
-                for idx in ipr.link_lookup(ifname=name):
-                    ipr.link("del", index=idx)
-            raise
+        host_end = bool(hns.link_lookup(ifname=host_ifname))
+    if name in attachments(ns_name) and host_end:
+        return
+    _delete_link(ns_name, name)
+    _delete_link(host_ns, host_ifname)
+    # made directly in both namespaces: nothing is moved, nothing lands in ours
+    run(["ip", "link", "add", name, "netns", ns_name, "mtu", str(mtu), "type", "veth",
+         "peer", "name", host_ifname, "netns", host_ns, "mtu", str(mtu)])
+    run(["ip", "-n", ns_name, "link", "set", name, "master", WORKLOAD_IFNAME, "up"])
+    run(["bridge", "-n", ns_name, "link", "set", "dev", name, "isolated", "on"])
+    run(["ip", "netns", "exec", ns_name, "ethtool", "-K", name, "tx", "off"])
+    run(["ip", "-n", host_ns, "link", "set", host_ifname, "up"])
+
+
+def detach(ns_name: str, host_ns: str) -> None:
+    """Unplug the workload from one host (its veth goes, both ends)."""
+    _delete_link(ns_name, attachment_name(host_ns))
+
+
+def _delete_link(ns_name: str, ifname: str) -> None:
+    if ns_name not in namespaces():
+        return
     with NetNS(ns_name) as ns:
-        idx = ns.link_lookup(ifname=tmp)[0]
-        ns.link("set", index=idx, ifname=WORKLOAD_IFNAME, mtu=mtu)
-    with NetNS(host_ns) as hns:
-        idx = hns.link_lookup(ifname=host_ifname)[0]
-        hns.link("set", index=idx, mtu=mtu, state="up")
-    # The userspace datapath does not fill in checksums left to offload.
-    run(["ip", "netns", "exec", ns_name, "ethtool", "-K", WORKLOAD_IFNAME, "tx", "off"])
+        for idx in ns.link_lookup(ifname=ifname):
+            ns.link("del", index=idx)
 
 
 def delete_workload(ns_name: str, host_ns: str, host_ifname: str) -> None:
-    if host_ns in namespaces():
-        with NetNS(host_ns) as hns:
-            for idx in hns.link_lookup(ifname=host_ifname):
-                hns.link("del", index=idx)
+    _delete_link(host_ns, host_ifname)
     delete_namespace(ns_name)
-
-
-def move_attachment(host_ifname: str, from_ns: str, to_ns: str, mtu: int = 1500) -> None:
-    """Move the host end of a workload's veth to another host's namespace. The workload
-    end (eth0, its addresses and sockets) is untouched. This is the outage of a live
-    migration. Measured here, per move: two `ip -n` calls 20-30 ms; pyroute2 NetNS
-    contexts ~60 ms (a helper process forked per namespace); NetNS handles kept open
-    30-80 ms inside the controller's green threads."""
-    run(["ip", "-n", from_ns, "link", "set", "dev", host_ifname, "netns", to_ns])
-    run(["ip", "-n", to_ns, "link", "set", "dev", host_ifname, "mtu", str(mtu), "up"])

@@ -47,7 +47,7 @@ def test_migration_keeps_addresses_and_tcp_and_loses_at_most_a_few_pings(lab, bl
     print(f"\nmigration hv1 -> hv3: {lost} of {sent} pings lost at 10 ms; TCP stream {report}; "
           f"timings {moved['timings_ms']}")
     assert report["error"] is None and report["echoed"] == report["sent"] > 100, report
-    assert lost <= 3, f"{lost} pings lost"
+    assert lost <= 1, f"{lost} pings lost (target: at most 1)"
     assert addresses(vm1["namespace"]) == before
     shown = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
     assert shown["vm1"]["host"] == "hv3" and shown["vm1"]["up"]
@@ -58,9 +58,9 @@ def test_twenty_migrations_leave_exactly_a_fresh_compiles_flows(lab, blue):
     for i in range(20):
         to = "hv1" if i % 2 == 0 else "hv3"
         r = json.loads(nvctl(lab, "port", "migrate", "blue/vm1", "--to", to, "--json").stdout)
-        interruptions.append(r["timings_ms"]["detach_to_all_switched"])
+        interruptions.append(r["timings_ms"]["switch_window"])
     interruptions.sort()
-    print(f"\n20 migrations: interruption median {interruptions[10]} ms, max {interruptions[-1]} ms")
+    print(f"\n20 migrations: switch window median {interruptions[10]} ms, max {interruptions[-1]} ms")
     for h in ("hv1", "hv2", "hv3"):
         flows = nvctl_json(lab, "flows", h)
         assert not flows["unexpected"] and all(f["installed"] for f in flows["flows"]), h

@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.installed
 DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
           iproute2 mininet bridge-utils python3-venv
 
-.PHONY: demo test unit integration deps venv clean
+.PHONY: demo test unit integration bench deps venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/nvctl demo
+
+bench: $(STAMP)
+	$(PY) -m bench.run
 
 test: $(STAMP)
 	NVCTL_REQUIRE_INTEGRATION=1 $(PY) -m pytest -v tests

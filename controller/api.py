@@ -33,6 +33,7 @@ def operations(core) -> dict:
         "ping": lambda: {"pong": True},
         "host.register": core.register_host,
         "host.invite": core.invite_host,
+        "host.resync": core.resync,
         "host.list": core.list_hosts,
         "tenant.validate": core.validate,
         "tenant.create": core.create,

@@ -283,6 +283,13 @@ def cmd_host_join(a):
     _print(r, a.json)
 
 
+def cmd_host_resync(a):
+    r = call(_api(a), "host.resync", name=a.name)
+    if a.json:
+        return _print(r, True)
+    print(f"{r['host']}: re-read the switch, sent {r['flow_mods']} flow-mods to repair it ({r['ms']} ms)")
+
+
 def cmd_demo(a):
     from scenarios.demo import run_demo
     sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
@@ -413,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: system if the openvswitch kernel module is loaded, else netdev")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for flows (default 60)")
     p.set_defaults(fn=cmd_host_join)
+    p = hs.add_parser("resync", parents=[common],
+                      help="re-read a host's flows from its switch and repair any difference")
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_host_resync)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

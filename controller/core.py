@@ -329,6 +329,22 @@ class Core:
             return peer_name == host
         return True
 
+    def resync(self, name: str) -> dict:
+        """Re-read one host's flows, meters and groups from the switch and repair any
+        difference (flows deleted or added by hand), without reconnecting."""
+        st = self.state.get(name)
+        if st is None:
+            raise ApiError(f"no host {name!r} (hosts: {', '.join(sorted(self.hosts))})")
+        if st.session is None:
+            raise ApiError(f"host {name} is not connected")
+        with st.lock:
+            st.installed = st.meters = st.groups = None
+        t0 = self.clock()
+        n = self.reconcile(name)
+        if n is None:
+            raise ApiError(f"host {name}: {st.error or 'not connected'}")
+        return {"host": name, "flow_mods": n, "ms": round((self.clock() - t0) * 1000, 1)}
+
     def host_self(self, token: str, peer_name: str | None) -> dict:
         """What a joined host may ask about itself."""
         name = self._invitation(token, peer_name)["name"]

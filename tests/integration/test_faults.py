@@ -39,6 +39,19 @@ def test_controller_sigkill_traffic_keeps_flowing_and_restart_sends_nothing(lab,
     assert {h: installed_cookies(lab, h) for h in HOSTS} == before
 
 
+def test_host_resync_repairs_flows_removed_by_hand(lab, blue):
+    want = installed_cookies(lab, "hv2")
+    gone = sorted(want)[:7]
+    for c in gone:
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", "br-int", f"cookie={c:#x}/-1"],
+                       env=lab.ovs_env("hv2"), check=True, capture_output=True, timeout=30)
+    assert len(installed_cookies(lab, "hv2")) == len(want) - 7
+    r = nvctl_json(lab, "host", "resync", "hv2")
+    assert r["flow_mods"] == 7, r
+    assert installed_cookies(lab, "hv2") == want
+    assert nvctl_json(lab, "host", "resync", "hv2")["flow_mods"] == 0
+
+
 def test_a_restarted_vswitchd_gets_its_flows_back(lab, blue):
     want = installed_cookies(lab, "hv2")
     assert lab.kill_vswitchd("hv2")

@@ -1,0 +1,150 @@
+"""Benchmarks of the controller without switches: compile scaling, a one-port change in a
+large deployment, and memory. Each reports raw figures and a ratio to a baseline
+measured in the same run."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.synth import deployment, tenant_doc
+from controller.compiler import compile_world
+
+PORTS_PER_TENANT = 10
+
+
+def _fit_exponent(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log(y) over log(x): y ~ x^k."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def compile_scaling(sizes=(62, 125, 250, 500, 1000), log=print) -> dict:
+    """Full compile of N tenants x 10 ports on N/10 hosts, N up to 1,000 (10,000 ports)."""
+    rows = []
+    for n in sizes:
+        host_count = max(2, n // 10)
+        hs, world, _ = deployment(n, PORTS_PER_TENANT, host_count)
+        t0 = time.perf_counter()
+        flows = compile_world(hs, world)
+        dt = time.perf_counter() - t0
+        per_host = [len(v) for v in flows.values()]
+        rows.append({"tenants": n, "ports": n * PORTS_PER_TENANT, "hosts": host_count,
+                     "seconds": round(dt, 3), "flows": sum(per_host),
+                     "flows_per_host_mean": round(sum(per_host) / len(per_host)),
+                     "flows_per_host_max": max(per_host)})
+        log(f"[bench] compile {n} tenants / {n * PORTS_PER_TENANT} ports / {host_count} hosts: "
+            f"{dt:.2f}s, {sum(per_host)} flows, {max(per_host)} max per host")
+    k = _fit_exponent([r["ports"] for r in rows], [r["seconds"] for r in rows])
+    base = rows[0]
+    return {"rows": rows, "exponent": round(k, 2),
+            "ratio_largest_to_smallest": round(rows[-1]["seconds"] / base["seconds"], 1),
+            "size_ratio": rows[-1]["ports"] / base["ports"],
+            "target_seconds": 1.0, "largest_seconds": rows[-1]["seconds"]}
+
+
+def _yaml(doc: dict) -> str:
+    import yaml
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def one_port_change(tenants: int = 1000, host_count: int = 100, repeats: int = 20, log=print) -> dict:
+    """A controller core holding the whole deployment; move one port of one tenant to
+    another host, `repeats` times. Time per change and the hosts / flow changes it
+    touches, against a full recompile in the same process."""
+    from controller.allocator import Allocation  # noqa: F401  (the store holds its JSON)
+    from controller.core import Core
+    from controller.store import HostRecord, SqliteStore
+
+    hs, world, docs = deployment(tenants, PORTS_PER_TENANT, host_count)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(os.path.join(tmp, "desired.db"))
+        for i, h in enumerate(hs.values()):
+            store.put_host(HostRecord(h.name, h.pa, 0x1000 + i, {"kind": "bench"}))
+        from topology import schema
+        for name, (t, a) in world.items():
+            store.put_tenant(name, schema.to_doc(t), a.to_json(), None)
+        t0 = time.perf_counter()
+        core = Core(store)  # a full compile from the store, as at controller start
+        full_start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        core._recompile_all()
+        full = time.perf_counter() - t0
+        names = sorted(hs, key=lambda h: int(h[2:]))
+        times, touched, mods = [], [], []
+        for r in range(repeats):
+            tname = f"t{(r * 37) % tenants}"
+            doc = docs[tname]
+            port = doc["spec"]["ports"][r % PORTS_PER_TENANT]
+            port["host"] = names[(names.index(port["host"]) + 1 + r) % len(names)]
+            before = {h: set(d) for h, d in core.desired.items()}
+            t0 = time.perf_counter()
+            core.apply(_yaml(doc))
+            times.append(time.perf_counter() - t0)
+            after = {h: set(d) for h, d in core.desired.items()}
+            changed = {h: len(before[h] ^ after[h]) for h in after if before[h] != after[h]}
+            touched.append(len(changed))
+            mods.append(sum(changed.values()))
+        store.close()
+    times.sort()
+    med = times[len(times) // 2]
+    out = {"tenants": tenants, "ports": tenants * PORTS_PER_TENANT, "hosts": host_count,
+           "change_ms_median": round(med * 1000, 2), "change_ms_max": round(times[-1] * 1000, 2),
+           "hosts_touched_median": sorted(touched)[len(touched) // 2], "hosts_touched_max": max(touched),
+           "flow_changes_median": sorted(mods)[len(mods) // 2],
+           "full_recompile_ms": round(full * 1000, 1), "controller_start_ms": round(full_start * 1000, 1),
+           "ratio_change_to_full": round(med / full, 4), "target_ms": 5.0}
+    log(f"[bench] one-port change: median {out['change_ms_median']} ms (max {out['change_ms_max']}), "
+        f"{out['hosts_touched_median']} of {host_count} hosts touched, {out['flow_changes_median']} flow "
+        f"changes; full recompile {out['full_recompile_ms']} ms")
+    return out
+
+
+MEMORY_SCRIPT = """
+import json, os, sys, tempfile
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+from bench.synth import deployment
+from controller.core import Core
+from controller.store import HostRecord, SqliteStore
+from topology import schema
+base = rss()
+tenants, hosts = int(sys.argv[1]), int(sys.argv[2])
+hs, world, docs = deployment(tenants, 10, hosts)
+tmp = tempfile.mkdtemp()
+store = SqliteStore(os.path.join(tmp, "desired.db"))
+for i, h in enumerate(hs.values()):
+    store.put_host(HostRecord(h.name, h.pa, 0x1000 + i, {"kind": "bench"}))
+for name, (t, a) in world.items():
+    store.put_tenant(name, schema.to_doc(t), a.to_json(), None)
+del hs, world, docs
+core = Core(store)
+flows = sum(len(d) for d in core.desired.values())
+print(json.dumps({"baseline_mb": round(base, 1), "loaded_mb": round(rss(), 1), "flows": flows}))
+store.close()
+import shutil; shutil.rmtree(tmp)
+"""
+
+
+def memory(tenants: int = 1000, host_count: int = 100, log=print) -> dict:
+    """RSS of a fresh process holding the controller core for the deployment, against
+    the same process after its imports (the baseline)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tenants), str(host_count)],
+                       capture_output=True, text=True, cwd=root, timeout=600, check=True)
+    import json
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r.update(tenants=tenants, ports=tenants * PORTS_PER_TENANT, hosts=host_count, target_mb=300,
+             ratio_to_baseline=round(r["loaded_mb"] / r["baseline_mb"], 1))
+    log(f"[bench] memory with {r['ports']} ports: {r['loaded_mb']} MB RSS "
+        f"(baseline after imports {r['baseline_mb']} MB), {r['flows']} desired flows")
+    return r
+
+
+__all__ = ["compile_scaling", "one_port_change", "memory", "tenant_doc"]

@@ -1,0 +1,142 @@
+"""Run the benchmarks: `make bench` (= python -m bench.run). Root, as for the lab.
+
+Writes DIR/results.json, one PNG per benchmark and BENCHMARKS.md (the figures, the
+machine, how to reproduce). Every figure comes with a baseline measured in the same run.
+`--only compile,change,memory,install,migration` picks some.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL = ("compile", "change", "memory", "install", "migration")
+
+
+def machine() -> dict:
+    ovs = subprocess.run(["ovs-vswitchd", "--version"], capture_output=True, text=True).stdout.splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    mem = next((int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mb": mem, "kernel": platform.release(),
+            "python": platform.python_version(), "ovs": ovs[0] if ovs else "?",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def plots(res: dict, out: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    made = []
+    if "compile" in res:
+        rows = res["compile"]["rows"]
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        xs = [r["ports"] for r in rows]
+        ax[0].loglog(xs, [r["seconds"] for r in rows], "o-", label=f"compile (k={res['compile']['exponent']})")
+        ax[0].loglog(xs, [rows[0]["seconds"] * x / xs[0] for x in xs], "--", label="linear from smallest")
+        ax[0].axhline(1.0, color="r", lw=0.8, label="target 1 s")
+        ax[0].set_xlabel("ports (tenants x 10, hosts = tenants / 10)")
+        ax[0].set_ylabel("full compile, s")
+        ax[0].legend()
+        ax[1].plot(xs, [r["flows_per_host_mean"] for r in rows], "o-", label="mean")
+        ax[1].plot(xs, [r["flows_per_host_max"] for r in rows], "s-", label="max")
+        ax[1].set_xlabel("ports")
+        ax[1].set_ylabel("flows per host")
+        ax[1].legend()
+        fig.tight_layout()
+        made.append(_save(fig, out, "compile.png"))
+    if "change" in res or "memory" in res:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        if "change" in res:
+            c = res["change"]
+            ax[0].bar(["one-port change\n(median)", "full recompile"], [c["change_ms_median"], c["full_recompile_ms"]])
+            ax[0].set_yscale("log")
+            ax[0].set_ylabel("ms")
+            ax[0].set_title(f"{c['ports']} ports / {c['hosts']} hosts")
+        if "memory" in res:
+            m = res["memory"]
+            ax[1].bar(["after imports", f"{m['ports']} ports loaded"], [m["baseline_mb"], m["loaded_mb"]])
+            ax[1].axhline(m["target_mb"], color="r", lw=0.8, label="target")
+            ax[1].set_ylabel("RSS, MB")
+            ax[1].legend()
+        fig.tight_layout()
+        made.append(_save(fig, out, "change_memory.png"))
+    if "install" in res:
+        i = res["install"]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.bar(["controller\n(reconnect resync)", "ovs-ofctl --bundle"],
+               [i["controller_flows_per_s"], i["ofctl_flows_per_s"]])
+        ax.set_ylabel("flows per second")
+        ax.set_title(f"{i['flows']} flows into one OVS")
+        fig.tight_layout()
+        made.append(_save(fig, out, "install.png"))
+    if "migration" in res:
+        m = res["migration"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(range(1, len(m["windows_ms"]) + 1), m["windows_ms"], "o-")
+        ax.set_xlabel("migration")
+        ax.set_ylabel("switch window, ms")
+        ax.set_title(f"{m['pings_lost_during_moves']}/{m['pings_sent_during_moves']} pings lost "
+                     f"(baseline {m['baseline_pings_lost']}/{m['baseline_pings_sent']})")
+        fig.tight_layout()
+        made.append(_save(fig, out, "migration.png"))
+    return made
+
+
+def _save(fig, out: str, name: str) -> str:
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=90)
+    return name
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results directory")
+    ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for reporting)")
+    a = ap.parse_args(argv)
+    only = [x for x in a.only.split(",") if x]
+    bad = [x for x in only if x not in ALL]
+    if bad:
+        ap.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(ALL)})")
+    os.makedirs(a.out, exist_ok=True)
+    from bench import live, pure
+    t0 = time.monotonic()
+    res: dict = {"machine": machine()}
+    big = (100, 10) if a.quick else (1000, 100)
+    if "compile" in only:
+        res["compile"] = pure.compile_scaling((12, 25, 50, 100) if a.quick else (62, 125, 250, 500, 1000))
+    if "change" in only:
+        res["change"] = pure.one_port_change(*big)
+    if "memory" in only:
+        res["memory"] = pure.memory(*big)
+    if {"install", "migration"} & set(only):
+        from scenarios.lab import Lab
+        d = tempfile.mkdtemp(prefix="nvbench-")
+        lab = Lab(d, log=lambda m: print(m, flush=True))
+        try:
+            lab.up(hosts=3)
+            if "migration" in only:
+                res["migration"] = live.migration(lab, moves=6 if a.quick else 20)
+            if "install" in only:
+                res["install"] = live.install_rate(lab, tenants=10 if a.quick else 60)
+        finally:
+            lab.down(quiet=True)
+            shutil.rmtree(d, ignore_errors=True)
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    res["plots"] = plots(res, a.out)
+    print(f"[bench] done in {res['seconds']}s: {a.out}/results.json, plots {', '.join(res['plots'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,12 +52,13 @@ def fresh_compile_changes(lb: Lab) -> list[dict]:
     return [h for h in lb.wait_synced(60) if h["last_sync_flow_mods"] != 0]
 
 
-@pytest.fixture(scope="module")
-def lab():
+def running_lab(hosts: int = 3):
+    """A lab for one test module: up, yielded, then checked for drift (a fresh full
+    compile must send nothing) and removed with everything in its state directory."""
     lb = make_lab()
     drift = None
     try:
-        lb.up(hosts=3)
+        lb.up(hosts=hosts)
         yield lb
         drift = fresh_compile_changes(lb)
     finally:
@@ -66,3 +67,8 @@ def lab():
         shutil.rmtree(lb.dir, ignore_errors=True)
         assert not left, f"lab down left namespaces behind: {left}"
     assert not drift, f"incremental updates drifted from a full compile: {drift}"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    yield from running_lab(3)

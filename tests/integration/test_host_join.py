@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import time
 import pytest
 
 from scenarios.lab import HostPlan
-from tests.integration.conftest import fresh_compile_changes, make_lab
+from tests.integration.conftest import fresh_compile_changes, running_lab
 from tests.integration.helpers import ROOT, apply_yaml, nvctl, nvctl_json, ping_many
 
 TENANT = """
@@ -33,16 +32,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def jlab():
-    lb = make_lab()
-    drift = None
-    try:
-        lb.up(hosts=2)
-        yield lb
-        drift = fresh_compile_changes(lb)
-    finally:
-        lb.down(quiet=True)
-        shutil.rmtree(lb.dir, ignore_errors=True)  # the bundles the test wrote
-    assert not drift, f"incremental updates drifted from a full compile: {drift}"
+    yield from running_lab(2)
 
 
 def join_in(lb, index: int, bundle: str, *extra, check=True):

@@ -13,7 +13,8 @@ import yaml
 
 from bench.synth import tenant_doc
 from controller.api import call
-from scenarios.lab import CONTROLLER_IP, OF_PORT, HostPlan, Lab
+from controller.compiler import TUNNEL_OFPORT
+from scenarios.lab import CONTROLLER_IP, OF_PORT, Lab
 from tep.ovs import INTEGRATION_BRIDGE
 
 BENCH_HOST = 9  # a bare lab host registered as kind "bench": flows only, no workloads
@@ -40,7 +41,7 @@ def install_rate(lab: Lab, tenants: int = 60, repeats: int = 3, log=print) -> di
     p = lab.add_bare_host(BENCH_HOST)
     db = lab.ovsdb(p.name)
     target = f"tcp:{CONTROLLER_IP}:{OF_PORT}"
-    db.ensure_integration_bridge(p.dpid, target, p.pa, 1)
+    db.ensure_integration_bridge(p.dpid, target, p.pa, TUNNEL_OFPORT)
     call(lab.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info={"kind": "bench"})
     for i in range(tenants):
         doc = tenant_doc(i, 10, [p.name])
@@ -133,5 +134,3 @@ def migration(lab: Lab, moves: int = 20, log=print) -> dict:
         f"max {out['switch_window_ms_max']} ms")
     return out
 
-
-__all__ = ["install_rate", "migration", "HostPlan"]

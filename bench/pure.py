@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from bench.synth import deployment, tenant_doc
+from bench.synth import deployment
 from controller.compiler import compile_world
 
 PORTS_PER_TENANT = 10
@@ -56,7 +56,6 @@ def one_port_change(tenants: int = 1000, host_count: int = 100, repeats: int = 2
     """A controller core holding the whole deployment; move one port of one tenant to
     another host, `repeats` times. Time per change and the hosts / flow changes it
     touches, against a full recompile in the same process."""
-    from controller.allocator import Allocation  # noqa: F401  (the store holds its JSON)
     from controller.core import Core
     from controller.store import HostRecord, SqliteStore
 
@@ -146,5 +145,3 @@ def memory(tenants: int = 1000, host_count: int = 100, log=print) -> dict:
         f"(baseline after imports {r['baseline_mb']} MB), {r['flows']} desired flows")
     return r
 
-
-__all__ = ["compile_scaling", "one_port_change", "memory", "tenant_doc"]

@@ -20,6 +20,7 @@ import os
 import sys
 
 from controller.api import ApiClientError, call
+from tep.join import DEFAULT_DB
 from scenarios.lab import Lab, LabError, state_dir_from
 
 
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="underlay interface: added to br-phy, which gets the PA (userspace datapath). "
                         "Without it the PA must already be on this host")
     p.add_argument("--prefixlen", type=int, default=24, help="PA prefix length with --uplink (default 24)")
-    p.add_argument("--db", default="unix:/var/run/openvswitch/db.sock",
+    p.add_argument("--db", default=DEFAULT_DB,
                    help="this host's OVSDB (default %(default)s)")
     p.add_argument("--pki-dir", default="/etc/nvctl/pki", help="where the key and certificates go")
     p.add_argument("--datapath-type", choices=["system", "netdev"],

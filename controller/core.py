@@ -30,7 +30,7 @@ from controller.compiler import Host, compile_host, compile_tenant
 from controller.pipeline import LAYER_BY_ID, PIPELINE
 from controller.store import HostRecord, Store
 from tep.driver import Attachment, LabDriver
-from tep.ovs import INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
+from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
@@ -267,7 +267,7 @@ class Core:
                 raise ApiError("this controller has no PKI (start it with --pki DIR), so it cannot "
                                "issue certificates; invite with --insecure for plain TCP")
             taken = {h.dpid for h in self.hosts.values()} | {i["dpid"] for i in invites.values()}
-            dpid = 0x4E56_0000_0000 | int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")
+            dpid = DPID_PREFIX | int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")
             while dpid in taken:
                 dpid += 1
             inv = {"name": name, "pa": pa, "dpid": dpid, "token": secrets.token_hex(16), "tls": bool(tls),

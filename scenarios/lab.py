@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run
+from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run
 from tep.workload import ipv4_only
 from controller.compiler import TUNNEL_OFPORT
 
@@ -69,7 +69,7 @@ class HostPlan:
 
     @property
     def dpid(self) -> int:
-        return 0x4E56_0000_0000 + self.index  # "NV" + index
+        return DPID_PREFIX + self.index
 
 
 class Lab:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 TUNNEL_PORT_NAME = "vxlan0"
 INTEGRATION_BRIDGE = "br-int"
 PHYSICAL_BRIDGE = "br-phy"
+DPID_PREFIX = 0x4E56_0000_0000  # "NV": every datapath id nvctl assigns starts so
 OVSDB_PORT = 6640  # a joined host's ovsdb-server: pssl: (ptcp: only when insecure)
 
 

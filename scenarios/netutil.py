@@ -7,6 +7,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import time
 
 
 def in_ns(ns: str, *cmd, timeout=60, check=False) -> subprocess.CompletedProcess:
@@ -138,6 +139,19 @@ def tcp_stream(ns: str, ip: str, port: int, seconds: float, interval: float = 0.
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def wait_listening(ns: str, port: int, udp: bool = False, timeout: float = 10) -> None:
+    """Wait until something in namespace `ns` listens on `port` (read with ss)."""
+    deadline = time.monotonic() + timeout
+    flag = "-Hlun" if udp else "-Hltn"
+    while True:
+        p = in_ns(ns, "ss", flag, f"sport = :{port}", timeout=10)
+        if p.stdout.strip():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on port {port} in {ns} after {timeout:g} s")
+        time.sleep(0.05)
+
+
 def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: float = 3, port: int = 5201,
            udp_mbps: float | None = None) -> dict:
     """Run one iperf3 test between two lab namespaces; returns
@@ -150,12 +164,13 @@ def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: float = 3, p
                "-t", str(seconds), "-J"]
         if udp_mbps:
             cmd += ["-u", "-b", f"{udp_mbps}M"]
-        for attempt in range(20):  # the server needs a moment to listen
+        wait_listening(server_ns, port, udp=False, timeout=10)
+        for attempt in range(20):
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-            if p.returncode == 0 or "Connection refused" not in p.stdout + p.stderr:
+            # iperf3 -J can exit 0 with the connect error only in its JSON: look at the text
+            if "Connection refused" not in p.stdout + p.stderr:
                 break
-            import time as _t
-            _t.sleep(0.1)
+            time.sleep(0.1)
         if p.returncode != 0:
             raise RuntimeError(f"iperf3 failed: {p.stdout[-500:]}{p.stderr[-500:]}")
         doc = _json.loads(p.stdout)

@@ -296,6 +296,25 @@ def cmd_demo(a):
     sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
 
 
+def cmd_scenario_list(a):
+    from scenarios.runner import catalog
+    scenarios = catalog()
+    if a.json:
+        return _print([{"name": s.name, "summary": s.summary, "hosts": s.hosts, "mininet": s.mininet}
+                       for s in scenarios.values()], True)
+    for s in scenarios.values():
+        print(f"  {s.name:13} {'lab, mininet' if s.mininet else 'lab':13} {s.summary}")
+
+
+def cmd_scenario_run(a):
+    from scenarios.runner import run_scenario
+    try:
+        code = run_scenario(a.name, mininet=a.mininet, out=a.out)
+    except (KeyError, ValueError) as e:
+        raise LabError(str(e).strip("'\"")) from None
+    sys.exit(code)
+
+
 # parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,6 +444,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="re-read a host's flows from its switch and repair any difference")
     p.add_argument("name")
     p.set_defaults(fn=cmd_host_resync)
+
+    sc = sub.add_parser("scenario", help="runnable experiments with claims, JSON results and plots",
+                        parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Each scenario builds a fresh network of its own (the embedded lab, or "
+                                    "mininet with --mininet), runs its steps with a progress line each, checks "
+                                    "its claims against real packets and tears the network down. It writes "
+                                    "OUT/result.json and PNG plots, and exits 0 if every claim held, 1 if one "
+                                    "failed, 2 if it could not run.",
+                        epilog="examples:\n  nvctl scenario list\n  nvctl scenario run isolation\n"
+                               "  nvctl scenario run link-failure --mininet --out /tmp/lf")
+    scs = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    scs.add_parser("list", help="the scenarios, where they run, what they claim",
+                   parents=[common]).set_defaults(fn=cmd_scenario_list)
+    p = scs.add_parser("run", help="run one scenario on a fresh network", parents=[common])
+    p.add_argument("name", help="a name from 'nvctl scenario list' (isolation, migration, nat, lb, link-failure)")
+    p.add_argument("--mininet", action="store_true",
+                   help="build the network with mininet (Hypervisor nodes, TCLink underlay) instead of the lab")
+    p.add_argument("--out", metavar="DIR", help="where result.json and the plots go (default ./scenario-results/NAME)")
+    p.set_defaults(fn=cmd_scenario_run)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run
+from tep.ovs import (DPID_PREFIX, INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, instance_env, run,
+                     start_instance, start_vswitchd)
 from tep.workload import ipv4_only
 from controller.compiler import TUNNEL_OFPORT
 
@@ -40,7 +41,6 @@ EXTERNAL_OFPORT = 2  # ext0 on the gateway host's br-int
 GATEWAY_HOST = 1  # hv1 carries the external network
 MAX_HOSTS = 200
 DEFAULT_STATE_DIR = "/var/lib/nvctl"
-VSCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
 class LabError(RuntimeError):
@@ -106,8 +106,7 @@ class Lab:
 
     def ovs_env(self, name: str) -> dict:
         """Environment under which ovs-ofctl / ovs-appctl / ovs-vsctl reach host `name`."""
-        d = self.host_dir(name)
-        return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d}
+        return instance_env(self.host_dir(name))
 
     def ovsdb(self, name: str) -> Ovsdb:
         return Ovsdb(f"unix:{self.host_dir(name)}/db.sock")
@@ -224,42 +223,19 @@ class Lab:
         return p
 
     def warm_underlay(self, plans: list[HostPlan]) -> None:
-        """Teach every host's OVS the MAC of every peer PA before tenant traffic needs it.
-
-        The userspace datapath drops a tunnel packet while it resolves the remote PA, and
-        it learns only by snooping ARP *replies* on br-phy. So one host at a time: flush
-        its kernel's neighbours, then ping every peer; its kernel must ARP, and the
-        replies pass through its br-phy. (All at once, a kernel would learn its peers
-        from their requests, never ask, and its OVS would never learn.)"""
-        for p in plans:
-            ns = self.host_ns(p)
-            run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "dev", PHYSICAL_BRIDGE])
-            peers = [q.pa for q in plans if q is not p]
-            for i in range(0, len(peers), 64):  # bound the processes alive at once
-                procs = [subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", pa],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                         for pa in peers[i:i + 64]]
-                failed = [pa for pa, pr in zip(peers[i:i + 64], procs) if pr.wait() != 0]
-                if failed:
-                    raise LabError(f"underlay: {p.name} cannot reach {', '.join(failed)}")
+        warm_underlay([(p.name, self.host_ns(p), p.pa) for p in plans])
 
     def start_ovs(self, name: str) -> None:
-        d = self.host_dir(name)
-        os.makedirs(d, exist_ok=True)
-        env = self.ovs_env(name)
-        ns = self.host_ns(name)
-        if not os.path.exists(f"{d}/conf.db"):
-            run(["ovsdb-tool", "create", f"{d}/conf.db", VSCHEMA])
-        # Like Debian's ovs-ctl: managers and TLS settings come from the database, so
-        # `ovs-vsctl set-manager pssl:6640` / `set-ssl` (what `nvctl host join` does) work.
-        run(["ip", "netns", "exec", ns, "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
-             "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-             "--private-key=db:Open_vSwitch,SSL,private_key", "--certificate=db:Open_vSwitch,SSL,certificate",
-             "--ca-cert=db:Open_vSwitch,SSL,ca_cert",
-             f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=env)
-        run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=env)
-        run(["ip", "netns", "exec", ns, "ovs-vswitchd", f"unix:{d}/db.sock",
-             f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"], env=env)
+        start_instance(self.host_ns(name), self.host_dir(name))
+
+    def set_underlay_link(self, name: str, up: bool) -> None:
+        """Cut (or restore) host `name`'s underlay link: both ends of its veth go down,
+        as when a cable is pulled. Management (OpenFlow, OVSDB) stays connected."""
+        state = "up" if up else "down"
+        with NetNS(self.host_ns(name)) as n:
+            n.link("set", index=n.link_lookup(ifname="ul0")[0], state=state)
+        with NetNS(self.ul_ns) as n:
+            n.link("set", index=n.link_lookup(ifname=name)[0], state=state)
 
     def kill_vswitchd(self, name: str) -> bool:
         """SIGKILL one host's ovs-vswitchd (a crash); OVSDB and the namespace stay."""
@@ -268,10 +244,7 @@ class Lab:
     def start_vswitchd(self, name: str) -> None:
         """Start a host's ovs-vswitchd again. Its br-phy tap device is new, so the PA goes
         back on it; bridges, ports and the controller come back from OVSDB."""
-        d = self.host_dir(name)
-        run(["ip", "netns", "exec", self.host_ns(name), "ovs-vswitchd", f"unix:{d}/db.sock",
-             f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"],
-            env=self.ovs_env(name))
+        start_vswitchd(self.host_ns(name), self.host_dir(name))
         plan = HostPlan(int(name[2:]))
         with NetNS(self.host_ns(name)) as n:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
@@ -280,31 +253,7 @@ class Lab:
             n.link("set", index=idx, state="up")
 
     def start_controller(self) -> int:
-        log = open(os.path.join(self.dir, "controller.log"), "ab")
-        # nsenter, not `ip netns exec`: the latter gives the process a private mount
-        # namespace, and workload namespaces it creates would be invisible to everyone else.
-        cmd = ["nsenter", f"--net=/run/netns/{self.ctl_ns}", sys.executable, "-m", "controller.main",
-               "--state-dir", self.dir, "--listen", CONTROLLER_IP, "--port", str(OF_PORT),
-               "--pki", self.pki_dir]
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=root)
-        log.close()
-        with open(os.path.join(self.dir, "controller.pid"), "w") as f:
-            f.write(str(proc.pid))
-        deadline = time.monotonic() + 30
-        from controller.api import ApiClientError, call
-        while True:
-            if proc.poll() is not None:
-                raise LabError(f"controller exited with {proc.returncode}; see {self.dir}/controller.log")
-            try:
-                call(self.api_path, "ping", timeout=2)
-                return proc.pid
-            except (ApiClientError, OSError):
-                if time.monotonic() > deadline:
-                    raise LabError(f"controller did not answer in 30s; see {self.dir}/controller.log")
-                time.sleep(0.1)
+        return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir)
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
         _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig)
@@ -322,19 +271,7 @@ class Lab:
             call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info=info)
 
     def wait_synced(self, timeout: float = 60) -> list[dict]:
-        """Wait until every host's br-int is connected and holds its desired flows."""
-        from controller.api import call
-        deadline = time.monotonic() + timeout
-        while True:
-            hosts = call(self.api_path, "host.list")
-            if hosts and all(h["connected"] and h["in_sync"] for h in hosts):
-                return hosts
-            if time.monotonic() > deadline:
-                bad = [f"{h['name']} ({'connected' if h['connected'] else 'not connected'}"
-                       f"{', ' + h['error'] if h['error'] else ''})"
-                       for h in hosts if not (h["connected"] and h["in_sync"])]
-                raise LabError(f"hosts not in sync after {timeout:.0f}s: {', '.join(bad)}")
-            time.sleep(0.1)
+        return wait_synced(self.api_path, timeout)
 
     # status ---------------------------------------------------------------------------
     def status(self) -> dict:
@@ -398,6 +335,77 @@ class Lab:
         if not quiet:
             self.log(f"[lab] down: removed {len(done)} items" + (": " + ", ".join(done) if done else ""))
         return done
+
+
+# shared with the mininet overlay ----------------------------------------------------------
+
+def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pki: str | None = None) -> int:
+    """Start the controller inside a network namespace (given as a path: /run/netns/X or
+    /proc/PID/ns/net); wait until its API answers. Its PID goes to state_dir/controller.pid."""
+    log = open(os.path.join(state_dir, "controller.log"), "ab")
+    # nsenter, not `ip netns exec`: the latter gives the process a private mount
+    # namespace, and workload namespaces it creates would be invisible to everyone else.
+    cmd = ["nsenter", f"--net={netns_path}", sys.executable, "-m", "controller.main",
+           "--state-dir", state_dir, "--listen", listen, "--port", str(port)]
+    if pki:
+        cmd += ["--pki", pki]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env, cwd=root)
+    log.close()
+    with open(os.path.join(state_dir, "controller.pid"), "w") as f:
+        f.write(str(proc.pid))
+    deadline = time.monotonic() + 30
+    from controller.api import ApiClientError, call
+    api = os.path.join(state_dir, "nvctl.sock")
+    while True:
+        if proc.poll() is not None:
+            raise LabError(f"controller exited with {proc.returncode}; see {state_dir}/controller.log")
+        try:
+            call(api, "ping", timeout=2)
+            return proc.pid
+        except (ApiClientError, OSError):
+            if time.monotonic() > deadline:
+                raise LabError(f"controller did not answer in 30s; see {state_dir}/controller.log")
+            time.sleep(0.1)
+
+
+def wait_synced(api_path: str, timeout: float = 60) -> list[dict]:
+    """Wait until every host's br-int is connected and holds its desired flows."""
+    from controller.api import call
+    deadline = time.monotonic() + timeout
+    while True:
+        hosts = call(api_path, "host.list")
+        if hosts and all(h["connected"] and h["in_sync"] for h in hosts):
+            return hosts
+        if time.monotonic() > deadline:
+            bad = [f"{h['name']} ({'connected' if h['connected'] else 'not connected'}"
+                   f"{', ' + h['error'] if h['error'] else ''})"
+                   for h in hosts if not (h["connected"] and h["in_sync"])]
+            raise LabError(f"hosts not in sync after {timeout:.0f}s: {', '.join(bad)}")
+        time.sleep(0.1)
+
+
+def warm_underlay(hosts: list[tuple[str, str, str]]) -> None:
+    """Teach every host's OVS the MAC of every peer PA before tenant traffic needs it.
+    hosts: [(name, netns, PA)].
+
+    The userspace datapath drops a tunnel packet while it resolves the remote PA, and
+    it learns only by snooping ARP *replies* on br-phy. So one host at a time: flush
+    its kernel's neighbours, then ping every peer; its kernel must ARP, and the
+    replies pass through its br-phy. (All at once, a kernel would learn its peers
+    from their requests, never ask, and its OVS would never learn.)"""
+    for name, ns, pa in hosts:
+        run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "dev", PHYSICAL_BRIDGE])
+        peers = [q for _, _, q in hosts if q != pa]
+        for i in range(0, len(peers), 64):  # bound the processes alive at once
+            procs = [subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", peer],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for peer in peers[i:i + 64]]
+            failed = [peer for peer, pr in zip(peers[i:i + 64], procs) if pr.wait() != 0]
+            if failed:
+                raise LabError(f"underlay: {name} cannot reach {', '.join(failed)}")
 
 
 # helpers --------------------------------------------------------------------------------

@@ -184,3 +184,73 @@ def iperf3(client_ns: str, server_ns: str, server_ip: str, seconds: float = 3, p
         if srv.poll() is None:
             srv.terminate()
         srv.wait(timeout=10)
+
+
+class PingTimeline:
+    """ping at a fixed interval in a namespace for `seconds`, every reply and every loss
+    with its time.
+
+    `ping -D -O` prints a wall-clock timestamp on each line and reports a probe that got
+    no answer before the next one was due, so the result is a timeline, not only totals.
+    (At -i 0.01 the kernel's timer tick stretches the real interval to 10-16 ms, so the
+    ping is ended by time, with SIGINT, not by a count.)"""
+
+    def __init__(self, ns: str, ip: str, seconds: float, interval: float = 0.01):
+        self.interval = interval
+        self.seconds = seconds
+        self.started = time.time()
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-D", "-O", "-n", "-i", str(interval),
+                                      "-W", "1", "-c", str(int(seconds / interval) * 3 + 10), ip],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self, timeout: float = 300) -> dict:
+        """{sent, received, lost, lost_seqs, samples: [[t, rtt_ms or None], ...]} where t is
+        seconds since the ping started (wall clock, comparable with time.time() marks).
+        A lost probe's time is interpolated between the replies around it."""
+        time.sleep(max(0.0, self.started + self.seconds - time.time()))
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=timeout)
+        replies: dict[int, tuple[float, float]] = {}
+        for m in re.finditer(r"\[(\d+\.\d+)\] \d+ bytes from \S+ icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out):
+            seq = int(m.group(2))
+            replies.setdefault(seq, (float(m.group(1)) - float(m.group(3)) / 1000 - self.started, float(m.group(3))))
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        if m is None:
+            raise RuntimeError(f"ping did not report: {out[-300:]}")
+        sent = int(m.group(1))
+        if sent and sent not in replies:
+            sent -= 1  # the probe in flight when SIGINT came: neither answered nor lost
+        seqs = sorted(replies)
+        pace = ((replies[seqs[-1]][0] - replies[seqs[0]][0]) / (seqs[-1] - seqs[0])
+                if len(seqs) > 1 else self.interval)
+        samples, lost = [], []
+        for seq in range(1, sent + 1):
+            if seq in replies:
+                t, rtt = replies[seq]
+                samples.append([round(t, 4), rtt])
+                continue
+            lost.append(seq)
+            before = max((q for q in seqs if q < seq), default=None)
+            after = min((q for q in seqs if q > seq), default=None)
+            if before is not None and after is not None:
+                tb, ta = replies[before][0], replies[after][0]
+                t = tb + (ta - tb) * (seq - before) / (after - before)
+            elif before is not None:
+                t = replies[before][0] + (seq - before) * pace
+            elif after is not None:
+                t = replies[after][0] - (after - seq) * pace
+            else:
+                t = (seq - 1) * pace
+            samples.append([round(t, 4), None])
+        return {"sent": sent, "received": sent - len(lost), "lost": len(lost), "lost_seqs": lost,
+                "interval_s": self.interval, "samples": samples}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -94,6 +94,42 @@ class Ovsdb:
         self.vsctl(*([] if wait else ["--no-wait"]), "--if-exists", "del-port", INTEGRATION_BRIDGE, ifname)
 
 
+VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def instance_env(rundir: str) -> dict:
+    """Environment under which ovs-vsctl / ovs-ofctl / ovs-appctl reach the OVS instance
+    whose database, sockets, pid files and logs live in `rundir`."""
+    return {**os.environ, "OVS_RUNDIR": rundir, "OVS_DBDIR": rundir, "OVS_LOGDIR": rundir}
+
+
+def start_instance(netns: str, rundir: str, vswitchd: bool = True) -> None:
+    """Start one host's ovsdb-server (and ovs-vswitchd) inside network namespace `netns`,
+    with everything in `rundir`: one OVS instance per simulated host."""
+    os.makedirs(rundir, exist_ok=True)
+    env = instance_env(rundir)
+    d = rundir
+    if not os.path.exists(f"{d}/conf.db"):
+        run(["ovsdb-tool", "create", f"{d}/conf.db", VSWITCH_SCHEMA])
+    # Like Debian's ovs-ctl: managers and TLS settings come from the database, so
+    # `ovs-vsctl set-manager pssl:6640` / `set-ssl` (what `nvctl host join` does) work.
+    run(["ip", "netns", "exec", netns, "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+         "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+         "--private-key=db:Open_vSwitch,SSL,private_key", "--certificate=db:Open_vSwitch,SSL,certificate",
+         "--ca-cert=db:Open_vSwitch,SSL,ca_cert",
+         f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=env)
+    run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=env)
+    if vswitchd:
+        start_vswitchd(netns, rundir)
+
+
+def start_vswitchd(netns: str, rundir: str) -> None:
+    d = rundir
+    run(["ip", "netns", "exec", netns, "ovs-vswitchd", f"unix:{d}/db.sock",
+         f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"],
+        env=instance_env(rundir))
+
+
 class OvsHost:
     """ovs-appctl on one host's ovs-vswitchd, found through its run directory."""
 

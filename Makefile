@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
-          iproute2 mininet bridge-utils python3-venv
+          iproute2 mininet bridge-utils python3-venv ovn-central ovn-host
 
 .PHONY: demo test unit integration bench deps venv clean
 

@@ -1,8 +1,9 @@
 """Run the benchmarks: `make bench` (= python -m bench.run). Root, as for the lab.
 
-Writes DIR/results.json, one PNG per benchmark and BENCHMARKS.md (the figures, the
-machine, how to reproduce). Every figure comes with a baseline measured in the same run.
-`--only compile,change,memory,install,migration` picks some.
+Writes DIR/results.json and one PNG per benchmark (BENCHMARKS.md shows them, with the
+machine and how to reproduce). Every figure comes with a baseline measured in the same
+run. `--only compile,change,memory,install,migration,versus` picks some; `versus` is
+nvctl against OVN on the same lab hosts, plus the two-flow pipeline and veth floors.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration")
+ALL = ("compile", "change", "memory", "install", "migration", "versus")
 
 
 def machine() -> dict:
@@ -86,6 +87,35 @@ def plots(res: dict, out: str) -> list[str]:
                      f"(baseline {m['baseline_pings_lost']}/{m['baseline_pings_sent']})")
         fig.tight_layout()
         made.append(_save(fig, out, "migration.png"))
+    if "versus" in res:
+        v = res["versus"]
+        n, o = v["nvctl"], v["ovn"]
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
+        hosts = sorted(n["flows_per_host"])
+        x = range(len(hosts))
+        a1.bar([i - 0.2 for i in x], [n["flows_per_host"][h] for h in hosts], 0.4, label="nvctl (br-int)")
+        a1.bar([i + 0.2 for i in x], [o["flows_per_host"][h] for h in hosts], 0.4, label="OVN (br-ovn)")
+        a1.set_xticks(list(x), hosts)
+        a1.set_ylabel("OpenFlow flows")
+        a1.set_title(f"{v['ports']}-port topology, flows per host")
+        a1.legend(fontsize=8)
+        labels = ["converge\n(all pairs)", "one port\nadded"]
+        a2.bar([0 - 0.2, 1 - 0.2], [n["converge_s"] or 0, n["one_port_reachable_s"] or 0], 0.4, label="nvctl")
+        a2.bar([0 + 0.2, 1 + 0.2], [o["converge_s"] or 0, o["one_port_reachable_s"] or 0], 0.4, label="OVN")
+        a2.set_xticks([0, 1], labels)
+        a2.set_ylabel("seconds to reachable")
+        a2.set_title("time to converge")
+        a2.legend(fontsize=8)
+        names = ["nvctl full\npipeline", "OVN", "two-flow\npipeline", "veth"]
+        vals = [n["mbps"], o["mbps"], v["two_flow"]["mbps"], v["veth"]["mbps"]]
+        a3.bar(names, vals, color=["tab:blue", "tab:orange", "tab:gray", "tab:green"])
+        a3.set_yscale("log")
+        a3.set_ylabel("iperf3 TCP Mbit/s (log)")
+        a3.set_title("CA->CA across hosts (hv1 -> hv2)")
+        for i, val in enumerate(vals):
+            a3.text(i, val, f"{val:.0f}", ha="center", va="bottom", fontsize=8)
+        fig.tight_layout()
+        made.append(_save(fig, out, "versus.png"))
     return made
 
 
@@ -130,8 +160,24 @@ def main(argv=None) -> int:
         finally:
             lab.down(quiet=True)
             shutil.rmtree(d, ignore_errors=True)
+    if "versus" in only:
+        from bench.versus import versus
+        from scenarios.lab import Lab
+        d = tempfile.mkdtemp(prefix="nvbench-")
+        lab = Lab(d, log=lambda m: print(m, flush=True))
+        try:
+            lab.up(hosts=3)
+            res["versus"] = versus(lab, ports=20 if a.quick else 100)
+        finally:
+            lab.down(quiet=True)
+            shutil.rmtree(d, ignore_errors=True)
     res["seconds"] = round(time.monotonic() - t0, 1)
-    with open(os.path.join(a.out, "results.json"), "w") as f:
+    path = os.path.join(a.out, "results.json")
+    if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures
+        with open(path) as f:
+            kept = {k: v for k, v in json.load(f).items() if k in ALL and k not in only}
+        res = {**kept, **res}
+    with open(path, "w") as f:
         json.dump(res, f, indent=1)
     res["plots"] = plots(res, a.out)
     print(f"[bench] done in {res['seconds']}s: {a.out}/results.json, plots {', '.join(res['plots'])}")

@@ -14,6 +14,7 @@ from pyroute2 import NetNS, netns
 from tep.ovs import run
 
 WORKLOAD_IFNAME = "eth0"
+IPV4_ONLY = "sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1"
 
 
 def namespaces() -> set[str]:
@@ -23,18 +24,14 @@ def namespaces() -> set[str]:
 def ensure_namespace(name: str) -> None:
     if name not in namespaces():
         netns.create(name)
-        with NetNS(name) as ns:
-            lo = ns.link_lookup(ifname="lo")[0]
-            ns.link("set", index=lo, state="up")
-        ipv4_only(name)
+        run(["ip", "netns", "exec", name, "sh", "-ec", "ip link set lo up; " + IPV4_ONLY])
 
 
 def ipv4_only(ns_name: str) -> None:
     """Links that arrive in this namespace from now on get no IPv6. The overlay carries
     IPv4 (port security drops IPv6), and kernel IPv6 chatter (MLD, router solicitations)
     on a veth goes straight to its peer, around OVS."""
-    run(["ip", "netns", "exec", ns_name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1",
-         "net.ipv6.conf.all.disable_ipv6=1"])
+    run(["ip", "netns", "exec", ns_name, "sh", "-ec", IPV4_ONLY])
 
 
 def delete_namespace(name: str) -> None:
@@ -58,7 +55,8 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
     veths into hosts: one normally, two during a live migration. The workload's MAC
     and addresses belong to the bridge, so they stay while attachments come and go."""
     ensure_namespace(ns_name)
-    with NetNS(ns_name) as ns:
+    # one netlink socket per namespace for the whole job: opening one costs ~10 ms
+    with NetNS(ns_name) as ns, NetNS(host_ns) as hns:
         have = ns.link_lookup(ifname=WORKLOAD_IFNAME)
         if have and ns.get_links(have[0])[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") != "bridge":
             ns.link("del", index=have[0])  # a workload from before eth0 was a bridge
@@ -72,15 +70,11 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
         if link.get_attr("IFLA_ADDRESS") != mac:
             ns.link("set", index=idx, state="down")
             ns.link("set", index=idx, address=mac)
-    # The userspace datapath does not fill in checksums left to offload.
-    run(["ip", "netns", "exec", ns_name, "ethtool", "-K", WORKLOAD_IFNAME, "tx", "off"])
-    keep = attachment_name(host_ns)
-    for name in attachments(ns_name):
-        if name != keep:
-            _delete_link(ns_name, name)
-    attach(ns_name, host_ns, host_ifname, mtu)
-    with NetNS(ns_name) as ns:
-        idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
+        keep = attachment_name(host_ns)
+        for name in _attachments(ns):
+            if name != keep:
+                _delete_in(ns, name)
+        _attach(ns, hns, ns_name, host_ns, host_ifname, mtu)
         want = (ip, prefixlen)
         for a in ns.get_addr(index=idx, family=2):
             if (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) != want:
@@ -94,32 +88,47 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
 
 
+def _attachments(ns) -> list[str]:
+    br = ns.link_lookup(ifname=WORKLOAD_IFNAME)
+    if not br:
+        return []
+    return [lk.get_attr("IFLA_IFNAME") for lk in ns.get_links() if lk.get_attr("IFLA_MASTER") == br[0]]
+
+
 def attachments(ns_name: str) -> list[str]:
     """The workload's current attachments (ports of its eth0 bridge)."""
     with NetNS(ns_name) as ns:
-        br = ns.link_lookup(ifname=WORKLOAD_IFNAME)
-        if not br:
-            return []
-        return [lk.get_attr("IFLA_IFNAME") for lk in ns.get_links() if lk.get_attr("IFLA_MASTER") == br[0]]
+        return _attachments(ns)
+
+
+def _delete_in(ns, ifname: str) -> None:
+    for idx in ns.link_lookup(ifname=ifname):
+        ns.link("del", index=idx)
+
+
+def _attach(ns, hns, ns_name: str, host_ns: str, host_ifname: str, mtu: int) -> None:
+    name = attachment_name(host_ns)
+    if name in _attachments(ns) and hns.link_lookup(ifname=host_ifname):
+        return
+    _delete_in(ns, name)
+    _delete_in(hns, host_ifname)
+    # made directly in both namespaces: nothing is moved, nothing lands in ours
+    run(["ip", "link", "add", name, "netns", ns_name, "mtu", str(mtu), "type", "veth",
+         "peer", "name", host_ifname, "netns", host_ns, "mtu", str(mtu)])
+    idx = ns.link_lookup(ifname=name)[0]
+    ns.link("set", index=idx, master=ns.link_lookup(ifname=WORKLOAD_IFNAME)[0], state="up")
+    # one process for the three: the userspace datapath does not fill in checksums left
+    # to offload, and the attachments must not talk to each other inside the workload
+    run(["ip", "netns", "exec", ns_name, "sh", "-ec",
+         f"bridge link set dev {name} isolated on; ethtool -K {name} tx off; ethtool -K {WORKLOAD_IFNAME} tx off"])
+    hns.link("set", index=hns.link_lookup(ifname=host_ifname)[0], state="up")
 
 
 def attach(ns_name: str, host_ns: str, host_ifname: str, mtu: int = 1500) -> None:
     """Plug the workload into one more host: a veth from its eth0 bridge to host_ns.
     Idempotent: an attachment whose host end is missing is made again."""
-    name = attachment_name(host_ns)
-    with NetNS(host_ns) as hns:
-        host_end = bool(hns.link_lookup(ifname=host_ifname))
-    if name in attachments(ns_name) and host_end:
-        return
-    _delete_link(ns_name, name)
-    _delete_link(host_ns, host_ifname)
-    # made directly in both namespaces: nothing is moved, nothing lands in ours
-    run(["ip", "link", "add", name, "netns", ns_name, "mtu", str(mtu), "type", "veth",
-         "peer", "name", host_ifname, "netns", host_ns, "mtu", str(mtu)])
-    run(["ip", "-n", ns_name, "link", "set", name, "master", WORKLOAD_IFNAME, "up"])
-    run(["bridge", "-n", ns_name, "link", "set", "dev", name, "isolated", "on"])
-    run(["ip", "netns", "exec", ns_name, "ethtool", "-K", name, "tx", "off"])
-    run(["ip", "-n", host_ns, "link", "set", host_ifname, "up"])
+    with NetNS(ns_name) as ns, NetNS(host_ns) as hns:
+        _attach(ns, hns, ns_name, host_ns, host_ifname, mtu)
 
 
 def detach(ns_name: str, host_ns: str) -> None:

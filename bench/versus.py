@@ -17,6 +17,7 @@ One lab of 3 hosts (each its own OVS instance). In turn, on those same OVS insta
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -26,17 +27,27 @@ import time
 from bench.reach import Reach
 from controller.api import call
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile
-from scenarios.netutil import iperf3, wait_listening
+from scenarios.netutil import iperf3
 from tep import workload
-from tep.ovs import Ovsdb, run
+from tep.ovs import run
+from topology.model import derived_mac
 
 OVN_SCHEMAS = "/usr/share/ovn"
 FRONT, BACK = "10.0.1", "10.0.2"
 
 
-def _mac(ip: str) -> str:
-    a, b, c, d = (int(x) for x in ip.split("."))
-    return f"02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}"
+def _mac(ip: str, kind: int = 0) -> str:
+    """The MAC nvctl gives a port (kind 1: a router port), so OVN's ports get the same."""
+    return derived_mac(ipaddress.IPv4Address(ip), kind)
+
+
+def _hosts(ports: list[dict]) -> list[str]:
+    return sorted({p["host"] for p in ports})
+
+
+def _extra_port(ports: list[dict]) -> dict:
+    """The port a one-port change adds: next in the same scheme, on hv2."""
+    return {**topology(len(ports) + 1, _hosts(ports))[len(ports)], "host": "hv2"}
 
 
 def topology(ports: int, hosts: list[str]) -> list[dict]:
@@ -94,7 +105,7 @@ def _reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120) -
 # nvctl -------------------------------------------------------------------------------------
 
 def nvctl_side(lab: Lab, ports: list[dict], log=print) -> dict:
-    hosts = [f"hv{i}" for i in (1, 2, 3)]
+    hosts = _hosts(ports)
     t0 = time.monotonic()
     call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports), timeout=300)
     t_create = time.monotonic() - t0
@@ -105,8 +116,7 @@ def nvctl_side(lab: Lab, ports: list[dict], log=print) -> dict:
     log(f"[bench] nvctl: {len(ports)}-port tenant: create {t_create:.2f}s, every pair reachable after "
         f"{converge}s; flows per host {flows}")
     # one port more, on hv2
-    extra = topology(len(ports) + 2, hosts)[len(ports)]  # a front port, same scheme
-    extra["host"] = "hv2"
+    extra = _extra_port(ports)
     before = {h: _count_flows(lab, h, "br-int") for h in hosts}
     t0 = time.monotonic()
     call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra]))
@@ -216,7 +226,7 @@ def _ovn_vif(lab: Lab, p: dict) -> dict:
 
 
 def ovn_side(lab: Lab, ports: list[dict], log=print) -> dict:
-    hosts = [f"hv{i}" for i in (1, 2, 3)]
+    hosts = _hosts(ports)
     ovn = Ovn(lab, hosts)
     try:
         t0 = time.monotonic()
@@ -224,8 +234,8 @@ def ovn_side(lab: Lab, ports: list[dict], log=print) -> dict:
         log(f"[bench] OVN: NB, SB, northd and 3 ovn-controllers up in {time.monotonic() - t0:.1f}s")
         vifs = {p["name"]: _ovn_vif(lab, p) for p in ports}
         cmds = ["ls-add", "front", "--", "ls-add", "back", "--", "lr-add", "r"]
-        for sw, net, mac in (("front", FRONT, "02:00:00:00:01:01"), ("back", BACK, "02:00:00:00:02:01")):
-            cmds += ["--", "lrp-add", "r", f"r-{sw}", mac, f"{net}.1/24",
+        for sw, net in (("front", FRONT), ("back", BACK)):
+            cmds += ["--", "lrp-add", "r", f"r-{sw}", _mac(f"{net}.1", kind=1), f"{net}.1/24",
                      "--", "lsp-add", sw, f"{sw}-r", "--", "lsp-set-type", f"{sw}-r", "router",
                      "--", "lsp-set-addresses", f"{sw}-r", "router",
                      "--", "lsp-set-options", f"{sw}-r", f"router-port=r-{sw}"]
@@ -241,8 +251,7 @@ def ovn_side(lab: Lab, ports: list[dict], log=print) -> dict:
         flows = {h: _count_flows(lab, h, "br-ovn") for h in hosts}
         log(f"[bench] OVN: {len(ports)}-port topology: every pair reachable after {converge}s; "
             f"flows per host {flows}")
-        extra = topology(len(ports) + 2, hosts)[len(ports)]
-        extra["host"] = "hv2"
+        extra = _extra_port(ports)
         vif = _ovn_vif(lab, extra)
         before = {h: _count_flows(lab, h, "br-ovn") for h in hosts}
         t0 = time.monotonic()
@@ -315,9 +324,9 @@ def veth_pair(lab: Lab, log=print) -> dict:
 
 def versus(lab: Lab, ports: int = 100, log=print) -> dict:
     """Everything above on one lab (already up with 3 hosts)."""
-    hosts = ["hv1", "hv2", "hv3"]
+    hosts = sorted(lab.manifest()["hosts"])
     topo = topology(ports, hosts)
-    out = {"ports": ports, "hosts": 3}
+    out = {"ports": ports, "hosts": len(hosts)}
     out["nvctl"] = nvctl_side(lab, topo, log)
     out["ovn"] = ovn_side(lab, topo, log)
     out["two_flow"] = minimal_pipeline(lab, log)

@@ -30,7 +30,7 @@ from controller.allocator import Allocation, InUse, allocate
 from controller.compiler import Host, compile_host, compile_tenant
 from controller.pipeline import LAYER_BY_ID, PIPELINE
 from controller.store import HostRecord, Store
-from tep.driver import Attachment, LabDriver
+from tep.driver import Attachment, LabDriver, attachments_of
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -392,15 +392,7 @@ class Core:
         return self._put(yaml, must_exist=None)
 
     def _attachments(self, name: str, e: TenantEntry | None) -> dict[str, Attachment]:
-        if e is None:
-            return {}
-        out = {}
-        for p in e.tenant.ports:
-            sw = e.tenant.switch(p.switch)
-            gw = e.tenant.router_of(p.switch)
-            out[p.name] = Attachment(name, p.name, p.host, e.alloc.ofport[p.name], str(p.ip),
-                                     sw.cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None)
-        return out
+        return {} if e is None else attachments_of(e.tenant, e.alloc.ofport)
 
     def _put(self, text: str, must_exist: bool | None) -> dict:
         t = self._parse(text)

@@ -10,8 +10,8 @@ import time
 from collections import Counter
 
 from controller.api import call
-from scenarios.netutil import (Capture, PingTimeline, TcpServer, ping_many, tcp_connect, tcp_stream, tcp_whois,
-                               wait_listening)
+from scenarios.netutil import (Capture, PingTimeline, TcpServer, eth0_addresses, in_ns, ping_many, tcp_connect,
+                               tcp_stream, tcp_whois, wait_listening)
 from scenarios.runner import example, scenario
 
 
@@ -128,7 +128,7 @@ def migration(run, moves: int = 4, spacing: float = 1.5):
     run.step("network up; tenant blue (vm1 on hv1, vm2 on hv2, vm3 on hv3)")
     env.up([example("blue")])
     vm1, vm2, vm3 = (env.ports["blue"][n] for n in ("vm1", "vm2", "vm3"))
-    before = _addresses(vm1["namespace"])
+    before = eth0_addresses(vm1["namespace"])
     seconds = 1.5 + moves * spacing + 1.0
     run.step(f"load on: ping vm2->vm1 every 10 ms, TCP echo vm2->vm1 every 10 ms, "
              f"iperf3 vm3->vm1 at 100 Mbit/s, for {seconds:.1f}s")
@@ -175,7 +175,7 @@ def migration(run, moves: int = 4, spacing: float = 1.5):
               not doc.get("error") and len(intervals) >= 4 and all(m > 0 for _, m in intervals),
               error=doc.get("error"), intervals=len(intervals),
               min_mbps=min((m for _, m in intervals), default=None))
-    run.claim("vm1 keeps its CA and MAC", _addresses(vm1["namespace"]) == before, before=list(before))
+    run.claim("vm1 keeps its CA and MAC", eth0_addresses(vm1["namespace"]) == before, before=list(before))
     last = marks[-1][1]
     run.claim(f"vm1 ends on {last}, up", shown["vm1"]["host"] == last and shown["vm1"]["up"],
               host=shown["vm1"]["host"])
@@ -197,13 +197,6 @@ def migration(run, moves: int = 4, spacing: float = 1.5):
     for t, to in marks:
         a1.annotate(f"->{to}", (t, a1.get_ylim()[1]), fontsize=8, ha="left", va="top")
     run.figure("migration_timeline", fig)
-
-
-def _addresses(ns: str) -> tuple[str, str]:
-    from scenarios.netutil import in_ns
-    link = in_ns(ns, "ip", "-o", "link", "show", "eth0", check=True).stdout
-    addr = in_ns(ns, "ip", "-o", "-4", "addr", "show", "eth0", check=True).stdout
-    return re.search(r"inet (\S+)", addr).group(1), re.search(r"link/ether (\S+)", link).group(1)
 
 
 # 3 -------------------------------------------------------------------------------------------
@@ -247,7 +240,6 @@ def nat(run):
         run.step("outside -> the router's address, an unassigned address and web1's inside address")
         stray = {"router 203.0.113.10:22": tcp_connect(outside, "203.0.113.10", 22, timeout=1.5),
                  "unassigned 203.0.113.12:22": tcp_connect(outside, "203.0.113.12", 22, timeout=1.5)}
-        from scenarios.netutil import in_ns
         in_ns(outside, "ip", "route", "replace", "10.0.0.0/16", "via", "203.0.113.10", check=True)
         try:
             stray["inside 10.0.0.11 via the router"] = (

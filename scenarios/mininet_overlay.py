@@ -46,7 +46,10 @@ from controller.api import call
 from controller.compiler import TUNNEL_OFPORT
 from scenarios.lab import (CONTROLLER_IP, OF_PORT, UNDERLAY_MTU, HostPlan, LabError, _kill_pidfile,
                            spawn_controller, wait_synced, warm_underlay)
+from tep.driver import Attachment, attachments_of, external_ids
 from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run, start_instance
+from tep.workload import IPV4_ONLY
+from topology.schema import validate
 
 DEBIAN_DIST = "/usr/lib/python3/dist-packages"  # where Debian's `mininet` package puts it
 MAX_NODE_NAME = 10  # mininet names interfaces NAME-ethN; Linux allows 15 characters
@@ -91,6 +94,12 @@ def workload_name(tenant: str, port: str) -> str:
     return "w" + hashlib.blake2b(f"{tenant}/{port}".encode(), digest_size=4).hexdigest()
 
 
+def _in(node, *cmd: str) -> str:
+    """Run a command in a mininet node's namespace; raise with its stderr if it fails
+    (mininet's node.cmd() returns the output and drops the exit code)."""
+    return run(["nsenter", f"--net=/proc/{node.pid}/ns/net", *map(str, cmd)])
+
+
 def _peer(intf):
     link = intf.link
     return link.intf2 if link.intf1 is intf else link.intf1
@@ -108,8 +117,8 @@ class Underlay(mn.nodelib.LinuxBridge):
         super().start(controllers)
         for intf in self.intfList():
             if intf.name != "lo":
-                self.cmd("ip", "link", "set", "dev", intf.name, "mtu", UNDERLAY_MTU)
-        self.cmd("ip", "link", "set", "dev", self.name, "mtu", UNDERLAY_MTU)
+                _in(self, "ip", "link", "set", "dev", intf.name, "mtu", UNDERLAY_MTU)
+        _in(self, "ip", "link", "set", "dev", self.name, "mtu", UNDERLAY_MTU)
 
 
 class Management(mn.nodelib.LinuxBridge):
@@ -135,9 +144,9 @@ class NvctlController(mn.node.Controller):
 
     def start(self):
         intf = self.defaultIntf()
-        self.cmd("ip", "addr", "flush", "dev", intf.name)
-        self.cmd("ip", "addr", "add", f"{self.ip}/24", "dev", intf.name)
-        self.cmd("ip", "link", "set", "dev", intf.name, "up")
+        _in(self, "ip", "addr", "flush", "dev", intf.name)
+        _in(self, "ip", "addr", "add", f"{self.ip}/24", "dev", intf.name)
+        _in(self, "ip", "link", "set", "dev", intf.name, "up")
         spawn_controller(f"/proc/{self.pid}/ns/net", self.state_dir, self.ip, self.port)
 
     def stop(self, *args, **kw):
@@ -197,21 +206,22 @@ class Hypervisor(mn.node.Switch):
                            f"Management, has {len(roles['underlay'])} and {len(roles['management'])}")
         run(["ip", "netns", "attach", self.ns_name, str(self.pid)])
         uplink, mgmt = roles["underlay"][0], roles["management"][0]
-        self.cmd("ip", "link", "set", "dev", uplink.name, "mtu", UNDERLAY_MTU)
-        self.cmd("ip", "addr", "flush", "dev", uplink.name)
-        self.cmd("ip", "addr", "flush", "dev", mgmt.name)
-        self.cmd("ip", "addr", "add", f"{self.plan.mgmt_ip}/24", "dev", mgmt.name)
-        self.cmd("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        _in(self, "ip", "link", "set", "dev", uplink.name, "mtu", UNDERLAY_MTU)
+        _in(self, "ip", "addr", "flush", "dev", uplink.name)
+        _in(self, "ip", "addr", "flush", "dev", mgmt.name)
+        _in(self, "ip", "addr", "add", f"{self.plan.mgmt_ip}/24", "dev", mgmt.name)
+        _in(self, "sh", "-ec", IPV4_ONLY)
         start_instance(self.ns_name, self.rundir)
         db = self.ovsdb
         db.ensure_physical_bridge(uplink.name, UNDERLAY_MTU)
         deadline = time.monotonic() + 10
-        while "does not exist" in self.cmd("ip", "link", "show", PHYSICAL_BRIDGE):
+        while subprocess.run(["ip", "netns", "exec", self.ns_name, "ip", "link", "show", PHYSICAL_BRIDGE],
+                             capture_output=True).returncode != 0:
             if time.monotonic() > deadline:
                 raise LabError(f"{self.name}: {PHYSICAL_BRIDGE} did not appear")
             time.sleep(0.05)
-        self.cmd("ip", "addr", "add", f"{self.pa}/24", "dev", PHYSICAL_BRIDGE)
-        self.cmd("ip", "link", "set", "dev", PHYSICAL_BRIDGE, "up")
+        _in(self, "ip", "addr", "add", f"{self.pa}/24", "dev", PHYSICAL_BRIDGE)
+        _in(self, "ip", "link", "set", "dev", PHYSICAL_BRIDGE, "up")
         ctl = controllers[0] if controllers else None
         target = f"tcp:{ctl.ip}:{ctl.port}" if ctl else f"tcp:{CONTROLLER_IP}:{OF_PORT}"
         db.ensure_integration_bridge(self.plan.dpid, target, self.pa, TUNNEL_OFPORT)
@@ -328,56 +338,35 @@ class Overlay:
         wait_synced(self.api_path, self.timeout)
         warm_underlay([(h, self.ns_name(h), net[h].pa) for h in self.topo.hypervisors])
         for text, doc in zip(self.topo.tenant_yaml, self.topo.tenant_docs):
-            tenant = doc["metadata"]["name"]
+            model = validate(doc, self.topo.hypervisors)
             call(self.api_path, "tenant.create", yaml=text)
-            self.ports[tenant] = {p["name"]: p for p in call(self.api_path, "tenant.show", name=tenant)["ports"]}
-            for p in self.ports[tenant].values():
-                self._attach(tenant, p)
+            self.ports[model.name] = {p["name"]: p for p in call(self.api_path, "tenant.show",
+                                                                  name=model.name)["ports"]}
+            wanted = attachments_of(model, {n: p["ofport"] for n, p in self.ports[model.name].items()})
+            for name, a in wanted.items():
+                self._attach(a, self.ports[model.name][name])
         wait_synced(self.api_path, self.timeout)
         self.log(f"[mininet] overlay up in {time.monotonic() - t0:.1f}s (state {self.dir})")
 
-    def _attach(self, tenant: str, p: dict) -> None:
+    def _attach(self, a: Attachment, p: dict) -> None:
         """Plug the workload host's link into br-int with the port's ofport, and give the
         host the port's MAC, CA and gateway."""
-        host = self.net[workload_name(tenant, p["name"])]
-        hv = self.net[p["host"]]
+        host = self.net[workload_name(a.tenant, a.port)]
+        hv = self.net[a.host]
         hv_intf = hv.workload_intf(host.name)
-        hv.ovsdb.plug(hv_intf.name, p["ofport"], {"iface-id": f"{tenant}/{p['name']}", "nvctl-tenant": tenant,
-                                                   "nvctl-port": p["name"], "attached-mac": p["mac"]})
-        hv.cmd("ethtool", "-K", hv_intf.name, "tx", "off")
+        hv.ovsdb.plug(hv_intf.name, a.ofport, external_ids(a))
+        _in(hv, "ethtool", "-K", hv_intf.name, "tx", "off")
         intf = host.defaultIntf()
         ns = self.ns_name(host.name)
         run(["ip", "netns", "attach", ns, str(host.pid)])
         self._attached.append(ns)
-        host.cmd("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-        host.cmd("ethtool", "-K", intf.name, "tx", "off")
-        host.setMAC(p["mac"])
-        spec = self._port_spec(tenant, p["name"])
-        prefixlen = self._prefixlen(tenant, spec["switch"])
-        host.setIP(p["ip"], prefixLen=prefixlen)
-        gw = self._gateway(tenant, spec["switch"])
-        if gw:
-            host.cmd("ip", "route", "replace", "default", "via", gw)
-        p["namespace"] = ns
-        p["iface"] = intf.name
-        p["mininet_host"] = host.name
-
-    def _doc(self, tenant: str) -> dict:
-        return next(d for d in self.topo.tenant_docs if d["metadata"]["name"] == tenant)
-
-    def _port_spec(self, tenant: str, port: str) -> dict:
-        return next(p for p in self._doc(tenant)["spec"]["ports"] if p["name"] == port)
-
-    def _prefixlen(self, tenant: str, switch: str) -> int:
-        sw = next(s for s in self._doc(tenant)["spec"]["switches"] if s["name"] == switch)
-        return int(sw["cidr"].split("/")[1])
-
-    def _gateway(self, tenant: str, switch: str) -> str | None:
-        for r in self._doc(tenant)["spec"].get("routers", []):
-            for rp in r.get("ports", []):
-                if rp["switch"] == switch:
-                    return rp["ip"]
-        return None
+        _in(host, "sh", "-ec", IPV4_ONLY)
+        _in(host, "ethtool", "-K", intf.name, "tx", "off")
+        host.setMAC(a.mac)
+        host.setIP(a.ip, prefixLen=a.prefixlen)
+        if a.gateway:
+            _in(host, "ip", "route", "replace", "default", "via", a.gateway)
+        p.update({"namespace": ns, "iface": intf.name, "mininet_host": host.name})
 
     def workload(self, tenant: str, port: str):
         """The mininet Host that is tenant/port."""

@@ -17,6 +17,13 @@ def in_ns(ns: str, *cmd, timeout=60, check=False) -> subprocess.CompletedProcess
     return p
 
 
+def eth0_addresses(ns: str) -> tuple[str, str]:
+    """A workload's (CA/prefix, MAC) as its own kernel sees them on eth0."""
+    link = in_ns(ns, "ip", "-o", "link", "show", "eth0", check=True).stdout
+    addr = in_ns(ns, "ip", "-o", "-4", "addr", "show", "eth0", check=True).stdout
+    return re.search(r"inet (\S+)", addr).group(1), re.search(r"link/ether (\S+)", link).group(1)
+
+
 def ping_many(pairs, count=3, interval=0.2) -> dict:
     """pairs: [(ns, dst_ip, label)], run at once -> {label: (received, transmitted)}."""
     procs = {label: subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count),

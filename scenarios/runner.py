@@ -115,7 +115,7 @@ class MininetEnv:
         from scenarios.mininet_overlay import Overlay, OverlayTopo
         topo = OverlayTopo(hosts=self.n, tenants=tenants, underlay=self.underlay)
         self.overlay = Overlay(topo, log=self.log)
-        self.overlay.__enter__()
+        self.overlay.start()  # a failure here is cleaned up by down(), which the runner always calls
         self.ports = self.overlay.ports
 
     def set_underlay_link(self, host: str, up: bool) -> None:

@@ -35,7 +35,18 @@ def _db(info: dict) -> Ovsdb:
     return Ovsdb(info["ovsdb"], tuple(tls) if tls else None)
 
 
-def _external_ids(a: Attachment) -> dict[str, str]:
+def attachments_of(tenant, ofports: dict[str, int]) -> dict[str, Attachment]:
+    """Every port of a tenant (topology.model.Tenant) as the attachment a host needs,
+    given the ofports the controller allocated."""
+    out = {}
+    for p in tenant.ports:
+        gw = tenant.router_of(p.switch)
+        out[p.name] = Attachment(tenant.name, p.name, p.host, ofports[p.name], str(p.ip),
+                                 tenant.switch(p.switch).cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None)
+    return out
+
+
+def external_ids(a: Attachment) -> dict[str, str]:
     return {"iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
             "attached-mac": a.mac}
 
@@ -69,7 +80,7 @@ class LabDriver:
             return
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
-        _db(info).plug(ifname, a.ofport, _external_ids(a))
+        _db(info).plug(ifname, a.ofport, external_ids(a))
         workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway)
 
     def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
@@ -83,7 +94,7 @@ class LabDriver:
         ns = workload_namespace(dst["prefix"], new.tenant, new.port)
         ifname = host_ifname(new.tenant, new.port)
         db = _db(dst)
-        db.plug(ifname, new.ofport, _external_ids(new))
+        db.plug(ifname, new.ofport, external_ids(new))
         workload.attach(ns, dst["netns"], ifname)
         deadline = time.monotonic() + timeout
         while db.vsctl("get", "interface", ifname, "ofport").strip() != str(new.ofport):

@@ -103,11 +103,10 @@ def instance_env(rundir: str) -> dict:
     return {**os.environ, "OVS_RUNDIR": rundir, "OVS_DBDIR": rundir, "OVS_LOGDIR": rundir}
 
 
-def start_instance(netns: str, rundir: str, vswitchd: bool = True) -> None:
-    """Start one host's ovsdb-server (and ovs-vswitchd) inside network namespace `netns`,
+def start_instance(netns: str, rundir: str) -> None:
+    """Start one host's ovsdb-server and ovs-vswitchd inside network namespace `netns`,
     with everything in `rundir`: one OVS instance per simulated host."""
     os.makedirs(rundir, exist_ok=True)
-    env = instance_env(rundir)
     d = rundir
     if not os.path.exists(f"{d}/conf.db"):
         run(["ovsdb-tool", "create", f"{d}/conf.db", VSWITCH_SCHEMA])
@@ -117,16 +116,14 @@ def start_instance(netns: str, rundir: str, vswitchd: bool = True) -> None:
          "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
          "--private-key=db:Open_vSwitch,SSL,private_key", "--certificate=db:Open_vSwitch,SSL,certificate",
          "--ca-cert=db:Open_vSwitch,SSL,ca_cert",
-         f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=env)
-    run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=env)
-    if vswitchd:
-        start_vswitchd(netns, rundir)
+         f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=instance_env(d))
+    run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=instance_env(d))
+    start_vswitchd(netns, rundir)
 
 
 def start_vswitchd(netns: str, rundir: str) -> None:
-    d = rundir
-    run(["ip", "netns", "exec", netns, "ovs-vswitchd", f"unix:{d}/db.sock",
-         f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"],
+    run(["ip", "netns", "exec", netns, "ovs-vswitchd", f"unix:{rundir}/db.sock",
+         f"--pidfile={rundir}/ovs-vswitchd.pid", f"--log-file={rundir}/ovs-vswitchd.log", "--detach"],
         env=instance_env(rundir))
 
 

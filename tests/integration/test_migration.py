@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from scenarios.netutil import TcpServer, in_ns, tcp_stream
+from scenarios.netutil import TcpServer, eth0_addresses, tcp_stream
 from tests.integration.helpers import ROOT, apply_yaml, installed_cookies, nvctl, nvctl_json
 
 BLUE = open(os.path.join(ROOT, "examples", "blue.yaml")).read()
@@ -20,16 +20,9 @@ def blue(lab):
     return {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
 
 
-def addresses(ns):
-    out = in_ns(ns, "ip", "-o", "link", "show", "eth0", check=True).stdout
-    mac = re.search(r"link/ether (\S+)", out).group(1)
-    ip = re.search(r"inet (\S+)", in_ns(ns, "ip", "-o", "-4", "addr", "show", "eth0", check=True).stdout).group(1)
-    return ip, mac
-
-
 def test_migration_keeps_addresses_and_tcp_and_loses_at_most_a_few_pings(lab, blue):
     vm1, vm2 = blue["vm1"], blue["vm2"]
-    before = addresses(vm1["namespace"])
+    before = eth0_addresses(vm1["namespace"])
     server = TcpServer(vm1["namespace"], 9000)
     try:
         stream = tcp_stream(vm2["namespace"], vm1["ip"], 9000, seconds=4, interval=0.01)
@@ -48,7 +41,7 @@ def test_migration_keeps_addresses_and_tcp_and_loses_at_most_a_few_pings(lab, bl
           f"timings {moved['timings_ms']}")
     assert report["error"] is None and report["echoed"] == report["sent"] > 100, report
     assert lost <= 1, f"{lost} pings lost (target: at most 1)"
-    assert addresses(vm1["namespace"]) == before
+    assert eth0_addresses(vm1["namespace"]) == before
     shown = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
     assert shown["vm1"]["host"] == "hv3" and shown["vm1"]["up"]
 

@@ -49,7 +49,7 @@ class PaddedNAT(ofproto_v1_3_parser.NXActionNAT):
 
 def to_match(parser, m: Match):
     kw = {}
-    for name, value, mask in m.items:
+    for name, value, mask, _ in m.items:
         kw[name] = value if mask is None else (value, mask)
     return parser.OFPMatch(**kw)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 # --------------------------------------------------------------------------------------
@@ -166,36 +166,57 @@ def _fmt_value(spec: FieldSpec, value, mask) -> str:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
 class Match:
-    """A conjunction of field tests. `items` is sorted (field, value, mask) triples.
+    """A conjunction of field tests. `items` is (field, value, mask, text) in canonical
+    order: prerequisites first (OVS parsers check them left to right), then by name.
+    `text` is the test in ovs-ofctl syntax; items are shared between matches.
 
     Build with `Match.of(in_port=3, eth_type=0x806, reg9=(1, 1),
     ipv4_src="10.0.0.0/24")`; a mask is given as a (value, mask) pair, an IPv4 prefix
     as "a.b.c.d/len". OpenFlow prerequisites (eth_type before arp_* or ipv4_*) are
-    checked, as OVS would.
+    checked, as OVS would. Immutable by contract: one Match may sit in many flows.
     """
 
-    items: tuple = ()
+    __slots__ = ("items",)
+
+    def __init__(self, items: tuple = ()):
+        """From (field, value, mask) triples, already normalized; prefer `Match.of`."""
+        items = [(n, v, m, _item_text(n, v, m)) for n, v, m, *_ in items]
+        self.items = tuple(sorted(items, key=_render_key))
 
     @staticmethod
     def of(**fields) -> "Match":
-        items = sorted(_match_item(name, raw) for name, raw in fields.items())
-        _check_prereqs(tuple(n for n, _, _ in items),
-                       tuple((n, v) for n, v, _ in items if n in _PREREQ_FIELDS))
-        return Match(tuple(items))
+        entries = [_match_entry(name, raw) for name, raw in fields.items()]
+        if len(entries) > 1:
+            entries.sort()  # by (rank, name); names are unique, so the rest is never compared
+        m = Match.__new__(Match)
+        m.items = items = tuple([e[1] for e in entries])
+        for e in entries:
+            if e[2]:  # this field has prerequisites: check them all, as OVS would
+                _check_prereqs(items)
+                break
+        return m
+
+    def __eq__(self, other):
+        return isinstance(other, Match) and self.items == other.items
+
+    def __hash__(self):
+        return hash(self.items)
+
+    def __repr__(self):
+        return f"Match({self.ofctl()!r})"
 
     def get(self, name):
-        for n, v, m in self.items:
+        for n, v, m, _ in self.items:
             if n == name:
                 return v if m is None else (v, m)
         return None
 
     def fields(self) -> frozenset[str]:
-        return frozenset(n for n, _, _ in self.items)
+        return frozenset(it[0] for it in self.items)
 
     def matches(self, packet: Mapping) -> bool:
-        for name, value, mask in self.items:
+        for name, value, mask, _ in self.items:
             have = packet.get(name)
             if have is None:
                 return False
@@ -210,9 +231,12 @@ class Match:
         return True
 
     def ofctl(self) -> str:
-        """ovs-ofctl syntax, prerequisites first (OVS parsers check them left to right)."""
-        items = sorted(self.items, key=lambda it: (_RENDER_RANK.get(it[0], 9), it[0]))
-        return ",".join(_item_text(*it) for it in items)
+        """ovs-ofctl syntax (the items are already in the order OVS parsers want)."""
+        return ",".join([it[3] for it in self.items])
+
+
+def _render_key(item: tuple) -> tuple:
+    return (_RENDER_RANK.get(item[0], 9), item[0])
 
 
 _PREREQ_FIELDS = frozenset(pre for spec in FIELDS.values() for pre, _ in spec.prereq)
@@ -224,7 +248,8 @@ _CACHE = 1 << 17
 
 
 @lru_cache(maxsize=_CACHE)
-def _match_item(name: str, raw) -> tuple:
+def _match_entry(name: str, raw) -> tuple:
+    """(sort key, (name, value, mask), has prerequisites) for one field test."""
     spec = FIELDS.get(name)
     if spec is None:
         raise ValueError(f"unknown match field {name!r}")
@@ -242,13 +267,13 @@ def _match_item(name: str, raw) -> tuple:
         mask = _norm_mask(spec, mask)
         if _value_int(spec, value) & ~_value_int(spec, mask):
             raise ValueError(f"{name}: value {raw} has bits outside mask {mask}")
-    return (name, value, mask)
+    item = (name, value, mask, _item_text(name, value, mask))
+    return (_render_key(item), item, bool(spec.prereq))
 
 
-@lru_cache(maxsize=_CACHE)
-def _check_prereqs(names: tuple, prereq_values: tuple) -> None:
-    present = dict(prereq_values)
-    for name in names:
+def _check_prereqs(items: tuple) -> None:
+    present = {it[0]: it[1] for it in items if it[0] in _PREREQ_FIELDS}
+    for name, *_ in items:
         for pre, allowed in FIELDS[name].prereq:
             if present.get(pre) not in allowed:
                 raise ValueError(f"match on {name} needs {pre} in {[hex(a) for a in allowed]}")
@@ -320,11 +345,16 @@ class SetField(Action):
         return lo, hi
 
     def ofctl(self):
-        spec = FIELDS[self.field]
-        if self.mask is None:
-            return f"set_field:{_fmt_value(spec, self.value, None)}->{spec.ofctl}"
-        lo, hi = self.bit_range()
-        return f"load:{self.value >> lo:#x}->NXM_NX_{spec.ofctl.upper()}[{lo}..{hi}]"
+        return _set_text(self.field, self.value, self.mask)
+
+
+@lru_cache(maxsize=1 << 16)
+def _set_text(name: str, value, mask) -> str:
+    spec = FIELDS[name]
+    if mask is None:
+        return f"set_field:{_fmt_value(spec, value, None)}->{spec.ofctl}"
+    lo, hi = SetField(name, value, mask).bit_range()
+    return f"load:{value >> lo:#x}->NXM_NX_{spec.ofctl.upper()}[{lo}..{hi}]"
 
 
 @dataclass(frozen=True)
@@ -411,10 +441,15 @@ class Ct(Action):
             raise ValueError(f"ct zone {self.zone} out of range")
 
     def ofctl(self):
-        parts = (["commit"] if self.commit else []) + \
-                ([f"table={self.table.number}"] if self.table is not None else []) + \
-                [f"zone={self.zone}"] + ([self.nat.ofctl()] if self.nat else [])
-        return f"ct({','.join(parts)})"
+        return _ct_text(self)
+
+
+@lru_cache(maxsize=1 << 16)
+def _ct_text(ct: Ct) -> str:
+    parts = (["commit"] if ct.commit else []) + \
+            ([f"table={ct.table.number}"] if ct.table is not None else []) + \
+            [f"zone={ct.zone}"] + ([ct.nat.ofctl()] if ct.nat else [])
+    return f"ct({','.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -487,6 +522,9 @@ class ContractError(ValueError):
     """A flow broke its table's declared contract."""
 
 
+_UNCONSTRAINED = frozenset({Output, SetField, Move, DecTtl, Group})  # allowed anywhere in a table
+
+
 @dataclass(frozen=True, eq=False)
 class Table:
     """A named table: the match fields it accepts, where it may go, what a miss does.
@@ -507,10 +545,14 @@ class Table:
         return f"Table({self.name}#{self.number})"
 
     def check(self, flow: "Flow") -> None:
-        extra = flow.match.fields() - self.fields
-        if extra:
-            raise ContractError(f"table {self.name}: match on undeclared field(s) {sorted(extra)}")
+        fields = self.fields
+        for it in flow.match.items:
+            if it[0] not in fields:
+                extra = flow.match.fields() - fields
+                raise ContractError(f"table {self.name}: match on undeclared field(s) {sorted(extra)}")
         for i, act in enumerate(flow.actions):
+            if type(act) in _UNCONSTRAINED:
+                continue
             if isinstance(act, Meter) and i != 0:
                 raise ContractError(f"table {self.name}: meter must be the first action")
             if isinstance(act, Ct) and act.table is not None:
@@ -557,6 +599,9 @@ class Pipeline:
                 if t.miss not in t.successors:
                     object.__setattr__(t, "successors", t.successors + (t.miss,))
         self.by_number = {t.number: t for t in self.tables}
+        # One shared, immutable Goto and Resubmit per table: compiling builds many.
+        self.goto = {t.name: Goto(t) for t in self.tables}
+        self.resubmit = {t.name: Resubmit(t) for t in self.tables}
 
     def __getitem__(self, name: str) -> Table:
         return self.by_name[name]
@@ -580,62 +625,82 @@ def cookie_tenant(cookie: int) -> int:
     return (cookie >> COOKIE_TENANT_SHIFT) & COOKIE_TENANT_MAX
 
 
-@dataclass(frozen=True, eq=False)
 class Flow:
     """One OpenFlow rule. Equality is by canonical text (which includes the cookie's
     layer and tenant): two flows that would be installed identically are equal.
 
     `rule` says which piece of intent made the flow ("port vm1", "switch web flood"),
     for `nvctl flows`, traces and error messages; it is not installed.
+
+    Immutable by contract (the attributes are never assigned after __init__): one Flow
+    object is shared by every host it is installed on. The cookie is computed once, here;
+    the canonical text is rendered again when asked for, not kept (a controller holds
+    hundreds of thousands of flows).
     """
 
-    table: Table
-    priority: int
-    match: Match
-    actions: tuple = ()
-    layer_id: int = 0
-    tenant_id: int = 0
-    rule: str = field(default="", compare=False)
+    __slots__ = ("table", "priority", "match", "actions", "layer_id", "tenant_id", "rule", "cookie")
 
-    def __post_init__(self):
-        if not 0 <= self.priority <= 0xFFFF:
-            raise ValueError(f"priority {self.priority} out of range")
-        if not 0 <= self.tenant_id <= COOKIE_TENANT_MAX:
-            raise ValueError(f"tenant id {self.tenant_id} out of range")
+    def __init__(self, table: Table, priority: int, match: Match, actions: tuple = (),
+                 layer_id: int = 0, tenant_id: int = 0, rule: str = ""):
+        if not 0 <= priority <= 0xFFFF:
+            raise ValueError(f"priority {priority} out of range")
+        if not 0 <= tenant_id <= COOKIE_TENANT_MAX:
+            raise ValueError(f"tenant id {tenant_id} out of range")
+        if type(actions) is not tuple:
+            actions = tuple(actions)
+        self.table = table
+        self.priority = priority
+        self.match = match
+        self.actions = actions
+        self.layer_id = layer_id
+        self.tenant_id = tenant_id
+        self.rule = rule
+        digest = _blake2b(_body(table.number, priority, match, actions).encode(), digest_size=8).digest()
+        self.cookie = ((layer_id << COOKIE_LAYER_SHIFT) | (tenant_id << COOKIE_TENANT_SHIFT)
+                       | (int.from_bytes(digest, "big") & COOKIE_HASH_MASK))
 
-    @cached_property
+    @property
     def body(self) -> str:
         """Canonical text without cookie: table, priority, match, actions."""
-        acts = ",".join(a.ofctl() for a in self.actions) or "drop"
-        m = self.match.ofctl()
-        return f"table={self.table.number},priority={self.priority}{',' + m if m else ''},actions={acts}"
-
-    @cached_property
-    def cookie(self) -> int:
-        digest = hashlib.blake2b(self.body.encode(), digest_size=8).digest()
-        h = int.from_bytes(digest, "big") & COOKIE_HASH_MASK
-        return (self.layer_id << COOKIE_LAYER_SHIFT) | (self.tenant_id << COOKIE_TENANT_SHIFT) | h
+        return _body(self.table.number, self.priority, self.match, self.actions)
 
     def ofctl(self) -> str:
         """A line `ovs-ofctl add-flows` accepts."""
         return f"cookie={self.cookie:#x},{self.body}"
 
     def __eq__(self, other):
-        return isinstance(other, Flow) and self.cookie == other.cookie and self.body == other.body
+        return self is other or (isinstance(other, Flow) and self.cookie == other.cookie
+                                 and self.body == other.body)
 
     def __hash__(self):
         return hash(self.cookie)
 
+    def __repr__(self):
+        return f"Flow({self.table.name}: {self.body})"
+
+
+_blake2b = hashlib.blake2b
+
+
+def _body(table_no: int, priority: int, match: Match, actions: tuple) -> str:
+    acts = ",".join([a.ofctl() for a in actions]) or "drop"
+    m = match.ofctl()
+    if m:
+        return f"table={table_no},priority={priority},{m},actions={acts}"
+    return f"table={table_no},priority={priority},actions={acts}"
+
 
 def flows_by_cookie(flows: Iterable[Flow]) -> dict[int, Flow]:
     """Index a host's flows by cookie; two different flows with one cookie is an error
-    (a 36-bit hash collision within one layer and tenant on one host, or a compiler bug)."""
-    out: dict[int, Flow] = {}
-    for f in flows:
-        old = out.get(f.cookie)
-        if old is not None and old.body != f.body:
-            raise ValueError(f"cookie collision {f.cookie:#x}: {old.body!r} vs {f.body!r}")
-        out[f.cookie] = f
+    (a 36-bit hash collision within one layer and tenant on one host, or a compiler bug).
+    The same flow given twice is not."""
+    flows = flows if isinstance(flows, list) else list(flows)
+    out = {f.cookie: f for f in flows}
+    if len(out) != len(flows):  # a cookie came twice: the same flow, or a collision?
+        for f in flows:
+            old = out[f.cookie]
+            if old is not f and old.body != f.body:
+                raise ValueError(f"cookie collision {f.cookie:#x}: {old.body!r} vs {f.body!r}")
     return out
 
 

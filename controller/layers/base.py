@@ -87,17 +87,18 @@ class Emitter:
         return self.pipeline[self.symbols.get(name, name)]
 
     def goto(self, name: str) -> Goto:
-        return Goto(self.table(name))
+        return self.pipeline.goto[self.symbols.get(name, name)]
 
     def resubmit(self, name: str) -> Resubmit:
-        return Resubmit(self.table(name))
+        return self.pipeline.resubmit[self.symbols.get(name, name)]
 
     def flow(self, table: str, priority: int, match: Match, actions: Iterable[Action] = (),
              rule: str = "") -> Flow:
         if table not in self._own:
             raise PermissionError(f"layer {self.layer.name} does not own table {table}")
-        t = self.pipeline[table]
-        f = Flow(t, priority, match, tuple(actions), self.layer.id, self.tenant_id, rule)
+        t = self.pipeline.by_name[table]
+        f = Flow(t, priority, match, actions if type(actions) is tuple else tuple(actions),
+                 self.layer.id, self.tenant_id, rule)
         t.check(f)
         return f
 

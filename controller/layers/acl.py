@@ -15,6 +15,12 @@ its zone sees every connection it takes part in. In each stage:
 
 Ports no ACL guards skip both stages without touching conntrack. Only IPv4 is tracked;
 ARP passes (port security already pinned it to the port's addresses).
+
+Only packets of guarded ports reach a rules table (the conntrack table's miss skips
+it), so the flows that do not depend on the port (+inv, replies, related, and the
+no-rule +est pass) are per logical switch, not per port: a switch with 50 guarded ports
+has 4 of them per stage, not 200. What names the port's zone (tracking, commit) and
+the rules stay per port.
 """
 from __future__ import annotations
 
@@ -89,23 +95,16 @@ class _AclStage(Layer):
     def tenant_flows(self, t, out):
         tn = t.tenant
         guarded = guarded_ports(tn)
+        hosts_of_switch: dict[str, set] = {}
         for name, by_dir in guarded.items():
             p = tn.port(name)
+            hosts_of_switch.setdefault(p.switch, set()).add(p.host)
             zone = t.zone[name]
             me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
             host = (p.host,)
             out.to(host, out.flow(self.ct_table, 100, Match.of(**me, eth_type=ETH_TYPE_IP),
                                   (Ct(zone=zone, table=out.table(self.rules_table)),),
                                   rule=f"port {name}: track in zone {zone}"))
-            ip = {**me, "eth_type": ETH_TYPE_IP}
-            out.to(host, out.flow(self.rules_table, PRIO_INVALID,
-                                  Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
-                                  rule=f"port {name}: invalid connection state"))
-            for flags in (dict(est=True, rpl=True), dict(rel=True)):
-                out.to(host, out.flow(self.rules_table, PRIO_REPLY,
-                                      Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
-                                      (out.goto("@next"),),
-                                      rule=f"port {name}: reply of an allowed connection"))
             commit = (Ct(zone=zone, commit=True), out.goto("@next"))
             for rule in by_dir[self.direction]:
                 label = f"acl[{rule.index}] {rule.direction} {rule.action} (port {name})"
@@ -123,11 +122,23 @@ class _AclStage(Layer):
                         out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
                                               actions, rule=label))
             out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
-                                  Match.of(**ip, ct_state=ct_state(trk=True, new=True)), commit,
+                                  Match.of(**me, eth_type=ETH_TYPE_IP,
+                                           ct_state=ct_state(trk=True, new=True)), commit,
                                   rule=f"port {name}: no rule matched, allow"))
-            out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
-                                  Match.of(**ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
-                                  (out.goto("@next"),), rule=f"port {name}: no rule matched, allow"))
+        for sw, hosts in hosts_of_switch.items():
+            ip = {**LOGICAL_SWITCH.m(t.vni[sw]), "eth_type": ETH_TYPE_IP}
+            out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
+                                   Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
+                                   rule=f"switch {sw}: invalid connection state"))
+            for flags in (dict(est=True, rpl=True), dict(rel=True)):
+                out.to(hosts, out.flow(self.rules_table, PRIO_REPLY,
+                                       Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
+                                       (out.goto("@next"),),
+                                       rule=f"switch {sw}: reply of an allowed connection"))
+            out.to(hosts, out.flow(self.rules_table, PRIO_DEFAULT,
+                                   Match.of(**ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
+                                   (out.goto("@next"),),
+                                   rule=f"switch {sw}: no rule matched, allow the rest of a connection"))
 
 
 _RULE_FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ipv4_src", "ipv4_dst"}) | _L4_FIELDS

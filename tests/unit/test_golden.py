@@ -1,6 +1,7 @@
 """Golden flow dumps, keyed by table name: what each layer compiles for one tenant that
-uses every layer, on the gateway host and on a plain host. Lines sorted, cookies masked,
-so adding a table or reordering layers does not rewrite every expectation.
+uses every layer, on the gateway host, on the host of the ACL-guarded port, and on a
+plain host. Lines sorted, cookies masked, so adding a table or reordering layers does
+not rewrite every expectation.
 
 After an intended change: UPDATE_GOLDEN=1 pytest tests/unit/test_golden.py, and review
 the diff of tests/unit/golden/ like code.
@@ -46,7 +47,7 @@ def dump(flows) -> str:
     return text
 
 
-@pytest.mark.parametrize("host", ["hv1", "hv3"])
+@pytest.mark.parametrize("host", ["hv1", "hv2", "hv3"])
 def test_golden_flows(host):
     flows = compile_world(HOSTS, world(DOC, hosts=HOSTS))[host]
     text = dump(flows)

@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dataplane.match_action import Flow, cookie_layer, cookie_tenant, groups_of, meters_of
@@ -37,6 +38,7 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
+RECONCILE_WORKERS = 16  # hosts reconciled at once
 
 
 class ApiError(Exception):
@@ -74,6 +76,7 @@ class Core:
         self.store = store
         self.clock = clock
         self.mutex = threading.Lock()
+        self._reconcilers = ThreadPoolExecutor(max_workers=RECONCILE_WORKERS, thread_name_prefix="reconcile")
         self.hosts: dict[str, HostRecord] = {h.name: h for h in store.hosts()}
         self.driver = LabDriver(self.hosts)
         self.state: dict[str, HostState] = {h: HostState() for h in self.hosts}
@@ -84,6 +87,9 @@ class Core:
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self.tenants[rec.name] = TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {})
+        self.used = InUse()  # what all tenants hold, kept in step with self.tenants
+        for e in self.tenants.values():
+            self.used.add(e.tenant, e.alloc)
         self._recompile_all()
 
     # ------------------------------------------------------------------------------
@@ -162,9 +168,14 @@ class Core:
             st.session, st.installed, st.meters, st.groups = None, None, None, None
             LOG.info("host %s disconnected", host)
 
-    def reconcile(self, host: str) -> int | None:
+    def reconcile(self, host: str, delta: tuple | None = None) -> int | None:
         """Bring one host's flows to the desired set. Returns flow-mods sent, or None
-        when the host is not connected or refused the change (see its state.error)."""
+        when the host is not connected or refused the change (see its state.error).
+
+        `delta` = (old flows, new flows) of the one tenant that changed on this host:
+        then only those are compared, so a change costs the size of the tenant, not of
+        the host. Without it, or when the switch's state has not been read since it
+        connected, the whole desired set is compared with what is installed."""
         st = self.state.get(host)
         if st is None:
             return None
@@ -177,25 +188,39 @@ class Core:
                     st.installed = set(s.installed())
                     st.meters = s.meters()
                     st.groups = s.groups()
-                desired = dict(self.desired.get(host, {}))
-                want = set(desired)
-                dels = sorted(st.installed - want)
-                adds = [desired[c] for c in sorted(want - st.installed)]
-                want_meters = meters_of(desired.values())
+                    delta = None
+                if delta is None:
+                    desired = dict(self.desired.get(host, {}))  # a snapshot: intent may change meanwhile
+                    want = set(desired)
+                    dels = sorted(st.installed - want)
+                    adds = [desired[c] for c in sorted(want - st.installed)]
+                    want_meters = meters_of(desired.values())
+                    old_meters, old_groups = set(st.meters), set(st.groups)
+                    want_groups = groups_of(desired.values())
+                else:  # only this tenant's flows, meters (per port) and groups (per LB) moved
+                    old_fl, new_fl = delta
+                    new_by = {f.cookie: f for f in new_fl}
+                    dels = sorted(c for c in {f.cookie for f in old_fl} - new_by.keys() if c in st.installed)
+                    adds = [new_by[c] for c in sorted(new_by.keys() - st.installed)]
+                    want_meters = meters_of(new_fl)
+                    old_meters = set(meters_of(old_fl)) & set(st.meters)
+                    want_groups = groups_of(new_fl)
+                    old_groups = set(groups_of(old_fl)) & set(st.groups)
                 put = {m: b for m, b in want_meters.items() if st.meters.get(m) != b}
                 n = s.set_meters(put, set(st.meters), [])  # meters and groups before the flows using them
                 st.meters.update(put)
-                want_groups = {gid: (g, s.group_signature(g)) for gid, g in groups_of(desired.values()).items()}
-                gput = {gid: g for gid, (g, sig) in want_groups.items() if st.groups.get(gid) != sig}
+                sigs = {gid: s.group_signature(g) for gid, g in want_groups.items()}
+                gput = {gid: g for gid, g in want_groups.items() if st.groups.get(gid) != sigs[gid]}
                 n += s.set_groups(gput, set(st.groups), [])
-                st.groups.update({gid: want_groups[gid][1] for gid in gput})
+                st.groups.update({gid: sigs[gid] for gid in gput})
                 n += s.push(dels, adds)
-                st.installed = want
-                gone = sorted(set(st.meters) - set(want_meters))
+                st.installed.difference_update(dels)
+                st.installed.update(f.cookie for f in adds)
+                gone = sorted(old_meters - set(want_meters))
                 n += s.set_meters({}, set(st.meters), gone)  # and after the flows that used them
                 for m in gone:
                     del st.meters[m]
-                ggone = sorted(set(st.groups) - set(want_groups))
+                ggone = sorted(old_groups - set(want_groups))
                 n += s.set_groups({}, set(st.groups), ggone)
                 for g in ggone:
                     del st.groups[g]
@@ -209,17 +234,19 @@ class Core:
                 LOG.error("host %s: %s", host, e)
                 return None
 
-    def reconcile_many(self, hosts) -> dict[str, int | None]:
+    def reconcile_many(self, hosts, old: dict | None = None, new: dict | None = None) -> dict[str, int | None]:
+        """Reconcile several hosts at once. With `old` and `new` (one tenant's flows per
+        host, before and after), each host compares only that tenant's flows."""
         hosts = sorted(hosts)
-        if not hosts:
-            return {}
-        results: dict[str, int | None] = {}
-        threads = [threading.Thread(target=lambda h=h: results.__setitem__(h, self.reconcile(h)))
-                   for h in hosts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results: dict[str, int | None] = {h: None for h in hosts}
+        live = [h for h in hosts if h in self.state and self.state[h].session is not None]
+
+        def one(h):
+            results[h] = self.reconcile(h, None if old is None else (old.get(h, ()), new.get(h, ())))
+        if len(live) == 1:
+            one(live[0])
+        else:  # each waits on its own switch's barrier: overlap them
+            list(self._reconcilers.map(one, live))
         return results
 
     # ------------------------------------------------------------------------------
@@ -367,13 +394,28 @@ class Core:
         except KeyError:
             raise ApiError(f"tenant {tenant} has no port {port!r}") from None
 
-    def _held_by_others(self, tenant: str) -> InUse:
-        """Numbers every tenant but `tenant` holds (for the allocator)."""
-        used = InUse()
-        for n, e in self.tenants.items():
-            if n != tenant:
-                used.add(e.tenant, e.alloc)
-        return used
+    @contextmanager
+    def _held_by_others(self, tenant: str):
+        """Numbers every tenant but `tenant` holds, for the allocator: `self.used` with
+        the tenant's own holdings taken out for the duration (numbers are never shared
+        between tenants, so out and back in is exact)."""
+        e = self.tenants.get(tenant)
+        if e is not None:
+            self.used.remove(e.tenant, e.alloc)
+        try:
+            yield self.used
+        finally:
+            if e is not None:
+                self.used.add(e.tenant, e.alloc)
+
+    def _replace_entry(self, name: str, new: TenantEntry | None) -> None:
+        """The one place self.tenants changes, so self.used follows it."""
+        old = self.tenants.pop(name, None)
+        if old is not None:
+            self.used.remove(old.tenant, old.alloc)
+        if new is not None:
+            self.tenants[name] = new
+            self.used.add(new.tenant, new.alloc)
 
     def _parse(self, text: str) -> Tenant:
         try:
@@ -400,16 +442,16 @@ class Core:
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
-            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None,
-                             self._held_by_others(t.name))
+            with self._held_by_others(t.name) as others:
+                alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
             flows = compile_tenant(t, alloc, self._placement())
             rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(),
                                         old.revision if old else None)
             new = TenantEntry(t, alloc, rev, flows)
-            self.tenants[t.name] = new
+            self._replace_entry(t.name, new)
             changed = self._swap_tenant_flows(old.flows if old else {}, flows)
             attach_errors = self._reattach(t.name, old, new)
-            results = self.reconcile_many(changed)
+            results = self.reconcile_many(changed, old.flows if old else {}, flows)
         return self._result(t.name, "updated" if old else "created", results, attach_errors)
 
     def migrate(self, tenant: str, port: str, to: str) -> dict:
@@ -427,21 +469,22 @@ class Core:
             src = p.host
             t = dataclasses.replace(e.tenant, ports=tuple(
                 dataclasses.replace(q, host=to) if q.name == port else q for q in e.tenant.ports))
-            alloc = allocate(t, e.tenant, e.alloc, self._held_by_others(tenant))
+            with self._held_by_others(tenant) as others:
+                alloc = allocate(t, e.tenant, e.alloc, others)
             flows = compile_tenant(t, alloc, self._placement())
             rev = self.store.put_tenant(tenant, schema.to_doc(t), alloc.to_json(), e.revision)
             new = TenantEntry(t, alloc, rev, flows)
             old_att = self._attachments(tenant, e)[port]
             new_att = self._attachments(tenant, new)[port]
-            self.tenants[tenant] = new
+            self._replace_entry(tenant, new)
             changed = self._swap_tenant_flows(e.flows, flows)
             t0 = self.clock()
-            first = self.reconcile_many({to} & changed)  # 1. the destination's flows
+            first = self.reconcile_many({to} & changed, e.flows, flows)  # 1. the destination's flows
             self.driver.prepare_move(new_att)  # 2. and the workload attached there too
             t1 = self.clock()
-            rest = self.reconcile_many(changed - {to, src})  # 3. every other host: the new PA
+            rest = self.reconcile_many(changed - {to, src}, e.flows, flows)  # 3. every other host: the new PA
             t2 = self.clock()
-            rest.update(self.reconcile_many({src} & changed))  # 4. the source: local traffic too
+            rest.update(self.reconcile_many({src} & changed, e.flows, flows))  # 4. the source: local traffic too
             t3 = self.clock()
             self.driver.finish_move(old_att)  # 5. break: the old attachment goes
             t4 = self.clock()
@@ -459,10 +502,10 @@ class Core:
             if old is None:
                 raise ApiError(f"no tenant {name!r}")
             self.store.delete_tenant(name, old.revision)
-            del self.tenants[name]
+            self._replace_entry(name, None)
             changed = self._swap_tenant_flows(old.flows, {})
             attach_errors = self._reattach(name, old, None)
-            results = self.reconcile_many(changed)
+            results = self.reconcile_many(changed, old.flows, {})
         return self._result(name, "deleted", results, attach_errors)
 
     def _reattach(self, name: str, old: TenantEntry | None, new: TenantEntry | None) -> list[str]:

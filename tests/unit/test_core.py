@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+from controller.allocator import InUse
 from controller.compiler import Host, compile_world
 from controller.core import ApiError, Core
 from controller.store import Conflict, SqliteStore
@@ -24,6 +25,18 @@ def full(core):
     hosts = {n: Host(n, h.pa) for n, h in core.hosts.items()}
     tenants = {n: (e.tenant, e.alloc) for n, e in core.tenants.items()}
     return {h: sorted(f.ofctl() for f in fl.values()) for h, fl in compile_world(hosts, tenants).items()}
+
+
+def held(used: InUse) -> tuple:
+    return (used.tenant_ids, used.vnis, used.zones, used.groups,
+            {h: v for h, v in used.ofports.items() if v})
+
+
+def held_from_scratch(core) -> tuple:
+    used = InUse()
+    for e in core.tenants.values():
+        used.add(e.tenant, e.alloc)
+    return held(used)
 
 
 def desired(core):
@@ -73,6 +86,7 @@ def test_invalid_document_changes_nothing(core):
     assert ("spec.ports[1].ip", "10.0.1.12 is outside switch web's cidr 10.0.0.0/24") in e.value.errors
     assert desired(core) == before
     assert core.store.tenant("blue").revision == rev
+    assert held(core.used) == held_from_scratch(core)
 
 
 def test_create_refuses_an_existing_tenant(core):
@@ -107,6 +121,7 @@ def test_randomized_changes_incremental_equals_full(core):
             ports = list({ip: (p, ip, h) for p, ip, h in ports}.values())
             core.apply(tenant_yaml(name, "s", ports))
         assert desired(core) == full(core), f"step {step}"
+        assert held(core.used) == held_from_scratch(core), f"step {step}"
 
 
 def test_store_revisions_refuse_stale_writers(tmp_path):

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     cfg.CONF.set_override("ofp_tcp_listen_port", a.port)
 
     from controller.api import ApiServer
-    from controller.core import Core
+    from controller.core import Core, freeze_heap
     from controller.store import SqliteStore
 
     os.makedirs(a.state_dir, exist_ok=True)
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     errors = core.ensure_workloads()
     for e in errors:
         logging.error("start-up: %s", e)
+    freeze_heap()
 
     mgr = AppManager.get_instance()
     mgr.load_apps(["controller.ofadapter"])

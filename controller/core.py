@@ -70,6 +70,7 @@ class HostState:
     bundles: int = 0
     syncs: int = 0
     last_sync_mods: int | None = None  # flow-mods the last (re)connect sync needed
+    synced_session: object | None = None  # the session whose connect-time sync has finished
     error: str | None = None
 
 
@@ -171,6 +172,7 @@ class Core:
         n = self.reconcile(host)
         st.syncs += 1
         st.last_sync_mods = n
+        st.synced_session = session  # last: in_sync is not reported before the figures above
         LOG.info("host %s connected: sync sent %s flow-mods", host, n)
 
     def switch_disconnected(self, session) -> None:
@@ -585,7 +587,8 @@ class Core:
         return {
             "connected": st.session is not None,
             "flows_desired": len(want),
-            "in_sync": st.session is not None and st.installed == want and st.error is None
+            "in_sync": st.session is not None and st.synced_session is st.session
+                       and st.installed == want and st.error is None
                        and st.meters == meters_of(self.desired.get(host, {}).values())
                        and set(st.groups or {}) == set(groups_of(self.desired.get(host, {}).values())),
             "flow_mods_sent": st.flow_mods,

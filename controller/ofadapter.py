@@ -1,4 +1,4 @@
-"""The os-ken adapter: the only module that imports os-ken.
+"""The os-ken adapter: with `ofwire` (its fast encoder), the only code that imports os-ken.
 
 It turns our flow values into OpenFlow 1.3 messages (with Nicira extensions) at the
 edge, and gives the controller core a `Session` per connected switch with three calls:
@@ -95,6 +95,8 @@ def to_action(parser, ofp, a):
 
 
 def to_flow_mod(dp, f: Flow):
+    """The reference encoding of a flow as an os-ken OFPFlowMod. Bundles are built by
+    `ofwire.flow_mod`, which must equal it byte for byte (tests/unit/test_ofwire.py)."""
     ofp, parser = dp.ofproto, dp.ofproto_parser
     acts = [to_action(parser, ofp, a) for a in f.actions if not isinstance(a, (Goto, Meter))]
     inst = [parser.OFPInstructionMeter(a.meter_id) for a in f.actions if isinstance(a, Meter)]
@@ -131,6 +133,7 @@ def buckets_signature(buckets) -> bytes:
 
 
 def delete_cookie(dp, cookie: int):
+    """Reference for `ofwire.delete_by_cookie`: delete every flow with this cookie."""
     ofp, parser = dp.ofproto, dp.ofproto_parser
     return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=ALL_ONES64, table_id=ofp.OFPTT_ALL,
                              command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,

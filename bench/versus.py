@@ -29,11 +29,13 @@ from controller.api import call
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile
 from scenarios.netutil import iperf3
 from tep import workload
-from tep.ovs import run
+from tep.ovs import INTEGRATION_BRIDGE, run
 from topology.model import derived_mac
 
 OVN_SCHEMAS = "/usr/share/ovn"
 FRONT, BACK = "10.0.1", "10.0.2"
+OVN_BRIDGE = "br-ovn"  # each host's bridge for ovn-controller, beside our br-int
+MIN_BRIDGE = "br-min"  # the two-flow pipeline's bridge
 
 
 def _mac(ip: str, kind: int = 0) -> str:
@@ -78,7 +80,7 @@ def nvctl_yaml(ports: list[dict], name: str = "bench") -> str:
 
 
 def _count_flows(lab: Lab, host: str, bridge: str) -> int:
-    proto = "OpenFlow13" if bridge == "br-int" else "OpenFlow15"
+    proto = "OpenFlow13" if bridge == INTEGRATION_BRIDGE else "OpenFlow15"
     out = subprocess.run(["ovs-ofctl", "-O", proto, "dump-flows", bridge], env=lab.ovs_env(host),
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return sum(1 for ln in out.splitlines() if "cookie=" in ln)
@@ -112,28 +114,40 @@ def nvctl_side(lab: Lab, ports: list[dict], log=print) -> dict:
     shown = {p["name"]: p for p in call(lab.api_path, "tenant.show", name="bench")["ports"]}
     t_reach = _reach([(shown[p["name"]]["namespace"], p["ip"]) for p in ports])
     converge = None if t_reach is None else round(time.monotonic() - t0, 3)
-    flows = {h: _count_flows(lab, h, "br-int") for h in hosts}
+    flows = {h: _count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts}
     log(f"[bench] nvctl: {len(ports)}-port tenant: create {t_create:.2f}s, every pair reachable after "
         f"{converge}s; flows per host {flows}")
-    # one port more, on hv2
     extra = _extra_port(ports)
-    before = {h: _count_flows(lab, h, "br-int") for h in hosts}
-    t0 = time.monotonic()
-    call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra]))
-    shown = {p["name"]: p for p in call(lab.api_path, "tenant.show", name="bench")["ports"]}
-    p0 = shown["p0"]
-    t = _reach([(p0["namespace"], p0["ip"]), (shown[extra["name"]]["namespace"], extra["ip"])])
-    change = None if t is None else round(time.monotonic() - t0, 3)
-    delta = {h: _count_flows(lab, h, "br-int") - before[h] for h in hosts}
-    log(f"[bench] nvctl: one port added on hv2: reachable from hv1 after {change}s; flows added per host {delta}")
-    src = shown["p0"]  # front, on hv1
-    dst = next(shown[p["name"]] for p in ports if p["switch"] == "back" and p["host"] == "hv2")
-    path = _path(src, dst)
-    log(f"[bench] nvctl: {src['name']}@hv1 -> {dst['name']}@hv2 (routed, ACL, NAT tables): "
-        f"{path['mbps']} Mbit/s, RTT {path['rtt_ms_avg']} ms")
+
+    def add_extra():
+        call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra]))
+        return {p["name"]: p for p in call(lab.api_path, "tenant.show", name="bench")["ports"]}
+    rest = _one_port_then_path(lab, "nvctl", INTEGRATION_BRIDGE, ports, extra, add_extra, "routed, ACL, NAT tables", log)
     call(lab.api_path, "tenant.delete", name="bench")
-    return {"create_s": round(t_create, 3), "converge_s": converge, "flows_per_host": flows,
-            "one_port_reachable_s": change, "one_port_flows_added": delta, **path}
+    return {"create_s": round(t_create, 3), "converge_s": converge, "flows_per_host": flows, **rest}
+
+
+def _one_port_then_path(lab: Lab, side: str, bridge: str, ports: list[dict], extra: dict, add_extra,
+                        what: str, log, settle: float = 0.0) -> dict:
+    """The same two measurements on either side: `add_extra()` adds port `extra` (on hv2)
+    and returns the workloads by port name; the clock runs until p0 (on hv1) and the new
+    port reach each other, then flows added per host are counted (after `settle` s).
+    Then TCP and RTT from p0 (front, hv1) to a back port on hv2."""
+    hosts = _hosts(ports)
+    before = {h: _count_flows(lab, h, bridge) for h in hosts}
+    t0 = time.monotonic()
+    where = add_extra()
+    p0, new = where["p0"], where[extra["name"]]
+    t = _reach([(p0["namespace"], p0["ip"]), (new["namespace"], extra["ip"])])
+    change = None if t is None else round(time.monotonic() - t0, 3)
+    time.sleep(settle)
+    delta = {h: _count_flows(lab, h, bridge) - before[h] for h in hosts}
+    log(f"[bench] {side}: one port added on hv2: reachable from hv1 after {change}s; flows added per host {delta}")
+    dst = next(where[p["name"]] for p in ports if p["switch"] == "back" and p["host"] == "hv2")
+    path = _path(p0, dst)
+    log(f"[bench] {side}: {p0['name']}@hv1 -> {dst['name']}@hv2 ({what}): {path['mbps']} Mbit/s, "
+        f"RTT {path['rtt_ms_avg']} ms")
+    return {"one_port_reachable_s": change, "one_port_flows_added": delta, **path}
 
 
 # OVN ---------------------------------------------------------------------------------------
@@ -171,11 +185,11 @@ class Ovn:
         for h in self.hosts:
             plan = HostPlan(int(h[2:]))
             db = self.lab.ovsdb(h)
-            db.vsctl("--may-exist", "add-br", "br-ovn", "--", "set", "bridge", "br-ovn", "datapath_type=netdev",
+            db.vsctl("--may-exist", "add-br", OVN_BRIDGE, "--", "set", "bridge", OVN_BRIDGE, "datapath_type=netdev",
                      "fail-mode=secure")
             db.vsctl("set", "open", ".", f"external_ids:system-id={h}",
                      f"external_ids:ovn-remote=tcp:{CONTROLLER_IP}:6642", "external_ids:ovn-encap-type=geneve",
-                     f"external_ids:ovn-encap-ip={plan.pa}", "external_ids:ovn-bridge=br-ovn",
+                     f"external_ids:ovn-encap-ip={plan.pa}", f"external_ids:ovn-bridge={OVN_BRIDGE}",
                      "external_ids:ovn-bridge-datapath-type=netdev")
             d = os.path.join(self.dir, h)
             run(["ip", "netns", "exec", self.lab.host_ns(h), "ovn-controller",
@@ -201,7 +215,7 @@ class Ovn:
         for h in self.hosts:
             try:
                 db = self.lab.ovsdb(h)
-                db.vsctl("--if-exists", "del-br", "br-ovn")
+                db.vsctl("--if-exists", "del-br", OVN_BRIDGE)
                 db.vsctl("remove", "open", ".", "external_ids", "ovn-remote")
             except Exception:  # the lab goes next anyway
                 pass
@@ -220,7 +234,7 @@ def _ovn_vif(lab: Lab, p: dict) -> dict:
     ifname = f"o{lab.prefix[2:6]}{p['name']}"[:15]
     gw = f"{FRONT if p['switch'] == 'front' else BACK}.1"
     workload.create_workload(ns, lab.host_ns(p["host"]), ifname, p["ip"], 24, p["mac"], gw)
-    lab.ovsdb(p["host"]).vsctl("--may-exist", "add-port", "br-ovn", ifname, "--", "set", "interface", ifname,
+    lab.ovsdb(p["host"]).vsctl("--may-exist", "add-port", OVN_BRIDGE, ifname, "--", "set", "interface", ifname,
                                f"external_ids:iface-id={p['name']}")
     return {**p, "namespace": ns}
 
@@ -248,27 +262,18 @@ def ovn_side(lab: Lab, ports: list[dict], log=print) -> dict:
         ovn.nbctl(*cmds)
         t_reach = _reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
         converge = None if t_reach is None else round(time.monotonic() - t0, 3)
-        flows = {h: _count_flows(lab, h, "br-ovn") for h in hosts}
+        flows = {h: _count_flows(lab, h, OVN_BRIDGE) for h in hosts}
         log(f"[bench] OVN: {len(ports)}-port topology: every pair reachable after {converge}s; "
             f"flows per host {flows}")
         extra = _extra_port(ports)
-        vif = _ovn_vif(lab, extra)
-        before = {h: _count_flows(lab, h, "br-ovn") for h in hosts}
-        t0 = time.monotonic()
-        ovn.nbctl(*_ovn_port_cmds(extra)[1:])
-        p0 = vifs["p0"]
-        t = _reach([(p0["namespace"], p0["ip"]), (vif["namespace"], extra["ip"])])
-        change = None if t is None else round(time.monotonic() - t0, 3)
-        time.sleep(0.5)  # let every host finish installing before counting
-        delta = {h: _count_flows(lab, h, "br-ovn") - before[h] for h in hosts}
-        log(f"[bench] OVN: one port added on hv2: reachable from hv1 after {change}s; flows added per host {delta}")
-        src = vifs["p0"]
-        dst = next(vifs[p["name"]] for p in ports if p["switch"] == "back" and p["host"] == "hv2")
-        path = _path(src, dst)
-        log(f"[bench] OVN: {src['name']}@hv1 -> {dst['name']}@hv2 (routed, ACL): {path['mbps']} Mbit/s, "
-            f"RTT {path['rtt_ms_avg']} ms")
-        return {"converge_s": converge, "flows_per_host": flows, "one_port_reachable_s": change,
-                "one_port_flows_added": delta, **path}
+        vif = _ovn_vif(lab, extra)  # plugged before the clock, as all of OVN's were
+
+        def add_extra():
+            ovn.nbctl(*_ovn_port_cmds(extra)[1:])
+            return {**vifs, extra["name"]: vif}
+        # settle: let every host finish installing before counting
+        rest = _one_port_then_path(lab, "OVN", OVN_BRIDGE, ports, extra, add_extra, "routed, ACL", log, settle=0.5)
+        return {"converge_s": converge, "flows_per_host": flows, **rest}
     finally:
         ovn.stop()
 
@@ -284,24 +289,24 @@ def minimal_pipeline(lab: Lab, log=print) -> dict:
         h = me["host"]
         db = lab.ovsdb(h)
         pa, peer_pa = HostPlan(int(h[2:])).pa, HostPlan(int(peer["host"][2:])).pa
-        db.vsctl("--may-exist", "add-br", "br-min", "--", "set", "bridge", "br-min", "datapath_type=netdev",
+        db.vsctl("--may-exist", "add-br", MIN_BRIDGE, "--", "set", "bridge", MIN_BRIDGE, "datapath_type=netdev",
                  "fail-mode=secure", "protocols=OpenFlow13",
-                 "--", "--may-exist", "add-port", "br-min", "vxmin", "--", "set", "interface", "vxmin",
+                 "--", "--may-exist", "add-port", MIN_BRIDGE, "vxmin", "--", "set", "interface", "vxmin",
                  "type=vxlan", "ofport_request=100", f"options:local_ip={pa}", "options:remote_ip=flow",
                  "options:key=flow", "options:dst_port=4790")
         me["namespace"] = f"{lab.prefix}b-{me['name']}"
         ifname = f"{lab.prefix[2:6]}{me['name']}"
         workload.create_workload(me["namespace"], lab.host_ns(h), ifname, me["ip"], 24, _mac(me["ip"]))
-        db.vsctl("--may-exist", "add-port", "br-min", ifname, "--", "set", "interface", ifname, "ofport_request=1")
+        db.vsctl("--may-exist", "add-port", MIN_BRIDGE, ifname, "--", "set", "interface", ifname, "ofport_request=1")
         flows = (f"in_port=1,actions=set_field:{peer_pa}->tun_dst,set_field:9->tun_id,output:100\n"
                  "in_port=100,actions=output:1\n")
-        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", "br-min", "-"], input=flows, text=True,
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", MIN_BRIDGE, "-"], input=flows, text=True,
                        env=lab.ovs_env(h), check=True, capture_output=True, timeout=30)
     try:
         path = _path(a, b)
     finally:
         for h in ("hv1", "hv2"):
-            lab.ovsdb(h).vsctl("--if-exists", "del-br", "br-min")
+            lab.ovsdb(h).vsctl("--if-exists", "del-br", MIN_BRIDGE)
     log(f"[bench] two-flow pipeline hv1 -> hv2: {path['mbps']} Mbit/s, RTT {path['rtt_ms_avg']} ms")
     return path
 

@@ -95,12 +95,10 @@ class Core:
         self.unclaimed: dict[int, object] = {}  # dpid -> session of a not-yet-registered switch
         self.pki = None  # controller.pki.Pki when the controller accepts hosts over TLS
         self.endpoints: dict = {}  # where joining hosts reach us: ip, of_port, of_tls_port, api_port
+        self.used = InUse()  # what all tenants hold, kept in step with self.tenants
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
-            self.tenants[rec.name] = TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {})
-        self.used = InUse()  # what all tenants hold, kept in step with self.tenants
-        for e in self.tenants.values():
-            self.used.add(e.tenant, e.alloc)
+            self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
         self._recompile_all()
 
     # ------------------------------------------------------------------------------
@@ -113,11 +111,8 @@ class Core:
             out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None)
         return out
 
+    @paused_gc()
     def _recompile_all(self) -> None:
-        with paused_gc():
-            self._recompile_all_now()
-
-    def _recompile_all_now(self) -> None:
         hosts = self._placement()
         self.infra = {h: compile_host(h, hosts) for h in hosts}
         for e in self.tenants.values():
@@ -424,6 +419,18 @@ class Core:
             if e is not None:
                 self.used.add(e.tenant, e.alloc)
 
+    def _commit(self, t: Tenant, old: TenantEntry | None) -> tuple[TenantEntry, set[str]]:
+        """Allocate, compile and store a tenant's new intent, then swap it in (under the
+        mutex). Returns the new entry and the hosts whose flow sets changed. Nothing in
+        memory changes when allocation, compilation or the store refuses."""
+        with self._held_by_others(t.name) as others:
+            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
+        flows = compile_tenant(t, alloc, self._placement())
+        rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None)
+        new = TenantEntry(t, alloc, rev, flows)
+        self._replace_entry(t.name, new)
+        return new, self._swap_tenant_flows(old.flows if old else {}, flows)
+
     def _replace_entry(self, name: str, new: TenantEntry | None) -> None:
         """The one place self.tenants changes, so self.used follows it."""
         old = self.tenants.pop(name, None)
@@ -458,16 +465,9 @@ class Core:
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
-            with self._held_by_others(t.name) as others:
-                alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
-            flows = compile_tenant(t, alloc, self._placement())
-            rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(),
-                                        old.revision if old else None)
-            new = TenantEntry(t, alloc, rev, flows)
-            self._replace_entry(t.name, new)
-            changed = self._swap_tenant_flows(old.flows if old else {}, flows)
+            new, changed = self._commit(t, old)
             attach_errors = self._reattach(t.name, old, new)
-            results = self.reconcile_many(changed, old.flows if old else {}, flows)
+            results = self.reconcile_many(changed, old.flows if old else {}, new.flows)
         return self._result(t.name, "updated" if old else "created", results, attach_errors)
 
     def migrate(self, tenant: str, port: str, to: str) -> dict:
@@ -485,15 +485,10 @@ class Core:
             src = p.host
             t = dataclasses.replace(e.tenant, ports=tuple(
                 dataclasses.replace(q, host=to) if q.name == port else q for q in e.tenant.ports))
-            with self._held_by_others(tenant) as others:
-                alloc = allocate(t, e.tenant, e.alloc, others)
-            flows = compile_tenant(t, alloc, self._placement())
-            rev = self.store.put_tenant(tenant, schema.to_doc(t), alloc.to_json(), e.revision)
-            new = TenantEntry(t, alloc, rev, flows)
+            new, changed = self._commit(t, e)
+            flows = new.flows
             old_att = self._attachments(tenant, e)[port]
             new_att = self._attachments(tenant, new)[port]
-            self._replace_entry(tenant, new)
-            changed = self._swap_tenant_flows(e.flows, flows)
             t0 = self.clock()
             first = self.reconcile_many({to} & changed, e.flows, flows)  # 1. the destination's flows
             self.driver.prepare_move(new_att)  # 2. and the workload attached there too
@@ -506,7 +501,7 @@ class Core:
             t4 = self.clock()
         results = {**first, **rest}
         out = self._result(tenant, f"migrated {port} {src} -> {to}", results, [])
-        out.update(port=port, src=src, dst=to, ofport=alloc.ofport[port], timings_ms={
+        out.update(port=port, src=src, dst=to, ofport=new.alloc.ofport[port], timings_ms={
             "destination_ready": round((t1 - t0) * 1000, 1), "other_hosts_switched": round((t2 - t1) * 1000, 1),
             "source_switched": round((t3 - t2) * 1000, 1), "old_attachment_removed": round((t4 - t3) * 1000, 1),
             "switch_window": round((t3 - t1) * 1000, 1)})

@@ -239,13 +239,12 @@ class Session:
             w = _Waiter()
             # Encode everything before anything is sent: a value we cannot encode must
             # not leave a half-sent bundle on the switch.
-            first = self._reserve_xids(n)
+            xids = self._reserve_xids(n)
             buf = bytearray()
-            for i, c in enumerate(delete):
-                buf += ofwire.bundle_add(bid, flags, ofwire.delete_by_cookie(c, (first + i) & ofp.MAX_XID))
-            for i, f in enumerate(add, start=len(delete)):
-                buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(f, (first + i) & ofp.MAX_XID))
-            xids = [(first + i) & ofp.MAX_XID for i in range(n)]
+            for c, x in zip(delete, xids):
+                buf += ofwire.bundle_add(bid, flags, ofwire.delete_by_cookie(c, x))
+            for f, x in zip(add, xids[len(delete):]):
+                buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(f, x))
             for x in xids:
                 self._waiters[x] = w
             try:
@@ -263,12 +262,13 @@ class Session:
             self._wait(w, xids, f"bundle of {n} flow-mods")
             return n
 
-    def _reserve_xids(self, n: int) -> int:
-        """n consecutive xids from the datapath's counter (wrapping); returns the first."""
+    def _reserve_xids(self, n: int) -> list[int]:
+        """The next n xids of the datapath's counter (wrapping), taken from it."""
         dp = self.dp
-        first = (dp.xid + 1) & dp.ofproto.MAX_XID
-        dp.xid = (dp.xid + n) & dp.ofproto.MAX_XID
-        return first
+        top = dp.ofproto.MAX_XID
+        xids = [(dp.xid + i) & top for i in range(1, n + 1)]
+        dp.xid = (dp.xid + n) & top
+        return xids
 
     def meters(self) -> dict[int, tuple[int, int]]:
         """meter id -> (rate kbit/s, burst kbit) of every meter on the switch."""

@@ -337,15 +337,18 @@ class SetField(Action):
 
     def bit_range(self) -> tuple[int, int]:
         """(first bit, last bit) covered by a contiguous mask."""
-        m = self.mask
-        lo = (m & -m).bit_length() - 1
-        hi = m.bit_length() - 1
-        if m != ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1):
-            raise ValueError(f"mask {m:#x} on {self.field} is not contiguous")
-        return lo, hi
+        return _bit_range(self.field, self.mask)
 
     def ofctl(self):
         return _set_text(self.field, self.value, self.mask)
+
+
+def _bit_range(name: str, m: int) -> tuple[int, int]:
+    lo = (m & -m).bit_length() - 1
+    hi = m.bit_length() - 1
+    if m != ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1):
+        raise ValueError(f"mask {m:#x} on {name} is not contiguous")
+    return lo, hi
 
 
 @lru_cache(maxsize=1 << 16)
@@ -353,7 +356,7 @@ def _set_text(name: str, value, mask) -> str:
     spec = FIELDS[name]
     if mask is None:
         return f"set_field:{_fmt_value(spec, value, None)}->{spec.ofctl}"
-    lo, hi = SetField(name, value, mask).bit_range()
+    lo, hi = _bit_range(name, mask)
     return f"load:{value >> lo:#x}->NXM_NX_{spec.ofctl.upper()}[{lo}..{hi}]"
 
 

@@ -97,8 +97,7 @@ class Emitter:
         if table not in self._own:
             raise PermissionError(f"layer {self.layer.name} does not own table {table}")
         t = self.pipeline.by_name[table]
-        f = Flow(t, priority, match, actions if type(actions) is tuple else tuple(actions),
-                 self.layer.id, self.tenant_id, rule)
+        f = Flow(t, priority, match, actions, self.layer.id, self.tenant_id, rule)
         t.check(f)
         return f
 

@@ -3,8 +3,10 @@
 1. lab up: N simulated hypervisors with their own Open vSwitch, and the controller
 2. two tenants, blue and red, both on 10.0.0.0/24, ports spread over every host
 3. every intra-tenant pair pings (same host and across hosts, over VXLAN)
-4. isolation: while blue pings every address, captures on all of red's workloads
-   receive nothing; blue's own broadcast does reach blue (the control)
+4. isolation: while blue pings every address with a tagged payload, captures on all of
+   red's workloads receive none of blue's tagged packets, while a capture on blue's own
+   vm2 receives them (the control). Only the tag counts: a workload's own IGMP, ND or
+   ARP chatter is not a leak.
 5. the underlay carries VXLAN between provider addresses with each tenant's VNI
 6. lab down (unless --keep)
 
@@ -17,7 +19,9 @@ import time
 
 from controller.api import call
 from scenarios.lab import Lab
-from scenarios.netutil import Capture, ping_many
+from scenarios.netutil import Capture, ping_many, tagged
+
+TAG = b"\xb1\x0e\xde\x30"  # blue's probe payload pattern (ping -p): what counts as a leak
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
@@ -58,24 +62,25 @@ def run_demo(state_dir: str | None = None, hosts: int = 3, keep: bool = False) -
             if got != sent:
                 failures.append(f"ping {label}: {got}/{sent}")
 
-        _step(4, "isolation: blue pings every address while red's workloads capture")
+        _step(4, "isolation: blue pings every address (payload tagged) while red's workloads capture")
         blue = {p["name"]: p for p in shown["blue"]["ports"]}
-        red_caps = {p["name"]: Capture(p["namespace"], "eth0", inbound_only=True)
+        red_caps = {p["name"]: Capture(p["namespace"], "eth0", "icmp", inbound_only=True)
                     for p in shown["red"]["ports"]}
         control = Capture(blue["vm2"]["namespace"], "eth0", "icmp", inbound_only=True)
         try:
             targets = [p["ip"] for p in shown["red"]["ports"]] + ["10.0.0.99", "10.0.0.255"]
-            ping_many([(blue["vm1"]["namespace"], ip, ip) for ip in dict.fromkeys(targets)], count=2)
-            time.sleep(0.3)
+            ping_many([(blue["vm1"]["namespace"], ip, ip) for ip in dict.fromkeys(targets)], count=2,
+                      pattern=TAG.hex())
         finally:
-            leaked = {n: c.discard() for n, c in red_caps.items()}
-            seen = control.discard()
-        print(f"    packets received by red's workloads: {leaked}")
-        print(f"    control: blue vm2 received {seen} ICMP packets from blue in the same window")
+            leaked = {n: tagged(c.packets(), TAG) for n, c in red_caps.items()}
+            seen = tagged(control.packets(), TAG)
+        print(f"    blue's tagged packets received by red's workloads: {leaked}")
+        print(f"    control: blue vm2 received {seen} of blue's tagged packets in the same window")
         if any(leaked.values()):
-            failures.append(f"isolation broken: red received {leaked}")
+            failures.append(f"isolation broken: red received blue's tagged packets {leaked}")
         if seen == 0:
-            failures.append("control failed: blue vm2 saw no ICMP, the capture proves nothing")
+            failures.append("control failed: blue vm2 saw none of blue's tagged packets, "
+                            "the capture proves nothing")
 
         _step(5, "the underlay: VXLAN between provider addresses, one VNI per tenant switch")
         red = {p["name"]: p for p in shown["red"]["ports"]}

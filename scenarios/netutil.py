@@ -24,10 +24,12 @@ def eth0_addresses(ns: str) -> tuple[str, str]:
     return re.search(r"inet (\S+)", addr).group(1), re.search(r"link/ether (\S+)", link).group(1)
 
 
-def ping_many(pairs, count=3, interval=0.2) -> dict:
-    """pairs: [(ns, dst_ip, label)], run at once -> {label: (received, transmitted)}."""
+def ping_many(pairs, count=3, interval=0.2, pattern: str = "") -> dict:
+    """pairs: [(ns, dst_ip, label)], run at once -> {label: (received, transmitted)}.
+    `pattern` (hex, up to 16 bytes) fills the payload, to tag the probes (`ping -p`)."""
+    tag = ["-p", pattern] if pattern else []
     procs = {label: subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count),
-                                      "-i", str(interval), "-W", "2", ip],
+                                      "-i", str(interval), "-W", "2", *tag, ip],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for ns, ip, label in pairs}
     out = {}
@@ -36,6 +38,11 @@ def ping_many(pairs, count=3, interval=0.2) -> dict:
         m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
         out[label] = (int(m.group(2)), int(m.group(1))) if m else (0, count)
     return out
+
+
+def tagged(packets, tag: bytes) -> int:
+    """How many captured packets carry `tag` in their payload (a probe's mark)."""
+    return sum(1 for p in packets if tag in bytes(p))
 
 
 class Capture:

@@ -70,8 +70,19 @@ class TenantView:
     group: dict | None = None  # load balancer -> OpenFlow group id
 
 
+# A tenant's flow must pin the scope it belongs to, so that no two tenants' flows can
+# have the same identity (table, priority, match) on a host: the logical switch
+# register, the workload's ofport, or the VNI it arrived with.
+SCOPE_FIELDS = frozenset({"reg13", "in_port", "tunnel_id"})
+
+
+class ScopeError(ValueError):
+    """A tenant flow that pins no scope: it could collide with another tenant's."""
+
+
 class Emitter:
-    """Collects one layer's flows per host. Only the layer's own tables are writable."""
+    """Collects one layer's flows per host. Only the layer's own tables are writable,
+    and every tenant flow must pin its scope (SCOPE_FIELDS)."""
 
     def __init__(self, layer: Layer, pipeline: Pipeline, symbols: dict[str, str],
                  sink: dict[str, list[Flow]], tenant_id: int = 0):
@@ -99,6 +110,10 @@ class Emitter:
         t = self.pipeline.by_name[table]
         f = Flow(t, priority, match, actions, self.layer.id, self.tenant_id, rule)
         t.check(f)
+        if self.tenant_id and not any(it[0] in SCOPE_FIELDS for it in match.items):
+            raise ScopeError(f"layer {self.layer.name}, table {table}: tenant flow {rule!r} pins no "
+                             f"scope (one of {sorted(SCOPE_FIELDS)}); another tenant could make the "
+                             f"same (table, priority, match): {f.body}")
         return f
 
     def to(self, hosts: Iterable[str], flow: Flow) -> None:

@@ -85,7 +85,7 @@ class LbEgress(Layer):
     name = "lb_reply"
     id = 13
     tables = (
-        TableDecl("lb_reply", frozenset({"eth_type", "ip_proto", "ipv4_src", "tcp_src", "udp_src"}),
+        TableDecl("lb_reply", frozenset({"reg13", "eth_type", "ip_proto", "ipv4_src", "tcp_src", "udp_src"}),
                   successors=("@next",), miss="@next",
                   doc="from a backend: put the VIP back as the source"),
     )
@@ -102,9 +102,14 @@ class LbEgress(Layer):
                 if key in seen:
                     continue
                 seen.add(key)
-                out.to(_hosts(t), out.flow(
-                    "lb_reply", 100,
-                    Match.of(eth_type=ETH_TYPE_IP, ip_proto=PROTO[lb.protocol], ipv4_src=key[1],
-                             **{f"{lb.protocol}_src": port}),
-                    (Ct(zone=zone, nat=Nat(), table=out.table("@next")),),
-                    rule=f"lb: replies from backend {p}:{port}"))
+                # Scoped by the switch the reply is delivered on (the client's: any of the
+                # tenant's switches), so a twin tenant's backend at the same address and
+                # port has flows of its own rather than the same (table, priority, match).
+                for s in tn.switches:
+                    out.to(_hosts(t), out.flow(
+                        "lb_reply", 100,
+                        Match.of(**LOGICAL_SWITCH.m(t.vni[s.name]), eth_type=ETH_TYPE_IP,
+                                 ip_proto=PROTO[lb.protocol], ipv4_src=key[1],
+                                 **{f"{lb.protocol}_src": port}),
+                        (Ct(zone=zone, nat=Nat(), table=out.table("@next")),),
+                        rule=f"lb: replies from backend {p}:{port} (to switch {s.name})"))

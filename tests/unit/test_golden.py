@@ -1,7 +1,8 @@
 """Golden flow dumps, keyed by table name: what each layer compiles for one tenant that
 uses every layer, on the gateway host, on the host of the ACL-guarded port, and on a
-plain host. Lines sorted, cookies masked, so adding a table or reordering layers does
-not rewrite every expectation.
+plain host. Lines sorted, cookies masked, jump targets printed by table name (a wrong
+goto cannot pass), so adding a table or reordering layers does not rewrite every
+expectation.
 
 After an intended change: UPDATE_GOLDEN=1 pytest tests/unit/test_golden.py, and review
 the diff of tests/unit/golden/ like code.
@@ -12,6 +13,7 @@ import re
 import pytest
 
 from controller.compiler import compile_world
+from controller.pipeline import PIPELINE
 from dataplane.match_action import groups_of, meters_of
 from tests.unit.fixtures import world
 from tests.unit.test_nat import DOC as NAT_DOC, HOSTS
@@ -28,7 +30,9 @@ DOC = NAT_DOC.replace("  nat:\n", """  acls:
 
 
 def mask(text: str) -> str:
-    return re.sub(r"(goto_table:|resubmit\(,|table=)(\d+)", lambda m: m.group(1) + "<T>", text)
+    """Table numbers -> names: goto_table:<lb_out>, resubmit(,<deliver>), ct(table=<acl_in>)."""
+    return re.sub(r"(goto_table:|resubmit\(,|table=)(\d+)",
+                  lambda m: m.group(1) + f"<{PIPELINE.by_number[int(m.group(2))].name}>", text)
 
 
 def dump(flows) -> str:

@@ -242,14 +242,23 @@ def cmd_port_migrate(a):
     print(f"  switch window (both attachments live while hosts switch): {t['switch_window']} ms")
 
 
+def _drift_note(d: dict | None) -> str:
+    """What a fresh read of the switch found and corrected, for a person."""
+    if not d or not any(d.get(k) for k in ("missing", "unexpected", "changed")):
+        return ""
+    return (f"  (corrected drift: {d['missing']} missing, {d['unexpected']} unexpected, "
+            f"{d['changed']} changed flows)")
+
+
 def cmd_hosts(a):
-    rows = call(_api(a), "host.list")
+    rows = call(_api(a), "host.list", check=True)  # every switch read again, drift corrected
     if a.json:
         return _print(rows, True)
     print(f"{'HOST':8} {'PA':14} {'DPID':18} {'OPENFLOW':10} {'FLOWS':>6} {'MODS SENT':>9}  SYNC")
     for h in rows:
         print(f"{h['name']:8} {h['pa']:14} {h['dpid']:18} {'connected' if h['connected'] else 'down':10} "
-              f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  {'in sync' if h['in_sync'] else h['error'] or 'pending'}")
+              f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  "
+              f"{'in sync' if h['in_sync'] else h['error'] or 'pending'}{_drift_note(h.get('drift'))}")
 
 
 def cmd_host_invite(a):

@@ -1,13 +1,14 @@
-"""The controller core: desired state, compilation, and keeping every host in sync.
+"""The controller core: intent (parse, allocate, compile, store), hosts, and workloads.
 
 Intent changes (`create`, `apply`, `delete`) are serialized by one mutex. Each one:
-validates (nothing changes if anything is wrong), allocates, recompiles only the tenant
-that changed, persists in one store transaction, attaches or detaches workloads, and
-then reconciles the hosts whose flow sets changed. Reconciling a host reads its
-installed cookies once per connection, diffs them against the desired set and sends
-only the difference in one atomic bundle; with nothing changed it sends nothing.
+validates (nothing changes if anything is wrong), checks that the tenant owns the
+provider addresses it names, allocates, recompiles only the tenant that changed,
+refuses the change if any of its flows would take the identity of another's
+(`controller.desired`), persists in one store transaction, attaches or detaches
+workloads, and then has the hosts whose flow sets changed reconciled
+(`controller.reconciler`: by identity, against the flows read back from the switch).
 
-The core never imports os-ken: it talks to a `Session` (see ofadapter) per switch.
+The core never imports os-ken: it talks to a `Switch` (see reconciler) per host.
 """
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from dataplane.match_action import Flow, cookie_layer, cookie_tenant, groups_of, meters_of
+from dataplane.match_action import Flow, cookie_layer, cookie_tenant
 from topology import schema
 from topology.model import Tenant
 from controller.allocator import Allocation, InUse, allocate
 from controller.compiler import Host, compile_host, compile_tenant, paused_gc
-from controller.pipeline import LAYER_BY_ID, PIPELINE
+from controller.desired import DesiredState
+from controller.pipeline import LAYER_BY_ID
+from controller import reconciler
+from controller.reconciler import HostState
 from controller.store import HostRecord, Store
 from tep.driver import Attachment, LabDriver, attachments_of
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
@@ -57,21 +61,6 @@ class ApiError(Exception):
     def __init__(self, message: str, errors: list | None = None):
         super().__init__(message)
         self.errors = errors or []
-
-
-@dataclass
-class HostState:
-    session: object | None = None
-    installed: set | None = None  # cookies on the switch; None: not read since connect
-    meters: dict | None = None  # meter id -> band on the switch; None: not read since connect
-    groups: dict | None = None  # group id -> bucket signature on the switch
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    flow_mods: int = 0  # sent since the controller started
-    bundles: int = 0
-    syncs: int = 0
-    last_sync_mods: int | None = None  # flow-mods the last (re)connect sync needed
-    synced_session: object | None = None  # the session whose connect-time sync has finished
-    error: str | None = None
 
 
 @dataclass
@@ -117,35 +106,13 @@ class Core:
         self.infra = {h: compile_host(h, hosts) for h in hosts}
         for e in self.tenants.values():
             e.flows = compile_tenant(e.tenant, e.alloc, hosts)
-        self.desired: dict[str, dict[int, Flow]] = {h: {} for h in hosts}
-        for h, fl in self.infra.items():
-            for f in fl:
-                self.desired[h][f.cookie] = f
-        for e in self.tenants.values():
-            for h, fl in e.flows.items():
-                d = self.desired[h]
-                for f in fl:
-                    d[f.cookie] = f
+        self.desired, conflicts = DesiredState.build(self.infra, (e.flows for e in self.tenants.values()))
+        names = self._tenant_names()
+        for c in conflicts:  # stored by a version that did not refuse them: the first holder keeps it
+            LOG.error("flow identity conflict in the stored tenants: %s", c.describe(names))
 
-    def _swap_tenant_flows(self, old: dict, new: dict) -> set[str]:
-        """Replace one tenant's contribution in the desired sets; return changed hosts."""
-        changed = set()
-        for h, fl in old.items():
-            d = self.desired.get(h)
-            if d is None:
-                continue
-            for f in fl:
-                d.pop(f.cookie, None)
-        for h, fl in new.items():
-            d = self.desired.setdefault(h, {})
-            for f in fl:
-                d[f.cookie] = f
-        for h in set(old) | set(new):
-            before = {f.cookie for f in old.get(h, ())}
-            after = {f.cookie for f in new.get(h, ())}
-            if before != after:
-                changed.add(h)
-        return changed
+    def _tenant_names(self) -> dict[int, str]:
+        return {e.alloc.tenant_id: n for n, e in self.tenants.items()}
 
     # ------------------------------------------------------------------------------
     # switches
@@ -163,7 +130,8 @@ class Core:
             self.unclaimed[session.dpid] = session
             return
         st = self.state.setdefault(host, HostState())
-        st.session, st.installed, st.meters, st.groups = session, None, None, None
+        st.session = session
+        st.forget()
         n = self.reconcile(host)
         st.syncs += 1
         st.last_sync_mods = n
@@ -176,74 +144,19 @@ class Core:
         host = self.host_of_dpid(session.dpid)
         st = self.state.get(host) if host else None
         if st is not None and st.session is session:
-            st.session, st.installed, st.meters, st.groups = None, None, None, None
+            st.session = None
+            st.forget()
             LOG.info("host %s disconnected", host)
 
     def reconcile(self, host: str, delta: tuple | None = None) -> int | None:
-        """Bring one host's flows to the desired set. Returns flow-mods sent, or None
-        when the host is not connected or refused the change (see its state.error).
-
-        `delta` = (old flows, new flows) of the one tenant that changed on this host:
-        then only those are compared, so a change costs the size of the tenant, not of
-        the host. Without it, or when the switch's state has not been read since it
-        connected, the whole desired set is compared with what is installed."""
+        """Bring one host's switch to its desired state (see controller.reconciler).
+        Returns messages sent, or None when the host is not connected or refused.
+        `delta` = (old flows, new flows) of the one tenant that changed on this host."""
         st = self.state.get(host)
         if st is None:
             return None
         with st.lock:
-            s = st.session
-            if s is None:
-                return None
-            try:
-                if st.installed is None:
-                    st.installed = set(s.installed())
-                    st.meters = s.meters()
-                    st.groups = s.groups()
-                    delta = None
-                if delta is None:
-                    desired = dict(self.desired.get(host, {}))  # a snapshot: intent may change meanwhile
-                    want = set(desired)
-                    dels = sorted(st.installed - want)
-                    adds = [desired[c] for c in sorted(want - st.installed)]
-                    want_meters = meters_of(desired.values())
-                    old_meters, old_groups = set(st.meters), set(st.groups)
-                    want_groups = groups_of(desired.values())
-                else:  # only this tenant's flows, meters (per port) and groups (per LB) moved
-                    old_fl, new_fl = delta
-                    new_by = {f.cookie: f for f in new_fl}
-                    dels = sorted(c for c in {f.cookie for f in old_fl} - new_by.keys() if c in st.installed)
-                    adds = [new_by[c] for c in sorted(new_by.keys() - st.installed)]
-                    want_meters = meters_of(new_fl)
-                    old_meters = set(meters_of(old_fl)) & set(st.meters)
-                    want_groups = groups_of(new_fl)
-                    old_groups = set(groups_of(old_fl)) & set(st.groups)
-                put = {m: b for m, b in want_meters.items() if st.meters.get(m) != b}
-                n = s.set_meters(put, set(st.meters), [])  # meters and groups before the flows using them
-                st.meters.update(put)
-                sigs = {gid: s.group_signature(g) for gid, g in want_groups.items()}
-                gput = {gid: g for gid, g in want_groups.items() if st.groups.get(gid) != sigs[gid]}
-                n += s.set_groups(gput, set(st.groups), [])
-                st.groups.update({gid: sigs[gid] for gid in gput})
-                n += s.push(dels, adds)
-                st.installed.difference_update(dels)
-                st.installed.update(f.cookie for f in adds)
-                gone = sorted(old_meters - set(want_meters))
-                n += s.set_meters({}, set(st.meters), gone)  # and after the flows that used them
-                for m in gone:
-                    del st.meters[m]
-                ggone = sorted(old_groups - set(want_groups))
-                n += s.set_groups({}, set(st.groups), ggone)
-                for g in ggone:
-                    del st.groups[g]
-                st.flow_mods += n
-                st.bundles += 1 if n else 0
-                st.error = None
-                return n
-            except Exception as e:  # the switch refused, or went away: re-read next time
-                st.installed = st.meters = st.groups = None
-                st.error = str(e)
-                LOG.error("host %s: %s", host, e)
-                return None
+            return reconciler.reconcile(st, self.desired.get(host, {}), delta)
 
     def reconcile_many(self, hosts, old: dict | None = None, new: dict | None = None) -> dict[str, int | None]:
         """Reconcile several hosts at once. With `old` and `new` (one tenant's flows per
@@ -377,13 +290,32 @@ class Core:
             raise ApiError(f"no host {name!r} (hosts: {', '.join(sorted(self.hosts))})")
         if st.session is None:
             raise ApiError(f"host {name} is not connected")
-        with st.lock:
-            st.installed = st.meters = st.groups = None
         t0 = self.clock()
-        n = self.reconcile(name)
+        n, diff = self.audit(name)
         if n is None:
             raise ApiError(f"host {name}: {st.error or 'not connected'}")
-        return {"host": name, "flow_mods": n, "ms": round((self.clock() - t0) * 1000, 1)}
+        return {"host": name, "flow_mods": n, "found": diff, "ms": round((self.clock() - t0) * 1000, 1)}
+
+    def audit(self, name: str) -> tuple[int | None, dict]:
+        """Re-read a host's switch and correct whatever differs from its desired state."""
+        st = self.state[name]
+        with st.lock:
+            n, diff = reconciler.audit(st, self.desired.get(name, {}))
+        if diff and any(diff.values()):
+            LOG.warning("host %s drifted from its desired state (%s); corrected with %s messages",
+                        name, diff, n)
+        return n, diff
+
+    def audit_all(self) -> dict[str, dict]:
+        """Audit every connected host (at once): the switches' own flows, not our memory."""
+        live = sorted(h for h, st in self.state.items() if st.session is not None and h in self.hosts)
+        out: dict[str, dict] = {}
+
+        def one(h):
+            n, diff = self.audit(h)
+            out[h] = {"flow_mods": n, **diff}
+        list(self._reconcilers.map(one, live))
+        return out
 
     def host_self(self, token: str, peer_name: str | None) -> dict:
         """What a joined host may ask about itself."""
@@ -426,10 +358,16 @@ class Core:
         with self._held_by_others(t.name) as others:
             alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
         flows = compile_tenant(t, alloc, self._placement())
+        conflicts = self.desired.conflicts(old.flows if old else {}, flows)
+        if conflicts:
+            names = {**self._tenant_names(), alloc.tenant_id: t.name}
+            raise ApiError(f"tenant {t.name}: {len(conflicts)} of its flows would replace flows "
+                           "that are not its own (the same table, priority and match); nothing was changed",
+                           [("flows", c.describe(names)) for c in conflicts[:20]])
         rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None)
         new = TenantEntry(t, alloc, rev, flows)
         self._replace_entry(t.name, new)
-        return new, self._swap_tenant_flows(old.flows if old else {}, flows)
+        return new, self.desired.swap(old.flows if old else {}, flows)
 
     def _replace_entry(self, name: str, new: TenantEntry | None) -> None:
         """The one place self.tenants changes, so self.used follows it."""
@@ -514,7 +452,7 @@ class Core:
                 raise ApiError(f"no tenant {name!r}")
             self.store.delete_tenant(name, old.revision)
             self._replace_entry(name, None)
-            changed = self._swap_tenant_flows(old.flows, {})
+            changed = self.desired.swap(old.flows, {})
             attach_errors = self._reattach(name, old, None)
             results = self.reconcile_many(changed, old.flows, {})
         return self._result(name, "deleted", results, attach_errors)
@@ -578,14 +516,14 @@ class Core:
     # ------------------------------------------------------------------------------
     def host_status(self, host: str) -> dict:
         st = self.state.get(host, HostState())
-        want = set(self.desired.get(host, {}))
+        want = self.desired.get(host, {})
+        with st.lock:
+            synced = reconciler.in_sync(st, want)
         return {
             "connected": st.session is not None,
             "flows_desired": len(want),
-            "in_sync": st.session is not None and st.synced_session is st.session
-                       and st.installed == want and st.error is None
-                       and st.meters == meters_of(self.desired.get(host, {}).values())
-                       and set(st.groups or {}) == set(groups_of(self.desired.get(host, {}).values())),
+            "in_sync": synced,
+            "drift_corrected": st.drift_corrected,
             "flow_mods_sent": st.flow_mods,
             "bundles": st.bundles,
             "syncs": st.syncs,
@@ -593,8 +531,13 @@ class Core:
             "error": st.error,
         }
 
-    def list_hosts(self) -> list[dict]:
-        return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", **self.host_status(h.name)}
+    def list_hosts(self, check: bool = False) -> list[dict]:
+        """Every host and whether its switch holds exactly its desired state. With
+        `check`, each switch is read again first (and any drift corrected), so the answer
+        is about the switches, not the controller's memory of them."""
+        found = self.audit_all() if check else {}
+        return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", **self.host_status(h.name),
+                 **({"drift": found[h.name]} if h.name in found else {})}
                 for h in sorted(self.hosts.values(), key=lambda h: h.name)]
 
     def list_tenants(self) -> list[dict]:
@@ -622,9 +565,12 @@ class Core:
                 hosts[h] = {"flows": 0, "installed": False, "note": "host is not registered"}
                 continue
             st = self.state[h]
-            mine = {f.cookie for f in e.flows.get(h, ())}
-            installed = st.session is not None and st.installed is not None and mine <= st.installed
-            hosts[h] = {"flows": len(mine), "installed": installed, "connected": st.session is not None}
+            mine = e.flows.get(h, ())
+            with st.lock:
+                have = st.installed
+                installed = (st.session is not None and have is not None
+                             and all(have.get(f.identity) == f for f in mine))
+            hosts[h] = {"flows": len(set(mine)), "installed": installed, "connected": st.session is not None}
         return {"spec": schema.to_doc(e.tenant), "revision": e.revision,
                 "ids": {"tenant_id": e.alloc.tenant_id, "vni": e.alloc.vni},
                 "ports": ports, "hosts": hosts}
@@ -702,24 +648,25 @@ class Core:
         on_switch = None
         if read_switch and st.session is not None:
             try:
-                on_switch = st.session.installed()
+                on_switch = {f.identity: f for f in st.session.flows()}
             except Exception as e:
                 raise ApiError(f"host {host}: could not read flows: {e}") from None
-        names = {e.alloc.tenant_id: n for n, e in self.tenants.items()}
+        names = self._tenant_names()
+        desired = self.desired.get(host, {})
         rows = []
-        for f in sorted(self.desired.get(host, {}).values(),
-                        key=lambda f: (f.table.number, -f.priority, f.body)):
+        for f in sorted(desired.values(), key=lambda f: (f.table.number, -f.priority, f.body)):
+            got = None if on_switch is None else on_switch.get(f.identity)
             rows.append({"table": f.table.name, "layer": f.table.layer, "cookie": f"{f.cookie:#x}",
                          "tenant": names.get(f.tenant_id, ""), "rule": f.rule, "flow": f.body,
-                         "installed": None if on_switch is None else f.cookie in on_switch})
+                         "installed": None if on_switch is None else got == f,
+                         **({"on_switch": got.ofctl()} if got is not None and got != f else {})})
         extra = []
         if on_switch is not None:
-            for c, table in sorted(on_switch.items()):
-                if c not in self.desired.get(host, {}):
-                    layer = LAYER_BY_ID.get(cookie_layer(c))
-                    extra.append({"cookie": f"{c:#x}", "table": PIPELINE.by_number.get(table).name
-                                  if table in PIPELINE.by_number else str(table),
-                                  "layer": layer.name if layer else "?",
-                                  "tenant": names.get(cookie_tenant(c), "")})
+            for i, f in sorted(on_switch.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[1].body)):
+                if i not in desired:
+                    layer = LAYER_BY_ID.get(cookie_layer(f.cookie))
+                    extra.append({"cookie": f"{f.cookie:#x}", "table": f.table.name,
+                                  "layer": layer.name if layer else "?", "flow": f.body,
+                                  "tenant": names.get(cookie_tenant(f.cookie), "")})
         return {"host": host, "flows": rows, "unexpected": extra,
                 "connected": st.session is not None}

@@ -1,10 +1,11 @@
-"""The os-ken adapter: with `ofwire` (its fast encoder), the only code that imports os-ken.
+"""The os-ken adapter: with `ofcodec` and `ofwire`, the only code that imports os-ken.
 
 It turns our flow values into OpenFlow 1.3 messages (with Nicira extensions) at the
-edge, and gives the controller core a `Session` per connected switch with three calls:
-read the installed cookies, push a batch of deletes and adds in one atomic bundle, and
-the list of ports. Event handlers unwrap events and hand them to the core; they never
-block (waiting happens in the caller's green thread).
+edge, and gives the controller a `Session` per connected switch that implements the
+`Switch` protocol of `controller.reconciler`: read the flows back as values, push strict
+deletes and adds in one atomic bundle, meters, groups, ports. Event handlers unwrap
+events and hand them to the core; they never block (waiting happens in the caller's
+green thread).
 """
 from __future__ import annotations
 
@@ -15,129 +16,20 @@ from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
-from os_ken.ofproto import nicira_ext, ofproto_v1_3, ofproto_v1_3_parser
+from os_ken.ofproto import ofproto_v1_3
 
-from controller import ofwire
+from controller import ofcodec, ofwire
+from controller.pipeline import PIPELINE
 from controller.pki import peer_name
-from dataplane.match_action import (FIELDS, IN_PORT, Ct, DecTtl, Flow, Goto, Group, Match, Meter,
-                                    Move, Output, Resubmit, SetField)
+from dataplane.match_action import Flow, Group
 
 LOG = logging.getLogger("nvctl.ofadapter")
-ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 REPLY_TIMEOUT = 60.0
-OFP10_IN_PORT = 0xFFF8
 LIVENESS_INTERVAL = 0.25  # seconds between checks that each switch's connection is alive
-NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1  # OVS nx-match.h
 
 
 class SwitchError(RuntimeError):
     """The switch refused something, or did not answer."""
-
-
-class PaddedNAT(ofproto_v1_3_parser.NXActionNAT):
-    """os-ken 4.2 leaves NXAST_NAT's body unpadded when a port range is present (28
-    bytes), while the enclosing length says 32: OVS refuses such a group-mod with
-    OFPBRC_BAD_LEN. Pad the body so header (10 bytes) + body is a multiple of 8."""
-
-    def serialize_body(self):
-        data = super().serialize_body()
-        return data + bytes((-(10 + len(data))) % 8)
-
-
-# --------------------------------------------------------------------------------------
-# Values -> os-ken messages
-# --------------------------------------------------------------------------------------
-
-def to_match(parser, m: Match):
-    kw = {}
-    for name, value, mask, _ in m.items:
-        kw[name] = value if mask is None else (value, mask)
-    return parser.OFPMatch(**kw)
-
-
-def to_action(parser, ofp, a):
-    if isinstance(a, Output):
-        port = ofp.OFPP_IN_PORT if a.port == IN_PORT else a.port
-        return parser.OFPActionOutput(port, 0)
-    if isinstance(a, SetField):
-        if a.mask is None:
-            return parser.OFPActionSetField(**{a.field: a.value})
-        lo, hi = a.bit_range()
-        return parser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(lo, hi), dst=a.field,
-                                      value=a.value >> lo)
-    if isinstance(a, Move):
-        return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst,
-                                      n_bits=FIELDS[a.src].bits, src_ofs=0, dst_ofs=0)
-    if isinstance(a, Resubmit):
-        # NXAST_RESUBMIT_TABLE carries a 16-bit (OpenFlow 1.0) port: 0xfff8 is IN_PORT
-        return parser.NXActionResubmitTable(in_port=OFP10_IN_PORT, table_id=a.table.number)
-    if isinstance(a, DecTtl):
-        return parser.OFPActionDecNwTtl()
-    if isinstance(a, Group):
-        return parser.OFPActionGroup(a.group_id)
-    if isinstance(a, Ct):
-        nat = []
-        if a.nat is not None:
-            if not a.nat.kind:
-                nat = [PaddedNAT(flags=0)]
-            else:
-                kw = {"range_ipv4_min": a.nat.ip, "range_ipv4_max": a.nat.ip}
-                if a.nat.port:
-                    kw.update(range_proto_min=a.nat.port, range_proto_max=a.nat.port)
-                flag = NX_NAT_F_SRC if a.nat.kind == "src" else NX_NAT_F_DST
-                nat = [PaddedNAT(flags=flag, **kw)]
-        return parser.NXActionCT(
-            flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0, zone_src="",
-            zone_ofs_nbits=a.zone,
-            recirc_table=a.table.number if a.table is not None else nicira_ext.NX_CT_RECIRC_NONE,
-            alg=0, actions=nat)
-    raise TypeError(f"no OpenFlow encoding for {a!r}")
-
-
-def to_flow_mod(dp, f: Flow):
-    """The reference encoding of a flow as an os-ken OFPFlowMod. Bundles are built by
-    `ofwire.flow_mod`, which must equal it byte for byte (tests/unit/test_ofwire.py)."""
-    ofp, parser = dp.ofproto, dp.ofproto_parser
-    acts = [to_action(parser, ofp, a) for a in f.actions if not isinstance(a, (Goto, Meter))]
-    inst = [parser.OFPInstructionMeter(a.meter_id) for a in f.actions if isinstance(a, Meter)]
-    if acts:
-        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts))
-    if f.actions and isinstance(f.actions[-1], Goto):
-        inst.append(parser.OFPInstructionGotoTable(f.actions[-1].table.number))
-    return parser.OFPFlowMod(dp, cookie=f.cookie, cookie_mask=0, table_id=f.table.number,
-                             command=ofp.OFPFC_ADD, idle_timeout=0, hard_timeout=0,
-                             priority=f.priority, buffer_id=ofp.OFP_NO_BUFFER,
-                             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, flags=0,
-                             match=to_match(parser, f.match), instructions=inst)
-
-
-def to_buckets(dp, g: Group) -> list:
-    ofp, parser = dp.ofproto, dp.ofproto_parser
-    return [parser.OFPBucket(weight=100, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
-                             actions=[to_action(parser, ofp, a) for a in bucket])
-            for bucket in g.buckets]
-
-
-def buckets_signature(buckets) -> bytes:
-    """Bytes that identify a bucket list, for ours and for what the switch reports."""
-    out = bytearray()
-    for b in buckets:
-        for a in b.actions:  # what the switch sent back parses as os-ken's unpadded NAT
-            for inner in getattr(a, "actions", None) or ():
-                if type(inner) is ofproto_v1_3_parser.NXActionNAT:
-                    inner.__class__ = PaddedNAT
-        buf = bytearray()
-        b.serialize(buf, 0)
-        out += bytes(buf)
-    return bytes(out)
-
-
-def delete_cookie(dp, cookie: int):
-    """Reference for `ofwire.delete_by_cookie`: delete every flow with this cookie."""
-    ofp, parser = dp.ofproto, dp.ofproto_parser
-    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=ALL_ONES64, table_id=ofp.OFPTT_ALL,
-                             command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
-                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
 
 
 # --------------------------------------------------------------------------------------
@@ -207,22 +99,25 @@ class Session:
                 self._waiters.pop(x, None)
 
     # the three calls -------------------------------------------------------------------
-    def installed(self) -> dict[int, int]:
-        """cookie -> table number of every flow on the switch (flow stats, all tables)."""
+    def flows(self) -> list[Flow]:
+        """Every flow on the switch (flow stats, all tables) as our values: match and
+        actions as the switch reports them, with the cookie it holds."""
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
                                          0, 0, parser.OFPMatch())
         w = _Waiter()
         xid = self._send(req, w)
-        out: dict[int, int] = {}
+        out: list[Flow] = []
         for reply in self._wait(w, [xid], "flow stats"):
             for st in reply.body:
-                out[st.cookie] = st.table_id
+                out.append(ofcodec.flow_from_stats(st, PIPELINE))
         return out
 
-    def push(self, delete: list[int], add: list[Flow]) -> int:
-        """Delete flows by cookie, then add flows, in one atomic ordered bundle; returns the
-        number of flow-mods sent. Raises SwitchError if the switch refused any of it.
+    def push(self, delete: list[Flow], add: list[Flow]) -> int:
+        """Delete flows strictly by identity (table, priority, match), then ADD flows
+        (replacing any with the same identity, counters kept), in one atomic ordered
+        bundle; returns the number of flow-mods sent. Raises SwitchError if the switch
+        refused any of it.
 
         The bundle's contents are encoded by `ofwire` (cached pieces, byte-identical to
         os-ken's) and written as one buffer: a resync of 10,000 flows is one write."""
@@ -241,8 +136,8 @@ class Session:
             # not leave a half-sent bundle on the switch.
             xids = self._reserve_xids(n)
             buf = bytearray()
-            for c, x in zip(delete, xids):
-                buf += ofwire.bundle_add(bid, flags, ofwire.delete_by_cookie(c, x))
+            for f, x in zip(delete, xids):
+                buf += ofwire.bundle_add(bid, flags, ofwire.delete_strict(f, x))
             for f, x in zip(add, xids[len(delete):]):
                 buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(f, x))
             for x in xids:
@@ -311,11 +206,11 @@ class Session:
         out = {}
         for reply in self._wait(w, [xid], "group desc"):
             for g in reply.body:
-                out[g.group_id] = buckets_signature(g.buckets)
+                out[g.group_id] = ofcodec.buckets_signature(g.buckets)
         return out
 
     def group_signature(self, g: Group) -> bytes:
-        return buckets_signature(to_buckets(self.dp, g))
+        return ofcodec.buckets_signature(ofcodec.to_buckets(self.dp, g))
 
     def set_groups(self, put: dict, existing: set[int], delete: list[int]) -> int:
         """Add or modify select groups in `put` (id -> Group), delete `delete`; waits for
@@ -325,7 +220,7 @@ class Session:
         dp = self.dp
         ofp, parser = dp.ofproto, dp.ofproto_parser
         msgs = [parser.OFPGroupMod(dp, command=ofp.OFPGC_MODIFY if gid in existing else ofp.OFPGC_ADD,
-                                   type_=ofp.OFPGT_SELECT, group_id=gid, buckets=to_buckets(dp, g))
+                                   type_=ofp.OFPGT_SELECT, group_id=gid, buckets=ofcodec.to_buckets(dp, g))
                 for gid, g in sorted(put.items())]
         msgs += [parser.OFPGroupMod(dp, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_SELECT, group_id=gid,
                                     buckets=[]) for gid in sorted(delete)]

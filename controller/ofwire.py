@@ -18,6 +18,7 @@ from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller.ofcodec import to_action  # the one place an action's encoding is chosen
 from dataplane.match_action import Flow, Goto, Meter
 
 _DP = SimpleNamespace(ofproto=ofp, ofproto_parser=parser, id=0)  # what os-ken's encoders read
@@ -55,7 +56,6 @@ def match_bytes(match) -> bytes:
 
 @lru_cache(maxsize=1 << 16)
 def _action(a) -> bytes:
-    from controller.ofadapter import to_action  # the one place an action's encoding is chosen
     buf = bytearray()
     to_action(parser, ofp, a).serialize(buf, 0)
     return bytes(buf)
@@ -85,6 +85,17 @@ def flow_mod(f: Flow, xid: int) -> bytes:
     length = 8 + _FLOW_MOD.size + len(tail)
     return (_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, xid)
             + _FLOW_MOD.pack(f.cookie, 0, f.table.number, ofp.OFPFC_ADD, 0, 0, f.priority,
+                             ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0)
+            + tail)
+
+
+def delete_strict(f: Flow, xid: int) -> bytes:
+    """OFPT_FLOW_MOD, OFPFC_DELETE_STRICT of the one flow with f's identity (table,
+    priority, match), whatever cookie and actions it has on the switch."""
+    tail = match_bytes(f.match)
+    length = 8 + _FLOW_MOD.size + len(tail)
+    return (_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, xid)
+            + _FLOW_MOD.pack(0, 0, f.table.number, ofp.OFPFC_DELETE_STRICT, 0, 0, f.priority,
                              ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0)
             + tail)
 

@@ -177,12 +177,13 @@ class Match:
     checked, as OVS would. Immutable by contract: one Match may sit in many flows.
     """
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "_hash")
 
     def __init__(self, items: tuple = ()):
         """From (field, value, mask) triples, already normalized; prefer `Match.of`."""
         items = [(n, v, m, _item_text(n, v, m)) for n, v, m, *_ in items]
         self.items = tuple(sorted(items, key=_render_key))
+        self._hash = None
 
     @staticmethod
     def of(**fields) -> "Match":
@@ -191,6 +192,7 @@ class Match:
             entries.sort()  # by (rank, name); names are unique, so the rest is never compared
         m = Match.__new__(Match)
         m.items = items = tuple([e[1] for e in entries])
+        m._hash = None
         for e in entries:
             if e[2]:  # this field has prerequisites: check them all, as OVS would
                 _check_prereqs(items)
@@ -198,10 +200,13 @@ class Match:
         return m
 
     def __eq__(self, other):
-        return isinstance(other, Match) and self.items == other.items
+        return self is other or (isinstance(other, Match) and self.items == other.items)
 
     def __hash__(self):
-        return hash(self.items)
+        h = self._hash
+        if h is None:  # flows are indexed by identity (table, priority, match): hash once
+            h = self._hash = hash(self.items)
+        return h
 
     def __repr__(self):
         return f"Match({self.ofctl()!r})"
@@ -456,6 +461,18 @@ def _ct_text(ct: Ct) -> str:
 
 
 @dataclass(frozen=True)
+class Opaque(Action):
+    """An action read back from a switch that we never emit (someone else put it there).
+    It equals nothing the compiler makes, so the reconciler replaces its flow, and the
+    simulator refuses it (Unsupported) rather than guess what it does."""
+
+    text: str
+
+    def ofctl(self):
+        return f"opaque({self.text})"
+
+
+@dataclass(frozen=True)
 class DecTtl(Action):
     """Decrement the IPv4 TTL; a packet whose TTL would reach 0 is dropped."""
 
@@ -680,6 +697,21 @@ class Flow:
 
     def __repr__(self):
         return f"Flow({self.table.name}: {self.body})"
+
+    @property
+    def identity(self) -> tuple:
+        """What OVS keys a flow by: (table, priority, match). Two flows with one identity
+        cannot both be on a switch; an ADD of the second replaces the first."""
+        return (self.table.number, self.priority, self.match)
+
+    @staticmethod
+    def reported(table: Table, priority: int, match: Match, actions: tuple, cookie: int) -> "Flow":
+        """A flow as a switch reported it: its cookie is what the switch holds, which
+        equals the one computed from its text only if nobody changed it behind our back."""
+        f = Flow(table, priority, match, actions, cookie_layer(cookie),
+                 cookie_tenant(cookie), "(read from the switch)")
+        f.cookie = cookie
+        return f
 
 
 _blake2b = hashlib.blake2b

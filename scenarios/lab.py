@@ -285,7 +285,7 @@ class Lab:
         if out["controller"]["alive"]:
             from controller.api import ApiClientError, call
             try:
-                live = {h["name"]: h for h in call(self.api_path, "host.list", timeout=5)}
+                live = {h["name"]: h for h in call(self.api_path, "host.list", check=True, timeout=10)}
             except ApiClientError as e:
                 out["controller"]["error"] = str(e)
         for name in m["hosts"]:

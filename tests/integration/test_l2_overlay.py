@@ -146,6 +146,30 @@ def test_flows_command_names_tables_and_matches_the_switch(lab, tenants):
                                                      if line.startswith("  table="))
 
 
+def _ofctl(lab, host, *args):
+    import subprocess
+    p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], capture_output=True, text=True,
+                       env=lab.ovs_env(host), timeout=30)
+    assert p.returncode == 0, p.stderr
+
+
+def test_drift_made_with_ovs_ofctl_is_seen_by_hosts_and_corrected(lab, tenants):
+    """Changed actions under the same cookie, a deleted flow and a stray flow, made
+    behind the controller's back with ovs-ofctl: `nvctl hosts` reads the switch again,
+    says what it found, and puts the desired flows back exactly."""
+    before = installed_cookies(lab, "hv2")
+    rows = nvctl_json(lab, "flows", "hv2", "--tenant", "blue")["flows"]
+    deliver = next(r["flow"] for r in rows if r["table"] == "deliver" and "output:" in r["flow"])
+    match = deliver.split(",actions=")[0]  # table, priority and match: the flow's identity
+    _ofctl(lab, "hv2", "mod-flows", "--strict", "br-int", f"{match},actions=output:99")
+    _ofctl(lab, "hv2", "add-flow", "br-int", "table=0,priority=7,in_port=77,actions=output:1")
+    hosts = {h["name"]: h for h in nvctl_json(lab, "hosts")}
+    assert hosts["hv2"]["drift"] == {"flow_mods": 2, "missing": 0, "unexpected": 1, "changed": 1}, hosts["hv2"]
+    assert hosts["hv2"]["in_sync"] and hosts["hv1"]["drift"]["flow_mods"] == 0
+    assert installed_cookies(lab, "hv2") == before
+    assert "in sync" in nvctl(lab, "hosts").stdout
+
+
 def test_bad_yaml_is_refused_with_the_field_and_nothing_changes(lab, tenants):
     before_rev = nvctl_json(lab, "tenant", "show", "blue")["revision"]
     before = {h: installed_cookies(lab, h) for h in HOSTS}

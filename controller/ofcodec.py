@@ -1,0 +1,244 @@
+"""Our flow values <-> os-ken's OpenFlow 1.3 objects (with Nicira extensions), both ways.
+
+Out: `to_flow_mod` and friends are the reference encoding (`ofwire` builds the same
+bytes faster). Back: `flow_from_stats` turns what a switch reports (a flow-stats entry)
+into the same values the compiler makes, so the reconciler compares the switch's flows
+with the desired ones by identity (table, priority, match) and content, and `nvctl
+verify` analyses what is really installed. An action we never emit comes back as
+`Opaque`, which equals nothing we want (so it is replaced) and which the simulator and
+the verifier refuse to guess about.
+"""
+from __future__ import annotations
+
+from os_ken.ofproto import nicira_ext, ofproto_v1_3 as ofp, ofproto_v1_3_parser as parser
+
+from dataplane.match_action import (FIELDS, IN_PORT, Ct, DecTtl, Flow, Goto, Group, Match, Meter,
+                                    Move, Nat, Opaque, Output, Pipeline, Resubmit, SetField, Table)
+
+ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
+OFP10_IN_PORT = 0xFFF8
+NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1  # OVS nx-match.h
+
+
+class PaddedNAT(parser.NXActionNAT):
+    """os-ken 4.2 leaves NXAST_NAT's body unpadded when a port range is present (28
+    bytes), while the enclosing length says 32: OVS refuses such a group-mod with
+    OFPBRC_BAD_LEN. Pad the body so header (10 bytes) + body is a multiple of 8."""
+
+    def serialize_body(self):
+        data = super().serialize_body()
+        return data + bytes((-(10 + len(data))) % 8)
+
+
+# --------------------------------------------------------------------------------------
+# Values -> os-ken messages
+# --------------------------------------------------------------------------------------
+
+def to_match(parser, m: Match):
+    kw = {}
+    for name, value, mask, _ in m.items:
+        kw[name] = value if mask is None else (value, mask)
+    return parser.OFPMatch(**kw)
+
+
+def to_action(parser, ofp, a):
+    if isinstance(a, Output):
+        port = ofp.OFPP_IN_PORT if a.port == IN_PORT else a.port
+        return parser.OFPActionOutput(port, 0)
+    if isinstance(a, SetField):
+        if a.mask is None:
+            return parser.OFPActionSetField(**{a.field: a.value})
+        lo, hi = a.bit_range()
+        return parser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(lo, hi), dst=a.field,
+                                      value=a.value >> lo)
+    if isinstance(a, Move):
+        return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst,
+                                      n_bits=FIELDS[a.src].bits, src_ofs=0, dst_ofs=0)
+    if isinstance(a, Resubmit):
+        # NXAST_RESUBMIT_TABLE carries a 16-bit (OpenFlow 1.0) port: 0xfff8 is IN_PORT
+        return parser.NXActionResubmitTable(in_port=OFP10_IN_PORT, table_id=a.table.number)
+    if isinstance(a, DecTtl):
+        return parser.OFPActionDecNwTtl()
+    if isinstance(a, Group):
+        return parser.OFPActionGroup(a.group_id)
+    if isinstance(a, Ct):
+        nat = []
+        if a.nat is not None:
+            if not a.nat.kind:
+                nat = [PaddedNAT(flags=0)]
+            else:
+                kw = {"range_ipv4_min": a.nat.ip, "range_ipv4_max": a.nat.ip}
+                if a.nat.port:
+                    kw.update(range_proto_min=a.nat.port, range_proto_max=a.nat.port)
+                flag = NX_NAT_F_SRC if a.nat.kind == "src" else NX_NAT_F_DST
+                nat = [PaddedNAT(flags=flag, **kw)]
+        return parser.NXActionCT(
+            flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0, zone_src="",
+            zone_ofs_nbits=a.zone,
+            recirc_table=a.table.number if a.table is not None else nicira_ext.NX_CT_RECIRC_NONE,
+            alg=0, actions=nat)
+    raise TypeError(f"no OpenFlow encoding for {a!r}")
+
+
+def to_flow_mod(dp, f: Flow):
+    """The reference encoding of a flow as an os-ken OFPFlowMod. Bundles are built by
+    `ofwire.flow_mod`, which must equal it byte for byte (tests/unit/test_ofwire.py)."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    acts = [to_action(parser, ofp, a) for a in f.actions if not isinstance(a, (Goto, Meter))]
+    inst = [parser.OFPInstructionMeter(a.meter_id) for a in f.actions if isinstance(a, Meter)]
+    if acts:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts))
+    if f.actions and isinstance(f.actions[-1], Goto):
+        inst.append(parser.OFPInstructionGotoTable(f.actions[-1].table.number))
+    return parser.OFPFlowMod(dp, cookie=f.cookie, cookie_mask=0, table_id=f.table.number,
+                             command=ofp.OFPFC_ADD, idle_timeout=0, hard_timeout=0,
+                             priority=f.priority, buffer_id=ofp.OFP_NO_BUFFER,
+                             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, flags=0,
+                             match=to_match(parser, f.match), instructions=inst)
+
+
+def to_buckets(dp, g: Group) -> list:
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return [parser.OFPBucket(weight=100, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                             actions=[to_action(parser, ofp, a) for a in bucket])
+            for bucket in g.buckets]
+
+
+def buckets_signature(buckets) -> bytes:
+    """Bytes that identify a bucket list, for ours and for what the switch reports."""
+    out = bytearray()
+    for b in buckets:
+        for a in b.actions:  # what the switch sent back parses as os-ken's unpadded NAT
+            for inner in getattr(a, "actions", None) or ():
+                if type(inner) is parser.NXActionNAT:
+                    inner.__class__ = PaddedNAT
+        buf = bytearray()
+        b.serialize(buf, 0)
+        out += bytes(buf)
+    return bytes(out)
+
+
+def delete_cookie(dp, cookie: int):
+    """Reference for `ofwire.delete_by_cookie`: delete every flow with this cookie."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=ALL_ONES64, table_id=ofp.OFPTT_ALL,
+                             command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
+                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+
+
+def delete_strict(dp, f: Flow):
+    """Reference for `ofwire.delete_strict`: delete the one flow with f's identity
+    (table, priority, match), whatever its cookie and actions."""
+    ofp_, parser_ = dp.ofproto, dp.ofproto_parser
+    return parser_.OFPFlowMod(dp, cookie=0, cookie_mask=0, table_id=f.table.number,
+                              command=ofp_.OFPFC_DELETE_STRICT, priority=f.priority,
+                              out_port=ofp_.OFPP_ANY, out_group=ofp_.OFPG_ANY,
+                              match=to_match(parser_, f.match))
+
+
+# --------------------------------------------------------------------------------------
+# os-ken objects -> values (what the switch reports)
+# --------------------------------------------------------------------------------------
+
+def from_match(m) -> Match:
+    fields = {}
+    for name, value in m._fields2:
+        name = _field(name)
+        if name not in FIELDS:
+            raise ValueError(f"match field {name} is not one we model")
+        fields[name] = value
+    return Match.of(**fields)
+
+
+def _field(name: str) -> str:
+    """os-ken names a field by its NXM form when OVS sent it so ("eth_src_nxm")."""
+    return name[:-4] if name.endswith("_nxm") else name
+
+
+def from_action(a, pipeline: Pipeline):
+    try:
+        return _from_action(a, pipeline)
+    except (KeyError, ValueError, TypeError) as e:  # a value we would never have written
+        return Opaque(f"{type(a).__name__}: {e}")
+
+
+def _from_action(a, pipeline: Pipeline):
+    t = type(a)
+    if t is parser.OFPActionOutput:
+        return Output(IN_PORT if a.port == ofp.OFPP_IN_PORT else a.port)
+    if t is parser.OFPActionSetField:
+        return SetField(_field(a.key), a.value)
+    if t is parser.NXActionRegLoad:
+        lo, nbits = a.ofs_nbits >> 6, (a.ofs_nbits & 0x3F) + 1
+        return SetField(_field(a.dst), a.value << lo, ((1 << nbits) - 1) << lo)
+    if t is parser.NXActionRegLoad2:
+        if isinstance(a.value, tuple):
+            return SetField(_field(a.dst), a.value[0], a.value[1])
+        return SetField(_field(a.dst), a.value)
+    if t is parser.NXActionRegMove:
+        src, dst = _field(a.src_field), _field(a.dst_field)
+        if a.src_ofs or a.dst_ofs or src not in FIELDS or a.n_bits != FIELDS[src].bits:
+            return Opaque(f"move:{a.src_field}[{a.src_ofs}+{a.n_bits}]->{a.dst_field}[{a.dst_ofs}]")
+        return Move(src, dst)
+    if t is parser.NXActionResubmitTable:
+        if a.in_port != OFP10_IN_PORT or a.table_id not in pipeline.by_number:
+            return Opaque(f"resubmit({a.in_port},{a.table_id})")
+        return Resubmit(pipeline.by_number[a.table_id])
+    if t is parser.OFPActionDecNwTtl:
+        return DecTtl()
+    if t is parser.OFPActionGroup:
+        return Group(a.group_id)
+    if t is parser.NXActionCT:
+        nat = None
+        for inner in a.actions or ():
+            if not isinstance(inner, parser.NXActionNAT) or nat is not None:
+                return Opaque(f"ct with {type(inner).__name__}")
+            if not inner.flags & (NX_NAT_F_SRC | NX_NAT_F_DST):
+                nat = Nat()
+            else:
+                kind = "src" if inner.flags & NX_NAT_F_SRC else "dst"
+                nat = Nat(kind, inner.range_ipv4_min or None, inner.range_proto_min or None)
+        if a.zone_src or a.alg:
+            return Opaque(f"ct(zone_src={a.zone_src},alg={a.alg})")
+        table = None
+        if a.recirc_table != nicira_ext.NX_CT_RECIRC_NONE:
+            if a.recirc_table not in pipeline.by_number:
+                return Opaque(f"ct(table={a.recirc_table})")
+            table = pipeline.by_number[a.recirc_table]
+        return Ct(zone=a.zone_ofs_nbits, commit=bool(a.flags & nicira_ext.NX_CT_F_COMMIT), table=table, nat=nat)
+    return Opaque(type(a).__name__)
+
+
+def from_instructions(instructions, pipeline: Pipeline) -> tuple:
+    """Our action tuple: meter first, then the applied actions, then goto (as built)."""
+    meter, acts, goto = [], [], []
+    for i in instructions:
+        t = type(i)
+        if t is parser.OFPInstructionMeter:
+            meter.append(Meter(i.meter_id))
+        elif t is parser.OFPInstructionActions and i.type == ofp.OFPIT_APPLY_ACTIONS:
+            acts += [from_action(a, pipeline) for a in i.actions]
+        elif t is parser.OFPInstructionGotoTable and i.table_id in pipeline.by_number:
+            goto.append(Goto(pipeline.by_number[i.table_id]))
+        else:
+            acts.append(Opaque(f"instruction {t.__name__}"))
+    return tuple(meter + acts + goto)
+
+
+def table_of(number: int, pipeline: Pipeline) -> Table:
+    """The pipeline's table with this number, or a stand-in for one we never use."""
+    t = pipeline.by_number.get(number)
+    if t is None:
+        t = Table(f"table{number}", frozenset(), number=number, layer="?")
+    return t
+
+
+def flow_from_stats(st, pipeline: Pipeline) -> Flow:
+    """A flow-stats entry as the switch reported it, as our value (cookie as reported)."""
+    try:
+        match = from_match(st.match)
+    except ValueError as e:
+        match, actions = Match(), (Opaque(f"match: {e}"),)
+    else:
+        actions = from_instructions(st.instructions, pipeline)
+    return Flow.reported(table_of(st.table_id, pipeline), st.priority, match, actions, st.cookie)

@@ -1,0 +1,211 @@
+"""Bring a switch to a host's desired state, by flow identity.
+
+Written against `Switch`, a small protocol: the os-ken adapter's `Session` implements
+it for a real br-int, and `tests/unit/fake_switch.py` implements it with OpenFlow's own
+semantics (an ADD replaces the flow with the same table, priority and match) for unit
+tests.
+
+The switch's flows are read back as values (match and actions, not just cookies) and
+kept per host, keyed by identity. A reconcile deletes (strictly, by identity) what is
+installed but not desired, and ADDs every desired flow that is missing or differs in
+actions or cookie: an ADD over an existing identity modifies it in place, so its
+counters survive. All of it goes in one atomic, ordered bundle. Meters and groups are
+put before the flows that use them and removed after.
+
+A host is "in sync" only when what was last read from (and since written to) the
+switch equals the desired flows, meters and groups exactly. `audit` re-reads the
+switch, so drift made behind the controller's back is seen and corrected.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from dataplane.match_action import Flow, Group, groups_of, meters_of
+
+LOG = logging.getLogger("nvctl.reconciler")
+
+
+class Switch(Protocol):
+    """What the reconciler needs of one connected br-int."""
+
+    dpid: int
+    alive: bool
+
+    def flows(self) -> list[Flow]:
+        """Every flow on the switch, as values (cookies as the switch holds them)."""
+
+    def push(self, delete: list[Flow], add: list[Flow]) -> int:
+        """One atomic ordered bundle: strict deletes by identity, then ADDs (which
+        replace a flow with the same identity). Raises if the switch refused any."""
+
+    def meters(self) -> dict[int, tuple[int, int]]: ...
+
+    def set_meters(self, put: dict, existing: set, delete: list) -> int: ...
+
+    def groups(self) -> dict[int, bytes]: ...
+
+    def group_signature(self, g: Group) -> bytes: ...
+
+    def set_groups(self, put: dict, existing: set, delete: list) -> int: ...
+
+    def ports(self) -> dict[int, str]: ...
+
+
+@dataclass
+class HostState:
+    session: Switch | None = None
+    installed: dict | None = None  # identity -> Flow on the switch; None: not read since connect
+    meters: dict | None = None  # meter id -> band on the switch; None: not read since connect
+    groups: dict | None = None  # group id -> bucket signature on the switch
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    flow_mods: int = 0  # sent since the controller started
+    bundles: int = 0
+    syncs: int = 0
+    last_sync_mods: int | None = None  # flow-mods the last (re)connect sync needed
+    synced_session: object | None = None  # the session whose connect-time sync has finished
+    drift_corrected: int = 0  # flow-mods audits needed to undo changes made behind our back
+    error: str | None = None
+
+    def forget(self) -> None:
+        """What we know of the switch is no longer to be trusted: read it next time."""
+        self.installed = self.meters = self.groups = None
+
+
+def read_switch(st: HostState) -> None:
+    s = st.session
+    installed: dict = {}
+    for f in s.flows():
+        installed[f.identity] = f
+    st.installed = installed
+    st.meters = s.meters()
+    st.groups = s.groups()
+
+
+def plan(installed: dict, desired: dict, delta: tuple | None = None) -> tuple[list[Flow], list[Flow]]:
+    """(strict deletes, adds) that take `installed` to `desired` (both identity -> Flow).
+    With `delta` = (old flows, new flows) of the one tenant that changed, only those
+    identities are compared: a change costs the size of the tenant, not of the host."""
+    if delta is None:
+        dels = [f for i, f in installed.items() if i not in desired]
+        adds = [f for i, f in desired.items() if installed.get(i) != f]
+    else:
+        old_fl, new_fl = delta
+        dels, adds, seen = [], [], set()
+        for f in old_fl:
+            i = f.identity
+            if i not in desired and i in installed and i not in seen:
+                seen.add(i)
+                dels.append(installed[i])
+        for f in new_fl:
+            i = f.identity
+            want = desired.get(i)
+            if want is not None and installed.get(i) != want and i not in seen:
+                seen.add(i)
+                adds.append(want)
+    order = lambda f: (f.table.number, -f.priority, f.cookie)  # noqa: E731 - deterministic bundles
+    return sorted(dels, key=order), sorted(adds, key=order)
+
+
+def reconcile(st: HostState, desired: dict, delta: tuple | None = None) -> int | None:
+    """Bring one host's switch to `desired` (identity -> Flow). Returns the OpenFlow
+    messages sent (flow-, meter- and group-mods), or None when the host is not connected
+    or refused the change (see st.error). Call with st.lock held."""
+    s = st.session
+    if s is None:
+        return None
+    try:
+        if st.installed is None:
+            read_switch(st)
+            delta = None
+        desired = dict(desired)  # a snapshot: intent may change meanwhile
+        dels, adds = plan(st.installed, desired, delta)
+        if delta is None:
+            want_meters = meters_of(desired.values())
+            want_groups = groups_of(desired.values())
+            old_meters, old_groups = set(st.meters), set(st.groups)
+        else:  # only this tenant's meters (per port) and groups (per LB) moved
+            old_fl, new_fl = delta
+            want_meters = meters_of(new_fl)
+            want_groups = groups_of(new_fl)
+            old_meters = set(meters_of(old_fl)) & set(st.meters)
+            old_groups = set(groups_of(old_fl)) & set(st.groups)
+        put = {m: b for m, b in want_meters.items() if st.meters.get(m) != b}
+        n = s.set_meters(put, set(st.meters), [])  # meters and groups before the flows using them
+        st.meters.update(put)
+        sigs = {gid: s.group_signature(g) for gid, g in want_groups.items()}
+        gput = {gid: g for gid, g in want_groups.items() if st.groups.get(gid) != sigs[gid]}
+        n += s.set_groups(gput, set(st.groups), [])
+        st.groups.update({gid: sigs[gid] for gid in gput})
+        n += s.push(dels, adds)
+        for f in dels:
+            st.installed.pop(f.identity, None)
+        for f in adds:
+            st.installed[f.identity] = f
+        gone = sorted(old_meters - set(want_meters))
+        n += s.set_meters({}, set(st.meters), gone)  # and after the flows that used them
+        for m in gone:
+            del st.meters[m]
+        ggone = sorted(old_groups - set(want_groups))
+        n += s.set_groups({}, set(st.groups), ggone)
+        for g in ggone:
+            del st.groups[g]
+        st.flow_mods += n
+        st.bundles += 1 if n else 0
+        st.error = None
+        return n
+    except Exception as e:  # the switch refused, or went away: re-read next time
+        st.forget()
+        st.error = str(e)
+        LOG.error("switch %s: %s", getattr(s, "dpid", "?"), e)
+        return None
+
+
+def in_sync(st: HostState, desired: dict) -> bool:
+    """The switch (as last read, plus what we wrote since) equals `desired` exactly:
+    every flow by identity, actions and cookie; meters; groups by their buckets."""
+    if st.session is None or st.synced_session is not st.session or st.error is not None:
+        return False
+    if st.installed is None or st.meters is None or st.groups is None:
+        return False
+    if st.installed != desired:
+        return False
+    if st.meters != meters_of(desired.values()):
+        return False
+    want_groups = groups_of(desired.values())
+    if set(st.groups) != set(want_groups):
+        return False
+    return all(st.groups[gid] == st.session.group_signature(g) for gid, g in want_groups.items())
+
+
+def differences(installed: dict, desired: dict) -> dict:
+    """Counts for a person: desired flows missing on the switch, flows there that are not
+    desired, and flows whose actions or cookie differ."""
+    missing = sum(1 for i in desired if i not in installed)
+    unexpected = sum(1 for i in installed if i not in desired)
+    changed = sum(1 for i, f in desired.items() if i in installed and installed[i] != f)
+    return {"missing": missing, "unexpected": unexpected, "changed": changed}
+
+
+def audit(st: HostState, desired: dict) -> tuple[int | None, dict]:
+    """Re-read the switch, report how it differed from `desired`, and correct it.
+    Returns (messages sent or None, differences found). Call with st.lock held."""
+    if st.session is None:
+        return None, {}
+    try:
+        read_switch(st)
+    except Exception as e:
+        st.forget()
+        st.error = str(e)
+        return None, {}
+    diff = differences(st.installed, desired)
+    n = reconcile(st, desired)
+    if n:
+        st.drift_corrected += n
+    return n, diff
+
+
+def flows_of(flows: Iterable[Flow]) -> dict:
+    return {f.identity: f for f in flows}

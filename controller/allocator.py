@@ -59,17 +59,32 @@ def router_zone_name(router: str) -> str:
     return f"router:{router}"
 
 
+def provider_addresses(t: Tenant) -> list[tuple[str, str]]:
+    """(field path, address) of every address the tenant takes on the provider's
+    networks: its routers' external addresses and its floating IPs. Each belongs to one
+    tenant at a time."""
+    out = [(f"spec.routers[{i}].external.ip", str(r.external_ip))
+           for i, r in enumerate(t.routers) if r.external_ip is not None]
+    out += [(f"spec.nat[{i}].externalIp", str(n.external_ip))
+            for i, n in enumerate(t.nat) if n.type == "floating-ip" and n.external_ip is not None]
+    return out
+
+
 @dataclass
 class InUse:
-    """What other tenants hold: tenant ids, VNIs, and ofports per host."""
+    """What tenants hold: tenant ids, VNIs, ofports per host, zones, groups, and the
+    provider addresses each owns."""
 
     tenant_ids: set = field(default_factory=set)
     vnis: set = field(default_factory=set)
     ofports: dict = field(default_factory=dict)  # host -> set of ofports
     zones: set = field(default_factory=set)
     groups: set = field(default_factory=set)
+    addresses: dict = field(default_factory=dict)  # provider address -> owning tenant
 
     def add(self, t: Tenant, a: Allocation) -> None:
+        for _, ip in provider_addresses(t):
+            self.addresses[ip] = t.name
         self.groups.update(a.group.values())
         self.tenant_ids.add(a.tenant_id)
         self.vnis.update(a.vni.values())
@@ -78,6 +93,9 @@ class InUse:
             self.ofports.setdefault(p.host, set()).add(a.ofport[p.name])
 
     def remove(self, t: Tenant, a: Allocation) -> None:
+        for _, ip in provider_addresses(t):
+            if self.addresses.get(ip) == t.name:
+                del self.addresses[ip]
         self.groups.difference_update(a.group.values())
         self.tenant_ids.discard(a.tenant_id)
         self.vnis.difference_update(a.vni.values())

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from dataplane.match_action import Flow, cookie_layer, cookie_tenant
 from topology import schema
 from topology.model import Tenant
-from controller.allocator import Allocation, InUse, allocate
+from controller.allocator import Allocation, InUse, allocate, provider_addresses
 from controller.compiler import Host, compile_host, compile_tenant, paused_gc
 from controller.desired import DesiredState
 from controller.pipeline import LAYER_BY_ID
@@ -356,6 +356,7 @@ class Core:
         mutex). Returns the new entry and the hosts whose flow sets changed. Nothing in
         memory changes when allocation, compilation or the store refuses."""
         with self._held_by_others(t.name) as others:
+            self._check_provider_addresses(t, others)
             alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
         flows = compile_tenant(t, alloc, self._placement())
         conflicts = self.desired.conflicts(old.flows if old else {}, flows)
@@ -368,6 +369,33 @@ class Core:
         new = TenantEntry(t, alloc, rev, flows)
         self._replace_entry(t.name, new)
         return new, self.desired.swap(old.flows if old else {}, flows)
+
+    def _check_provider_addresses(self, t: Tenant, others: InUse) -> None:
+        """Router external addresses and floating IPs belong to one tenant each, never
+        to the provider's own gear, and lie on the provider network they are used on."""
+        errors = []
+        gateways = [h.info["external"] for h in self.hosts.values() if h.info.get("external")]
+        for path, ip in provider_addresses(t):
+            owner = others.addresses.get(ip)
+            if owner is not None:
+                errors.append((path, f"{ip} belongs to tenant {owner}"))
+                continue
+            for ext in gateways:
+                net = ipaddress.IPv4Network(ext["network"]) if ext.get("network") else None
+                addr = ipaddress.IPv4Address(ip)
+                if ext.get("next_hop") == ip:
+                    errors.append((path, f"{ip} is the provider network's gateway"))
+                elif net is not None and addr not in net:
+                    errors.append((path, f"{ip} is outside the provider network {net}"))
+                elif net is not None and addr in (net.network_address, net.broadcast_address):
+                    errors.append((path, f"{ip} is the provider network {net}'s "
+                                         f"{'network' if addr == net.network_address else 'broadcast'} address"))
+                else:
+                    continue
+                break
+        if errors:
+            raise ApiError(f"tenant {t.name} claims provider addresses it cannot have; nothing was changed",
+                           errors)
 
     def _replace_entry(self, name: str, new: TenantEntry | None) -> None:
         """The one place self.tenants changes, so self.used follows it."""

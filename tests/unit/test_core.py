@@ -28,7 +28,7 @@ def full(core):
 
 
 def held(used: InUse) -> tuple:
-    return (used.tenant_ids, used.vnis, used.zones, used.groups,
+    return (used.tenant_ids, used.vnis, used.zones, used.groups, used.addresses,
             {h: v for h, v in used.ofports.items() if v})
 
 
@@ -157,3 +157,40 @@ def test_invitations_admit_only_the_named_host(core):
         core.join_host("x" * 32, "198.51.100.99", None)
     with pytest.raises(ApiError, match="is plain TCP"):
         core.join_host("t" * 32, "198.51.100.99", None)
+
+
+def test_provider_addresses_belong_to_one_tenant_and_ownership_survives_restarts(tmp_path):
+    from tests.unit.test_golden import DOC as SHOP
+    store = SqliteStore(str(tmp_path / "desired.db"))
+    c = Core(store)
+    ext = {"ofport": 2, "network": "203.0.113.0/24", "next_hop": "203.0.113.1", "next_hop_mac": "02:aa:00:00:00:01"}
+    for i in (1, 2, 3):
+        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test", **({"external": ext} if i == 1 else {})})
+    c.create(SHOP)  # router external 203.0.113.10, floating IP 203.0.113.11
+    twin = SHOP.replace("metadata: {name: shop}", "metadata: {name: twin}")
+    with pytest.raises(ApiError) as e:
+        c.create(twin)
+    errs = dict(e.value.errors)
+    assert errs["spec.routers[0].external.ip"] == "203.0.113.10 belongs to tenant shop"
+    assert errs["spec.nat[1].externalIp"] == "203.0.113.11 belongs to tenant shop"
+    assert "twin" not in c.tenants and [t.name for t in store.tenants()] == ["shop"]
+    only_fip = twin.replace("203.0.113.10", "203.0.113.30")
+    with pytest.raises(ApiError) as e:
+        c.create(only_fip)
+    assert list(dict(e.value.errors)) == ["spec.nat[1].externalIp"]
+    for bad, why in (("203.0.113.1", "the provider network's gateway"),
+                     ("198.51.100.7", "outside the provider network 203.0.113.0/24"),
+                     ("203.0.113.255", "broadcast address")):
+        with pytest.raises(ApiError) as e:
+            c.create(only_fip.replace("203.0.113.11", bad))
+        assert why in dict(e.value.errors)["spec.nat[1].externalIp"], e.value.errors
+    c2 = Core(store)  # a restart: ownership comes back from the store
+    with pytest.raises(ApiError):
+        c2.create(twin)
+    c2.apply(SHOP.replace("203.0.113.11", "203.0.113.12"))  # the owner may change its own
+    c2.create(only_fip)  # .11 is free again
+    c2.delete("shop")
+    c2.create(twin.replace("203.0.113.11", "203.0.113.12").replace("name: twin", "name: third"))
+    assert c2.used.addresses == {"203.0.113.30": "twin", "203.0.113.11": "twin",
+                                 "203.0.113.10": "third", "203.0.113.12": "third"}
+    store.close()

@@ -165,8 +165,8 @@ class Session:
         dp.xid = (dp.xid + n) & top
         return xids
 
-    def meters(self) -> dict[int, tuple[int, int]]:
-        """meter id -> (rate kbit/s, burst kbit) of every meter on the switch."""
+    def meters(self) -> dict[int, tuple]:
+        """meter id -> (rate, burst, "kbps" or "pktps") of every meter on the switch."""
         ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
         w = _Waiter()
         xid = self._send(parser.OFPMeterConfigStatsRequest(self.dp, 0, ofp.OFPM_ALL), w)
@@ -174,7 +174,8 @@ class Session:
         for reply in self._wait(w, [xid], "meter config"):
             for m in reply.body:
                 band = m.bands[0] if m.bands else None
-                out[m.meter_id] = (band.rate, band.burst_size) if band else (0, 0)
+                unit = "pktps" if m.flags & ofp.OFPMF_PKTPS else "kbps"
+                out[m.meter_id] = (band.rate, band.burst_size, unit) if band else (0, 0, unit)
         return out
 
     def set_meters(self, put: dict[int, tuple[int, int]], existing: set[int], delete: list[int]) -> int:
@@ -185,9 +186,10 @@ class Session:
         dp = self.dp
         ofp, parser = dp.ofproto, dp.ofproto_parser
         msgs = []
-        for mid, (rate, burst) in sorted(put.items()):
+        for mid, (rate, burst, unit) in sorted(put.items()):
             cmd = ofp.OFPMC_MODIFY if mid in existing else ofp.OFPMC_ADD
-            msgs.append(parser.OFPMeterMod(dp, command=cmd, flags=ofp.OFPMF_KBPS | ofp.OFPMF_BURST,
+            per = ofp.OFPMF_PKTPS if unit == "pktps" else ofp.OFPMF_KBPS
+            msgs.append(parser.OFPMeterMod(dp, command=cmd, flags=per | ofp.OFPMF_BURST,
                                            meter_id=mid, bands=[parser.OFPMeterBandDrop(rate, burst)]))
         for mid in sorted(delete):
             msgs.append(parser.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, flags=0, meter_id=mid, bands=[]))

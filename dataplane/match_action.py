@@ -487,20 +487,22 @@ class Meter(Action):
     the id is part of the flow's text."""
 
     meter_id: int
-    rate_kbps: int = field(default=0, compare=False)
-    burst_kb: int = field(default=0, compare=False)
+    rate_kbps: int = field(default=0, compare=False)  # with unit "pktps": packets per second
+    burst_kb: int = field(default=0, compare=False)  # with unit "pktps": packets
+    unit: str = field(default="kbps", compare=False)  # "kbps" or "pktps"
 
     def ofctl(self):
         return f"meter:{self.meter_id}"
 
 
-def meters_of(flows: Iterable["Flow"]) -> dict[int, tuple[int, int]]:
-    """meter id -> (rate kbit/s, burst kbit) that these flows need."""
-    out: dict[int, tuple[int, int]] = {}
+def meters_of(flows: Iterable["Flow"]) -> dict[int, tuple]:
+    """meter id -> (rate, burst, unit) that these flows need: kbit/s and kbit, or
+    packets per second and packets."""
+    out: dict[int, tuple] = {}
     for f in flows:
         for a in f.actions:
             if isinstance(a, Meter):
-                want = (a.rate_kbps, a.burst_kb)
+                want = (a.rate_kbps, a.burst_kb, a.unit)
                 if out.setdefault(a.meter_id, want) != want:
                     raise ValueError(f"meter {a.meter_id} is used with two different bands")
     return out

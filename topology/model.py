@@ -19,6 +19,7 @@ class Port:
     mac: str
     host: str
     rate_limit_mbps: float | None = None
+    bum_limit_pps: int | None = None  # broadcast/multicast/unknown unicast; None: the default
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends"
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
 SWITCH_KEYS = {"name": True, "cidr": True}
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
-             "rateLimitMbps": False}
+             "rateLimitMbps": False, "bumLimitPps": False}
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
@@ -42,6 +42,7 @@ ACL_ACTIONS = ("allow", "allow-stateless", "deny")
 ACL_PROTOCOLS = ("tcp", "udp", "icmp", "any")
 MAX_ACL_PRIORITY = 32767
 MAX_RATE_MBPS = 100_000
+MAX_BUM_PPS = 1_000_000
 
 
 class ValidationError(ValueError):
@@ -256,6 +257,11 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
                                  or not 0 < rate <= MAX_RATE_MBPS):
             errs.add(f"{path}.rateLimitMbps", f"{rate!r} is not a rate in Mbit/s (0 < rate <= {MAX_RATE_MBPS})")
             ok = False
+        bum = item.get("bumLimitPps")
+        if bum is not None and (isinstance(bum, bool) or not isinstance(bum, int) or not 0 < bum <= MAX_BUM_PPS):
+            errs.add(f"{path}.bumLimitPps", f"{bum!r} is not a whole number of packets per second "
+                                            f"(1 <= pps <= {MAX_BUM_PPS})")
+            ok = False
         if name is not None:
             names[name] = path
         if sw is not None and ip is not None:
@@ -263,7 +269,7 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
         if sw is not None and mac is not None:
             macs[(sw.name, mac)] = name or path
         if ok:
-            out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None))
+            out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum))
     return out
 
 
@@ -605,6 +611,8 @@ def to_doc(t: Tenant) -> dict:
         d = {"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac, "host": p.host}
         if p.rate_limit_mbps is not None:
             d["rateLimitMbps"] = p.rate_limit_mbps
+        if p.bum_limit_pps is not None:
+            d["bumLimitPps"] = p.bum_limit_pps
         ports.append(d)
     spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr)} for s in t.switches],
                   "ports": ports}

@@ -3,21 +3,23 @@
 Local port -> egress stage. Remote port -> VXLAN to its host's PA with the switch's
 VNI. FLOOD -> a copy through egress for every local port, and one tunnel copy to each
 other host of the switch's span. Packets that came from a tunnel are never sent back
-into it (split horizon).
+into it (split horizon). A flood from a workload first passes that port's BUM meter
+(see the qos layer), so no port can flood faster than its limit.
 """
 from __future__ import annotations
 
 from dataplane.match_action import Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
 from controller.allocator import transit_name
-from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, LOGICAL_SWITCH, OUTPORT
+from controller.layers.qos import bum_meter_for
+from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT
 
 
 class Encap(Layer):
     name = "encap"
     id = 5
     tables = (
-        TableDecl("dispatch", frozenset({"reg13", "reg15", "reg10"}), successors=("@egress", "ext_snat"),
+        TableDecl("dispatch", frozenset({"reg13", "reg14", "reg15", "reg10"}), successors=("@egress", "ext_snat"),
                   doc="outport -> local egress, VXLAN to the owner's PA, or flood"),
     )
 
@@ -63,10 +65,18 @@ class Encap(Layer):
                 tunnels = [SetField("tunnel_id", vni)]
                 for other in sorted(members - {h}):
                     tunnels += [SetField("tun_ipv4_dst", t.pa[other]), Output(t.tunnel_port)]
+                copies = local + (tunnels if len(tunnels) > 1 else [])
                 out.to((h,), out.flow(
-                    "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)),
-                    local + (tunnels if len(tunnels) > 1 else []),
+                    "dispatch", 90, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)), copies,
                     rule=f"switch {s.name} flood from a local port"))
+                for p in ports:
+                    if p.host == h:
+                        out.to((h,), out.flow(
+                            "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(0),
+                                                      **INPORT.m(t.port_key[p.name])),
+                            [bum_meter_for(t.ofport[p.name], p.bum_limit_pps)] + copies,
+                            rule=f"switch {s.name} flood from port {p.name}, "
+                                 f"at most {p.bum_limit_pps or 'the default'} pps"))
                 out.to((h,), out.flow(
                     "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
                     local, rule=f"switch {s.name} flood from the tunnel"))

@@ -1,9 +1,17 @@
-"""Port security: a workload may only send with its own MAC and IP, ARP included."""
+"""Port security: a workload may only send with its own MAC and IP, ARP included.
+
+Nor may it play a network service to its neighbours: DHCP server messages (UDP from
+port 67) are dropped. IPv6 (router advertisements included) does not pass at all yet:
+only the port's own IPv4 and ARP are admitted.
+"""
 from __future__ import annotations
 
-from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, Match
+from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_UDP, Match
 from controller.layers.base import Layer, TableDecl
 from controller.registers import INPORT, LOGICAL_SWITCH
+
+
+DHCP_SERVER_PORT = 67
 
 
 class PortSecurity(Layer):
@@ -12,7 +20,7 @@ class PortSecurity(Layer):
     tables = (
         TableDecl("port_security",
                   frozenset({"reg13", "reg14", "eth_src", "eth_type", "arp_spa", "arp_sha",
-                             "ipv4_src"}),
+                             "ipv4_src", "ip_proto", "udp_src"}),
                   successors=("@next",), miss="drop",
                   doc="only the port's own MAC and IP may leave it; everything else drops"),
     )
@@ -30,3 +38,7 @@ class PortSecurity(Layer):
                 "port_security", 100,
                 Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                 (out.goto("@next"),), rule=rule))
+            out.to((p.host,), out.flow(
+                "port_security", 110,
+                Match.of(**ls, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERVER_PORT),
+                (), rule=f"port {p.name} may not answer DHCP (UDP from port 67): drop"))

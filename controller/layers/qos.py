@@ -2,6 +2,13 @@
 
 The meter's id is the port's ofport (unique on its host); its band rides on the Meter
 action, so the reconciler knows which meters a host needs from its flows alone.
+
+Every port also has a limit on what it floods (broadcast, multicast and unknown
+unicast: everything its switch copies to every member), `bumLimitPps`, default
+DEFAULT_BUM_PPS. That meter (id BUM_METER_BASE + ofport, packets per second) is applied
+where the copies are made, in `dispatch` (the encap layer), so one workload's flood
+costs its neighbours and the other tenants on its hosts at most that many packets a
+second.
 """
 from __future__ import annotations
 
@@ -14,6 +21,16 @@ from controller.registers import INPORT, LOGICAL_SWITCH
 # 0.05 -> 14.3, 0.1 -> 24.4, 0.5 -> 48.1, 1.0 -> 53.1 (overshoots). TCP needs the burst
 # to absorb a window's worth of packets the meter would otherwise drop.
 BURST_SECONDS = 0.5
+
+
+DEFAULT_BUM_PPS = 1000  # ARP, DHCP and ND of a busy VM stay far below this
+BUM_BURST_SECONDS = 0.1
+BUM_METER_BASE = 1 << 16  # above every ofport (ofports are below 0xff00)
+
+
+def bum_meter_for(ofport: int, pps: int | None) -> Meter:
+    rate = pps or DEFAULT_BUM_PPS
+    return Meter(BUM_METER_BASE + ofport, rate, max(10, int(rate * BUM_BURST_SECONDS)), "pktps")
 
 
 def meter_for(ofport: int, mbps: float) -> Meter:

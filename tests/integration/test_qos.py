@@ -41,7 +41,8 @@ def test_removing_the_limit_removes_the_meter(lab, blue):
     apply_yaml(lab, BLUE.replace(f", rateLimitMbps: {LIMIT_MBPS}", ""))
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", "br-int"], capture_output=True,
                          text=True, env=lab.ovs_env("hv1"), check=True).stdout
-    assert "meter=" not in out
+    assert f"meter={blue['vm1']['ofport']} " not in out  # the ports' BUM meters (pktps) stay
+    assert f"meter={(1 << 16) + blue['vm1']['ofport']} pktps" in out
     hosts = nvctl_json(lab, "hosts")
     assert all(h["in_sync"] for h in hosts), hosts
 

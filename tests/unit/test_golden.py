@@ -46,8 +46,9 @@ def dump(flows) -> str:
                    for t, lines in sorted(by_table.items()))
     groups = groups_of(flows.values())
     text += "".join(f"## group {gid}: {mask(g.buckets_text())}\n" for gid, g in sorted(groups.items()))
-    text += "".join(f"## meter {mid}: {rate} kbit/s, burst {burst} kbit\n"
-                    for mid, (rate, burst) in sorted(meters_of(flows.values()).items()))
+    text += "".join(f"## meter {mid}: {rate} {'kbit/s' if unit == 'kbps' else 'pkt/s'}, burst {burst} "
+                    f"{'kbit' if unit == 'kbps' else 'packets'}\n"
+                    for mid, (rate, burst, unit) in sorted(meters_of(flows.values()).items()))
     return text
 
 

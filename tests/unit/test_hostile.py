@@ -1,0 +1,56 @@
+"""Hostile workloads: no rogue DHCP server, and floods pass a per-port meter."""
+import pytest
+
+from controller.layers.qos import BUM_METER_BASE, DEFAULT_BUM_PPS
+from dataplane.match_action import BROADCAST_MAC, ETH_TYPE_IP, Meter, meters_of
+from topology.schema import ValidationError, load_tenant
+from tests.unit.fixtures import HOSTS, Net, tenant_yaml, world
+from tests.unit.packets import arp_request
+
+GREEN = tenant_yaml("green", "g", [("a", "10.0.0.11", "hv1"), ("b", "10.0.0.12", "hv1"),
+                                   ("c", "10.0.0.13", "hv2")])
+
+
+def dhcp_offer(src_mac, src_ip):
+    return {"eth_src": src_mac, "eth_dst": BROADCAST_MAC, "eth_type": ETH_TYPE_IP, "ip_ttl": 64,
+            "ipv4_src": src_ip, "ipv4_dst": "255.255.255.255", "ip_proto": 17,
+            "udp_src": 67, "udp_dst": 68}
+
+
+def test_a_workloads_dhcp_offer_reaches_nobody_and_the_drop_says_why():
+    n = Net(world(GREEN))
+    a, ofport = n.port("green", "a")
+    assert n.send("green", "a", dhcp_offer(a.mac, str(a.ip))) == []
+    fate = n.fabric.sims["hv1"].run(dhcp_offer(a.mac, str(a.ip)), ofport)
+    assert fate.decided_by().table.name == "port_security"
+    assert "may not answer DHCP" in fate.decided_by().rule
+    # the same port's DHCP client traffic (from port 68) is not caught by that rule
+    client = {**dhcp_offer(a.mac, str(a.ip)), "udp_src": 68, "udp_dst": 67}
+    assert {d for d in n.who(n.send("green", "a", client))} == {("green", "b"), ("green", "c")}
+
+
+def test_every_flood_from_a_port_passes_that_ports_own_packet_meter():
+    n = Net(world(GREEN.replace("host: hv2}", "host: hv2, bumLimitPps: 50}")))
+    for name, host in (("a", "hv1"), ("c", "hv2")):
+        p, ofport = n.port("green", name)
+        fate = n.fabric.sims[host].run(arp_request(p.mac, str(p.ip), "10.0.0.99"), ofport)
+        meters = [a for h in fate.path if h.flow is not None for a in h.flow.actions if isinstance(a, Meter)]
+        assert [m.meter_id for m in meters] == [BUM_METER_BASE + ofport], fate.path
+        assert meters[0].unit == "pktps"
+        assert meters[0].rate_kbps == (50 if name == "c" else DEFAULT_BUM_PPS)
+    bands = meters_of(n.flows["hv2"].values())
+    assert bands[BUM_METER_BASE + n.port("green", "c")[1]][:1] == (50,)
+
+
+def test_twins_have_meters_of_their_own():
+    twin = GREEN.replace("name: green", "name: twin")
+    n = Net(world(GREEN, twin))
+    ids = [set(m for m in meters_of(n.flows[h].values())) for h in ("hv1",)]
+    assert len(ids[0]) == 4  # a and b of each twin on hv1, each its own meter
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, "many", True, 2_000_000])
+def test_bum_limit_must_be_a_whole_positive_rate(value):
+    with pytest.raises(ValidationError) as e:
+        load_tenant(GREEN.replace("host: hv2}", f"host: hv2, bumLimitPps: {value!r}}}"), HOSTS.keys())
+    assert any(path == "spec.ports[2].bumLimitPps" and "packets per second" in why for path, why in e.value.errors)

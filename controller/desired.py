@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from dataplane.match_action import Flow
+from dataplane.match_action import Flow, groups_of, meters_of
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,12 @@ class DesiredState:
                     del d[f.identity]
             for f in after:
                 d[f.identity] = f
-            if set(before) != set(after):
+            if set(before) != set(after) or _extras(before) != _extras(after):
                 changed.add(h)
         return changed
+
+
+def _extras(flows) -> tuple:
+    """What a flow's text does not show: the bands of its meters, the buckets of its
+    groups. A change to only these changes the host all the same."""
+    return (meters_of(flows), {gid: g.buckets_text() for gid, g in groups_of(flows).items()})

@@ -6,7 +6,7 @@ from controller.core import ApiError, Core
 from controller.desired import DesiredState
 from controller.reconciler import differences
 from controller.store import SqliteStore
-from dataplane.match_action import Flow, Output
+from dataplane.match_action import Flow, Output, meters_of
 from tests.unit.fake_switch import FakeSwitch
 from tests.unit.fixtures import BLUE
 from tests.unit.test_golden import DOC as SHOP
@@ -85,9 +85,12 @@ def test_a_changed_flow_is_modified_in_place_and_keeps_its_counters(core):
     for i in sw.packets:
         sw.packets[i] = 7
     before = dict(sw.table)
-    core.apply(SHOP.replace("rateLimitMbps: 20", "rateLimitMbps: 30"))  # the meter's band
+    r = core.apply(SHOP.replace("rateLimitMbps: 20", "rateLimitMbps: 30"))  # only the meter's band
+    assert r["hosts"] == {"hv1": "1 flow-mods"}, r  # one meter-mod; the flow's text is the same
+    assert sw.meter_bands[10] == (30000, 15000, "kbps")
     core.apply(SHOP.replace("backends: [web2:8080, db1:8080]", "backends: [web2:8080]"))  # a group
     core.apply(SHOP.replace("nextHop: 10.0.1.20", "nextHop: 10.0.1.30"))  # a route's actions
+    assert sw.meter_bands == meters_of(core.desired["hv1"].values())
     same = [i for i in before if i in sw.table and sw.table[i] != before[i]]
     assert same, "the route change should have changed some flow's actions at the same identity"
     assert all(sw.packets[i] == 7 for i in same)  # ADD over the identity: counters kept

@@ -45,8 +45,9 @@ class Gateway(Layer):
                   doc="after conntrack: route to the inside port the address now names"),
         TableDecl("ext_snat", frozenset({"reg13", "eth_type", "ipv4_src"}), successors=("ext_out",),
                   doc="to the external network: floating IP or SNAT in the router's zone"),
-        TableDecl("ext_out", frozenset({"reg13"}),
-                  doc="out of the external port to the provider's next hop"),
+        TableDecl("ext_out", frozenset({"reg13", "ct_state"}),
+                  doc="out of the external port to the provider's next hop; conntrack's "
+                      "invalid packets (which NAT did not translate) are dropped"),
     )
 
     def tenant_flows(self, t, out):
@@ -88,7 +89,7 @@ class Gateway(Layer):
                         "ext_snat", 100, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(n.cidr)),
                         (Ct(zone=zone, commit=True, nat=Nat("src", rip), table=out.table("ext_out")),),
                         rule=f"router {r.name}: SNAT {n.cidr} as {rip}"))
-            out.to(on_gw, out.flow("ext_out", 100, Match.of(**here),
+            out.to(on_gw, out.flow("ext_out", 100, Match.of(**here, ct_state=ct_state(trk=True, inv=False)),
                                    (SetField("eth_src", mac), SetField("eth_dst", next_hop_mac),
                                     Output(ext_port)),
                                    rule=f"router {r.name}: out to the external network"))

@@ -45,6 +45,7 @@ def operations(core) -> dict:
         "port.info": core.port_info,
         "trace": core.trace,
         "flows": core.flows,
+        "verify": core.verify,
     }
 
 

@@ -664,6 +664,15 @@ class Core:
                 "host": p.host, "hops": hops, "delivered": delivered,
                 "agree": all(h["real"].get("agree") is not False for h in hops) if real else None}
 
+    def verify(self, tenant: str | None = None, host: str | None = None) -> dict:
+        """`nvctl verify`: isolation and policy proved over the flows installed now."""
+        if tenant is not None and tenant not in self.tenants:
+            raise ApiError(f"no tenant {tenant!r}")
+        if host is not None and host not in self.hosts:
+            raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
+        from controller import installed
+        return installed.verify(self, tenant, host)
+
     def port_info(self, tenant: str, port: str) -> dict:
         e, p = self._port(tenant, port)
         return {"tenant": tenant, "port": port, "host": p.host, "ip": str(p.ip), "mac": p.mac,

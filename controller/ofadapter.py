@@ -211,6 +211,18 @@ class Session:
                 out[g.group_id] = ofcodec.buckets_signature(g.buckets)
         return out
 
+    def group_buckets(self) -> dict[int, list[tuple]]:
+        """group id -> its buckets as our action tuples, as the switch holds them."""
+        parser = self.dp.ofproto_parser
+        w = _Waiter()
+        xid = self._send(parser.OFPGroupDescStatsRequest(self.dp, 0), w)
+        out = {}
+        for reply in self._wait(w, [xid], "group desc"):
+            for g in reply.body:
+                out[g.group_id] = [tuple(ofcodec.from_action(a, PIPELINE) for a in b.actions)
+                                   for b in g.buckets]
+        return out
+
     def group_signature(self, g: Group) -> bytes:
         return ofcodec.buckets_signature(ofcodec.to_buckets(self.dp, g))
 

@@ -47,6 +47,9 @@ class Switch(Protocol):
 
     def groups(self) -> dict[int, bytes]: ...
 
+    def group_buckets(self) -> dict[int, list[tuple]]:
+        """For `nvctl verify`: each group's buckets as action tuples, as installed."""
+
     def group_signature(self, g: Group) -> bytes: ...
 
     def set_groups(self, put: dict, existing: set, delete: list) -> int: ...

@@ -82,6 +82,21 @@ class Ovsdb:
         )
 
     # workload ports ---------------------------------------------------------------
+    def interfaces(self, bridge: str = INTEGRATION_BRIDGE) -> list[dict]:
+        """Every interface on `bridge`, as OVSDB has it: name, type, ofport, external_ids
+        and options (one read)."""
+        import json
+        ports = set(self.vsctl("list-ports", bridge).split())
+        raw = json.loads(self.vsctl("--format=json", "--columns=name,type,ofport,external_ids,options",
+                                    "list", "Interface"))
+        out = []
+        for name, typ, ofport, ext, opts in raw["data"]:
+            if name not in ports:
+                continue
+            out.append({"name": name, "type": typ, "ofport": ofport if isinstance(ofport, int) else -1,
+                        "external_ids": dict(ext[1]), "options": dict(opts[1])})
+        return out
+
     def plug(self, ifname: str, ofport: int, external_ids: dict[str, str]) -> None:
         ids = [f"external_ids:{k}={v}" for k, v in sorted(external_ids.items())]
         self.txn(

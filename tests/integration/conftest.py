@@ -52,21 +52,31 @@ def fresh_compile_changes(lb: Lab) -> list[dict]:
     return [h for h in lb.wait_synced(60) if h["last_sync_flow_mods"] != 0]
 
 
+def verify_lab(lb: Lab) -> dict:
+    """`nvctl verify` over what the lab's switches hold."""
+    from controller.api import call
+    return call(lb.api_path, "verify", timeout=300)
+
+
 def running_lab(hosts: int = 3):
     """A lab for one test module: up, yielded, then checked for drift (a fresh full
-    compile must send nothing) and removed with everything in its state directory."""
+    compile must send nothing), proved isolated by `nvctl verify` over the installed
+    flows, and removed with everything in its state directory."""
     lb = make_lab()
-    drift = None
+    drift = proof = None
     try:
         lb.up(hosts=hosts)
         yield lb
         drift = fresh_compile_changes(lb)
+        proof = verify_lab(lb)
     finally:
         lb.down(quiet=True)
         left = [n for n in netns.listnetns() if n.startswith(lb.prefix)]
         shutil.rmtree(lb.dir, ignore_errors=True)
         assert not left, f"lab down left namespaces behind: {left}"
     assert not drift, f"incremental updates drifted from a full compile: {drift}"
+    assert proof is None or proof["ok"], f"nvctl verify at the end of the module:\n{proof['text']}\n" \
+        f"{proof['interfaces']} {proof['errors']}"
 
 
 @pytest.fixture(scope="module")

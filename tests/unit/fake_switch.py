@@ -23,6 +23,7 @@ class FakeSwitch:
         self.packets: dict[tuple, int] = {}  # identity -> counter (survives modify in place)
         self.meter_bands: dict = {}
         self.group_sigs: dict = {}
+        self.group_objs: dict = {}
         self.flow_mods = 0
         self.bundles = 0
         self.refuse: str | None = None  # set to make the next bundle fail (atomically)
@@ -60,13 +61,18 @@ class FakeSwitch:
     def groups(self):
         return dict(self.group_sigs)
 
+    def group_buckets(self):
+        return {gid: list(g.buckets) for gid, g in self.group_objs.items()}
+
     def group_signature(self, g) -> bytes:
         return g.buckets_text().encode()
 
     def set_groups(self, put, existing, delete):
         self.group_sigs.update({gid: self.group_signature(g) for gid, g in put.items()})
+        self.group_objs.update(put)
         for g in delete:
             self.group_sigs.pop(g, None)
+            self.group_objs.pop(g, None)
         return len(put) + len(delete)
 
     def ports(self) -> dict[int, str]:

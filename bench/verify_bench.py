@@ -1,0 +1,114 @@
+"""Benchmark of `nvctl verify`'s engine on the synthetic deployment (bench/synth.py:
+N tenants x 10 ports on N/10 hosts): a full proof (median of 3), the re-check after a
+one-tenant change (median of several), and the full compile of the same topology
+measured in the same run as the baseline.
+
+    .venv/bin/python -m bench.verify_bench [--tenants 1000] [--hosts 100] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from bench.synth import deployment, tenant_doc
+from controller.allocator import InUse, allocate
+from controller.compiler import compile_tenant, compile_world, paused_gc
+from controller.verify import Verifier, network_from_compiled, tenant_facts
+from topology.schema import validate
+
+PORTS_PER_TENANT = 10
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4)}
+
+
+def _one_tenant_change(hs, world, docs, flows, name: str, step: int):
+    """Move one port of `name` to the next host: (changed host flow lists, facts, refs, world)."""
+    names = sorted(hs, key=lambda h: int(h[2:]))
+    doc = json.loads(json.dumps(docs[name]))
+    port = doc["spec"]["ports"][step % PORTS_PER_TENANT]
+    port["host"] = names[(names.index(port["host"]) + 1 + step) % len(names)]
+    t_old, a_old = world[name]
+    used = InUse()
+    t = validate(doc, hs.keys())
+    # others' holdings: only ofports on hosts matter for a move; the tenant keeps the rest
+    for other, (ot, oa) in world.items():
+        if other != name:
+            for p in ot.ports:
+                if p.host in (port["host"],):
+                    used.ofports.setdefault(p.host, set()).add(oa.ofport[p.name])
+    used.vnis |= set()
+    a = allocate(t, t_old, a_old, used)
+    old_f = compile_tenant(t_old, a_old, hs)
+    new_f = compile_tenant(t, a, hs)
+    changed = {}
+    for h in set(old_f) | set(new_f):
+        o = {f.cookie for f in old_f.get(h, [])}
+        n = {f.cookie for f in new_f.get(h, [])}
+        if o != n:
+            keep = [f for f in flows[h] if f.tenant_id != a.tenant_id]
+            changed[h] = keep + new_f.get(h, [])
+    facts, refs = tenant_facts(t, a, hs)
+    docs[name] = doc
+    world[name] = (t, a)
+    return changed, facts, refs
+
+
+@paused_gc()
+def _full(hs, world, flows):
+    net = network_from_compiled(hs, world, flows)
+    v = Verifier(net, clock=time.perf_counter)
+    return v, v.run()
+
+
+def main(argv=None, log=print) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tenants", type=int, default=1000)
+    ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--changes", type=int, default=7)
+    args = ap.parse_args(argv)
+    hs, world, docs = deployment(args.tenants, PORTS_PER_TENANT, args.hosts)
+    t0 = time.perf_counter()
+    compiled = compile_world(hs, world)
+    compile_s = time.perf_counter() - t0
+    flows = {h: list(fl.values()) for h, fl in compiled.items()}
+    nflows = sum(len(v) for v in flows.values())
+    log(f"[verify-bench] {args.tenants} tenants / {args.tenants * PORTS_PER_TENANT} ports / "
+        f"{args.hosts} hosts, {nflows} flows; compile_world {compile_s:.2f}s")
+    fulls, report, verifier = [], None, None
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        verifier, report = _full(hs, world, flows)
+        fulls.append(time.perf_counter() - t0)
+        log(f"[verify-bench] full proof {i + 1}: {fulls[-1]:.2f}s, ok={report.ok}, "
+            f"{len(report.violations)} violations, {report.checked}")
+    rechecks = []
+    for step in range(args.changes):
+        name = f"t{(step * 37) % args.tenants}"
+        changed, facts, refs = _one_tenant_change(hs, world, docs, flows, name, step)
+        flows.update(changed)
+        t0 = time.perf_counter()
+        r = verifier.update(name, changed, facts, refs)
+        rechecks.append(time.perf_counter() - t0)
+        log(f"[verify-bench] re-check after {name} moved a port ({len(changed)} hosts changed): "
+            f"{rechecks[-1] * 1000:.1f} ms, ok={r.ok}")
+    out = {
+        "tenants": args.tenants, "ports": args.tenants * PORTS_PER_TENANT, "hosts": args.hosts,
+        "flows": nflows, "baseline_compile_world_s": round(compile_s, 3),
+        "full_verify_s": _stats(fulls), "recheck_ms": {k: round(v * 1000, 2) for k, v in _stats(rechecks).items()},
+        "ratio_full_to_compile": round(statistics.median(fulls) / compile_s, 2),
+        "ratio_recheck_to_compile": round(statistics.median(rechecks) / compile_s, 5),
+        "violations": len(report.violations) if report else None, "checked": report.checked if report else None,
+        "targets": {"full_verify_s": 5.0, "recheck_ms": 50.0},
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,869 @@
+"""`nvctl verify`: tenant isolation proved over the whole header space of the flows that
+are installed, by header-space analysis (`dataplane.headerspace`), not by sampling.
+
+Start points: every tenant port (all packets it could send) and every tunnel entry
+(all packets arriving over VXLAN with one of a tenant's VNIs on a host that has a flow
+for it). Each start runs symbolically through its host's tables; tunnel outputs are
+checked where they leave and continue as the peer's tunnel entry (composition).
+
+Checks, each violation with a concrete counterexample packet and its path:
+  isolation_port       a packet of tenant A is output to another tenant's port
+  isolation_vni        ... is tunnelled with a VNI that is not A's
+  isolation_external   ... leaves on the external port with an IPv4 source A does not own
+  shared_zone / shared_meter / shared_group
+                       ... goes through a conntrack zone / meter / group that is not A's
+  overlap              two flows of equal priority match one packet (the compiler's bug:
+                       OVS keeps one of them, which one is not ours to choose)
+  loop                 a packet re-enters a (host, table) in one chain of nested lookups
+                       (LOOP_BOUND times); loops through tunnels are not followed yet
+  undeclared_drop      a packet ends without output other than by a declared drop
+  unknown_port / tunnel_lost
+                       output to an ofport nobody owns / tunnelled to an unknown PA
+  unreachable          a pair of A's ports its topology connects and its ACLs do not
+                       necessarily separate, and no packet from one reaches the other
+
+Declared drop: the deciding flow (the last one on the packet's path) has an empty action
+list and is not the priority-0 miss flow of a table whose declared miss continues
+(`Table.miss` != "drop"); or dec_ttl expired; or output to the ingress port (OVS drops
+it). Everything else that produces no output is undeclared: no flow matched at all (the
+OpenFlow table-miss drop that `miss_flows` exists to prevent), a priority-0 drop in a
+table whose miss is "continue", a flow with actions but no output.
+
+Pure: no I/O, no sockets; the clock is an argument (`clock=time.perf_counter`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from dataplane import headerspace as hs
+from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, FIELDS, IPPROTO_ICMP, IPPROTO_TCP,
+                                    IPPROTO_UDP, Flow, Group, Meter, Simulator, Unsupported,
+                                    cookie_layer, cookie_tenant)
+
+TUNNEL_OFPORT = 1
+_STATE_ZERO = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
+
+
+# --------------------------------------------------------------------------------------
+# Input: the network as plain values
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortRef:
+    tenant: str
+    port: str
+    switch: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a port is and how it sends (for reachability witnesses)."""
+    host: str
+    ofport: int
+    mac: str
+    ip: str
+    switch: str
+
+
+@dataclass
+class HostTables:
+    pa: str
+    flows: list
+    groups: dict = field(default_factory=dict)  # group id -> list of bucket action tuples
+    meters: dict = field(default_factory=dict)  # meter id -> (rate, burst)
+
+
+@dataclass
+class TenantFacts:
+    tenant_id: int
+    vnis: frozenset
+    zones: frozenset
+    meters: frozenset  # (host, meter id): meter ids are per host
+    groups: frozenset
+    owned_external: frozenset  # IPv4 addresses (text)
+    reach_pairs: frozenset  # (port, port) that must reach each other (one way each)
+    endpoints: dict = field(default_factory=dict)  # port -> Endpoint
+    router_macs: dict = field(default_factory=dict)  # switch -> its router port's MAC
+
+
+@dataclass
+class Network:
+    hosts: dict  # name -> HostTables
+    ports: dict  # (host, ofport) -> PortRef
+    tenants: dict  # name -> TenantFacts
+    tunnel_ofport: int = TUNNEL_OFPORT
+    external: dict = field(default_factory=dict)  # host -> ofport of the provider network
+
+
+def _as_flow_list(flows) -> list:
+    if isinstance(flows, Mapping):
+        return list(flows.values())
+    return list(flows)
+
+
+def host_tables(pa: str, flows) -> HostTables:
+    """A host's tables; groups and meters as the flows carry them (a group id used with
+    two bucket sets keeps the last, as a switch would after both were sent)."""
+    fl = _as_flow_list(flows)
+    groups, meters = {}, {}
+    for f in fl:
+        for a in f.actions:
+            if isinstance(a, Group):
+                groups[a.group_id] = list(a.buckets)
+            elif isinstance(a, Meter):
+                meters[a.meter_id] = (a.rate_kbps, a.burst_kb)
+    return HostTables(pa, fl, groups, meters)
+
+
+def network_from_compiled(hosts: Mapping, tenants: Mapping, flows_per_host: Mapping) -> Network:
+    """From what `compile_world(hosts, tenants)` takes, and flows per host (its result, or
+    flows read back from the switches: {host: {cookie: Flow}} or {host: [Flow]})."""
+    net_hosts = {h: host_tables(hosts[h].pa, flows_per_host.get(h, ())) for h in hosts}
+    ports, facts = {}, {}
+    for name, (t, a) in tenants.items():
+        f, refs = tenant_facts(t, a, hosts)
+        facts[name] = f
+        ports.update(refs)
+    external = {h.name: h.external[0] for h in hosts.values() if h.external}
+    return Network(net_hosts, ports, facts, TUNNEL_OFPORT, external)
+
+
+def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
+    """(facts, {(host, ofport): PortRef}) of one tenant from its model and allocation."""
+    placed = [p for p in t.ports if p.host in hosts]
+    refs = {(p.host, a.ofport[p.name]): PortRef(t.name, p.name, p.switch) for p in placed}
+    owned = {str(r.external_ip) for r in t.routers if r.external_ip is not None}
+    owned |= {str(n.external_ip) for n in t.nat if n.type == "floating-ip"}
+    endpoints = {p.name: Endpoint(p.host, a.ofport[p.name], p.mac, str(p.ip), p.switch) for p in placed}
+    router_macs = {rp.switch: rp.mac for r in t.routers for rp in r.ports}
+    facts = TenantFacts(
+        tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
+        meters=frozenset(_port_meters(placed, a)),
+        groups=frozenset(a.group.values()), owned_external=frozenset(owned),
+        reach_pairs=frozenset(reach_pairs(t, placed)), endpoints=endpoints, router_macs=router_macs)
+    return facts, refs
+
+
+def _port_meters(ports, a) -> set:
+    """(host, meter id) the qos layer gives each port: its rate limit (id = ofport) and,
+    where the layer has one, its broadcast/unknown-traffic meter."""
+    from controller.layers import qos
+    base = getattr(qos, "BUM_METER_BASE", None)
+    out = set()
+    for p in ports:
+        if p.rate_limit_mbps is not None:
+            out.add((p.host, a.ofport[p.name]))
+        if base is not None:
+            out.add((p.host, base + a.ofport[p.name]))
+    return out
+
+
+def reach_pairs(t, ports=None) -> set:
+    """Ordered pairs (a, b) of ports the topology connects (same switch, or switches of
+    one router) and that no ACL necessarily separates: neither a's from-port rules nor
+    b's to-port rules, read by priority, reach a deny that matches every a->b packet
+    before an allow that could match one."""
+    from controller.layers.acl import guarded_ports
+    ports = list(t.ports if ports is None else ports)
+    guarded = guarded_ports(t)
+    joined = set()
+    for r in t.routers:
+        sws = {rp.switch for rp in r.ports}
+        joined |= {(x, y) for x in sws for y in sws}
+    out = set()
+    for a in ports:
+        for b in ports:
+            if a.name == b.name:
+                continue
+            if a.switch != b.switch and (a.switch, b.switch) not in joined:
+                continue
+            if _separated(guarded.get(a.name, {}).get("from-port", []), a, b) or \
+                    _separated(guarded.get(b.name, {}).get("to-port", []), a, b):
+                continue
+            out.add((a.name, b.name))
+    return out
+
+
+def _separated(rules, a, b) -> bool:
+    for r in sorted(rules, key=lambda r: -r.priority):
+        if r.src and not any(a.ip in n for n in r.src):
+            continue
+        if r.dst and not any(b.ip in n for n in r.dst):
+            continue
+        if r.action != "deny":
+            return False
+        if r.protocol is None and not r.src_ports and not r.dst_ports:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# Output: violations and the report
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Violation:
+    kind: str
+    tenants: list
+    message: str
+    host: str = ""
+    in_port: int | None = None
+    packet: dict = field(default_factory=dict)  # the counterexample's header values
+    path: list = field(default_factory=list)  # [{host, table, priority, rule, flow, cookie, note}]
+    flow: str = ""  # the deciding flow, ovs-ofctl text with cookie
+    cookie: str = ""
+
+    def key(self) -> tuple:
+        return (self.kind, tuple(self.tenants), self.host, self.cookie, self.message)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "tenants": list(self.tenants), "message": self.message,
+                "host": self.host, "in_port": self.in_port, "packet": self.packet,
+                "path": self.path, "flow": self.flow, "cookie": self.cookie}
+
+    def format(self) -> str:
+        lines = [f"VIOLATION {self.kind} [{', '.join(self.tenants)}]: {self.message}"]
+        if self.packet:
+            pk = ",".join(f"{k}={v}" for k, v in self.packet.items())
+            lines.append(f"  packet (in_port={self.in_port} on {self.host}): {pk}")
+        host = None
+        for hop in self.path:
+            if hop["host"] != host:
+                host = hop["host"]
+                lines.append(f"  == {host}")
+            if hop.get("flow"):
+                lines.append(f"    {hop['table']:<14} prio {hop['priority']:<5} {hop['rule']:<50} "
+                             f"cookie={hop['cookie']}")
+            else:
+                lines.append(f"    {hop['table']:<14} {hop.get('note') or ''}")
+        if self.flow:
+            lines.append(f"  deciding flow: {self.flow}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    ok: bool
+    violations: list
+    checked: dict
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "violations": [v.to_json() for v in self.violations],
+                "checked": dict(self.checked), "seconds": round(self.seconds, 4)}
+
+    def format(self) -> str:
+        c = self.checked
+        head = (f"verify: {'OK' if self.ok else 'VIOLATIONS'}: {len(self.violations)} violation(s); "
+                f"checked {c.get('port_starts', 0)} ports, {c.get('tunnel_starts', 0)} tunnel entries, "
+                f"{c.get('reach_pairs', 0)} reachable pairs, {c.get('branches', 0)} packet classes "
+                f"in {self.seconds:.2f}s")
+        return "\n\n".join([head] + [v.format() for v in self.violations])
+
+
+# --------------------------------------------------------------------------------------
+# The verifier
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Result:
+    tenant: str
+    violations: list
+    deps: frozenset  # (table, key value) looked up on the start's host
+    targets: frozenset  # (host, port) it outputs to
+    branches: int
+    local: dict  # port start: dst port -> [State] (fresh, reaching it)
+    tunnels: list  # [(peer host, vni, State, env at output)] fresh
+    delivered: dict  # tunnel entry: dst port -> [State] (fresh)
+
+
+_L4 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst"),
+       IPPROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
+_ARP_FIELDS = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
+_IP_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "ip_ttl")
+
+
+class Verifier:
+    """Holds per-start results so that a change re-runs only the affected starts.
+
+    `memo_tables`: table names where runs are summarized and reused (default: where
+    tunnelled packets enter, and the egress stage)."""
+
+    def __init__(self, net: Network, *, tenant: str | None = None, host: str | None = None,
+                 memo_tables: Iterable[str] | None = None, clock: Callable[[], float] | None = None):
+        self.net = net
+        self.only_tenant, self.only_host = tenant, host
+        self.clock = clock
+        self.memo_names = tuple(memo_tables) if memo_tables is not None else _default_memo()
+        self.results: dict = {}
+        self.engines: dict = {}
+        self._reach_cache: dict = {}  # tenant -> (violations, pairs checked)
+        self._index_facts()
+
+    # ---- setup -----------------------------------------------------------------------
+
+    def _index_facts(self) -> None:
+        self.vni_owner = {v: n for n, f in self.net.tenants.items() for v in f.vnis}
+        self.zone_owner = {z: n for n, f in self.net.tenants.items() for z in f.zones}
+        self.group_owner = {g: n for n, f in self.net.tenants.items() for g in f.groups}
+        self.meter_owner = {m: n for n, f in self.net.tenants.items() for m in f.meters}
+        self.tid_name = {f.tenant_id: n for n, f in self.net.tenants.items()}
+        self.pa_host = {h.pa: n for n, h in self.net.hosts.items()}
+        self.static = []  # one number allocated to two tenants
+        for what, attr in (("vni", "vnis"), ("zone", "zones"), ("group", "groups"), ("meter", "meters")):
+            seen: dict = {}
+            for n in sorted(self.net.tenants):
+                for x in getattr(self.net.tenants[n], attr):
+                    if x in seen and seen[x] != n:
+                        kind = "isolation_vni" if what == "vni" else f"shared_{what}"
+                        self.static.append(Violation(kind, [seen[x], n], f"{what} {x} is allocated to "
+                                                     f"both {seen[x]} and {n}"))
+                    seen.setdefault(x, n)
+
+    def engine(self, host: str) -> hs.Engine:
+        eng = self.engines.get(host)
+        if eng is None:
+            ht = self.net.hosts[host]
+            idx = hs.IndexedHost(host, ht.flows, ht.groups)
+            memo = []
+            for t in idx.table_of.values():
+                if t.name in self.memo_names:
+                    memo.append(t.number)
+            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo)
+        return eng
+
+    def starts(self) -> list:
+        out = []
+        for (h, ofport), ref in sorted(self.net.ports.items()):
+            if h in self.net.hosts and self._wanted(ref.tenant, h):
+                out.append(("port", h, ofport))
+        for h in sorted(self.net.hosts):
+            if self.only_host is not None and h != self.only_host:
+                continue
+            for vni in sorted(self._entry_vnis(h)):
+                if self._wanted(self.vni_owner[vni], h):
+                    out.append(("tunnel", h, vni))
+        return out
+
+    def _wanted(self, tenant: str, host: str) -> bool:
+        return (self.only_tenant is None or tenant == self.only_tenant) and \
+            (self.only_host is None or host == self.only_host)
+
+    def _entry_vnis(self, host: str) -> set:
+        """VNIs some flow of this host matches exactly (where a tunnel entry can lead)."""
+        eng = self.engine(host)
+        out = set()
+        for ti in eng.host.tables.values():
+            if ti.key == "tunnel_id":
+                out |= {v for v in ti.buckets if ti.buckets[v] and v in self.vni_owner}
+            else:
+                for lst in ti.buckets.values():
+                    for _p, items, _f in lst:
+                        for n, v, m in items:
+                            if n == "tunnel_id" and v in self.vni_owner:
+                                out.add(v)
+                for _p, items, _f in ti.wild:
+                    for n, v, m in items:
+                        if n == "tunnel_id" and v in self.vni_owner:
+                            out.add(v)
+        return out
+
+    def _peer_pa(self, host: str) -> str | None:
+        """A representative peer PA for tunnel entries (no table after classify reads
+        tun_src, so one accepted peer stands for all; every one if some table does)."""
+        for h in sorted(self.net.hosts):
+            if h != host:
+                return self.net.hosts[h].pa
+        return None
+
+    # ---- running ---------------------------------------------------------------------
+
+    def run(self) -> Report:
+        with _paused_gc():
+            return self._run()
+
+    def _run(self) -> Report:
+        t0 = self.clock() if self.clock else 0.0
+        for sid in self.starts():
+            if sid not in self.results:
+                self.results[sid] = self._run_start(sid)
+        return self._report(t0)
+
+    def update(self, tenant: str, flows: Mapping, facts: TenantFacts | None = None,
+               ports: Mapping | None = None) -> Report:
+        with _paused_gc():
+            return self._update(tenant, flows, facts, ports)
+
+    def _update(self, tenant: str, flows: Mapping, facts: TenantFacts | None = None,
+                ports: Mapping | None = None) -> Report:
+        """After `tenant` changed: `flows` = the new flow sets of the changed hosts
+        ({host: HostTables | {cookie: Flow} | [Flow]}), `facts`/`ports` = its new facts
+        and {(host, ofport): PortRef} (None: unchanged). Re-runs the starts that looked
+        at a changed (host, table, key), the tenant's own, and those that output to a
+        port whose owner changed."""
+        t0 = self.clock() if self.clock else 0.0
+        touched: dict[str, set] = {}
+        for h, new in flows.items():
+            ht = new if isinstance(new, HostTables) else host_tables(self.net.hosts[h].pa, new)
+            old = self.net.hosts.get(h)
+            self.net.hosts[h] = ht
+            if h not in self.engines or old is None:
+                self.engines.pop(h, None)
+                touched[h] = {("*", "*")}
+                continue
+            eng = self.engines[h]
+            old_set = {f.cookie: f for f in old.flows}  # the cookie hashes the flow's text
+            new_set = {f.cookie: f for f in ht.flows}
+            removed = [f for k, f in old_set.items() if k not in new_set]
+            added = [f for k, f in new_set.items() if k not in old_set]
+            eng.host.groups = dict(ht.groups)
+            t = eng.host.change(removed, added)
+            if old.groups != ht.groups:
+                t.add(("*", "*"))
+                eng.summaries.clear()
+            memo = {tb.number for tb in eng.host.table_of.values() if tb.name in self.memo_names}
+            eng.memo_tables = frozenset(memo)
+            eng.invalidate(t)
+            touched[h] = t
+        moved = set()
+        if ports is not None:
+            for k, ref in list(self.net.ports.items()):
+                if ref.tenant == tenant and k not in ports:
+                    del self.net.ports[k]
+                    moved.add(k)
+            for k, ref in ports.items():
+                if self.net.ports.get(k) != ref:
+                    moved.add(k)
+                self.net.ports[k] = ref
+        if facts is not None:
+            self.net.tenants[tenant] = facts
+            self._index_facts()
+        stale = []
+        for sid, r in self.results.items():
+            if r.tenant == tenant or (moved and not r.targets.isdisjoint(moved)):
+                stale.append(sid)
+                continue
+            t = touched.get(sid[1])
+            if t and _affected(r.deps, t):
+                stale.append(sid)
+        for sid in stale:
+            r = self.results.pop(sid)
+            self._reach_cache.pop(r.tenant, None)
+        self._reach_cache.pop(tenant, None)
+        for sid in self.starts():
+            if sid not in self.results:
+                self.results[sid] = self._run_start(sid)
+        return self._report(t0)
+
+    def _run_start(self, sid) -> _Result:
+        kind, host, x = sid
+        eng = self.engine(host)
+        eng.deps = set()
+        net = self.net
+        if kind == "port":
+            ref = net.ports[(host, x)]
+            tenant = ref.tenant
+            st = hs.start_state({**_STATE_ZERO, "in_port": x, "tunnel_id": 0,
+                                 "tun_ipv4_src": 0, "tun_ipv4_dst": 0})
+        else:
+            tenant = self.vni_owner[x]
+            peer = self._peer_pa(host)
+            st = hs.start_state({**_STATE_ZERO, "in_port": net.tunnel_ofport, "tunnel_id": x,
+                                 "tun_ipv4_src": peer or "0.0.0.0", "tun_ipv4_dst": net.hosts[host].pa})
+        finals = eng.run(st, 0)
+        res = _Result(tenant, [], frozenset(eng.deps), frozenset(), len(finals), {}, [], {})
+        self._check(sid, tenant, finals, res)
+        return res
+
+    # ---- checks ----------------------------------------------------------------------
+
+    def _check(self, sid, tenant: str, finals: list, res: _Result) -> None:
+        kind, host, x = sid
+        net = self.net
+        facts = net.tenants[tenant]
+        seen = set()
+        targets = set()
+        ext_port = net.external.get(host)
+
+        def report(vkind, others, msg, s, hop, flow=None, sol=None):
+            key = (vkind, tuple(others), msg)
+            if key in seen:
+                return
+            if sol is None:
+                sol = s.witness()
+                if sol is None:
+                    return
+            seen.add(key)
+            res.violations.append(self._violation(vkind, [tenant] + [o for o in others if o != tenant],
+                                                  msg, sid, s, sol, hop, flow))
+
+        for s in finals:
+            for ev in s.events:
+                k = ev[0]
+                if k == "out":
+                    port = ev[2]
+                    env = ev[3]
+                    if port.__class__ is tuple:
+                        port = s.concrete(port[1])
+                    if port is None:
+                        report("unknown_port", [], "output to a port that depends on the packet", s, ev[4])
+                        continue
+                    targets.add((ev[1], port))
+                    if port == net.tunnel_ofport:
+                        self._check_tunnel(s, env, ev, facts, tenant, report, res)
+                    elif port == ext_port:
+                        self._check_external(s, env, ev, facts, report)
+                    else:
+                        ref = net.ports.get((ev[1], port))
+                        if ref is None:
+                            report("unknown_port", [], f"output to ofport {port} on {ev[1]}, which no "
+                                   f"port owns", s, ev[4])
+                        elif ref.tenant != tenant:
+                            report("isolation_port", [ref.tenant],
+                                   f"{tenant}'s packet is output to {ref.tenant}'s port {ref.port} "
+                                   f"({ev[1]} ofport {port})", s, ev[4])
+                        elif s.fresh:
+                            (res.local if kind == "port" else res.delivered).setdefault(
+                                ref.port, []).append(s)
+                elif k == "res":
+                    _, rk, h, rid, hop = ev
+                    if rk == "zone" and rid not in facts.zones:
+                        other = self.zone_owner.get(rid, "?")
+                        report("shared_zone", [other], f"{tenant}'s packet uses conntrack zone {rid} "
+                               f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, hop)
+                    elif rk == "group" and rid not in facts.groups:
+                        other = self.group_owner.get(rid, "?")
+                        report("shared_group", [other], f"{tenant}'s packet goes to group {rid} "
+                               f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, hop)
+                    elif rk == "meter" and (h, rid) not in facts.meters:
+                        other = self.meter_owner.get((h, rid), "?")
+                        report("shared_meter", [other], f"{tenant}'s packet passes meter {rid} on {h} "
+                               f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, hop)
+                elif k == "overlap":
+                    _, h, tname, fa, fb, hop = ev
+                    names = sorted({self.tid_name.get(cookie_tenant(f.cookie), "") for f in (fa, fb)} - {""})
+                    report("overlap", names, f"table {tname} on {h}: two flows of priority {fa.priority} "
+                           f"match one packet: {fa.ofctl()} / {fb.ofctl()}", s, hop + 1, fb)
+                elif k == "loop":
+                    report("loop", [], f"the packet enters {ev[2]} on {ev[1]} again (a loop)", s, ev[3])
+                elif k == "unsupported":
+                    report("unsupported", [], ev[2], s, ev[3])
+            if not s.emitted and not s.halted:
+                why = _undeclared(s)
+                if why:
+                    hop = len(s.path)
+                    report("undeclared_drop", [], why, s, hop)
+        res.targets = frozenset(targets)
+
+    def _check_tunnel(self, s, env, ev, facts, tenant, report, res) -> None:
+        tid_var = env.get("tunnel_id") or hs.INPUT["tunnel_id"]
+        tid = s.concrete(tid_var)
+        if tid is None:
+            t = s
+            for v in facts.vnis:
+                t = t and _exclude_var(t, tid_var, v, hs.FULL["tunnel_id"])
+            if t is not None:
+                sol = t.witness()
+                if sol is not None:
+                    bad = t.value_at(sol, tid_var)
+                    other = self.vni_owner.get(bad, "?")
+                    report("isolation_vni", [other], f"{tenant}'s packet is tunnelled with VNI {bad}, "
+                           f"not one of its own", t, ev[4], sol=sol)
+            return
+        if tid not in facts.vnis:
+            other = self.vni_owner.get(tid, "?")
+            report("isolation_vni", [other], f"{tenant}'s packet is tunnelled with VNI {tid} "
+                   f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, ev[4])
+            return
+        dst_var = env.get("tun_ipv4_dst") or hs.INPUT["tun_ipv4_dst"]
+        dst = s.concrete(dst_var)
+        peer = self.pa_host.get(hs.from_int("tun_ipv4_dst", dst)) if dst is not None else None
+        if peer is None:
+            report("tunnel_lost", [], f"tunnelled to {hs.from_int('tun_ipv4_dst', dst) if dst is not None else 'a packet-dependent address'}, "
+                   f"which is no host's PA", s, ev[4])
+            return
+        if s.fresh:
+            res.tunnels.append((peer, tid, s, env))
+
+    def _check_external(self, s, env, ev, facts, report) -> None:
+        et = env.get("eth_type") or hs.INPUT["eth_type"]
+        t = _restrict_var(s, et, ETH_TYPE_IP, 0xFFFF)
+        src = env.get("ipv4_src") or hs.INPUT["ipv4_src"]
+        for ip in facts.owned_external:
+            if t is None:
+                return
+            t = _exclude_var(t, src, hs.to_int("ipv4_src", ip), 0xFFFFFFFF)
+        if t is None:
+            return
+        sol = t.witness()
+        if sol is None:
+            return
+        bad = hs.from_int("ipv4_src", t.value_at(sol, src))
+        report("isolation_external", [], f"a packet leaves on the external port of {ev[1]} with "
+               f"source {bad}, which the tenant does not own", t, ev[4], sol=sol)
+
+    # ---- reachability ----------------------------------------------------------------
+
+    def _reach(self, tenant: str) -> tuple[list, int]:
+        facts = self.net.tenants[tenant]
+        out, n = [], 0
+        by_port = {}
+        for sid, r in self.results.items():
+            if sid[0] == "port" and r.tenant == tenant:
+                ref = self.net.ports[(sid[1], sid[2])]
+                by_port[ref.port] = (sid, r)
+        for a, b in sorted(facts.reach_pairs):
+            ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
+            if ea is None or eb is None or a not in by_port:
+                continue
+            if self.only_host is not None and ea.host != self.only_host:
+                continue
+            n += 1
+            sid, r = by_port[a]
+            if self._reaches(r, b, eb):
+                continue
+            out.append(self._unreachable(tenant, a, b, ea, eb, facts))
+        return out, n
+
+    def _reaches(self, r: _Result, b: str, eb: Endpoint) -> bool:
+        for s in r.local.get(b, ()):
+            if s.witness() is not None:
+                return True
+        for peer, vni, s, env in r.tunnels:
+            if peer != eb.host:
+                continue
+            sid = ("tunnel", peer, vni)
+            entry = self.results.get(sid)
+            if entry is None:
+                entry = self.results[sid] = self._run_start(sid)
+            for t in entry.delivered.get(b, ()):
+                c = hs.compose(s, t, env_map=env)
+                if c is not None and c.witness() is not None:
+                    return True
+        return False
+
+    def _unreachable(self, tenant, a, b, ea: Endpoint, eb: Endpoint, facts) -> Violation:
+        dst_mac = eb.mac if ea.switch == eb.switch else facts.router_macs.get(ea.switch, eb.mac)
+        pkt = {"eth_src": ea.mac, "eth_dst": dst_mac, "eth_type": ETH_TYPE_IP, "ipv4_src": ea.ip,
+               "ipv4_dst": eb.ip, "ip_proto": IPPROTO_TCP, "ip_ttl": 64, "tcp_src": 40000, "tcp_dst": 80}
+        path, flow = self._concrete_path(ea.host, ea.ofport, pkt)
+        return Violation("unreachable", [tenant], f"no packet from {a} ({ea.host}) reaches {b} "
+                         f"({eb.host}); e.g. tcp to {eb.ip}:80 ends as shown", ea.host, ea.ofport, pkt,
+                         path, flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
+
+    def _concrete_path(self, host, in_port, pkt, hops: int = 8):
+        """The concrete simulator's path for one packet (for unreachable witnesses)."""
+        path, last = [], None
+        sims = {}
+        todo = [(host, in_port, dict(pkt))]
+        while todo and hops > 0:
+            hops -= 1
+            h, port, p = todo.pop(0)
+            sim = sims.get(h)
+            if sim is None:
+                ht = self.net.hosts[h]
+                tables = {f.table.number: f.table for f in ht.flows}
+                sim = sims[h] = Simulator(_Tables(tables), ht.flows, ht.groups)
+            try:
+                fate = sim.run(p, port)
+            except Unsupported as e:
+                path.append({"host": h, "table": "(simulator)", "note": str(e)})
+                break
+            for hop in fate.path:
+                path.append(self._hop(h, hop.table, hop.flow, "" if hop.flow else "miss"))
+                last = hop.flow or last
+            for e in fate.outputs:
+                if e.port == self.net.tunnel_ofport:
+                    peer = self.pa_host.get(e.packet.get("tun_ipv4_dst"))
+                    if peer is not None:
+                        inner = {k: v for k, v in e.packet.items() if not k.startswith("tun")}
+                        inner.update(tunnel_id=e.packet.get("tunnel_id", 0),
+                                     tun_ipv4_src=self.net.hosts[h].pa, tun_ipv4_dst=e.packet["tun_ipv4_dst"])
+                        todo.append((peer, self.net.tunnel_ofport, inner))
+        return path, last
+
+    # ---- report ----------------------------------------------------------------------
+
+    def _report(self, t0: float) -> Report:
+        vs, seen = [], set()
+        counts = {"port_starts": 0, "tunnel_starts": 0, "branches": 0, "reach_pairs": 0,
+                  "hosts": len(self.net.hosts), "tenants": len(self.net.tenants),
+                  "flows": sum(len(h.flows) for h in self.net.hosts.values())}
+        tenants = set()
+        for sid in self.starts():  # port starts first: their counterexamples read best
+            r = self.results[sid]
+            counts["port_starts" if sid[0] == "port" else "tunnel_starts"] += 1
+            counts["branches"] += r.branches
+            tenants.add(r.tenant)
+            for v in r.violations:
+                if v.key() not in seen:
+                    seen.add(v.key())
+                    vs.append(v)
+        for v in self.static:
+            if self.only_tenant is None or self.only_tenant in v.tenants:
+                if v.key() not in seen:
+                    seen.add(v.key())
+                    vs.append(v)
+        for t in sorted(tenants):
+            hit = self._reach_cache.get(t)
+            if hit is None:
+                hit = self._reach_cache[t] = self._reach(t)
+            more, n = hit
+            counts["reach_pairs"] += n
+            for v in more:
+                if v.key() not in seen:
+                    seen.add(v.key())
+                    vs.append(v)
+        vs.sort(key=lambda v: (v.kind, v.tenants, v.host, v.message))
+        secs = (self.clock() - t0) if self.clock else 0.0
+        return Report(not vs, vs, counts, secs)
+
+    def _hop(self, host, table, flow, note="") -> dict:
+        if flow is None:
+            return {"host": host, "table": table, "note": "table miss: no flow matched" if note == "miss" else note}
+        layer = _layer_name(cookie_layer(flow.cookie))
+        owner = self.tid_name.get(cookie_tenant(flow.cookie), "")
+        rule = f"[{layer}] {owner + ': ' if owner else ''}{flow.rule}"
+        return {"host": host, "table": table, "priority": flow.priority, "rule": rule,
+                "flow": flow.ofctl(), "cookie": f"{flow.cookie:#x}", "note": note}
+
+    def _violation(self, kind, tenants, msg, sid, s, sol, hop, flow=None) -> Violation:
+        skind, host, x = sid
+        pkt = _packet(s, sol, tunnel=skind == "tunnel")
+        if skind == "tunnel":
+            pkt.update(tunnel_id=x, tun_ipv4_src=self._peer_pa(host), tun_ipv4_dst=self.net.hosts[host].pa)
+        path = [self._hop(h, t, f, note) for h, t, f, note in s.path[:max(hop, 0)]]
+        if skind == "tunnel":
+            src = self.pa_host.get(pkt.get("tun_ipv4_src"), "?")
+            path.insert(0, {"host": host, "table": "(vxlan)", "note": f"in from {src} vni {x}"})
+        if flow is None:
+            for h, t, f, note in reversed(s.path[:max(hop, 0)]):
+                if f is not None:
+                    flow = f
+                    break
+        in_port = x if skind == "port" else self.net.tunnel_ofport
+        cts = s.value_at(sol, s.var("ct_state")) if hop else 0
+        if cts:
+            msg += f" (conntrack said {_ct_text(cts)})"
+        return Violation(kind, tenants, msg, host, in_port, pkt, path,
+                         flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
+
+
+def _paused_gc():
+    """Symbolic runs allocate many small acyclic objects; see compiler.paused_gc."""
+    from controller.compiler import paused_gc
+    return paused_gc()
+
+
+class _Tables:
+    """What the concrete Simulator needs of a pipeline: tables by number."""
+
+    def __init__(self, by_number):
+        self.by_number = by_number
+
+
+def _ct_text(v: int) -> str:
+    from dataplane.match_action import CT_FLAGS
+    return "".join(f"+{n}" for n, bit in CT_FLAGS.items() if v & bit)
+
+
+def _layer_name(layer_id: int) -> str:
+    try:
+        from controller.pipeline import LAYER_BY_ID
+    except ImportError:  # pragma: no cover
+        return str(layer_id)
+    layer = LAYER_BY_ID.get(layer_id)
+    return layer.name if layer else "?"
+
+
+def _default_memo() -> tuple:
+    from controller.pipeline import EGRESS, PIPELINE, TUNNEL_ENTRY, LAYERS
+    names = [layer.tables[0].name for layer in LAYERS if layer.name == TUNNEL_ENTRY]
+    names.append(EGRESS[0].tables[0].name)
+    return tuple(n for n in names if n in PIPELINE.by_name)
+
+
+def _affected(deps: frozenset, touched: set) -> bool:
+    if ("*", "*") in touched:
+        return True
+    if not deps.isdisjoint(touched):
+        return True
+    tables = {t for t, _ in touched}
+    star = {t for t, k in touched if k == "*"}
+    for t, v in deps:
+        if t in star or (v is None and t in tables):
+            return True
+    return False
+
+
+def _restrict_var(s, var, value, mask):
+    r = hs.conj(s.cons, s.negs, ((var, value & mask, mask),))
+    if r is None:
+        return None
+    c = s.copy()
+    c.cons, c.negs = r
+    return c
+
+
+def _exclude_var(s, var, value, mask):
+    r = hs.minus(s.cons, s.negs, ((var, value & mask, mask),))
+    if r is None:
+        return None
+    c = s.copy()
+    c.cons, c.negs = r
+    return c
+
+
+def _undeclared(s) -> str:
+    for h, t, f, note in reversed(s.path):
+        if note == "group":
+            continue
+        if note == "ttl":
+            return ""
+        if note == "miss":
+            return f"no flow matched in {t} on {h} (table-miss drop without an explicit miss flow)"
+        if any(ev[0] == "hairpin" for ev in s.events):
+            return ""
+        if not f.actions:
+            if f.priority == 0 and f.table.miss != "drop":
+                return (f"{t} on {h}: its priority-0 flow drops, but the table's declared miss is "
+                        f"to continue at {f.table.miss}")
+            return ""
+        return f"{t} on {h}: the deciding flow has actions but the packet is not output"
+    return "no table was run"
+
+
+def _packet(s, sol, tunnel: bool) -> dict:
+    """The counterexample's input header values, as a well-formed packet."""
+    val = s.input_packet(sol)
+    pkt = {"eth_src": hs.from_int("eth_src", val["eth_src"]),
+           "eth_dst": hs.from_int("eth_dst", val["eth_dst"]), "eth_type": val["eth_type"]}
+    if val["eth_type"] == ETH_TYPE_IP:
+        for f in _IP_FIELDS:
+            pkt[f] = hs.from_int(f, val[f])
+        for f in _L4.get(val["ip_proto"], ()):
+            pkt[f] = val[f]
+    elif val["eth_type"] == ETH_TYPE_ARP:
+        for f in _ARP_FIELDS:
+            pkt[f] = hs.from_int(f, val[f])
+    return pkt
+
+
+def verify(net: Network, *, tenant: str | None = None, host: str | None = None,
+           clock: Callable[[], float] | None = None) -> Report:
+    """One full check (see the module docstring)."""
+    return Verifier(net, tenant=tenant, host=host, clock=clock).run()
+
+
+def report_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2, sort_keys=True)

@@ -1,0 +1,922 @@
+"""Header-space analysis over our flow tables: sets of packets, run symbolically.
+
+A packet set is a *term*: a conjunction of ternary constraints on variables (`cons`:
+var -> (value, care mask)) minus a union of ternary cubes (`negs`, the higher-priority
+matches a packet did not hit: OpenFlow's "highest priority wins" as lazy subtraction).
+Header fields are not constrained directly: each field is *bound* to a variable
+(`env`), so actions only rebind and never rewrite constraints:
+
+  set_field f:=c      f is bound to the constant c           (exact)
+  move a->b           b is bound to a's variable              (exact: b == a stays known)
+  dec_ttl             split ttl<2 (dropped) / ttl>=2, ttl bound to a fresh variable
+  ct(...)             split IPv4 / not; ct_state bound to each state conntrack can give
+                      (+trk with +new, +est[+rpl], +rel[+rpl], +inv); with nat the
+                      translated fields are rebound (to the given address, or to fresh
+                      unconstrained variables for ct(nat) of an existing connection)
+  group               union over its buckets
+  resubmit / goto     the packet set runs through that table and comes back (resubmit)
+
+The variables a term starts with are the input packet's fields, so any point of a term
+is a concrete input packet (`witness`) and the whole path condition is kept. The
+semantics follow `dataplane.match_action.Simulator` (checked by a property test):
+output to the ingress port is dropped, dec_ttl on TTL<=1 ends the current action list,
+a table with no matching flow drops. Outputs are recorded, not followed: what happens
+on the host behind a tunnel is the caller's business (`compose`).
+
+Runs are memoized at chosen tables (`memo_tables`): the rest of the pipeline from such a
+table is run once per concrete value of a few scope registers over the whole header
+space, and composed with each caller's term (substitution + intersection).
+
+This module imports nothing else of ours but `dataplane.match_action` (STYLE.md walls).
+"""
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Iterable, Mapping
+
+from dataplane.match_action import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_DNAT, CT_SNAT,
+                                    CT_TRK, ETH_TYPE_IP, FIELDS, IN_PORT, IPPROTO_TCP,
+                                    IPPROTO_UDP, Ct, DecTtl, Flow, Goto, Group, Meter, Move,
+                                    Output, Resubmit, SetField, Unsupported)
+
+NAMES: tuple[str, ...] = tuple(FIELDS)
+NF = len(NAMES)
+BITS = {n: FIELDS[n].bits for n in NAMES}
+INPUT = {n: (i << 7) | BITS[n] for i, n in enumerate(NAMES)}  # var = serial << 7 | width
+FULL = {n: (1 << BITS[n]) - 1 for n in NAMES}
+LOOP_BOUND = 2  # a (host, table) entered this often in one chain of nested lookups: a loop
+MAX_DEPTH = 64
+_ETH_TYPE_FULL = FULL["eth_type"]
+
+# Constants are not variables: a field bound to a constant is bound to the 1-tuple (value,).
+
+
+def full_of(var) -> int:
+    return (1 << (var & 127)) - 1
+
+
+@lru_cache(maxsize=1 << 18)
+def to_int(name: str, value) -> int:
+    kind = FIELDS[name].kind
+    if kind == "int":
+        return value
+    if kind == "mac":
+        return int(value.replace(":", ""), 16)
+    return int(ipaddress.IPv4Address(value))
+
+
+def from_int(name: str, n: int):
+    kind = FIELDS[name].kind
+    if kind == "int":
+        return n
+    if kind == "mac":
+        return ":".join(f"{(n >> s) & 0xFF:02x}" for s in range(40, -1, -8))
+    return str(ipaddress.IPv4Address(n))
+
+
+@lru_cache(maxsize=1 << 18)
+def _item(name: str, value, mask) -> tuple:
+    v = to_int(name, value)
+    m = FULL[name] if mask is None else to_int(name, mask)
+    return (name, v & m, m)
+
+
+_MATCH_CACHE: dict[int, tuple] = {}
+
+
+def match_items(match) -> tuple:
+    """A Match as ((field, value int, mask int), ...), cached per Match object."""
+    hit = _MATCH_CACHE.get(id(match))
+    if hit is not None and hit[0] is match:
+        return hit[1]
+    items = tuple([_item(n, v, m) for n, v, m, _ in match.items])
+    if len(_MATCH_CACHE) > 1 << 20:
+        _MATCH_CACHE.clear()
+    _MATCH_CACHE[id(match)] = (match, items)
+    return items
+
+
+# --------------------------------------------------------------------------------------
+# Terms: conjunction of ternary constraints minus a union of cubes
+# --------------------------------------------------------------------------------------
+
+
+def conj(cons: dict, negs: tuple, items) -> tuple | None:
+    """(cons, negs) AND the cube `items` ((var-or-const, value, mask)...); None if empty."""
+    new = None
+    for var, v, m in items:
+        if var.__class__ is tuple:
+            if (var[0] ^ v) & m:
+                return None
+            continue
+        c = (cons if new is None else new).get(var)
+        if c is None:
+            if new is None:
+                new = dict(cons)
+            new[var] = (v, m)
+        else:
+            cv, cm = c
+            if (cv ^ v) & cm & m:
+                return None
+            if m & ~cm:
+                if new is None:
+                    new = dict(cons)
+                new[var] = (cv | v, cm | m)
+    if new is None:
+        return cons, negs
+    if not negs:
+        return new, negs
+    return _prune(new, negs)
+
+
+def _reduce(cons: dict, neg) -> tuple | None | bool:
+    """A cube restricted to what `cons` does not already imply: False if disjoint from
+    cons, () if cons lies inside it, else the remaining items."""
+    rest = []
+    changed = False
+    for it in neg:
+        var, v, m = it
+        if var.__class__ is tuple:
+            if (var[0] ^ v) & m:
+                return False
+            changed = True
+            continue
+        c = cons.get(var)
+        if c is None:
+            rest.append(it)
+            continue
+        cv, cm = c
+        if (cv ^ v) & cm & m:
+            return False
+        r = m & ~cm
+        if r:
+            if r != m:
+                rest.append((var, v & r, r))
+                changed = True
+            else:
+                rest.append(it)
+        else:
+            changed = True
+    return tuple(rest) if changed else neg
+
+
+def _prune(cons: dict, negs: tuple) -> tuple | None:
+    out = []
+    for neg in negs:
+        r = _reduce(cons, neg)
+        if r is False:
+            continue
+        if not r:
+            return None
+        if len(r) == 1 and _single_bit(r[0][2]):  # not (x bit = b)  ==  x bit = !b
+            var, v, m = r[0]
+            cons = dict(cons)
+            cv, cm = cons.get(var, (0, 0))
+            cons[var] = (cv | (~v & m), cm | m)
+            return _prune(cons, negs)
+        out.append(r)
+    return cons, tuple(out)
+
+
+def _single_bit(m: int) -> bool:
+    return m & (m - 1) == 0
+
+
+def minus(cons: dict, negs: tuple, items) -> tuple | None:
+    """(cons, negs) AND NOT the cube `items`; None if empty."""
+    r = _reduce(cons, tuple(items))
+    if r is False:
+        return cons, negs
+    if not r:
+        return None
+    if len(r) == 1 and _single_bit(r[0][2]):
+        var, v, m = r[0]
+        return conj(cons, negs, ((var, ~v & m, m),))
+    return cons, negs + (r,)
+
+
+_PREF = {"eth_type": ETH_TYPE_IP, "ip_proto": IPPROTO_TCP, "ip_ttl": 64, "tcp_src": 40000,
+         "tcp_dst": 80, "udp_src": 40000, "udp_dst": 53, "icmpv4_type": 8}
+
+
+def _pref(var) -> int:
+    serial = var >> 7
+    if serial < NF:
+        return _PREF.get(NAMES[serial], 0) & full_of(var)
+    return 0
+
+
+def solve(cons: dict, negs: tuple, budget: int = 20000) -> dict | None:
+    """A concrete value for every variable of (cons, negs), or None if the set is empty.
+    Complete (escapes every cube bit by bit, depth first), within `budget` steps."""
+    steps = [0]
+
+    def value(cons, var):
+        cv, cm = cons.get(var, (0, 0))
+        return cv | (_pref(var) & ~cm)
+
+    def rec(cons, negs):
+        steps[0] += 1
+        if steps[0] > budget:
+            raise Unsupported("witness search budget exhausted")
+        for i, neg in enumerate(negs):
+            if all(not ((value(cons, var) ^ v) & m) for var, v, m in neg):
+                break  # the preferred point lies in this cube: escape it
+        else:
+            vals = {var: value(cons, var) for var in cons}
+            for neg in negs:
+                for var, _v, _m in neg:
+                    vals.setdefault(var, value(cons, var))
+            return vals
+        for var, v, m in neg:
+            cv, cm = cons.get(var, (0, 0))
+            free = m & ~cm
+            while free:
+                bit = free & -free
+                free ^= bit
+                r = conj(cons, negs, ((var, ~v & bit, bit),))
+                if r is not None:
+                    got = rec(*r)
+                    if got is not None:
+                        return got
+        return None
+
+    r = _prune(cons, negs) if negs else (cons, negs)
+    if r is None:
+        return None
+    return rec(*r)
+
+
+# --------------------------------------------------------------------------------------
+# States: one branch of a symbolic run
+# --------------------------------------------------------------------------------------
+
+# Hops: (host, table name, flow or None, note); note "" (a flow decided), "miss" (no
+# flow matched: OpenFlow table-miss drop), "ttl" (dec_ttl expired), "group" (bucket).
+# Events: ("out", host, port, env, hop), ("res", kind, host, id, hop),
+# ("overlap", host, table, flow_a, flow_b, hop), ("loop", host, table, hop),
+# ("hairpin", host, port, hop), ("unsupported", host, message, hop).
+
+
+class State:
+    __slots__ = ("cons", "negs", "env", "nvar", "path", "events", "emitted", "fresh", "halted",
+                 "stop", "chain")
+
+    def __init__(self, env: dict, cons: dict | None = None):
+        self.cons = cons or {}
+        self.negs = ()
+        self.env = env
+        self.nvar = NF
+        self.path = ()
+        self.events = ()
+        self.emitted = False
+        self.fresh = True  # every conntrack lookup so far said +new (a connection's first packet)
+        self.halted = False  # a loop or something unmodelled: nothing further runs
+        self.stop = False  # dec_ttl expired: the rest of this action list is skipped
+        self.chain = ()
+
+    def copy(self) -> "State":
+        s = State.__new__(State)
+        s.cons, s.negs, s.env, s.nvar, s.path, s.events = (self.cons, self.negs, self.env, self.nvar,
+                                                          self.path, self.events)
+        s.emitted, s.fresh, s.halted, s.stop, s.chain = (self.emitted, self.fresh, self.halted,
+                                                         self.stop, self.chain)
+        return s
+
+    def var(self, name: str):
+        return self.env.get(name) or INPUT[name]
+
+    def concrete(self, var) -> int | None:
+        if var.__class__ is tuple:
+            return var[0]
+        c = self.cons.get(var)
+        if c is not None and c[1] == full_of(var):
+            return c[0]
+        return None
+
+    def value_of(self, name: str) -> int | None:
+        return self.concrete(self.var(name))
+
+    def fresh_var(self, name: str) -> int:
+        self.nvar += 1
+        return (self.nvar << 7) | BITS[name]
+
+    def bind(self, name: str, var) -> None:
+        env = dict(self.env)
+        env[name] = var
+        self.env = env
+
+    def event(self, ev: tuple) -> None:
+        self.events = self.events + (ev,)
+
+    def hop(self, host, table, flow, note="") -> None:
+        self.path = self.path + ((host, table, flow, note),)
+
+    def items(self, compiled) -> tuple:
+        env = self.env
+        return tuple([(env.get(n) or INPUT[n], v, m) for n, v, m in compiled])
+
+    def restrict(self, field_items) -> "State | None":
+        """This state AND field tests ((field, value int, mask int), ...)."""
+        r = conj(self.cons, self.negs, self.items(field_items))
+        if r is None:
+            return None
+        s = self.copy()
+        s.cons, s.negs = r
+        return s
+
+    def exclude(self, field_items) -> "State | None":
+        r = minus(self.cons, self.negs, self.items(field_items))
+        if r is None:
+            return None
+        s = self.copy()
+        s.cons, s.negs = r
+        return s
+
+    def witness(self) -> dict | None:
+        """var -> value for one point of this set (None: the set is empty)."""
+        return solve(self.cons, self.negs)
+
+    def input_packet(self, sol: dict, fields: Iterable[str] = NAMES) -> dict:
+        """The input packet's fields at a solution (each field's input variable)."""
+        out = {}
+        for n in fields:
+            var = INPUT[n]
+            v = sol.get(var)
+            if v is None:
+                v = _pref(var)
+            out[n] = v
+        return out
+
+    def value_at(self, sol: dict, var) -> int:
+        if var.__class__ is tuple:
+            return var[0]
+        v = sol.get(var)
+        return _pref(var) if v is None else v
+
+
+def start_state(constants: Mapping[str, object]) -> State:
+    """All packets, with the given fields fixed (OpenFlow-typed values or ints)."""
+    env = {}
+    for n, v in constants.items():
+        env[n] = (v if isinstance(v, int) else to_int(n, v),)
+    return State(env)
+
+
+# --------------------------------------------------------------------------------------
+# One host's tables, indexed
+# --------------------------------------------------------------------------------------
+
+KEY_FIELDS = ("in_port", "tunnel_id", "reg13")
+
+
+class _TableIndex:
+    __slots__ = ("table", "key", "buckets", "wild", "merged", "all")
+
+    def __init__(self, table, flows: list):
+        self.table = table
+        counts = {k: 0 for k in KEY_FIELDS}
+        entries = []
+        for f in flows:
+            items = match_items(f.match)
+            entries.append((f.priority, items, f))
+            for n, _v, m in items:
+                if n in counts and m == FULL[n]:
+                    counts[n] += 1
+        best = max(KEY_FIELDS, key=lambda k: counts[k])
+        self.key = best if counts[best] * 2 >= len(flows) and counts[best] else None
+        self.buckets: dict = {}
+        self.wild: list = []
+        for e in entries:
+            self.add(e)
+        self.merged: dict = {}
+        self.all = None
+
+    def add(self, e) -> None:
+        k = self._key_of(e[1])
+        (self.wild if k is None else self.buckets.setdefault(k, [])).append(e)
+
+    def _key_of(self, items):
+        if self.key is None:
+            return None
+        for n, v, m in items:
+            if n == self.key and m == FULL[n]:
+                return v
+        return None
+
+    def remove(self, flow) -> None:
+        k = self._key_of(match_items(flow.match))
+        lst = self.wild if k is None else self.buckets.get(k, [])
+        for i, e in enumerate(lst):
+            if e[2] is flow or (e[2].cookie == flow.cookie and e[2].body == flow.body):
+                del lst[i]
+                break
+
+    def groups_for(self, value):
+        """[(priority, [entries])] highest first, for a concrete key value (None: all)."""
+        hit = self.merged.get(value) if value is not None else self.all
+        if hit is not None:
+            return hit
+        if value is None:
+            lst = list(self.wild)
+            for b in self.buckets.values():
+                lst.extend(b)
+        else:
+            lst = self.buckets.get(value, []) + self.wild
+        lst.sort(key=lambda e: -e[0])
+        out = []
+        for e in lst:
+            if out and out[-1][0] == e[0]:
+                out[-1][1].append(e)
+            else:
+                out.append((e[0], [e]))
+        if value is None:
+            self.all = out
+        else:
+            self.merged[value] = out
+        return out
+
+
+class IndexedHost:
+    """One host's flows (and its installed groups: id -> list of bucket action tuples),
+    indexed for symbolic lookups."""
+
+    def __init__(self, name: str, flows: Iterable[Flow], groups: Mapping | None = None):
+        self.name = name
+        self.groups = dict(groups or {})
+        self.tables: dict[int, _TableIndex] = {}
+        self.table_of: dict[int, object] = {}
+        by: dict[int, list] = {}
+        for f in flows:
+            lst = by.get(f.table.number)
+            if lst is None:
+                lst = by[f.table.number] = []
+                self.table_of[f.table.number] = f.table
+            lst.append(f)
+        for no, lst in by.items():
+            self.tables[no] = _TableIndex(self.table_of[no], lst)
+
+    def key_of(self, flow: Flow):
+        ti = self.tables.get(flow.table.number)
+        return None if ti is None else ti._key_of(match_items(flow.match))
+
+    def change(self, removed: Iterable[Flow], added: Iterable[Flow]) -> set:
+        """Apply a flow diff in place; returns the touched lookup keys (table, key value),
+        with (table, "*") when a flow without a key value changed."""
+        touched = set()
+        for f, add in [(f, False) for f in removed] + [(f, True) for f in added]:
+            no = f.table.number
+            ti = self.tables.get(no)
+            if ti is None:
+                self.table_of[no] = f.table
+                ti = self.tables[no] = _TableIndex(f.table, [])
+            k = ti._key_of(match_items(f.match))
+            if add:
+                ti.add((f.priority, match_items(f.match), f))
+            else:
+                ti.remove(f)
+            ti.all = None
+            if k is None:
+                ti.merged.clear()
+                touched.add((no, "*"))
+            else:
+                ti.merged.pop(k, None)
+                touched.add((no, k))
+        return touched
+
+
+# --------------------------------------------------------------------------------------
+# The symbolic run
+# --------------------------------------------------------------------------------------
+
+_IP_STATES = (  # what conntrack can say about an IPv4 packet: (value, mask) over ct_state
+    ("new", (CT_TRK | CT_NEW, FULL["ct_state"])),
+    ("est", (CT_TRK | CT_EST, FULL["ct_state"] & ~(CT_RPL | CT_SNAT | CT_DNAT))),
+    ("rel", (CT_TRK | CT_REL, FULL["ct_state"] & ~(CT_RPL | CT_SNAT | CT_DNAT))),
+    ("inv", (CT_TRK | CT_INV, FULL["ct_state"])),
+)
+_NAT_FIELDS = ("ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst")
+
+
+class Summary:
+    """The rest of the pipeline from a memo table over all packets (`states`), the
+    lookups it made (`deps`), and `notes`: what callers derived from it (e.g. a
+    verifier's per-tenant scan of the branches' events), dropped with the summary."""
+    __slots__ = ("states", "deps", "notes")
+
+    def __init__(self, states, deps):
+        self.states, self.deps = states, deps
+        self.notes = {}
+
+
+class Engine:
+    """Symbolic runs over one host's tables. `memo_tables`: table numbers where the rest
+    of the run is summarized per concrete value of `memo_keys` and reused."""
+
+    def __init__(self, host: IndexedHost, tunnel_port: int, memo_tables: Iterable[int] = (),
+                 memo_keys: tuple = ("reg13", "reg15", "reg10"), memo: bool = True):
+        self.host = host
+        self.tunnel_port = tunnel_port
+        self.memo_tables = frozenset(memo_tables) if memo else frozenset()
+        self.memo_keys = memo_keys
+        self.summaries: dict = {}
+        self._busy: set = set()
+        self.deps: set = set()  # (table, key value or None) looked up since last reset
+        self.lookups = 0
+        self._pending: list | None = None  # run_lazy: (state, Summary) not composed
+
+    def invalidate(self, touched: set) -> None:
+        """Forget summaries that looked at a changed (table, key)."""
+        if not touched:
+            return
+        tables = {t for t, _ in touched}
+        star = {t for t, k in touched if k == "*"}
+        drop = [key for key, s in self.summaries.items()
+                if any(d in touched or d[0] in star or (d[1] is None and d[0] in tables)
+                       for d in s.deps)]
+        for key in drop:
+            del self.summaries[key]
+
+    def run(self, state: State, table_no: int = 0) -> list[State]:
+        return self.table(state, table_no, 0)
+
+    def run_lazy(self, state: State, table_no: int = 0) -> tuple[list, list]:
+        """`run`, except that a memo table entered in tail position (nothing of the run
+        follows the lookup: the goto/resubmit/ct is the last action of every enclosing
+        action list) is not composed: (finals, pending), where each pending
+        (state, summary) stands for `compose(state, b)` for every b in summary.states.
+        The union of those is exactly what `run` would return for them."""
+        outer, self._pending = self._pending, []
+        try:
+            finals = self.table(state, table_no, 0, True)
+            pending = self._pending
+        finally:
+            self._pending = outer
+        return finals, pending
+
+    # ---- tables ----------------------------------------------------------------------
+
+    def table(self, st: State, tno: int, depth: int, tail: bool = False) -> list[State]:
+        hname = self.host.name
+        if tno in self.memo_tables:
+            vals = []
+            for k in self.memo_keys:
+                vals.append(st.value_of(k))
+            key = (tno, tuple(vals))
+            if key not in self._busy:
+                summ = self.summaries.get(key)
+                if summ is None:
+                    summ = self._summarize(key)
+                self.deps |= summ.deps
+                if tail and self._pending is not None and not self._busy:
+                    self._pending.append((st, summ))
+                    return []
+                return [c for c in (compose(st, b) for b in summ.states) if c is not None]
+        ti = self.host.tables.get(tno)
+        tname = ti.table.name if ti is not None else f"table{tno}"
+        ck = (hname, tno)
+        if depth > MAX_DEPTH or st.chain.count(ck) >= LOOP_BOUND:
+            s = st.copy()
+            s.event(("loop", hname, tname, len(s.path)))
+            s.halted = True
+            return [s]
+        if ti is None:
+            s = st.copy()
+            s.hop(hname, tname, None, "miss")
+            return [s]
+        self.lookups += 1
+        value = None
+        if ti.key is not None:
+            value = st.value_of(ti.key)
+        self.deps.add((tno, value))
+        groups = ti.groups_for(value)
+        cons, negs = st.cons, st.negs
+        out: list[State] = []
+        chain = st.chain + (ck,)
+        env = st.env
+        for _prio, entries in groups:
+            matched = []
+            for e in entries:
+                items = tuple([(env.get(n) or INPUT[n], v, m) for n, v, m in e[1]])
+                r = conj(cons, negs, items)
+                if r is not None:
+                    matched.append((e, items, r))
+            if not matched:
+                continue
+            if len(matched) > 1:
+                for i in range(len(matched)):
+                    for j in range(i + 1, len(matched)):
+                        c2, n2 = matched[i][2]
+                        if conj(c2, n2, matched[j][1]) is not None:
+                            s = st.copy()
+                            s.cons, s.negs = conj(c2, n2, matched[j][1])
+                            s.event(("overlap", hname, tname, matched[i][0][2], matched[j][0][2],
+                                     len(s.path)))
+                            s.hop(hname, tname, matched[i][0][2])
+                            s.halted = True  # reported; both flows' outcomes still run below
+                            out.append(s)
+            for e, _items, (c2, n2) in matched:
+                child = st.copy()
+                child.cons, child.negs = c2, n2
+                child.hop(hname, tname, e[2])
+                child.chain = chain
+                out.extend(self.actions(child, e[2].actions, depth + 1, tail))
+            for _e, items, _r in matched:
+                r = minus(cons, negs, items)
+                if r is None:
+                    cons = None
+                    break
+                cons, negs = r
+            if cons is None:
+                break
+        if cons is not None:
+            child = st.copy()
+            child.cons, child.negs = cons, negs
+            child.hop(hname, tname, None, "miss")
+            out.append(child)
+        for s in out:
+            s.chain = st.chain
+        return out
+
+    def _summarize(self, key) -> Summary:
+        tno, vals = key
+        env = {k: (v,) for k, v in zip(self.memo_keys, vals) if v is not None}
+        outer = self.deps
+        self.deps = set()
+        self._busy.add(key)
+        try:
+            states = self.table(State(env), tno, 0)
+        finally:
+            self._busy.discard(key)
+            deps, self.deps = self.deps, outer | self.deps
+        summ = Summary(tuple(states), frozenset(deps))
+        self.summaries[key] = summ
+        return summ
+
+    # ---- actions ---------------------------------------------------------------------
+
+    def actions(self, st: State, actions, depth: int, tail: bool = False) -> list[State]:
+        states = [st]
+        last = len(actions) - 1
+        for i, act in enumerate(actions):
+            nxt = []
+            t = tail and i == last
+            for s in states:
+                if s.halted or s.stop:
+                    nxt.append(s)
+                else:
+                    nxt.extend(self.act(act, s, depth, t))
+            states = nxt
+        for s in states:
+            s.stop = False
+        return states
+
+    def act(self, act, s: State, depth: int, tail: bool = False) -> list[State]:
+        h = self.host.name
+        cls = act.__class__
+        if cls is Goto or cls is Resubmit:
+            return self.table(s, act.table.number, depth + 1, tail)
+        if cls is SetField:
+            if act.mask is None:
+                s.bind(act.field, (to_int(act.field, act.value),))
+                return [s]
+            return [self._masked_set(s, act)]
+        if cls is Output:
+            return self._output(s, act)
+        if cls is Move:
+            s.bind(act.dst, s.var(act.src))
+            return [s]
+        if cls is Ct:
+            return self._ct(s, act, depth, tail)
+        if cls is DecTtl:
+            return self._dec_ttl(s)
+        if cls is Meter:
+            s.event(("res", "meter", h, act.meter_id, len(s.path)))
+            return [s]
+        if cls is Group:
+            s.event(("res", "group", h, act.group_id, len(s.path)))
+            buckets = self.host.groups.get(act.group_id) or act.buckets
+            if not buckets:
+                s.event(("unsupported", h, f"group {act.group_id} is not installed", len(s.path)))
+                s.halted = True
+                return [s]
+            out = []
+            for i, b in enumerate(buckets):
+                c = s.copy()
+                c.hop(h, f"(group {act.group_id}: bucket {i} of {len(buckets)})", None, "group")
+                out.extend(self.actions(c, b, depth + 1, tail))
+            return out
+        s.event(("unsupported", h, f"action {act!r} is not modelled", len(s.path)))
+        s.halted = True
+        return [s]
+
+    def _masked_set(self, s: State, act: SetField) -> State:
+        name, m = act.field, act.mask
+        v = to_int(name, act.value) & m
+        old = s.var(name)
+        full = FULL[name]
+        if old.__class__ is tuple:
+            s.bind(name, ((old[0] & ~m) | v,))
+            return s
+        cv, cm = s.cons.get(old, (0, 0))
+        if (cm | m) & full == full:
+            s.bind(name, (((cv & ~m) | v) & full,))
+            return s
+        new = s.fresh_var(name)  # the other bits' link to the old value is given up (sound)
+        cons = dict(s.cons)
+        cons[new] = ((cv & cm & ~m) | v, (cm & ~m) | m)
+        s.cons = cons
+        s.bind(name, new)
+        return s
+
+    def _output(self, s: State, act: Output) -> list[State]:
+        h = self.host.name
+        inv = s.var("in_port")
+        if act.port == IN_PORT:
+            p = s.concrete(inv)
+            s.event(("out", h, p if p is not None else ("var", inv), s.env, len(s.path)))
+            s.emitted = True
+            return [s]
+        port = act.port
+        p = s.concrete(inv)
+        if p is not None:
+            if p == port:
+                s.event(("hairpin", h, port, len(s.path)))
+                return [s]
+            s.event(("out", h, port, s.env, len(s.path)))
+            s.emitted = True
+            return [s]
+        out = []
+        same = s.restrict((("in_port", port, FULL["in_port"]),))
+        if same is not None:
+            same.event(("hairpin", h, port, len(same.path)))
+            out.append(same)
+        other = s.exclude((("in_port", port, FULL["in_port"]),))
+        if other is not None:
+            other.event(("out", h, port, other.env, len(other.path)))
+            other.emitted = True
+            out.append(other)
+        return out
+
+    def _dec_ttl(self, s: State) -> list[State]:
+        h = self.host.name
+        var = s.var("ip_ttl")
+        if var.__class__ is tuple:
+            if var[0] <= 1:
+                s.hop(h, "(dec_ttl: TTL expired)", None, "ttl")
+                s.stop = True
+            else:
+                s.bind("ip_ttl", (var[0] - 1,))
+            return [s]
+        out = []
+        low = (("ip_ttl", 0, 0xFE),)
+        dead = s.restrict(low)
+        if dead is not None:
+            dead.hop(h, "(dec_ttl: TTL expired)", None, "ttl")
+            dead.stop = True
+            out.append(dead)
+        live = s.exclude(low)
+        if live is not None:
+            c = s.concrete(live.var("ip_ttl"))
+            live.bind("ip_ttl", (c - 1,) if c is not None else live.fresh_var("ip_ttl"))
+            out.append(live)
+        return out
+
+    def _ct(self, s: State, act: Ct, depth: int, tail: bool = False) -> list[State]:
+        h = self.host.name
+        s.event(("res", "zone", h, act.zone, len(s.path)))
+        if act.table is None and act.nat is None:
+            return [s]  # commit only: nothing the pipeline can observe changes
+        branches = []
+        et = s.var("eth_type")
+        ip_only = (("eth_type", ETH_TYPE_IP, _ETH_TYPE_FULL),)
+        ip = s.restrict(ip_only)
+        if ip is not None:
+            for name, cube in _IP_STATES:
+                c = ip.copy()
+                if name != "new":
+                    c.fresh = False
+                cs = self._nat(c, act, name) if act.nat is not None else [c]
+                for c2 in cs:
+                    if act.table is not None:
+                        if cube[1] == FULL["ct_state"]:
+                            c2.bind("ct_state", (cube[0],))
+                        else:
+                            var = c2.fresh_var("ct_state")
+                            cons = dict(c2.cons)
+                            cons[var] = cube
+                            c2.cons = cons
+                            c2.bind("ct_state", var)
+                    branches.append(c2)
+        if not (et.__class__ is tuple and et[0] == ETH_TYPE_IP):
+            other = s.exclude(ip_only)
+            if other is not None:
+                if act.table is not None:
+                    other.bind("ct_state", (CT_TRK | CT_INV,))
+                branches.append(other)
+        if act.table is None:
+            return branches
+        out = []
+        for b in branches:
+            b.bind("ct_zone", (act.zone,))
+            out.extend(self.table(b, act.table.number, depth + 1, tail))
+        return out
+
+    def _nat(self, s: State, act: Ct, state: str) -> list[State]:
+        nat = act.nat
+        if not nat.kind:
+            if state in ("est", "rel"):  # an existing connection's translation: anything
+                for f in _NAT_FIELDS:
+                    s.bind(f, s.fresh_var(f))
+            return [s]
+        if not act.commit or state == "inv":
+            return [s]
+        field = "ipv4_src" if nat.kind == "src" else "ipv4_dst"
+        s.bind(field, (to_int(field, nat.ip),))
+        if not nat.port:
+            return [s]
+        end = "src" if nat.kind == "src" else "dst"
+        proto = s.value_of("ip_proto")
+        out = []
+        for p, l4 in ((IPPROTO_TCP, "tcp"), (IPPROTO_UDP, "udp")):
+            if proto is not None and proto != p:
+                continue
+            c = s.restrict((("ip_proto", p, 0xFF),)) if proto is None else s.copy()
+            if c is not None:
+                c.bind(f"{l4}_{end}", (nat.port,))
+                out.append(c)
+        if proto is None or proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            rest = s
+            for p in (IPPROTO_TCP, IPPROTO_UDP):
+                rest = rest.exclude((("ip_proto", p, 0xFF),)) if rest is not None else None
+            if rest is not None:
+                out.append(rest)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Composition: a caller's state followed by a branch computed over all packets
+# --------------------------------------------------------------------------------------
+
+
+def compose(st: State, b: State, env_map: Mapping | None = None,
+            keep_local: frozenset = frozenset()) -> State | None:
+    """`st` followed by `b`, where `b` was run from variables that stand for the fields
+    `st` had (env_map: field -> var, default st's env). Fields in `keep_local` keep `b`'s
+    own meaning (not substituted). None if the result is empty."""
+    env_in = st.env if env_map is None else env_map
+    off = st.nvar - NF
+
+    def m(var):
+        if var.__class__ is tuple:
+            return var
+        serial = var >> 7
+        if serial < NF:
+            name = NAMES[serial]
+            if name in keep_local:
+                return ((serial + off + b.nvar) << 7) | (var & 127)  # private to b
+            return env_in.get(name) or INPUT[name]
+        return ((serial + off) << 7) | (var & 127)
+
+    items = [(m(var), v, mk) for var, (v, mk) in b.cons.items()]
+    r = conj(st.cons, st.negs, items)
+    if r is None:
+        return None
+    cons, negs = r
+    for neg in b.negs:
+        r = minus(cons, negs, [(m(var), v, mk) for var, v, mk in neg])
+        if r is None:
+            return None
+        cons, negs = r
+    c = st.copy()
+    c.cons, c.negs = cons, negs
+    c.nvar = st.nvar + (b.nvar - NF) + (b.nvar if keep_local else 0)
+    if b.env:
+        env = dict(st.env)
+        for f, v in b.env.items():
+            env[f] = m(v)
+        c.env = env
+    base = len(st.path)
+    if b.events:
+        evs = []
+        for ev in b.events:
+            kind = ev[0]
+            if kind == "out":
+                e2 = dict(st.env)
+                for f, v in ev[3].items():
+                    e2[f] = m(v)
+                port = ev[2]
+                if port.__class__ is tuple:
+                    port = ("var", m(port[1]))
+                    if port[1].__class__ is tuple:
+                        port = port[1][0]
+                evs.append(("out", ev[1], port, e2, ev[4] + base))
+            else:
+                evs.append(ev[:-1] + (ev[-1] + base,))
+        c.events = st.events + tuple(evs)
+    c.path = st.path + b.path
+    c.emitted = st.emitted or b.emitted
+    c.fresh = st.fresh and b.fresh
+    c.halted = b.halted
+    return c

@@ -107,7 +107,24 @@ def test_allocations_survive_changes_and_restarts(core, tmp_path):
     assert desired(reborn) == desired(core)
 
 
+def with_lb(doc: str, ports: list, rng) -> str:
+    """The same VIP 10.0.0.100:80 in every tenant that has one, backends among its ports."""
+    backends = sorted({p for p, _, _ in rng.sample(ports, rng.randint(1, len(ports)))})
+    return doc + "  loadBalancers:\n    - {name: lb, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [" + \
+        ", ".join(f"{b}:8080" for b in backends) + "]}\n"
+
+
+def proved(core):
+    """`nvctl verify` over the core's desired flows (the simulator's view of every host)."""
+    from controller.verify import network_from_compiled, verify
+    hosts = {n: Host(n, h.pa) for n, h in core.hosts.items()}
+    tenants = {n: (e.tenant, e.alloc) for n, e in core.tenants.items()}
+    return verify(network_from_compiled(hosts, tenants, core.desired.hosts))
+
+
 def test_randomized_changes_incremental_equals_full(core):
+    """Tenants that reuse each other's names, CIDR, CAs, MACs and LB VIP; after every
+    step: incremental == full compile, holdings == a rebuild, and verify proves it."""
     rng = random.Random(7)
     names = ["t0", "t1", "t2", "t3"]
     for step in range(60):
@@ -119,9 +136,13 @@ def test_randomized_changes_incremental_equals_full(core):
             ports = [(f"p{i}", f"10.0.0.{10 + rng.randint(0, 40)}", f"hv{rng.randint(1, 3)}")
                      for i in range(n)]
             ports = list({ip: (p, ip, h) for p, ip, h in ports}.values())
-            core.apply(tenant_yaml(name, "s", ports))
+            doc = tenant_yaml(name, "s", ports)
+            core.apply(with_lb(doc, ports, rng) if rng.random() < 0.5 else doc)
         assert desired(core) == full(core), f"step {step}"
         assert held(core.used) == held_from_scratch(core), f"step {step}"
+        if step % 5 == 0 or step == 59:
+            rep = proved(core)
+            assert rep.ok, f"step {step}:\n{rep.format()}"
 
 
 def test_store_revisions_refuse_stale_writers(tmp_path):

@@ -12,7 +12,7 @@ from collections import Counter
 from controller.api import call
 from scenarios.netutil import (Capture, PingTimeline, TcpServer, eth0_addresses, in_ns, ping_many, tcp_connect,
                                tcp_stream, tcp_whois, wait_listening)
-from scenarios.runner import example, scenario
+from scenarios.registry import example, scenario
 
 
 def _plt():

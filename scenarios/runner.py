@@ -19,39 +19,13 @@ from typing import Callable
 import yaml
 
 from controller.api import call
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+from scenarios import catalog as _  # noqa: F401  (registers the scenarios)
+from scenarios.registry import SCENARIOS, Scenario, scenario  # noqa: F401  (scenario: for callers)
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_ERROR = 0, 1, 2
 
 
-def example(name: str) -> str:
-    with open(os.path.join(EXAMPLES, f"{name}.yaml")) as f:
-        return f.read()
-
-
-@dataclass
-class Scenario:
-    name: str
-    summary: str
-    fn: Callable
-    hosts: int = 3
-    mininet: bool = False  # can it run under --mininet?
-
-
-SCENARIOS: dict[str, Scenario] = {}
-
-
-def scenario(name: str, summary: str, hosts: int = 3, mininet: bool = False):
-    def register(fn):
-        SCENARIOS[name] = Scenario(name, summary, fn, hosts, mininet)
-        return fn
-    return register
-
-
 def catalog() -> dict[str, Scenario]:
-    from scenarios import catalog as _  # noqa: F401  (registers the scenarios)
     return SCENARIOS
 
 

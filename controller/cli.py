@@ -303,12 +303,31 @@ def cmd_host_invite(a):
           f"    # controller {c.get('ip')}:{c.get('api_port')}")
 
 
+def _join_api(ctl: dict):
+    """connect(creds) -> api(op, **args): the controller's join API for tep.join."""
+    from controller.api import remote_call
+    from controller.pki import client_context
+    from tep.join import JoinError
+
+    def connect(creds):
+        ctx = client_context(*creds) if creds else None
+
+        def api(op, **args):
+            try:
+                return remote_call(ctl["ip"], ctl["api_port"], op, ctx, **args)
+            except ApiClientError as e:
+                raise JoinError(str(e)) from None
+        return api
+    return connect
+
+
 def cmd_host_join(a):
     from tep.join import JoinError, join, load_bundle
     try:
         b = load_bundle(a.bundle)
-        r = join(b, db_remote=a.db, uplink=a.uplink, prefixlen=a.prefixlen, pki_dir=a.pki_dir,
-                 datapath_type=a.datapath_type, timeout=a.timeout)
+        r = join(b, connect=_join_api(b["controller"]), db_remote=a.db, uplink=a.uplink,
+                 prefixlen=a.prefixlen, pki_dir=a.pki_dir, datapath_type=a.datapath_type,
+                 timeout=a.timeout)
     except JoinError as e:
         print(f"nvctl host join: {e}", file=sys.stderr)
         sys.exit(1)

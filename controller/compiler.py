@@ -19,8 +19,7 @@ from topology.model import Tenant
 from controller.allocator import Allocation
 from controller.layers.base import HostView, TenantView
 from controller.pipeline import LAYERS, emitter, miss_flows
-
-TUNNEL_OFPORT = 1  # the flow-based VXLAN port's ofport on every br-int
+from tep.ovs import TUNNEL_OFPORT  # a constant of how tep builds br-int
 
 
 @dataclass(frozen=True)

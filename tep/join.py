@@ -22,8 +22,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from controller.compiler import TUNNEL_OFPORT
-from tep.ovs import INTEGRATION_BRIDGE, OVSDB_PORT, PHYSICAL_BRIDGE, Ovsdb, OvsError
+from tep.ovs import INTEGRATION_BRIDGE, OVSDB_PORT, PHYSICAL_BRIDGE, TUNNEL_OFPORT, Ovsdb, OvsError
 
 DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
 BUNDLE_KEYS = ("name", "pa", "dpid", "token", "tls", "controller")
@@ -87,11 +86,14 @@ def _uplink_mtu(uplink: str) -> int:
         return ipr.get_links(idx[0])[0].get_attr("IFLA_MTU")
 
 
-def join(b: dict, *, db_remote: str = DEFAULT_DB, uplink: str | None = None, prefixlen: int = 24,
+def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = None, prefixlen: int = 24,
          pki_dir: str = "/etc/nvctl/pki", datapath_type: str | None = None, timeout: float = 60,
          log=print) -> dict:
-    from controller.api import ApiClientError, remote_call
-    from controller.pki import client_context
+    """Join this host to the controller the bundle names. `connect(creds)` returns the
+    controller's join API as a function `api(op, **args)` (TLS with `creds` = (key,
+    certificate, CA) files, or plain TCP for None) that raises JoinError when refused;
+    the command line passes one built on controller.api, so tep imports nothing of the
+    controller."""
 
     name, pa, dpid, ctl = b["name"], b["pa"], int(b["dpid"]), b["controller"]
     ipaddress.IPv4Address(pa)
@@ -125,18 +127,15 @@ def join(b: dict, *, db_remote: str = DEFAULT_DB, uplink: str | None = None, pre
     log(f"[join] {name}: {INTEGRATION_BRIDGE} dpid {dpid:016x} ({dp_type}), VXLAN on {pa}, "
         f"controller {target}, OVSDB {manager}")
 
-    ctx = client_context(*creds) if creds else None
-    try:
-        res = remote_call(ctl["ip"], ctl["api_port"], "host.join", ctx, token=b["token"])
-    except ApiClientError as e:
-        raise JoinError(str(e)) from None
+    api = connect(creds)
+    res = api("host.join", token=b["token"])
     log(f"[join] {name}: registered with the controller at {ctl['ip']}:{ctl['api_port']} "
-        f"({'TLS' if ctx else 'plain TCP'}); it checked this host over {res['ovsdb']}")
+        f"({'TLS' if creds else 'plain TCP'}); it checked this host over {res['ovsdb']}")
 
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()
     while True:
-        st = remote_call(ctl["ip"], ctl["api_port"], "host.self", ctx, token=b["token"])
+        st = api("host.self", token=b["token"])
         if st["connected"] and st["in_sync"]:
             log(f"[join] {name}: OpenFlow connected, {st['flows_desired']} flows installed "
                 f"({time.monotonic() - t0:.1f}s)")

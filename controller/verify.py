@@ -105,6 +105,14 @@ def _as_flow_list(flows) -> list:
     return list(flows)
 
 
+def _carries_groups(flows) -> bool:
+    for f in flows:
+        for a in f.actions:
+            if a.__class__ is Group or a.__class__ is Meter:
+                return True
+    return False
+
+
 def host_tables(pa: str, flows) -> HostTables:
     """A host's tables; groups and meters as the flows carry them (a group id used with
     two bucket sets keeps the last, as a switch would after both were sent)."""
@@ -112,9 +120,10 @@ def host_tables(pa: str, flows) -> HostTables:
     groups, meters = {}, {}
     for f in fl:
         for a in f.actions:
-            if isinstance(a, Group):
+            c = a.__class__  # Group and Meter have no subclasses
+            if c is Group:
                 groups[a.group_id] = list(a.buckets)
-            elif isinstance(a, Meter):
+            elif c is Meter:
                 meters[a.meter_id] = (a.rate_kbps, a.burst_kb)
     return HostTables(pa, fl, groups, meters)
 
@@ -287,6 +296,37 @@ class _Result:
     delivered: dict  # tunnel entry: dst port -> [State] (fresh)
 
 
+@dataclass
+class _Scan:
+    compose: list  # branch indices to compose and check
+    local: list  # (own port name, branch index): fresh, delivered there, nothing to report
+    tunnels: list  # (peer host, vni, branch index, event index): fresh, own VNI, known peer
+    targets: set  # (host, ofport) output to
+
+
+class _Lazy:
+    """compose(p, b), computed when first needed; `evi`: an event of b (a tunnel output)."""
+    __slots__ = ("p", "b", "evi", "_c")
+
+    def __init__(self, p, b, evi=None):
+        self.p, self.b, self.evi, self._c = p, b, evi, False
+
+    def state(self):
+        if self._c is False:
+            self._c = hs.compose(self.p, self.b)
+        return self._c
+
+    def env(self):
+        c = self.state()
+        return None if c is None else c.events[len(self.p.events) + self.evi][3]
+
+
+def _state(x):
+    return x.state() if x.__class__ is _Lazy else x
+
+
+_MEMO_KEYS = ("reg13", "reg15")  # scope registers summaries are keyed by
+_RES_KINDS = frozenset({"zone", "group", "meter"})
 _L4 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst"),
        IPPROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
 _ARP_FIELDS = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
@@ -308,6 +348,9 @@ class Verifier:
         self.results: dict = {}
         self.engines: dict = {}
         self._reach_cache: dict = {}  # tenant -> (violations, pairs checked)
+        self._epoch = 0  # bumped when facts or ports change: summaries' scans are keyed by it
+        self._entries: dict = {}  # host -> _entry_vnis(host)
+        self._by_cookie: dict = {}  # host -> {cookie: Flow} as of the last update
         self._index_facts()
 
     # ---- setup -----------------------------------------------------------------------
@@ -339,7 +382,9 @@ class Verifier:
             for t in idx.table_of.values():
                 if t.name in self.memo_names:
                     memo.append(t.number)
-            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo)
+            # reg10 (the from-tunnel flag) is left symbolic: one summary per logical switch
+            # serves both its local ports and its tunnel entry on this host
+            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo, _MEMO_KEYS)
         return eng
 
     def starts(self) -> list:
@@ -360,23 +405,24 @@ class Verifier:
             (self.only_host is None or host == self.only_host)
 
     def _entry_vnis(self, host: str) -> set:
-        """VNIs some flow of this host matches exactly (where a tunnel entry can lead)."""
-        eng = self.engine(host)
-        out = set()
-        for ti in eng.host.tables.values():
-            if ti.key == "tunnel_id":
-                out |= {v for v in ti.buckets if ti.buckets[v] and v in self.vni_owner}
-            else:
-                for lst in ti.buckets.values():
+        """VNIs some flow of this host matches exactly (where a tunnel entry can lead).
+        The values matched are cached per host until its flows change."""
+        raw = self._entries.get(host)
+        if raw is None:
+            raw = set()
+            for ti in self.engine(host).host.tables.values():
+                if ti.key == "tunnel_id":
+                    raw |= {v for v in ti.buckets if ti.buckets[v]}
+                    continue
+                if not ti.tunnel_matches:
+                    continue
+                for lst in list(ti.buckets.values()) + [ti.wild]:
                     for _p, items, _f in lst:
                         for n, v, m in items:
-                            if n == "tunnel_id" and v in self.vni_owner:
-                                out.add(v)
-                for _p, items, _f in ti.wild:
-                    for n, v, m in items:
-                        if n == "tunnel_id" and v in self.vni_owner:
-                            out.add(v)
-        return out
+                            if n == "tunnel_id":
+                                raw.add(v)
+            self._entries[host] = raw
+        return {v for v in raw if v in self.vni_owner}
 
     def _peer_pa(self, host: str) -> str | None:
         """A representative peer PA for tunnel entries (no table after classify reads
@@ -414,18 +460,31 @@ class Verifier:
         t0 = self.clock() if self.clock else 0.0
         touched: dict[str, set] = {}
         for h, new in flows.items():
-            ht = new if isinstance(new, HostTables) else host_tables(self.net.hosts[h].pa, new)
             old = self.net.hosts.get(h)
-            self.net.hosts[h] = ht
+            self._entries.pop(h, None)
             if h not in self.engines or old is None:
+                ht = new if isinstance(new, HostTables) else host_tables(self.net.hosts[h].pa, new)
+                self.net.hosts[h] = ht
+                self._by_cookie.pop(h, None)
                 self.engines.pop(h, None)
                 touched[h] = {("*", "*")}
                 continue
             eng = self.engines[h]
-            old_set = {f.cookie: f for f in old.flows}  # the cookie hashes the flow's text
-            new_set = {f.cookie: f for f in ht.flows}
+            old_set = self._by_cookie.get(h)
+            if old_set is None:
+                old_set = {f.cookie: f for f in old.flows}  # the cookie hashes the flow's text
+            new_set = {f.cookie: f for f in (new.flows if isinstance(new, HostTables)
+                                             else _as_flow_list(new))}
             removed = [f for k, f in old_set.items() if k not in new_set]
             added = [f for k, f in new_set.items() if k not in old_set]
+            if isinstance(new, HostTables):
+                ht = new
+            elif _carries_groups(removed) or _carries_groups(added):
+                ht = host_tables(old.pa, new)
+            else:  # the flows with groups or meters are the same ones (same text): so are these
+                ht = HostTables(old.pa, _as_flow_list(new), dict(old.groups), dict(old.meters))
+            self.net.hosts[h] = ht
+            self._by_cookie[h] = new_set
             eng.host.groups = dict(ht.groups)
             t = eng.host.change(removed, added)
             if old.groups != ht.groups:
@@ -448,6 +507,8 @@ class Verifier:
         if facts is not None:
             self.net.tenants[tenant] = facts
             self._index_facts()
+        if facts is not None or ports is not None:
+            self._epoch += 1
         stale = []
         for sid, r in self.results.items():
             if r.tenant == tenant or (moved and not r.targets.isdisjoint(moved)):
@@ -480,14 +541,19 @@ class Verifier:
             peer = self._peer_pa(host)
             st = hs.start_state({**_STATE_ZERO, "in_port": net.tunnel_ofport, "tunnel_id": x,
                                  "tun_ipv4_src": peer or "0.0.0.0", "tun_ipv4_dst": net.hosts[host].pa})
-        finals = eng.run(st, 0)
-        res = _Result(tenant, [], frozenset(eng.deps), frozenset(), len(finals), {}, [], {})
-        self._check(sid, tenant, finals, res)
+        finals, pending = eng.run_lazy(st, 0)
+        branches = len(finals) + sum(len(summ.states) for _p, summ in pending)
+        res = _Result(tenant, [], frozenset(eng.deps), frozenset(), branches, {}, [], {})
+        self._check(sid, tenant, finals, res, pending)
         return res
 
     # ---- checks ----------------------------------------------------------------------
 
-    def _check(self, sid, tenant: str, finals: list, res: _Result) -> None:
+    def _check(self, sid, tenant: str, finals: list, res: _Result, pending=()) -> None:
+        """Check every final state, and each pending (state, summary) pair: the summary's
+        branches are scanned once per (summary, tenant) (`_scan`), and only those whose
+        events could be a violation for this tenant are composed and checked; the others
+        are kept uncomposed (`_Lazy`) for reachability."""
         kind, host, x = sid
         net = self.net
         facts = net.tenants[tenant]
@@ -507,7 +573,7 @@ class Verifier:
             res.violations.append(self._violation(vkind, [tenant] + [o for o in others if o != tenant],
                                                   msg, sid, s, sol, hop, flow))
 
-        for s in finals:
+        def check(s, final=True):
             for ev in s.events:
                 k = ev[0]
                 if k == "out":
@@ -533,8 +599,7 @@ class Verifier:
                                    f"{tenant}'s packet is output to {ref.tenant}'s port {ref.port} "
                                    f"({ev[1]} ofport {port})", s, ev[4])
                         elif s.fresh:
-                            (res.local if kind == "port" else res.delivered).setdefault(
-                                ref.port, []).append(s)
+                            reached.setdefault(ref.port, []).append(s)
                 elif k == "res":
                     _, rk, h, rid, hop = ev
                     if rk == "zone" and rid not in facts.zones:
@@ -558,12 +623,102 @@ class Verifier:
                     report("loop", [], f"the packet enters {ev[2]} on {ev[1]} again (a loop)", s, ev[3])
                 elif k == "unsupported":
                     report("unsupported", [], ev[2], s, ev[3])
-            if not s.emitted and not s.halted:
+            if final and not s.emitted and not s.halted:
                 why = _undeclared(s)
                 if why:
                     hop = len(s.path)
                     report("undeclared_drop", [], why, s, hop)
+
+        reached = res.local if kind == "port" else res.delivered
+        for s in finals:
+            check(s)
+        for p, summ in pending:
+            if any(ev[0] != "res" for ev in p.events):  # not the pipeline's shape: compose all
+                for b in summ.states:
+                    c = hs.compose(p, b)
+                    if c is not None:
+                        check(c)
+                continue
+            check(p, final=False)  # its own events: every packet of p goes on into summ
+            scan = self._scan(summ, tenant, host)
+            for i in scan.compose:
+                c = hs.compose(p, summ.states[i])
+                if c is not None:
+                    check(c)
+            targets.update(scan.targets)
+            if p.fresh:
+                for port, i in scan.local:
+                    reached.setdefault(port, []).append(_Lazy(p, summ.states[i]))
+                for peer, vni, i, evi in scan.tunnels:
+                    res.tunnels.append((peer, vni, _Lazy(p, summ.states[i], evi), None))
         res.targets = frozenset(targets)
+
+    def _scan(self, summ, tenant: str, host: str) -> "_Scan":
+        """Which of a summary's branches need composing for `tenant`'s starts on `host`:
+        any whose events (output port, VNI, tunnel destination, zone/meter/group ids:
+        constants in the summary) could be a violation, or that are not decided by the
+        summary alone (packet-dependent values, drops). Cached on the summary until the
+        facts or ports change (`_update` clears it)."""
+        key = (self._epoch, tenant, host)
+        scan = summ.notes.get(key)
+        if scan is not None:
+            return scan
+        net = self.net
+        facts = net.tenants[tenant]
+        ext_port = net.external.get(host)
+        tunnel = net.tunnel_ofport
+        scan = _Scan([], [], [], set())
+        for i, b in enumerate(summ.states):
+            bad = False
+            local, tunnels = [], []
+            for evi, ev in enumerate(b.events):
+                k = ev[0]
+                if k == "out":
+                    port = ev[2]
+                    if port.__class__ is tuple:
+                        bad = True
+                        continue
+                    scan.targets.add((ev[1], port))
+                    if port == tunnel:
+                        env = ev[3]
+                        tid, dst = env.get("tunnel_id"), env.get("tun_ipv4_dst")
+                        if tid.__class__ is not tuple or dst.__class__ is not tuple or \
+                                tid[0] not in facts.vnis:
+                            bad = True
+                            continue
+                        peer = self.pa_host.get(hs.from_int("tun_ipv4_dst", dst[0]))
+                        if peer is None:
+                            bad = True
+                        elif b.fresh:
+                            tunnels.append((peer, tid[0], i, evi))
+                    elif port == ext_port:
+                        bad = True
+                    else:
+                        ref = net.ports.get((ev[1], port))
+                        if ref is None or ref.tenant != tenant:
+                            bad = True
+                        elif b.fresh:
+                            local.append((ref.port, i))
+                elif k == "res":
+                    _, rk, h, rid, _hop = ev
+                    if (rk == "zone" and rid not in facts.zones) or \
+                            (rk == "group" and rid not in facts.groups) or \
+                            (rk == "meter" and (h, rid) not in facts.meters) or rk not in _RES_KINDS:
+                        bad = True
+                elif k != "hairpin":
+                    bad = True  # overlap, loop, unsupported: reported with a composed witness
+            if not bad and not b.emitted and not b.halted:
+                # the composed path ends with b's path, and p has no events but "res": the
+                # verdict is b's own, unless b's path holds only group hops
+                if not any(note != "group" for _h, _t, _f, note in b.path) or _undeclared(b):
+                    bad = True
+            if bad:
+                scan.compose.append(i)
+            else:
+                scan.local.extend(local)
+                scan.tunnels.extend(tunnels)
+        summ.notes[key] = scan
+        return scan
 
     def _check_tunnel(self, s, env, ev, facts, tenant, report, res) -> None:
         tid_var = env.get("tunnel_id") or hs.INPUT["tunnel_id"]
@@ -637,7 +792,8 @@ class Verifier:
 
     def _reaches(self, r: _Result, b: str, eb: Endpoint) -> bool:
         for s in r.local.get(b, ()):
-            if s.witness() is not None:
+            s = _state(s)
+            if s is not None and s.witness() is not None:
                 return True
         for peer, vni, s, env in r.tunnels:
             if peer != eb.host:
@@ -646,7 +802,18 @@ class Verifier:
             entry = self.results.get(sid)
             if entry is None:
                 entry = self.results[sid] = self._run_start(sid)
-            for t in entry.delivered.get(b, ()):
+            ts = entry.delivered.get(b, ())
+            if not ts:
+                continue
+            if s.__class__ is _Lazy:
+                env = s.env()
+                s = s.state()
+                if s is None:
+                    continue
+            for t in ts:
+                t = _state(t)
+                if t is None:
+                    continue
                 c = hs.compose(s, t, env_map=env)
                 if c is not None and c.witness() is not None:
                     return True

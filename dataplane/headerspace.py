@@ -372,7 +372,7 @@ KEY_FIELDS = ("in_port", "tunnel_id", "reg13")
 
 
 class _TableIndex:
-    __slots__ = ("table", "key", "buckets", "wild", "merged", "all")
+    __slots__ = ("table", "key", "buckets", "wild", "merged", "all", "tunnel_matches")
 
     def __init__(self, table, flows: list):
         self.table = table
@@ -388,12 +388,17 @@ class _TableIndex:
         self.key = best if counts[best] * 2 >= len(flows) and counts[best] else None
         self.buckets: dict = {}
         self.wild: list = []
+        self.tunnel_matches = 0  # flows added that match tunnel_id (not decremented)
         for e in entries:
             self.add(e)
         self.merged: dict = {}
         self.all = None
 
     def add(self, e) -> None:
+        for it in e[1]:
+            if it[0] == "tunnel_id":
+                self.tunnel_matches += 1
+                break
         k = self._key_of(e[1])
         (self.wild if k is None else self.buckets.setdefault(k, [])).append(e)
 

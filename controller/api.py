@@ -134,7 +134,8 @@ class NetworkApiServer:
                 if op == "ping":
                     answer = {"ok": True, "result": {"pong": True, "peer": name}}
                 elif op == "host.join":
-                    answer = {"ok": True, "result": self.core.join_host(args.get("token"), peer_ip, name)}
+                    answer = {"ok": True, "result": self.core.join_host(args.get("token"), peer_ip, name,
+                                                                        args.get("mtu"))}
                 elif op == "host.self":
                     answer = {"ok": True, "result": self.core.host_self(args.get("token"), name)}
                 else:

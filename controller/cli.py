@@ -55,7 +55,7 @@ def _print(obj, as_json: bool) -> None:
 
 def cmd_lab_up(a):
     lab = Lab(a.state_dir)
-    lab.up(hosts=a.hosts)
+    lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu)
     _lab_status(lab, a.json)
 
 
@@ -147,6 +147,7 @@ def cmd_tenant_show(a):
     print("status:")
     print(f"  revision: {r['revision']}   tenant id: {r['ids']['tenant_id']}   "
           f"VNIs: {', '.join(f'{k}={v}' for k, v in r['ids']['vni'].items())}")
+    print(f"  MTU: {', '.join(f'{k}={v}' for k, v in r['mtu'].items())}")
     print(f"  {'PORT':12} {'HOST':6} {'OFPORT':>6} {'STATE':6} NAMESPACE")
     for p in r["ports"]:
         print(f"  {p['name']:12} {p['host']:6} {p['ofport']:>6} {'up' if p['up'] else 'DOWN':6} {p['namespace'] or '-'}")
@@ -384,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = ls.add_parser("up", help="create hosts hv1..hvN and start the controller", parents=[common])
     p.add_argument("--hosts", type=int, default=3, help="number of hypervisors (default 3)")
+    p.add_argument("--underlay-mtu", type=int, default=1500, metavar="N",
+                   help="MTU of every host's uplink and the underlay switch (default 1500, as on real "
+                        "hosts); workloads get N - 50 (VXLAN over IPv4)")
     p.set_defaults(fn=cmd_lab_up)
     ls.add_parser("status", help="processes, connections and flow sync per host",
                   parents=[common]).set_defaults(fn=cmd_lab_status)

@@ -37,9 +37,12 @@ from controller import reconciler
 from controller.reconciler import HostState
 from controller.store import HostRecord, Store
 from tep.driver import Attachment, LabDriver, attachments_of
+from topology.graph import switch_spans
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+DEFAULT_UPLINK_MTU = 1500  # a host that did not say: what nearly every real host has
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
@@ -243,7 +246,7 @@ class Core:
                            f"{'is plain TCP' if peer_name is None else 'presents a certificate for ' + repr(peer_name)}")
         return inv
 
-    def join_host(self, token: str, peer_ip: str, peer_name: str | None) -> dict:
+    def join_host(self, token: str, peer_ip: str, peer_name: str | None, mtu: int | None = None) -> dict:
         """A host asks to join (called by the network API with the connection's facts).
         Refused unless an invitation matches its token and, with TLS, its certificate's
         name; then its OVS is checked over OVSDB before it is registered."""
@@ -264,7 +267,10 @@ class Core:
         if int(got_dpid, 16) != inv["dpid"] or got_ip != inv["pa"]:
             raise ApiError(f"host {name}: its br-int has datapath-id {got_dpid} and tunnel IP {got_ip}, "
                            f"expected {inv['dpid']:016x} and {inv['pa']}")
+        if mtu is not None and not (isinstance(mtu, int) and 1280 <= mtu <= 65535):
+            raise ApiError(f"host {name}: uplink MTU {mtu!r} is not a number of bytes (1280..65535)")
         info = {"kind": "lab" if inv["workloads"] else "remote", "joined": True, "tls": inv["tls"],
+                **({"mtu": mtu} if mtu else {}),
                 "mgmt": peer_ip, "ovsdb": remote, **({"ovsdb_tls": tls} if tls else {}),
                 **(inv["workloads"] or {})}
         self.register_host(name, inv["pa"], inv["dpid"], info)
@@ -414,6 +420,7 @@ class Core:
 
     def validate(self, yaml: str) -> dict:
         t = self._parse(yaml)
+        self._check_mtus(t)
         return {"tenant": t.name, "switches": len(t.switches), "ports": len(t.ports)}
 
     def create(self, yaml: str) -> dict:
@@ -423,11 +430,48 @@ class Core:
         return self._put(yaml, must_exist=None)
 
     def _attachments(self, name: str, e: TenantEntry | None) -> dict[str, Attachment]:
-        return {} if e is None else attachments_of(e.tenant, e.alloc.ofport)
+        return {} if e is None else attachments_of(e.tenant, e.alloc.ofport, self.switch_mtus(e.tenant))
+
+    def host_mtu(self, host: str) -> int:
+        """The largest frame a workload on `host` may send into the overlay: its uplink's
+        MTU less the encapsulation (VXLAN over IPv4: 50 bytes)."""
+        rec = self.hosts.get(host)
+        uplink = (rec.info.get("mtu") if rec else None) or DEFAULT_UPLINK_MTU
+        return uplink - VXLAN_OVERHEAD
+
+    def underlay_mtus(self, t: Tenant) -> dict[str, tuple[int, list[str]]]:
+        """switch -> (the MTU its hosts' underlay carries, the hosts that set it): the
+        smallest over the hosts its traffic may cross (its routed component)."""
+        spans = switch_spans(t)
+        out = {}
+        for s in t.switches:
+            hosts = sorted(h for h in spans.get(s.name, ()) if h in self.hosts) or sorted(self.hosts)
+            if not hosts:
+                out[s.name] = (DEFAULT_UPLINK_MTU - VXLAN_OVERHEAD, [])
+                continue
+            m = min(self.host_mtu(h) for h in hosts)
+            out[s.name] = (m, [h for h in hosts if self.host_mtu(h) == m])
+        return out
+
+    def switch_mtus(self, t: Tenant) -> dict[str, int]:
+        """switch -> the MTU its workloads get: `mtu:` if given, else what the underlay carries."""
+        under = self.underlay_mtus(t)
+        return {s.name: min(s.mtu or under[s.name][0], under[s.name][0]) for s in t.switches}
+
+    def _check_mtus(self, t: Tenant) -> None:
+        under = self.underlay_mtus(t)
+        errors = [(f"spec.switches[{i}].mtu",
+                   f"{s.mtu} is more than the underlay carries: {', '.join(under[s.name][1])} "
+                   f"carr{'ies' if len(under[s.name][1]) == 1 else 'y'} at most {under[s.name][0]} "
+                   f"(uplink MTU less {VXLAN_OVERHEAD} bytes of VXLAN)")
+                  for i, s in enumerate(t.switches) if s.mtu and s.mtu > under[s.name][0]]
+        if errors:
+            raise ApiError("tenant is invalid; nothing was changed", errors)
 
     def _put(self, text: str, must_exist: bool | None) -> dict:
         t = self._parse(text)
         with self.mutex:
+            self._check_mtus(t)
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
@@ -601,6 +645,7 @@ class Core:
             hosts[h] = {"flows": len(set(mine)), "installed": installed, "connected": st.session is not None}
         return {"spec": schema.to_doc(e.tenant), "revision": e.revision,
                 "ids": {"tenant_id": e.alloc.tenant_id, "vni": e.alloc.vni},
+                "mtu": self.switch_mtus(e.tenant),
                 "ports": ports, "hosts": hosts}
 
     def trace(self, tenant: str, port: str, packet: str, real: bool = False) -> dict:

@@ -200,28 +200,20 @@ class Session:
             self._wait(w, xids, f"{len(msgs)} meter-mods")
         return len(msgs)
 
-    def groups(self) -> dict[int, bytes]:
-        """group id -> signature of its buckets, for every group on the switch."""
+    def _group_descs(self) -> list:
         parser = self.dp.ofproto_parser
         w = _Waiter()
         xid = self._send(parser.OFPGroupDescStatsRequest(self.dp, 0), w)
-        out = {}
-        for reply in self._wait(w, [xid], "group desc"):
-            for g in reply.body:
-                out[g.group_id] = ofcodec.buckets_signature(g.buckets)
-        return out
+        return [g for reply in self._wait(w, [xid], "group desc") for g in reply.body]
+
+    def groups(self) -> dict[int, bytes]:
+        """group id -> signature of its buckets, for every group on the switch."""
+        return {g.group_id: ofcodec.buckets_signature(g.buckets) for g in self._group_descs()}
 
     def group_buckets(self) -> dict[int, list[tuple]]:
         """group id -> its buckets as our action tuples, as the switch holds them."""
-        parser = self.dp.ofproto_parser
-        w = _Waiter()
-        xid = self._send(parser.OFPGroupDescStatsRequest(self.dp, 0), w)
-        out = {}
-        for reply in self._wait(w, [xid], "group desc"):
-            for g in reply.body:
-                out[g.group_id] = [tuple(ofcodec.from_action(a, PIPELINE) for a in b.actions)
-                                   for b in g.buckets]
-        return out
+        return {g.group_id: [tuple(ofcodec.from_action(a, PIPELINE) for a in b.actions) for b in g.buckets]
+                for g in self._group_descs()}
 
     def group_signature(self, g: Group) -> bytes:
         return ofcodec.buckets_signature(ofcodec.to_buckets(self.dp, g))

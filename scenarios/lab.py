@@ -34,7 +34,8 @@ OF_PORT = 6653
 CONTROLLER_IP = "198.51.100.1"
 MGMT_PREFIX = "198.51.100."
 UNDERLAY_PREFIX = "192.0.2."
-UNDERLAY_MTU = 1600
+UNDERLAY_MTU = 1500  # as on nearly every real host; `lab up --underlay-mtu N` for others
+MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
 EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
 OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
 EXTERNAL_OFPORT = 2  # ext0 on the gateway host's br-int
@@ -126,9 +127,17 @@ class Lab:
         os.replace(tmp, self.manifest_path)
 
     # up -------------------------------------------------------------------------------
-    def up(self, hosts: int = 3, timeout: float = 60) -> dict:
+    @property
+    def underlay_mtu(self) -> int:
+        m = self.manifest() or {}
+        return m.get("underlay_mtu", UNDERLAY_MTU)
+
+    def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU) -> dict:
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
+        if not MIN_UNDERLAY_MTU <= underlay_mtu <= MAX_UNDERLAY_MTU:
+            raise LabError(f"--underlay-mtu must be between {MIN_UNDERLAY_MTU} and {MAX_UNDERLAY_MTU}, "
+                           f"got {underlay_mtu}")
         m = self.manifest()
         if m is not None:
             raise LabError(f"a lab already exists in {self.dir} (status {m.get('status')}); "
@@ -137,12 +146,12 @@ class Lab:
         os.makedirs(self.dir, exist_ok=True)
         plans = [HostPlan(i) for i in range(1, hosts + 1)]
         m = {"prefix": self.prefix, "hosts": [p.name for p in plans], "status": "starting",
-             "started": time.time()}
+             "started": time.time(), "underlay_mtu": underlay_mtu}
         self._save(m)
         t0 = time.monotonic()
         try:
-            self._networks()
-            self.log(f"[lab] underlay {self.ul_ns} and management {self.ctl_ns} ready")
+            self._networks(underlay_mtu)
+            self.log(f"[lab] underlay {self.ul_ns} (MTU {underlay_mtu}) and management {self.ctl_ns} ready")
             self.start_controller()
             self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
             for p in plans:
@@ -160,7 +169,7 @@ class Lab:
         self.log(f"[lab] up: {hosts} hosts in {time.monotonic() - t0:.1f}s (state {self.dir})")
         return m
 
-    def _networks(self) -> None:
+    def _networks(self, underlay_mtu: int) -> None:
         for ns in (self.ctl_ns, self.ul_ns, self.ext_ns):
             _ns_create(ns)
         with NetNS(self.ext_ns) as n:
@@ -170,7 +179,7 @@ class Lab:
             n.link("set", index=idx, state="up")
         with NetNS(self.ul_ns) as n:
             n.link("add", ifname="br-ul", kind="bridge")
-            n.link("set", index=n.link_lookup(ifname="br-ul")[0], mtu=UNDERLAY_MTU, state="up")
+            n.link("set", index=n.link_lookup(ifname="br-ul")[0], mtu=underlay_mtu, state="up")
         with NetNS(self.ctl_ns) as n:
             n.link("add", ifname="br-mgmt", kind="bridge")
             idx = n.link_lookup(ifname="br-mgmt")[0]
@@ -182,7 +191,7 @@ class Lab:
         database: a freshly installed hypervisor."""
         ns = self.host_ns(p)
         _ns_create(ns)
-        _veth_between(f"{self.prefix}u{p.index}", ns, "ul0", self.ul_ns, p.name, "br-ul", UNDERLAY_MTU)
+        _veth_between(f"{self.prefix}u{p.index}", ns, "ul0", self.ul_ns, p.name, "br-ul", self.underlay_mtu)
         _veth_between(f"{self.prefix}m{p.index}", ns, "mgmt0", self.ctl_ns, p.name, "br-mgmt", 1500)
         with NetNS(ns) as n:
             idx = n.link_lookup(ifname="mgmt0")[0]
@@ -193,7 +202,7 @@ class Lab:
     def _host(self, p: HostPlan) -> None:
         ns = self._machine(p)
         db = self.ovsdb(p.name)
-        db.ensure_physical_bridge("ul0", UNDERLAY_MTU)
+        db.ensure_physical_bridge("ul0", self.underlay_mtu)
         with NetNS(ns) as n:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
             n.addr("add", index=idx, address=p.pa, prefixlen=24)
@@ -263,7 +272,7 @@ class Lab:
         with NetNS(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
-            info = {"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix,
+            info = {"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix, "mtu": self.underlay_mtu,
                     "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock", "rundir": self.host_dir(p.name)}
             if p.index == GATEWAY_HOST:
                 info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,

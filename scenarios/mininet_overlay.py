@@ -334,7 +334,8 @@ class Overlay:
         for h in self.topo.hypervisors:
             hv = net[h]
             call(self.api_path, "host.register", name=h, pa=hv.pa, dpid=hv.plan.dpid,
-                 info={"kind": "mininet", "ovsdb": f"unix:{hv.rundir}/db.sock", "rundir": hv.rundir})
+                 info={"kind": "mininet", "ovsdb": f"unix:{hv.rundir}/db.sock", "rundir": hv.rundir,
+                       "mtu": UNDERLAY_MTU})
         wait_synced(self.api_path, self.timeout)
         warm_underlay([(h, self.ns_name(h), net[h].pa) for h in self.topo.hypervisors])
         for text, doc in zip(self.topo.tenant_yaml, self.topo.tenant_docs):
@@ -342,7 +343,9 @@ class Overlay:
             call(self.api_path, "tenant.create", yaml=text)
             self.ports[model.name] = {p["name"]: p for p in call(self.api_path, "tenant.show",
                                                                   name=model.name)["ports"]}
-            wanted = attachments_of(model, {n: p["ofport"] for n, p in self.ports[model.name].items()})
+            shown = call(self.api_path, "tenant.show", name=model.name)
+            wanted = attachments_of(model, {n: p["ofport"] for n, p in self.ports[model.name].items()},
+                                    shown["mtu"])
             for name, a in wanted.items():
                 self._attach(a, self.ports[model.name][name])
         wait_synced(self.api_path, self.timeout)
@@ -364,6 +367,7 @@ class Overlay:
         _in(host, "ethtool", "-K", intf.name, "tx", "off")
         host.setMAC(a.mac)
         host.setIP(a.ip, prefixLen=a.prefixlen)
+        _in(host, "ip", "link", "set", "dev", intf.name, "mtu", a.mtu)  # its switch's MTU
         if a.gateway:
             _in(host, "ip", "route", "replace", "default", "via", a.gateway)
         p.update({"namespace": ns, "iface": intf.name, "mininet_host": host.name})

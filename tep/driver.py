@@ -27,6 +27,7 @@ class Attachment:
     prefixlen: int
     mac: str
     gateway: str | None = None
+    mtu: int = 1500  # the workload's interface MTU: its switch's
 
 
 def _db(info: dict) -> Ovsdb:
@@ -35,14 +36,15 @@ def _db(info: dict) -> Ovsdb:
     return Ovsdb(info["ovsdb"], tuple(tls) if tls else None)
 
 
-def attachments_of(tenant, ofports: dict[str, int]) -> dict[str, Attachment]:
+def attachments_of(tenant, ofports: dict[str, int], mtus: dict[str, int] | None = None) -> dict[str, Attachment]:
     """Every port of a tenant (topology.model.Tenant) as the attachment a host needs,
-    given the ofports the controller allocated."""
+    given the ofports the controller allocated and each switch's MTU."""
     out = {}
     for p in tenant.ports:
         gw = tenant.router_of(p.switch)
         out[p.name] = Attachment(tenant.name, p.name, p.host, ofports[p.name], str(p.ip),
-                                 tenant.switch(p.switch).cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None)
+                                 tenant.switch(p.switch).cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None,
+                                 (mtus or {}).get(p.switch, 1500))
     return out
 
 
@@ -81,7 +83,7 @@ class LabDriver:
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
         _db(info).plug(ifname, a.ofport, external_ids(a))
-        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway)
+        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu)
 
     def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
         """Make: the workload gets a second attachment, into the destination's br-int
@@ -95,7 +97,7 @@ class LabDriver:
         ifname = host_ifname(new.tenant, new.port)
         db = _db(dst)
         db.plug(ifname, new.ofport, external_ids(new))
-        workload.attach(ns, dst["netns"], ifname)
+        workload.attach(ns, dst["netns"], ifname, max(workload.VETH_MTU, new.mtu))
         deadline = time.monotonic() + timeout
         while db.vsctl("get", "interface", ifname, "ofport").strip() != str(new.ofport):
             if time.monotonic() > deadline:

@@ -109,8 +109,9 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
     if creds:
         log(f"[join] {name}: key and certificate in {pki_dir} (CN {name}, signed by the controller's CA)")
 
+    mtu = _uplink_mtu(uplink) if uplink else None
     if uplink:
-        db.ensure_physical_bridge(uplink, _uplink_mtu(uplink), dp_type)
+        db.ensure_physical_bridge(uplink, mtu, dp_type)
         _pa_on_bridge(pa, prefixlen)
         log(f"[join] {name}: {PHYSICAL_BRIDGE} on {uplink}, PA {pa}/{prefixlen}")
     elif pa not in _local_addresses():
@@ -128,7 +129,7 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
         f"controller {target}, OVSDB {manager}")
 
     api = connect(creds)
-    res = api("host.join", token=b["token"])
+    res = api("host.join", token=b["token"], mtu=mtu)  # workloads' MTU follows the uplink's
     log(f"[join] {name}: registered with the controller at {ctl['ip']}:{ctl['api_port']} "
         f"({'TLS' if creds else 'plain TCP'}); it checked this host over {res['ovsdb']}")
 

@@ -14,6 +14,8 @@ from pyroute2 import NetNS, netns
 from tep.ovs import run
 
 WORKLOAD_IFNAME = "eth0"
+VETH_MTU = 1500  # the attachment veths carry a full 1500-byte frame, whatever the workload's MTU:
+# a workload that ignores its MTU still gets its frames into br-int, where the pipeline decides
 IPV4_ONLY = "sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1"
 
 
@@ -70,11 +72,14 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
         if link.get_attr("IFLA_ADDRESS") != mac:
             ns.link("set", index=idx, state="down")
             ns.link("set", index=idx, address=mac)
+        if link.get_attr("IFLA_MTU") != mtu:
+            ns.link("set", index=idx, mtu=mtu)
         keep = attachment_name(host_ns)
         for name in _attachments(ns):
             if name != keep:
                 _delete_in(ns, name)
-        _attach(ns, hns, ns_name, host_ns, host_ifname, mtu)
+        _attach(ns, hns, ns_name, host_ns, host_ifname, max(VETH_MTU, mtu))
+        ns.link("set", index=idx, mtu=mtu)  # a bridge follows its ports' MTU unless told
         want = (ip, prefixlen)
         for a in ns.get_addr(index=idx, family=2):
             if (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) != want:

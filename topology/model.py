@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Switch:
     name: str
     cidr: ipaddress.IPv4Network
+    mtu: int | None = None  # None: the largest the underlay of its hosts carries
 
 
 @dataclass(frozen=True)

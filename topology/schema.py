@@ -28,7 +28,8 @@ SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False,
              "loadBalancers": False}
 LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
-SWITCH_KEYS = {"name": True, "cidr": True}
+SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False}
+MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
              "rateLimitMbps": False, "bumLimitPps": False}
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
@@ -176,10 +177,14 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
                 if cidr.overlaps(other):
                     errs.add(f"{path}.cidr", f"{cidr} overlaps switch {oname}'s {other}")
             cidrs.append((cidr, name or f"#{i}"))
+        mtu = item.get("mtu")
+        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU):
+            errs.add(f"{path}.mtu", f"{mtu!r} is not an MTU in bytes ({MIN_MTU} <= mtu <= {MAX_MTU})")
+            cidr = None
         if name is not None:
             seen[name] = path
             if cidr is not None:
-                out.append(Switch(name, cidr))
+                out.append(Switch(name, cidr, mtu))
     return out
 
 
@@ -614,7 +619,8 @@ def to_doc(t: Tenant) -> dict:
         if p.bum_limit_pps is not None:
             d["bumLimitPps"] = p.bum_limit_pps
         ports.append(d)
-    spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr)} for s in t.switches],
+    spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr), **({"mtu": s.mtu} if s.mtu else {})}
+                               for s in t.switches],
                   "ports": ports}
     if t.routers:
         spec["routers"] = []

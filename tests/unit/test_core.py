@@ -215,3 +215,23 @@ def test_provider_addresses_belong_to_one_tenant_and_ownership_survives_restarts
     assert c2.used.addresses == {"203.0.113.30": "twin", "203.0.113.11": "twin",
                                  "203.0.113.10": "third", "203.0.113.12": "third"}
     store.close()
+
+
+def test_a_switchs_mtu_is_what_its_hosts_underlay_carries_and_mtu_beyond_it_is_refused(tmp_path):
+    store = SqliteStore(str(tmp_path / "desired.db"))
+    c = Core(store)
+    for i, mtu in ((1, 1500), (2, 9000), (3, None)):  # hv3 did not say: 1500 is assumed
+        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test", **({"mtu": mtu} if mtu else {})})
+    two = tenant_yaml("two", "s", [("a", "10.0.0.11", "hv2"), ("b", "10.0.0.12", "hv2")])
+    one = tenant_yaml("one", "s", [("a", "10.0.0.11", "hv1"), ("b", "10.0.0.12", "hv2")])
+    c.create(two)
+    c.create(one)
+    assert c.show("two")["mtu"] == {"s": 8950} and c.show("one")["mtu"] == {"s": 1450}
+    assert {a.mtu for a in c._attachments("one", c.tenants["one"]).values()} == {1450}
+    with pytest.raises(ApiError) as e:
+        c.apply(one.replace("cidr: 10.0.0.0/24}", "cidr: 10.0.0.0/24, mtu: 1500}"))
+    assert e.value.errors == [("spec.switches[0].mtu", "1500 is more than the underlay carries: hv1 carries "
+                                                       "at most 1450 (uplink MTU less 50 bytes of VXLAN)")]
+    c.apply(two.replace("cidr: 10.0.0.0/24}", "cidr: 10.0.0.0/24, mtu: 1400}"))  # smaller is fine
+    assert c.show("two")["mtu"] == {"s": 1400} and c.show("two")["spec"]["spec"]["switches"][0]["mtu"] == 1400
+    store.close()

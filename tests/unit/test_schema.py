@@ -141,3 +141,14 @@ def test_rate_limit_must_be_a_positive_rate():
     assert errors_of(bad)[0][0] == "spec.ports[0].rateLimitMbps"
     ok = load_tenant(GOOD.replace("host: hv1}", "host: hv1, rateLimitMbps: 100}"), HOSTS)
     assert ok.port("vm1").rate_limit_mbps == 100.0
+
+
+def test_switch_mtu_must_be_a_sane_number_of_bytes():
+    from topology.schema import ValidationError, load_tenant
+    doc = ("apiVersion: nvctl/v1\nkind: Tenant\nmetadata: {name: m}\nspec:\n"
+           "  switches: [{name: s, cidr: 10.0.0.0/24, mtu: MTU}]\n  ports: []\n")
+    for bad in ("100", "70000", "1450.5", "true", "big"):
+        with pytest.raises(ValidationError) as e:
+            load_tenant(doc.replace("MTU", bad), None)
+        assert [p for p, _ in e.value.errors] == ["spec.switches[0].mtu"], (bad, e.value.errors)
+    assert load_tenant(doc.replace("MTU", "1400"), None).switches[0].mtu == 1400

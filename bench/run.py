@@ -2,8 +2,10 @@
 
 Writes DIR/results.json and one PNG per benchmark (BENCHMARKS.md shows them, with the
 machine and how to reproduce). Every figure comes with a baseline measured in the same
-run. `--only compile,change,memory,install,migration,versus` picks some; `versus` is
-nvctl against OVN on the same lab hosts, plus the two-flow pipeline and veth floors.
+run. `--only compile,change,memory,install,migration,versus,verify,flood` picks some;
+`versus` is nvctl against OVN on the same lab hosts, plus the two-flow pipeline and veth
+floors; `verify` is `nvctl verify`'s proof at the compile benchmark's size; `flood` is a
+tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM limit.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration", "versus")
+ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood")
 
 
 def machine() -> dict:
@@ -125,6 +127,19 @@ def _save(fig, out: str, name: str) -> str:
     return name
 
 
+def _on_fresh_lab(fn, hosts: int = 3):
+    """fn(lab) on a 3-host lab of its own, removed afterwards whatever happens."""
+    from scenarios.lab import Lab
+    d = tempfile.mkdtemp(prefix="nvbench-")
+    lab = Lab(d, log=lambda m: print(m, flush=True))
+    try:
+        lab.up(hosts=hosts)
+        return fn(lab)
+    finally:
+        lab.down(quiet=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,15 +177,14 @@ def main(argv=None) -> int:
             shutil.rmtree(d, ignore_errors=True)
     if "versus" in only:
         from bench.versus import versus
-        from scenarios.lab import Lab
-        d = tempfile.mkdtemp(prefix="nvbench-")
-        lab = Lab(d, log=lambda m: print(m, flush=True))
-        try:
-            lab.up(hosts=3)
-            res["versus"] = versus(lab, ports=20 if a.quick else 100)
-        finally:
-            lab.down(quiet=True)
-            shutil.rmtree(d, ignore_errors=True)
+        res["versus"] = _on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100))
+    if "verify" in only:
+        from bench import verify_bench
+        res["verify"] = verify_bench.main(["--tenants", "100" if a.quick else "1000",
+                                           "--hosts", "10" if a.quick else "100"])
+    if "flood" in only:
+        from bench.flood import flood
+        res["flood"] = _on_fresh_lab(lambda lab: flood(lab, repeats=2 if a.quick else 3))
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures

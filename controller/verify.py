@@ -298,39 +298,27 @@ class _Result:
 
 @dataclass
 class _Scan:
-    """A summary's branches for one tenant on one host, its calls resolved there: each
-    flat branch is a *chain* (b1, ..., bk) of summary branches, composed in order (a
-    chain in `compose` may end with ("run", key): go on exactly at that memo table)."""
-    compose: list  # chains to compose and check
-    local: list  # (own port name, chain): fresh, delivered there, nothing to report
-    tunnels: list  # (peer host, vni, chain, event index in its last): fresh, own VNI, known peer
+    compose: list  # branch indices to compose and check
+    local: list  # (own port name, branch index): fresh, delivered there, nothing to report
+    tunnels: list  # (peer host, vni, branch index, event index): fresh, own VNI, known peer
     targets: set  # (host, ofport) output to
-    deps: set = field(default_factory=set)  # lookups of the summaries called (transitively)
-    subs: list = field(default_factory=list)  # (key, Summary) called: valid while still memoized
-    count: int = 0  # flat branches
 
 
 class _Lazy:
-    """The chain composed after p, computed when first needed; `evi`: an event of the
-    chain's last branch (a tunnel output)."""
-    __slots__ = ("p", "chain", "evi", "_c")
+    """compose(p, b), computed when first needed; `evi`: an event of b (a tunnel output)."""
+    __slots__ = ("p", "b", "evi", "_c")
 
-    def __init__(self, p, chain, evi=None):
-        self.p, self.chain, self.evi, self._c = p, chain, evi, False
+    def __init__(self, p, b, evi=None):
+        self.p, self.b, self.evi, self._c = p, b, evi, False
 
     def state(self):
         if self._c is False:
-            c = self.p
-            for b in self.chain:
-                c = hs.compose(c, b)
-                if c is None:
-                    break
-            self._c = c
+            self._c = hs.compose(self.p, self.b)
         return self._c
 
     def env(self):
         c = self.state()
-        return None if c is None else c.events[len(c.events) - len(self.chain[-1].events) + self.evi][3]
+        return None if c is None else c.events[len(self.p.events) + self.evi][3]
 
 
 def _state(x):
@@ -363,7 +351,6 @@ class Verifier:
         self._epoch = 0  # bumped when facts or ports change: summaries' scans are keyed by it
         self._entries: dict = {}  # host -> _entry_vnis(host)
         self._by_cookie: dict = {}  # host -> {cookie: Flow} as of the last update
-        self.pool = hs.SummaryPool()  # summaries shared by hosts whose flows looked up agree
         self._index_facts()
 
     # ---- setup -----------------------------------------------------------------------
@@ -397,8 +384,7 @@ class Verifier:
                     memo.append(t.number)
             # reg10 (the from-tunnel flag) is left symbolic: one summary per logical switch
             # serves both its local ports and its tunnel entry on this host
-            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo, _MEMO_KEYS,
-                                                 nested=True, pool=self.pool)
+            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo, _MEMO_KEYS)
         return eng
 
     def starts(self) -> list:
@@ -556,10 +542,9 @@ class Verifier:
             st = hs.start_state({**_STATE_ZERO, "in_port": net.tunnel_ofport, "tunnel_id": x,
                                  "tun_ipv4_src": peer or "0.0.0.0", "tun_ipv4_dst": net.hosts[host].pa})
         finals, pending = eng.run_lazy(st, 0)
-        deps = eng.deps
-        res = _Result(tenant, [], frozenset(), frozenset(), len(finals), {}, [], {})
+        branches = len(finals) + sum(len(summ.states) for _p, summ in pending)
+        res = _Result(tenant, [], frozenset(eng.deps), frozenset(), branches, {}, [], {})
         self._check(sid, tenant, finals, res, pending)
-        res.deps = frozenset(deps | eng.deps)
         return res
 
     # ---- checks ----------------------------------------------------------------------
@@ -645,51 +630,45 @@ class Verifier:
                     report("undeclared_drop", [], why, s, hop)
 
         reached = res.local if kind == "port" else res.delivered
-        eng = self.engine(host)
         for s in finals:
             check(s)
         for p, summ in pending:
             if any(ev[0] != "res" for ev in p.events):  # not the pipeline's shape: compose all
-                for c in eng.expand(p, summ):
-                    check(c)
-                    res.branches += 1
+                for b in summ.states:
+                    c = hs.compose(p, b)
+                    if c is not None:
+                        check(c)
                 continue
             check(p, final=False)  # its own events: every packet of p goes on into summ
             scan = self._scan(summ, tenant, host)
-            eng.deps |= scan.deps
-            res.branches += scan.count
-            for chain in scan.compose:
-                for c in _composed(eng, p, chain):
+            for i in scan.compose:
+                c = hs.compose(p, summ.states[i])
+                if c is not None:
                     check(c)
             targets.update(scan.targets)
             if p.fresh:
-                for port, chain in scan.local:
-                    reached.setdefault(port, []).append(_Lazy(p, chain))
-                for peer, vni, chain, evi in scan.tunnels:
-                    res.tunnels.append((peer, vni, _Lazy(p, chain, evi), None))
+                for port, i in scan.local:
+                    reached.setdefault(port, []).append(_Lazy(p, summ.states[i]))
+                for peer, vni, i, evi in scan.tunnels:
+                    res.tunnels.append((peer, vni, _Lazy(p, summ.states[i], evi), None))
         res.targets = frozenset(targets)
 
-    def _scan(self, summ, tenant: str, host: str, stack: tuple = ()) -> "_Scan":
+    def _scan(self, summ, tenant: str, host: str) -> "_Scan":
         """Which of a summary's branches need composing for `tenant`'s starts on `host`:
         any whose events (output port, VNI, tunnel destination, zone/meter/group ids:
         constants in the summary) could be a violation, or that are not decided by the
-        summary alone (packet-dependent values, drops). Its calls are resolved on `host`
-        and their summaries scanned the same way (a flat branch is a chain of branches:
-        each chain is judged by its links' events, each enough to flag it). Cached on
-        the summary until the facts or ports change (the epoch), or a summary it called
-        is no longer the one memoized."""
+        summary alone (packet-dependent values, drops). Cached on the summary until the
+        facts or ports change (`_update` clears it)."""
         key = (self._epoch, tenant, host)
-        eng = self.engine(host)
         scan = summ.notes.get(key)
-        if scan is not None and all(eng.summaries.get(k) is s for k, s in scan.subs):
+        if scan is not None:
             return scan
         net = self.net
         facts = net.tenants[tenant]
         ext_port = net.external.get(host)
         tunnel = net.tunnel_ofport
         scan = _Scan([], [], [], set())
-        scan.count = len(summ.states)
-        for b in summ.states:
+        for i, b in enumerate(summ.states):
             bad = False
             local, tunnels = [], []
             for evi, ev in enumerate(b.events):
@@ -711,7 +690,7 @@ class Verifier:
                         if peer is None:
                             bad = True
                         elif b.fresh:
-                            tunnels.append((peer, tid[0], (b,), evi))
+                            tunnels.append((peer, tid[0], i, evi))
                     elif port == ext_port:
                         bad = True
                     else:
@@ -719,9 +698,12 @@ class Verifier:
                         if ref is None or ref.tenant != tenant:
                             bad = True
                         elif b.fresh:
-                            local.append((ref.port, (b,)))
+                            local.append((ref.port, i))
                 elif k == "res":
-                    if not self._own_res(ev, facts):
+                    _, rk, h, rid, _hop = ev
+                    if (rk == "zone" and rid not in facts.zones) or \
+                            (rk == "group" and rid not in facts.groups) or \
+                            (rk == "meter" and (h, rid) not in facts.meters) or rk not in _RES_KINDS:
                         bad = True
                 elif k != "hairpin":
                     bad = True  # overlap, loop, unsupported: reported with a composed witness
@@ -731,37 +713,12 @@ class Verifier:
                 if not any(note != "group" for _h, _t, _f, note in b.path) or _undeclared(b):
                     bad = True
             if bad:
-                scan.compose.append((b,))
+                scan.compose.append(i)
             else:
                 scan.local.extend(local)
                 scan.tunnels.extend(tunnels)
-        for b, k2 in summ.calls:
-            sub = eng.summary(k2)
-            if sub is summ or sub in stack or len(stack) > 16 or \
-                    any(ev[0] != "res" or not self._own_res(ev, facts) for ev in b.events):
-                scan.compose.append((b, ("run", k2)))  # exactly, on the host: loops, odd shapes
-                scan.count += 1
-                continue
-            sc = self._scan(sub, tenant, host, stack + (summ,))
-            scan.subs.append((k2, sub))
-            scan.subs.extend(sc.subs)
-            scan.deps |= sub.deps
-            scan.deps |= sc.deps
-            scan.count += sc.count
-            scan.targets |= sc.targets
-            scan.compose.extend((b,) + ch for ch in sc.compose)
-            if b.fresh:
-                scan.local.extend((port, (b,) + ch) for port, ch in sc.local)
-                scan.tunnels.extend((peer, vni, (b,) + ch, evi) for peer, vni, ch, evi in sc.tunnels)
         summ.notes[key] = scan
         return scan
-
-    @staticmethod
-    def _own_res(ev, facts) -> bool:
-        _, rk, h, rid, _hop = ev
-        return not ((rk == "zone" and rid not in facts.zones) or
-                    (rk == "group" and rid not in facts.groups) or
-                    (rk == "meter" and (h, rid) not in facts.meters) or rk not in _RES_KINDS)
 
     def _check_tunnel(self, s, env, ev, facts, tenant, report, res) -> None:
         tid_var = env.get("tunnel_id") or hs.INPUT["tunnel_id"]
@@ -999,7 +956,6 @@ def _layer_name(layer_id: int) -> str:
 def _default_memo() -> tuple:
     from controller.pipeline import EGRESS, PIPELINE, TUNNEL_ENTRY, LAYERS
     names = [layer.tables[0].name for layer in LAYERS if layer.name == TUNNEL_ENTRY]
-    names.append("dispatch")  # where a switch's ingress ends: per host (local or remote)
     names.append(EGRESS[0].tables[0].name)
     return tuple(n for n in names if n in PIPELINE.by_name)
 
@@ -1015,18 +971,6 @@ def _affected(deps: frozenset, touched: set) -> bool:
         if t in star or (v is None and t in tables):
             return True
     return False
-
-
-def _composed(eng, p, chain) -> list:
-    """p followed by a scan's chain (exactly; a ("run", key) link goes on on the host)."""
-    c = p
-    for x in chain:
-        if x.__class__ is tuple:
-            return eng.continue_at(c, x[1])
-        c = hs.compose(c, x)
-        if c is None:
-            return []
-    return [c]
 
 
 def _restrict_var(s, var, value, mask):

@@ -91,6 +91,9 @@ class DesiredState:
     def items(self):
         return self.hosts.items()
 
+    def values(self):
+        return self.hosts.values()
+
     def conflicts(self, old: Mapping[str, Iterable[Flow]], new: Mapping[str, Iterable[Flow]]) -> list[Conflict]:
         """What replacing one tenant's flows `old` by `new` would clash with: an identity
         held by anyone else, or two different new flows with one identity."""

@@ -241,4 +241,4 @@ def flow_from_stats(st, pipeline: Pipeline) -> Flow:
         match, actions = Match(), (Opaque(f"match: {e}"),)
     else:
         actions = from_instructions(st.instructions, pipeline)
-    return Flow.reported(table_of(st.table_id, pipeline), st.priority, match, actions, st.cookie)
+    return Flow.from_switch(table_of(st.table_id, pipeline), st.priority, match, actions, st.cookie)

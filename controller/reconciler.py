@@ -123,7 +123,8 @@ def reconcile(st: HostState, desired: dict, delta: tuple | None = None) -> int |
         if st.installed is None:
             read_switch(st)
             delta = None
-        desired = dict(desired)  # a snapshot: intent may change meanwhile
+        if delta is None:  # a full sync runs outside the core's mutex: a snapshot, as intent may change
+            desired = dict(desired)
         dels, adds = plan(st.installed, desired, delta)
         if delta is None:
             want_meters = meters_of(desired.values())

@@ -648,8 +648,10 @@ def cookie_tenant(cookie: int) -> int:
 
 
 class Flow:
-    """One OpenFlow rule. Equality is by canonical text (which includes the cookie's
-    layer and tenant): two flows that would be installed identically are equal.
+    """One OpenFlow rule. Equality is by canonical text and cookie: two flows that would
+    be installed identically are equal. For two flows compiled here the cookie decides
+    (it carries a hash of the text); a flow read back from a switch (`reported`) is
+    compared by its text, since its cookie is whatever the switch holds.
 
     `rule` says which piece of intent made the flow ("port vm1", "switch web flood"),
     for `nvctl flows`, traces and error messages; it is not installed.
@@ -660,7 +662,8 @@ class Flow:
     hundreds of thousands of flows).
     """
 
-    __slots__ = ("table", "priority", "match", "actions", "layer_id", "tenant_id", "rule", "cookie")
+    __slots__ = ("table", "priority", "match", "actions", "layer_id", "tenant_id", "rule", "cookie", "reported",
+                 "identity")
 
     def __init__(self, table: Table, priority: int, match: Match, actions: tuple = (),
                  layer_id: int = 0, tenant_id: int = 0, rule: str = ""):
@@ -680,6 +683,11 @@ class Flow:
         digest = _blake2b(_body(table.number, priority, match, actions).encode(), digest_size=8).digest()
         self.cookie = ((layer_id << COOKIE_LAYER_SHIFT) | (tenant_id << COOKIE_TENANT_SHIFT)
                        | (int.from_bytes(digest, "big") & COOKIE_HASH_MASK))
+        self.reported = False  # True: read from a switch, so the cookie says nothing of the text
+        # What OVS keys a flow by: (table, priority, match). Two flows with one identity
+        # cannot both be on a switch; an ADD of the second replaces the first. One tuple
+        # per flow, shared by every host's index that holds the flow.
+        self.identity = (table.number, priority, match)
 
     @property
     def body(self) -> str:
@@ -691,8 +699,13 @@ class Flow:
         return f"cookie={self.cookie:#x},{self.body}"
 
     def __eq__(self, other):
-        return self is other or (isinstance(other, Flow) and self.cookie == other.cookie
-                                 and self.body == other.body)
+        if self is other:
+            return True
+        if not isinstance(other, Flow) or self.cookie != other.cookie:
+            return False
+        if not (self.reported or other.reported):
+            return True  # both made here: the cookie hashes the text (a collision is refused)
+        return self.body == other.body
 
     def __hash__(self):
         return hash(self.cookie)
@@ -700,19 +713,14 @@ class Flow:
     def __repr__(self):
         return f"Flow({self.table.name}: {self.body})"
 
-    @property
-    def identity(self) -> tuple:
-        """What OVS keys a flow by: (table, priority, match). Two flows with one identity
-        cannot both be on a switch; an ADD of the second replaces the first."""
-        return (self.table.number, self.priority, self.match)
-
     @staticmethod
-    def reported(table: Table, priority: int, match: Match, actions: tuple, cookie: int) -> "Flow":
+    def from_switch(table: Table, priority: int, match: Match, actions: tuple, cookie: int) -> "Flow":
         """A flow as a switch reported it: its cookie is what the switch holds, which
         equals the one computed from its text only if nobody changed it behind our back."""
         f = Flow(table, priority, match, actions, cookie_layer(cookie),
                  cookie_tenant(cookie), "(read from the switch)")
         f.cookie = cookie
+        f.reported = True
         return f
 
 

@@ -30,7 +30,9 @@ class FakeSwitch:
 
     # the Switch protocol ----------------------------------------------------------------
     def flows(self) -> list[Flow]:
-        return list(self.table.values())
+        """What a flow dump gives: each flow as the switch holds it (match, actions and
+        cookie), a value of its own, not the object the controller sent."""
+        return [Flow.from_switch(f.table, f.priority, f.match, f.actions, f.cookie) for f in self.table.values()]
 
     def push(self, delete: list[Flow], add: list[Flow]) -> int:
         if not delete and not add:
@@ -38,13 +40,13 @@ class FakeSwitch:
         if self.refuse:
             why, self.refuse = self.refuse, None
             raise SwitchRefused(why)
-        staged = dict(self.table)
+        # nothing below can fail, so applying in place is as atomic as a bundle
         for f in delete:  # OFPFC_DELETE_STRICT: identity only, whatever cookie and actions
-            staged.pop(f.identity, None)
-        for f in add:  # OFPFC_ADD: replaces the flow with the same identity
-            staged[f.identity] = f
-        self.table = staged
-        self.packets = {i: self.packets.get(i, 0) for i in staged}
+            self.table.pop(f.identity, None)
+            self.packets.pop(f.identity, None)
+        for f in add:  # OFPFC_ADD: replaces the flow with the same identity, counters kept
+            self.table[f.identity] = f
+            self.packets.setdefault(f.identity, 0)
         self.flow_mods += len(delete) + len(add)
         self.bundles += 1
         return len(delete) + len(add)

@@ -608,7 +608,8 @@ class Core:
         `check`, each switch is read again first (and any drift corrected), so the answer
         is about the switches, not the controller's memory of them."""
         found = self.audit_all() if check else {}
-        return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", **self.host_status(h.name),
+        return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", "uplink_mtu": h.info.get("mtu"),
+                 "overlay_mtu": self.host_mtu(h.name), **self.host_status(h.name),
                  **({"drift": found[h.name]} if h.name in found else {})}
                 for h in sorted(self.hosts.values(), key=lambda h: h.name)]
 

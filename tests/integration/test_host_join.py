@@ -15,7 +15,7 @@ import pytest
 
 from scenarios.lab import HostPlan
 from tests.integration.conftest import fresh_compile_changes, running_lab
-from tests.integration.helpers import ROOT, apply_yaml, nvctl, nvctl_json, ping_many
+from tests.integration.helpers import ROOT, apply_yaml, in_ns, nvctl, nvctl_json, ping_many
 
 TENANT = """
 apiVersion: nvctl/v1
@@ -98,6 +98,10 @@ def test_joined_host_carries_tenant_traffic(joined):
     res = ping_many([(f"{lb.prefix}j.a", "10.9.0.13", "a->c"), (f"{lb.prefix}j.a", "10.9.0.12", "a->b"),
                      (f"{lb.prefix}j.c", "10.9.0.11", "c->a")], count=3)
     assert all(r == (3, 3) for r in res.values()), res
+    # the join read hv3's uplink MTU, and its workload got what that underlay carries
+    hv3 = next(h for h in nvctl_json(lb, "hosts") if h["name"] == "hv3")
+    assert (hv3["uplink_mtu"], hv3["overlay_mtu"]) == (1500, 1450), hv3
+    assert " mtu 1450 " in in_ns(f"{lb.prefix}j.c", "ip", "-o", "link", "show", "eth0", check=True).stdout
 
 
 def test_controller_restart_keeps_joined_host_with_no_changes(joined):

@@ -2,10 +2,11 @@
 
 Writes DIR/results.json and one PNG per benchmark (BENCHMARKS.md shows them, with the
 machine and how to reproduce). Every figure comes with a baseline measured in the same
-run. `--only compile,change,memory,install,migration,versus,verify,flood` picks some;
+run. `--only compile,change,memory,install,migration,versus,verify,flood,mtu` picks some;
 `versus` is nvctl against OVN on the same lab hosts, plus the two-flow pipeline and veth
 floors; `verify` is `nvctl verify`'s proof at the compile benchmark's size; `flood` is a
-tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM limit.
+tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM limit;
+`mtu` is TCP across hosts on a 1500-byte underlay against a 1600-byte one.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood")
+ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu")
 
 
 def machine() -> dict:
@@ -185,6 +186,9 @@ def main(argv=None) -> int:
     if "flood" in only:
         from bench.flood import flood
         res["flood"] = _on_fresh_lab(lambda lab: flood(lab, repeats=2 if a.quick else 3))
+    if "mtu" in only:
+        from bench.mtu import mtu
+        res["mtu"] = mtu(repeats=2 if a.quick else 3)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures

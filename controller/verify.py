@@ -105,6 +105,18 @@ def _as_flow_list(flows) -> list:
     return list(flows)
 
 
+def _carriers(flows) -> set:
+    """Cookies of the flows with a group or meter action."""
+    out = set()
+    for f in flows:
+        for a in f.actions:
+            c = a.__class__
+            if c is Group or c is Meter:
+                out.add(f.cookie)
+                break
+    return out
+
+
 def _carries_groups(flows) -> bool:
     for f in flows:
         for a in f.actions:
@@ -294,31 +306,47 @@ class _Result:
     local: dict  # port start: dst port -> [State] (fresh, reaching it)
     tunnels: list  # [(peer host, vni, State, env at output)] fresh
     delivered: dict  # tunnel entry: dst port -> [State] (fresh)
+    pend: list = field(default_factory=list)  # (fresh State, _Scan): its local/tunnel chains after it
+    lazy: dict = field(default_factory=dict)  # what _arrivals / _tunnels_to built
 
 
 @dataclass
 class _Scan:
-    compose: list  # branch indices to compose and check
-    local: list  # (own port name, branch index): fresh, delivered there, nothing to report
-    tunnels: list  # (peer host, vni, branch index, event index): fresh, own VNI, known peer
+    """A summary's branches for one tenant on one host, its calls resolved there: each
+    flat branch is a *chain* (b1, ..., bk) of summary branches, composed in order (a
+    chain in `compose` may end with ("run", key): go on exactly at that memo table)."""
+    compose: list  # chains to compose and check
+    local: list  # (own port name, chain): fresh, delivered there, nothing to report
+    tunnels: list  # (peer host, vni, chain, event index in its last): fresh, own VNI, known peer
     targets: set  # (host, ofport) output to
+    deps: set = field(default_factory=set)  # lookups of the summaries called (transitively)
+    subs: list = field(default_factory=list)  # (key, Summary) called: valid while still memoized
+    count: int = 0  # flat branches
+    by_port: dict = field(default_factory=dict)  # local, by port: port -> [chain]
+    by_peer: dict = field(default_factory=dict)  # tunnels, by peer: peer -> [(vni, chain, evi)]
 
 
 class _Lazy:
-    """compose(p, b), computed when first needed; `evi`: an event of b (a tunnel output)."""
-    __slots__ = ("p", "b", "evi", "_c")
+    """The chain composed after p, computed when first needed; `evi`: an event of the
+    chain's last branch (a tunnel output)."""
+    __slots__ = ("p", "chain", "evi", "_c")
 
-    def __init__(self, p, b, evi=None):
-        self.p, self.b, self.evi, self._c = p, b, evi, False
+    def __init__(self, p, chain, evi=None):
+        self.p, self.chain, self.evi, self._c = p, chain, evi, False
 
     def state(self):
         if self._c is False:
-            self._c = hs.compose(self.p, self.b)
+            c = self.p
+            for b in self.chain:
+                c = hs.compose(c, b)
+                if c is None:
+                    break
+            self._c = c
         return self._c
 
     def env(self):
         c = self.state()
-        return None if c is None else c.events[len(self.p.events) + self.evi][3]
+        return None if c is None else c.events[len(c.events) - len(self.chain[-1].events) + self.evi][3]
 
 
 def _state(x):
@@ -337,7 +365,11 @@ class Verifier:
     """Holds per-start results so that a change re-runs only the affected starts.
 
     `memo_tables`: table names where runs are summarized and reused (default: where
-    tunnelled packets enter, and the egress stage)."""
+    tunnelled packets enter, dispatch, and the egress stage). Summaries call the next
+    memo table's summary rather than composing it, each call resolved on the start's
+    host (`_scan`), and are shared between hosts whose flows looked up are the same
+    (`hs.SummaryPool`): a switch's L2 and routing part is computed once for all the
+    hosts it spans, its dispatch and egress per host."""
 
     def __init__(self, net: Network, *, tenant: str | None = None, host: str | None = None,
                  memo_tables: Iterable[str] | None = None, clock: Callable[[], float] | None = None):
@@ -345,12 +377,24 @@ class Verifier:
         self.only_tenant, self.only_host = tenant, host
         self.clock = clock
         self.memo_names = tuple(memo_tables) if memo_tables is not None else _default_memo()
-        self.results: dict = {}
+        self.results: dict = {}  # sid -> _Result; only through _put / _pop (indexes below)
+        self._by_tenant: dict = {}  # tenant -> {sid}
+        self._by_host: dict = {}  # host -> {sid}
+        self._by_target: dict = {}  # (host, ofport) -> {sid} outputting there
+        self._viol: set = set()  # sids with violations
+        self._branch_sum = 0
+        self._extra: set = set()  # results that are not starts (tunnel entries reach needed)
+        self._kinds = {"port": 0, "tunnel": 0}
+        self._starts = None  # starts() until the next update: (list, {sid: position})
+        self._ports_of = None  # tenant -> its keys in net.ports, once first needed
+        self._pa_cache = None
         self.engines: dict = {}
         self._reach_cache: dict = {}  # tenant -> (violations, pairs checked)
         self._epoch = 0  # bumped when facts or ports change: summaries' scans are keyed by it
         self._entries: dict = {}  # host -> _entry_vnis(host)
         self._by_cookie: dict = {}  # host -> {cookie: Flow} as of the last update
+        self._carriers: dict = {}  # host -> cookies of its flows with a group or meter action
+        self.pool = hs.SummaryPool()  # summaries shared by hosts whose flows looked up agree
         self._index_facts()
 
     # ---- setup -----------------------------------------------------------------------
@@ -373,21 +417,68 @@ class Verifier:
                                                      f"both {seen[x]} and {n}"))
                     seen.setdefault(x, n)
 
+    def _pa_int(self) -> dict:
+        """pa_host keyed by the address as an int (what tun_ipv4_dst holds)."""
+        hit = self._pa_cache
+        if hit is None or hit[0] is not self.pa_host:
+            hit = self._pa_cache = (self.pa_host, {hs.to_int("tun_ipv4_dst", pa): h
+                                                   for pa, h in self.pa_host.items()})
+        return hit[1]
+
+    def _tenant_ports(self, tenant: str) -> set:
+        """The (host, ofport) keys of `tenant`'s ports in net.ports (indexed once)."""
+        if self._ports_of is None:
+            self._ports_of = {}
+            for k, ref in self.net.ports.items():
+                self._ports_of.setdefault(ref.tenant, set()).add(k)
+        return self._ports_of.get(tenant, set())
+
+    def _reindex_tenant(self, tenant: str, old, new) -> bool:
+        """_index_facts for one tenant's new facts, when no number is shared before or
+        after (the usual case); False (nothing changed) when it must be recomputed."""
+        if self.static or old is None:
+            return False
+        maps = ((self.vni_owner, "vnis"), (self.zone_owner, "zones"), (self.group_owner, "groups"),
+                (self.meter_owner, "meters"))
+        for owner, attr in maps:
+            for x in getattr(new, attr):
+                if owner.get(x, tenant) != tenant:
+                    return False
+        for owner, attr in maps:
+            for x in getattr(old, attr):
+                if owner.get(x) == tenant:
+                    del owner[x]
+            for x in getattr(new, attr):
+                owner[x] = tenant
+        if self.tid_name.get(old.tenant_id) == tenant:
+            del self.tid_name[old.tenant_id]
+        self.tid_name[new.tenant_id] = tenant
+        self.pa_host = {h.pa: n for n, h in self.net.hosts.items()}
+        return True
+
     def engine(self, host: str) -> hs.Engine:
         eng = self.engines.get(host)
         if eng is None:
             ht = self.net.hosts[host]
             idx = hs.IndexedHost(host, ht.flows, ht.groups)
+            self._carriers[host] = _carriers(ht.flows)  # so that a change need not scan them all
             memo = []
             for t in idx.table_of.values():
                 if t.name in self.memo_names:
                     memo.append(t.number)
             # reg10 (the from-tunnel flag) is left symbolic: one summary per logical switch
             # serves both its local ports and its tunnel entry on this host
-            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo, _MEMO_KEYS)
+            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo, _MEMO_KEYS,
+                                                 nested=True, pool=self.pool)
         return eng
 
     def starts(self) -> list:
+        if self._starts is None:
+            lst = self._compute_starts()
+            self._starts = (lst, {sid: i for i, sid in enumerate(lst)})
+        return self._starts[0]
+
+    def _compute_starts(self) -> list:
         out = []
         for (h, ofport), ref in sorted(self.net.ports.items()):
             if h in self.net.hosts and self._wanted(ref.tenant, h):
@@ -440,10 +531,36 @@ class Verifier:
 
     def _run(self) -> Report:
         t0 = self.clock() if self.clock else 0.0
+        self._starts = None
         for sid in self.starts():
             if sid not in self.results:
-                self.results[sid] = self._run_start(sid)
+                self._put(sid, self._run_start(sid))
         return self._report(t0)
+
+    def _put(self, sid, r: _Result, start: bool = True) -> None:
+        self.results[sid] = r
+        if not start:
+            self._extra.add(sid)
+        self._kinds[sid[0]] += 1
+        self._by_tenant.setdefault(r.tenant, set()).add(sid)
+        self._by_host.setdefault(sid[1], set()).add(sid)
+        for t in r.targets:
+            self._by_target.setdefault(t, set()).add(sid)
+        if r.violations:
+            self._viol.add(sid)
+        self._branch_sum += r.branches
+
+    def _pop(self, sid) -> _Result:
+        r = self.results.pop(sid)
+        self._extra.discard(sid)
+        self._kinds[sid[0]] -= 1
+        self._by_tenant[r.tenant].discard(sid)
+        self._by_host[sid[1]].discard(sid)
+        for t in r.targets:
+            self._by_target[t].discard(sid)
+        self._viol.discard(sid)
+        self._branch_sum -= r.branches
+        return r
 
     def update(self, tenant: str, flows: Mapping, facts: TenantFacts | None = None,
                ports: Mapping | None = None) -> Report:
@@ -466,6 +583,7 @@ class Verifier:
                 ht = new if isinstance(new, HostTables) else host_tables(self.net.hosts[h].pa, new)
                 self.net.hosts[h] = ht
                 self._by_cookie.pop(h, None)
+                self._carriers.pop(h, None)
                 self.engines.pop(h, None)
                 touched[h] = {("*", "*")}
                 continue
@@ -475,12 +593,22 @@ class Verifier:
                 old_set = {f.cookie: f for f in old.flows}  # the cookie hashes the flow's text
             new_set = {f.cookie: f for f in (new.flows if isinstance(new, HostTables)
                                              else _as_flow_list(new))}
-            removed = [f for k, f in old_set.items() if k not in new_set]
-            added = [f for k, f in new_set.items() if k not in old_set]
+            removed = [old_set[k] for k in old_set.keys() - new_set.keys()]
+            added = [new_set[k] for k in new_set.keys() - old_set.keys()]
             if isinstance(new, HostTables):
                 ht = new
+                self._carriers.pop(h, None)
             elif _carries_groups(removed) or _carries_groups(added):
-                ht = host_tables(old.pa, new)
+                carriers = self._carriers.get(h)
+                if carriers is None:
+                    carriers = _carriers(old.flows)
+                carriers = (carriers - {f.cookie for f in removed}) | \
+                    {f.cookie for f in added if _carries_groups((f,))}
+                self._carriers[h] = carriers
+                fl = _as_flow_list(new)
+                # as host_tables(old.pa, fl), looking only at the flows that carry them
+                ht = host_tables(old.pa, [f for f in fl if f.cookie in carriers])
+                ht.flows = fl
             else:  # the flows with groups or meters are the same ones (same text): so are these
                 ht = HostTables(old.pa, _as_flow_list(new), dict(old.groups), dict(old.meters))
             self.net.hosts[h] = ht
@@ -495,36 +623,68 @@ class Verifier:
             eng.invalidate(t)
             touched[h] = t
         moved = set()
+        old_facts = None
         if ports is not None:
-            for k, ref in list(self.net.ports.items()):
-                if ref.tenant == tenant and k not in ports:
+            for k in [k for k in self._tenant_ports(tenant) if k not in ports]:
+                if self.net.ports.get(k) is not None and self.net.ports[k].tenant == tenant:
                     del self.net.ports[k]
                     moved.add(k)
+            self._ports_of[tenant] = set(ports)
             for k, ref in ports.items():
                 if self.net.ports.get(k) != ref:
                     moved.add(k)
                 self.net.ports[k] = ref
         if facts is not None:
+            old_facts = self.net.tenants.get(tenant)
             self.net.tenants[tenant] = facts
-            self._index_facts()
+            if not self._reindex_tenant(tenant, old_facts, facts):
+                self._index_facts()
         if facts is not None or ports is not None:
             self._epoch += 1
-        stale = []
-        for sid, r in self.results.items():
-            if r.tenant == tenant or (moved and not r.targets.isdisjoint(moved)):
-                stale.append(sid)
+        stale = set(self._by_tenant.get(tenant, ()))
+        for k in moved:
+            stale |= self._by_target.get(k, set())
+        for h, t in touched.items():
+            if not t:
                 continue
-            t = touched.get(sid[1])
-            if t and _affected(r.deps, t):
-                stale.append(sid)
+            tables = {tb for tb, _ in t}
+            star = {tb for tb, k in t if k == "*"}
+            everything = ("*", "*") in t
+            for sid in self._by_host.get(h, ()):
+                if sid not in stale and (everything or _result_affected(self.results[sid], t, tables, star)):
+                    stale.add(sid)
         for sid in stale:
-            r = self.results.pop(sid)
+            r = self._pop(sid)
             self._reach_cache.pop(r.tenant, None)
         self._reach_cache.pop(tenant, None)
-        for sid in self.starts():
-            if sid not in self.results:
-                self.results[sid] = self._run_start(sid)
+        self._starts = None
+        # the starts that may lack a result: the stale ones, the tenant's ports, tunnel
+        # entries on the hosts whose flows changed, and entries of VNIs that became owned
+        todo = set(stale)
+        if ports is not None:
+            todo |= {("port", h, o) for h, o in ports}
+        for h in flows:
+            if h in self.net.hosts:
+                todo |= {("tunnel", h, v) for v in self._entry_vnis(h)}
+        if facts is not None:
+            new_vnis = facts.vnis - (old_facts.vnis if old_facts is not None else frozenset())
+            if new_vnis:
+                for h in self.net.hosts:
+                    todo |= {("tunnel", h, v) for v in self._entry_vnis(h) & new_vnis}
+        for sid in sorted(todo, key=lambda x: (x[0] != "port", x)):
+            if sid not in self.results and self._is_start(sid):
+                self._put(sid, self._run_start(sid))
         return self._report(t0)
+
+    def _is_start(self, sid) -> bool:
+        kind, h, x = sid
+        if h not in self.net.hosts:
+            return False
+        if kind == "port":
+            ref = self.net.ports.get((h, x))
+            return ref is not None and self._wanted(ref.tenant, h)
+        return (self.only_host is None or h == self.only_host) and x in self._entry_vnis(h) \
+            and self._wanted(self.vni_owner[x], h)
 
     def _run_start(self, sid) -> _Result:
         kind, host, x = sid
@@ -542,9 +702,10 @@ class Verifier:
             st = hs.start_state({**_STATE_ZERO, "in_port": net.tunnel_ofport, "tunnel_id": x,
                                  "tun_ipv4_src": peer or "0.0.0.0", "tun_ipv4_dst": net.hosts[host].pa})
         finals, pending = eng.run_lazy(st, 0)
-        branches = len(finals) + sum(len(summ.states) for _p, summ in pending)
-        res = _Result(tenant, [], frozenset(eng.deps), frozenset(), branches, {}, [], {})
+        deps = eng.deps
+        res = _Result(tenant, [], frozenset(), frozenset(), len(finals), {}, [], {})
         self._check(sid, tenant, finals, res, pending)
+        res.deps = frozenset(deps | eng.deps)
         return res
 
     # ---- checks ----------------------------------------------------------------------
@@ -630,45 +791,49 @@ class Verifier:
                     report("undeclared_drop", [], why, s, hop)
 
         reached = res.local if kind == "port" else res.delivered
+        eng = self.engine(host)
         for s in finals:
             check(s)
         for p, summ in pending:
             if any(ev[0] != "res" for ev in p.events):  # not the pipeline's shape: compose all
-                for b in summ.states:
-                    c = hs.compose(p, b)
-                    if c is not None:
-                        check(c)
+                for c in eng.expand(p, summ):
+                    check(c)
+                    res.branches += 1
                 continue
             check(p, final=False)  # its own events: every packet of p goes on into summ
             scan = self._scan(summ, tenant, host)
-            for i in scan.compose:
-                c = hs.compose(p, summ.states[i])
-                if c is not None:
+            eng.deps |= scan.deps
+            res.branches += scan.count
+            for chain in scan.compose:
+                for c in _composed(eng, p, chain):
                     check(c)
             targets.update(scan.targets)
-            if p.fresh:
-                for port, i in scan.local:
-                    reached.setdefault(port, []).append(_Lazy(p, summ.states[i]))
-                for peer, vni, i, evi in scan.tunnels:
-                    res.tunnels.append((peer, vni, _Lazy(p, summ.states[i], evi), None))
+            if p.fresh and (scan.local or scan.tunnels):
+                res.pend.append((p, scan))  # its chains to ports and tunnels: see _arrivals
         res.targets = frozenset(targets)
 
-    def _scan(self, summ, tenant: str, host: str) -> "_Scan":
+    def _scan(self, summ, tenant: str, host: str, stack: tuple = ()) -> "_Scan":
         """Which of a summary's branches need composing for `tenant`'s starts on `host`:
         any whose events (output port, VNI, tunnel destination, zone/meter/group ids:
         constants in the summary) could be a violation, or that are not decided by the
-        summary alone (packet-dependent values, drops). Cached on the summary until the
-        facts or ports change (`_update` clears it)."""
+        summary alone (packet-dependent values, drops). Its calls are resolved on `host`
+        and their summaries scanned the same way (a flat branch is a chain of branches:
+        each chain is judged by its links' events, each enough to flag it). Cached on
+        the summary until the facts or ports change (the epoch), or a summary it called
+        is no longer the one memoized."""
         key = (self._epoch, tenant, host)
+        eng = self.engine(host)
         scan = summ.notes.get(key)
-        if scan is not None:
+        if scan is not None and all(eng.summaries.get(k) is s for k, s in scan.subs):
             return scan
         net = self.net
         facts = net.tenants[tenant]
         ext_port = net.external.get(host)
         tunnel = net.tunnel_ofport
+        pa_int = self._pa_int()
         scan = _Scan([], [], [], set())
-        for i, b in enumerate(summ.states):
+        scan.count = len(summ.states)
+        for b in summ.states:
             bad = False
             local, tunnels = [], []
             for evi, ev in enumerate(b.events):
@@ -686,11 +851,11 @@ class Verifier:
                                 tid[0] not in facts.vnis:
                             bad = True
                             continue
-                        peer = self.pa_host.get(hs.from_int("tun_ipv4_dst", dst[0]))
+                        peer = pa_int.get(dst[0])
                         if peer is None:
                             bad = True
                         elif b.fresh:
-                            tunnels.append((peer, tid[0], i, evi))
+                            tunnels.append((peer, tid[0], (b,), evi))
                     elif port == ext_port:
                         bad = True
                     else:
@@ -698,12 +863,9 @@ class Verifier:
                         if ref is None or ref.tenant != tenant:
                             bad = True
                         elif b.fresh:
-                            local.append((ref.port, i))
+                            local.append((ref.port, (b,)))
                 elif k == "res":
-                    _, rk, h, rid, _hop = ev
-                    if (rk == "zone" and rid not in facts.zones) or \
-                            (rk == "group" and rid not in facts.groups) or \
-                            (rk == "meter" and (h, rid) not in facts.meters) or rk not in _RES_KINDS:
+                    if not self._own_res(ev, facts):
                         bad = True
                 elif k != "hairpin":
                     bad = True  # overlap, loop, unsupported: reported with a composed witness
@@ -713,12 +875,41 @@ class Verifier:
                 if not any(note != "group" for _h, _t, _f, note in b.path) or _undeclared(b):
                     bad = True
             if bad:
-                scan.compose.append(i)
+                scan.compose.append((b,))
             else:
                 scan.local.extend(local)
                 scan.tunnels.extend(tunnels)
+        for b, k2 in summ.calls:
+            sub = eng.summary(k2)
+            if sub is summ or sub in stack or len(stack) > 16 or \
+                    any(ev[0] != "res" or not self._own_res(ev, facts) for ev in b.events):
+                scan.compose.append((b, ("run", k2)))  # exactly, on the host: loops, odd shapes
+                scan.count += 1
+                continue
+            sc = self._scan(sub, tenant, host, stack + (summ,))
+            scan.subs.append((k2, sub))
+            scan.subs.extend(sc.subs)
+            scan.deps |= sub.deps
+            scan.deps |= sc.deps
+            scan.count += sc.count
+            scan.targets |= sc.targets
+            scan.compose.extend((b,) + ch for ch in sc.compose)
+            if b.fresh:
+                scan.local.extend((port, (b,) + ch) for port, ch in sc.local)
+                scan.tunnels.extend((peer, vni, (b,) + ch, evi) for peer, vni, ch, evi in sc.tunnels)
+        for port, chain in scan.local:
+            scan.by_port.setdefault(port, []).append(chain)
+        for peer, vni, chain, evi in scan.tunnels:
+            scan.by_peer.setdefault(peer, []).append((vni, chain, evi))
         summ.notes[key] = scan
         return scan
+
+    @staticmethod
+    def _own_res(ev, facts) -> bool:
+        _, rk, h, rid, _hop = ev
+        return not ((rk == "zone" and rid not in facts.zones) or
+                    (rk == "group" and rid not in facts.groups) or
+                    (rk == "meter" and (h, rid) not in facts.meters) or rk not in _RES_KINDS)
 
     def _check_tunnel(self, s, env, ev, facts, tenant, report, res) -> None:
         tid_var = env.get("tunnel_id") or hs.INPUT["tunnel_id"]
@@ -773,10 +964,10 @@ class Verifier:
         facts = self.net.tenants[tenant]
         out, n = [], 0
         by_port = {}
-        for sid, r in self.results.items():
-            if sid[0] == "port" and r.tenant == tenant:
+        for sid in self._by_tenant.get(tenant, ()):
+            if sid[0] == "port":
                 ref = self.net.ports[(sid[1], sid[2])]
-                by_port[ref.port] = (sid, r)
+                by_port[ref.port] = (sid, self.results[sid])
         for a, b in sorted(facts.reach_pairs):
             ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
             if ea is None or eb is None or a not in by_port:
@@ -790,19 +981,45 @@ class Verifier:
             out.append(self._unreachable(tenant, a, b, ea, eb, facts))
         return out, n
 
+    @staticmethod
+    def _arrivals(r: _Result, port: str) -> list:
+        """r's fresh states (or _Lazy) delivered to `port`: those composed by _check, and
+        the chains of its pending scans, composed when first needed."""
+        k = ("arr", port)
+        got = r.lazy.get(k)
+        if got is None:
+            got = list(r.local.get(port, ())) + list(r.delivered.get(port, ()))
+            for p, scan in r.pend:
+                got.extend(_Lazy(p, chain) for chain in scan.by_port.get(port, ()))
+            r.lazy[k] = got
+        return got
+
+    @staticmethod
+    def _tunnels_to(r: _Result, host: str) -> list:
+        """r's fresh tunnel outputs to `host`: [(vni, State or _Lazy, env or None)]."""
+        k = ("tun", host)
+        got = r.lazy.get(k)
+        if got is None:
+            got = [(vni, s, env) for peer, vni, s, env in r.tunnels if peer == host]
+            for p, scan in r.pend:
+                got.extend((vni, _Lazy(p, chain, evi), None)
+                           for vni, chain, evi in scan.by_peer.get(host, ()))
+            r.lazy[k] = got
+        return got
+
     def _reaches(self, r: _Result, b: str, eb: Endpoint) -> bool:
-        for s in r.local.get(b, ()):
+        for s in self._arrivals(r, b):
             s = _state(s)
             if s is not None and s.witness() is not None:
                 return True
-        for peer, vni, s, env in r.tunnels:
-            if peer != eb.host:
-                continue
+        for vni, s, env in self._tunnels_to(r, eb.host):
+            peer = eb.host
             sid = ("tunnel", peer, vni)
             entry = self.results.get(sid)
             if entry is None:
-                entry = self.results[sid] = self._run_start(sid)
-            ts = entry.delivered.get(b, ())
+                entry = self._run_start(sid)
+                self._put(sid, entry, self._is_start(sid))
+            ts = self._arrivals(entry, b)
             if not ts:
                 continue
             if s.__class__ is _Lazy:
@@ -867,12 +1084,25 @@ class Verifier:
                   "hosts": len(self.net.hosts), "tenants": len(self.net.tenants),
                   "flows": sum(len(h.flows) for h in self.net.hosts.values())}
         tenants = set()
-        for sid in self.starts():  # port starts first: their counterexamples read best
-            r = self.results[sid]
-            counts["port_starts" if sid[0] == "port" else "tunnel_starts"] += 1
-            counts["branches"] += r.branches
-            tenants.add(r.tenant)
-            for v in r.violations:
+        if not self._extra:  # every result is a start, and every start has one: the tallies
+            counts["port_starts"], counts["tunnel_starts"] = self._kinds["port"], self._kinds["tunnel"]
+            counts["branches"] = self._branch_sum
+            tenants = {t for t, sids in self._by_tenant.items() if sids}
+            order = []
+            if self._viol:
+                self.starts()
+                order = sorted(self._viol, key=self._starts[1].__getitem__)
+        else:
+            order = []
+            for sid in self.starts():
+                r = self.results[sid]
+                counts["port_starts" if sid[0] == "port" else "tunnel_starts"] += 1
+                counts["branches"] += r.branches
+                tenants.add(r.tenant)
+                if r.violations:
+                    order.append(sid)
+        for sid in order:  # port starts first: their counterexamples read best
+            for v in self.results[sid].violations:
                 if v.key() not in seen:
                     seen.add(v.key())
                     vs.append(v)
@@ -956,21 +1186,33 @@ def _layer_name(layer_id: int) -> str:
 def _default_memo() -> tuple:
     from controller.pipeline import EGRESS, PIPELINE, TUNNEL_ENTRY, LAYERS
     names = [layer.tables[0].name for layer in LAYERS if layer.name == TUNNEL_ENTRY]
+    names.append("dispatch")  # where a switch's ingress ends: per host (local or remote)
     names.append(EGRESS[0].tables[0].name)
     return tuple(n for n in names if n in PIPELINE.by_name)
 
 
-def _affected(deps: frozenset, touched: set) -> bool:
-    if ("*", "*") in touched:
+def _result_affected(r: _Result, touched: set, tables: set, star: set) -> bool:
+    """_affected(r.deps, touched) with r's tables looked up (all, and with no key value)
+    kept on r: set operations instead of a loop over its lookups."""
+    if not r.deps.isdisjoint(touched):
         return True
-    if not deps.isdisjoint(touched):
-        return True
-    tables = {t for t, _ in touched}
-    star = {t for t, k in touched if k == "*"}
-    for t, v in deps:
-        if t in star or (v is None and t in tables):
-            return True
-    return False
+    dt = r.lazy.get("deptables")
+    if dt is None:
+        dt = r.lazy["deptables"] = (frozenset(t for t, _ in r.deps),
+                                    frozenset(t for t, v in r.deps if v is None))
+    return not dt[0].isdisjoint(star) or not dt[1].isdisjoint(tables)
+
+
+def _composed(eng, p, chain) -> list:
+    """p followed by a scan's chain (exactly; a ("run", key) link goes on on the host)."""
+    c = p
+    for x in chain:
+        if x.__class__ is tuple:
+            return eng.continue_at(c, x[1])
+        c = hs.compose(c, x)
+        if c is None:
+            return []
+    return [c]
 
 
 def _restrict_var(s, var, value, mask):

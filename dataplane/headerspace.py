@@ -27,6 +27,16 @@ Runs are memoized at chosen tables (`memo_tables`): the rest of the pipeline fro
 table is run once per concrete value of a few scope registers over the whole header
 space, and composed with each caller's term (substitution + intersection).
 
+Nested summaries (`Engine(nested=True)`): a summary that reaches another memo table in
+tail position does not compose that table's summary but records a *call* (branch, key),
+resolved on the host where the summary is used (`Engine.expand`, or a caller that walks
+the calls itself). What a summary looked up is then only its own part of the pipeline
+(for a logical switch: its L2 and routing tables, not the per-host dispatch), which is
+mostly the same flow objects on every host of the switch: a `SummaryPool` lets engines
+of several hosts share a summary when every lookup its run made (the candidate flows per
+lookup, not only those that matched) and every group it used are the same on the host
+asking (`Summary.trace`), renaming the host in its hops and events.
+
 This module imports nothing else of ours but `dataplane.match_action` (STYLE.md walls).
 """
 from __future__ import annotations
@@ -193,6 +203,8 @@ def minus(cons: dict, negs: tuple, items) -> tuple | None:
     if len(r) == 1 and _single_bit(r[0][2]):
         var, v, m = r[0]
         return conj(cons, negs, ((var, ~v & m, m),))
+    if r in negs:  # already excluded (repeated outputs to one port, say)
+        return cons, negs
     return cons, negs + (r,)
 
 
@@ -369,10 +381,16 @@ def start_state(constants: Mapping[str, object]) -> State:
 # --------------------------------------------------------------------------------------
 
 KEY_FIELDS = ("in_port", "tunnel_id", "reg13")
+KEY2_FIELDS = ("reg15", "reg14", "in_port")  # within a bucket: e.g. a switch's ports
 
 
 class _TableIndex:
-    __slots__ = ("table", "key", "buckets", "wild", "merged", "all", "tunnel_matches")
+    """A table's flows by the value one field (`key`) must have exactly, and within a
+    bucket by a second field (`key2`): a lookup with both values concrete is offered only
+    the flows that can match them (a flow that pins either field to another value cannot
+    match a packet whose field is that constant, so leaving it out changes nothing)."""
+    __slots__ = ("table", "key", "key2", "buckets", "wild", "merged", "merged2", "all",
+                 "tunnel_matches", "flat")
 
     def __init__(self, table, flows: list):
         self.table = table
@@ -386,13 +404,25 @@ class _TableIndex:
                     counts[n] += 1
         best = max(KEY_FIELDS, key=lambda k: counts[k])
         self.key = best if counts[best] * 2 >= len(flows) and counts[best] else None
+        self.key2 = None
+        if self.key is not None:
+            c2 = {k: 0 for k in KEY2_FIELDS if k != self.key}
+            for _p, items, _f in entries:
+                for n, _v, m in items:
+                    if n in c2 and m == FULL[n]:
+                        c2[n] += 1
+            best2 = max(c2, key=lambda k: c2[k])
+            if c2[best2] * 2 >= len(flows):
+                self.key2 = best2
         self.buckets: dict = {}
         self.wild: list = []
         self.tunnel_matches = 0  # flows added that match tunnel_id (not decremented)
         for e in entries:
             self.add(e)
         self.merged: dict = {}
+        self.merged2: dict = {}  # key value -> key2 value -> groups
         self.all = None
+        self.flat: dict = {}  # (key value, key2 value) -> the candidate flows, in order
 
     def add(self, e) -> None:
         for it in e[1]:
@@ -418,8 +448,37 @@ class _TableIndex:
                 del lst[i]
                 break
 
-    def groups_for(self, value):
-        """[(priority, [entries])] highest first, for a concrete key value (None: all)."""
+    def flows_for(self, value, value2=None) -> tuple:
+        """The flows `groups_for` offers, in its order (what a lookup consults)."""
+        k = (value, value2)
+        hit = self.flat.get(k)
+        if hit is None:
+            hit = self.flat[k] = tuple([e[2] for _p, es in self.groups_for(value, value2) for e in es])
+        return hit
+
+    def groups_for(self, value, value2=None):
+        """[(priority, [entries])] highest first, for a concrete key value (None: all),
+        and if given a concrete key2 value: without the flows that pin key2 otherwise."""
+        if value2 is not None and value is not None and self.key2 is not None:
+            per = self.merged2.get(value)
+            if per is None:
+                per = self.merged2[value] = {}
+            hit = per.get(value2)
+            if hit is None:
+                k2, full2 = self.key2, FULL[self.key2]
+                hit = []
+                for prio, es in self.groups_for(value):
+                    keep = []
+                    for e in es:
+                        for n, v, m in e[1]:
+                            if n == k2 and m == full2 and v != value2:
+                                break
+                        else:
+                            keep.append(e)
+                    if keep:
+                        hit.append((prio, keep))
+                per[value2] = hit
+            return hit
         hit = self.merged.get(value) if value is not None else self.all
         if hit is not None:
             return hit
@@ -482,11 +541,14 @@ class IndexedHost:
             else:
                 ti.remove(f)
             ti.all = None
+            ti.flat.clear()
             if k is None:
                 ti.merged.clear()
+                ti.merged2.clear()
                 touched.add((no, "*"))
             else:
                 ti.merged.pop(k, None)
+                ti.merged2.pop(k, None)
                 touched.add((no, k))
         return touched
 
@@ -507,12 +569,121 @@ _NAT_FIELDS = ("ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst
 class Summary:
     """The rest of the pipeline from a memo table over all packets (`states`), the
     lookups it made (`deps`), and `notes`: what callers derived from it (e.g. a
-    verifier's per-tenant scan of the branches' events), dropped with the summary."""
-    __slots__ = ("states", "deps", "notes")
+    verifier's per-tenant scan of the branches' events), dropped with the summary.
 
-    def __init__(self, states, deps):
+    With nested summaries (`Engine(nested=True)`), `calls` holds (state, key): branches
+    that go on, in tail position, into another memo table; each stands for that state
+    followed by the summary `key` names *on the host where it is used* (resolved there,
+    not composed here: `Engine.expand`). `trace` (with a `SummaryPool`): every lookup
+    the summary's own run consulted, {(table, key value): (key field, candidate flows)}
+    and {("G", group id): buckets}, so another host can tell whether the same run on
+    its tables would consult exactly the same flows."""
+    __slots__ = ("states", "deps", "notes", "calls", "trace", "_dtabs")
+
+    def __init__(self, states, deps, calls=(), trace=None):
         self.states, self.deps = states, deps
+        self.calls, self.trace = calls, trace
         self.notes = {}
+        self._dtabs = None
+
+    def affected(self, touched: set, tables: set, star: set) -> bool:
+        """Did a change of these (table, key) lookups touch what this summary looked at?"""
+        if not self.deps.isdisjoint(touched):
+            return True
+        dt = self._dtabs
+        if dt is None:
+            dt = self._dtabs = (frozenset(t for t, _ in self.deps),
+                                frozenset(t for t, v in self.deps if v is None))
+        return not dt[0].isdisjoint(star) or not dt[1].isdisjoint(tables)
+
+
+class SummaryPool:
+    """Summaries shared by the engines of several hosts. A summary computed on one host
+    is reused on another when every lookup its run consulted (the table's key field,
+    and the whole candidate list for the key value: the same flow objects, or flows
+    equal by cookie and text, in the same order) and every group it used are the same
+    there: the run is a function of those alone, so it would be the same run, up to
+    the host's name (renamed). Sound by construction; checked on every reuse."""
+
+    MAX_VARIANTS = 4  # kept per key: more means the key's flows are per host
+
+    def __init__(self):
+        self.by_key: dict = {}  # key -> [(origin host, engine shape, Summary)]
+        self._same: dict = {}  # (id a, id b) -> (a, b): distinct flow objects found equal
+        self.reused = 0
+
+    def find(self, eng: "Engine", key) -> "Summary | None":
+        shape = eng.shape()
+        for origin, sh, summ in self.by_key.get(key, ()):
+            if sh == shape and self._holds(eng.host, summ.trace):
+                self.reused += origin != eng.host.name
+                return summ if origin == eng.host.name else _renamed(summ, origin, eng.host.name)
+        return None
+
+    def add(self, eng: "Engine", key, summ: "Summary") -> None:
+        lst = self.by_key.setdefault(key, [])
+        if len(lst) < self.MAX_VARIANTS:
+            lst.append((eng.host.name, eng.shape(), summ))
+
+    def _holds(self, host: "IndexedHost", trace: dict) -> bool:
+        same = self._same
+        for k, rec in trace.items():
+            if k[0] == "G":
+                if host.groups.get(k[1]) != rec:
+                    return False
+                continue
+            ti = host.tables.get(k[0])
+            if rec is None:
+                if ti is not None:
+                    return False
+                continue
+            kf, kf2, flows = rec
+            if ti is None or ti.key != kf or ti.key2 != kf2:
+                return False
+            got = ti.flows_for(k[1], k[2])
+            if got is flows:
+                continue
+            if len(got) != len(flows):
+                return False
+            for a, b in zip(flows, got):
+                if a is b:
+                    continue
+                if a.cookie != b.cookie:
+                    return False
+                pair = (id(a), id(b))
+                if pair not in same:
+                    if a.body != b.body or _buckets(a) != _buckets(b):
+                        return False
+                    same[pair] = (a, b)  # kept alive: the ids stay theirs
+        return True
+
+
+def _buckets(flow) -> list:
+    """The buckets a flow's group actions carry (not in its text: used when the host
+    has no such group installed)."""
+    return [a.buckets for a in flow.actions if a.__class__ is Group]
+
+
+def _renamed_state(s: State, old: str, new: str) -> State:
+    c = s.copy()
+    c.path = tuple([(new if h == old else h, t, f, n) for h, t, f, n in s.path])
+    if s.events:
+        evs = []
+        for ev in s.events:
+            i = 2 if ev[0] == "res" else 1
+            if ev[i] == old:
+                ev = ev[:i] + (new,) + ev[i + 1:]
+            evs.append(ev)
+        c.events = tuple(evs)
+    if s.chain:
+        c.chain = tuple([(new if h == old else h, t) for h, t in s.chain])
+    return c
+
+
+def _renamed(summ: Summary, old: str, new: str) -> Summary:
+    """The same summary as seen from host `new` (host names in hops and events)."""
+    return Summary(tuple([_renamed_state(b, old, new) for b in summ.states]), summ.deps,
+                   tuple([(_renamed_state(b, old, new), k) for b, k in summ.calls]), summ.trace)
 
 
 class Engine:
@@ -520,16 +691,56 @@ class Engine:
     of the run is summarized per concrete value of `memo_keys` and reused."""
 
     def __init__(self, host: IndexedHost, tunnel_port: int, memo_tables: Iterable[int] = (),
-                 memo_keys: tuple = ("reg13", "reg15", "reg10"), memo: bool = True):
+                 memo_keys: tuple = ("reg13", "reg15", "reg10"), memo: bool = True,
+                 nested: bool = False, pool: SummaryPool | None = None):
         self.host = host
         self.tunnel_port = tunnel_port
         self.memo_tables = frozenset(memo_tables) if memo else frozenset()
         self.memo_keys = memo_keys
+        self.nested = nested  # summaries call other summaries (Summary.calls)
+        self.pool = pool
         self.summaries: dict = {}
         self._busy: set = set()
         self.deps: set = set()  # (table, key value or None) looked up since last reset
         self.lookups = 0
         self._pending: list | None = None  # run_lazy: (state, Summary) not composed
+        self._calls = False  # _pending collects a nested summary's (state, key) calls
+        self._trace: dict | None = None  # the running summary's lookups (with a pool)
+        self._by_dep: dict = {}  # (table, key value) -> summary keys that looked it up
+        self._by_table: dict = {}  # table -> summary keys that looked it up
+
+    def _keep(self, key, summ: Summary) -> None:
+        self.summaries[key] = summ
+        for d in summ.deps:
+            self._by_dep.setdefault(d, set()).add(key)
+            self._by_table.setdefault(d[0], set()).add(key)
+
+    def shape(self) -> tuple:
+        """What, besides the flows looked up, decides the form of a summary."""
+        return (self.memo_tables, self.memo_keys, self.nested)
+
+    def summary(self, key) -> Summary:
+        """The memoized summary for (memo table, memo key values), computed if needed."""
+        summ = self.summaries.get(key)
+        return summ if summ is not None else self._summarize(key)
+
+    def expand(self, state: State, summ: Summary) -> list[State]:
+        """compose(state, b) for every branch of `summ`, its calls resolved on this host
+        and composed too: exactly what running on from `state` at summ's table gives."""
+        out = [c for c in (compose(state, b) for b in summ.states) if c is not None]
+        for b, key in summ.calls:
+            c = compose(state, b)
+            if c is not None:
+                out.extend(self.continue_at(c, key))
+        return out
+
+    def continue_at(self, state: State, key, depth: int = 1) -> list[State]:
+        """The rest of the run from `state` at the memo table of `key`, composed."""
+        outer, self._pending = self._pending, None
+        try:
+            return self.table(state, key[0], depth)
+        finally:
+            self._pending = outer
 
     def invalidate(self, touched: set) -> None:
         """Forget summaries that looked at a changed (table, key)."""
@@ -537,9 +748,15 @@ class Engine:
             return
         tables = {t for t, _ in touched}
         star = {t for t, k in touched if k == "*"}
-        drop = [key for key, s in self.summaries.items()
-                if any(d in touched or d[0] in star or (d[1] is None and d[0] in tables)
-                       for d in s.deps)]
+        cand = set()
+        for d in touched:
+            cand |= self._by_dep.get(d, set())
+        for t in tables:  # a lookup with no key value saw every flow of the table
+            cand |= self._by_dep.get((t, None), set())
+        for t in star:
+            cand |= self._by_table.get(t, set())
+        drop = [key for key in cand if key in self.summaries
+                and self.summaries[key].affected(touched, tables, star)]
         for key in drop:
             del self.summaries[key]
 
@@ -564,20 +781,30 @@ class Engine:
 
     def table(self, st: State, tno: int, depth: int, tail: bool = False) -> list[State]:
         hname = self.host.name
-        if tno in self.memo_tables:
+        if tno in self.memo_tables and depth <= MAX_DEPTH:
             vals = []
             for k in self.memo_keys:
                 vals.append(st.value_of(k))
             key = (tno, tuple(vals))
             if key not in self._busy:
-                summ = self.summaries.get(key)
-                if summ is None:
-                    summ = self._summarize(key)
-                self.deps |= summ.deps
-                if tail and self._pending is not None and not self._busy:
+                if tail and self._pending is not None:
+                    if self._calls:  # a nested summary: resolved where it is used
+                        self._pending.append((st, key))
+                        return []
+                    summ = self.summary(key)
+                    self.deps |= summ.deps
                     self._pending.append((st, summ))
                     return []
-                return [c for c in (compose(st, b) for b in summ.states) if c is not None]
+                summ = self.summary(key)
+                self.deps |= summ.deps
+                if self._trace is not None:
+                    self._trace.update(summ.trace)
+                out = [c for c in (compose(st, b) for b in summ.states) if c is not None]
+                for b, k2 in summ.calls:
+                    c = compose(st, b)
+                    if c is not None:
+                        out.extend(self.table(c, k2[0], depth + 1))
+                return out
         ti = self.host.tables.get(tno)
         tname = ti.table.name if ti is not None else f"table{tno}"
         ck = (hname, tno)
@@ -587,15 +814,21 @@ class Engine:
             s.halted = True
             return [s]
         if ti is None:
+            if self._trace is not None:
+                self._trace[(tno, None, None)] = None
             s = st.copy()
             s.hop(hname, tname, None, "miss")
             return [s]
         self.lookups += 1
-        value = None
+        value = value2 = None
         if ti.key is not None:
             value = st.value_of(ti.key)
+            if ti.key2 is not None and value is not None:
+                value2 = st.value_of(ti.key2)
         self.deps.add((tno, value))
-        groups = ti.groups_for(value)
+        groups = ti.groups_for(value, value2)
+        if self._trace is not None:
+            self._trace[(tno, value, value2)] = (ti.key, ti.key2, ti.flows_for(value, value2))
         cons, negs = st.cons, st.negs
         out: list[State] = []
         chain = st.chain + (ck,)
@@ -645,18 +878,32 @@ class Engine:
         return out
 
     def _summarize(self, key) -> Summary:
+        if self.pool is not None:
+            summ = self.pool.find(self, key)
+            if summ is not None:
+                self.deps |= summ.deps
+                self._keep(key, summ)
+                return summ
         tno, vals = key
         env = {k: (v,) for k, v in zip(self.memo_keys, vals) if v is not None}
         outer = self.deps
+        outer_pending, outer_calls, outer_trace = self._pending, self._calls, self._trace
         self.deps = set()
+        self._pending = [] if self.nested else None
+        self._calls = self.nested
+        self._trace = {} if self.pool is not None else None
         self._busy.add(key)
         try:
-            states = self.table(State(env), tno, 0)
+            states = self.table(State(env), tno, 0, self.nested)
+            calls, trace = self._pending, self._trace
         finally:
             self._busy.discard(key)
+            self._pending, self._calls, self._trace = outer_pending, outer_calls, outer_trace
             deps, self.deps = self.deps, outer | self.deps
-        summ = Summary(tuple(states), frozenset(deps))
-        self.summaries[key] = summ
+        summ = Summary(tuple(states), frozenset(deps), tuple(calls or ()), trace)
+        self._keep(key, summ)
+        if self.pool is not None:
+            self.pool.add(self, key, summ)
         return summ
 
     # ---- actions ---------------------------------------------------------------------
@@ -701,6 +948,8 @@ class Engine:
             return [s]
         if cls is Group:
             s.event(("res", "group", h, act.group_id, len(s.path)))
+            if self._trace is not None:
+                self._trace[("G", act.group_id)] = self.host.groups.get(act.group_id)
             buckets = self.host.groups.get(act.group_id) or act.buckets
             if not buckets:
                 s.event(("unsupported", h, f"group {act.group_id} is not installed", len(s.path)))
@@ -900,17 +1149,21 @@ def compose(st: State, b: State, env_map: Mapping | None = None,
     if b.env:
         env = dict(st.env)
         for f, v in b.env.items():
-            env[f] = m(v)
+            env[f] = v if v.__class__ is tuple else m(v)
         c.env = env
     base = len(st.path)
     if b.events:
         evs = []
+        benv = b.env
         for ev in b.events:
             kind = ev[0]
             if kind == "out":
-                e2 = dict(st.env)
-                for f, v in ev[3].items():
-                    e2[f] = m(v)
+                if ev[3] is benv and benv:  # the env b ended with: mapped above (never mutated)
+                    e2 = c.env
+                else:
+                    e2 = dict(st.env)
+                    for f, v in ev[3].items():
+                        e2[f] = v if v.__class__ is tuple else m(v)
                 port = ev[2]
                 if port.__class__ is tuple:
                     port = ("var", m(port[1]))

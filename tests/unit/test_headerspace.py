@@ -210,3 +210,80 @@ def test_lazy_run_composed_is_the_eager_run():
         assert sorted(map(repr, map(shape, got))) == sorted(map(repr, map(shape, want)))
         assert lazy.deps == eager.deps
     assert lazy_used > 0
+
+
+def _shop_starts(t, a):
+    starts = [(p.host, {**REGS0, "in_port": a.ofport[p.name], "tunnel_id": 0, "tun_ipv4_src": 0,
+                        "tun_ipv4_dst": 0}) for p in t.ports]
+    for h in sorted(HOSTS):
+        peer = next(x for x in sorted(HOSTS) if x != h)
+        for vni in sorted(a.vni.values()):
+            starts.append((h, {**REGS0, "in_port": TUNNEL_OFPORT, "tunnel_id": vni,
+                               "tun_ipv4_src": HOSTS[peer].pa, "tun_ipv4_dst": HOSTS[h].pa}))
+    return starts
+
+
+def _shape(s):
+    evs = tuple((ev[0],) + tuple(x for x in ev[1:] if not isinstance(x, dict)) for ev in s.events)
+    return (tuple(s.path), evs, s.emitted, s.fresh, s.halted)
+
+
+def test_nested_shared_summaries_expand_to_the_eager_run():
+    """Summaries that call other summaries (resolved per host) and are shared between
+    hosts through a pool give, expanded, the branches of the eager run on every host:
+    same paths (host names included), events and verdicts, and the same packets."""
+    tenants = world(DOC, hosts=HOSTS)
+    flows = compile_world(HOSTS, tenants)
+    t, a = tenants["shop"]
+    memo = [PIPELINE["l2_lookup"].number, PIPELINE["dispatch"].number, PIPELINE["lb_reply"].number]
+    pool = hs.SummaryPool()
+    nested = {h: hs.Engine(hs.IndexedHost(h, flows[h].values()), TUNNEL_OFPORT, memo,
+                           ("reg13", "reg15"), nested=True, pool=pool) for h in sorted(HOSTS)}
+    calls = 0
+    for host, consts in _shop_starts(t, a):
+        eager = hs.Engine(hs.IndexedHost(host, flows[host].values()), TUNNEL_OFPORT)
+        want = eager.run(hs.start_state(consts))
+        eng = nested[host]
+        finals, pending = eng.run_lazy(hs.start_state(consts))
+        got = list(finals)
+        for p, summ in pending:
+            calls += len(summ.calls)
+            got.extend(eng.expand(p, summ))
+        assert sorted(map(repr, map(_shape, got))) == sorted(map(repr, map(_shape, want)))
+        for s in want:  # each eager branch's witness input lies in a nested branch with its shape
+            sol = s.witness()
+            if sol is None:
+                continue
+            inp = s.input_packet(sol)
+            assert any(_shape(g) == _shape(s) and _admits(g, inp) for g in got), _shape(s)
+    assert calls > 0 and pool.reused > 0
+
+
+def test_pool_does_not_share_a_summary_whose_flows_differ():
+    """A summary is reused on another host only if every lookup it made offers the same
+    flows there: one planted flow in a consulted table makes the host compute its own."""
+    from dataplane.match_action import Flow, Output
+    tenants = world(DOC, hosts=HOSTS)
+    flows = compile_world(HOSTS, tenants)
+    t, a = tenants["shop"]
+    l2 = PIPELINE["l2_lookup"]
+    memo = [l2.number, PIPELINE["dispatch"].number, PIPELINE["lb_reply"].number]
+    h1, h2 = sorted(HOSTS)[:2]
+    sw = t.ports[0].switch
+    planted = Flow(l2, 300, Match.of(reg13=a.vni[sw], eth_dst="02:99:00:00:00:01"),
+                   (Output(77),), layer_id=4, tenant_id=a.tenant_id, rule="planted")
+    pool = hs.SummaryPool()
+    e1 = hs.Engine(hs.IndexedHost(h1, flows[h1].values()), TUNNEL_OFPORT, memo, ("reg13", "reg15"),
+                   nested=True, pool=pool)
+    e2 = hs.Engine(hs.IndexedHost(h2, list(flows[h1].values()) + [planted]), TUNNEL_OFPORT, memo,
+                   ("reg13", "reg15"), nested=True, pool=pool)
+    e3 = hs.Engine(hs.IndexedHost(h2, flows[h1].values()), TUNNEL_OFPORT, memo, ("reg13", "reg15"),
+                   nested=True, pool=pool)
+    key = (l2.number, (a.vni[sw], 0))
+    s1 = e1.summary(key)
+    s2 = e2.summary(key)
+    assert any(f is planted for b in s2.states for _h, _t, f, _n in b.path)
+    assert not any(f is planted for b in s1.states for _h, _t, f, _n in b.path)
+    s3 = e3.summary(key)  # the same flows as h1: shared, with h2's name in every hop
+    assert pool.reused == 1 and len(s3.states) == len(s1.states)
+    assert all(hh == h2 for b in s3.states + tuple(b for b, _k in s3.calls) for hh, *_ in b.path)

@@ -52,10 +52,20 @@ def install_rate(lab: Lab, tenants: int = 60, repeats: int = 3, log=print) -> di
     env = lab.ovs_env(p.name)
 
     def ofctl(*args):
-        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], env=env, check=True,
-                              capture_output=True, text=True, timeout=300).stdout
+        p = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], env=env,
+                           capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"ovs-ofctl {' '.join(args)}: {p.stderr.strip()}")
+        return p.stdout
 
     rows = call(lab.api_path, "flows", host=p.name, read_switch=False)["flows"]
+    from controller.layers.qos import BUM_METER_BASE, bum_meter_for
+    meters = {}
+    for r in rows:  # the BUM meters the bench tenants' flood flows use (no rate limits here)
+        for part in r["flow"].split("meter:")[1:]:
+            mid = int(part.split(",")[0])
+            m = bum_meter_for(mid - BUM_METER_BASE, None)
+            meters[mid] = (m.rate_kbps, m.burst_kb, m.unit)
     text = "".join(f"cookie={r['cookie']},{r['flow']}\n" for r in rows)
     ctl_times, ofctl_times = [], []
     with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as f:
@@ -73,6 +83,11 @@ def install_rate(lab: Lab, tenants: int = 60, repeats: int = 3, log=print) -> di
             db.vsctl("del-controller", INTEGRATION_BRIDGE)
             _wait(lambda: not _host(lab, p.name)["connected"], 30, "disconnect", 0.02)
             ofctl("del-flows", INTEGRATION_BRIDGE)
+            have = ofctl("dump-meters", INTEGRATION_BRIDGE)
+            for mid, (rate, burst, unit) in meters.items():  # the flows' meters, as the controller makes them
+                if f"meter={mid} " not in have:
+                    ofctl("add-meter", INTEGRATION_BRIDGE,
+                          f"meter={mid},{unit},burst,bands=type=drop,rate={rate},burst_size={burst}")
             t0 = time.perf_counter()
             ofctl("--bundle", "add-flows", INTEGRATION_BRIDGE, f.name)
             ofctl_times.append(time.perf_counter() - t0)

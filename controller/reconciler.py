@@ -108,8 +108,7 @@ def plan(installed: dict, desired: dict, delta: tuple | None = None) -> tuple[li
             if want is not None and installed.get(i) != want and i not in seen:
                 seen.add(i)
                 adds.append(want)
-    order = lambda f: (f.table.number, -f.priority, f.cookie)  # noqa: E731 - deterministic bundles
-    return sorted(dels, key=order), sorted(adds, key=order)
+    return dels, adds  # in the desired state's own (compile) order: deterministic, and no sort
 
 
 def reconcile(st: HostState, desired: dict, delta: tuple | None = None) -> int | None:

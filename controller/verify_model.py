@@ -1,0 +1,258 @@
+"""`nvctl verify`'s input and output as plain values: the network (hosts' tables, who
+owns which port, each tenant's facts: VNIs, zones, meters, groups, owned provider
+addresses, the pairs its topology connects) and the report (violations with their
+counterexamples). `controller.verify` proves the checks over them.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from dataplane.match_action import Group, Meter
+
+TUNNEL_OFPORT = 1
+
+
+# --------------------------------------------------------------------------------------
+# Input: the network as plain values
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortRef:
+    tenant: str
+    port: str
+    switch: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a port is and how it sends (for reachability witnesses)."""
+    host: str
+    ofport: int
+    mac: str
+    ip: str
+    switch: str
+
+
+@dataclass
+class HostTables:
+    pa: str
+    flows: list
+    groups: dict = field(default_factory=dict)  # group id -> list of bucket action tuples
+    meters: dict = field(default_factory=dict)  # meter id -> (rate, burst)
+
+
+@dataclass
+class TenantFacts:
+    tenant_id: int
+    vnis: frozenset
+    zones: frozenset
+    meters: frozenset  # (host, meter id): meter ids are per host
+    groups: frozenset
+    owned_external: frozenset  # IPv4 addresses (text)
+    reach_pairs: frozenset  # (port, port) that must reach each other (one way each)
+    endpoints: dict = field(default_factory=dict)  # port -> Endpoint
+    router_macs: dict = field(default_factory=dict)  # switch -> its router port's MAC
+
+
+@dataclass
+class Network:
+    hosts: dict  # name -> HostTables
+    ports: dict  # (host, ofport) -> PortRef
+    tenants: dict  # name -> TenantFacts
+    tunnel_ofport: int = TUNNEL_OFPORT
+    external: dict = field(default_factory=dict)  # host -> ofport of the provider network
+
+
+def _as_flow_list(flows) -> list:
+    if isinstance(flows, Mapping):
+        return list(flows.values())
+    return list(flows)
+
+
+def _carriers(flows) -> set:
+    """Cookies of the flows with a group or meter action."""
+    out = set()
+    for f in flows:
+        for a in f.actions:
+            c = a.__class__
+            if c is Group or c is Meter:
+                out.add(f.cookie)
+                break
+    return out
+
+
+def _carries_groups(flows) -> bool:
+    for f in flows:
+        for a in f.actions:
+            if a.__class__ is Group or a.__class__ is Meter:
+                return True
+    return False
+
+
+def host_tables(pa: str, flows) -> HostTables:
+    """A host's tables; groups and meters as the flows carry them (a group id used with
+    two bucket sets keeps the last, as a switch would after both were sent)."""
+    fl = _as_flow_list(flows)
+    groups, meters = {}, {}
+    for f in fl:
+        for a in f.actions:
+            c = a.__class__  # Group and Meter have no subclasses
+            if c is Group:
+                groups[a.group_id] = list(a.buckets)
+            elif c is Meter:
+                meters[a.meter_id] = (a.rate_kbps, a.burst_kb)
+    return HostTables(pa, fl, groups, meters)
+
+
+def network_from_compiled(hosts: Mapping, tenants: Mapping, flows_per_host: Mapping) -> Network:
+    """From what `compile_world(hosts, tenants)` takes, and flows per host (its result, or
+    flows read back from the switches: {host: {cookie: Flow}} or {host: [Flow]})."""
+    net_hosts = {h: host_tables(hosts[h].pa, flows_per_host.get(h, ())) for h in hosts}
+    ports, facts = {}, {}
+    for name, (t, a) in tenants.items():
+        f, refs = tenant_facts(t, a, hosts)
+        facts[name] = f
+        ports.update(refs)
+    external = {h.name: h.external[0] for h in hosts.values() if h.external}
+    return Network(net_hosts, ports, facts, TUNNEL_OFPORT, external)
+
+
+def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
+    """(facts, {(host, ofport): PortRef}) of one tenant from its model and allocation."""
+    placed = [p for p in t.ports if p.host in hosts]
+    refs = {(p.host, a.ofport[p.name]): PortRef(t.name, p.name, p.switch) for p in placed}
+    owned = {str(r.external_ip) for r in t.routers if r.external_ip is not None}
+    owned |= {str(n.external_ip) for n in t.nat if n.type == "floating-ip"}
+    endpoints = {p.name: Endpoint(p.host, a.ofport[p.name], p.mac, str(p.ip), p.switch) for p in placed}
+    router_macs = {rp.switch: rp.mac for r in t.routers for rp in r.ports}
+    facts = TenantFacts(
+        tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
+        meters=frozenset(_port_meters(placed, a)),
+        groups=frozenset(a.group.values()), owned_external=frozenset(owned),
+        reach_pairs=frozenset(reach_pairs(t, placed)), endpoints=endpoints, router_macs=router_macs)
+    return facts, refs
+
+
+def _port_meters(ports, a) -> set:
+    """(host, meter id) the qos layer gives each port: its rate limit (id = ofport) and,
+    where the layer has one, its broadcast/unknown-traffic meter."""
+    from controller.layers import qos
+    base = getattr(qos, "BUM_METER_BASE", None)
+    out = set()
+    for p in ports:
+        if p.rate_limit_mbps is not None:
+            out.add((p.host, a.ofport[p.name]))
+        if base is not None:
+            out.add((p.host, base + a.ofport[p.name]))
+    return out
+
+
+def reach_pairs(t, ports=None) -> set:
+    """Ordered pairs (a, b) of ports the topology connects (same switch, or switches of
+    one router) and that no ACL necessarily separates: neither a's from-port rules nor
+    b's to-port rules, read by priority, reach a deny that matches every a->b packet
+    before an allow that could match one."""
+    from controller.layers.acl import guarded_ports
+    ports = list(t.ports if ports is None else ports)
+    guarded = guarded_ports(t)
+    joined = set()
+    for r in t.routers:
+        sws = {rp.switch for rp in r.ports}
+        joined |= {(x, y) for x in sws for y in sws}
+    out = set()
+    for a in ports:
+        for b in ports:
+            if a.name == b.name:
+                continue
+            if a.switch != b.switch and (a.switch, b.switch) not in joined:
+                continue
+            if _separated(guarded.get(a.name, {}).get("from-port", []), a, b) or \
+                    _separated(guarded.get(b.name, {}).get("to-port", []), a, b):
+                continue
+            out.add((a.name, b.name))
+    return out
+
+
+def _separated(rules, a, b) -> bool:
+    for r in sorted(rules, key=lambda r: -r.priority):
+        if r.src and not any(a.ip in n for n in r.src):
+            continue
+        if r.dst and not any(b.ip in n for n in r.dst):
+            continue
+        if r.action != "deny":
+            return False
+        if r.protocol is None and not r.src_ports and not r.dst_ports:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# Output: violations and the report
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Violation:
+    kind: str
+    tenants: list
+    message: str
+    host: str = ""
+    in_port: int | None = None
+    packet: dict = field(default_factory=dict)  # the counterexample's header values
+    path: list = field(default_factory=list)  # [{host, table, priority, rule, flow, cookie, note}]
+    flow: str = ""  # the deciding flow, ovs-ofctl text with cookie
+    cookie: str = ""
+
+    def key(self) -> tuple:
+        return (self.kind, tuple(self.tenants), self.host, self.cookie, self.message)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "tenants": list(self.tenants), "message": self.message,
+                "host": self.host, "in_port": self.in_port, "packet": self.packet,
+                "path": self.path, "flow": self.flow, "cookie": self.cookie}
+
+    def format(self) -> str:
+        lines = [f"VIOLATION {self.kind} [{', '.join(self.tenants)}]: {self.message}"]
+        if self.packet:
+            pk = ",".join(f"{k}={v}" for k, v in self.packet.items())
+            lines.append(f"  packet (in_port={self.in_port} on {self.host}): {pk}")
+        host = None
+        for hop in self.path:
+            if hop["host"] != host:
+                host = hop["host"]
+                lines.append(f"  == {host}")
+            if hop.get("flow"):
+                lines.append(f"    {hop['table']:<14} prio {hop['priority']:<5} {hop['rule']:<50} "
+                             f"cookie={hop['cookie']}")
+            else:
+                lines.append(f"    {hop['table']:<14} {hop.get('note') or ''}")
+        if self.flow:
+            lines.append(f"  deciding flow: {self.flow}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    ok: bool
+    violations: list
+    checked: dict
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "violations": [v.to_json() for v in self.violations],
+                "checked": dict(self.checked), "seconds": round(self.seconds, 4)}
+
+    def format(self) -> str:
+        c = self.checked
+        head = (f"verify: {'OK' if self.ok else 'VIOLATIONS'}: {len(self.violations)} violation(s); "
+                f"checked {c.get('port_starts', 0)} ports, {c.get('tunnel_starts', 0)} tunnel entries, "
+                f"{c.get('reach_pairs', 0)} reachable pairs, {c.get('branches', 0)} packet classes "
+                f"in {self.seconds:.2f}s")
+        return "\n\n".join([head] + [v.format() for v in self.violations])

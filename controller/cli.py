@@ -160,6 +160,9 @@ def cmd_tenant_show(a):
 
 def cmd_flows(a):
     r = call(_api(a), "flows", host=a.host)
+    if a.tenant:
+        r["flows"] = [f for f in r["flows"] if f["tenant"] == a.tenant]
+        r["unexpected"] = [u for u in r["unexpected"] if u["tenant"] == a.tenant]
     if a.json:
         return _print(r, True)
     table = None

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from controller import verify as vf
 from controller.compiler import TUNNEL_OFPORT
-from tep.driver import _db, external_ids
+from tep.driver import host_db
 from tep.ovs import TUNNEL_PORT_NAME, OvsError
 
 
@@ -68,7 +68,7 @@ def gather(core, hosts: list[str]) -> tuple[dict, list[dict], list[str]]:
         info = core.hosts[h].info
         if info.get("ovsdb"):
             try:
-                problems.extend(check_interfaces(h, core.hosts[h].pa, _db(info).interfaces(), expected[h]))
+                problems.extend(check_interfaces(h, core.hosts[h].pa, host_db(info).interfaces(), expected[h]))
             except OvsError as ex:
                 errors.append(f"{h}: reading its ports over OVSDB failed: {ex}")
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -30,7 +30,7 @@ class Attachment:
     mtu: int = 1500  # the workload's interface MTU: its switch's
 
 
-def _db(info: dict) -> Ovsdb:
+def host_db(info: dict) -> Ovsdb:
     """The host's OVSDB: a local socket for lab hosts, ssl: for hosts that joined."""
     tls = info.get("ovsdb_tls")
     return Ovsdb(info["ovsdb"], tuple(tls) if tls else None)
@@ -82,7 +82,7 @@ class LabDriver:
             return
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
-        _db(info).plug(ifname, a.ofport, external_ids(a))
+        host_db(info).plug(ifname, a.ofport, external_ids(a))
         workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu)
 
     def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
@@ -95,7 +95,7 @@ class LabDriver:
             return
         ns = workload_namespace(dst["prefix"], new.tenant, new.port)
         ifname = host_ifname(new.tenant, new.port)
-        db = _db(dst)
+        db = host_db(dst)
         db.plug(ifname, new.ofport, external_ids(new))
         workload.attach(ns, dst["netns"], ifname, max(workload.VETH_MTU, new.mtu))
         deadline = time.monotonic() + timeout
@@ -110,7 +110,7 @@ class LabDriver:
         if src is None:
             return
         workload.detach(workload_namespace(src["prefix"], old.tenant, old.port), src["netns"])
-        _db(src).unplug(host_ifname(old.tenant, old.port), wait=False)
+        host_db(src).unplug(host_ifname(old.tenant, old.port), wait=False)
 
     def move(self, old: Attachment, new: Attachment) -> None:
         """Re-home a workload (a tenant apply that changed its host): attach, detach."""
@@ -126,7 +126,7 @@ class LabDriver:
         if info is None:
             return
         ifname = host_ifname(a.tenant, a.port)
-        _db(info).unplug(ifname)
+        host_db(info).unplug(ifname)
         workload.delete_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"], ifname)
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:

@@ -111,10 +111,11 @@ def plan(installed: dict, desired: dict, delta: tuple | None = None) -> tuple[li
     return dels, adds  # in the desired state's own (compile) order: deterministic, and no sort
 
 
-def reconcile(st: HostState, desired: dict, delta: tuple | None = None) -> int | None:
+def reconcile(st: HostState, desired: dict, delta: tuple | None = None, found: dict | None = None) -> int | None:
     """Bring one host's switch to `desired` (identity -> Flow). Returns the OpenFlow
     messages sent (flow-, meter- and group-mods), or None when the host is not connected
-    or refused the change (see st.error). Call with st.lock held."""
+    or refused the change (see st.error). With `found`, the differences the plan saw are
+    counted into it (missing, unexpected, changed flows). Call with st.lock held."""
     s = st.session
     if s is None:
         return None
@@ -125,6 +126,9 @@ def reconcile(st: HostState, desired: dict, delta: tuple | None = None) -> int |
         if delta is None:  # a full sync runs outside the core's mutex: a snapshot, as intent may change
             desired = dict(desired)
         dels, adds = plan(st.installed, desired, delta)
+        if found is not None:
+            changed = sum(1 for f in adds if f.identity in st.installed)
+            found.update(missing=len(adds) - changed, unexpected=len(dels), changed=changed)
         if delta is None:
             want_meters = meters_of(desired.values())
             want_groups = groups_of(desired.values())
@@ -203,8 +207,8 @@ def audit(st: HostState, desired: dict) -> tuple[int | None, dict]:
         st.forget()
         st.error = str(e)
         return None, {}
-    diff = differences(st.installed, desired)
-    n = reconcile(st, desired)
+    diff: dict = {}
+    n = reconcile(st, desired, found=diff)
     if n:
         st.drift_corrected += n
     return n, diff

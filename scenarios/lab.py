@@ -34,7 +34,10 @@ OF_PORT = 6653
 CONTROLLER_IP = "198.51.100.1"
 MGMT_PREFIX = "198.51.100."
 UNDERLAY_PREFIX = "192.0.2."
-UNDERLAY_MTU = 1500  # as on nearly every real host; `lab up --underlay-mtu N` for others
+# 1600 for now: on a 1500-byte underlay (as on real hosts; `lab up --underlay-mtu 1500`)
+# TCP and pings work, but a live migration under 100 Mbit/s of TCP loses 1-6 pings per
+# 4 moves (0 on 1600), and that is not understood yet.
+UNDERLAY_MTU = 1600
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
 EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
 OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop

@@ -100,8 +100,9 @@ def test_joined_host_carries_tenant_traffic(joined):
     assert all(r == (3, 3) for r in res.values()), res
     # the join read hv3's uplink MTU, and its workload got what that underlay carries
     hv3 = next(h for h in nvctl_json(lb, "hosts") if h["name"] == "hv3")
-    assert (hv3["uplink_mtu"], hv3["overlay_mtu"]) == (1500, 1450), hv3
-    assert " mtu 1450 " in in_ns(f"{lb.prefix}j.c", "ip", "-o", "link", "show", "eth0", check=True).stdout
+    assert (hv3["uplink_mtu"], hv3["overlay_mtu"]) == (lb.underlay_mtu, lb.underlay_mtu - 50), hv3
+    assert f" mtu {lb.underlay_mtu - 50} " in in_ns(f"{lb.prefix}j.c", "ip", "-o", "link", "show", "eth0",
+                                                  check=True).stdout
 
 
 def test_controller_restart_keeps_joined_host_with_no_changes(joined):

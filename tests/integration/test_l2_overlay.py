@@ -48,18 +48,18 @@ def test_every_intra_tenant_pair_pings_same_host_and_across_hosts(lab, tenants):
     assert not lost, f"pings with loss (received, sent): {lost}"
 
 
-def test_workloads_get_the_mtu_a_1500_byte_underlay_carries(lab, tenants):
-    """The lab's underlay is 1500 bytes, as on real hosts: workloads get 1450 (VXLAN's
-    50 bytes less), and a full-size packet of that MTU crosses hosts with DF set."""
-    assert lab.underlay_mtu == 1500
+def test_workloads_get_the_mtu_their_underlay_carries(lab, tenants):
+    """Workloads get the underlay's MTU less VXLAN's 50 bytes, and a full-size packet of
+    that MTU crosses hosts with DF set."""
+    want = lab.underlay_mtu - 50
     blue = ports(tenants["blue"])
-    assert tenants["blue"]["mtu"] == {"web": 1450}
+    assert tenants["blue"]["mtu"] == {"web": want}
     link = in_ns(blue["vm1"]["namespace"], "ip", "-o", "link", "show", "eth0", check=True).stdout
-    assert " mtu 1450 " in link, link
+    assert f" mtu {want} " in link, link
     src, dst = blue["vm1"], blue["vm2"]
     assert src["host"] != dst["host"]
-    ok = in_ns(src["namespace"], "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", dst["ip"])
-    assert ok.returncode == 0 and "2 received" in ok.stdout, ok.stdout + ok.stderr  # 1422 + 28 = 1450
+    ok = in_ns(src["namespace"], "ping", "-c", "2", "-W", "2", "-M", "do", "-s", str(want - 28), dst["ip"])
+    assert ok.returncode == 0 and "2 received" in ok.stdout, ok.stdout + ok.stderr
 
 
 def test_no_packet_of_one_tenant_reaches_the_other(lab, tenants):

@@ -18,10 +18,8 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from controller.api import call
@@ -153,18 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     a = ap.parse_args(argv)
-    d = tempfile.mkdtemp(prefix="nvflood-")
-    lab = Lab(d, log=lambda m: print(m, flush=True))
-    try:
-        lab.up(hosts=3)
-        res = flood(lab, a.repeats, a.seconds)
-    finally:
-        lab.down(quiet=True)
-        shutil.rmtree(d, ignore_errors=True)
+    from bench.run import _on_fresh_lab
+    res = _on_fresh_lab(lambda lab: flood(lab, a.repeats, a.seconds))
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
-    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "flood.json"), "w") as f:
-        json.dump(res, f, indent=1)
     return 0
 
 

@@ -222,10 +222,12 @@ class Ovn:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+from controller.core import VXLAN_OVERHEAD  # noqa: E402
+
 # Every side gets the MTU its encapsulation leaves on the lab's underlay, as nvctl's own
 # workloads do: VXLAN over IPv4 50 bytes; OVN's Geneve with its option 58 (what OVN's
 # own documentation has a VM use on a 1500-byte network: 1442).
-VXLAN_OVERHEAD, GENEVE_OVERHEAD = 50, 58
+GENEVE_OVERHEAD = 58
 
 
 def _ovn_port_cmds(p: dict) -> list[str]:

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from controller.core import VXLAN_OVERHEAD
 from scenarios.lab import HostPlan
 from tests.integration.conftest import fresh_compile_changes, running_lab
 from tests.integration.helpers import ROOT, apply_yaml, in_ns, nvctl, nvctl_json, ping_many
@@ -100,8 +101,8 @@ def test_joined_host_carries_tenant_traffic(joined):
     assert all(r == (3, 3) for r in res.values()), res
     # the join read hv3's uplink MTU, and its workload got what that underlay carries
     hv3 = next(h for h in nvctl_json(lb, "hosts") if h["name"] == "hv3")
-    assert (hv3["uplink_mtu"], hv3["overlay_mtu"]) == (lb.underlay_mtu, lb.underlay_mtu - 50), hv3
-    assert f" mtu {lb.underlay_mtu - 50} " in in_ns(f"{lb.prefix}j.c", "ip", "-o", "link", "show", "eth0",
+    assert (hv3["uplink_mtu"], hv3["overlay_mtu"]) == (lb.underlay_mtu, lb.underlay_mtu - VXLAN_OVERHEAD), hv3
+    assert f" mtu {lb.underlay_mtu - VXLAN_OVERHEAD} " in in_ns(f"{lb.prefix}j.c", "ip", "-o", "link", "show", "eth0",
                                                   check=True).stdout
 
 

@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from controller.layers.qos import BUM_METER_BASE
 from scenarios.netutil import iperf3
 from tests.integration.helpers import ROOT, apply_yaml, nvctl_json
 
@@ -42,7 +43,7 @@ def test_removing_the_limit_removes_the_meter(lab, blue):
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", "br-int"], capture_output=True,
                          text=True, env=lab.ovs_env("hv1"), check=True).stdout
     assert f"meter={blue['vm1']['ofport']} " not in out  # the ports' BUM meters (pktps) stay
-    assert f"meter={(1 << 16) + blue['vm1']['ofport']} pktps" in out
+    assert f"meter={BUM_METER_BASE + blue['vm1']['ofport']} pktps" in out
     hosts = nvctl_json(lab, "hosts")
     assert all(h["in_sync"] for h in hosts), hosts
 

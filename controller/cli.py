@@ -22,7 +22,7 @@ import textwrap
 
 from controller.api import ApiClientError, call
 from tep.join import DEFAULT_DB
-from scenarios.lab import Lab, LabError, state_dir_from
+from scenarios.lab import UNDERLAY_MTU, Lab, LabError, state_dir_from
 
 
 def _api(args) -> str:
@@ -388,9 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = ls.add_parser("up", help="create hosts hv1..hvN and start the controller", parents=[common])
     p.add_argument("--hosts", type=int, default=3, help="number of hypervisors (default 3)")
-    p.add_argument("--underlay-mtu", type=int, default=1600, metavar="N",
-                   help="MTU of every host's uplink and the underlay switch (default 1600; real hosts "
-                        "have 1500); workloads get N - 50 (VXLAN over IPv4)")
+    p.add_argument("--underlay-mtu", type=int, default=UNDERLAY_MTU, metavar="N",
+                   help=f"MTU of every host's uplink and the underlay switch (default {UNDERLAY_MTU}, "
+                        "as on real hosts); workloads get N - 50 (VXLAN over IPv4)")
     p.set_defaults(fn=cmd_lab_up)
     ls.add_parser("status", help="processes, connections and flow sync per host",
                   parents=[common]).set_defaults(fn=cmd_lab_status)

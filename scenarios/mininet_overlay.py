@@ -48,6 +48,7 @@ from scenarios.lab import (CONTROLLER_IP, OF_PORT, UNDERLAY_MTU, HostPlan, LabEr
                            spawn_controller, wait_synced, warm_underlay)
 from tep.driver import Attachment, attachments_of, external_ids
 from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run, start_instance
+from tep.rxqueue import deepen_instance
 from tep.workload import IPV4_ONLY
 from topology.schema import validate
 
@@ -349,6 +350,8 @@ class Overlay:
             for name, a in wanted.items():
                 self._attach(a, self.ports[model.name][name])
         wait_synced(self.api_path, self.timeout)
+        for h in self.topo.hypervisors:  # every port is open now: a NIC's queue, not 92 frames
+            deepen_instance(self.net[h].rundir)
         self.log(f"[mininet] overlay up in {time.monotonic() - t0:.1f}s (state {self.dir})")
 
     def _attach(self, a: Attachment, p: dict) -> None:

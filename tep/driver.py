@@ -11,7 +11,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from tep import workload
+from tep import rxqueue, workload
 from tep.ovs import Ovsdb
 
 
@@ -62,6 +62,13 @@ def host_ifname(tenant: str, port: str) -> str:
     return "w" + hashlib.blake2b(f"{tenant}/{port}".encode(), digest_size=5).hexdigest()
 
 
+def _deepen(info: dict) -> None:
+    """The lab host's switch reads its ports through sockets that hold 92 frames by
+    default; give the ones it has opened by now a NIC's queue (tep/rxqueue.py)."""
+    if info.get("rundir"):
+        rxqueue.deepen_instance(info["rundir"])
+
+
 class LabDriver:
     def __init__(self, hosts: dict):
         self.hosts = hosts  # host name -> HostRecord (shared with the core)
@@ -84,6 +91,7 @@ class LabDriver:
         ifname = host_ifname(a.tenant, a.port)
         host_db(info).plug(ifname, a.ofport, external_ids(a))
         workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu)
+        _deepen(info)
 
     def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
         """Make: the workload gets a second attachment, into the destination's br-int
@@ -103,6 +111,7 @@ class LabDriver:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{new.host}: OVS did not open {ifname} as ofport {new.ofport} in {timeout:.0f}s")
             time.sleep(0.005)
+        _deepen(dst)  # the new port's socket is open now
 
     def finish_move(self, old: Attachment) -> None:
         """Break: after every host forwards to the new place, the old attachment goes."""

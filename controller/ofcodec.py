@@ -10,10 +10,13 @@ the verifier refuse to guess about.
 """
 from __future__ import annotations
 
+import struct
+
 from os_ken.ofproto import nicira_ext, ofproto_v1_3 as ofp, ofproto_v1_3_parser as parser
 
-from dataplane.match_action import (FIELDS, IN_PORT, Ct, DecTtl, Flow, Goto, Group, Match, Meter,
-                                    Move, Nat, Opaque, Output, Pipeline, Resubmit, SetField, Table)
+from dataplane.match_action import (CONTROLLER, FIELDS, IN_PORT, CheckPktLarger, Ct, DecTtl, Flow, Goto,
+                                    Group, Match, Meter, Move, Nat, Opaque, Output, Pipeline, Resubmit,
+                                    SetField, Table)
 
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 OFP10_IN_PORT = 0xFFF8
@@ -30,6 +33,34 @@ class PaddedNAT(parser.NXActionNAT):
         return data + bytes((-(10 + len(data))) % 8)
 
 
+class NXActionCheckPktLarger(parser.NXAction):
+    """NXAST_CHECK_PKT_LARGER (OVS 2.12+), which os-ken 4.2 does not know: after the
+    Nicira header, pkt_len (16 bits), the result's bit offset (16 bits) and the
+    destination's NXM header (32 bits), padded to 24 bytes in all. Registers only."""
+
+    _subtype = 49
+    _fmt_str = "!HHI6x"
+
+    def __init__(self, pkt_len, dst, ofs, type_=None, len_=None, experimenter=None, subtype=None):
+        super().__init__()
+        self.pkt_len, self.dst, self.ofs = pkt_len, dst, ofs
+
+    @classmethod
+    def parser(cls, buf):
+        pkt_len, ofs, header = struct.unpack_from(cls._fmt_str, buf, 0)
+        cls_, field, length = header >> 16, (header >> 9) & 0x7F, header & 0xFF
+        if cls_ != 0x0001 or length != 4 or field > 15:
+            return cls(pkt_len, f"nxm:{header:08x}", ofs)
+        return cls(pkt_len, f"reg{field}", ofs)
+
+    def serialize_body(self):
+        n = int(self.dst[3:])  # NXM_NX_REGn: class 0x0001, field n, 4 bytes
+        return struct.pack(self._fmt_str, self.pkt_len, self.ofs, (0x0001 << 16) | (n << 9) | 4)
+
+
+parser.NXAction.register(NXActionCheckPktLarger)
+
+
 # --------------------------------------------------------------------------------------
 # Values -> os-ken messages
 # --------------------------------------------------------------------------------------
@@ -43,8 +74,12 @@ def to_match(parser, m: Match):
 
 def to_action(parser, ofp, a):
     if isinstance(a, Output):
+        if a.port == CONTROLLER:  # the whole packet, never buffered
+            return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)
         port = ofp.OFPP_IN_PORT if a.port == IN_PORT else a.port
         return parser.OFPActionOutput(port, 0)
+    if isinstance(a, CheckPktLarger):
+        return NXActionCheckPktLarger(a.length, a.field, a.bit)
     if isinstance(a, SetField):
         if a.mask is None:
             return parser.OFPActionSetField(**{a.field: a.value})
@@ -165,7 +200,11 @@ def from_action(a, pipeline: Pipeline):
 def _from_action(a, pipeline: Pipeline):
     t = type(a)
     if t is parser.OFPActionOutput:
+        if a.port == ofp.OFPP_CONTROLLER:
+            return Output(CONTROLLER) if a.max_len == ofp.OFPCML_NO_BUFFER else Opaque(f"controller:{a.max_len}")
         return Output(IN_PORT if a.port == ofp.OFPP_IN_PORT else a.port)
+    if t is NXActionCheckPktLarger:
+        return CheckPktLarger(a.pkt_len, a.dst, a.ofs)
     if t is parser.OFPActionSetField:
         return SetField(_field(a.key), a.value)
     if t is parser.NXActionRegLoad:

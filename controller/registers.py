@@ -50,6 +50,7 @@ SLOTS: tuple[Slot, ...] = (
     Slot("from_tunnel", "reg10", 0, 1, "1 when the packet arrived over VXLAN from another host"),
     Slot("nexthop", "reg12", 0, 32, "IPv4 next hop chosen by ip_routing, resolved by ip_neighbor"),
     Slot("scratch", "reg11", 0, 32, "temporary for swapping fields within one flow's actions"),
+    Slot("pkt_larger", "reg9", 0, 1, "1 when check_pkt_larger found the frame too big for the switch's MTU"),
 )
 
 BY_NAME = {s.name: s for s in SLOTS}
@@ -80,3 +81,4 @@ OUTPORT = BY_NAME["outport"]
 FROM_TUNNEL = BY_NAME["from_tunnel"]
 NEXTHOP = BY_NAME["nexthop"]
 SCRATCH = BY_NAME["scratch"]
+PKT_LARGER = BY_NAME["pkt_larger"]

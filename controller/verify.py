@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from dataplane import headerspace as hs
-from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP,
+from dataplane.match_action import (CONTROLLER, ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP,
                                     IPPROTO_UDP, Simulator, Unsupported, cookie_layer, cookie_tenant)
 
 from controller.verify_model import TUNNEL_OFPORT  # noqa: E402
@@ -505,6 +505,8 @@ class Verifier:
                     if port is None:
                         report("unknown_port", [], "output to a port that depends on the packet", s, ev[4])
                         continue
+                    if port == CONTROLLER:
+                        continue  # a packet-in: the controller answers from the tenant's spec
                     targets.add((ev[1], port))
                     if port == net.tunnel_ofport:
                         self._check_tunnel(s, env, ev, facts, tenant, report, res)
@@ -602,6 +604,8 @@ class Verifier:
                     port = ev[2]
                     if port.__class__ is tuple:
                         bad = True
+                        continue
+                    if port == CONTROLLER:
                         continue
                     scan.targets.add((ev[1], port))
                     if port == tunnel:

@@ -45,8 +45,8 @@ from typing import Iterable, Mapping
 
 from dataplane.match_action import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_DNAT, CT_SNAT,
                                     CT_TRK, ETH_TYPE_IP, IN_PORT, IPPROTO_TCP,
-                                    IPPROTO_UDP, Ct, DecTtl, Flow, Goto, Group, Meter, Move,
-                                    Output, Resubmit, SetField, Unsupported)
+                                    IPPROTO_UDP, CONTROLLER, CheckPktLarger, Ct, DecTtl, Flow, Goto,
+                                    Group, Meter, Move, Output, Resubmit, SetField, Unsupported)
 
 from dataplane.ternary import (  # noqa: F401  (the terms this engine is built on)
     BITS, FULL, INPUT, NAMES,
@@ -740,6 +740,10 @@ class Engine:
             return self._ct(s, act, depth, tail)
         if cls is DecTtl:
             return self._dec_ttl(s)
+        if cls is CheckPktLarger:  # the length is not in the header space: both outcomes
+            small = s.copy()
+            return [self._masked_set(small, SetField(act.field, 0, 1 << act.bit)),
+                    self._masked_set(s, SetField(act.field, 1 << act.bit, 1 << act.bit))]
         if cls is Meter:
             s.event(("res", "meter", h, act.meter_id, len(s.path)))
             return [s]
@@ -783,6 +787,10 @@ class Engine:
 
     def _output(self, s: State, act: Output) -> list[State]:
         h = self.host.name
+        if act.port == CONTROLLER:
+            s.event(("out", h, CONTROLLER, s.env, len(s.path)))
+            s.emitted = True
+            return [s]
         inv = s.var("in_port")
         if act.port == IN_PORT:
             p = s.concrete(inv)

@@ -307,6 +307,7 @@ def _norm_mask(spec: FieldSpec, mask):
 # --------------------------------------------------------------------------------------
 
 IN_PORT = "in_port"  # Output(IN_PORT) sends back out of the ingress port
+CONTROLLER = "CONTROLLER"  # Output(CONTROLLER): a packet-in to the controller (the whole packet)
 
 
 class Action:
@@ -321,7 +322,9 @@ class Output(Action):
     port: int | str
 
     def ofctl(self):
-        return "IN_PORT" if self.port == IN_PORT else f"output:{self.port}"
+        if self.port == IN_PORT:
+            return "IN_PORT"
+        return "CONTROLLER:65535" if self.port == CONTROLLER else f"output:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -473,6 +476,24 @@ class Opaque(Action):
 
 
 @dataclass(frozen=True)
+class CheckPktLarger(Action):
+    """OVS's check_pkt_larger: write 1 into bit `bit` of register `field` if the packet
+    (L2 header and payload) is longer than `length` bytes, else 0. The simulator has no
+    packet lengths: it takes a packet's `pkt_len` argument (default: small)."""
+
+    length: int
+    field: str
+    bit: int = 0
+
+    def __post_init__(self):
+        if not self.field.startswith("reg") or not 0 <= self.bit < FIELDS[self.field].bits:
+            raise ValueError(f"check_pkt_larger needs a register bit, got {self.field}[{self.bit}]")
+
+    def ofctl(self):
+        return f"check_pkt_larger({self.length})->{_nxm(self.field)}[{self.bit}]"
+
+
+@dataclass(frozen=True)
 class DecTtl(Action):
     """Decrement the IPv4 TTL; a packet whose TTL would reach 0 is dropped."""
 
@@ -544,7 +565,7 @@ class ContractError(ValueError):
     """A flow broke its table's declared contract."""
 
 
-_UNCONSTRAINED = frozenset({Output, SetField, Move, DecTtl, Group})  # allowed anywhere in a table
+_UNCONSTRAINED = frozenset({Output, SetField, Move, DecTtl, Group, CheckPktLarger})  # allowed anywhere in a table
 
 
 @dataclass(frozen=True, eq=False)
@@ -880,6 +901,7 @@ class Simulator:
     def __init__(self, pipeline: Pipeline, flows: Iterable[Flow], groups: Mapping | None = None):
         self.pipeline = pipeline
         self.ct = Conntrack()
+        self.pkt_len = 64
         flows = list(flows)
         self.groups = {gid: g.buckets for gid, g in groups_of(flows).items()}
         self.groups.update(groups or {})  # id -> list of buckets (action tuples)
@@ -902,7 +924,9 @@ class Simulator:
                 best = f
         return best
 
-    def run(self, packet: Mapping, in_port: int) -> Fate:
+    def run(self, packet: Mapping, in_port: int, pkt_len: int = 64) -> Fate:
+        """`pkt_len`: the frame's length in bytes, for check_pkt_larger."""
+        self.pkt_len = pkt_len
         pkt = {k: v for k, v in packet.items() if v is not None}
         for name in pkt:
             if name not in FIELDS:
@@ -963,6 +987,10 @@ class Simulator:
                 if act.table is not None:
                     pkt["ct_state"], pkt["ct_zone"] = state, act.zone
                     self._table(act.table.number, pkt, fate, depth + 1)
+            elif isinstance(act, CheckPktLarger):
+                bit = 1 << act.bit
+                old = pkt.get(act.field, 0) & ~bit
+                pkt[act.field] = old | (bit if self.pkt_len > act.length else 0)
             elif isinstance(act, DecTtl):
                 ttl = pkt.get("ip_ttl")
                 if ttl is None:
@@ -1033,16 +1061,16 @@ class Fabric:
             self.sims[h] = Simulator(pipeline, flows)  # groups come with the new flows
             self.sims[h].ct = old.ct
 
-    def send(self, host: str, in_port: int, packet: Mapping) -> list[Delivery]:
+    def send(self, host: str, in_port: int, packet: Mapping, pkt_len: int = 64) -> list[Delivery]:
         out: list[Delivery] = []
-        self._run(host, in_port, dict(packet), [], out)
+        self._run(host, in_port, dict(packet), [], out, pkt_len)
         return out
 
-    def _run(self, host, in_port, packet, hops, out):
+    def _run(self, host, in_port, packet, hops, out, pkt_len=64):
         if len(hops) >= self.max_hops:
             raise Unsupported("tunnel hop limit reached (a forwarding loop?)")
         arrived = dict(packet)
-        fate = self.sims[host].run(packet, in_port)
+        fate = self.sims[host].run(packet, in_port, pkt_len)
         self.hops.append((host, in_port, arrived, fate))
         hops = hops + [(host, fate)]
         for e in fate.outputs:
@@ -1058,4 +1086,4 @@ class Fabric:
             inner["tunnel_id"] = e.packet["tunnel_id"]
             inner["tun_ipv4_src"] = self.pa[host]
             inner["tun_ipv4_dst"] = dst
-            self._run(peer, self.tunnel_port, inner, hops, out)
+            self._run(peer, self.tunnel_port, inner, hops, out, pkt_len)

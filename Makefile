@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
-          iproute2 mininet bridge-utils python3-venv ovn-central ovn-host
+          iproute2 mininet bridge-utils python3-venv ovn-central ovn-host \
+          isc-dhcp-client busybox dnsutils
 
 .PHONY: demo test unit integration bench deps venv clean
 

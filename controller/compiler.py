@@ -22,11 +22,38 @@ from controller.pipeline import LAYERS, emitter, miss_flows
 from tep.ovs import TUNNEL_OFPORT  # a constant of how tep builds br-int
 
 
+DEFAULT_UPLINK_MTU = 1500  # a host that did not say: what nearly every real host has
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
     pa: str
     external: tuple | None = None  # (ofport, next_hop_mac) where the external network is attached
+    mtu: int = DEFAULT_UPLINK_MTU - VXLAN_OVERHEAD  # the largest frame its uplink carries encapsulated
+
+
+def underlay_mtus(t: Tenant, hosts: Mapping[str, Host]) -> dict[str, tuple[int, list[str]]]:
+    """switch -> (the MTU its hosts' underlay carries, the hosts that set it): the
+    smallest over the hosts its traffic may cross (its routed component; all hosts
+    when it has no port yet)."""
+    spans = switch_spans(t)
+    out = {}
+    for s in t.switches:
+        names = sorted(h for h in spans.get(s.name, ()) if h in hosts) or sorted(hosts)
+        if not names:
+            out[s.name] = (DEFAULT_UPLINK_MTU - VXLAN_OVERHEAD, [])
+            continue
+        m = min(hosts[h].mtu for h in names)
+        out[s.name] = (m, [h for h in names if hosts[h].mtu == m])
+    return out
+
+
+def switch_mtus(t: Tenant, hosts: Mapping[str, Host]) -> dict[str, int]:
+    """switch -> the MTU its workloads get: `mtu:` if given, else what the underlay carries."""
+    under = underlay_mtus(t, hosts)
+    return {s.name: min(s.mtu or under[s.name][0], under[s.name][0]) for s in t.switches}
 
 
 def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantView:
@@ -45,7 +72,7 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
         tenant=t, tenant_id=a.tenant_id, vni=a.vni, port_key=a.port_key, ofport=a.ofport,
         members=switch_members(t), span=span, zone=a.zone,
         pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateway=gateway,
-        group=a.group)
+        group=a.group, mtu=switch_mtus(t, hosts))
 
 
 def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> dict[str, list[Flow]]:

@@ -30,19 +30,18 @@ from dataplane.match_action import Flow, cookie_layer, cookie_tenant
 from topology import schema
 from topology.model import Tenant
 from controller.allocator import Allocation, InUse, allocate, provider_addresses
-from controller.compiler import Host, compile_host, compile_tenant, paused_gc
+from controller import compiler
+from controller.compiler import DEFAULT_UPLINK_MTU, VXLAN_OVERHEAD, Host, compile_host, compile_tenant, paused_gc
 from controller.desired import DesiredState
 from controller.pipeline import LAYER_BY_ID
+from controller.punt import Punt
 from controller import reconciler
 from controller.reconciler import HostState
 from controller.store import HostRecord, Store
 from tep.driver import Attachment, LabDriver, attachments_of
-from topology.graph import switch_spans
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-DEFAULT_UPLINK_MTU = 1500  # a host that did not say: what nearly every real host has
-VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
@@ -88,6 +87,7 @@ class Core:
         self.pki = None  # controller.pki.Pki when the controller accepts hosts over TLS
         self.endpoints: dict = {}  # where joining hosts reach us: ip, of_port, of_tls_port, api_port
         self.used = InUse()  # what all tenants hold, kept in step with self.tenants
+        self.punt = Punt(self.switch_mtus)  # DHCP, DNS and path MTU, answered from the specs
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
@@ -100,7 +100,7 @@ class Core:
         out = {}
         for n, h in self.hosts.items():
             ext = h.info.get("external")
-            out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None)
+            out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None, self.host_mtu(n))
         return out
 
     @paused_gc()
@@ -411,6 +411,16 @@ class Core:
         if new is not None:
             self.tenants[name] = new
             self.used.add(new.tenant, new.alloc)
+        self.punt.update(name, new.tenant if new else None, new.alloc if new else None)
+
+    def packet_in(self, session, table: str, regs: dict, in_port: int, data: bytes) -> None:
+        """A packet the pipeline sent us (DHCP, DNS, too big): answer it on that switch.
+        Runs in the OpenFlow app's thread: no lock, no I/O but the answer."""
+        host = self.host_of_dpid(session.dpid)
+        if host is None:
+            return
+        for port, frame in self.punt.handle(host, table, regs, in_port, data):
+            session.packet_out(port, frame)
 
     def _parse(self, text: str) -> Tenant:
         try:
@@ -440,23 +450,10 @@ class Core:
         return uplink - VXLAN_OVERHEAD
 
     def underlay_mtus(self, t: Tenant) -> dict[str, tuple[int, list[str]]]:
-        """switch -> (the MTU its hosts' underlay carries, the hosts that set it): the
-        smallest over the hosts its traffic may cross (its routed component)."""
-        spans = switch_spans(t)
-        out = {}
-        for s in t.switches:
-            hosts = sorted(h for h in spans.get(s.name, ()) if h in self.hosts) or sorted(self.hosts)
-            if not hosts:
-                out[s.name] = (DEFAULT_UPLINK_MTU - VXLAN_OVERHEAD, [])
-                continue
-            m = min(self.host_mtu(h) for h in hosts)
-            out[s.name] = (m, [h for h in hosts if self.host_mtu(h) == m])
-        return out
+        return compiler.underlay_mtus(t, self._placement())
 
     def switch_mtus(self, t: Tenant) -> dict[str, int]:
-        """switch -> the MTU its workloads get: `mtu:` if given, else what the underlay carries."""
-        under = self.underlay_mtus(t)
-        return {s.name: min(s.mtu or under[s.name][0], under[s.name][0]) for s in t.switches}
+        return compiler.switch_mtus(t, self._placement())
 
     def _check_mtus(self, t: Tenant) -> None:
         under = self.underlay_mtus(t)

@@ -237,6 +237,13 @@ class Session:
             self._wait(w, xids, f"{len(msgs)} group-mods")
         return len(msgs)
 
+    def packet_out(self, port: int, data: bytes) -> None:
+        """Send one frame out of `port`, from the controller (not through the pipeline)."""
+        dp = self.dp
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        self._send(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                       actions=[parser.OFPActionOutput(port, 0)], data=data))
+
     def ports(self) -> dict[int, str]:
         """ofport -> interface name, as the switch reported them."""
         return {no: (p.name.decode() if isinstance(p.name, bytes) else p.name)
@@ -314,6 +321,20 @@ class NvApp(app_manager.OSKenApp):
         s = self._session(ev.msg)
         if s:
             s.on_reply(ev.msg, True)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        msg = ev.msg
+        s = self._session(msg)
+        table = PIPELINE.by_number.get(msg.table_id)
+        if s is None or table is None or self.core is None:
+            return
+        m = msg.match
+        regs = {k: m[k] for k in ("reg13", "reg14") if k in m}
+        try:
+            self.core.packet_in(s, table.name, regs, m.get("in_port", 0), bytes(msg.data))
+        except Exception:  # one bad packet must not stop the app's event loop
+            LOG.exception("packet-in from %016x (table %s)", msg.datapath.id, table.name)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev):

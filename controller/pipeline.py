@@ -17,10 +17,11 @@ from controller.layers.lb import LbEgress, LbIngress
 from controller.layers.port_security import PortSecurity
 from controller.layers.qos import Qos
 from controller.layers.routing import Routing
+from controller.layers.services import Services
 from controller.layers.switching import Switching
 
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
-INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Qos(), FromPortAcl(), LbIngress(),
+INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Services(), Qos(), FromPortAcl(), LbIngress(),
                               ArpResponder(), Switching(), Routing(), Encap())
 # Egress: towards a workload on this host.
 EGRESS: tuple[Layer, ...] = (LbEgress(), ToPortAcl(), Delivery())

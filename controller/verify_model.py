@@ -130,7 +130,7 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
     router_macs = {rp.switch: rp.mac for r in t.routers for rp in r.ports}
     facts = TenantFacts(
         tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
-        meters=frozenset(_port_meters(placed, a)),
+        meters=frozenset(_port_meters(placed, a) | _control_meters(a, hosts)),
         groups=frozenset(a.group.values()), owned_external=frozenset(owned),
         reach_pairs=frozenset(reach_pairs(t, placed)), endpoints=endpoints, router_macs=router_macs)
     return facts, refs
@@ -148,6 +148,14 @@ def _port_meters(ports, a) -> set:
         if base is not None:
             out.add((p.host, base + a.ofport[p.name]))
     return out
+
+
+def _control_meters(a, hosts) -> set:
+    """(host, meter id) of the tenant's control-plane meter (services layer): its own id,
+    on every host."""
+    from controller.layers.services import control_meter
+    mid = control_meter(a.tenant_id).meter_id
+    return {(h, mid) for h in hosts}
 
 
 def reach_pairs(t, ports=None) -> set:

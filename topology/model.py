@@ -10,6 +10,21 @@ class Switch:
     name: str
     cidr: ipaddress.IPv4Network
     mtu: int | None = None  # None: the largest the underlay of its hosts carries
+    dhcp: bool = True  # the platform answers DHCP (and DNS) for this switch's ports
+
+
+DEFAULT_LEASE_SECONDS = 3600
+DNS_SUFFIX = "nvctl"  # a port answers to <port>.<tenant>.nvctl
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where a switch's DHCP server and DNS server answer: its router port if it has
+    one (that is also the clients' gateway), else the last address of its CIDR."""
+
+    ip: ipaddress.IPv4Address
+    mac: str
+    router: ipaddress.IPv4Address | None  # the gateway DHCP hands out
 
 
 @dataclass(frozen=True)
@@ -134,10 +149,26 @@ class Tenant:
     def hosts(self) -> set[str]:
         return {p.host for p in self.ports}
 
+    def service(self, switch: str) -> Service:
+        rr = self.router_of(switch)
+        if rr is not None:
+            return Service(rr[1].ip, rr[1].mac, rr[1].ip)
+        ip = service_address(self.switch(switch).cidr)
+        return Service(ip, derived_mac(ip, 3), None)
+
+    @property
+    def domain(self) -> str:
+        return f"{self.name}.{DNS_SUFFIX}"
+
+
+def service_address(cidr: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The DHCP/DNS address of a switch without a router: its last usable address."""
+    return cidr.broadcast_address - 1
+
 
 def derived_mac(ip: ipaddress.IPv4Address, kind: int = 0) -> str:
     """A locally administered unicast MAC from the IP: unique within a switch because
     IPs are, and stable when the port moves between hosts. kind 0: workload ports,
-    kind 1: router ports."""
+    kind 1: router ports, 2: load balancers, 3: a switch's DHCP/DNS service address."""
     b = ip.packed
     return f"02:{kind:02x}:" + ":".join(f"{x:02x}" for x in b)

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from topology.model import (AclRule, LoadBalancer, NatRule, Port, Route, Router, RouterPort, Switch,
-                            Tenant, derived_mac)
+                            Tenant, derived_mac, service_address)
 
 API_VERSION = "nvctl/v1"
 KIND = "Tenant"
@@ -28,7 +28,7 @@ SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False,
              "loadBalancers": False}
 LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
-SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False}
+SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False}
 MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
              "rateLimitMbps": False, "bumLimitPps": False}
@@ -131,6 +131,7 @@ def validate(doc: Any, known_hosts: Iterable[str] | None = None) -> Tenant:
         by_switch = {s.name: s for s in switches}
         ports = _ports(spec.get("ports", []), by_switch, hosts, errs)
         routers = _routers(spec.get("routers", []), by_switch, ports, errs)
+        _service_addresses(switches, ports, routers, errs)
         acls = _acls(spec.get("acls", []), by_switch, ports, errs)
         nat = _nat(spec.get("nat", []), routers, ports, errs)
         lbs = _load_balancers(spec.get("loadBalancers", []), switches, routers, ports, errs)
@@ -139,6 +140,18 @@ def validate(doc: Any, known_hosts: Iterable[str] | None = None) -> Tenant:
     return Tenant(name=name, switches=tuple(switches), ports=tuple(ports), routers=tuple(routers),
                   acls=tuple(acls), nat=tuple(nat) if spec is not None else (),
                   load_balancers=tuple(lbs) if spec is not None else ())
+
+
+def _service_addresses(switches: list[Switch], ports: list[Port], routers: list[Router],
+                       errs: _Errors) -> None:
+    """A switch with DHCP and no router answers DHCP and DNS at its last address: no
+    port may have it."""
+    routed = {rp.switch for r in routers for rp in r.ports}
+    service = {s.name: service_address(s.cidr) for s in switches if s.dhcp and s.name not in routed}
+    for i, p in enumerate(ports):
+        if service.get(p.switch) == p.ip:
+            errs.add(f"spec.ports[{i}].ip", f"{p.ip} is switch {p.switch}'s DHCP and DNS address (its last "
+                     f"address, taken when it has dhcp and no router): pick another, or set dhcp: false")
 
 
 def _list(value: Any, path: str, errs: _Errors) -> list:
@@ -181,10 +194,14 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
         if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU):
             errs.add(f"{path}.mtu", f"{mtu!r} is not an MTU in bytes ({MIN_MTU} <= mtu <= {MAX_MTU})")
             cidr = None
+        dhcp = item.get("dhcp", True)
+        if not isinstance(dhcp, bool):
+            errs.add(f"{path}.dhcp", f"{dhcp!r} is not true or false")
+            dhcp = True
         if name is not None:
             seen[name] = path
             if cidr is not None:
-                out.append(Switch(name, cidr, mtu))
+                out.append(Switch(name, cidr, mtu, dhcp))
     return out
 
 

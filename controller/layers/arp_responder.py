@@ -24,6 +24,10 @@ class ArpResponder(Layer):
                     for r in t.tenant.routers for rp in r.ports]
         answers += [(s.name, lb.vip, lb.mac, f"load balancer {lb.name}")
                     for lb in t.tenant.load_balancers for s in t.tenant.switches if lb.vip in s.cidr]
+        for s in t.tenant.switches:  # where DHCP and DNS answer on a switch without a router
+            svc = t.tenant.service(s.name)
+            if s.dhcp and svc.router is None:
+                answers.append((s.name, svc.ip, svc.mac, "DHCP and DNS service"))
         for switch, ip, mac, who in answers:
             hosts = t.members[switch]
             ls = LOGICAL_SWITCH.m(t.vni[switch])

@@ -68,6 +68,7 @@ class TenantView:
     tunnel_port: int  # ofport of the VXLAN port, the same on every host
     gateway: tuple | None = None  # (host, external ofport, next hop MAC) of the gateway host
     group: dict | None = None  # load balancer -> OpenFlow group id
+    mtu: dict | None = None  # switch -> its MTU (the largest IP packet its ports may send)
 
 
 # A tenant's flow must pin the scope it belongs to, so that no two tenants' flows can

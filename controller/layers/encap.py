@@ -5,23 +5,40 @@ VNI. FLOOD -> a copy through egress for every local port, and one tunnel copy to
 other host of the switch's span. Packets that came from a tunnel are never sent back
 into it (split horizon). A flood from a workload first passes that port's BUM meter
 (see the qos layer), so no port can flood faster than its limit.
+
+Path MTU: a unicast packet for a remote port is measured first (check_pkt_larger, as
+OVN does) against its switch's MTU. One that would not fit the underlay once
+encapsulated is not sent: `tunnel_out` hands it to the controller (through the
+tenant's control-plane meter), which answers the sender with ICMP "fragmentation
+needed" and the switch's MTU, so path MTU discovery works for a workload that ignores
+its MTU. Switched and routed packets alike: routing happens before dispatch.
 """
 from __future__ import annotations
 
-from dataplane.match_action import Match, Output, SetField
+from dataplane.match_action import ETH_TYPE_IP, CheckPktLarger, Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
 from controller.allocator import transit_name
 from controller.layers.qos import bum_meter_for
-from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT
+from controller.layers.services import to_controller
+from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT, PKT_LARGER
+
+ETH_HEADER = 14  # check_pkt_larger counts the Ethernet header; an MTU does not
 
 
 class Encap(Layer):
     name = "encap"
     id = 5
     tables = (
-        TableDecl("dispatch", frozenset({"reg13", "reg14", "reg15", "reg10"}), successors=("@egress", "ext_snat"),
+        TableDecl("dispatch", frozenset({"reg13", "reg14", "reg15", "reg10"}),
+                  successors=("@egress", "ext_snat", "tunnel_out"),
                   doc="outport -> local egress, VXLAN to the owner's PA, or flood"),
+        TableDecl("tunnel_out", frozenset({"reg13", "reg9", "eth_type"}), successors=(), miss="drop",
+                  doc="too big for the switch's MTU: to the controller (ICMP frag needed); else the tunnel"),
     )
+
+    def host_flows(self, h, out):
+        out.to((h.name,), out.flow("tunnel_out", 10, Match(), (Output(h.tunnel_port),),
+                                   rule="fits: into the tunnel"))
 
     def tenant_flows(self, t, out):
         if t.gateway is not None:
@@ -45,6 +62,14 @@ class Encap(Layer):
             vni = t.vni[s.name]
             ls = LOGICAL_SWITCH.m(vni)
             ports = t.tenant.ports_on(s.name)
+            mtu = (t.mtu or {}).get(s.name, 1450)
+            check = CheckPktLarger(mtu + ETH_HEADER, PKT_LARGER.field, PKT_LARGER.lo)
+            senders = {h for h in hosts if any(p.host != h for p in ports)}
+            if senders:
+                out.to(senders, out.flow(
+                    "tunnel_out", 100, Match.of(**ls, **PKT_LARGER.m(1), eth_type=ETH_TYPE_IP),
+                    to_controller(t.tenant_id),
+                    rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP frag needed, by the controller"))
             for p in ports:
                 key = OUTPORT.m(t.port_key[p.name])
                 out.to((p.host,), out.flow(
@@ -52,8 +77,8 @@ class Encap(Layer):
                     rule=f"port {p.name} is local"))
                 remote = out.flow(
                     "dispatch", 100, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
-                    (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]),
-                     Output(t.tunnel_port)),
+                    (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]), check,
+                     out.goto("tunnel_out")),
                     rule=f"port {p.name} is on {p.host}")
                 out.to((h for h in hosts if h != p.host), remote)
             flood = OUTPORT.m(FLOOD_PORT_KEY)

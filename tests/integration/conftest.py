@@ -58,14 +58,14 @@ def verify_lab(lb: Lab) -> dict:
     return call(lb.api_path, "verify", timeout=300)
 
 
-def running_lab(hosts: int = 3):
+def running_lab(hosts: int = 3, **up):
     """A lab for one test module: up, yielded, then checked for drift (a fresh full
     compile must send nothing), proved isolated by `nvctl verify` over the installed
     flows, and removed with everything in its state directory."""
     lb = make_lab()
     drift = proof = None
     try:
-        lb.up(hosts=hosts)
+        lb.up(hosts=hosts, **up)
         yield lb
         drift = fresh_compile_changes(lb)
         proof = verify_lab(lb)

@@ -2,6 +2,7 @@
 import pytest
 
 from controller.layers.qos import BUM_METER_BASE, DEFAULT_BUM_PPS
+from controller.layers.services import CONTROL_METER_BASE
 from dataplane.match_action import BROADCAST_MAC, ETH_TYPE_IP, Meter, meters_of
 from topology.schema import ValidationError, load_tenant
 from tests.unit.fixtures import HOSTS, Net, tenant_yaml, world
@@ -24,8 +25,15 @@ def test_a_workloads_dhcp_offer_reaches_nobody_and_the_drop_says_why():
     fate = n.fabric.sims["hv1"].run(dhcp_offer(a.mac, str(a.ip)), ofport)
     assert fate.decided_by().table.name == "port_security"
     assert "may not answer DHCP" in fate.decided_by().rule
-    # the same port's DHCP client traffic (from port 68) is not caught by that rule
+    # the same port's DHCP client traffic (from port 68) is not caught by that rule: on a
+    # switch with DHCP (the default) it goes to the controller, and to nobody else
     client = {**dhcp_offer(a.mac, str(a.ip)), "udp_src": 68, "udp_dst": 67}
+    assert [d.port for d in n.send("green", "a", client)] == ["CONTROLLER"]
+    fate = n.fabric.sims["hv1"].run(client, ofport)
+    assert [e.port for e in fate.outputs] == ["CONTROLLER"]
+    assert fate.decided_by().table.name == "services"
+    # without DHCP, it is an ordinary broadcast
+    n = Net(world(GREEN.replace("cidr: 10.0.0.0/24}", "cidr: 10.0.0.0/24, dhcp: false}")))
     assert {d for d in n.who(n.send("green", "a", client))} == {("green", "b"), ("green", "c")}
 
 
@@ -45,8 +53,11 @@ def test_every_flood_from_a_port_passes_that_ports_own_packet_meter():
 def test_twins_have_meters_of_their_own():
     twin = GREEN.replace("name: green", "name: twin")
     n = Net(world(GREEN, twin))
-    ids = [set(m for m in meters_of(n.flows[h].values())) for h in ("hv1",)]
-    assert len(ids[0]) == 4  # a and b of each twin on hv1, each its own meter
+    ids = set(meters_of(n.flows["hv1"].values()))
+    bum = {m for m in ids if m < CONTROL_METER_BASE}
+    control = ids - bum
+    assert len(bum) == 4  # a and b of each twin on hv1, each its own meter
+    assert len(control) == 2  # each twin its own control-plane meter (DHCP, DNS, path MTU)
 
 
 @pytest.mark.parametrize("value", [0, -3, 1.5, "many", True, 2_000_000])

@@ -1,0 +1,60 @@
+"""Network services the platform answers itself: DHCP and DNS, by packet-in.
+
+On a switch with `dhcp: true` (the default), a port's DHCP requests (UDP to port 67)
+and its DNS queries to the switch's service address (UDP to port 53) go to the
+controller, which answers from the tenant's spec alone (`controller.responder`,
+`controller.punt`): no lease database, nothing to lose. Port security admits a
+DHCP client's first messages (from 0.0.0.0) and still drops any workload's DHCP server
+messages, so only the platform answers.
+
+Everything a tenant sends to the controller from one host passes that tenant's
+control-plane meter there (id CONTROL_METER_BASE + tenant id, CONTROL_PPS packets a
+second): a DHCP or DNS flood costs the flooding tenant its own answers, not another
+tenant's, and the controller at most CONTROL_PPS packet-ins a second per tenant and
+host. The encap layer sends path-MTU packet-ins through the same meter.
+"""
+from __future__ import annotations
+
+from dataplane.match_action import CONTROLLER, ETH_TYPE_IP, IPPROTO_UDP, Match, Meter, Output
+from controller.layers.base import Layer, TableDecl
+from controller.layers.port_security import DHCP_SERVER_PORT
+from controller.registers import LOGICAL_SWITCH
+
+DNS_PORT = 53
+CONTROL_METER_BASE = 1 << 24  # above every BUM meter (BUM_METER_BASE + ofport)
+CONTROL_PPS = 100  # a booting VM's DHCP and DNS need a handful
+CONTROL_BURST = 50
+
+
+def control_meter(tenant_id: int) -> Meter:
+    """The tenant's meter for packets to the controller, on each of its hosts."""
+    return Meter(CONTROL_METER_BASE + tenant_id, CONTROL_PPS, CONTROL_BURST, "pktps")
+
+
+def to_controller(tenant_id: int) -> tuple:
+    return (control_meter(tenant_id), Output(CONTROLLER))
+
+
+class Services(Layer):
+    name = "services"
+    id = 14
+    tables = (
+        TableDecl("services", frozenset({"reg13", "eth_type", "ip_proto", "ipv4_dst", "udp_dst"}),
+                  successors=("@next",), miss="@next",
+                  doc="DHCP requests and DNS queries to the switch's service address: to the controller"),
+    )
+
+    def tenant_flows(self, t, out):
+        for s in t.tenant.switches:
+            hosts = t.members[s.name]
+            if not s.dhcp or not hosts:
+                continue
+            ls = LOGICAL_SWITCH.m(t.vni[s.name])
+            udp = dict(eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP)
+            svc = t.tenant.service(s.name)
+            out.to(hosts, out.flow(
+                "services", 100, Match.of(**ls, **udp, udp_dst=DHCP_SERVER_PORT),
+                to_controller(t.tenant_id), rule=f"switch {s.name}: DHCP, answered by the controller"))
+            out.to(hosts, out.flow(
+                "services", 100, Match.of(**ls, **udp, ipv4_dst=str(svc.ip), udp_dst=DNS_PORT),
+                to_controller(t.tenant_id), rule=f"switch {s.name}: DNS at {svc.ip}, answered by the controller"))

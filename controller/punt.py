@@ -1,0 +1,171 @@
+"""Packets the pipeline hands to the controller, answered from the tenants' specs.
+
+Three kinds arrive by packet-in, each through its tenant's control-plane meter on its
+host (see `controller.layers.services`):
+  services table, UDP to 67   a DHCP request: answered with the port's CA, mask,
+                              gateway, MTU, DNS server, domain and lease time
+  services table, UDP to 53   a DNS query: `<port>.<tenant>.nvctl` from inside that
+                              tenant only; another tenant's names are NXDOMAIN, any
+                              other name REFUSED (nothing is forwarded)
+  tunnel_out table            a packet too big for its switch's MTU: ICMP
+                              "fragmentation needed" with that MTU, back to the sender
+
+The spec is the only state: a lease is what the port's YAML says, so a controller
+restart or failover loses nothing, and two tenants with identical specs get their own
+answers (the lookup is by VNI, which no two tenants share). Pure apart from the
+clock-free counters: `Punt.handle` returns the frames to send and where.
+"""
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from controller import responder
+from controller.layers.services import DNS_PORT
+from controller.layers.port_security import DHCP_SERVER_PORT
+from topology.model import DEFAULT_LEASE_SECONDS, DNS_SUFFIX, Port, Tenant
+
+ETH_TYPE_IP = 0x0800
+DNS_QTYPE_A = 1
+
+
+@dataclass
+class _Facts:
+    """One tenant's lookups, built when its first packet-in arrives."""
+    tenant: Tenant
+    by_key: dict  # (switch, port key) -> Port
+    by_ofport: dict  # (host, ofport) -> Port
+    by_name: dict  # port name -> Port
+
+
+class Punt:
+    def __init__(self, switch_mtus: Callable[[Tenant], Mapping[str, int]]):
+        self.switch_mtus = switch_mtus
+        self.by_vni: dict[int, tuple[str, str]] = {}  # VNI -> (tenant, switch)
+        self.tenants: dict[str, tuple] = {}  # name -> (Tenant, Allocation)
+        self._facts: dict[str, _Facts] = {}
+        self.counts: Counter = Counter()  # (kind, outcome) -> packets
+
+    # kept in step with the core's tenants --------------------------------------------
+    def update(self, name: str, tenant: Tenant | None, alloc=None) -> None:
+        old = self.tenants.pop(name, None)
+        if old is not None:
+            for vni in old[1].vni.values():
+                if self.by_vni.get(vni, (None,))[0] == name:
+                    del self.by_vni[vni]
+        self._facts.pop(name, None)
+        if tenant is not None:
+            self.tenants[name] = (tenant, alloc)
+            for sw, vni in alloc.vni.items():
+                self.by_vni[vni] = (name, sw)
+
+    def _facts_of(self, name: str) -> _Facts:
+        f = self._facts.get(name)
+        if f is None:
+            t, a = self.tenants[name]
+            f = _Facts(t, {(p.switch, a.port_key[p.name]): p for p in t.ports},
+                       {(p.host, a.ofport[p.name]): p for p in t.ports}, {p.name: p for p in t.ports})
+            self._facts[name] = f
+        return f
+
+    # packet-ins ----------------------------------------------------------------------
+    def handle(self, host: str, table: str, regs: Mapping[str, int], in_port: int,
+               data: bytes) -> list[tuple[int, bytes]]:
+        """(ofport, frame) to send for one packet-in; [] when there is nothing to say."""
+        where = self.by_vni.get(regs.get("reg13", -1))
+        if where is None:
+            self.counts[("unknown", "ignored")] += 1
+            return []
+        name, switch = where
+        f = self._facts_of(name)
+        if table == "tunnel_out":
+            return self._too_big(f, switch, host, in_port, data)
+        l4 = _udp_dst(data)
+        if table == "services" and l4 == DHCP_SERVER_PORT:
+            return self._dhcp(f, switch, regs.get("reg14", -1), in_port, data)
+        if table == "services" and l4 == DNS_PORT:
+            return self._dns(f, in_port, data)
+        self.counts[("unknown", "ignored")] += 1
+        return []
+
+    def _dhcp(self, f: _Facts, switch: str, key: int, in_port: int, data: bytes):
+        p = f.by_key.get((switch, key))
+        if p is None or data[6:12] != _mac_bytes(p.mac):
+            self.counts[("dhcp", "not its port")] += 1
+            return []
+        reply = responder.dhcp_answer(data, self.lease(f.tenant, p))
+        self.counts[("dhcp", "answered" if reply else "ignored")] += 1
+        return [(in_port, reply)] if reply else []
+
+    def lease(self, t: Tenant, p: Port) -> "responder.Lease":
+        """What DHCP gives port p: all of it from the spec."""
+        sw = t.switch(p.switch)
+        svc = t.service(p.switch)
+        return responder.Lease(
+            mac=p.mac, ip=str(p.ip), prefixlen=sw.cidr.prefixlen, server_ip=str(svc.ip), server_mac=svc.mac,
+            router=str(svc.router) if svc.router else None, mtu=self.switch_mtus(t)[p.switch],
+            dns=str(svc.ip), domain=t.domain, lease_time=DEFAULT_LEASE_SECONDS, hostname=p.name)
+
+    def _dns(self, f: _Facts, in_port: int, data: bytes):
+        reply = responder.dns_answer(data, lambda q, qt: self.resolve(f, q, qt))
+        self.counts[("dns", "answered" if reply else "ignored")] += 1
+        return [(in_port, reply)] if reply else []
+
+    @staticmethod
+    def resolve(f: _Facts, qname: str, qtype: int) -> tuple[str, list[str]]:
+        """A port's name in its tenant's domain; nothing of other tenants."""
+        qname = qname.lower().rstrip(".")
+        if not (qname == DNS_SUFFIX or qname.endswith("." + DNS_SUFFIX)):
+            return "REFUSED", []
+        own = f.tenant.domain
+        if qname == own:
+            return "NOERROR", []
+        if not qname.endswith("." + own):
+            return "NXDOMAIN", []  # another tenant's names, or none: the same answer
+        p = f.by_name.get(qname[: -len(own) - 1])
+        if p is None:
+            return "NXDOMAIN", []
+        if qtype == DNS_QTYPE_A:
+            return "NOERROR", [str(p.ip)]
+        return "NOERROR", []  # the name exists; it has no address of this type
+
+    def _too_big(self, f: _Facts, switch: str, host: str, in_port: int, data: bytes):
+        sender = f.by_ofport.get((host, in_port))
+        if sender is None:
+            self.counts[("pmtu", "not from a port")] += 1
+            return []
+        mtu = self.switch_mtus(f.tenant)[switch]
+        rr = f.tenant.router_of(sender.switch)
+        if rr is not None:  # routed or not, the sender's gateway speaks for the path
+            src_mac, src_ip = rr[1].mac, str(rr[1].ip)
+        else:  # switched: the destination's own address
+            src_mac, src_ip = _fmt_mac(data[0:6]), _ipv4_dst(data)
+        reply = responder.frag_needed(data, mtu, src_mac, src_ip)
+        if reply is None:
+            self.counts[("pmtu", "ignored")] += 1
+            return []
+        self.counts[("pmtu", "answered")] += 1
+        return [(in_port, _mac_bytes(sender.mac) + reply[6:])]  # to the sender, whoever rewrote eth
+
+
+def _udp_dst(data: bytes) -> int | None:
+    if len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != ETH_TYPE_IP or data[23] != 17:
+        return None
+    ihl = (data[14] & 0x0F) * 4
+    if len(data) < 14 + ihl + 4:
+        return None
+    return struct.unpack_from("!H", data, 14 + ihl + 2)[0]
+
+
+def _ipv4_dst(data: bytes) -> str:
+    return ".".join(str(b) for b in data[30:34])
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def _fmt_mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)

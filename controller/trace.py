@@ -183,6 +183,12 @@ def parse_datapath_actions(text: str, odp: dict, in_port: int, bridge: str = "br
                 out.add(("tunnel", dst.group(1) if dst else None, int(vni.group(1), 16) if vni else None))
             elif act.startswith("clone(") and act.endswith(")"):
                 walk(act[len("clone("):-1])  # a copy of the packet with its own actions
+            elif act.startswith("check_pkt_len(") and act.endswith(")"):
+                # check_pkt_larger: the datapath holds both outcomes; a traced packet
+                # (a flow, not a frame) is small, as the simulator's is: follow le(...)
+                for part in _top_level(act[len("check_pkt_len("):-1]):
+                    if part.startswith("le(") and part.endswith(")"):
+                        walk(part[3:-1])
 
     for line in text.splitlines():
         if line.startswith("Datapath actions:"):

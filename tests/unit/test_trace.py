@@ -55,3 +55,14 @@ def test_copies_inside_clone_are_read_too():
             "vxlan(flags=0x8000000,vni=0x3e8)),out_port(2)),1\n")
     assert parse_datapath_actions(text, odp, 10) == [
         ("port", 11), ("tunnel", "192.0.2.11", 1000), ("tunnel", "192.0.2.13", 1000)]
+
+
+def test_check_pkt_len_is_read_as_its_small_packet_branch():
+    """check_pkt_larger in the datapath: the too-big branch goes to the controller
+    (userspace), the other into the tunnel; a traced flow is a small packet."""
+    odp = {3: ("br-int", 1, "vxlan0"), 1: ("br-phy", 1, "ul0")}
+    tnl = ("tnl_push(tnl_port(3),header(size=50,type=4,eth(dst=1e:db,src=f2:1e,dl_type=0x0800),"
+           "ipv4(src=192.0.2.11,dst=192.0.2.12,proto=17,tos=0,ttl=64,frag=0x4000),udp(src=0,dst=4789,csum=0x0),"
+           "vxlan(flags=0x8000000,vni=0x3e9)),out_port(2))")
+    text = f"Datapath actions: check_pkt_len(size=1464,gt(userspace(pid=0,controller(reason=1))),le({tnl}))\n"
+    assert parse_datapath_actions(text, odp, 10) == [("tunnel", "192.0.2.12", 1001)]

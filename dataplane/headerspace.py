@@ -49,7 +49,7 @@ from dataplane.match_action import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_D
                                     Group, Meter, Move, Output, Resubmit, SetField, Unsupported)
 
 from dataplane.ternary import (  # noqa: F401  (the terms this engine is built on)
-    BITS, FULL, INPUT, NAMES,
+    BITS, FULL, INPUT, NAMES, VAR_SHIFT, WIDTH,
     NF, _ETH_TYPE_FULL, _MATCH_CACHE, _PREF, _item, _pref,
     _prune, _reduce, _single_bit, conj, from_int, full_of,
     match_items, minus, solve, to_int)
@@ -109,7 +109,7 @@ class State:
 
     def fresh_var(self, name: str) -> int:
         self.nvar += 1
-        return (self.nvar << 7) | BITS[name]
+        return (self.nvar << VAR_SHIFT) | BITS[name]
 
     def bind(self, name: str, var) -> None:
         env = dict(self.env)
@@ -930,13 +930,13 @@ def compose(st: State, b: State, env_map: Mapping | None = None,
     def m(var):
         if var.__class__ is tuple:
             return var
-        serial = var >> 7
+        serial = var >> VAR_SHIFT
         if serial < NF:
             name = NAMES[serial]
             if name in keep_local:
-                return ((serial + off + b.nvar) << 7) | (var & 127)  # private to b
+                return ((serial + off + b.nvar) << VAR_SHIFT) | (var & WIDTH)  # private to b
             return env_in.get(name) or INPUT[name]
-        return ((serial + off) << 7) | (var & 127)
+        return ((serial + off) << VAR_SHIFT) | (var & WIDTH)
 
     items = [(m(var), v, mk) for var, (v, mk) in b.cons.items()]
     r = conj(st.cons, st.negs, items)

@@ -27,13 +27,14 @@ from typing import Iterable, Mapping
 
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 
 
 @dataclass(frozen=True)
 class FieldSpec:
     name: str  # our name == the OXM/NXM name os-ken uses
-    kind: str  # "int", "mac" or "ipv4"
+    kind: str  # "int", "mac", "ipv4" or "ipv6"
     bits: int
     ofctl: str  # the name ovs-ofctl prints
     prereq: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (field, allowed values)
@@ -44,11 +45,15 @@ def _regs() -> list[FieldSpec]:
 
 
 _IP = (("eth_type", (ETH_TYPE_IP,)),)
+_IP6 = (("eth_type", (ETH_TYPE_IPV6,)),)
+_ANY_IP = (("eth_type", (ETH_TYPE_IP, ETH_TYPE_IPV6)),)
 _ARP = (("eth_type", (ETH_TYPE_ARP,)),)
-IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
-_TCP = _IP + (("ip_proto", (IPPROTO_TCP,)),)
-_UDP = _IP + (("ip_proto", (IPPROTO_UDP,)),)
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+_TCP = _ANY_IP + (("ip_proto", (IPPROTO_TCP,)),)
+_UDP = _ANY_IP + (("ip_proto", (IPPROTO_UDP,)),)
 _ICMP = _IP + (("ip_proto", (IPPROTO_ICMP,)),)
+_ICMP6 = _IP6 + (("ip_proto", (IPPROTO_ICMPV6,)),)
+ND_NS, ND_NA = 135, 136  # neighbour solicitation and advertisement (ICMPv6 types)
 
 # ct_state bits (ovs-fields(7))
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK, CT_SNAT, CT_DNAT = (1 << i for i in range(8))
@@ -80,14 +85,21 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("arp_tha", "mac", 48, "arp_tha", _ARP),
         FieldSpec("ipv4_src", "ipv4", 32, "nw_src", _IP),
         FieldSpec("ipv4_dst", "ipv4", 32, "nw_dst", _IP),
-        FieldSpec("ip_proto", "int", 8, "nw_proto", _IP),
-        FieldSpec("ip_ttl", "int", 8, "nw_ttl", _IP),
+        FieldSpec("ipv6_src", "ipv6", 128, "ipv6_src", _IP6),
+        FieldSpec("ipv6_dst", "ipv6", 128, "ipv6_dst", _IP6),
+        FieldSpec("ip_proto", "int", 8, "nw_proto", _ANY_IP),
+        FieldSpec("ip_ttl", "int", 8, "nw_ttl", _ANY_IP),
         FieldSpec("tcp_src", "int", 16, "tcp_src", _TCP),
         FieldSpec("tcp_dst", "int", 16, "tcp_dst", _TCP),
         FieldSpec("udp_src", "int", 16, "udp_src", _UDP),
         FieldSpec("udp_dst", "int", 16, "udp_dst", _UDP),
         FieldSpec("icmpv4_type", "int", 8, "icmp_type", _ICMP),
         FieldSpec("icmpv4_code", "int", 8, "icmp_code", _ICMP),
+        FieldSpec("icmpv6_type", "int", 8, "icmpv6_type", _ICMP6),
+        FieldSpec("icmpv6_code", "int", 8, "icmpv6_code", _ICMP6),
+        FieldSpec("ipv6_nd_target", "ipv6", 128, "nd_target", _ICMP6 + (("icmpv6_type", (ND_NS, ND_NA)),)),
+        FieldSpec("ipv6_nd_sll", "mac", 48, "nd_sll", _ICMP6 + (("icmpv6_type", (ND_NS,)),)),
+        FieldSpec("ipv6_nd_tll", "mac", 48, "nd_tll", _ICMP6 + (("icmpv6_type", (ND_NA,)),)),
         FieldSpec("ct_state", "int", 32, "ct_state"),
         FieldSpec("ct_zone", "int", 16, "ct_zone"),
         FieldSpec("tunnel_id", "int", 64, "tun_id"),
@@ -117,6 +129,8 @@ def _norm_value(spec: FieldSpec, value):
         return text
     if spec.kind == "ipv4":
         return str(ipaddress.IPv4Address(value))
+    if spec.kind == "ipv6":
+        return str(ipaddress.IPv6Address(value))
     raise AssertionError(spec.kind)
 
 
@@ -124,7 +138,7 @@ _RENDER_RANK = {"in_port": 0, "tunnel_id": 1, "tun_ipv4_src": 1, "tun_ipv4_dst":
                 "eth_src": 2, "eth_dst": 2, "eth_type": 3, "ip_proto": 4}
 
 _DECIMAL = {"in_port", "arp_op", "ip_proto", "ip_ttl", "tcp_src", "tcp_dst", "udp_src", "udp_dst",
-            "icmpv4_type", "icmpv4_code", "ct_zone"}
+            "icmpv4_type", "icmpv4_code", "icmpv6_type", "icmpv6_code", "ct_zone"}
 
 
 def _value_int(spec: FieldSpec, value) -> int:
@@ -132,6 +146,8 @@ def _value_int(spec: FieldSpec, value) -> int:
         return value
     if spec.kind == "mac":
         return int(value.replace(":", ""), 16)
+    if spec.kind == "ipv6":
+        return int(ipaddress.IPv6Address(value))
     return int(ipaddress.IPv4Address(value))
 
 
@@ -140,6 +156,8 @@ def _from_int(spec: FieldSpec, n: int):
         return n
     if spec.kind == "mac":
         return ":".join(f"{(n >> s) & 0xFF:02x}" for s in range(40, -1, -8))
+    if spec.kind == "ipv6":
+        return str(ipaddress.IPv6Address(n))
     return str(ipaddress.IPv4Address(n))
 
 
@@ -158,6 +176,11 @@ def _fmt_value(spec: FieldSpec, value, mask) -> str:
         m = ipaddress.IPv4Address(mask)
         net = ipaddress.IPv4Network(f"0.0.0.0/{m}")
         return f"{value}/{net.prefixlen}"
+    if spec.kind == "ipv6":
+        m = int(ipaddress.IPv6Address(mask))
+        plen = bin(m).count("1")
+        if m == ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1):
+            return f"{value}/{plen}"
     return f"{value}/{mask}"
 
 
@@ -261,10 +284,13 @@ def _match_entry(name: str, raw) -> tuple:
     mask = None
     if isinstance(raw, tuple):
         raw, mask = raw
-    elif spec.kind == "ipv4" and isinstance(raw, str) and "/" in raw:
-        net = ipaddress.IPv4Network(raw, strict=True)
-        if net.prefixlen < 32:
-            raw, mask = str(net.network_address), int(net.netmask)
+    elif spec.kind in ("ipv4", "ipv6") and isinstance(raw, str) and "/" in raw:
+        net = ipaddress.ip_network(raw, strict=True)
+        if net.version != (4 if spec.kind == "ipv4" else 6):
+            raise ValueError(f"{name}: {raw} is not an {spec.kind} network")
+        if net.prefixlen < net.max_prefixlen:
+            raw, mask = str(net.network_address), (int(net.netmask) if spec.kind == "ipv4"
+                                                    else str(net.netmask))
         else:
             raw = str(net.network_address)
     value = _norm_value(spec, raw)
@@ -299,6 +325,8 @@ def _norm_mask(spec: FieldSpec, mask):
         return _norm_value(spec, mask)
     if spec.kind == "ipv4":
         return str(ipaddress.IPv4Address(mask))
+    if spec.kind == "ipv6":
+        return str(ipaddress.IPv6Address(mask))
     return _norm_value(spec, mask)
 
 

@@ -16,7 +16,9 @@ from dataplane.match_action import ETH_TYPE_IP, FIELDS, IPPROTO_TCP, IPPROTO_UDP
 NAMES: tuple[str, ...] = tuple(FIELDS)
 NF = len(NAMES)
 BITS = {n: FIELDS[n].bits for n in NAMES}
-INPUT = {n: (i << 7) | BITS[n] for i, n in enumerate(NAMES)}  # var = serial << 7 | width
+VAR_SHIFT = 8  # a variable is serial << VAR_SHIFT | its width in bits (up to 128: IPv6)
+WIDTH = (1 << VAR_SHIFT) - 1
+INPUT = {n: (i << VAR_SHIFT) | BITS[n] for i, n in enumerate(NAMES)}
 FULL = {n: (1 << BITS[n]) - 1 for n in NAMES}
 _ETH_TYPE_FULL = FULL["eth_type"]
 
@@ -24,7 +26,7 @@ _ETH_TYPE_FULL = FULL["eth_type"]
 
 
 def full_of(var) -> int:
-    return (1 << (var & 127)) - 1
+    return (1 << (var & WIDTH)) - 1
 
 
 @lru_cache(maxsize=1 << 18)
@@ -34,6 +36,8 @@ def to_int(name: str, value) -> int:
         return value
     if kind == "mac":
         return int(value.replace(":", ""), 16)
+    if kind == "ipv6":
+        return int(ipaddress.IPv6Address(value))
     return int(ipaddress.IPv4Address(value))
 
 
@@ -43,6 +47,8 @@ def from_int(name: str, n: int):
         return n
     if kind == "mac":
         return ":".join(f"{(n >> s) & 0xFF:02x}" for s in range(40, -1, -8))
+    if kind == "ipv6":
+        return str(ipaddress.IPv6Address(n))
     return str(ipaddress.IPv4Address(n))
 
 
@@ -174,7 +180,7 @@ _PREF = {"eth_type": ETH_TYPE_IP, "ip_proto": IPPROTO_TCP, "ip_ttl": 64, "tcp_sr
 
 
 def _pref(var) -> int:
-    serial = var >> 7
+    serial = var >> VAR_SHIFT
     if serial < NF:
         return _PREF.get(NAMES[serial], 0) & full_of(var)
     return 0

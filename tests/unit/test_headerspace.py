@@ -51,7 +51,7 @@ def _admits(s: hs.State, inp: dict) -> bool:
     def val(var):
         if var.__class__ is tuple:
             return var[0]
-        serial = var >> 7
+        serial = var >> hs.VAR_SHIFT
         return inp.get(hs.NAMES[serial], 0) if serial < hs.NF else None
     for var, (v, m) in s.cons.items():
         x = val(var)
@@ -77,7 +77,7 @@ def _out_matches(s, env, inp, packet) -> bool:
             if var[0] != want:
                 return False
             continue
-        serial = var >> 7
+        serial = var >> hs.VAR_SHIFT
         if serial < hs.NF:
             if inp.get(hs.NAMES[serial], 0) != want:
                 return False

@@ -626,6 +626,7 @@ class Core:
             if st is not None and st.session is not None:
                 bound = st.session.ports().get(e.alloc.ofport[p.name]) is not None
             ports.append({"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac,
+                          **({"ip6": str(p.ip6)} if p.ip6 is not None else {}),
                           "host": p.host, "ofport": e.alloc.ofport[p.name],
                           "up": p.host in self.hosts and bool(bound),
                           "namespace": self.driver.namespace(name, p.name, p.host)})

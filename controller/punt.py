@@ -7,8 +7,14 @@ host (see `controller.layers.services`):
   services table, UDP to 53   a DNS query: `<port>.<tenant>.nvctl` from inside that
                               tenant only; another tenant's names are NXDOMAIN, any
                               other name REFUSED (nothing is forwarded)
+  services table, ICMPv6      neighbour solicitations (answered for the addresses the
+                              spec knows, never for the asker's own: its duplicate
+                              address detection succeeds, and fails for another's
+                              address), router solicitations (a SLAAC advertisement
+                              from the router port), ping6 to the router
   tunnel_out table            a packet too big for its switch's MTU: ICMP
-                              "fragmentation needed" with that MTU, back to the sender
+                              "fragmentation needed" (ICMPv6 "packet too big") with
+                              that MTU, back to the sender
 
 The spec is the only state: a lease is what the port's YAML says, so a controller
 restart or failover loses nothing, and two tenants with identical specs get their own
@@ -17,6 +23,7 @@ clock-free counters: `Punt.handle` returns the frames to send and where.
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -27,8 +34,9 @@ from controller.layers.services import DNS_PORT
 from controller.layers.port_security import DHCP_SERVER_PORT
 from topology.model import DEFAULT_LEASE_SECONDS, DNS_SUFFIX, Port, Tenant
 
-ETH_TYPE_IP = 0x0800
-DNS_QTYPE_A = 1
+ETH_TYPE_IP, ETH_TYPE_IPV6 = 0x0800, 0x86DD
+DNS_QTYPE_A, DNS_QTYPE_AAAA = 1, 28
+ND_NS, ND_RS, ECHO6 = 135, 133, 128
 
 
 @dataclass
@@ -82,6 +90,8 @@ class Punt:
         f = self._facts_of(name)
         if table == "tunnel_out":
             return self._too_big(f, switch, host, in_port, data)
+        if table == "services" and _icmp6_type(data) is not None:
+            return self._icmp6(f, switch, host, in_port, data)
         l4 = _udp_dst(data)
         if table == "services" and l4 == DHCP_SERVER_PORT:
             return self._dhcp(f, switch, regs.get("reg14", -1), in_port, data)
@@ -129,7 +139,48 @@ class Punt:
             return "NXDOMAIN", []
         if qtype == DNS_QTYPE_A:
             return "NOERROR", [str(p.ip)]
+        if qtype == DNS_QTYPE_AAAA and p.ip6 is not None:
+            return "NOERROR", [str(p.ip6)]
         return "NOERROR", []  # the name exists; it has no address of this type
+
+    def _icmp6(self, f: _Facts, switch: str, host: str, in_port: int, data: bytes):
+        kind = _icmp6_type(data)
+        t = f.tenant
+        rr = t.router_of(switch)
+        rp = rr[1] if rr is not None and rr[1].ip6 is not None else None
+        out = None
+        if kind == ND_NS:
+            ns = responder.nd_solicitation(data)
+            if ns is not None:
+                asker = f.by_ofport.get((host, in_port))
+                owner = self._owner(t, switch, ns[0])
+                if owner is not None and owner[0] is not asker:  # never for the asker's own address
+                    out = responder.neighbor_advertisement(data, ns[0], owner[1], router=owner[0] is None)
+            what = "nd"
+        elif kind == ND_RS and rp is not None and responder.router_solicitation(data):
+            sw = t.switch(switch)
+            out = responder.router_advertisement(data, rp.mac, str(rp.link_local), sw.cidr6,
+                                                 self.switch_mtus(t)[switch], str(rp.ip6) if sw.dhcp else None)
+            what = "ra"
+        elif kind == ECHO6 and rp is not None:
+            out = responder.echo6_reply(data, rp.mac)
+            what = "ping6"
+        else:
+            what = "icmp6"
+        self.counts[(what, "answered" if out else "ignored")] += 1
+        return [(in_port, out)] if out else []
+
+    @staticmethod
+    def _owner(t: Tenant, switch: str, target: str):
+        """(port or None for the router, MAC) of whoever has IPv6 address `target` on the switch."""
+        a = ipaddress.IPv6Address(target)
+        for p in t.ports_on(switch):
+            if p.ip6 == a or (p.ip6 is not None and p.link_local == a):
+                return p, p.mac
+        rr = t.router_of(switch)
+        if rr is not None and rr[1].ip6 is not None and a in (rr[1].ip6, rr[1].link_local):
+            return None, rr[1].mac
+        return None
 
     def _too_big(self, f: _Facts, switch: str, host: str, in_port: int, data: bytes):
         sender = f.by_ofport.get((host, in_port))
@@ -138,11 +189,13 @@ class Punt:
             return []
         mtu = self.switch_mtus(f.tenant)[switch]
         rr = f.tenant.router_of(sender.switch)
-        if rr is not None:  # routed or not, the sender's gateway speaks for the path
-            src_mac, src_ip = rr[1].mac, str(rr[1].ip)
+        v6 = data[12:14] == b"\x86\xdd"
+        if rr is not None and (not v6 or rr[1].ip6 is not None):  # the sender's gateway speaks for the path
+            src_mac, src_ip = rr[1].mac, str(rr[1].ip6 if v6 else rr[1].ip)
         else:  # switched: the destination's own address
-            src_mac, src_ip = _fmt_mac(data[0:6]), _ipv4_dst(data)
-        reply = responder.frag_needed(data, mtu, src_mac, src_ip)
+            src_mac, src_ip = _fmt_mac(data[0:6]), _ip_dst(data)
+        build = responder.packet_too_big if v6 else responder.frag_needed
+        reply = build(data, mtu, src_mac, src_ip)
         if reply is None:
             self.counts[("pmtu", "ignored")] += 1
             return []
@@ -151,7 +204,12 @@ class Punt:
 
 
 def _udp_dst(data: bytes) -> int | None:
-    if len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != ETH_TYPE_IP or data[23] != 17:
+    if len(data) < 34:
+        return None
+    eth_type = struct.unpack_from("!H", data, 12)[0]
+    if eth_type == ETH_TYPE_IPV6:
+        return struct.unpack_from("!H", data, 56)[0] if len(data) >= 58 and data[20] == 17 else None
+    if eth_type != ETH_TYPE_IP or data[23] != 17:
         return None
     ihl = (data[14] & 0x0F) * 4
     if len(data) < 14 + ihl + 4:
@@ -159,7 +217,16 @@ def _udp_dst(data: bytes) -> int | None:
     return struct.unpack_from("!H", data, 14 + ihl + 2)[0]
 
 
-def _ipv4_dst(data: bytes) -> str:
+def _icmp6_type(data: bytes) -> int | None:
+    """The ICMPv6 type of a packet without extension headers, else None."""
+    if len(data) < 55 or data[12:14] != b"\x86\xdd" or data[20] != 58:
+        return None
+    return data[54]
+
+
+def _ip_dst(data: bytes) -> str:
+    if data[12:14] == b"\x86\xdd":
+        return str(ipaddress.IPv6Address(data[38:54]))
     return ".".join(str(b) for b in data[30:34])
 
 

@@ -277,3 +277,90 @@ def packet_too_big(frame: bytes, mtu: int, src_mac: str, src_ip6: str) -> bytes 
     quote = original[:ICMPV6_MAX - 40 - 8]
     return _frame(Ether(src=src_mac, dst=eth.src), IPv6(src=src_ip6, dst=ip6.src, hlim=64),
                   ICMPv6PacketTooBig(mtu=mtu), Raw(quote))
+
+
+# --- IPv6 neighbour discovery and echo ------------------------------------------------
+
+ALL_NODES = "ff02::1"
+
+
+def _icmp6(frame: bytes):
+    """(eth, ipv6, icmpv6 bytes) of an ICMPv6 packet without extension headers, or None."""
+    eth = _dissect(frame)
+    if eth is None or not isinstance(eth.payload, IPv6) or eth.payload.nh != 58:
+        return None
+    body = frame[54:54 + eth.payload.plen]
+    return (eth, eth.payload, body) if len(body) >= 4 else None
+
+
+def nd_solicitation(frame: bytes) -> tuple[str, str] | None:
+    """(target, source) of a neighbour solicitation (source "::" in duplicate address
+    detection), or None."""
+    got = _icmp6(frame)
+    if got is None or got[2][0] != 135 or len(got[2]) < 24 or got[1].hlim != 255:
+        return None  # RFC 4861 s. 7.1.1: hop limit 255, or it came through a router
+    return str(ip_address(got[2][8:24])), got[1].src
+
+
+def neighbor_advertisement(frame: bytes, target: str, mac: str, router: bool = False) -> bytes | None:
+    """The NA answering a solicitation for `target` (which is at `mac`): solicited and
+    unicast back to the asker; to all nodes, unsolicited, when the asker is doing
+    duplicate address detection (from ::), which then fails as it should."""
+    got = _icmp6(frame)
+    if got is None:
+        return None
+    eth, ip6, _ = got
+    dad = ip6.src == "::"
+    flags = (0x80 if router else 0) | (0 if dad else 0x40) | 0x20  # R, S, O
+    body = bytes([136, 0, 0, 0, flags, 0, 0, 0]) + ip_address(target).packed + bytes([2, 1]) + _mac(mac)
+    dst, dst_mac = (ALL_NODES, "33:33:00:00:00:01") if dad else (ip6.src, eth.src)
+    return _icmp6_frame(mac, dst_mac, target, dst, body)
+
+
+def router_solicitation(frame: bytes) -> bool:
+    got = _icmp6(frame)
+    return got is not None and got[2][0] == 133 and got[1].hlim == 255
+
+
+def router_advertisement(frame: bytes, src_mac: str, src_ll: str, prefix, mtu: int,
+                         dns: str | None, lifetime: int = 9000) -> bytes | None:
+    """RA from the router port's link-local address, for SLAAC (M=0, O=0): the prefix
+    (autonomous and on-link when it is a /64), the switch's MTU, the source link-layer
+    address and, where DNS answers, the name server (RDNSS, RFC 8106)."""
+    got = _icmp6(frame)
+    if got is None:
+        return None
+    eth, ip6, _ = got
+    body = bytearray([134, 0, 0, 0, 64, 0]) + lifetime.to_bytes(2, "big") + bytes(8)  # hop limit 64
+    body += bytes([1, 1]) + _mac(src_mac)  # source link-layer address
+    body += bytes([5, 1, 0, 0]) + _u32(mtu)
+    flags = 0x80 | (0x40 if prefix.prefixlen == 64 else 0)  # L, A
+    body += bytes([3, 4, prefix.prefixlen, flags]) + _u32(86400) + _u32(14400) + bytes(4) + \
+        prefix.network_address.packed
+    if dns:
+        body += bytes([25, 3, 0, 0]) + _u32(lifetime) + ip_address(dns).packed
+    to_all = ip6.src == "::"
+    dst, dst_mac = (ALL_NODES, "33:33:00:00:00:01") if to_all else (ip6.src, eth.src)
+    return _icmp6_frame(src_mac, dst_mac, src_ll, dst, bytes(body))
+
+
+def echo6_reply(frame: bytes, src_mac: str) -> bytes | None:
+    """The answer to an ICMPv6 echo request, from the address it was sent to."""
+    got = _icmp6(frame)
+    if got is None or got[2][0] != 128 or not _host(got[1].src):
+        return None
+    eth, ip6, body = got
+    return _icmp6_frame(src_mac, eth.src, ip6.dst, ip6.src, bytes([129, 0, 0, 0]) + body[4:], hlim=64)
+
+
+def _icmp6_frame(src_mac: str, dst_mac: str, src: str, dst: str, body: bytes, hlim: int = 255) -> bytes:
+    """Ethernet/IPv6/ICMPv6 with `body` (type first, checksum zero) and its checksum."""
+    s, d = ip_address(src).packed, ip_address(dst).packed
+    pseudo = s + d + len(body).to_bytes(4, "big") + bytes([0, 0, 0, 58])
+    data = pseudo + body + (b"\0" if len(body) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    body = body[:2] + (~total & 0xFFFF).to_bytes(2, "big") + body[4:]
+    header = struct.pack("!IHBB", 6 << 28, len(body), 58, hlim) + s + d
+    return _mac(dst_mac) + _mac(src_mac) + b"\x86\xdd" + header + body

@@ -857,15 +857,18 @@ def _l4_ports(pkt: Mapping) -> tuple[int, int]:
 
 
 def _tuple(pkt: Mapping) -> tuple | None:
-    if pkt.get("eth_type") != ETH_TYPE_IP:
+    et = pkt.get("eth_type")
+    if et not in (ETH_TYPE_IP, ETH_TYPE_IPV6):
         return None
     sport, dport = _l4_ports(pkt)
-    return (pkt.get("ip_proto", 0), pkt["ipv4_src"], sport, pkt["ipv4_dst"], dport)
+    ip = "ipv4" if et == ETH_TYPE_IP else "ipv6"
+    return (pkt.get("ip_proto", 0), pkt[f"{ip}_src"], sport, pkt[f"{ip}_dst"], dport)
 
 
 def _set_tuple(pkt: dict, t: tuple) -> None:
     proto, src, sport, dst, dport = t
-    pkt["ipv4_src"], pkt["ipv4_dst"] = src, dst
+    ip = "ipv6" if ":" in src else "ipv4"
+    pkt[f"{ip}_src"], pkt[f"{ip}_dst"] = src, dst
     for l4 in ("tcp", "udp"):
         if f"{l4}_src" in pkt:
             pkt[f"{l4}_src"], pkt[f"{l4}_dst"] = sport, dport

@@ -34,9 +34,25 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
+class _Server6(_Server):
+    """IPv6 and IPv4 (mapped) on one socket."""
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _server(port: int, handler):
+    try:
+        return _Server6(("::", port), handler)
+    except OSError:  # a workload without IPv6
+        return _Server(("0.0.0.0", port), handler)
+
+
 def serve(port: int, name: str = "") -> int:
     handler = type("Handler", (_Echo,), {"greeting": f"{name}\n".encode() if name else b""})
-    with _Server(("0.0.0.0", port), handler) as srv:
+    with _server(port, handler) as srv:
         print(f"listening on {port}", flush=True)
         srv.serve_forever()
     return 0

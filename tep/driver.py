@@ -28,6 +28,9 @@ class Attachment:
     mac: str
     gateway: str | None = None
     mtu: int = 1500  # the workload's interface MTU: its switch's
+    ip6: str | None = None  # dual stack: its IPv6 CA, prefix length and IPv6 gateway
+    prefixlen6: int = 64
+    gateway6: str | None = None
 
 
 def host_db(info: dict) -> Ovsdb:
@@ -42,9 +45,13 @@ def attachments_of(tenant, ofports: dict[str, int], mtus: dict[str, int] | None 
     out = {}
     for p in tenant.ports:
         gw = tenant.router_of(p.switch)
+        sw = tenant.switch(p.switch)
+        gw6 = gw[1].ip6 if gw else None
         out[p.name] = Attachment(tenant.name, p.name, p.host, ofports[p.name], str(p.ip),
-                                 tenant.switch(p.switch).cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None,
-                                 (mtus or {}).get(p.switch, 1500))
+                                 sw.cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None,
+                                 (mtus or {}).get(p.switch, 1500),
+                                 str(p.ip6) if p.ip6 else None, sw.cidr6.prefixlen if sw.cidr6 else 64,
+                                 str(gw6) if gw6 else None)
     return out
 
 
@@ -90,7 +97,8 @@ class LabDriver:
         ns = workload_namespace(info["prefix"], a.tenant, a.port)
         ifname = host_ifname(a.tenant, a.port)
         host_db(info).plug(ifname, a.ofport, external_ids(a))
-        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu)
+        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu,
+                                 a.ip6, a.prefixlen6, a.gateway6)
         _deepen(info)
 
     def prepare_move(self, new: Attachment, timeout: float = 10) -> None:

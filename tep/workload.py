@@ -47,7 +47,8 @@ def attachment_name(host_ns: str) -> str:
 
 
 def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefixlen: int,
-                    mac: str, gateway: str | None = None, mtu: int = 1500) -> None:
+                    mac: str, gateway: str | None = None, mtu: int = 1500, ip6: str | None = None,
+                    prefixlen6: int = 64, gateway6: str | None = None) -> None:
     """Make the workload namespace look as asked: eth0 with this MAC, address and
     default gateway, attached to host_ns (host end host_ifname) and to no other host.
     Idempotent, and updates in place: an existing workload keeps its namespace (and
@@ -91,6 +92,28 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
             ns.route("del", dst="0.0.0.0/0", gateway=r.get_attr("RTA_GATEWAY"))
         if gateway:
             ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+        if ip6:
+            _ipv6(ns, ns_name, idx, ip6, prefixlen6, gateway6)
+
+
+# eth0 only (its veths stay IPv4-only); addresses are the platform's, not SLAAC's
+IPV6_ON = ("sysctl -qw net.ipv6.conf.{i}.disable_ipv6=0 net.ipv6.conf.{i}.accept_ra=0 "
+           "net.ipv6.conf.{i}.autoconf=0")
+
+
+def _ipv6(ns, ns_name: str, idx: int, ip6: str, prefixlen6: int, gateway6: str | None) -> None:
+    """Dual stack on eth0: the CA as given (no duplicate address detection: the spec
+    already makes it unique), and the router port as default route."""
+    run(["ip", "netns", "exec", ns_name, "sh", "-ec", IPV6_ON.format(i=WORKLOAD_IFNAME)])
+    have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=10)
+            if not a.get_attr("IFA_ADDRESS").startswith("fe80:")]
+    for addr, plen in have:
+        if (addr, plen) != (ip6, prefixlen6):
+            ns.addr("del", index=idx, address=addr, prefixlen=plen)
+    if (ip6, prefixlen6) not in have:
+        run(["ip", "-n", ns_name, "-6", "addr", "add", f"{ip6}/{prefixlen6}", "dev", WORKLOAD_IFNAME, "nodad"])
+    if gateway6:
+        run(["ip", "-n", ns_name, "-6", "route", "replace", "default", "via", gateway6, "dev", WORKLOAD_IFNAME])
 
 
 def _attachments(ns) -> list[str]:

@@ -11,6 +11,7 @@ class Switch:
     cidr: ipaddress.IPv4Network
     mtu: int | None = None  # None: the largest the underlay of its hosts carries
     dhcp: bool = True  # the platform answers DHCP (and DNS) for this switch's ports
+    cidr6: ipaddress.IPv6Network | None = None  # its IPv6 prefix (dual stack), if any
 
 
 DEFAULT_LEASE_SECONDS = 3600
@@ -36,6 +37,11 @@ class Port:
     host: str
     rate_limit_mbps: float | None = None
     bum_limit_pps: int | None = None  # broadcast/multicast/unknown unicast; None: the default
+    ip6: ipaddress.IPv6Address | None = None  # on a switch with cidr6: given, or from the MAC
+
+    @property
+    def link_local(self) -> ipaddress.IPv6Address:
+        return link_local(self.mac)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class RouterPort:
     switch: str
     ip: ipaddress.IPv4Address
     mac: str
+    ip6: ipaddress.IPv6Address | None = None  # without it, the switch's IPv6 is not routed
+
+    @property
+    def link_local(self) -> ipaddress.IPv6Address:
+        return link_local(self.mac)
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,8 @@ class AclRule:
     ports: tuple[str, ...]  # empty: every port of the tenant
     action: str  # "allow", "allow-stateless" or "deny"
     protocol: str | None = None  # "tcp", "udp", "icmp" or None (any)
-    src: tuple[ipaddress.IPv4Network, ...] = ()
-    dst: tuple[ipaddress.IPv4Network, ...] = ()
+    src: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    dst: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     src_ports: tuple[tuple[int, int], ...] = ()
     dst_ports: tuple[tuple[int, int], ...] = ()
 
@@ -149,6 +160,10 @@ class Tenant:
     def hosts(self) -> set[str]:
         return {p.host for p in self.ports}
 
+    @property
+    def has_ipv6(self) -> bool:
+        return any(s.cidr6 is not None for s in self.switches)
+
     def service(self, switch: str) -> Service:
         rr = self.router_of(switch)
         if rr is not None:
@@ -159,6 +174,17 @@ class Tenant:
     @property
     def domain(self) -> str:
         return f"{self.name}.{DNS_SUFFIX}"
+
+
+def eui64(prefix: ipaddress.IPv6Network, mac: str) -> ipaddress.IPv6Address:
+    """The address SLAAC gives `mac` in a /64 (RFC 4291 appendix A: modified EUI-64)."""
+    b = bytes(int(x, 16) for x in mac.split(":"))
+    iid = bytes([b[0] ^ 0x02]) + b[1:3] + b"\xff\xfe" + b[3:6]
+    return ipaddress.IPv6Address(int(prefix.network_address) | int.from_bytes(iid, "big"))
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    return eui64(ipaddress.IPv6Network("fe80::/64"), mac)
 
 
 def service_address(cidr: ipaddress.IPv4Network) -> ipaddress.IPv4Address:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from topology.model import (AclRule, LoadBalancer, NatRule, Port, Route, Router, RouterPort, Switch,
-                            Tenant, derived_mac, service_address)
+                            Tenant, derived_mac, eui64, service_address)
 
 API_VERSION = "nvctl/v1"
 KIND = "Tenant"
@@ -28,12 +28,12 @@ SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False,
              "loadBalancers": False}
 LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
-SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False}
+SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False}
 MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
-             "rateLimitMbps": False, "bumLimitPps": False}
+             "rateLimitMbps": False, "bumLimitPps": False, "ip6": False}
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
-ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False}
+ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
 EXTERNAL_KEYS = {"ip": True}
 ACL_KEYS = {"priority": True, "direction": True, "ports": False, "from": False, "to": False,
@@ -167,6 +167,7 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
     out: list[Switch] = []
     seen: dict[str, str] = {}
     cidrs: list[tuple[ipaddress.IPv4Network, str]] = []
+    cidrs6: list[tuple[ipaddress.IPv6Network, str]] = []
     for i, item in enumerate(_list(raw, "spec.switches", errs)):
         path = f"spec.switches[{i}]"
         if not _keys(item, path, SWITCH_KEYS, errs, "name and cidr"):
@@ -175,21 +176,7 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
         if name is not None and name in seen:
             errs.add(f"{path}.name", f"duplicate switch name {name!r} (also {seen[name]})")
             name = None
-        cidr = None
-        if "cidr" in item:
-            try:
-                cidr = ipaddress.IPv4Network(str(item["cidr"]), strict=True)
-            except ValueError as e:
-                errs.add(f"{path}.cidr", f"{item['cidr']!r} is not an IPv4 network: {e}")
-            else:
-                if cidr.prefixlen > 30:
-                    errs.add(f"{path}.cidr", f"{cidr} leaves no room for hosts (use /30 or wider)")
-                    cidr = None
-        if cidr is not None:
-            for other, oname in cidrs:
-                if cidr.overlaps(other):
-                    errs.add(f"{path}.cidr", f"{cidr} overlaps switch {oname}'s {other}")
-            cidrs.append((cidr, name or f"#{i}"))
+        cidr = _subnet(item, path, "cidr", ipaddress.IPv4Network, cidrs, name or f"#{i}", errs)
         mtu = item.get("mtu")
         if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU):
             errs.add(f"{path}.mtu", f"{mtu!r} is not an MTU in bytes ({MIN_MTU} <= mtu <= {MAX_MTU})")
@@ -198,11 +185,39 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
         if not isinstance(dhcp, bool):
             errs.add(f"{path}.dhcp", f"{dhcp!r} is not true or false")
             dhcp = True
+        cidr6 = _subnet(item, path, "cidr6", ipaddress.IPv6Network, cidrs6, name or f"#{i}", errs)
+        if cidr6 is False:
+            cidr = None
         if name is not None:
             seen[name] = path
             if cidr is not None:
-                out.append(Switch(name, cidr, mtu, dhcp))
+                out.append(Switch(name, cidr, mtu, dhcp, cidr6 or None))
     return out
+
+
+def _subnet(item: dict, path: str, key: str, kind, seen: list, name: str, errs: _Errors):
+    """switches[i].cidr or .cidr6: a network for hosts, overlapping no other switch's
+    (added to `seen`). None when absent, False (cidr6) or None (cidr) when wrong."""
+    if key not in item:
+        return None
+    version = 4 if kind is ipaddress.IPv4Network else 6
+    try:
+        net = kind(str(item[key]), strict=True)
+    except ValueError as e:
+        errs.add(f"{path}.{key}", f"{item[key]!r} is not an IPv{version} network: {e}")
+        return None if version == 4 else False
+    if version == 4 and net.prefixlen > 30:
+        errs.add(f"{path}.{key}", f"{net} leaves no room for hosts (use /30 or wider)")
+        return None
+    if version == 6 and (net.prefixlen > 120 or net.is_link_local or net.is_multicast):
+        errs.add(f"{path}.{key}", f"{net} is not a prefix for hosts (a unicast /120 or wider, not "
+                                  f"link-local or multicast)")
+        return False
+    for other, oname in seen:
+        if net.overlaps(other):
+            errs.add(f"{path}.{key}", f"{net} overlaps switch {oname}'s {other}")
+    seen.append((net, name))
+    return net
 
 
 def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
@@ -284,15 +299,49 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             errs.add(f"{path}.bumLimitPps", f"{bum!r} is not a whole number of packets per second "
                                             f"(1 <= pps <= {MAX_BUM_PPS})")
             ok = False
+        ip6 = _port_ip6(item, path, sw, mac, ips, errs) if sw is not None else None
+        ok &= ip6 is not False
         if name is not None:
             names[name] = path
         if sw is not None and ip is not None:
             ips[(sw.name, ip)] = name or path
+        if sw is not None and ip6:
+            ips[(sw.name, ip6)] = name or path
         if sw is not None and mac is not None:
             macs[(sw.name, mac)] = name or path
         if ok:
-            out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum))
+            out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum,
+                            ip6 or None))
     return out
+
+
+def _port_ip6(item: dict, path: str, sw: Switch, mac: str | None, used: dict, errs: _Errors):
+    """The port's IPv6 CA: `ip6`, or (on a /64) the one SLAAC gives its MAC; None on a
+    switch without cidr6; False when it is wrong (reported)."""
+    if "ip6" not in item:
+        if sw.cidr6 is None or mac is None:
+            return None
+        if sw.cidr6.prefixlen != 64:
+            errs.add(f"{path}.ip6", f"is required: switch {sw.name}'s cidr6 {sw.cidr6} is not a /64, so no "
+                                    f"address follows from the MAC")
+            return False
+        ip6 = eui64(sw.cidr6, mac)
+    else:
+        if sw.cidr6 is None:
+            errs.add(f"{path}.ip6", f"switch {sw.name} has no cidr6")
+            return False
+        try:
+            ip6 = ipaddress.IPv6Address(str(item["ip6"]))
+        except ValueError:
+            errs.add(f"{path}.ip6", f"{item['ip6']!r} is not an IPv6 address")
+            return False
+        if ip6 not in sw.cidr6 or ip6 == sw.cidr6.network_address:
+            errs.add(f"{path}.ip6", f"{ip6} is not a host address of switch {sw.name}'s cidr6 {sw.cidr6}")
+            return False
+    if (sw.name, ip6) in used:
+        errs.add(f"{path}.ip6", f"{ip6} is already used on switch {sw.name} by {used[(sw.name, ip6)]}")
+        return False
+    return ip6
 
 
 def _ip(value: Any, path: str, errs: _Errors) -> ipaddress.IPv4Address | None:
@@ -308,6 +357,7 @@ def _routers(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Er
     names: set[str] = set()
     attached: dict[str, str] = {}  # switch -> router that has a port on it
     used_ips = {(p.switch, p.ip): p.name for p in ports}
+    used_ips.update({(p.switch, p.ip6): p.name for p in ports if p.ip6 is not None})
     used_macs = {(p.switch, p.mac): p.name for p in ports}
     for i, item in enumerate(_list(raw, "spec.routers", errs)):
         path = f"spec.routers[{i}]"
@@ -352,13 +402,31 @@ def _routers(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Er
                 elif sw is not None and (sw.name, mac) in used_macs:
                     errs.add(f"{pp}.mac", f"{mac} is already used on switch {sw.name} by {used_macs[(sw.name, mac)]}")
                     mac = None
+            ip6 = None
+            if "ip6" in rp and sw is not None:
+                try:
+                    ip6 = ipaddress.IPv6Address(str(rp["ip6"]))
+                except ValueError:
+                    errs.add(f"{pp}.ip6", f"{rp['ip6']!r} is not an IPv6 address")
+                    ok = False
+                else:
+                    if sw.cidr6 is None or ip6 not in sw.cidr6 or ip6 == sw.cidr6.network_address:
+                        errs.add(f"{pp}.ip6", f"{ip6} is not a host address of switch {sw.name}'s cidr6 "
+                                              f"{sw.cidr6 or '(none)'}")
+                        ok, ip6 = False, None
+                    elif (sw.name, ip6) in used_ips:
+                        errs.add(f"{pp}.ip6", f"{ip6} is already used on switch {sw.name} by "
+                                              f"{used_ips[(sw.name, ip6)]}")
+                        ok, ip6 = False, None
             if sw is None or ip is None or mac is None:
                 ok = False
                 continue
             attached[sw.name] = name or path
             used_ips[(sw.name, ip)] = f"router {name}"
+            if ip6 is not None:
+                used_ips[(sw.name, ip6)] = f"router {name}"
             used_macs[(sw.name, mac)] = f"router {name}"
-            rports.append(RouterPort(sw.name, ip, mac))
+            rports.append(RouterPort(sw.name, ip, mac, ip6))
         routes: list[Route] = []
         connected = {rp.switch for rp in rports}
         port_ips = {p.ip: p for p in ports}
@@ -541,13 +609,17 @@ def _peers(value: Any, path: str, switches: dict[str, Switch], ports: dict[str, 
         pp = f"{path}[{k}]" if isinstance(value, list) else path
         if isinstance(v, str) and v in ports:
             out.append(ipaddress.IPv4Network(f"{ports[v].ip}/32"))
+            if ports[v].ip6 is not None:
+                out.append(ipaddress.IPv6Network(f"{ports[v].ip6}/128"))
         elif isinstance(v, str) and v in switches:
             out.append(switches[v].cidr)
+            if switches[v].cidr6 is not None:
+                out.append(switches[v].cidr6)
         else:
             try:
-                out.append(ipaddress.IPv4Network(str(v), strict=True))
+                out.append(ipaddress.ip_network(str(v), strict=True))
             except ValueError:
-                errs.add(pp, f"{v!r} is not a port, a switch or an IPv4 CIDR of this tenant")
+                errs.add(pp, f"{v!r} is not a port, a switch or an IPv4 or IPv6 CIDR of this tenant")
                 return None
     return tuple(out)
 
@@ -635,14 +707,19 @@ def to_doc(t: Tenant) -> dict:
             d["rateLimitMbps"] = p.rate_limit_mbps
         if p.bum_limit_pps is not None:
             d["bumLimitPps"] = p.bum_limit_pps
+        if p.ip6 is not None:
+            d["ip6"] = str(p.ip6)
         ports.append(d)
-    spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr), **({"mtu": s.mtu} if s.mtu else {})}
+    spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr), **({"mtu": s.mtu} if s.mtu else {}),
+                                **({"cidr6": str(s.cidr6)} if s.cidr6 else {}),
+                                **({} if s.dhcp else {"dhcp": False})}
                                for s in t.switches],
                   "ports": ports}
     if t.routers:
         spec["routers"] = []
         for r in t.routers:
-            d = {"name": r.name, "ports": [{"switch": rp.switch, "ip": str(rp.ip), "mac": rp.mac}
+            d = {"name": r.name, "ports": [{"switch": rp.switch, "ip": str(rp.ip), "mac": rp.mac,
+                                            **({"ip6": str(rp.ip6)} if rp.ip6 else {})}
                                            for rp in r.ports]}
             if r.routes:
                 d["routes"] = [{"prefix": str(x.prefix), "nextHop": str(x.next_hop)} for x in r.routes]

@@ -13,8 +13,11 @@ its zone sees every connection it takes part in. In each stage:
                        and leaves the ones it still allows alone)
   no rule matched      allowed: +new committed, +est passes
 
-Ports no ACL guards skip both stages without touching conntrack. Only IPv4 is tracked;
-ARP passes (port security already pinned it to the port's addresses).
+Ports no ACL guards skip both stages without touching conntrack. IPv4 is tracked, and
+IPv6 in tenants that have it (a rule whose from/to name only networks of one version
+applies to that version; one with neither, to both; `icmp` means ICMPv6 for IPv6).
+ARP passes (port security already pinned it to the port's addresses), and so does
+neighbour discovery, which the platform answers before the ACLs.
 
 Only packets of guarded ports reach a rules table (the conntrack table's miss skips
 it), so the flows that do not depend on the port (+inv, replies, related, and the
@@ -26,8 +29,8 @@ from __future__ import annotations
 
 import itertools
 
-from dataplane.match_action import (ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ct,
-                                    Match, ct_state)
+from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+                                    IPPROTO_UDP, Ct, Match, ct_state)
 from controller.layers.base import Layer, TableDecl
 from controller.registers import INPORT, LOGICAL_SWITCH, OUTPORT
 
@@ -36,6 +39,8 @@ PRIO_REPLY = 64000
 PRIO_RULE_BASE = 100  # rule priority p becomes 100 + p (p <= 32767)
 PRIO_DEFAULT = 1
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
+PROTO6 = {**PROTO, "icmp": IPPROTO_ICMPV6}
+ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
 _L4_FIELDS = frozenset({"ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst"})
 
 
@@ -61,28 +66,31 @@ def guarded_ports(tenant) -> dict[str, dict[str, list]]:
     return out
 
 
-def rule_matches(rule) -> list[dict]:
-    """The match keyword sets one ACL rule expands to (cross product of its lists)."""
-    base: dict = {"eth_type": ETH_TYPE_IP}
-    if rule.protocol:
-        base["ip_proto"] = PROTO[rule.protocol]
-    srcs = [str(n) for n in rule.src] or [None]
-    dsts = [str(n) for n in rule.dst] or [None]
+def rule_matches(rule, versions=(4,)) -> list[dict]:
+    """The match keyword sets one ACL rule expands to (cross product of its lists), for
+    each IP version in `versions` its networks allow."""
     l4 = rule.protocol if rule.protocol in ("tcp", "udp") else None
     sports = [m for lo, hi in rule.src_ports for m in range_masks(lo, hi)] or [None]
     dports = [m for lo, hi in rule.dst_ports for m in range_masks(lo, hi)] or [None]
     out = []
-    for src, dst, sp, dp in itertools.product(srcs, dsts, sports, dports):
-        m = dict(base)
-        if src and src != "0.0.0.0/0":
-            m["ipv4_src"] = src
-        if dst and dst != "0.0.0.0/0":
-            m["ipv4_dst"] = dst
-        if sp is not None:
-            m[f"{l4}_src"] = sp if sp[1] != 0xFFFF else sp[0]
-        if dp is not None:
-            m[f"{l4}_dst"] = dp if dp[1] != 0xFFFF else dp[0]
-        out.append(m)
+    for v in versions:
+        srcs = [str(n) for n in rule.src if n.version == v] or ([] if rule.src else [None])
+        dsts = [str(n) for n in rule.dst if n.version == v] or ([] if rule.dst else [None])
+        base: dict = {"eth_type": ETH_TYPES[v]}
+        if rule.protocol:
+            base["ip_proto"] = (PROTO if v == 4 else PROTO6)[rule.protocol]
+        src_f, dst_f = ("ipv4_src", "ipv4_dst") if v == 4 else ("ipv6_src", "ipv6_dst")
+        for src, dst, sp, dp in itertools.product(srcs, dsts, sports, dports):
+            m = dict(base)
+            if src and not src.endswith("/0"):
+                m[src_f] = src
+            if dst and not dst.endswith("/0"):
+                m[dst_f] = dst
+            if sp is not None:
+                m[f"{l4}_src"] = sp if sp[1] != 0xFFFF else sp[0]
+            if dp is not None:
+                m[f"{l4}_dst"] = dp if dp[1] != 0xFFFF else dp[0]
+            out.append(m)
     return out
 
 
@@ -95,6 +103,7 @@ class _AclStage(Layer):
     def tenant_flows(self, t, out):
         tn = t.tenant
         guarded = guarded_ports(tn)
+        versions = (4, 6) if tn.has_ipv6 else (4,)
         hosts_of_switch: dict[str, set] = {}
         for name, by_dir in guarded.items():
             p = tn.port(name)
@@ -102,13 +111,14 @@ class _AclStage(Layer):
             zone = t.zone[name]
             me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
             host = (p.host,)
-            out.to(host, out.flow(self.ct_table, 100, Match.of(**me, eth_type=ETH_TYPE_IP),
-                                  (Ct(zone=zone, table=out.table(self.rules_table)),),
-                                  rule=f"port {name}: track in zone {zone}"))
+            for v in versions:
+                out.to(host, out.flow(self.ct_table, 100, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                      (Ct(zone=zone, table=out.table(self.rules_table)),),
+                                      rule=f"port {name}: track in zone {zone}"))
             commit = (Ct(zone=zone, commit=True), out.goto("@next"))
             for rule in by_dir[self.direction]:
                 label = f"acl[{rule.index}] {rule.direction} {rule.action} (port {name})"
-                for m in rule_matches(rule):
+                for m in rule_matches(rule, versions):
                     prio = PRIO_RULE_BASE + rule.priority
                     if rule.action == "deny":
                         variants = [({}, ())]
@@ -121,12 +131,13 @@ class _AclStage(Layer):
                         cs = {"ct_state": ct_state(trk=True, **flags)} if flags else {}
                         out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
                                               actions, rule=label))
-            out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
-                                  Match.of(**me, eth_type=ETH_TYPE_IP,
-                                           ct_state=ct_state(trk=True, new=True)), commit,
-                                  rule=f"port {name}: no rule matched, allow"))
-        for sw, hosts in hosts_of_switch.items():
-            ip = {**LOGICAL_SWITCH.m(t.vni[sw]), "eth_type": ETH_TYPE_IP}
+            for v in versions:
+                out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
+                                      Match.of(**me, eth_type=ETH_TYPES[v],
+                                               ct_state=ct_state(trk=True, new=True)), commit,
+                                      rule=f"port {name}: no rule matched, allow"))
+        for (sw, hosts), v in itertools.product(hosts_of_switch.items(), versions):
+            ip = {**LOGICAL_SWITCH.m(t.vni[sw]), "eth_type": ETH_TYPES[v]}
             out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
                                    Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
                                    rule=f"switch {sw}: invalid connection state"))
@@ -141,7 +152,8 @@ class _AclStage(Layer):
                                    rule=f"switch {sw}: no rule matched, allow the rest of a connection"))
 
 
-_RULE_FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ipv4_src", "ipv4_dst"}) | _L4_FIELDS
+_RULE_FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ipv4_src", "ipv4_dst", "ipv6_src",
+                          "ipv6_dst"}) | _L4_FIELDS
 
 
 class FromPortAcl(_AclStage):
@@ -152,7 +164,7 @@ class FromPortAcl(_AclStage):
     ct_table, rules_table = "acl_in_ct", "acl_in"
     tables = (
         TableDecl("acl_in_ct", frozenset({"reg13", "reg14", "eth_type"}), successors=("acl_in",),
-                  miss="@next", doc="IPv4 from a guarded port -> conntrack in the port's zone"),
+                  miss="@next", doc="IP from a guarded port -> conntrack in the port's zone"),
         TableDecl("acl_in", _RULE_FIELDS | {"reg14"}, successors=("@next",),
                   doc="from-port rules by priority, stateful"),
     )
@@ -166,7 +178,7 @@ class ToPortAcl(_AclStage):
     ct_table, rules_table = "acl_out_ct", "acl_out"
     tables = (
         TableDecl("acl_out_ct", frozenset({"reg13", "reg15", "eth_type"}), successors=("acl_out",),
-                  miss="@next", doc="IPv4 to a guarded port -> conntrack in the port's zone"),
+                  miss="@next", doc="IP to a guarded port -> conntrack in the port's zone"),
         TableDecl("acl_out", _RULE_FIELDS | {"reg15"}, successors=("@next",),
                   doc="to-port rules by priority, stateful"),
     )

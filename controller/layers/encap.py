@@ -15,7 +15,7 @@ its MTU. Switched and routed packets alike: routing happens before dispatch.
 """
 from __future__ import annotations
 
-from dataplane.match_action import ETH_TYPE_IP, CheckPktLarger, Match, Output, SetField
+from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, CheckPktLarger, Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
 from controller.allocator import transit_name
 from controller.layers.qos import bum_meter_for
@@ -65,11 +65,14 @@ class Encap(Layer):
             mtu = (t.mtu or {}).get(s.name, 1450)
             check = CheckPktLarger(mtu + ETH_HEADER, PKT_LARGER.field, PKT_LARGER.lo)
             senders = {h for h in hosts if any(p.host != h for p in ports)}
-            if senders:
+            for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6) if senders else ():
+                if eth_type == ETH_TYPE_IPV6 and not t.tenant.has_ipv6:
+                    continue
                 out.to(senders, out.flow(
-                    "tunnel_out", 100, Match.of(**ls, **PKT_LARGER.m(1), eth_type=ETH_TYPE_IP),
+                    "tunnel_out", 100, Match.of(**ls, **PKT_LARGER.m(1), eth_type=eth_type),
                     to_controller(t.tenant_id),
-                    rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP frag needed, by the controller"))
+                    rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP"
+                         f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
             for p in ports:
                 key = OUTPORT.m(t.port_key[p.name])
                 out.to((p.host,), out.flow(

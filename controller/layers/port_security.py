@@ -8,12 +8,13 @@ only the port's own IPv4 and ARP are admitted.
 """
 from __future__ import annotations
 
-from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_UDP, Match
+from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_UDP, ND_NA, Match
 from controller.layers.base import Layer, TableDecl
 from controller.registers import INPORT, LOGICAL_SWITCH
 
 
 DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68
+ND_RA = 134
 
 
 class PortSecurity(Layer):
@@ -22,7 +23,7 @@ class PortSecurity(Layer):
     tables = (
         TableDecl("port_security",
                   frozenset({"reg13", "reg14", "eth_src", "eth_type", "arp_spa", "arp_sha",
-                             "ipv4_src", "ip_proto", "udp_src", "udp_dst"}),
+                             "ipv4_src", "ip_proto", "udp_src", "udp_dst", "ipv6_src", "icmpv6_type"}),
                   successors=("@next",), miss="drop",
                   doc="only the port's own MAC and IP may leave it; everything else drops"),
     )
@@ -40,11 +41,26 @@ class PortSecurity(Layer):
                 "port_security", 100,
                 Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                 (out.goto("@next"),), rule=rule))
+            if p.ip6 is not None:
+                for src in (p.ip6, p.link_local, "::"):
+                    extra = {"ip_proto": IPPROTO_ICMPV6} if src == "::" else {}
+                    out.to((p.host,), out.flow(
+                        "port_security", 100,
+                        Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
+                        (out.goto("@next"),), rule=f"port {p.name} {mac} {src}" +
+                        (" (ICMPv6 only: duplicate address detection, MLD)" if extra else "")))
             out.to((p.host,), out.flow(
                 "port_security", 110,
                 Match.of(**ls, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERVER_PORT),
                 (), rule=f"port {p.name} may not answer DHCP (UDP from port 67): drop"))
         for sw in t.tenant.switches:
+            if sw.cidr6 is not None and t.members[sw.name]:
+                for kind, why in ((ND_NA, "neighbour advertisement"), (ND_RA, "router advertisement")):
+                    out.to(t.members[sw.name], out.flow(
+                        "port_security", 110,
+                        Match.of(**LOGICAL_SWITCH.m(t.vni[sw.name]), eth_type=ETH_TYPE_IPV6,
+                                 ip_proto=IPPROTO_ICMPV6, icmpv6_type=kind), (),
+                        rule=f"switch {sw.name}: no workload's {why} (the platform answers): drop"))
             if sw.dhcp and t.members[sw.name]:
                 out.to(t.members[sw.name], out.flow(
                     "port_security", 100,

@@ -6,12 +6,16 @@ ICMP echo on its own addresses.
 
 Longest prefix wins through priority; a connected route beats a static route of the
 same length.
+
+IPv6: between the switches whose router ports have an ip6, connected routes only (no
+static IPv6 routes, no external IPv6 yet); the next hop is the destination itself, so
+ip_neighbor matches its address. Ping6 to the router is answered by the controller.
 """
 from __future__ import annotations
 
 import ipaddress
 
-from dataplane.match_action import (ETH_TYPE_IP, IN_PORT, IPPROTO_ICMP, DecTtl, Match, Move,
+from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IN_PORT, IPPROTO_ICMP, DecTtl, Match, Move,
                                     Output, SetField)
 from controller.allocator import router_port_name, transit_name
 from topology.model import derived_mac
@@ -36,10 +40,10 @@ class Routing(Layer):
     id = 7
     tables = (
         TableDecl("ip_routing",
-                  frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst"}),
+                  frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst", "ipv6_dst"}),
                   successors=("ip_neighbor", "dispatch"), miss="@next",
                   doc="packets to a router port: ICMP echo to the router, or route by longest prefix"),
-        TableDecl("ip_neighbor", frozenset({"reg13", "reg12"}), successors=("@next",),
+        TableDecl("ip_neighbor", frozenset({"reg13", "reg12", "eth_type", "ipv6_dst"}), successors=("@next",),
                   doc="next hop on the destination switch -> its MAC and logical port"),
     )
 
@@ -71,6 +75,15 @@ class Routing(Layer):
                         self._forward(t, r.name, egress) + (Move("ipv4_dst", NEXTHOP.field),
                                                             out.goto("ip_neighbor")),
                         rule=f"router {r.name}: {sw.cidr} is connected ({sw.name})"))
+                for egress in r.ports if rp.ip6 is not None else ():  # connected IPv6 networks
+                    sw = tn.switch(egress.switch)
+                    if egress.ip6 is None or sw.cidr6 is None:
+                        continue
+                    out.to(hosts, out.flow(
+                        "ip_routing", route_priority(sw.cidr6.prefixlen, True),
+                        Match.of(**came, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(sw.cidr6)),
+                        self._forward(t, r.name, egress) + (out.goto("ip_neighbor"),),
+                        rule=f"router {r.name}: {sw.cidr6} is connected ({sw.name})"))
                 for route in r.routes:
                     nh_port = next(p for p in tn.ports if p.ip == route.next_hop)
                     egress = r.port_on(nh_port.switch)
@@ -96,6 +109,11 @@ class Routing(Layer):
                         (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]),
                          out.goto("@next")),
                         rule=f"router {r.name}: {p.ip} is {p.mac} (port {p.name})"))
+                    if p.ip6 is not None and rp.ip6 is not None:
+                        out.to(hosts, out.flow(
+                            "ip_neighbor", 100, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(p.ip6)),
+                            (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
+                            rule=f"router {r.name}: {p.ip6} is {p.mac} (port {p.name})"))
 
     @staticmethod
     def _forward(t, router: str, egress) -> tuple:

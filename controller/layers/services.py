@@ -12,15 +12,23 @@ control-plane meter there (id CONTROL_METER_BASE + tenant id, CONTROL_PPS packet
 second): a DHCP or DNS flood costs the flooding tenant its own answers, not another
 tenant's, and the controller at most CONTROL_PPS packet-ins a second per tenant and
 host. The encap layer sends path-MTU packet-ins through the same meter.
+
+IPv6 (a switch with cidr6): every neighbour solicitation and router solicitation goes
+to the controller, which answers for the addresses the spec knows (ports, router
+ports, their link-local addresses) and router advertisements from the router port when
+it has an ip6 (SLAAC; see `controller.punt`); ICMPv6 echo to the router and DNS at its
+ip6 too. Nothing of neighbour discovery floods the overlay.
 """
 from __future__ import annotations
 
-from dataplane.match_action import CONTROLLER, ETH_TYPE_IP, IPPROTO_UDP, Match, Meter, Output
+from dataplane.match_action import (CONTROLLER, ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_UDP,
+                                    ND_NS, Match, Meter, Output)
 from controller.layers.base import Layer, TableDecl
 from controller.layers.port_security import DHCP_SERVER_PORT
 from controller.registers import LOGICAL_SWITCH
 
 DNS_PORT = 53
+ND_RS, ICMPV6_ECHO_REQUEST = 133, 128
 CONTROL_METER_BASE = 1 << 24  # above every BUM meter (BUM_METER_BASE + ofport)
 CONTROL_PPS = 100  # a booting VM's DHCP and DNS need a handful
 CONTROL_BURST = 50
@@ -39,7 +47,8 @@ class Services(Layer):
     name = "services"
     id = 14
     tables = (
-        TableDecl("services", frozenset({"reg13", "eth_type", "ip_proto", "ipv4_dst", "udp_dst"}),
+        TableDecl("services", frozenset({"reg13", "eth_type", "ip_proto", "ipv4_dst", "udp_dst", "ipv6_dst",
+                                         "icmpv6_type"}),
                   successors=("@next",), miss="@next",
                   doc="DHCP requests and DNS queries to the switch's service address: to the controller"),
     )
@@ -47,6 +56,8 @@ class Services(Layer):
     def tenant_flows(self, t, out):
         for s in t.tenant.switches:
             hosts = t.members[s.name]
+            if s.cidr6 is not None and hosts:
+                self._ipv6(t, s, hosts, out)
             if not s.dhcp or not hosts:
                 continue
             ls = LOGICAL_SWITCH.m(t.vni[s.name])
@@ -58,3 +69,25 @@ class Services(Layer):
             out.to(hosts, out.flow(
                 "services", 100, Match.of(**ls, **udp, ipv4_dst=str(svc.ip), udp_dst=DNS_PORT),
                 to_controller(t.tenant_id), rule=f"switch {s.name}: DNS at {svc.ip}, answered by the controller"))
+
+    @staticmethod
+    def _ipv6(t, s, hosts, out):
+        ls = LOGICAL_SWITCH.m(t.vni[s.name])
+        icmp6 = dict(eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_ICMPV6)
+        for kind, what in ((ND_NS, "neighbour solicitation"), (ND_RS, "router solicitation")):
+            out.to(hosts, out.flow("services", 100, Match.of(**ls, **icmp6, icmpv6_type=kind),
+                                   to_controller(t.tenant_id),
+                                   rule=f"switch {s.name}: {what}, answered by the controller"))
+        rr = t.tenant.router_of(s.name)
+        if rr is None or rr[1].ip6 is None:
+            return
+        rp = rr[1]
+        for addr in [rp.link_local] + [o.ip6 for o in rr[0].ports if o.ip6 is not None]:  # any of its addresses
+            out.to(hosts, out.flow(
+                "services", 100, Match.of(**ls, **icmp6, ipv6_dst=str(addr), icmpv6_type=ICMPV6_ECHO_REQUEST),
+                to_controller(t.tenant_id), rule=f"switch {s.name}: ping6 router {rr[0].name} at {addr}"))
+        if s.dhcp:
+            out.to(hosts, out.flow(
+                "services", 100, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_UDP, ipv6_dst=str(rp.ip6),
+                                          udp_dst=DNS_PORT),
+                to_controller(t.tenant_id), rule=f"switch {s.name}: DNS at {rp.ip6}, answered by the controller"))

@@ -121,7 +121,7 @@ def test_routers_and_acls_parse_and_round_trip():
      "is not an IPv4 network"),
     ("ports: [db1], from: web", "ports: [db9], from: web", "spec.acls[0].ports", "unknown port 'db9'"),
     ("from: web, protocol", "from: nowhere, protocol", "spec.acls[0].from",
-     "'nowhere' is not a port, a switch or an IPv4 CIDR"),
+     "'nowhere' is not a port, a switch or an IPv4 or IPv6 CIDR"),
     ("protocol: tcp, dstPorts", "protocol: icmp, dstPorts", "spec.acls[0].dstPorts", "needs protocol tcp or udp"),
     ('"6000-6010"', '"6010-6000"', "spec.acls[0].dstPorts[1]", "within 1-65535 with low <= high"),
     ("action: allow}", "action: permit}", "spec.acls[0].action", "'permit' is not one of allow"),

@@ -1,0 +1,100 @@
+"""Dual stack: the schema, forwarding and routing of IPv6 in the simulator, port security
+for IPv6 and neighbour discovery, and twins with identical IPv6 prefixes, names and MACs
+proved isolated over the header space (IPv6 fields included)."""
+import ipaddress
+import os
+
+import pytest
+
+from controller.compiler import compile_world
+from controller.verify import network_from_compiled, verify
+from dataplane.match_action import ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, ND_NA
+from topology.model import eui64
+from topology.schema import ValidationError, load_tenant, to_doc, validate
+from tests.unit.fixtures import HOSTS, Net, world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DUAL = open(os.path.join(ROOT, "examples", "dual-stack.yaml")).read().replace("name: dual}", "name: NAME}")
+
+
+def dual(name="shop6"):
+    return DUAL.replace("NAME", name)
+
+
+def test_ports_get_an_ip6_from_their_mac_or_as_given_and_it_round_trips():
+    t = load_tenant(dual(), HOSTS.keys())
+    w1 = t.port("w1")
+    assert w1.ip6 == eui64(ipaddress.IPv6Network("fd00:0:0:1::/64"), w1.mac)
+    assert str(t.port("w2").ip6) == "fd00:0:0:1::12"
+    assert validate(to_doc(t), HOSTS.keys()) == t
+
+
+@pytest.mark.parametrize("change,path,why", [
+    ('ip6: "fd00:0:0:1::12"}', "spec.ports[3].ip6", "has no cidr6"),  # with db made IPv4-only below
+    ('cidr6: "fd00:0:0:2::/64"}', "spec.switches[1].cidr6", "overlaps"),
+])
+def test_bad_ipv6_is_refused_naming_the_field(change, path, why):
+    doc = dual()
+    if "has no cidr6" in why:
+        doc = doc.replace(', cidr6: "fd00:0:0:2::/64"}', "}").replace(', ip6: "fd00:0:0:2::1"}', "}")
+        doc = doc.replace("ip: 10.0.1.10, host: hv2}", 'ip: 10.0.1.10, host: hv2, ip6: "fd00::9"}')
+    else:
+        doc = doc.replace('cidr6: "fd00:0:0:1::/64"}', change)
+    with pytest.raises(ValidationError) as e:
+        load_tenant(doc, HOSTS.keys())
+    assert any(p == path and why in w for p, w in e.value.errors), e.value.errors
+
+
+def test_an_ip6_outside_the_prefix_or_taken_is_refused():
+    with pytest.raises(ValidationError) as e:
+        load_tenant(dual().replace('ip6: "fd00:0:0:1::12"', 'ip6: "fd00:0:0:9::12"'), HOSTS.keys())
+    assert any(p == "spec.ports[1].ip6" and "not a host address" in w for p, w in e.value.errors)
+    with pytest.raises(ValidationError) as e:
+        load_tenant(dual().replace('ip6: "fd00:0:0:1::12"', 'ip6: "fd00:0:0:1::1"'), HOSTS.keys())
+    assert any(p.startswith("spec.routers[0].ports[0].ip6") and "already used" in w for p, w in e.value.errors)
+
+
+def v6(src_mac, dst_mac, src, dst, proto=IPPROTO_TCP, **l4):
+    pkt = {"eth_src": src_mac, "eth_dst": dst_mac, "eth_type": ETH_TYPE_IPV6, "ipv6_src": str(src),
+           "ipv6_dst": str(dst), "ip_proto": proto, "ip_ttl": 64}
+    if proto == IPPROTO_TCP:
+        pkt.update(tcp_src=40000, tcp_dst=l4.get("dport", 80))
+    pkt.update({k: v for k, v in l4.items() if k != "dport"})
+    return pkt
+
+
+def test_ipv6_is_switched_routed_and_guarded_by_its_acl():
+    n = Net(world(dual()))
+    w1, _ = n.port("shop6", "w1")
+    w2, _ = n.port("shop6", "w2")
+    d1, _ = n.port("shop6", "d1")
+    r = n.tenants["shop6"][0].router("r1")
+    assert n.who(n.send("shop6", "w1", v6(w1.mac, w2.mac, w1.ip6, w2.ip6))) == [("shop6", "w2")]
+    # routed: to the router's MAC, TTL down, onto db; the ACL lets only TCP 22 from w1 in
+    got = n.send("shop6", "w1", v6(w1.mac, r.ports[0].mac, w1.ip6, d1.ip6, dport=22))
+    assert n.who(got) == [("shop6", "d1")]
+    assert got[0].packet["eth_src"] == r.ports[1].mac and got[0].packet["ip_ttl"] == 63
+    assert n.send("shop6", "w1", v6(w1.mac, r.ports[0].mac, w1.ip6, d1.ip6, dport=80)) == []
+    assert n.send("shop6", "w2", v6(w2.mac, r.ports[0].mac, w2.ip6, d1.ip6, dport=22)) == []
+
+
+def test_a_port_may_not_spoof_an_ipv6_source_nor_advertise_a_neighbour():
+    n = Net(world(dual()))
+    w1, _ = n.port("shop6", "w1")
+    w2, _ = n.port("shop6", "w2")
+    assert n.send("shop6", "w1", v6(w1.mac, w2.mac, w2.ip6, w2.ip6)) == []
+    na = v6(w1.mac, w2.mac, w1.ip6, w2.ip6, proto=IPPROTO_ICMPV6, icmpv6_type=ND_NA, icmpv6_code=0,
+            ipv6_nd_target=str(w2.ip6), ipv6_nd_tll=w1.mac)
+    assert n.send("shop6", "w1", na) == []
+    # its link-local address is its own, too
+    ll = v6(w1.mac, w2.mac, w1.link_local, w2.link_local)
+    assert n.who(n.send("shop6", "w1", ll)) == [("shop6", "w2")]
+
+
+def test_dual_stack_twins_verify_clean():
+    w = world(dual("twin-a"), dual("twin-b"))
+    flows = {h: list(fl.values()) for h, fl in compile_world(HOSTS, w).items()}
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert r.ok, r.format()
+    assert r.checked["port_starts"] == 8

@@ -3,6 +3,7 @@
 The packet is described like an ovs-ofctl flow, relative to the sending port:
 
     tcp,nw_dst=10.0.1.20,tp_dst=5432      icmp,nw_dst=10.0.0.1      arp,arp_tpa=10.0.0.12
+    tcp6,ipv6_dst=fd00:0:0:2::10,tp_dst=22                          icmp6,ipv6_dst=fd00:0:0:1::12
 
 Whatever is not given is filled in as the port would send it: its own MAC and IP as
 source, the destination's MAC on the same switch or the router's MAC off it, TTL 64,
@@ -15,9 +16,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from dataplane.match_action import (BROADCAST_MAC, ETH_TYPE_ARP, ETH_TYPE_IP, FIELDS, IPPROTO_ICMP,
-                                    IPPROTO_TCP, IPPROTO_UDP, Fabric, Fate, cookie_layer,
-                                    cookie_tenant)
+from dataplane.match_action import (BROADCAST_MAC, ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, FIELDS,
+                                    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Fabric, Fate,
+                                    cookie_layer, cookie_tenant)
 from controller.compiler import TUNNEL_OFPORT
 from controller.pipeline import LAYER_BY_ID, PIPELINE
 
@@ -25,9 +26,11 @@ SPEC_FIELDS = {  # spec key -> (our field, kind)
     "dl_src": "eth_src", "dl_dst": "eth_dst", "nw_src": "ipv4_src", "nw_dst": "ipv4_dst",
     "nw_ttl": "ip_ttl", "tp_src": "tp_src", "tp_dst": "tp_dst", "icmp_type": "icmpv4_type",
     "icmp_code": "icmpv4_code", "arp_tpa": "arp_tpa", "arp_spa": "arp_spa", "arp_op": "arp_op",
-    "arp_sha": "arp_sha",
+    "arp_sha": "arp_sha", "ipv6_src": "ipv6_src", "ipv6_dst": "ipv6_dst", "icmpv6_type": "icmpv6_type",
+    "icmpv6_code": "icmpv6_code",
 }
-PROTOS = {"ip": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "arp": None}
+PROTOS = {"ip": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "arp": None,
+          "ipv6": None, "icmp6": IPPROTO_ICMPV6, "tcp6": IPPROTO_TCP, "udp6": IPPROTO_UDP}
 
 
 class TraceError(ValueError):
@@ -50,6 +53,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         try:
             if f in ("ipv4_src", "ipv4_dst", "arp_tpa", "arp_spa"):
                 v = str(ipaddress.IPv4Address(v))
+            elif f in ("ipv6_src", "ipv6_dst"):
+                v = str(ipaddress.IPv6Address(v))
             elif f in ("eth_src", "eth_dst", "arp_sha"):
                 v = v.lower()
             else:
@@ -72,22 +77,36 @@ def build_packet(tenant, port, proto: str, fields: dict) -> dict:
             if k in fields:
                 pkt[k] = fields[k]
         return pkt
-    dst = fields.get("ipv4_dst")
-    if dst is None:
-        raise TraceError("give the destination as nw_dst=IP")
-    pkt.update(eth_type=ETH_TYPE_IP, ipv4_src=str(port.ip), ipv4_dst=dst, ip_ttl=64)
     sw = tenant.switch(port.switch)
+    v6 = proto in ("ipv6", "icmp6", "tcp6", "udp6") or "ipv6_dst" in fields
+    if v6:
+        dst = fields.get("ipv6_dst")
+        if dst is None:
+            raise TraceError("give the IPv6 destination as ipv6_dst=IP")
+        if port.ip6 is None:
+            raise TraceError(f"{port.name} has no IPv6 address (its switch {sw.name} has no cidr6)")
+        pkt.update(eth_type=ETH_TYPE_IPV6, ipv6_src=str(port.ip6), ipv6_dst=dst, ip_ttl=64)
+        on_link = sw.cidr6 is not None and ipaddress.IPv6Address(dst) in sw.cidr6
+        addr_of = lambda p: str(p.ip6)  # noqa: E731
+        proto = {"ipv6": "ip", "icmp6": "icmp", "tcp6": "tcp", "udp6": "udp"}.get(proto, proto)
+    else:
+        dst = fields.get("ipv4_dst")
+        if dst is None:
+            raise TraceError("give the destination as nw_dst=IP")
+        pkt.update(eth_type=ETH_TYPE_IP, ipv4_src=str(port.ip), ipv4_dst=dst, ip_ttl=64)
+        on_link = ipaddress.IPv4Address(dst) in sw.cidr
+        addr_of = lambda p: str(p.ip)  # noqa: E731
     if "eth_dst" in fields:
         pkt["eth_dst"] = fields["eth_dst"]
-    elif ipaddress.IPv4Address(dst) in sw.cidr:
-        peer = next((p for p in tenant.ports if p.switch == sw.name and str(p.ip) == dst), None)
+    elif on_link:
+        peer = next((p for p in tenant.ports if p.switch == sw.name and addr_of(p) == dst), None)
         vip = next((lb for lb in tenant.load_balancers if str(lb.vip) == dst), None)
         gw = tenant.router_of(sw.name)
         if peer is not None:
             pkt["eth_dst"] = peer.mac
         elif vip is not None:
             pkt["eth_dst"] = vip.mac
-        elif gw is not None and str(gw[1].ip) == dst:
+        elif gw is not None and dst in (str(gw[1].ip), str(gw[1].ip6)):
             pkt["eth_dst"] = gw[1].mac
         elif dst == str(sw.cidr.broadcast_address):
             pkt["eth_dst"] = BROADCAST_MAC
@@ -99,10 +118,13 @@ def build_packet(tenant, port, proto: str, fields: dict) -> dict:
             raise TraceError(f"{dst} is off switch {sw.name}, which has no router")
         pkt["eth_dst"] = gw[1].mac
     if proto != "ip":
-        pkt["ip_proto"] = PROTOS[proto]
+        pkt["ip_proto"] = IPPROTO_ICMPV6 if v6 and proto == "icmp" else PROTOS[proto]
     if proto in ("tcp", "udp"):
         pkt[f"{proto}_src"] = fields.get("tp_src", 40000)
         pkt[f"{proto}_dst"] = fields.get("tp_dst", 80)
+    elif proto == "icmp" and v6:
+        pkt["icmpv6_type"] = fields.get("icmpv6_type", 128)
+        pkt["icmpv6_code"] = fields.get("icmpv6_code", 0)
     elif proto == "icmp":
         pkt["icmpv4_type"] = fields.get("icmpv4_type", 8)
         pkt["icmpv4_code"] = fields.get("icmpv4_code", 0)

@@ -163,3 +163,28 @@ def test_aaaa_names_over_ipv4_and_ipv6_inside_each_twin(twins):
     assert dig(ns, "fd00:0:0:1::1", "d1.twin-a.nvctl", "A") == ("NOERROR", ["10.0.1.10"])
     assert dig(ns, "fd00:0:0:1::1", "d1.twin-b.nvctl", "AAAA") == ("NXDOMAIN", [])
     assert dig(b["w1"]["namespace"], "fd00:0:0:1::1", "d1.twin-b.nvctl", "AAAA") == ("NOERROR", [b["d1"]["ip6"]])
+
+
+def test_trace_of_an_ipv6_packet_agrees_with_ovs(lab, twins):
+    from controller.api import call
+    d1 = twins["twin-a"]["d1"]["ip6"]
+    r = call(lab.api_path, "trace", tenant="twin-a", port="w1", packet=f"tcp6,ipv6_dst={d1},tp_dst=22", real=True)
+    assert r["agree"] is True and r["delivered"] == ["twin-a/d1"], r
+    r = call(lab.api_path, "trace", tenant="twin-a", port="w1", packet=f"tcp6,ipv6_dst={d1},tp_dst=80", real=True)
+    assert r["agree"] is True and r["delivered"] == [], r  # the ACL's deny, on d1's host
+
+
+def test_a_too_big_ipv6_packet_gets_packet_too_big_with_the_switch_mtu(twins):
+    t = twins["twin-a"]
+    ns = t["w1"]["namespace"]
+    in_ns(ns, "ip", "link", "set", "eth0", "mtu", "1500", check=True)
+    try:
+        big = in_ns(ns, "ping", "-6", "-c", "2", "-W", "2", "-M", "do", "-s", "1452", t["d1"]["ip6"])
+        assert "Packet too big: mtu=1450" in big.stdout + big.stderr, big.stdout + big.stderr
+        route = in_ns(ns, "ip", "-6", "route", "get", t["d1"]["ip6"], check=True).stdout
+        assert "mtu 1450" in route, route
+        fit = in_ns(ns, "ping", "-6", "-c", "2", "-W", "2", "-M", "do", "-s", "1402", t["d1"]["ip6"])
+        assert "2 received" in fit.stdout, fit.stdout + fit.stderr
+    finally:
+        in_ns(ns, "ip", "-6", "route", "flush", "cache")
+        in_ns(ns, "ip", "link", "set", "eth0", "mtu", "1450", check=True)

@@ -66,3 +66,16 @@ def test_check_pkt_len_is_read_as_its_small_packet_branch():
            "vxlan(flags=0x8000000,vni=0x3e9)),out_port(2))")
     text = f"Datapath actions: check_pkt_len(size=1464,gt(userspace(pid=0,controller(reason=1))),le({tnl}))\n"
     assert parse_datapath_actions(text, odp, 10) == [("tunnel", "192.0.2.12", 1001)]
+
+
+def test_an_ipv6_spec_builds_the_ports_ipv6_packet_to_the_router_when_off_link():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    t = load_tenant(open(os.path.join(root, "examples", "dual-stack.yaml")).read(), None)
+    w1, d1, w2 = t.port("w1"), t.port("d1"), t.port("w2")
+    pkt = build_packet(t, w1, *parse_spec(f"tcp6,ipv6_dst={d1.ip6},tp_dst=22"))
+    assert (pkt["eth_type"], pkt["ipv6_src"], pkt["ipv6_dst"], pkt["ip_proto"], pkt["tcp_dst"]) == \
+        (0x86DD, str(w1.ip6), str(d1.ip6), 6, 22)
+    assert pkt["eth_dst"] == t.router("r1").ports[0].mac
+    pkt = build_packet(t, w1, *parse_spec(f"icmp6,ipv6_dst={w2.ip6}"))
+    assert (pkt["eth_dst"], pkt["ip_proto"], pkt["icmpv6_type"]) == (w2.mac, 58, 128)

@@ -40,6 +40,8 @@ def operations(core) -> dict:
         "tenant.apply": core.apply,
         "tenant.delete": core.delete,
         "port.migrate": core.migrate,
+        "port.add": core.port_add,
+        "port.del": core.port_del,
         "tenant.list": core.list_tenants,
         "tenant.show": core.show,
         "port.info": core.port_info,

@@ -268,6 +268,31 @@ def cmd_port_migrate(a):
     print(f"  switch window (both attachments live while hosts switch): {t['switch_window']} ms")
 
 
+def cmd_port_add(a):
+    r = call(_api(a), "port.add", tenant=a.tenant, switch=a.switch, name=a.name, ip=a.ip, mac=a.mac,
+             host=a.host, workload=not a.no_workload, ip6=a.ip6)
+    if a.json:
+        return _print(r, True)
+    p = r["port"]
+    v6 = f", {p['ip6']}" if p.get("ip6") else ""
+    print(f"{r['tenant']}/{p['name']}: {p['ip']}/{p['prefixlen']}{v6} {p['mac']} on {p['host']} "
+          f"(ofport {p['ofport']}, MTU {p['mtu']}" + (f", gateway {p['gateway']})" if p["gateway"] else ")"))
+    if p["workload"]:
+        print(f"  workload: namespace {p['namespace']}")
+    else:
+        print(f"  no workload made: plug an interface into {p['host']}'s br-int with "
+              f"external_ids:iface-id={p['iface_id']} and ofport_request={p['ofport']}")
+    for h, what in r["hosts"].items():
+        print(f"  {h}: {what}")
+    for e in r.get("attach_errors", []):
+        print(f"  warning: {e}")
+
+
+def cmd_port_del(a):
+    tenant, port = _tenant_port(a.target, "port del")
+    _report_change(call(_api(a), "port.del", tenant=tenant, port=port), a.json)
+
+
 def _drift_note(d: dict | None) -> str:
     """What a fresh read of the switch found and corrected, for a person."""
     if not d or not any(d.get(k) for k in ("missing", "unexpected", "changed")):
@@ -430,6 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TENANT/PORT")
     p.add_argument("--to", required=True, metavar="HOST", help="destination host")
     p.set_defaults(fn=cmd_port_migrate)
+    p = pts.add_parser("add", parents=[common], help="add a port to a tenant's switch (IPAM picks its address)",
+                       description="The port is stored with the tenant, marked madeBy: api: it survives "
+                                   "restarts, shows in 'tenant show', gets every policy a YAML port of "
+                                   "the switch gets, and stays when a YAML that does not name it is "
+                                   "applied. Example: nvctl port add blue --switch web --host hv2")
+    p.add_argument("tenant")
+    p.add_argument("--switch", required=True, help="the tenant's switch")
+    p.add_argument("--name", help="port name (default: SWITCH-N, the lowest N free)")
+    p.add_argument("--ip", default="auto", help="IPv4 address, or auto (default): the lowest free one "
+                   "(never the network, broadcast, router, DHCP/DNS service or a VIP address)")
+    p.add_argument("--ip6", help="IPv6 address (default on a /64 cidr6: from the MAC)")
+    p.add_argument("--mac", help="MAC (default: derived from the IPv4 address)")
+    p.add_argument("--host", help="host (default: the one with the fewest ports)")
+    p.add_argument("--no-workload", action="store_true",
+                   help="make no lab workload: something else (a CNI plugin) plugs the interface")
+    p.set_defaults(fn=cmd_port_add)
+    p = pts.add_parser("del", parents=[common], help="remove a port: its flows and workload go")
+    p.add_argument("target", metavar="TENANT/PORT")
+    p.set_defaults(fn=cmd_port_del)
 
     p = sub.add_parser("flows", help="a host's flows by table name, checked against the switch",
                        parents=[common])

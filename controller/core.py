@@ -468,14 +468,108 @@ class Core:
     def _put(self, text: str, must_exist: bool | None) -> dict:
         t = self._parse(text)
         with self.mutex:
-            self._check_mtus(t)
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
+            if old is not None:
+                t = self._keep_api_ports(t, old.tenant)
+            self._check_mtus(t)
             new, changed = self._commit(t, old)
             attach_errors = self._reattach(t.name, old, new)
             results = self.reconcile_many(changed, old.flows if old else {}, new.flows)
         return self._result(t.name, "updated" if old else "created", results, attach_errors)
+
+    def _keep_api_ports(self, t: Tenant, old: Tenant) -> Tenant:
+        """A YAML applied over a tenant keeps the ports the API made that it does not name
+        (a YAML port of the same name replaces one)."""
+        named = {p.name for p in t.ports}
+        kept = [p for p in old.ports if p.made_by == "api" and p.name not in named and p.switch in
+                {s.name for s in t.switches}]
+        if not kept:
+            return t
+        doc = schema.to_doc(t)
+        doc["spec"]["ports"] += schema.to_doc(dataclasses.replace(old, ports=tuple(kept)))["spec"]["ports"]
+        return self._validated(doc, f"tenant {t.name}: the YAML conflicts with ports made by the API "
+                                    f"({', '.join(p.name for p in kept)}); nothing was changed")
+
+    def _validated(self, doc: dict, message: str) -> Tenant:
+        try:
+            return schema.validate(doc, self.hosts.keys())
+        except schema.ValidationError as e:
+            raise ApiError(message, e.errors) from None
+
+    def _change(self, t: Tenant, old: TenantEntry, action: str) -> dict:
+        """Commit t over old, attach, reconcile (under the mutex)."""
+        self._check_mtus(t)
+        new, changed = self._commit(t, old)
+        attach_errors = self._reattach(t.name, old, new)
+        results = self.reconcile_many(changed, old.flows, new.flows)
+        return self._result(t.name, action, results, attach_errors)
+
+    def port_add(self, tenant: str, switch: str, name: str | None = None, ip: str = "auto",
+                 mac: str | None = None, host: str | None = None, workload: bool = True,
+                 ip6: str | None = None) -> dict:
+        """A port made by the API: stored with the tenant (marked madeBy: api), with the
+        lowest free address of the switch unless `ip` is given, on the least busy host
+        unless `host` is, and every policy a YAML port of that switch gets."""
+        from topology import ipam
+        with self.mutex:
+            e = self.tenants.get(tenant)
+            if e is None:
+                raise ApiError(f"no tenant {tenant!r}")
+            t = e.tenant
+            if switch not in {s.name for s in t.switches}:
+                raise ApiError(f"tenant {tenant} has no switch {switch!r}",
+                               [("--switch", f"one of {', '.join(s.name for s in t.switches)}")])
+            names = {p.name for p in t.ports}
+            if name is None:
+                name = next(f"{switch}-{k}" for k in range(1, len(names) + 2) if f"{switch}-{k}" not in names)
+            elif name in names:
+                raise ApiError(f"tenant {tenant} already has a port {name!r}", [("--name", "taken")])
+            if host is None:
+                if not self.hosts:
+                    raise ApiError("no host is registered to put the port on")
+                load = {h: 0 for h in self.hosts}
+                for other in self.tenants.values():
+                    for p in other.tenant.ports:
+                        if p.host in load:
+                            load[p.host] += 1
+                host = min(sorted(load), key=load.get)
+            if ip in (None, "auto"):
+                try:
+                    ip = str(ipam.next_ipv4(t, switch))
+                except ipam.AddressesExhausted as ex:
+                    raise ApiError(f"tenant {tenant}: no port added", [("--ip", str(ex))]) from None
+            item = {"name": name, "switch": switch, "ip": ip, "host": host, "madeBy": "api"}
+            if mac:
+                item["mac"] = mac
+            if ip6:
+                item["ip6"] = ip6
+            if not workload:
+                item["workload"] = False
+            doc = schema.to_doc(t)
+            doc["spec"]["ports"].append(item)
+            new_t = self._validated(doc, f"tenant {tenant}: port {name} is invalid; nothing was changed")
+            out = self._change(new_t, e, f"added port {name}")
+            p = new_t.port(name)
+            entry = self.tenants[tenant]
+        out["port"] = {"name": name, "switch": switch, "ip": str(p.ip), "mac": p.mac, "host": host,
+                       **({"ip6": str(p.ip6)} if p.ip6 else {}), "ofport": entry.alloc.ofport[name],
+                       "iface_id": f"{tenant}/{name}", "workload": p.workload,
+                       "namespace": self.driver.namespace(tenant, name, host) if p.workload else None,
+                       "prefixlen": new_t.switch(switch).cidr.prefixlen, "mtu": self.switch_mtus(new_t)[switch],
+                       "gateway": str(new_t.service(switch).router) if new_t.service(switch).router else None}
+        return out
+
+    def port_del(self, tenant: str, port: str) -> dict:
+        """Remove a port (any port; one the YAML names comes back with the next apply)."""
+        with self.mutex:
+            e, p = self._port(tenant, port)
+            doc = schema.to_doc(e.tenant)
+            doc["spec"]["ports"] = [d for d in doc["spec"]["ports"] if d["name"] != port]
+            new_t = self._validated(doc, f"tenant {tenant}: port {port} is still named by its policy; "
+                                         f"nothing was changed")
+            return self._change(new_t, e, f"deleted port {port}")
 
     def migrate(self, tenant: str, port: str, to: str) -> dict:
         """Move a port to another host, make-before-break: the destination gets the

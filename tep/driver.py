@@ -44,6 +44,8 @@ def attachments_of(tenant, ofports: dict[str, int], mtus: dict[str, int] | None 
     given the ofports the controller allocated and each switch's MTU."""
     out = {}
     for p in tenant.ports:
+        if not p.workload:
+            continue  # plugged by someone else (a container runtime's CNI plugin)
         gw = tenant.router_of(p.switch)
         sw = tenant.switch(p.switch)
         gw6 = gw[1].ip6 if gw else None

@@ -38,6 +38,8 @@ class Port:
     rate_limit_mbps: float | None = None
     bum_limit_pps: int | None = None  # broadcast/multicast/unknown unicast; None: the default
     ip6: ipaddress.IPv6Address | None = None  # on a switch with cidr6: given, or from the MAC
+    made_by: str = "yaml"  # "api": added by `nvctl port add` (kept by a `tenant apply` that omits it)
+    workload: bool = True  # False: the platform makes no workload; something else plugs it (CNI)
 
     @property
     def link_local(self) -> ipaddress.IPv6Address:

@@ -31,7 +31,8 @@ NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "extern
 SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False}
 MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
-             "rateLimitMbps": False, "bumLimitPps": False, "ip6": False}
+             "rateLimitMbps": False, "bumLimitPps": False, "ip6": False, "madeBy": False, "workload": False}
+MADE_BY = ("yaml", "api")
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
@@ -301,6 +302,14 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             ok = False
         ip6 = _port_ip6(item, path, sw, mac, ips, errs) if sw is not None else None
         ok &= ip6 is not False
+        made_by = item.get("madeBy", "yaml")
+        if made_by not in MADE_BY:
+            errs.add(f"{path}.madeBy", f"{made_by!r} is not one of {', '.join(MADE_BY)}")
+            ok = False
+        workload = item.get("workload", True)
+        if not isinstance(workload, bool):
+            errs.add(f"{path}.workload", f"{workload!r} is not true or false")
+            ok = False
         if name is not None:
             names[name] = path
         if sw is not None and ip is not None:
@@ -311,7 +320,7 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             macs[(sw.name, mac)] = name or path
         if ok:
             out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum,
-                            ip6 or None))
+                            ip6 or None, made_by, workload))
     return out
 
 
@@ -709,6 +718,10 @@ def to_doc(t: Tenant) -> dict:
             d["bumLimitPps"] = p.bum_limit_pps
         if p.ip6 is not None:
             d["ip6"] = str(p.ip6)
+        if p.made_by != "yaml":
+            d["madeBy"] = p.made_by
+        if not p.workload:
+            d["workload"] = False
         ports.append(d)
     spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr), **({"mtu": s.mtu} if s.mtu else {}),
                                 **({"cidr6": str(s.cidr6)} if s.cidr6 else {}),

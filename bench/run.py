@@ -2,11 +2,13 @@
 
 Writes DIR/results.json and one PNG per benchmark (BENCHMARKS.md shows them, with the
 machine and how to reproduce). Every figure comes with a baseline measured in the same
-run. `--only compile,change,memory,install,migration,versus,verify,flood,mtu` picks some;
+run. `--only compile,change,memory,install,migration,versus,verify,flood,mtu,dhcp` picks some;
 `versus` is nvctl against OVN on the same lab hosts, plus the two-flow pipeline and veth
 floors; `verify` is `nvctl verify`'s proof at the compile benchmark's size; `flood` is a
 tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM limit;
-`mtu` is TCP across hosts on a 1500-byte underlay against a 1600-byte one.
+`mtu` is TCP across hosts on a 1500-byte underlay against a 1600-byte one; `dhcp` is
+DHCP answered by the controller (one port against the per-tenant control meter, the
+controller's capacity over many tenants' meters, another tenant's DHCP under a flood).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu")
+ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp")
 
 
 def machine() -> dict:
@@ -189,6 +191,10 @@ def main(argv=None) -> int:
     if "mtu" in only:
         from bench.mtu import mtu
         res["mtu"] = mtu(repeats=2 if a.quick else 3)
+    if "dhcp" in only:
+        from bench.dhcp import dhcp, report
+        res["dhcp"] = _on_fresh_lab(lambda lab: dhcp(lab, repeats=2 if a.quick else 3))
+        print(report(res["dhcp"]), flush=True)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures

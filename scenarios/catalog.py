@@ -4,14 +4,17 @@ command exit 1."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections import Counter
 
 from controller.api import call
-from scenarios.netutil import (Capture, PingTimeline, TcpServer, eth0_addresses, in_ns, ping_many, tcp_connect,
-                               tcp_stream, tcp_whois, wait_listening)
+from scenarios.netutil import (Capture, Dhclient, PingTimeline, TcpServer, eth0_addresses, in_ns, iperf3, ping_many,
+                               tcp_connect, tcp_stream, tcp_whois, wait_listening)
 from scenarios.registry import example, scenario
 
 
@@ -394,3 +397,271 @@ def link_failure(run, cut_at: float = 2.0, cut_for: float = 1.5, after: float = 
     ax.set_title(f"Underlay link failure ({env.kind}): back {recovery} s after the link returns")
     ax.legend(fontsize=8, loc="upper right")
     run.figure("link_failure_timeline", fig)
+
+
+# 6 -------------------------------------------------------------------------------------------
+
+
+def _kernel_view(ns: str, ifname: str = "eth0") -> dict:
+    """What the workload's kernel has on its interface: address/prefix, gateway, MTU."""
+    addr = in_ns(ns, "ip", "-4", "-o", "addr", "show", "dev", ifname, check=True).stdout
+    route = in_ns(ns, "ip", "-4", "route", "show", "default", check=True).stdout
+    link = in_ns(ns, "ip", "-o", "link", "show", ifname, check=True).stdout
+    a, g = re.search(r"inet (\S+)", addr), re.search(r"default via (\S+)", route)
+    return {"addr": a.group(1) if a else None, "gateway": g.group(1) if g else None,
+            "mtu": int(re.search(r" mtu (\d+) ", link).group(1))}
+
+
+def _dig(ns: str, server: str, name: str) -> tuple[str | None, list[str]]:
+    p = in_ns(ns, "dig", "+time=2", "+tries=2", f"@{server}", name, "A")
+    status = re.search(r"status: (\w+)", p.stdout)
+    return (status.group(1) if status else None,
+            re.findall(r"^\S+\s+\d+\s+IN\s+A\s+(\S+)$", p.stdout, re.M))
+
+
+BOOT_TENANT = """apiVersion: nvctl/v1
+kind: Tenant
+metadata: {name: boot}
+spec:
+  switches:
+    - {name: web, cidr: 10.0.0.0/24}
+    - {name: db, cidr: 10.0.1.0/24}
+    - {name: lab, cidr: 10.0.2.0/24}
+  routers:
+    - name: r1
+      ports: [{switch: web, ip: 10.0.0.1}, {switch: db, ip: 10.0.1.1}]
+  ports:
+    - {name: web1, switch: web, ip: 10.0.0.11, host: hv1}
+    - {name: web2, switch: web, ip: 10.0.0.12, host: hv2}
+    - {name: db1, switch: db, ip: 10.0.1.13, host: hv3}
+    - {name: lab1, switch: lab, ip: 10.0.2.14, host: hv1}
+    - {name: lab2, switch: lab, ip: 10.0.2.15, host: hv3}
+"""
+
+
+@scenario("dhcp", "workloads boot with no address and get CA, MTU, gateway and DNS from the platform's "
+          "DHCP (dhclient), then reach each other by name (IPv4 only: no DHCPv6 or IPv6 yet)")
+def dhcp(run):
+    """Claims: five workloads of tenant boot (web1, web2 on switch web and db1 on db, joined
+    by router r1; lab1, lab2 on switch lab, which has no router) start with no address and
+    MTU 1500; dhclient gets each its spec's CA, its switch's MTU (1450 on the 1500-byte
+    underlay), its gateway (the router port; none on lab) and its DNS server (the router
+    port; lab's last address, 10.0.2.254) with domain boot.nvctl; each resolves every
+    workload it can reach as <port>.boot.nvctl at the server it was given, to that port's
+    CA, and pings it at that address (across the router too); a name that is no port's is
+    NXDOMAIN and a name outside nvctl REFUSED. IPv4 only: IPv6 (DHCPv6, router
+    advertisements, AAAA) is not there yet."""
+    env = run.env
+    run.step("network up; tenant boot: web1@hv1, web2@hv2 (web), db1@hv3 (db), router r1; "
+             "lab1@hv1, lab2@hv3 (lab, no router)")
+    env.up([BOOT_TENANT])
+    ports = env.ports["boot"]
+    shown = call(env.api_path, "tenant.show", name="boot")
+    names = sorted(ports)
+    gateway = {"web": "10.0.0.1", "db": "10.0.1.1", "lab": None}
+    dns = {"web": "10.0.0.1", "db": "10.0.1.1", "lab": "10.0.2.254"}
+    component = {"web": "r1", "db": "r1", "lab": "lab"}
+    work = tempfile.mkdtemp(prefix="nvctl-dhcp-")
+    clients: dict[str, Dhclient] = {}
+    try:
+        run.step(f"boot: every workload's eth0 flushed (no address, no route) and at MTU 1500; "
+                 f"dhclient on all {len(names)} at once")
+        booted = {}
+        for n in names:
+            in_ns(ports[n]["namespace"], "ip", "addr", "flush", "dev", "eth0", check=True)
+            in_ns(ports[n]["namespace"], "ip", "link", "set", "eth0", "mtu", "1500", check=True)
+            booted[n] = _kernel_view(ports[n]["namespace"])
+        for n in names:
+            clients[n] = Dhclient(ports[n]["namespace"], "eth0", os.path.join(work, n))
+        leases = {n: c.wait() for n, c in clients.items()}
+        got = {n: _kernel_view(ports[n]["namespace"]) for n in names}
+        for n in names:
+            run.step(f"{n}: {got[n]['addr']} gw {got[n]['gateway']} mtu {got[n]['mtu']} dns "
+                     f"{(leases[n]['lease'] or {}).get('dns')} in {leases[n]['seconds']} s")
+        peers = [(a, b) for a in names for b in names
+                 if a != b and component[ports[a]["switch"]] == component[ports[b]["switch"]]]
+        run.step(f"each workload asks the DNS server it was given for each peer it can reach "
+                 f"({len(peers)} pairs), then pings the answer")
+        answers = {}
+        for a, b in peers:
+            server = (leases[a]["lease"] or {}).get("dns") or dns[ports[a]["switch"]]
+            answers[(a, b)] = _dig(ports[a]["namespace"], server, f"{b}.boot.nvctl")
+        pinged = ping_many([(ports[a]["namespace"], ans[1][0], f"{a}->{b}")
+                            for (a, b), ans in answers.items() if ans[1]], count=2)
+        nx = _dig(ports["web1"]["namespace"], "10.0.0.1", "nobody.boot.nvctl")
+        refused = _dig(ports["lab1"]["namespace"], "10.0.2.254", "example.com")
+    finally:
+        for c in clients.values():
+            c.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def want(n):
+        p = ports[n]
+        return {"addr": f"{p['ip']}/24", "gateway": gateway[p["switch"]], "mtu": shown["mtu"][p["switch"]]}
+    run.data.update({"booted": booted, "leases": leases, "kernel": got,
+                     "dns": {f"{a}->{b}": v for (a, b), v in answers.items()},
+                     "pings": {k: list(v) for k, v in pinged.items()}, "nxdomain": nx, "refused": refused})
+    run.claim("every workload booted with no address and MTU 1500",
+              all(v["addr"] is None and v["gateway"] is None and v["mtu"] == 1500 for v in booted.values()),
+              booted=booted)
+    run.claim("dhclient succeeded on every workload", all(v["ok"] for v in leases.values()),
+              failed={n: v["log"][-300:] for n, v in leases.items() if not v["ok"]})
+    wrong = {n: got[n] for n in names if got[n] != want(n)}
+    run.claim("each got its spec's CA, its switch's MTU (1450 on a 1500-byte underlay) and its gateway "
+              "(none on lab)", not wrong and set(shown["mtu"].values()) == {1450},
+              wrong=wrong, mtu=shown["mtu"])
+    bad_dns = {n: (v["lease"] or {}).get("dns") for n, v in leases.items()
+               if (v["lease"] or {}).get("dns") != dns[ports[n]["switch"]]
+               or (v["lease"] or {}).get("domain") != "boot.nvctl"}
+    run.claim("each was given its switch's DNS server (router port; 10.0.2.254 on lab) and domain boot.nvctl",
+              not bad_dns, wrong=bad_dns)
+    unresolved = {f"{a}->{b}": v for (a, b), v in answers.items() if v != ("NOERROR", [ports[b]["ip"]])}
+    run.claim("every workload resolves every peer it can reach to that peer's CA",
+              not unresolved, pairs=len(answers), wrong=unresolved)
+    unreached = sorted(f"{a}->{b}" for a, b in answers if pinged.get(f"{a}->{b}", (0, 0))[0] == 0)
+    run.claim("every workload pings every peer at the address DNS gave (across the router too)",
+              not unreached, pairs=len(answers), unanswered=unreached)
+    run.claim("a name that is no port's is NXDOMAIN; one outside nvctl is REFUSED",
+              nx[0] == "NXDOMAIN" and refused[0] == "REFUSED", nobody=nx[0], example_com=refused[0])
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    secs = [leases[n]["seconds"] or 0 for n in names]
+    bars = ax.bar([f"{n}@{ports[n]['host']}" for n in names], secs,
+                  color=["tab:blue" if leases[n]["ok"] else "tab:red" for n in names])
+    for bar, n in zip(bars, names):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), got[n]["addr"] or "no address",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("seconds, dhclient start (bare eth0) to address")
+    ax.set_title("DHCP from the platform: boot to address, per workload (IPv4)")
+    run.figure("dhcp_boot_to_address", fig)
+
+
+# 7 -------------------------------------------------------------------------------------------
+PMTU_TENANT = """apiVersion: nvctl/v1
+kind: Tenant
+metadata: {name: pmtu}
+spec:
+  switches:
+    - {name: front, cidr: 10.0.5.0/24}
+    - {name: back, cidr: 10.0.6.0/24}
+  routers:
+    - name: r1
+      ports: [{switch: front, ip: 10.0.5.1}, {switch: back, ip: 10.0.6.1}]
+  ports:
+    - {name: a, switch: front, ip: 10.0.5.11, host: hv1}
+    - {name: b, switch: front, ip: 10.0.5.12, host: hv2}
+    - {name: c, switch: back, ip: 10.0.6.13, host: hv3}
+"""
+FRAG_NEEDED = "icmp[icmptype] == 3 and icmp[icmpcode] == 4"
+
+
+def _frag_needed(packets) -> list[tuple[str, int]]:
+    """(source, next-hop MTU) of each ICMP "fragmentation needed" captured."""
+    from scapy.layers.inet import ICMP, IP
+    return [(p[IP].src, p[ICMP].nexthopmtu) for p in packets
+            if IP in p and ICMP in p and p[ICMP].type == 3 and p[ICMP].code == 4]
+
+
+def _route_mtu(ns: str, dst: str) -> int | None:
+    m = re.search(r"\bmtu (\d+)", in_ns(ns, "ip", "route", "get", dst, check=True).stdout)
+    return int(m.group(1)) if m else None
+
+
+@scenario("mtu", "path MTU discovery on a 1500-byte underlay: a workload at MTU 1500 (not the 1450 it is "
+          "given) is told 'frag needed, mtu 1450' by the platform, learns it, and TCP works, switched and routed")
+def mtu(run, seconds: float = 2.0):
+    """Claims: on a 1500-byte underlay the platform gives workloads MTU 1450; a workload
+    whose eth0 is set to 1500 that pings with -M do -s 1472 a workload on another host
+    (switched: same switch; routed: through router r1) gets ICMP "fragmentation needed"
+    with MTU 1450, captured in its own namespace; its kernel learns it (`ip route get`
+    shows mtu 1450) and a 1450-byte ping then gets through; TCP with default settings
+    (iperf3) between workloads that both ignore their MTU (1500, so each advertises MSS
+    1460 and the receiver's MSS hides nothing) moves data, with the platform's ICMP seen
+    during the connection, at no less than half the throughput of workloads at 1450."""
+    env = run.env
+    run.step("network up (1500-byte underlay); tenant pmtu: a@hv1 and b@hv2 on switch front, c@hv3 on back, "
+             "router r1")
+    env.up([PMTU_TENANT])
+    ports = env.ports["pmtu"]
+    a = ports["a"]
+    ns = a["namespace"]
+    shown = call(env.api_path, "tenant.show", name="pmtu")
+    underlay = env.lab.underlay_mtu if hasattr(env, "lab") else None
+    given = {n: _kernel_view(p["namespace"])["mtu"] for n, p in ports.items()}
+    cases = {"switched": ports["b"], "routed": ports["c"]}
+    tput, probes = {}, {}
+    run.step(f"TCP (iperf3, {seconds:g} s, default settings) at the MTU the platform gives: a->b, a->c")
+    for case, dst in cases.items():
+        tput[f"MTU {given['a']} (platform)\n{case}"] = iperf3(ns, dst["namespace"], dst["ip"], seconds=seconds)
+    run.step("a, b and c set eth0 to MTU 1500, as a workload that ignores its MTU would")
+    for p in ports.values():
+        in_ns(p["namespace"], "ip", "link", "set", "eth0", "mtu", "1500", check=True)
+    try:
+        for case, dst in cases.items():
+            run.step(f"{case}: a (hv1) ping -M do -s 1472 {dst['ip']} ({dst['host']}), capturing "
+                     f"'{FRAG_NEEDED}' in a's namespace; then ip route get; then a 1450-byte ping")
+            in_ns(ns, "ip", "route", "flush", "cache")
+            before = _route_mtu(ns, dst["ip"])
+            cap = Capture(ns, "eth0", FRAG_NEEDED, inbound_only=True)
+            try:
+                big = in_ns(ns, "ping", "-n", "-c", "2", "-W", "2", "-M", "do", "-s", "1472", dst["ip"])
+                time.sleep(0.2)
+            finally:
+                icmp = _frag_needed(cap.packets())
+            learnt = _route_mtu(ns, dst["ip"])
+            fit = in_ns(ns, "ping", "-n", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", dst["ip"])
+            m = re.search(r"(\d+) received", fit.stdout)
+            run.step(f"{case}: TCP a->{dst['ip']} at MTU 1500 from a fresh route cache (a and {dst['host']}'s "
+                     f"workload): iperf3 {seconds:g} s, capturing frag needed meanwhile")
+            for p in (a, dst):
+                in_ns(p["namespace"], "ip", "route", "flush", "cache")
+            cap = Capture(ns, "eth0", FRAG_NEEDED, inbound_only=True)
+            try:
+                tput[f"MTU 1500 + PMTUD\n{case}"] = iperf3(ns, dst["namespace"], dst["ip"], seconds=seconds)
+            finally:
+                during_tcp = _frag_needed(cap.packets())
+            probes[case] = {"route_mtu_before": before, "icmp": sorted(set(icmp)), "icmp_count": len(icmp),
+                            "ping_output": (big.stdout + big.stderr)[-600:], "route_mtu_learnt": learnt,
+                            "fit_received": int(m.group(1)) if m else 0, "icmp_during_tcp": len(during_tcp),
+                            "icmp_during_tcp_mtus": sorted({mtu for _, mtu in during_tcp}),
+                            "route_mtu_after_tcp": _route_mtu(ns, dst["ip"])}
+    finally:
+        for p in ports.values():
+            in_ns(p["namespace"], "ip", "route", "flush", "cache")
+            in_ns(p["namespace"], "ip", "link", "set", "eth0", "mtu", str(shown["mtu"][p["switch"]]))
+    run.data.update({"underlay_mtu": underlay, "switch_mtu": shown["mtu"], "eth0_mtu_given": given,
+                     "probes": probes, "iperf3": {k.replace("\n", " "): v for k, v in tput.items()}})
+    run.claim("on a 1500-byte underlay the platform gives every workload MTU 1450",
+              underlay == 1500 and set(shown["mtu"].values()) == {1450} and set(given.values()) == {1450},
+              underlay=underlay, switches=shown["mtu"], eth0=given)
+    for case, pr in probes.items():
+        run.claim(f"{case}: ping -M do -s 1472 from MTU 1500 gets ICMP frag needed with mtu 1450 "
+                  f"(captured in the sender's namespace, and ping says so)",
+                  pr["icmp_count"] >= 1 and {m for _, m in pr["icmp"]} == {1450}
+                  and "mtu = 1450" in pr["ping_output"], icmp=pr["icmp"],
+                  ping=re.findall(r"[^\n]*mtu ?= ?\d+[^\n]*", pr["ping_output"]))
+        run.claim(f"{case}: the sender's kernel learnt it (ip route get: mtu 1450), and a 1450-byte ping "
+                  f"gets through", pr["route_mtu_before"] is None and pr["route_mtu_learnt"] == 1450
+                  and pr["fit_received"] == 2, before=pr["route_mtu_before"], learnt=pr["route_mtu_learnt"],
+                  fit=pr["fit_received"])
+        base, pmtud = tput[f"MTU 1450 (platform)\n{case}"], tput[f"MTU 1500 + PMTUD\n{case}"]
+        ratio = round(pmtud["mbps"] / base["mbps"], 2) if base["mbps"] else None
+        run.claim(f"{case}: TCP between workloads at MTU 1500 moves data, PMTUD within the connection "
+                  f"(frag needed seen, route mtu 1450), at >= 0.5x the throughput at the platform's MTU",
+                  pmtud["mbps"] > 10 and pr["icmp_during_tcp"] >= 1 and pr["icmp_during_tcp_mtus"] == [1450]
+                  and pr["route_mtu_after_tcp"] == 1450 and ratio is not None and ratio >= 0.5,
+                  mbps=pmtud["mbps"], at_1450_mbps=base["mbps"], ratio=ratio,
+                  icmp_during_tcp=pr["icmp_during_tcp"], retransmits=pmtud["retransmits"])
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = list(tput)
+    vals = [tput[k]["mbps"] for k in labels]
+    bars = ax.bar(labels, vals, color=["tab:gray", "tab:gray", "tab:blue", "tab:blue"][:len(labels)])
+    ax.tick_params(axis="x", labelsize=8)
+    for bar, v in zip(bars, vals):
+        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(f"iperf3 TCP Mbit/s ({seconds:g} s, default settings)")
+    ax.set_title("TCP across hosts on a 1500-byte underlay: at the platform's MTU, and at 1500 with PMTUD")
+    run.figure("mtu_throughput", fig)

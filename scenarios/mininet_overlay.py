@@ -20,7 +20,9 @@ The network mininet builds (node names as mininet sees them):
             the VXLAN port and c0 as its controller
     T-P     a workload: a plain mininet Host for tenant T's port P, linked to the
             hypervisor the tenant YAML puts it on; its link is plugged into br-int with
-            the ofport the controller allocated, and it gets the port's CA and MAC
+            the ofport the controller allocated, it gets the port's MAC, and then its CA,
+            MTU and gateway by DHCP from the platform, as a VM would (dhclient once, with
+            its own lease, pid and script files; see Overlay.configure_addresses)
 
 Only mininet's Python API is used, always inside try/finally net.stop(); never the `mn`
 command or mininet's global cleanup (they kill processes by broad names). What we start
@@ -34,6 +36,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -293,6 +296,8 @@ class Overlay:
         self.net = None
         self.ports: dict[str, dict[str, dict]] = {}
         self._attached: list[str] = []
+        self._plugged: list[tuple] = []  # (Attachment, port dict, switch has dhcp), in plug order
+        self.dhcp_failures: dict[str, str] = {}  # "T/P" -> why DHCP did not configure it
 
     def ns_name(self, node: str) -> str:
         return self.prefix + node
@@ -348,15 +353,19 @@ class Overlay:
             wanted = attachments_of(model, {n: p["ofport"] for n, p in self.ports[model.name].items()},
                                     shown["mtu"])
             for name, a in wanted.items():
+                dhcp = model.switch(model.port(name).switch).dhcp
                 self._attach(a, self.ports[model.name][name])
+                self._plugged.append((a, self.ports[model.name][name], dhcp))
         wait_synced(self.api_path, self.timeout)
         for h in self.topo.hypervisors:  # every port is open now: a NIC's queue, not 92 frames
             deepen_instance(self.net[h].rundir)
+        self.configure_addresses()
         self.log(f"[mininet] overlay up in {time.monotonic() - t0:.1f}s (state {self.dir})")
 
     def _attach(self, a: Attachment, p: dict) -> None:
-        """Plug the workload host's link into br-int with the port's ofport, and give the
-        host the port's MAC, CA and gateway."""
+        """Plug the workload host's link into br-int with the port's ofport and give the
+        host the port's MAC; its link comes up bare (no address, MTU 1500), as a booting
+        VM's does. Addresses come after, from configure_addresses()."""
         host = self.net[workload_name(a.tenant, a.port)]
         hv = self.net[a.host]
         hv_intf = hv.workload_intf(host.name)
@@ -369,11 +378,78 @@ class Overlay:
         _in(host, "sh", "-ec", IPV4_ONLY)
         _in(host, "ethtool", "-K", intf.name, "tx", "off")
         host.setMAC(a.mac)
+        _in(host, "ip", "addr", "flush", "dev", intf.name)
+        _in(host, "ip", "link", "set", "dev", intf.name, "up")
+        p.update({"namespace": ns, "iface": intf.name, "mininet_host": host.name})
+
+    def configure_addresses(self) -> None:
+        """Every workload host asks the platform by DHCP (dhclient -1 in the host, all at
+        once, each with its own lease, pid and script files under the state directory; the
+        daemon dhclient leaves is ended by its PID) and must end up with exactly its port's
+        CA, its switch's MTU and gateway. A switch with `dhcp: false` has no DHCP server:
+        its hosts are configured by hand from the spec. If DHCP fails for a host, or gives
+        it anything else, it is configured by hand too, but loudly: a DHCP FAILED line
+        naming the host and why, `dhcp_failures`, and the port's `address_by`."""
+        from scenarios.netutil import Dhclient
+        t0 = time.monotonic()
+        clients = {}
+        try:
+            for a, p, dhcp in self._plugged:
+                if dhcp:
+                    clients[(a.tenant, a.port)] = Dhclient(p["namespace"], p["iface"],
+                                                           os.path.join(self.dir, "dhcp", p["mininet_host"]))
+            results = {k: c.wait() for k, c in clients.items()}
+        finally:
+            for c in clients.values():
+                c.stop()
+        by_hand = []
+        for a, p, dhcp in self._plugged:
+            if not dhcp:
+                self._static(a, p)
+                p["address_by"] = "spec (switch has dhcp: false)"
+                continue
+            r = results[(a.tenant, a.port)]
+            got = self._kernel(p)
+            want = {"addr": f"{a.ip}/{a.prefixlen}", "mtu": a.mtu, "gateway": a.gateway}
+            if r["ok"] and got == want:
+                p["address_by"] = "dhcp"
+                p["dhcp_seconds"] = r["seconds"]
+                continue
+            last = (r["log"].strip().splitlines() or ["no output"])[-1]
+            why = (f"dhclient exit {r['exit']}: {last}" if not r["ok"]
+                   else f"DHCP gave {got}, the spec says {want}")
+            self.dhcp_failures[f"{a.tenant}/{a.port}"] = why
+            self.log(f"[mininet] DHCP FAILED for {a.tenant}/{a.port} (host {p['mininet_host']}): {why}; "
+                     f"configuring it by hand from the spec instead")
+            self._static(a, p)
+            p["address_by"] = f"by hand: DHCP failed: {why}"
+            by_hand.append(f"{a.tenant}/{a.port}")
+        done = [p["dhcp_seconds"] for _, p, _ in self._plugged if p["address_by"] == "dhcp"]
+        spec_only = sum(1 for _, _, dhcp in self._plugged if not dhcp)
+        self.log(f"[mininet] {len(done)} of {len(clients)} workloads got address, MTU and gateway by DHCP "
+                 f"in {time.monotonic() - t0:.1f}s (slowest {max(done, default=0):.2f}s)"
+                 + (f"; {spec_only} on switches with dhcp: false set from the spec" if spec_only else "")
+                 + (f"; DHCP FAILED for {', '.join(by_hand)}" if by_hand else ""))
+
+    def _static(self, a: Attachment, p: dict) -> None:
+        """The port's CA, its switch's MTU and gateway, set by hand."""
+        host = self.net[p["mininet_host"]]
+        _in(host, "ip", "addr", "flush", "dev", p["iface"])
         host.setIP(a.ip, prefixLen=a.prefixlen)
-        _in(host, "ip", "link", "set", "dev", intf.name, "mtu", a.mtu)  # its switch's MTU
+        _in(host, "ip", "link", "set", "dev", p["iface"], "mtu", a.mtu)  # its switch's MTU
         if a.gateway:
             _in(host, "ip", "route", "replace", "default", "via", a.gateway)
-        p.update({"namespace": ns, "iface": intf.name, "mininet_host": host.name})
+
+    @staticmethod
+    def _kernel(p: dict) -> dict:
+        """The host's address/prefix, MTU and default gateway, as its kernel has them."""
+        ns, ifname = p["namespace"], p["iface"]
+        addr = run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr", "show", "dev", ifname])
+        link = run(["ip", "netns", "exec", ns, "ip", "-o", "link", "show", ifname])
+        route = run(["ip", "netns", "exec", ns, "ip", "-4", "route", "show", "default"])
+        a, g = re.search(r"inet (\S+)", addr), re.search(r"default via (\S+)", route)
+        return {"addr": a.group(1) if a else None, "mtu": int(re.search(r" mtu (\d+) ", link).group(1)),
+                "gateway": g.group(1) if g else None}
 
     def workload(self, tenant: str, port: str):
         """The mininet Host that is tenant/port."""

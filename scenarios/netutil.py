@@ -268,3 +268,82 @@ class PingTimeline:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+DHCLIENT_SCRIPT = """#!/bin/sh
+# nvctl's private dhclient script: it sets the one interface it is given, and nothing else
+# (the stock script also rewrites /etc/resolv.conf and runs hooks outside the namespace)
+case "$reason" in BOUND|RENEW|REBIND|REBOOT)
+  ip addr flush dev "$interface"
+  ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+  [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
+  for r in $new_routers; do ip route replace default via "$r"; break; done
+  printf '%s\\n' "at=$(date +%s.%N)" "ip=$new_ip_address" "mask=$new_subnet_mask" "mtu=$new_interface_mtu" \\
+    "routers=$new_routers" "dns=$new_domain_name_servers" "domain=$new_domain_name" > "$(dirname "$0")/bound"
+  ;;
+esac
+exit 0
+"""
+
+
+class Dhclient:
+    """isc-dhcp-client, once (-1: one attempt, then give up), in a namespace, with its own
+    lease file, pid file and script in `workdir`: it changes nothing outside the namespace.
+    On success dhclient goes to the background; wait() ends that daemon by its PID."""
+
+    def __init__(self, ns: str, ifname: str, workdir: str, timeout: float = 30):
+        os.makedirs(workdir, exist_ok=True)
+        self.dir, self.timeout = workdir, timeout
+        self.script, self.pidfile = os.path.join(workdir, "dhclient-script"), os.path.join(workdir, "dhclient.pid")
+        with open(self.script, "w") as f:
+            f.write(DHCLIENT_SCRIPT)
+        os.chmod(self.script, 0o755)
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "timeout", str(int(timeout)), "dhclient", "-1", "-v",
+             "-lf", os.path.join(workdir, "dhclient.leases"), "-pf", self.pidfile, "-sf", self.script, ifname],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self) -> dict:
+        """{ok, seconds (start to address), lease: what the script was given, log}."""
+        try:
+            out, _ = self.proc.communicate(timeout=self.timeout + 30)
+        finally:
+            self.stop()
+        lease = None
+        try:
+            with open(os.path.join(self.dir, "bound")) as f:
+                lease = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        except FileNotFoundError:
+            pass
+        seconds = round(float(lease["at"]) - self.started, 3) if lease else None
+        return {"ok": self.proc.returncode == 0 and lease is not None, "seconds": seconds, "lease": lease,
+                "exit": self.proc.returncode, "log": out[-1500:]}
+
+    def stop(self) -> None:
+        """End the daemon dhclient left behind, by the PID in our own pid file (and only if
+        that PID is a dhclient using that file)."""
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return
+        if b"dhclient" in os.path.basename(cmd[0]) and self.pidfile.encode() in cmd:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 5
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process is there and not a zombie (an orphan waits for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

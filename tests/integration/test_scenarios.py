@@ -1,5 +1,6 @@
-"""Every lab scenario, and link-failure under mininet, run through `nvctl scenario run`
-from a fresh network: exit 0, every claim held, plots written, nothing left behind."""
+"""Every lab scenario, and link-failure and isolation under mininet (whose hosts get their
+addresses by DHCP), run through `nvctl scenario run` from a fresh network: exit 0, every
+claim held, plots written, nothing left behind."""
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pyroute2 import netns
 
 from tests.integration.helpers import ROOT
 
-LAB_SCENARIOS = ["isolation", "migration", "nat", "lb", "link-failure"]
+LAB_SCENARIOS = ["isolation", "migration", "nat", "lb", "link-failure", "mtu", "dhcp"]
 
 
 def run_cli(tmp_path, *args):
@@ -37,14 +38,22 @@ def test_lab_scenario_holds_its_claims(name, tmp_path):
     check(*run_cli(tmp_path, name), tmp_path, "lab")
 
 
+def by_dhcp(p, workloads: int) -> None:
+    """Mininet's hosts got their address, MTU and gateway from the platform's DHCP, none by hand."""
+    assert f"{workloads} of {workloads} workloads got address, MTU and gateway by DHCP" in p.stdout, p.stdout[-3000:]
+    assert "DHCP FAILED" not in p.stdout, p.stdout[-3000:]
+
+
 def test_link_failure_under_mininet(tmp_path):
     p, result, left = run_cli(tmp_path, "link-failure", "--mininet")
     check(p, result, left, tmp_path, "mininet")
+    by_dhcp(p, 4)
     assert result["data"]["recovery_s"] is not None
 
 
 def test_isolation_under_mininet_sees_the_same_matrix(tmp_path):
     p, result, left = run_cli(tmp_path, "isolation", "--mininet")
     check(p, result, left, tmp_path, "mininet")
+    by_dhcp(p, 8)
     m = result["data"]["delivered_matrix"]
     assert sum(map(sum, m)) == 3 * 24  # 24 same-tenant pairs, 3 echo requests each, nothing else

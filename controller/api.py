@@ -42,6 +42,7 @@ def operations(core) -> dict:
         "port.migrate": core.migrate,
         "port.add": core.port_add,
         "port.del": core.port_del,
+        "port.attachment": core.port_attachment,
         "tenant.list": core.list_tenants,
         "tenant.show": core.show,
         "port.info": core.port_info,

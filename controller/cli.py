@@ -274,7 +274,7 @@ def cmd_port_add(a):
     if a.json:
         return _print(r, True)
     p = r["port"]
-    v6 = f", {p['ip6']}" if p.get("ip6") else ""
+    v6 = f", {p['ip6']}/{p['prefixlen6']}" if p.get("ip6") else ""
     print(f"{r['tenant']}/{p['name']}: {p['ip']}/{p['prefixlen']}{v6} {p['mac']} on {p['host']} "
           f"(ofport {p['ofport']}, MTU {p['mtu']}" + (f", gateway {p['gateway']})" if p["gateway"] else ")"))
     if p["workload"]:

@@ -483,7 +483,7 @@ class Core:
         """A YAML applied over a tenant keeps the ports the API made that it does not name
         (a YAML port of the same name replaces one)."""
         named = {p.name for p in t.ports}
-        kept = [p for p in old.ports if p.made_by == "api" and p.name not in named and p.switch in
+        kept = [p for p in old.ports if p.made_by != "yaml" and p.name not in named and p.switch in
                 {s.name for s in t.switches}]
         if not kept:
             return t
@@ -508,7 +508,7 @@ class Core:
 
     def port_add(self, tenant: str, switch: str, name: str | None = None, ip: str = "auto",
                  mac: str | None = None, host: str | None = None, workload: bool = True,
-                 ip6: str | None = None) -> dict:
+                 ip6: str | None = None, made_by: str = "api", container_id: str | None = None) -> dict:
         """A port made by the API: stored with the tenant (marked madeBy: api), with the
         lowest free address of the switch unless `ip` is given, on the least busy host
         unless `host` is, and every policy a YAML port of that switch gets."""
@@ -540,26 +540,44 @@ class Core:
                     ip = str(ipam.next_ipv4(t, switch))
                 except ipam.AddressesExhausted as ex:
                     raise ApiError(f"tenant {tenant}: no port added", [("--ip", str(ex))]) from None
-            item = {"name": name, "switch": switch, "ip": ip, "host": host, "madeBy": "api"}
+            if made_by not in ("api", "cni"):
+                raise ApiError(f"made_by {made_by!r}: api or cni")
+            item = {"name": name, "switch": switch, "ip": ip, "host": host, "madeBy": made_by}
             if mac:
                 item["mac"] = mac
             if ip6:
                 item["ip6"] = ip6
             if not workload:
                 item["workload"] = False
+            if container_id:
+                item["containerId"] = container_id
             doc = schema.to_doc(t)
             doc["spec"]["ports"].append(item)
             new_t = self._validated(doc, f"tenant {tenant}: port {name} is invalid; nothing was changed")
             out = self._change(new_t, e, f"added port {name}")
-            p = new_t.port(name)
-            entry = self.tenants[tenant]
-        out["port"] = {"name": name, "switch": switch, "ip": str(p.ip), "mac": p.mac, "host": host,
-                       **({"ip6": str(p.ip6)} if p.ip6 else {}), "ofport": entry.alloc.ofport[name],
-                       "iface_id": f"{tenant}/{name}", "workload": p.workload,
-                       "namespace": self.driver.namespace(tenant, name, host) if p.workload else None,
-                       "prefixlen": new_t.switch(switch).cidr.prefixlen, "mtu": self.switch_mtus(new_t)[switch],
-                       "gateway": str(new_t.service(switch).router) if new_t.service(switch).router else None}
+        out["port"] = self.port_attachment(tenant, name)
         return out
+
+    def port_attachment(self, tenant: str, port: str) -> dict:
+        """All that plugging the port's interface needs (a CNI plugin on its host): where
+        (host, its br-int's OVSDB and namespace in the lab, ofport, iface-id, the host-side
+        interface name) and what (MAC, addresses, MTU, gateways, DNS)."""
+        from tep.driver import host_ifname
+        e, p = self._port(tenant, port)
+        t = e.tenant
+        sw, svc = t.switch(p.switch), t.service(p.switch)
+        rr = t.router_of(p.switch)
+        info = self.hosts[p.host].info if p.host in self.hosts else {}
+        return {"tenant": tenant, "name": port, "switch": p.switch, "host": p.host, "ip": str(p.ip),
+                "prefixlen": sw.cidr.prefixlen, "mac": p.mac, "mtu": self.switch_mtus(t)[p.switch],
+                "gateway": str(svc.router) if svc.router else None,
+                **({"ip6": str(p.ip6), "prefixlen6": sw.cidr6.prefixlen,
+                    "gateway6": str(rr[1].ip6) if rr and rr[1].ip6 else None} if p.ip6 else {}),
+                "dns": str(svc.ip) if sw.dhcp else None, "domain": t.domain,
+                "ofport": e.alloc.ofport[port], "iface_id": f"{tenant}/{port}", "workload": p.workload,
+                "made_by": p.made_by, "container_id": p.container_id, "host_ifname": host_ifname(tenant, port),
+                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload else None,
+                "host_netns": info.get("netns"), "host_ovsdb": info.get("ovsdb") if info.get("netns") else None}
 
     def port_del(self, tenant: str, port: str) -> dict:
         """Remove a port (any port; one the YAML names comes back with the next apply)."""

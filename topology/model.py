@@ -40,6 +40,7 @@ class Port:
     ip6: ipaddress.IPv6Address | None = None  # on a switch with cidr6: given, or from the MAC
     made_by: str = "yaml"  # "api": added by `nvctl port add` (kept by a `tenant apply` that omits it)
     workload: bool = True  # False: the platform makes no workload; something else plugs it (CNI)
+    container_id: str | None = None  # the container a CNI plugin made it for
 
     @property
     def link_local(self) -> ipaddress.IPv6Address:

@@ -31,8 +31,9 @@ NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "extern
 SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False}
 MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
-             "rateLimitMbps": False, "bumLimitPps": False, "ip6": False, "madeBy": False, "workload": False}
-MADE_BY = ("yaml", "api")
+             "rateLimitMbps": False, "bumLimitPps": False, "ip6": False, "madeBy": False, "workload": False,
+             "containerId": False}
+MADE_BY = ("yaml", "api", "cni")
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
@@ -310,6 +311,10 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
         if not isinstance(workload, bool):
             errs.add(f"{path}.workload", f"{workload!r} is not true or false")
             ok = False
+        cid = item.get("containerId")
+        if cid is not None and (not isinstance(cid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", cid)):
+            errs.add(f"{path}.containerId", f"{cid!r} is not a container id (letters, digits, _ . -; <= 128)")
+            ok = False
         if name is not None:
             names[name] = path
         if sw is not None and ip is not None:
@@ -320,7 +325,7 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             macs[(sw.name, mac)] = name or path
         if ok:
             out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum,
-                            ip6 or None, made_by, workload))
+                            ip6 or None, made_by, workload, cid))
     return out
 
 
@@ -722,6 +727,8 @@ def to_doc(t: Tenant) -> dict:
             d["madeBy"] = p.made_by
         if not p.workload:
             d["workload"] = False
+        if p.container_id:
+            d["containerId"] = p.container_id
         ports.append(d)
     spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr), **({"mtu": s.mtu} if s.mtu else {}),
                                 **({"cidr6": str(s.cidr6)} if s.cidr6 else {}),

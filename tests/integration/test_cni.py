@@ -1,0 +1,172 @@
+"""Containers from podman (CNI backend, runc) on tenant switches through `nvctl-cni`:
+they reach the tenant's lab workloads across hosts and not its twin's (same CAs), the
+results are what the spec asks for, CHECK, STATUS and GC work when called as libcni
+calls them, and containers that come and go leave no port, veth or namespace behind."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.conftest import running_lab
+from tests.integration.helpers import ROOT, Capture, apply_yaml, in_ns, nvctl_json
+from tests.unit.fixtures import tenant_yaml
+
+PLUGIN = os.path.join(os.path.dirname(sys.executable), "nvctl-cni")
+
+
+def tenant(name):
+    return tenant_yaml(name, "web", [("vm1", "10.0.0.11", "hv1")])
+
+
+@pytest.fixture(scope="module")
+def lab():
+    yield from running_lab(hosts=2)
+
+
+class Podman:
+    """podman with its own storage, CNI configuration and plugin directory, all in one
+    temporary directory; every container it starts is removed at close()."""
+
+    def __init__(self, base, lab):
+        if shutil.which("podman") is None or shutil.which("runc") is None:
+            pytest.fail("podman and runc are needed (make deps)")
+        self.base, self.names = str(base), []
+        for d in ("net", "plugins", "rootfs/bin", "storage", "run"):
+            os.makedirs(os.path.join(self.base, d), exist_ok=True)
+        os.symlink(PLUGIN, os.path.join(self.base, "plugins", "nvctl-cni"))
+        busybox = shutil.which("busybox")
+        shutil.copy(busybox, os.path.join(self.base, "rootfs/bin/busybox"))
+        for tool in ("sh", "ping", "ip", "sleep", "cat"):
+            os.symlink("busybox", os.path.join(self.base, "rootfs/bin", tool))
+        with open(os.path.join(self.base, "containers.conf"), "w") as f:
+            f.write('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+                    f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{self.base}/plugins", "/usr/lib/cni"]\n'
+                    f'network_config_dir = "{self.base}/net"\n[engine]\nruntime = "runc"\n')
+        for t in ("blue", "red"):
+            with open(os.path.join(self.base, "net", f"{t}-web.conflist"), "w") as f:
+                json.dump({"cniVersion": "1.0.0", "name": f"{t}-web", "plugins": [
+                    {"type": "nvctl-cni", "tenant": t, "switch": "web", "host": "hv2", "stateDir": lab.dir}]}, f)
+
+    def __call__(self, *args, check=True, timeout=60):
+        env = {**os.environ, "CONTAINERS_CONF": os.path.join(self.base, "containers.conf")}
+        p = subprocess.run(["podman", "--root", f"{self.base}/storage", "--runroot", f"{self.base}/run", *args],
+                           capture_output=True, text=True, env=env, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)}: {p.stderr}{p.stdout}")
+        return p
+
+    def run(self, name, network, *extra):
+        self.names.append(name)
+        self("run", "-d", "--name", name, "--network", network, *extra, "--rootfs", f"{self.base}/rootfs",
+             "/bin/sleep", "600")
+        return name
+
+    def netns(self, name):
+        return self("inspect", "--format", "{{.NetworkSettings.SandboxKey}}", name).stdout.strip()
+
+    def close(self):
+        for n in self.names:
+            self("rm", "-f", "-t", "0", n, check=False)
+
+
+@pytest.fixture(scope="module")
+def podman(lab, tmp_path_factory):
+    apply_yaml(lab, tenant("blue"), op="create")
+    apply_yaml(lab, tenant("red"), op="create")
+    pm = Podman(tmp_path_factory.mktemp("podman"), lab)
+    try:
+        yield pm
+    finally:
+        pm.close()
+
+
+def container_ports(lab, t):
+    return {p["name"]: p for p in nvctl_json(lab, "tenant", "show", t)["ports"] if p["name"] != "vm1"}
+
+
+def test_a_podman_container_joins_the_tenant_and_reaches_its_workload_across_hosts(lab, podman):
+    podman.run("cblue", "blue-web")
+    podman.run("cred", "red-web")  # the twin: the same CIDR, so the same address
+    blue, red = container_ports(lab, "blue"), container_ports(lab, "red")
+    (b,), (r,) = blue.values(), red.values()
+    assert b["ip"] == r["ip"] == "10.0.0.1" and b["host"] == "hv2" and b["up"]
+    addr = podman("exec", "cblue", "ip", "-o", "-4", "addr", "show", "eth0").stdout
+    assert "inet 10.0.0.1/24" in addr, addr
+    mtu = podman("exec", "cblue", "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+    assert mtu == "1450"
+    red_vm1 = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "red")["ports"]}["vm1"]
+    # busybox ping has no payload pattern: the probes are tagged by their size instead
+    probe = 777
+    cap = Capture(red_vm1["namespace"], "eth0", f"icmp and ip[2:2] == {probe + 28}")
+    try:
+        got = podman("exec", "cblue", "ping", "-c", "3", "-W", "2", "-s", str(probe), "10.0.0.11", check=False)
+        assert " 0% packet loss" in got.stdout, got.stdout + got.stderr
+        time.sleep(0.3)
+    finally:
+        leaked = cap.stop()
+    assert leaked == 0  # red's vm1 has the same CA and never hears blue's container
+
+
+def test_the_ip_a_runtime_asks_for_is_honoured(lab, podman):
+    podman.run("cfixed", "blue-web", "--ip", "10.0.0.50")
+    assert podman("exec", "cfixed", "ip", "-o", "-4", "addr", "show", "eth0").stdout.count("10.0.0.50/24") == 1
+    podman("rm", "-f", "-t", "0", "cfixed")
+    assert "10.0.0.50" not in [p["ip"] for p in container_ports(lab, "blue").values()]
+
+
+def plugin(command, cfg, **env):
+    e = {**os.environ, "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni", **env}
+    return subprocess.run([PLUGIN], input=json.dumps(cfg), capture_output=True, text=True, env=e, cwd=ROOT,
+                          timeout=60)
+
+
+def test_check_status_and_gc_as_libcni_calls_them(lab, podman):
+    cfg = {"cniVersion": "1.1.0", "name": "blue-web", "type": "nvctl-cni", "tenant": "blue", "switch": "web",
+           "host": "hv2", "stateDir": lab.dir}
+    cid = podman("inspect", "--format", "{{.Id}}", "cblue").stdout.strip()
+    # podman passes the container's name as K8S_POD_NAME: the port is named after it
+    env = dict(CNI_CONTAINERID=cid, CNI_NETNS=podman.netns("cblue"), CNI_IFNAME="eth0",
+               CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=cblue")
+    assert plugin("CHECK", cfg, **env).returncode == 0
+    inside = ["nsenter", f"--net={env['CNI_NETNS']}", "ip", "link"]  # the container has no CAP_NET_ADMIN
+    subprocess.run(inside + ["set", "eth0", "mtu", "1400"], check=True)
+    bad = plugin("CHECK", cfg, **env)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["code"] == 100, bad.stdout
+    subprocess.run(inside + ["set", "eth0", "mtu", "1450"], check=True)
+    assert plugin("STATUS", cfg).returncode == 0
+    down = plugin("STATUS", {**cfg, "stateDir": "/nonexistent"})
+    assert down.returncode == 1 and json.loads(down.stdout)["code"] == 50
+    # GC with cblue as the only valid attachment: an orphan port (its container gone
+    # without DEL) goes, cblue's stays
+    orphan = {**env, "CNI_CONTAINERID": "deadbeef" * 8, "CNI_ARGS": ""}
+    add = plugin("ADD", cfg, **{**orphan, "CNI_IFNAME": "eth9"})
+    assert add.returncode == 0, add.stdout
+    assert len(container_ports(lab, "blue")) == 2
+    subprocess.run(inside + ["del", "eth9"], check=True)
+    gc = plugin("GC", {**cfg, "cni.dev/valid-attachments": [{"containerID": cid, "ifname": "eth0"}]})
+    assert gc.returncode == 0, gc.stdout
+    assert list(container_ports(lab, "blue")) == ["cblue"]
+
+
+def test_containers_that_come_and_go_leave_nothing_behind(lab, podman):
+    before_ns = set(os.listdir("/run/netns"))
+    hv2 = f"{lab.prefix}hv2"
+    before_links = in_ns(hv2, "ip", "-o", "link", check=True).stdout.count("\n")
+    before_ovs = ovs_ports(lab)
+    names = [podman.run(f"burst{i}", "blue-web") for i in range(20)]
+    assert len(container_ports(lab, "blue")) == 21
+    assert in_ns(hv2, "ip", "-o", "link", check=True).stdout.count("\n") == before_links + 20
+    podman("rm", "-f", "-t", "0", *names, timeout=300)
+    assert len(container_ports(lab, "blue")) == 1  # cblue's only
+    assert in_ns(hv2, "ip", "-o", "link", check=True).stdout.count("\n") == before_links
+    assert set(os.listdir("/run/netns")) == before_ns
+    assert ovs_ports(lab) == before_ovs
+
+
+def ovs_ports(lab):
+    return sorted(subprocess.run(["ovs-vsctl", "list-ports", "br-int"], capture_output=True, text=True,
+                                 env=lab.ovs_env("hv2")).stdout.split())

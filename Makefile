@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
           iproute2 mininet bridge-utils python3-venv ovn-central ovn-host \
-          isc-dhcp-client busybox dnsutils
+          isc-dhcp-client busybox-static dnsutils podman runc containernetworking-plugins
 
 .PHONY: demo test unit integration bench deps venv clean
 

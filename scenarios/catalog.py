@@ -412,11 +412,20 @@ def _kernel_view(ns: str, ifname: str = "eth0") -> dict:
             "mtu": int(re.search(r" mtu (\d+) ", link).group(1))}
 
 
-def _dig(ns: str, server: str, name: str) -> tuple[str | None, list[str]]:
-    p = in_ns(ns, "dig", "+time=2", "+tries=2", f"@{server}", name, "A")
+def _dig(ns: str, server: str, name: str, qtype: str = "A") -> tuple[str | None, list[str]]:
+    p = in_ns(ns, "dig", "+time=2", "+tries=2", f"@{server}", name, qtype)
     status = re.search(r"status: (\w+)", p.stdout)
     return (status.group(1) if status else None,
-            re.findall(r"^\S+\s+\d+\s+IN\s+A\s+(\S+)$", p.stdout, re.M))
+            re.findall(rf"^\S+\s+\d+\s+IN\s+{qtype}\s+(\S+)$", p.stdout, re.M))
+
+
+def _slaac_view(ns: str, ifname: str = "eth0") -> dict:
+    """The workload's global IPv6 addresses (not tentative) and its IPv6 default route."""
+    addr = in_ns(ns, "ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "global", check=True).stdout
+    route = in_ns(ns, "ip", "-6", "route", "show", "default", check=True).stdout
+    g = re.search(r"default via (\S+)", route)
+    return {"addrs": sorted(re.findall(r"inet6 (\S+)", addr)), "tentative": "tentative" in addr,
+            "gateway": g.group(1) if g else None}
 
 
 BOOT_TENANT = """apiVersion: nvctl/v1
@@ -424,12 +433,12 @@ kind: Tenant
 metadata: {name: boot}
 spec:
   switches:
-    - {name: web, cidr: 10.0.0.0/24}
-    - {name: db, cidr: 10.0.1.0/24}
+    - {name: web, cidr: 10.0.0.0/24, cidr6: "fd00:0:0:1::/64"}
+    - {name: db, cidr: 10.0.1.0/24, cidr6: "fd00:0:0:2::/64"}
     - {name: lab, cidr: 10.0.2.0/24}
   routers:
     - name: r1
-      ports: [{switch: web, ip: 10.0.0.1}, {switch: db, ip: 10.0.1.1}]
+      ports: [{switch: web, ip: 10.0.0.1, ip6: "fd00:0:0:1::1"}, {switch: db, ip: 10.0.1.1, ip6: "fd00:0:0:2::1"}]
   ports:
     - {name: web1, switch: web, ip: 10.0.0.11, host: hv1}
     - {name: web2, switch: web, ip: 10.0.0.12, host: hv2}
@@ -440,7 +449,8 @@ spec:
 
 
 @scenario("dhcp", "workloads boot with no address and get CA, MTU, gateway and DNS from the platform's "
-          "DHCP (dhclient), then reach each other by name (IPv4 only: no DHCPv6 or IPv6 yet)")
+          "DHCP (dhclient) and, on dual-stack switches, their IPv6 address by SLAAC from its router "
+          "advertisements; then reach each other by name, over IPv4 and IPv6")
 def dhcp(run):
     """Claims: five workloads of tenant boot (web1, web2 on switch web and db1 on db, joined
     by router r1; lab1, lab2 on switch lab, which has no router) start with no address and
@@ -449,8 +459,10 @@ def dhcp(run):
     port; lab's last address, 10.0.2.254) with domain boot.nvctl; each resolves every
     workload it can reach as <port>.boot.nvctl at the server it was given, to that port's
     CA, and pings it at that address (across the router too); a name that is no port's is
-    NXDOMAIN and a name outside nvctl REFUSED. IPv4 only: IPv6 (DHCPv6, router
-    advertisements, AAAA) is not there yet."""
+    NXDOMAIN and a name outside nvctl REFUSED. IPv6 (web and db are dual stack, lab is
+    not): with its IPv6 addresses flushed and SLAAC on, each of web1, web2 and db1 gets from
+    the router's advertisement the address the spec derives from its MAC and the router as
+    default route, resolves its dual-stack peers' AAAA names and pings6 them."""
     env = run.env
     run.step("network up; tenant boot: web1@hv1, web2@hv2 (web), db1@hv3 (db), router r1; "
              "lab1@hv1, lab2@hv3 (lab, no router)")
@@ -465,16 +477,26 @@ def dhcp(run):
     clients: dict[str, Dhclient] = {}
     try:
         run.step(f"boot: every workload's eth0 flushed (no address, no route) and at MTU 1500; "
-                 f"dhclient on all {len(names)} at once")
+                 f"SLAAC on the dual-stack ones; dhclient on all {len(names)} at once")
         booted = {}
+        dual = [n for n in names if ports[n].get("ip6")]
         for n in names:
             in_ns(ports[n]["namespace"], "ip", "addr", "flush", "dev", "eth0", check=True)
             in_ns(ports[n]["namespace"], "ip", "link", "set", "eth0", "mtu", "1500", check=True)
             booted[n] = _kernel_view(ports[n]["namespace"])
+        for n in dual:  # SLAAC on, and a link going up: the kernel solicits a router
+            ns = ports[n]["namespace"]
+            in_ns(ns, "ip", "-6", "route", "flush", "dev", "eth0")
+            in_ns(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_ra=2", "net.ipv6.conf.eth0.autoconf=1",
+                  check=True)
+            in_ns(ns, "ip", "link", "set", "eth0", "down", check=True)
+            in_ns(ns, "ip", "link", "set", "eth0", "up", check=True)
+            booted[n]["ipv6"] = _slaac_view(ns)  # before the router answers
         for n in names:
             clients[n] = Dhclient(ports[n]["namespace"], "eth0", os.path.join(work, n))
         leases = {n: c.wait() for n, c in clients.items()}
         got = {n: _kernel_view(ports[n]["namespace"]) for n in names}
+
         for n in names:
             run.step(f"{n}: {got[n]['addr']} gw {got[n]['gateway']} mtu {got[n]['mtu']} dns "
                      f"{(leases[n]['lease'] or {}).get('dns')} in {leases[n]['seconds']} s")
@@ -490,7 +512,28 @@ def dhcp(run):
                             for (a, b), ans in answers.items() if ans[1]], count=2)
         nx = _dig(ports["web1"]["namespace"], "10.0.0.1", "nobody.boot.nvctl")
         refused = _dig(ports["lab1"]["namespace"], "10.0.2.254", "example.com")
+        deadline = time.monotonic() + 10
+        slaac = {}
+        while time.monotonic() < deadline:
+            slaac = {n: _slaac_view(ports[n]["namespace"]) for n in dual}
+            if all(v["addrs"] and not v["tentative"] and v["gateway"] for v in slaac.values()):
+                break
+            time.sleep(0.2)
+        for n in dual:
+            run.step(f"{n}: SLAAC {', '.join(slaac[n]['addrs']) or 'no address'} via {slaac[n]['gateway']}")
+        peers6 = [(a, b) for a in dual for b in dual if a != b]
+        run.step(f"each dual-stack workload asks for each other's AAAA ({len(peers6)} pairs), then pings6 it")
+        answers6 = {(a, b): _dig(ports[a]["namespace"], "10.0.0.1" if ports[a]["switch"] == "web" else "10.0.1.1",
+                                 f"{b}.boot.nvctl", "AAAA") for a, b in peers6}
+        pinged6 = {}
+        for (a, b), ans in answers6.items():
+            if ans[1]:
+                r = in_ns(ports[a]["namespace"], "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", ans[1][0])
+                pinged6[f"{a}->{b}"] = int(re.search(r"(\d+) received", r.stdout).group(1)) if "received" in r.stdout else 0
     finally:
+        for n in [n for n in names if ports[n].get("ip6")]:  # back as the platform configured it
+            ns = ports[n]["namespace"]
+            in_ns(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_ra=0", "net.ipv6.conf.eth0.autoconf=0")
         for c in clients.values():
             c.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -523,6 +566,18 @@ def dhcp(run):
               not unreached, pairs=len(answers), unanswered=unreached)
     run.claim("a name that is no port's is NXDOMAIN; one outside nvctl is REFUSED",
               nx[0] == "NXDOMAIN" and refused[0] == "REFUSED", nobody=nx[0], example_com=refused[0])
+    run.data.update({"slaac": slaac, "dns6": {f"{a}->{b}": v for (a, b), v in answers6.items()},
+                     "pings6": pinged6})
+    wrong6 = {n: v for n, v in slaac.items()
+              if v["addrs"] != [f"{ports[n]['ip6']}/64"] or not (v["gateway"] or "").startswith("fe80::")}
+    run.claim("each dual-stack workload got by SLAAC the IPv6 address the spec has for it, and the router "
+              "(link-local) as default route", bool(dual) and not wrong6, wrong=wrong6)
+    bad6 = {f"{a}->{b}": v for (a, b), v in answers6.items() if v != ("NOERROR", [ports[b]["ip6"]])}
+    run.claim("every dual-stack workload resolves its peers' AAAA names to their IPv6 CAs", not bad6, wrong=bad6)
+    unreached6 = sorted(k for k, v in pinged6.items() if v == 0) + sorted(
+        f"{a}->{b}" for a, b in answers6 if f"{a}->{b}" not in pinged6)
+    run.claim("every dual-stack workload pings6 every peer at its AAAA (across the router too)",
+              not unreached6, unanswered=unreached6)
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -533,7 +588,7 @@ def dhcp(run):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), got[n]["addr"] or "no address",
                 ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("seconds, dhclient start (bare eth0) to address")
-    ax.set_title("DHCP from the platform: boot to address, per workload (IPv4)")
+    ax.set_title("DHCP from the platform: boot to address, per workload (IPv4; IPv6 by SLAAC)")
     run.figure("dhcp_boot_to_address", fig)
 
 

@@ -274,7 +274,7 @@ DHCLIENT_SCRIPT = """#!/bin/sh
 # nvctl's private dhclient script: it sets the one interface it is given, and nothing else
 # (the stock script also rewrites /etc/resolv.conf and runs hooks outside the namespace)
 case "$reason" in BOUND|RENEW|REBIND|REBOOT)
-  ip addr flush dev "$interface"
+  ip -4 addr flush dev "$interface"
   ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
   [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
   for r in $new_routers; do ip route replace default via "$r"; break; done

@@ -94,7 +94,7 @@ def dhclient(ns: str, tmp_path, tag: str) -> subprocess.CompletedProcess:
 
 DHCLIENT_SCRIPT = """#!/bin/sh
 case "$reason" in BOUND|RENEW|REBIND|REBOOT)
-  ip addr flush dev "$interface"
+  ip -4 addr flush dev "$interface"
   ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
   [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
   for r in $new_routers; do ip route replace default via "$r"; break; done

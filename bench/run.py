@@ -23,7 +23,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp")
+ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp", "cni")
 
 
 def machine() -> dict:
@@ -195,6 +195,10 @@ def main(argv=None) -> int:
         from bench.dhcp import dhcp, report
         res["dhcp"] = _on_fresh_lab(lambda lab: dhcp(lab, repeats=2 if a.quick else 3))
         print(report(res["dhcp"]), flush=True)
+    if "cni" in only:
+        from bench import cni
+        res["cni"] = _on_fresh_lab(lambda lab: cni.cni(lab, containers=10 if a.quick else 50))
+        print(cni.report(res["cni"]), flush=True)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures

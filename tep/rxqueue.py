@@ -64,7 +64,10 @@ def deepen(pid: int, nbytes: int = RX_QUEUE_BYTES) -> int:
 
 
 def deepen_instance(rundir: str, nbytes: int = RX_QUEUE_BYTES) -> int:
-    """deepen() the ovs-vswitchd whose pid file is in `rundir` (one lab host)."""
+    """deepen() the ovs-vswitchd whose pid file is in `rundir` (one lab host).
+    NVCTL_LAB_RXQUEUE=0 leaves the kernel's default (to measure what it changes)."""
+    if os.environ.get("NVCTL_LAB_RXQUEUE") == "0":
+        return 0
     try:
         with open(f"{rundir}/ovs-vswitchd.pid") as f:
             pid = int(f.read().strip())

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.integration.conftest import running_lab
-from scenarios.netutil import iperf3
+from scenarios.netutil import Dhclient, iperf3
 from tests.integration.helpers import apply_yaml, in_ns, nvctl_json
 
 UNDERLAY_MTU = 1500
@@ -78,31 +78,11 @@ def restore(ns: str, p: dict, gateway: str | None) -> None:
         in_ns(ns, "ip", "route", "replace", "default", "via", gateway)
 
 
-def dhclient(ns: str, tmp_path, tag: str) -> subprocess.CompletedProcess:
-    """isc-dhcp-client once in the foreground (-1: give up after one try), with its own
-    lease and pid files and no hook script, so it changes nothing outside the namespace."""
-    lease, pid = tmp_path / f"{tag}.leases", tmp_path / f"{tag}.pid"
-    script = tmp_path / "dhclient-script"
-    if not script.exists():  # the stock script also edits /etc/resolv.conf: ours only sets eth0
-        script.write_text(DHCLIENT_SCRIPT)
-        script.chmod(0o755)
-    p = in_ns(ns, "timeout", "40", "dhclient", "-1", "-v", "-lf", str(lease), "-pf", str(pid),
-              "-sf", str(script), "eth0", timeout=60)
-    in_ns(ns, "dhclient", "-x", "-lf", str(lease), "-pf", str(pid), "-sf", str(script), "eth0", timeout=30)
-    return p
+def dhclient(ns: str, tmp_path, tag: str) -> dict:
+    """isc-dhcp-client once, with a private lease file, pid file and script (nothing
+    outside the namespace changes); {ok, lease: what the script was given, log}."""
+    return Dhclient(ns, "eth0", str(tmp_path / tag)).wait()
 
-
-DHCLIENT_SCRIPT = """#!/bin/sh
-case "$reason" in BOUND|RENEW|REBIND|REBOOT)
-  ip -4 addr flush dev "$interface"
-  ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
-  [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
-  for r in $new_routers; do ip route replace default via "$r"; break; done
-  echo "$new_domain_name_servers" > "$(dirname "$0")/dns-$interface-$new_ip_address"
-  ;;
-esac
-exit 0
-"""
 
 UDHCPC_SCRIPT = """#!/bin/sh
 [ "$1" = bound ] || [ "$1" = renew ] || exit 0
@@ -120,9 +100,9 @@ def test_dhclient_gets_the_ports_address_gateway_and_mtu(lab, tenants, tmp_path)
     try:
         run = dhclient(p["namespace"], tmp_path, "b")
         got = addresses(p["namespace"])
-        assert got == {"addr": "10.0.5.12/24", "gateway": "10.0.5.1", "mtu": OVERLAY_MTU}, run.stderr
-        assert (tmp_path / "dns-eth0-10.0.5.12").read_text().split() == ["10.0.5.1"]
-        assert "DHCPACK" in run.stderr, run.stderr
+        assert got == {"addr": "10.0.5.12/24", "gateway": "10.0.5.1", "mtu": OVERLAY_MTU}, run["log"]
+        assert (run["lease"]["dns"], run["lease"]["domain"]) == ("10.0.5.1", "teal.nvctl")
+        assert "DHCPACK" in run["log"], run["log"]
     finally:
         restore(p["namespace"], p, "10.0.5.1")
 

@@ -6,9 +6,8 @@ import threading
 import pytest
 
 from controller.core import ApiError, Core
-from controller.store import SqliteStore
 from tests.unit.fixtures import BLUE, tenant_yaml
-from tests.unit.test_core import desired, full
+from tests.unit.test_core import core, desired, full  # noqa: F401  (core: the fixture)
 
 ROUTED = """apiVersion: nvctl/v1
 kind: Tenant
@@ -26,16 +25,6 @@ spec:
     - {priority: 10, direction: to-port, from: web, protocol: tcp, action: allow}
     - {priority: 5, direction: to-port, action: deny}
 """
-
-
-@pytest.fixture
-def core(tmp_path):
-    store = SqliteStore(str(tmp_path / "desired.db"))
-    c = Core(store)
-    for i in (1, 2, 3):
-        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test"})
-    yield c
-    store.close()
 
 
 def test_addresses_skip_router_vip_and_used_and_a_full_subnet_is_refused(core):

@@ -30,10 +30,8 @@ import socket
 import sys
 
 from controller.api import ApiClientError, call
-from tep.driver import host_db
-from tep.join import DEFAULT_DB
-from tep.ovs import Ovsdb, OvsError
-from tep import workload
+from tep import container as workload
+from tep.ovs import DEFAULT_DB, Ovsdb, OvsError
 
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 # CNI spec error codes
@@ -116,9 +114,7 @@ def _env(*names: str) -> dict:
 
 def _ovsdb(att: dict) -> Ovsdb:
     """The br-int of the port's host: the lab's per-host OVSDB, else this machine's."""
-    if att.get("host_ovsdb"):
-        return host_db({"ovsdb": att["host_ovsdb"]})
-    return Ovsdb(DEFAULT_DB)
+    return Ovsdb(att.get("host_ovsdb") or DEFAULT_DB)
 
 
 def result(cfg: dict, att: dict, netns: str, ifname: str) -> dict:

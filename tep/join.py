@@ -22,9 +22,9 @@ import time
 
 from pyroute2 import IPRoute
 
-from tep.ovs import INTEGRATION_BRIDGE, OVSDB_PORT, PHYSICAL_BRIDGE, TUNNEL_OFPORT, Ovsdb, OvsError
+from tep.ovs import (DEFAULT_DB, INTEGRATION_BRIDGE, OVSDB_PORT, PHYSICAL_BRIDGE, TUNNEL_OFPORT,  # noqa: F401
+                     Ovsdb, OvsError)
 
-DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"
 BUNDLE_KEYS = ("name", "pa", "dpid", "token", "tls", "controller")
 
 

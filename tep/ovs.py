@@ -34,6 +34,9 @@ def run(cmd: list[str], timeout: float = 30, env: dict | None = None, cwd: str |
     return p.stdout
 
 
+DEFAULT_DB = "unix:/var/run/openvswitch/db.sock"  # a real host's own OVS (Debian's openvswitch-switch)
+
+
 @dataclass(frozen=True)
 class Ovsdb:
     """An OVS instance reached through its OVSDB socket (unix:PATH, tcp: or ssl:).

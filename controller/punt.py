@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from controller import responder
-from controller.layers.services import DNS_PORT
+from controller.layers.services import DNS_PORT, ICMPV6_ECHO_REQUEST, ND_RS
+from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, ND_NS
 from controller.layers.port_security import DHCP_SERVER_PORT
 from topology.model import DEFAULT_LEASE_SECONDS, DNS_SUFFIX, Port, Tenant
 
-ETH_TYPE_IP, ETH_TYPE_IPV6 = 0x0800, 0x86DD
 DNS_QTYPE_A, DNS_QTYPE_AAAA = 1, 28
-ND_NS, ND_RS, ECHO6 = 135, 133, 128
 
 
 @dataclass
@@ -162,7 +161,7 @@ class Punt:
             out = responder.router_advertisement(data, rp.mac, str(rp.link_local), sw.cidr6,
                                                  self.switch_mtus(t)[switch], str(rp.ip6) if sw.dhcp else None)
             what = "ra"
-        elif kind == ECHO6 and rp is not None:
+        elif kind == ICMPV6_ECHO_REQUEST and rp is not None:
             out = responder.echo6_reply(data, rp.mac)
             what = "ping6"
         else:

@@ -183,18 +183,24 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
         if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU):
             errs.add(f"{path}.mtu", f"{mtu!r} is not an MTU in bytes ({MIN_MTU} <= mtu <= {MAX_MTU})")
             cidr = None
-        dhcp = item.get("dhcp", True)
-        if not isinstance(dhcp, bool):
-            errs.add(f"{path}.dhcp", f"{dhcp!r} is not true or false")
-            dhcp = True
+        dhcp = _flag(item, "dhcp", path, errs)
         cidr6 = _subnet(item, path, "cidr6", ipaddress.IPv6Network, cidrs6, name or f"#{i}", errs)
         if cidr6 is False:
             cidr = None
         if name is not None:
             seen[name] = path
             if cidr is not None:
-                out.append(Switch(name, cidr, mtu, dhcp, cidr6 or None))
+                out.append(Switch(name, cidr, mtu, dhcp is not False, cidr6 or None))
     return out
+
+
+def _flag(item: dict, key: str, path: str, errs: _Errors, default: bool = True) -> bool | None:
+    """A true/false key; None (reported) when it is something else."""
+    v = item.get(key, default)
+    if not isinstance(v, bool):
+        errs.add(f"{path}.{key}", f"{v!r} is not true or false")
+        return None
+    return v
 
 
 def _subnet(item: dict, path: str, key: str, kind, seen: list, name: str, errs: _Errors):
@@ -307,10 +313,8 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
         if made_by not in MADE_BY:
             errs.add(f"{path}.madeBy", f"{made_by!r} is not one of {', '.join(MADE_BY)}")
             ok = False
-        workload = item.get("workload", True)
-        if not isinstance(workload, bool):
-            errs.add(f"{path}.workload", f"{workload!r} is not true or false")
-            ok = False
+        workload = _flag(item, "workload", path, errs)
+        ok &= workload is not None
         cid = item.get("containerId")
         if cid is not None and (not isinstance(cid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", cid)):
             errs.add(f"{path}.containerId", f"{cid!r} is not a container id (letters, digits, _ . -; <= 128)")

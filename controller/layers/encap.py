@@ -62,7 +62,7 @@ class Encap(Layer):
             vni = t.vni[s.name]
             ls = LOGICAL_SWITCH.m(vni)
             ports = t.tenant.ports_on(s.name)
-            mtu = (t.mtu or {}).get(s.name, 1450)
+            mtu = t.mtu[s.name]
             check = CheckPktLarger(mtu + ETH_HEADER, PKT_LARGER.field, PKT_LARGER.lo)
             senders = {h for h in hosts if any(p.host != h for p in ports)}
             for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6) if senders else ():

@@ -98,3 +98,42 @@ def test_dual_stack_twins_verify_clean():
     r = verify(network_from_compiled(HOSTS, w, flows))
     assert r.ok, r.format()
     assert r.checked["port_starts"] == 8
+
+
+def _twins_and_flows():
+    w = world(dual("twin-a"), dual("twin-b"))
+    return w, {h: list(fl.values()) for h, fl in compile_world(HOSTS, w).items()}
+
+
+def test_verify_finds_an_ipv6_packet_sent_to_the_twins_port():
+    from controller.pipeline import PIPELINE
+    from dataplane.match_action import Flow, Match, Output
+    w, flows = _twins_and_flows()
+    (a, aa), (b, ba) = w["twin-a"], w["twin-b"]
+    w2 = a.port("w2")  # on hv2, like twin-b's w2
+    bad = Flow(PIPELINE["l2_lookup"], 200, Match.of(reg13=aa.vni["web"], eth_dst=w2.mac, eth_type=ETH_TYPE_IPV6),
+               (Output(ba.ofport["w2"]),), layer_id=4, tenant_id=aa.tenant_id, rule="planted v6")
+    flows["hv2"] = flows["hv2"] + [bad]
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    bad_ones = [v for v in r.violations if v.kind == "isolation_port"]
+    assert bad_ones and bad_ones[0].tenants == ["twin-a", "twin-b"], r.format()
+    assert bad_ones[0].packet["eth_type"] == ETH_TYPE_IPV6
+
+
+def test_verify_finds_a_tenant_punting_through_the_twins_control_meter():
+    from controller.layers.services import control_meter
+    from dataplane.match_action import Flow, Meter, cookie_layer, cookie_tenant
+    w, flows = _twins_and_flows()
+    theirs = control_meter(w["twin-b"][1].tenant_id).meter_id
+    mine = control_meter(w["twin-a"][1].tenant_id).meter_id
+    swapped = [Flow(f.table, f.priority, f.match,
+                    tuple(Meter(theirs, a.rate_kbps, a.burst_kb, a.unit) if isinstance(a, Meter)
+                          and a.meter_id == mine else a for a in f.actions),
+                    cookie_layer(f.cookie), cookie_tenant(f.cookie), f.rule)
+               if f.table.name == "services" and any(isinstance(a, Meter) and a.meter_id == mine
+                                                     for a in f.actions) else f
+               for f in flows["hv1"]]
+    assert swapped != flows["hv1"]
+    flows["hv1"] = swapped
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert any(v.kind == "shared_meter" and v.tenants == ["twin-a", "twin-b"] for v in r.violations), r.format()

@@ -46,6 +46,7 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
 RECONCILE_WORKERS = 16  # hosts reconciled at once
+HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
 
 
 def freeze_heap() -> None:
@@ -88,6 +89,7 @@ class Core:
         self.endpoints: dict = {}  # where joining hosts reach us: ip, of_port, of_tls_port, api_port
         self.used = InUse()  # what all tenants hold, kept in step with self.tenants
         self.punt = Punt(self.switch_mtus)  # DHCP, DNS and path MTU, answered from the specs
+        self.holds: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, switch) -> {ip: until}
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
@@ -506,6 +508,64 @@ class Core:
         results = self.reconcile_many(changed, old.flows, new.flows)
         return self._result(t.name, action, results, attach_errors)
 
+    def _switch(self, tenant: str, switch: str):
+        """(tenant entry, switch) or an ApiError naming what is missing."""
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        names = [s.name for s in e.tenant.switches]
+        if switch not in names:
+            raise ApiError(f"tenant {tenant} has no switch {switch!r}", [("--switch", f"one of {', '.join(names)}")])
+        return e, e.tenant.switch(switch)
+
+    def _held(self, tenant: str, switch: str) -> dict[str, float]:
+        """The switch's addresses held for runtimes, the expired ones dropped (under the mutex)."""
+        now = self.clock()
+        held = self.holds.setdefault((tenant, switch), {})
+        for ip in [ip for ip, until in held.items() if until <= now]:
+            del held[ip]
+        return held
+
+    def switch_info(self, tenant: str, switch: str) -> dict:
+        """What a runtime's network needs to agree with: the switch's CIDRs, gateway, MTU."""
+        with self.mutex:
+            e, sw = self._switch(tenant, switch)
+            svc = e.tenant.service(switch)
+            return {"tenant": tenant, "switch": switch, "cidr": str(sw.cidr),
+                    "cidr6": str(sw.cidr6) if sw.cidr6 else None, "mtu": self.switch_mtus(e.tenant)[switch],
+                    "gateway": str(svc.router) if svc.router else None}
+
+    def ipam_hold(self, tenant: str, switch: str, ip: str | None = None, seconds: float = HOLD_SECONDS) -> dict:
+        """An address of the switch kept for a runtime that makes the port next (Docker asks
+        its IPAM driver before its network driver makes the endpoint): no `port add` and no
+        other hold gets it until a port takes it, it is released, or `seconds` pass."""
+        from topology import ipam
+        with self.mutex:
+            e, sw = self._switch(tenant, switch)
+            held = self._held(tenant, switch)
+            if ip is None:
+                try:
+                    addr = ipam.next_ipv4(e.tenant, switch, held)
+                except ipam.AddressesExhausted as ex:
+                    raise ApiError(f"tenant {tenant}: no address held", [("ip", str(ex))]) from None
+            else:
+                try:
+                    addr = ipaddress.ip_address(ip)
+                except ValueError:
+                    raise ApiError(f"{ip!r} is not an IP address", [("ip", "not an address")]) from None
+                if addr not in sw.cidr:
+                    raise ApiError(f"{addr} is not in switch {switch}'s {sw.cidr}", [("ip", "outside the switch")])
+                if addr in ipam.used_addresses(e.tenant, switch) or str(addr) in held:
+                    raise ApiError(f"{addr} is in use on {tenant}/{switch}", [("ip", "in use")])
+            held[str(addr)] = self.clock() + seconds
+            return {"tenant": tenant, "switch": switch, "ip": str(addr), "prefixlen": sw.cidr.prefixlen,
+                    "seconds": seconds}
+
+    def ipam_release(self, tenant: str, switch: str, ip: str) -> dict:
+        """Give back a held address (a port that took it keeps it)."""
+        with self.mutex:
+            return {"released": self.holds.get((tenant, switch), {}).pop(ip, None) is not None}
+
     def port_add(self, tenant: str, switch: str, name: str | None = None, ip: str = "auto",
                  mac: str | None = None, host: str | None = None, workload: bool = True,
                  ip6: str | None = None, made_by: str = "api", container_id: str | None = None) -> dict:
@@ -514,13 +574,9 @@ class Core:
         unless `host` is, and every policy a YAML port of that switch gets."""
         from topology import ipam
         with self.mutex:
-            e = self.tenants.get(tenant)
-            if e is None:
-                raise ApiError(f"no tenant {tenant!r}")
+            e, _ = self._switch(tenant, switch)
             t = e.tenant
-            if switch not in {s.name for s in t.switches}:
-                raise ApiError(f"tenant {tenant} has no switch {switch!r}",
-                               [("--switch", f"one of {', '.join(s.name for s in t.switches)}")])
+            held = self._held(tenant, switch)
             names = {p.name for p in t.ports}
             if name is None:
                 name = next(f"{switch}-{k}" for k in range(1, len(names) + 2) if f"{switch}-{k}" not in names)
@@ -537,11 +593,11 @@ class Core:
                 host = min(sorted(load), key=load.get)
             if ip in (None, "auto"):
                 try:
-                    ip = str(ipam.next_ipv4(t, switch))
+                    ip = str(ipam.next_ipv4(t, switch, held))
                 except ipam.AddressesExhausted as ex:
                     raise ApiError(f"tenant {tenant}: no port added", [("--ip", str(ex))]) from None
-            if made_by not in ("api", "cni"):
-                raise ApiError(f"made_by {made_by!r}: api or cni")
+            if made_by not in schema.MADE_BY or made_by == "yaml":
+                raise ApiError(f"made_by {made_by!r}: one of {', '.join(schema.MADE_BY[1:])}")
             item = {"name": name, "switch": switch, "ip": ip, "host": host, "madeBy": made_by}
             if mac:
                 item["mac"] = mac
@@ -555,6 +611,7 @@ class Core:
             doc["spec"]["ports"].append(item)
             new_t = self._validated(doc, f"tenant {tenant}: port {name} is invalid; nothing was changed")
             out = self._change(new_t, e, f"added port {name}")
+            held.pop(ip, None)  # a held address, taken by its port
         out["port"] = self.port_attachment(tenant, name)
         return out
 
@@ -740,8 +797,9 @@ class Core:
             ports.append({"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac,
                           **({"ip6": str(p.ip6)} if p.ip6 is not None else {}),
                           "host": p.host, "ofport": e.alloc.ofport[p.name],
-                          "up": p.host in self.hosts and bool(bound),
-                          "namespace": self.driver.namespace(name, p.name, p.host)})
+                          "up": p.host in self.hosts and bool(bound), "madeBy": p.made_by,
+                          **({"containerId": p.container_id} if p.container_id else {}),
+                          "namespace": self.driver.namespace(name, p.name, p.host) if p.workload else None})
         hosts = {}
         for h in sorted({p.host for p in e.tenant.ports} | set(e.flows)):
             if h not in self.hosts:

@@ -34,10 +34,11 @@ def used_addresses(t: Tenant, switch: str) -> set:
     return used
 
 
-def next_ipv4(t: Tenant, switch: str) -> ipaddress.IPv4Address:
-    """The lowest free IPv4 address of the switch."""
+def next_ipv4(t: Tenant, switch: str, exclude=()) -> ipaddress.IPv4Address:
+    """The lowest free IPv4 address of the switch (and not in `exclude`: addresses held
+    for a runtime that has not made its port yet)."""
     sw = t.switch(switch)
-    used = used_addresses(t, switch)
+    used = used_addresses(t, switch) | {ipaddress.ip_address(a) for a in exclude}
     for ip in sw.cidr.hosts():
         if ip not in used:
             return ip

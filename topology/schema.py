@@ -33,7 +33,7 @@ MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
              "rateLimitMbps": False, "bumLimitPps": False, "ip6": False, "madeBy": False, "workload": False,
              "containerId": False}
-MADE_BY = ("yaml", "api", "cni")
+MADE_BY = ("yaml", "api", "cni", "docker")
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}

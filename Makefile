@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
           iproute2 mininet bridge-utils python3-venv ovn-central ovn-host \
-          isc-dhcp-client busybox-static dnsutils podman runc containernetworking-plugins
+          isc-dhcp-client busybox-static dnsutils podman runc containernetworking-plugins \
+          docker.io golang-go golang-github-appc-cni-dev
 
 .PHONY: demo test unit integration bench deps venv clean
 
@@ -24,11 +25,16 @@ unit: $(STAMP)
 integration: $(STAMP)
 	NVCTL_REQUIRE_INTEGRATION=1 $(PY) -m pytest -v -m integration tests
 
+# policy-rc.d (when the machine has none) keeps the packages from starting services of
+# their own while they install: no system dockerd; tests start their own daemons by PID.
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  rc=$$?; if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
 	fi
 
 $(STAMP): pyproject.toml | deps

@@ -148,9 +148,11 @@ def cmd_tenant_show(a):
     print(f"  revision: {r['revision']}   tenant id: {r['ids']['tenant_id']}   "
           f"VNIs: {', '.join(f'{k}={v}' for k, v in r['ids']['vni'].items())}")
     print(f"  MTU: {', '.join(f'{k}={v}' for k, v in r['mtu'].items())}")
-    print(f"  {'PORT':12} {'HOST':6} {'OFPORT':>6} {'STATE':6} NAMESPACE")
+    width = max([12] + [len(p["name"]) for p in r["ports"]])
+    print(f"  {'PORT':{width}} {'HOST':6} {'OFPORT':>6} {'STATE':6} {'MADE BY':7} NAMESPACE")
     for p in r["ports"]:
-        print(f"  {p['name']:12} {p['host']:6} {p['ofport']:>6} {'up' if p['up'] else 'DOWN':6} {p['namespace'] or '-'}")
+        print(f"  {p['name']:{width}} {p['host']:6} {p['ofport']:>6} {'up' if p['up'] else 'DOWN':6} "
+              f"{p['madeBy']:7} {p['namespace'] or '-'}")
     print(f"  {'HOST':6} {'FLOWS':>6} INSTALLED")
     for h, s in r["hosts"].items():
         print(f"  {h:6} {s['flows']:>6} {'yes' if s['installed'] else 'NO'}{'  ' + s['note'] if s.get('note') else ''}")
@@ -370,6 +372,11 @@ def cmd_host_resync(a):
     print(f"{r['host']}: re-read the switch, sent {r['flow_mods']} flow-mods to repair it ({r['ms']} ms)")
 
 
+def cmd_docker_plugin(a):
+    from controller import docker_plugin
+    docker_plugin.run(a, state_dir_from(a.state_dir))
+
+
 def cmd_demo(a):
     from scenarios.demo import run_demo
     sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
@@ -581,6 +588,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the network with mininet (Hypervisor nodes, TCLink underlay) instead of the lab")
     p.add_argument("--out", metavar="DIR", help="where result.json and the plots go (default ./scenario-results/NAME)")
     p.set_defaults(fn=cmd_scenario_run)
+
+    from controller import docker_plugin
+    p = sub.add_parser("docker-plugin", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="serve Docker as a network and IPAM driver (foreground until stopped)",
+                       description="A Docker remote network driver and IPAM driver: containers of a Docker "
+                                   "network become ports of a tenant's switch.",
+                       epilog="example:\n  nvctl docker-plugin &\n"
+                              "  docker network create -d nvctl --ipam-driver nvctl -o tenant=blue -o switch=web \\\n"
+                              "      --subnet 10.0.0.0/24 --gateway 10.0.0.1 blue-web\n"
+                              "  docker run --network blue-web busybox ping 10.0.0.11")
+    docker_plugin.add_arguments(p)
+    p.set_defaults(fn=cmd_docker_plugin)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

@@ -54,6 +54,24 @@ def plug_container(netns: str, ifname: str, host_ns: str | None, host_ifname: st
     run(["ip", *on_host, "link", "set", host_ifname, "up"])
 
 
+def veth_for_runtime(host_ns: str | None, host_ifname: str, name: str, mac: str, mtu: int) -> None:
+    """A veth from the host's namespace (`host_ifname`, for br-int) to this process's
+    (`name`, with the port's MAC and MTU) for a runtime that moves it into its container
+    itself (Docker's Join). Gone on failure."""
+    on_host = ["-n", host_ns] if host_ns else []
+    run(["ip", *on_host, "link", "add", name, "mtu", str(max(VETH_MTU, mtu)), "type", "veth",
+         "peer", "name", host_ifname])
+    try:
+        if host_ns:
+            run(["ip", "-n", host_ns, "link", "set", name, "netns", f"/proc/{os.getpid()}/ns/net"])
+        run(["ip", "link", "set", name, "address", mac, "mtu", str(mtu)])
+        run(["ethtool", "-K", name, "tx", "off"])  # the userspace datapath fills in no checksums
+        run(["ip", *on_host, "link", "set", host_ifname, "up"])
+    except Exception:
+        subprocess.run(["ip", *on_host, "link", "del", host_ifname], capture_output=True)
+        raise
+
+
 def container_interface(netns: str, ifname: str) -> dict | None:
     """{"mac", "mtu", "addresses": [cidr, ...]} of the container's interface, or None."""
     if not os.path.exists(netns):

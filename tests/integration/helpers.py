@@ -64,3 +64,69 @@ def installed_cookies(lab, host: str) -> dict[int, str]:
             text = re.sub(r"(duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ?", "", line.strip())
             out[int(m.group(1), 16)] = text
     return out
+
+
+DOCKER = "/usr/bin/docker"  # Debian's docker.io client (another docker earlier on PATH may be newer)
+DOCKERD = "/usr/sbin/dockerd"
+
+
+class Dockerd:
+    """Debian's dockerd with its own data-root, exec-root, pidfile and socket in `base`,
+    iptables, forwarding, masquerading and docker0 off, so it touches nothing of this
+    machine's; an image `nvt-busybox` imported from a busybox-static rootfs. close()
+    removes its containers and networks and stops it by its PID."""
+
+    def __init__(self, base: str, timeout: float = 60):
+        import shutil
+        import time
+        if not (os.path.exists(DOCKERD) and os.path.exists(DOCKER)):
+            raise AssertionError("dockerd and docker are needed: Debian's docker.io (make deps)")
+        self.base = base
+        self.sock = f"unix://{base}/docker.sock"
+        cfg = {"iptables": False, "ip-forward": False, "ip-masq": False, "bridge": "none",
+               "data-root": f"{base}/data", "exec-root": f"{base}/exec", "pidfile": f"{base}/docker.pid",
+               "hosts": [self.sock], "storage-driver": "vfs"}
+        with open(f"{base}/daemon.json", "w") as f:
+            json.dump(cfg, f)
+        self.log = open(f"{base}/dockerd.log", "w")
+        self.proc = subprocess.Popen([DOCKERD, "--config-file", f"{base}/daemon.json"], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError(f"dockerd did not start: {open(f'{base}/dockerd.log').read()[-2000:]}")
+            time.sleep(0.3)
+        rootfs = f"{base}/rootfs"
+        os.makedirs(f"{rootfs}/bin")
+        shutil.copy(shutil.which("busybox"), f"{rootfs}/bin/busybox")
+        for tool in ("sh", "ping", "ip", "sleep", "cat", "nc"):
+            os.symlink("busybox", f"{rootfs}/bin/{tool}")
+        tar = subprocess.run(["tar", "-C", rootfs, "-c", "."], capture_output=True, check=True).stdout
+        self("import", "-", "nvt-busybox", input=tar)
+
+    def __call__(self, *args, check=True, timeout=120, input=None):
+        p = subprocess.run([DOCKER, "-H", self.sock, *args], capture_output=True, timeout=timeout, input=input,
+                           text=input is None)
+        if check and p.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {p.stderr}{p.stdout}")
+        return p
+
+    def close(self):
+        import shutil
+        if self.proc.poll() is None:
+            ids = self("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self("rm", "-f", *ids, check=False, timeout=300)
+            nets = [n for n in self("network", "ls", "-q", "--filter", "type=custom", check=False).stdout.split()]
+            if nets:
+                self("network", "rm", *nets, check=False)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        subprocess.run(["umount", "-R", f"{self.base}/exec"], capture_output=True)
+        shutil.rmtree(f"{self.base}/data", ignore_errors=True)

@@ -31,7 +31,7 @@ class Podman:
     """podman with its own storage, CNI configuration and plugin directory, all in one
     temporary directory; every container it starts is removed at close()."""
 
-    def __init__(self, base, lab):
+    def __init__(self, base, lab, host="hv2"):
         if shutil.which("podman") is None or shutil.which("runc") is None:
             pytest.fail("podman and runc are needed (make deps)")
         self.base, self.names = str(base), []
@@ -49,7 +49,7 @@ class Podman:
         for t in ("blue", "red"):
             with open(os.path.join(self.base, "net", f"{t}-web.conflist"), "w") as f:
                 json.dump({"cniVersion": "1.0.0", "name": f"{t}-web", "plugins": [
-                    {"type": "nvctl-cni", "tenant": t, "switch": "web", "host": "hv2", "stateDir": lab.dir}]}, f)
+                    {"type": "nvctl-cni", "tenant": t, "switch": "web", "host": host, "stateDir": lab.dir}]}, f)
 
     def __call__(self, *args, check=True, timeout=60):
         env = {**os.environ, "CONTAINERS_CONF": os.path.join(self.base, "containers.conf")}
@@ -170,3 +170,72 @@ def test_containers_that_come_and_go_leave_nothing_behind(lab, podman):
 def ovs_ports(lab):
     return sorted(subprocess.run(["ovs-vsctl", "list-ports", "br-int"], capture_output=True, text=True,
                                  env=lab.ovs_env("hv2")).stdout.split())
+
+
+CNITOOL_SRC = os.path.join(ROOT, "tests", "integration", "cnitool")
+
+
+@pytest.fixture(scope="module")
+def cnitool(tmp_path_factory):
+    """Our libcni runtime (tests/integration/cnitool), built offline against Debian's libcni."""
+    if shutil.which("go") is None or not os.path.isdir("/usr/share/gocode/src/github.com/containernetworking/cni"):
+        pytest.fail("go and golang-github-appc-cni-dev are needed (make deps)")
+    out = tmp_path_factory.mktemp("cnitool")
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOCACHE": str(out / "cache"),
+           "GOFLAGS": ""}
+    subprocess.run(["go", "build", "-o", str(out / "cnitool"), "."], cwd=CNITOOL_SRC, env=env, check=True,
+                   capture_output=True, timeout=300)
+    conf = out / "net"
+    os.makedirs(conf / "plugins")
+    os.symlink(PLUGIN, conf / "plugins" / "nvctl-cni")
+    return out
+
+
+def assert_spec_result(r: dict, version: str) -> None:
+    """An ADD result as CNI 1.0's "Success" section describes it."""
+    import ipaddress
+    assert r["cniVersion"] == version
+    assert all(isinstance(i["name"], str) and i["name"] for i in r["interfaces"])
+    for i in r["interfaces"]:
+        assert set(i) <= {"name", "mac", "mtu", "sandbox", "socketPath", "pciID"}, i
+    for ip in r["ips"]:
+        assert set(ip) <= {"address", "gateway", "interface"}, ip
+        ipaddress.ip_interface(ip["address"])
+        assert 0 <= ip["interface"] < len(r["interfaces"]) and "sandbox" in r["interfaces"][ip["interface"]]
+    for rt in r.get("routes", []):
+        ipaddress.ip_network(rt["dst"])
+        ipaddress.ip_address(rt["gw"])
+    assert set(r.get("dns", {})) <= {"nameservers", "domain", "search", "options"}
+
+
+def test_cnitool_through_libcni_adds_checks_and_deletes(lab, podman, cnitool):
+    with open(cnitool / "net" / "blue-web.conflist", "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "blue-web", "plugins": [
+            {"type": "nvctl-cni", "tenant": "blue", "switch": "web", "host": "hv2", "stateDir": lab.dir}]}, f)
+    ns = f"nvt-cnitool-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    env = {**os.environ, "NETCONFPATH": str(cnitool / "net"), "CNI_PATH": str(cnitool / "net" / "plugins"),
+           "CNI_CACHEDIR": str(cnitool / "cache"), "CNI_CONTAINERID": "cafe" * 16}
+
+    def tool(*args):
+        return subprocess.run([str(cnitool / "cnitool"), *args, "blue-web", f"/run/netns/{ns}"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    try:
+        assert tool("validate").returncode == 0
+        add = tool("add")
+        assert add.returncode == 0, add.stderr
+        r = json.loads(add.stdout)
+        assert_spec_result(r, "1.0.0")
+        ip = r["ips"][0]["address"].split("/")[0]
+        assert "c" + "cafe" * 7 + "caf" in container_ports(lab, "blue")
+        assert tool("check").returncode == 0  # libcni sends ADD's cached result as prevResult
+        got = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-W", "2", "10.0.0.11"],
+                             capture_output=True, text=True)
+        assert " 0% packet loss" in got.stdout, got.stdout
+        assert ip in [p["ip"] for p in container_ports(lab, "blue").values()]
+        subprocess.run(["ip", "netns", "del", ns], check=True)  # the namespace goes first: DEL still works
+        assert tool("del").returncode == 0
+        assert tool("del").returncode == 0  # and again: idempotent
+        assert ip not in [p["ip"] for p in container_ports(lab, "blue").values()]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

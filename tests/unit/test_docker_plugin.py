@@ -1,0 +1,117 @@
+"""The Docker driver's decisions, on a real controller core (no OVS: these calls only
+change intent): addresses held between Docker's IPAM and its endpoint, twin networks of
+one subnet getting a pool each, networks that disagree with the switch refused with the
+fix, a network's leftover ports deleted with it."""
+import pytest
+
+from controller.api import operations
+from controller.core import ApiError
+from controller.docker_plugin import GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, port_name
+from tests.unit.test_core import core  # noqa: F401  (the fixture)
+from tests.unit.test_port_api import ROUTED
+
+
+class OnCore(DockerPlugin):
+    """The plugin with its API calls made straight on a Core."""
+
+    def __init__(self, core, path):
+        super().__init__("unused", path, "hv2", "nvctl")
+        self.ops = operations(core)
+        self.unplugged = []
+
+    def _unplug(self, eid):  # the veth and OVSDB side is the integration test's (real OVS)
+        self.unplugged.append(eid)
+
+    def _call(self, op, **kw):
+        try:
+            return self.ops[op](**kw)
+        except ApiError as e:
+            raise PluginError(f"nvctl: {e} {e.errors}") from None
+
+
+@pytest.fixture
+def plugin(core, tmp_path):
+    for t in ("blue", "red"):
+        core.create(ROUTED.replace("NAME", t))  # web 10.0.0.0/29: .1 router, .2 VIP, .3 port a
+    return OnCore(core, str(tmp_path / "docker.json"))
+
+
+def network(plugin, nid, tenant, pool="10.0.0.0/29", gateway="10.0.0.1/29", **opts):
+    return plugin.dispatch("NetworkDriver.CreateNetwork", {
+        "NetworkID": nid, "Options": {GENERIC: {"tenant": tenant, "switch": "web", **opts}},
+        "IPv4Data": [{"AddressSpace": "nvctl", "Pool": pool, "Gateway": gateway}]})
+
+
+def docker_creates(plugin, nid, tenant):
+    """What Docker does for `docker network create --ipam-driver nvctl`: pool, gateway, network."""
+    pool = plugin.dispatch("IpamDriver.RequestPool", {"AddressSpace": "nvctl", "Pool": "10.0.0.0/29"})
+    gw = plugin.dispatch("IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.0.0.1",
+                                                      "Options": {"RequestAddressType": GATEWAY_REQUEST}})
+    assert gw["Address"] == "10.0.0.1/29"
+    return pool["PoolID"]
+
+
+def endpoint(plugin, pool, nid, eid):
+    addr = plugin.dispatch("IpamDriver.RequestAddress", {"PoolID": pool, "Options": {}})["Address"]
+    out = plugin.dispatch("NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid,
+                                                           "Interface": {"Address": addr}})
+    return addr, out
+
+
+def test_twin_networks_of_one_subnet_get_a_pool_each_and_the_same_addresses(core, plugin):
+    # both pools are asked for before either network is made: they are bound in order
+    pb, pr = docker_creates(plugin, "nb", "blue"), docker_creates(plugin, "nr", "red")
+    network(plugin, "nb", "blue")
+    network(plugin, "nr", "red")
+    assert {plugin.state["pools"][p]["network"] for p in (pb, pr)} == {"nb", "nr"}
+    (ab, outb), (ar, _) = endpoint(plugin, pb, "nb", "e" * 64), endpoint(plugin, pr, "nr", "f" * 64)
+    assert ab == ar == "10.0.0.4/29"  # .1 router, .2 VIP, .3 port a
+    assert core.tenants["blue"].tenant.port(port_name("e" * 64)).made_by == "docker"
+    assert outb["Interface"]["MacAddress"] == core.tenants["blue"].tenant.port(port_name("e" * 64)).mac
+
+
+def test_an_address_held_for_docker_is_given_to_no_one_else_until_released(core, plugin):
+    pool = docker_creates(plugin, "nb", "blue")
+    network(plugin, "nb", "blue")
+    held = plugin.dispatch("IpamDriver.RequestAddress", {"PoolID": pool, "Options": {}})["Address"]
+    assert held == "10.0.0.4/29"
+    assert core.port_add("blue", "web", workload=False)["port"]["ip"] == "10.0.0.5"  # not the held .4
+    with pytest.raises(PluginError, match="in use"):  # nor a second hold of it
+        plugin.dispatch("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "10.0.0.4", "Options": {}})
+    plugin.dispatch("IpamDriver.ReleaseAddress", {"PoolID": pool, "Address": held})
+    assert core.port_add("blue", "web", workload=False)["port"]["ip"] == "10.0.0.4"
+
+
+def test_a_hold_expires(core, plugin):
+    now = [100.0]
+    core.clock = lambda: now[0]
+    assert core.ipam_hold("blue", "web", seconds=5)["ip"] == "10.0.0.4"
+    assert core.port_add("blue", "web", workload=False)["port"]["ip"] == "10.0.0.5"
+    now[0] += 6
+    assert core.port_add("blue", "web", workload=False)["port"]["ip"] == "10.0.0.4"
+
+
+def test_networks_that_disagree_with_the_switch_are_refused_with_the_fix(plugin):
+    with pytest.raises(PluginError, match="--subnet 10.0.0.0/29"):
+        network(plugin, "n1", "blue", pool="10.0.0.0/24")
+    with pytest.raises(PluginError, match="--gateway 10.0.0.1"):
+        network(plugin, "n1", "blue", gateway="10.0.0.6/29")
+    with pytest.raises(PluginError, match="unknown option 'vlan'"):
+        network(plugin, "n1", "blue", vlan="7")
+    with pytest.raises(PluginError, match="no tenant 'green'"):
+        network(plugin, "n1", "green")
+    with pytest.raises(PluginError, match="IPv6"):
+        plugin.dispatch("IpamDriver.RequestPool", {"Pool": "fd00::/64", "V6": True})
+    assert plugin.state["networks"] == {}
+
+
+def test_deleting_a_network_deletes_the_ports_left_on_it_and_the_record_survives_a_restart(core, plugin, tmp_path):
+    pool = docker_creates(plugin, "nb", "blue")
+    network(plugin, "nb", "blue")
+    endpoint(plugin, pool, "nb", "e" * 64)
+    again = OnCore(core, str(tmp_path / "docker.json"))  # a restarted plugin reads its record
+    assert again.state["endpoints"] == {"e" * 64: {"network": "nb", "port": port_name("e" * 64)}}
+    again.dispatch("NetworkDriver.DeleteNetwork", {"NetworkID": "nb"})
+    assert [p.name for p in core.tenants["blue"].tenant.ports] == ["a"]
+    assert again.state["networks"] == {} and again.state["endpoints"] == {}
+    assert again.unplugged == ["e" * 64]

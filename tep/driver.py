@@ -8,11 +8,12 @@ workloads from whoever runs them; the driver leaves those alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 
 from tep import rxqueue, workload
-from tep.ovs import Ovsdb
+from tep.ovs import Ovsdb, run
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,15 @@ def attachments_of(tenant, ofports: dict[str, int], mtus: dict[str, int] | None 
     return out
 
 
+def fingerprint(a: Attachment) -> str:
+    """A digest of everything the attachment was made with: in OVSDB beside the port, so
+    a restarted controller can tell a workload made as wanted from one to redo."""
+    return hashlib.blake2b(repr(a).encode(), digest_size=8).hexdigest()
+
+
 def external_ids(a: Attachment) -> dict[str, str]:
     return {"iface-id": f"{a.tenant}/{a.port}", "nvctl-tenant": a.tenant, "nvctl-port": a.port,
-            "attached-mac": a.mac}
+            "attached-mac": a.mac, "nvctl-attachment": fingerprint(a)}
 
 
 def workload_namespace(prefix: str, tenant: str, port: str) -> str:
@@ -102,6 +109,38 @@ class LabDriver:
         workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu,
                                  a.ip6, a.prefixlen6, a.gateway6)
         _deepen(info)
+
+    def attached(self, wanted: list[Attachment]) -> set[tuple[str, str]]:
+        """(tenant, port) of the wanted workloads that are in place as wanted, checked
+        cheaply: one OVSDB read and one link dump per host, one namespace listing. In
+        place: its namespace exists, its veth's host end too, and OVSDB has the port with
+        its ofport and the fingerprint of this very attachment (written when it was made)."""
+        by_host: dict[str, list[Attachment]] = {}
+        for a in wanted:
+            if self._lab(a.host):
+                by_host.setdefault(a.host, []).append(a)
+        spaces = workload.namespaces()
+        ok = set()
+        for host, atts in by_host.items():
+            info = self._lab(host)
+            try:
+                rows = json.loads(host_db(info).vsctl("--format=json", "--columns=name,ofport,external_ids",
+                                                      "list", "Interface"))
+                links = {line.split(": ")[1].split("@")[0]
+                         for line in run(["ip", "-n", info["netns"], "-o", "link", "show"]).splitlines()}
+            except Exception:  # noqa: BLE001 - a host we cannot read: plug everything there
+                continue
+            have = {}
+            for name, ofport, ids in rows["data"]:
+                have[name] = (ofport, dict(ids[1]) if isinstance(ids, list) else {})
+            for a in atts:
+                ifname = host_ifname(a.tenant, a.port)
+                got = have.get(ifname)
+                if (got and got[0] == a.ofport and got[1].get("nvctl-attachment") == fingerprint(a)
+                        and ifname in links and
+                        workload_namespace(info["prefix"], a.tenant, a.port) in spaces):
+                    ok.add((a.tenant, a.port))
+        return ok
 
     def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
         """Make: the workload gets a second attachment, into the destination's br-int

@@ -12,11 +12,14 @@ operations a joining host needs: ping, host.join and host.self.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import socket
 import threading
+import time
+import uuid
 
 LOG = logging.getLogger("nvctl.api")
 MAX_REQUEST = 16 << 20
@@ -55,10 +58,21 @@ def operations(core) -> dict:
     }
 
 
+# In a cluster every member answers; a follower hands all but these to the leader.
+LOCAL_OPS = {"ping", "cluster.status", "member.probe"}
+# Changes: done once per request id, even when a client retries one across a failover.
+WRITE_OPS = {"host.register", "host.invite", "host.resync", "tenant.create", "tenant.apply", "tenant.delete",
+             "port.migrate", "port.add", "port.del"}
+FAILOVER_WAIT = 30.0  # seconds a client keeps trying the cluster's members
+
+
 class ApiServer:
     def __init__(self, core, path: str):
         from controller.core import ApiError
+        self.core = core
         self.ops = operations(core)
+        self.ops["cluster.status"] = core.cluster_status
+        self.ops["member.probe"] = core.member_probe
         self.path = path
         self.api_error = ApiError
         if os.path.exists(path):
@@ -81,7 +95,7 @@ class ApiServer:
             try:
                 data = _read_line(conn)
                 req = json.loads(data)
-                answer = self.dispatch(req.get("op"), req.get("args") or {})
+                answer = self.dispatch(req.get("op"), req.get("args") or {}, req.get("id"))
             except Exception as e:  # a malformed request
                 answer = {"ok": False, "error": f"bad request: {e}"}
             try:
@@ -89,10 +103,40 @@ class ApiServer:
             except OSError:
                 pass
 
-    def dispatch(self, op, args: dict) -> dict:
+    def _forward(self, op, args: dict, rid) -> dict:
+        """A follower's answer: the leader's (the client retries while there is none)."""
+        c = self.core.cluster
+        leader = c.leader
+        if not leader or leader.get("name") == c.name or not leader.get("api"):
+            return {"ok": False, "retry": True, "error": "no leader elected yet (a failover is under way)"}
+        t0 = time.monotonic()
+        try:
+            _request(leader["api"], {"op": "ping", "args": {}}, 2)  # a stopped leader must not hold us
+            out = _request(leader["api"], {"op": op, "args": args, "id": rid}, 600)
+        except (OSError, ValueError) as e:
+            out = {"ok": False, "retry": True, "error": f"the leader {leader['name']} does not answer: {e}"}
+        if op in WRITE_OPS:
+            LOG.info("%s %s: handed to %s, %s in %.0f ms", op, rid, leader["name"],
+                     "ok" if out.get("ok") else out.get("error"), (time.monotonic() - t0) * 1000)
+        return out
+
+    def dispatch(self, op, args: dict, rid: str | None = None) -> dict:
         fn = self.ops.get(op)
         if fn is None:
             return {"ok": False, "error": f"unknown operation {op!r}"}
+        c = self.core.cluster
+        if c is not None and op not in LOCAL_OPS:
+            if not c.is_leader:
+                return self._forward(op, args, rid)
+            if rid and op in WRITE_OPS:
+                done = self.core.store.request_done(rid)
+                if done is not None:  # a retry of a change that was made: answer, do not redo
+                    what = done.get("what", "")
+                    return {"ok": True, "result": {
+                        "retried": True, "tenant": what.split(" ", 1)[-1], "hosts": {}, "attach_errors": [],
+                        "action": f"already applied ({what}; the request was retried after a failover)"}}
+                self.core.store.request_id.value = rid
+                LOG.info("%s %s: doing it", op, rid)
         try:
             return {"ok": True, "result": fn(**args)}
         except self.api_error as e:
@@ -100,8 +144,13 @@ class ApiServer:
         except TypeError as e:
             return {"ok": False, "error": f"{op}: {e}"}
         except Exception as e:
+            if type(e).__name__ == "NotLeader":  # deposed while serving it: nothing was written
+                return {"ok": False, "retry": True, "error": str(e)}
             LOG.exception("%s failed", op)
             return {"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}"}
+        finally:
+            if c is not None and getattr(self.core.store, "request_id", None) is not None:
+                self.core.store.request_id.value = None
 
 
 class NetworkApiServer:
@@ -171,22 +220,61 @@ def _read_line(conn: socket.socket) -> bytes:
     return bytes(buf)
 
 
-def call(path: str, op: str, timeout: float = 600, **args):
-    """Send one request; return its result or raise ApiClientError."""
+def _request(path: str, req: dict, timeout: float) -> dict:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
-    try:
-        s.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise ApiClientError(f"no controller answers on {path} (is the lab up? try 'nvctl lab up')") from None
     with s:
-        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        s.connect(path)
+        s.sendall(json.dumps(req).encode() + b"\n")
         answer = json.loads(_read_line(s) or b"null")
     if not answer:
-        raise ApiClientError("the controller closed the connection without an answer")
-    if not answer.get("ok"):
-        raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
-    return answer["result"]
+        raise ConnectionResetError("the controller closed the connection without an answer")
+    return answer
+
+
+def members(path: str) -> list[str]:
+    """The API sockets to try: a cluster's members (members.json beside `path`, written
+    by the lab), else just `path`."""
+    try:
+        with open(os.path.join(os.path.dirname(path), "members.json")) as f:
+            apis = [m["api"] for m in json.load(f)]
+    except (OSError, ValueError, KeyError):
+        return [path]
+    return [path] + [a for a in apis if a != path] if path in apis else apis
+
+
+def call(path: str, op: str, timeout: float = 600, **args):
+    """Send one request; return its result or raise ApiClientError. To a cluster: any
+    member that answers (followers hand it to the leader); while a failover is under
+    way, the same request (one id: a change is made once) again, for FAILOVER_WAIT s."""
+    req = {"op": op, "args": args, "id": uuid.uuid4().hex}
+    targets = members(path)
+    deadline = time.monotonic() + FAILOVER_WAIT
+    last = None
+    for attempt in itertools.count():
+        target = targets[attempt % len(targets)]
+        try:
+            if len(targets) > 1:  # a member that is stopped (not dead) must not hold the client
+                _request(target, {"op": "ping", "args": {}}, 1.0)
+            answer = _request(target, req, timeout)
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError, TimeoutError) as e:
+            if len(targets) == 1:
+                if isinstance(e, TimeoutError):
+                    raise
+                raise ApiClientError(f"no controller answers on {path} (is the lab up? try 'nvctl lab up')") from None
+            last, answer = f"{target}: {e}", None
+        if answer is not None and not answer.get("retry"):
+            if not answer.get("ok"):
+                raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
+            return answer["result"]
+        if answer is not None:
+            last = answer.get("error")
+            if len(targets) == 1:
+                raise ApiClientError(last or "failed")
+        if time.monotonic() > deadline:
+            raise ApiClientError(f"no controller of the cluster answered for {FAILOVER_WAIT:.0f}s ({last})")
+        if attempt % len(targets) == len(targets) - 1:
+            time.sleep(0.2)
 
 
 def remote_call(ip: str, port: int, op: str, ctx=None, timeout: float = 60, **args):

@@ -17,6 +17,7 @@ import gc
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import secrets
@@ -90,6 +91,7 @@ class Core:
         self.used = InUse()  # what all tenants hold, kept in step with self.tenants
         self.punt = Punt(self.switch_mtus)  # DHCP, DNS and path MTU, answered from the specs
         self.holds: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, switch) -> {ip: until}
+        self.cluster = None  # controller.cluster.Member in a cluster: then only its leader writes
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
@@ -128,6 +130,162 @@ class Core:
                 return name
         return None
 
+    # ------------------------------------------------------------------------------
+    # a cluster's leader and followers (controller.cluster)
+    # ------------------------------------------------------------------------------
+    def leading(self) -> bool:
+        """Whether this controller may change switches: always, unless it is a
+        follower in a cluster."""
+        return self.cluster is None or self.cluster.is_leader
+
+    def _claim_role(self, host: str, session) -> None:
+        """A cluster member's OpenFlow role on one switch: master with the election's
+        generation while leading, else slave (with the leader's generation, as known)."""
+        c = self.cluster
+        if c is None:
+            return
+        if not c.is_leader and c.leader is None:
+            try:
+                c.leader = c._read_leader()
+            except Exception:  # noqa: BLE001 - etcd unreachable: claim with what we know
+                pass
+        gen = c.generation if c.is_leader else (c.leader or {}).get("generation") or 0
+        role = "master" if c.is_leader else "slave"
+        try:
+            got = session.role(role, gen)
+            LOG.info("host %s: role %s (generation %d)", host, got, gen)
+        except Exception as e:  # noqa: BLE001 - a stale follower stays as the switch has it
+            LOG.warning("host %s: role %s (generation %d) refused: %s", host, role, gen, e)
+
+    def take_over(self, generation: int) -> dict:
+        """Just elected: catch up with the store, take the master role on every switch,
+        then bring every host to its desired state by reading it back (a diff: nothing
+        is sent where nothing changed). Returns flow-mods sent per host."""
+        t0 = self.clock()
+        with self.mutex:
+            self._catch_up()
+            for host, st in self.state.items():
+                if st.session is not None:
+                    self._claim_role(host, st.session)
+                    st.forget()
+            results = self.reconcile_many(self.hosts)
+        for h, n in results.items():
+            st = self.state[h]
+            if n is None:
+                continue  # not connected yet: its connect-time sync will count
+            st.syncs += 1
+            st.last_sync_mods = n
+            st.synced_session = st.session
+        LOG.info("took over as leader (generation %d) in %.0f ms: flow-mods %s", generation,
+                 (self.clock() - t0) * 1000, results)
+        self.ensure_workloads_in_background()
+        return results
+
+    def _catch_up(self) -> None:
+        """Make the in-memory intent the store's (a follower's watch may have missed some)."""
+        for rec in self.store.hosts():
+            if rec.name not in self.hosts or self.hosts[rec.name] != rec:
+                self._follow_host(rec)
+        stored = {rec.name: rec for rec in self.store.tenants()}
+        for name in set(self.tenants) - set(stored):
+            self._follow_tenant(name, None)
+        for name, rec in stored.items():
+            e = self.tenants.get(name)
+            if e is None or e.revision != rec.revision or schema.to_doc(e.tenant) != rec.doc \
+                    or e.alloc.to_json() != rec.alloc:
+                self._follow_tenant(name, rec)
+
+    def catch_up(self) -> None:
+        with self.mutex:
+            self._catch_up()
+
+    def hand_over(self, generation: int) -> None:
+        """No longer leading: stop writing; say slave to the switches that still listen."""
+        for host, st in self.state.items():
+            if st.session is not None:
+                self._claim_role(host, st.session)
+
+    def cluster_status(self) -> dict:
+        """Members (name, pid, address, role, lease left), etcd's members and their
+        health, and per host which controllers its br-int is connected to, in which
+        OpenFlow role (read from the host's OVSDB)."""
+        import os
+        if self.cluster is not None:
+            out = self.cluster.status()
+        else:
+            out = {"self": "controller", "leader": "controller", "generation": None, "etcd": [], "step_downs": [],
+                   "members": [{"name": "controller", "pid": os.getpid(), "role": "leader", "lease_s": None,
+                                "address": self.endpoints.get("ip")}]}
+        by_address = {m.get("address"): m["name"] for m in out["members"]}
+        hosts = []
+        for name, rec in sorted(self.hosts.items()):
+            conns = []
+            try:
+                rows = json.loads(Ovsdb(rec.info["ovsdb"]).vsctl(
+                    "--format=json", "--columns=target,is_connected,role", "list", "Controller"))["data"]
+            except Exception as e:  # noqa: BLE001 - a host we cannot read is reported so
+                hosts.append({"name": name, "connections": [], "error": str(e)[:200]})
+                continue
+            for target, connected, role in rows:
+                addr = target.split(":")[1] if ":" in target else target
+                conns.append({"member": by_address.get(addr, target), "target": target,
+                              "connected": connected is True, "role": role if isinstance(role, str) else None})
+            hosts.append({"name": name, "connections": conns})
+        out["hosts"] = hosts
+        return out
+
+    def member_probe(self, host: str) -> dict:
+        """What a switch answers this member, as it is (a check that switches refuse a
+        deposed leader): a master role request with this member's last generation, and
+        a flow-mod that changes nothing (a strict delete of a flow no one has)."""
+        st = self.state.get(host)
+        if st is None or st.session is None:
+            raise ApiError(f"host {host!r} is not connected to this controller")
+        gen = (self.cluster.generation or 0) if self.cluster else 0
+        out = {"host": host, "generation": gen}
+        try:
+            out["role"] = st.session.role("master", gen) if self.cluster else "equal"
+        except Exception as e:  # noqa: BLE001 - the refusal is the answer
+            out["role_error"] = str(e)
+        from controller.pipeline import PIPELINE
+        from dataplane.match_action import Match
+        probe = Flow(PIPELINE.tables[0], 1, Match.of(reg15=0xFFFF), (), rule="probe")
+        try:
+            st.session.push([probe], [])
+            out["flow_mod"] = "accepted"
+        except Exception as e:  # noqa: BLE001
+            out["flow_mod"] = f"refused: {e}"
+        return out
+
+    def _follow_tenant(self, name: str, rec) -> None:
+        old = self.tenants.get(name)
+        new = None
+        if rec is not None:
+            t = schema.validate(rec.doc, None)
+            alloc = Allocation.from_json(rec.alloc)
+            new = TenantEntry(t, alloc, rec.revision, compile_tenant(t, alloc, self._placement()))
+        self._replace_entry(name, new)
+        self.desired.swap(old.flows if old else {}, new.flows if new else {})
+
+    def follow_tenant(self, name: str, value: dict | None, version: int) -> None:
+        """A follower: the leader stored this tenant (None: deleted); compile it, send nothing."""
+        from controller.store import TenantRecord
+        with self.mutex:
+            self._follow_tenant(name, None if value is None else
+                                TenantRecord(name, value["doc"], value["alloc"], version))
+
+    def _follow_host(self, rec: HostRecord) -> None:
+        self.hosts[rec.name] = rec
+        self.state.setdefault(rec.name, HostState())
+        self._recompile_all()
+        waiting = self.unclaimed.pop(rec.dpid, None)
+        if waiting is not None and waiting.alive:
+            threading.Thread(target=self.switch_connected, args=(waiting,), daemon=True).start()
+
+    def follow_host(self, name: str, pa: str, dpid: int, info: dict) -> None:
+        with self.mutex:
+            self._follow_host(HostRecord(name, pa, dpid, info))
+
     def switch_connected(self, session) -> None:
         host = self.host_of_dpid(session.dpid)
         if host is None:
@@ -137,6 +295,10 @@ class Core:
         st = self.state.setdefault(host, HostState())
         st.session = session
         st.forget()
+        self._claim_role(host, session)
+        if not self.leading():
+            LOG.info("host %s connected (this controller follows: nothing sent)", host)
+            return
         n = self.reconcile(host)
         st.syncs += 1
         st.last_sync_mods = n
@@ -158,7 +320,7 @@ class Core:
         Returns messages sent, or None when the host is not connected or refused.
         `delta` = (old flows, new flows) of the one tenant that changed on this host."""
         st = self.state.get(host)
-        if st is None:
+        if st is None or not self.leading():
             return None
         with st.lock:
             return reconciler.reconcile(st, self.desired.get(host, {}), delta)
@@ -419,7 +581,7 @@ class Core:
         """A packet the pipeline sent us (DHCP, DNS, too big): answer it on that switch.
         Runs in the OpenFlow app's thread: no lock, no I/O but the answer."""
         host = self.host_of_dpid(session.dpid)
-        if host is None:
+        if host is None or not self.leading():
             return
         for port, frame in self.punt.handle(host, table, regs, in_port, data):
             session.packet_out(port, frame)
@@ -696,6 +858,8 @@ class Core:
         return self._result(name, "deleted", results, attach_errors)
 
     def _reattach(self, name: str, old: TenantEntry | None, new: TenantEntry | None) -> list[str]:
+        if not self.leading():  # deposed since the write: the next leader attaches (ensure_workloads)
+            return []
         before, after = self._attachments(name, old), self._attachments(name, new)
         errors = []
         moved = set()
@@ -730,21 +894,39 @@ class Core:
             return [e for e in pool.map(plug, attachments) if e]
 
     def ensure_workloads(self) -> list[str]:
-        """At start: every wanted workload attached, no stale one left behind."""
-        wanted, todo = set(), []
-        for name, e in self.tenants.items():
+        """At start (and on taking over): every wanted workload attached, no stale one
+        left behind. What is in place is checked cheaply (the driver's `attached`: one
+        OVSDB read and one link dump per host) and only the rest is plugged. Runs
+        outside the core's lock: it reads a snapshot of the tenants."""
+        with self.mutex:
+            entries = list(self.tenants.items())
+        wanted, atts = set(), []
+        for name, e in entries:
             for a in self._attachments(name, e).values():
                 ns = self.driver.namespace(a.tenant, a.port, a.host)
                 if ns:
                     wanted.add(ns)
-                todo.append(a)
+                atts.append(a)
+        t0 = self.clock()
+        ok = self.driver.attached(atts)
+        todo = [a for a in atts if (a.tenant, a.port) not in ok]
         errors = self._plug_all(todo)
         self.driver.collect_garbage(wanted)
+        LOG.info("workloads: %d in place, %d plugged, %d errors in %.0f ms", len(ok), len(todo), len(errors),
+                 (self.clock() - t0) * 1000)
         return errors
+
+    def ensure_workloads_in_background(self) -> None:
+        def run():
+            for e in self.ensure_workloads():
+                LOG.error("workloads: %s", e)
+        threading.Thread(target=run, name="ensure-workloads", daemon=True).start()
 
     def _result(self, name, action, results, attach_errors) -> dict:
         return {"tenant": name, "action": action,
                 "hosts": {h: ("not connected" if n is None and self.state[h].session is None
+                              else "left to the next leader (this controller stepped down)"
+                              if n is None and not self.leading()
                               else self.state[h].error if n is None else f"{n} flow-mods")
                           for h, n in sorted(results.items())},
                 "attach_errors": attach_errors}

@@ -27,9 +27,14 @@ import time
 from typing import Iterator
 from urllib.parse import urlparse
 
+import warnings
+
 import requests
-from etcd3gw.client import Etcd3Client
-from etcd3gw import exceptions as etcd_errors
+
+with warnings.catch_warnings():  # etcd3gw's futurist warns that eventlet (os-ken's) is deprecated
+    warnings.simplefilter("ignore")
+    from etcd3gw.client import Etcd3Client
+    from etcd3gw import exceptions as etcd_errors
 
 from controller.store import Conflict, HostRecord, TenantRecord
 
@@ -203,6 +208,7 @@ class EtcdStore:
     def __init__(self, client: EtcdClient, prefix: str = "/nvctl"):
         self.client, self.prefix = client, prefix.rstrip("/")
         self.fence: tuple[str, int] | None = None  # (leader key, its create revision) while we lead
+        self.read_only = False  # a cluster's follower: it never writes (the leader does)
         self.request_id = threading.local()  # the API request being served, for requests/ID
 
     def key(self, *parts: str) -> str:
@@ -223,6 +229,8 @@ class EtcdStore:
         return json.loads(kvs[0]["value"]) if kvs else None
 
     def _write(self, compare: list[dict], ops: list[dict], what: str) -> dict:
+        if self.read_only:
+            raise NotLeader(f"{what}: this controller follows; changes are made by the leader")
         ok, out = self.client.txn(compare + self._guards(), ops + self._request_marks(what))
         if ok:
             return out

@@ -28,6 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--api-port", type=int, default=6655, help="join API for remote hosts (default %(default)s)")
     ap.add_argument("--insecure", action="store_true",
                     help="without --pki: serve the join API over plain TCP (trusted networks only)")
+    ap.add_argument("--store", default="sqlite",
+                    help="where the desired state lives: sqlite (STATE_DIR/desired.db, one controller) or "
+                         "etcd://HOST:PORT[,HOST:PORT...] (a cluster: one leader, the others follow)")
+    ap.add_argument("--name", default="controller", help="this member's name in a cluster")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
@@ -48,11 +52,20 @@ def main(argv=None) -> int:
     from controller.store import SqliteStore
 
     os.makedirs(a.state_dir, exist_ok=True)
-    store = SqliteStore(os.path.join(a.state_dir, "desired.db"))
-    core = Core(store)
-    errors = core.ensure_workloads()
-    for e in errors:
-        logging.error("start-up: %s", e)
+    api_path = os.path.join(a.state_dir, "nvctl.sock")
+    member = None
+    if a.store == "sqlite":
+        core = Core(SqliteStore(os.path.join(a.state_dir, "desired.db")))
+    elif a.store.startswith("etcd://"):
+        from controller.cluster import Member
+        from controller.etcd_store import EtcdClient, EtcdStore, parse_endpoints
+        store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
+        _, revision = store.client.range(store.key("leader"))  # follow every change after this read
+        core = Core(store)
+        member = Member(a.name, store, core, {"address": a.listen, "api": api_path}, watch_from=revision + 1)
+        core.cluster = member
+    else:
+        ap.error(f"--store {a.store!r}: sqlite or etcd://HOST:PORT[,HOST:PORT...]")
     freeze_heap()
 
     mgr = AppManager.get_instance()
@@ -63,9 +76,43 @@ def main(argv=None) -> int:
     app.attach(core)
 
     services += _network_services(core, a)  # before the local API: invitations need the PKI
-    api = ApiServer(core, os.path.join(a.state_dir, "nvctl.sock"))
+    api = ApiServer(core, api_path)
     services.append(hub.spawn(api.serve_forever))
-    logging.info("controller up: OpenFlow on %s:%d, API on %s", a.listen, a.port, api.path)
+    if member is None:
+        core.ensure_workloads_in_background()  # beside the flow sync, outside the core's lock
+    else:
+        member.start()  # the leader, once elected, checks the workloads
+    logging.info("controller up: OpenFlow on %s:%d, API on %s, store %s", a.listen, a.port, api.path, a.store)
+    import signal
+
+    main_pid = os.getpid()
+
+    def stop(*_):
+        # pyroute2 forks helpers that inherit this handler and get SIGTERM when done: only
+        # the controller itself gives up its lease (a helper revoking it deposed the leader)
+        if member is not None and os.getpid() == main_pid:
+            member.close()  # give up leadership at once: a follower takes over without waiting
+        os._exit(0)
+    signal.signal(signal.SIGTERM, stop)
+
+    def stacks(*_):  # SIGUSR1: every green thread's stack into the log (what is it waiting for?)
+        import gc
+        import traceback
+        import greenlet
+        for g in [o for o in gc.get_objects() if isinstance(o, greenlet.greenlet)]:
+            if g.gr_frame is not None:
+                logging.warning("green thread %r:\n%s", g, "".join(traceback.format_stack(g.gr_frame)))
+    signal.signal(signal.SIGUSR1, stacks)
+
+    def lag():  # a green thread that notices when something blocks all the others
+        import time
+        while True:
+            t0 = time.monotonic()
+            hub.sleep(0.1)
+            late = time.monotonic() - t0 - 0.1
+            if late > 0.5:
+                logging.warning("the controller's event loop was blocked for %.1f s", late)
+    services.append(hub.spawn(lag))
     try:
         hub.joinall(services)
     finally:

@@ -237,6 +237,26 @@ class Session:
             self._wait(w, xids, f"{len(msgs)} group-mods")
         return len(msgs)
 
+    def role(self, role: str, generation: int) -> str:
+        """Ask for an OpenFlow role ("master", "slave" or "equal") with this generation
+        id; returns the role the switch gave. A master or slave request with an older
+        generation than the switch has seen is refused (OFPRRFC_STALE): SwitchError."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        code = {"master": ofp.OFPCR_ROLE_MASTER, "slave": ofp.OFPCR_ROLE_SLAVE, "equal": ofp.OFPCR_ROLE_EQUAL}[role]
+        what = f"role {role} (generation {generation})"
+        w, wb = _Waiter(), _Waiter()
+        xid = self._send(parser.OFPRoleRequest(self.dp, code, generation), w)
+        bx = self._send(parser.OFPBarrierRequest(self.dp), wb)  # a refusal has no reply to wait for
+        try:
+            self._wait(wb, [bx], what)
+        finally:
+            self._waiters.pop(xid, None)
+        if w.errors or not w.replies:
+            raise SwitchError(f"{what}: {'; '.join(w.errors[:3]) or 'no answer'}")
+        reply = w.replies[0]
+        return {ofp.OFPCR_ROLE_MASTER: "master", ofp.OFPCR_ROLE_SLAVE: "slave",
+                ofp.OFPCR_ROLE_EQUAL: "equal"}.get(reply.role, str(reply.role))
+
     def packet_out(self, port: int, data: bytes) -> None:
         """Send one frame out of `port`, from the controller (not through the pipeline)."""
         dp = self.dp
@@ -315,6 +335,12 @@ class NvApp(app_manager.OSKenApp):
         s = self._session(ev.msg)
         if s:
             s.on_reply(ev.msg, not ev.msg.flags & ev.msg.datapath.ofproto.OFPMPF_REPLY_MORE)
+
+    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
+    def _role_reply(self, ev):
+        s = self._session(ev.msg)
+        if s:
+            s.on_reply(ev.msg, True)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev):

@@ -61,7 +61,7 @@ class Ovsdb:
         return self.vsctl(*args)
 
     # bridges ----------------------------------------------------------------------
-    def ensure_integration_bridge(self, dpid: int, controller: str, tunnel_local_ip: str,
+    def ensure_integration_bridge(self, dpid: int, controller: str | list[str], tunnel_local_ip: str,
                                   tunnel_ofport: int, datapath_type: str = "netdev") -> None:
         b = INTEGRATION_BRIDGE
         self.txn(
@@ -69,7 +69,7 @@ class Ovsdb:
             ["set", "bridge", b, f"datapath_type={datapath_type}", "fail_mode=secure",
              "protocols=OpenFlow13", f"other-config:datapath-id={dpid:016x}",
              "other-config:disable-in-band=true"],
-            ["set-controller", b, controller],
+            ["set-controller", b, *([controller] if isinstance(controller, str) else controller)],
             ["--may-exist", "add-port", b, TUNNEL_PORT_NAME],
             ["set", "interface", TUNNEL_PORT_NAME, "type=vxlan",
              f"options:local_ip={tunnel_local_ip}", "options:remote_ip=flow",

@@ -55,7 +55,7 @@ def _print(obj, as_json: bool) -> None:
 
 def cmd_lab_up(a):
     lab = Lab(a.state_dir)
-    lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu)
+    lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu, controllers=a.controllers)
     _lab_status(lab, a.json)
 
 
@@ -71,8 +71,15 @@ def _lab_status(lab: Lab, as_json: bool):
     if st["status"] == "down":
         return
     c = st["controller"]
-    print(f"controller: {'running' if c['alive'] else 'NOT RUNNING'} (pid {c['pid']}) "
-          f"in netns {lab.ctl_ns}{'  ' + c['error'] if c.get('error') else ''}")
+    if st.get("controllers"):
+        for m in st["controllers"]:
+            print(f"controller {m['name']}: {'running' if m['alive'] else 'NOT RUNNING'} (pid {m['pid'] or '-'}) "
+                  f"in netns {m['netns']} at {m['address']}")
+        if c.get("error"):
+            print(f"  {c['error']}")
+    else:
+        print(f"controller: {'running' if c['alive'] else 'NOT RUNNING'} (pid {c['pid']}) "
+              f"in netns {lab.ctl_ns}{'  ' + c['error'] if c.get('error') else ''}")
     print(f"{'HOST':6} {'NETNS':14} {'PA':14} {'OVS':5} {'OPENFLOW':10} {'FLOWS':>6}  SYNC")
     for h in st["hosts"]:
         conn = "connected" if h.get("connected") else "down"
@@ -86,9 +93,21 @@ def cmd_lab_down(a):
 
 
 def cmd_controller(a):
+    if a.action == "status":
+        return _controller_status(a)
     lab = Lab(a.state_dir)
     if lab.manifest() is None:
         raise LabError(f"no lab in {lab.dir}")
+    if lab.clustered:
+        if a.action in ("stop", "restart"):
+            lab.stop_members()
+            print("controllers and etcd stopped")
+        if a.action in ("start", "restart"):
+            pids = lab.start_members()
+            lab.wait_synced()
+            print(f"controllers running ({', '.join(f'{n} pid {p}' for n, p in pids.items())}); "
+                  "all hosts connected and in sync")
+        return
     if a.action in ("stop", "restart"):
         lab.stop_controller()
         print("controller stopped")
@@ -96,6 +115,35 @@ def cmd_controller(a):
         pid = lab.start_controller()
         lab.wait_synced()
         print(f"controller running (pid {pid}); all hosts connected and in sync")
+
+
+def _controller_status(a):
+    st = call(_api(a), "cluster.status", timeout=30)
+    lab = Lab(a.state_dir)
+    if lab.clustered:  # the lab knows its etcd members' PIDs
+        cluster = lab.etcd()
+        for e in st["etcd"]:
+            e["pid"] = cluster.pid(e["name"]) if e.get("name") else None
+    out = {"members": st["members"], "etcd": st["etcd"], "hosts": st["hosts"], "leader": st["leader"],
+           "generation": st["generation"]}
+    if a.json:
+        return _print(out, True)
+    print(f"leader: {st['leader'] or 'NONE (an election is under way)'}"
+          + (f"   generation {st['generation']}" if st["generation"] else ""))
+    print(f"  {'MEMBER':8} {'PID':>7} {'ADDRESS':16} {'ROLE':9} LEASE")
+    for m in st["members"]:
+        lease = "-" if m["lease_s"] is None else f"{m['lease_s']}s"
+        print(f"  {m['name']:8} {m['pid']:>7} {m.get('address') or '-':16} {m['role']:9} {lease}")
+    if st["etcd"]:
+        print(f"  {'ETCD':8} {'PID':>7} {'ADDRESS':26} HEALTH")
+        for e in st["etcd"]:
+            print(f"  {e['name'] or '?':8} {e.get('pid') or '-':>7} {e['address']:26} "
+                  f"{'healthy' if e['healthy'] else 'UNHEALTHY'}{'  (raft leader)' if e.get('raft_leader') else ''}")
+    print(f"  {'HOST':8} CONTROLLERS (OpenFlow role)")
+    for h in st["hosts"]:
+        conns = ", ".join(f"{c['member']} {c['role'] or '-'}{'' if c['connected'] else ' (not connected)'}"
+                          for c in h["connections"])
+        print(f"  {h['name']:8} {conns or h.get('error', '-')}")
 
 
 # tenants -----------------------------------------------------------------------------
@@ -423,14 +471,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--underlay-mtu", type=int, default=UNDERLAY_MTU, metavar="N",
                    help=f"MTU of every host's uplink and the underlay switch (default {UNDERLAY_MTU}, "
                         "as on real hosts); workloads get N - 50 (VXLAN over IPv4)")
+    p.add_argument("--controllers", type=int, default=1, choices=[1, 3, 5],
+                   help="1 (default): one controller on SQLite; 3 or 5: that many controllers, each in its own "
+                        "namespace with an etcd member, one leader at a time; every br-int connects to all")
     p.set_defaults(fn=cmd_lab_up)
     ls.add_parser("status", help="processes, connections and flow sync per host",
                   parents=[common]).set_defaults(fn=cmd_lab_status)
     ls.add_parser("down", help="remove every namespace, link, process and file the lab made",
                   parents=[common]).set_defaults(fn=cmd_lab_down)
 
-    c = sub.add_parser("controller", help="stop, start or restart the lab's controller", parents=[common])
-    c.add_argument("action", choices=["start", "stop", "restart"])
+    c = sub.add_parser("controller", help="the controllers: status, or stop, start, restart the lab's",
+                       parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="status: every controller (role, lease left), etcd's members and their "
+                                   "health, and per host the controllers its br-int is connected to, in "
+                                   "which OpenFlow role. stop/start/restart: the lab's controllers (a "
+                                   "cluster's: every member and its etcd).")
+    c.add_argument("action", choices=["status", "start", "stop", "restart"])
     c.set_defaults(fn=cmd_controller)
 
     t = sub.add_parser("tenant", help="create, change, inspect and delete tenants", parents=[common],

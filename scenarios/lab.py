@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from tep.ovs import (DPID_PREFIX, INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, instance_env, run,
+from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, run,
                      start_instance, start_vswitchd)
 from tep.rxqueue import deepen_instance
 from tep.workload import ipv4_only
@@ -137,7 +137,73 @@ class Lab:
         m = self.manifest() or {}
         return m.get("underlay_mtu", UNDERLAY_MTU)
 
-    def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU) -> dict:
+    # a cluster of controllers (--controllers 3) --------------------------------------
+    def member_plans(self, n: int | None = None) -> list[dict]:
+        """Controller members: ctl1 in the management namespace (state in the lab's
+        directory, as a lone controller's), ctlN in namespaces of their own on br-mgmt."""
+        n = n if n is not None else (self.manifest() or {}).get("controllers", 1)
+        out = []
+        for i in range(1, n + 1):
+            d = self.dir if i == 1 else os.path.join(self.dir, f"ctl{i}")
+            out.append({"name": f"ctl{i}", "index": i, "address": f"{MGMT_PREFIX}{i}",
+                        "netns": self.ctl_ns if i == 1 else f"{self.prefix}c{i}", "state_dir": d,
+                        "api": os.path.join(d, "nvctl.sock")})
+        return out
+
+    def etcd(self):
+        from scenarios.etcd import EtcdCluster, EtcdMember
+        members = [EtcdMember(f"etcd{m['index']}", m["address"], netns=m["netns"]) for m in self.member_plans()]
+        return EtcdCluster(os.path.join(self.dir, "etcd"), members, token=self.prefix)
+
+    @property
+    def clustered(self) -> bool:
+        return (self.manifest() or {}).get("controllers", 1) > 1
+
+    def _cluster_networks(self) -> None:
+        for m in self.member_plans()[1:]:
+            _ns_create(m["netns"])
+            _veth_between(f"{self.prefix}k{m['index']}", m["netns"], "mgmt0", self.ctl_ns, f"ctl{m['index']}",
+                          "br-mgmt", 1500)
+            with NetNS(m["netns"]) as n:
+                n.addr("add", index=n.link_lookup(ifname="mgmt0")[0], address=m["address"], prefixlen=24)
+                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+        with open(os.path.join(self.dir, "members.json"), "w") as f:
+            json.dump([{k: m[k] for k in ("name", "address", "api", "state_dir")} for m in self.member_plans()], f,
+                      indent=1)
+
+    def start_members(self, names: list[str] | None = None) -> dict[str, int]:
+        """Start the cluster's controllers (all, or those named), each with its etcd member."""
+        cluster = self.etcd()
+        cluster.start([f"etcd{m['index']}" for m in self.member_plans() if names is None or m["name"] in names])
+        pids = {}
+        for m in self.member_plans():
+            if names is not None and m["name"] not in names:
+                continue
+            os.makedirs(m["state_dir"], exist_ok=True)
+            pids[m["name"]] = spawn_controller(f"/run/netns/{m['netns']}", m["state_dir"], m["address"], OF_PORT,
+                                               self.pki_dir, store=cluster.url, name=m["name"])
+        return pids
+
+    def member_pid(self, name: str) -> int | None:
+        m = next(m for m in self.member_plans() if m["name"] == name)
+        pid = _read_pid(os.path.join(m["state_dir"], "controller.pid"))
+        return pid if _alive(pid, "controller.main") else None
+
+    def kill_member(self, name: str, sig=signal.SIGKILL) -> None:
+        m = next(m for m in self.member_plans() if m["name"] == name)
+        _kill_pidfile(os.path.join(m["state_dir"], "controller.pid"), "controller.main", sig, group=True)
+
+    def stop_members(self) -> None:
+        for m in self.member_plans():
+            self.kill_member(m["name"], signal.SIGTERM)
+        self.etcd().stop()
+
+    def controller_targets(self) -> list[str]:
+        return [f"tcp:{m['address']}:{OF_PORT}" for m in self.member_plans()]
+
+    def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU, controllers: int = 1) -> dict:
+        if controllers not in (1, 3, 5):
+            raise LabError(f"--controllers must be 1, 3 or 5 (an etcd cluster needs an odd size), got {controllers}")
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
         if not MIN_UNDERLAY_MTU <= underlay_mtu <= MAX_UNDERLAY_MTU:
@@ -151,14 +217,20 @@ class Lab:
         os.makedirs(self.dir, exist_ok=True)
         plans = [HostPlan(i) for i in range(1, hosts + 1)]
         m = {"prefix": self.prefix, "hosts": [p.name for p in plans], "status": "starting",
-             "started": time.time(), "underlay_mtu": underlay_mtu}
+             "started": time.time(), "underlay_mtu": underlay_mtu, "controllers": controllers}
         self._save(m)
         t0 = time.monotonic()
         try:
             self._networks(underlay_mtu)
             self.log(f"[lab] underlay {self.ul_ns} (MTU {underlay_mtu}) and management {self.ctl_ns} ready")
-            self.start_controller()
-            self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
+            if controllers == 1:
+                self.start_controller()
+                self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
+            else:
+                self._cluster_networks()
+                pids = self.start_members()
+                self.log(f"[lab] {controllers} etcd members and {controllers} controllers started "
+                         f"({', '.join(f'{n} pid {p}' for n, p in pids.items())})")
             for p in plans:
                 self._host(p)
                 self.log(f"[lab] {p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}")
@@ -212,8 +284,9 @@ class Lab:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
             n.addr("add", index=idx, address=p.pa, prefixlen=24)
             n.link("set", index=idx, state="up")
-        db.ensure_integration_bridge(p.dpid, f"tcp:{CONTROLLER_IP}:{OF_PORT}", p.pa, TUNNEL_OFPORT)
-        db.vsctl("set", "controller", INTEGRATION_BRIDGE, "max_backoff=1000", "inactivity_probe=5000")
+        db.ensure_integration_bridge(p.dpid, self.controller_targets(), p.pa, TUNNEL_OFPORT)
+        for uuid in db.vsctl("--bare", "--columns=_uuid", "list", "Controller").split():
+            db.vsctl("set", "controller", uuid, "max_backoff=1000", "inactivity_probe=5000")
         if p.index == GATEWAY_HOST:
             _veth_between(f"{self.prefix}x{p.index}", ns, "ext0", self.ext_ns, p.name, "br-ext", 1500)
             db.plug("ext0", EXTERNAL_OFPORT, {"nvctl-role": "external"})
@@ -272,7 +345,7 @@ class Lab:
         return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir)
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
-        _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig)
+        _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig, group=True)
 
     def _register(self, plans: list[HostPlan]) -> None:
         from controller.api import call
@@ -297,6 +370,11 @@ class Lab:
         out = {"state_dir": self.dir, "status": m["status"], "prefix": self.prefix, "hosts": []}
         ctl_pid = _read_pid(os.path.join(self.dir, "controller.pid"))
         out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, "controller.main")}
+        if m.get("controllers", 1) > 1:
+            out["controllers"] = [{"name": c["name"], "netns": c["netns"], "address": c["address"],
+                                   "pid": self.member_pid(c["name"]), "alive": self.member_pid(c["name"]) is not None}
+                                  for c in self.member_plans()]
+            out["controller"]["alive"] = any(c["alive"] for c in out["controllers"])
         live = {}
         if out["controller"]["alive"]:
             from controller.api import ApiClientError, call
@@ -318,8 +396,15 @@ class Lab:
         """Remove every process, namespace, link and file this lab made. Idempotent."""
         done = []
         m = self.manifest() or {}
-        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main"):
+        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", group=True):
             done.append("controller")
+        for member in self.member_plans(m.get("controllers", 1))[1:]:
+            if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), "controller.main", group=True):
+                done.append(member["name"])
+            shutil.rmtree(member["state_dir"], ignore_errors=True)
+        if m.get("controllers", 1) > 1 or os.path.isdir(os.path.join(self.dir, "etcd")):
+            self.etcd().remove()
+            done.append("etcd")
         hosts_dir = os.path.join(self.dir, "hosts")
         names = set(m.get("hosts", []))
         if os.path.isdir(hosts_dir):
@@ -340,7 +425,7 @@ class Lab:
                     ipr.link("del", index=link["index"])
                     done.append(f"link {name}")
         for entry in ("hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
-                      "desired.db-shm", "nvctl.sock", "lab.json", "lab.json.tmp"):
+                      "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp"):
             path = os.path.join(self.dir, entry)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -355,7 +440,8 @@ class Lab:
 
 # shared with the mininet overlay ----------------------------------------------------------
 
-def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pki: str | None = None) -> int:
+def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pki: str | None = None,
+                     store: str | None = None, name: str | None = None) -> int:
     """Start the controller inside a network namespace (given as a path: /run/netns/X or
     /proc/PID/ns/net); wait until its API answers. Its PID goes to state_dir/controller.pid."""
     log = open(os.path.join(state_dir, "controller.log"), "ab")
@@ -365,6 +451,10 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
            "--state-dir", state_dir, "--listen", listen, "--port", str(port)]
     if pki:
         cmd += ["--pki", pki]
+    if store:
+        cmd += ["--store", store]
+    if name:
+        cmd += ["--name", name]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -373,13 +463,15 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
     with open(os.path.join(state_dir, "controller.pid"), "w") as f:
         f.write(str(proc.pid))
     deadline = time.monotonic() + 30
-    from controller.api import ApiClientError, call
+    from controller.api import ApiClientError, _request
     api = os.path.join(state_dir, "nvctl.sock")
     while True:
         if proc.poll() is not None:
             raise LabError(f"controller exited with {proc.returncode}; see {state_dir}/controller.log")
         try:
-            call(api, "ping", timeout=2)
+            if not os.path.exists(api):
+                raise FileNotFoundError(api)
+            _request(api, {"op": "ping", "args": {}}, 2)  # this member itself, not the cluster
             return proc.pid
         except (ApiClientError, OSError):
             if time.monotonic() > deadline:
@@ -507,19 +599,31 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _kill_pidfile(path: str, expect: str, sig=signal.SIGTERM, timeout: float = 5) -> bool:
+def _kill_pidfile(path: str, expect: str, sig=signal.SIGTERM, timeout: float = 5, group: bool = False) -> bool:
+    """End the process in the pidfile. group=True: a process we started as a session
+    leader (the controller) goes with the children it forked (pyroute2 forks helpers that
+    hold its sockets: one left behind keeps the next controller from binding its ports)."""
     pid = _read_pid(path)
     if not _alive(pid, expect):
         return False
-    os.kill(pid, sig)
+    group = group and os.getpgid(pid) == pid
+
+    def send(s):
+        try:
+            os.killpg(pid, s) if group else os.kill(pid, s)
+        except ProcessLookupError:
+            pass
+    send(sig)
     deadline = time.monotonic() + timeout
     while not _gone(pid):  # not _alive(): an exiting process's cmdline is already empty
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            send(signal.SIGKILL)
             deadline += timeout
         time.sleep(0.02)
     try:  # reap it if it is our child
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+    if group:
+        send(signal.SIGKILL)  # whatever it forked and left
     return True

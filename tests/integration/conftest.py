@@ -47,8 +47,12 @@ def make_lab(hosts: int = 3) -> Lab:
 def fresh_compile_changes(lb: Lab) -> list[dict]:
     """Restart the controller (a full compile from the store) and return the hosts to
     which it had to send anything: after any sequence of incremental changes, none."""
-    lb.stop_controller()
-    lb.start_controller()
+    if lb.clustered:  # every controller and etcd member stopped and started again
+        lb.stop_members()
+        lb.start_members()
+    else:
+        lb.stop_controller()
+        lb.start_controller()
     return [h for h in lb.wait_synced(60) if h["last_sync_flow_mods"] != 0]
 
 
@@ -70,6 +74,11 @@ def running_lab(hosts: int = 3, **up):
         drift = fresh_compile_changes(lb)
         proof = verify_lab(lb)
     finally:
+        keep = os.environ.get("NVCTL_KEEP_LOGS")  # a directory: the lab's logs are copied there first
+        if keep:
+            shutil.copytree(lb.dir, os.path.join(keep, os.path.basename(lb.dir)), dirs_exist_ok=True,
+                            ignore=lambda d, names: [n for n in names if not n.endswith(".log")
+                                                     and not os.path.isdir(os.path.join(d, n))])
         lb.down(quiet=True)
         left = [n for n in netns.listnetns() if n.startswith(lb.prefix)]
         shutil.rmtree(lb.dir, ignore_errors=True)

@@ -23,7 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp", "cni")
+ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp", "cni",
+       "cluster")
 
 
 def machine() -> dict:
@@ -199,6 +200,12 @@ def main(argv=None) -> int:
         from bench import cni
         res["cni"] = _on_fresh_lab(lambda lab: cni.cni(lab, containers=10 if a.quick else 50))
         print(cni.report(res["cni"]), flush=True)
+    if "cluster" in only:
+        from bench import cluster
+        res["cluster"] = {"store": cluster.store(reps=5 if a.quick else 20),
+                          "failover": cluster.failover(kills=2 if a.quick else 10),
+                          "restart": cluster.restart(hosts=3 if a.quick else 10, ports=60 if a.quick else 1000)}
+        print(cluster.report(res["cluster"]), flush=True)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures

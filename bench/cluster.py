@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,6 @@ import time
 def _spread(xs: list[float]) -> dict:
     return {"median_ms": round(statistics.median(xs) * 1000, 2), "min_ms": round(min(xs) * 1000, 2),
             "max_ms": round(max(xs) * 1000, 2), "n": len(xs)}
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    out = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return out
 
 
 def _tenant(name: str, ports: int) -> str:
@@ -68,11 +57,9 @@ def store(reps: int = 20, ports: int = 20) -> dict:
     from controller.core import Core
     from controller.etcd_store import EtcdClient, EtcdStore, parse_endpoints
     from controller.store import SqliteStore
-    from scenarios.etcd import EtcdCluster, EtcdMember
+    from scenarios.etcd import loopback_cluster
     d = tempfile.mkdtemp(prefix="nvbench-etcd-")
-    p = _free_ports(6)
-    cluster = EtcdCluster(os.path.join(d, "etcd"), [EtcdMember(f"e{i}", "127.0.0.1", p[2 * i], p[2 * i + 1])
-                                                    for i in range(3)], token=f"b{os.getpid()}")
+    cluster = loopback_cluster(os.path.join(d, "etcd"), token=f"b{os.getpid()}")
     try:
         cluster.start()
         sqlite = _core_latency(Core(SqliteStore(os.path.join(d, "desired.db"))), reps, ports)

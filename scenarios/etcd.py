@@ -13,6 +13,24 @@ from dataclasses import dataclass
 ETCD = "/usr/bin/etcd"
 
 
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free on loopback now (for members on loopback: client and peer each)."""
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def loopback_cluster(base: str, token: str) -> "EtcdCluster":
+    """Three members on loopback ports of their own."""
+    p = free_ports(6)
+    return EtcdCluster(base, [EtcdMember(f"e{i}", "127.0.0.1", p[2 * i], p[2 * i + 1]) for i in range(3)], token=token)
+
+
 @dataclass(frozen=True)
 class EtcdMember:
     name: str

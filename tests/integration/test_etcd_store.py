@@ -4,7 +4,6 @@ writes going on with a member killed, a watch that follows every change across i
 controller core that restarts from etcd with every tenant."""
 import os
 import signal
-import socket
 import threading
 
 import pytest
@@ -12,26 +11,13 @@ import pytest
 from controller.core import Core
 from controller.etcd_store import EtcdClient, EtcdStore, EtcdUnavailable, NotLeader, delete, parse_endpoints, put
 from controller.store import Conflict
-from scenarios.etcd import EtcdCluster, EtcdMember
+from scenarios.etcd import free_ports, loopback_cluster
 from tests.unit.fixtures import tenant_yaml
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):
-    ports = free_ports(6)
-    cluster = EtcdCluster(str(tmp_path_factory.mktemp("etcd")),
-                          [EtcdMember(f"e{i}", "127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(3)],
-                          token=f"t{os.getpid()}")
+    cluster = loopback_cluster(str(tmp_path_factory.mktemp("etcd")), token=f"t{os.getpid()}")
     cluster.start()
     try:
         yield cluster

@@ -92,6 +92,7 @@ class Core:
         self.punt = Punt(self.switch_mtus)  # DHCP, DNS and path MTU, answered from the specs
         self.holds: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, switch) -> {ip: until}
         self.cluster = None  # controller.cluster.Member in a cluster: then only its leader writes
+        self.plugging = False  # ensure_workloads is running in the background
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
@@ -917,9 +918,14 @@ class Core:
         return errors
 
     def ensure_workloads_in_background(self) -> None:
+        self.plugging = True
+
         def run():
-            for e in self.ensure_workloads():
-                LOG.error("workloads: %s", e)
+            try:
+                for e in self.ensure_workloads():
+                    LOG.error("workloads: %s", e)
+            finally:
+                self.plugging = False
         threading.Thread(target=run, name="ensure-workloads", daemon=True).start()
 
     def _result(self, name, action, results, attach_errors) -> dict:
@@ -943,6 +949,7 @@ class Core:
             "connected": st.session is not None,
             "flows_desired": len(want),
             "in_sync": synced,
+            "workloads_ready": not self.plugging,  # the start-up (or take-over) check of workloads is done
             "drift_corrected": st.drift_corrected,
             "flow_mods_sent": st.flow_mods,
             "bundles": st.bundles,

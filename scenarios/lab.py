@@ -485,7 +485,7 @@ def wait_synced(api_path: str, timeout: float = 60) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
         hosts = call(api_path, "host.list")
-        if hosts and all(h["connected"] and h["in_sync"] for h in hosts):
+        if hosts and all(h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hosts):
             return hosts
         if time.monotonic() > deadline:
             bad = [f"{h['name']} ({'connected' if h['connected'] else 'not connected'}"

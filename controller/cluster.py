@@ -126,7 +126,7 @@ class Member:
             return False
 
     # leadership ----------------------------------------------------------------------
-    def _read_leader(self) -> dict | None:
+    def read_leader(self) -> dict | None:
         kvs, _ = self.client.range(self.leader_key)
         if not kvs:
             return None
@@ -148,7 +148,7 @@ class Member:
         value = json.dumps(self.info)
         ok, out = self.client.txn([compare_create(self.leader_key, 0)], [put(self.leader_key, value, self.lease)])
         if not ok:
-            self.leader = cur = self._read_leader()
+            self.leader = cur = self.read_leader()
             if cur and cur["name"] == self.name and cur["lease"] == self.lease:
                 if self.clock() - self.lease_renewed > self.ttl / 4:
                     return  # renew first
@@ -172,7 +172,7 @@ class Member:
             LOG.exception("member %s: taking over failed", self.name)
 
     def _still_leader(self) -> bool:
-        cur = self._read_leader()
+        cur = self.read_leader()
         self.leader = cur
         return cur is not None and cur["generation"] == self.generation
 
@@ -219,7 +219,7 @@ class Member:
     # status --------------------------------------------------------------------------
     def status(self) -> dict:
         kvs, _ = self.client.range(self.store.key("members", ""), prefix=True)
-        leader = self._read_leader()
+        leader = self.read_leader()
         members = []
         for kv in sorted(kvs, key=lambda kv: kv["key"]):
             d = json.loads(kv["value"])

@@ -147,7 +147,7 @@ class Core:
             return
         if not c.is_leader and c.leader is None:
             try:
-                c.leader = c._read_leader()
+                c.leader = c.read_leader()
             except Exception:  # noqa: BLE001 - etcd unreachable: claim with what we know
                 pass
         gen = c.generation if c.is_leader else (c.leader or {}).get("generation") or 0
@@ -249,8 +249,9 @@ class Core:
         except Exception as e:  # noqa: BLE001 - the refusal is the answer
             out["role_error"] = str(e)
         from controller.pipeline import PIPELINE
+        from controller.registers import FLOOD_PORT_KEY, OUTPORT
         from dataplane.match_action import Match
-        probe = Flow(PIPELINE.tables[0], 1, Match.of(reg15=0xFFFF), (), rule="probe")
+        probe = Flow(PIPELINE.tables[0], 1, Match.of(**OUTPORT.m(FLOOD_PORT_KEY)), (), rule="probe")
         try:
             st.session.push([probe], [])
             out["flow_mod"] = "accepted"

@@ -233,6 +233,17 @@ def cmd_flows(a):
         print(f"# unexpected: cookie={u['cookie']} table={u['table']} layer={u['layer']}")
 
 
+def verify_lines(r: dict) -> list[str]:
+    """The lines `nvctl verify` prints for a verify result (the web view shows the same)."""
+    lines = r["text"].split("\n")  # joined with newlines: exactly what print(r["text"]) shows
+    for p in r["interfaces"]:
+        lines += ["", f"VIOLATION interface on {p['host']}: {p['problem']}"]
+    for e in r["errors"]:
+        lines += ["", f"ERROR {e}"]
+    lines += ["", f"(read {r['flows_read']} flows from the switches in {r['read_seconds']}s)"]
+    return lines
+
+
 def cmd_verify(a):
     """Exit 0: every check holds; 1: a violation (with its counterexample); 2: could not verify."""
     try:
@@ -243,12 +254,7 @@ def cmd_verify(a):
     if a.json:
         _print(r, True)
     else:
-        print(r["text"])
-        for p in r["interfaces"]:
-            print(f"\nVIOLATION interface on {p['host']}: {p['problem']}")
-        for e in r["errors"]:
-            print(f"\nERROR {e}")
-        print(f"\n(read {r['flows_read']} flows from the switches in {r['read_seconds']}s)")
+        print("\n".join(verify_lines(r)))
     if r["errors"]:
         sys.exit(2)
     sys.exit(0 if r["ok"] else 1)
@@ -265,40 +271,45 @@ def cmd_exec(a):
     os.execvp("ip", ["ip", "netns", "exec", info["namespace"], *cmd])
 
 
+def trace_lines(r: dict) -> list[str]:
+    """The lines `nvctl trace` prints for a trace result, table by table (the web view
+    shows the same)."""
+    out = [f"packet from {r['from']} on {r['host']}: {r['packet']}"]
+    for hop in r["hops"]:
+        out += ["", f"== {hop['host']} (in from {hop['in_port']})"]
+        for t in hop["tables"]:
+            if "priority" not in t:
+                out.append(f"  {t['table']:14} {'(no flow matched: table miss)' if not t['table'].startswith('(') else ''}")
+                continue
+            who = f"{t['tenant']}: " if t["tenant"] else ""
+            out.append(f"  {t['table']:14} prio {t['priority']:<5} [{t['layer']}] {who}{t['rule']}")
+        if hop["outputs"]:
+            out += [f"  -> {o}" for o in hop["outputs"]]
+        else:
+            d = hop.get("dropped_by", {})
+            out.append(f"  -> DROPPED by {d.get('layer', '?')}: {d.get('rule', '?')}")
+        if "real" in hop:
+            real = hop["real"]
+            if "error" in real:
+                out.append(f"  real OVS: {real['error']}")
+            elif real["agree"] is None:
+                out.append(f"  real OVS (ofproto/trace): not comparable: {real['note']}")
+            else:
+                verdict = "agrees" if real["agree"] else "DISAGREES"
+                out.append(f"  real OVS (ofproto/trace): {verdict}: {', '.join(real['outputs']) or 'drop'}")
+    out += ["", "delivered to: " + (", ".join(r["delivered"]) if r["delivered"] else "nothing (dropped)")]
+    if r["agree"] is False:
+        out.append("simulator and OVS disagree")
+    return out
+
+
 def cmd_trace(a):
     tenant, port = _tenant_port(a.target, "trace")
     r = call(_api(a), "trace", tenant=tenant, port=port, packet=a.packet, real=a.real)
     if a.json:
         return _print(r, True)
-    print(f"packet from {r['from']} on {r['host']}: {r['packet']}")
-    for hop in r["hops"]:
-        print(f"\n== {hop['host']} (in from {hop['in_port']})")
-        for t in hop["tables"]:
-            if "priority" not in t:
-                print(f"  {t['table']:14} {'(no flow matched: table miss)' if not t['table'].startswith('(') else ''}")
-                continue
-            who = f"{t['tenant']}: " if t["tenant"] else ""
-            print(f"  {t['table']:14} prio {t['priority']:<5} [{t['layer']}] {who}{t['rule']}")
-        if hop["outputs"]:
-            for o in hop["outputs"]:
-                print(f"  -> {o}")
-        else:
-            d = hop.get("dropped_by", {})
-            print(f"  -> DROPPED by {d.get('layer', '?')}: {d.get('rule', '?')}")
-        if "real" in hop:
-            real = hop["real"]
-            if "error" in real:
-                print(f"  real OVS: {real['error']}")
-            else:
-                if real["agree"] is None:
-                    print(f"  real OVS (ofproto/trace): not comparable: {real['note']}")
-                    continue
-                verdict = "agrees" if real["agree"] else "DISAGREES"
-                print(f"  real OVS (ofproto/trace): {verdict}: {', '.join(real['outputs']) or 'drop'}")
-    print()
-    print("delivered to: " + (", ".join(r["delivered"]) if r["delivered"] else "nothing (dropped)"))
+    print("\n".join(trace_lines(r)))
     if r["agree"] is False:
-        print("simulator and OVS disagree")
         sys.exit(2)
 
 

@@ -436,6 +436,11 @@ def cmd_docker_plugin(a):
     docker_plugin.run(a, state_dir_from(a.state_dir))
 
 
+def cmd_ui(a):
+    from controller.ui import serve
+    sys.exit(serve(a.api or _api(a), listen=a.listen, port=a.port))
+
+
 def cmd_demo(a):
     from scenarios.demo import run_demo
     sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
@@ -667,6 +672,33 @@ def build_parser() -> argparse.ArgumentParser:
                               "  docker run --network blue-web busybox ping 10.0.0.11")
     docker_plugin.add_arguments(p)
     p.set_defaults(fn=cmd_docker_plugin)
+
+    p = sub.add_parser(
+        "ui", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="a read-only web view: tenants, topology, counters, verify, trace (foreground until stopped)",
+        description=textwrap.fill("Serve a read-only web view of the controller over HTTP, in the foreground "
+                                  "until Ctrl-C or SIGTERM. It asks the controller through the same API "
+                                  "socket as the command line and changes nothing.", 88) + "\nPages:\n"
+                    "  /                 the tenants\n"
+                    "  /tenant/NAME      its logical topology drawn (switches, routers, ports with their\n"
+                    "                    CAs, load balancers), where each port runs, live counters\n"
+                    "                    (every second), the last 'nvctl verify' of the tenant with a\n"
+                    "                    button to run it again, and a trace form that shows what\n"
+                    "                    'nvctl trace' prints\n"
+                    "  /metrics          the controller's metrics, Prometheus text format\n"
+                    "  /api/...          the JSON behind the page (tenants, tenant/NAME, .../stats)\n"
+                    + textwrap.fill("There is no login: anyone who can reach the address sees every "
+                                    "tenant's topology. Keep the default 127.0.0.1 unless the network in "
+                                    "front of it is trusted.", 88),
+        epilog="examples:\n  nvctl ui                          # then open http://127.0.0.1:8080/\n"
+               "  nvctl ui --port 9000 --listen 0.0.0.0\n"
+               "  nvctl ui --api /var/lib/nvctl/nvctl.sock")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    p.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--api", metavar="PATH",
+                   help="the controller's API socket (default STATE_DIR/nvctl.sock, as the other commands)")
+    p.set_defaults(fn=cmd_ui)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-ping \
           iproute2 mininet bridge-utils python3-venv ovn-central ovn-host \
           isc-dhcp-client busybox-static dnsutils podman runc containernetworking-plugins \
-          docker.io golang-go golang-github-appc-cni-dev etcd-server etcd-client
+          docker.io golang-go golang-github-appc-cni-dev etcd-server etcd-client \
+          chromium chromium-driver
 
 .PHONY: demo test unit integration bench deps venv clean
 

@@ -55,10 +55,12 @@ def operations(core) -> dict:
         "trace": core.trace,
         "flows": core.flows,
         "verify": core.verify,
+        "progress": core.changes.snapshot,  # read-only, never the core's lock: answers while a change runs
     }
 
 
-# In a cluster every member answers; a follower hands all but these to the leader.
+# In a cluster every member answers; a follower hands all but these to the leader
+# (`progress` too: the leader is the one making the change).
 LOCAL_OPS = {"ping", "cluster.status", "member.probe"}
 # Changes: done once per request id, even when a client retries one across a failover.
 WRITE_OPS = {"host.register", "host.invite", "host.resync", "tenant.create", "tenant.apply", "tenant.delete",

@@ -35,6 +35,7 @@ from controller import compiler
 from controller.compiler import DEFAULT_UPLINK_MTU, VXLAN_OVERHEAD, Host, compile_host, compile_tenant, paused_gc
 from controller.desired import DesiredState
 from controller.pipeline import LAYER_BY_ID
+from controller.progress import Changes
 from controller.punt import Punt
 from controller import reconciler
 from controller.reconciler import HostState
@@ -93,6 +94,7 @@ class Core:
         self.holds: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, switch) -> {ip: until}
         self.cluster = None  # controller.cluster.Member in a cluster: then only its leader writes
         self.plugging = False  # ensure_workloads is running in the background
+        self.changes = Changes()  # each create/apply's phase and counts, for the `progress` op (no mutex)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
@@ -327,15 +329,21 @@ class Core:
         with st.lock:
             return reconciler.reconcile(st, self.desired.get(host, {}), delta)
 
-    def reconcile_many(self, hosts, old: dict | None = None, new: dict | None = None) -> dict[str, int | None]:
+    def reconcile_many(self, hosts, old: dict | None = None, new: dict | None = None,
+                       change=None) -> dict[str, int | None]:
         """Reconcile several hosts at once. With `old` and `new` (one tenant's flows per
-        host, before and after), each host compares only that tenant's flows."""
+        host, before and after), each host compares only that tenant's flows. `change`
+        (controller.progress.Change) counts the hosts done."""
         hosts = sorted(hosts)
         results: dict[str, int | None] = {h: None for h in hosts}
         live = [h for h in hosts if h in self.state and self.state[h].session is not None]
+        if change is not None:
+            change.hosts(len(live))
 
         def one(h):
             results[h] = self.reconcile(h, None if old is None else (old.get(h, ()), new.get(h, ())))
+            if change is not None:
+                change.synced()
         if len(live) == 1:
             one(live[0])
         else:  # each waits on its own switch's barrier: overlap them
@@ -633,7 +641,8 @@ class Core:
 
     def _put(self, text: str, must_exist: bool | None) -> dict:
         t = self._parse(text)
-        with self.mutex:
+        with self.changes.track(t.name, "create" if must_exist is False else "apply") as change, self.mutex:
+            change.phase("compiling")
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
@@ -641,8 +650,8 @@ class Core:
                 t = self._keep_api_ports(t, old.tenant)
             self._check_mtus(t)
             new, changed = self._commit(t, old)
-            attach_errors = self._reattach(t.name, old, new)
-            results = self.reconcile_many(changed, old.flows if old else {}, new.flows)
+            attach_errors = self._reattach(t.name, old, new, change)
+            results = self.reconcile_many(changed, old.flows if old else {}, new.flows, change)
         return self._result(t.name, "updated" if old else "created", results, attach_errors)
 
     def _keep_api_ports(self, t: Tenant, old: Tenant) -> Tenant:
@@ -859,7 +868,7 @@ class Core:
             results = self.reconcile_many(changed, old.flows, {})
         return self._result(name, "deleted", results, attach_errors)
 
-    def _reattach(self, name: str, old: TenantEntry | None, new: TenantEntry | None) -> list[str]:
+    def _reattach(self, name: str, old: TenantEntry | None, new: TenantEntry | None, change=None) -> list[str]:
         if not self.leading():  # deposed since the write: the next leader attaches (ensure_workloads)
             return []
         before, after = self._attachments(name, old), self._attachments(name, new)
@@ -878,18 +887,24 @@ class Core:
                     self.driver.unplug(a)
                 except Exception as e:
                     errors.append(f"detach {name}/{port} from {a.host}: {e}")
-        errors += self._plug_all([a for port, a in after.items() if before.get(port) != a])
+        errors += self._plug_all([a for port, a in after.items() if before.get(port) != a], change)
         return errors
 
-    def _plug_all(self, attachments: list) -> list[str]:
+    def _plug_all(self, attachments: list, change=None) -> list[str]:
         """Plug workloads, several at once: each is a handful of netlink calls and OVSDB
-        transactions that mostly wait (100 ports: 15 s one by one)."""
+        transactions that mostly wait (100 ports: 15 s one by one). `change` counts them."""
+        if change is not None:
+            change.workloads(len(attachments))
+
         def plug(a):
             try:
                 self.driver.plug(a)
                 return None
             except Exception as e:
                 return f"attach {a.tenant}/{a.port} to {a.host}: {e}"
+            finally:
+                if change is not None:
+                    change.plugged()
         if len(attachments) <= 1:
             return [e for e in map(plug, attachments) if e]
         with ThreadPoolExecutor(max_workers=PLUG_WORKERS) as pool:

@@ -54,8 +54,10 @@ def _print(obj, as_json: bool) -> None:
 # lab ---------------------------------------------------------------------------------
 
 def cmd_lab_up(a):
-    lab = Lab(a.state_dir)
-    lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu, controllers=a.controllers)
+    from controller.progress import Reporter
+    with Reporter("lab up") as rep:  # progress and the lab's own lines on stderr: stdout is the status
+        lab = Lab(a.state_dir, log=rep.note)
+        lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu, controllers=a.controllers, progress=rep)
     _lab_status(lab, a.json)
 
 
@@ -158,12 +160,30 @@ def _report_change(r: dict, as_json: bool):
         print(f"  warning: {e}")
 
 
+def _put_tenant(a, verb: str) -> dict:
+    """tenant.create / tenant.apply, with its progress (workloads plugged, hosts synced)
+    polled from the controller on a second connection while the request runs."""
+    from controller.progress import Reporter, follow_change
+    text = _read_file(a.file)
+    try:
+        import yaml
+        name = yaml.safe_load(text)["metadata"]["name"]
+    except Exception:  # the controller says what is wrong with it
+        name = None
+    run = lambda: call(_api(a), f"tenant.{verb}", yaml=text)  # noqa: E731
+    if not isinstance(name, str):
+        return run()
+    with Reporter(f"tenant {verb}") as rep:
+        return follow_change(run, lambda after: call(_api(a), "progress", tenant=name, after=after, timeout=5),
+                             rep, name)
+
+
 def cmd_tenant_create(a):
-    _report_change(call(_api(a), "tenant.create", yaml=_read_file(a.file)), a.json)
+    _report_change(_put_tenant(a, "create"), a.json)
 
 
 def cmd_tenant_apply(a):
-    _report_change(call(_api(a), "tenant.apply", yaml=_read_file(a.file)), a.json)
+    _report_change(_put_tenant(a, "apply"), a.json)
 
 
 def cmd_tenant_validate(a):
@@ -458,8 +478,10 @@ def cmd_scenario_list(a):
 
 def cmd_scenario_run(a):
     from scenarios.runner import run_scenario
+    from controller.progress import Reporter
     try:
-        code = run_scenario(a.name, mininet=a.mininet, out=a.out)
+        with Reporter(f"scenario {a.name}") as rep:
+            code = run_scenario(a.name, mininet=a.mininet, out=a.out, progress=rep)
     except (KeyError, ValueError) as e:
         raise LabError(str(e).strip("'\"")) from None
     sys.exit(code)

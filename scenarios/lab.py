@@ -201,7 +201,10 @@ class Lab:
     def controller_targets(self) -> list[str]:
         return [f"tcp:{m['address']}:{OF_PORT}" for m in self.member_plans()]
 
-    def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU, controllers: int = 1) -> dict:
+    def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU, controllers: int = 1,
+           progress=None) -> dict:
+        """`progress`: a controller.progress.Reporter; hosts built, registered, in sync and
+        their underlay warmed are reported to it, host i of N (else one log line per host)."""
         if controllers not in (1, 3, 5):
             raise LabError(f"--controllers must be 1, 3 or 5 (an etcd cluster needs an odd size), got {controllers}")
         if not 1 <= hosts <= MAX_HOSTS:
@@ -231,12 +234,20 @@ class Lab:
                 pids = self.start_members()
                 self.log(f"[lab] {controllers} etcd members and {controllers} controllers started "
                          f"({', '.join(f'{n} pid {p}' for n, p in pids.items())})")
+            built = progress.task("hosts", hosts, lines="each") if progress else None
             for p in plans:
-                self._host(p)
-                self.log(f"[lab] {p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}")
-            self._register(plans)
-            self.wait_synced(timeout)
-            self.warm_underlay(plans)
+                self._host(p, (lambda what, p=p: built.update(text=f"{p.name}: {what}")) if built else None)
+                done = f"{p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}"
+                if built:
+                    built.advance(done)
+                else:
+                    self.log(f"[lab] {done}")
+            tasks = [progress.task(what, hosts, lines="end") if progress else None
+                     for what in ("hosts registered", "hosts connected and in sync", "underlay warmed")]
+            self._register(plans, tasks[0] and tasks[0].advance)
+            self.wait_synced(timeout, tasks[1] and (lambda hs: tasks[1].update(completed=sum(
+                h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hs))))
+            self.warm_underlay(plans, tasks[2] and tasks[2].advance)
             m["status"] = "up"
             self._save(m)
         except BaseException:
@@ -263,27 +274,33 @@ class Lab:
             n.addr("add", index=idx, address=CONTROLLER_IP, prefixlen=24)
             n.link("set", index=idx, state="up")
 
-    def _machine(self, p: HostPlan) -> str:
+    def _machine(self, p: HostPlan, step=None) -> str:
         """Namespace, underlay and management links, and a running OVS with an empty
-        database: a freshly installed hypervisor."""
+        database: a freshly installed hypervisor. step(what): the sub-step under way."""
+        step = step or (lambda what: None)
         ns = self.host_ns(p)
+        step("namespace and links")
         _ns_create(ns)
         _veth_between(f"{self.prefix}u{p.index}", ns, "ul0", self.ul_ns, p.name, "br-ul", self.underlay_mtu)
         _veth_between(f"{self.prefix}m{p.index}", ns, "mgmt0", self.ctl_ns, p.name, "br-mgmt", 1500)
         with NetNS(ns) as n:
             idx = n.link_lookup(ifname="mgmt0")[0]
             n.addr("add", index=idx, address=p.mgmt_ip, prefixlen=24)
+        step("starting OVS")
         self.start_ovs(p.name)
         return ns
 
-    def _host(self, p: HostPlan) -> None:
-        ns = self._machine(p)
+    def _host(self, p: HostPlan, step=None) -> None:
+        step = step or (lambda what: None)
+        ns = self._machine(p, step)
         db = self.ovsdb(p.name)
+        step("br-phy and its PA")
         db.ensure_physical_bridge("ul0", self.underlay_mtu)
         with NetNS(ns) as n:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
             n.addr("add", index=idx, address=p.pa, prefixlen=24)
             n.link("set", index=idx, state="up")
+        step("br-int, VXLAN port, controller")
         db.ensure_integration_bridge(p.dpid, self.controller_targets(), p.pa, TUNNEL_OFPORT)
         for uuid in db.vsctl("--bare", "--columns=_uuid", "list", "Controller").split():
             db.vsctl("set", "controller", uuid, "max_backoff=1000", "inactivity_probe=5000")
@@ -310,8 +327,8 @@ class Lab:
         self.log(f"[lab] {p.name}: bare host (OVS running, nothing configured), management {p.mgmt_ip}")
         return p
 
-    def warm_underlay(self, plans: list[HostPlan]) -> None:
-        warm_underlay([(p.name, self.host_ns(p), p.pa) for p in plans])
+    def warm_underlay(self, plans: list[HostPlan], on_host=None) -> None:
+        warm_underlay([(p.name, self.host_ns(p), p.pa) for p in plans], on_host)
 
     def start_ovs(self, name: str) -> None:
         start_instance(self.host_ns(name), self.host_dir(name))
@@ -347,7 +364,7 @@ class Lab:
     def stop_controller(self, sig=signal.SIGTERM) -> None:
         _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig, group=True)
 
-    def _register(self, plans: list[HostPlan]) -> None:
+    def _register(self, plans: list[HostPlan], on_host=None) -> None:
         from controller.api import call
         with NetNS(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
@@ -358,9 +375,11 @@ class Lab:
                 info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,
                                     "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}
             call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info=info)
+            if on_host:
+                on_host(p.name)
 
-    def wait_synced(self, timeout: float = 60) -> list[dict]:
-        return wait_synced(self.api_path, timeout)
+    def wait_synced(self, timeout: float = 60, on_poll=None) -> list[dict]:
+        return wait_synced(self.api_path, timeout, on_poll)
 
     # status ---------------------------------------------------------------------------
     def status(self) -> dict:
@@ -479,12 +498,15 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
             time.sleep(0.1)
 
 
-def wait_synced(api_path: str, timeout: float = 60) -> list[dict]:
-    """Wait until every host's br-int is connected and holds its desired flows."""
+def wait_synced(api_path: str, timeout: float = 60, on_poll=None) -> list[dict]:
+    """Wait until every host's br-int is connected and holds its desired flows.
+    on_poll(hosts): each host.list answer on the way."""
     from controller.api import call
     deadline = time.monotonic() + timeout
     while True:
         hosts = call(api_path, "host.list")
+        if on_poll:
+            on_poll(hosts)
         if hosts and all(h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hosts):
             return hosts
         if time.monotonic() > deadline:
@@ -495,9 +517,9 @@ def wait_synced(api_path: str, timeout: float = 60) -> list[dict]:
         time.sleep(0.1)
 
 
-def warm_underlay(hosts: list[tuple[str, str, str]]) -> None:
+def warm_underlay(hosts: list[tuple[str, str, str]], on_host=None) -> None:
     """Teach every host's OVS the MAC of every peer PA before tenant traffic needs it.
-    hosts: [(name, netns, PA)].
+    hosts: [(name, netns, PA)]; on_host(name) when one is done.
 
     The userspace datapath drops a tunnel packet while it resolves the remote PA, and
     it learns only by snooping ARP *replies* on br-phy. So one host at a time: flush
@@ -514,6 +536,8 @@ def warm_underlay(hosts: list[tuple[str, str, str]]) -> None:
             failed = [peer for peer, pr in zip(peers[i:i + 64], procs) if pr.wait() != 0]
             if failed:
                 raise LabError(f"underlay: {name} cannot reach {', '.join(failed)}")
+        if on_host:
+            on_host(name)
 
 
 # helpers --------------------------------------------------------------------------------

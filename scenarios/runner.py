@@ -113,10 +113,13 @@ class Run:
     data: dict = field(default_factory=dict)
     plots: list = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
+    progress: object = None  # a controller.progress.Task: one step each
 
     def step(self, text: str) -> None:
         self.steps.append({"t": round(time.monotonic() - self.t0, 2), "step": text})
         self.log(f"[{self.scenario.name} {len(self.steps)}] {text}")
+        if self.progress is not None:
+            self.progress.advance(text)
 
     def claim(self, text: str, ok: bool, **evidence) -> bool:
         self.claims.append({"claim": text, "ok": bool(ok), **evidence})
@@ -134,10 +137,12 @@ class Run:
         return path
 
 
-def run_scenario(name: str, mininet: bool = False, out: str | None = None, log=print, env=None) -> int:
+def run_scenario(name: str, mininet: bool = False, out: str | None = None, log=print, env=None,
+                 progress=None) -> int:
     """Run one scenario on a fresh network; 0 if every claim held, 1 if one failed,
     2 if the scenario could not run. Writes OUT/result.json and OUT/*.png.
-    `env` replaces the network (the runner's own tests use that)."""
+    `env` replaces the network (the runner's own tests use that); `progress`, a
+    controller.progress.Reporter, gets one step each (the log lines stay on `log`)."""
     import matplotlib
     matplotlib.use("Agg")
     scenarios = catalog()
@@ -151,7 +156,7 @@ def run_scenario(name: str, mininet: bool = False, out: str | None = None, log=p
     os.makedirs(out, exist_ok=True)
     if env is None:
         env = MininetEnv(sc.hosts, log) if mininet else LabEnv(sc.hosts, log)
-    run = Run(sc, env, out, log)
+    run = Run(sc, env, out, log, progress=progress.task("steps", None, lines="each") if progress else None)
     error = None
     started = time.time()
     log(f"[{name}] {sc.summary} ({env.kind}, {sc.hosts} hosts; results in {out})")

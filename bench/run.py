@@ -144,7 +144,30 @@ def _on_fresh_lab(fn, hosts: int = 3):
         shutil.rmtree(d, ignore_errors=True)
 
 
+class Suites:
+    """The suites as steps of the run's progress: suite i of N, its name, its time."""
+
+    def __init__(self, rep, total: int):
+        self.task = rep.task("suites", total, lines="each")
+        self.name, self.t = None, time.monotonic()
+
+    def next(self, name: str | None) -> None:
+        """The suite before is done (a step); `name` (None: no more) starts."""
+        now = time.monotonic()
+        if self.name is not None:
+            self.task.advance(f"{self.name} done in {now - self.t:.1f}s")
+        self.name, self.t = name, now
+        if name is not None:
+            self.task.update(text=f"{name} running")
+
+
 def main(argv=None) -> int:
+    from controller.progress import Reporter
+    with Reporter("bench") as rep:  # bars on a terminal's stderr, else a line per suite
+        return _main(argv, rep)
+
+
+def _main(argv, rep) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results directory")
@@ -160,52 +183,67 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     res: dict = {"machine": machine()}
     big = (100, 10) if a.quick else (1000, 100)
+    suites = Suites(rep, len(only))
     if "compile" in only:
+        suites.next("compile")
         res["compile"] = pure.compile_scaling((12, 25, 50, 100) if a.quick else (62, 125, 250, 500, 1000))
     if "change" in only:
+        suites.next("change")
         res["change"] = pure.one_port_change(*big)
     if "memory" in only:
+        suites.next("memory")
         res["memory"] = pure.memory(*big)
     if {"install", "migration"} & set(only):
         from scenarios.lab import Lab
         d = tempfile.mkdtemp(prefix="nvbench-")
         lab = Lab(d, log=lambda m: print(m, flush=True))
         try:
+            suites.next("migration" if "migration" in only else "install")  # with its lab's bring-up
             lab.up(hosts=3)
             if "migration" in only:
                 res["migration"] = live.migration(lab, moves=6 if a.quick else 20)
             if "install" in only:
+                if "migration" in only:
+                    suites.next("install")
                 res["install"] = live.install_rate(lab, tenants=10 if a.quick else 60)
         finally:
             lab.down(quiet=True)
             shutil.rmtree(d, ignore_errors=True)
     if "versus" in only:
+        suites.next("versus")
         from bench.versus import versus
         res["versus"] = _on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100))
     if "verify" in only:
+        suites.next("verify")
         from bench import verify_bench
         res["verify"] = verify_bench.main(["--tenants", "100" if a.quick else "1000",
                                            "--hosts", "10" if a.quick else "100"])
     if "flood" in only:
+        suites.next("flood")
         from bench.flood import flood
         res["flood"] = _on_fresh_lab(lambda lab: flood(lab, repeats=2 if a.quick else 3))
     if "mtu" in only:
+        suites.next("mtu")
         from bench.mtu import mtu
         res["mtu"] = mtu(repeats=2 if a.quick else 3)
     if "dhcp" in only:
+        suites.next("dhcp")
         from bench.dhcp import dhcp, report
         res["dhcp"] = _on_fresh_lab(lambda lab: dhcp(lab, repeats=2 if a.quick else 3))
         print(report(res["dhcp"]), flush=True)
     if "cni" in only:
+        suites.next("cni")
         from bench import cni
         res["cni"] = _on_fresh_lab(lambda lab: cni.cni(lab, containers=10 if a.quick else 50))
         print(cni.report(res["cni"]), flush=True)
     if "cluster" in only:
+        suites.next("cluster")
         from bench import cluster
         res["cluster"] = {"store": cluster.store(reps=5 if a.quick else 20),
                           "failover": cluster.failover(kills=2 if a.quick else 10),
                           "restart": cluster.restart(hosts=3 if a.quick else 10, ports=60 if a.quick else 1000)}
         print(cluster.report(res["cluster"]), flush=True)
+    suites.next(None)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures

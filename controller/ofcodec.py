@@ -15,7 +15,7 @@ import struct
 from os_ken.ofproto import nicira_ext, ofproto_v1_3 as ofp, ofproto_v1_3_parser as parser
 
 from dataplane.match_action import (CONTROLLER, FIELDS, IN_PORT, CheckPktLarger, Ct, DecTtl, Flow, Goto,
-                                    Group, Match, Meter, Move, Nat, Opaque, Output, Pipeline, Resubmit,
+                                    Group, Log, Match, Meter, Move, Nat, Opaque, Output, Pipeline, Resubmit,
                                     SetField, Table)
 
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
@@ -60,6 +60,80 @@ class NXActionCheckPktLarger(parser.NXAction):
 
 parser.NXAction.register(NXActionCheckPktLarger)
 
+NXAC2PT_METER_ID = 5  # OVS 2.11+: the packet-in goes through this meter
+
+
+class NXActionControllerMeter(parser.NXAction):
+    """NXAST_CONTROLLER2 with the meter_id property, which os-ken 4.2 cannot encode
+    (nor parse: it has no class for the property). Registered in place of os-ken's
+    NXActionController2, so every NXAST_CONTROLLER2 a switch reports comes back here:
+    properties other than the meter are kept in `others`, and such an action, which we
+    never write, reads back as Opaque."""
+
+    _subtype = nicira_ext.NXAST_CONTROLLER2
+    _fmt_str = "!6x"
+
+    def __init__(self, meter_id=None, others=(), type_=None, len_=None, experimenter=None, subtype=None):
+        super().__init__()
+        self.meter_id, self.others = meter_id, tuple(others)
+
+    @classmethod
+    def parser(cls, buf):
+        meter, others, off = None, [], 6
+        while off + 4 <= len(buf):
+            ptype, plen = struct.unpack_from("!HH", buf, off)
+            if plen < 4:
+                break
+            if ptype == NXAC2PT_METER_ID and plen == 8:
+                (meter,) = struct.unpack_from("!I", buf, off + 4)
+            else:
+                others.append((ptype, bytes(buf[off + 4:off + plen])))
+            off += (plen + 7) // 8 * 8
+        return cls(meter, others)
+
+    def serialize_body(self):
+        return struct.pack("!6xHHI", NXAC2PT_METER_ID, 8, self.meter_id)
+
+
+parser.NXAction.register(NXActionControllerMeter)
+
+
+class LazyFlowStats:
+    """One entry of a flow-stats reply, whose match and instructions are parsed when
+    first asked for. Counter reads (`nvctl stats`) need only the cookie and the counts;
+    parsing every entry's match and instructions is most of os-ken's cost (~80 us a flow
+    here), paid now only by the reconciler's read-back, which asks for them."""
+
+    __slots__ = ("length", "table_id", "duration_sec", "duration_nsec", "priority", "idle_timeout",
+                 "hard_timeout", "flags", "cookie", "packet_count", "byte_count", "_buf", "_off", "_parsed")
+
+    @classmethod
+    def parser(cls, buf, offset):
+        st = cls()
+        (st.length, st.table_id, st.duration_sec, st.duration_nsec, st.priority, st.idle_timeout,
+         st.hard_timeout, st.flags, st.cookie, st.packet_count, st.byte_count) = struct.unpack_from(
+            ofp.OFP_FLOW_STATS_0_PACK_STR, buf, offset)
+        st._buf, st._off, st._parsed = buf, offset, None
+        return st
+
+    def _parse(self):
+        if self._parsed is None:
+            full = parser.OFPFlowStats.parser(self._buf, self._off)
+            self._parsed = (full.match, full.instructions)
+            self._buf = None
+        return self._parsed
+
+    @property
+    def match(self):
+        return self._parse()[0]
+
+    @property
+    def instructions(self):
+        return self._parse()[1]
+
+
+parser.OFPFlowStatsReply.cls_stats_body_cls = LazyFlowStats
+
 
 # --------------------------------------------------------------------------------------
 # Values -> os-ken messages
@@ -80,6 +154,8 @@ def to_action(parser, ofp, a):
         return parser.OFPActionOutput(port, 0)
     if isinstance(a, CheckPktLarger):
         return NXActionCheckPktLarger(a.length, a.field, a.bit)
+    if isinstance(a, Log):
+        return NXActionControllerMeter(a.meter_id)
     if isinstance(a, SetField):
         if a.mask is None:
             return parser.OFPActionSetField(**{a.field: a.value})
@@ -205,6 +281,10 @@ def _from_action(a, pipeline: Pipeline):
         return Output(IN_PORT if a.port == ofp.OFPP_IN_PORT else a.port)
     if t is NXActionCheckPktLarger:
         return CheckPktLarger(a.pkt_len, a.dst, a.ofs)
+    if t is NXActionControllerMeter:
+        if a.others or a.meter_id is None:
+            return Opaque(f"controller({a.others})")
+        return Log(a.meter_id)
     if t is parser.OFPActionSetField:
         return SetField(_field(a.key), a.value)
     if t is parser.NXActionRegLoad:

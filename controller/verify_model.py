@@ -151,11 +151,12 @@ def _port_meters(ports, a) -> set:
 
 
 def _control_meters(a, hosts) -> set:
-    """(host, meter id) of the tenant's control-plane meter (services layer): its own id,
-    on every host."""
+    """(host, meter id) of the tenant's control-plane meters: for packets the services
+    layer answers and for its logged ACL rules' copies; its own ids, on every host."""
     from controller.layers.services import control_meter
-    mid = control_meter(a.tenant_id).meter_id
-    return {(h, mid) for h in hosts}
+    from controller.layers.acl import log_meter
+    mids = (control_meter(a.tenant_id).meter_id, log_meter(a.tenant_id).meter_id)
+    return {(h, mid) for h in hosts for mid in mids}
 
 
 def reach_pairs(t, ports=None) -> set:

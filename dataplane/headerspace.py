@@ -46,7 +46,7 @@ from typing import Iterable, Mapping
 from dataplane.match_action import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_DNAT, CT_SNAT,
                                     CT_TRK, ETH_TYPE_IP, IN_PORT, IPPROTO_TCP,
                                     IPPROTO_UDP, CONTROLLER, CheckPktLarger, Ct, DecTtl, Flow, Goto,
-                                    Group, Meter, Move, Output, Resubmit, SetField, Unsupported)
+                                    Group, Log, Meter, Move, Output, Resubmit, SetField, Unsupported)
 
 from dataplane.ternary import (  # noqa: F401  (the terms this engine is built on)
     BITS, FULL, INPUT, NAMES, VAR_SHIFT, WIDTH,
@@ -745,6 +745,9 @@ class Engine:
             return [self._masked_set(small, SetField(act.field, 0, 1 << act.bit)),
                     self._masked_set(s, SetField(act.field, 1 << act.bit, 1 << act.bit))]
         if cls is Meter:
+            s.event(("res", "meter", h, act.meter_id, len(s.path)))
+            return [s]
+        if cls is Log:  # a metered copy to the controller; the packet goes on unchanged
             s.event(("res", "meter", h, act.meter_id, len(s.path)))
             return [s]
         if cls is Group:

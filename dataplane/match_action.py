@@ -544,14 +544,29 @@ class Meter(Action):
         return f"meter:{self.meter_id}"
 
 
+@dataclass(frozen=True)
+class Log(Action):
+    """A copy of the packet to the controller through meter `meter_id` (in packets per
+    second), while the packet itself goes on with the actions that follow: OVS's
+    controller(meter_id=N). A copy over the meter's rate is dropped, the packet is not.
+    Like Meter, the band travels with the action; only the id is in the flow's text."""
+
+    meter_id: int
+    rate_pps: int = field(default=0, compare=False)
+    burst: int = field(default=0, compare=False)
+
+    def ofctl(self):
+        return f"controller(meter_id={self.meter_id})"
+
+
 def meters_of(flows: Iterable["Flow"]) -> dict[int, tuple]:
     """meter id -> (rate, burst, unit) that these flows need: kbit/s and kbit, or
     packets per second and packets."""
     out: dict[int, tuple] = {}
     for f in flows:
         for a in f.actions:
-            if isinstance(a, Meter):
-                want = (a.rate_kbps, a.burst_kb, a.unit)
+            if isinstance(a, (Meter, Log)):
+                want = (a.rate_kbps, a.burst_kb, a.unit) if isinstance(a, Meter) else (a.rate_pps, a.burst, "pktps")
                 if out.setdefault(a.meter_id, want) != want:
                     raise ValueError(f"meter {a.meter_id} is used with two different bands")
     return out
@@ -593,7 +608,7 @@ class ContractError(ValueError):
     """A flow broke its table's declared contract."""
 
 
-_UNCONSTRAINED = frozenset({Output, SetField, Move, DecTtl, Group, CheckPktLarger})  # allowed anywhere in a table
+_UNCONSTRAINED = frozenset({Output, SetField, Move, DecTtl, Group, CheckPktLarger, Log})  # allowed anywhere in a table
 
 
 @dataclass(frozen=True, eq=False)
@@ -703,7 +718,8 @@ class Flow:
     compared by its text, since its cookie is whatever the switch holds.
 
     `rule` says which piece of intent made the flow ("port vm1", "switch web flood"),
-    for `nvctl flows`, traces and error messages; it is not installed.
+    for `nvctl flows`, traces and error messages; `stat`, what its packet counts are
+    counted as (`controller.stats`). Neither is installed.
 
     Immutable by contract (the attributes are never assigned after __init__): one Flow
     object is shared by every host it is installed on. The cookie is computed once, here;
@@ -712,10 +728,10 @@ class Flow:
     """
 
     __slots__ = ("table", "priority", "match", "actions", "layer_id", "tenant_id", "rule", "cookie", "reported",
-                 "identity")
+                 "identity", "stat")
 
     def __init__(self, table: Table, priority: int, match: Match, actions: tuple = (),
-                 layer_id: int = 0, tenant_id: int = 0, rule: str = ""):
+                 layer_id: int = 0, tenant_id: int = 0, rule: str = "", stat: tuple = ()):
         if not 0 <= priority <= 0xFFFF:
             raise ValueError(f"priority {priority} out of range")
         if not 0 <= tenant_id <= COOKIE_TENANT_MAX:
@@ -729,6 +745,9 @@ class Flow:
         self.layer_id = layer_id
         self.tenant_id = tenant_id
         self.rule = rule
+        # What its counters count, for `nvctl stats` (tags such as ("acl", 3) or
+        # ("port", "vm1", "sent")); like `rule`, not installed and not in the cookie.
+        self.stat = stat
         digest = _blake2b(_body(table.number, priority, match, actions).encode(), digest_size=8).digest()
         self.cookie = ((layer_id << COOKIE_LAYER_SHIFT) | (tenant_id << COOKIE_TENANT_SHIFT)
                        | (int.from_bytes(digest, "big") & COOKIE_HASH_MASK))
@@ -1030,8 +1049,8 @@ class Simulator:
                     fate.path.append(Hop("(dec_ttl: TTL expired)", None))
                     return
                 pkt["ip_ttl"] = ttl - 1
-            elif isinstance(act, Meter):
-                continue  # meters limit rate, not fate: a single packet passes
+            elif isinstance(act, (Meter, Log)):
+                continue  # meters limit rate, not fate; a log copy is not the packet's fate
             elif isinstance(act, Group):
                 buckets = self.groups.get(act.group_id)
                 if not buckets:

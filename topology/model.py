@@ -94,6 +94,12 @@ class AclRule:
     dst: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     src_ports: tuple[tuple[int, int], ...] = ()
     dst_ports: tuple[tuple[int, int], ...] = ()
+    name: str = ""  # what logs, stats and drops call it ("" -> "acl[INDEX]")
+    log: bool = False  # one log line per connection attempt it decides (metered per host)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"acl[{self.index}]"
 
 
 @dataclass(frozen=True)

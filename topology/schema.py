@@ -39,7 +39,8 @@ ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
 EXTERNAL_KEYS = {"ip": True}
 ACL_KEYS = {"priority": True, "direction": True, "ports": False, "from": False, "to": False,
-            "protocol": False, "srcPorts": False, "dstPorts": False, "action": True}
+            "protocol": False, "srcPorts": False, "dstPorts": False, "action": True,
+            "name": False, "log": False}
 ACL_DIRECTIONS = ("to-port", "from-port")
 ACL_ACTIONS = ("allow", "allow-stateless", "deny")
 ACL_PROTOCOLS = ("tcp", "udp", "icmp", "any")
@@ -646,6 +647,7 @@ def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Error
     out: list[AclRule] = []
     by_name = {p.name: p for p in ports}
     prio_seen: dict[tuple[str, int], list] = {}
+    names_seen: dict[str, int] = {}
     for i, item in enumerate(_list(raw, "spec.acls", errs)):
         path = f"spec.acls[{i}]"
         if not _keys(item, path, ACL_KEYS, errs, "priority, direction, action"):
@@ -695,6 +697,20 @@ def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Error
                 if None in got:
                     ok = False
                 ranges[key] = tuple(g for g in got if g)
+        name = ""
+        if "name" in item:
+            name = _name(item["name"], f"{path}.name", errs)
+            if name is None:
+                ok = False
+            elif name in names_seen:
+                errs.add(f"{path}.name", f"{name!r} is also the name of spec.acls[{names_seen[name]}]")
+                ok = False
+            else:
+                names_seen[name] = i
+        log = item.get("log", False)
+        if not isinstance(log, bool):
+            errs.add(f"{path}.log", f"{log!r} is not true or false")
+            ok = False
         if ok:
             # Rules that guard a common port in one direction must not share a priority:
             # which of them decides would be up to the switch.
@@ -707,7 +723,7 @@ def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Error
             prio_seen.setdefault((direction, prio), []).append((i, guarded))
         if ok:
             out.append(AclRule(i, prio, direction, guarded, action, None if proto == "any" else proto,
-                               src, dst, ranges["srcPorts"], ranges["dstPorts"]))
+                               src, dst, ranges["srcPorts"], ranges["dstPorts"], name or "", log))
     return out
 
 
@@ -776,5 +792,9 @@ def to_doc(t: Tenant) -> dict:
                 d["srcPorts"] = [_range_doc(r) for r in a.src_ports]
             if a.dst_ports:
                 d["dstPorts"] = [_range_doc(r) for r in a.dst_ports]
+            if a.name:
+                d["name"] = a.name
+            if a.log:
+                d["log"] = True
             spec["acls"].append(d)
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": t.name}, "spec": spec}

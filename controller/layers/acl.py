@@ -13,6 +13,12 @@ its zone sees every connection it takes part in. In each stage:
                        and leaves the ones it still allows alone)
   no rule matched      allowed: +new committed, +est passes
 
+A rule with `log: true` sends a copy of each connection attempt it decides to the
+controller (the first packet of an allowed connection; every packet it denies or lets
+through statelessly), through the tenant's log meter on that host: ACL_LOG_PPS lines a
+second per tenant and host, ACL_LOG_BURST at once. A copy over the rate is not sent;
+the packet's own fate is unchanged.
+
 Ports no ACL guards skip both stages without touching conntrack. IPv4 is tracked, and
 IPv6 in tenants that have it (a rule whose from/to name only networks of one version
 applies to that version; one with neither, to both; `icmp` means ICMPv6 for IPv6).
@@ -30,7 +36,7 @@ from __future__ import annotations
 import itertools
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-                                    IPPROTO_UDP, Ct, Match, ct_state)
+                                    IPPROTO_UDP, Ct, Log, Match, ct_state)
 from controller.layers.base import Layer, TableDecl
 from controller.registers import INPORT, LOGICAL_SWITCH, OUTPORT
 
@@ -42,6 +48,14 @@ PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
 PROTO6 = {**PROTO, "icmp": IPPROTO_ICMPV6}
 ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
 _L4_FIELDS = frozenset({"ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst"})
+ACL_LOG_METER_BASE = 1 << 25  # above every control-plane meter (CONTROL_METER_BASE + tenant id)
+ACL_LOG_PPS = 50  # log lines a second, per tenant and host
+ACL_LOG_BURST = 50
+
+
+def log_meter(tenant_id: int) -> Log:
+    """The copy to the controller of a logged rule's packet, through the tenant's log meter."""
+    return Log(ACL_LOG_METER_BASE + tenant_id, ACL_LOG_PPS, ACL_LOG_BURST)
 
 
 def range_masks(lo: int, hi: int, bits: int = 16) -> list[tuple[int, int]]:
@@ -117,20 +131,24 @@ class _AclStage(Layer):
                                       rule=f"port {name}: track in zone {zone}"))
             commit = (Ct(zone=zone, commit=True), out.goto("@next"))
             for rule in by_dir[self.direction]:
-                label = f"acl[{rule.index}] {rule.direction} {rule.action} (port {name})"
+                label = f"acl[{rule.index}]{' ' + rule.name if rule.name else ''} {rule.direction} " \
+                        f"{rule.action} (port {name})"
+                log = (log_meter(t.tenant_id),) if rule.log else ()
+                stat = (("acl", rule.index), ("aclPort", name))  # aclPort: whose packet a log line is
+                if rule.action == "deny":
+                    variants = [({}, log)]
+                    stat += (("port", name, "acl"),)
+                elif rule.action == "allow-stateless":
+                    variants = [({}, log + (out.goto("@next"),))]
+                else:
+                    variants = [(dict(new=True), log + commit),
+                                (dict(est=True, rpl=False), (out.goto("@next"),))]
+                prio = PRIO_RULE_BASE + rule.priority
                 for m in rule_matches(rule, versions):
-                    prio = PRIO_RULE_BASE + rule.priority
-                    if rule.action == "deny":
-                        variants = [({}, ())]
-                    elif rule.action == "allow-stateless":
-                        variants = [({}, (out.goto("@next"),))]
-                    else:
-                        variants = [(dict(new=True), commit),
-                                    (dict(est=True, rpl=False), (out.goto("@next"),))]
                     for flags, actions in variants:
                         cs = {"ct_state": ct_state(trk=True, **flags)} if flags else {}
                         out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
-                                              actions, rule=label))
+                                              actions, rule=label, stat=stat))
             for v in versions:
                 out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
                                       Match.of(**me, eth_type=ETH_TYPES[v],
@@ -140,7 +158,8 @@ class _AclStage(Layer):
             ip = {**LOGICAL_SWITCH.m(t.vni[sw]), "eth_type": ETH_TYPES[v]}
             out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
                                    Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
-                                   rule=f"switch {sw}: invalid connection state"))
+                                   rule=f"switch {sw}: invalid connection state",
+                                   stat=(("switch", sw, "invalid"),)))
             for flags in (dict(est=True, rpl=True), dict(rel=True)):
                 out.to(hosts, out.flow(self.rules_table, PRIO_REPLY,
                                        Match.of(**ip, ct_state=ct_state(trk=True, **flags)),

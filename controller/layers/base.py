@@ -105,11 +105,11 @@ class Emitter:
         return self.pipeline.resubmit[self.symbols.get(name, name)]
 
     def flow(self, table: str, priority: int, match: Match, actions: Iterable[Action] = (),
-             rule: str = "") -> Flow:
+             rule: str = "", stat: tuple = ()) -> Flow:
         if table not in self._own:
             raise PermissionError(f"layer {self.layer.name} does not own table {table}")
         t = self.pipeline.by_name[table]
-        f = Flow(t, priority, match, actions, self.layer.id, self.tenant_id, rule)
+        f = Flow(t, priority, match, actions, self.layer.id, self.tenant_id, rule, stat)
         t.check(f)
         if self.tenant_id and not any(it[0] in SCOPE_FIELDS for it in match.items):
             raise ScopeError(f"layer {self.layer.name}, table {table}: tenant flow {rule!r} pins no "

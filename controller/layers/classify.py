@@ -28,7 +28,7 @@ class Classify(Layer):
             out.to((p.host,), out.flow(
                 "classify", 100, Match.of(in_port=t.ofport[p.name]),
                 (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("port_security")),
-                rule=f"port {p.name}"))
+                rule=f"port {p.name}", stat=(("port", p.name, "sent"),)))
         for s in t.tenant.switches:
             hosts = t.members[s.name]
             if not hosts:

@@ -19,4 +19,5 @@ class Delivery(Layer):
             out.to((p.host,), out.flow(
                 "deliver", 100,
                 Match.of(**LOGICAL_SWITCH.m(t.vni[p.switch]), **OUTPORT.m(t.port_key[p.name])),
-                (Output(t.ofport[p.name]),), rule=f"port {p.name}"))
+                (Output(t.ofport[p.name]),), rule=f"port {p.name}",
+                stat=(("port", p.name, "received"),)))

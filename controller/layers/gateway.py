@@ -72,23 +72,26 @@ class Gateway(Layer):
             out.to(on_gw, out.flow(
                 "ext_in", 100, Match.of(**ext, eth_type=ETH_TYPE_IP, ipv4_dst=rip),
                 (LOGICAL_SWITCH.load(transit), Ct(zone=zone, nat=Nat(), table=out.table("ext_route"))),
-                rule=f"router {r.name}: replies to {rip} (SNAT)"))
+                rule=f"router {r.name}: replies to {rip} (SNAT)", stat=(("snatReplies", r.name),)))
             for n, p in fips:
                 out.to(on_gw, out.flow(
                     "ext_in", 100, Match.of(**ext, eth_type=ETH_TYPE_IP, ipv4_dst=str(n.external_ip)),
                     (LOGICAL_SWITCH.load(transit),
                      Ct(zone=zone, commit=True, nat=Nat("dst", str(p.ip)), table=out.table("ext_route"))),
-                    rule=f"floating IP {n.external_ip} -> {p.name} {p.ip}"))
+                    rule=f"floating IP {n.external_ip} -> {p.name} {p.ip}",
+                    stat=(("nat", tn.nat.index(n), "in"),)))
                 out.to(on_gw, out.flow(
                     "ext_snat", 200, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(p.ip)),
                     (Ct(zone=zone, commit=True, nat=Nat("src", str(n.external_ip)), table=out.table("ext_out")),),
-                    rule=f"floating IP: {p.name} {p.ip} leaves as {n.external_ip}"))
+                    rule=f"floating IP: {p.name} {p.ip} leaves as {n.external_ip}",
+                    stat=(("nat", tn.nat.index(n), "out"),)))
             for n in tn.nat:
                 if n.type == "snat" and n.router == r.name:
                     out.to(on_gw, out.flow(
                         "ext_snat", 100, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(n.cidr)),
                         (Ct(zone=zone, commit=True, nat=Nat("src", rip), table=out.table("ext_out")),),
-                        rule=f"router {r.name}: SNAT {n.cidr} as {rip}"))
+                        rule=f"router {r.name}: SNAT {n.cidr} as {rip}",
+                        stat=(("nat", tn.nat.index(n), "out"),)))
             out.to(on_gw, out.flow("ext_out", 100, Match.of(**here, ct_state=ct_state(trk=True, inv=False)),
                                    (SetField("eth_src", mac), SetField("eth_dst", next_hop_mac),
                                     Output(ext_port)),

@@ -62,7 +62,8 @@ class LbIngress(Layer):
                 out.to(where, out.flow(
                     "lb_dnat", 100, Match.of(**ls, **to_vip, ct_state=ct_state(trk=True, new=True)),
                     (Group(t.group[lb.name], buckets),),
-                    rule=f"lb {lb.name}: new connection -> one of {len(buckets)} backends"))
+                    rule=f"lb {lb.name}: new connection -> one of {len(buckets)} backends",
+                    stat=(("lb", lb.name),)))
         for s in tn.switches:
             ls = LOGICAL_SWITCH.m(t.vni[s.name])
             where = t.members[s.name]
@@ -112,4 +113,5 @@ class LbEgress(Layer):
                                  ip_proto=PROTO[lb.protocol], ipv4_src=key[1],
                                  **{f"{lb.protocol}_src": port}),
                         (Ct(zone=zone, nat=Nat(), table=out.table("@next")),),
-                        rule=f"lb: replies from backend {p}:{port} (to switch {s.name})"))
+                        rule=f"lb: replies from backend {p}:{port} (to switch {s.name})",
+                        stat=(("lbReply",) + key,)))

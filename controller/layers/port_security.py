@@ -15,6 +15,7 @@ from controller.registers import INPORT, LOGICAL_SWITCH
 
 DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68
 ND_RA = 134
+PRIO_PORT_DROP = 1
 
 
 class PortSecurity(Layer):
@@ -49,10 +50,17 @@ class PortSecurity(Layer):
                         Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
                         (out.goto("@next"),), rule=f"port {p.name} {mac} {src}" +
                         (" (ICMPv6 only: duplicate address detection, MLD)" if extra else "")))
+            dropped = (("port", p.name, "portSecurity"),)
             out.to((p.host,), out.flow(
                 "port_security", 110,
                 Match.of(**ls, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERVER_PORT),
-                (), rule=f"port {p.name} may not answer DHCP (UDP from port 67): drop"))
+                (), rule=f"port {p.name} may not answer DHCP (UDP from port 67): drop", stat=dropped))
+            # What else the port sends is not its own: dropped here, by a flow of the
+            # port's own so that `nvctl stats` counts its drops (the table's miss is
+            # shared by every port on the host).
+            out.to((p.host,), out.flow(
+                "port_security", PRIO_PORT_DROP, Match.of(**ls), (),
+                rule=f"port {p.name}: not its own address: drop", stat=dropped))
         for sw in t.tenant.switches:
             if sw.cidr6 is not None and t.members[sw.name]:
                 for kind, why in ((ND_NA, "neighbour advertisement"), (ND_RA, "router advertisement")):

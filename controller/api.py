@@ -55,6 +55,10 @@ def operations(core) -> dict:
         "trace": core.trace,
         "flows": core.flows,
         "verify": core.verify,
+        "stats": core.stats,
+        "drops": core.drops,
+        "logs": core.logs,
+        "metrics": core.metrics_text,
         "progress": core.changes.snapshot,  # read-only, never the core's lock: answers while a change runs
     }
 
@@ -139,6 +143,7 @@ class ApiServer:
                         "action": f"already applied ({what}; the request was retried after a failover)"}}
                 self.core.store.request_id.value = rid
                 LOG.info("%s %s: doing it", op, rid)
+        t0 = time.perf_counter()
         try:
             return {"ok": True, "result": fn(**args)}
         except self.api_error as e:
@@ -151,6 +156,9 @@ class ApiServer:
             LOG.exception("%s failed", op)
             return {"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}"}
         finally:
+            m = getattr(self.core, "metrics", None)
+            if m is not None:
+                m.api_seconds.labels(op).observe(time.perf_counter() - t0)
             if c is not None and getattr(self.core.store, "request_id", None) is not None:
                 self.core.store.request_id.value = None
 

@@ -29,6 +29,15 @@ def _api(args) -> str:
     return os.path.join(state_dir_from(args.state_dir), "nvctl.sock")
 
 
+def _observe(name: str):
+    """A command of controller.observe, run with the API socket found as for every command."""
+    def run(a):
+        from controller import observe
+        a.api_path = _api(a)
+        return getattr(observe, name)(a)
+    return run
+
+
 def _read_file(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
@@ -620,6 +629,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", action="store_true",
                    help="also run ofproto/trace on each host's OVS and compare (exit 2 if they disagree)")
     p.set_defaults(fn=cmd_trace)
+
+    p = sub.add_parser(
+        "stats", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="a tenant's traffic by intent: per port, ACL rule, load-balancer backend, NAT rule",
+        description=textwrap.dedent("""\
+            What really flowed, from the switches' own counters, attributed to the intent
+            that made each flow and summed over the tenant's hosts:
+              ports           sent, received; dropped by port security, by an ACL, by its
+                              rate limit (rateLimitMbps), by the flood limit (bumLimitPps)
+              acl rules       every packet the rule decided in its direction (the first
+                              packet of each connection and the rest of it)
+              load balancers  new connections per backend, and what came back from it
+              nat             packets translated per rule and direction
+            Counters keep counting across tenant changes (a flow changed in place keeps
+            its counts; a port's counts follow it when it migrates, as far as they were
+            read before it moved).
+            Examples:
+              nvctl stats blue
+              nvctl stats blue --watch        # refresh every second, rates per second
+              nvctl stats blue --json | jq '.acls[] | {name, packets}'"""))
+    p.add_argument("tenant")
+    p.add_argument("--watch", nargs="?", type=float, const=1.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 1) until Ctrl-C: in place on a terminal, "
+                        "one report per interval otherwise (--json: one JSON document per line)")
+    p.set_defaults(fn=_observe("cmd_stats"))
+
+    p = sub.add_parser(
+        "drops", parents=[common], help="what a tenant's traffic lost, by reason and rule",
+        description="Drops by reason (port security, ACL rule, rate limit, flood limit, invalid connection "
+                    "state), from the same counters as `nvctl stats`, with what dropped since the earliest "
+                    "reading within --window seconds, and the last denials of rules with log: true.")
+    p.add_argument("tenant")
+    p.add_argument("--window", type=float, default=60.0, help="what counts as recent, in seconds (default 60)")
+    p.set_defaults(fn=_observe("cmd_drops"))
+
+    p = sub.add_parser(
+        "logs", parents=[common], help="the connection attempts a tenant's logged ACL rules decided",
+        description="One line per connection attempt decided by an ACL rule with `log: true`: time, "
+                    "tenant, rule, direction and port, verdict, 5-tuple, host. Lines are sent to the "
+                    "controller through a meter of 50 a second (burst 50) per tenant and host: a flood "
+                    "costs the controller no more than that. Kept in memory (the last 10,000 per tenant) "
+                    "and in STATE_DIR/acl.log as JSON lines.")
+    p.add_argument("tenant")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")
+    p.add_argument("--last", type=int, default=100, help="how many of the latest lines first (default 100)")
+    p.set_defaults(fn=_observe("cmd_logs"))
 
     sub.add_parser("hosts", help="registered hosts and their OpenFlow state",
                    parents=[common]).set_defaults(fn=cmd_hosts)

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from dataplane.match_action import Flow, cookie_layer, cookie_tenant
+from dataplane.match_action import COOKIE_TENANT_MAX, COOKIE_TENANT_SHIFT, Flow, cookie_layer, cookie_tenant
 from topology import schema
 from topology.model import Tenant
 from controller.allocator import Allocation, InUse, allocate, provider_addresses
@@ -37,6 +37,9 @@ from controller.desired import DesiredState
 from controller.pipeline import LAYER_BY_ID
 from controller.progress import Changes
 from controller.punt import Punt
+from controller import stats as stats_mod
+from controller.acl_log import AclLog
+from controller.metrics import Metrics
 from controller import reconciler
 from controller.reconciler import HostState
 from controller.store import HostRecord, Store
@@ -49,6 +52,7 @@ LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
 RECONCILE_WORKERS = 16  # hosts reconciled at once
 HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
+STATS_KEEP_SECONDS = 600.0  # readings kept for `nvctl drops` (what dropped recently)
 
 
 def freeze_heap() -> None:
@@ -94,6 +98,12 @@ class Core:
         self.holds: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, switch) -> {ip: until}
         self.cluster = None  # controller.cluster.Member in a cluster: then only its leader writes
         self.plugging = False  # ensure_workloads is running in the background
+        self.book = stats_mod.Book()  # counts of flows gone from the switches (controller.stats)
+        self.samples: dict[str, list] = {}  # tenant -> [(time, stats report)], the last STATS_KEEP_SECONDS
+        self.acl_log = AclLog()  # main sets its file
+        self._log_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}) of logged rules
+        self.verified: dict = {}  # tenant ("" for all) -> (time, ok, violations): the last verify
+        self.metrics = Metrics(self)
         self.changes = Changes()  # each create/apply's phase and counts, for the `progress` op (no mutex)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
@@ -326,8 +336,13 @@ class Core:
         st = self.state.get(host)
         if st is None or not self.leading():
             return None
+        t0 = time.perf_counter()
         with st.lock:
-            return reconciler.reconcile(st, self.desired.get(host, {}), delta)
+            n = reconciler.reconcile(st, self.desired.get(host, {}), delta)
+        if n is not None:
+            self.metrics.reconcile_seconds.labels(host).observe(time.perf_counter() - t0)
+            self.metrics.flow_mods.labels(host).inc(n)
+        return n
 
     def reconcile_many(self, hosts, old: dict | None = None, new: dict | None = None,
                        change=None) -> dict[str, int | None]:
@@ -586,12 +601,20 @@ class Core:
             self.tenants[name] = new
             self.used.add(new.tenant, new.alloc)
         self.punt.update(name, new.tenant if new else None, new.alloc if new else None)
+        if new is None:  # a tenant made again under this name starts from zero
+            self.book.forget(name)
+            self.samples.pop(name, None)
+            self.acl_log.forget(name)
 
-    def packet_in(self, session, table: str, regs: dict, in_port: int, data: bytes) -> None:
-        """A packet the pipeline sent us (DHCP, DNS, too big): answer it on that switch.
-        Runs in the OpenFlow app's thread: no lock, no I/O but the answer."""
+    def packet_in(self, session, table: str, regs: dict, in_port: int, data: bytes, cookie: int = 0) -> None:
+        """A packet the pipeline sent us (DHCP, DNS, too big): answer it on that switch;
+        or a logged ACL rule's copy: log it. Runs in the OpenFlow app's thread: no lock,
+        no I/O but the answer."""
         host = self.host_of_dpid(session.dpid)
         if host is None or not self.leading():
+            return
+        if table in ("acl_in", "acl_out"):
+            self._log_acl(host, cookie, data)
             return
         for port, frame in self.punt.handle(host, table, regs, in_port, data):
             session.packet_out(port, frame)
@@ -1090,7 +1113,134 @@ class Core:
         if host is not None and host not in self.hosts:
             raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
         from controller import installed
-        return installed.verify(self, tenant, host)
+        r = installed.verify(self, tenant, host)
+        if host is None:
+            self.verified[tenant or ""] = (time.time(), bool(r.get("ok")), len(r.get("violations") or ()))
+        return r
+
+    # ------------------------------------------------------------------------------
+    # counters, drops and ACL logs (controller.stats, controller.acl_log)
+    # ------------------------------------------------------------------------------
+    def _read_counters(self, entries: dict) -> dict:
+        """{tenant: ({host: stats.Reading}, {host: why not read})} for the tenants in
+        `entries` ({name: TenantEntry}): their flows' counters, the meters, the groups.
+        For one tenant only its cookies cross the wire; for several, each host's whole
+        flow table is read once and split by the cookies' tenant bits."""
+        mask = COOKIE_TENANT_MAX << COOKIE_TENANT_SHIFT
+        one_tid = next(iter(entries.values())).alloc.tenant_id if len(entries) == 1 else None
+        want_groups = any(e.tenant.load_balancers for e in entries.values())
+        hosts = sorted(set().union(*(e.flows for e in entries.values())) & set(self.hosts)) if entries else []
+        got, failed = {}, {}
+
+        def one(h):
+            st = self.state.get(h)
+            s = st.session if st is not None else None
+            if s is None:
+                failed[h] = "not connected"
+                return
+            try:
+                fl = s.flow_counts(one_tid << COOKIE_TENANT_SHIFT, mask) if one_tid is not None else s.flow_counts()
+                got[h] = (fl, s.meter_counts(), s.group_counts() if want_groups else {})
+            except Exception as ex:  # noqa: BLE001 - one host's answer missing is reported, not fatal
+                failed[h] = str(ex)
+        if len(hosts) == 1:
+            one(hosts[0])
+        elif hosts:
+            list(self._reconcilers.map(one, hosts))
+        split: dict = {}  # host -> tenant id -> its counts
+        if one_tid is None:
+            for h, (fl, _m, _g) in got.items():
+                by = split[h] = {}
+                for c in fl:
+                    tid = (c[0] >> COOKIE_TENANT_SHIFT) & COOKIE_TENANT_MAX
+                    lst = by.get(tid)
+                    if lst is None:
+                        lst = by[tid] = []
+                    lst.append(c)
+        out = {}
+        for name, e in entries.items():
+            tid = e.alloc.tenant_id
+            readings, errors = {}, {}
+            for h in e.flows:
+                if h in failed:
+                    errors[h] = failed[h]
+                elif h in got:
+                    fl, meters, groups = got[h]
+                    readings[h] = stats_mod.Reading(fl if one_tid is not None else split[h].get(tid, []),
+                                                    meters, groups)
+            out[name] = (readings, errors)
+        return out
+
+    def _report(self, name: str, e: TenantEntry, readings: dict, errors: dict) -> dict:
+        rep = stats_mod.report(e.tenant, e.alloc, e.flows, readings, self.book, errors)
+        keep = self.samples.setdefault(name, [])
+        keep.append((rep["time"], rep))
+        while keep and keep[0][0] < rep["time"] - STATS_KEEP_SECONDS:
+            keep.pop(0)
+        return rep
+
+    def stats(self, tenant: str) -> dict:
+        """`nvctl stats`: the tenant's counters by intent, summed over its hosts."""
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        readings, errors = self._read_counters({tenant: e})[tenant]
+        return self._report(tenant, e, readings, errors)
+
+    def stats_all(self) -> dict:
+        """Every tenant's `stats` report, from one read of each host."""
+        entries = dict(self.tenants)
+        if not entries:
+            return {}
+        return {n: self._report(n, entries[n], *r) for n, r in self._read_counters(entries).items()}
+
+    def metrics_text(self) -> dict:
+        """The Prometheus exposition text (controller.metrics)."""
+        return {"text": self.metrics.text()}
+
+    def drops(self, tenant: str, window: float = 60.0) -> dict:
+        """`nvctl drops`: the tenant's drops by reason and rule, with what dropped since
+        the earliest reading within `window` seconds (taken by stats, drops, metrics or
+        the web view), and the last denials its logged rules wrote."""
+        before = None
+        now = time.time()
+        for t, rep in self.samples.get(tenant, ()):
+            if t >= now - window:
+                before = (t, rep)
+                break
+        rep = self.stats(tenant)
+        rows = stats_mod.drops(rep, before[1] if before else None)
+        denied = [x for x in self.acl_log.since(tenant, 0, 0) if x["verdict"] == "deny"][-10:]
+        return {"tenant": tenant, "time": rep["time"], "since": before[0] if before else None,
+                "drops": rows, "logged": denied, "unread": rep["unread"]}
+
+    def logs(self, tenant: str, after: int = 0, limit: int = 1000) -> dict:
+        """`nvctl logs`: what the tenant's logged ACL rules wrote, after sequence `after`."""
+        if tenant not in self.tenants:
+            raise ApiError(f"no tenant {tenant!r}")
+        got = self.acl_log.since(tenant, after, limit)
+        return {"tenant": tenant, "entries": got, "last": got[-1]["seq"] if got else after,
+                "logged": [r.label for r in self.tenants[tenant].tenant.acls if r.log]}
+
+    def _log_acl(self, host: str, cookie: int, data: bytes) -> None:
+        tid = cookie_tenant(cookie)
+        name = next((n for n, e in self.tenants.items() if e.alloc.tenant_id == tid), None)
+        if name is None:
+            return
+        e = self.tenants[name]
+        flows = e.flows.get(host, ())
+        cached = self._log_index.get((tid, host))
+        if cached is None or cached[0] is not flows:
+            cached = (flows, {f.cookie: f for f in flows if any(t[0] == "aclPort" for t in f.stat)})
+            self._log_index[(tid, host)] = cached
+        f = cached[1].get(cookie)
+        if f is None:
+            return
+        index = next(t[1] for t in f.stat if t[0] == "acl")
+        port = next(t[1] for t in f.stat if t[0] == "aclPort")
+        rule = next((r for r in e.tenant.acls if r.index == index), None)
+        if rule is not None:
+            self.acl_log.add(name, host, rule, port, data)
 
     def port_info(self, tenant: str, port: str) -> dict:
         e, p = self._port(tenant, port)

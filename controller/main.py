@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         core.cluster = member
     else:
         ap.error(f"--store {a.store!r}: sqlite or etcd://HOST:PORT[,HOST:PORT...]")
+    core.acl_log.path = os.path.join(a.state_dir, "acl.log")  # logged ACL rules' lines, as JSON lines
     freeze_heap()
 
     mgr = AppManager.get_instance()

@@ -113,6 +113,37 @@ class Session:
                 out.append(ofcodec.flow_from_stats(st, PIPELINE))
         return out
 
+    def flow_counts(self, cookie: int = 0, cookie_mask: int = 0) -> list[tuple[int, int, int]]:
+        """(cookie, packets, bytes) of every flow whose cookie matches `cookie` under
+        `cookie_mask` (a tenant's bits: only its flows cross the wire)."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                         cookie, cookie_mask, parser.OFPMatch())
+        w = _Waiter()
+        xid = self._send(req, w)
+        return [(st.cookie, st.packet_count, st.byte_count)
+                for reply in self._wait(w, [xid], "flow stats") for st in reply.body]
+
+    def meter_counts(self) -> dict[int, tuple[int, int]]:
+        """meter id -> (packets, bytes) its drop band dropped, for every meter."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        w = _Waiter()
+        xid = self._send(parser.OFPMeterStatsRequest(self.dp, 0, ofp.OFPM_ALL), w)
+        out = {}
+        for reply in self._wait(w, [xid], "meter stats"):
+            for m in reply.body:
+                bands = m.band_stats or []
+                out[m.meter_id] = (sum(b.packet_band_count for b in bands), sum(b.byte_band_count for b in bands))
+        return out
+
+    def group_counts(self) -> dict[int, list[tuple[int, int]]]:
+        """group id -> [(packets, bytes)] per bucket, for every group."""
+        ofp, parser = self.dp.ofproto, self.dp.ofproto_parser
+        w = _Waiter()
+        xid = self._send(parser.OFPGroupStatsRequest(self.dp, 0, ofp.OFPG_ALL), w)
+        return {g.group_id: [(b.packet_count, b.byte_count) for b in g.bucket_stats]
+                for reply in self._wait(w, [xid], "group stats") for g in reply.body}
+
     def push(self, delete: list[Flow], add: list[Flow]) -> int:
         """Delete flows strictly by identity (table, priority, match), then ADD flows
         (replacing any with the same identity, counters kept), in one atomic ordered
@@ -330,7 +361,8 @@ class NvApp(app_manager.OSKenApp):
         return s if s is not None and s.dp is msg.datapath else None
 
     @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply,
-                 ofp_event.EventOFPGroupDescStatsReply], MAIN_DISPATCHER)
+                 ofp_event.EventOFPGroupDescStatsReply, ofp_event.EventOFPMeterStatsReply,
+                 ofp_event.EventOFPGroupStatsReply], MAIN_DISPATCHER)
     def _multipart_reply(self, ev):
         s = self._session(ev.msg)
         if s:
@@ -358,7 +390,7 @@ class NvApp(app_manager.OSKenApp):
         m = msg.match
         regs = {k: m[k] for k in ("reg13", "reg14") if k in m}
         try:
-            self.core.packet_in(s, table.name, regs, m.get("in_port", 0), bytes(msg.data))
+            self.core.packet_in(s, table.name, regs, m.get("in_port", 0), bytes(msg.data), msg.cookie)
         except Exception:  # one bad packet must not stop the app's event loop
             LOG.exception("packet-in from %016x (table %s)", msg.datapath.id, table.name)
 

@@ -1,0 +1,110 @@
+"""ACL logging: one structured line per connection attempt a logged rule decides.
+
+A rule with `log: true` sends a copy of the packet to the controller (see
+`controller.layers.acl`, metered per tenant and host). The packet-in's cookie names
+the flow, the flow its rule and port; the frame gives the 5-tuple. Lines are kept in
+memory per tenant (the last LOG_KEEP) for `nvctl logs`, and appended as JSON lines to
+a file when the controller has one (STATE_DIR/acl.log).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import struct
+import threading
+import time
+from collections import deque
+
+from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
+
+LOG_KEEP = 10_000  # lines kept per tenant
+PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp", IPPROTO_ICMPV6: "icmp6"}
+
+
+def five_tuple(frame: bytes) -> dict | None:
+    """{"proto", "src", "dst", "sport", "dport"} of an Ethernet frame (IPv4 or IPv6,
+    one VLAN tag at most); ICMP gives its type and code as sport/dport. None if the
+    frame is not IP."""
+    if len(frame) < 14:
+        return None
+    (et,) = struct.unpack_from("!H", frame, 12)
+    off = 14
+    if et == 0x8100 and len(frame) >= 18:
+        (et,) = struct.unpack_from("!H", frame, 16)
+        off = 18
+    if et == ETH_TYPE_IP and len(frame) >= off + 20:
+        ihl = (frame[off] & 0x0F) * 4
+        proto = frame[off + 9]
+        src, dst = ipaddress.IPv4Address(frame[off + 12:off + 16]), ipaddress.IPv4Address(frame[off + 16:off + 20])
+        l4 = off + ihl
+    elif et == ETH_TYPE_IPV6 and len(frame) >= off + 40:
+        proto = frame[off + 6]
+        src, dst = ipaddress.IPv6Address(frame[off + 8:off + 24]), ipaddress.IPv6Address(frame[off + 24:off + 40])
+        l4 = off + 40
+    else:
+        return None
+    sport = dport = None
+    if proto in (IPPROTO_TCP, IPPROTO_UDP) and len(frame) >= l4 + 4:
+        sport, dport = struct.unpack_from("!HH", frame, l4)
+    elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and len(frame) >= l4 + 2:
+        sport, dport = frame[l4], frame[l4 + 1]  # type, code
+    return {"proto": PROTO_NAMES.get(proto, str(proto)), "src": str(src), "dst": str(dst),
+            "sport": sport, "dport": dport}
+
+
+def line(e: dict) -> str:
+    """One log entry as a person reads it."""
+    t = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
+    if e["proto"] in ("icmp", "icmp6"):
+        flow = f"{e['proto']} {e['src']} -> {e['dst']} type {e['sport']} code {e['dport']}"
+    elif e["sport"] is None:
+        flow = f"{e['proto']} {e['src']} -> {e['dst']}"
+    else:
+        flow = f"{e['proto']} {e['src']}:{e['sport']} -> {e['dst']}:{e['dport']}"
+    return (f"{t} {e['tenant']} {e['rule']} ({e['direction']}, port {e['port']}) {e['verdict'].upper():5} "
+            f"{flow} on {e['host']}")
+
+
+class AclLog:
+    def __init__(self, path: str | None = None, clock=time.time, keep: int = LOG_KEEP):
+        self.path = path
+        self.clock = clock
+        self.keep = keep
+        self._lines: dict[str, deque] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self.written: dict[str, int] = {}  # tenant -> lines logged since start (a metric)
+
+    def add(self, tenant: str, host: str, rule, port: str, frame: bytes) -> dict | None:
+        """Log one packet of `rule` (an AclRule) from or to `port`. None if not IP."""
+        ft = five_tuple(frame)
+        if ft is None:
+            return None
+        verdict = "deny" if rule.action == "deny" else "allow"
+        with self._lock:
+            self._seq += 1
+            e = {"seq": self._seq, "time": self.clock(), "tenant": tenant, "host": host,
+                 "index": rule.index, "rule": rule.label, "direction": rule.direction, "port": port,
+                 "verdict": verdict, **ft}
+            q = self._lines.get(tenant)
+            if q is None:
+                q = self._lines[tenant] = deque(maxlen=self.keep)
+            q.append(e)
+            self.written[tenant] = self.written.get(tenant, 0) + 1
+            if self.path:
+                try:
+                    with open(self.path, "a") as f:
+                        f.write(json.dumps(e, sort_keys=True) + "\n")
+                except OSError:
+                    pass  # the in-memory log still has it
+        return e
+
+    def since(self, tenant: str, after: int = 0, limit: int = 1000) -> list[dict]:
+        """The tenant's entries with seq > after, oldest first, at most `limit` (the newest)."""
+        with self._lock:
+            got = [e for e in self._lines.get(tenant, ()) if e["seq"] > after]
+        return got[-limit:] if limit else got
+
+    def forget(self, tenant: str) -> None:
+        with self._lock:
+            self._lines.pop(tenant, None)

@@ -1,0 +1,212 @@
+"""Counters by intent: what each port, ACL rule, load-balancer backend and NAT rule of a
+tenant has seen, from the switches' own counters.
+
+Every flow the compiler makes carries `stat` tags saying what its packets count as
+(`("port", "vm1", "sent")`, `("acl", 3)`, ...). A switch reports per-flow packet and
+byte counts by cookie; the cookie finds the compiled flow, the flow its tags. Meters
+give the drops by rate limit and by the flood (BUM) limit, a load balancer's select
+group its connections per backend (bucket). Everything is summed over the tenant's
+hosts. One flow counts towards every tag it carries: a denied packet counts for its
+rule and as an ACL drop of its port.
+
+What counts where:
+  port sent         packets the workload sent into br-int (classify)
+  port received     packets delivered to it by the pipeline (ARP and ND answered by
+                    the platform on its behalf are not)
+  dropped           portSecurity: not its own MAC/IP, or a DHCP answer from it;
+                    acl: a deny rule guarding it (either direction); rateLimit and
+                    bum: over its meter's rate (the meter's drop band)
+  acl rule          every packet the rule decided in its direction: the first packet
+                    of each connection and the rest of it (replies pass by the
+                    switch's "reply of an allowed connection" flow, not the rule)
+  lb backend        connections: new connections sent to it (its bucket);
+                    replyPackets/Bytes: what came back from it through the VIP
+  nat               packets translated, per rule and direction
+
+Counters survive reconcile: a flow modified in place (same table, priority and match)
+keeps its counts on the switch. A flow that goes away (a port migrated, a rule removed)
+takes its counts with it on the switch; `Book` keeps the last counts it read of such a
+flow, so totals only go down when a switch restarted or nobody read the counters between
+a flow's last packets and its removal.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from controller.layers.qos import BUM_METER_BASE
+
+PORT_DROP_REASONS = ("portSecurity", "acl", "rateLimit", "bum")
+
+
+@dataclass
+class Reading:
+    """What one host's switch said, for one tenant."""
+    flows: list  # [(cookie, packets, bytes)]
+    meters: dict = field(default_factory=dict)  # meter id -> (band packets, band bytes)
+    groups: dict = field(default_factory=dict)  # group id -> [(packets, bytes) per bucket]
+
+
+def _pb() -> list:
+    return [0, 0]
+
+
+def tag_counts(flows_by_host: dict, readings: dict) -> tuple[dict, dict]:
+    """({tag: [packets, bytes]}, {(host, cookie): (flow, packets, bytes)}) from the
+    tenant's compiled flows per host ({host: [Flow]}) and each host's Reading."""
+    counts: dict = defaultdict(_pb)
+    seen: dict = {}
+    for host, r in readings.items():
+        by_cookie = {f.cookie: f for f in flows_by_host.get(host, ())}
+        for cookie, pkts, nbytes in r.flows:
+            f = by_cookie.get(cookie)
+            if f is None:
+                continue  # not ours (any more): the reconciler will remove it
+            seen[(host, cookie)] = (f, pkts, nbytes)
+            for tag in f.stat:
+                c = counts[tag]
+                c[0] += pkts
+                c[1] += nbytes
+    return counts, seen
+
+
+class Book:
+    """Keeps, per tenant, the counts of flows that left the switches (see above)."""
+
+    def __init__(self):
+        self._last: dict = {}  # tenant -> {(host, cookie): (flow, packets, bytes)}
+        self._retired: dict = {}  # tenant -> {tag: [packets, bytes]}
+
+    def forget(self, tenant: str) -> None:
+        self._last.pop(tenant, None)
+        self._retired.pop(tenant, None)
+
+    def settle(self, tenant: str, flows_by_host: dict, readings: dict, counts: dict, seen: dict) -> dict:
+        """Add to `counts` what flows no longer on a switch had counted when last read.
+        A flow whose identity is still wanted on its host was modified in place: its
+        counts carry on under its new cookie and are not retired."""
+        retired = self._retired.setdefault(tenant, defaultdict(_pb))
+        last = self._last.get(tenant, {})
+        identities = {}
+        for (host, cookie), (f, pkts, nbytes) in last.items():
+            if (host not in readings and host in flows_by_host) or (host, cookie) in seen:
+                continue  # not read this time, or still there (a host it left has none of its flows)
+            ids = identities.get(host)
+            if ids is None:
+                ids = identities[host] = {g.identity for g in flows_by_host.get(host, ())}
+            if f.identity in ids:
+                continue
+            for tag in f.stat:
+                c = retired[tag]
+                c[0] += pkts
+                c[1] += nbytes
+        # flows of hosts not read this time keep their last counts for next time
+        self._last[tenant] = {**{k: v for k, v in last.items() if k[0] not in readings and k[0] in flows_by_host
+                                 and k not in seen}, **seen}
+        for tag, (p, b) in retired.items():
+            c = counts[tag]
+            c[0] += p
+            c[1] += b
+        return counts
+
+
+def _pair(c) -> dict:
+    return {"packets": c[0], "bytes": c[1]}
+
+
+def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None = None,
+           errors: dict | None = None, clock=time.time) -> dict:
+    """The `nvctl stats --json` document for one tenant."""
+    counts, seen = tag_counts(flows_by_host, readings)
+    if book is not None:
+        book.settle(tenant.name, flows_by_host, readings, counts, seen)
+    get = counts.get
+    zero = (0, 0)
+    meters = {h: r.meters for h, r in readings.items()}
+    ports = []
+    for p in tenant.ports:
+        ofport = alloc.ofport.get(p.name)
+        on = meters.get(p.host, {})
+        dropped = {"portSecurity": _pair(get(("port", p.name, "portSecurity"), zero)),
+                   "acl": _pair(get(("port", p.name, "acl"), zero)),
+                   "rateLimit": _pair(on.get(ofport, zero) if p.rate_limit_mbps is not None else zero),
+                   "bum": _pair(on.get(BUM_METER_BASE + ofport, zero) if ofport is not None else zero)}
+        ports.append({"name": p.name, "host": p.host, "switch": p.switch, "ip": str(p.ip),
+                      "sent": _pair(get(("port", p.name, "sent"), zero)),
+                      "received": _pair(get(("port", p.name, "received"), zero)),
+                      "dropped": dropped})
+    acls = [{"index": a.index, "name": a.label, "direction": a.direction, "action": a.action,
+             "priority": a.priority, "log": a.log, **_pair(get(("acl", a.index), zero))}
+            for a in tenant.acls]
+    lbs = []
+    for lb in tenant.load_balancers:
+        gid = alloc.group.get(lb.name)
+        buckets = [[0, 0] for _ in lb.backends]
+        for r in readings.values():
+            for i, (bp, _bb) in enumerate(r.groups.get(gid, ())[:len(buckets)]):
+                buckets[i][0] += bp
+        backends = []
+        for (pname, port), b in zip(lb.backends, buckets):
+            ip = str(tenant.port(pname).ip)
+            reply = get(("lbReply", lb.protocol, ip, port), zero)
+            backends.append({"name": pname, "ip": ip, "port": port, "connections": b[0],
+                             "replyPackets": reply[0], "replyBytes": reply[1]})
+        lbs.append({"name": lb.name, "vip": str(lb.vip), "port": lb.port, "protocol": lb.protocol,
+                    "connections": _pair(get(("lb", lb.name), zero))["packets"], "backends": backends})
+    nat = []
+    for i, n in enumerate(tenant.nat):
+        if n.type == "snat":
+            nat.append({"index": i, "kind": "snat", "name": str(n.cidr), "router": n.router,
+                        "externalIp": str(tenant.router(n.router).external_ip), "direction": "out",
+                        **_pair(get(("nat", i, "out"), zero))})
+        else:
+            for d in ("out", "in"):
+                nat.append({"index": i, "kind": "floating-ip", "name": n.port, "router": n.router,
+                            "externalIp": str(n.external_ip), "direction": d,
+                            **_pair(get(("nat", i, d), zero))})
+    for r in tenant.routers:
+        if r.external_ip is not None and any(n.type == "snat" and n.router == r.name for n in tenant.nat):
+            nat.append({"index": None, "kind": "snat", "name": f"replies to {r.external_ip}", "router": r.name,
+                        "externalIp": str(r.external_ip), "direction": "in",
+                        **_pair(get(("snatReplies", r.name), zero))})
+    switches = [{"name": s.name, "invalid": _pair(get(("switch", s.name, "invalid"), zero))}
+                for s in tenant.switches]
+    return {"tenant": tenant.name, "time": clock(), "hosts": sorted(readings),
+            "unread": dict(sorted((errors or {}).items())),
+            "ports": ports, "acls": acls, "loadBalancers": lbs, "nat": nat, "switches": switches}
+
+
+def drops(rep: dict, before: dict | None = None) -> list[dict]:
+    """Every non-zero drop of a stats report by reason and rule, largest first; with
+    `before` (an earlier report of the same tenant), also what dropped since then."""
+    def rows(r):
+        out = {}
+        for p in r["ports"]:
+            for reason, c in p["dropped"].items():
+                if reason == "acl":
+                    continue  # by rule, below
+                out[("port", p["name"], reason)] = c["packets"]
+        for a in r["acls"]:
+            if a["action"] == "deny":
+                out[("acl", a["name"], "acl")] = a["packets"]
+        for s in r.get("switches", ()):
+            out[("switch", s["name"], "invalid")] = s["invalid"]["packets"]
+        return out
+    now = rows(rep)
+    then = rows(before) if before else None
+    where = {p["name"]: p["host"] for p in rep["ports"]}
+    out = []
+    for (kind, name, reason), n in now.items():
+        if not n:
+            continue
+        row = {"reason": {"portSecurity": "port security", "rateLimit": "rate limit", "bum": "flood (BUM) limit",
+                          "acl": "acl", "invalid": "invalid connection state"}[reason],
+               "kind": kind, "name": name, "packets": n}
+        if kind == "port":
+            row["host"] = where.get(name, "")
+        if then is not None:
+            row["recent"] = n - then.get((kind, name, reason), 0)
+        out.append(row)
+    out.sort(key=lambda r: (-r.get("recent", 0), -r["packets"], r["reason"], r["name"]))
+    return out

@@ -4,7 +4,9 @@ Writes DIR/results.json and one PNG per benchmark (BENCHMARKS.md shows them, wit
 machine and how to reproduce). Every figure comes with a baseline measured in the same
 run. `--only compile,change,memory,install,migration,versus,verify,flood,mtu,dhcp` picks some;
 `versus` is nvctl against OVN on the same lab hosts, plus the two-flow pipeline and veth
-floors; `verify` is `nvctl verify`'s proof at the compile benchmark's size; `flood` is a
+floors; `verify` is `nvctl verify`'s proof at the compile benchmark's size; `observe` is what
+the counters cost (a refresh in memory at the compile size, the controller's CPU at a
+1 s refresh of a lab); `flood` is a
 tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM limit;
 `mtu` is TCP across hosts on a 1500-byte underlay against a 1600-byte one; `dhcp` is
 DHCP answered by the controller (one port against the per-tenant control meter, the
@@ -24,7 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp", "cni",
-       "cluster")
+       "cluster", "observe")
 
 
 def machine() -> dict:
@@ -243,6 +245,13 @@ def _main(argv, rep) -> int:
                           "failover": cluster.failover(kills=2 if a.quick else 10),
                           "restart": cluster.restart(hosts=3 if a.quick else 10, ports=60 if a.quick else 1000)}
         print(cluster.report(res["cluster"]), flush=True)
+    if "observe" in only:
+        suites.next("observe")
+        from bench import observe
+        res["observe"] = {"refresh": observe.refresh(*big, reps=3 if a.quick else 5),
+                          "cpu": _on_fresh_lab(lambda lab: observe.cpu_share(lab, seconds=5 if a.quick else 15,
+                                                                             reps=1 if a.quick else 3))}
+        print(observe.report(res["observe"]), flush=True)
     suites.next(None)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")

@@ -99,6 +99,8 @@ def refresh(tenants: int = 1000, host_count: int = 100, reps: int = 5, log=print
         for name, (t, a) in world.items():
             store.put_tenant(name, schema.to_doc(t), a.to_json(), None)
         core = Core(store)
+        from controller.core import freeze_heap
+        freeze_heap()  # as the controller process does once it has loaded its state
         switches = {name: CountingSwitch(rec.dpid) for name, rec in core.hosts.items()}
         for sw in switches.values():
             core.switch_connected(sw)

@@ -102,6 +102,7 @@ class Core:
         self.samples: dict[str, list] = {}  # tenant -> [(time, stats report)], the last STATS_KEEP_SECONDS
         self.acl_log = AclLog()  # main sets its file
         self._log_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}) of logged rules
+        self._cookie_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}), for stats
         self.verified: dict = {}  # tenant ("" for all) -> (time, ok, violations): the last verify
         self.metrics = Metrics(self)
         self.changes = Changes()  # each create/apply's phase and counts, for the `progress` op (no mutex)
@@ -1171,8 +1172,18 @@ class Core:
             out[name] = (readings, errors)
         return out
 
+    def _cookies(self, e: TenantEntry, host: str) -> dict:
+        """{cookie: Flow} of a tenant's flows on a host, kept until they are recompiled."""
+        flows = e.flows.get(host, ())
+        key = (e.alloc.tenant_id, host)
+        got = self._cookie_index.get(key)
+        if got is None or got[0] is not flows:
+            got = self._cookie_index[key] = (flows, {f.cookie: f for f in flows})
+        return got[1]
+
     def _report(self, name: str, e: TenantEntry, readings: dict, errors: dict) -> dict:
-        rep = stats_mod.report(e.tenant, e.alloc, e.flows, readings, self.book, errors)
+        rep = stats_mod.report(e.tenant, e.alloc, e.flows, readings, self.book, errors,
+                               cookies=lambda h: self._cookies(e, h))
         keep = self.samples.setdefault(name, [])
         keep.append((rep["time"], rep))
         while keep and keep[0][0] < rep["time"] - STATS_KEEP_SECONDS:

@@ -52,13 +52,14 @@ def _pb() -> list:
     return [0, 0]
 
 
-def tag_counts(flows_by_host: dict, readings: dict) -> tuple[dict, dict]:
+def tag_counts(flows_by_host: dict, readings: dict, cookies=None) -> tuple[dict, dict]:
     """({tag: [packets, bytes]}, {(host, cookie): (flow, packets, bytes)}) from the
-    tenant's compiled flows per host ({host: [Flow]}) and each host's Reading."""
+    tenant's compiled flows per host ({host: [Flow]}) and each host's Reading.
+    `cookies(host)`, if given, returns {cookie: Flow} of those flows (a cached index)."""
     counts: dict = defaultdict(_pb)
     seen: dict = {}
     for host, r in readings.items():
-        by_cookie = {f.cookie: f for f in flows_by_host.get(host, ())}
+        by_cookie = cookies(host) if cookies else {f.cookie: f for f in flows_by_host.get(host, ())}
         for cookie, pkts, nbytes in r.flows:
             f = by_cookie.get(cookie)
             if f is None:
@@ -116,9 +117,9 @@ def _pair(c) -> dict:
 
 
 def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None = None,
-           errors: dict | None = None, clock=time.time) -> dict:
+           errors: dict | None = None, clock=time.time, cookies=None) -> dict:
     """The `nvctl stats --json` document for one tenant."""
-    counts, seen = tag_counts(flows_by_host, readings)
+    counts, seen = tag_counts(flows_by_host, readings, cookies)
     if book is not None:
         book.settle(tenant.name, flows_by_host, readings, counts, seen)
     get = counts.get

@@ -1,5 +1,6 @@
 """Load balancer on real OVS: select groups + conntrack DNAT."""
 import os
+import time
 from collections import Counter
 
 import pytest
@@ -28,12 +29,29 @@ def shop(lab):
             s.stop()
 
 
+def _backends(lab):
+    from controller.api import call
+    (lb,) = call(lab.api_path, "stats", tenant="shop")["loadBalancers"]
+    return {b["name"]: (b["connections"], b["replyPackets"]) for b in lb["backends"]}
+
+
 def test_thirty_connections_reach_every_backend(lab, shop):
+    before = _backends(lab)
     names = tcp_whois(shop["web1"]["namespace"], "10.0.0.100", 80, count=30)
     hits = Counter(names)
     print(f"\n30 connections to the VIP: {dict(hits)}")
     assert None not in hits, names
     assert set(hits) == {"web2", "db1", "db2"}, hits
+    # nvctl stats counts them per backend, from the select group's bucket counters
+    deadline = time.monotonic() + 8
+    while True:
+        now = _backends(lab)
+        got = {b: now[b][0] - before[b][0] for b in now}
+        if sum(got.values()) >= 30 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert got == dict(hits), (got, hits)
+    assert all(now[b][1] > before[b][1] for b in hits), (before, now)  # replies came back through the VIP
 
 
 def test_after_removing_a_backend_new_connections_never_reach_it(lab, shop):

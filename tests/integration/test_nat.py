@@ -35,6 +35,7 @@ def test_snat_the_outside_host_sees_the_router_address(lab, shop):
     from scapy.layers.inet import ICMP, IP
     web = shop["web2"]  # not on the gateway host: crosses to hv1 first
     assert web["host"] != "hv1"
+    before = _quiet(lab)
     cap = Capture(lab.ext_ns, "br-ext", "icmp", inbound_only=True)
     try:
         res = ping_many([(web["namespace"], OUTSIDE, "out")], count=3)
@@ -43,6 +44,43 @@ def test_snat_the_outside_host_sees_the_router_address(lab, shop):
     assert res["out"] == (3, 3)
     sources = {p[IP].src for p in pkts if ICMP in p and p[ICMP].type == 8}
     assert sources == {"203.0.113.10"}, sources
+    # nvctl stats: the SNAT rule translated the 3 requests, the router's replies flow the 3 answers
+    want = {("snat", "10.0.0.0/24", "out"): 3, ("snat", "replies to 203.0.113.10", "in"): 3}
+    got = _settled_delta(lab, before, want)
+    assert {k: got[k] for k in want} == want, got
+    assert got[("floating-ip", "db1", "out")] == got[("floating-ip", "db1", "in")] == 0, got
+
+
+def _nat(lab):
+    from controller.api import call
+    return {(n["kind"], n["name"], n["direction"]): n["packets"]
+            for n in call(lab.api_path, "stats", tenant="shop")["nat"]}
+
+
+def _quiet(lab, timeout=6.0):
+    """The NAT counters once earlier traffic has been credited (OVS pushes datapath
+    counts to its flows about once a second): two reads a second apart that agree."""
+    import time
+    last, deadline = _nat(lab), time.monotonic() + timeout
+    while True:
+        time.sleep(1.0)
+        now = _nat(lab)
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+
+
+def _settled_delta(lab, before, want, timeout=8.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        now = _nat(lab)
+        got = {k: now[k] - before[k] for k in now}
+        if all(got[k] >= v for k, v in want.items()) or time.monotonic() > deadline:
+            time.sleep(1.0)  # an excess would show too
+            now = _nat(lab)
+            return {k: now[k] - before[k] for k in now}
+        time.sleep(0.3)
 
 
 def test_floating_ip_the_outside_host_reaches_db1(lab, shop):
@@ -50,12 +88,15 @@ def test_floating_ip_the_outside_host_reaches_db1(lab, shop):
     res = ping_many([(lab.ext_ns, "203.0.113.11", "fip")], count=2)
     assert res["fip"] == (2, 2)
     from scapy.layers.inet import ICMP, IP
+    before = _quiet(lab)
     cap = Capture(lab.ext_ns, "br-ext", "icmp", inbound_only=True)
     try:
         ping_many([(shop["db1"]["namespace"], OUTSIDE, "db1-out")], count=2)
     finally:
         pkts = cap.packets()
     assert {p[IP].src for p in pkts if ICMP in p and p[ICMP].type == 8} == {"203.0.113.11"}
+    got = _settled_delta(lab, before, {("floating-ip", "db1", "out"): 2})
+    assert got[("floating-ip", "db1", "out")] == 2 and got[("snat", "10.0.0.0/24", "out")] == 0, got
 
 
 def test_the_outside_host_reaches_nothing_else(lab, shop):

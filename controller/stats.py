@@ -13,7 +13,8 @@ What counts where:
   port sent         packets the workload sent into br-int (classify)
   port received     packets delivered to it by the pipeline (ARP and ND answered by
                     the platform on its behalf are not)
-  dropped           portSecurity: not its own MAC/IP, or a DHCP answer from it;
+  dropped           portSecurity: not its own MAC/IP (a DHCP answer from a
+                    workload is its switch's drop, dhcpServer);
                     acl: a deny rule guarding it (either direction); rateLimit and
                     bum: over its meter's rate (the meter's drop band)
   acl rule          every packet the rule decided in its direction: the first packet
@@ -171,7 +172,8 @@ def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None
             nat.append({"index": None, "kind": "snat", "name": f"replies to {r.external_ip}", "router": r.name,
                         "externalIp": str(r.external_ip), "direction": "in",
                         **_pair(get(("snatReplies", r.name), zero))})
-    switches = [{"name": s.name, "invalid": _pair(get(("switch", s.name, "invalid"), zero))}
+    switches = [{"name": s.name, "invalid": _pair(get(("switch", s.name, "invalid"), zero)),
+                 "dhcpServer": _pair(get(("switch", s.name, "dhcpServer"), zero))}
                 for s in tenant.switches]
     return {"tenant": tenant.name, "time": clock(), "hosts": sorted(readings),
             "unread": dict(sorted((errors or {}).items())),
@@ -193,6 +195,7 @@ def drops(rep: dict, before: dict | None = None) -> list[dict]:
                 out[("acl", a["name"], "acl")] = a["packets"]
         for s in r.get("switches", ()):
             out[("switch", s["name"], "invalid")] = s["invalid"]["packets"]
+            out[("switch", s["name"], "dhcpServer")] = s.get("dhcpServer", {}).get("packets", 0)
         return out
     now = rows(rep)
     then = rows(before) if before else None
@@ -202,7 +205,8 @@ def drops(rep: dict, before: dict | None = None) -> list[dict]:
         if not n:
             continue
         row = {"reason": {"portSecurity": "port security", "rateLimit": "rate limit", "bum": "flood (BUM) limit",
-                          "acl": "acl", "invalid": "invalid connection state"}[reason],
+                          "acl": "acl", "invalid": "invalid connection state",
+                          "dhcpServer": "a workload answering DHCP"}[reason],
                "kind": kind, "name": name, "packets": n}
         if kind == "port":
             row["host"] = where.get(name, "")

@@ -50,18 +50,20 @@ class PortSecurity(Layer):
                         Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
                         (out.goto("@next"),), rule=f"port {p.name} {mac} {src}" +
                         (" (ICMPv6 only: duplicate address detection, MLD)" if extra else "")))
-            dropped = (("port", p.name, "portSecurity"),)
-            out.to((p.host,), out.flow(
-                "port_security", 110,
-                Match.of(**ls, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERVER_PORT),
-                (), rule=f"port {p.name} may not answer DHCP (UDP from port 67): drop", stat=dropped))
             # What else the port sends is not its own: dropped here, by a flow of the
             # port's own so that `nvctl stats` counts its drops (the table's miss is
             # shared by every port on the host).
             out.to((p.host,), out.flow(
                 "port_security", PRIO_PORT_DROP, Match.of(**ls), (),
-                rule=f"port {p.name}: not its own address: drop", stat=dropped))
+                rule=f"port {p.name}: not its own address: drop", stat=(("port", p.name, "portSecurity"),)))
         for sw in t.tenant.switches:
+            if t.members[sw.name]:  # per switch, not per port: one flow where a flow per port would do
+                out.to(t.members[sw.name], out.flow(
+                    "port_security", 110,
+                    Match.of(**LOGICAL_SWITCH.m(t.vni[sw.name]), eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP,
+                             udp_src=DHCP_SERVER_PORT),
+                    (), rule=f"switch {sw.name}: a workload may not answer DHCP (UDP from port 67): drop",
+                    stat=(("switch", sw.name, "dhcpServer"),)))
             if sw.cidr6 is not None and t.members[sw.name]:
                 for kind, why in ((ND_NA, "neighbour advertisement"), (ND_RA, "router advertisement")):
                     out.to(t.members[sw.name], out.flow(

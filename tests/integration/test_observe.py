@@ -5,6 +5,7 @@ MACs, rule names. Known traffic goes through blue; `nvctl stats` must count exac
 it on the right rules and ports, and red must count nothing of it.
 """
 import json
+import os
 import sys
 import time
 
@@ -231,3 +232,31 @@ def test_counters_survive_a_change_in_place_and_a_migration(lab, twins):
     apply_yaml(lab, spec("blue", vm2_host="hv1"))
     out = nvctl(lab, "stats", "blue").stdout
     assert "vm2" in out and "ping-vm2" in out and "# acl rules" in out, out
+
+
+def test_watch_refreshes_with_rates_on_a_terminal_and_prints_json_lines_on_a_pipe(lab, twins):
+    import signal
+    import subprocess
+    from tests.integration.helpers import ROOT
+    cmd = [sys.executable, "-m", "controller.cli", "--state-dir", lab.dir, "stats", "blue", "--watch", "0.5"]
+    p = subprocess.Popen(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        time.sleep(2.5)
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    docs = [json.loads(x) for x in out.strip().split("\n")]
+    assert len(docs) >= 3 and all(d["tenant"] == "blue" for d in docs), (out, err)
+    assert all(b["time"] > a["time"] for a, b in zip(docs, docs[1:]))
+    # on a terminal (script gives it one): drawn in place, with rates per second
+    p = subprocess.Popen(["script", "-qfec", " ".join(cmd), "/dev/null"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    try:
+        time.sleep(1.0)
+        ping_many([(twins["blue"]["vm1"]["namespace"], "10.0.0.12", "w")], count=20, interval=0.05)
+        time.sleep(2.0)
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        out, _ = p.communicate(timeout=20)
+    assert "every 0.5s, Ctrl-C to stop" in out, out[-2000:]
+    assert "\x1b[" in out and "/s)" in out, out[-2000:]  # redrawn with escapes; a rate beside a count

@@ -260,3 +260,46 @@ def test_watch_refreshes_with_rates_on_a_terminal_and_prints_json_lines_on_a_pip
         out, _ = p.communicate(timeout=20)
     assert "every 0.5s, Ctrl-C to stop" in out, out[-2000:]
     assert "\x1b[" in out and "/s)" in out, out[-2000:]  # redrawn with escapes; a rate beside a count
+
+
+ARP_FLOOD = """
+import sys
+from scapy.all import ARP, Ether, sendp
+mac, ip, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sendp(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=ip, pdst="10.0.0.250"),
+      iface="eth0", count=n, inter=0, verbose=False)
+"""
+UDP_BURST = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[1])):
+    s.sendto(b"r" * 1400, ("10.0.0.11", 7777))
+"""
+
+
+def test_meter_drops_are_the_ports_rate_limit_and_flood_limit_drops(lab, twins):
+    limited = spec("blue", vm2_host="hv1").replace(
+        'mac: "02:00:0a:00:00:0d", host: hv1}', 'mac: "02:00:0a:00:00:0d", host: hv1, rateLimitMbps: 1, bumLimitPps: 50}')
+    apply_yaml(lab, limited)
+    try:
+        ns = twins["blue"]["vm3"]["namespace"]
+        before, red0 = stats(lab, "blue"), flat(stats(lab, "red"))
+        in_ns(ns, sys.executable, "-c", ARP_FLOOD, "02:00:0a:00:00:0d", "10.0.0.13", "600", check=True, timeout=120)
+        in_ns(ns, sys.executable, "-c", UDP_BURST, "400", check=True)
+        time.sleep(2.0)
+        after = stats(lab, "blue")
+        b = next(p for p in before["ports"] if p["name"] == "vm3")["dropped"]
+        a = next(p for p in after["ports"] if p["name"] == "vm3")["dropped"]
+        bum = a["bum"]["packets"] - b["bum"]["packets"]
+        rate = a["rateLimit"]["packets"] - b["rateLimit"]["packets"]
+        # 600 broadcasts in well under a few seconds against 50/s (burst 10); 400 x 1.4 kB
+        # against 1 Mbit/s (a 0.5 s burst, ~45 packets): most of each dropped, by its meter
+        assert 300 <= bum < 600, (bum, a, b)
+        assert 200 <= rate < 400, (rate, a, b)
+        assert a["portSecurity"] == b["portSecurity"] and a["acl"] == b["acl"]
+        others = [p for p in after["ports"] if p["name"] != "vm3"]
+        assert all(p["dropped"]["bum"]["packets"] == 0 and p["dropped"]["rateLimit"]["packets"] == 0 for p in others)
+        red = delta(flat(stats(lab, "red")), red0)
+        assert red[("port", "vm3", "drop bum")] == red[("port", "vm3", "drop rateLimit")] == 0, red
+    finally:
+        apply_yaml(lab, spec("blue", vm2_host="hv1"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import queue
 import struct
 import threading
 import time
@@ -18,6 +19,11 @@ from collections import deque
 from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 
 LOG_KEEP = 10_000  # lines kept per tenant
+# The switches' meters cap each tenant at ACL_LOG_PPS per host; a tenant on many hosts
+# could still send hosts x that. The controller takes at most this many lines a second
+# per tenant (a token bucket) and counts the rest as suppressed.
+TENANT_LOG_PPS = 500
+TENANT_LOG_BURST = 500
 PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp", IPPROTO_ICMPV6: "icmp6"}
 
 
@@ -70,10 +76,14 @@ class AclLog:
         self.path = path
         self.clock = clock
         self.keep = keep
+        self.epoch = clock()  # which controller's sequence numbers these are
         self._lines: dict[str, deque] = {}
         self._seq = 0
         self._lock = threading.Lock()
         self.written: dict[str, int] = {}  # tenant -> lines logged since start (a metric)
+        self._out: queue.SimpleQueue | None = None  # lines for the file, written by a thread of its own
+        self._bucket: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, when)
+        self.suppressed: dict[str, int] = {}  # tenant -> lines over TENANT_LOG_PPS, not kept
 
     def add(self, tenant: str, host: str, rule, port: str, frame: bytes) -> dict | None:
         """Log one packet of `rule` (an AclRule) from or to `port`. None if not IP."""
@@ -82,8 +92,16 @@ class AclLog:
             return None
         verdict = "deny" if rule.action == "deny" else "allow"
         with self._lock:
+            now = self.clock()
+            tokens, when = self._bucket.get(tenant, (TENANT_LOG_BURST, now))
+            tokens = min(TENANT_LOG_BURST, tokens + (now - when) * TENANT_LOG_PPS)
+            if tokens < 1:
+                self._bucket[tenant] = (tokens, now)
+                self.suppressed[tenant] = self.suppressed.get(tenant, 0) + 1
+                return None
+            self._bucket[tenant] = (tokens - 1, now)
             self._seq += 1
-            e = {"seq": self._seq, "time": self.clock(), "tenant": tenant, "host": host,
+            e = {"seq": self._seq, "time": now, "tenant": tenant, "host": host,
                  "index": rule.index, "rule": rule.label, "direction": rule.direction, "port": port,
                  "verdict": verdict, **ft}
             q = self._lines.get(tenant)
@@ -92,12 +110,34 @@ class AclLog:
             q.append(e)
             self.written[tenant] = self.written.get(tenant, 0) + 1
             if self.path:
-                try:
-                    with open(self.path, "a") as f:
-                        f.write(json.dumps(e, sort_keys=True) + "\n")
-                except OSError:
-                    pass  # the in-memory log still has it
+                if self._out is None:
+                    self._out = queue.SimpleQueue()
+                    threading.Thread(target=self._write, args=(self.path, self._out), name="acl-log",
+                                     daemon=True).start()
+                self._out.put(e)
         return e
+
+    def _write(self, path: str, q: "queue.SimpleQueue") -> None:
+        """The file's writer: packet-ins (the OpenFlow thread) never wait on the disk."""
+        f = None
+        while True:
+            e = q.get()
+            if e is None:
+                break
+            try:
+                if f is None:
+                    f = open(path, "a", buffering=1)
+                f.write(json.dumps(e, sort_keys=True) + "\n")
+            except OSError:
+                f = None  # the in-memory log still has it; try to open again next line
+        if f is not None:
+            f.close()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the file has every line logged so far (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._out is not None and not self._out.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def since(self, tenant: str, after: int = 0, limit: int = 1000) -> list[dict]:
         """The tenant's entries with seq > after, oldest first, at most `limit` (the newest)."""
@@ -108,3 +148,6 @@ class AclLog:
     def forget(self, tenant: str) -> None:
         with self._lock:
             self._lines.pop(tenant, None)
+            self.written.pop(tenant, None)
+            self.suppressed.pop(tenant, None)
+            self._bucket.pop(tenant, None)

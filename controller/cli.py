@@ -668,8 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
         "logs", parents=[common], help="the connection attempts a tenant's logged ACL rules decided",
         description="One line per connection attempt decided by an ACL rule with `log: true`: time, "
                     "tenant, rule, direction and port, verdict, 5-tuple, host. Lines are sent to the "
-                    "controller through a meter of 50 a second (burst 50) per tenant and host: a flood "
-                    "costs the controller no more than that. Kept in memory (the last 10,000 per tenant) "
+                    "controller through a meter of 50 a second (burst 50) per tenant and host, and the "
+                    "controller keeps at most 500 a second per tenant: a flood costs it no more than that. Kept in memory (the last 10,000 per tenant) "
                     "and in STATE_DIR/acl.log as JSON lines.")
     p.add_argument("tenant")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")

@@ -17,6 +17,7 @@ import gc
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import re
@@ -53,6 +54,8 @@ PLUG_WORKERS = 8  # workloads plugged at once
 RECONCILE_WORKERS = 16  # hosts reconciled at once
 HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
 STATS_KEEP_SECONDS = 600.0  # readings kept for `nvctl drops` (what dropped recently)
+SAMPLE_EVERY = 5.0  # at most one kept per this many seconds (every stats call reads)
+SAMPLES_KEPT = 120
 
 
 def freeze_heap() -> None:
@@ -86,6 +89,7 @@ class Core:
         self.clock = clock
         self.mutex = threading.Lock()
         self._reconcilers = ThreadPoolExecutor(max_workers=RECONCILE_WORKERS, thread_name_prefix="reconcile")
+        self._readers = ThreadPoolExecutor(max_workers=RECONCILE_WORKERS, thread_name_prefix="counters")
         self.hosts: dict[str, HostRecord] = {h.name: h for h in store.hosts()}
         self.driver = LabDriver(self.hosts)
         self.state: dict[str, HostState] = {h: HostState() for h in self.hosts}
@@ -99,7 +103,11 @@ class Core:
         self.cluster = None  # controller.cluster.Member in a cluster: then only its leader writes
         self.plugging = False  # ensure_workloads is running in the background
         self.book = stats_mod.Book()  # counts of flows gone from the switches (controller.stats)
-        self.samples: dict[str, list] = {}  # tenant -> [(time, stats report)], the last STATS_KEEP_SECONDS
+        self.samples: dict[str, list] = {}  # tenant -> [(time, drop counts)], the last STATS_KEEP_SECONDS
+        self._samples_lock = threading.Lock()
+        self._incarnation: dict[str, int] = {}  # tenant -> which making of it (a name deleted and made again)
+        self._incarnations = itertools.count(1)
+        self._tid_name: dict[int, str] = {}  # tenant id -> name, for packet-ins
         self.acl_log = AclLog()  # main sets its file
         self._log_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}) of logged rules
         self._cookie_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}), for stats
@@ -602,10 +610,22 @@ class Core:
             self.tenants[name] = new
             self.used.add(new.tenant, new.alloc)
         self.punt.update(name, new.tenant if new else None, new.alloc if new else None)
+        if old is None and new is not None:
+            self._incarnation[name] = next(self._incarnations)
+        if old is not None:
+            self._tid_name.pop(old.alloc.tenant_id, None)
+        if new is not None:
+            self._tid_name[new.alloc.tenant_id] = name
         if new is None:  # a tenant made again under this name starts from zero
-            self.book.forget(name)
-            self.samples.pop(name, None)
+            self.book.forget((name, self._incarnation.pop(name, None)))
+            with self._samples_lock:
+                self.samples.pop(name, None)
             self.acl_log.forget(name)
+            self.verified.pop(name, None)
+            if old is not None:
+                for cache in (self._cookie_index, self._log_index):
+                    for k in [k for k in cache if k[0] == old.alloc.tenant_id]:
+                        cache.pop(k, None)
 
     def packet_in(self, session, table: str, regs: dict, in_port: int, data: bytes, cookie: int = 0) -> None:
         """A packet the pipeline sent us (DHCP, DNS, too big): answer it on that switch;
@@ -1147,7 +1167,7 @@ class Core:
         if len(hosts) == 1:
             one(hosts[0])
         elif hosts:
-            list(self._reconcilers.map(one, hosts))
+            list(self._readers.map(one, hosts))  # not the reconcilers: a stuck read never delays a change
         split: dict = {}  # host -> tenant id -> its counts
         if one_tid is None:
             for h, (fl, _m, _g) in got.items():
@@ -1181,13 +1201,20 @@ class Core:
             got = self._cookie_index[key] = (flows, {f.cookie: f for f in flows})
         return got[1]
 
-    def _report(self, name: str, e: TenantEntry, readings: dict, errors: dict) -> dict:
-        rep = stats_mod.report(e.tenant, e.alloc, e.flows, readings, self.book, errors,
-                               cookies=lambda h: self._cookies(e, h))
-        keep = self.samples.setdefault(name, [])
-        keep.append((rep["time"], rep))
-        while keep and keep[0][0] < rep["time"] - STATS_KEEP_SECONDS:
-            keep.pop(0)
+    def _report(self, name: str, e: TenantEntry, inc, stamp: int, readings: dict, errors: dict) -> dict:
+        """The stats report of one tenant from readings taken after `stamp` was. Kept
+        counts and samples belong to the tenant's incarnation `inc`: a reading that
+        finishes after the tenant was deleted (and maybe made again) changes neither."""
+        same = inc is not None and self._incarnation.get(name) == inc
+        rep = stats_mod.report(e.tenant, e.alloc, e.flows, readings, self.book if same else None, errors,
+                               cookies=lambda h: self._cookies(e, h), key=(name, inc), stamp=stamp)
+        if same:
+            with self._samples_lock:
+                keep = self.samples.setdefault(name, [])
+                if not keep or rep["time"] - keep[-1][0] >= SAMPLE_EVERY:
+                    keep.append((rep["time"], stats_mod.drop_counts(rep)))
+                while keep and (keep[0][0] < rep["time"] - STATS_KEEP_SECONDS or len(keep) > SAMPLES_KEPT):
+                    keep.pop(0)
         return rep
 
     def stats(self, tenant: str) -> dict:
@@ -1195,15 +1222,18 @@ class Core:
         e = self.tenants.get(tenant)
         if e is None:
             raise ApiError(f"no tenant {tenant!r}")
+        inc, stamp = self._incarnation.get(tenant), self.book.stamp()
         readings, errors = self._read_counters({tenant: e})[tenant]
-        return self._report(tenant, e, readings, errors)
+        return self._report(tenant, e, inc, stamp, readings, errors)
 
     def stats_all(self) -> dict:
         """Every tenant's `stats` report, from one read of each host."""
         entries = dict(self.tenants)
         if not entries:
             return {}
-        return {n: self._report(n, entries[n], *r) for n, r in self._read_counters(entries).items()}
+        incs, stamp = dict(self._incarnation), self.book.stamp()
+        return {n: self._report(n, entries[n], incs.get(n), stamp, *r)
+                for n, r in self._read_counters(entries).items()}
 
     def metrics_text(self) -> dict:
         """The Prometheus exposition text (controller.metrics)."""
@@ -1215,10 +1245,11 @@ class Core:
         the web view), and the last denials its logged rules wrote."""
         before = None
         now = time.time()
-        for t, rep in self.samples.get(tenant, ()):
-            if t >= now - window:
-                before = (t, rep)
-                break
+        with self._samples_lock:
+            for t, counts in self.samples.get(tenant, ()):
+                if t >= now - window:
+                    before = (t, counts)
+                    break
         rep = self.stats(tenant)
         rows = stats_mod.drops(rep, before[1] if before else None)
         denied = [x for x in self.acl_log.since(tenant, 0, 0) if x["verdict"] == "deny"][-10:]
@@ -1231,14 +1262,15 @@ class Core:
             raise ApiError(f"no tenant {tenant!r}")
         got = self.acl_log.since(tenant, after, limit)
         return {"tenant": tenant, "entries": got, "last": got[-1]["seq"] if got else after,
+                "epoch": self.acl_log.epoch,
                 "logged": [r.label for r in self.tenants[tenant].tenant.acls if r.log]}
 
     def _log_acl(self, host: str, cookie: int, data: bytes) -> None:
         tid = cookie_tenant(cookie)
-        name = next((n for n, e in self.tenants.items() if e.alloc.tenant_id == tid), None)
-        if name is None:
+        name = self._tid_name.get(tid)
+        e = self.tenants.get(name) if name is not None else None
+        if e is None:
             return
-        e = self.tenants[name]
         flows = e.flows.get(host, ())
         cached = self._log_index.get((tid, host))
         if cached is None or cached[0] is not flows:

@@ -82,6 +82,11 @@ class _Live:
         for t, n in sorted(core.acl_log.written.items()):
             logged.add_metric([t], n)
         yield logged
+        dropped = _counter("nvctl_acl_log_suppressed", "Log lines over the controller's per-tenant rate, not kept",
+                           ["tenant"])
+        for t, n in sorted(core.acl_log.suppressed.items()):
+            dropped.add_metric([t], n)
+        yield dropped
 
         port_pkts = _counter("nvctl_port_packets", "Packets a port sent or received", ["tenant", "port", "host",
                                                                                       "direction"])

@@ -171,11 +171,14 @@ def cmd_logs(a):
     show(r["entries"])
     if not a.follow:
         return
-    last = r["last"]
+    last, epoch = r["last"], r.get("epoch")
     try:
         while True:
             time.sleep(0.5)
             r = call(a.api_path, "logs", tenant=a.tenant, after=last, limit=0)
+            if r.get("epoch") != epoch:  # another controller (a restart, a failover): its lines from the start
+                epoch = r.get("epoch")
+                r = call(a.api_path, "logs", tenant=a.tenant, after=0, limit=0)
             show(r["entries"])
             last = r["last"]
     except KeyboardInterrupt:

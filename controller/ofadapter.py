@@ -25,6 +25,7 @@ from dataplane.match_action import Flow, Group
 
 LOG = logging.getLogger("nvctl.ofadapter")
 REPLY_TIMEOUT = 60.0
+COUNTER_TIMEOUT = 5.0  # a counter read gives up sooner: it only informs, and holds a reader while it waits
 LIVENESS_INTERVAL = 0.25  # seconds between checks that each switch's connection is alive
 
 
@@ -90,10 +91,11 @@ class Session:
             raise SwitchError("switch disconnected")
         return msg.xid
 
-    def _wait(self, waiter: _Waiter, xids: list[int], what: str) -> list:
+    def _wait(self, waiter: _Waiter, xids: list[int], what: str, timeout: float = None) -> list:
+        timeout = REPLY_TIMEOUT if timeout is None else timeout
         try:
-            if not waiter.event.wait(timeout=REPLY_TIMEOUT):
-                raise SwitchError(f"{what}: no answer in {REPLY_TIMEOUT:.0f}s")
+            if not waiter.event.wait(timeout=timeout):
+                raise SwitchError(f"{what}: no answer in {timeout:.0f}s")
             if waiter.errors:
                 raise SwitchError(f"{what}: {'; '.join(waiter.errors[:3])}")
             return waiter.replies
@@ -125,7 +127,7 @@ class Session:
         w = _Waiter()
         xid = self._send(req, w)
         return [(st.cookie, st.packet_count, st.byte_count)
-                for reply in self._wait(w, [xid], "flow stats") for st in reply.body]
+                for reply in self._wait(w, [xid], "flow stats", COUNTER_TIMEOUT) for st in reply.body]
 
     def meter_counts(self) -> dict[int, tuple[int, int]]:
         """meter id -> (packets, bytes) its drop band dropped, for every meter."""
@@ -133,7 +135,7 @@ class Session:
         w = _Waiter()
         xid = self._send(parser.OFPMeterStatsRequest(self.dp, 0, ofp.OFPM_ALL), w)
         out = {}
-        for reply in self._wait(w, [xid], "meter stats"):
+        for reply in self._wait(w, [xid], "meter stats", COUNTER_TIMEOUT):
             for m in reply.body:
                 bands = m.band_stats or []
                 out[m.meter_id] = (sum(b.packet_band_count for b in bands), sum(b.byte_band_count for b in bands))
@@ -145,9 +147,9 @@ class Session:
         w = _Waiter()
         xid = self._send(parser.OFPGroupStatsRequest(self.dp, 0, ofp.OFPG_ALL), w)
         return {g.group_id: [(b.packet_count, b.byte_count) for b in g.bucket_stats]
-                for reply in self._wait(w, [xid], "group stats") for g in reply.body}
+                for reply in self._wait(w, [xid], "group stats", COUNTER_TIMEOUT) for g in reply.body}
 
-    def push(self, delete: list[Flow], add: list[Flow]) -> int:
+    def push(self, delete: list[Flow], add: list[Flow], reset: frozenset = frozenset()) -> int:
         """Delete flows strictly by identity (table, priority, match), then ADD flows
         (replacing any with the same identity, counters kept), in one atomic ordered
         bundle; returns the number of flow-mods sent. Raises SwitchError if the switch
@@ -173,7 +175,7 @@ class Session:
             for f, x in zip(delete, xids):
                 buf += ofwire.bundle_add(bid, flags, ofwire.delete_strict(f, x))
             for f, x in zip(add, xids[len(delete):]):
-                buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(f, x))
+                buf += ofwire.bundle_add(bid, flags, ofwire.flow_mod(f, x, f.identity in reset))
             for x in xids:
                 self._waiters[x] = w
             try:

@@ -32,6 +32,8 @@ a flow's last packets and its removal.
 """
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -74,42 +76,83 @@ def tag_counts(flows_by_host: dict, readings: dict, cookies=None) -> tuple[dict,
 
 
 class Book:
-    """Keeps, per tenant, the counts of flows that left the switches (see above)."""
+    """Keeps, per tenant, the counts of flows that left the switches (see above), and the
+    last counts of hosts that could not be read this time (so totals do not drop while
+    a host is briefly unreachable). Safe to call from several threads: readings settle
+    under a lock, and a reading taken before one already settled (a slow scrape
+    finishing after a quick `stats`) changes nothing kept and is answered with the
+    newer state."""
 
     def __init__(self):
-        self._last: dict = {}  # tenant -> {(host, cookie): (flow, packets, bytes)}
-        self._retired: dict = {}  # tenant -> {tag: [packets, bytes]}
+        self._lock = threading.Lock()
+        self._last: dict = {}  # key -> {(host, cookie): (flow, packets, bytes)}
+        self._retired: dict = {}  # key -> {tag: [packets, bytes]}
+        self._stamp: dict = {}  # key -> the read stamp of the newest reading settled
+        self._stamps = itertools.count(1)
 
-    def forget(self, tenant: str) -> None:
-        self._last.pop(tenant, None)
-        self._retired.pop(tenant, None)
+    def stamp(self) -> int:
+        """Take before reading the switches; pass to `settle`."""
+        return next(self._stamps)
 
-    def settle(self, tenant: str, flows_by_host: dict, readings: dict, counts: dict, seen: dict) -> dict:
-        """Add to `counts` what flows no longer on a switch had counted when last read.
-        A flow whose identity is still wanted on its host was modified in place: its
-        counts carry on under its new cookie and are not retired."""
-        retired = self._retired.setdefault(tenant, defaultdict(_pb))
-        last = self._last.get(tenant, {})
-        identities = {}
-        for (host, cookie), (f, pkts, nbytes) in last.items():
-            if (host not in readings and host in flows_by_host) or (host, cookie) in seen:
-                continue  # not read this time, or still there (a host it left has none of its flows)
-            ids = identities.get(host)
-            if ids is None:
-                ids = identities[host] = {g.identity for g in flows_by_host.get(host, ())}
-            if f.identity in ids:
-                continue
-            for tag in f.stat:
-                c = retired[tag]
-                c[0] += pkts
-                c[1] += nbytes
-        # flows of hosts not read this time keep their last counts for next time
-        self._last[tenant] = {**{k: v for k, v in last.items() if k[0] not in readings and k[0] in flows_by_host
-                                 and k not in seen}, **seen}
-        for tag, (p, b) in retired.items():
-            c = counts[tag]
-            c[0] += p
-            c[1] += b
+    def forget(self, key) -> None:
+        with self._lock:
+            self._last.pop(key, None)
+            self._retired.pop(key, None)
+            self._stamp.pop(key, None)
+
+    def settle(self, key, flows_by_host: dict, readings: dict, counts: dict, seen: dict,
+               stamp: int | None = None) -> dict:
+        """Add to `counts` what flows no longer on a switch had counted when last read,
+        and the last counts of the tenant's hosts not read now. A flow whose identity
+        is still wanted on its host with the same tags was modified in place: its counts
+        carry on under its new cookie and are not retired."""
+        with self._lock:
+            fresh = stamp is None or stamp > self._stamp.get(key, 0)
+            if not fresh:  # older than what is kept: answer with the newer state instead
+                counts.clear()
+                for f, p, b in self._last.get(key, {}).values():
+                    for tag in f.stat:
+                        c = counts[tag]
+                        c[0] += p
+                        c[1] += b
+                for tag, (p, b) in self._retired.get(key, {}).items():
+                    c = counts[tag]
+                    c[0] += p
+                    c[1] += b
+                return counts
+            retired = self._retired.get(key)
+            if retired is None:
+                retired = self._retired[key] = defaultdict(_pb)
+            last = self._last.get(key, {})
+            wanted = {}
+            unread = {}
+            for (host, cookie), (f, pkts, nbytes) in last.items():
+                if (host, cookie) in seen:
+                    continue
+                if host not in readings and host in flows_by_host:
+                    unread[(host, cookie)] = (f, pkts, nbytes)  # not read this time: as last read
+                    continue
+                ids = wanted.get(host)
+                if ids is None:
+                    ids = wanted[host] = {(g.identity, g.stat) for g in flows_by_host.get(host, ())}
+                if (f.identity, f.stat) in ids:
+                    continue
+                for tag in f.stat:
+                    c = retired[tag]
+                    c[0] += pkts
+                    c[1] += nbytes
+            self._last[key] = {**unread, **seen}
+            if stamp is not None:
+                self._stamp[key] = stamp
+            for tag, (p, b) in list(retired.items()):
+                c = counts[tag]
+                c[0] += p
+                c[1] += b
+            for f, p, b in unread.values():
+                for tag in f.stat:
+                    c = counts[tag]
+                    c[0] += p
+                    c[1] += b
         return counts
 
 
@@ -118,11 +161,12 @@ def _pair(c) -> dict:
 
 
 def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None = None,
-           errors: dict | None = None, clock=time.time, cookies=None) -> dict:
-    """The `nvctl stats --json` document for one tenant."""
+           errors: dict | None = None, clock=time.time, cookies=None, key=None, stamp: int | None = None) -> dict:
+    """The `nvctl stats --json` document for one tenant (`key`: its entry in `book`,
+    by default its name)."""
     counts, seen = tag_counts(flows_by_host, readings, cookies)
     if book is not None:
-        book.settle(tenant.name, flows_by_host, readings, counts, seen)
+        book.settle(tenant.name if key is None else key, flows_by_host, readings, counts, seen, stamp)
     get = counts.get
     zero = (0, 0)
     meters = {h: r.meters for h, r in readings.items()}
@@ -180,25 +224,28 @@ def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None
             "ports": ports, "acls": acls, "loadBalancers": lbs, "nat": nat, "switches": switches}
 
 
-def drops(rep: dict, before: dict | None = None) -> list[dict]:
+def drop_counts(r: dict) -> dict:
+    """{(kind, name, reason): packets} of a stats report: what `drops` compares."""
+    out = {}
+    for p in r["ports"]:
+        for reason, c in p["dropped"].items():
+            if reason == "acl":
+                continue  # by rule, below
+            out[("port", p["name"], reason)] = c["packets"]
+    for a in r["acls"]:
+        if a["action"] == "deny":
+            out[("acl", a["name"], "acl")] = a["packets"]
+    for s in r.get("switches", ()):
+        out[("switch", s["name"], "invalid")] = s["invalid"]["packets"]
+        out[("switch", s["name"], "dhcpServer")] = s.get("dhcpServer", {}).get("packets", 0)
+    return out
+
+
+def drops(rep: dict, then: dict | None = None) -> list[dict]:
     """Every non-zero drop of a stats report by reason and rule, largest first; with
-    `before` (an earlier report of the same tenant), also what dropped since then."""
-    def rows(r):
-        out = {}
-        for p in r["ports"]:
-            for reason, c in p["dropped"].items():
-                if reason == "acl":
-                    continue  # by rule, below
-                out[("port", p["name"], reason)] = c["packets"]
-        for a in r["acls"]:
-            if a["action"] == "deny":
-                out[("acl", a["name"], "acl")] = a["packets"]
-        for s in r.get("switches", ()):
-            out[("switch", s["name"], "invalid")] = s["invalid"]["packets"]
-            out[("switch", s["name"], "dhcpServer")] = s.get("dhcpServer", {}).get("packets", 0)
-        return out
-    now = rows(rep)
-    then = rows(before) if before else None
+    `then` (drop_counts of an earlier report of the same tenant), also what dropped
+    since then."""
+    now = drop_counts(rep)
     where = {p["name"]: p["host"] for p in rep["ports"]}
     out = []
     for (kind, name, reason), n in now.items():

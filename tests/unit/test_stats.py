@@ -194,3 +194,56 @@ def test_two_rules_may_not_share_a_name():
     with pytest.raises(ValidationError) as e:
         load_tenant(doc, ["hv1"])
     assert ("spec.acls[1].name", "'same' is also the name of spec.acls[0]") in e.value.errors
+
+
+def test_a_slow_reading_settling_after_a_newer_one_changes_nothing_kept():
+    """A scrape read the switches before vm2 moved and finishes after a quick `stats`
+    that read them after: its late settle must not bring the moved flows back, or the
+    next read retires them a second time."""
+    c = Counting()
+    c.send("blue", "vm1", tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40000, 80),
+           times=6)
+    t, a = c.net.tenants["blue"]
+    flows = {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in c.net.flows.items()}
+    book = stats.Book()
+    stats.report(t, a, flows, c.readings(), book, stamp=book.stamp())
+    slow = book.stamp()
+    slow_readings = c.readings()  # read before the move
+    moved = {h: fl for h, fl in flows.items() if h != "hv2"}
+    after = {h: r for h, r in c.readings().items() if h != "hv2"}
+    quick = stats.report(t, a, moved, after, book, stamp=book.stamp())
+    late = stats.report(t, a, flows, slow_readings, book, stamp=slow)
+    again = stats.report(t, a, moved, after, book, stamp=book.stamp())
+    for r in (quick, late, again):
+        assert _port(r, "vm2")["received"]["packets"] == 6, r["ports"]
+
+
+def test_a_host_not_read_this_time_counts_as_last_read():
+    c = Counting()
+    c.send("blue", "vm1", tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40000, 80),
+           times=4)
+    t, a = c.net.tenants["blue"]
+    flows = {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in c.net.flows.items()}
+    book = stats.Book()
+    full = stats.report(t, a, flows, c.readings(), book, stamp=book.stamp())
+    partial = {h: r for h, r in c.readings().items() if h != "hv2"}  # hv2 did not answer
+    r = stats.report(t, a, flows, partial, book, errors={"hv2": "no answer"}, stamp=book.stamp())
+    assert _port(r, "vm2")["received"] == _port(full, "vm2")["received"]  # vm2 is on hv2
+    assert _port(r, "vm1")["sent"] == _port(full, "vm1")["sent"]
+    assert r["unread"] == {"hv2": "no answer"}
+
+
+def test_the_controller_caps_each_tenants_log_lines_and_not_the_twins():
+    from controller import acl_log
+    from scapy.all import IP, TCP, Ether
+    t = load_tenant(twin("blue"), ["hv1", "hv2"])
+    now = [1000.0]
+    log = AclLog(clock=lambda: now[0])
+    frame = bytes(Ether() / IP(src="10.0.0.11", dst="10.0.0.12") / TCP(sport=1, dport=22))
+    for i in range(acl_log.TENANT_LOG_BURST + 300):  # a burst from many hosts at once
+        log.add("blue", f"hv{i % 100}", t.acls[0], "vm2", frame)
+    assert log.written["blue"] == acl_log.TENANT_LOG_BURST and log.suppressed["blue"] == 300
+    assert log.add("red", "hv1", t.acls[0], "vm2", frame) is not None  # the twin has its own budget
+    now[0] += 0.1
+    got = sum(1 for _ in range(200) if log.add("blue", "hv1", t.acls[0], "vm2", frame))
+    assert got == acl_log.TENANT_LOG_PPS // 10  # refilled at the rate

@@ -79,13 +79,15 @@ def instructions_bytes(actions: tuple) -> bytes:
     return out
 
 
-def flow_mod(f: Flow, xid: int) -> bytes:
-    """OFPT_FLOW_MOD, OFPFC_ADD, for one flow."""
+def flow_mod(f: Flow, xid: int, reset_counts: bool = False) -> bytes:
+    """OFPT_FLOW_MOD, OFPFC_ADD, for one flow (OFPFF_RESET_COUNTS: replacing a flow of
+    the same identity starts its counters from zero instead of keeping them)."""
     tail = match_bytes(f.match) + instructions_bytes(f.actions)
     length = 8 + _FLOW_MOD.size + len(tail)
     return (_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, xid)
             + _FLOW_MOD.pack(f.cookie, 0, f.table.number, ofp.OFPFC_ADD, 0, 0, f.priority,
-                             ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0)
+                             ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                             ofp.OFPFF_RESET_COUNTS if reset_counts else 0)
             + tail)
 
 

@@ -37,9 +37,10 @@ class Switch(Protocol):
     def flows(self) -> list[Flow]:
         """Every flow on the switch, as values (cookies as the switch holds them)."""
 
-    def push(self, delete: list[Flow], add: list[Flow]) -> int:
+    def push(self, delete: list[Flow], add: list[Flow], reset: frozenset = frozenset()) -> int:
         """One atomic ordered bundle: strict deletes by identity, then ADDs (which
-        replace a flow with the same identity). Raises if the switch refused any."""
+        replace a flow with the same identity, keeping its counters unless its identity
+        is in `reset`). Raises if the switch refused any."""
 
     def meters(self) -> dict[int, tuple]: ...
 
@@ -146,7 +147,12 @@ def reconcile(st: HostState, desired: dict, delta: tuple | None = None, found: d
         gput = {gid: g for gid, g in want_groups.items() if st.groups.get(gid) != sigs[gid]}
         n += s.set_groups(gput, set(st.groups), [])
         st.groups.update({gid: sigs[gid] for gid in gput})
-        n += s.push(dels, adds)
+        # An ADD over an installed flow of the same text keeps its counters; if only its
+        # cookie differs, it now counts for someone else (a new port with the ofport and
+        # key of one removed): start it from zero.
+        reset = frozenset(f.identity for f in adds if (old := st.installed.get(f.identity)) is not None
+                          and old.cookie != f.cookie and old.body == f.body)
+        n += s.push(dels, adds, reset) if reset else s.push(dels, adds)
         for f in dels:
             st.installed.pop(f.identity, None)
         for f in adds:

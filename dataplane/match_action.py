@@ -748,7 +748,10 @@ class Flow:
         # What its counters count, for `nvctl stats` (tags such as ("acl", 3) or
         # ("port", "vm1", "sent")); like `rule`, not installed and not in the cookie.
         self.stat = stat
-        digest = _blake2b(_body(table.number, priority, match, actions).encode(), digest_size=8).digest()
+        text = _body(table.number, priority, match, actions)
+        if stat:  # whose counts they are: a flow that starts counting for another port is a new flow
+            text += repr(stat)
+        digest = _blake2b(text.encode(), digest_size=8).digest()
         self.cookie = ((layer_id << COOKIE_LAYER_SHIFT) | (tenant_id << COOKIE_TENANT_SHIFT)
                        | (int.from_bytes(digest, "big") & COOKIE_HASH_MASK))
         self.reported = False  # True: read from a switch, so the cookie says nothing of the text

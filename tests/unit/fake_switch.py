@@ -34,7 +34,7 @@ class FakeSwitch:
         cookie), a value of its own, not the object the controller sent."""
         return [Flow.from_switch(f.table, f.priority, f.match, f.actions, f.cookie) for f in self.table.values()]
 
-    def push(self, delete: list[Flow], add: list[Flow]) -> int:
+    def push(self, delete: list[Flow], add: list[Flow], reset: frozenset = frozenset()) -> int:
         if not delete and not add:
             return 0
         if self.refuse:
@@ -47,6 +47,8 @@ class FakeSwitch:
         for f in add:  # OFPFC_ADD: replaces the flow with the same identity, counters kept
             self.table[f.identity] = f
             self.packets.setdefault(f.identity, 0)
+            if f.identity in reset:  # ... unless OFPFF_RESET_COUNTS
+                self.packets[f.identity] = 0
         self.flow_mods += len(delete) + len(add)
         self.bundles += 1
         return len(delete) + len(add)

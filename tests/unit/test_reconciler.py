@@ -133,3 +133,26 @@ def test_a_flow_identity_conflict_is_refused_naming_both_tenants_and_nothing_is_
     assert any("tenant blue" in reason and "tenant green" in reason for _, reason in e.value.errors)
     assert "green" not in core.tenants and [t.name for t in core.store.tenants()] == ["blue"]
     assert all(exact(core).values())
+
+
+def test_a_new_port_that_takes_a_removed_ports_ofport_starts_its_counters_from_zero(core):
+    """One apply removes web1 and adds web9 on the same host: the allocator gives web9
+    web1's ofport and key, so its flows have web1's text. They count for another port
+    now: the ADD resets their counters (an in-place change of one port's flows does not)."""
+    core.create(SHOP)
+    sw = core.switches["hv1"]
+    for i in sw.packets:
+        sw.packets[i] = 7
+    e = core.tenants["shop"]
+    old = {f.identity: f for f in e.flows["hv1"] if ("port", "web1", "sent") in f.stat}
+    assert len(old) == 1
+    core.apply(SHOP.replace("{name: web1, switch: web, ip: 10.0.0.11, host: hv1",
+                            "{name: web9, switch: web, ip: 10.0.0.11, host: hv1"))
+    e = core.tenants["shop"]
+    new = [f for f in e.flows["hv1"] if ("port", "web9", "sent") in f.stat]
+    assert [f.identity for f in new] == list(old), "web9 should have taken web1's ofport (the premise)"
+    assert new[0].cookie != next(iter(old.values())).cookie  # whose counts they are is in the cookie
+    assert sw.packets[new[0].identity] == 0
+    assert sw.table == core.desired["hv1"]
+    kept = [i for i, f in sw.table.items() if sw.packets[i] == 7]
+    assert kept, "flows no port changed keep their counters"

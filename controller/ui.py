@@ -407,18 +407,30 @@ def topology_svg(spec: dict, ports: list[dict]) -> str:
 # the server ---------------------------------------------------------------------------
 
 class VerifyCache:
-    """The last verify result per tenant, with when it ran (in this process only)."""
+    """The last verify result per tenant, with when it ran (in this process only), for
+    the tenant as it was then: a result is shown only for the same tenant id and
+    revision (a tenant changed, or deleted and made again under its name, is verified
+    afresh)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.results: dict[str, dict] = {}
 
-    def get(self, name: str) -> dict | None:
+    def get(self, name: str, version: tuple | None = None) -> dict | None:
         with self.lock:
-            return self.results.get(name)
+            e = self.results.get(name)
+        if e is not None and version is not None and e.get("version") != version:
+            return None
+        return e
 
     def run(self, call, name: str) -> dict:
         t = time.time()
+        version = None
+        try:
+            show = call("tenant.show", name=name, timeout=30)
+            version = (show["ids"]["tenant_id"], show["revision"])
+        except (ApiClientError, OSError, KeyError, TypeError):
+            pass  # verify says what is wrong
         try:
             r = call("verify", tenant=name, timeout=VERIFY_TIMEOUT)
             entry = {"ok": bool(r["ok"]), "time": t, "text": "\n".join(verify_lines(r)),
@@ -427,6 +439,7 @@ class VerifyCache:
         except (ApiClientError, OSError) as e:
             entry = {"ok": False, "time": t, "text": str(e), "verdict": "could not verify", "result": None}
         entry["when"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        entry["version"] = version
         with self.lock:
             self.results[name] = entry
         return entry
@@ -485,7 +498,7 @@ def create_app(api_path: str, call=None):
             svg = drawing(show)
         except Exception as e:  # the rest of the page is still worth having
             svg = str(Markup("<p class='error'>drawing failed: {}</p>").format(f"{type(e).__name__}: {e}"))
-        v = verifies.get(name) or verifies.run(call, name)
+        v = verifies.get(name, (show["ids"]["tenant_id"], show["revision"])) or verifies.run(call, name)
         return html(tenant_html(name, show, svg, v, trace))
 
     @app.get("/tenant/<name>")

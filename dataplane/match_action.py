@@ -748,12 +748,12 @@ class Flow:
         # What its counters count, for `nvctl stats` (tags such as ("acl", 3) or
         # ("port", "vm1", "sent")); like `rule`, not installed and not in the cookie.
         self.stat = stat
-        text = _body(table.number, priority, match, actions)
+        digest = _blake2b(_body(table.number, priority, match, actions).encode(), digest_size=8).digest()
+        bits = int.from_bytes(digest, "big")
         if stat:  # whose counts they are: a flow that starts counting for another port is a new flow
-            text += repr(stat)
-        digest = _blake2b(text.encode(), digest_size=8).digest()
+            bits ^= _stat_bits(stat)
         self.cookie = ((layer_id << COOKIE_LAYER_SHIFT) | (tenant_id << COOKIE_TENANT_SHIFT)
-                       | (int.from_bytes(digest, "big") & COOKIE_HASH_MASK))
+                       | (bits & COOKIE_HASH_MASK))
         self.reported = False  # True: read from a switch, so the cookie says nothing of the text
         # What OVS keys a flow by: (table, priority, match). Two flows with one identity
         # cannot both be on a switch; an ADD of the second replaces the first. One tuple
@@ -796,6 +796,13 @@ class Flow:
 
 
 _blake2b = hashlib.blake2b
+
+
+@lru_cache(maxsize=1 << 16)
+def _stat_bits(stat: tuple) -> int:
+    """A stable digest of a flow's stat tags (the same in every process), mixed into its
+    cookie; tags repeat across tenants and hosts, so it is computed once per tag set."""
+    return int.from_bytes(_blake2b(repr(stat).encode(), digest_size=8).digest(), "big")
 
 
 def _body(table_no: int, priority: int, match: Match, actions: tuple) -> str:

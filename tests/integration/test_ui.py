@@ -222,7 +222,11 @@ def browser():
 
 
 def wait(driver, cond, timeout=20, what="the page"):
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+    """Until cond(driver) is true. An element that went stale or is not there yet (the
+    page is being replaced, as after the verify button's POST and redirect) means: not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
         lambda d: cond(d), message=f"waiting for {what}")
 
 

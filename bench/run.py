@@ -38,6 +38,49 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def _get(res: dict, *path):
+    for k in path:
+        if not isinstance(res, dict) or k not in res:
+            return None
+        res = res[k]
+    return res
+
+
+def _median(x):
+    return x.get("median") if isinstance(x, dict) else x
+
+
+def ratios(res: dict) -> dict:
+    """results.json's top-level `ratios`: every figure against its baseline of the same
+    run, under names that stay the same from run to run (a figure not measured in the
+    results is left out, never guessed). The versus benchmark's own names are kept."""
+    out = dict(_get(res, "versus", "ratios") or {})
+    pick = {
+        "install_controller_over_ofctl_bundle": ("install", "ratio_controller_to_ofctl"),
+        "change_one_port_over_full_recompile": ("change", "ratio_change_to_full"),
+        "memory_loaded_over_after_imports": ("memory", "ratio_to_baseline"),
+        "compile_largest_over_smallest": ("compile", "ratio_largest_to_smallest"),
+        "verify_full_over_compile": ("verify", "ratio_full_to_compile"),
+        "verify_recheck_over_compile": ("verify", "ratio_recheck_to_compile"),
+        "flood_p99_limited_over_unflooded": ("flood", "ratio_p99_limited"),
+        "flood_p99_unlimited_over_unflooded": ("flood", "ratio_p99_unlimited"),
+        "mtu_1500_over_1600": ("mtu", "ratio_1500_to_1600"),
+        "stats_refresh_over_audit": ("observe", "refresh", "ratio_refresh_all_over_audit"),
+        "stats_parse_over_oskens": ("observe", "refresh", "wire_parse_one_host", "ratio_lazy_over_full"),
+    }
+    for name, path in pick.items():
+        v = _get(res, *path)
+        if isinstance(v, (int, float)):
+            out[name] = v
+    verify_s = _median(_get(res, "verify", "full_verify_s"))
+    if isinstance(verify_s, (int, float)) and _get(res, "verify", "ports") == 10000:
+        out["verify_seconds_10k_ports"] = verify_s
+    cpu = _median(_get(res, "observe", "cpu", "refresh_share"))
+    if isinstance(cpu, (int, float)):
+        out["controller_cpu_share_at_1s_stats_refresh"] = cpu
+    return dict(sorted(out.items()))
+
+
 def plots(res: dict, out: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -259,6 +302,7 @@ def _main(argv, rep) -> int:
         with open(path) as f:
             kept = {k: v for k, v in json.load(f).items() if k in ALL and k not in only}
         res = {**kept, **res}
+    res["ratios"] = ratios(res)
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
     res["plots"] = plots(res, a.out)

@@ -1,0 +1,19 @@
+"""results.json's top-level ratios: stable names, picked from the figures that were
+measured, nothing made up for the ones that were not."""
+from bench.run import ratios
+
+
+def test_ratios_keep_the_versus_names_and_add_the_others_only_when_measured():
+    res = {"versus": {"ratios": {"flows_per_host_nvctl_over_ovn": 0.49}},
+           "install": {"ratio_controller_to_ofctl": 0.94},
+           "verify": {"ports": 10000, "full_verify_s": {"median": 85.8, "min": 66.6, "max": 88.1}},
+           "observe": {"cpu": {"refresh_share": {"median": 0.0373}}}}
+    got = ratios(res)
+    assert got == {"flows_per_host_nvctl_over_ovn": 0.49, "install_controller_over_ofctl_bundle": 0.94,
+                   "verify_seconds_10k_ports": 85.8, "controller_cpu_share_at_1s_stats_refresh": 0.0373}
+    assert list(got) == sorted(got)
+
+
+def test_a_verify_at_another_size_is_not_reported_as_the_10k_figure():
+    assert "verify_seconds_10k_ports" not in ratios({"verify": {"ports": 1000, "full_verify_s": 3.0}})
+    assert ratios({}) == {}

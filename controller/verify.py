@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Mapping
 
 from dataplane import headerspace as hs
 from dataplane.match_action import (CONTROLLER, ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP,
-                                    IPPROTO_UDP, Log, Simulator, Unsupported, cookie_layer, cookie_tenant)
+                                    IPPROTO_UDP, Log, Meter, Simulator, Unsupported, cookie_layer, cookie_tenant)
 
 from controller.verify_model import TUNNEL_OFPORT  # noqa: E402
 _STATE_ZERO = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
@@ -1007,7 +1007,7 @@ def _undeclared(s) -> str:
             return f"no flow matched in {t} on {h} (table-miss drop without an explicit miss flow)"
         if any(ev[0] == "hairpin" for ev in s.events):
             return ""
-        if all(type(a) is Log for a in f.actions):  # a drop (a logged one: its copy is no output)
+        if all(type(a) in (Log, Meter) for a in f.actions):  # a drop (metered, or logged: a copy is no output)
             if f.priority == 0 and f.table.miss != "drop":
                 return (f"{t} on {h}: its priority-0 flow drops, but the table's declared miss is "
                         f"to continue at {f.table.miss}")

@@ -99,10 +99,15 @@ class Encap(Layer):
                     rule=f"switch {s.name} flood from a local port"))
                 for p in ports:
                     if p.host == h:
+                        # not back to the sender (OVS would drop that copy at the end, after
+                        # its egress ACLs and delivery counted it as the sender's own)
+                        mine = [OUTPORT.load(t.port_key[q.name]) for q in ports if q.host == h and q is not p]
+                        others = [a for x in mine for a in (x, out.resubmit("@egress"))]
                         out.to((h,), out.flow(
                             "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(0),
                                                       **INPORT.m(t.port_key[p.name])),
-                            [bum_meter_for(t.ofport[p.name], p.bum_limit_pps)] + copies,
+                            [bum_meter_for(t.ofport[p.name], p.bum_limit_pps)] + others
+                            + (tunnels if len(tunnels) > 1 else []),
                             rule=f"switch {s.name} flood from port {p.name}, "
                                  f"at most {p.bum_limit_pps or 'the default'} pps"))
                 out.to((h,), out.flow(

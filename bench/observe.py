@@ -19,7 +19,7 @@ import struct
 import tempfile
 import time
 
-from bench.pure import PORTS_PER_TENANT, RecordingSwitch
+from bench.pure import PORTS_PER_TENANT, RecordingSwitch, stored_deployment
 from bench.synth import deployment
 
 CPU_TARGET = 0.05
@@ -88,18 +88,11 @@ def parse_cost(flows, reps: int = 5) -> dict:
 
 
 def refresh(tenants: int = 1000, host_count: int = 100, reps: int = 5, log=print) -> dict:
-    from controller.core import Core
-    from controller.store import HostRecord, SqliteStore
-    from topology import schema
+    from controller.core import Core, freeze_heap
     hs, world, _ = deployment(tenants, PORTS_PER_TENANT, host_count)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(os.path.join(tmp, "desired.db"))
-        for i, h in enumerate(hs.values()):
-            store.put_host(HostRecord(h.name, h.pa, 0x1000 + i, {"kind": "bench"}))
-        for name, (t, a) in world.items():
-            store.put_tenant(name, schema.to_doc(t), a.to_json(), None)
+        store = stored_deployment(tmp, hs, world)
         core = Core(store)
-        from controller.core import freeze_heap
         freeze_heap()  # as the controller process does once it has loaded its state
         switches = {name: CountingSwitch(rec.dpid) for name, rec in core.hosts.items()}
         for sw in switches.values():

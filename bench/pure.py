@@ -59,6 +59,18 @@ class RecordingSwitch(FakeSwitch):
     does with the messages is measured elsewhere (bench/live.py)."""
 
 
+def stored_deployment(tmp: str, hs: dict, world: dict):
+    """A SQLite store in `tmp` holding these hosts and tenants, as a controller finds them."""
+    from controller.store import HostRecord, SqliteStore
+    from topology import schema
+    store = SqliteStore(os.path.join(tmp, "desired.db"))
+    for i, h in enumerate(hs.values()):
+        store.put_host(HostRecord(h.name, h.pa, 0x1000 + i, {"kind": "bench"}))
+    for name, (t, a) in world.items():
+        store.put_tenant(name, schema.to_doc(t), a.to_json(), None)
+    return store
+
+
 def one_port_change(tenants: int = 1000, host_count: int = 100, repeats: int = 20, log=print) -> dict:
     """A controller core holding the whole deployment, every host connected (an
     in-memory switch per host, synced first); move one port of one tenant to another
@@ -66,16 +78,10 @@ def one_port_change(tenants: int = 1000, host_count: int = 100, repeats: int = 2
     to the switches, and the hosts that were sent any, against a full recompile in the
     same process."""
     from controller.core import Core, freeze_heap
-    from controller.store import HostRecord, SqliteStore
 
     hs, world, docs = deployment(tenants, PORTS_PER_TENANT, host_count)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(os.path.join(tmp, "desired.db"))
-        for i, h in enumerate(hs.values()):
-            store.put_host(HostRecord(h.name, h.pa, 0x1000 + i, {"kind": "bench"}))
-        from topology import schema
-        for name, (t, a) in world.items():
-            store.put_tenant(name, schema.to_doc(t), a.to_json(), None)
+        store = stored_deployment(tmp, hs, world)
         t0 = time.perf_counter()
         core = Core(store)  # a full compile from the store, as at controller start
         full_start = time.perf_counter() - t0

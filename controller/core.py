@@ -41,6 +41,7 @@ from controller.punt import Punt
 from controller import stats as stats_mod
 from controller.acl_log import AclLog
 from controller.metrics import Metrics
+from controller.layers.acl import FromPortAcl, ToPortAcl
 from controller import reconciler
 from controller.reconciler import HostState
 from controller.store import HostRecord, Store
@@ -53,6 +54,7 @@ LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
 RECONCILE_WORKERS = 16  # hosts reconciled at once
 HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
+ACL_RULE_TABLES = frozenset({FromPortAcl.rules_table, ToPortAcl.rules_table})  # logged rules' packet-ins
 STATS_KEEP_SECONDS = 600.0  # readings kept for `nvctl drops` (what dropped recently)
 SAMPLE_EVERY = 5.0  # at most one kept per this many seconds (every stats call reads)
 SAMPLES_KEPT = 120
@@ -634,7 +636,7 @@ class Core:
         host = self.host_of_dpid(session.dpid)
         if host is None or not self.leading():
             return
-        if table in ("acl_in", "acl_out"):
+        if table in ACL_RULE_TABLES:
             self._log_acl(host, cookie, data)
             return
         for port, frame in self.punt.handle(host, table, regs, in_port, data):

@@ -245,6 +245,7 @@ def test_watch_refreshes_with_rates_on_a_terminal_and_prints_json_lines_on_a_pip
     finally:
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err  # Ctrl-C ends a watch cleanly
     docs = [json.loads(x) for x in out.strip().split("\n")]
     assert len(docs) >= 3 and all(d["tenant"] == "blue" for d in docs), (out, err)
     assert all(b["time"] > a["time"] for a, b in zip(docs, docs[1:]))

@@ -9,6 +9,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller import stats
 from controller.acl_log import AclLog, five_tuple, line
 from controller.layers.acl import ACL_LOG_METER_BASE
+from controller.layers.qos import BUM_METER_BASE
 from controller.ofcodec import NXActionControllerMeter, from_action
 from controller.pipeline import PIPELINE
 from dataplane.match_action import Log, meters_of
@@ -50,10 +51,14 @@ class Counting:
         return {h: stats.Reading([(c, n, n * 100) for c, n in hits.items()], (meters or {}).get(h, {}), {})
                 for h, hits in self.hits.items()}
 
+    def flows(self, tenant):
+        """{host: [Flow]} of one tenant, as the core keeps them."""
+        _, a = self.net.tenants[tenant]
+        return {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in self.net.flows.items()}
+
     def report(self, tenant, book=None, meters=None):
         t, a = self.net.tenants[tenant]
-        flows = {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in self.net.flows.items()}
-        return stats.report(t, a, flows, self.readings(meters), book)
+        return stats.report(t, a, self.flows(tenant), self.readings(meters), book)
 
 
 def _port(r, name):
@@ -96,7 +101,7 @@ def test_spoofed_source_is_a_port_security_drop_of_the_sender():
 def test_meter_drops_are_the_ports_bum_drops_on_its_host_only():
     c = Counting()
     _, a = c.net.tenants["blue"]
-    bum = 1 << 16
+    bum = BUM_METER_BASE
     meters = {"hv1": {bum + a.ofport["vm1"]: (42, 4200)}, "hv2": {bum + a.ofport["vm1"]: (999, 0)}}
     blue = c.report("blue", meters=meters)
     assert _port(blue, "vm1")["dropped"]["bum"] == {"packets": 42, "bytes": 4200}
@@ -108,7 +113,7 @@ def test_book_keeps_the_counts_of_flows_that_left_but_not_of_flows_changed_in_pl
     c.send("blue", "vm1", tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40000, 80),
            times=6)
     t, a = c.net.tenants["blue"]
-    flows = {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in c.net.flows.items()}
+    flows = c.flows("blue")
     book = stats.Book()
     first = stats.report(t, a, flows, c.readings(), book)
     assert _port(first, "vm2")["received"]["packets"] == 6
@@ -204,7 +209,7 @@ def test_a_slow_reading_settling_after_a_newer_one_changes_nothing_kept():
     c.send("blue", "vm1", tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40000, 80),
            times=6)
     t, a = c.net.tenants["blue"]
-    flows = {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in c.net.flows.items()}
+    flows = c.flows("blue")
     book = stats.Book()
     stats.report(t, a, flows, c.readings(), book, stamp=book.stamp())
     slow = book.stamp()
@@ -223,7 +228,7 @@ def test_a_host_not_read_this_time_counts_as_last_read():
     c.send("blue", "vm1", tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40000, 80),
            times=4)
     t, a = c.net.tenants["blue"]
-    flows = {h: [f for f in fl.values() if f.tenant_id == a.tenant_id] for h, fl in c.net.flows.items()}
+    flows = c.flows("blue")
     book = stats.Book()
     full = stats.report(t, a, flows, c.readings(), book, stamp=book.stamp())
     partial = {h: r for h, r in c.readings().items() if h != "hv2"}  # hv2 did not answer

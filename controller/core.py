@@ -941,6 +941,8 @@ class Core:
         transactions that mostly wait (100 ports: 15 s one by one). `change` counts them."""
         if change is not None:
             change.workloads(len(attachments))
+        if len(attachments) > 1 and hasattr(self.driver, "plug_many"):  # one OVSDB transaction per host
+            return self.driver.plug_many(attachments, PLUG_WORKERS, change.plugged if change is not None else None)
 
         def plug(a):
             try:

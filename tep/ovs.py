@@ -53,12 +53,12 @@ class Ovsdb:
         return run(["ovs-vsctl", f"--db={self.remote}", f"--timeout={int(timeout)}", *auth, *args],
                    timeout=timeout + 5)
 
-    def txn(self, *commands: list[str]) -> str:
+    def txn(self, *commands: list[str], timeout: float = 30) -> str:
         """Several ovs-vsctl commands in one OVSDB transaction."""
         args: list[str] = []
         for c in commands:
             args += ["--", *c]
-        return self.vsctl(*args)
+        return self.vsctl(*args, timeout=timeout)
 
     # bridges ----------------------------------------------------------------------
     def ensure_integration_bridge(self, dpid: int, controller: str | list[str], tunnel_local_ip: str,
@@ -102,11 +102,18 @@ class Ovsdb:
         return out
 
     def plug(self, ifname: str, ofport: int, external_ids: dict[str, str]) -> None:
-        ids = [f"external_ids:{k}={v}" for k, v in sorted(external_ids.items())]
-        self.txn(
-            ["--may-exist", "add-port", INTEGRATION_BRIDGE, ifname],
-            ["set", "interface", ifname, f"ofport_request={ofport}", *ids],
-        )
+        self.plug_many([(ifname, ofport, external_ids)])
+
+    def plug_many(self, ports: list[tuple[str, int, dict[str, str]]]) -> None:
+        """Ports (ifname, ofport, external_ids) onto br-int in one OVSDB transaction: one
+        ovs-vsctl, and one wait for ovs-vswitchd to open them all."""
+        cmds = []
+        for ifname, ofport, external_ids in ports:
+            ids = [f"external_ids:{k}={v}" for k, v in sorted(external_ids.items())]
+            cmds += [["--may-exist", "add-port", INTEGRATION_BRIDGE, ifname],
+                     ["set", "interface", ifname, f"ofport_request={ofport}", *ids]]
+        if cmds:
+            self.txn(*cmds, timeout=max(30, len(ports) // 10))
 
     def unplug(self, ifname: str, wait: bool = True) -> None:
         """Remove a port; wait=False returns without waiting for ovs-vswitchd to apply it."""

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import hashlib
 
-from pyroute2 import NetNS, netns
+import os
 
+from pyroute2 import netns
+
+from tep import nsutil
 from tep.container import IPV6_ON, VETH_MTU  # noqa: F401  (VETH_MTU: also the driver's)
 from tep.ovs import run
 
 WORKLOAD_IFNAME = "eth0"
 IPV4_ONLY = "sysctl -qw net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1"
+IPV4_ONLY_SYSCTLS = {"ipv6/conf/default/disable_ipv6": "1", "ipv6/conf/all/disable_ipv6": "1"}
 
 
 def namespaces() -> set[str]:
@@ -23,9 +27,10 @@ def namespaces() -> set[str]:
 
 
 def ensure_namespace(name: str) -> None:
-    if name not in namespaces():
-        netns.create(name)
-        run(["ip", "netns", "exec", name, "sh", "-ec", "ip link set lo up; " + IPV4_ONLY])
+    """The namespace, made if missing: lo up, and no IPv6 on the links that arrive.
+    In this process (setns), no `ip` or shell: see tep/nsutil.py."""
+    if not nsutil.exists(name):
+        nsutil.create(name, IPV4_ONLY_SYSCTLS)
 
 
 def ipv4_only(ns_name: str) -> None:
@@ -57,8 +62,8 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
     veths into hosts: one normally, two during a live migration. The workload's MAC
     and addresses belong to the bridge, so they stay while attachments come and go."""
     ensure_namespace(ns_name)
-    # one netlink socket per namespace for the whole job: opening one costs ~10 ms
-    with NetNS(ns_name) as ns, NetNS(host_ns) as hns:
+    # one netlink socket per namespace for the whole job, opened from this thread (setns)
+    with nsutil.iproute(ns_name) as ns, nsutil.iproute(host_ns) as hns, nsutil.ioctl_socket(ns_name) as sk:
         have = ns.link_lookup(ifname=WORKLOAD_IFNAME)
         if have and ns.get_links(have[0])[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") != "bridge":
             ns.link("del", index=have[0])  # a workload from before eth0 was a bridge
@@ -78,7 +83,7 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
         for name in _attachments(ns):
             if name != keep:
                 _delete_in(ns, name)
-        _attach(ns, hns, ns_name, host_ns, host_ifname, max(VETH_MTU, mtu))
+        _attach(ns, hns, sk, ns_name, host_ns, host_ifname, max(VETH_MTU, mtu))
         ns.link("set", index=idx, mtu=mtu)  # a bridge follows its ports' MTU unless told
         want = (ip, prefixlen)
         for a in ns.get_addr(index=idx, family=2):
@@ -121,7 +126,7 @@ def _attachments(ns) -> list[str]:
 
 def attachments(ns_name: str) -> list[str]:
     """The workload's current attachments (ports of its eth0 bridge)."""
-    with NetNS(ns_name) as ns:
+    with nsutil.iproute(ns_name) as ns:
         return _attachments(ns)
 
 
@@ -130,29 +135,33 @@ def _delete_in(ns, ifname: str) -> None:
         ns.link("del", index=idx)
 
 
-def _attach(ns, hns, ns_name: str, host_ns: str, host_ifname: str, mtu: int) -> None:
+def _attach(ns, hns, sk, ns_name: str, host_ns: str, host_ifname: str, mtu: int) -> None:
     name = attachment_name(host_ns)
     if name in _attachments(ns) and hns.link_lookup(ifname=host_ifname):
         return
     _delete_in(ns, name)
     _delete_in(hns, host_ifname)
-    # made directly in both namespaces: nothing is moved, nothing lands in ours
-    run(["ip", "link", "add", name, "netns", ns_name, "mtu", str(mtu), "type", "veth",
-         "peer", "name", host_ifname, "netns", host_ns, "mtu", str(mtu)])
+    # made in the host's namespace with its peer directly in ours: nothing is moved
+    fd = os.open(nsutil.path(ns_name), os.O_RDONLY)
+    try:
+        hns.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer={"ifname": name, "mtu": mtu, "net_ns_fd": fd})
+    finally:
+        os.close(fd)
     idx = ns.link_lookup(ifname=name)[0]
     ns.link("set", index=idx, master=ns.link_lookup(ifname=WORKLOAD_IFNAME)[0], state="up")
-    # one process for the three: the userspace datapath does not fill in checksums left
-    # to offload, and the attachments must not talk to each other inside the workload
-    run(["ip", "netns", "exec", ns_name, "sh", "-ec",
-         f"bridge link set dev {name} isolated on; ethtool -K {name} tx off; ethtool -K {WORKLOAD_IFNAME} tx off"])
+    # the attachments must not talk to each other inside the workload, and the userspace
+    # datapath does not fill in checksums left to offload
+    ns.link("set", index=idx, kind="bridge_slave", isolated=1)
+    nsutil.tx_checksum_off(sk, name)
+    nsutil.tx_checksum_off(sk, WORKLOAD_IFNAME)
     hns.link("set", index=hns.link_lookup(ifname=host_ifname)[0], state="up")
 
 
 def attach(ns_name: str, host_ns: str, host_ifname: str, mtu: int = 1500) -> None:
     """Plug the workload into one more host: a veth from its eth0 bridge to host_ns.
     Idempotent: an attachment whose host end is missing is made again."""
-    with NetNS(ns_name) as ns, NetNS(host_ns) as hns:
-        _attach(ns, hns, ns_name, host_ns, host_ifname, mtu)
+    with nsutil.iproute(ns_name) as ns, nsutil.iproute(host_ns) as hns, nsutil.ioctl_socket(ns_name) as sk:
+        _attach(ns, hns, sk, ns_name, host_ns, host_ifname, mtu)
 
 
 def detach(ns_name: str, host_ns: str) -> None:
@@ -163,7 +172,7 @@ def detach(ns_name: str, host_ns: str) -> None:
 def _delete_link(ns_name: str, ifname: str) -> None:
     if ns_name not in namespaces():
         return
-    with NetNS(ns_name) as ns:
+    with nsutil.iproute(ns_name) as ns:
         for idx in ns.link_lookup(ifname=ifname):
             ns.link("del", index=idx)
 

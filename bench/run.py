@@ -138,33 +138,43 @@ def plots(res: dict, out: str) -> list[str]:
                      f"(baseline {m['baseline_pings_lost']}/{m['baseline_pings_sent']})")
         fig.tight_layout()
         made.append(_save(fig, out, "migration.png"))
-    if "versus" in res:
+    if "versus" in res and "convergence" in res["versus"]:
         v = res["versus"]
-        n, o = v["nvctl"], v["ovn"]
-        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
-        hosts = sorted(n["flows_per_host"])
+        c, pth = v["convergence"], v["paths"]
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
+        hosts = sorted(v["flows_per_host"]["nvctl"])
         x = range(len(hosts))
-        a1.bar([i - 0.2 for i in x], [n["flows_per_host"][h] for h in hosts], 0.4, label="nvctl (br-int)")
-        a1.bar([i + 0.2 for i in x], [o["flows_per_host"][h] for h in hosts], 0.4, label="OVN (br-ovn)")
+        a1.bar([i - 0.2 for i in x], [v["flows_per_host"]["nvctl"][h] for h in hosts], 0.4, label="nvctl (br-int)")
+        a1.bar([i + 0.2 for i in x], [v["flows_per_host"]["ovn"][h] for h in hosts], 0.4, label="OVN (br-ovn)")
         a1.set_xticks(list(x), hosts)
         a1.set_ylabel("OpenFlow flows")
         a1.set_title(f"{v['ports']}-port topology, flows per host")
         a1.legend(fontsize=8)
-        labels = ["converge\n(all pairs)", "one port\nadded"]
-        a2.bar([0 - 0.2, 1 - 0.2], [n["converge_s"] or 0, n["one_port_reachable_s"] or 0], 0.4, label="nvctl")
-        a2.bar([0 + 0.2, 1 + 0.2], [o["converge_s"] or 0, o["one_port_reachable_s"] or 0], 0.4, label="OVN")
-        a2.set_xticks([0, 1], labels)
-        a2.set_ylabel("seconds to reachable")
-        a2.set_title("time to converge")
+        cases = [("plugged", "(a) workloads\nplugged first"), ("unplugged", "(b) plugging\nin the clock")]
+        for off, side, color in ((-0.2, "nvctl", "tab:blue"), (0.2, "ovn", "tab:orange")):
+            meds = [c[f"{side}_{k}"]["median"] for k, _ in cases] + [v["one_port"][side]["median"]]
+            lo = [m - c[f"{side}_{k}"]["min"] for m, (k, _) in zip(meds, cases)] + \
+                [meds[2] - v["one_port"][side]["min"]]
+            hi = [c[f"{side}_{k}"]["max"] - m for m, (k, _) in zip(meds, cases)] + \
+                [v["one_port"][side]["max"] - meds[2]]
+            a2.bar([i + off for i in range(3)], meds, 0.4, yerr=[lo, hi], capsize=3, color=color,
+                   label="nvctl" if side == "nvctl" else "OVN")
+        a2.set_xticks(range(3), [lbl for _, lbl in cases] + ["one port\nadded"])
+        a2.set_ylabel("seconds to every pair reachable")
+        a2.set_title(f"convergence (median of {v['reps']}, min-max)")
         a2.legend(fontsize=8)
-        names = ["nvctl full\npipeline", "OVN", "two-flow\npipeline", "veth"]
-        vals = [n["mbps"], o["mbps"], v["two_flow"]["mbps"], v["veth"]["mbps"]]
-        a3.bar(names, vals, color=["tab:blue", "tab:orange", "tab:gray", "tab:green"])
+        names = [("nvctl", "nvctl full\npipeline"), ("ovn", "OVN"), ("two_flow", "two-flow\npipeline"),
+                 ("veth", "veth")]
+        vals = [pth[k]["mbps"]["median"] for k, _ in names]
+        a3.bar([lbl for _, lbl in names], vals, color=["tab:blue", "tab:orange", "tab:gray", "tab:green"],
+               yerr=[[pth[k]["mbps"]["median"] - pth[k]["mbps"]["min"] for k, _ in names],
+                     [pth[k]["mbps"]["max"] - pth[k]["mbps"]["median"] for k, _ in names]], capsize=3)
         a3.set_yscale("log")
         a3.set_ylabel("iperf3 TCP Mbit/s (log)")
         a3.set_title("CA->CA across hosts (hv1 -> hv2)")
-        for i, val in enumerate(vals):
-            a3.text(i, val, f"{val:.0f}", ha="center", va="bottom", fontsize=8)
+        for i, (k, _) in enumerate(names):
+            a3.text(i, vals[i], f"{vals[i]:.0f}\np99 {pth[k]['rtt_ms_p99']['median']} ms", ha="center",
+                    va="bottom", fontsize=7)
         fig.tight_layout()
         made.append(_save(fig, out, "versus.png"))
     return made
@@ -257,7 +267,8 @@ def _main(argv, rep) -> int:
     if "versus" in only:
         suites.next("versus")
         from bench.versus import versus
-        res["versus"] = _on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100))
+        res["versus"] = _on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100, reps=1 if a.quick else 3,
+                                                         path_reps=1 if a.quick else 5))
     if "verify" in only:
         suites.next("verify")
         from bench import verify_bench

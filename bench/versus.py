@@ -1,19 +1,30 @@
 """nvctl and OVN side by side on the same lab hosts, plus the data-path baselines.
 
-One lab of 3 hosts (each its own OVS instance). In turn, on those same OVS instances:
+One lab of 3 hosts (each its own OVS instance). On those same OVS instances, with the
+same 100-port topology (two switches, a router with SNAT to the outside, a stateful ACL
+guarding one switch):
 
-1. nvctl: a 100-port tenant (two switches, a router with SNAT to the outside, a stateful
-   ACL guarding one switch) created with one `tenant create`; time until every one of
-   the 9,900 ordered port pairs answers a ping (bench/reach.py); OpenFlow flows per host;
-   one port added (time until it and a port on another host reach each other); iperf3
-   and ping across hosts through the full pipeline (ACL + routing + NAT tables).
-2. OVN (Debian's ovn-central + ovn-host): NB/SB databases and ovn-northd in the
-   controller's namespace, an ovn-controller per host on its own bridge br-ovn (Geneve),
-   the same topology through one ovn-nbctl transaction, measured the same way. The
-   workload interfaces are plugged into br-ovn before the clock starts (as a CMS would
-   have them); nvctl's clock includes creating its 100 workloads.
-3. A minimal two-flow pipeline on the same OVS instances (in_port -> tunnel, tunnel ->
-   port, on a bridge of its own) and a plain veth pair: the throughput and latency floor.
+- **Convergence, both ways, repeated and interleaved.** The clock runs from the change
+  (`tenant create` for nvctl, one ovn-nbctl transaction for OVN) until every one of the
+  9,900 ordered port pairs answers a ping (bench/reach.py).
+  (a) plugged: every workload interface exists before the clock starts, as a CMS has
+      its VIFs plugged. For OVN: namespaces on br-ovn with iface-id. For nvctl: the
+      bench plugs the workloads itself with the ofports the controller will allocate
+      (computed offline with the controller's allocator, checked against what it did
+      allocate), and the tenant's ports say `workload: false`; the clock has only
+      compile, store and flows.
+  (b) unplugged: the clock includes making the 100 workloads. nvctl's controller plugs
+      them (its lab driver); for OVN the bench plugs the VIFs right after the NB
+      transaction with the very same code (in-process netlink, 8 at once, one OVSDB
+      transaction per host), as a CMS would.
+  Every repetition starts from fresh namespaces (no warm ARP caches).
+- Flows per host, and one port added (plugged first on both sides).
+- TCP throughput (iperf3) and ping RTT (p50/p99 of 200 pings at 10 ms) hv1 -> hv2 through
+  nvctl's full pipeline, OVN's, a minimal two-flow pipeline on the same OVS instances
+  (in_port -> tunnel, tunnel -> port, a bridge of its own) and a plain veth pair,
+  all four set up at once and measured in turns. One run of each pipeline also has its
+  datapath read (`dpif-netdev/pmd-stats-show`: packets, recirculations, megaflow hits,
+  upcalls, cycles per packet; `dpctl/dump-flows`: megaflows) on both hosts.
 """
 from __future__ import annotations
 
@@ -23,12 +34,17 @@ import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 from bench.reach import Reach
+from bench.stats import percentile, ratio, spread
 from controller.api import call
+from controller.core import VXLAN_OVERHEAD
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile
 from scenarios.netutil import iperf3
-from tep import workload
+from tep import rxqueue, workload
+from tep.driver import LabDriver, attachments_of, workload_namespace
 from tep.ovs import INTEGRATION_BRIDGE, run
 from topology.model import derived_mac
 
@@ -36,6 +52,8 @@ OVN_SCHEMAS = "/usr/share/ovn"
 FRONT, BACK = "10.0.1", "10.0.2"
 OVN_BRIDGE = "br-ovn"  # each host's bridge for ovn-controller, beside our br-int
 MIN_BRIDGE = "br-min"  # the two-flow pipeline's bridge
+PLUG_WORKERS = 8  # as the controller's own (controller.core.PLUG_WORKERS)
+TENANT = "bench"
 
 
 def _mac(ip: str, kind: int = 0) -> str:
@@ -47,9 +65,9 @@ def _hosts(ports: list[dict]) -> list[str]:
     return sorted({p["host"] for p in ports})
 
 
-def _extra_port(ports: list[dict]) -> dict:
-    """The port a one-port change adds: next in the same scheme, on hv2."""
-    return {**topology(len(ports) + 1, _hosts(ports))[len(ports)], "host": "hv2"}
+def extra_ports(ports: list[dict], n: int, host: str = "hv2") -> list[dict]:
+    """The ports one-port changes add, one each: next in the same scheme, on `host`."""
+    return [{**p, "host": host} for p in topology(len(ports) + n, _hosts(ports))[len(ports):]]
 
 
 def topology(ports: int, hosts: list[str]) -> list[dict]:
@@ -62,10 +80,9 @@ def topology(ports: int, hosts: list[str]) -> list[dict]:
     return out
 
 
-def nvctl_yaml(ports: list[dict], name: str = "bench") -> str:
-    import yaml
+def nvctl_doc(ports: list[dict], name: str = TENANT, workloads: bool = True) -> dict:
     back = [p["name"] for p in ports if p["switch"] == "back"]
-    doc = {"apiVersion": "nvctl/v1", "kind": "Tenant", "metadata": {"name": name}, "spec": {
+    return {"apiVersion": "nvctl/v1", "kind": "Tenant", "metadata": {"name": name}, "spec": {
         "switches": [{"name": "front", "cidr": f"{FRONT}.0/24"}, {"name": "back", "cidr": f"{BACK}.0/24"}],
         "routers": [{"name": "r", "ports": [{"switch": "front", "ip": f"{FRONT}.1"},
                                             {"switch": "back", "ip": f"{BACK}.1"}],
@@ -75,8 +92,13 @@ def nvctl_yaml(ports: list[dict], name: str = "bench") -> str:
                  {"priority": 201, "direction": "to-port", "ports": back, "protocol": "tcp", "dstPorts": [5432],
                   "action": "allow"},
                  {"priority": 100, "direction": "to-port", "ports": back, "action": "deny"}],
-        "ports": [{k: p[k] for k in ("name", "switch", "ip", "host")} for p in ports]}}
-    return yaml.safe_dump(doc, sort_keys=False)
+        "ports": [{**{k: p[k] for k in ("name", "switch", "ip", "host")}, **({} if workloads else {"workload": False})}
+                  for p in ports]}}
+
+
+def nvctl_yaml(ports: list[dict], name: str = TENANT, workloads: bool = True) -> str:
+    import yaml
+    return yaml.safe_dump(nvctl_doc(ports, name, workloads), sort_keys=False)
 
 
 def _count_flows(lab: Lab, host: str, bridge: str) -> int:
@@ -86,13 +108,20 @@ def _count_flows(lab: Lab, host: str, bridge: str) -> int:
     return sum(1 for ln in out.splitlines() if "cookie=" in ln)
 
 
+def _ping(src_ns: str, dst_ip: str, count: int = 200) -> dict:
+    p = subprocess.run(["ip", "netns", "exec", src_ns, "ping", "-n", "-c", str(count), "-i", "0.01", dst_ip],
+                       capture_output=True, text=True, timeout=60)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", p.stdout)]
+    if not rtts:
+        return {"rtt_ms_p50": None, "rtt_ms_p99": None, "lost": count}
+    return {"rtt_ms_p50": round(percentile(rtts, 0.5), 3), "rtt_ms_p99": round(percentile(rtts, 0.99), 3),
+            "lost": count - len(rtts)}
+
+
 def _path(src: dict, dst: dict, seconds: float = 3) -> dict:
-    """iperf3 TCP (port 5432: the ACL lets it through) and a 10 ms ping, src -> dst."""
+    """iperf3 TCP (port 5432: the ACL lets it through) and 200 pings at 10 ms, src -> dst."""
     r = iperf3(src["namespace"], dst["namespace"], dst["ip"], seconds=seconds, port=5432)
-    p = subprocess.run(["ip", "netns", "exec", src["namespace"], "ping", "-n", "-q", "-c", "100", "-i", "0.01",
-                        dst["ip"]], capture_output=True, text=True, timeout=60)
-    m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)", p.stdout)
-    return {"mbps": r["mbps"], "rtt_ms_avg": float(m.group(2)) if m else None}
+    return {"mbps": r["mbps"], "retransmits": r["retransmits"], **_ping(src["namespace"], dst["ip"])}
 
 
 def _reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120) -> float | None:
@@ -104,50 +133,127 @@ def _reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120) -
         r.close()
 
 
+# plugging, the same code for both sides ----------------------------------------------------
+
+def lab_driver(lab: Lab) -> LabDriver:
+    """The controller's own lab driver on this lab's hosts (what the bench plugs with)."""
+    return LabDriver({h: SimpleNamespace(info=lab.host_info(h)) for h in lab.manifest()["hosts"]})
+
+
+def plug_nvctl(lab: Lab, ports: list[dict], name: str = TENANT, only: set[str] | None = None) -> dict[str, int]:
+    """nvctl's workloads made by the bench before the clock, with the ofports the
+    controller will give them: its allocator run offline on an empty deployment (the
+    lab holds no other tenant). Returns port -> ofport, to check against the real one."""
+    from controller.allocator import InUse, allocate
+    from topology import schema
+    t = schema.load_tenant(nvctl_yaml(ports, name), lab.manifest()["hosts"])
+    alloc = allocate(t, None, None, InUse())
+    mtu = lab.underlay_mtu - VXLAN_OVERHEAD
+    atts = attachments_of(t, alloc.ofport, {s.name: mtu for s in t.switches})
+    errors = lab_driver(lab).plug_many([a for n, a in atts.items() if only is None or n in only], PLUG_WORKERS)
+    if errors:
+        raise RuntimeError(f"plugging nvctl's workloads: {errors[:3]}")
+    return dict(alloc.ofport)
+
+
+def unplug(lab: Lab, bridge: str, ifnames_by_host: dict[str, list[str]], namespaces: list[str]) -> None:
+    """Workload interfaces off `bridge` (one OVSDB transaction per host), namespaces gone."""
+    for host, names in ifnames_by_host.items():
+        if names:
+            lab.ovsdb(host).txn(*[["--if-exists", "del-port", bridge, n] for n in names], timeout=60)
+    for ns in namespaces:
+        workload.delete_namespace(ns)
+
+
+def _nvctl_ifnames(ports: list[dict], name: str = TENANT) -> dict[str, list[str]]:
+    from tep.driver import host_ifname
+    out: dict[str, list[str]] = {}
+    for p in ports:
+        out.setdefault(p["host"], []).append(host_ifname(name, p["name"]))
+    return out
+
+
+def _ovn_ifname(lab: Lab, p: dict) -> str:
+    return f"o{lab.prefix[2:6]}{p['name']}"[:15]
+
+
+def plug_ovn(lab: Lab, ports: list[dict]) -> dict[str, dict]:
+    """OVN's VIFs: a workload namespace per port (the same in-process code as nvctl's),
+    8 at once, then one OVSDB transaction per host putting them on br-ovn with
+    iface-id = the logical port: VIFs as a CMS plugs them."""
+    def make(p):
+        gw = f"{FRONT if p['switch'] == 'front' else BACK}.1"
+        workload.create_workload(_ovn_ns(lab, p), lab.host_ns(p["host"]), _ovn_ifname(lab, p), p["ip"], 24,
+                                 p["mac"], gw, lab.underlay_mtu - GENEVE_OVERHEAD)
+    with ThreadPoolExecutor(max_workers=PLUG_WORKERS) as pool:
+        list(pool.map(make, ports))
+    by_host: dict[str, list[dict]] = {}
+    for p in ports:
+        by_host.setdefault(p["host"], []).append(p)
+
+    def ovsdb(item):
+        host, ps = item
+        cmds = []
+        for p in ps:
+            n = _ovn_ifname(lab, p)
+            cmds += [["--may-exist", "add-port", OVN_BRIDGE, n],
+                     ["set", "interface", n, f"external_ids:iface-id={p['name']}"]]
+        lab.ovsdb(host).txn(*cmds, timeout=60)
+        rxqueue.deepen_instance(lab.host_dir(host))
+    with ThreadPoolExecutor(max_workers=len(by_host)) as pool:
+        list(pool.map(ovsdb, by_host.items()))
+    return {p["name"]: {**p, "namespace": _ovn_ns(lab, p)} for p in ports}
+
+
+def _ovn_ns(lab: Lab, p: dict) -> str:
+    return f"{lab.prefix}o-{p['name']}"
+
+
+def unplug_ovn(lab: Lab, ports: list[dict]) -> None:
+    by_host: dict[str, list[str]] = {}
+    for p in ports:
+        by_host.setdefault(p["host"], []).append(_ovn_ifname(lab, p))
+    unplug(lab, OVN_BRIDGE, by_host, [_ovn_ns(lab, p) for p in ports])
+
+
 # nvctl -------------------------------------------------------------------------------------
 
-def nvctl_side(lab: Lab, ports: list[dict], log=print) -> dict:
-    hosts = _hosts(ports)
+def nvctl_converge(lab: Lab, ports: list[dict], plugged: bool, log=print) -> dict:
+    """One convergence run; the tenant is left in place (nvctl_remove takes it away)."""
+    want = plug_nvctl(lab, ports) if plugged else None
     t0 = time.monotonic()
-    call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports), timeout=300)
+    call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports, workloads=not plugged), timeout=300)
     t_create = time.monotonic() - t0
-    shown = {p["name"]: p for p in call(lab.api_path, "tenant.show", name="bench")["ports"]}
-    t_reach = _reach([(shown[p["name"]]["namespace"], p["ip"]) for p in ports])
+    shown = {p["name"]: p for p in call(lab.api_path, "tenant.show", name=TENANT)["ports"]}
+    if want is not None and {n: shown[n]["ofport"] for n in want} != want:
+        raise RuntimeError("the controller allocated other ofports than the bench plugged its workloads with")
+    spaces = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports}
+    t_reach = _reach([(spaces[p["name"]], p["ip"]) for p in ports])
     converge = None if t_reach is None else round(time.monotonic() - t0, 3)
-    flows = {h: _count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts}
-    log(f"[bench] nvctl: {len(ports)}-port tenant: create {t_create:.2f}s, every pair reachable after "
-        f"{converge}s; flows per host {flows}")
-    extra = _extra_port(ports)
-
-    def add_extra():
-        call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra]))
-        return {p["name"]: p for p in call(lab.api_path, "tenant.show", name="bench")["ports"]}
-    rest = _one_port_then_path(lab, "nvctl", INTEGRATION_BRIDGE, ports, extra, add_extra, "routed, ACL, NAT tables", log)
-    call(lab.api_path, "tenant.delete", name="bench")
-    return {"create_s": round(t_create, 3), "converge_s": converge, "flows_per_host": flows, **rest}
+    log(f"[bench] nvctl, workloads {'plugged before the clock' if plugged else 'made by the controller'}: "
+        f"create {t_create:.2f}s, every pair reachable after {converge}s")
+    return {"create_s": round(t_create, 3), "converge_s": converge}
 
 
-def _one_port_then_path(lab: Lab, side: str, bridge: str, ports: list[dict], extra: dict, add_extra,
-                        what: str, log, settle: float = 0.0) -> dict:
-    """The same two measurements on either side: `add_extra()` adds port `extra` (on hv2)
-    and returns the workloads by port name; the clock runs until p0 (on hv1) and the new
-    port reach each other, then flows added per host are counted (after `settle` s).
-    Then TCP and RTT from p0 (front, hv1) to a back port on hv2."""
-    hosts = _hosts(ports)
-    before = {h: _count_flows(lab, h, bridge) for h in hosts}
+def nvctl_remove(lab: Lab, ports: list[dict], plugged: bool) -> None:
+    call(lab.api_path, "tenant.delete", name=TENANT, timeout=300)
+    if plugged:  # the bench's own workloads: the controller leaves `workload: false` ports alone
+        unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(ports),
+               [workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports])
+
+
+def nvctl_one_port(lab: Lab, ports: list[dict], extra: dict) -> float | None:
+    """`extra` plugged (as in (a)), then added by `tenant apply`; the clock runs until p0
+    (on hv1) and the new port reach each other."""
+    want = plug_nvctl(lab, ports + [extra], only={extra["name"]})[extra["name"]]
     t0 = time.monotonic()
-    where = add_extra()
-    p0, new = where["p0"], where[extra["name"]]
-    t = _reach([(p0["namespace"], p0["ip"]), (new["namespace"], extra["ip"])])
-    change = None if t is None else round(time.monotonic() - t0, 3)
-    time.sleep(settle)
-    delta = {h: _count_flows(lab, h, bridge) - before[h] for h in hosts}
-    log(f"[bench] {side}: one port added on hv2: reachable from hv1 after {change}s; flows added per host {delta}")
-    dst = next(where[p["name"]] for p in ports if p["switch"] == "back" and p["host"] == "hv2")
-    path = _path(p0, dst)
-    log(f"[bench] {side}: {p0['name']}@hv1 -> {dst['name']}@hv2 ({what}): {path['mbps']} Mbit/s, "
-        f"RTT {path['rtt_ms_avg']} ms")
-    return {"one_port_reachable_s": change, "one_port_flows_added": delta, **path}
+    call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra], workloads=False))
+    ns = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in (ports[0], extra)}
+    t = _reach([(ns[ports[0]["name"]], ports[0]["ip"]), (ns[extra["name"]], extra["ip"])])
+    got = next(p["ofport"] for p in call(lab.api_path, "tenant.show", name=TENANT)["ports"] if p["name"] == extra["name"])
+    if got != want:
+        raise RuntimeError(f"{extra['name']}: the controller allocated ofport {got}, the bench plugged {want}")
+    return None if t is None else round(time.monotonic() - t0, 3)
 
 
 # OVN ---------------------------------------------------------------------------------------
@@ -222,8 +328,6 @@ class Ovn:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-from controller.core import VXLAN_OVERHEAD  # noqa: E402
-
 # Every side gets the MTU its encapsulation leaves on the lab's underlay, as nvctl's own
 # workloads do: VXLAN over IPv4 50 bytes; OVN's Geneve with its option 58 (what OVN's
 # own documentation has a VM use on a 1500-byte network: 1442).
@@ -235,61 +339,53 @@ def _ovn_port_cmds(p: dict) -> list[str]:
             "--", "lsp-set-port-security", p["name"], f"{p['mac']} {p['ip']}"]
 
 
-def _ovn_vif(lab: Lab, p: dict) -> dict:
-    """A workload namespace plugged into br-ovn, iface-id = the logical port: a VIF the
-    CMS has created, not yet bound to anything in the NB database."""
-    ns = f"{lab.prefix}o-{p['name']}"
-    ifname = f"o{lab.prefix[2:6]}{p['name']}"[:15]
-    gw = f"{FRONT if p['switch'] == 'front' else BACK}.1"
-    workload.create_workload(ns, lab.host_ns(p["host"]), ifname, p["ip"], 24, p["mac"], gw,
-                             lab.underlay_mtu - GENEVE_OVERHEAD)
-    lab.ovsdb(p["host"]).vsctl("--may-exist", "add-port", OVN_BRIDGE, ifname, "--", "set", "interface", ifname,
-                               f"external_ids:iface-id={p['name']}")
-    return {**p, "namespace": ns}
+def ovn_topology_cmds(ports: list[dict]) -> list[str]:
+    """The same topology as nvctl_doc, as one ovn-nbctl transaction."""
+    cmds = ["ls-add", "front", "--", "ls-add", "back", "--", "lr-add", "r"]
+    for sw, net in (("front", FRONT), ("back", BACK)):
+        cmds += ["--", "lrp-add", "r", f"r-{sw}", _mac(f"{net}.1", kind=1), f"{net}.1/24",
+                 "--", "lsp-add", sw, f"{sw}-r", "--", "lsp-set-type", f"{sw}-r", "router",
+                 "--", "lsp-set-addresses", f"{sw}-r", "router",
+                 "--", "lsp-set-options", f"{sw}-r", f"router-port=r-{sw}"]
+    cmds += ["--", "acl-add", "back", "to-lport", "200", "ip4 && icmp4", "allow-related",
+             "--", "acl-add", "back", "to-lport", "201", "ip4 && tcp.dst == 5432", "allow-related",
+             "--", "acl-add", "back", "to-lport", "100", "ip4", "drop"]
+    for p in ports:
+        cmds += _ovn_port_cmds(p)
+    return cmds
 
 
-def ovn_side(lab: Lab, ports: list[dict], log=print) -> dict:
-    hosts = _hosts(ports)
-    ovn = Ovn(lab, hosts)
-    try:
-        t0 = time.monotonic()
-        ovn.start()
-        log(f"[bench] OVN: NB, SB, northd and 3 ovn-controllers up in {time.monotonic() - t0:.1f}s")
-        vifs = {p["name"]: _ovn_vif(lab, p) for p in ports}
-        cmds = ["ls-add", "front", "--", "ls-add", "back", "--", "lr-add", "r"]
-        for sw, net in (("front", FRONT), ("back", BACK)):
-            cmds += ["--", "lrp-add", "r", f"r-{sw}", _mac(f"{net}.1", kind=1), f"{net}.1/24",
-                     "--", "lsp-add", sw, f"{sw}-r", "--", "lsp-set-type", f"{sw}-r", "router",
-                     "--", "lsp-set-addresses", f"{sw}-r", "router",
-                     "--", "lsp-set-options", f"{sw}-r", f"router-port=r-{sw}"]
-        cmds += ["--", "acl-add", "back", "to-lport", "200", "ip4 && icmp4", "allow-related",
-                 "--", "acl-add", "back", "to-lport", "201", "ip4 && tcp.dst == 5432", "allow-related",
-                 "--", "acl-add", "back", "to-lport", "100", "ip4", "drop"]
-        for p in ports:
-            cmds += _ovn_port_cmds(p)
-        t0 = time.monotonic()
-        ovn.nbctl(*cmds)
-        t_reach = _reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
-        converge = None if t_reach is None else round(time.monotonic() - t0, 3)
-        flows = {h: _count_flows(lab, h, OVN_BRIDGE) for h in hosts}
-        log(f"[bench] OVN: {len(ports)}-port topology: every pair reachable after {converge}s; "
-            f"flows per host {flows}")
-        extra = _extra_port(ports)
-        vif = _ovn_vif(lab, extra)  # plugged before the clock, as all of OVN's were
+def ovn_converge(ovn: Ovn, lab: Lab, ports: list[dict], plugged: bool, log=print) -> dict:
+    """One convergence run of OVN; its topology and VIFs are left in place (ovn_remove)."""
+    vifs = plug_ovn(lab, ports) if plugged else None
+    t0 = time.monotonic()
+    ovn.nbctl(*ovn_topology_cmds(ports))
+    if vifs is None:
+        vifs = plug_ovn(lab, ports)
+    t_reach = _reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
+    converge = None if t_reach is None else round(time.monotonic() - t0, 3)
+    log(f"[bench] OVN, VIFs {'plugged before the clock' if plugged else 'plugged after the NB transaction'}: "
+        f"every pair reachable after {converge}s")
+    return {"converge_s": converge}
 
-        def add_extra():
-            ovn.nbctl(*_ovn_port_cmds(extra)[1:])
-            return {**vifs, extra["name"]: vif}
-        # settle: let every host finish installing before counting
-        rest = _one_port_then_path(lab, "OVN", OVN_BRIDGE, ports, extra, add_extra, "routed, ACL", log, settle=0.5)
-        return {"converge_s": converge, "flows_per_host": flows, **rest}
-    finally:
-        ovn.stop()
+
+def ovn_remove(ovn: Ovn, lab: Lab, ports: list[dict]) -> None:
+    ovn.nbctl("--wait=hv", "ls-del", "front", "--", "ls-del", "back", "--", "lr-del", "r")
+    unplug_ovn(lab, ports)
+
+
+def ovn_one_port(ovn: Ovn, lab: Lab, ports: list[dict], extra: dict) -> float | None:
+    vif = plug_ovn(lab, [extra])[extra["name"]]  # plugged before the clock, as all of OVN's were
+    t0 = time.monotonic()
+    ovn.nbctl(*_ovn_port_cmds(extra)[1:])
+    p0 = ports[0]
+    t = _reach([(_ovn_ns(lab, p0), p0["ip"]), (vif["namespace"], extra["ip"])])
+    return None if t is None else round(time.monotonic() - t0, 3)
 
 
 # data-path floors ----------------------------------------------------------------------------
 
-def minimal_pipeline(lab: Lab, log=print) -> dict:
+def two_flow_up(lab: Lab) -> tuple[dict, dict]:
     """Two flows per host on a bridge of its own (br-min, VXLAN on UDP 4790) on hv1 and hv2
     of the same OVS instances: in_port=workload -> tunnel to the peer, tunnel -> workload."""
     a = {"host": "hv1", "ip": "10.9.0.1", "name": "min-a"}
@@ -308,20 +404,20 @@ def minimal_pipeline(lab: Lab, log=print) -> dict:
         workload.create_workload(me["namespace"], lab.host_ns(h), ifname, me["ip"], 24, _mac(me["ip"]),
                                  mtu=lab.underlay_mtu - VXLAN_OVERHEAD)
         db.vsctl("--may-exist", "add-port", MIN_BRIDGE, ifname, "--", "set", "interface", ifname, "ofport_request=1")
+        rxqueue.deepen_instance(lab.host_dir(h))
         flows = (f"in_port=1,actions=set_field:{peer_pa}->tun_dst,set_field:9->tun_id,output:100\n"
                  "in_port=100,actions=output:1\n")
         subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "replace-flows", MIN_BRIDGE, "-"], input=flows, text=True,
                        env=lab.ovs_env(h), check=True, capture_output=True, timeout=30)
-    try:
-        path = _path(a, b)
-    finally:
-        for h in ("hv1", "hv2"):
-            lab.ovsdb(h).vsctl("--if-exists", "del-br", MIN_BRIDGE)
-    log(f"[bench] two-flow pipeline hv1 -> hv2: {path['mbps']} Mbit/s, RTT {path['rtt_ms_avg']} ms")
-    return path
+    return a, b
 
 
-def veth_pair(lab: Lab, log=print) -> dict:
+def two_flow_down(lab: Lab) -> None:
+    for h in ("hv1", "hv2"):
+        lab.ovsdb(h).vsctl("--if-exists", "del-br", MIN_BRIDGE)
+
+
+def veth_up(lab: Lab) -> tuple[dict, dict]:
     """Two namespaces joined by one veth (TX checksum offload off, as in the workloads)."""
     a, b = f"{lab.prefix}b-va", f"{lab.prefix}b-vb"
     for ns in (a, b):
@@ -332,31 +428,122 @@ def veth_pair(lab: Lab, log=print) -> dict:
         run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0"])
         run(["ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up"])
         run(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"])
-    path = _path({"namespace": a, "ip": "10.8.0.1"}, {"namespace": b, "ip": "10.8.0.2"})
-    log(f"[bench] veth pair: {path['mbps']} Mbit/s, RTT {path['rtt_ms_avg']} ms")
-    return path
+    return {"namespace": a, "ip": "10.8.0.1"}, {"namespace": b, "ip": "10.8.0.2"}
 
 
-def versus(lab: Lab, ports: int = 100, log=print) -> dict:
+def _appctl(lab: Lab, host: str, *args: str) -> str:
+    return subprocess.run(["ovs-appctl", *args], env=lab.ovs_env(host), capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def _pmd_stats(text: str) -> dict:
+    """The main thread's counters from dpif-netdev/pmd-stats-show (no PMD threads here)."""
+    out = {}
+    for key, label in (("packets", "packets received"), ("recirculations", "packet recirculations"),
+                       ("emc_hits", "emc hits"), ("smc_hits", "smc hits"), ("megaflow_hits", "megaflow hits"),
+                       ("upcalls", "miss with success upcall"), ("lost", "miss with failed upcall"),
+                       ("cycles_per_packet", "avg cycles per packet"),
+                       ("subtable_lookups", "avg subtable lookups per megaflow hit")):
+        m = re.search(rf"{label}:\s*([\d.]+)", text)
+        if m:
+            out[key] = float(m.group(1))
+    return out
+
+
+def datapath_profile(lab: Lab, src: dict, dst: dict, seconds: float = 3) -> dict:
+    """One iperf3 run with both hosts' datapaths read: per host, what the main thread
+    did per packet (recirculations per packet: conntrack and other passes through the
+    datapath; cycles per packet), and the megaflows installed at the end of the run."""
+    hosts = ("hv1", "hv2")
+    for h in hosts:
+        _appctl(lab, h, "dpif-netdev/pmd-stats-clear")
+    r = iperf3(src["namespace"], dst["namespace"], dst["ip"], seconds=seconds, port=5432)
+    out = {"mbps": r["mbps"]}
+    for h in hosts:
+        st = _pmd_stats(_appctl(lab, h, "dpif-netdev/pmd-stats-show"))
+        flows = [ln for ln in _appctl(lab, h, "dpctl/dump-flows").splitlines() if ln.strip()]
+        pkts = st.get("packets") or 0
+        out[h] = {**st, "megaflows": len(flows),
+                  "passes_per_packet": round((pkts + st.get("recirculations", 0)) / pkts, 3) if pkts else None}
+    return out
+
+
+# the whole comparison ----------------------------------------------------------------------
+
+def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=print) -> dict:
     """Everything above on one lab (already up with 3 hosts)."""
     hosts = sorted(lab.manifest()["hosts"])
     topo = topology(ports, hosts)
-    out = {"ports": ports, "hosts": len(hosts)}
-    out["nvctl"] = nvctl_side(lab, topo, log)
-    out["ovn"] = ovn_side(lab, topo, log)
-    out["two_flow"] = minimal_pipeline(lab, log)
-    out["veth"] = veth_pair(lab, log)
-    n, o, m = out["nvctl"], out["ovn"], out["two_flow"]
+    extras = extra_ports(topo, reps)
+    runs = {k: [] for k in ("nvctl_plugged", "ovn_plugged", "nvctl_unplugged", "ovn_unplugged")}
+    creates = {"plugged": [], "unplugged": []}
+    ovn = Ovn(lab, hosts)
+    out: dict = {"ports": ports, "hosts": len(hosts), "reps": reps}
+    try:
+        t0 = time.monotonic()
+        ovn.start()
+        log(f"[bench] OVN: NB, SB, northd and {len(hosts)} ovn-controllers up in {time.monotonic() - t0:.1f}s")
+        for r in range(reps):
+            last = r == reps - 1
+            for plugged in (False, True):  # the last repetition leaves (a) in place for what follows
+                key = "plugged" if plugged else "unplugged"
+                n = nvctl_converge(lab, topo, plugged, log)
+                runs[f"nvctl_{key}"].append(n["converge_s"])
+                creates[key].append(n["create_s"])
+                if not (last and plugged):
+                    nvctl_remove(lab, topo, plugged)
+                runs[f"ovn_{key}"].append(ovn_converge(ovn, lab, topo, plugged, log)["converge_s"])
+                if not (last and plugged):
+                    ovn_remove(ovn, lab, topo)
+        conv = {k: spread(v) for k, v in runs.items()}
+        conv["nvctl_create_s"] = {k: spread(v) for k, v in creates.items()}
+        out["convergence"] = conv
+        time.sleep(0.5)  # every host done installing before counting
+        out["flows_per_host"] = {"nvctl": {h: _count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts},
+                                 "ovn": {h: _count_flows(lab, h, OVN_BRIDGE) for h in hosts}}
+        log(f"[bench] flows per host: {out['flows_per_host']}")
+        one = {"nvctl": [], "ovn": []}
+        for i, extra in enumerate(extras):
+            one["nvctl"].append(nvctl_one_port(lab, topo + extras[:i], extra))
+            one["ovn"].append(ovn_one_port(ovn, lab, topo, extra))
+        out["one_port"] = {k: spread(v) for k, v in one.items()}
+        log(f"[bench] one port added on hv2, reachable from hv1: nvctl {out['one_port']['nvctl']}, "
+            f"OVN {out['one_port']['ovn']}")
+        # the four paths, all up at once, measured in turns: p0 (front, hv1) -> a back port on hv2
+        dst = next(p for p in topo if p["switch"] == "back" and p["host"] == "hv2")
+        ns_nv = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in topo}
+        paths = {"nvctl": ({**topo[0], "namespace": ns_nv["p0"]}, {**dst, "namespace": ns_nv[dst["name"]]}),
+                 "ovn": ({**topo[0], "namespace": _ovn_ns(lab, topo[0])}, {**dst, "namespace": _ovn_ns(lab, dst)}),
+                 "two_flow": two_flow_up(lab), "veth": veth_up(lab)}
+        got = {k: [] for k in paths}
+        for _ in range(path_reps):
+            for k, (a, b) in paths.items():
+                got[k].append(_path(a, b))
+        out["paths"] = {k: {m: spread([g[m] for g in v], 3) for m in ("mbps", "rtt_ms_p50", "rtt_ms_p99")}
+                        for k, v in got.items()}
+        out["paths_lost_pings"] = {k: sum(g["lost"] for g in v) for k, v in got.items()}
+        out["datapath"] = {k: datapath_profile(lab, *paths[k]) for k in ("nvctl", "ovn", "two_flow")}
+        for k in paths:
+            log(f"[bench] path {k}: {out['paths'][k]['mbps']['median']} Mbit/s "
+                f"({out['paths'][k]['mbps']['min']}-{out['paths'][k]['mbps']['max']}), RTT p50 "
+                f"{out['paths'][k]['rtt_ms_p50']['median']} p99 {out['paths'][k]['rtt_ms_p99']['median']} ms")
+        log(f"[bench] datapath: {out['datapath']}")
+    finally:
+        two_flow_down(lab)
+        ovn.stop()
+    c, f, pth = out["convergence"], out["flows_per_host"], out["paths"]
     out["ratios"] = {
-        "flows_per_host_nvctl_over_ovn": round(max(n["flows_per_host"].values()) /
-                                               max(o["flows_per_host"].values()), 3),
-        "convergence_nvctl_over_ovn": (round(n["converge_s"] / o["converge_s"], 3)
-                                       if n["converge_s"] and o["converge_s"] else None),
-        "one_port_nvctl_over_ovn": (round(n["one_port_reachable_s"] / o["one_port_reachable_s"], 3)
-                                    if n["one_port_reachable_s"] and o["one_port_reachable_s"] else None),
-        "throughput_full_over_two_flow": round(n["mbps"] / m["mbps"], 3) if m["mbps"] else None,
-        "throughput_ovn_over_two_flow": round(o["mbps"] / m["mbps"], 3) if m["mbps"] else None,
-        "throughput_full_over_veth": round(n["mbps"] / out["veth"]["mbps"], 3) if out["veth"]["mbps"] else None,
+        "flows_per_host_nvctl_over_ovn": round(max(f["nvctl"].values()) / max(f["ovn"].values()), 3),
+        "convergence_plugged_nvctl_over_ovn": ratio(c["nvctl_plugged"], c["ovn_plugged"]),
+        "convergence_unplugged_nvctl_over_ovn": ratio(c["nvctl_unplugged"], c["ovn_unplugged"]),
+        # the name of before, for run-to-run tracking: nvctl making its workloads, OVN's plugged first
+        "convergence_nvctl_over_ovn": ratio(c["nvctl_unplugged"], c["ovn_plugged"]),
+        "one_port_nvctl_over_ovn": ratio(out["one_port"]["nvctl"], out["one_port"]["ovn"]),
+        "throughput_full_over_two_flow": ratio(pth["nvctl"]["mbps"], pth["two_flow"]["mbps"]),
+        "throughput_ovn_over_two_flow": ratio(pth["ovn"]["mbps"], pth["two_flow"]["mbps"]),
+        "throughput_full_over_veth": ratio(pth["nvctl"]["mbps"], pth["veth"]["mbps"]),
+        "rtt_p99_full_over_two_flow": ratio(pth["nvctl"]["rtt_ms_p99"], pth["two_flow"]["rtt_ms_p99"]),
+        "rtt_p99_ovn_over_two_flow": ratio(pth["ovn"]["rtt_ms_p99"], pth["two_flow"]["rtt_ms_p99"]),
     }
     log(f"[bench] ratios: {out['ratios']}")
     return out

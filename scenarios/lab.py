@@ -364,13 +364,17 @@ class Lab:
     def stop_controller(self, sig=signal.SIGTERM) -> None:
         _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig, group=True)
 
+    def host_info(self, name: str) -> dict:
+        """What the controller's lab driver is told about host `name` (host.register's info)."""
+        return {"kind": "lab", "netns": self.host_ns(name), "prefix": self.prefix, "mtu": self.underlay_mtu,
+                "ovsdb": f"unix:{self.host_dir(name)}/db.sock", "rundir": self.host_dir(name)}
+
     def _register(self, plans: list[HostPlan], on_host=None) -> None:
         from controller.api import call
         with NetNS(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
-            info = {"kind": "lab", "netns": self.host_ns(p), "prefix": self.prefix, "mtu": self.underlay_mtu,
-                    "ovsdb": f"unix:{self.host_dir(p.name)}/db.sock", "rundir": self.host_dir(p.name)}
+            info = self.host_info(p.name)
             if p.index == GATEWAY_HOST:
                 info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,
                                     "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}

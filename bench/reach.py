@@ -40,15 +40,25 @@ def _socket_in(ns: str) -> socket.socket:
 
 
 class Reach:
-    """sources: [(namespace, own IP)]; targets: IPs every source must reach (itself excluded)."""
+    """sources: [(namespace, own IP)]; targets: IPs every source must reach (itself excluded).
+    groups (one per source, e.g. its tenant): then each source must reach the other
+    sources of its own group, and targets are the sources' IPs (tenants may share CAs)."""
 
-    def __init__(self, sources: list[tuple[str, str]], targets: list[str] | None = None):
+    def __init__(self, sources: list[tuple[str, str]], targets: list[str] | None = None,
+                 groups: list | None = None):
         self.sources = sources
         self.targets = targets if targets is not None else [ip for _, ip in sources]
         self.socks = [_socket_in(ns) for ns, _ in sources]
         self.by_fd = {s.fileno(): i for i, s in enumerate(self.socks)}
-        self.pending = {(i, j) for i, (_, ip) in enumerate(sources)
-                        for j, t in enumerate(self.targets) if t != ip}
+        if groups is not None:
+            members: dict = {}
+            for i, g in enumerate(groups):
+                members.setdefault(g, []).append(i)
+            self.targets = [ip for _, ip in sources]
+            self.pending = {(i, j) for m in members.values() for i in m for j in m if i != j}
+        else:
+            self.pending = {(i, j) for i, (_, ip) in enumerate(sources)
+                            for j, t in enumerate(self.targets) if t != ip}
         self.total = len(self.pending)
 
     def close(self) -> None:

@@ -25,8 +25,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("compile", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp", "cni",
-       "cluster", "observe")
+ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp",
+       "cni", "cluster", "observe")
+EXTRA = ("scale",)  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
 
 
 def machine() -> dict:
@@ -72,6 +73,21 @@ def ratios(res: dict) -> dict:
         v = _get(res, *path)
         if isinstance(v, (int, float)):
             out[name] = v
+    for name, path in {"compile_nvctl_over_northd": ("northd", "ratios", "compile_nvctl_over_northd"),
+                       "change_one_port_nvctl_over_northd": ("northd", "ratios", "change_one_port_nvctl_over_northd")
+                       }.items():
+        v = _get(res, *path)
+        if isinstance(v, (int, float)):
+            out[name] = v
+    sizes = _get(res, "scale", "sizes") or {}
+    if sizes:
+        big = max(sizes, key=int)
+        for k, v in (sizes[big].get("ratios") or {}).items():
+            if isinstance(v, (int, float)):
+                out[f"scale{big}_{k}"] = v
+        for k, v in (_get(res, "scale", "growth") or {}).items():
+            if isinstance(v, (int, float)):
+                out[f"scale{big}_growth_from_{min(sizes, key=int)}_hosts_{k}"] = v
     verify_s = _median(_get(res, "verify", "full_verify_s"))
     if isinstance(verify_s, (int, float)) and _get(res, "verify", "ports") == 10000:
         out["verify_seconds_10k_ports"] = verify_s
@@ -226,13 +242,14 @@ def _main(argv, rep) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results directory")
-    ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    ap.add_argument("--only", default=",".join(ALL),
+                    help=f"comma-separated subset of {','.join(ALL + EXTRA)} (default: all but {','.join(EXTRA)})")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for reporting)")
     a = ap.parse_args(argv)
     only = [x for x in a.only.split(",") if x]
-    bad = [x for x in only if x not in ALL]
+    bad = [x for x in only if x not in ALL + EXTRA]
     if bad:
-        ap.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(ALL)})")
+        ap.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(ALL + EXTRA)})")
     os.makedirs(a.out, exist_ok=True)
     from bench import live, pure
     t0 = time.monotonic()
@@ -242,6 +259,12 @@ def _main(argv, rep) -> int:
     if "compile" in only:
         suites.next("compile")
         res["compile"] = pure.compile_scaling((12, 25, 50, 100) if a.quick else (62, 125, 250, 500, 1000))
+    if "northd" in only:
+        suites.next("northd")
+        from bench import northd
+        res["northd"] = northd.northd_compare(*(big if not a.quick else (100, 10)), reps=1 if a.quick else 3,
+                                              change_reps=3 if a.quick else 10)
+        print(northd.report(res["northd"]), flush=True)
     if "change" in only:
         suites.next("change")
         res["change"] = pure.one_port_change(*big)
@@ -306,12 +329,18 @@ def _main(argv, rep) -> int:
                           "cpu": _on_fresh_lab(lambda lab: observe.cpu_share(lab, seconds=5 if a.quick else 15,
                                                                              reps=1 if a.quick else 3))}
         print(observe.report(res["observe"]), flush=True)
+    if "scale" in only:
+        suites.next("scale")
+        from bench import scale
+        res["scale"] = scale.run_sizes(((3, 3), (3, 6)) if a.quick else ((3, 15), (10, 50)), reps=1 if a.quick else 2,
+                                       log=lambda m: print(m, flush=True))
+        print(scale.report(res["scale"]), flush=True)
     suites.next(None)
     res["seconds"] = round(time.monotonic() - t0, 1)
     path = os.path.join(a.out, "results.json")
-    if set(only) != set(ALL) and os.path.exists(path):  # a partial run keeps the other figures
+    if set(only) != set(ALL + EXTRA) and os.path.exists(path):  # a partial run keeps the other figures
         with open(path) as f:
-            kept = {k: v for k, v in json.load(f).items() if k in ALL and k not in only}
+            kept = {k: v for k, v in json.load(f).items() if k in ALL + EXTRA and k not in only}
         res = {**kept, **res}
     res["ratios"] = ratios(res)
     with open(path, "w") as f:

@@ -80,13 +80,14 @@ def topology(ports: int, hosts: list[str]) -> list[dict]:
     return out
 
 
-def nvctl_doc(ports: list[dict], name: str = TENANT, workloads: bool = True) -> dict:
+def nvctl_doc(ports: list[dict], name: str = TENANT, workloads: bool = True,
+              external_ip: str = "203.0.113.10") -> dict:
     back = [p["name"] for p in ports if p["switch"] == "back"]
     return {"apiVersion": "nvctl/v1", "kind": "Tenant", "metadata": {"name": name}, "spec": {
         "switches": [{"name": "front", "cidr": f"{FRONT}.0/24"}, {"name": "back", "cidr": f"{BACK}.0/24"}],
         "routers": [{"name": "r", "ports": [{"switch": "front", "ip": f"{FRONT}.1"},
                                             {"switch": "back", "ip": f"{BACK}.1"}],
-                     "external": {"ip": "203.0.113.10"}}],
+                     "external": {"ip": external_ip}}],
         "nat": [{"type": "snat", "router": "r", "cidr": f"{FRONT}.0/24"}],
         "acls": [{"priority": 200, "direction": "to-port", "ports": back, "protocol": "icmp", "action": "allow"},
                  {"priority": 201, "direction": "to-port", "ports": back, "protocol": "tcp", "dstPorts": [5432],
@@ -96,9 +97,10 @@ def nvctl_doc(ports: list[dict], name: str = TENANT, workloads: bool = True) -> 
                   for p in ports]}}
 
 
-def nvctl_yaml(ports: list[dict], name: str = TENANT, workloads: bool = True) -> str:
+def nvctl_yaml(ports: list[dict], name: str = TENANT, workloads: bool = True,
+               external_ip: str = "203.0.113.10") -> str:
     import yaml
-    return yaml.safe_dump(nvctl_doc(ports, name, workloads), sort_keys=False)
+    return yaml.safe_dump(nvctl_doc(ports, name, workloads, external_ip), sort_keys=False)
 
 
 def _count_flows(lab: Lab, host: str, bridge: str) -> int:
@@ -140,20 +142,48 @@ def lab_driver(lab: Lab) -> LabDriver:
     return LabDriver({h: SimpleNamespace(info=lab.host_info(h)) for h in lab.manifest()["hosts"]})
 
 
-def plug_nvctl(lab: Lab, ports: list[dict], name: str = TENANT, only: set[str] | None = None) -> dict[str, int]:
-    """nvctl's workloads made by the bench before the clock, with the ofports the
-    controller will give them: its allocator run offline on an empty deployment (the
-    lab holds no other tenant). Returns port -> ofport, to check against the real one."""
-    from controller.allocator import InUse, allocate
-    from topology import schema
-    t = schema.load_tenant(nvctl_yaml(ports, name), lab.manifest()["hosts"])
-    alloc = allocate(t, None, None, InUse())
-    mtu = lab.underlay_mtu - VXLAN_OVERHEAD
-    atts = attachments_of(t, alloc.ofport, {s.name: mtu for s in t.switches})
-    errors = lab_driver(lab).plug_many([a for n, a in atts.items() if only is None or n in only], PLUG_WORKERS)
+class Offline:
+    """The controller's allocator, run by the bench on what it will ask the controller
+    (the lab holds no other tenants): the ofports a tenant's ports will get, so the
+    bench can plug its workloads before the clock. Checked against what the controller
+    did allocate (check())."""
+
+    def __init__(self, lab: Lab):
+        from controller.allocator import InUse
+        self.lab, self.used, self.held = lab, InUse(), {}
+
+    def put(self, name: str, text: str, only: set[str] | None = None) -> list:
+        """Allocate as tenant create/apply of `text` will; the attachments to plug."""
+        from controller.allocator import allocate
+        from topology import schema
+        t = schema.load_tenant(text, self.lab.manifest()["hosts"])
+        prev = self.held.get(name)
+        if prev:
+            self.used.remove(*prev)
+        alloc = allocate(t, prev[0] if prev else None, prev[1] if prev else None, self.used)
+        self.used.add(t, alloc)
+        self.held[name] = (t, alloc)
+        mtu = self.lab.underlay_mtu - VXLAN_OVERHEAD
+        return [a for n, a in attachments_of(t, alloc.ofport, {s.name: mtu for s in t.switches}).items()
+                if only is None or n in only]
+
+    def drop(self, name: str) -> None:
+        if name in self.held:
+            self.used.remove(*self.held.pop(name))
+
+    def check(self, name: str) -> None:
+        got = {p["name"]: p["ofport"] for p in call(self.lab.api_path, "tenant.show", name=name)["ports"]}
+        want = dict(self.held[name][1].ofport)
+        if got != want:
+            bad = sorted(n for n in want if got.get(n) != want[n])
+            raise RuntimeError(f"{name}: the controller allocated other ofports than the bench plugged "
+                               f"({', '.join(bad[:5])})")
+
+
+def plug(lab: Lab, atts: list) -> None:
+    errors = lab_driver(lab).plug_many(atts, PLUG_WORKERS)
     if errors:
-        raise RuntimeError(f"plugging nvctl's workloads: {errors[:3]}")
-    return dict(alloc.ofport)
+        raise RuntimeError(f"plugging nvctl's workloads: {len(errors)} failed, e.g. {errors[:3]}")
 
 
 def unplug(lab: Lab, bridge: str, ifnames_by_host: dict[str, list[str]], namespaces: list[str]) -> None:
@@ -182,7 +212,7 @@ def plug_ovn(lab: Lab, ports: list[dict]) -> dict[str, dict]:
     8 at once, then one OVSDB transaction per host putting them on br-ovn with
     iface-id = the logical port: VIFs as a CMS plugs them."""
     def make(p):
-        gw = f"{FRONT if p['switch'] == 'front' else BACK}.1"
+        gw = p["ip"].rsplit(".", 1)[0] + ".1"  # the router's port on the port's /24
         workload.create_workload(_ovn_ns(lab, p), lab.host_ns(p["host"]), _ovn_ifname(lab, p), p["ip"], 24,
                                  p["mac"], gw, lab.underlay_mtu - GENEVE_OVERHEAD)
     with ThreadPoolExecutor(max_workers=PLUG_WORKERS) as pool:
@@ -219,41 +249,45 @@ def unplug_ovn(lab: Lab, ports: list[dict]) -> None:
 # nvctl -------------------------------------------------------------------------------------
 
 def nvctl_converge(lab: Lab, ports: list[dict], plugged: bool, log=print) -> dict:
-    """One convergence run; the tenant is left in place (nvctl_remove takes it away)."""
-    want = plug_nvctl(lab, ports) if plugged else None
+    """One convergence run; the tenant is left in place (nvctl_remove takes it away).
+    Returns the figures and the Offline allocator that plugged it (None: unplugged)."""
+    off = None
+    if plugged:
+        off = Offline(lab)
+        plug(lab, off.put(TENANT, nvctl_yaml(ports)))
     t0 = time.monotonic()
     call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports, workloads=not plugged), timeout=300)
     t_create = time.monotonic() - t0
-    shown = {p["name"]: p for p in call(lab.api_path, "tenant.show", name=TENANT)["ports"]}
-    if want is not None and {n: shown[n]["ofport"] for n in want} != want:
-        raise RuntimeError("the controller allocated other ofports than the bench plugged its workloads with")
     spaces = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports}
     t_reach = _reach([(spaces[p["name"]], p["ip"]) for p in ports])
     converge = None if t_reach is None else round(time.monotonic() - t0, 3)
+    if off:
+        off.check(TENANT)
     log(f"[bench] nvctl, workloads {'plugged before the clock' if plugged else 'made by the controller'}: "
         f"create {t_create:.2f}s, every pair reachable after {converge}s")
-    return {"create_s": round(t_create, 3), "converge_s": converge}
+    return {"create_s": round(t_create, 3), "converge_s": converge, "offline": off}
 
 
-def nvctl_remove(lab: Lab, ports: list[dict], plugged: bool) -> None:
-    call(lab.api_path, "tenant.delete", name=TENANT, timeout=300)
+def nvctl_remove(lab: Lab, ports: list[dict], plugged: bool, name: str = TENANT) -> None:
+    call(lab.api_path, "tenant.delete", name=name, timeout=300)
     if plugged:  # the bench's own workloads: the controller leaves `workload: false` ports alone
-        unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(ports),
-               [workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports])
+        unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(ports, name),
+               [workload_namespace(lab.prefix, name, p["name"]) for p in ports])
 
 
-def nvctl_one_port(lab: Lab, ports: list[dict], extra: dict) -> float | None:
-    """`extra` plugged (as in (a)), then added by `tenant apply`; the clock runs until p0
-    (on hv1) and the new port reach each other."""
-    want = plug_nvctl(lab, ports + [extra], only={extra["name"]})[extra["name"]]
+def nvctl_one_port(lab: Lab, off: Offline, ports: list[dict], extra: dict, name: str = TENANT,
+                   external_ip: str = "203.0.113.10") -> float | None:
+    """`extra` plugged (as in (a)), then added by `tenant apply`; the clock runs until the
+    tenant's first port (on hv1) and the new port reach each other."""
+    text = nvctl_yaml(ports + [extra], name, True, external_ip)
+    plug(lab, off.put(name, text, only={extra["name"]}))
     t0 = time.monotonic()
-    call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra], workloads=False))
-    ns = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in (ports[0], extra)}
+    call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra], name, False, external_ip))
+    ns = {p["name"]: workload_namespace(lab.prefix, name, p["name"]) for p in (ports[0], extra)}
     t = _reach([(ns[ports[0]["name"]], ports[0]["ip"]), (ns[extra["name"]], extra["ip"])])
-    got = next(p["ofport"] for p in call(lab.api_path, "tenant.show", name=TENANT)["ports"] if p["name"] == extra["name"])
-    if got != want:
-        raise RuntimeError(f"{extra['name']}: the controller allocated ofport {got}, the bench plugged {want}")
-    return None if t is None else round(time.monotonic() - t0, 3)
+    dt = None if t is None else round(time.monotonic() - t0, 3)
+    off.check(name)
+    return dt
 
 
 # OVN ---------------------------------------------------------------------------------------
@@ -339,17 +373,22 @@ def _ovn_port_cmds(p: dict) -> list[str]:
             "--", "lsp-set-port-security", p["name"], f"{p['mac']} {p['ip']}"]
 
 
-def ovn_topology_cmds(ports: list[dict]) -> list[str]:
-    """The same topology as nvctl_doc, as one ovn-nbctl transaction."""
-    cmds = ["ls-add", "front", "--", "ls-add", "back", "--", "lr-add", "r"]
-    for sw, net in (("front", FRONT), ("back", BACK)):
-        cmds += ["--", "lrp-add", "r", f"r-{sw}", _mac(f"{net}.1", kind=1), f"{net}.1/24",
+def ovn_topology_cmds(ports: list[dict], prefix: str = "") -> list[str]:
+    """The same topology as nvctl_doc, as one ovn-nbctl transaction. With a prefix (a
+    tenant's), its switches are PREFIXfront and PREFIXback, its router PREFIXr; the
+    ports' names and switches must carry it already."""
+    r = f"{prefix}r"
+    cmds = ["ls-add", f"{prefix}front", "--", "ls-add", f"{prefix}back", "--", "lr-add", r]
+    for sw, net in ((f"{prefix}front", FRONT), (f"{prefix}back", BACK)):
+        cmds += ["--", "lrp-add", r, f"{r}-{sw}", _mac(f"{net}.1", kind=1), f"{net}.1/24",
                  "--", "lsp-add", sw, f"{sw}-r", "--", "lsp-set-type", f"{sw}-r", "router",
                  "--", "lsp-set-addresses", f"{sw}-r", "router",
-                 "--", "lsp-set-options", f"{sw}-r", f"router-port=r-{sw}"]
-    cmds += ["--", "acl-add", "back", "to-lport", "200", "ip4 && icmp4", "allow-related",
-             "--", "acl-add", "back", "to-lport", "201", "ip4 && tcp.dst == 5432", "allow-related",
-             "--", "acl-add", "back", "to-lport", "100", "ip4", "drop"]
+                 "--", "lsp-set-options", f"{sw}-r", f"router-port={r}-{sw}"]
+    back = f"{prefix}back"
+    cmds += ["--", "acl-add", back, "to-lport", "200", "ip4 && icmp4", "allow-related",
+             "--", "acl-add", back, "to-lport", "201", "ip4 && tcp.dst == 5432", "allow-related",
+             # nvctl's deny guards the back ports, not the router's port on the switch
+             "--", "acl-add", back, "to-lport", "100", f'outport != "{back}-r" && ip4', "drop"]
     for p in ports:
         cmds += _ovn_port_cmds(p)
     return cmds
@@ -369,8 +408,11 @@ def ovn_converge(ovn: Ovn, lab: Lab, ports: list[dict], plugged: bool, log=print
     return {"converge_s": converge}
 
 
-def ovn_remove(ovn: Ovn, lab: Lab, ports: list[dict]) -> None:
-    ovn.nbctl("--wait=hv", "ls-del", "front", "--", "ls-del", "back", "--", "lr-del", "r")
+def ovn_remove(ovn: Ovn, lab: Lab, ports: list[dict], prefixes: list[str] = ("",)) -> None:
+    cmds = ["--wait=hv"]
+    for x in prefixes:
+        cmds += ["--", "ls-del", f"{x}front", "--", "ls-del", f"{x}back", "--", "lr-del", f"{x}r"]
+    ovn.nbctl(*cmds)
     unplug_ovn(lab, ports)
 
 
@@ -488,6 +530,7 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
             for plugged in (False, True):  # the last repetition leaves (a) in place for what follows
                 key = "plugged" if plugged else "unplugged"
                 n = nvctl_converge(lab, topo, plugged, log)
+                off = n["offline"]
                 runs[f"nvctl_{key}"].append(n["converge_s"])
                 creates[key].append(n["create_s"])
                 if not (last and plugged):
@@ -504,7 +547,7 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
         log(f"[bench] flows per host: {out['flows_per_host']}")
         one = {"nvctl": [], "ovn": []}
         for i, extra in enumerate(extras):
-            one["nvctl"].append(nvctl_one_port(lab, topo + extras[:i], extra))
+            one["nvctl"].append(nvctl_one_port(lab, off, topo + extras[:i], extra))
             one["ovn"].append(ovn_one_port(ovn, lab, topo, extra))
         out["one_port"] = {k: spread(v) for k, v in one.items()}
         log(f"[bench] one port added on hv2, reachable from hv1: nvctl {out['one_port']['nvctl']}, "

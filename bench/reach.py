@@ -39,6 +39,18 @@ def _socket_in(ns: str) -> socket.socket:
         popns()
 
 
+def pairs(own: list[str], targets: list[str], groups: list | None = None) -> set[tuple[int, int]]:
+    """(source index, target index) to be answered. Without groups every source reaches
+    every target but its own address; with groups (targets = the sources) each source
+    reaches the other members of its group only."""
+    if groups is None:
+        return {(i, j) for i, ip in enumerate(own) for j, t in enumerate(targets) if t != ip}
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    return {(i, j) for m in members.values() for i in m for j in m if i != j}
+
+
 class Reach:
     """sources: [(namespace, own IP)]; targets: IPs every source must reach (itself excluded).
     groups (one per source, e.g. its tenant): then each source must reach the other
@@ -51,14 +63,8 @@ class Reach:
         self.socks = [_socket_in(ns) for ns, _ in sources]
         self.by_fd = {s.fileno(): i for i, s in enumerate(self.socks)}
         if groups is not None:
-            members: dict = {}
-            for i, g in enumerate(groups):
-                members.setdefault(g, []).append(i)
             self.targets = [ip for _, ip in sources]
-            self.pending = {(i, j) for m in members.values() for i in m for j in m if i != j}
-        else:
-            self.pending = {(i, j) for i, (_, ip) in enumerate(sources)
-                            for j, t in enumerate(self.targets) if t != ip}
+        self.pending = pairs([ip for _, ip in sources], self.targets, groups)
         self.total = len(self.pending)
 
     def close(self) -> None:

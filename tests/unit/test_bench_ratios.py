@@ -17,3 +17,15 @@ def test_ratios_keep_the_versus_names_and_add_the_others_only_when_measured():
 def test_a_verify_at_another_size_is_not_reported_as_the_10k_figure():
     assert "verify_seconds_10k_ports" not in ratios({"verify": {"ports": 1000, "full_verify_s": 3.0}})
     assert ratios({}) == {}
+
+
+def test_northd_and_the_largest_scale_lab_get_their_stable_names():
+    res = {"northd": {"ratios": {"compile_nvctl_over_northd": 0.41, "change_one_port_nvctl_over_northd": 0.006}},
+           "scale": {"sizes": {"3": {"ratios": {"convergence_plugged_nvctl_over_ovn": 0.2}},
+                               "10": {"ratios": {"convergence_plugged_nvctl_over_ovn": 0.3,
+                                                 "memory_nvctl_over_ovn": None}}},
+                     "growth": {"memory_nvctl": 1.5}}}
+    got = ratios(res)
+    assert got == {"compile_nvctl_over_northd": 0.41, "change_one_port_nvctl_over_northd": 0.006,
+                   "scale10_convergence_plugged_nvctl_over_ovn": 0.3,
+                   "scale10_growth_from_3_hosts_memory_nvctl": 1.5}

@@ -7,6 +7,7 @@ and reads replies until the round ends. 10,000 pairs cost one process, not 10,00
 """
 from __future__ import annotations
 
+import random
 import select
 import socket
 import struct
@@ -65,6 +66,9 @@ class Reach:
         if groups is not None:
             self.targets = [ip for _, ip in sources]
         self.pending = pairs([ip for _, ip in sources], self.targets, groups)
+        # the ICMP id is part of conntrack's key: two probes of the same pairs (nvctl's and
+        # OVN's, on one datapath) must not send the same tuples
+        self.base = random.randrange(1 << 16)
         self.total = len(self.pending)
 
     def close(self) -> None:
@@ -83,7 +87,7 @@ class Reach:
                 return None
             for i, j in list(self.pending):
                 try:
-                    self.socks[i].sendto(_echo(i, j), (self.targets[j], 0))
+                    self.socks[i].sendto(_echo((self.base + i) & 0xFFFF, j), (self.targets[j], 0))
                 except OSError:  # no route/neighbour yet: next round
                     pass
             end = time.monotonic() + round_s
@@ -98,5 +102,5 @@ class Reach:
                         ihl = (pkt[0] & 0x0F) * 4
                         if len(pkt) >= ihl + 8 and pkt[ihl] == 0:  # echo reply
                             ident, seq = struct.unpack("!HH", pkt[ihl + 4:ihl + 8])
-                            self.pending.discard((ident, seq))
+                            self.pending.discard(((ident - self.base) & 0xFFFF, seq))
         return time.monotonic() - t0

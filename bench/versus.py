@@ -22,7 +22,9 @@ guarding one switch):
 - TCP throughput (iperf3) and ping RTT (p50/p99 of 200 pings at 10 ms) hv1 -> hv2 through
   nvctl's full pipeline, OVN's, a minimal two-flow pipeline on the same OVS instances
   (in_port -> tunnel, tunnel -> port, a bridge of its own) and a plain veth pair,
-  all four set up at once and measured in turns. One run of each pipeline also has its
+  all four set up at once and measured in turns, every other workload unplugged first
+  (the flows stay): this datapath polls every port in one thread, so idle ports cost
+  every pipeline alike and would hide what the pipelines themselves cost. One run of each pipeline also has its
   datapath read (`dpif-netdev/pmd-stats-show`: packets, recirculations, megaflow hits,
   upcalls, cycles per packet; `dpctl/dump-flows`: megaflows) on both hosts.
 """
@@ -126,13 +128,29 @@ def _path(src: dict, dst: dict, seconds: float = 3) -> dict:
     return {"mbps": r["mbps"], "retransmits": r["retransmits"], **_ping(src["namespace"], dst["ip"])}
 
 
-def _reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120) -> float | None:
-    r = Reach(sources, targets)
+def _reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120, groups=None) -> float:
+    """Seconds until every pair answers; a timeout is an error (which pairs, and whether
+    every switch is still running), never a figure."""
+    r = Reach(sources, targets, groups)
     try:
         t = r.wait(timeout)
-        return None if t is None else round(t, 3)
+        if t is None:
+            some = sorted(r.pending)[:5]
+            raise RuntimeError(f"{len(r.pending)} of {r.total} pairs still unanswered after {timeout:.0f}s, e.g. "
+                               + ", ".join(f"{sources[i][1]}@{sources[i][0]} -> {r.targets[j]}" for i, j in some))
+        return round(t, 3)
     finally:
         r.close()
+
+
+def flush_conntrack(lab: Lab) -> None:
+    """Every host's connection tracker emptied. nvctl and OVN share each host's datapath,
+    so its conntrack too, and their zone numbers overlap: each side starts clean. (OVS
+    3.1's userspace conntrack aborts ovs-vswitchd, "assertion conn->conn_type ==
+    CT_CONN_TYPE_DEFAULT failed in conn_update_state()", when OVN's probes met entries
+    nvctl's identical probes had left in the same zone: seen on all three hosts.)"""
+    for h in lab.manifest()["hosts"]:
+        _appctl(lab, h, "dpctl/flush-conntrack")
 
 
 # plugging, the same code for both sides ----------------------------------------------------
@@ -255,21 +273,24 @@ def nvctl_converge(lab: Lab, ports: list[dict], plugged: bool, log=print) -> dic
     if plugged:
         off = Offline(lab)
         plug(lab, off.put(TENANT, nvctl_yaml(ports)))
+    cpu0 = datapath_clear(lab)
     t0 = time.monotonic()
     call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports, workloads=not plugged), timeout=300)
     t_create = time.monotonic() - t0
     spaces = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports}
-    t_reach = _reach([(spaces[p["name"]], p["ip"]) for p in ports])
-    converge = None if t_reach is None else round(time.monotonic() - t0, 3)
+    _reach([(spaces[p["name"]], p["ip"]) for p in ports])
+    converge = round(time.monotonic() - t0, 3)
+    dp = datapath_read(lab, cpu0)
     if off:
         off.check(TENANT)
     log(f"[bench] nvctl, workloads {'plugged before the clock' if plugged else 'made by the controller'}: "
         f"create {t_create:.2f}s, every pair reachable after {converge}s")
-    return {"create_s": round(t_create, 3), "converge_s": converge, "offline": off}
+    return {"create_s": round(t_create, 3), "converge_s": converge, "offline": off, "datapath": dp}
 
 
 def nvctl_remove(lab: Lab, ports: list[dict], plugged: bool, name: str = TENANT) -> None:
     call(lab.api_path, "tenant.delete", name=name, timeout=300)
+    flush_conntrack(lab)
     if plugged:  # the bench's own workloads: the controller leaves `workload: false` ports alone
         unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(ports, name),
                [workload_namespace(lab.prefix, name, p["name"]) for p in ports])
@@ -284,8 +305,8 @@ def nvctl_one_port(lab: Lab, off: Offline, ports: list[dict], extra: dict, name:
     t0 = time.monotonic()
     call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra], name, False, external_ip))
     ns = {p["name"]: workload_namespace(lab.prefix, name, p["name"]) for p in (ports[0], extra)}
-    t = _reach([(ns[ports[0]["name"]], ports[0]["ip"]), (ns[extra["name"]], extra["ip"])])
-    dt = None if t is None else round(time.monotonic() - t0, 3)
+    _reach([(ns[ports[0]["name"]], ports[0]["ip"]), (ns[extra["name"]], extra["ip"])])
+    dt = round(time.monotonic() - t0, 3)
     off.check(name)
     return dt
 
@@ -397,15 +418,17 @@ def ovn_topology_cmds(ports: list[dict], prefix: str = "") -> list[str]:
 def ovn_converge(ovn: Ovn, lab: Lab, ports: list[dict], plugged: bool, log=print) -> dict:
     """One convergence run of OVN; its topology and VIFs are left in place (ovn_remove)."""
     vifs = plug_ovn(lab, ports) if plugged else None
+    cpu0 = datapath_clear(lab)
     t0 = time.monotonic()
     ovn.nbctl(*ovn_topology_cmds(ports))
     if vifs is None:
         vifs = plug_ovn(lab, ports)
-    t_reach = _reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
-    converge = None if t_reach is None else round(time.monotonic() - t0, 3)
+    _reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
+    converge = round(time.monotonic() - t0, 3)
+    dp = datapath_read(lab, cpu0)
     log(f"[bench] OVN, VIFs {'plugged before the clock' if plugged else 'plugged after the NB transaction'}: "
         f"every pair reachable after {converge}s")
-    return {"converge_s": converge}
+    return {"converge_s": converge, "datapath": dp}
 
 
 def ovn_remove(ovn: Ovn, lab: Lab, ports: list[dict], prefixes: list[str] = ("",)) -> None:
@@ -414,6 +437,7 @@ def ovn_remove(ovn: Ovn, lab: Lab, ports: list[dict], prefixes: list[str] = ("",
         cmds += ["--", "ls-del", f"{x}front", "--", "ls-del", f"{x}back", "--", "lr-del", f"{x}r"]
     ovn.nbctl(*cmds)
     unplug_ovn(lab, ports)
+    flush_conntrack(lab)
 
 
 def ovn_one_port(ovn: Ovn, lab: Lab, ports: list[dict], extra: dict) -> float | None:
@@ -421,8 +445,8 @@ def ovn_one_port(ovn: Ovn, lab: Lab, ports: list[dict], extra: dict) -> float | 
     t0 = time.monotonic()
     ovn.nbctl(*_ovn_port_cmds(extra)[1:])
     p0 = ports[0]
-    t = _reach([(_ovn_ns(lab, p0), p0["ip"]), (vif["namespace"], extra["ip"])])
-    return None if t is None else round(time.monotonic() - t0, 3)
+    _reach([(_ovn_ns(lab, p0), p0["ip"]), (vif["namespace"], extra["ip"])])
+    return round(time.monotonic() - t0, 3)
 
 
 # data-path floors ----------------------------------------------------------------------------
@@ -492,6 +516,40 @@ def _pmd_stats(text: str) -> dict:
     return out
 
 
+def _vswitchd_cpu_s(lab: Lab, host: str) -> float | None:
+    try:
+        with open(f"{lab.host_dir(host)}/ovs-vswitchd.pid") as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+def datapath_clear(lab: Lab) -> dict:
+    """Counters zeroed on every host; returns each ovs-vswitchd's CPU seconds so far."""
+    cpu = {}
+    for h in lab.manifest()["hosts"]:
+        _appctl(lab, h, "dpif-netdev/pmd-stats-clear")
+        cpu[h] = _vswitchd_cpu_s(lab, h)
+    return cpu
+
+
+def datapath_read(lab: Lab, since: dict) -> dict:
+    """Since datapath_clear (which returned `since`): per host, packets, upcalls (first
+    packets of a megaflow, handled by the slow path in ovs-vswitchd's main thread),
+    recirculations, and ovs-vswitchd's CPU seconds (utime + stime)."""
+    out = {}
+    for h in sorted(lab.manifest()["hosts"]):
+        st = _pmd_stats(_appctl(lab, h, "dpif-netdev/pmd-stats-show"))
+        out[h] = {k: st.get(k) for k in ("packets", "upcalls", "recirculations")}
+        now = _vswitchd_cpu_s(lab, h)
+        if now is not None and since.get(h) is not None:
+            out[h]["vswitchd_cpu_s"] = round(now - since[h], 2)
+    return out
+
+
 def datapath_profile(lab: Lab, src: dict, dst: dict, seconds: float = 3) -> dict:
     """One iperf3 run with both hosts' datapaths read: per host, what the main thread
     did per packet (recirculations per packet: conntrack and other passes through the
@@ -519,6 +577,7 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
     extras = extra_ports(topo, reps)
     runs = {k: [] for k in ("nvctl_plugged", "ovn_plugged", "nvctl_unplugged", "ovn_unplugged")}
     creates = {"plugged": [], "unplugged": []}
+    dps: dict = {}
     ovn = Ovn(lab, hosts)
     out: dict = {"ports": ports, "hosts": len(hosts), "reps": reps}
     try:
@@ -535,12 +594,16 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
                 creates[key].append(n["create_s"])
                 if not (last and plugged):
                     nvctl_remove(lab, topo, plugged)
-                runs[f"ovn_{key}"].append(ovn_converge(ovn, lab, topo, plugged, log)["converge_s"])
+                o = ovn_converge(ovn, lab, topo, plugged, log)
+                runs[f"ovn_{key}"].append(o["converge_s"])
+                if last:
+                    dps[f"nvctl_{key}"], dps[f"ovn_{key}"] = n["datapath"], o["datapath"]
                 if not (last and plugged):
                     ovn_remove(ovn, lab, topo)
         conv = {k: spread(v) for k, v in runs.items()}
         conv["nvctl_create_s"] = {k: spread(v) for k, v in creates.items()}
         out["convergence"] = conv
+        out["convergence_datapath"] = dps  # the last repetition's, per host
         time.sleep(0.5)  # every host done installing before counting
         out["flows_per_host"] = {"nvctl": {h: _count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts},
                                  "ovn": {h: _count_flows(lab, h, OVN_BRIDGE) for h in hosts}}
@@ -552,8 +615,16 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
         out["one_port"] = {k: spread(v) for k, v in one.items()}
         log(f"[bench] one port added on hv2, reachable from hv1: nvctl {out['one_port']['nvctl']}, "
             f"OVN {out['one_port']['ovn']}")
-        # the four paths, all up at once, measured in turns: p0 (front, hv1) -> a back port on hv2
+        # the four paths, all up at once, measured in turns: p0 (front, hv1) -> a back port on hv2.
+        # Every other workload is unplugged first (its flows stay): a userspace datapath
+        # without PMD threads polls every port in one thread, and ~70 idle ports per host
+        # halve what any pipeline moves, hiding the pipelines' own costs.
         dst = next(p for p in topo if p["switch"] == "back" and p["host"] == "hv2")
+        keep = {topo[0]["name"], dst["name"]}
+        rest = [p for p in topo + extras if p["name"] not in keep]
+        unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(rest), [workload_namespace(lab.prefix, TENANT, p["name"])
+                                                                for p in rest])
+        unplug_ovn(lab, rest)
         ns_nv = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in topo}
         paths = {"nvctl": ({**topo[0], "namespace": ns_nv["p0"]}, {**dst, "namespace": ns_nv[dst["name"]]}),
                  "ovn": ({**topo[0], "namespace": _ovn_ns(lab, topo[0])}, {**dst, "namespace": _ovn_ns(lab, dst)}),

@@ -61,9 +61,15 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
     eth0 is a Linux bridge (STP off, ports isolated from each other) whose ports are
     veths into hosts: one normally, two during a live migration. The workload's MAC
     and addresses belong to the bridge, so they stay while attachments come and go."""
+    fresh = not nsutil.exists(ns_name)
     ensure_namespace(ns_name)
     # one netlink socket per namespace for the whole job, opened from this thread (setns)
     with nsutil.iproute(ns_name) as ns, nsutil.iproute(host_ns) as hns, nsutil.ioctl_socket(ns_name) as sk:
+        if fresh:  # nothing to compare with: ten netlink calls instead of forty
+            idx = _fresh(ns, hns, sk, ns_name, host_ns, host_ifname, ip, prefixlen, mac, gateway, mtu)
+            if ip6:
+                _ipv6(ns, ns_name, idx, ip6, prefixlen6, gateway6)
+            return
         have = ns.link_lookup(ifname=WORKLOAD_IFNAME)
         if have and ns.get_links(have[0])[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") != "bridge":
             ns.link("del", index=have[0])  # a workload from before eth0 was a bridge
@@ -100,6 +106,31 @@ def create_workload(ns_name: str, host_ns: str, host_ifname: str, ip: str, prefi
             _ipv6(ns, ns_name, idx, ip6, prefixlen6, gateway6)
 
 
+
+
+def _fresh(ns, hns, sk, ns_name: str, host_ns: str, host_ifname: str, ip: str, prefixlen: int, mac: str,
+           gateway: str | None, mtu: int) -> int:
+    """create_workload in a namespace just made: eth0 (the bridge) and one attachment."""
+    ns.link("add", ifname=WORKLOAD_IFNAME, kind="bridge", br_stp_state=0, br_forward_delay=0, address=mac, mtu=mtu)
+    idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
+    name, vmtu = attachment_name(host_ns), max(VETH_MTU, mtu)
+    _delete_in(hns, host_ifname)  # a host end left by something else of that name
+    fd = os.open(nsutil.path(ns_name), os.O_RDONLY)
+    try:
+        hns.link("add", ifname=host_ifname, kind="veth", mtu=vmtu, state="up",
+                 peer={"ifname": name, "mtu": vmtu, "net_ns_fd": fd})
+    finally:
+        os.close(fd)
+    vidx = ns.link_lookup(ifname=name)[0]
+    ns.link("set", index=vidx, master=idx, state="up")
+    ns.link("set", index=vidx, kind="bridge_slave", isolated=1)
+    nsutil.tx_checksum_off(sk, name)
+    nsutil.tx_checksum_off(sk, WORKLOAD_IFNAME)
+    ns.link("set", index=idx, mtu=mtu, state="up")  # a bridge follows its ports' MTU unless told
+    ns.addr("add", index=idx, address=ip, prefixlen=prefixlen)
+    if gateway:
+        ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+    return idx
 
 
 def _ipv6(ns, ns_name: str, idx: int, ip6: str, prefixlen6: int, gateway6: str | None) -> None:

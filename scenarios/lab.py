@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, run,
+from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_uplink, run,
                      start_instance, start_vswitchd)
 from tep.rxqueue import deepen_instance
 from tep.workload import ipv4_only
@@ -296,6 +296,7 @@ class Lab:
         db = self.ovsdb(p.name)
         step("br-phy and its PA")
         db.ensure_physical_bridge("ul0", self.underlay_mtu)
+        quiet_uplink("ul0", ns)
         with NetNS(ns) as n:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
             n.addr("add", index=idx, address=p.pa, prefixlen=24)

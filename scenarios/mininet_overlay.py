@@ -50,7 +50,7 @@ from controller.compiler import TUNNEL_OFPORT
 from scenarios.lab import (CONTROLLER_IP, OF_PORT, UNDERLAY_MTU, HostPlan, LabError, _kill_pidfile,
                            spawn_controller, wait_synced, warm_underlay)
 from tep.driver import Attachment, attachments_of, external_ids
-from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, run, start_instance
+from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, quiet_uplink, run, start_instance
 from tep.rxqueue import deepen_instance
 from tep.workload import IPV4_ONLY
 from topology.schema import validate
@@ -218,6 +218,7 @@ class Hypervisor(mn.node.Switch):
         start_instance(self.ns_name, self.rundir)
         db = self.ovsdb
         db.ensure_physical_bridge(uplink.name, UNDERLAY_MTU)
+        quiet_uplink(uplink.name, self.ns_name)
         deadline = time.monotonic() + 10
         while subprocess.run(["ip", "netns", "exec", self.ns_name, "ip", "link", "show", PHYSICAL_BRIDGE],
                              capture_output=True).returncode != 0:

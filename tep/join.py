@@ -23,7 +23,7 @@ import time
 from pyroute2 import IPRoute
 
 from tep.ovs import (DEFAULT_DB, INTEGRATION_BRIDGE, OVSDB_PORT, PHYSICAL_BRIDGE, TUNNEL_OFPORT,  # noqa: F401
-                     Ovsdb, OvsError)
+                     Ovsdb, OvsError, quiet_uplink)
 
 BUNDLE_KEYS = ("name", "pa", "dpid", "token", "tls", "controller")
 
@@ -112,6 +112,7 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
     mtu = _uplink_mtu(uplink) if uplink else None
     if uplink:
         db.ensure_physical_bridge(uplink, mtu, dp_type)
+        quiet_uplink(uplink)
         _pa_on_bridge(pa, prefixlen)
         log(f"[join] {name}: {PHYSICAL_BRIDGE} on {uplink}, PA {pa}/{prefixlen}")
     elif pa not in _local_addresses():

@@ -77,6 +77,7 @@ class Ovsdb:
         )
 
     def ensure_physical_bridge(self, uplink: str, mtu: int, datapath_type: str = "netdev") -> None:
+        """br-phy on the uplink. Call quiet_uplink(uplink) on that machine as well."""
         b = PHYSICAL_BRIDGE
         self.txn(
             ["--may-exist", "add-br", b],
@@ -118,6 +119,17 @@ class Ovsdb:
     def unplug(self, ifname: str, wait: bool = True) -> None:
         """Remove a port; wait=False returns without waiting for ovs-vswitchd to apply it."""
         self.vsctl(*([] if wait else ["--no-wait"]), "--if-exists", "del-port", INTEGRATION_BRIDGE, ifname)
+
+
+def quiet_uplink(uplink: str, netns: str | None = None) -> None:
+    """The kernel stops answering ARP on the uplink under br-phy. The PA lives on br-phy,
+    but the uplink is a kernel interface of the same machine, and Linux answers ARP for
+    any of its addresses on any interface (arp_ignore=0), with that interface's MAC. A
+    peer whose tunnel neighbour entry learns the uplink's MAC instead of br-phy's sends
+    frames br-phy does not take for itself: every tunnel from that peer goes dark, seen
+    in a lab after OVS's neighbour entries aged out (15 min) and were learned again.
+    OVS reads and writes the uplink's frames itself; nothing else needs its ARP."""
+    run([*(["ip", "-n", netns] if netns else ["ip"]), "link", "set", "dev", uplink, "arp", "off"])
 
 
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"

@@ -121,6 +121,26 @@ def test_underlay_carries_vxlan_between_pas_with_each_tenants_vni(lab, tenants):
     assert (pas["hv1"], pas["hv2"]) in {(s, d) for s, d, *_ in seen[vni["blue"]["web"]]}
 
 
+def test_a_pa_is_answered_by_br_phy_alone_never_by_the_uplink_under_it(lab, tenants):
+    """ARP for a host's PA on the underlay gets one answer, br-phy's MAC: the kernel
+    owns the uplink too and, left alone, answered with the uplink's MAC, which some
+    peers then learned; their tunnels to that host went dark."""
+    import subprocess
+    from scenarios.lab import HostPlan
+    for i, h in enumerate(HOSTS, start=1):
+        pa = HostPlan(i).pa
+        phy = in_ns(lab.host_ns(h), "cat", "/sys/class/net/br-phy/address").stdout.strip()
+        ul0 = in_ns(lab.host_ns(h), "cat", "/sys/class/net/ul0/address").stdout.strip()
+        probe = ("from scapy.all import ARP, Ether, srp, conf; conf.verb = 0\n"
+                 f"ans, _ = srp(Ether(dst='ff:ff:ff:ff:ff:ff') / ARP(pdst='{pa}', psrc='192.0.2.250'), "
+                 "iface='br-ul', timeout=1, multi=True)\n"
+                 "print(sorted({r.hwsrc for _, r in ans}))")
+        out = subprocess.run(["ip", "netns", "exec", lab.ul_ns, os.path.join(ROOT, ".venv", "bin", "python"), "-c",
+                              probe], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == repr([phy]), (h, out.stdout, out.stderr[-300:], ul0)
+        assert "NOARP" in in_ns(lab.host_ns(h), "ip", "link", "show", "ul0").stdout
+
+
 def test_forged_source_mac_or_ip_is_dropped(lab, tenants):
     blue = ports(tenants["blue"])
     src, dst, same_host = blue["vm1"], blue["vm2"], blue["vm4"]

@@ -26,7 +26,7 @@ import time
 from bench import versus as vs
 from bench.stats import ratio, spread
 from controller.api import call
-from scenarios.lab import Lab
+from scenarios.lab import Lab, _read_pid
 from tep.driver import workload_namespace
 from tep.ovs import INTEGRATION_BRIDGE
 
@@ -125,21 +125,13 @@ def _rss_mb(pid: int | None) -> float | None:
     return None
 
 
-def _pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def memory(lab: Lab, ovn: vs.Ovn, hosts: list[str]) -> dict:
     """Resident memory (MB): nvctl's controller; OVN's northd, NB and SB servers and each
     ovn-controller; and each host's ovs-vswitchd (shared by both: reported apart)."""
-    ctl = _rss_mb(_pid(os.path.join(lab.dir, "controller.pid")))
-    parts = {f"{os.path.basename(os.path.dirname(path))}/{name}": _rss_mb(_pid(path)) for path, name in ovn.pids}
+    ctl = _rss_mb(_read_pid(os.path.join(lab.dir, "controller.pid")))
+    parts = {f"{os.path.basename(os.path.dirname(path))}/{name}": _rss_mb(_read_pid(path)) for path, name in ovn.pids}
     ovn_total = round(sum(v for v in parts.values() if v), 1)
-    vswitchd = [_rss_mb(_pid(f"{lab.host_dir(h)}/ovs-vswitchd.pid")) for h in hosts]
+    vswitchd = [_rss_mb(_read_pid(f"{lab.host_dir(h)}/ovs-vswitchd.pid")) for h in hosts]
     return {"nvctl_controller_mb": ctl, "ovn_total_mb": ovn_total, "ovn_parts_mb": parts,
             "ovs_vswitchd_mb_per_host": spread([v for v in vswitchd if v], 1)}
 

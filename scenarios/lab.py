@@ -23,12 +23,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, netns
 
 from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_uplink, run,
                      start_instance, start_vswitchd)
 from tep.rxqueue import deepen_instance
-from tep.workload import ipv4_only
+from tep import nsutil
+from tep.workload import IPV4_ONLY_SYSCTLS
 from controller.compiler import TUNNEL_OFPORT
 
 OF_PORT = 6653
@@ -164,7 +165,7 @@ class Lab:
             _ns_create(m["netns"])
             _veth_between(f"{self.prefix}k{m['index']}", m["netns"], "mgmt0", self.ctl_ns, f"ctl{m['index']}",
                           "br-mgmt", 1500)
-            with NetNS(m["netns"]) as n:
+            with nsutil.iproute(m["netns"]) as n:
                 n.addr("add", index=n.link_lookup(ifname="mgmt0")[0], address=m["address"], prefixlen=24)
                 n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
         with open(os.path.join(self.dir, "members.json"), "w") as f:
@@ -260,15 +261,15 @@ class Lab:
     def _networks(self, underlay_mtu: int) -> None:
         for ns in (self.ctl_ns, self.ul_ns, self.ext_ns):
             _ns_create(ns)
-        with NetNS(self.ext_ns) as n:
+        with nsutil.iproute(self.ext_ns) as n:
             n.link("add", ifname="br-ext", kind="bridge")
             idx = n.link_lookup(ifname="br-ext")[0]
             n.addr("add", index=idx, address=OUTSIDE_IP, prefixlen=24)
             n.link("set", index=idx, state="up")
-        with NetNS(self.ul_ns) as n:
+        with nsutil.iproute(self.ul_ns) as n:
             n.link("add", ifname="br-ul", kind="bridge")
             n.link("set", index=n.link_lookup(ifname="br-ul")[0], mtu=underlay_mtu, state="up")
-        with NetNS(self.ctl_ns) as n:
+        with nsutil.iproute(self.ctl_ns) as n:
             n.link("add", ifname="br-mgmt", kind="bridge")
             idx = n.link_lookup(ifname="br-mgmt")[0]
             n.addr("add", index=idx, address=CONTROLLER_IP, prefixlen=24)
@@ -283,7 +284,7 @@ class Lab:
         _ns_create(ns)
         _veth_between(f"{self.prefix}u{p.index}", ns, "ul0", self.ul_ns, p.name, "br-ul", self.underlay_mtu)
         _veth_between(f"{self.prefix}m{p.index}", ns, "mgmt0", self.ctl_ns, p.name, "br-mgmt", 1500)
-        with NetNS(ns) as n:
+        with nsutil.iproute(ns) as n:
             idx = n.link_lookup(ifname="mgmt0")[0]
             n.addr("add", index=idx, address=p.mgmt_ip, prefixlen=24)
         step("starting OVS")
@@ -297,7 +298,7 @@ class Lab:
         step("br-phy and its PA")
         db.ensure_physical_bridge("ul0", self.underlay_mtu)
         quiet_uplink("ul0", ns)
-        with NetNS(ns) as n:
+        with nsutil.iproute(ns) as n:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
             n.addr("add", index=idx, address=p.pa, prefixlen=24)
             n.link("set", index=idx, state="up")
@@ -338,9 +339,9 @@ class Lab:
         """Cut (or restore) host `name`'s underlay link: both ends of its veth go down,
         as when a cable is pulled. Management (OpenFlow, OVSDB) stays connected."""
         state = "up" if up else "down"
-        with NetNS(self.host_ns(name)) as n:
+        with nsutil.iproute(self.host_ns(name)) as n:
             n.link("set", index=n.link_lookup(ifname="ul0")[0], state=state)
-        with NetNS(self.ul_ns) as n:
+        with nsutil.iproute(self.ul_ns) as n:
             n.link("set", index=n.link_lookup(ifname=name)[0], state=state)
 
     def kill_vswitchd(self, name: str) -> bool:
@@ -352,7 +353,7 @@ class Lab:
         back on it; bridges, ports and the controller come back from OVSDB."""
         start_vswitchd(self.host_ns(name), self.host_dir(name))
         plan = HostPlan(int(name[2:]))
-        with NetNS(self.host_ns(name)) as n:
+        with nsutil.iproute(self.host_ns(name)) as n:
             idx = _wait_link(n, PHYSICAL_BRIDGE)
             if not any(a.get_attr("IFA_ADDRESS") == plan.pa for a in n.get_addr(index=idx, family=2)):
                 n.addr("add", index=idx, address=plan.pa, prefixlen=24)
@@ -372,7 +373,7 @@ class Lab:
 
     def _register(self, plans: list[HostPlan], on_host=None) -> None:
         from controller.api import call
-        with NetNS(self.ext_ns) as n:
+        with nsutil.iproute(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
             info = self.host_info(p.name)
@@ -558,10 +559,7 @@ def _check_tools() -> None:
 
 
 def _ns_create(name: str) -> None:
-    netns.create(name)
-    with NetNS(name) as n:
-        n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
-    ipv4_only(name)
+    nsutil.create(name, IPV4_ONLY_SYSCTLS)  # lo up, no IPv6; in this process: no fork
 
 
 def _veth_between(tmp: str, ns_a: str, name_a: str, ns_b: str, name_b: str, bridge_b: str,
@@ -573,10 +571,10 @@ def _veth_between(tmp: str, ns_a: str, name_a: str, ns_b: str, name_b: str, brid
         ipr.link("add", ifname=a, kind="veth", peer={"ifname": b})
         ipr.link("set", index=ipr.link_lookup(ifname=a)[0], net_ns_fd=ns_a)
         ipr.link("set", index=ipr.link_lookup(ifname=b)[0], net_ns_fd=ns_b)
-    with NetNS(ns_a) as n:
+    with nsutil.iproute(ns_a) as n:
         idx = n.link_lookup(ifname=a)[0]
         n.link("set", index=idx, ifname=name_a, mtu=mtu, state="up")
-    with NetNS(ns_b) as n:
+    with nsutil.iproute(ns_b) as n:
         idx = n.link_lookup(ifname=b)[0]
         br = n.link_lookup(ifname=bridge_b)[0]
         n.link("set", index=idx, ifname=name_b, mtu=mtu, master=br, state="up")

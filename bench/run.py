@@ -193,6 +193,59 @@ def plots(res: dict, out: str) -> list[str]:
                     va="bottom", fontsize=7)
         fig.tight_layout()
         made.append(_save(fig, out, "versus.png"))
+    if "northd" in res and res["northd"].get("sizes"):
+        sizes = res["northd"]["sizes"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        labels = [f"{z['tenants']} tenants\n{z['ports']} ports" for z in sizes]
+        for off, side, key, color in ((-0.2, "nvctl", "compile", "tab:blue"), (0.2, "northd", "total", "tab:orange")):
+            st = [z[side][key] for z in sizes]
+            a1.bar([i + off for i in range(len(sizes))], [x["median"] for x in st], 0.4, color=color,
+                   yerr=[[x["median"] - x["min"] for x in st], [x["max"] - x["median"] for x in st]], capsize=3,
+                   label="nvctl: every host's OpenFlow" if side == "nvctl" else "ovn-northd: logical flows in SB")
+        a1.set_xticks(range(len(sizes)), labels)
+        a1.set_ylabel("full compile, s")
+        a1.legend(fontsize=8)
+        ch = [(z["nvctl"]["one_port_change"]["change_ms_median"], z["northd"]["one_port"]["change"]["median"] * 1000)
+              for z in sizes]
+        a2.bar([i - 0.2 for i in range(len(sizes))], [c[0] for c in ch], 0.4, color="tab:blue", label="nvctl")
+        a2.bar([i + 0.2 for i in range(len(sizes))], [c[1] for c in ch], 0.4, color="tab:orange",
+               label="ovn-northd (--wait=sb)")
+        a2.set_yscale("log")
+        a2.set_xticks(range(len(sizes)), labels)
+        a2.set_ylabel("one-port change, ms (log)")
+        a2.legend(fontsize=8)
+        fig.tight_layout()
+        made.append(_save(fig, out, "northd.png"))
+    if "scale" in res and res["scale"].get("sizes"):
+        sz = res["scale"]["sizes"]
+        keys = sorted(sz, key=int)
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
+        groups = [(h, k) for h in keys for k in ("plugged", "unplugged")]
+        for off, side, color in ((-0.2, "nvctl", "tab:blue"), (0.2, "ovn", "tab:orange")):
+            st = [sz[h]["convergence"][f"{side}_{k}"] for h, k in groups]
+            a1.bar([i + off for i in range(len(groups))], [x["median"] for x in st], 0.4, color=color,
+                   yerr=[[x["median"] - x["min"] for x in st], [x["max"] - x["median"] for x in st]], capsize=3,
+                   label="nvctl" if side == "nvctl" else "OVN")
+        a1.set_xticks(range(len(groups)), [f"{h} hosts\n({'a' if k == 'plugged' else 'b'}) {k}" for h, k in groups],
+                      fontsize=8)
+        a1.set_ylabel("s to every pair in every tenant")
+        a1.set_title("convergence")
+        a1.legend(fontsize=8)
+        for off, side, color in ((-0.2, "nvctl", "tab:blue"), (0.2, "ovn", "tab:orange")):
+            a2.bar([i + off for i in range(len(keys))], [sz[h]["flows_per_host"][side]["max"] for h in keys], 0.4,
+                   color=color, label="nvctl" if side == "nvctl" else "OVN")
+        a2.set_xticks(range(len(keys)), [f"{h} hosts\n{sz[h]['ports']} ports" for h in keys])
+        a2.set_ylabel("OpenFlow flows, busiest host")
+        a2.legend(fontsize=8)
+        a3.bar([i - 0.2 for i in range(len(keys))], [sz[h]["memory"]["nvctl_controller_mb"] or 0 for h in keys], 0.4,
+               color="tab:blue", label="nvctl controller")
+        a3.bar([i + 0.2 for i in range(len(keys))], [sz[h]["memory"]["ovn_total_mb"] or 0 for h in keys], 0.4,
+               color="tab:orange", label="northd + NB + SB + ovn-controllers")
+        a3.set_xticks(range(len(keys)), [f"{h} hosts" for h in keys])
+        a3.set_ylabel("resident memory, MB")
+        a3.legend(fontsize=8)
+        fig.tight_layout()
+        made.append(_save(fig, out, "scale.png"))
     return made
 
 

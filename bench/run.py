@@ -385,7 +385,7 @@ def _main(argv, rep) -> int:
     if "scale" in only:
         suites.next("scale")
         from bench import scale
-        res["scale"] = scale.run_sizes(((3, 3), (3, 6)) if a.quick else ((3, 15), (10, 50)), reps=1 if a.quick else 2,
+        res["scale"] = scale.run_sizes(((2, 2), (3, 3)) if a.quick else ((3, 15), (10, 50)), reps=1 if a.quick else 2,
                                        log=lambda m: print(m, flush=True))
         print(scale.report(res["scale"]), flush=True)
     suites.next(None)

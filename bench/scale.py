@@ -51,7 +51,7 @@ def _yaml(t: dict, workloads: bool, ports: list[dict] | None = None) -> str:
 
 
 def _reach_tenants(sources: list[tuple[str, str, str]], timeout: float = 300) -> float:
-    return vs._reach([(ns, ip) for ns, ip, _ in sources], timeout=timeout, groups=[g for _, _, g in sources])
+    return vs.reach([(ns, ip) for ns, ip, _ in sources], timeout=timeout, groups=[g for _, _, g in sources])
 
 
 def nvctl_all(lab: Lab, tenants: list[dict], plugged: bool, log=print) -> tuple[dict, vs.Offline | None]:
@@ -86,7 +86,7 @@ def nvctl_remove_all(lab: Lab, tenants: list[dict], plugged: bool) -> None:
     if plugged:
         by_host: dict[str, list[str]] = {}
         for t in tenants:
-            for h, names in vs._nvctl_ifnames(t["ports"], t["name"]).items():
+            for h, names in vs.nvctl_ifnames(t["ports"], t["name"]).items():
                 by_host.setdefault(h, []).extend(names)
         vs.unplug(lab, INTEGRATION_BRIDGE, by_host, [workload_namespace(lab.prefix, t["name"], p["name"])
                                                      for t in tenants for p in t["ports"]])
@@ -101,7 +101,7 @@ def ovn_all(ovn: vs.Ovn, lab: Lab, tenants: list[dict], plugged: bool, log=print
         ovn.nbctl(*vs.ovn_topology_cmds(t["ovn_ports"], t["prefix"]))
     if not plugged:
         vs.plug_ovn(lab, every)
-    _reach_tenants([(vs._ovn_ns(lab, p), p["ip"], t["name"]) for t in tenants for p in t["ovn_ports"]])
+    _reach_tenants([(vs.ovn_ns(lab, p), p["ip"], t["name"]) for t in tenants for p in t["ovn_ports"]])
     converge = round(time.monotonic() - t0, 3)
     log(f"[bench] scale: OVN, VIFs {'plugged before the clock' if plugged else 'plugged after the NB transactions'}"
         f": every pair reachable after {converge}s")
@@ -163,8 +163,8 @@ def scale(lab: Lab, tenants: int, reps: int = 2, one_port_reps: int = 3, log=pri
         out["convergence"] = {k: spread(v) for k, v in runs.items()}
         out["convergence"]["nvctl_create_s"] = {k: spread(v) for k, v in creates.items()}
         time.sleep(1)
-        fl = {"nvctl": [vs._count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts],
-              "ovn": [vs._count_flows(lab, h, vs.OVN_BRIDGE) for h in hosts]}
+        fl = {"nvctl": [vs.count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts],
+              "ovn": [vs.count_flows(lab, h, vs.OVN_BRIDGE) for h in hosts]}
         out["flows_per_host"] = {k: {"max": max(v), "mean": round(sum(v) / len(v)), "min": min(v)}
                                  for k, v in fl.items()}
         log(f"[bench] scale: flows per host {out['flows_per_host']}")

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 from bench.reach import Reach
 from bench.stats import percentile, ratio, spread
 from controller.api import call
-from controller.core import VXLAN_OVERHEAD
+from controller.core import PLUG_WORKERS, VXLAN_OVERHEAD  # the bench plugs as the controller does
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile
 from scenarios.netutil import iperf3
 from tep import rxqueue, workload
@@ -54,7 +54,6 @@ OVN_SCHEMAS = "/usr/share/ovn"
 FRONT, BACK = "10.0.1", "10.0.2"
 OVN_BRIDGE = "br-ovn"  # each host's bridge for ovn-controller, beside our br-int
 MIN_BRIDGE = "br-min"  # the two-flow pipeline's bridge
-PLUG_WORKERS = 8  # as the controller's own (controller.core.PLUG_WORKERS)
 TENANT = "bench"
 
 
@@ -105,7 +104,7 @@ def nvctl_yaml(ports: list[dict], name: str = TENANT, workloads: bool = True,
     return yaml.safe_dump(nvctl_doc(ports, name, workloads, external_ip), sort_keys=False)
 
 
-def _count_flows(lab: Lab, host: str, bridge: str) -> int:
+def count_flows(lab: Lab, host: str, bridge: str) -> int:
     proto = "OpenFlow13" if bridge == INTEGRATION_BRIDGE else "OpenFlow15"
     out = subprocess.run(["ovs-ofctl", "-O", proto, "dump-flows", bridge], env=lab.ovs_env(host),
                          capture_output=True, text=True, timeout=60, check=True).stdout
@@ -128,7 +127,7 @@ def _path(src: dict, dst: dict, seconds: float = 3) -> dict:
     return {"mbps": r["mbps"], "retransmits": r["retransmits"], **_ping(src["namespace"], dst["ip"])}
 
 
-def _reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120, groups=None) -> float:
+def reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120, groups=None) -> float:
     """Seconds until every pair answers; a timeout is an error (which pairs, and whether
     every switch is still running), never a figure."""
     r = Reach(sources, targets, groups)
@@ -213,7 +212,7 @@ def unplug(lab: Lab, bridge: str, ifnames_by_host: dict[str, list[str]], namespa
         workload.delete_namespace(ns)
 
 
-def _nvctl_ifnames(ports: list[dict], name: str = TENANT) -> dict[str, list[str]]:
+def nvctl_ifnames(ports: list[dict], name: str = TENANT) -> dict[str, list[str]]:
     from tep.driver import host_ifname
     out: dict[str, list[str]] = {}
     for p in ports:
@@ -231,7 +230,7 @@ def plug_ovn(lab: Lab, ports: list[dict]) -> dict[str, dict]:
     iface-id = the logical port: VIFs as a CMS plugs them."""
     def make(p):
         gw = p["ip"].rsplit(".", 1)[0] + ".1"  # the router's port on the port's /24
-        workload.create_workload(_ovn_ns(lab, p), lab.host_ns(p["host"]), _ovn_ifname(lab, p), p["ip"], 24,
+        workload.create_workload(ovn_ns(lab, p), lab.host_ns(p["host"]), _ovn_ifname(lab, p), p["ip"], 24,
                                  p["mac"], gw, lab.underlay_mtu - GENEVE_OVERHEAD)
     with ThreadPoolExecutor(max_workers=PLUG_WORKERS) as pool:
         list(pool.map(make, ports))
@@ -250,10 +249,10 @@ def plug_ovn(lab: Lab, ports: list[dict]) -> dict[str, dict]:
         rxqueue.deepen_instance(lab.host_dir(host))
     with ThreadPoolExecutor(max_workers=len(by_host)) as pool:
         list(pool.map(ovsdb, by_host.items()))
-    return {p["name"]: {**p, "namespace": _ovn_ns(lab, p)} for p in ports}
+    return {p["name"]: {**p, "namespace": ovn_ns(lab, p)} for p in ports}
 
 
-def _ovn_ns(lab: Lab, p: dict) -> str:
+def ovn_ns(lab: Lab, p: dict) -> str:
     return f"{lab.prefix}o-{p['name']}"
 
 
@@ -261,7 +260,7 @@ def unplug_ovn(lab: Lab, ports: list[dict]) -> None:
     by_host: dict[str, list[str]] = {}
     for p in ports:
         by_host.setdefault(p["host"], []).append(_ovn_ifname(lab, p))
-    unplug(lab, OVN_BRIDGE, by_host, [_ovn_ns(lab, p) for p in ports])
+    unplug(lab, OVN_BRIDGE, by_host, [ovn_ns(lab, p) for p in ports])
 
 
 # nvctl -------------------------------------------------------------------------------------
@@ -278,7 +277,7 @@ def nvctl_converge(lab: Lab, ports: list[dict], plugged: bool, log=print) -> dic
     call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports, workloads=not plugged), timeout=300)
     t_create = time.monotonic() - t0
     spaces = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports}
-    _reach([(spaces[p["name"]], p["ip"]) for p in ports])
+    reach([(spaces[p["name"]], p["ip"]) for p in ports])
     converge = round(time.monotonic() - t0, 3)
     dp = datapath_read(lab, cpu0)
     if off:
@@ -292,7 +291,7 @@ def nvctl_remove(lab: Lab, ports: list[dict], plugged: bool, name: str = TENANT)
     call(lab.api_path, "tenant.delete", name=name, timeout=300)
     flush_conntrack(lab)
     if plugged:  # the bench's own workloads: the controller leaves `workload: false` ports alone
-        unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(ports, name),
+        unplug(lab, INTEGRATION_BRIDGE, nvctl_ifnames(ports, name),
                [workload_namespace(lab.prefix, name, p["name"]) for p in ports])
 
 
@@ -305,7 +304,7 @@ def nvctl_one_port(lab: Lab, off: Offline, ports: list[dict], extra: dict, name:
     t0 = time.monotonic()
     call(lab.api_path, "tenant.apply", yaml=nvctl_yaml(ports + [extra], name, False, external_ip))
     ns = {p["name"]: workload_namespace(lab.prefix, name, p["name"]) for p in (ports[0], extra)}
-    _reach([(ns[ports[0]["name"]], ports[0]["ip"]), (ns[extra["name"]], extra["ip"])])
+    reach([(ns[ports[0]["name"]], ports[0]["ip"]), (ns[extra["name"]], extra["ip"])])
     dt = round(time.monotonic() - t0, 3)
     off.check(name)
     return dt
@@ -423,7 +422,7 @@ def ovn_converge(ovn: Ovn, lab: Lab, ports: list[dict], plugged: bool, log=print
     ovn.nbctl(*ovn_topology_cmds(ports))
     if vifs is None:
         vifs = plug_ovn(lab, ports)
-    _reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
+    reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
     converge = round(time.monotonic() - t0, 3)
     dp = datapath_read(lab, cpu0)
     log(f"[bench] OVN, VIFs {'plugged before the clock' if plugged else 'plugged after the NB transaction'}: "
@@ -445,7 +444,7 @@ def ovn_one_port(ovn: Ovn, lab: Lab, ports: list[dict], extra: dict) -> float | 
     t0 = time.monotonic()
     ovn.nbctl(*_ovn_port_cmds(extra)[1:])
     p0 = ports[0]
-    _reach([(_ovn_ns(lab, p0), p0["ip"]), (vif["namespace"], extra["ip"])])
+    reach([(ovn_ns(lab, p0), p0["ip"]), (vif["namespace"], extra["ip"])])
     return round(time.monotonic() - t0, 3)
 
 
@@ -498,8 +497,8 @@ def veth_up(lab: Lab) -> tuple[dict, dict]:
 
 
 def _appctl(lab: Lab, host: str, *args: str) -> str:
-    return subprocess.run(["ovs-appctl", *args], env=lab.ovs_env(host), capture_output=True, text=True,
-                          timeout=30).stdout
+    """ovs-appctl on one host's ovs-vswitchd; a failure (a switch that is gone) raises."""
+    return run(["ovs-appctl", *args], env=lab.ovs_env(host))
 
 
 def _pmd_stats(text: str) -> dict:
@@ -605,8 +604,8 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
         out["convergence"] = conv
         out["convergence_datapath"] = dps  # the last repetition's, per host
         time.sleep(0.5)  # every host done installing before counting
-        out["flows_per_host"] = {"nvctl": {h: _count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts},
-                                 "ovn": {h: _count_flows(lab, h, OVN_BRIDGE) for h in hosts}}
+        out["flows_per_host"] = {"nvctl": {h: count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts},
+                                 "ovn": {h: count_flows(lab, h, OVN_BRIDGE) for h in hosts}}
         log(f"[bench] flows per host: {out['flows_per_host']}")
         one = {"nvctl": [], "ovn": []}
         for i, extra in enumerate(extras):
@@ -622,12 +621,12 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
         dst = next(p for p in topo if p["switch"] == "back" and p["host"] == "hv2")
         keep = {topo[0]["name"], dst["name"]}
         rest = [p for p in topo + extras if p["name"] not in keep]
-        unplug(lab, INTEGRATION_BRIDGE, _nvctl_ifnames(rest), [workload_namespace(lab.prefix, TENANT, p["name"])
+        unplug(lab, INTEGRATION_BRIDGE, nvctl_ifnames(rest), [workload_namespace(lab.prefix, TENANT, p["name"])
                                                                 for p in rest])
         unplug_ovn(lab, rest)
         ns_nv = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in topo}
         paths = {"nvctl": ({**topo[0], "namespace": ns_nv["p0"]}, {**dst, "namespace": ns_nv[dst["name"]]}),
-                 "ovn": ({**topo[0], "namespace": _ovn_ns(lab, topo[0])}, {**dst, "namespace": _ovn_ns(lab, dst)}),
+                 "ovn": ({**topo[0], "namespace": ovn_ns(lab, topo[0])}, {**dst, "namespace": ovn_ns(lab, dst)}),
                  "two_flow": two_flow_up(lab), "veth": veth_up(lab)}
         got = {k: [] for k in paths}
         for _ in range(path_reps):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tep import rxqueue, workload
@@ -78,6 +79,13 @@ def host_ifname(tenant: str, port: str) -> str:
     return "w" + hashlib.blake2b(f"{tenant}/{port}".encode(), digest_size=5).hexdigest()
 
 
+def _make_workload(info: dict, a: Attachment) -> None:
+    """The workload namespace of `a` on the lab host `info`, as `a` says (no OVSDB)."""
+    workload.create_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"],
+                             host_ifname(a.tenant, a.port), a.ip, a.prefixlen, a.mac, a.gateway, a.mtu,
+                             a.ip6, a.prefixlen6, a.gateway6)
+
+
 def _deepen(info: dict) -> None:
     """The lab host's switch reads its ports through sockets that hold 92 frames by
     default; give the ones it has opened by now a NIC's queue (tep/rxqueue.py)."""
@@ -103,11 +111,8 @@ class LabDriver:
         info = self._lab(a.host)
         if info is None:
             return
-        ns = workload_namespace(info["prefix"], a.tenant, a.port)
-        ifname = host_ifname(a.tenant, a.port)
-        host_db(info).plug(ifname, a.ofport, external_ids(a))
-        workload.create_workload(ns, info["netns"], ifname, a.ip, a.prefixlen, a.mac, a.gateway, a.mtu,
-                                 a.ip6, a.prefixlen6, a.gateway6)
+        host_db(info).plug(host_ifname(a.tenant, a.port), a.ofport, external_ids(a))
+        _make_workload(info, a)
         _deepen(info)
 
     def plug_many(self, atts: list[Attachment], workers: int = 8, done=None) -> list[str]:
@@ -115,15 +120,11 @@ class LabDriver:
         one OVSDB transaction per host for all of its ports (ovs-vswitchd opens veths
         that already exist), then the host's new sockets deepened once. Returns an error
         line per attachment that failed; `done()` is called as each workload is made."""
-        from concurrent.futures import ThreadPoolExecutor
         mine = [a for a in atts if self._lab(a.host)]
 
         def make(a: Attachment) -> str | None:
-            info = self._lab(a.host)
             try:
-                workload.create_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"],
-                                         host_ifname(a.tenant, a.port), a.ip, a.prefixlen, a.mac, a.gateway,
-                                         a.mtu, a.ip6, a.prefixlen6, a.gateway6)
+                _make_workload(self._lab(a.host), a)
                 return None
             except Exception as e:  # noqa: BLE001 - reported per port
                 return f"attach {a.tenant}/{a.port} to {a.host}: {e}"

@@ -57,11 +57,18 @@ def entered(name: str):
         os.close(own)
 
 
+_rundir_mounted = False
+
+
 def _rundir_ready() -> bool:
     """Whether /run/netns is already the shared mount `ip netns add` makes of it (then a
-    namespace is one bind mount; else pyroute2 sets the directory up, once)."""
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == NETNS_DIR for line in f)
+    namespace is one bind mount; else pyroute2 sets the directory up, once). Read from
+    mountinfo until it is; it stays so."""
+    global _rundir_mounted
+    if not _rundir_mounted:
+        with open("/proc/self/mountinfo") as f:
+            _rundir_mounted = any(line.split()[4] == NETNS_DIR for line in f)
+    return _rundir_mounted
 
 
 def create(name: str, sysctls: dict[str, str] | None = None) -> None:

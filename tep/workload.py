@@ -8,7 +8,6 @@ namespaces), so the workload keeps its namespace, addresses and sockets.
 from __future__ import annotations
 
 import hashlib
-
 import os
 
 from pyroute2 import netns
@@ -31,13 +30,6 @@ def ensure_namespace(name: str) -> None:
     In this process (setns), no `ip` or shell: see tep/nsutil.py."""
     if not nsutil.exists(name):
         nsutil.create(name, IPV4_ONLY_SYSCTLS)
-
-
-def ipv4_only(ns_name: str) -> None:
-    """Links that arrive in this namespace from now on get no IPv6. The overlay carries
-    IPv4 (port security drops IPv6), and kernel IPv6 chatter (MLD, router solicitations)
-    on a veth goes straight to its peer, around OVS."""
-    run(["ip", "netns", "exec", ns_name, "sh", "-ec", IPV4_ONLY])
 
 
 def delete_namespace(name: str) -> None:
@@ -113,19 +105,8 @@ def _fresh(ns, hns, sk, ns_name: str, host_ns: str, host_ifname: str, ip: str, p
     """create_workload in a namespace just made: eth0 (the bridge) and one attachment."""
     ns.link("add", ifname=WORKLOAD_IFNAME, kind="bridge", br_stp_state=0, br_forward_delay=0, address=mac, mtu=mtu)
     idx = ns.link_lookup(ifname=WORKLOAD_IFNAME)[0]
-    name, vmtu = attachment_name(host_ns), max(VETH_MTU, mtu)
     _delete_in(hns, host_ifname)  # a host end left by something else of that name
-    fd = os.open(nsutil.path(ns_name), os.O_RDONLY)
-    try:
-        hns.link("add", ifname=host_ifname, kind="veth", mtu=vmtu, state="up",
-                 peer={"ifname": name, "mtu": vmtu, "net_ns_fd": fd})
-    finally:
-        os.close(fd)
-    vidx = ns.link_lookup(ifname=name)[0]
-    ns.link("set", index=vidx, master=idx, state="up")
-    ns.link("set", index=vidx, kind="bridge_slave", isolated=1)
-    nsutil.tx_checksum_off(sk, name)
-    nsutil.tx_checksum_off(sk, WORKLOAD_IFNAME)
+    _new_attachment(ns, hns, sk, ns_name, attachment_name(host_ns), host_ifname, max(VETH_MTU, mtu), idx)
     ns.link("set", index=idx, mtu=mtu, state="up")  # a bridge follows its ports' MTU unless told
     ns.addr("add", index=idx, address=ip, prefixlen=prefixlen)
     if gateway:
@@ -172,20 +153,25 @@ def _attach(ns, hns, sk, ns_name: str, host_ns: str, host_ifname: str, mtu: int)
         return
     _delete_in(ns, name)
     _delete_in(hns, host_ifname)
-    # made in the host's namespace with its peer directly in ours: nothing is moved
+    _new_attachment(ns, hns, sk, ns_name, name, host_ifname, mtu, ns.link_lookup(ifname=WORKLOAD_IFNAME)[0])
+
+
+def _new_attachment(ns, hns, sk, ns_name: str, name: str, host_ifname: str, mtu: int, bridge: int) -> None:
+    """A veth made in the host's namespace (its end `host_ifname` up) with its peer `name`
+    directly in ours (nothing is moved), that peer a port of the eth0 bridge."""
     fd = os.open(nsutil.path(ns_name), os.O_RDONLY)
     try:
-        hns.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer={"ifname": name, "mtu": mtu, "net_ns_fd": fd})
+        hns.link("add", ifname=host_ifname, kind="veth", mtu=mtu, state="up",
+                 peer={"ifname": name, "mtu": mtu, "net_ns_fd": fd})
     finally:
         os.close(fd)
     idx = ns.link_lookup(ifname=name)[0]
-    ns.link("set", index=idx, master=ns.link_lookup(ifname=WORKLOAD_IFNAME)[0], state="up")
+    ns.link("set", index=idx, master=bridge, state="up")
     # the attachments must not talk to each other inside the workload, and the userspace
     # datapath does not fill in checksums left to offload
     ns.link("set", index=idx, kind="bridge_slave", isolated=1)
     nsutil.tx_checksum_off(sk, name)
     nsutil.tx_checksum_off(sk, WORKLOAD_IFNAME)
-    hns.link("set", index=hns.link_lookup(ifname=host_ifname)[0], state="up")
 
 
 def attach(ns_name: str, host_ns: str, host_ifname: str, mtu: int = 1500) -> None:

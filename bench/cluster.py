@@ -54,9 +54,9 @@ def _core_latency(core, reps: int, ports: int) -> dict:
 
 def store(reps: int = 20, ports: int = 20) -> dict:
     """Core on SQLite and on a 3-member etcd, the same work, the same run."""
-    from controller.core import Core
-    from controller.etcd_store import EtcdClient, EtcdStore, parse_endpoints
-    from controller.store import SqliteStore
+    from controller.server.core import Core
+    from controller.state.etcd_store import EtcdClient, EtcdStore, parse_endpoints
+    from controller.state.store import SqliteStore
     from scenarios.etcd import loopback_cluster
     d = tempfile.mkdtemp(prefix="nvbench-etcd-")
     cluster = loopback_cluster(os.path.join(d, "etcd"), token=f"b{os.getpid()}")
@@ -73,8 +73,8 @@ def store(reps: int = 20, ports: int = 20) -> dict:
 
 def failover(kills: int = 10) -> dict:
     """K leader SIGKILLs on a 3-controller lab; the killed member is started again each time."""
-    from controller.api import call
-    from controller.cluster import LEASE_TTL
+    from controller.server.api import call
+    from controller.state.cluster import LEASE_TTL
     from scenarios.lab import Lab
     d = tempfile.mkdtemp(prefix="nvbench-cl-")
     lab = Lab(d, log=lambda m: print(m, flush=True))
@@ -120,7 +120,7 @@ def failover(kills: int = 10) -> dict:
 
 def restart(hosts: int = 10, ports: int = 1000) -> dict:
     """`controller restart` with `ports` workloads on `hosts` hosts, to every host in sync."""
-    from controller.api import call
+    from controller.server.api import call
     from scenarios.lab import Lab
     d = tempfile.mkdtemp(prefix="nvbench-rs-")
     lab = Lab(d, log=lambda m: print(m, flush=True))

@@ -66,7 +66,7 @@ def _sequential(plugin: str, cfg: dict, names: list[str]) -> dict:
 
 
 def cni(lab, containers: int = 50) -> dict:
-    from controller.api import call
+    from controller.server.api import call
     call(lab.api_path, "tenant.create", yaml=TENANT)
     tag = f"nvcb{os.getpid() % 10000}"
     names = [f"{tag}c{i}" for i in range(containers)]

@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 
-from controller.api import call
+from controller.server.api import call
 from controller.layers.services import CONTROL_BURST, CONTROL_PPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -344,8 +344,8 @@ def _measured(lab, fn):
 def handler_cost(n: int = 300) -> dict:
     """Punt.handle for a DISCOVER and a REQUEST, in this process: the Python alone."""
     import yaml
-    from controller.allocator import InUse, allocate
-    from controller.punt import Punt
+    from controller.compile.allocator import InUse, allocate
+    from controller.packetin.punt import Punt
     from topology import schema
     t = schema.validate(yaml.safe_load(CAP.format(name="c1")), ["hv1", "hv2", "hv3"])
     a = allocate(t, None, None, InUse())

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from controller.api import call
+from controller.server.api import call
 from scenarios.lab import Lab
 
 TWIN = """apiVersion: nvctl/v1

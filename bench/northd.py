@@ -12,7 +12,7 @@ guarded port, referenced from Logical_Switch.acls. Names are prefixed with the t
 What is measured (every figure: median and min-max of several repetitions, the two sides
 interleaved, alternating which goes first):
 
-* Full compile. nvctl: `controller.compiler.compile_world(hosts, world)`, every host's OpenFlow
+* Full compile. nvctl: `controller.compile.compiler.compile_world(hosts, world)`, every host's OpenFlow
   flows. northd: a fresh NB, SB and ovn-northd in a temp dir (no lab, no namespace); the whole
   topology in ONE NB transaction sent as JSON-RPC on the NB unix socket, then `ovn-nbctl --wait=sb
   sync`. The clock starts before the transaction is sent and stops when the sync returns: northd
@@ -545,7 +545,7 @@ def one_size(tenants: int, hosts: int, reps: int, change_reps: int, root: str, l
     one-port change on the last northd's loaded central, then nvctl's."""
     from bench.pure import one_port_change
     from bench.synth import deployment
-    from controller.compiler import compile_world
+    from controller.compile.compiler import compile_world
 
     hs, world, docs = deployment(tenants, PORTS_PER_TENANT, hosts)
     nv, nd, central, flows = [], [], None, None

@@ -52,7 +52,7 @@ def _spread(xs):
 def _stats_reply_bytes(flows) -> bytes:
     """An OFPMP_FLOW reply body for these flows, as OVS sends it (ofp_flow_stats entries
     with the match and instructions our flow-mods carry)."""
-    from controller import ofwire
+    from controller.switch import ofwire
     out = bytearray()
     for i, f in enumerate(flows):
         tail = ofwire.match_bytes(f.match) + ofwire.instructions_bytes(f.actions)
@@ -67,7 +67,7 @@ def parse_cost(flows, reps: int = 5) -> dict:
     entries as our reply parser leaves them (`ofcodec.LazyFlowStats`: header only), against
     os-ken's full parse of every match and instruction (the baseline, same bytes)."""
     from os_ken.ofproto import ofproto_v1_3_parser as parser
-    from controller.ofcodec import LazyFlowStats
+    from controller.switch.ofcodec import LazyFlowStats
     buf = _stats_reply_bytes(flows)
     got = {}
     for name, cls in (("lazy", LazyFlowStats), ("full", parser.OFPFlowStats)):
@@ -88,7 +88,7 @@ def parse_cost(flows, reps: int = 5) -> dict:
 
 
 def refresh(tenants: int = 1000, host_count: int = 100, reps: int = 5, log=print) -> dict:
-    from controller.core import Core, freeze_heap
+    from controller.server.core import Core, freeze_heap
     hs, world, _ = deployment(tenants, PORTS_PER_TENANT, host_count)
     with tempfile.TemporaryDirectory() as tmp:
         store = stored_deployment(tmp, hs, world)
@@ -156,9 +156,9 @@ def _tree_cpu(pid: int) -> float:
 
 def cpu_share(lab, seconds: float = 15.0, reps: int = 3, log=print) -> dict:
     """The controller's CPU share idle and at a 1 s refresh (see the module's doc)."""
-    from controller.api import call
+    from controller.server.api import call
     from scenarios.lab import _read_pid
-    from tests.unit.fixtures import tenant_yaml
+    from topology.builder import tenant_yaml
     for name in ("blue", "red"):
         doc = tenant_yaml(name, "web", [(f"vm{i}", f"10.0.0.{10 + i}", f"hv{1 + i % 3}") for i in range(15)])
         doc = doc.replace("  ports:\n", "  acls:\n    - {name: no-ssh, priority: 10, direction: to-port, "

@@ -11,8 +11,8 @@ import tempfile
 import time
 
 from bench.synth import deployment
-from controller.compiler import compile_world
-from tests.unit.fake_switch import FakeSwitch
+from controller.compile.compiler import compile_world
+from controller.switch.fake import FakeSwitch
 
 PORTS_PER_TENANT = 10
 
@@ -61,7 +61,7 @@ class RecordingSwitch(FakeSwitch):
 
 def stored_deployment(tmp: str, hs: dict, world: dict):
     """A SQLite store in `tmp` holding these hosts and tenants, as a controller finds them."""
-    from controller.store import HostRecord, SqliteStore
+    from controller.state.store import HostRecord, SqliteStore
     from topology import schema
     store = SqliteStore(os.path.join(tmp, "desired.db"))
     for i, h in enumerate(hs.values()):
@@ -77,7 +77,7 @@ def one_port_change(tenants: int = 1000, host_count: int = 100, repeats: int = 2
     host, `repeats` times. Time per change, from the YAML text to the flow-mods handed
     to the switches, and the hosts that were sent any, against a full recompile in the
     same process."""
-    from controller.core import Core, freeze_heap
+    from controller.server.core import Core, freeze_heap
 
     hs, world, docs = deployment(tenants, PORTS_PER_TENANT, host_count)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,8 +133,8 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 from bench.synth import deployment
-from controller.core import Core
-from controller.store import HostRecord, SqliteStore
+from controller.server.core import Core
+from controller.state.store import HostRecord, SqliteStore
 from topology import schema
 base = rss()
 tenants, hosts = int(sys.argv[1]), int(sys.argv[2])

@@ -286,7 +286,7 @@ class Suites:
 
 
 def main(argv=None) -> int:
-    from controller.progress import Reporter
+    from controller.client.progress import Reporter
     with Reporter("bench") as rep:  # bars on a terminal's stderr, else a line per suite
         return _main(argv, rep)
 

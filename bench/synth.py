@@ -6,8 +6,8 @@ rules. Every tenant uses the same customer addresses: overlap is the normal case
 """
 from __future__ import annotations
 
-from controller.allocator import InUse, allocate
-from controller.compiler import Host
+from controller.compile.allocator import InUse, allocate
+from controller.compile.compiler import Host
 from topology.schema import validate
 
 

@@ -14,9 +14,9 @@ import sys
 import time
 
 from bench.synth import deployment, tenant_doc
-from controller.allocator import InUse, allocate
-from controller.compiler import compile_tenant, compile_world, paused_gc
-from controller.verify import Verifier, network_from_compiled, tenant_facts
+from controller.compile.allocator import InUse, allocate
+from controller.compile.compiler import compile_tenant, compile_world, paused_gc
+from controller.analysis.verify import Verifier, network_from_compiled, tenant_facts
 from topology.schema import validate
 
 PORTS_PER_TENANT = 10

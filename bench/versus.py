@@ -41,8 +41,8 @@ from types import SimpleNamespace
 
 from bench.reach import Reach
 from bench.stats import percentile, ratio, spread
-from controller.api import call
-from controller.core import PLUG_WORKERS, VXLAN_OVERHEAD  # the bench plugs as the controller does
+from controller.server.api import call
+from controller.server.core import PLUG_WORKERS, VXLAN_OVERHEAD  # the bench plugs as the controller does
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile
 from scenarios.netutil import iperf3
 from tep import rxqueue, workload
@@ -166,12 +166,12 @@ class Offline:
     did allocate (check())."""
 
     def __init__(self, lab: Lab):
-        from controller.allocator import InUse
+        from controller.compile.allocator import InUse
         self.lab, self.used, self.held = lab, InUse(), {}
 
     def put(self, name: str, text: str, only: set[str] | None = None) -> list:
         """Allocate as tenant create/apply of `text` will; the attachments to plug."""
-        from controller.allocator import allocate
+        from controller.compile.allocator import allocate
         from topology import schema
         t = schema.load_tenant(text, self.lab.manifest()["hosts"])
         prev = self.held.get(name)

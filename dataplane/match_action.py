@@ -719,7 +719,7 @@ class Flow:
 
     `rule` says which piece of intent made the flow ("port vm1", "switch web flood"),
     for `nvctl flows`, traces and error messages; `stat`, what its packet counts are
-    counted as (`controller.stats`). Neither is installed.
+    counted as (`controller.analysis.stats`). Neither is installed.
 
     Immutable by contract (the attributes are never assigned after __init__): one Flow
     object is shared by every host it is installed on. The cookie is computed once, here;

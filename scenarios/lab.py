@@ -30,7 +30,7 @@ from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_up
 from tep.rxqueue import deepen_instance
 from tep import nsutil
 from tep.workload import IPV4_ONLY_SYSCTLS
-from controller.compiler import TUNNEL_OFPORT
+from controller.compile.compiler import TUNNEL_OFPORT
 
 OF_PORT = 6653
 CONTROLLER_IP = "198.51.100.1"
@@ -188,11 +188,11 @@ class Lab:
     def member_pid(self, name: str) -> int | None:
         m = next(m for m in self.member_plans() if m["name"] == name)
         pid = _read_pid(os.path.join(m["state_dir"], "controller.pid"))
-        return pid if _alive(pid, "controller.main") else None
+        return pid if _alive(pid, "controller.server.main") else None
 
     def kill_member(self, name: str, sig=signal.SIGKILL) -> None:
         m = next(m for m in self.member_plans() if m["name"] == name)
-        _kill_pidfile(os.path.join(m["state_dir"], "controller.pid"), "controller.main", sig, group=True)
+        _kill_pidfile(os.path.join(m["state_dir"], "controller.pid"), "controller.server.main", sig, group=True)
 
     def stop_members(self) -> None:
         for m in self.member_plans():
@@ -204,7 +204,7 @@ class Lab:
 
     def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU, controllers: int = 1,
            progress=None) -> dict:
-        """`progress`: a controller.progress.Reporter; hosts built, registered, in sync and
+        """`progress`: a controller.client.progress.Reporter; hosts built, registered, in sync and
         their underlay warmed are reported to it, host i of N (else one log line per host)."""
         if controllers not in (1, 3, 5):
             raise LabError(f"--controllers must be 1, 3 or 5 (an etcd cluster needs an odd size), got {controllers}")
@@ -364,7 +364,7 @@ class Lab:
         return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir)
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
-        _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", sig, group=True)
+        _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.server.main", sig, group=True)
 
     def host_info(self, name: str) -> dict:
         """What the controller's lab driver is told about host `name` (host.register's info)."""
@@ -372,7 +372,7 @@ class Lab:
                 "ovsdb": f"unix:{self.host_dir(name)}/db.sock", "rundir": self.host_dir(name)}
 
     def _register(self, plans: list[HostPlan], on_host=None) -> None:
-        from controller.api import call
+        from controller.server.api import call
         with nsutil.iproute(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
@@ -394,7 +394,7 @@ class Lab:
             return {"state_dir": self.dir, "status": "down"}
         out = {"state_dir": self.dir, "status": m["status"], "prefix": self.prefix, "hosts": []}
         ctl_pid = _read_pid(os.path.join(self.dir, "controller.pid"))
-        out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, "controller.main")}
+        out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, "controller.server.main")}
         if m.get("controllers", 1) > 1:
             out["controllers"] = [{"name": c["name"], "netns": c["netns"], "address": c["address"],
                                    "pid": self.member_pid(c["name"]), "alive": self.member_pid(c["name"]) is not None}
@@ -402,7 +402,7 @@ class Lab:
             out["controller"]["alive"] = any(c["alive"] for c in out["controllers"])
         live = {}
         if out["controller"]["alive"]:
-            from controller.api import ApiClientError, call
+            from controller.server.api import ApiClientError, call
             try:
                 live = {h["name"]: h for h in call(self.api_path, "host.list", check=True, timeout=10)}
             except ApiClientError as e:
@@ -421,10 +421,10 @@ class Lab:
         """Remove every process, namespace, link and file this lab made. Idempotent."""
         done = []
         m = self.manifest() or {}
-        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.main", group=True):
+        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.server.main", group=True):
             done.append("controller")
         for member in self.member_plans(m.get("controllers", 1))[1:]:
-            if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), "controller.main", group=True):
+            if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), "controller.server.main", group=True):
                 done.append(member["name"])
             shutil.rmtree(member["state_dir"], ignore_errors=True)
         if m.get("controllers", 1) > 1 or os.path.isdir(os.path.join(self.dir, "etcd")):
@@ -472,7 +472,7 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
     log = open(os.path.join(state_dir, "controller.log"), "ab")
     # nsenter, not `ip netns exec`: the latter gives the process a private mount
     # namespace, and workload namespaces it creates would be invisible to everyone else.
-    cmd = ["nsenter", f"--net={netns_path}", sys.executable, "-m", "controller.main",
+    cmd = ["nsenter", f"--net={netns_path}", sys.executable, "-m", "controller.server.main",
            "--state-dir", state_dir, "--listen", listen, "--port", str(port)]
     if pki:
         cmd += ["--pki", pki]
@@ -488,7 +488,7 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
     with open(os.path.join(state_dir, "controller.pid"), "w") as f:
         f.write(str(proc.pid))
     deadline = time.monotonic() + 30
-    from controller.api import ApiClientError, _request
+    from controller.server.api import ApiClientError, _request
     api = os.path.join(state_dir, "nvctl.sock")
     while True:
         if proc.poll() is not None:
@@ -507,7 +507,7 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
 def wait_synced(api_path: str, timeout: float = 60, on_poll=None) -> list[dict]:
     """Wait until every host's br-int is connected and holds its desired flows.
     on_poll(hosts): each host.list answer on the way."""
-    from controller.api import call
+    from controller.server.api import call
     deadline = time.monotonic() + timeout
     while True:
         hosts = call(api_path, "host.list")

@@ -18,7 +18,7 @@ from typing import Callable
 
 import yaml
 
-from controller.api import call
+from controller.server.api import call
 from scenarios import catalog as _  # noqa: F401  (registers the scenarios)
 from scenarios.registry import SCENARIOS, Scenario, scenario  # noqa: F401  (scenario: for callers)
 
@@ -113,7 +113,7 @@ class Run:
     data: dict = field(default_factory=dict)
     plots: list = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
-    progress: object = None  # a controller.progress.Task: one step each
+    progress: object = None  # a controller.client.progress.Task: one step each
 
     def step(self, text: str) -> None:
         self.steps.append({"t": round(time.monotonic() - self.t0, 2), "step": text})
@@ -142,7 +142,7 @@ def run_scenario(name: str, mininet: bool = False, out: str | None = None, log=p
     """Run one scenario on a fresh network; 0 if every claim held, 1 if one failed,
     2 if the scenario could not run. Writes OUT/result.json and OUT/*.png.
     `env` replaces the network (the runner's own tests use that); `progress`, a
-    controller.progress.Reporter, gets one step each (the log lines stay on `log`)."""
+    controller.client.progress.Reporter, gets one step each (the log lines stay on `log`)."""
     import matplotlib
     matplotlib.use("Agg")
     scenarios = catalog()

@@ -1,4 +1,4 @@
 """Policy layers, VFP-style: one module per layer, each owning its tables.
 
-The order they run in is declared once, in `controller.pipeline`.
+The order they run in is declared once, in `controller.compile.pipeline`.
 """

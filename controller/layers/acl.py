@@ -38,7 +38,7 @@ import itertools
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
                                     IPPROTO_UDP, Ct, Log, Match, ct_state)
 from controller.layers.base import Layer, TableDecl
-from controller.registers import INPORT, LOGICAL_SWITCH, OUTPORT
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT
 
 PRIO_INVALID = 65000
 PRIO_REPLY = 64000

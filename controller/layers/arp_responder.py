@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataplane.match_action import ETH_TYPE_ARP, IN_PORT, Match, Move, Output, SetField
 from controller.layers.base import Layer, TableDecl
-from controller.registers import LOGICAL_SWITCH
+from controller.spaces.registers import LOGICAL_SWITCH
 
 ARP_REQUEST, ARP_REPLY = 1, 2
 

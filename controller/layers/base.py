@@ -5,7 +5,7 @@ of a tenant's intent into those tables only. It is handed an `Emitter` that buil
 flows, stamps them with the layer's cookie id and refuses a flow in a table the layer
 does not own, or one that breaks the table's declared contract.
 
-Successors may name a table or a pipeline symbol, resolved by `controller.pipeline`:
+Successors may name a table or a pipeline symbol, resolved by `controller.compile.pipeline`:
   @next          the table that follows in pipeline order
   @egress        the first table of the egress stage
   @tunnel_entry  where packets that arrived over a tunnel continue

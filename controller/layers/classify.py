@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataplane.match_action import Match
 from controller.layers.base import Layer, TableDecl
-from controller.allocator import transit_name
-from controller.registers import EXTERNAL_NET_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH
+from controller.compile.allocator import transit_name
+from controller.spaces.registers import EXTERNAL_NET_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH
 
 
 class Classify(Layer):

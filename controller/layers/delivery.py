@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataplane.match_action import Match, Output
 from controller.layers.base import Layer, TableDecl
-from controller.registers import LOGICAL_SWITCH, OUTPORT
+from controller.spaces.registers import LOGICAL_SWITCH, OUTPORT
 
 
 class Delivery(Layer):

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, CheckPktLarger, Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
-from controller.allocator import transit_name
+from controller.compile.allocator import transit_name
 from controller.layers.qos import bum_meter_for
 from controller.layers.services import to_controller
-from controller.registers import FLOOD_PORT_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT, PKT_LARGER
+from controller.spaces.registers import FLOOD_PORT_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT, PKT_LARGER
 
 ETH_HEADER = 14  # check_pkt_larger counts the Ethernet header; an MTU does not
 

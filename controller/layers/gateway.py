@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, IN_PORT, Ct, DecTtl, Match, Move,
                                     Nat, Output, SetField, ct_state)
-from controller.allocator import router_port_name, router_zone_name, transit_name
+from controller.compile.allocator import router_port_name, router_zone_name, transit_name
 from controller.layers.arp_responder import ARP_REPLY, ARP_REQUEST
 from controller.layers.base import Layer, TableDecl
-from controller.registers import EXTERNAL_NET_KEY, INPORT, LOGICAL_SWITCH, NEXTHOP
+from controller.spaces.registers import EXTERNAL_NET_KEY, INPORT, LOGICAL_SWITCH, NEXTHOP
 from topology.model import derived_mac
 
 

@@ -14,9 +14,9 @@ through the same zone to have the VIP put back as its source.
 from __future__ import annotations
 
 from dataplane.match_action import ETH_TYPE_IP, IPPROTO_TCP, IPPROTO_UDP, Ct, Group, Match, Nat, SetField, ct_state
-from controller.allocator import lb_zone_name
+from controller.compile.allocator import lb_zone_name
 from controller.layers.base import Layer, TableDecl
-from controller.registers import LOGICAL_SWITCH
+from controller.spaces.registers import LOGICAL_SWITCH
 
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 LB_ZONE = lb_zone_name("")  # one zone per tenant

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_UDP, ND_NA, Match
 from controller.layers.base import Layer, TableDecl
-from controller.registers import INPORT, LOGICAL_SWITCH
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH
 
 
 DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataplane.match_action import Match, Meter
 from controller.layers.base import Layer, TableDecl
-from controller.registers import INPORT, LOGICAL_SWITCH
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH
 
 # Burst allowance, in seconds at the port's rate. Measured here (TCP over VXLAN through
 # the userspace datapath, 50 Mbit/s drop meter, 4 s iperf3): 0.01 s -> 5.2 Mbit/s,

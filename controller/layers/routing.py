@@ -17,10 +17,10 @@ import ipaddress
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IN_PORT, IPPROTO_ICMP, DecTtl, Match, Move,
                                     Output, SetField)
-from controller.allocator import router_port_name, transit_name
+from controller.compile.allocator import router_port_name, transit_name
 from topology.model import derived_mac
 from controller.layers.base import Layer, TableDecl
-from controller.registers import INPORT, LOGICAL_SWITCH, NEXTHOP, OUTPORT, SCRATCH
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH, NEXTHOP, OUTPORT, SCRATCH
 
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 PRIO_ECHO = 3000

@@ -2,8 +2,8 @@
 
 On a switch with `dhcp: true` (the default), a port's DHCP requests (UDP to port 67)
 and its DNS queries to the switch's service address (UDP to port 53) go to the
-controller, which answers from the tenant's spec alone (`controller.responder`,
-`controller.punt`): no lease database, nothing to lose. Port security admits a
+controller, which answers from the tenant's spec alone (`controller.packetin.responder`,
+`controller.packetin.punt`): no lease database, nothing to lose. Port security admits a
 DHCP client's first messages (from 0.0.0.0) and still drops any workload's DHCP server
 messages, so only the platform answers.
 
@@ -16,7 +16,7 @@ host. The encap layer sends path-MTU packet-ins through the same meter.
 IPv6 (a switch with cidr6): every neighbour solicitation and router solicitation goes
 to the controller, which answers for the addresses the spec knows (ports, router
 ports, their link-local addresses) and router advertisements from the router port when
-it has an ip6 (SLAAC; see `controller.punt`); ICMPv6 echo to the router and DNS at its
+it has an ip6 (SLAAC; see `controller.packetin.punt`); ICMPv6 echo to the router and DNS at its
 ip6 too. Nothing of neighbour discovery floods the overlay.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataplane.match_action import (CONTROLLER, ETH_TYPE_IP, ETH_TYPE_IPV6, IPPR
                                     ND_NS, Match, Meter, Output)
 from controller.layers.base import Layer, TableDecl
 from controller.layers.port_security import DHCP_SERVER_PORT
-from controller.registers import LOGICAL_SWITCH
+from controller.spaces.registers import LOGICAL_SWITCH
 
 DNS_PORT = 53
 ND_RS, ICMPV6_ECHO_REQUEST = 133, 128

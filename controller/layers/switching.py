@@ -5,9 +5,9 @@ Placement-independent: every host carrying a switch has the same flows here.
 from __future__ import annotations
 
 from dataplane.match_action import Match
-from controller.allocator import router_port_name
+from controller.compile.allocator import router_port_name
 from controller.layers.base import Layer, TableDecl
-from controller.registers import FLOOD_PORT_KEY, LOGICAL_SWITCH, OUTPORT
+from controller.spaces.registers import FLOOD_PORT_KEY, LOGICAL_SWITCH, OUTPORT
 
 
 class Switching(Layer):

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def nvctl(lab, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "controller.cli", "--state-dir", lab.dir, *args],
+    p = subprocess.run([sys.executable, "-m", "controller.client.cli", "--state-dir", lab.dir, *args],
                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if check and p.returncode != 0:
         raise AssertionError(f"nvctl {' '.join(args)} failed ({p.returncode}): {p.stderr}{p.stdout}")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from controller.api import call
+from controller.server.api import call
 from tests.integration.conftest import running_lab, verify_lab
 from tests.integration.helpers import ROOT, Capture, Dockerd, apply_yaml, in_ns, nvctl_json
 from tests.integration.test_cni import Podman
@@ -50,7 +50,7 @@ class Plugin:
 
     def start(self):
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "--state-dir", self.lab.dir,
+        self.proc = subprocess.Popen([sys.executable, "-m", "controller.client.cli", "--state-dir", self.lab.dir,
                                       "docker-plugin", "--socket", self.sock, "--host", "hv2"],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 30

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from controller.core import Core
-from controller.etcd_store import EtcdClient, EtcdStore, EtcdUnavailable, NotLeader, delete, parse_endpoints, put
-from controller.store import Conflict
+from controller.server.core import Core
+from controller.state.etcd_store import EtcdClient, EtcdStore, EtcdUnavailable, NotLeader, delete, parse_endpoints, put
+from controller.state.store import Conflict
 from scenarios.etcd import free_ports, loopback_cluster
 from tests.unit.fixtures import tenant_yaml
 

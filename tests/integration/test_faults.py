@@ -102,7 +102,7 @@ def test_controller_killed_during_apply_leaves_old_or_new_and_flows_match(lab, b
     path = os.path.join(lab.dir, "bulk-new.yaml")
     with open(path, "w") as f:
         f.write(new_doc)
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "--state-dir", lab.dir, "tenant", "apply",
+    proc = subprocess.Popen([sys.executable, "-m", "controller.client.cli", "--state-dir", lab.dir, "tenant", "apply",
                              "-f", path], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.6)  # attaching 36 workloads takes seconds: kill in the middle
     lab.stop_controller(signal.SIGKILL)

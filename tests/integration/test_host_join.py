@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from controller.core import VXLAN_OVERHEAD
+from controller.server.core import VXLAN_OVERHEAD
 from scenarios.lab import HostPlan
 from tests.integration.conftest import fresh_compile_changes, running_lab
 from tests.integration.helpers import ROOT, apply_yaml, in_ns, nvctl, nvctl_json, ping_many
@@ -39,7 +39,7 @@ def jlab():
 def join_in(lb, index: int, bundle: str, *extra, check=True):
     """Run `nvctl host join` inside host namespace hv{index}, as its own root would."""
     name = f"hv{index}"
-    p = subprocess.run(["ip", "netns", "exec", lb.host_ns(name), sys.executable, "-m", "controller.cli",
+    p = subprocess.run(["ip", "netns", "exec", lb.host_ns(name), sys.executable, "-m", "controller.client.cli",
                         "host", "join", bundle, "--uplink", "ul0",
                         "--db", f"unix:{lb.host_dir(name)}/db.sock",
                         "--pki-dir", os.path.join(lb.host_dir(name), "pki"), "--timeout", "20", *extra],

@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.api import call
+from controller.server.api import call
 from controller.layers.acl import ACL_LOG_BURST, ACL_LOG_PPS
 from scenarios.netutil import in_ns
 from tests.integration.conftest import running_lab
@@ -238,7 +238,7 @@ def test_watch_refreshes_with_rates_on_a_terminal_and_prints_json_lines_on_a_pip
     import signal
     import subprocess
     from tests.integration.helpers import ROOT
-    cmd = [sys.executable, "-m", "controller.cli", "--state-dir", lab.dir, "stats", "blue", "--watch", "0.5"]
+    cmd = [sys.executable, "-m", "controller.client.cli", "--state-dir", lab.dir, "stats", "blue", "--watch", "0.5"]
     p = subprocess.Popen(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         time.sleep(2.5)

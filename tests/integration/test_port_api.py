@@ -41,7 +41,7 @@ def test_an_added_port_gets_a_workload_that_reaches_its_switch(blue):
 
 
 def test_fifty_adds_from_fifty_processes_get_fifty_addresses(blue):
-    cmd = [sys.executable, "-m", "controller.cli", "--state-dir", blue.dir, "port", "add", "blue",
+    cmd = [sys.executable, "-m", "controller.client.cli", "--state-dir", blue.dir, "port", "add", "blue",
            "--switch", "web", "--no-workload", "--json"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(50)]

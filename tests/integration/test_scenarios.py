@@ -15,7 +15,7 @@ LAB_SCENARIOS = ["isolation", "migration", "nat", "lb", "link-failure", "mtu", "
 
 def run_cli(tmp_path, *args):
     before = set(netns.listnetns())
-    p = subprocess.run([sys.executable, "-m", "controller.cli", "scenario", "run", *args, "--out", str(tmp_path)],
+    p = subprocess.run([sys.executable, "-m", "controller.client.cli", "scenario", "run", *args, "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     print(p.stdout[-4000:])
     result = json.loads((tmp_path / "result.json").read_text())

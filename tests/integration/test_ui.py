@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from controller.api import ApiClientError, call
+from controller.server.api import ApiClientError, call
 from scenarios.netutil import ping_many
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import ROOT, apply_yaml, nvctl
@@ -105,7 +105,7 @@ def ui_url(lab, twins):
     port = free_port()
     log_path = os.path.join(artifacts_dir(), "nvctl-ui.log")
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "--state-dir", lab.dir, "ui",
+    proc = subprocess.Popen([sys.executable, "-m", "controller.client.cli", "--state-dir", lab.dir, "ui",
                              "--port", str(port), "--listen", "127.0.0.1"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -1,20 +1,12 @@
 """Small worlds for compiler tests: hosts, tenants and their allocations."""
-from controller.allocator import InUse, allocate
-from controller.compiler import Host, TUNNEL_OFPORT, compile_world
+from controller.compile.allocator import InUse, allocate
+from controller.compile.compiler import Host, TUNNEL_OFPORT, compile_world
 from dataplane.match_action import Fabric
-from controller.pipeline import PIPELINE
+from controller.compile.pipeline import PIPELINE
+from topology.builder import tenant_yaml  # noqa: F401  (tests take it from here)
 from topology.schema import load_tenant
 
 HOSTS = {f"hv{i}": Host(f"hv{i}", f"192.0.2.{10 + i}") for i in (1, 2, 3)}
-
-
-def tenant_yaml(name, switch, ports, cidr="10.0.0.0/24"):
-    lines = ["apiVersion: nvctl/v1", "kind: Tenant", f"metadata: {{name: {name}}}", "spec:",
-             "  switches:", f"    - {{name: {switch}, cidr: {cidr}}}", "  ports:"]
-    for pname, ip, host, *mac in ports:
-        extra = f', mac: "{mac[0]}"' if mac else ""
-        lines.append(f"    - {{name: {pname}, switch: {switch}, ip: {ip}, host: {host}{extra}}}")
-    return "\n".join(lines) + "\n"
 
 
 BLUE = tenant_yaml("blue", "web", [("vm1", "10.0.0.11", "hv1"), ("vm2", "10.0.0.12", "hv2"),

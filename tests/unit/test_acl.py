@@ -1,8 +1,8 @@
 """Stateful ACLs through the simulator's conntrack: allowed connections and their
 replies pass, other directions are refused, and policy changes act on live connections."""
-from controller.compiler import TUNNEL_OFPORT, compile_world
+from controller.compile.compiler import TUNNEL_OFPORT, compile_world
 from controller.layers.acl import range_masks
-from controller.pipeline import PIPELINE
+from controller.compile.pipeline import PIPELINE
 from tests.unit.fixtures import HOSTS, Net, world
 from tests.unit.packets import tcp
 from tests.unit.test_routing import ROUTED

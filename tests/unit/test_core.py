@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from controller.allocator import InUse
-from controller.compiler import Host, compile_world
-from controller.core import ApiError, Core
-from controller.store import Conflict, SqliteStore
+from controller.compile.allocator import InUse
+from controller.compile.compiler import Host, compile_world
+from controller.server.core import ApiError, Core
+from controller.state.store import Conflict, SqliteStore
 from tests.unit.fixtures import BLUE, RED, tenant_yaml
 
 
@@ -116,7 +116,7 @@ def with_lb(doc: str, ports: list, rng) -> str:
 
 def proved(core):
     """`nvctl verify` over the core's desired flows (the simulator's view of every host)."""
-    from controller.verify import network_from_compiled, verify
+    from controller.analysis.verify import network_from_compiled, verify
     hosts = {n: Host(n, h.pa) for n, h in core.hosts.items()}
     tenants = {n: (e.tenant, e.alloc) for n, e in core.tenants.items()}
     return verify(network_from_compiled(hosts, tenants, core.desired.hosts))

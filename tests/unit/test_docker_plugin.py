@@ -4,9 +4,9 @@ one subnet getting a pool each, networks that disagree with the switch refused w
 fix, a network's leftover ports deleted with it."""
 import pytest
 
-from controller.api import operations
-from controller.core import ApiError
-from controller.docker_plugin import GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, port_name
+from controller.server.api import operations
+from controller.server.core import ApiError
+from controller.runtimes.docker_plugin import GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, port_name
 from tests.unit.test_core import core  # noqa: F401  (the fixture)
 from tests.unit.test_port_api import ROUTED
 

@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from controller.compiler import compile_world
-from controller.pipeline import PIPELINE
+from controller.compile.compiler import compile_world
+from controller.compile.pipeline import PIPELINE
 from dataplane.match_action import groups_of, meters_of
 from tests.unit.fixtures import world
 from tests.unit.test_nat import DOC as NAT_DOC, HOSTS

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from controller.compiler import TUNNEL_OFPORT, compile_world
-from controller.pipeline import PIPELINE
+from controller.compile.compiler import TUNNEL_OFPORT, compile_world
+from controller.compile.pipeline import PIPELINE
 from dataplane import headerspace as hs
 from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, FIELDS, Match, Simulator
 from tests.unit.fixtures import world

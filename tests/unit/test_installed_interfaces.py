@@ -1,8 +1,8 @@
 """verify's check of what OVSDB says is on each ofport the flows deliver to: a workload
 plugged on the wrong ofport (another tenant's, a twin's with the same port name) is a
 problem, the right one is not."""
-from controller.compiler import TUNNEL_OFPORT
-from controller.installed import check_interfaces
+from controller.compile.compiler import TUNNEL_OFPORT
+from controller.analysis.installed import check_interfaces
 from tep.ovs import TUNNEL_PORT_NAME
 
 PA = "192.0.2.11"

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from controller.compiler import compile_world
-from controller.verify import network_from_compiled, verify
+from controller.compile.compiler import compile_world
+from controller.analysis.verify import network_from_compiled, verify
 from dataplane.match_action import ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, ND_NA
 from topology.model import eui64
 from topology.schema import ValidationError, load_tenant, to_doc, validate
@@ -106,7 +106,7 @@ def _twins_and_flows():
 
 
 def test_verify_finds_an_ipv6_packet_sent_to_the_twins_port():
-    from controller.pipeline import PIPELINE
+    from controller.compile.pipeline import PIPELINE
     from dataplane.match_action import Flow, Match, Output
     w, flows = _twins_and_flows()
     (a, aa), (b, ba) = w["twin-a"], w["twin-b"]

@@ -1,8 +1,8 @@
 """The L2 pipeline, checked by sending packets through the compiled flows of all hosts."""
-from controller.compiler import TUNNEL_OFPORT, compile_world
-from controller.pipeline import PIPELINE
+from controller.compile.compiler import TUNNEL_OFPORT, compile_world
+from controller.compile.pipeline import PIPELINE
 from dataplane.match_action import BROADCAST_MAC, Fabric, cookie_layer
-from controller.pipeline import LAYER_BY_ID
+from controller.compile.pipeline import LAYER_BY_ID
 from tests.unit.fixtures import BLUE, HOSTS, RED, Net, tenant_yaml, world
 from tests.unit.packets import arp_request, icmp
 

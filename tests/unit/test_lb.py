@@ -1,7 +1,7 @@
 """Load balancers through the simulator: spread, consistency, replies, backend removal."""
 from collections import Counter
 
-from controller.pipeline import PIPELINE
+from controller.compile.pipeline import PIPELINE
 from tests.unit.fixtures import HOSTS, Net, world
 from tests.unit.packets import tcp
 from tests.unit.test_routing import ROUTED

@@ -2,7 +2,7 @@
 reachable from outside. Conntrack state is the simulator's, kept across packets."""
 import pytest
 
-from controller.compiler import Host
+from controller.compile.compiler import Host
 from tests.unit.fixtures import Net, world
 from tests.unit.packets import arp_request, icmp, tcp
 from tests.unit.test_routing import ROUTED

@@ -3,9 +3,9 @@ flow the compiler makes (every layer, NAT, load balancer, meters, ACLs)."""
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from bench.synth import deployment
-from controller import ofwire
-from controller.compiler import compile_world
-from controller.ofcodec import delete_cookie, delete_strict, flow_from_stats, to_flow_mod
+from controller.switch import ofwire
+from controller.compile.compiler import compile_world
+from controller.switch.ofcodec import delete_cookie, delete_strict, flow_from_stats, to_flow_mod
 from tests.unit.fixtures import world
 from tests.unit.test_golden import DOC, HOSTS
 
@@ -58,7 +58,7 @@ def test_flows_read_back_equal_the_flows_sent():
     reconciler's comparison with the switch has no false differences of our making."""
     import struct
     from types import SimpleNamespace
-    from controller.pipeline import PIPELINE
+    from controller.compile.pipeline import PIPELINE
     parser = DP.ofproto_parser
     for f in all_flows():
         raw = ofwire.flow_mod(f, 1)

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from controller.core import ApiError, Core
+from controller.server.core import ApiError, Core
 from tests.unit.fixtures import BLUE, tenant_yaml
 from tests.unit.test_core import core, desired, full  # noqa: F401  (core: the fixture)
 

@@ -7,8 +7,8 @@ import time
 
 from rich.console import Console
 
-from controller.api import ApiServer, call
-from controller.progress import Changes, Reporter, follow_change
+from controller.server.api import ApiServer, call
+from controller.client.progress import Changes, Reporter, follow_change
 from tests.unit.fixtures import BLUE
 from tests.unit.test_core import core  # noqa: F401  (the fixture)
 

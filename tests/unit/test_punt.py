@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from controller.punt import Punt
+from controller.packetin.punt import Punt
 from tests.unit.fixtures import tenant_yaml, world
 
 TWIN = tenant_yaml("NAME", "s", [("a", "10.0.0.11", "hv1", "02:aa:00:00:00:0a"), ("b", "B_IP", "hv2")])

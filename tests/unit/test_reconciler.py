@@ -2,12 +2,12 @@
 delete by identity): twins, drift, modify in place, refused bundles, conflicts."""
 import pytest
 
-from controller.core import ApiError, Core
-from controller.desired import DesiredState
-from controller.reconciler import differences
-from controller.store import SqliteStore
+from controller.server.core import ApiError, Core
+from controller.compile.desired import DesiredState
+from controller.switch.reconciler import differences
+from controller.state.store import SqliteStore
 from dataplane.match_action import Flow, Output, meters_of
-from tests.unit.fake_switch import FakeSwitch
+from controller.switch.fake import FakeSwitch
 from tests.unit.fixtures import BLUE
 from tests.unit.test_golden import DOC as SHOP
 
@@ -120,7 +120,7 @@ def test_a_flow_identity_conflict_is_refused_naming_both_tenants_and_nothing_is_
     text = c.describe({1: "blue", 2: "green"})
     assert "tenant green" in text and "tenant blue" in text and "port vm9" in text and theirs.rule in text
     # and through the core: a compile that collides is refused like invalid YAML
-    import controller.core as core_mod
+    import controller.server.core as core_mod
     real = core_mod.compile_tenant
     core_mod.compile_tenant = lambda t, a, h: {**real(t, a, h), "hv1": real(t, a, h).get("hv1", []) + [
         Flow(theirs.table, theirs.priority, theirs.match, (Output(42),), theirs.layer_id, a.tenant_id, "evil")]}

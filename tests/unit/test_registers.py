@@ -1,7 +1,7 @@
 import pytest
 
-from controller import registers
-from controller.registers import Slot
+from controller.spaces import registers
+from controller.spaces.registers import Slot
 
 
 def test_the_map_has_no_overlap():

@@ -8,7 +8,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6Packe
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from controller.responder import DNS_TTL, Lease, dhcp_answer, dns_answer, frag_needed, \
+from controller.packetin.responder import DNS_TTL, Lease, dhcp_answer, dns_answer, frag_needed, \
     packet_too_big
 
 VM_MAC, SRV_MAC = "02:00:00:00:00:0b", "02:00:00:00:00:01"

@@ -1,8 +1,8 @@
 """Distributed routing, checked by sending packets through every host's compiled flows."""
 import pytest
 
-from controller.compiler import TUNNEL_OFPORT
-from controller.pipeline import LAYER_BY_ID
+from controller.compile.compiler import TUNNEL_OFPORT
+from controller.compile.pipeline import LAYER_BY_ID
 from dataplane.match_action import cookie_layer
 from tests.unit.fixtures import Net, world
 from tests.unit.packets import arp_request, icmp

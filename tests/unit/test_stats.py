@@ -6,12 +6,12 @@ from collections import Counter
 import pytest
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller import stats
-from controller.acl_log import AclLog, five_tuple, line
+from controller.analysis import stats
+from controller.packetin.acl_log import AclLog, five_tuple, line
 from controller.layers.acl import ACL_LOG_METER_BASE
 from controller.layers.qos import BUM_METER_BASE
-from controller.ofcodec import NXActionControllerMeter, from_action
-from controller.pipeline import PIPELINE
+from controller.switch.ofcodec import NXActionControllerMeter, from_action
+from controller.compile.pipeline import PIPELINE
 from dataplane.match_action import Log, meters_of
 from tests.unit.fixtures import Net, tenant_yaml, world
 from tests.unit.packets import tcp
@@ -239,7 +239,7 @@ def test_a_host_not_read_this_time_counts_as_last_read():
 
 
 def test_the_controller_caps_each_tenants_log_lines_and_not_the_twins():
-    from controller import acl_log
+    from controller.packetin import acl_log
     from scapy.all import IP, TCP, Ether
     t = load_tenant(twin("blue"), ["hv1", "hv2"])
     now = [1000.0]

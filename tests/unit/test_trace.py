@@ -1,7 +1,7 @@
 """Pure parts of nvctl trace: the packet spec, and reading OVS's datapath actions."""
 import pytest
 
-from controller.trace import TraceError, build_packet, parse_datapath_actions, parse_spec
+from controller.analysis.trace import TraceError, build_packet, parse_datapath_actions, parse_spec
 from tests.unit.test_routing import ROUTED
 from topology.schema import load_tenant
 

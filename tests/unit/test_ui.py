@@ -18,8 +18,9 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from controller import cli, ui
-from controller.api import ApiClientError
+from controller.client import cli
+from controller.client import ui
+from controller.server.api import ApiClientError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -322,7 +323,7 @@ def test_nvctl_ui_without_a_controller_says_so_and_stops_on_ctrl_c(tmp_path):
     """The real command, as a process: it serves, says the controller is missing (no
     crash), and SIGINT (Ctrl-C) ends it with exit 0."""
     log = open(tmp_path / "ui.log", "w+")
-    p = subprocess.Popen([sys.executable, "-m", "controller.cli", "ui", "--port", "0",
+    p = subprocess.Popen([sys.executable, "-m", "controller.client.cli", "ui", "--port", "0",
                           "--api", str(tmp_path / "none.sock")], stdout=log, stderr=subprocess.STDOUT,
                          cwd=ROOT, start_new_session=True)
     try:

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from controller.allocator import InUse, allocate
-from controller.compiler import TUNNEL_OFPORT, compile_world
-from controller.pipeline import PIPELINE
-from controller.verify import Verifier, network_from_compiled, tenant_facts, verify
+from controller.compile.allocator import InUse, allocate
+from controller.compile.compiler import TUNNEL_OFPORT, compile_world
+from controller.compile.pipeline import PIPELINE
+from controller.analysis.verify import Verifier, network_from_compiled, tenant_facts, verify
 from dataplane.match_action import Ct, Fabric, Flow, Match, Nat, Output, SetField
 from tests.unit.fixtures import BLUE, HOSTS, RED, world
 from tests.unit.test_golden import DOC as SHOP, HOSTS as GW_HOSTS
@@ -112,7 +112,7 @@ def _install_replace_on_add(flows_in_order):
 def _twins():
     w = world(SHOP, SHOP2, hosts=GW_HOSTS)
     per_tenant = {}
-    from controller.compiler import compile_host, compile_tenant
+    from controller.compile.compiler import compile_host, compile_tenant
     host_flows = {h: compile_host(h, GW_HOSTS) for h in GW_HOSTS}
     for name, (t, a) in w.items():
         per_tenant[name] = compile_tenant(t, a, GW_HOSTS)

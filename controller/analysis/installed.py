@@ -1,6 +1,6 @@
 """What is really on the hosts, for `nvctl verify`: flows, groups and meters read over
 OpenFlow from every switch; ports and the tunnel read over OVSDB. The proof itself is
-`controller.verify` (pure); this module only gathers its input, and checks what the
+`controller.analysis.verify` (pure); this module only gathers its input, and checks what the
 flow tables cannot show: that each ofport a tenant's flows name is that tenant's
 workload, and that the tunnel port is the one the flows assume.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from controller import verify as vf
-from controller.compiler import TUNNEL_OFPORT
+from controller.analysis import verify as vf
+from controller.compile.compiler import TUNNEL_OFPORT
 from tep.driver import host_db
 from tep.ovs import TUNNEL_PORT_NAME, OvsError
 

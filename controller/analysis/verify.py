@@ -41,11 +41,11 @@ from dataplane import headerspace as hs
 from dataplane.match_action import (CONTROLLER, ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP,
                                     IPPROTO_UDP, Log, Meter, Simulator, Unsupported, cookie_layer, cookie_tenant)
 
-from controller.verify_model import TUNNEL_OFPORT  # noqa: E402
+from controller.analysis.verify_model import TUNNEL_OFPORT  # noqa: E402
 _STATE_ZERO = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
 
 
-from controller.verify_model import (  # noqa: F401  (the values verify takes and gives)
+from controller.analysis.verify_model import (  # noqa: F401  (the values verify takes and gives)
     PortRef, Endpoint, HostTables, TenantFacts, Network, _as_flow_list,
     _carriers, _carries_groups, host_tables, network_from_compiled, tenant_facts, _port_meters,
     reach_pairs, _separated, Violation, Report)
@@ -922,7 +922,7 @@ class Verifier:
 
 def _paused_gc():
     """Symbolic runs allocate many small acyclic objects; see compiler.paused_gc."""
-    from controller.compiler import paused_gc
+    from controller.compile.compiler import paused_gc
     return paused_gc()
 
 
@@ -940,7 +940,7 @@ def _ct_text(v: int) -> str:
 
 def _layer_name(layer_id: int) -> str:
     try:
-        from controller.pipeline import LAYER_BY_ID
+        from controller.compile.pipeline import LAYER_BY_ID
     except ImportError:  # pragma: no cover
         return str(layer_id)
     layer = LAYER_BY_ID.get(layer_id)
@@ -948,7 +948,7 @@ def _layer_name(layer_id: int) -> str:
 
 
 def _default_memo() -> tuple:
-    from controller.pipeline import EGRESS, PIPELINE, TUNNEL_ENTRY, LAYERS
+    from controller.compile.pipeline import EGRESS, PIPELINE, TUNNEL_ENTRY, LAYERS
     names = [layer.tables[0].name for layer in LAYERS if layer.name == TUNNEL_ENTRY]
     names.append("dispatch")  # where a switch's ingress ends: per host (local or remote)
     names.append(EGRESS[0].tables[0].name)

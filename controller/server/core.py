@@ -4,9 +4,9 @@ Intent changes (`create`, `apply`, `delete`) are serialized by one mutex. Each o
 validates (nothing changes if anything is wrong), checks that the tenant owns the
 provider addresses it names, allocates, recompiles only the tenant that changed,
 refuses the change if any of its flows would take the identity of another's
-(`controller.desired`), persists in one store transaction, attaches or detaches
+(`controller.compile.desired`), persists in one store transaction, attaches or detaches
 workloads, and then has the hosts whose flow sets changed reconciled
-(`controller.reconciler`: by identity, against the flows read back from the switch).
+(`controller.switch.reconciler`: by identity, against the flows read back from the switch).
 
 The core never imports os-ken: it talks to a `Switch` (see reconciler) per host.
 """
@@ -31,20 +31,20 @@ from dataclasses import dataclass, field
 from dataplane.match_action import COOKIE_TENANT_MAX, COOKIE_TENANT_SHIFT, Flow, cookie_layer, cookie_tenant
 from topology import schema
 from topology.model import Tenant
-from controller.allocator import Allocation, InUse, allocate, provider_addresses
-from controller import compiler
-from controller.compiler import DEFAULT_UPLINK_MTU, VXLAN_OVERHEAD, Host, compile_host, compile_tenant, paused_gc
-from controller.desired import DesiredState
-from controller.pipeline import LAYER_BY_ID
-from controller.progress import Changes
-from controller.punt import Punt
-from controller import stats as stats_mod
-from controller.acl_log import AclLog
-from controller.metrics import Metrics
+from controller.compile.allocator import Allocation, InUse, allocate, provider_addresses
+from controller.compile import compiler
+from controller.compile.compiler import DEFAULT_UPLINK_MTU, VXLAN_OVERHEAD, Host, compile_host, compile_tenant, paused_gc
+from controller.compile.desired import DesiredState
+from controller.compile.pipeline import LAYER_BY_ID
+from controller.client.progress import Changes
+from controller.packetin.punt import Punt
+from controller.analysis import stats as stats_mod
+from controller.packetin.acl_log import AclLog
+from controller.analysis.metrics import Metrics
 from controller.layers.acl import FromPortAcl, ToPortAcl
-from controller import reconciler
-from controller.reconciler import HostState
-from controller.store import HostRecord, Store
+from controller.switch import reconciler
+from controller.switch.reconciler import HostState
+from controller.state.store import HostRecord, Store
 from tep.driver import Attachment, LabDriver, attachments_of
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
@@ -98,14 +98,14 @@ class Core:
         self.state: dict[str, HostState] = {h: HostState() for h in self.hosts}
         self.tenants: dict[str, TenantEntry] = {}
         self.unclaimed: dict[int, object] = {}  # dpid -> session of a not-yet-registered switch
-        self.pki = None  # controller.pki.Pki when the controller accepts hosts over TLS
+        self.pki = None  # controller.transport.pki.Pki when the controller accepts hosts over TLS
         self.endpoints: dict = {}  # where joining hosts reach us: ip, of_port, of_tls_port, api_port
         self.used = InUse()  # what all tenants hold, kept in step with self.tenants
         self.punt = Punt(self.switch_mtus)  # DHCP, DNS and path MTU, answered from the specs
         self.holds: dict[tuple[str, str], dict[str, float]] = {}  # (tenant, switch) -> {ip: until}
-        self.cluster = None  # controller.cluster.Member in a cluster: then only its leader writes
+        self.cluster = None  # controller.state.cluster.Member in a cluster: then only its leader writes
         self.plugging = False  # ensure_workloads is running in the background
-        self.book = stats_mod.Book()  # counts of flows gone from the switches (controller.stats)
+        self.book = stats_mod.Book()  # counts of flows gone from the switches (controller.analysis.stats)
         self.samples: dict[str, list] = {}  # tenant -> [(time, drop counts)], the last STATS_KEEP_SECONDS
         self._samples_lock = threading.Lock()
         self._incarnation: dict[str, int] = {}  # tenant -> which making of it (a name deleted and made again)
@@ -165,7 +165,7 @@ class Core:
         return None
 
     # ------------------------------------------------------------------------------
-    # a cluster's leader and followers (controller.cluster)
+    # a cluster's leader and followers (controller.state.cluster)
     # ------------------------------------------------------------------------------
     def leading(self) -> bool:
         """Whether this controller may change switches: always, unless it is a
@@ -281,8 +281,8 @@ class Core:
             out["role"] = st.session.role("master", gen) if self.cluster else "equal"
         except Exception as e:  # noqa: BLE001 - the refusal is the answer
             out["role_error"] = str(e)
-        from controller.pipeline import PIPELINE
-        from controller.registers import FLOOD_PORT_KEY, OUTPORT
+        from controller.compile.pipeline import PIPELINE
+        from controller.spaces.registers import FLOOD_PORT_KEY, OUTPORT
         from dataplane.match_action import Match
         probe = Flow(PIPELINE.tables[0], 1, Match.of(**OUTPORT.m(FLOOD_PORT_KEY)), (), rule="probe")
         try:
@@ -304,7 +304,7 @@ class Core:
 
     def follow_tenant(self, name: str, value: dict | None, version: int) -> None:
         """A follower: the leader stored this tenant (None: deleted); compile it, send nothing."""
-        from controller.store import TenantRecord
+        from controller.state.store import TenantRecord
         with self.mutex:
             self._follow_tenant(name, None if value is None else
                                 TenantRecord(name, value["doc"], value["alloc"], version))
@@ -351,7 +351,7 @@ class Core:
             LOG.info("host %s disconnected", host)
 
     def reconcile(self, host: str, delta: tuple | None = None) -> int | None:
-        """Bring one host's switch to its desired state (see controller.reconciler).
+        """Bring one host's switch to its desired state (see controller.switch.reconciler).
         Returns messages sent, or None when the host is not connected or refused.
         `delta` = (old flows, new flows) of the one tenant that changed on this host."""
         st = self.state.get(host)
@@ -369,7 +369,7 @@ class Core:
                        change=None) -> dict[str, int | None]:
         """Reconcile several hosts at once. With `old` and `new` (one tenant's flows per
         host, before and after), each host compares only that tenant's flows. `change`
-        (controller.progress.Change) counts the hosts done."""
+        (controller.client.progress.Change) counts the hosts done."""
         hosts = sorted(hosts)
         results: dict[str, int | None] = {h: None for h in hosts}
         live = [h for h in hosts if h in self.state and self.state[h].session is not None]
@@ -1083,7 +1083,7 @@ class Core:
     def trace(self, tenant: str, port: str, packet: str, real: bool = False) -> dict:
         """Simulate `packet` sent by tenant/port through every host it crosses; with
         real=True also ask each host's OVS (ofproto/trace) and compare."""
-        from controller import trace as tr
+        from controller.analysis import trace as tr
         e, p = self._port(tenant, port)
         if p.host not in self.hosts:
             raise ApiError(f"{tenant}/{port} is on {p.host}, which is not a registered host")
@@ -1147,14 +1147,14 @@ class Core:
             raise ApiError(f"no tenant {tenant!r}")
         if host is not None and host not in self.hosts:
             raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
-        from controller import installed
+        from controller.analysis import installed
         r = installed.verify(self, tenant, host)
         if host is None:
             self.verified[tenant or ""] = (time.time(), bool(r.get("ok")), len(r.get("violations") or ()))
         return r
 
     # ------------------------------------------------------------------------------
-    # counters, drops and ACL logs (controller.stats, controller.acl_log)
+    # counters, drops and ACL logs (controller.analysis.stats, controller.packetin.acl_log)
     # ------------------------------------------------------------------------------
     def _read_counters(self, entries: dict) -> dict:
         """{tenant: ({host: stats.Reading}, {host: why not read})} for the tenants in
@@ -1250,7 +1250,7 @@ class Core:
                 for n, r in self._read_counters(entries).items()}
 
     def metrics_text(self) -> dict:
-        """The Prometheus exposition text (controller.metrics)."""
+        """The Prometheus exposition text (controller.analysis.metrics)."""
         return {"text": self.metrics.text()}
 
     def drops(self, tenant: str, window: float = 60.0) -> dict:

@@ -2,7 +2,7 @@
 
 It turns our flow values into OpenFlow 1.3 messages (with Nicira extensions) at the
 edge, and gives the controller a `Session` per connected switch that implements the
-`Switch` protocol of `controller.reconciler`: read the flows back as values, push strict
+`Switch` protocol of `controller.switch.reconciler`: read the flows back as values, push strict
 deletes and adds in one atomic bundle, meters, groups, ports. Event handlers unwrap
 events and hand them to the core; they never block (waiting happens in the caller's
 green thread).
@@ -18,9 +18,10 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
-from controller import ofcodec, ofwire
-from controller.pipeline import PIPELINE
-from controller.pki import peer_name
+from controller.switch import ofcodec
+from controller.switch import ofwire
+from controller.compile.pipeline import PIPELINE
+from controller.transport.pki import peer_name
 from dataplane.match_action import Flow, Group
 
 LOG = logging.getLogger("nvctl.ofadapter")

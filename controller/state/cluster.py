@@ -23,7 +23,7 @@ import os
 import threading
 import time
 
-from controller.etcd_store import EtcdClient, EtcdStore, EtcdUnavailable, compare_create, put
+from controller.state.etcd_store import EtcdClient, EtcdStore, EtcdUnavailable, compare_create, put
 
 LOG = logging.getLogger("nvctl.cluster")
 LEASE_TTL = 3  # seconds: a dead leader's lease ends this long after its last renewal (etcd's own

@@ -20,7 +20,7 @@ import os
 import sys
 import textwrap
 
-from controller.api import ApiClientError, call
+from controller.server.api import ApiClientError, call
 from tep.join import DEFAULT_DB
 from scenarios.lab import UNDERLAY_MTU, Lab, LabError, state_dir_from
 
@@ -30,9 +30,9 @@ def _api(args) -> str:
 
 
 def _observe(name: str):
-    """A command of controller.observe, run with the API socket found as for every command."""
+    """A command of controller.client.observe, run with the API socket found as for every command."""
     def run(a):
-        from controller import observe
+        from controller.client import observe
         a.api_path = _api(a)
         return getattr(observe, name)(a)
     return run
@@ -63,7 +63,7 @@ def _print(obj, as_json: bool) -> None:
 # lab ---------------------------------------------------------------------------------
 
 def cmd_lab_up(a):
-    from controller.progress import Reporter
+    from controller.client.progress import Reporter
     with Reporter("lab up") as rep:  # progress and the lab's own lines on stderr: stdout is the status
         lab = Lab(a.state_dir, log=rep.note)
         lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu, controllers=a.controllers, progress=rep)
@@ -172,7 +172,7 @@ def _report_change(r: dict, as_json: bool):
 def _put_tenant(a, verb: str) -> dict:
     """tenant.create / tenant.apply, with its progress (workloads plugged, hosts synced)
     polled from the controller on a second connection while the request runs."""
-    from controller.progress import Reporter, follow_change
+    from controller.client.progress import Reporter, follow_change
     text = _read_file(a.file)
     try:
         import yaml
@@ -424,8 +424,8 @@ def cmd_host_invite(a):
 
 def _join_api(ctl: dict):
     """connect(creds) -> api(op, **args): the controller's join API for tep.join."""
-    from controller.api import remote_call
-    from controller.pki import client_context
+    from controller.server.api import remote_call
+    from controller.transport.pki import client_context
     from tep.join import JoinError
 
     def connect(creds):
@@ -461,12 +461,12 @@ def cmd_host_resync(a):
 
 
 def cmd_docker_plugin(a):
-    from controller import docker_plugin
+    from controller.runtimes import docker_plugin
     docker_plugin.run(a, state_dir_from(a.state_dir))
 
 
 def cmd_ui(a):
-    from controller.ui import serve
+    from controller.client.ui import serve
     sys.exit(serve(a.api or _api(a), listen=a.listen, port=a.port))
 
 
@@ -487,7 +487,7 @@ def cmd_scenario_list(a):
 
 def cmd_scenario_run(a):
     from scenarios.runner import run_scenario
-    from controller.progress import Reporter
+    from controller.client.progress import Reporter
     try:
         with Reporter(f"scenario {a.name}") as rep:
             code = run_scenario(a.name, mininet=a.mininet, out=a.out, progress=rep)
@@ -738,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where result.json and the plots go (default ./scenario-results/NAME)")
     p.set_defaults(fn=cmd_scenario_run)
 
-    from controller import docker_plugin
+    from controller.runtimes import docker_plugin
     p = sub.add_parser("docker-plugin", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="serve Docker as a network and IPAM driver (foreground until stopped)",
                        description="A Docker remote network driver and IPAM driver: containers of a Docker "

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from controller import responder
+from controller.packetin import responder
 from controller.layers.services import DNS_PORT, ICMPV6_ECHO_REQUEST, ND_RS
 from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, ND_NS
 from controller.layers.port_security import DHCP_SERVER_PORT

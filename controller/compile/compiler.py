@@ -16,9 +16,9 @@ from typing import Mapping
 from dataplane.match_action import Flow, flows_by_cookie
 from topology.graph import switch_members, switch_spans
 from topology.model import Tenant
-from controller.allocator import Allocation
+from controller.compile.allocator import Allocation
 from controller.layers.base import HostView, TenantView
-from controller.pipeline import LAYERS, emitter, miss_flows
+from controller.compile.pipeline import LAYERS, emitter, miss_flows
 from tep.ovs import TUNNEL_OFPORT  # a constant of how tep builds br-int
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from topology.model import Tenant
-from controller.registers import MAX_PORT_KEY
+from controller.spaces.registers import MAX_PORT_KEY
 from dataplane.match_action import COOKIE_TENANT_MAX
 
 FIRST_VNI = 1000

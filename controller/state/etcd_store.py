@@ -6,7 +6,7 @@ Keys under one prefix (default /nvctl):
     hosts/NAME      {"pa", "dpid", "info"}
     invites/NAME    the invitation
     requests/ID     a write that was done (so a retried request is not done twice)
-    leader          the elected controller, on its lease (controller.cluster)
+    leader          the elected controller, on its lease (controller.state.cluster)
     members/NAME    every live controller, on its own lease
 
 Every change is one etcd transaction that compares the revision it read (a tenant's
@@ -36,7 +36,7 @@ with warnings.catch_warnings():  # etcd3gw's futurist warns that eventlet (os-ke
     from etcd3gw.client import Etcd3Client
     from etcd3gw import exceptions as etcd_errors
 
-from controller.store import Conflict, HostRecord, TenantRecord
+from controller.state.store import Conflict, HostRecord, TenantRecord
 
 LOG = logging.getLogger("nvctl.etcd")
 REQUEST_TIMEOUT = 2.0  # seconds per member before trying the next
@@ -203,7 +203,7 @@ def delete(key: str) -> dict:
 
 
 class EtcdStore:
-    """The controller's Store in etcd (see controller.store.Store)."""
+    """The controller's Store in etcd (see controller.state.store.Store)."""
 
     def __init__(self, client: EtcdClient, prefix: str = "/nvctl"):
         self.client, self.prefix = client, prefix.rstrip("/")

@@ -1,7 +1,7 @@
 """`nvctl ui`: a read-only web view of the controller.
 
 A separate process that asks the controller through its API socket (the one the command
-line uses, `controller.api.call`) and shows:
+line uses, `controller.server.api.call`) and shows:
 
   /                        the tenants
   /tenant/NAME             the logical topology drawn (SVG), where each port runs, live
@@ -29,8 +29,8 @@ from urllib.parse import quote
 from jinja2 import Environment
 from markupsafe import Markup
 
-from controller.api import ApiClientError, call as api_call
-from controller.cli import trace_lines, verify_lines
+from controller.server.api import ApiClientError, call as api_call
+from controller.client.cli import trace_lines, verify_lines
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 STATS_TIMEOUT = 5      # s: the page polls every second, a slow answer is shown as one

@@ -1,4 +1,4 @@
-"""Run the controller: `python -m controller.main --state-dir DIR [--listen IP] [--port N]`.
+"""Run the controller: `python -m controller.server.main --state-dir DIR [--listen IP] [--port N]`.
 
 Wires the pieces: SQLite store -> core -> os-ken app (OpenFlow 1.3 on --listen:--port)
 and the API on DIR/nvctl.sock. Logs to stderr (the lab sends it to DIR/controller.log).
@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     cfg.CONF.set_override("ofp_listen_host", a.listen)
     cfg.CONF.set_override("ofp_tcp_listen_port", a.port)
 
-    from controller.api import ApiServer
-    from controller.core import Core, freeze_heap
-    from controller.store import SqliteStore
+    from controller.server.api import ApiServer
+    from controller.server.core import Core, freeze_heap
+    from controller.state.store import SqliteStore
 
     os.makedirs(a.state_dir, exist_ok=True)
     api_path = os.path.join(a.state_dir, "nvctl.sock")
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     if a.store == "sqlite":
         core = Core(SqliteStore(os.path.join(a.state_dir, "desired.db")))
     elif a.store.startswith("etcd://"):
-        from controller.cluster import Member
-        from controller.etcd_store import EtcdClient, EtcdStore, parse_endpoints
+        from controller.state.cluster import Member
+        from controller.state.etcd_store import EtcdClient, EtcdStore, parse_endpoints
         store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
         _, revision = store.client.range(store.key("leader"))  # follow every change after this read
         core = Core(store)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     freeze_heap()
 
     mgr = AppManager.get_instance()
-    mgr.load_apps(["controller.ofadapter"])
+    mgr.load_apps(["controller.switch.ofadapter"])
     contexts = mgr.create_contexts()
     services = mgr.instantiate_apps(**contexts)
     app = next(x for x in mgr.applications.values() if type(x).__name__ == "NvApp")
@@ -128,8 +128,8 @@ def _network_services(core, a) -> list:
     from os_ken.controller.controller import datapath_connection_factory
     from os_ken.lib import hub
 
-    from controller.api import NetworkApiServer
-    from controller.pki import Pki, server_context
+    from controller.server.api import NetworkApiServer
+    from controller.transport.pki import Pki, server_context
 
     core.endpoints = {"ip": a.listen, "of_port": a.port, "api_port": a.api_port}
     if a.pki:

@@ -1,13 +1,13 @@
 """`nvctl stats`, `nvctl drops` and `nvctl logs`: what the traffic that really flows did,
-by intent (see controller.stats and controller.acl_log for what is counted)."""
+by intent (see controller.analysis.stats and controller.packetin.acl_log for what is counted)."""
 from __future__ import annotations
 
 import json
 import sys
 import time
 
-from controller.acl_log import line as log_line
-from controller.api import call
+from controller.packetin.acl_log import line as log_line
+from controller.server.api import call
 
 
 def _n(x: float) -> str:

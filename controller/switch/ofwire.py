@@ -18,7 +18,7 @@ from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.ofcodec import to_action  # the one place an action's encoding is chosen
+from controller.switch.ofcodec import to_action  # the one place an action's encoding is chosen
 from dataplane.match_action import Flow, Goto, Meter
 
 _DP = SimpleNamespace(ofproto=ofp, ofproto_parser=parser, id=0)  # what os-ken's encoders read

@@ -1,7 +1,7 @@
 """`nvctl verify`'s input and output as plain values: the network (hosts' tables, who
 owns which port, each tenant's facts: VNIs, zones, meters, groups, owned provider
 addresses, the pairs its topology connects) and the report (violations with their
-counterexamples). `controller.verify` proves the checks over them.
+counterexamples). `controller.analysis.verify` proves the checks over them.
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ FAILOVER_WAIT = 30.0  # seconds a client keeps trying the cluster's members
 
 class ApiServer:
     def __init__(self, core, path: str):
-        from controller.server.core import ApiError
+        from controller.server.errors import ApiError
         self.core = core
         self.ops = operations(core)
         self.ops["cluster.status"] = core.cluster_status
@@ -168,7 +168,7 @@ class NetworkApiServer:
     required); None means plain TCP."""
 
     def __init__(self, core, host: str, port: int, ctx=None):
-        from controller.server.core import ApiError
+        from controller.server.errors import ApiError
         self.core, self.ctx, self.api_error = core, ctx, ApiError
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -45,6 +45,7 @@ from controller.layers.acl import FromPortAcl, ToPortAcl
 from controller.switch import reconciler
 from controller.switch.reconciler import HostState
 from controller.state.store import HostRecord, Store
+from controller.server.errors import ApiError
 from tep.driver import Attachment, LabDriver, attachments_of
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
@@ -67,14 +68,6 @@ def freeze_heap() -> None:
     (tens of ms, in the middle of some change)."""
     gc.collect()
     gc.freeze()
-
-
-class ApiError(Exception):
-    """An error for the user: message plus optional (path, reason) list."""
-
-    def __init__(self, message: str, errors: list | None = None):
-        super().__init__(message)
-        self.errors = errors or []
 
 
 @dataclass

@@ -42,7 +42,8 @@ from types import SimpleNamespace
 from bench.reach import Reach
 from bench.stats import percentile, ratio, spread
 from controller.server.api import call
-from controller.server.core import PLUG_WORKERS, VXLAN_OVERHEAD  # the bench plugs as the controller does
+from controller.compile.compiler import VXLAN_OVERHEAD
+from controller.server.workloads import PLUG_WORKERS  # the bench plugs as the controller does
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile
 from scenarios.netutil import iperf3
 from tep import rxqueue, workload

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from controller.server.core import VXLAN_OVERHEAD
+from controller.compile.compiler import VXLAN_OVERHEAD
 from scenarios.lab import HostPlan
 from tests.integration.conftest import fresh_compile_changes, running_lab
 from tests.integration.helpers import ROOT, apply_yaml, in_ns, nvctl, nvctl_json, ping_many

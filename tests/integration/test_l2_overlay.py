@@ -51,7 +51,7 @@ def test_every_intra_tenant_pair_pings_same_host_and_across_hosts(lab, tenants):
 def test_workloads_get_the_mtu_their_underlay_carries(lab, tenants):
     """Workloads get the underlay's MTU less VXLAN's 50 bytes, and a full-size packet of
     that MTU crosses hosts with DF set."""
-    from controller.server.core import VXLAN_OVERHEAD
+    from controller.compile.compiler import VXLAN_OVERHEAD
     want = lab.underlay_mtu - VXLAN_OVERHEAD
     blue = ports(tenants["blue"])
     assert tenants["blue"]["mtu"] == {"web": want}

@@ -5,7 +5,8 @@ import pytest
 
 from controller.compile.allocator import InUse
 from controller.compile.compiler import Host, compile_world
-from controller.server.core import ApiError, Core
+from controller.server.core import Core
+from controller.server.errors import ApiError
 from controller.state.store import Conflict, SqliteStore
 from tests.unit.fixtures import BLUE, RED, tenant_yaml
 

@@ -5,7 +5,7 @@ fix, a network's leftover ports deleted with it."""
 import pytest
 
 from controller.server.api import operations
-from controller.server.core import ApiError
+from controller.server.errors import ApiError
 from controller.runtimes.docker_plugin import GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, port_name
 from tests.unit.test_core import core  # noqa: F401  (the fixture)
 from tests.unit.test_port_api import ROUTED

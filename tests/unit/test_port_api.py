@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from controller.server.core import ApiError, Core
+from controller.server.core import Core
+from controller.server.errors import ApiError
 from tests.unit.fixtures import BLUE, tenant_yaml
 from tests.unit.test_core import core, desired, full  # noqa: F401  (core: the fixture)
 

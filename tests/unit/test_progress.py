@@ -8,7 +8,8 @@ import time
 from rich.console import Console
 
 from controller.server.api import ApiServer, call
-from controller.client.progress import Changes, Reporter, follow_change
+from controller.client.progress import Reporter, follow_change
+from controller.server.progress import Changes
 from tests.unit.fixtures import BLUE
 from tests.unit.test_core import core  # noqa: F401  (the fixture)
 

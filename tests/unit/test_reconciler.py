@@ -2,7 +2,8 @@
 delete by identity): twins, drift, modify in place, refused bundles, conflicts."""
 import pytest
 
-from controller.server.core import ApiError, Core
+from controller.server.core import Core
+from controller.server.errors import ApiError
 from controller.compile.desired import DesiredState
 from controller.switch.reconciler import differences
 from controller.state.store import SqliteStore
@@ -120,7 +121,7 @@ def test_a_flow_identity_conflict_is_refused_naming_both_tenants_and_nothing_is_
     text = c.describe({1: "blue", 2: "green"})
     assert "tenant green" in text and "tenant blue" in text and "port vm9" in text and theirs.rule in text
     # and through the core: a compile that collides is refused like invalid YAML
-    import controller.server.core as core_mod
+    import controller.server.intent as core_mod
     real = core_mod.compile_tenant
     core_mod.compile_tenant = lambda t, a, h: {**real(t, a, h), "hv1": real(t, a, h).get("hv1", []) + [
         Flow(theirs.table, theirs.priority, theirs.match, (Output(42),), theirs.layer_id, a.tenant_id, "evil")]}

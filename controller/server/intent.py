@@ -1,0 +1,211 @@
+"""Tenants' intent: parse and validate, provider-address and MTU checks, allocate,
+compile and store (the commit step of the change path).
+
+A piece of `Core` (controller/server/core.py): the state it uses is made in
+`Core.__init__`."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from topology import schema
+from topology.model import Tenant
+from controller.compile.allocator import Allocation, InUse, allocate, provider_addresses
+from controller.compile import compiler
+from controller.compile.compiler import VXLAN_OVERHEAD, compile_tenant
+from controller.server.errors import ApiError
+
+
+@dataclass
+class TenantEntry:
+    tenant: Tenant
+    alloc: Allocation
+    revision: int
+    flows: dict  # host -> list[Flow]
+
+
+class IntentMixin:
+    def _port(self, tenant: str, port: str):
+        """(tenant entry, port) or an ApiError naming what is missing."""
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        try:
+            return e, e.tenant.port(port)
+        except KeyError:
+            raise ApiError(f"tenant {tenant} has no port {port!r}") from None
+
+    @contextmanager
+    def _held_by_others(self, tenant: str):
+        """Numbers every tenant but `tenant` holds, for the allocator: `self.used` with
+        the tenant's own holdings taken out for the duration (numbers are never shared
+        between tenants, so out and back in is exact)."""
+        e = self.tenants.get(tenant)
+        if e is not None:
+            self.used.remove(e.tenant, e.alloc)
+        try:
+            yield self.used
+        finally:
+            if e is not None:
+                self.used.add(e.tenant, e.alloc)
+
+    def _commit(self, t: Tenant, old: TenantEntry | None) -> tuple[TenantEntry, set[str]]:
+        """Allocate, compile and store a tenant's new intent, then swap it in (under the
+        mutex). Returns the new entry and the hosts whose flow sets changed. Nothing in
+        memory changes when allocation, compilation or the store refuses."""
+        with self._held_by_others(t.name) as others:
+            self._check_provider_addresses(t, others)
+            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
+        flows = compile_tenant(t, alloc, self._placement())
+        conflicts = self.desired.conflicts(old.flows if old else {}, flows)
+        if conflicts:
+            names = {**self._tenant_names(), alloc.tenant_id: t.name}
+            raise ApiError(f"tenant {t.name}: {len(conflicts)} of its flows would replace flows "
+                           "that are not its own (the same table, priority and match); nothing was changed",
+                           [("flows", c.describe(names)) for c in conflicts[:20]])
+        rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None)
+        new = TenantEntry(t, alloc, rev, flows)
+        self._replace_entry(t.name, new)
+        return new, self.desired.swap(old.flows if old else {}, flows)
+
+    def _check_provider_addresses(self, t: Tenant, others: InUse) -> None:
+        """Router external addresses and floating IPs belong to one tenant each, never
+        to the provider's own gear, and lie on the provider network they are used on."""
+        errors = []
+        gateways = [h.info["external"] for h in self.hosts.values() if h.info.get("external")]
+        for path, ip in provider_addresses(t):
+            owner = others.addresses.get(ip)
+            if owner is not None:
+                errors.append((path, f"{ip} belongs to tenant {owner}"))
+                continue
+            for ext in gateways:
+                net = ipaddress.IPv4Network(ext["network"]) if ext.get("network") else None
+                addr = ipaddress.IPv4Address(ip)
+                if ext.get("next_hop") == ip:
+                    errors.append((path, f"{ip} is the provider network's gateway"))
+                elif net is not None and addr not in net:
+                    errors.append((path, f"{ip} is outside the provider network {net}"))
+                elif net is not None and addr in (net.network_address, net.broadcast_address):
+                    errors.append((path, f"{ip} is the provider network {net}'s "
+                                         f"{'network' if addr == net.network_address else 'broadcast'} address"))
+                else:
+                    continue
+                break
+        if errors:
+            raise ApiError(f"tenant {t.name} claims provider addresses it cannot have; nothing was changed",
+                           errors)
+
+    def _replace_entry(self, name: str, new: TenantEntry | None) -> None:
+        """The one place self.tenants changes, so self.used follows it."""
+        old = self.tenants.pop(name, None)
+        if old is not None:
+            self.used.remove(old.tenant, old.alloc)
+        if new is not None:
+            self.tenants[name] = new
+            self.used.add(new.tenant, new.alloc)
+        self.punt.update(name, new.tenant if new else None, new.alloc if new else None)
+        if old is None and new is not None:
+            self._incarnation[name] = next(self._incarnations)
+        if old is not None:
+            self._tid_name.pop(old.alloc.tenant_id, None)
+        if new is not None:
+            self._tid_name[new.alloc.tenant_id] = name
+        if new is None:  # a tenant made again under this name starts from zero
+            self.book.forget((name, self._incarnation.pop(name, None)))
+            with self._samples_lock:
+                self.samples.pop(name, None)
+            self.acl_log.forget(name)
+            self.verified.pop(name, None)
+            if old is not None:
+                for cache in (self._cookie_index, self._log_index):
+                    for k in [k for k in cache if k[0] == old.alloc.tenant_id]:
+                        cache.pop(k, None)
+
+    def _parse(self, text: str) -> Tenant:
+        try:
+            return schema.load_tenant(text, self.hosts.keys())
+        except schema.ValidationError as e:
+            raise ApiError("tenant is invalid; nothing was changed", e.errors) from None
+
+    def validate(self, yaml: str) -> dict:
+        t = self._parse(yaml)
+        self._check_mtus(t)
+        return {"tenant": t.name, "switches": len(t.switches), "ports": len(t.ports)}
+
+    def create(self, yaml: str) -> dict:
+        return self._put(yaml, must_exist=False)
+
+    def apply(self, yaml: str) -> dict:
+        return self._put(yaml, must_exist=None)
+
+    def underlay_mtus(self, t: Tenant) -> dict[str, tuple[int, list[str]]]:
+        return compiler.underlay_mtus(t, self._placement())
+
+    def switch_mtus(self, t: Tenant) -> dict[str, int]:
+        return compiler.switch_mtus(t, self._placement())
+
+    def _check_mtus(self, t: Tenant) -> None:
+        under = self.underlay_mtus(t)
+        errors = [(f"spec.switches[{i}].mtu",
+                   f"{s.mtu} is more than the underlay carries: {', '.join(under[s.name][1])} "
+                   f"carr{'ies' if len(under[s.name][1]) == 1 else 'y'} at most {under[s.name][0]} "
+                   f"(uplink MTU less {VXLAN_OVERHEAD} bytes of VXLAN)")
+                  for i, s in enumerate(t.switches) if s.mtu and s.mtu > under[s.name][0]]
+        if errors:
+            raise ApiError("tenant is invalid; nothing was changed", errors)
+
+    def _put(self, text: str, must_exist: bool | None) -> dict:
+        t = self._parse(text)
+        with self.changes.track(t.name, "create" if must_exist is False else "apply") as change, self.mutex:
+            change.phase("compiling")
+            old = self.tenants.get(t.name)
+            if must_exist is False and old is not None:
+                raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
+            if old is not None:
+                t = self._keep_api_ports(t, old.tenant)
+            self._check_mtus(t)
+            new, changed = self._commit(t, old)
+            attach_errors = self._reattach(t.name, old, new, change)
+            results = self.reconcile_many(changed, old.flows if old else {}, new.flows, change)
+        return self._result(t.name, "updated" if old else "created", results, attach_errors)
+
+    def _keep_api_ports(self, t: Tenant, old: Tenant) -> Tenant:
+        """A YAML applied over a tenant keeps the ports the API made that it does not name
+        (a YAML port of the same name replaces one)."""
+        named = {p.name for p in t.ports}
+        kept = [p for p in old.ports if p.made_by != "yaml" and p.name not in named and p.switch in
+                {s.name for s in t.switches}]
+        if not kept:
+            return t
+        doc = schema.to_doc(t)
+        doc["spec"]["ports"] += schema.to_doc(dataclasses.replace(old, ports=tuple(kept)))["spec"]["ports"]
+        return self._validated(doc, f"tenant {t.name}: the YAML conflicts with ports made by the API "
+                                    f"({', '.join(p.name for p in kept)}); nothing was changed")
+
+    def _validated(self, doc: dict, message: str) -> Tenant:
+        try:
+            return schema.validate(doc, self.hosts.keys())
+        except schema.ValidationError as e:
+            raise ApiError(message, e.errors) from None
+
+    def _change(self, t: Tenant, old: TenantEntry, action: str) -> dict:
+        """Commit t over old, attach, reconcile (under the mutex)."""
+        self._check_mtus(t)
+        new, changed = self._commit(t, old)
+        attach_errors = self._reattach(t.name, old, new)
+        results = self.reconcile_many(changed, old.flows, new.flows)
+        return self._result(t.name, action, results, attach_errors)
+
+    def delete(self, name: str) -> dict:
+        with self.mutex:
+            old = self.tenants.get(name)
+            if old is None:
+                raise ApiError(f"no tenant {name!r}")
+            self.store.delete_tenant(name, old.revision)
+            self._replace_entry(name, None)
+            changed = self.desired.swap(old.flows, {})
+            attach_errors = self._reattach(name, old, None)
+            results = self.reconcile_many(changed, old.flows, {})
+        return self._result(name, "deleted", results, attach_errors)

@@ -1,0 +1,190 @@
+"""Ports made by the API and runtimes, addresses held for them (IPAM), migration.
+
+A piece of `Core` (controller/server/core.py): the state it uses is made in
+`Core.__init__`."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from topology import schema
+from controller.server.errors import ApiError
+
+HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
+
+
+class PortsMixin:
+    def _switch(self, tenant: str, switch: str):
+        """(tenant entry, switch) or an ApiError naming what is missing."""
+        e = self.tenants.get(tenant)
+        if e is None:
+            raise ApiError(f"no tenant {tenant!r}")
+        names = [s.name for s in e.tenant.switches]
+        if switch not in names:
+            raise ApiError(f"tenant {tenant} has no switch {switch!r}", [("--switch", f"one of {', '.join(names)}")])
+        return e, e.tenant.switch(switch)
+
+    def _held(self, tenant: str, switch: str) -> dict[str, float]:
+        """The switch's addresses held for runtimes, the expired ones dropped (under the mutex)."""
+        now = self.clock()
+        held = self.holds.setdefault((tenant, switch), {})
+        for ip in [ip for ip, until in held.items() if until <= now]:
+            del held[ip]
+        return held
+
+    def switch_info(self, tenant: str, switch: str) -> dict:
+        """What a runtime's network needs to agree with: the switch's CIDRs, gateway, MTU."""
+        with self.mutex:
+            e, sw = self._switch(tenant, switch)
+            svc = e.tenant.service(switch)
+            return {"tenant": tenant, "switch": switch, "cidr": str(sw.cidr),
+                    "cidr6": str(sw.cidr6) if sw.cidr6 else None, "mtu": self.switch_mtus(e.tenant)[switch],
+                    "gateway": str(svc.router) if svc.router else None}
+
+    def ipam_hold(self, tenant: str, switch: str, ip: str | None = None, seconds: float = HOLD_SECONDS) -> dict:
+        """An address of the switch kept for a runtime that makes the port next (Docker asks
+        its IPAM driver before its network driver makes the endpoint): no `port add` and no
+        other hold gets it until a port takes it, it is released, or `seconds` pass."""
+        from topology import ipam
+        with self.mutex:
+            e, sw = self._switch(tenant, switch)
+            held = self._held(tenant, switch)
+            if ip is None:
+                try:
+                    addr = ipam.next_ipv4(e.tenant, switch, held)
+                except ipam.AddressesExhausted as ex:
+                    raise ApiError(f"tenant {tenant}: no address held", [("ip", str(ex))]) from None
+            else:
+                try:
+                    addr = ipaddress.ip_address(ip)
+                except ValueError:
+                    raise ApiError(f"{ip!r} is not an IP address", [("ip", "not an address")]) from None
+                if addr not in sw.cidr:
+                    raise ApiError(f"{addr} is not in switch {switch}'s {sw.cidr}", [("ip", "outside the switch")])
+                if addr in ipam.used_addresses(e.tenant, switch) or str(addr) in held:
+                    raise ApiError(f"{addr} is in use on {tenant}/{switch}", [("ip", "in use")])
+            held[str(addr)] = self.clock() + seconds
+            return {"tenant": tenant, "switch": switch, "ip": str(addr), "prefixlen": sw.cidr.prefixlen,
+                    "seconds": seconds}
+
+    def ipam_release(self, tenant: str, switch: str, ip: str) -> dict:
+        """Give back a held address (a port that took it keeps it)."""
+        with self.mutex:
+            return {"released": self.holds.get((tenant, switch), {}).pop(ip, None) is not None}
+
+    def port_add(self, tenant: str, switch: str, name: str | None = None, ip: str = "auto",
+                 mac: str | None = None, host: str | None = None, workload: bool = True,
+                 ip6: str | None = None, made_by: str = "api", container_id: str | None = None) -> dict:
+        """A port made by the API: stored with the tenant (marked madeBy: api), with the
+        lowest free address of the switch unless `ip` is given, on the least busy host
+        unless `host` is, and every policy a YAML port of that switch gets."""
+        from topology import ipam
+        with self.mutex:
+            e, _ = self._switch(tenant, switch)
+            t = e.tenant
+            held = self._held(tenant, switch)
+            names = {p.name for p in t.ports}
+            if name is None:
+                name = next(f"{switch}-{k}" for k in range(1, len(names) + 2) if f"{switch}-{k}" not in names)
+            elif name in names:
+                raise ApiError(f"tenant {tenant} already has a port {name!r}", [("--name", "taken")])
+            if host is None:
+                if not self.hosts:
+                    raise ApiError("no host is registered to put the port on")
+                load = {h: 0 for h in self.hosts}
+                for other in self.tenants.values():
+                    for p in other.tenant.ports:
+                        if p.host in load:
+                            load[p.host] += 1
+                host = min(sorted(load), key=load.get)
+            if ip in (None, "auto"):
+                try:
+                    ip = str(ipam.next_ipv4(t, switch, held))
+                except ipam.AddressesExhausted as ex:
+                    raise ApiError(f"tenant {tenant}: no port added", [("--ip", str(ex))]) from None
+            if made_by not in schema.MADE_BY or made_by == "yaml":
+                raise ApiError(f"made_by {made_by!r}: one of {', '.join(schema.MADE_BY[1:])}")
+            item = {"name": name, "switch": switch, "ip": ip, "host": host, "madeBy": made_by}
+            if mac:
+                item["mac"] = mac
+            if ip6:
+                item["ip6"] = ip6
+            if not workload:
+                item["workload"] = False
+            if container_id:
+                item["containerId"] = container_id
+            doc = schema.to_doc(t)
+            doc["spec"]["ports"].append(item)
+            new_t = self._validated(doc, f"tenant {tenant}: port {name} is invalid; nothing was changed")
+            out = self._change(new_t, e, f"added port {name}")
+            held.pop(ip, None)  # a held address, taken by its port
+        out["port"] = self.port_attachment(tenant, name)
+        return out
+
+    def port_attachment(self, tenant: str, port: str) -> dict:
+        """All that plugging the port's interface needs (a CNI plugin on its host): where
+        (host, its br-int's OVSDB and namespace in the lab, ofport, iface-id, the host-side
+        interface name) and what (MAC, addresses, MTU, gateways, DNS)."""
+        from tep.driver import host_ifname
+        e, p = self._port(tenant, port)
+        t = e.tenant
+        sw, svc = t.switch(p.switch), t.service(p.switch)
+        rr = t.router_of(p.switch)
+        info = self.hosts[p.host].info if p.host in self.hosts else {}
+        return {"tenant": tenant, "name": port, "switch": p.switch, "host": p.host, "ip": str(p.ip),
+                "prefixlen": sw.cidr.prefixlen, "mac": p.mac, "mtu": self.switch_mtus(t)[p.switch],
+                "gateway": str(svc.router) if svc.router else None,
+                **({"ip6": str(p.ip6), "prefixlen6": sw.cidr6.prefixlen,
+                    "gateway6": str(rr[1].ip6) if rr and rr[1].ip6 else None} if p.ip6 else {}),
+                "dns": str(svc.ip) if sw.dhcp else None, "domain": t.domain,
+                "ofport": e.alloc.ofport[port], "iface_id": f"{tenant}/{port}", "workload": p.workload,
+                "made_by": p.made_by, "container_id": p.container_id, "host_ifname": host_ifname(tenant, port),
+                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload else None,
+                "host_netns": info.get("netns"), "host_ovsdb": info.get("ovsdb") if info.get("netns") else None}
+
+    def port_del(self, tenant: str, port: str) -> dict:
+        """Remove a port (any port; one the YAML names comes back with the next apply)."""
+        with self.mutex:
+            e, p = self._port(tenant, port)
+            doc = schema.to_doc(e.tenant)
+            doc["spec"]["ports"] = [d for d in doc["spec"]["ports"] if d["name"] != port]
+            new_t = self._validated(doc, f"tenant {tenant}: port {port} is still named by its policy; "
+                                         f"nothing was changed")
+            return self._change(new_t, e, f"deleted port {port}")
+
+    def migrate(self, tenant: str, port: str, to: str) -> dict:
+        """Move a port to another host, make-before-break: the destination gets the
+        port's flows and a second attachment of the workload; then every other host
+        switches to the new PA in one bundle each, then the source; only then does the
+        old attachment go. While the hosts switch, both attachments deliver, so no
+        packet needs a place that is not there yet."""
+        with self.mutex:
+            e, p = self._port(tenant, port)
+            if to not in self.hosts:
+                raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})")
+            if to == p.host:
+                raise ApiError(f"{tenant}/{port} is already on {to}")
+            src = p.host
+            t = dataclasses.replace(e.tenant, ports=tuple(
+                dataclasses.replace(q, host=to) if q.name == port else q for q in e.tenant.ports))
+            new, changed = self._commit(t, e)
+            flows = new.flows
+            old_att = self._attachments(tenant, e)[port]
+            new_att = self._attachments(tenant, new)[port]
+            t0 = self.clock()
+            first = self.reconcile_many({to} & changed, e.flows, flows)  # 1. the destination's flows
+            self.driver.prepare_move(new_att)  # 2. and the workload attached there too
+            t1 = self.clock()
+            rest = self.reconcile_many(changed - {to, src}, e.flows, flows)  # 3. every other host: the new PA
+            t2 = self.clock()
+            rest.update(self.reconcile_many({src} & changed, e.flows, flows))  # 4. the source: local traffic too
+            t3 = self.clock()
+            self.driver.finish_move(old_att)  # 5. break: the old attachment goes
+            t4 = self.clock()
+        results = {**first, **rest}
+        out = self._result(tenant, f"migrated {port} {src} -> {to}", results, [])
+        out.update(port=port, src=src, dst=to, ofport=new.alloc.ofport[port], timings_ms={
+            "destination_ready": round((t1 - t0) * 1000, 1), "other_hosts_switched": round((t2 - t1) * 1000, 1),
+            "source_switched": round((t3 - t2) * 1000, 1), "old_attachment_removed": round((t4 - t3) * 1000, 1),
+            "switch_window": round((t3 - t1) * 1000, 1)})
+        return out

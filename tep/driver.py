@@ -12,6 +12,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
 
 from tep import rxqueue, workload
 from tep.ovs import Ovsdb, run
@@ -93,7 +94,69 @@ def _deepen(info: dict) -> None:
         rxqueue.deepen_instance(info["rundir"])
 
 
+class Driver(Protocol):
+    """What the controller asks of a compute driver: make, move and remove the workload
+    behind a tenant port on its host. The controller is given one (`Core(store,
+    make_driver=...)`); it never builds or probes one itself."""
+
+    def namespace(self, tenant: str, port: str, host: str) -> str | None: ...
+    def plug(self, a: Attachment) -> None: ...
+    def plug_many(self, atts: list[Attachment], workers: int = 8,
+                  done: Callable[[], None] | None = None) -> list[str]: ...
+    def attached(self, wanted: list[Attachment]) -> set[tuple[str, str]]: ...
+    def prepare_move(self, new: Attachment, timeout: float = 10) -> None: ...
+    def finish_move(self, old: Attachment) -> None: ...
+    def move(self, old: Attachment, new: Attachment) -> None: ...
+    def unplug(self, a: Attachment) -> None: ...
+    def collect_garbage(self, wanted: set[str]) -> list[str]: ...
+
+
+class NoDriver:
+    """Hosts whose workloads someone else runs (a joined machine's VMs, a CNI runtime, a
+    unit test): nothing to make or remove. Subclasses override what they do."""
+
+    def __init__(self, hosts: Mapping | None = None):
+        self.hosts = hosts
+
+    def namespace(self, tenant: str, port: str, host: str) -> str | None:
+        return None
+
+    def plug(self, a: Attachment) -> None:
+        pass
+
+    def plug_many(self, atts: list[Attachment], workers: int = 8, done=None) -> list[str]:
+        errors = []
+        for a in atts:
+            try:
+                self.plug(a)
+            except Exception as e:  # noqa: BLE001 - reported per attachment, as LabDriver does
+                errors.append(f"attach {a.tenant}/{a.port} to {a.host}: {e}")
+            if done is not None:
+                done()
+        return errors
+
+    def attached(self, wanted: list[Attachment]) -> set[tuple[str, str]]:
+        return set()
+
+    def prepare_move(self, new: Attachment, timeout: float = 10) -> None:
+        pass
+
+    def finish_move(self, old: Attachment) -> None:
+        pass
+
+    def move(self, old: Attachment, new: Attachment) -> None:
+        pass
+
+    def unplug(self, a: Attachment) -> None:
+        pass
+
+    def collect_garbage(self, wanted: set[str]) -> list[str]:
+        return []
+
+
 class LabDriver:
+    """The lab's hosts (`info.kind == "lab"`): a workload namespace per port."""
+
     def __init__(self, hosts: dict):
         self.hosts = hosts  # host name -> HostRecord (shared with the core)
 

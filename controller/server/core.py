@@ -17,6 +17,7 @@ import itertools
 import logging
 import threading
 import time
+from typing import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from topology import schema
@@ -30,14 +31,15 @@ from controller.packetin.acl_log import AclLog
 from controller.analysis.metrics import Metrics
 from controller.switch.reconciler import HostState
 from controller.state.store import HostRecord, Store
-from controller.server.intent import IntentMixin, TenantEntry
+from controller.server.entry import TenantEntry
+from controller.server.intent import IntentMixin
 from controller.server.switches import SwitchesMixin
 from controller.server.hosts import HostsMixin
 from controller.server.ports import PortsMixin
 from controller.server.workloads import WorkloadsMixin
 from controller.server.views import ViewsMixin
 from controller.server.counters import CountersMixin
-from tep.driver import LabDriver
+from tep.driver import Driver, NoDriver
 
 
 LOG = logging.getLogger("nvctl.core")
@@ -54,7 +56,10 @@ def freeze_heap() -> None:
 
 
 class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, ViewsMixin, CountersMixin):
-    def __init__(self, store: Store, clock=time.monotonic):
+    def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
+                 clock=time.monotonic):
+        """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
+        tep.driver.LabDriver); `hosts` is the core's live view of the host records."""
         self.store = store
         self.clock = clock
         self.mutex = threading.Lock()
@@ -62,7 +67,7 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, V
         self._readers = ThreadPoolExecutor(max_workers=RECONCILE_WORKERS, thread_name_prefix="counters")
         self.hosts: dict[str, HostRecord] = {h.name: h for h in store.hosts()}  # changed by _set_host only
         self._placement_cache: dict[str, Host] | None = None
-        self.driver = LabDriver(self.hosts)
+        self.driver: Driver = make_driver(self.hosts)
         self.state: dict[str, HostState] = {h: HostState() for h in self.hosts}
         self.tenants: dict[str, TenantEntry] = {}
         self.unclaimed: dict[int, object] = {}  # dpid -> session of a not-yet-registered switch

@@ -9,7 +9,7 @@ import time
 from dataplane.match_action import COOKIE_TENANT_MAX, COOKIE_TENANT_SHIFT, cookie_tenant
 from controller.analysis import stats as stats_mod
 from controller.server.errors import ApiError
-from controller.server.intent import TenantEntry
+from controller.server.entry import TenantEntry
 
 STATS_KEEP_SECONDS = 600.0  # readings kept for `nvctl drops` (what dropped recently)
 SAMPLE_EVERY = 5.0  # at most one kept per this many seconds (every stats call reads)

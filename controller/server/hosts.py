@@ -11,9 +11,10 @@ import re
 import secrets
 
 from controller.compile.compiler import DEFAULT_UPLINK_MTU, VXLAN_OVERHEAD
-from controller.switch.reconciler import HostState
 from controller.state.store import HostRecord
 from controller.server.errors import ApiError
+from controller.server import change as change_path
+from controller.server.change import HostRegistration
 from tep.ovs import DPID_PREFIX, INTEGRATION_BRIDGE, OVSDB_PORT, TUNNEL_PORT_NAME, Ovsdb, OvsError
 
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -22,23 +23,7 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 class HostsMixin:
     def register_host(self, name: str, pa: str, dpid: int, info: dict) -> dict:
         with self.mutex:
-            try:
-                ipaddress.IPv4Address(pa)
-            except ValueError:
-                raise ApiError(f"host {name}: provider address {pa!r} is not IPv4") from None
-            for other in self.hosts.values():
-                if other.name != name and (other.pa == pa or other.dpid == dpid):
-                    raise ApiError(f"host {name}: PA {pa} or dpid {dpid:#x} already used by {other.name}")
-            rec = HostRecord(name, pa, dpid, info)
-            self.store.put_host(rec)
-            self._set_host(rec)
-            self.state.setdefault(name, HostState())
-            self._recompile_all()
-            waiting = self.unclaimed.pop(dpid, None)
-        if waiting is not None and waiting.alive:
-            self.switch_connected(waiting)
-        self.reconcile_many(self.hosts)
-        return {"host": name}
+            return change_path.run(self, HostRegistration(HostRecord(name, pa, dpid, info)))
 
     def invite_host(self, name: str, pa: str, tls: bool = True, workloads: dict | None = None) -> dict:
         """Allow one host to join: record its name, PA and datapath id, and return the

@@ -8,22 +8,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from topology import schema
 from topology.model import Tenant
-from controller.compile.allocator import Allocation, InUse, allocate, provider_addresses
+from controller.compile.allocator import InUse, allocate, provider_addresses
 from controller.compile import compiler
 from controller.compile.compiler import VXLAN_OVERHEAD, compile_tenant
 from controller.server.errors import ApiError
-
-
-@dataclass
-class TenantEntry:
-    tenant: Tenant
-    alloc: Allocation
-    revision: int
-    flows: dict  # host -> list[Flow]
+from controller.server.entry import TenantEntry
+from controller.server import change as change_path
+from controller.server.change import TenantChange
 
 
 class IntentMixin:
@@ -165,11 +159,7 @@ class IntentMixin:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
             if old is not None:
                 t = self._keep_api_ports(t, old.tenant)
-            self._check_mtus(t)
-            new, changed = self._commit(t, old)
-            attach_errors = self._reattach(t.name, old, new, change)
-            results = self.reconcile_many(changed, old.flows if old else {}, new.flows, change)
-        return self._result(t.name, "updated" if old else "created", results, attach_errors)
+            return change_path.run(self, TenantChange(old, t, "updated" if old else "created"), change)
 
     def _keep_api_ports(self, t: Tenant, old: Tenant) -> Tenant:
         """A YAML applied over a tenant keeps the ports the API made that it does not name
@@ -190,22 +180,9 @@ class IntentMixin:
         except schema.ValidationError as e:
             raise ApiError(message, e.errors) from None
 
-    def _change(self, t: Tenant, old: TenantEntry, action: str) -> dict:
-        """Commit t over old, attach, reconcile (under the mutex)."""
-        self._check_mtus(t)
-        new, changed = self._commit(t, old)
-        attach_errors = self._reattach(t.name, old, new)
-        results = self.reconcile_many(changed, old.flows, new.flows)
-        return self._result(t.name, action, results, attach_errors)
-
     def delete(self, name: str) -> dict:
         with self.mutex:
             old = self.tenants.get(name)
             if old is None:
                 raise ApiError(f"no tenant {name!r}")
-            self.store.delete_tenant(name, old.revision)
-            self._replace_entry(name, None)
-            changed = self.desired.swap(old.flows, {})
-            attach_errors = self._reattach(name, old, None)
-            results = self.reconcile_many(changed, old.flows, {})
-        return self._result(name, "deleted", results, attach_errors)
+            return change_path.run(self, TenantChange(old, None, "deleted", name))

@@ -50,18 +50,19 @@ def main(argv=None) -> int:
     from controller.server.api import ApiServer
     from controller.server.core import Core, freeze_heap
     from controller.state.store import SqliteStore
+    from tep.driver import LabDriver
 
     os.makedirs(a.state_dir, exist_ok=True)
     api_path = os.path.join(a.state_dir, "nvctl.sock")
     member = None
     if a.store == "sqlite":
-        core = Core(SqliteStore(os.path.join(a.state_dir, "desired.db")))
+        core = Core(SqliteStore(os.path.join(a.state_dir, "desired.db")), make_driver=LabDriver)
     elif a.store.startswith("etcd://"):
         from controller.state.cluster import Member
         from controller.state.etcd_store import EtcdClient, EtcdStore, parse_endpoints
         store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
         _, revision = store.client.range(store.key("leader"))  # follow every change after this read
-        core = Core(store)
+        core = Core(store, make_driver=LabDriver)
         member = Member(a.name, store, core, {"address": a.listen, "api": api_path}, watch_from=revision + 1)
         core.cluster = member
     else:

@@ -4,11 +4,12 @@ A piece of `Core` (controller/server/core.py): the state it uses is made in
 `Core.__init__`."""
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 from topology import schema
 from controller.server.errors import ApiError
+from controller.server import change as change_path
+from controller.server.change import Migration, TenantChange
 
 HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
 
@@ -116,7 +117,7 @@ class PortsMixin:
             doc = schema.to_doc(t)
             doc["spec"]["ports"].append(item)
             new_t = self._validated(doc, f"tenant {tenant}: port {name} is invalid; nothing was changed")
-            out = self._change(new_t, e, f"added port {name}")
+            out = change_path.run(self, TenantChange(e, new_t, f"added port {name}"))
             held.pop(ip, None)  # a held address, taken by its port
         out["port"] = self.port_attachment(tenant, name)
         return out
@@ -150,41 +151,10 @@ class PortsMixin:
             doc["spec"]["ports"] = [d for d in doc["spec"]["ports"] if d["name"] != port]
             new_t = self._validated(doc, f"tenant {tenant}: port {port} is still named by its policy; "
                                          f"nothing was changed")
-            return self._change(new_t, e, f"deleted port {port}")
+            return change_path.run(self, TenantChange(e, new_t, f"deleted port {port}"))
 
     def migrate(self, tenant: str, port: str, to: str) -> dict:
-        """Move a port to another host, make-before-break: the destination gets the
-        port's flows and a second attachment of the workload; then every other host
-        switches to the new PA in one bundle each, then the source; only then does the
-        old attachment go. While the hosts switch, both attachments deliver, so no
-        packet needs a place that is not there yet."""
+        """Move a port to another host, make-before-break (controller.server.change.Migration)."""
         with self.mutex:
-            e, p = self._port(tenant, port)
-            if to not in self.hosts:
-                raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})")
-            if to == p.host:
-                raise ApiError(f"{tenant}/{port} is already on {to}")
-            src = p.host
-            t = dataclasses.replace(e.tenant, ports=tuple(
-                dataclasses.replace(q, host=to) if q.name == port else q for q in e.tenant.ports))
-            new, changed = self._commit(t, e)
-            flows = new.flows
-            old_att = self._attachments(tenant, e)[port]
-            new_att = self._attachments(tenant, new)[port]
-            t0 = self.clock()
-            first = self.reconcile_many({to} & changed, e.flows, flows)  # 1. the destination's flows
-            self.driver.prepare_move(new_att)  # 2. and the workload attached there too
-            t1 = self.clock()
-            rest = self.reconcile_many(changed - {to, src}, e.flows, flows)  # 3. every other host: the new PA
-            t2 = self.clock()
-            rest.update(self.reconcile_many({src} & changed, e.flows, flows))  # 4. the source: local traffic too
-            t3 = self.clock()
-            self.driver.finish_move(old_att)  # 5. break: the old attachment goes
-            t4 = self.clock()
-        results = {**first, **rest}
-        out = self._result(tenant, f"migrated {port} {src} -> {to}", results, [])
-        out.update(port=port, src=src, dst=to, ofport=new.alloc.ofport[port], timings_ms={
-            "destination_ready": round((t1 - t0) * 1000, 1), "other_hosts_switched": round((t2 - t1) * 1000, 1),
-            "source_switched": round((t3 - t2) * 1000, 1), "old_attachment_removed": round((t4 - t3) * 1000, 1),
-            "switch_window": round((t3 - t1) * 1000, 1)})
-        return out
+            e, _ = self._port(tenant, port)
+            return change_path.run(self, Migration(e, port, to))

@@ -18,7 +18,7 @@ from controller.switch import reconciler
 from controller.switch.reconciler import HostState
 from controller.state.store import HostRecord
 from controller.server.errors import ApiError
-from controller.server.intent import TenantEntry
+from controller.server.entry import TenantEntry
 from tep.ovs import Ovsdb
 
 LOG = logging.getLogger("nvctl.core")

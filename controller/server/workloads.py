@@ -10,7 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from tep.driver import Attachment, attachments_of
-from controller.server.intent import TenantEntry
+from controller.server.entry import TenantEntry
 
 LOG = logging.getLogger("nvctl.core")
 PLUG_WORKERS = 8  # workloads plugged at once
@@ -47,7 +47,7 @@ class WorkloadsMixin:
         transactions that mostly wait (100 ports: 15 s one by one). `change` counts them."""
         if change is not None:
             change.workloads(len(attachments))
-        if len(attachments) > 1 and hasattr(self.driver, "plug_many"):  # one OVSDB transaction per host
+        if len(attachments) > 1:  # one OVSDB transaction per host
             return self.driver.plug_many(attachments, PLUG_WORKERS, change.plugged if change is not None else None)
 
         def plug(a):
@@ -97,12 +97,3 @@ class WorkloadsMixin:
             finally:
                 self.plugging = False
         threading.Thread(target=run, name="ensure-workloads", daemon=True).start()
-
-    def _result(self, name, action, results, attach_errors) -> dict:
-        return {"tenant": name, "action": action,
-                "hosts": {h: ("not connected" if n is None and self.state[h].session is None
-                              else "left to the next leader (this controller stepped down)"
-                              if n is None and not self.leading()
-                              else self.state[h].error if n is None else f"{n} flow-mods")
-                          for h, n in sorted(results.items())},
-                "attach_errors": attach_errors}

@@ -7,9 +7,11 @@ import time
 
 from rich.console import Console
 
-from controller.server.api import ApiServer, call
+from controller.server.api import ApiServer
+from controller.client.api import call
 from controller.client.progress import Reporter, follow_change
 from controller.server.progress import Changes
+from tep.driver import NoDriver
 from tests.unit.fixtures import BLUE
 from tests.unit.test_core import core  # noqa: F401  (the fixture)
 
@@ -125,7 +127,7 @@ def test_changes_count_a_change_from_many_threads():
 def test_the_core_counts_the_workloads_it_plugs(core):  # noqa: F811
     seen = []
 
-    class Driver:  # records what the change's progress said at each plug
+    class Driver(NoDriver):  # records what the change's progress said at each plug
         def plug(self, a):
             seen.append(core.changes.snapshot("blue"))
 

@@ -1,0 +1,188 @@
+"""The one change path. Every change the server makes (tenant create, apply and delete,
+port add and delete, a port's migration, a host's registration or join) is a `Change`
+handed to `run`, which takes it through the same five steps under the core's mutex:
+
+    check    raises ApiError when the change cannot be made; nothing has changed yet
+    commit   the store first, then memory (allocation, compiled flows, desired state);
+             returns the hosts whose flows changed
+    attach   workloads plugged, moved or unplugged through the driver
+    rollout  the changed hosts reconciled: all at once, or in a migration's order
+    report   the answer the API gives
+
+A new kind of change subclasses `Change` and overrides the steps it does differently;
+it never writes its own sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+
+from topology.model import Tenant
+from controller.server.errors import ApiError
+from controller.server.entry import TenantEntry
+from controller.state.store import HostRecord
+from controller.switch.reconciler import HostState
+
+LOG = logging.getLogger("nvctl.change")
+
+
+def run(core, change: "Change", progress=None) -> dict:
+    """Make one change: check -> commit -> attach -> rollout -> report. The caller holds
+    `core.mutex` (changes are serialized). `progress` (controller.server.progress.Change)
+    counts workloads plugged and hosts synced for `nvctl` to show."""
+    if not core.mutex.locked():
+        raise RuntimeError("a change runs under the core's mutex")
+    change.check(core)
+    changed = change.commit(core)
+    attach_errors = change.attach(core, progress)
+    results = change.rollout(core, changed, progress)
+    return change.report(core, results, attach_errors)
+
+
+def result(core, name: str, action: str, results: dict, attach_errors: list) -> dict:
+    """What the API answers for a change: per host, flow-mods sent or why none were."""
+    return {"tenant": name, "action": action,
+            "hosts": {h: ("not connected" if n is None and core.state[h].session is None
+                          else "left to the next leader (this controller stepped down)"
+                          if n is None and not core.leading()
+                          else core.state[h].error if n is None else f"{n} flow-mods")
+                      for h, n in sorted(results.items())},
+            "attach_errors": attach_errors}
+
+
+class Change:
+    """One change; subclasses override the steps they do differently."""
+    name = ""
+    action = ""
+
+    def check(self, core) -> None:
+        pass
+
+    def commit(self, core) -> set[str]:
+        raise NotImplementedError
+
+    def attach(self, core, progress) -> list[str]:
+        return []
+
+    def rollout(self, core, changed: set[str], progress) -> dict:
+        return core.reconcile_many(changed, change=progress)
+
+    def report(self, core, results: dict, attach_errors: list) -> dict:
+        return result(core, self.name, self.action, results, attach_errors)
+
+
+class TenantChange(Change):
+    """A tenant's new intent over its old one (None: the tenant is deleted): create,
+    apply, port add and port delete."""
+
+    def __init__(self, old: TenantEntry | None, new: Tenant | None, action: str, name: str | None = None):
+        self.old, self.new, self.action = old, new, action
+        self.name = name or (new.name if new is not None else old.tenant.name)
+        self.entry: TenantEntry | None = None
+
+    def check(self, core) -> None:
+        if self.new is not None:
+            core._check_mtus(self.new)
+
+    def commit(self, core) -> set[str]:
+        old = self.old
+        if self.new is None:
+            core.store.delete_tenant(self.name, old.revision)
+            core._replace_entry(self.name, None)
+            return core.desired.swap(old.flows, {})
+        self.entry, changed = core._commit(self.new, old)
+        return changed
+
+    def attach(self, core, progress) -> list[str]:
+        return core._reattach(self.name, self.old, self.entry, progress)
+
+    def rollout(self, core, changed: set[str], progress) -> dict:
+        return core.reconcile_many(changed, self.old.flows if self.old else {},
+                                   self.entry.flows if self.entry else {}, progress)
+
+
+class Migration(TenantChange):
+    """A port moved to another host, make-before-break: the destination gets the port's
+    flows and a second attachment of the workload; then every other host switches to
+    the new PA in one bundle each, then the source; only then does the old attachment
+    go. While the hosts switch, both attachments deliver."""
+
+    def __init__(self, old: TenantEntry, port: str, to: str):
+        self.port, self.src, self.dst = port, old.tenant.port(port).host, to
+        t = dataclasses.replace(old.tenant, ports=tuple(
+            dataclasses.replace(q, host=to) if q.name == port else q for q in old.tenant.ports))
+        super().__init__(old, t, f"migrated {port} {self.src} -> {to}")
+        self.timings: dict[str, float] = {}
+
+    def check(self, core) -> None:
+        if self.dst not in core.hosts:
+            raise ApiError(f"no host {self.dst!r} (hosts: {', '.join(sorted(core.hosts))})")
+        if self.dst == self.src:
+            raise ApiError(f"{self.name}/{self.port} is already on {self.dst}")
+
+    def attach(self, core, progress) -> list[str]:
+        return []  # the workload moves during the rollout, between its steps
+
+    def rollout(self, core, changed: set[str], progress) -> dict:
+        old, new, to, src = self.old, self.entry, self.dst, self.src
+        old_att = core._attachments(self.name, old)[self.port]
+        new_att = core._attachments(self.name, new)[self.port]
+        t0 = core.clock()
+        first = core.reconcile_many({to} & changed, old.flows, new.flows)  # 1. the destination's flows
+        core.driver.prepare_move(new_att)  # 2. and the workload attached there too
+        t1 = core.clock()
+        rest = core.reconcile_many(changed - {to, src}, old.flows, new.flows)  # 3. every other host: the new PA
+        t2 = core.clock()
+        rest.update(core.reconcile_many({src} & changed, old.flows, new.flows))  # 4. the source: local traffic too
+        t3 = core.clock()
+        core.driver.finish_move(old_att)  # 5. break: the old attachment goes
+        t4 = core.clock()
+        ms = lambda a, b: round((b - a) * 1000, 1)  # noqa: E731
+        self.timings = {"destination_ready": ms(t0, t1), "other_hosts_switched": ms(t1, t2),
+                        "source_switched": ms(t2, t3), "old_attachment_removed": ms(t3, t4),
+                        "switch_window": ms(t1, t3)}
+        return {**first, **rest}
+
+    def report(self, core, results: dict, attach_errors: list) -> dict:
+        out = super().report(core, results, attach_errors)
+        out.update(port=self.port, src=self.src, dst=self.dst, ofport=self.entry.alloc.ofport[self.port],
+                   timings_ms=self.timings)
+        return out
+
+
+class HostRegistration(Change):
+    """A host (its name, provider address, datapath id and facts) registered or updated:
+    every tenant is compiled again for the new placement, a switch that connected before
+    its host was known is taken in, and every host is reconciled."""
+
+    def __init__(self, rec: HostRecord):
+        self.rec, self.name, self.action = rec, rec.name, "registered"
+        self.waiting = None
+
+    def check(self, core) -> None:
+        rec = self.rec
+        try:
+            ipaddress.IPv4Address(rec.pa)
+        except ValueError:
+            raise ApiError(f"host {rec.name}: provider address {rec.pa!r} is not IPv4") from None
+        for other in core.hosts.values():
+            if other.name != rec.name and (other.pa == rec.pa or other.dpid == rec.dpid):
+                raise ApiError(f"host {rec.name}: PA {rec.pa} or dpid {rec.dpid:#x} already used by {other.name}")
+
+    def commit(self, core) -> set[str]:
+        core.store.put_host(self.rec)
+        core._set_host(self.rec)
+        core.state.setdefault(self.rec.name, HostState())
+        core._recompile_all()
+        self.waiting = core.unclaimed.pop(self.rec.dpid, None)
+        return set(core.hosts)
+
+    def rollout(self, core, changed: set[str], progress) -> dict:
+        if self.waiting is not None and self.waiting.alive:
+            core.switch_connected(self.waiting)
+        return core.reconcile_many(changed)
+
+    def report(self, core, results: dict, attach_errors: list) -> dict:
+        return {"host": self.name}
+

@@ -7,6 +7,7 @@ workload, and that the tunnel port is the one the flows assume.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 from controller.analysis import verify as vf
@@ -46,29 +47,41 @@ def check_interfaces(host: str, pa: str, interfaces: list[dict], expected: dict)
     return problems
 
 
-def gather(core, hosts: list[str]) -> tuple[dict, list[dict], list[str]]:
+@dataclass
+class View:
+    """What verify needs of the controller, taken in one consistent moment: where the
+    hosts are, every tenant's intent and numbers, each host's record (its OVSDB),
+    its switch session and its desired flows."""
+    placement: dict  # host -> compiler.Host
+    tenants: dict  # name -> (Tenant, Allocation)
+    records: dict  # host -> state.store.HostRecord
+    sessions: dict  # host -> switch session or None
+    desired: dict  # host -> {identity: Flow}
+
+
+def gather(view: View, hosts: list[str]) -> tuple[dict, list[dict], list[str]]:
     """(tables per host, interface problems, errors) read from the hosts at once."""
     tables, problems, errors = {}, [], []
     expected: dict[str, dict] = {h: {} for h in hosts}
-    for name, e in core.tenants.items():
-        for p in e.tenant.ports:
+    for name, (t, a) in view.tenants.items():
+        for p in t.ports:
             if p.host in expected:
-                expected[p.host][e.alloc.ofport[p.name]] = (name, p.name)
+                expected[p.host][a.ofport[p.name]] = (name, p.name)
 
     def one(h):
-        st = core.state.get(h)
-        if st is None or st.session is None:
+        session = view.sessions.get(h)
+        if session is None:
             errors.append(f"{h}: not connected, its flows cannot be read")
             return
         try:
-            tables[h] = read_host(st.session)
+            tables[h] = read_host(session)
         except Exception as ex:
             errors.append(f"{h}: reading its flows failed: {ex}")
             return
-        info = core.hosts[h].info
+        info = view.records[h].info
         if info.get("ovsdb"):
             try:
-                problems.extend(check_interfaces(h, core.hosts[h].pa, host_db(info).interfaces(), expected[h]))
+                problems.extend(check_interfaces(h, view.records[h].pa, host_db(info).interfaces(), expected[h]))
             except OvsError as ex:
                 errors.append(f"{h}: reading its ports over OVSDB failed: {ex}")
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -90,18 +103,22 @@ def explain(flows: list, desired: dict) -> list:
     return out
 
 
-def verify(core, tenant: str | None = None, host: str | None = None) -> dict:
-    """Prove isolation and policy over what is installed right now."""
+def read(view: View) -> tuple[dict, list[dict], list[str], float]:
+    """Read every host of the view: (tables, interface problems, errors, seconds). The
+    caller holds its change lock meanwhile, so intent and switches are one moment."""
     t0 = time.perf_counter()
-    with core.mutex:  # one consistent view: intent and the switches, read together
-        placement = core._placement()
-        tenants = {n: (e.tenant, e.alloc) for n, e in core.tenants.items()}
-        tables, problems, errors = gather(core, sorted(placement))
-        desired = {h: core.desired.get(h, {}) for h in tables}
-    net = vf.network_from_compiled(placement, tenants, {})
+    tables, problems, errors = gather(view, sorted(view.placement))
+    return tables, problems, errors, time.perf_counter() - t0
+
+
+def verify(view: View, got: tuple, tenant: str | None = None, host: str | None = None) -> dict:
+    """Prove isolation and policy over what `read(view)` found installed."""
+    tables, problems, errors, read_s = got
+    placement = view.placement
+    net = vf.network_from_compiled(placement, view.tenants, {})
     for h, t in tables.items():
-        net.hosts[h] = vf.HostTables(placement[h].pa, explain(t["flows"], desired[h]), t["groups"], t["meters"])
-    read_s = time.perf_counter() - t0
+        net.hosts[h] = vf.HostTables(placement[h].pa, explain(t["flows"], view.desired.get(h, {})),
+                                     t["groups"], t["meters"])
     rep = vf.verify(net, tenant=tenant, host=host, clock=time.perf_counter)
     if tenant is not None:
         problems = [p for p in problems if p.get("tenant") in (None, tenant)]

@@ -149,7 +149,12 @@ class ViewsMixin:
         if host is not None and host not in self.hosts:
             raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
         from controller.analysis import installed
-        r = installed.verify(self, tenant, host)
+        with self.mutex:  # one consistent view: intent and the switches, read together
+            view = installed.View(self._placement(), {n: (e.tenant, e.alloc) for n, e in self.tenants.items()},
+                                  dict(self.hosts), {h: st.session for h, st in self.state.items()},
+                                  {h: self.desired.get(h, {}) for h in self.hosts})
+            got = installed.read(view)
+        r = installed.verify(view, got, tenant, host)
         if host is None:
             self.verified[tenant or ""] = (time.time(), bool(r.get("ok")), len(r.get("violations") or ()))
         return r

@@ -66,7 +66,7 @@ def _sequential(plugin: str, cfg: dict, names: list[str]) -> dict:
 
 
 def cni(lab, containers: int = 50) -> dict:
-    from controller.server.api import call
+    from controller.client.api import call
     call(lab.api_path, "tenant.create", yaml=TENANT)
     tag = f"nvcb{os.getpid() % 10000}"
     names = [f"{tag}c{i}" for i in range(containers)]
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--containers", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    from bench.run import _on_fresh_lab
-    r = _on_fresh_lab(lambda lab: cni(lab, a.containers))
+    from bench.freshlab import on_fresh_lab
+    r = on_fresh_lab(lambda lab: cni(lab, a.containers))
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0
 

@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 
-from controller.server.api import call
+from controller.client.api import call
 from controller.layers.services import CONTROL_BURST, CONTROL_PPS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -526,8 +526,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=2.5)
     ap.add_argument("--json", action="store_true", help="everything, as JSON (bench.run stores it)")
     a = ap.parse_args(argv)
-    from bench.run import _on_fresh_lab
-    res = _on_fresh_lab(lambda lab: dhcp(lab, a.repeats, a.seconds))
+    from bench.freshlab import on_fresh_lab
+    res = on_fresh_lab(lambda lab: dhcp(lab, a.repeats, a.seconds))
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1) if a.json else report(res))
     return 0
 

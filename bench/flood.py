@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from controller.server.api import call
+from controller.client.api import call
 from scenarios.lab import Lab
 
 TWIN = """apiVersion: nvctl/v1
@@ -151,8 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     a = ap.parse_args(argv)
-    from bench.run import _on_fresh_lab
-    res = _on_fresh_lab(lambda lab: flood(lab, a.repeats, a.seconds))
+    from bench.freshlab import on_fresh_lab
+    res = on_fresh_lab(lambda lab: flood(lab, a.repeats, a.seconds))
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
     return 0
 

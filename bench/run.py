@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from bench.freshlab import on_fresh_lab
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp",
        "cni", "cluster", "observe")
@@ -255,19 +257,6 @@ def _save(fig, out: str, name: str) -> str:
     return name
 
 
-def _on_fresh_lab(fn, hosts: int = 3):
-    """fn(lab) on a 3-host lab of its own, removed afterwards whatever happens."""
-    from scenarios.lab import Lab
-    d = tempfile.mkdtemp(prefix="nvbench-")
-    lab = Lab(d, log=lambda m: print(m, flush=True))
-    try:
-        lab.up(hosts=hosts)
-        return fn(lab)
-    finally:
-        lab.down(quiet=True)
-        shutil.rmtree(d, ignore_errors=True)
-
-
 class Suites:
     """The suites as steps of the run's progress: suite i of N, its name, its time."""
 
@@ -343,7 +332,7 @@ def _main(argv, rep) -> int:
     if "versus" in only:
         suites.next("versus")
         from bench.versus import versus
-        res["versus"] = _on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100, reps=1 if a.quick else 3,
+        res["versus"] = on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100, reps=1 if a.quick else 3,
                                                          path_reps=1 if a.quick else 5))
     if "verify" in only:
         suites.next("verify")
@@ -353,7 +342,7 @@ def _main(argv, rep) -> int:
     if "flood" in only:
         suites.next("flood")
         from bench.flood import flood
-        res["flood"] = _on_fresh_lab(lambda lab: flood(lab, repeats=2 if a.quick else 3))
+        res["flood"] = on_fresh_lab(lambda lab: flood(lab, repeats=2 if a.quick else 3))
     if "mtu" in only:
         suites.next("mtu")
         from bench.mtu import mtu
@@ -361,12 +350,12 @@ def _main(argv, rep) -> int:
     if "dhcp" in only:
         suites.next("dhcp")
         from bench.dhcp import dhcp, report
-        res["dhcp"] = _on_fresh_lab(lambda lab: dhcp(lab, repeats=2 if a.quick else 3))
+        res["dhcp"] = on_fresh_lab(lambda lab: dhcp(lab, repeats=2 if a.quick else 3))
         print(report(res["dhcp"]), flush=True)
     if "cni" in only:
         suites.next("cni")
         from bench import cni
-        res["cni"] = _on_fresh_lab(lambda lab: cni.cni(lab, containers=10 if a.quick else 50))
+        res["cni"] = on_fresh_lab(lambda lab: cni.cni(lab, containers=10 if a.quick else 50))
         print(cni.report(res["cni"]), flush=True)
     if "cluster" in only:
         suites.next("cluster")
@@ -379,7 +368,7 @@ def _main(argv, rep) -> int:
         suites.next("observe")
         from bench import observe
         res["observe"] = {"refresh": observe.refresh(*big, reps=3 if a.quick else 5),
-                          "cpu": _on_fresh_lab(lambda lab: observe.cpu_share(lab, seconds=5 if a.quick else 15,
+                          "cpu": on_fresh_lab(lambda lab: observe.cpu_share(lab, seconds=5 if a.quick else 15,
                                                                              reps=1 if a.quick else 3))}
         print(observe.report(res["observe"]), flush=True)
     if "scale" in only:

@@ -30,6 +30,7 @@ from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_up
 from tep.rxqueue import deepen_instance
 from tep import nsutil
 from tep.workload import IPV4_ONLY_SYSCTLS
+from controller.client.common import DEFAULT_STATE_DIR, state_dir_from  # noqa: F401  (the lab's callers take them from here)
 from controller.compile.compiler import TUNNEL_OFPORT
 
 OF_PORT = 6653
@@ -47,15 +48,10 @@ OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
 EXTERNAL_OFPORT = 2  # ext0 on the gateway host's br-int
 GATEWAY_HOST = 1  # hv1 carries the external network
 MAX_HOSTS = 200
-DEFAULT_STATE_DIR = "/var/lib/nvctl"
 
 
 class LabError(RuntimeError):
     pass
-
-
-def state_dir_from(arg: str | None) -> str:
-    return os.path.abspath(arg or os.environ.get("NVCTL_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 @dataclass(frozen=True)
@@ -372,7 +368,7 @@ class Lab:
                 "ovsdb": f"unix:{self.host_dir(name)}/db.sock", "rundir": self.host_dir(name)}
 
     def _register(self, plans: list[HostPlan], on_host=None) -> None:
-        from controller.server.api import call
+        from controller.client.api import call
         with nsutil.iproute(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
@@ -402,7 +398,7 @@ class Lab:
             out["controller"]["alive"] = any(c["alive"] for c in out["controllers"])
         live = {}
         if out["controller"]["alive"]:
-            from controller.server.api import ApiClientError, call
+            from controller.client.api import ApiClientError, call
             try:
                 live = {h["name"]: h for h in call(self.api_path, "host.list", check=True, timeout=10)}
             except ApiClientError as e:
@@ -488,7 +484,8 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
     with open(os.path.join(state_dir, "controller.pid"), "w") as f:
         f.write(str(proc.pid))
     deadline = time.monotonic() + 30
-    from controller.server.api import ApiClientError, _request
+    from controller.client.api import ApiClientError
+    from controller.transport.framing import request as _request
     api = os.path.join(state_dir, "nvctl.sock")
     while True:
         if proc.poll() is not None:
@@ -507,7 +504,7 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
 def wait_synced(api_path: str, timeout: float = 60, on_poll=None) -> list[dict]:
     """Wait until every host's br-int is connected and holds its desired flows.
     on_poll(hosts): each host.list answer on the way."""
-    from controller.server.api import call
+    from controller.client.api import call
     deadline = time.monotonic() + timeout
     while True:
         hosts = call(api_path, "host.list")

@@ -20,13 +20,11 @@ import os
 import sys
 import textwrap
 
-from controller.server.api import ApiClientError, call
+from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
-from scenarios.lab import UNDERLAY_MTU, Lab, LabError, state_dir_from
-
-
-def _api(args) -> str:
-    return os.path.join(state_dir_from(args.state_dir), "nvctl.sock")
+from controller.client.common import CommandError, _api, _print, state_dir_from
+from controller.client.render import trace_lines, verify_lines
+from controller.client import labcmd
 
 
 def _observe(name: str):
@@ -55,106 +53,7 @@ def _tenant_port(target: str, command: str) -> tuple[str, str]:
     return tenant, port
 
 
-def _print(obj, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2, sort_keys=True))
 
-
-# lab ---------------------------------------------------------------------------------
-
-def cmd_lab_up(a):
-    from controller.client.progress import Reporter
-    with Reporter("lab up") as rep:  # progress and the lab's own lines on stderr: stdout is the status
-        lab = Lab(a.state_dir, log=rep.note)
-        lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu, controllers=a.controllers, progress=rep)
-    _lab_status(lab, a.json)
-
-
-def cmd_lab_status(a):
-    _lab_status(Lab(a.state_dir), a.json)
-
-
-def _lab_status(lab: Lab, as_json: bool):
-    st = lab.status()
-    if as_json:
-        return _print(st, True)
-    print(f"lab: {st['status']}   state: {st['state_dir']}")
-    if st["status"] == "down":
-        return
-    c = st["controller"]
-    if st.get("controllers"):
-        for m in st["controllers"]:
-            print(f"controller {m['name']}: {'running' if m['alive'] else 'NOT RUNNING'} (pid {m['pid'] or '-'}) "
-                  f"in netns {m['netns']} at {m['address']}")
-        if c.get("error"):
-            print(f"  {c['error']}")
-    else:
-        print(f"controller: {'running' if c['alive'] else 'NOT RUNNING'} (pid {c['pid']}) "
-              f"in netns {lab.ctl_ns}{'  ' + c['error'] if c.get('error') else ''}")
-    print(f"{'HOST':6} {'NETNS':14} {'PA':14} {'OVS':5} {'OPENFLOW':10} {'FLOWS':>6}  SYNC")
-    for h in st["hosts"]:
-        conn = "connected" if h.get("connected") else "down"
-        sync = "in sync" if h.get("in_sync") else (h.get("error") or "pending")
-        print(f"{h['name']:6} {h['netns']:14} {h.get('pa', '?'):14} "
-              f"{'up' if h['vswitchd_alive'] else 'DOWN':5} {conn:10} {h.get('flows_desired', '-'):>6}  {sync}")
-
-
-def cmd_lab_down(a):
-    Lab(a.state_dir).down()
-
-
-def cmd_controller(a):
-    if a.action == "status":
-        return _controller_status(a)
-    lab = Lab(a.state_dir)
-    if lab.manifest() is None:
-        raise LabError(f"no lab in {lab.dir}")
-    if lab.clustered:
-        if a.action in ("stop", "restart"):
-            lab.stop_members()
-            print("controllers and etcd stopped")
-        if a.action in ("start", "restart"):
-            pids = lab.start_members()
-            lab.wait_synced()
-            print(f"controllers running ({', '.join(f'{n} pid {p}' for n, p in pids.items())}); "
-                  "all hosts connected and in sync")
-        return
-    if a.action in ("stop", "restart"):
-        lab.stop_controller()
-        print("controller stopped")
-    if a.action in ("start", "restart"):
-        pid = lab.start_controller()
-        lab.wait_synced()
-        print(f"controller running (pid {pid}); all hosts connected and in sync")
-
-
-def _controller_status(a):
-    st = call(_api(a), "cluster.status", timeout=30)
-    lab = Lab(a.state_dir)
-    if lab.clustered:  # the lab knows its etcd members' PIDs
-        cluster = lab.etcd()
-        for e in st["etcd"]:
-            e["pid"] = cluster.pid(e["name"]) if e.get("name") else None
-    out = {"members": st["members"], "etcd": st["etcd"], "hosts": st["hosts"], "leader": st["leader"],
-           "generation": st["generation"]}
-    if a.json:
-        return _print(out, True)
-    print(f"leader: {st['leader'] or 'NONE (an election is under way)'}"
-          + (f"   generation {st['generation']}" if st["generation"] else ""))
-    print(f"  {'MEMBER':8} {'PID':>7} {'ADDRESS':16} {'ROLE':9} LEASE")
-    for m in st["members"]:
-        lease = "-" if m["lease_s"] is None else f"{m['lease_s']}s"
-        print(f"  {m['name']:8} {m['pid']:>7} {m.get('address') or '-':16} {m['role']:9} {lease}")
-    if st["etcd"]:
-        print(f"  {'ETCD':8} {'PID':>7} {'ADDRESS':26} HEALTH")
-        for e in st["etcd"]:
-            print(f"  {e['name'] or '?':8} {e.get('pid') or '-':>7} {e['address']:26} "
-                  f"{'healthy' if e['healthy'] else 'UNHEALTHY'}{'  (raft leader)' if e.get('raft_leader') else ''}")
-    print(f"  {'HOST':8} CONTROLLERS (OpenFlow role)")
-    for h in st["hosts"]:
-        conns = ", ".join(f"{c['member']} {c['role'] or '-'}{'' if c['connected'] else ' (not connected)'}"
-                          for c in h["connections"])
-        print(f"  {h['name']:8} {conns or h.get('error', '-')}")
 
 
 # tenants -----------------------------------------------------------------------------
@@ -262,17 +161,6 @@ def cmd_flows(a):
         print(f"# unexpected: cookie={u['cookie']} table={u['table']} layer={u['layer']}")
 
 
-def verify_lines(r: dict) -> list[str]:
-    """The lines `nvctl verify` prints for a verify result (the web view shows the same)."""
-    lines = r["text"].split("\n")  # joined with newlines: exactly what print(r["text"]) shows
-    for p in r["interfaces"]:
-        lines += ["", f"VIOLATION interface on {p['host']}: {p['problem']}"]
-    for e in r["errors"]:
-        lines += ["", f"ERROR {e}"]
-    lines += ["", f"(read {r['flows_read']} flows from the switches in {r['read_seconds']}s)"]
-    return lines
-
-
 def cmd_verify(a):
     """Exit 0: every check holds; 1: a violation (with its counterexample); 2: could not verify."""
     try:
@@ -298,38 +186,6 @@ def cmd_exec(a):
     if not cmd:
         raise SystemExit("nvctl exec: no command given (nvctl exec TENANT/PORT -- CMD ...)")
     os.execvp("ip", ["ip", "netns", "exec", info["namespace"], *cmd])
-
-
-def trace_lines(r: dict) -> list[str]:
-    """The lines `nvctl trace` prints for a trace result, table by table (the web view
-    shows the same)."""
-    out = [f"packet from {r['from']} on {r['host']}: {r['packet']}"]
-    for hop in r["hops"]:
-        out += ["", f"== {hop['host']} (in from {hop['in_port']})"]
-        for t in hop["tables"]:
-            if "priority" not in t:
-                out.append(f"  {t['table']:14} {'(no flow matched: table miss)' if not t['table'].startswith('(') else ''}")
-                continue
-            who = f"{t['tenant']}: " if t["tenant"] else ""
-            out.append(f"  {t['table']:14} prio {t['priority']:<5} [{t['layer']}] {who}{t['rule']}")
-        if hop["outputs"]:
-            out += [f"  -> {o}" for o in hop["outputs"]]
-        else:
-            d = hop.get("dropped_by", {})
-            out.append(f"  -> DROPPED by {d.get('layer', '?')}: {d.get('rule', '?')}")
-        if "real" in hop:
-            real = hop["real"]
-            if "error" in real:
-                out.append(f"  real OVS: {real['error']}")
-            elif real["agree"] is None:
-                out.append(f"  real OVS (ofproto/trace): not comparable: {real['note']}")
-            else:
-                verdict = "agrees" if real["agree"] else "DISAGREES"
-                out.append(f"  real OVS (ofproto/trace): {verdict}: {', '.join(real['outputs']) or 'drop'}")
-    out += ["", "delivered to: " + (", ".join(r["delivered"]) if r["delivered"] else "nothing (dropped)")]
-    if r["agree"] is False:
-        out.append("simulator and OVS disagree")
-    return out
 
 
 def cmd_trace(a):
@@ -405,6 +261,7 @@ def cmd_hosts(a):
 def cmd_host_invite(a):
     workloads = None
     if a.lab_netns:
+        from scenarios.lab import Lab  # a lab host: its workloads are the lab's
         workloads = {"netns": a.lab_netns, "prefix": Lab(a.state_dir).prefix}
     b = call(_api(a), "host.invite", name=a.name, pa=a.pa, tls=not a.insecure, workloads=workloads)
     out = a.out or f"{a.name}-join.json"
@@ -424,7 +281,7 @@ def cmd_host_invite(a):
 
 def _join_api(ctl: dict):
     """connect(creds) -> api(op, **args): the controller's join API for tep.join."""
-    from controller.server.api import remote_call
+    from controller.client.api import remote_call
     from controller.transport.pki import client_context
     from tep.join import JoinError
 
@@ -470,35 +327,10 @@ def cmd_ui(a):
     sys.exit(serve(a.api or _api(a), listen=a.listen, port=a.port))
 
 
-def cmd_demo(a):
-    from scenarios.demo import run_demo
-    sys.exit(run_demo(a.state_dir, hosts=a.hosts, keep=a.keep))
-
-
-def cmd_scenario_list(a):
-    from scenarios.runner import catalog
-    scenarios = catalog()
-    if a.json:
-        return _print([{"name": s.name, "summary": s.summary, "hosts": s.hosts, "mininet": s.mininet}
-                       for s in scenarios.values()], True)
-    for s in scenarios.values():
-        print(f"  {s.name:13} {'lab, mininet' if s.mininet else 'lab':13} {s.summary}")
-
-
-def cmd_scenario_run(a):
-    from scenarios.runner import run_scenario
-    from controller.client.progress import Reporter
-    try:
-        with Reporter(f"scenario {a.name}") as rep:
-            code = run_scenario(a.name, mininet=a.mininet, out=a.out, progress=rep)
-    except (KeyError, ValueError) as e:
-        raise LabError(str(e).strip("'\"")) from None
-    sys.exit(code)
-
-
 # parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from scenarios.lab import UNDERLAY_MTU  # the lab's default, shown in lab up's help
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given before the subcommand is not overwritten by its default
     common.add_argument("--state-dir", default=argparse.SUPPRESS,
@@ -521,11 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controllers", type=int, default=1, choices=[1, 3, 5],
                    help="1 (default): one controller on SQLite; 3 or 5: that many controllers, each in its own "
                         "namespace with an etcd member, one leader at a time; every br-int connects to all")
-    p.set_defaults(fn=cmd_lab_up)
+    p.set_defaults(fn=labcmd.cmd_lab_up)
     ls.add_parser("status", help="processes, connections and flow sync per host",
-                  parents=[common]).set_defaults(fn=cmd_lab_status)
+                  parents=[common]).set_defaults(fn=labcmd.cmd_lab_status)
     ls.add_parser("down", help="remove every namespace, link, process and file the lab made",
-                  parents=[common]).set_defaults(fn=cmd_lab_down)
+                  parents=[common]).set_defaults(fn=labcmd.cmd_lab_down)
 
     c = sub.add_parser("controller", help="the controllers: status, or stop, start, restart the lab's",
                        parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -534,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "which OpenFlow role. stop/start/restart: the lab's controllers (a "
                                    "cluster's: every member and its etcd).")
     c.add_argument("action", choices=["status", "start", "stop", "restart"])
-    c.set_defaults(fn=cmd_controller)
+    c.set_defaults(fn=labcmd.cmd_controller)
 
     t = sub.add_parser("tenant", help="create, change, inspect and delete tenants", parents=[common],
                        description="Tenants are YAML documents (apiVersion nvctl/v1, kind Tenant); "
@@ -730,13 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "  nvctl scenario run link-failure --mininet --out /tmp/lf")
     scs = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
     scs.add_parser("list", help="the scenarios, where they run, what they claim",
-                   parents=[common]).set_defaults(fn=cmd_scenario_list)
+                   parents=[common]).set_defaults(fn=labcmd.cmd_scenario_list)
     p = scs.add_parser("run", help="run one scenario on a fresh network", parents=[common])
     p.add_argument("name", help="a name from 'nvctl scenario list' (isolation, migration, nat, lb, link-failure)")
     p.add_argument("--mininet", action="store_true",
                    help="build the network with mininet (Hypervisor nodes, TCLink underlay) instead of the lab")
     p.add_argument("--out", metavar="DIR", help="where result.json and the plots go (default ./scenario-results/NAME)")
-    p.set_defaults(fn=cmd_scenario_run)
+    p.set_defaults(fn=labcmd.cmd_scenario_run)
 
     from controller.runtimes import docker_plugin
     p = sub.add_parser("docker-plugin", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -781,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[common])
     p.add_argument("--hosts", type=int, default=3)
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
-    p.set_defaults(fn=cmd_demo)
+    p.set_defaults(fn=labcmd.cmd_demo)
     return ap
 
 
@@ -797,7 +629,7 @@ def main(argv=None) -> int:
         for path, reason in e.errors:
             print(f"  {path}: {reason}" if path else f"  {reason}", file=sys.stderr)
         return 1
-    except LabError as e:
+    except CommandError as e:
         print(f"nvctl: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into head and closed

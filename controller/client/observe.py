@@ -6,8 +6,8 @@ import json
 import sys
 import time
 
-from controller.packetin.acl_log import line as log_line
-from controller.server.api import call
+from controller.client.render import log_line
+from controller.client.api import call
 
 
 def _n(x: float) -> str:

@@ -29,8 +29,8 @@ from urllib.parse import quote
 from jinja2 import Environment
 from markupsafe import Markup
 
-from controller.server.api import ApiClientError, call as api_call
-from controller.client.cli import trace_lines, verify_lines
+from controller.client.api import ApiClientError, call as api_call
+from controller.client.render import trace_lines, verify_lines
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 STATS_TIMEOUT = 5      # s: the page polls every second, a slow answer is shown as one

@@ -58,19 +58,6 @@ def five_tuple(frame: bytes) -> dict | None:
             "sport": sport, "dport": dport}
 
 
-def line(e: dict) -> str:
-    """One log entry as a person reads it."""
-    t = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
-    if e["proto"] in ("icmp", "icmp6"):
-        flow = f"{e['proto']} {e['src']} -> {e['dst']} type {e['sport']} code {e['dport']}"
-    elif e["sport"] is None:
-        flow = f"{e['proto']} {e['src']} -> {e['dst']}"
-    else:
-        flow = f"{e['proto']} {e['src']}:{e['sport']} -> {e['dst']}:{e['dport']}"
-    return (f"{t} {e['tenant']} {e['rule']} ({e['direction']}, port {e['port']}) {e['verdict'].upper():5} "
-            f"{flow} on {e['host']}")
-
-
 class AclLog:
     def __init__(self, path: str | None = None, clock=time.time, keep: int = LOG_KEEP):
         self.path = path

@@ -7,27 +7,28 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.analysis import stats
-from controller.packetin.acl_log import AclLog, five_tuple, line
+from controller.client.render import log_line as line
+from controller.packetin.acl_log import AclLog, five_tuple
 from controller.layers.acl import ACL_LOG_METER_BASE
 from controller.layers.qos import BUM_METER_BASE
 from controller.switch.ofcodec import NXActionControllerMeter, from_action
 from controller.compile.pipeline import PIPELINE
 from dataplane.match_action import Log, meters_of
-from tests.unit.fixtures import Net, tenant_yaml, world
+from tests.unit.fixtures import Net, port, tenant_doc, tenant_yaml, world
 from tests.unit.packets import tcp
 from topology.schema import ValidationError, load_tenant
 
-ACLS = """  acls:
-    - {name: no-ssh, priority: 200, direction: to-port, ports: [vm2], protocol: tcp, dstPorts: [22], action: deny,
-       log: true}
-    - {name: web-in, priority: 100, direction: to-port, ports: [vm2], protocol: tcp, action: allow, log: true}
-"""
+ACLS = [{"name": "no-ssh", "priority": 200, "direction": "to-port", "ports": ["vm2"], "protocol": "tcp",
+         "dstPorts": [22], "action": "deny", "log": True},
+        {"name": "web-in", "priority": 100, "direction": "to-port", "ports": ["vm2"], "protocol": "tcp",
+         "action": "allow", "log": True}]
 
 
 def twin(name):
-    doc = tenant_yaml(name, "web", [("vm1", "10.0.0.11", "hv1", "02:00:0a:00:00:0b"),
-                                    ("vm2", "10.0.0.12", "hv2", "02:00:0a:00:00:0c")])
-    return doc.replace("  ports:\n", ACLS + "  ports:\n", 1)
+    """Twins: switch web, vm1 (hv1) and vm2 (hv2) with fixed MACs, vm2 guarded by logged ACLs."""
+    return tenant_doc(name, switches=[{"name": "web", "cidr": "10.0.0.0/24"}], acls=ACLS,
+                      ports=[port("vm1", "web", "10.0.0.11", "hv1", mac="02:00:0a:00:00:0b"),
+                             port("vm2", "web", "10.0.0.12", "hv2", mac="02:00:0a:00:00:0c")])
 
 
 class Counting:

@@ -318,10 +318,6 @@ class IndexedHost:
         for no, lst in by.items():
             self.tables[no] = _TableIndex(self.table_of[no], lst)
 
-    def key_of(self, flow: Flow):
-        ti = self.tables.get(flow.table.number)
-        return None if ti is None else ti._key_of(match_items(flow.match))
-
     def change(self, removed: Iterable[Flow], added: Iterable[Flow]) -> set:
         """Apply a flow diff in place; returns the touched lookup keys (table, key value),
         with (table, "*") when a flow without a key value changed."""

@@ -33,7 +33,6 @@ Pure: no I/O, no sockets; the clock is an argument (`clock=time.perf_counter`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
@@ -41,7 +40,7 @@ from dataplane import headerspace as hs
 from dataplane.match_action import (CONTROLLER, ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP,
                                     IPPROTO_UDP, Log, Meter, Simulator, Unsupported, cookie_layer, cookie_tenant)
 
-from controller.analysis.verify_model import TUNNEL_OFPORT  # noqa: E402
+from controller.spaces.ids import TUNNEL_OFPORT  # noqa: E402
 _STATE_ZERO = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
 
 
@@ -1037,6 +1036,3 @@ def verify(net: Network, *, tenant: str | None = None, host: str | None = None,
     """One full check (see the module docstring)."""
     return Verifier(net, tenant=tenant, host=host, clock=clock).run()
 
-
-def report_json(report: Report) -> str:
-    return json.dumps(report.to_json(), indent=2, sort_keys=True)

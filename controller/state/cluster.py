@@ -58,9 +58,6 @@ class Member:
     def is_leader(self) -> bool:
         return self.role == "leader"
 
-    def lease_left(self) -> float | None:
-        return None if self.lease is None else max(0.0, self.ttl - (self.clock() - self.lease_renewed))
-
     # start ---------------------------------------------------------------------------
     def start(self) -> None:
         self._new_lease()

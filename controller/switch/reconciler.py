@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from dataplane.match_action import Flow, Group, groups_of, meters_of
 
@@ -219,6 +219,3 @@ def audit(st: HostState, desired: dict) -> tuple[int | None, dict]:
         st.drift_corrected += n
     return n, diff
 
-
-def flows_of(flows: Iterable[Flow]) -> dict:
-    return {f.identity: f for f in flows}

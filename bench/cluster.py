@@ -73,7 +73,7 @@ def store(reps: int = 20, ports: int = 20) -> dict:
 
 def failover(kills: int = 10) -> dict:
     """K leader SIGKILLs on a 3-controller lab; the killed member is started again each time."""
-    from controller.server.api import call
+    from controller.client.api import call
     from controller.state.cluster import LEASE_TTL
     from scenarios.lab import Lab
     d = tempfile.mkdtemp(prefix="nvbench-cl-")
@@ -120,7 +120,7 @@ def failover(kills: int = 10) -> dict:
 
 def restart(hosts: int = 10, ports: int = 1000) -> dict:
     """`controller restart` with `ports` workloads on `hosts` hosts, to every host in sync."""
-    from controller.server.api import call
+    from controller.client.api import call
     from scenarios.lab import Lab
     d = tempfile.mkdtemp(prefix="nvbench-rs-")
     lab = Lab(d, log=lambda m: print(m, flush=True))

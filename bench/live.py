@@ -12,7 +12,7 @@ import time
 import yaml
 
 from bench.synth import tenant_doc
-from controller.server.api import call
+from controller.client.api import call
 from controller.compile.compiler import TUNNEL_OFPORT
 from scenarios.lab import CONTROLLER_IP, OF_PORT, Lab
 from tep.ovs import INTEGRATION_BRIDGE

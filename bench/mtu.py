@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 
-from controller.server.api import call
+from controller.client.api import call
 from scenarios.lab import Lab
 from scenarios.netutil import iperf3
 

@@ -156,7 +156,7 @@ def _tree_cpu(pid: int) -> float:
 
 def cpu_share(lab, seconds: float = 15.0, reps: int = 3, log=print) -> dict:
     """The controller's CPU share idle and at a 1 s refresh (see the module's doc)."""
-    from controller.server.api import call
+    from controller.client.api import call
     from scenarios.lab import _read_pid
     from topology.builder import tenant_yaml
     for name in ("blue", "red"):

@@ -25,7 +25,7 @@ import time
 
 from bench import versus as vs
 from bench.stats import ratio, spread
-from controller.server.api import call
+from controller.client.api import call
 from scenarios.lab import Lab, _read_pid
 from tep.driver import workload_namespace
 from tep.ovs import INTEGRATION_BRIDGE

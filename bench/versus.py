@@ -41,7 +41,7 @@ from types import SimpleNamespace
 
 from bench.reach import Reach
 from bench.stats import percentile, ratio, spread
-from controller.server.api import call
+from controller.client.api import call
 from controller.compile.compiler import VXLAN_OVERHEAD
 from controller.server.workloads import PLUG_WORKERS  # the bench plugs as the controller does
 from scenarios.lab import CONTROLLER_IP, HostPlan, Lab, _kill_pidfile

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections import Counter
 
-from controller.server.api import call
+from controller.client.api import call
 from scenarios.netutil import (Capture, Dhclient, PingTimeline, TcpServer, eth0_addresses, in_ns, iperf3, ping_many,
                                tcp_connect, tcp_stream, tcp_whois, wait_listening)
 from scenarios.registry import example, scenario

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 
-from controller.server.api import call
+from controller.client.api import call
 from scenarios.lab import Lab
 from scenarios.netutil import Capture, ping_many, tagged
 

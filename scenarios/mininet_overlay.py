@@ -45,7 +45,7 @@ import time
 
 import yaml
 
-from controller.server.api import call
+from controller.client.api import call
 from controller.compile.compiler import TUNNEL_OFPORT
 from scenarios.lab import (CONTROLLER_IP, OF_PORT, UNDERLAY_MTU, HostPlan, LabError, _kill_pidfile,
                            spawn_controller, wait_synced, warm_underlay)

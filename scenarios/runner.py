@@ -18,7 +18,7 @@ from typing import Callable
 
 import yaml
 
-from controller.server.api import call
+from controller.client.api import call
 from scenarios import catalog as _  # noqa: F401  (registers the scenarios)
 from scenarios.registry import SCENARIOS, Scenario, scenario  # noqa: F401  (scenario: for callers)
 

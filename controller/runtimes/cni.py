@@ -29,7 +29,7 @@ import re
 import socket
 import sys
 
-from controller.server.api import ApiClientError, call
+from controller.client.api import ApiClientError, call
 from tep import container as workload
 from tep.ovs import DEFAULT_DB, Ovsdb, OvsError
 

@@ -52,7 +52,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler
 
-from controller.server.api import ApiClientError, call
+from controller.client.api import ApiClientError, call
 from tep import container
 from tep.ovs import DEFAULT_DB, Ovsdb, OvsError
 

@@ -9,26 +9,21 @@ Hosts on other machines reach a second, much smaller API over the network
 (`NetworkApiServer`): TLS with a client certificate signed by the controller's switch
 CA (or plain TCP only when the controller is started with --insecure), and only the
 operations a joining host needs: ping, host.join and host.self.
+
+The framing is controller.transport.framing's; the client side is controller.client.api.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import socket
 import threading
 import time
-import uuid
+
+from controller.transport.framing import read_line, request
 
 LOG = logging.getLogger("nvctl.api")
-MAX_REQUEST = 16 << 20
-
-
-class ApiClientError(Exception):
-    def __init__(self, message: str, errors=None):
-        super().__init__(message)
-        self.errors = errors or []
 
 
 def operations(core) -> dict:
@@ -69,7 +64,6 @@ LOCAL_OPS = {"ping", "cluster.status", "member.probe"}
 # Changes: done once per request id, even when a client retries one across a failover.
 WRITE_OPS = {"host.register", "host.invite", "host.resync", "tenant.create", "tenant.apply", "tenant.delete",
              "port.migrate", "port.add", "port.del"}
-FAILOVER_WAIT = 30.0  # seconds a client keeps trying the cluster's members
 
 
 class ApiServer:
@@ -99,7 +93,7 @@ class ApiServer:
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
-                data = _read_line(conn)
+                data = read_line(conn)
                 req = json.loads(data)
                 answer = self.dispatch(req.get("op"), req.get("args") or {}, req.get("id"))
             except Exception as e:  # a malformed request
@@ -117,8 +111,8 @@ class ApiServer:
             return {"ok": False, "retry": True, "error": "no leader elected yet (a failover is under way)"}
         t0 = time.monotonic()
         try:
-            _request(leader["api"], {"op": "ping", "args": {}}, 2)  # a stopped leader must not hold us
-            out = _request(leader["api"], {"op": op, "args": args, "id": rid}, 600)
+            request(leader["api"], {"op": "ping", "args": {}}, 2)  # a stopped leader must not hold us
+            out = request(leader["api"], {"op": op, "args": args, "id": rid}, 600)
         except (OSError, ValueError) as e:
             out = {"ok": False, "retry": True, "error": f"the leader {leader['name']} does not answer: {e}"}
         if op in WRITE_OPS:
@@ -194,7 +188,7 @@ class NetworkApiServer:
         req: dict = {}
         with conn:
             try:
-                req = json.loads(_read_line(conn))
+                req = json.loads(read_line(conn))
                 op, args = req.get("op"), req.get("args") or {}
                 if op == "ping":
                     answer = {"ok": True, "result": {"pong": True, "peer": name}}
@@ -216,95 +210,3 @@ class NetworkApiServer:
                 conn.sendall(json.dumps(answer).encode() + b"\n")
             except OSError:
                 pass
-
-
-def _read_line(conn: socket.socket) -> bytes:
-    buf = bytearray()
-    while not buf.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise ValueError("request too large")
-    return bytes(buf)
-
-
-def _request(path: str, req: dict, timeout: float) -> dict:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    with s:
-        s.connect(path)
-        s.sendall(json.dumps(req).encode() + b"\n")
-        answer = json.loads(_read_line(s) or b"null")
-    if not answer:
-        raise ConnectionResetError("the controller closed the connection without an answer")
-    return answer
-
-
-def members(path: str) -> list[str]:
-    """The API sockets to try: a cluster's members (members.json beside `path`, written
-    by the lab), else just `path`."""
-    try:
-        with open(os.path.join(os.path.dirname(path), "members.json")) as f:
-            apis = [m["api"] for m in json.load(f)]
-    except (OSError, ValueError, KeyError):
-        return [path]
-    return [path] + [a for a in apis if a != path] if path in apis else apis
-
-
-def call(path: str, op: str, timeout: float = 600, **args):
-    """Send one request; return its result or raise ApiClientError. To a cluster: any
-    member that answers (followers hand it to the leader); while a failover is under
-    way, the same request (one id: a change is made once) again, for FAILOVER_WAIT s."""
-    req = {"op": op, "args": args, "id": uuid.uuid4().hex}
-    targets = members(path)
-    deadline = time.monotonic() + FAILOVER_WAIT
-    last = None
-    for attempt in itertools.count():
-        target = targets[attempt % len(targets)]
-        try:
-            if len(targets) > 1:  # a member that is stopped (not dead) must not hold the client
-                _request(target, {"op": "ping", "args": {}}, 1.0)
-            answer = _request(target, req, timeout)
-        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError, TimeoutError) as e:
-            if len(targets) == 1:
-                if isinstance(e, TimeoutError):
-                    raise
-                raise ApiClientError(f"no controller answers on {path} (is the lab up? try 'nvctl lab up')") from None
-            last, answer = f"{target}: {e}", None
-        if answer is not None and not answer.get("retry"):
-            if not answer.get("ok"):
-                raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
-            return answer["result"]
-        if answer is not None:
-            last = answer.get("error")
-            if len(targets) == 1:
-                raise ApiClientError(last or "failed")
-        if time.monotonic() > deadline:
-            raise ApiClientError(f"no controller of the cluster answered for {FAILOVER_WAIT:.0f}s ({last})")
-        if attempt % len(targets) == len(targets) - 1:
-            time.sleep(0.2)
-
-
-def remote_call(ip: str, port: int, op: str, ctx=None, timeout: float = 60, **args):
-    """One request to a controller's network API (TLS when ctx is given)."""
-    try:
-        s = socket.create_connection((ip, port), timeout=timeout)
-    except OSError as e:
-        raise ApiClientError(f"cannot reach the controller at {ip}:{port}: {e.strerror or e}") from None
-    try:
-        if ctx is not None:
-            s = ctx.wrap_socket(s)
-        s.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
-        answer = json.loads(_read_line(s) or b"null")
-    except (OSError, ValueError) as e:
-        raise ApiClientError(f"the controller at {ip}:{port} refused the connection: {e}") from None
-    finally:
-        s.close()
-    if not answer:
-        raise ApiClientError(f"the controller at {ip}:{port} closed the connection without an answer "
-                             "(it refused our certificate?)")
-    if not answer.get("ok"):
-        raise ApiClientError(answer.get("error", "failed"))
-    return answer["result"]

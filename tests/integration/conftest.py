@@ -58,7 +58,7 @@ def fresh_compile_changes(lb: Lab) -> list[dict]:
 
 def verify_lab(lb: Lab) -> dict:
     """`nvctl verify` over what the lab's switches hold."""
-    from controller.server.api import call
+    from controller.client.api import call
     return call(lb.api_path, "verify", timeout=300)
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from controller.server.api import _request
+from controller.transport.framing import request as _request
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import apply_yaml, in_ns, nvctl, nvctl_json
 from tests.unit.fixtures import tenant_yaml

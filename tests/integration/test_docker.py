@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from controller.server.api import call
+from controller.client.api import call
 from tests.integration.conftest import running_lab, verify_lab
 from tests.integration.helpers import ROOT, Capture, Dockerd, apply_yaml, in_ns, nvctl_json
 from tests.integration.test_cni import Podman

@@ -166,7 +166,7 @@ def test_aaaa_names_over_ipv4_and_ipv6_inside_each_twin(twins):
 
 
 def test_trace_of_an_ipv6_packet_agrees_with_ovs(lab, twins):
-    from controller.server.api import call
+    from controller.client.api import call
     d1 = twins["twin-a"]["d1"]["ip6"]
     r = call(lab.api_path, "trace", tenant="twin-a", port="w1", packet=f"tcp6,ipv6_dst={d1},tp_dst=22", real=True)
     assert r["agree"] is True and r["delivered"] == ["twin-a/d1"], r

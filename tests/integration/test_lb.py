@@ -30,7 +30,7 @@ def shop(lab):
 
 
 def _backends(lab):
-    from controller.server.api import call
+    from controller.client.api import call
     (lb,) = call(lab.api_path, "stats", tenant="shop")["loadBalancers"]
     return {b["name"]: (b["connections"], b["replyPackets"]) for b in lb["backends"]}
 
@@ -73,7 +73,7 @@ def test_a_reconnect_with_nothing_changed_sends_nothing(lab, shop):
 def test_trace_sends_a_new_connection_to_a_backend(lab, shop):
     """The select group's bucket is chosen by a hash, OVS's and the simulator's differ:
     both must pick a current backend, not necessarily the same one."""
-    from controller.server.api import call
+    from controller.client.api import call
     r = call(lab.api_path, "trace", tenant="shop", port="web1", packet="tcp,nw_dst=10.0.0.100,tp_dst=80",
              real=True)
     assert r["delivered"] and r["delivered"][0] in ("shop/web2", "shop/db1"), r

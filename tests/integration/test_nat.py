@@ -52,7 +52,7 @@ def test_snat_the_outside_host_sees_the_router_address(lab, shop):
 
 
 def _nat(lab):
-    from controller.server.api import call
+    from controller.client.api import call
     return {(n["kind"], n["name"], n["direction"]): n["packets"]
             for n in call(lab.api_path, "stats", tenant="shop")["nat"]}
 
@@ -113,7 +113,7 @@ def test_the_outside_host_reaches_nothing_else(lab, shop):
 
 
 def test_trace_predicts_the_nat_fates(lab, shop):
-    from controller.server.api import call
+    from controller.client.api import call
     out = call(lab.api_path, "trace", tenant="shop", port="web2", packet=f"icmp,nw_dst={OUTSIDE}", real=True)
     assert out["agree"] is True and out["delivered"] == [f"hv1:{EXTERNAL_OFPORT}"], out
     none = call(lab.api_path, "trace", tenant="shop", port="db2", packet=f"icmp,nw_dst={OUTSIDE}", real=True)

@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.server.api import call
+from controller.client.api import call
 from controller.layers.acl import ACL_LOG_BURST, ACL_LOG_PPS
 from scenarios.netutil import in_ns
 from tests.integration.conftest import running_lab

@@ -49,7 +49,7 @@ def test_removing_the_limit_removes_the_meter(lab, blue):
 
 
 def test_trace_passes_the_meter_and_agrees(lab, blue):
-    from controller.server.api import call
+    from controller.client.api import call
     apply_yaml(lab, BLUE)  # the limit back on
     r = call(lab.api_path, "trace", tenant="blue", port="vm1", packet="tcp,nw_dst=10.0.0.12,tp_dst=5201",
              real=True)

@@ -65,7 +65,7 @@ def test_the_other_tenant_with_the_same_addresses_sees_nothing(lab, routed):
 
 
 def test_trace_predicts_routed_fates(lab, routed):
-    from controller.server.api import call
+    from controller.client.api import call
     r = call(lab.api_path, "trace", tenant="shop", port="web1", packet="icmp,nw_dst=10.0.1.10", real=True)
     assert r["agree"] is True and r["delivered"] == ["shop/db1"], r
     gw = call(lab.api_path, "trace", tenant="shop", port="web1", packet="icmp,nw_dst=10.0.1.1", real=True)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from controller.server.api import call
+from controller.client.api import call
 from tests.integration.helpers import ROOT, apply_yaml, nvctl, nvctl_json
 
 SHOP = open(os.path.join(ROOT, "examples", "shop.yaml")).read().replace("  ports:\n", """  acls:

@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from controller.server.api import ApiClientError, call
+from controller.client.api import ApiClientError, call
 from scenarios.netutil import ping_many
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import ROOT, apply_yaml, nvctl

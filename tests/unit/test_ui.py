@@ -20,7 +20,7 @@ import pytest
 
 from controller.client import cli
 from controller.client import ui
-from controller.server.api import ApiClientError
+from controller.client.api import ApiClientError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

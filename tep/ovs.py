@@ -11,8 +11,9 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from controller.spaces.ids import TUNNEL_OFPORT  # noqa: F401  the VXLAN port's ofport on every br-int
+
 TUNNEL_PORT_NAME = "vxlan0"
-TUNNEL_OFPORT = 1  # the flow-based VXLAN port's ofport on every br-int
 INTEGRATION_BRIDGE = "br-int"
 PHYSICAL_BRIDGE = "br-phy"
 DPID_PREFIX = 0x4E56_0000_0000  # "NV": every datapath id nvctl assigns starts so

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 from controller.analysis import verify as vf
-from controller.compile.compiler import TUNNEL_OFPORT
+from controller.spaces.ids import TUNNEL_OFPORT
 from tep.driver import host_db
 from tep.ovs import TUNNEL_PORT_NAME, OvsError
 

@@ -38,7 +38,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from controller.layers.qos import BUM_METER_BASE
+from controller.spaces.ids import BUM_METER_BASE
 
 PORT_DROP_REASONS = ("portSecurity", "acl", "rateLimit", "bum")
 

@@ -19,7 +19,7 @@ import re
 from dataplane.match_action import (BROADCAST_MAC, ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, FIELDS,
                                     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Fabric, Fate,
                                     cookie_layer, cookie_tenant)
-from controller.compile.compiler import TUNNEL_OFPORT
+from controller.spaces.ids import TUNNEL_OFPORT
 from controller.compile.pipeline import LAYER_BY_ID, PIPELINE
 
 SPEC_FIELDS = {  # spec key -> (our field, kind)

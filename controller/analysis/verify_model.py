@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from dataplane.match_action import Group, Meter
-
-TUNNEL_OFPORT = 1
+from controller.spaces.ids import BUM_METER_BASE, TUNNEL_OFPORT
 
 
 # --------------------------------------------------------------------------------------
@@ -137,16 +136,13 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
 
 
 def _port_meters(ports, a) -> set:
-    """(host, meter id) the qos layer gives each port: its rate limit (id = ofport) and,
-    where the layer has one, its broadcast/unknown-traffic meter."""
-    from controller.layers import qos
-    base = getattr(qos, "BUM_METER_BASE", None)
+    """(host, meter id) the qos layer gives each port: its rate limit (id = ofport) and
+    its broadcast/unknown-traffic meter (id = BUM_METER_BASE + ofport)."""
     out = set()
     for p in ports:
         if p.rate_limit_mbps is not None:
             out.add((p.host, a.ofport[p.name]))
-        if base is not None:
-            out.add((p.host, base + a.ofport[p.name]))
+        out.add((p.host, BUM_METER_BASE + a.ofport[p.name]))
     return out
 
 

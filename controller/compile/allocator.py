@@ -2,22 +2,19 @@
 
 Pure: given a tenant, its previous allocation and what everyone else holds, return
 the new allocation. Whatever survives a change keeps its number, so an update to one
-port never renumbers (and so never rewrites) the flows of the others.
+port never renumbers (and so never rewrites) the flows of the others. The ranges it
+hands out from are declared, and checked against each other, in controller.spaces.ids.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from topology.model import Tenant
-from controller.spaces.registers import MAX_PORT_KEY
-from dataplane.match_action import COOKIE_TENANT_MAX
-
-FIRST_VNI = 1000
-MAX_VNI = (1 << 24) - 1  # VXLAN's VNI is 24 bits
-FIRST_OFPORT = 10  # below: reserved for infrastructure ports (the tunnel is 1)
-FIRST_ZONE, MAX_ZONE = 1, 0xFFFF
-MAX_GROUP = 0xFFFFFF00
-MAX_OFPORT = 0xFEFF
+from controller.spaces.ids import (FIRST_GROUP, FIRST_OFPORT, FIRST_PORT_KEY, FIRST_TENANT_ID,
+                                   FIRST_VNI, FIRST_ZONE, MAX_GROUP, MAX_OFPORT, MAX_PORT_KEY, MAX_TENANT_ID,
+                                   MAX_VNI, MAX_ZONE)
+# The names of what a tenant does not name itself; re-exported for older callers.
+from controller.spaces.names import lb_zone_name, router_port_name, router_zone_name, transit_name  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -37,26 +34,6 @@ class Allocation:
     def from_json(d: dict) -> "Allocation":
         return Allocation(d["tenant_id"], dict(d["vni"]), dict(d["port_key"]), dict(d["ofport"]),
                           dict(d.get("zone", {})), dict(d.get("group", {})))
-
-
-def router_port_name(router: str, switch: str) -> str:
-    """The port_key name of a router's port on a switch (port names cannot contain ':')."""
-    return f"{router}:{switch}"
-
-
-def transit_name(router: str) -> str:
-    """The vni name of a router's path to its gateway (names cannot contain ':')."""
-    return f"{router}:external"
-
-
-def lb_zone_name(port: str = "") -> str:
-    """The zone where load-balanced connections are translated ("" for the tenant's)."""
-    return f"lb:{port}"
-
-
-def router_zone_name(router: str) -> str:
-    """The zone name of a router's NAT connections on the gateway host."""
-    return f"router:{router}"
 
 
 def provider_addresses(t: Tenant) -> list[tuple[str, str]]:
@@ -138,7 +115,7 @@ def _assign(items: list[tuple[str, str]], prev_values: dict, prev_scope: dict,
 def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
              others: InUse) -> Allocation:
     """Allocation for `t`. `others` must not include this tenant's own holdings."""
-    tid = prev.tenant_id if prev else _lowest_free(others.tenant_ids, 1, COOKIE_TENANT_MAX,
+    tid = prev.tenant_id if prev else _lowest_free(others.tenant_ids, FIRST_TENANT_ID, MAX_TENANT_ID,
                                                     "tenant id")
     prev = prev or Allocation(tid)
     old = prev_tenant
@@ -154,7 +131,7 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
         old_switch = {p.name: p.switch for p in old.ports}
         old_switch.update({router_port_name(r.name, rp.switch): rp.switch
                            for r in old.routers for rp in r.ports})
-    keys = _assign(members, prev.port_key, old_switch, {}, 1, MAX_PORT_KEY, "port key")
+    keys = _assign(members, prev.port_key, old_switch, {}, FIRST_PORT_KEY, MAX_PORT_KEY, "port key")
     ofports = _assign([(p.name, p.host) for p in t.ports], prev.ofport,
                       {p.name: p.host for p in old.ports} if old else {},
                       {h: set(v) for h, v in others.ofports.items()}, FIRST_OFPORT, MAX_OFPORT, "ofport")
@@ -166,5 +143,5 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
                     {"": set(others.zones)}, FIRST_ZONE, MAX_ZONE, "conntrack zone")
     groups = _assign([(lb.name, "") for lb in t.load_balancers], prev.group,
                      {lb.name: "" for lb in old.load_balancers} if old else {},
-                     {"": set(others.groups)}, 1, MAX_GROUP, "group id")
+                     {"": set(others.groups)}, FIRST_GROUP, MAX_GROUP, "group id")
     return Allocation(tid, vni, keys, ofports, zones, groups)

@@ -19,7 +19,7 @@ from topology.model import Tenant
 from controller.compile.allocator import Allocation
 from controller.layers.base import HostView, TenantView
 from controller.compile.pipeline import LAYERS, emitter, miss_flows
-from tep.ovs import TUNNEL_OFPORT  # a constant of how tep builds br-int
+from controller.spaces.ids import TUNNEL_OFPORT  # how tep builds br-int; declared with the other ofports
 
 
 DEFAULT_UPLINK_MTU = 1500  # a host that did not say: what nearly every real host has

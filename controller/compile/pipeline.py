@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataplane.match_action import Match, Pipeline, Table
 from controller.layers.acl import FromPortAcl, ToPortAcl
 from controller.layers.arp_responder import ArpResponder
-from controller.layers.base import Emitter, Layer
+from controller.layers.base import MISS_PRIORITY, Emitter, Layer
 from controller.layers.classify import Classify
 from controller.layers.delivery import Delivery
 from controller.layers.encap import Encap
@@ -29,7 +29,6 @@ EGRESS: tuple[Layer, ...] = (LbEgress(), ToPortAcl(), Delivery())
 TUNNEL_ENTRY = "switching"
 
 LAYERS: tuple[Layer, ...] = INGRESS + EGRESS
-MISS_PRIORITY = 0
 
 
 def _build():

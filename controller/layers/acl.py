@@ -37,18 +37,26 @@ import itertools
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
                                     IPPROTO_UDP, Ct, Log, Match, ct_state)
-from controller.layers.base import Layer, TableDecl
+from controller.layers.base import MISS_PRIORITY, Layer, TableDecl
+from controller.spaces.ids import ACL_LOG_METER_BASE
 from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT
+from topology.schema import MAX_ACL_PRIORITY
 
+# acl_in_ct / acl_out_ct: a guarded port's IP is tracked; anything else misses (on).
+PRIO_TRACK = 100
+# acl_in / acl_out, highest first: an invalid state drops, then an allowed connection's
+# replies and related packets pass, then the rules by their own priority, then the
+# no-rule default (allow: +new committed, +est on); what none of them takes drops (miss).
 PRIO_INVALID = 65000
 PRIO_REPLY = 64000
-PRIO_RULE_BASE = 100  # rule priority p becomes 100 + p (p <= 32767)
+PRIO_RULE_BASE = 100  # rule priority p becomes 100 + p (p <= MAX_ACL_PRIORITY)
 PRIO_DEFAULT = 1
+if not MISS_PRIORITY < PRIO_DEFAULT < PRIO_RULE_BASE <= PRIO_RULE_BASE + MAX_ACL_PRIORITY < PRIO_REPLY < PRIO_INVALID:
+    raise ValueError("acl priorities: a rule could outrank replies, or fall to the default")
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
 PROTO6 = {**PROTO, "icmp": IPPROTO_ICMPV6}
 ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
 _L4_FIELDS = frozenset({"ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst"})
-ACL_LOG_METER_BASE = 1 << 25  # above every control-plane meter (CONTROL_METER_BASE + tenant id)
 ACL_LOG_PPS = 50  # log lines a second, per tenant and host
 ACL_LOG_BURST = 50
 
@@ -126,7 +134,7 @@ class _AclStage(Layer):
             me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
             host = (p.host,)
             for v in versions:
-                out.to(host, out.flow(self.ct_table, 100, Match.of(**me, eth_type=ETH_TYPES[v]),
+                out.to(host, out.flow(self.ct_table, PRIO_TRACK, Match.of(**me, eth_type=ETH_TYPES[v]),
                                       (Ct(zone=zone, table=out.table(self.rules_table)),),
                                       rule=f"port {name}: track in zone {zone}"))
             commit = (Ct(zone=zone, commit=True), out.goto("@next"))

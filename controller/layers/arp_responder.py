@@ -7,6 +7,8 @@ from controller.layers.base import Layer, TableDecl
 from controller.spaces.registers import LOGICAL_SWITCH
 
 ARP_REQUEST, ARP_REPLY = 1, 2
+# arp_responder: one flow per known address (disjoint); anything else misses (on).
+PRIO_ANSWER = 100
 
 
 class ArpResponder(Layer):
@@ -33,7 +35,7 @@ class ArpResponder(Layer):
             ls = LOGICAL_SWITCH.m(t.vni[switch])
             ip = str(ip)
             out.to(hosts, out.flow(
-                "arp_responder", 100,
+                "arp_responder", PRIO_ANSWER,
                 Match.of(**ls, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
                 (Move("eth_src", "eth_dst"), SetField("eth_src", mac),
                  SetField("arp_op", ARP_REPLY),

@@ -19,6 +19,12 @@ from dataplane.match_action import Action, Flow, Goto, Match, Pipeline, Resubmit
 from topology.model import Tenant
 
 
+# Every table's miss (drop, or on to another table) is an explicit flow at this
+# priority, added by the pipeline; every flow a layer builds is above it. Each layer
+# module names its own priorities (PRIO_*), with what wins over what.
+MISS_PRIORITY = 0
+
+
 @dataclass(frozen=True)
 class TableDecl:
     name: str

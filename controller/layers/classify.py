@@ -7,8 +7,15 @@ from __future__ import annotations
 
 from dataplane.match_action import Match
 from controller.layers.base import Layer, TableDecl
-from controller.compile.allocator import transit_name
-from controller.spaces.registers import EXTERNAL_NET_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH
+from controller.spaces.ids import EXTERNAL_NET_KEY
+from controller.spaces.names import transit_name
+from controller.spaces.registers import FROM_TUNNEL, INPORT, LOGICAL_SWITCH
+
+# classify: a workload's port, the external port, the tunnel from a known PA; each pins
+# its own in_port (and PA), so none overlaps another. Anything else misses (drop).
+PRIO_IN_PORT = 100
+# tunnel_vni: one VNI each (a switch's, or a router's transit key); an unknown one drops.
+PRIO_VNI = 100
 
 
 class Classify(Layer):
@@ -26,7 +33,7 @@ class Classify(Layer):
         for p in t.tenant.ports:
             vni = t.vni[p.switch]
             out.to((p.host,), out.flow(
-                "classify", 100, Match.of(in_port=t.ofport[p.name]),
+                "classify", PRIO_IN_PORT, Match.of(in_port=t.ofport[p.name]),
                 (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("port_security")),
                 rule=f"port {p.name}", stat=(("port", p.name, "sent"),)))
         for s in t.tenant.switches:
@@ -34,7 +41,7 @@ class Classify(Layer):
             if not hosts:
                 continue
             out.to(hosts, out.flow(
-                "tunnel_vni", 100, Match.of(tunnel_id=t.vni[s.name]),
+                "tunnel_vni", PRIO_VNI, Match.of(tunnel_id=t.vni[s.name]),
                 (LOGICAL_SWITCH.load(t.vni[s.name]), FROM_TUNNEL.load(1),
                  out.goto("@tunnel_entry")),
                 rule=f"switch {s.name} vni {t.vni[s.name]}"))
@@ -44,17 +51,17 @@ class Classify(Layer):
                 if r.external_ip is not None:
                     transit = t.vni[transit_name(r.name)]
                     out.to((t.gateway[0],), out.flow(
-                        "tunnel_vni", 100, Match.of(tunnel_id=transit),
+                        "tunnel_vni", PRIO_VNI, Match.of(tunnel_id=transit),
                         (LOGICAL_SWITCH.load(transit), out.goto("ext_snat")),
                         rule=f"router {r.name}: to the external network (vni {transit})"))
 
     def host_flows(self, h, out):
         if h.external is not None:
             out.to((h.name,), out.flow(
-                "classify", 100, Match.of(in_port=h.external[0]),
+                "classify", PRIO_IN_PORT, Match.of(in_port=h.external[0]),
                 (LOGICAL_SWITCH.load(EXTERNAL_NET_KEY), out.goto("ext_in")),
                 rule="the external network"))
         for peer, pa in h.peers:
             out.to((h.name,), out.flow(
-                "classify", 100, Match.of(in_port=h.tunnel_port, tun_ipv4_src=pa),
+                "classify", PRIO_IN_PORT, Match.of(in_port=h.tunnel_port, tun_ipv4_src=pa),
                 (out.goto("tunnel_vni"),), rule=f"tunnel from {peer}"))

@@ -17,12 +17,28 @@ from __future__ import annotations
 
 from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, CheckPktLarger, Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
-from controller.compile.allocator import transit_name
 from controller.layers.qos import bum_meter_for
 from controller.layers.services import to_controller
-from controller.spaces.registers import FLOOD_PORT_KEY, FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT, PKT_LARGER
+from controller.spaces.ids import FLOOD_PORT_KEY
+from controller.spaces.names import transit_name
+from controller.spaces.registers import FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT, PKT_LARGER
 
 ETH_HEADER = 14  # check_pkt_larger counts the Ethernet header; an MTU does not
+
+# dispatch. A unicast port's flow is local on its host and remote (from_tunnel=0 only:
+# split horizon) on the others, so they never meet; a router's transit key is its own
+# logical_switch value. A flood from a workload port (its BUM meter, not back to it)
+# outranks the switch's flood from any other local sender; a flood from the tunnel is
+# told apart by from_tunnel. Anything else (from the tunnel to a port not here) drops.
+PRIO_UNICAST = 100
+PRIO_TRANSIT = 100
+PRIO_FLOOD_FROM_PORT = 100
+PRIO_FLOOD_FROM_TUNNEL = 100
+PRIO_FLOOD_LOCAL = 90
+# tunnel_out: too big for the switch's MTU goes to the controller, before what fits
+# goes into the tunnel.
+PRIO_TOO_BIG = 100
+PRIO_FITS = 10
 
 
 class Encap(Layer):
@@ -37,7 +53,7 @@ class Encap(Layer):
     )
 
     def host_flows(self, h, out):
-        out.to((h.name,), out.flow("tunnel_out", 10, Match(), (Output(h.tunnel_port),),
+        out.to((h.name,), out.flow("tunnel_out", PRIO_FITS, Match(), (Output(h.tunnel_port),),
                                    rule="fits: into the tunnel"))
 
     def tenant_flows(self, t, out):
@@ -50,10 +66,10 @@ class Encap(Layer):
                 hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
                 m = Match.of(**LOGICAL_SWITCH.m(transit))
                 out.to((h for h in hosts if h != gw), out.flow(
-                    "dispatch", 100, m, (SetField("tunnel_id", transit), SetField("tun_ipv4_dst", t.pa[gw]),
+                    "dispatch", PRIO_TRANSIT, m, (SetField("tunnel_id", transit), SetField("tun_ipv4_dst", t.pa[gw]),
                                          Output(t.tunnel_port)),
                     rule=f"router {r.name}: to the gateway {gw}"))
-                out.to((gw,), out.flow("dispatch", 100, m, (out.resubmit("ext_snat"),),
+                out.to((gw,), out.flow("dispatch", PRIO_TRANSIT, m, (out.resubmit("ext_snat"),),
                                        rule=f"router {r.name}: this host is the gateway"))
         for s in t.tenant.switches:
             hosts, members = t.span[s.name], t.members[s.name]
@@ -69,17 +85,17 @@ class Encap(Layer):
                 if eth_type == ETH_TYPE_IPV6 and not t.tenant.has_ipv6:
                     continue
                 out.to(senders, out.flow(
-                    "tunnel_out", 100, Match.of(**ls, **PKT_LARGER.m(1), eth_type=eth_type),
+                    "tunnel_out", PRIO_TOO_BIG, Match.of(**ls, **PKT_LARGER.m(1), eth_type=eth_type),
                     to_controller(t.tenant_id),
                     rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP"
                          f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
             for p in ports:
                 key = OUTPORT.m(t.port_key[p.name])
                 out.to((p.host,), out.flow(
-                    "dispatch", 100, Match.of(**ls, **key), (out.goto("@egress"),),
+                    "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
                     rule=f"port {p.name} is local"))
                 remote = out.flow(
-                    "dispatch", 100, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
+                    "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
                     (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]), check,
                      out.goto("tunnel_out")),
                     rule=f"port {p.name} is on {p.host}")
@@ -95,7 +111,7 @@ class Encap(Layer):
                     tunnels += [SetField("tun_ipv4_dst", t.pa[other]), Output(t.tunnel_port)]
                 copies = local + (tunnels if len(tunnels) > 1 else [])
                 out.to((h,), out.flow(
-                    "dispatch", 90, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)), copies,
+                    "dispatch", PRIO_FLOOD_LOCAL, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)), copies,
                     rule=f"switch {s.name} flood from a local port"))
                 for p in ports:
                     if p.host == h:
@@ -104,12 +120,12 @@ class Encap(Layer):
                         mine = [OUTPORT.load(t.port_key[q.name]) for q in ports if q.host == h and q is not p]
                         others = [a for x in mine for a in (x, out.resubmit("@egress"))]
                         out.to((h,), out.flow(
-                            "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(0),
+                            "dispatch", PRIO_FLOOD_FROM_PORT, Match.of(**ls, **flood, **FROM_TUNNEL.m(0),
                                                       **INPORT.m(t.port_key[p.name])),
                             [bum_meter_for(t.ofport[p.name], p.bum_limit_pps)] + others
                             + (tunnels if len(tunnels) > 1 else []),
                             rule=f"switch {s.name} flood from port {p.name}, "
                                  f"at most {p.bum_limit_pps or 'the default'} pps"))
                 out.to((h,), out.flow(
-                    "dispatch", 100, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
+                    "dispatch", PRIO_FLOOD_FROM_TUNNEL, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
                     local, rule=f"switch {s.name} flood from the tunnel"))

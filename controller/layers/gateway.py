@@ -16,11 +16,24 @@ from __future__ import annotations
 
 from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, IN_PORT, Ct, DecTtl, Match, Move,
                                     Nat, Output, SetField, ct_state)
-from controller.compile.allocator import router_port_name, router_zone_name, transit_name
 from controller.layers.arp_responder import ARP_REPLY, ARP_REQUEST
 from controller.layers.base import Layer, TableDecl
-from controller.spaces.registers import EXTERNAL_NET_KEY, INPORT, LOGICAL_SWITCH, NEXTHOP
+from controller.spaces.ids import EXTERNAL_NET_KEY
+from controller.spaces.names import router_port_name, router_zone_name, transit_name
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH, NEXTHOP
 from topology.model import derived_mac
+
+# ext_in: ARP for the router's and its floating IPs' addresses, above the IP to them
+# (apart by eth_type anyway). Anything else from outside drops.
+PRIO_EXT_ARP = 200
+PRIO_EXT_IP = 100
+# ext_snat: a floating IP's port leaves as its floating IP, even when an SNAT prefix
+# covers it too.
+PRIO_FLOATING_OUT = 200
+PRIO_SNAT = 100
+# ext_route, ext_out: one flow per inside network / per router (disjoint).
+PRIO_EXT_ROUTE = 100
+PRIO_EXT_OUT = 100
 
 
 def external_mac(router) -> str:
@@ -67,39 +80,39 @@ class Gateway(Layer):
             fips = [(n, tn.port(n.port)) for n in tn.nat if n.type == "floating-ip" and n.router == r.name]
             for ip in [rip] + [str(n.external_ip) for n, _ in fips]:
                 out.to(on_gw, out.flow(
-                    "ext_in", 200, Match.of(**ext, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
+                    "ext_in", PRIO_EXT_ARP, Match.of(**ext, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
                     arp_reply(mac, ip), rule=f"router {r.name}: arp {ip} is-at {mac}"))
             out.to(on_gw, out.flow(
-                "ext_in", 100, Match.of(**ext, eth_type=ETH_TYPE_IP, ipv4_dst=rip),
+                "ext_in", PRIO_EXT_IP, Match.of(**ext, eth_type=ETH_TYPE_IP, ipv4_dst=rip),
                 (LOGICAL_SWITCH.load(transit), Ct(zone=zone, nat=Nat(), table=out.table("ext_route"))),
                 rule=f"router {r.name}: replies to {rip} (SNAT)", stat=(("snatReplies", r.name),)))
             for n, p in fips:
                 out.to(on_gw, out.flow(
-                    "ext_in", 100, Match.of(**ext, eth_type=ETH_TYPE_IP, ipv4_dst=str(n.external_ip)),
+                    "ext_in", PRIO_EXT_IP, Match.of(**ext, eth_type=ETH_TYPE_IP, ipv4_dst=str(n.external_ip)),
                     (LOGICAL_SWITCH.load(transit),
                      Ct(zone=zone, commit=True, nat=Nat("dst", str(p.ip)), table=out.table("ext_route"))),
                     rule=f"floating IP {n.external_ip} -> {p.name} {p.ip}",
                     stat=(("nat", tn.nat.index(n), "in"),)))
                 out.to(on_gw, out.flow(
-                    "ext_snat", 200, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(p.ip)),
+                    "ext_snat", PRIO_FLOATING_OUT, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(p.ip)),
                     (Ct(zone=zone, commit=True, nat=Nat("src", str(n.external_ip)), table=out.table("ext_out")),),
                     rule=f"floating IP: {p.name} {p.ip} leaves as {n.external_ip}",
                     stat=(("nat", tn.nat.index(n), "out"),)))
             for n in tn.nat:
                 if n.type == "snat" and n.router == r.name:
                     out.to(on_gw, out.flow(
-                        "ext_snat", 100, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(n.cidr)),
+                        "ext_snat", PRIO_SNAT, Match.of(**here, eth_type=ETH_TYPE_IP, ipv4_src=str(n.cidr)),
                         (Ct(zone=zone, commit=True, nat=Nat("src", rip), table=out.table("ext_out")),),
                         rule=f"router {r.name}: SNAT {n.cidr} as {rip}",
                         stat=(("nat", tn.nat.index(n), "out"),)))
-            out.to(on_gw, out.flow("ext_out", 100, Match.of(**here, ct_state=ct_state(trk=True, inv=False)),
+            out.to(on_gw, out.flow("ext_out", PRIO_EXT_OUT, Match.of(**here, ct_state=ct_state(trk=True, inv=False)),
                                    (SetField("eth_src", mac), SetField("eth_dst", next_hop_mac),
                                     Output(ext_port)),
                                    rule=f"router {r.name}: out to the external network"))
             for rp in r.ports:
                 sw = tn.switch(rp.switch)
                 out.to(on_gw, out.flow(
-                    "ext_route", 100,
+                    "ext_route", PRIO_EXT_ROUTE,
                     Match.of(**here, eth_type=ETH_TYPE_IP, ct_state=ct_state(trk=True, inv=False),
                              ipv4_dst=str(sw.cidr)),
                     (DecTtl(), SetField("eth_src", rp.mac), LOGICAL_SWITCH.load(t.vni[rp.switch]),

@@ -14,12 +14,25 @@ through the same zone to have the VIP put back as its source.
 from __future__ import annotations
 
 from dataplane.match_action import ETH_TYPE_IP, IPPROTO_TCP, IPPROTO_UDP, Ct, Group, Match, Nat, SetField, ct_state
-from controller.compile.allocator import lb_zone_name
 from controller.layers.base import Layer, TableDecl
+from controller.spaces.names import lb_zone_name
 from controller.spaces.registers import LOGICAL_SWITCH
 
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 LB_ZONE = lb_zone_name("")  # one zone per tenant
+
+# lb_in: one flow per VIP:port and switch; anything else misses (on, untouched).
+PRIO_VIP = 100
+# lb_dnat: a new connection to a VIP picks a backend; an established one (any VIP)
+# passes on, already translated. Apart by ct_state; the per-VIP flow ranks first.
+PRIO_NEW_TO_VIP = 100
+PRIO_ESTABLISHED = 90
+# lb_out: a backend on the client's switch is addressed directly, before the switch's
+# catch-all to its router.
+PRIO_BACKEND_HERE = 100
+PRIO_VIA_ROUTER = 10
+# lb_reply: one flow per backend address:port and switch; anything else misses (on).
+PRIO_BACKEND_REPLY = 100
 
 
 def _hosts(t):
@@ -56,11 +69,11 @@ class LbIngress(Layer):
                 ls = LOGICAL_SWITCH.m(t.vni[s.name])
                 where = t.members[s.name]
                 out.to(where, out.flow(
-                    "lb_in", 100, Match.of(**ls, **to_vip),
+                    "lb_in", PRIO_VIP, Match.of(**ls, **to_vip),
                     (Ct(zone=zone, nat=Nat(), table=out.table("lb_dnat")),),
                     rule=f"lb {lb.name}: {lb.vip}:{lb.port}/{lb.protocol}"))
                 out.to(where, out.flow(
-                    "lb_dnat", 100, Match.of(**ls, **to_vip, ct_state=ct_state(trk=True, new=True)),
+                    "lb_dnat", PRIO_NEW_TO_VIP, Match.of(**ls, **to_vip, ct_state=ct_state(trk=True, new=True)),
                     (Group(t.group[lb.name], buckets),),
                     rule=f"lb {lb.name}: new connection -> one of {len(buckets)} backends",
                     stat=(("lb", lb.name),)))
@@ -69,15 +82,15 @@ class LbIngress(Layer):
             where = t.members[s.name]
             ip = dict(eth_type=ETH_TYPE_IP)
             out.to(where, out.flow(
-                "lb_dnat", 90, Match.of(**ls, **ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
+                "lb_dnat", PRIO_ESTABLISHED, Match.of(**ls, **ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
                 (out.goto("lb_out"),), rule="lb: established connection, already translated"))
             for q in tn.ports_on(s.name):
-                out.to(where, out.flow("lb_out", 100, Match.of(**ls, **ip, ipv4_dst=str(q.ip)),
+                out.to(where, out.flow("lb_out", PRIO_BACKEND_HERE, Match.of(**ls, **ip, ipv4_dst=str(q.ip)),
                                        (SetField("eth_dst", q.mac), out.goto("@next")),
                                        rule=f"lb: backend {q.name} is on this switch"))
             gw = tn.router_of(s.name)
             if gw is not None:
-                out.to(where, out.flow("lb_out", 10, Match.of(**ls, **ip),
+                out.to(where, out.flow("lb_out", PRIO_VIA_ROUTER, Match.of(**ls, **ip),
                                        (SetField("eth_dst", gw[1].mac), out.goto("@next")),
                                        rule=f"lb: backend off {s.name}, via router {gw[0].name}"))
 
@@ -108,7 +121,7 @@ class LbEgress(Layer):
                 # port has flows of its own rather than the same (table, priority, match).
                 for s in tn.switches:
                     out.to(_hosts(t), out.flow(
-                        "lb_reply", 100,
+                        "lb_reply", PRIO_BACKEND_REPLY,
                         Match.of(**LOGICAL_SWITCH.m(t.vni[s.name]), eth_type=ETH_TYPE_IP,
                                  ip_proto=PROTO[lb.protocol], ipv4_src=key[1],
                                  **{f"{lb.protocol}_src": port}),

@@ -15,6 +15,14 @@ from controller.spaces.registers import INPORT, LOGICAL_SWITCH
 
 DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68
 ND_RA = 134
+# port_security, highest first: what no workload may send on its switch (a DHCP server
+# message, a neighbour or router advertisement) drops even from the port's own
+# address; then the port's own MAC and addresses pass, as does a DHCP client's first
+# message from 0.0.0.0 (disjoint from them); then the rest of the port's traffic
+# drops by a flow of its own (counted per port); the miss drops the rest.
+PRIO_SWITCH_DROP = 110
+PRIO_OWN_ADDRESS = 100
+PRIO_DHCP_CLIENT = 100
 PRIO_PORT_DROP = 1
 
 
@@ -35,18 +43,18 @@ class PortSecurity(Layer):
             ip, mac = str(p.ip), p.mac
             rule = f"port {p.name} {mac} {ip}"
             out.to((p.host,), out.flow(
-                "port_security", 100,
+                "port_security", PRIO_OWN_ADDRESS,
                 Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_ARP, arp_spa=ip, arp_sha=mac),
                 (out.goto("@next"),), rule=rule))
             out.to((p.host,), out.flow(
-                "port_security", 100,
+                "port_security", PRIO_OWN_ADDRESS,
                 Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                 (out.goto("@next"),), rule=rule))
             if p.ip6 is not None:
                 for src in (p.ip6, p.link_local, "::"):
                     extra = {"ip_proto": IPPROTO_ICMPV6} if src == "::" else {}
                     out.to((p.host,), out.flow(
-                        "port_security", 100,
+                        "port_security", PRIO_OWN_ADDRESS,
                         Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
                         (out.goto("@next"),), rule=f"port {p.name} {mac} {src}" +
                         (" (ICMPv6 only: duplicate address detection, MLD)" if extra else "")))
@@ -59,7 +67,7 @@ class PortSecurity(Layer):
         for sw in t.tenant.switches:
             if t.members[sw.name]:  # per switch, not per port: one flow where a flow per port would do
                 out.to(t.members[sw.name], out.flow(
-                    "port_security", 110,
+                    "port_security", PRIO_SWITCH_DROP,
                     Match.of(**LOGICAL_SWITCH.m(t.vni[sw.name]), eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP,
                              udp_src=DHCP_SERVER_PORT),
                     (), rule=f"switch {sw.name}: a workload may not answer DHCP (UDP from port 67): drop",
@@ -67,13 +75,13 @@ class PortSecurity(Layer):
             if sw.cidr6 is not None and t.members[sw.name]:
                 for kind, why in ((ND_NA, "neighbour advertisement"), (ND_RA, "router advertisement")):
                     out.to(t.members[sw.name], out.flow(
-                        "port_security", 110,
+                        "port_security", PRIO_SWITCH_DROP,
                         Match.of(**LOGICAL_SWITCH.m(t.vni[sw.name]), eth_type=ETH_TYPE_IPV6,
                                  ip_proto=IPPROTO_ICMPV6, icmpv6_type=kind), (),
                         rule=f"switch {sw.name}: no workload's {why} (the platform answers): drop"))
             if sw.dhcp and t.members[sw.name]:
                 out.to(t.members[sw.name], out.flow(
-                    "port_security", 100,
+                    "port_security", PRIO_DHCP_CLIENT,
                     Match.of(**LOGICAL_SWITCH.m(t.vni[sw.name]), eth_type=ETH_TYPE_IP, ipv4_src="0.0.0.0",
                              ip_proto=IPPROTO_UDP, udp_src=DHCP_CLIENT_PORT, udp_dst=DHCP_SERVER_PORT),
                     (out.goto("@next"),),

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from dataplane.match_action import Match, Meter
 from controller.layers.base import Layer, TableDecl
+from controller.spaces.ids import BUM_METER_BASE
 from controller.spaces.registers import INPORT, LOGICAL_SWITCH
+
+# rate_limit: one flow per limited port (disjoint); the others miss (on, unmetered).
+PRIO_RATE_LIMIT = 100
 
 # Burst allowance, in seconds at the port's rate. Measured here (TCP over VXLAN through
 # the userspace datapath, 50 Mbit/s drop meter, 4 s iperf3): 0.01 s -> 5.2 Mbit/s,
@@ -25,7 +29,6 @@ BURST_SECONDS = 0.5
 
 DEFAULT_BUM_PPS = 1000  # ARP, DHCP and ND of a busy VM stay far below this
 BUM_BURST_SECONDS = 0.1
-BUM_METER_BASE = 1 << 16  # above every ofport (ofports are below 0xff00)
 
 
 def bum_meter_for(ofport: int, pps: int | None) -> Meter:
@@ -51,7 +54,7 @@ class Qos(Layer):
             if p.rate_limit_mbps is None:
                 continue
             out.to((p.host,), out.flow(
-                "rate_limit", 100,
+                "rate_limit", PRIO_RATE_LIMIT,
                 Match.of(**LOGICAL_SWITCH.m(t.vni[p.switch]), **INPORT.m(t.port_key[p.name])),
                 (meter_for(t.ofport[p.name], p.rate_limit_mbps), out.goto("@next")),
                 rule=f"port {p.name} limited to {p.rate_limit_mbps:g} Mbit/s"))

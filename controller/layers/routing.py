@@ -17,18 +17,29 @@ import ipaddress
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IN_PORT, IPPROTO_ICMP, DecTtl, Match, Move,
                                     Output, SetField)
-from controller.compile.allocator import router_port_name, transit_name
 from topology.model import derived_mac
-from controller.layers.base import Layer, TableDecl
+from controller.layers.base import MISS_PRIORITY, Layer, TableDecl
+from controller.spaces.names import router_port_name, transit_name
 from controller.spaces.registers import INPORT, LOGICAL_SWITCH, NEXTHOP, OUTPORT, SCRATCH
 
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
+# ip_routing, highest first: an echo request to one of the router's addresses is
+# answered; then routes, longest prefix first and connected before static at the same
+# length (route_priority, PRIO_ROUTE_BASE up to PRIO_ROUTE_BASE + 2*128 + 1); then the
+# router's "no route" drop. A packet not to a router port misses (on).
 PRIO_ECHO = 3000
+PRIO_ROUTE_BASE = 100
 PRIO_NO_ROUTE = 1
+# ip_neighbor: one flow per next hop address (disjoint); an unknown one drops.
+PRIO_NEIGHBOUR = 100
 
 
 def route_priority(prefixlen: int, connected: bool) -> int:
-    return 100 + prefixlen * 2 + (1 if connected else 0)
+    return PRIO_ROUTE_BASE + prefixlen * 2 + (1 if connected else 0)
+
+
+if not MISS_PRIORITY < PRIO_NO_ROUTE < route_priority(0, False) <= route_priority(128, True) < PRIO_ECHO:
+    raise ValueError("routing priorities: a route could outrank the router's echo, or fall to no-route")
 
 
 def ip_int(ip) -> int:
@@ -105,13 +116,13 @@ class Routing(Layer):
                 ls = LOGICAL_SWITCH.m(t.vni[rp.switch])
                 for p in tn.ports_on(rp.switch):
                     out.to(hosts, out.flow(
-                        "ip_neighbor", 100, Match.of(**ls, **NEXTHOP.m(ip_int(p.ip))),
+                        "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, **NEXTHOP.m(ip_int(p.ip))),
                         (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]),
                          out.goto("@next")),
                         rule=f"router {r.name}: {p.ip} is {p.mac} (port {p.name})"))
                     if p.ip6 is not None and rp.ip6 is not None:
                         out.to(hosts, out.flow(
-                            "ip_neighbor", 100, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(p.ip6)),
+                            "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(p.ip6)),
                             (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
                             rule=f"router {r.name}: {p.ip6} is {p.mac} (port {p.name})"))
 

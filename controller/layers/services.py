@@ -25,11 +25,14 @@ from dataplane.match_action import (CONTROLLER, ETH_TYPE_IP, ETH_TYPE_IPV6, IPPR
                                     ND_NS, Match, Meter, Output)
 from controller.layers.base import Layer, TableDecl
 from controller.layers.port_security import DHCP_SERVER_PORT
+from controller.spaces.ids import CONTROL_METER_BASE
 from controller.spaces.registers import LOGICAL_SWITCH
 
 DNS_PORT = 53
 ND_RS, ICMPV6_ECHO_REQUEST = 133, 128
-CONTROL_METER_BASE = 1 << 24  # above every BUM meter (BUM_METER_BASE + ofport)
+# services: every flow takes one kind of request to the controller, and none overlaps
+# another (UDP port, ICMPv6 type, destination address); anything else misses (on).
+PRIO_TO_CONTROLLER = 100
 CONTROL_PPS = 100  # a booting VM's DHCP and DNS need a handful
 CONTROL_BURST = 50
 
@@ -64,10 +67,10 @@ class Services(Layer):
             udp = dict(eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP)
             svc = t.tenant.service(s.name)
             out.to(hosts, out.flow(
-                "services", 100, Match.of(**ls, **udp, udp_dst=DHCP_SERVER_PORT),
+                "services", PRIO_TO_CONTROLLER, Match.of(**ls, **udp, udp_dst=DHCP_SERVER_PORT),
                 to_controller(t.tenant_id), rule=f"switch {s.name}: DHCP, answered by the controller"))
             out.to(hosts, out.flow(
-                "services", 100, Match.of(**ls, **udp, ipv4_dst=str(svc.ip), udp_dst=DNS_PORT),
+                "services", PRIO_TO_CONTROLLER, Match.of(**ls, **udp, ipv4_dst=str(svc.ip), udp_dst=DNS_PORT),
                 to_controller(t.tenant_id), rule=f"switch {s.name}: DNS at {svc.ip}, answered by the controller"))
 
     @staticmethod
@@ -75,7 +78,7 @@ class Services(Layer):
         ls = LOGICAL_SWITCH.m(t.vni[s.name])
         icmp6 = dict(eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_ICMPV6)
         for kind, what in ((ND_NS, "neighbour solicitation"), (ND_RS, "router solicitation")):
-            out.to(hosts, out.flow("services", 100, Match.of(**ls, **icmp6, icmpv6_type=kind),
+            out.to(hosts, out.flow("services", PRIO_TO_CONTROLLER, Match.of(**ls, **icmp6, icmpv6_type=kind),
                                    to_controller(t.tenant_id),
                                    rule=f"switch {s.name}: {what}, answered by the controller"))
         rr = t.tenant.router_of(s.name)
@@ -84,10 +87,11 @@ class Services(Layer):
         rp = rr[1]
         for addr in [rp.link_local] + [o.ip6 for o in rr[0].ports if o.ip6 is not None]:  # any of its addresses
             out.to(hosts, out.flow(
-                "services", 100, Match.of(**ls, **icmp6, ipv6_dst=str(addr), icmpv6_type=ICMPV6_ECHO_REQUEST),
+                "services", PRIO_TO_CONTROLLER,
+                Match.of(**ls, **icmp6, ipv6_dst=str(addr), icmpv6_type=ICMPV6_ECHO_REQUEST),
                 to_controller(t.tenant_id), rule=f"switch {s.name}: ping6 router {rr[0].name} at {addr}"))
         if s.dhcp:
             out.to(hosts, out.flow(
-                "services", 100, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_UDP, ipv6_dst=str(rp.ip6),
-                                          udp_dst=DNS_PORT),
+                "services", PRIO_TO_CONTROLLER,
+                Match.of(**ls, eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_UDP, ipv6_dst=str(rp.ip6), udp_dst=DNS_PORT),
                 to_controller(t.tenant_id), rule=f"switch {s.name}: DNS at {rp.ip6}, answered by the controller"))

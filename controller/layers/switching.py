@@ -5,9 +5,15 @@ Placement-independent: every host carrying a switch has the same flows here.
 from __future__ import annotations
 
 from dataplane.match_action import Match
-from controller.compile.allocator import router_port_name
 from controller.layers.base import Layer, TableDecl
-from controller.spaces.registers import FLOOD_PORT_KEY, LOGICAL_SWITCH, OUTPORT
+from controller.spaces.ids import FLOOD_PORT_KEY
+from controller.spaces.names import router_port_name
+from controller.spaces.registers import LOGICAL_SWITCH, OUTPORT
+
+# l2_lookup: a known MAC (a port's, the router port's) goes to its port, before the
+# switch's broadcast/unknown flood; another switch's packet misses (drop).
+PRIO_MAC = 100
+PRIO_FLOOD = 10
 
 
 class Switching(Layer):
@@ -26,17 +32,17 @@ class Switching(Layer):
             ls = LOGICAL_SWITCH.m(t.vni[s.name])
             for p in t.tenant.ports_on(s.name):
                 out.to(hosts, out.flow(
-                    "l2_lookup", 100, Match.of(**ls, eth_dst=p.mac),
+                    "l2_lookup", PRIO_MAC, Match.of(**ls, eth_dst=p.mac),
                     (OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
                     rule=f"mac {p.mac} -> port {p.name}"))
             attached = t.tenant.router_of(s.name)
             if attached is not None:
                 r, rp = attached
                 out.to(hosts, out.flow(
-                    "l2_lookup", 100, Match.of(**ls, eth_dst=rp.mac),
+                    "l2_lookup", PRIO_MAC, Match.of(**ls, eth_dst=rp.mac),
                     (OUTPORT.load(t.port_key[router_port_name(r.name, s.name)]), out.goto("@next")),
                     rule=f"mac {rp.mac} -> router {r.name}"))
             out.to(hosts, out.flow(
-                "l2_lookup", 10, Match.of(**ls),
+                "l2_lookup", PRIO_FLOOD, Match.of(**ls),
                 (OUTPORT.load(FLOOD_PORT_KEY), out.goto("@next")),
                 rule=f"switch {s.name} broadcast/unknown -> flood"))

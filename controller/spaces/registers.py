@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dataplane.match_action import FIELDS, SetField
+from controller.spaces.ids import EXTERNAL_NET_KEY, FLOOD_PORT_KEY, MAX_PORT_KEY  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,8 @@ SLOTS: tuple[Slot, ...] = (
 
 BY_NAME = {s.name: s for s in SLOTS}
 
-FLOOD_PORT_KEY = 0xFFFF  # outport value meaning "every port of the switch"
-EXTERNAL_NET_KEY = 1 << 24  # logical_switch value of the provider's external network (no VNI is this big)
-MAX_PORT_KEY = FLOOD_PORT_KEY - 1
+# The values these registers carry (port keys, the flood key, VNIs, the external
+# network's key) are number spaces, declared with the others in controller.spaces.ids.
 
 
 def _check_overlaps(slots) -> None:

@@ -1,14 +1,15 @@
-"""The controller core: intent (parse, allocate, compile, store), hosts, and workloads.
+"""The controller core: the server's state, and the pieces that work on it.
 
-Intent changes (`create`, `apply`, `delete`) are serialized by one mutex. Each one:
-validates (nothing changes if anything is wrong), checks that the tenant owns the
-provider addresses it names, allocates, recompiles only the tenant that changed,
-refuses the change if any of its flows would take the identity of another's
-(`controller.compile.desired`), persists in one store transaction, attaches or detaches
-workloads, and then has the hosts whose flow sets changed reconciled
-(`controller.switch.reconciler`: by identity, against the flows read back from the switch).
+`Core` holds the state (host records, tenants' intent and compiled flows, desired state
+per host, switch sessions) and is made of one piece per job: intent.py (parse, check,
+allocate, compile, store), ports.py (ports, IPAM holds, migration), hosts.py (registration
+and join), switches.py (sessions, roles, reconcile, audit), workloads.py (the driver),
+views.py and counters.py (read-only answers). Every change goes through one path,
+change.py (check -> commit -> attach -> rollout -> report), serialized by `mutex`; the
+views kept from the inputs, and what brings each up to date, are declared in derived.py.
 
-The core never imports os-ken: it talks to a `Switch` (see reconciler) per host.
+The core never imports os-ken: it talks to a `Switch` (see controller/switch/reconciler.py)
+per host, and to a compute driver (tep.driver.Driver) it is given.
 """
 from __future__ import annotations
 

@@ -2,79 +2,110 @@
 unix socket that only root can open (mode 0600), so only root on this machine can
 change tenants.
 
-Request:  {"op": "tenant.create", "args": {"yaml": "..."}}
+Request:  {"op": "tenant.create", "args": {"yaml": "..."}, "id": "..."}
 Answer:   {"ok": true, "result": ...}  or  {"ok": false, "error": "...", "errors": [[path, reason], ...]}
+
+The operations, their arguments and what each touches are declared in
+controller.server.ops (and answered by the `api.operations` operation). Every request
+is checked against that declaration before anything is called: an unknown, missing or
+mistyped argument is answered naming it. An error inside an operation is the
+controller's, not the caller's: it is logged with its traceback and the request's id,
+and answered as an internal error carrying that id.
 
 Hosts on other machines reach a second, much smaller API over the network
 (`NetworkApiServer`): TLS with a client certificate signed by the controller's switch
 CA (or plain TCP only when the controller is started with --insecure), and only the
-operations a joining host needs: ping, host.join and host.self.
+operations a joining host needs (declared with over "network": ping, host.join and
+host.self), checked and answered the same way.
 
 The framing is controller.transport.framing's; the client side is controller.client.api.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
 
-from controller.transport.framing import read_line, request
+from controller.server.errors import ApiError
+from controller.server.ops import LOCAL_OPS, OPS, WRITE_OPS, Op, check_args, describe, resolve
+from controller.transport.framing import receive, request, send
 
 LOG = logging.getLogger("nvctl.api")
 
 
 def operations(core) -> dict:
-    return {
-        "ping": lambda: {"pong": True},
-        "host.register": core.register_host,
-        "host.invite": core.invite_host,
-        "host.resync": core.resync,
-        "host.list": core.list_hosts,
-        "tenant.validate": core.validate,
-        "tenant.create": core.create,
-        "tenant.apply": core.apply,
-        "tenant.delete": core.delete,
-        "port.migrate": core.migrate,
-        "port.add": core.port_add,
-        "port.del": core.port_del,
-        "port.attachment": core.port_attachment,
-        "switch.info": core.switch_info,
-        "ipam.hold": core.ipam_hold,
-        "ipam.release": core.ipam_release,
-        "tenant.list": core.list_tenants,
-        "tenant.show": core.show,
-        "port.info": core.port_info,
-        "trace": core.trace,
-        "flows": core.flows,
-        "verify": core.verify,
-        "stats": core.stats,
-        "drops": core.drops,
-        "logs": core.logs,
-        "metrics": core.metrics_text,
-        "progress": core.changes.snapshot,  # read-only, never the core's lock: answers while a change runs
-    }
+    """name -> the callable that answers it, for every operation of the unix socket
+    (what a test or an in-process caller uses without the socket; no argument checks)."""
+    out = {"ping": lambda: {"pong": True}, "api.operations": describe}
+    for op in OPS.values():
+        if op.call is not None and "unix" in op.over:
+            out[op.name] = resolve(core, op)
+    return out
 
 
-# In a cluster every member answers; a follower hands all but these to the leader
-# (`progress` too: the leader is the one making the change).
-LOCAL_OPS = {"ping", "cluster.status", "member.probe"}
-# Changes: done once per request id, even when a client retries one across a failover.
-WRITE_OPS = {"host.register", "host.invite", "host.resync", "tenant.create", "tenant.apply", "tenant.delete",
-             "port.migrate", "port.add", "port.del"}
+def bad_arguments(op: Op, args) -> dict | None:
+    """The answer to a request whose arguments do not fit the declaration, or None."""
+    errors = check_args(op, args)
+    if not errors:
+        return None
+    name, why = errors[0]
+    more = f" (and {len(errors) - 1} more: {', '.join(e[0] for e in errors[1:])})" if len(errors) > 1 else ""
+    return {"ok": False, "error": f"{op.name}: argument '{name}' {why}{more}", "errors": errors}
+
+
+def failure(op: str, rid: str, e: Exception) -> dict:
+    """The answer to an exception that is neither the caller's mistake (ApiError) nor a
+    lost leadership (NotLeader: nothing was written, the client retries): the
+    controller's own error, logged with its traceback under the request's id."""
+    if type(e).__name__ == "NotLeader":  # deposed while serving it: nothing was written
+        return {"ok": False, "retry": True, "error": str(e)}
+    LOG.error("%s (request %s) failed", op, rid, exc_info=e)
+    return {"ok": False, "error": f"internal error in {op} (request {rid}); see the controller's log",
+            "request_id": rid}
+
+
+def invoke(core, op: Op, args: dict, rid: str, context: dict | None = None, builtins: dict | None = None) -> dict:
+    """Call an operation whose arguments were checked; its answer."""
+    t0 = time.perf_counter()
+    try:
+        if op.call is None:
+            result = builtins[op.name](context or {}, **args)
+        else:
+            result = resolve(core, op)(**args, **{k: (context or {}).get(k) for k in op.context})
+        return {"ok": True, "result": result}
+    except ApiError as e:
+        return {"ok": False, "error": str(e), "errors": e.errors}
+    except Exception as e:
+        return failure(op.name, rid, e)
+    finally:
+        m = getattr(core, "metrics", None)
+        if m is not None:
+            m.api_seconds.labels(op.name).observe(time.perf_counter() - t0)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _answer(conn: socket.socket, answer: dict, op, rid) -> None:
+    """Send the answer; one that cannot be sent as JSON is the controller's error."""
+    try:
+        try:
+            send(conn, answer)
+        except (TypeError, ValueError) as e:  # a result that is not JSON
+            send(conn, failure(str(op), rid or new_request_id(), e))
+    except OSError:
+        pass
 
 
 class ApiServer:
     def __init__(self, core, path: str):
-        from controller.server.errors import ApiError
         self.core = core
-        self.ops = operations(core)
-        self.ops["cluster.status"] = core.cluster_status
-        self.ops["member.probe"] = core.member_probe
         self.path = path
-        self.api_error = ApiError
+        self.builtins = {"ping": lambda ctx: {"pong": True}, "api.operations": lambda ctx: describe()}
         if os.path.exists(path):
             os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,16 +123,16 @@ class ApiServer:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
+            req: dict = {}
             try:
-                data = read_line(conn)
-                req = json.loads(data)
-                answer = self.dispatch(req.get("op"), req.get("args") or {}, req.get("id"))
-            except Exception as e:  # a malformed request
+                req = receive(conn)
+                if not isinstance(req, dict):
+                    raise ValueError("a request is a JSON object")
+            except (OSError, ValueError) as e:  # a malformed request
                 answer = {"ok": False, "error": f"bad request: {e}"}
-            try:
-                conn.sendall(json.dumps(answer).encode() + b"\n")
-            except OSError:
-                pass
+            else:
+                answer = self.dispatch(req.get("op"), req.get("args") or {}, req.get("id"))
+            _answer(conn, answer, req.get("op"), req.get("id"))
 
     def _forward(self, op, args: dict, rid) -> dict:
         """A follower's answer: the leader's (the client retries while there is none)."""
@@ -121,38 +152,38 @@ class ApiServer:
         return out
 
     def dispatch(self, op, args: dict, rid: str | None = None) -> dict:
-        fn = self.ops.get(op)
-        if fn is None:
+        """Check the request against its operation's declaration, then answer it: here,
+        or (a cluster's follower) by the leader; a retried change that was made is not
+        made again. `rid`: the client's request id (one is made for the log when none)."""
+        o = OPS.get(op) if isinstance(op, str) else None
+        if o is None:
             return {"ok": False, "error": f"unknown operation {op!r}"}
-        c = self.core.cluster
-        if c is not None and op not in LOCAL_OPS:
-            if not c.is_leader:
-                return self._forward(op, args, rid)
-            if rid and op in WRITE_OPS:
-                done = self.core.store.request_done(rid)
-                if done is not None:  # a retry of a change that was made: answer, do not redo
-                    what = done.get("what", "")
-                    return {"ok": True, "result": {
-                        "retried": True, "tenant": what.split(" ", 1)[-1], "hosts": {}, "attach_errors": [],
-                        "action": f"already applied ({what}; the request was retried after a failover)"}}
-                self.core.store.request_id.value = rid
-                LOG.info("%s %s: doing it", op, rid)
-        t0 = time.perf_counter()
+        if "unix" not in o.over:
+            return {"ok": False, "error": f"operation {op!r} is offered only over the network join API"}
+        if rid is not None and not isinstance(rid, str):
+            return {"ok": False, "error": "bad request: its id must be a string"}
+        bad = bad_arguments(o, args)
+        if bad is not None:
+            return bad
+        log_id = rid or new_request_id()
+        c = getattr(self.core, "cluster", None)
         try:
-            return {"ok": True, "result": fn(**args)}
-        except self.api_error as e:
-            return {"ok": False, "error": str(e), "errors": e.errors}
-        except TypeError as e:
-            return {"ok": False, "error": f"{op}: {e}"}
-        except Exception as e:
-            if type(e).__name__ == "NotLeader":  # deposed while serving it: nothing was written
-                return {"ok": False, "retry": True, "error": str(e)}
-            LOG.exception("%s failed", op)
-            return {"ok": False, "error": f"{op} failed: {type(e).__name__}: {e}"}
+            if c is not None and op not in LOCAL_OPS:
+                if not c.is_leader:
+                    return self._forward(op, args, rid)
+                if rid and op in WRITE_OPS:
+                    done = self.core.store.request_done(rid)
+                    if done is not None:  # a retry of a change that was made: answer, do not redo
+                        what = done.get("what", "")
+                        return {"ok": True, "result": {
+                            "retried": True, "tenant": what.split(" ", 1)[-1], "hosts": {}, "attach_errors": [],
+                            "action": f"already applied ({what}; the request was retried after a failover)"}}
+                    self.core.store.request_id.value = rid
+                    LOG.info("%s %s: doing it", op, rid)
+            return invoke(self.core, o, args, log_id, builtins=self.builtins)
+        except Exception as e:  # around the operation: the dedup's store read, the forwarding
+            return failure(op, log_id, e)
         finally:
-            m = getattr(self.core, "metrics", None)
-            if m is not None:
-                m.api_seconds.labels(op).observe(time.perf_counter() - t0)
             if c is not None and getattr(self.core.store, "request_id", None) is not None:
                 self.core.store.request_id.value = None
 
@@ -162,8 +193,8 @@ class NetworkApiServer:
     required); None means plain TCP."""
 
     def __init__(self, core, host: str, port: int, ctx=None):
-        from controller.server.errors import ApiError
-        self.core, self.ctx, self.api_error = core, ctx, ApiError
+        self.core, self.ctx = core, ctx
+        self.builtins = {"ping": lambda ctx: {"pong": True, "peer": ctx.get("peer_name")}}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
@@ -173,6 +204,15 @@ class NetworkApiServer:
         while True:
             conn, addr = self.sock.accept()
             threading.Thread(target=self._handle, args=(conn, addr[0]), daemon=True).start()
+
+    def dispatch(self, op, args: dict, context: dict) -> dict:
+        """An operation offered over the network, checked like any other; `context` (the
+        connection's peer_ip and certificate name peer_name) fills the arguments the
+        operation takes from the connection, which a client can never send."""
+        o = OPS.get(op) if isinstance(op, str) else None
+        if o is None or "network" not in o.over:
+            return {"ok": False, "error": f"operation {op!r} is not offered over the network"}
+        return bad_arguments(o, args) or invoke(self.core, o, args, new_request_id(), context, self.builtins)
 
     def _handle(self, conn: socket.socket, peer_ip: str) -> None:
         conn.settimeout(30)
@@ -188,25 +228,14 @@ class NetworkApiServer:
         req: dict = {}
         with conn:
             try:
-                req = json.loads(read_line(conn))
-                op, args = req.get("op"), req.get("args") or {}
-                if op == "ping":
-                    answer = {"ok": True, "result": {"pong": True, "peer": name}}
-                elif op == "host.join":
-                    answer = {"ok": True, "result": self.core.join_host(args.get("token"), peer_ip, name,
-                                                                        args.get("mtu"))}
-                elif op == "host.self":
-                    answer = {"ok": True, "result": self.core.host_self(args.get("token"), name)}
-                else:
-                    answer = {"ok": False, "error": f"operation {op!r} is not offered over the network"}
-            except self.api_error as e:
-                answer = {"ok": False, "error": str(e)}
-            except Exception as e:
-                LOG.exception("join API")
+                req = receive(conn)
+                if not isinstance(req, dict):
+                    raise ValueError("a request is a JSON object")
+            except (OSError, ValueError) as e:
+                req = req if isinstance(req, dict) else {}
                 answer = {"ok": False, "error": f"bad request: {type(e).__name__}: {e}"}
+            else:
+                answer = self.dispatch(req.get("op"), req.get("args") or {}, {"peer_ip": peer_ip, "peer_name": name})
             LOG.info("join API %s (%s): %s -> %s", peer_ip, name, req.get("op"),
                      "ok" if answer["ok"] else answer["error"])
-            try:
-                conn.sendall(json.dumps(answer).encode() + b"\n")
-            except OSError:
-                pass
+            _answer(conn, answer, req.get("op"), None)

@@ -3,21 +3,23 @@ replies pass, other directions are refused, and policy changes act on live conne
 from controller.compile.compiler import TUNNEL_OFPORT, compile_world
 from controller.layers.acl import range_masks
 from controller.compile.pipeline import PIPELINE
-from tests.unit.fixtures import HOSTS, Net, world
+from tests.unit.fixtures import HOSTS, Net, routed_tenant, world
 from tests.unit.packets import tcp
-from tests.unit.test_routing import ROUTED
 
-ACLS = """
-  acls:
-    - {priority: 200, direction: to-port, ports: [db1], from: web, protocol: tcp, dstPorts: [5432], action: allow}
-    - {priority: 100, direction: to-port, ports: [db1], action: deny}
-    - {priority: 100, direction: to-port, ports: [web1], from: db, action: deny}
-"""
+ALLOW_WEB_TO_DB1 = {"priority": 200, "direction": "to-port", "ports": ["db1"], "from": "web", "protocol": "tcp",
+                    "dstPorts": [5432], "action": "allow"}
+ACLS = [ALLOW_WEB_TO_DB1,
+        {"priority": 100, "direction": "to-port", "ports": ["db1"], "action": "deny"},
+        {"priority": 100, "direction": "to-port", "ports": ["web1"], "from": "db", "action": "deny"}]
 
 
 def shop(acls=ACLS):
-    doc = (ROUTED % {"name": "shop"}).replace("\n  ports:\n", acls + "  ports:\n", 1)
-    return Net(world(doc))
+    return Net(world(routed_tenant("shop", acls=acls)))
+
+
+def first_allow_as(action):
+    """ACLS with web -> db1:5432 given another action."""
+    return [dict(ALLOW_WEB_TO_DB1, action=action), *ACLS[1:]]
 
 
 class Conn:
@@ -89,24 +91,18 @@ def test_policy_change_keeps_allowed_connections_and_cuts_the_rest():
     kept = Conn(n, "web1", "db1", 40100, 5432)
     assert kept.forward() and kept.reply()
     # unrelated change: a new rule for another port; the connection survives
-    unrelated = ACLS + "    - {priority: 300, direction: to-port, ports: [db2], action: deny}\n"
+    unrelated = ACLS + [{"priority": 300, "direction": "to-port", "ports": ["db2"], "action": "deny"}]
     n2 = shop(unrelated)
     n.fabric.replace_flows(PIPELINE, {h: n2.flows[h].values() for h in HOSTS})
     assert kept.forward() == [("shop", "db1")] and kept.reply() == [("shop", "web1")]
     # the allow goes: the same established connection is now cut by the deny-all
-    n3 = shop(ACLS.replace("action: allow}", "action: deny}", 1))
+    n3 = shop(first_allow_as("deny"))
     n.fabric.replace_flows(PIPELINE, {h: n3.flows[h].values() for h in HOSTS})
     assert kept.forward() == []
 
 
 def test_allow_stateless_lets_replies_be_judged_on_their_own():
-    acls = """
-  acls:
-    - {priority: 200, direction: to-port, ports: [db1], from: web, protocol: tcp, dstPorts: [5432], action: allow-stateless}
-    - {priority: 100, direction: to-port, ports: [db1], action: deny}
-    - {priority: 100, direction: to-port, ports: [web1], from: db, action: deny}
-"""
-    n = shop(acls)
+    n = shop(first_allow_as("allow-stateless"))
     c = Conn(n, "web1", "db1", 40200, 5432)
     assert c.forward() == [("shop", "db1")]
     # db1's zone never committed it (stateless) and web1's zone did (default allow on

@@ -15,18 +15,9 @@ import pytest
 from controller.compile.compiler import compile_world
 from controller.compile.pipeline import PIPELINE
 from dataplane.match_action import groups_of, meters_of
-from tests.unit.fixtures import world
-from tests.unit.test_nat import DOC as NAT_DOC, HOSTS
+from tests.unit.fixtures import GW_HOSTS as HOSTS, SHOP as DOC, world  # DOC, HOSTS: other tests take them from here
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-DOC = NAT_DOC.replace("  nat:\n", """  acls:
-    - {priority: 200, direction: to-port, ports: [db1], from: web, protocol: tcp, dstPorts: [5432, "6000-6010"], action: allow}
-    - {priority: 100, direction: to-port, ports: [db1], action: deny}
-  loadBalancers:
-    - {name: web-lb, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [web2:8080, db1:8080]}
-  nat:
-""", 1).replace("{name: web1, switch: web, ip: 10.0.0.11, host: hv1}",
-                "{name: web1, switch: web, ip: 10.0.0.11, host: hv1, rateLimitMbps: 20}")
 
 
 def mask(text: str) -> str:

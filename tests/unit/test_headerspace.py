@@ -9,8 +9,7 @@ from controller.compile.compiler import TUNNEL_OFPORT, compile_world
 from controller.compile.pipeline import PIPELINE
 from dataplane import headerspace as hs
 from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, FIELDS, Match, Simulator
-from tests.unit.fixtures import world
-from tests.unit.test_golden import DOC, HOSTS
+from tests.unit.fixtures import GW_HOSTS as HOSTS
 
 REGS0 = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
 
@@ -114,9 +113,9 @@ def _random_packet(rng, macs, ips, own_mac, own_ip):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_concrete_fate_is_inside_the_symbolic_result(seed):
+def test_concrete_fate_is_inside_the_symbolic_result(seed, shop_world):
     rng = random.Random(seed)
-    tenants = world(DOC, hosts=HOSTS)
+    tenants = shop_world
     flows = compile_world(HOSTS, tenants)
     t, a = tenants["shop"]
     macs = [p.mac for p in t.ports] + [rp.mac for r in t.routers for rp in r.ports] + \
@@ -180,10 +179,10 @@ def test_match_items_agree_with_match_matches():
     assert set(FIELDS) == set(hs.NAMES)
 
 
-def test_lazy_run_composed_is_the_eager_run():
+def test_lazy_run_composed_is_the_eager_run(shop_world):
     """run_lazy's finals plus every pending (state, summary) composed are exactly run's
     branches: same sets, same events, same paths, in the same order of summaries."""
-    tenants = world(DOC, hosts=HOSTS)
+    tenants = shop_world
     flows = compile_world(HOSTS, tenants)
     t, a = tenants["shop"]
     memo = [PIPELINE["l2_lookup"].number, PIPELINE["lb_reply"].number]
@@ -228,11 +227,11 @@ def _shape(s):
     return (tuple(s.path), evs, s.emitted, s.fresh, s.halted)
 
 
-def test_nested_shared_summaries_expand_to_the_eager_run():
+def test_nested_shared_summaries_expand_to_the_eager_run(shop_world):
     """Summaries that call other summaries (resolved per host) and are shared between
     hosts through a pool give, expanded, the branches of the eager run on every host:
     same paths (host names included), events and verdicts, and the same packets."""
-    tenants = world(DOC, hosts=HOSTS)
+    tenants = shop_world
     flows = compile_world(HOSTS, tenants)
     t, a = tenants["shop"]
     memo = [PIPELINE["l2_lookup"].number, PIPELINE["dispatch"].number, PIPELINE["lb_reply"].number]
@@ -259,11 +258,11 @@ def test_nested_shared_summaries_expand_to_the_eager_run():
     assert calls > 0 and pool.reused > 0
 
 
-def test_pool_does_not_share_a_summary_whose_flows_differ():
+def test_pool_does_not_share_a_summary_whose_flows_differ(shop_world):
     """A summary is reused on another host only if every lookup it made offers the same
     flows there: one planted flow in a consulted table makes the host compute its own."""
     from dataplane.match_action import Flow, Output
-    tenants = world(DOC, hosts=HOSTS)
+    tenants = shop_world
     flows = compile_world(HOSTS, tenants)
     t, a = tenants["shop"]
     l2 = PIPELINE["l2_lookup"]

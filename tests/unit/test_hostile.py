@@ -5,11 +5,18 @@ from controller.layers.qos import BUM_METER_BASE, DEFAULT_BUM_PPS
 from controller.layers.services import CONTROL_METER_BASE
 from dataplane.match_action import BROADCAST_MAC, ETH_TYPE_IP, Meter, meters_of
 from topology.schema import ValidationError, load_tenant
-from tests.unit.fixtures import HOSTS, Net, tenant_yaml, world
+from tests.unit.fixtures import HOSTS, Net, port, tenant_doc, world
 from tests.unit.packets import arp_request
 
-GREEN = tenant_yaml("green", "g", [("a", "10.0.0.11", "hv1"), ("b", "10.0.0.12", "hv1"),
-                                   ("c", "10.0.0.13", "hv2")])
+
+def green(name="green", switch=None, c=None):
+    """Switch g: a and b on hv1, c on hv2; `switch` and `c` add fields to g and to port c."""
+    return tenant_doc(name, switches=[{"name": "g", "cidr": "10.0.0.0/24", **(switch or {})}],
+                      ports=[port("a", "g", "10.0.0.11", "hv1"), port("b", "g", "10.0.0.12", "hv1"),
+                             port("c", "g", "10.0.0.13", "hv2", **(c or {}))])
+
+
+GREEN = green()
 
 
 def dhcp_offer(src_mac, src_ip):
@@ -33,12 +40,12 @@ def test_a_workloads_dhcp_offer_reaches_nobody_and_the_drop_says_why():
     assert [e.port for e in fate.outputs] == ["CONTROLLER"]
     assert fate.decided_by().table.name == "services"
     # without DHCP, it is an ordinary broadcast
-    n = Net(world(GREEN.replace("cidr: 10.0.0.0/24}", "cidr: 10.0.0.0/24, dhcp: false}")))
+    n = Net(world(green(switch={"dhcp": False})))
     assert {d for d in n.who(n.send("green", "a", client))} == {("green", "b"), ("green", "c")}
 
 
 def test_every_flood_from_a_port_passes_that_ports_own_packet_meter():
-    n = Net(world(GREEN.replace("host: hv2}", "host: hv2, bumLimitPps: 50}")))
+    n = Net(world(green(c={"bumLimitPps": 50})))
     for name, host in (("a", "hv1"), ("c", "hv2")):
         p, ofport = n.port("green", name)
         fate = n.fabric.sims[host].run(arp_request(p.mac, str(p.ip), "10.0.0.99"), ofport)
@@ -51,8 +58,7 @@ def test_every_flood_from_a_port_passes_that_ports_own_packet_meter():
 
 
 def test_twins_have_meters_of_their_own():
-    twin = GREEN.replace("name: green", "name: twin")
-    n = Net(world(GREEN, twin))
+    n = Net(world(GREEN, green("twin")))
     ids = set(meters_of(n.flows["hv1"].values()))
     bum = {m for m in ids if m < CONTROL_METER_BASE}
     control = ids - bum
@@ -63,5 +69,5 @@ def test_twins_have_meters_of_their_own():
 @pytest.mark.parametrize("value", [0, -3, 1.5, "many", True, 2_000_000])
 def test_bum_limit_must_be_a_whole_positive_rate(value):
     with pytest.raises(ValidationError) as e:
-        load_tenant(GREEN.replace("host: hv2}", f"host: hv2, bumLimitPps: {value!r}}}"), HOSTS.keys())
+        load_tenant(green(c={"bumLimitPps": value}), HOSTS.keys())
     assert any(path == "spec.ports[2].bumLimitPps" and "packets per second" in why for path, why in e.value.errors)

@@ -2,17 +2,15 @@
 from collections import Counter
 
 from controller.compile.pipeline import PIPELINE
-from tests.unit.fixtures import HOSTS, Net, world
+from tests.unit.fixtures import HOSTS, Net, routed_tenant, world
 from tests.unit.packets import tcp
-from tests.unit.test_routing import ROUTED
 
-LB = """  loadBalancers:
-    - {name: web-lb, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [web2:8080, db1:8080, db2:8080]}
-"""
+BACKENDS = ["web2:8080", "db1:8080", "db2:8080"]
 
 
-def shop(lbs=LB):
-    return Net(world((ROUTED % {"name": "shop"}).replace("  ports:\n", lbs + "  ports:\n", 1)))
+def shop(backends=BACKENDS):
+    lb = {"name": "web-lb", "vip": "10.0.0.100", "protocol": "tcp", "port": 80, "backends": backends}
+    return Net(world(routed_tenant("shop", loadBalancers=[lb])))
 
 
 def connect(n, sport, client="web1"):
@@ -55,7 +53,7 @@ def test_removing_a_backend_stops_new_connections_to_it_and_keeps_old_ones():
     old = {}
     for sport in range(43000, 43030):
         old[sport] = n.who(connect(n, sport))[0][1]
-    fewer = shop(LB.replace(", db2:8080", ""))
+    fewer = shop([b for b in BACKENDS if b != "db2:8080"])
     n.fabric.replace_flows(PIPELINE, {h: fewer.flows[h].values() for h in HOSTS})
     for sport in range(44000, 44030):
         assert n.who(connect(n, sport))[0][1] != "db2"

@@ -2,21 +2,17 @@
 reachable from outside. Conntrack state is the simulator's, kept across packets."""
 import pytest
 
-from controller.compile.compiler import Host
-from tests.unit.fixtures import Net, world
+from tests.unit.fixtures import (EXT_PORT, GW_HOSTS as HOSTS, NAT, NEXT_HOP_MAC, OUTSIDE, R1_EXTERNAL, Net,
+                                 routed_tenant, world)
 from tests.unit.packets import arp_request, icmp, tcp
-from tests.unit.test_routing import ROUTED
 
-EXT_PORT, NEXT_HOP_MAC, OUTSIDE = 2, "02:aa:00:00:00:01", "203.0.113.1"
-HOSTS = {"hv1": Host("hv1", "192.0.2.11", (EXT_PORT, NEXT_HOP_MAC)),
-         "hv2": Host("hv2", "192.0.2.12"), "hv3": Host("hv3", "192.0.2.13")}
-DOC = (ROUTED % {"name": "shop"}).replace(
-    "        - {prefix: 10.0.1.128/25, nextHop: 10.0.1.20}\n",
-    "        - {prefix: 10.0.1.128/25, nextHop: 10.0.1.20}\n      external: {ip: 203.0.113.10}\n").replace(
-    "  ports:\n", """  nat:
-    - {type: snat, router: r1, cidr: 10.0.0.0/24}
-    - {type: floating-ip, port: db1, externalIp: 203.0.113.11}
-  ports:\n""", 1)
+
+def nat_doc(nat=NAT) -> str:
+    """The routed tenant with r1 external at 203.0.113.10, SNAT for web, db1's floating IP 203.0.113.11."""
+    return routed_tenant("shop", router=R1_EXTERNAL, nat=nat)
+
+
+DOC = nat_doc()
 
 
 @pytest.fixture
@@ -73,17 +69,19 @@ def test_sources_outside_every_snat_prefix_do_not_leave(net):
     assert got == []
 
 
-@pytest.mark.parametrize("old,new,path,reason", [
-    ("r1, cidr: 10.0.0.0/24}", "r1, cidr: 10.0.0.0/33}", "spec.nat[0].cidr", "is not an IPv4 network"),
-    ("router: r1, cidr", "router: r9, cidr", "spec.nat[0].router", "unknown router 'r9'"),
-    ("port: db1, externalIp: 203.0.113.11", "port: db1, externalIp: 203.0.113.10",
-     "spec.nat[1].externalIp", "203.0.113.10 is already used by router r1"),
-    ("port: db1,", "port: nope,", "spec.nat[1].port", "unknown port 'nope'"),
-    ("{type: snat,", "{type: masquerade,", "spec.nat[0].type", "is not one of snat, floating-ip"),
+@pytest.mark.parametrize("rule,key,value,path,reason", [
+    (0, "cidr", "10.0.0.0/33", "spec.nat[0].cidr", "is not an IPv4 network"),
+    (0, "router", "r9", "spec.nat[0].router", "unknown router 'r9'"),
+    (1, "externalIp", "203.0.113.10", "spec.nat[1].externalIp", "203.0.113.10 is already used by router r1"),
+    (1, "port", "nope", "spec.nat[1].port", "unknown port 'nope'"),
+    (0, "type", "masquerade", "spec.nat[0].type", "is not one of snat, floating-ip"),
 ])
-def test_nat_rejections(old, new, path, reason):
+def test_nat_rejections(rule, key, value, path, reason):
+    """DOC with one field of one NAT rule changed: refused, naming that field."""
     from topology.schema import ValidationError, load_tenant
-    assert old in DOC
+    nat = [dict(r) for r in NAT]
+    assert key in nat[rule]
+    nat[rule][key] = value
     with pytest.raises(ValidationError) as e:
-        load_tenant(DOC.replace(old, new, 1), HOSTS)
+        load_tenant(nat_doc(nat), HOSTS)
     assert any(p == path and reason in r for p, r in e.value.errors), e.value.errors

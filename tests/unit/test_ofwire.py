@@ -6,8 +6,7 @@ from bench.synth import deployment
 from controller.switch import ofwire
 from controller.compile.compiler import compile_world
 from controller.switch.ofcodec import delete_cookie, delete_strict, flow_from_stats, to_flow_mod
-from tests.unit.fixtures import world
-from tests.unit.test_golden import DOC, HOSTS
+from tests.unit.fixtures import GW_HOSTS as HOSTS, SHOP as DOC, world
 
 DP = ofwire._DP
 

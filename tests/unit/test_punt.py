@@ -9,11 +9,14 @@ from scapy.packet import Raw
 from controller.packetin.punt import Punt
 from tests.unit.fixtures import tenant_yaml, world
 
-TWIN = tenant_yaml("NAME", "s", [("a", "10.0.0.11", "hv1", "02:aa:00:00:00:0a"), ("b", "B_IP", "hv2")])
+
+def twin(name, b_ip):
+    """Switch s: a on hv1 with a fixed MAC (the same in every twin), b on hv2 at b_ip."""
+    return tenant_yaml(name, "s", [("a", "10.0.0.11", "hv1", "02:aa:00:00:00:0a"), ("b", b_ip, "hv2")])
 
 
 def punt_for(**tenants):
-    w = world(*(TWIN.replace("NAME", n).replace("B_IP", ip) for n, ip in tenants.items()))
+    w = world(*(twin(n, ip) for n, ip in tenants.items()))
     p = Punt(lambda t: {s.name: 1450 for s in t.switches})
     for name, (t, a) in w.items():
         p.update(name, t, a)

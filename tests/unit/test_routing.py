@@ -4,35 +4,13 @@ import pytest
 from controller.compile.compiler import TUNNEL_OFPORT
 from controller.compile.pipeline import LAYER_BY_ID
 from dataplane.match_action import cookie_layer
-from tests.unit.fixtures import Net, world
+from tests.unit.fixtures import Net, routed_tenant, world
 from tests.unit.packets import arp_request, icmp
-
-ROUTED = """
-apiVersion: nvctl/v1
-kind: Tenant
-metadata: {name: %(name)s}
-spec:
-  switches:
-    - {name: web, cidr: 10.0.0.0/24}
-    - {name: db, cidr: 10.0.1.0/24}
-  routers:
-    - name: r1
-      ports: [{switch: web, ip: 10.0.0.1}, {switch: db, ip: 10.0.1.1}]
-      routes:
-        - {prefix: 192.168.50.0/24, nextHop: 10.0.1.20}
-        - {prefix: 10.0.1.128/25, nextHop: 10.0.1.20}
-  ports:
-    - {name: web1, switch: web, ip: 10.0.0.11, host: hv1}
-    - {name: web2, switch: web, ip: 10.0.0.12, host: hv2}
-    - {name: db1, switch: db, ip: 10.0.1.10, host: hv2}
-    - {name: db2, switch: db, ip: 10.0.1.20, host: hv3}
-    - {name: db3, switch: db, ip: 10.0.1.30, host: hv1}
-"""
 
 
 @pytest.fixture(scope="module")
 def net():
-    return Net(world(ROUTED % {"name": "blue"}, ROUTED % {"name": "red"}))
+    return Net(world(routed_tenant("blue"), routed_tenant("red")))
 
 
 def gw_mac(n, tenant, switch):

@@ -2,12 +2,12 @@
 import pytest
 
 from controller.analysis.trace import TraceError, build_packet, parse_datapath_actions, parse_spec
-from tests.unit.test_routing import ROUTED
+from tests.unit.fixtures import routed_tenant
 from topology.schema import load_tenant
 
 
 def test_spec_parsing_and_defaults():
-    t = load_tenant(ROUTED % {"name": "shop"}, None)
+    t = load_tenant(routed_tenant("shop"), None)
     web1 = t.port("web1")
     proto, f = parse_spec("tcp,nw_dst=10.0.1.10,tp_dst=5432")
     pkt = build_packet(t, web1, proto, f)
@@ -27,7 +27,7 @@ def test_spec_parsing_and_defaults():
     ("ip,nw_dst=10.0.0.77", "no port has it"),
 ])
 def test_bad_specs_say_why(spec, msg):
-    t = load_tenant(ROUTED % {"name": "shop"}, None)
+    t = load_tenant(routed_tenant("shop"), None)
     with pytest.raises(TraceError, match=msg):
         build_packet(t, t.port("web1"), *parse_spec(spec))
 
@@ -42,7 +42,7 @@ Datapath actions: set(eth(src=02:01:0a:00:01:01)),tnl_push(tnl_port(3),header(si
 
 
 def test_an_explicit_destination_mac_is_taken_as_given():
-    t = load_tenant(ROUTED % {"name": "shop"}, None)
+    t = load_tenant(routed_tenant("shop"), None)
     pkt = build_packet(t, t.port("web1"), *parse_spec("ip,nw_dst=10.0.0.77,dl_dst=02:00:00:00:99:99"))
     assert pkt["eth_dst"] == "02:00:00:00:99:99"
 

@@ -2,18 +2,15 @@
 planted in them. Every counterexample is replayed in the concrete simulator."""
 import dataclasses
 
-import pytest
-
 from controller.compile.allocator import InUse, allocate
 from controller.compile.compiler import TUNNEL_OFPORT, compile_world
 from controller.compile.pipeline import PIPELINE
 from controller.analysis.verify import Verifier, network_from_compiled, tenant_facts, verify
 from dataplane.match_action import Ct, Fabric, Flow, Match, Nat, Output, SetField
-from tests.unit.fixtures import BLUE, HOSTS, RED, world
-from tests.unit.test_golden import DOC as SHOP, HOSTS as GW_HOSTS
+from tests.unit.fixtures import BLUE_PORTS, GW_HOSTS, HOSTS, SHOP, shop, tenant_yaml, world
 from topology.schema import load_tenant
 
-SHOP2 = SHOP.replace("name: shop", "name: shop2")
+SHOP2 = shop("shop2")
 # Invalid packets (+inv) through the gateway's ct(commit,nat(src=...)) are not translated
 # and ext_out does not look at ct_state: the verifier reports this leak for every tenant
 # with an external router. Tests about other properties leave it aside.
@@ -51,8 +48,8 @@ def replaced(flows, host, pred, make):
     return out
 
 
-def test_blue_and_red_verify_clean():
-    w = world(BLUE, RED)
+def test_blue_and_red_verify_clean(blue_red):
+    w = blue_red
     r = verify(net_of(HOSTS, w, flows_of(HOSTS, w)))
     assert r.ok, r.format()
     assert r.checked["port_starts"] == 8 and r.checked["tunnel_starts"] > 0
@@ -60,8 +57,8 @@ def test_blue_and_red_verify_clean():
     assert r.exit_code == 0
 
 
-def test_output_to_another_tenants_port_is_found_and_really_delivers():
-    w = world(BLUE, RED)
+def test_output_to_another_tenants_port_is_found_and_really_delivers(blue_red):
+    w = blue_red
     flows = flows_of(HOSTS, w)
     blue, ba = w["blue"]
     red, ra = w["red"]
@@ -80,8 +77,8 @@ def test_output_to_another_tenants_port_is_found_and_really_delivers():
     assert r.exit_code == 1 and r.to_json()["violations"][0]["kind"]
 
 
-def test_rewriting_to_another_tenants_vni_is_found():
-    w = world(BLUE, RED)
+def test_rewriting_to_another_tenants_vni_is_found(blue_red):
+    w = blue_red
     flows = flows_of(HOSTS, w)
     blue, ba = w["blue"]
     _red, ra = w["red"]
@@ -156,8 +153,8 @@ def test_twins_with_a_load_balancer_replace_on_add():
     assert w["shop2"][1].zone["lb:"] in zones, fabric.hops  # really through shop2's zone
 
 
-def test_snat_to_an_address_the_tenant_does_not_own():
-    w = world(SHOP, hosts=GW_HOSTS)
+def test_snat_to_an_address_the_tenant_does_not_own(shop_world):
+    w = shop_world
     flows = flows_of(GW_HOSTS, w)
 
     def is_snat(f):
@@ -214,8 +211,8 @@ def test_a_shared_group_is_found():
     assert any(v.kind == "shared_group" and set(v.tenants) == {"shop", "shop2"} for v in r.violations)
 
 
-def test_a_removed_deliver_flow_makes_pairs_unreachable():
-    w = world(BLUE, RED)
+def test_a_removed_deliver_flow_makes_pairs_unreachable(blue_red):
+    w = blue_red
     flows = flows_of(HOSTS, w)
     _b, ba = w["blue"]
     gone = replaced(flows, "hv2", lambda f: f.table.name == "deliver" and f.tenant_id == ba.tenant_id,
@@ -229,8 +226,8 @@ def test_a_removed_deliver_flow_makes_pairs_unreachable():
     assert kinds(r) == ["unreachable"]
 
 
-def test_a_miss_flow_that_drops_instead_of_continuing_is_an_undeclared_drop():
-    w = world(BLUE, RED)
+def test_a_miss_flow_that_drops_instead_of_continuing_is_an_undeclared_drop(blue_red):
+    w = blue_red
     flows = flows_of(HOSTS, w)
 
     def miss(f):
@@ -243,8 +240,8 @@ def test_a_miss_flow_that_drops_instead_of_continuing_is_an_undeclared_drop():
     assert "unreachable" in kinds(r)  # hv1's ports reach nobody any more
 
 
-def test_a_missing_miss_flow_is_an_undeclared_drop():
-    w = world(BLUE, RED)
+def test_a_missing_miss_flow_is_an_undeclared_drop(blue_red):
+    w = blue_red
     flows = flows_of(HOSTS, w)
     gone = {h: [f for f in fl if not (h == "hv3" and f.table.name == "arp_responder" and f.priority == 0)]
             for h, fl in flows.items()}
@@ -255,8 +252,8 @@ def test_a_missing_miss_flow_is_an_undeclared_drop():
     assert replay(HOSTS, gone, ds[0]) == []
 
 
-def test_restricting_to_a_tenant_or_host():
-    w = world(BLUE, RED)
+def test_restricting_to_a_tenant_or_host(blue_red):
+    w = blue_red
     net = net_of(HOSTS, w, flows_of(HOSTS, w))
     r = verify(net, tenant="red")
     assert r.ok and r.checked["port_starts"] == 4
@@ -264,13 +261,13 @@ def test_restricting_to_a_tenant_or_host():
     assert r.ok and r.checked["port_starts"] == 3  # blue vm1, vm4, red vm3
 
 
-def _moved(doc, port, host):
-    return doc.replace(f"{{name: {port}, switch: web, ip: 10.0.0.14, host: hv1}}",
-                       f"{{name: {port}, switch: web, ip: 10.0.0.14, host: {host}}}")
+def _blue_moved(port, host):
+    """BLUE with `port` on another host."""
+    return tenant_yaml("blue", "web", [(p, ip, host if p == port else h) for p, ip, h in BLUE_PORTS])
 
 
-def test_incremental_recheck_equals_a_full_run():
-    w = world(BLUE, RED)
+def test_incremental_recheck_equals_a_full_run(blue_red):
+    w = blue_red
     flows = flows_of(HOSTS, w)
     _r, ra = w["red"]
     red = w["red"][0]
@@ -284,7 +281,7 @@ def test_incremental_recheck_equals_a_full_run():
     t_old, a_old = w["blue"]
     used = InUse()
     used.add(*w["red"])
-    t_new = load_tenant(_moved(BLUE, "vm4", "hv2"), HOSTS.keys())
+    t_new = load_tenant(_blue_moved("vm4", "hv2"), HOSTS.keys())
     a_new = allocate(t_new, t_old, a_old, used)
     w2 = dict(w, blue=(t_new, a_new))
     flows2 = flows_of(HOSTS, w2)

@@ -24,7 +24,7 @@ from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
 from controller.client.common import CommandError, _api, _print, state_dir_from
 from controller.client.render import trace_lines, verify_lines
-from controller.client import labcmd
+from controller.client import hostcmd, labcmd
 
 
 def _observe(name: str):
@@ -239,87 +239,28 @@ def cmd_port_del(a):
     _report_change(call(_api(a), "port.del", tenant=tenant, port=port), a.json)
 
 
-def _drift_note(d: dict | None) -> str:
-    """What a fresh read of the switch found and corrected, for a person."""
-    if not d or not any(d.get(k) for k in ("missing", "unexpected", "changed")):
-        return ""
-    return (f"  (corrected drift: {d['missing']} missing, {d['unexpected']} unexpected, "
-            f"{d['changed']} changed flows)")
-
-
-def cmd_hosts(a):
-    rows = call(_api(a), "host.list", check=True)  # every switch read again, drift corrected
-    if a.json:
-        return _print(rows, True)
-    print(f"{'HOST':8} {'PA':14} {'DPID':18} {'OPENFLOW':10} {'FLOWS':>6} {'MODS SENT':>9}  SYNC")
-    for h in rows:
-        print(f"{h['name']:8} {h['pa']:14} {h['dpid']:18} {'connected' if h['connected'] else 'down':10} "
-              f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  "
-              f"{'in sync' if h['in_sync'] else h['error'] or 'pending'}{_drift_note(h.get('drift'))}")
-
-
-def cmd_host_invite(a):
-    workloads = None
-    if a.lab_netns:
-        from scenarios.lab import Lab  # a lab host: its workloads are the lab's
-        workloads = {"netns": a.lab_netns, "prefix": Lab(a.state_dir).prefix}
-    b = call(_api(a), "host.invite", name=a.name, pa=a.pa, tls=not a.insecure, workloads=workloads)
-    out = a.out or f"{a.name}-join.json"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(b, f, indent=1)
-    if a.json:
-        return _print({k: v for k, v in b.items() if k not in ("key", "token")}, True)
-    c = b["controller"]
-    print(f"host {a.name} invited: PA {a.pa}, datapath id {b['dpid']:016x}, "
-          f"{'TLS (certificate CN=' + a.name + ' signed by the switch CA)' if b['tls'] else 'plain TCP (--insecure)'}")
-    print(f"join bundle: {out} (mode 0600; it holds the host's private key and one-time token, "
-          f"copy it to the host over a trusted channel)")
-    print(f"on the host:  nvctl host join {os.path.basename(out)} --uplink IFACE"
-          f"    # controller {c.get('ip')}:{c.get('api_port')}")
-
-
-def _join_api(ctl: dict):
-    """connect(creds) -> api(op, **args): the controller's join API for tep.join."""
-    from controller.client.api import remote_call
-    from controller.transport.pki import client_context
-    from tep.join import JoinError
-
-    def connect(creds):
-        ctx = client_context(*creds) if creds else None
-
-        def api(op, **args):
-            try:
-                return remote_call(ctl["ip"], ctl["api_port"], op, ctx, **args)
-            except ApiClientError as e:
-                raise JoinError(str(e)) from None
-        return api
-    return connect
-
-
-def cmd_host_join(a):
-    from tep.join import JoinError, join, load_bundle
-    try:
-        b = load_bundle(a.bundle)
-        r = join(b, connect=_join_api(b["controller"]), db_remote=a.db, uplink=a.uplink,
-                 prefixlen=a.prefixlen, pki_dir=a.pki_dir, datapath_type=a.datapath_type,
-                 timeout=a.timeout)
-    except JoinError as e:
-        print(f"nvctl host join: {e}", file=sys.stderr)
-        sys.exit(1)
-    _print(r, a.json)
-
-
-def cmd_host_resync(a):
-    r = call(_api(a), "host.resync", name=a.name)
-    if a.json:
-        return _print(r, True)
-    print(f"{r['host']}: re-read the switch, sent {r['flow_mods']} flow-mods to repair it ({r['ms']} ms)")
-
-
 def cmd_docker_plugin(a):
     from controller.runtimes import docker_plugin
     docker_plugin.run(a, state_dir_from(a.state_dir))
+
+
+def cmd_api(a):
+    ops = call(_api(a), "api.operations")
+    if a.op:
+        ops = [o for o in ops if o["name"] == a.op]
+        if not ops:
+            raise CommandError(f"no operation {a.op!r} (nvctl api lists them)")
+    if a.json:
+        return _print(ops, True)
+    for o in ops:
+        scope = o["scope"]["kind"] + (f" ({o['scope']['arg']})" if o["scope"].get("arg") else "")
+        args = ", ".join(f"{n}: {'|'.join(x['types'])}"
+                         + ("" if x["required"] else f" = {json.dumps(x['default'])}") for n, x in o["args"].items())
+        print(f"{o['name']:18} {o['kind']:6} {scope:22} {args}")
+        if a.op:
+            print(textwrap.fill(o["doc"], 88, initial_indent="  ", subsequent_indent="  "))
+            if o["over"] != ["unix"]:
+                print(f"  offered over: {', '.join(o['over'])}")
 
 
 def cmd_ui(a):
@@ -509,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_observe("cmd_logs"))
 
     sub.add_parser("hosts", help="registered hosts and their OpenFlow state",
-                   parents=[common]).set_defaults(fn=cmd_hosts)
+                   parents=[common]).set_defaults(fn=hostcmd.cmd_hosts)
 
     hp = sub.add_parser("host", help="invite a machine, or join this machine to a controller",
                         parents=[common],
@@ -532,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lab-netns", metavar="NS",
                    help="the host is a namespace on the controller's machine: the controller makes "
                         "workload namespaces for it (as for lab hosts)")
-    p.set_defaults(fn=cmd_host_invite)
+    p.set_defaults(fn=hostcmd.cmd_host_invite)
     p = hs.add_parser("join", parents=[common], help="run on the host: configure OVS and join")
     p.add_argument("bundle", help="the join bundle from 'nvctl host invite'")
     p.add_argument("--uplink", metavar="IFACE",
@@ -545,11 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datapath-type", choices=["system", "netdev"],
                    help="default: system if the openvswitch kernel module is loaded, else netdev")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for flows (default 60)")
-    p.set_defaults(fn=cmd_host_join)
+    p.set_defaults(fn=hostcmd.cmd_host_join)
     p = hs.add_parser("resync", parents=[common],
                       help="re-read a host's flows from its switch and repair any difference")
     p.add_argument("name")
-    p.set_defaults(fn=cmd_host_resync)
+    p.set_defaults(fn=hostcmd.cmd_host_resync)
 
     sc = sub.add_parser("scenario", help="runnable experiments with claims, JSON results and plots",
                         parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -608,6 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", metavar="PATH",
                    help="the controller's API socket (default STATE_DIR/nvctl.sock, as the other commands)")
     p.set_defaults(fn=cmd_ui)
+
+    p = sub.add_parser("api", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="the controller's API operations: arguments, read or change, what each touches",
+                       description="List the operations the controller's API declares: for each, its "
+                       "arguments with their JSON types (required, or the default), whether it reads or "
+                       "changes, and what it touches (a tenant, a host, the cluster).",
+                       epilog="examples:\n  nvctl api                   # every operation, one line each\n"
+                       "  nvctl api tenant.create     # one operation in full\n"
+                       "  nvctl api --json            # the table, for a program")
+    p.add_argument("op", nargs="?", help="one operation's name, e.g. port.add")
+    p.set_defaults(fn=cmd_api)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

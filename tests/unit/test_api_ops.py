@@ -15,7 +15,6 @@ from controller.server.api import ApiServer, NetworkApiServer, operations
 from controller.server.errors import ApiError
 from controller.server.ops import LOCAL_OPS, NETWORK_OPS, NONE, OPS, WRITE_OPS, resolve, scope_of, tenant_of_yaml
 from tests.unit.fixtures import BLUE
-from tests.unit.test_core import core  # noqa: F401  (the fixture)
 
 # what the API answered before its operations were declared: none may go missing
 BEFORE = {"ping", "host.register", "host.invite", "host.resync", "host.list", "tenant.validate", "tenant.create",

@@ -11,16 +11,6 @@ from controller.state.store import Conflict, SqliteStore
 from tests.unit.fixtures import BLUE, RED, tenant_yaml
 
 
-@pytest.fixture
-def core(tmp_path):
-    store = SqliteStore(str(tmp_path / "desired.db"))
-    c = Core(store)
-    for i in (1, 2, 3):
-        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test"})
-    yield c
-    store.close()
-
-
 def full(core):
     """What a from-scratch compile of the core's current intent gives."""
     hosts = {n: Host(n, h.pa) for n, h in core.hosts.items()}

@@ -8,7 +8,7 @@ import pytest
 from controller.server.core import Core
 from controller.server.errors import ApiError
 from tests.unit.fixtures import BLUE, tenant_yaml
-from tests.unit.test_core import core, desired, full  # noqa: F401  (core: the fixture)
+from tests.unit.test_core import desired, full
 
 ROUTED = """apiVersion: nvctl/v1
 kind: Tenant

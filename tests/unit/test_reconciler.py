@@ -2,11 +2,9 @@
 delete by identity): twins, drift, modify in place, refused bundles, conflicts."""
 import pytest
 
-from controller.server.core import Core
 from controller.server.errors import ApiError
 from controller.compile.desired import DesiredState
 from controller.switch.reconciler import differences
-from controller.state.store import SqliteStore
 from dataplane.match_action import Flow, Output, meters_of
 from controller.switch.fake import FakeSwitch
 from tests.unit.fixtures import BLUE
@@ -14,16 +12,13 @@ from tests.unit.test_golden import DOC as SHOP
 
 
 @pytest.fixture
-def core(tmp_path):
-    store = SqliteStore(str(tmp_path / "desired.db"))
-    c = Core(store)
-    c.switches = {}
+def core(core):
+    """conftest's core with a fake switch connected for each host."""
+    core.switches = {}
     for i in (1, 2, 3):
-        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test"})
-        sw = c.switches[f"hv{i}"] = FakeSwitch(0x100 + i)
-        c.switch_connected(sw)
-    yield c
-    store.close()
+        sw = core.switches[f"hv{i}"] = FakeSwitch(0x100 + i)
+        core.switch_connected(sw)
+    return core
 
 
 def twin(doc: str, name: str, ext: int) -> str:

@@ -1,7 +1,7 @@
 """`nvctl ui`: a read-only web view of the controller.
 
 A separate process that asks the controller through its API socket (the one the command
-line uses, `controller.server.api.call`) and shows:
+line uses, `controller.client.api.call`) and shows:
 
   /                        the tenants
   /tenant/NAME             the logical topology drawn (SVG), where each port runs, live

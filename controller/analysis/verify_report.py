@@ -1,0 +1,294 @@
+"""What `controller.analysis.verify`'s Verifier reports, and the reachability check.
+
+`Reporting` (a part of `Verifier`, sharing its state):
+  - reachability: for each pair of a tenant's ports that should reach each other, is some
+    packet from one delivered to the other, locally or composed through a tunnel entry on
+    the peer host (`_reach`); the chains of summaries `Checks` left uncomposed are
+    composed here when first needed (`_Lazy`);
+  - the report: every start's violations, the static ones (a number allocated twice) and
+    the unreachable pairs, deduplicated and sorted, with the counts (`_report`);
+  - counterexamples: a violation's input packet (`_packet`), its path through the tables
+    with each deciding flow's layer and owner (`_hop`), and for an unreachable pair the
+    concrete simulator's path of one packet (`_concrete_path`).
+Pure: no I/O.
+"""
+from __future__ import annotations
+
+from dataplane import headerspace as hs
+from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+                                    Simulator, Unsupported, cookie_layer, cookie_tenant)
+
+from controller.analysis.verify_checks import _Result
+from controller.analysis.verify_model import Endpoint, Report, Violation
+
+
+class _Lazy:
+    """The chain composed after p, computed when first needed; `evi`: an event of the
+    chain's last branch (a tunnel output)."""
+    __slots__ = ("p", "chain", "evi", "_c")
+
+    def __init__(self, p, chain, evi=None):
+        self.p, self.chain, self.evi, self._c = p, chain, evi, False
+
+    def state(self):
+        if self._c is False:
+            c = self.p
+            for b in self.chain:
+                c = hs.compose(c, b)
+                if c is None:
+                    break
+            self._c = c
+        return self._c
+
+    def env(self):
+        c = self.state()
+        return None if c is None else c.events[len(c.events) - len(self.chain[-1].events) + self.evi][3]
+
+
+def _state(x):
+    return x.state() if x.__class__ is _Lazy else x
+
+
+_L4 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst"),
+       IPPROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
+_ARP_FIELDS = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
+_IP_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "ip_ttl")
+
+
+class Reporting:
+    """The Verifier's reachability check, report and counterexamples (see the module
+    docstring)."""
+
+    # ---- reachability ----------------------------------------------------------------
+
+    def _reach(self, tenant: str) -> tuple[list, int]:
+        facts = self.net.tenants[tenant]
+        out, n = [], 0
+        by_port = {}
+        for sid in self._by_tenant.get(tenant, ()):
+            if sid[0] == "port":
+                ref = self.net.ports[(sid[1], sid[2])]
+                by_port[ref.port] = (sid, self.results[sid])
+        for a, b in sorted(facts.reach_pairs):
+            ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
+            if ea is None or eb is None or a not in by_port:
+                continue
+            if self.only_host is not None and ea.host != self.only_host:
+                continue
+            n += 1
+            sid, r = by_port[a]
+            if self._reaches(r, b, eb):
+                continue
+            out.append(self._unreachable(tenant, a, b, ea, eb, facts))
+        return out, n
+
+    @staticmethod
+    def _arrivals(r: _Result, port: str) -> list:
+        """r's fresh states (or _Lazy) delivered to `port`: those composed by _check, and
+        the chains of its pending scans, composed when first needed."""
+        k = ("arr", port)
+        got = r.lazy.get(k)
+        if got is None:
+            got = list(r.local.get(port, ())) + list(r.delivered.get(port, ()))
+            for p, scan in r.pend:
+                got.extend(_Lazy(p, chain) for chain in scan.by_port.get(port, ()))
+            r.lazy[k] = got
+        return got
+
+    @staticmethod
+    def _tunnels_to(r: _Result, host: str) -> list:
+        """r's fresh tunnel outputs to `host`: [(vni, State or _Lazy, env or None)]."""
+        k = ("tun", host)
+        got = r.lazy.get(k)
+        if got is None:
+            got = [(vni, s, env) for peer, vni, s, env in r.tunnels if peer == host]
+            for p, scan in r.pend:
+                got.extend((vni, _Lazy(p, chain, evi), None)
+                           for vni, chain, evi in scan.by_peer.get(host, ()))
+            r.lazy[k] = got
+        return got
+
+    def _reaches(self, r: _Result, b: str, eb: Endpoint) -> bool:
+        for s in self._arrivals(r, b):
+            s = _state(s)
+            if s is not None and s.witness() is not None:
+                return True
+        for vni, s, env in self._tunnels_to(r, eb.host):
+            peer = eb.host
+            sid = ("tunnel", peer, vni)
+            entry = self.results.get(sid)
+            if entry is None:
+                entry = self._run_start(sid)
+                self._put(sid, entry, self._is_start(sid))
+            ts = self._arrivals(entry, b)
+            if not ts:
+                continue
+            if s.__class__ is _Lazy:
+                env = s.env()
+                s = s.state()
+                if s is None:
+                    continue
+            for t in ts:
+                t = _state(t)
+                if t is None:
+                    continue
+                c = hs.compose(s, t, env_map=env)
+                if c is not None and c.witness() is not None:
+                    return True
+        return False
+
+    def _unreachable(self, tenant, a, b, ea: Endpoint, eb: Endpoint, facts) -> Violation:
+        dst_mac = eb.mac if ea.switch == eb.switch else facts.router_macs.get(ea.switch, eb.mac)
+        pkt = {"eth_src": ea.mac, "eth_dst": dst_mac, "eth_type": ETH_TYPE_IP, "ipv4_src": ea.ip,
+               "ipv4_dst": eb.ip, "ip_proto": IPPROTO_TCP, "ip_ttl": 64, "tcp_src": 40000, "tcp_dst": 80}
+        path, flow = self._concrete_path(ea.host, ea.ofport, pkt)
+        return Violation("unreachable", [tenant], f"no packet from {a} ({ea.host}) reaches {b} "
+                         f"({eb.host}); e.g. tcp to {eb.ip}:80 ends as shown", ea.host, ea.ofport, pkt,
+                         path, flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
+
+    def _concrete_path(self, host, in_port, pkt, hops: int = 8):
+        """The concrete simulator's path for one packet (for unreachable witnesses)."""
+        path, last = [], None
+        sims = {}
+        todo = [(host, in_port, dict(pkt))]
+        while todo and hops > 0:
+            hops -= 1
+            h, port, p = todo.pop(0)
+            sim = sims.get(h)
+            if sim is None:
+                ht = self.net.hosts[h]
+                tables = {f.table.number: f.table for f in ht.flows}
+                sim = sims[h] = Simulator(_Tables(tables), ht.flows, ht.groups)
+            try:
+                fate = sim.run(p, port)
+            except Unsupported as e:
+                path.append({"host": h, "table": "(simulator)", "note": str(e)})
+                break
+            for hop in fate.path:
+                path.append(self._hop(h, hop.table, hop.flow, "" if hop.flow else "miss"))
+                last = hop.flow or last
+            for e in fate.outputs:
+                if e.port == self.net.tunnel_ofport:
+                    peer = self.pa_host.get(e.packet.get("tun_ipv4_dst"))
+                    if peer is not None:
+                        inner = {k: v for k, v in e.packet.items() if not k.startswith("tun")}
+                        inner.update(tunnel_id=e.packet.get("tunnel_id", 0),
+                                     tun_ipv4_src=self.net.hosts[h].pa, tun_ipv4_dst=e.packet["tun_ipv4_dst"])
+                        todo.append((peer, self.net.tunnel_ofport, inner))
+        return path, last
+
+    # ---- report ----------------------------------------------------------------------
+
+    def _report(self, t0: float) -> Report:
+        vs, seen = [], set()
+        counts = {"port_starts": 0, "tunnel_starts": 0, "branches": 0, "reach_pairs": 0,
+                  "hosts": len(self.net.hosts), "tenants": len(self.net.tenants),
+                  "flows": sum(len(h.flows) for h in self.net.hosts.values())}
+        tenants = set()
+        if not self._extra:  # every result is a start, and every start has one: the tallies
+            counts["port_starts"], counts["tunnel_starts"] = self._kinds["port"], self._kinds["tunnel"]
+            counts["branches"] = self._branch_sum
+            tenants = {t for t, sids in self._by_tenant.items() if sids}
+            order = []
+            if self._viol:
+                self.starts()
+                order = sorted(self._viol, key=self._starts[1].__getitem__)
+        else:
+            order = []
+            for sid in self.starts():
+                r = self.results[sid]
+                counts["port_starts" if sid[0] == "port" else "tunnel_starts"] += 1
+                counts["branches"] += r.branches
+                tenants.add(r.tenant)
+                if r.violations:
+                    order.append(sid)
+        for sid in order:  # port starts first: their counterexamples read best
+            for v in self.results[sid].violations:
+                if v.key() not in seen:
+                    seen.add(v.key())
+                    vs.append(v)
+        for v in self.static:
+            if self.only_tenant is None or self.only_tenant in v.tenants:
+                if v.key() not in seen:
+                    seen.add(v.key())
+                    vs.append(v)
+        for t in sorted(tenants):
+            hit = self._reach_cache.get(t)
+            if hit is None:
+                hit = self._reach_cache[t] = self._reach(t)
+            more, n = hit
+            counts["reach_pairs"] += n
+            for v in more:
+                if v.key() not in seen:
+                    seen.add(v.key())
+                    vs.append(v)
+        vs.sort(key=lambda v: (v.kind, v.tenants, v.host, v.message))
+        secs = (self.clock() - t0) if self.clock else 0.0
+        return Report(not vs, vs, counts, secs)
+
+    def _hop(self, host, table, flow, note="") -> dict:
+        if flow is None:
+            return {"host": host, "table": table, "note": "table miss: no flow matched" if note == "miss" else note}
+        layer = _layer_name(cookie_layer(flow.cookie))
+        owner = self.tid_name.get(cookie_tenant(flow.cookie), "")
+        rule = f"[{layer}] {owner + ': ' if owner else ''}{flow.rule}"
+        return {"host": host, "table": table, "priority": flow.priority, "rule": rule,
+                "flow": flow.ofctl(), "cookie": f"{flow.cookie:#x}", "note": note}
+
+    def _violation(self, kind, tenants, msg, sid, s, sol, hop, flow=None) -> Violation:
+        skind, host, x = sid
+        pkt = _packet(s, sol, tunnel=skind == "tunnel")
+        if skind == "tunnel":
+            pkt.update(tunnel_id=x, tun_ipv4_src=self._peer_pa(host), tun_ipv4_dst=self.net.hosts[host].pa)
+        path = [self._hop(h, t, f, note) for h, t, f, note in s.path[:max(hop, 0)]]
+        if skind == "tunnel":
+            src = self.pa_host.get(pkt.get("tun_ipv4_src"), "?")
+            path.insert(0, {"host": host, "table": "(vxlan)", "note": f"in from {src} vni {x}"})
+        if flow is None:
+            for h, t, f, note in reversed(s.path[:max(hop, 0)]):
+                if f is not None:
+                    flow = f
+                    break
+        in_port = x if skind == "port" else self.net.tunnel_ofport
+        cts = s.value_at(sol, s.var("ct_state")) if hop else 0
+        if cts:
+            msg += f" (conntrack said {_ct_text(cts)})"
+        return Violation(kind, tenants, msg, host, in_port, pkt, path,
+                         flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
+
+
+class _Tables:
+    """What the concrete Simulator needs of a pipeline: tables by number."""
+
+    def __init__(self, by_number):
+        self.by_number = by_number
+
+
+def _ct_text(v: int) -> str:
+    from dataplane.match_action import CT_FLAGS
+    return "".join(f"+{n}" for n, bit in CT_FLAGS.items() if v & bit)
+
+
+def _layer_name(layer_id: int) -> str:
+    try:
+        from controller.compile.pipeline import LAYER_BY_ID
+    except ImportError:  # pragma: no cover
+        return str(layer_id)
+    layer = LAYER_BY_ID.get(layer_id)
+    return layer.name if layer else "?"
+
+
+def _packet(s, sol, tunnel: bool) -> dict:
+    """The counterexample's input header values, as a well-formed packet."""
+    val = s.input_packet(sol)
+    pkt = {"eth_src": hs.from_int("eth_src", val["eth_src"]),
+           "eth_dst": hs.from_int("eth_dst", val["eth_dst"]), "eth_type": val["eth_type"]}
+    if val["eth_type"] == ETH_TYPE_IP:
+        for f in _IP_FIELDS:
+            pkt[f] = hs.from_int(f, val[f])
+        for f in _L4.get(val["ip_proto"], ()):
+            pkt[f] = val[f]
+    elif val["eth_type"] == ETH_TYPE_ARP:
+        for f in _ARP_FIELDS:
+            pkt[f] = hs.from_int(f, val[f])
+    return pkt

@@ -7,7 +7,6 @@ import pytest
 from controller.server.api import operations
 from controller.server.errors import ApiError
 from controller.runtimes.docker_plugin import GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, port_name
-from tests.unit.test_core import core  # noqa: F401  (the fixture)
 from tests.unit.test_port_api import ROUTED
 
 

@@ -8,9 +8,29 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from scenarios.netutil import Capture, in_ns, ping_many  # noqa: F401  (re-exported for tests)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Measured:
+    """Numbers a functional test (marked `measures`) takes in its lab run, for the `slo`
+    test after it to assert: a missed number then fails the slo test, not the feature's."""
+
+    def __init__(self):
+        self._got = {}
+
+    def record(self, key, value) -> None:
+        self._got[key] = value
+
+    def read(self, key):
+        """The recorded value, or a skip: its functional test failed before measuring
+        (its own failure says why) or was not selected (run `-m "slo or measures"`)."""
+        if key not in self._got:
+            pytest.skip(f"nothing measured for {key!r}: the functional test that measures it did not record it")
+        return self._got[key]
 
 
 def nvctl(lab, *args, check=True, timeout=120) -> subprocess.CompletedProcess:

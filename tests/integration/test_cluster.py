@@ -12,8 +12,10 @@ import pytest
 
 from controller.transport.framing import request as _request
 from tests.integration.conftest import running_lab
-from tests.integration.helpers import apply_yaml, in_ns, nvctl, nvctl_json
-from tests.unit.fixtures import tenant_yaml
+from tests.integration.helpers import Measured, apply_yaml, in_ns, nvctl, nvctl_json
+from topology.builder import tenant_yaml
+
+MEASURED = Measured()
 
 
 def tenant(name):
@@ -93,7 +95,8 @@ def ping_during(lab, src_ns, dst_ip, count, action, after=1.0):
     return sent, got
 
 
-def test_sigkill_of_the_leader_loses_no_ping_and_the_new_leader_sends_nothing(cluster):
+@pytest.mark.measures
+def test_sigkill_of_the_leader_keeps_pings_flowing_and_the_new_leader_sends_nothing(cluster):
     old, _ = leader_of(cluster)
     new = {}
 
@@ -101,7 +104,8 @@ def test_sigkill_of_the_leader_loses_no_ping_and_the_new_leader_sends_nothing(cl
         cluster.kill_member(old, signal.SIGKILL)
         new["name"], new["status"] = leader_of(cluster, not_=old)
     sent, got = ping_during(cluster, port_ns(cluster, "blue", "vm1"), "10.0.0.12", 700, kill_and_wait)
-    assert sent == 700 and got == 700, f"{sent - got} of {sent} pings lost across the failover"
+    MEASURED.record("pings across the failover", (sent, got))
+    assert sent == 700 and got > 0, f"{got} of {sent} pings answered across the failover"
     hosts = nvctl_json(cluster, "hosts")
     assert all(h["in_sync"] and h["last_sync_flow_mods"] == 0 for h in hosts), hosts  # a diff: nothing changed
     # the new leader is master, the other survivor slave; the dead one is gone from the switches
@@ -110,6 +114,12 @@ def test_sigkill_of_the_leader_loses_no_ping_and_the_new_leader_sends_nothing(cl
     cluster.start_members([old])  # it comes back as a follower
     leader, st = leader_of(cluster)
     assert leader == new["name"] and {m["name"] for m in st["members"]} == {"ctl1", "ctl2", "ctl3"}
+
+
+@pytest.mark.slo
+def test_slo_sigkill_of_the_leader_loses_none_of_700_pings_at_10_ms():
+    sent, got = MEASURED.read("pings across the failover")
+    assert got == sent, f"{sent - got} of {sent} pings lost across the failover (SLO: none)"
 
 
 def test_a_deposed_leader_is_refused_by_the_switches(cluster):

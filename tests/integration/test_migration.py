@@ -9,9 +9,10 @@ import time
 import pytest
 
 from scenarios.netutil import TcpServer, eth0_addresses, tcp_stream
-from tests.integration.helpers import ROOT, apply_yaml, installed_cookies, nvctl, nvctl_json
+from tests.integration.helpers import ROOT, Measured, apply_yaml, installed_cookies, nvctl, nvctl_json
 
 BLUE = open(os.path.join(ROOT, "examples", "blue.yaml")).read()
+MEASURED = Measured()
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,8 @@ def blue(lab):
     return {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
 
 
-def test_migration_keeps_addresses_and_tcp_and_loses_at_most_a_few_pings(lab, blue):
+@pytest.mark.measures
+def test_migration_keeps_addresses_and_tcp_and_pings_go_on(lab, blue):
     vm1, vm2 = blue["vm1"], blue["vm2"]
     before = eth0_addresses(vm1["namespace"])
     server = TcpServer(vm1["namespace"], 9000)
@@ -39,11 +41,18 @@ def test_migration_keeps_addresses_and_tcp_and_loses_at_most_a_few_pings(lab, bl
     lost = sent - received
     print(f"\nmigration hv1 -> hv3: {lost} of {sent} pings lost at 10 ms; TCP stream {report}; "
           f"timings {moved['timings_ms']}")
+    MEASURED.record("pings", (lost, sent))
     assert report["error"] is None and report["echoed"] == report["sent"] > 100, report
-    assert lost <= 1, f"{lost} pings lost (target: at most 1)"
+    assert received > 0, pout
     assert eth0_addresses(vm1["namespace"]) == before
     shown = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
     assert shown["vm1"]["host"] == "hv3" and shown["vm1"]["up"]
+
+
+@pytest.mark.slo
+def test_slo_a_migration_loses_at_most_one_ping_at_10_ms():
+    lost, sent = MEASURED.read("pings")
+    assert lost <= 1, f"{lost} of {sent} pings lost across the migration (SLO: at most 1)"
 
 
 def test_twenty_migrations_leave_exactly_a_fresh_compiles_flows(lab, blue):

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from scenarios.netutil import Capture, PingTimeline, TcpServer, iperf3, ping_many, tcp_connect, tcp_whois
-from tests.integration.helpers import ROOT, apply_yaml, nvctl, nvctl_json
+from tests.integration.helpers import ROOT, Measured, apply_yaml, nvctl, nvctl_json
 
 A, B = "twin-a", "twin-b"
 TWINS = (A, B)
@@ -47,6 +47,7 @@ GATEWAYS = ("10.0.0.1", "10.0.1.1")
 OWN_PATHS = {"metadata.name", "spec.routers[0].external.ip", "spec.nat[1].externalIp"}
 TAG = {t: t.encode().hex() for t in TWINS}  # ping -p pattern: the payload spells the tenant's name
 TAG["outside"] = b"outside".hex()
+MEASURED = Measured()  # per phase: what the migration test measured, for its slo test
 
 
 def substituted(doc: dict, name: str, ext: dict) -> dict:
@@ -375,6 +376,7 @@ def test_rate_limit_holds_in_each_twin(phase):
                 f"{t} must keep its own {limits[t]} Mbit/s, not the other twin's {lo}: {mbps[t]}"
 
 
+@pytest.mark.measures
 def test_migration_of_twin_a_leaves_both_working(phase, lab):
     live = phase.live
     src, dst = phase.ports[A]["mig1"]["host"], "hv3"
@@ -406,15 +408,22 @@ def test_migration_of_twin_a_leaves_both_working(phase, lab):
         moves = {k: round(v - timelines[t].started, 2) for k, v in marks.items()}
         summary[t] = f"{r['lost']} of {r['sent']} lost" + (f" at t={at} s (moves at {moves})" if at else "")
     print(f"\n{phase.name}: {A}/mig1 {src} -> {dst} -> {src}; pings every 20 ms: {summary}")
+    MEASURED.record(phase.name, {t: (r["lost"], summary[t]) for t, r in res.items()})
     assert all(v == (2, 2) for v in mid.values()), f"with {A}/mig1 on {dst}: expected both twins' mig1 to answer: {mid}"
     assert all(v == (2, 2) for v in after.values()), f"after moving back: {after}"
     for t, r in res.items():
+        assert r["sent"] > 60 and r["lost"] < r["sent"], f"{t}: expected the pings to mig1 to go on, got {summary[t]}"
+
+
+@pytest.mark.slo
+def test_slo_migration_of_twin_a_loses_at_most_two_pings_and_twin_b_one(phase):
+    for t, (lost, summary) in MEASURED.read(phase.name).items():
         # The twin that did not move may lose at most one ping: removing ports from a host's
         # userspace datapath drops a packet of other ports there now and then, whoever owns
         # them (measured: 1 ping in 1,200 at 10 ms while 30 ports of the same tenant came
         # and went on the receiver's host, with or without the lab's deeper socket queues).
         allowed = 2 if t == A else 1
-        assert r["sent"] > 60 and r["lost"] <= allowed, f"{t}: expected at most {allowed} pings lost, got {summary[t]}"
+        assert lost <= allowed, f"{phase.name}: {t}: expected at most {allowed} pings lost, got {summary}"
 
 
 def test_isolation_no_tagged_ping_reaches_the_other_twin(phase):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import ROOT, Capture, apply_yaml, in_ns, nvctl_json
-from tests.unit.fixtures import tenant_yaml
+from topology.builder import tenant_yaml
 
 PLUGIN = os.path.join(os.path.dirname(sys.executable), "nvctl-cni")
 

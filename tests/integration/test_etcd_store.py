@@ -12,7 +12,7 @@ from controller.server.core import Core
 from controller.state.etcd_store import EtcdClient, EtcdStore, EtcdUnavailable, NotLeader, delete, parse_endpoints, put
 from controller.state.store import Conflict
 from scenarios.etcd import free_ports, loopback_cluster
-from tests.unit.fixtures import tenant_yaml
+from topology.builder import tenant_yaml
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from scenarios.netutil import ping_many
 from tests.integration.helpers import ROOT, apply_yaml, installed_cookies, nvctl, nvctl_json
-from tests.unit.fixtures import tenant_yaml
+from topology.builder import tenant_yaml
 
 BLUE = open(os.path.join(ROOT, "examples", "blue.yaml")).read()
 HOSTS = ("hv1", "hv2", "hv3")

@@ -12,7 +12,7 @@ from pyroute2 import netns
 from scenarios.lab import Lab, LabError, _gone
 from tests.integration.conftest import make_lab
 from tests.integration.helpers import apply_yaml, nvctl, nvctl_json, ping_many
-from tests.unit.fixtures import tenant_yaml
+from topology.builder import tenant_yaml
 
 
 def lab_namespaces(lab: Lab) -> list[str]:

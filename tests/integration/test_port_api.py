@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import ROOT, apply_yaml, in_ns, nvctl, nvctl_json, ping_many
-from tests.unit.fixtures import tenant_yaml
+from topology.builder import tenant_yaml
 
 BLUE = tenant_yaml("blue", "web", [("vm1", "10.0.0.11", "hv1"), ("vm2", "10.0.0.12", "hv2")], cidr="10.0.0.0/26")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-from dataplane.match_action import ETH_TYPE_IP, FIELDS, IPPROTO_TCP, IPPROTO_UDP
+from dataplane.match_action import ETH_TYPE_IP, FIELDS, IPPROTO_TCP, IPPROTO_UDP, Unsupported
 
 NAMES: tuple[str, ...] = tuple(FIELDS)
 NF = len(NAMES)

@@ -286,3 +286,11 @@ def test_pool_does_not_share_a_summary_whose_flows_differ(shop_world):
     s3 = e3.summary(key)  # the same flows as h1: shared, with h2's name in every hop
     assert pool.reused == 1 and len(s3.states) == len(s1.states)
     assert all(hh == h2 for b in s3.states + tuple(b for b, _k in s3.calls) for hh, *_ in b.path)
+
+
+def test_a_witness_search_out_of_budget_says_so():
+    """solve() gives up with Unsupported (which verify reports), not a NameError."""
+    from dataplane import ternary
+    from dataplane.match_action import Unsupported
+    with pytest.raises(Unsupported, match="budget"):
+        ternary.solve({}, (), budget=0)

@@ -1,5 +1,5 @@
-"""Workloads: attaching, moving and detaching them through the driver, and the
-result of a change as the API answers it.
+"""Workloads: attaching, moving and detaching them through the compute driver
+(tep.driver.Driver), a change's attach step, and the check of every workload at start.
 
 A piece of `Core` (controller/server/core.py): the state it uses is made in
 `Core.__init__`."""

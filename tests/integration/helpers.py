@@ -15,6 +15,14 @@ from scenarios.netutil import Capture, in_ns, ping_many  # noqa: F401  (re-expor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def ctrl_c_works() -> None:
+    """preexec_fn for a child a test stops with SIGINT, as Ctrl-C would: a run started in
+    the background by a non-interactive shell (`bash .ci/run &`) ignores SIGINT, the
+    child would inherit that, and Python would then not turn SIGINT into KeyboardInterrupt."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Measured:
     """Numbers a functional test (marked `measures`) takes in its lab run, for the `slo`
     test after it to assert: a missed number then fails the slo test, not the feature's."""

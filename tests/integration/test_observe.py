@@ -237,9 +237,10 @@ def test_counters_survive_a_change_in_place_and_a_migration(lab, twins):
 def test_watch_refreshes_with_rates_on_a_terminal_and_prints_json_lines_on_a_pipe(lab, twins):
     import signal
     import subprocess
-    from tests.integration.helpers import ROOT
+    from tests.integration.helpers import ROOT, ctrl_c_works
     cmd = [sys.executable, "-m", "controller.client.cli", "--state-dir", lab.dir, "stats", "blue", "--watch", "0.5"]
-    p = subprocess.Popen(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.Popen(cmd + ["--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         preexec_fn=ctrl_c_works)
     try:
         time.sleep(2.5)
     finally:
@@ -251,7 +252,7 @@ def test_watch_refreshes_with_rates_on_a_terminal_and_prints_json_lines_on_a_pip
     assert all(b["time"] > a["time"] for a, b in zip(docs, docs[1:]))
     # on a terminal (script gives it one): drawn in place, with rates per second
     p = subprocess.Popen(["script", "-qfec", " ".join(cmd), "/dev/null"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True, preexec_fn=ctrl_c_works)
     try:
         time.sleep(1.0)
         ping_many([(twins["blue"]["vm1"]["namespace"], "10.0.0.12", "w")], count=20, interval=0.05)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+from contextlib import nullcontext
 
 from topology.model import Tenant
 from controller.server.errors import ApiError
@@ -27,17 +28,22 @@ from controller.switch.reconciler import HostState
 LOG = logging.getLogger("nvctl.change")
 
 
-def run(core, change: "Change", progress=None) -> dict:
-    """Make one change: check -> commit -> attach -> rollout -> report. The caller holds
-    `core.mutex` (changes are serialized). `progress` (controller.server.progress.Change)
-    counts workloads plugged and hosts synced for `nvctl` to show."""
-    if not core.mutex.locked():
-        raise RuntimeError("a change runs under the core's mutex")
-    change.check(core)
-    changed = change.commit(core)
-    attach_errors = change.attach(core, progress)
-    results = change.rollout(core, changed, progress)
-    return change.report(core, results, attach_errors)
+def run(core, change: "Change", progress=None, lock=None) -> dict:
+    """Make one change: check -> commit -> attach -> rollout -> report, serialized by
+    `core.mutex`: the caller holds it, or passes it as `lock` for run to take. With
+    `lock`, a change whose rollout only talks to switches (`rollout_unlocked`) is rolled
+    out after the lock is released, so other changes need not wait for every switch.
+    `progress` (controller.server.progress.Change) counts workloads plugged and hosts
+    synced for `nvctl` to show."""
+    with lock if lock is not None else nullcontext():
+        if not core.mutex.locked():
+            raise RuntimeError("a change runs under the core's mutex")
+        change.check(core)
+        changed = change.commit(core)
+        attach_errors = change.attach(core, progress)
+        if lock is None or not change.rollout_unlocked:
+            return change.report(core, change.rollout(core, changed, progress), attach_errors)
+    return change.report(core, change.rollout(core, changed, progress), attach_errors)
 
 
 def result(core, name: str, action: str, results: dict, attach_errors: list) -> dict:
@@ -55,6 +61,7 @@ class Change:
     """One change; subclasses override the steps they do differently."""
     name = ""
     action = ""
+    rollout_unlocked = False  # its rollout may run after the core's mutex is released
 
     def check(self, core) -> None:
         pass
@@ -126,17 +133,19 @@ class Migration(TenantChange):
 
     def rollout(self, core, changed: set[str], progress) -> dict:
         old, new, to, src = self.old, self.entry, self.dst, self.src
-        old_att = core._attachments(self.name, old)[self.port]
-        new_att = core._attachments(self.name, new)[self.port]
+        old_att = core._attachments(self.name, old).get(self.port)  # None: not ours to plug
+        new_att = core._attachments(self.name, new).get(self.port)
         t0 = core.clock()
         first = core.reconcile_many({to} & changed, old.flows, new.flows)  # 1. the destination's flows
-        core.driver.prepare_move(new_att)  # 2. and the workload attached there too
+        if new_att is not None:
+            core.driver.prepare_move(new_att)  # 2. and the workload attached there too
         t1 = core.clock()
         rest = core.reconcile_many(changed - {to, src}, old.flows, new.flows)  # 3. every other host: the new PA
         t2 = core.clock()
         rest.update(core.reconcile_many({src} & changed, old.flows, new.flows))  # 4. the source: local traffic too
         t3 = core.clock()
-        core.driver.finish_move(old_att)  # 5. break: the old attachment goes
+        if old_att is not None:
+            core.driver.finish_move(old_att)  # 5. break: the old attachment goes
         t4 = core.clock()
         ms = lambda a, b: round((b - a) * 1000, 1)  # noqa: E731
         self.timings = {"destination_ready": ms(t0, t1), "other_hosts_switched": ms(t1, t2),
@@ -156,6 +165,8 @@ class HostRegistration(Change):
     every tenant is compiled again for the new placement, a switch that connected before
     its host was known is taken in, and every host is reconciled."""
 
+    rollout_unlocked = True  # switches only: a join does not hold every other change back
+
     def __init__(self, rec: HostRecord):
         self.rec, self.name, self.action = rec, rec.name, "registered"
         self.waiting = None
@@ -169,6 +180,10 @@ class HostRegistration(Change):
         for other in core.hosts.values():
             if other.name != rec.name and (other.pa == rec.pa or other.dpid == rec.dpid):
                 raise ApiError(f"host {rec.name}: PA {rec.pa} or dpid {rec.dpid:#x} already used by {other.name}")
+        mtu = rec.info.get("mtu")
+        if mtu is not None and not (isinstance(mtu, int) and not isinstance(mtu, bool) and 1280 <= mtu <= 65535):
+            raise ApiError(f"host {rec.name}: uplink MTU {mtu!r} is not a number of bytes (1280..65535)",
+                           [("info.mtu", "an integer from 1280 to 65535")])
 
     def commit(self, core) -> set[str]:
         core.store.put_host(self.rec)

@@ -22,8 +22,7 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 class HostsMixin:
     def register_host(self, name: str, pa: str, dpid: int, info: dict) -> dict:
-        with self.mutex:
-            return change_path.run(self, HostRegistration(HostRecord(name, pa, dpid, info)))
+        return change_path.run(self, HostRegistration(HostRecord(name, pa, dpid, info)), lock=self.mutex)
 
     def invite_host(self, name: str, pa: str, tls: bool = True, workloads: dict | None = None) -> dict:
         """Allow one host to join: record its name, PA and datapath id, and return the

@@ -33,9 +33,9 @@ def test_every_change_goes_through_the_one_path(core, monkeypatch):
     seen = []
     real = change_path.run
 
-    def spy(c, ch, progress=None):
+    def spy(c, ch, progress=None, **kw):
         seen.append((type(ch).__name__, ch.action))
-        return real(c, ch, progress)
+        return real(c, ch, progress, **kw)
     for mod in ("intent", "ports", "hosts"):
         monkeypatch.setattr(f"controller.server.{mod}.change_path.run", spy)
     core.create(BLUE)
@@ -80,3 +80,53 @@ def test_twins_through_the_path_keep_their_own_flows(core):
     assert out["action"] == "deleted" and "red" not in core.tenants
     assert {f.tenant_id for d in core.desired.values() for f in d.values()} - {0} == \
         {core.tenants["blue"].alloc.tenant_id}
+
+
+def test_a_join_is_rolled_out_after_the_change_lock_is_released(core):
+    """Registering a host reconciles every switch, but not while holding the lock every
+    other change waits on (as before the change path)."""
+    from controller.switch.fake import FakeSwitch
+    held = []
+
+    class Recording(FakeSwitch):
+        def push(self, *a, **kw):
+            held.append(core.mutex.locked())
+            return super().push(*a, **kw)
+    core.create(BLUE)
+    for i in (1, 2, 3):
+        core.switch_connected(Recording(0x100 + i))
+    held.clear()
+    early = Recording(0x104)
+    core.switch_connected(early)  # a switch that connects before its host is known waits
+    core.register_host("hv4", "192.0.2.14", 0x104, {"kind": "test"})
+    assert held and not any(held)
+    assert core.host_status("hv4")["in_sync"]
+
+
+def test_a_port_without_a_workload_migrates(core):
+    doc = BLUE.replace("{name: vm4, switch: web, ip: 10.0.0.14, host: hv1}",
+                       "{name: vm4, switch: web, ip: 10.0.0.14, host: hv1, workload: false}")
+    assert "workload: false" in doc
+    core.create(doc)
+    out = core.migrate("blue", "vm4", "hv2")
+    assert out["src"] == "hv1" and out["dst"] == "hv2"
+    assert core.tenants["blue"].tenant.port("vm4").host == "hv2"
+
+
+def test_a_host_with_a_bad_mtu_is_refused_and_nothing_is_stored(core):
+    for bad in ("big", 900, True):
+        with pytest.raises(ApiError, match="uplink MTU"):
+            core.register_host("hv5", "192.0.2.15", 0x105, {"kind": "test", "mtu": bad})
+    assert "hv5" not in core.hosts and "hv5" not in {h.name for h in core.store.hosts()}
+    core.register_host("hv5", "192.0.2.15", 0x105, {"kind": "test", "mtu": 9000})
+    assert core.host_mtu("hv5") == 9000 - 50
+
+
+def test_running_out_of_numbers_is_the_callers_error_and_changes_nothing(core, monkeypatch):
+    import controller.compile.allocator as allocator
+    monkeypatch.setattr(allocator, "MAX_OFPORT", 11)  # two workload ofports per host: 10 and 11
+    core.create(BLUE)  # vm1 and vm4 take hv1's two
+    before = [(r.name, r.revision) for r in core.store.tenants()]
+    with pytest.raises(ApiError, match="no free ofport on hv1.*nothing was changed"):
+        core.create(RED)  # red's vm3 wants a third on hv1
+    assert "red" not in core.tenants and [(r.name, r.revision) for r in core.store.tenants()] == before

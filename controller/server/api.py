@@ -62,6 +62,8 @@ def failure(op: str, rid: str, e: Exception) -> dict:
     controller's own error, logged with its traceback under the request's id."""
     if type(e).__name__ == "NotLeader":  # deposed while serving it: nothing was written
         return {"ok": False, "retry": True, "error": str(e)}
+    if type(e).__name__ == "EtcdUnavailable":  # the store, not the controller: say which and why
+        return {"ok": False, "error": f"{op} failed: the store is unavailable: {e}", "request_id": rid}
     LOG.error("%s (request %s) failed", op, rid, exc_info=e)
     return {"ok": False, "error": f"internal error in {op} (request {rid}); see the controller's log",
             "request_id": rid}

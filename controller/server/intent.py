@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from topology import schema
 from topology.model import Tenant
-from controller.compile.allocator import InUse, allocate, provider_addresses
+from controller.compile.allocator import Exhausted, InUse, allocate, provider_addresses
 from controller.compile import compiler
 from controller.compile.compiler import VXLAN_OVERHEAD, compile_tenant
 from controller.server.errors import ApiError
@@ -51,7 +51,10 @@ class IntentMixin:
         memory changes when allocation, compilation or the store refuses."""
         with self._held_by_others(t.name) as others:
             self._check_provider_addresses(t, others)
-            alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
+            try:
+                alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
+            except Exhausted as ex:  # a number space full: the caller's change cannot be made
+                raise ApiError(f"tenant {t.name}: {ex}; nothing was changed") from None
         flows = compile_tenant(t, alloc, self._placement())
         conflicts = self.desired.conflicts(old.flows if old else {}, flows)
         if conflicts:

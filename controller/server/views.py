@@ -91,7 +91,8 @@ class ViewsMixin:
         try:
             proto, fields = tr.parse_spec(packet)
             pkt = tr.build_packet(e.tenant, p, proto, fields)
-        except tr.TraceError as ex:
+            tr.ofctl_flow(e.alloc.ofport[p.name], pkt)  # a field that does not fit says so here
+        except (tr.TraceError, ValueError) as ex:
             raise ApiError(f"packet {packet!r}: {ex}") from None
         pas = {h: rec.pa for h, rec in self.hosts.items()}
         by_pa = {v: k for k, v in pas.items()}

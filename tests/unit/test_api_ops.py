@@ -265,3 +265,11 @@ def test_operations_gives_every_socket_operation_as_a_callable(core):  # noqa: F
     assert ops["ping"]() == {"pong": True} and json.dumps(ops["api.operations"]())
     assert ops["tenant.validate"](yaml=BLUE)["tenant"] == "blue"
     assert all(NONE not in a.types or a.default is None for op in OPS.values() for a in op.args.values())
+
+
+def test_an_unavailable_store_is_said_as_such_not_as_an_internal_error():
+    from controller.server.api import failure
+    from controller.state.etcd_store import EtcdUnavailable
+    got = failure("tenant.create", "rid-7", EtcdUnavailable("no etcd member answers"))
+    assert got["ok"] is False and "the store is unavailable: no etcd member answers" in got["error"]
+    assert "internal error" not in got["error"]

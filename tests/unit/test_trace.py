@@ -79,3 +79,11 @@ def test_an_ipv6_spec_builds_the_ports_ipv6_packet_to_the_router_when_off_link()
     assert pkt["eth_dst"] == t.router("r1").ports[0].mac
     pkt = build_packet(t, w1, *parse_spec(f"icmp6,ipv6_dst={w2.ip6}"))
     assert (pkt["eth_dst"], pkt["ip_proto"], pkt["icmpv6_type"]) == (w2.mac, 58, 128)
+
+
+def test_a_field_that_does_not_fit_is_the_callers_error(core):
+    from controller.server.errors import ApiError
+    from tests.unit.fixtures import BLUE
+    core.create(BLUE)
+    with pytest.raises(ApiError, match="99999 does not fit in 16 bits"):
+        core.trace("blue", "vm1", "tcp,nw_dst=10.0.0.12,tp_dst=99999")

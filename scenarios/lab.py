@@ -42,6 +42,11 @@ UNDERLAY_PREFIX = "192.0.2."
 # sockets, which one 128 KB TCP write overflows at MSS 1398 and not at 1498; see
 # tep/rxqueue.py. The lab's switches get deeper queues.)
 UNDERLAY_MTU = 1500
+
+# How the controller's process is told from others by its command line: the module it
+# runs, and the one a lab started by an earlier version of nvctl runs (so `lab down` and
+# `controller restart` still find it after an upgrade).
+CONTROLLER_CMD = ("controller.server.main", "controller.main")
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
 EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
 OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
@@ -184,11 +189,11 @@ class Lab:
     def member_pid(self, name: str) -> int | None:
         m = next(m for m in self.member_plans() if m["name"] == name)
         pid = _read_pid(os.path.join(m["state_dir"], "controller.pid"))
-        return pid if _alive(pid, "controller.server.main") else None
+        return pid if _alive(pid, CONTROLLER_CMD) else None
 
     def kill_member(self, name: str, sig=signal.SIGKILL) -> None:
         m = next(m for m in self.member_plans() if m["name"] == name)
-        _kill_pidfile(os.path.join(m["state_dir"], "controller.pid"), "controller.server.main", sig, group=True)
+        _kill_pidfile(os.path.join(m["state_dir"], "controller.pid"), CONTROLLER_CMD, sig, group=True)
 
     def stop_members(self) -> None:
         for m in self.member_plans():
@@ -360,7 +365,7 @@ class Lab:
         return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir)
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
-        _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.server.main", sig, group=True)
+        _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, sig, group=True)
 
     def host_info(self, name: str) -> dict:
         """What the controller's lab driver is told about host `name` (host.register's info)."""
@@ -390,7 +395,7 @@ class Lab:
             return {"state_dir": self.dir, "status": "down"}
         out = {"state_dir": self.dir, "status": m["status"], "prefix": self.prefix, "hosts": []}
         ctl_pid = _read_pid(os.path.join(self.dir, "controller.pid"))
-        out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, "controller.server.main")}
+        out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, CONTROLLER_CMD)}
         if m.get("controllers", 1) > 1:
             out["controllers"] = [{"name": c["name"], "netns": c["netns"], "address": c["address"],
                                    "pid": self.member_pid(c["name"]), "alive": self.member_pid(c["name"]) is not None}
@@ -417,10 +422,10 @@ class Lab:
         """Remove every process, namespace, link and file this lab made. Idempotent."""
         done = []
         m = self.manifest() or {}
-        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.server.main", group=True):
+        if _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, group=True):
             done.append("controller")
         for member in self.member_plans(m.get("controllers", 1))[1:]:
-            if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), "controller.server.main", group=True):
+            if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), CONTROLLER_CMD, group=True):
                 done.append(member["name"])
             shutil.rmtree(member["state_dir"], ignore_errors=True)
         if m.get("controllers", 1) > 1 or os.path.isdir(os.path.join(self.dir, "etcd")):
@@ -596,8 +601,9 @@ def _read_pid(path: str) -> int | None:
         return None
 
 
-def _alive(pid: int | None, expect: str) -> bool:
-    """Is `pid` alive and still the process we started (its command line names `expect`)?"""
+def _alive(pid: int | None, expect: str | tuple[str, ...]) -> bool:
+    """Is `pid` alive and still the process we started (its command line names `expect`,
+    or one of them)?"""
     if not pid:
         return False
     try:
@@ -605,7 +611,7 @@ def _alive(pid: int | None, expect: str) -> bool:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
     except FileNotFoundError:
         return False
-    if expect not in cmdline:
+    if not any(e in cmdline for e in ((expect,) if isinstance(expect, str) else expect)):
         return False
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -623,7 +629,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _kill_pidfile(path: str, expect: str, sig=signal.SIGTERM, timeout: float = 5, group: bool = False) -> bool:
+def _kill_pidfile(path: str, expect: str | tuple[str, ...], sig=signal.SIGTERM, timeout: float = 5, group: bool = False) -> bool:
     """End the process in the pidfile. group=True: a process we started as a session
     leader (the controller) goes with the children it forked (pyroute2 forks helpers that
     hold its sockets: one left behind keeps the next controller from binding its ports)."""

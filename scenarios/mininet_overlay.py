@@ -47,8 +47,8 @@ import yaml
 
 from controller.client.api import call
 from controller.compile.compiler import TUNNEL_OFPORT
-from scenarios.lab import (CONTROLLER_IP, OF_PORT, UNDERLAY_MTU, HostPlan, LabError, _kill_pidfile,
-                           spawn_controller, wait_synced, warm_underlay)
+from scenarios.lab import (CONTROLLER_CMD, CONTROLLER_IP, OF_PORT, UNDERLAY_MTU, HostPlan, LabError,
+                           _kill_pidfile, spawn_controller, wait_synced, warm_underlay)
 from tep.driver import Attachment, attachments_of, external_ids
 from tep.ovs import INTEGRATION_BRIDGE, PHYSICAL_BRIDGE, Ovsdb, quiet_uplink, run, start_instance
 from tep.rxqueue import deepen_instance
@@ -154,7 +154,7 @@ class NvctlController(mn.node.Controller):
         spawn_controller(f"/proc/{self.pid}/ns/net", self.state_dir, self.ip, self.port)
 
     def stop(self, *args, **kw):
-        _kill_pidfile(os.path.join(self.state_dir, "controller.pid"), "controller.server.main")
+        _kill_pidfile(os.path.join(self.state_dir, "controller.pid"), CONTROLLER_CMD)
         super().stop(*args, **kw)
 
     @property
@@ -465,7 +465,7 @@ class Overlay:
             for ns in self._attached:
                 subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
             self._attached = []
-            _kill_pidfile(os.path.join(self.dir, "controller.pid"), "controller.server.main")
+            _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD)
             for h in getattr(self.topo, "hypervisors", []):
                 d = os.path.join(self.dir, "hosts", h)
                 for proc in ("ovs-vswitchd", "ovsdb-server"):

@@ -93,7 +93,7 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
     controller's join API as a function `api(op, **args)` (TLS with `creds` = (key,
     certificate, CA) files, or plain TCP for None) that raises JoinError when refused;
     the command line passes one built on controller.client.api, so tep imports nothing of the
-    controller."""
+    controller's API."""
 
     name, pa, dpid, ctl = b["name"], b["pa"], int(b["dpid"]), b["controller"]
     ipaddress.IPv4Address(pa)

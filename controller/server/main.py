@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--state-dir", required=True, help="where the store and API socket live")
     ap.add_argument("--listen", default="0.0.0.0", help="OpenFlow listen address (default %(default)s)")
     ap.add_argument("--port", type=int, default=6653, help="OpenFlow TCP port (default %(default)s)")
-    ap.add_argument("--pki", metavar="DIR", help="ovs-pki directory (see controller/pki.py); "
+    ap.add_argument("--pki", metavar="DIR", help="ovs-pki directory (see controller/transport/pki.py); "
                     "created if missing; enables OpenFlow and the join API over TLS")
     ap.add_argument("--tls-port", type=int, default=6654, help="OpenFlow over TLS (default %(default)s)")
     ap.add_argument("--api-port", type=int, default=6655, help="join API for remote hosts (default %(default)s)")

@@ -234,7 +234,7 @@ class SwitchesMixin:
                        change=None) -> dict[str, int | None]:
         """Reconcile several hosts at once. With `old` and `new` (one tenant's flows per
         host, before and after), each host compares only that tenant's flows. `change`
-        (controller.client.progress.Change) counts the hosts done."""
+        (controller.server.progress.Change) counts the hosts done."""
         hosts = sorted(hosts)
         results: dict[str, int | None] = {h: None for h in hosts}
         live = [h for h in hosts if h in self.state and self.state[h].session is not None]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from tep.driver import Attachment, attachments_of
 from controller.server.entry import TenantEntry
@@ -47,22 +46,17 @@ class WorkloadsMixin:
         transactions that mostly wait (100 ports: 15 s one by one). `change` counts them."""
         if change is not None:
             change.workloads(len(attachments))
-        if len(attachments) > 1:  # one OVSDB transaction per host
+        if len(attachments) > 1:  # the driver's batch: one OVSDB transaction per host
             return self.driver.plug_many(attachments, PLUG_WORKERS, change.plugged if change is not None else None)
-
-        def plug(a):
+        errors = []
+        for a in attachments:
             try:
                 self.driver.plug(a)
-                return None
-            except Exception as e:
-                return f"attach {a.tenant}/{a.port} to {a.host}: {e}"
-            finally:
-                if change is not None:
-                    change.plugged()
-        if len(attachments) <= 1:
-            return [e for e in map(plug, attachments) if e]
-        with ThreadPoolExecutor(max_workers=PLUG_WORKERS) as pool:
-            return [e for e in pool.map(plug, attachments) if e]
+            except Exception as e:  # noqa: BLE001 - reported with the change, as plug_many does
+                errors.append(f"attach {a.tenant}/{a.port} to {a.host}: {e}")
+            if change is not None:
+                change.plugged()
+        return errors
 
     def ensure_workloads(self) -> list[str]:
         """At start (and on taking over): every wanted workload attached, no stale one

@@ -1,7 +1,7 @@
 """Bring a switch to a host's desired state, by flow identity.
 
 Written against `Switch`, a small protocol: the os-ken adapter's `Session` implements
-it for a real br-int, and `tests/unit/fake_switch.py` implements it with OpenFlow's own
+it for a real br-int, and `controller/switch/fake.py` implements it with OpenFlow's own
 semantics (an ADD replaces the flow with the same table, priority and match) for unit
 tests.
 

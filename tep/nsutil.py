@@ -36,7 +36,13 @@ def path(name: str) -> str:
 
 
 def exists(name: str) -> bool:
-    return os.path.exists(path(name))
+    """Whether namespace `name` is there: its file under /run/netns has a network
+    namespace mounted on it. A file alone is what a process killed between making the
+    file and mounting the namespace leaves behind; `create` replaces it."""
+    try:
+        return os.stat(path(name)).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -78,6 +84,8 @@ def create(name: str, sysctls: dict[str, str] | None = None) -> None:
         pr_netns.create(name)
     else:
         p = path(name)
+        if os.path.exists(p) and not exists(name):  # a file without a namespace: left by a kill
+            os.unlink(p)
         os.close(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:

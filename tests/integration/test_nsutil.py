@@ -71,3 +71,23 @@ def test_a_fresh_workload_is_what_the_full_path_makes_and_a_second_call_changes_
     finally:
         workload.delete_namespace(ns)
         workload.delete_namespace(host)
+
+
+def test_a_namespace_file_left_by_a_kill_is_no_namespace_and_a_workload_is_made_over_it():
+    """A controller killed between making /run/netns/NAME and mounting the namespace on it
+    leaves an empty file; that is not a namespace, and plugging the workload again makes
+    it (it failed with EINVAL from setns on the file, and the port stayed down)."""
+    tag = uuid.uuid4().hex[:6]
+    host, ns, host_if = f"nvt{tag}-host", f"nvt{tag}-vm", f"w{tag}"
+    try:
+        workload.ensure_namespace(host)
+        open(nsutil.path(ns), "w").close()  # what the kill leaves
+        assert os.path.exists(nsutil.path(ns)) and not nsutil.exists(ns)
+        workload.create_workload(ns, host, host_if, "10.77.0.5", 24, "02:00:0a:4d:00:05", "10.77.0.1", 1450)
+        assert nsutil.exists(ns)
+        assert _state(ns, host, host_if)["addr"] == "10.77.0.5/24"
+    finally:
+        workload.delete_namespace(ns)
+        workload.delete_namespace(host)
+        if os.path.exists(nsutil.path(ns)):
+            os.unlink(nsutil.path(ns))

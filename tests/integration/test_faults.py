@@ -58,12 +58,37 @@ def _count(lab, host, what, mark) -> int:
     return out.count(mark)
 
 
+def _synced_again(lab, host: str, syncs: int, timeout: float = 30) -> list[dict]:
+    """The hosts once `host`'s switch has connected again and been synced: until the
+    controller has seen the old connection go (a loaded machine notices late), the old
+    session still looks connected and in sync."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hosts = lab.wait_synced(timeout)
+        if next(h for h in hosts if h["name"] == host)["syncs"] > syncs:
+            return hosts
+        assert time.monotonic() < deadline, f"{host} was not synced again within {timeout}s"
+        time.sleep(0.1)
+
+
+def _all_up(lab, tenant: str, timeout: float = 15) -> dict:
+    """`tenant show` once every port is up: a workload plugged at start-up is up when OVS
+    has told the controller about its port, a moment after the plugging is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = nvctl_json(lab, "tenant", "show", tenant)
+        if all(p["up"] for p in shown["ports"]) or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.2)
+
+
 def test_a_restarted_vswitchd_gets_its_flows_back(lab, blue):
     want = installed_cookies(lab, "hv2")
+    syncs = next(h for h in nvctl_json(lab, "hosts") if h["name"] == "hv2")["syncs"]
     assert lab.kill_vswitchd("hv2")
     t0 = time.monotonic()
     lab.start_vswitchd("hv2")
-    hosts = lab.wait_synced(30)
+    hosts = _synced_again(lab, "hv2", syncs)
     recovered = time.monotonic() - t0
     print(f"\nhv2 vswitchd restarted: flows restored {recovered * 1000:.0f} ms after it started")
     assert installed_cookies(lab, "hv2") == want
@@ -109,7 +134,7 @@ def test_controller_killed_during_apply_leaves_old_or_new_and_flows_match(lab, b
     proc.communicate(timeout=60)
     lab.start_controller()
     lab.wait_synced(60)
-    shown = nvctl_json(lab, "tenant", "show", "bulk")
+    shown = _all_up(lab, "bulk")
     n_ports = len(shown["spec"]["spec"]["ports"])
     print(f"\nkilled mid-apply: stored state has {n_ports} ports (revision {shown['revision']})")
     assert (shown["revision"], n_ports) in ((old_rev, 4), (old_rev + 1, 40))

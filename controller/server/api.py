@@ -36,10 +36,14 @@ from controller.transport.framing import receive, request, send
 LOG = logging.getLogger("nvctl.api")
 
 
+# the unix socket's operations answered by the API itself, not by the core: ctx -> result
+BUILTINS = {"ping": lambda ctx: {"pong": True}, "api.operations": lambda ctx: describe()}
+
+
 def operations(core) -> dict:
     """name -> the callable that answers it, for every operation of the unix socket
     (what a test or an in-process caller uses without the socket; no argument checks)."""
-    out = {"ping": lambda: {"pong": True}, "api.operations": describe}
+    out = {name: (lambda fn=fn: fn({})) for name, fn in BUILTINS.items()}
     for op in OPS.values():
         if op.call is not None and "unix" in op.over:
             out[op.name] = resolve(core, op)
@@ -107,7 +111,7 @@ class ApiServer:
     def __init__(self, core, path: str):
         self.core = core
         self.path = path
-        self.builtins = {"ping": lambda ctx: {"pong": True}, "api.operations": lambda ctx: describe()}
+        self.builtins = BUILTINS
         if os.path.exists(path):
             os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

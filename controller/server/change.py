@@ -26,6 +26,7 @@ from controller.state.store import HostRecord
 from controller.switch.reconciler import HostState
 
 LOG = logging.getLogger("nvctl.change")
+UPLINK_MTU = (1280, 65535)  # what a host may say its uplink carries, in bytes (IPv6's minimum up)
 
 
 def run(core, change: "Change", progress=None, lock=None) -> dict:
@@ -181,9 +182,10 @@ class HostRegistration(Change):
             if other.name != rec.name and (other.pa == rec.pa or other.dpid == rec.dpid):
                 raise ApiError(f"host {rec.name}: PA {rec.pa} or dpid {rec.dpid:#x} already used by {other.name}")
         mtu = rec.info.get("mtu")
-        if mtu is not None and not (isinstance(mtu, int) and not isinstance(mtu, bool) and 1280 <= mtu <= 65535):
-            raise ApiError(f"host {rec.name}: uplink MTU {mtu!r} is not a number of bytes (1280..65535)",
-                           [("info.mtu", "an integer from 1280 to 65535")])
+        low, high = UPLINK_MTU
+        if mtu is not None and not (isinstance(mtu, int) and not isinstance(mtu, bool) and low <= mtu <= high):
+            raise ApiError(f"host {rec.name}: uplink MTU {mtu!r} is not a number of bytes ({low}..{high})",
+                           [("info.mtu", f"an integer from {low} to {high}")])
 
     def commit(self, core) -> set[str]:
         core.store.put_host(self.rec)

@@ -92,10 +92,8 @@ class HostsMixin:
         if int(got_dpid, 16) != inv["dpid"] or got_ip != inv["pa"]:
             raise ApiError(f"host {name}: its br-int has datapath-id {got_dpid} and tunnel IP {got_ip}, "
                            f"expected {inv['dpid']:016x} and {inv['pa']}")
-        if mtu is not None and not (isinstance(mtu, int) and 1280 <= mtu <= 65535):
-            raise ApiError(f"host {name}: uplink MTU {mtu!r} is not a number of bytes (1280..65535)")
         info = {"kind": "lab" if inv["workloads"] else "remote", "joined": True, "tls": inv["tls"],
-                **({"mtu": mtu} if mtu else {}),
+                **({"mtu": mtu} if mtu is not None else {}),  # checked with the registration
                 "mgmt": peer_ip, "ovsdb": remote, **({"ovsdb_tls": tls} if tls else {}),
                 **(inv["workloads"] or {})}
         self.register_host(name, inv["pa"], inv["dpid"], info)

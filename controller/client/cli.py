@@ -22,7 +22,7 @@ import textwrap
 
 from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
-from controller.client.common import CommandError, _api, _print, state_dir_from
+from controller.client.common import CommandError, api_socket, show, state_dir_from
 from controller.client.render import trace_lines, verify_lines
 from controller.client import hostcmd, labcmd
 
@@ -31,7 +31,7 @@ def _observe(name: str):
     """A command of controller.client.observe, run with the API socket found as for every command."""
     def run(a):
         from controller.client import observe
-        a.api_path = _api(a)
+        a.api_path = api_socket(a)
         return getattr(observe, name)(a)
     return run
 
@@ -60,7 +60,7 @@ def _tenant_port(target: str, command: str) -> tuple[str, str]:
 
 def _report_change(r: dict, as_json: bool):
     if as_json:
-        return _print(r, True)
+        return show(r, True)
     print(f"tenant {r['tenant']} {r['action']}")
     for h, what in r["hosts"].items():
         print(f"  {h}: {what}")
@@ -78,11 +78,11 @@ def _put_tenant(a, verb: str) -> dict:
         name = yaml.safe_load(text)["metadata"]["name"]
     except Exception:  # the controller says what is wrong with it
         name = None
-    run = lambda: call(_api(a), f"tenant.{verb}", yaml=text)  # noqa: E731
+    run = lambda: call(api_socket(a), f"tenant.{verb}", yaml=text)  # noqa: E731
     if not isinstance(name, str):
         return run()
     with Reporter(f"tenant {verb}") as rep:
-        return follow_change(run, lambda after: call(_api(a), "progress", tenant=name, after=after, timeout=5),
+        return follow_change(run, lambda after: call(api_socket(a), "progress", tenant=name, after=after, timeout=5),
                              rep, name)
 
 
@@ -95,29 +95,29 @@ def cmd_tenant_apply(a):
 
 
 def cmd_tenant_validate(a):
-    r = call(_api(a), "tenant.validate", yaml=_read_file(a.file))
+    r = call(api_socket(a), "tenant.validate", yaml=_read_file(a.file))
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     print(f"tenant {r['tenant']} is valid: {r['switches']} switches, {r['ports']} ports")
 
 
 def cmd_tenant_delete(a):
-    _report_change(call(_api(a), "tenant.delete", name=a.name), a.json)
+    _report_change(call(api_socket(a), "tenant.delete", name=a.name), a.json)
 
 
 def cmd_tenant_list(a):
-    rows = call(_api(a), "tenant.list")
+    rows = call(api_socket(a), "tenant.list")
     if a.json:
-        return _print(rows, True)
+        return show(rows, True)
     print(f"{'NAME':20} {'ID':>5} {'SWITCHES':>8} {'PORTS':>6} {'REV':>4}")
     for r in rows:
         print(f"{r['name']:20} {r['tenant_id']:>5} {r['switches']:>8} {r['ports']:>6} {r['revision']:>4}")
 
 
 def cmd_tenant_show(a):
-    r = call(_api(a), "tenant.show", name=a.name)
+    r = call(api_socket(a), "tenant.show", name=a.name)
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     import yaml
     print(yaml.safe_dump(r["spec"], sort_keys=False).rstrip())
     print("status:")
@@ -137,12 +137,12 @@ def cmd_tenant_show(a):
 # flows, exec ---------------------------------------------------------------------------
 
 def cmd_flows(a):
-    r = call(_api(a), "flows", host=a.host)
+    r = call(api_socket(a), "flows", host=a.host)
     if a.tenant:
         r["flows"] = [f for f in r["flows"] if f["tenant"] == a.tenant]
         r["unexpected"] = [u for u in r["unexpected"] if u["tenant"] == a.tenant]
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     table = None
     for f in r["flows"]:
         if a.tenant and f["tenant"] != a.tenant:
@@ -164,12 +164,12 @@ def cmd_flows(a):
 def cmd_verify(a):
     """Exit 0: every check holds; 1: a violation (with its counterexample); 2: could not verify."""
     try:
-        r = call(_api(a), "verify", tenant=a.tenant, host=a.host)
+        r = call(api_socket(a), "verify", tenant=a.tenant, host=a.host)
     except ApiClientError as e:
         print(f"nvctl verify: {e}", file=sys.stderr)
         sys.exit(2)
     if a.json:
-        _print(r, True)
+        show(r, True)
     else:
         print("\n".join(verify_lines(r)))
     if r["errors"]:
@@ -179,7 +179,7 @@ def cmd_verify(a):
 
 def cmd_exec(a):
     tenant, port = _tenant_port(a.target, "exec")
-    info = call(_api(a), "port.info", tenant=tenant, port=port)
+    info = call(api_socket(a), "port.info", tenant=tenant, port=port)
     if not info["namespace"]:
         raise SystemExit(f"nvctl exec: {a.target} is on {info['host']}, which is not a lab host")
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -190,9 +190,9 @@ def cmd_exec(a):
 
 def cmd_trace(a):
     tenant, port = _tenant_port(a.target, "trace")
-    r = call(_api(a), "trace", tenant=tenant, port=port, packet=a.packet, real=a.real)
+    r = call(api_socket(a), "trace", tenant=tenant, port=port, packet=a.packet, real=a.real)
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     print("\n".join(trace_lines(r)))
     if r["agree"] is False:
         sys.exit(2)
@@ -200,9 +200,9 @@ def cmd_trace(a):
 
 def cmd_port_migrate(a):
     tenant, port = _tenant_port(a.target, "port migrate")
-    r = call(_api(a), "port.migrate", tenant=tenant, port=port, to=a.to)
+    r = call(api_socket(a), "port.migrate", tenant=tenant, port=port, to=a.to)
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     t = r["timings_ms"]
     print(f"{tenant}/{port}: {r['src']} -> {r['dst']} (ofport {r['ofport']} on {r['dst']})")
     print(f"  1. {r['dst']} ready (its flows, workload attached there too): {t['destination_ready']} ms")
@@ -215,10 +215,10 @@ def cmd_port_migrate(a):
 
 
 def cmd_port_add(a):
-    r = call(_api(a), "port.add", tenant=a.tenant, switch=a.switch, name=a.name, ip=a.ip, mac=a.mac,
+    r = call(api_socket(a), "port.add", tenant=a.tenant, switch=a.switch, name=a.name, ip=a.ip, mac=a.mac,
              host=a.host, workload=not a.no_workload, ip6=a.ip6)
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     p = r["port"]
     v6 = f", {p['ip6']}/{p['prefixlen6']}" if p.get("ip6") else ""
     print(f"{r['tenant']}/{p['name']}: {p['ip']}/{p['prefixlen']}{v6} {p['mac']} on {p['host']} "
@@ -236,7 +236,7 @@ def cmd_port_add(a):
 
 def cmd_port_del(a):
     tenant, port = _tenant_port(a.target, "port del")
-    _report_change(call(_api(a), "port.del", tenant=tenant, port=port), a.json)
+    _report_change(call(api_socket(a), "port.del", tenant=tenant, port=port), a.json)
 
 
 def cmd_docker_plugin(a):
@@ -245,13 +245,13 @@ def cmd_docker_plugin(a):
 
 
 def cmd_api(a):
-    ops = call(_api(a), "api.operations")
+    ops = call(api_socket(a), "api.operations")
     if a.op:
         ops = [o for o in ops if o["name"] == a.op]
         if not ops:
             raise CommandError(f"no operation {a.op!r} (nvctl api lists them)")
     if a.json:
-        return _print(ops, True)
+        return show(ops, True)
     for o in ops:
         scope = o["scope"]["kind"] + (f" ({o['scope']['arg']})" if o["scope"].get("arg") else "")
         args = ", ".join(f"{n}: {'|'.join(x['types'])}"
@@ -265,7 +265,7 @@ def cmd_api(a):
 
 def cmd_ui(a):
     from controller.client.ui import serve
-    sys.exit(serve(a.api or _api(a), listen=a.listen, port=a.port))
+    sys.exit(serve(a.api or api_socket(a), listen=a.listen, port=a.port))
 
 
 # parser ---------------------------------------------------------------------------------

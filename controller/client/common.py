@@ -16,10 +16,10 @@ class CommandError(Exception):
     """A command's failure, said to the user as `nvctl: <message>` with exit code 1."""
 
 
-def _api(args) -> str:
+def api_socket(args) -> str:
     return os.path.join(state_dir_from(args.state_dir), "nvctl.sock")
 
 
-def _print(obj, as_json: bool) -> None:
+def show(obj, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=True))

@@ -6,7 +6,7 @@ import os
 import sys
 
 from controller.client.api import ApiClientError, call
-from controller.client.common import _api, _print
+from controller.client.common import api_socket, show
 
 
 def _drift_note(d: dict | None) -> str:
@@ -18,9 +18,9 @@ def _drift_note(d: dict | None) -> str:
 
 
 def cmd_hosts(a):
-    rows = call(_api(a), "host.list", check=True)  # every switch read again, drift corrected
+    rows = call(api_socket(a), "host.list", check=True)  # every switch read again, drift corrected
     if a.json:
-        return _print(rows, True)
+        return show(rows, True)
     print(f"{'HOST':8} {'PA':14} {'DPID':18} {'OPENFLOW':10} {'FLOWS':>6} {'MODS SENT':>9}  SYNC")
     for h in rows:
         print(f"{h['name']:8} {h['pa']:14} {h['dpid']:18} {'connected' if h['connected'] else 'down':10} "
@@ -33,13 +33,13 @@ def cmd_host_invite(a):
     if a.lab_netns:
         from scenarios.lab import Lab  # a lab host: its workloads are the lab's
         workloads = {"netns": a.lab_netns, "prefix": Lab(a.state_dir).prefix}
-    b = call(_api(a), "host.invite", name=a.name, pa=a.pa, tls=not a.insecure, workloads=workloads)
+    b = call(api_socket(a), "host.invite", name=a.name, pa=a.pa, tls=not a.insecure, workloads=workloads)
     out = a.out or f"{a.name}-join.json"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(b, f, indent=1)
     if a.json:
-        return _print({k: v for k, v in b.items() if k not in ("key", "token")}, True)
+        return show({k: v for k, v in b.items() if k not in ("key", "token")}, True)
     c = b["controller"]
     print(f"host {a.name} invited: PA {a.pa}, datapath id {b['dpid']:016x}, "
           f"{'TLS (certificate CN=' + a.name + ' signed by the switch CA)' if b['tls'] else 'plain TCP (--insecure)'}")
@@ -77,11 +77,11 @@ def cmd_host_join(a):
     except JoinError as e:
         print(f"nvctl host join: {e}", file=sys.stderr)
         sys.exit(1)
-    _print(r, a.json)
+    show(r, a.json)
 
 
 def cmd_host_resync(a):
-    r = call(_api(a), "host.resync", name=a.name)
+    r = call(api_socket(a), "host.resync", name=a.name)
     if a.json:
-        return _print(r, True)
+        return show(r, True)
     print(f"{r['host']}: re-read the switch, sent {r['flow_mods']} flow-mods to repair it ({r['ms']} ms)")

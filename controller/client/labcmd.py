@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from controller.client.api import call
-from controller.client.common import CommandError, _api, _print
+from controller.client.common import CommandError, api_socket, show
 
 
 def _lab(state_dir, **kw):
@@ -44,7 +44,7 @@ def cmd_lab_status(a):
 def _lab_status(lab, as_json: bool):
     st = lab.status()
     if as_json:
-        return _print(st, True)
+        return show(st, True)
     print(f"lab: {st['status']}   state: {st['state_dir']}")
     if st["status"] == "down":
         return
@@ -98,7 +98,7 @@ def cmd_controller(a):
 
 
 def _controller_status(a):
-    st = call(_api(a), "cluster.status", timeout=30)
+    st = call(api_socket(a), "cluster.status", timeout=30)
     lab = _lab(a.state_dir)
     if lab.clustered:  # the lab knows its etcd members' PIDs
         cluster = lab.etcd()
@@ -107,7 +107,7 @@ def _controller_status(a):
     out = {"members": st["members"], "etcd": st["etcd"], "hosts": st["hosts"], "leader": st["leader"],
            "generation": st["generation"]}
     if a.json:
-        return _print(out, True)
+        return show(out, True)
     print(f"leader: {st['leader'] or 'NONE (an election is under way)'}"
           + (f"   generation {st['generation']}" if st["generation"] else ""))
     print(f"  {'MEMBER':8} {'PID':>7} {'ADDRESS':16} {'ROLE':9} LEASE")
@@ -137,7 +137,7 @@ def cmd_scenario_list(a):
     from scenarios.runner import catalog
     scenarios = catalog()
     if a.json:
-        return _print([{"name": s.name, "summary": s.summary, "hosts": s.hosts, "mininet": s.mininet}
+        return show([{"name": s.name, "summary": s.summary, "hosts": s.hosts, "mininet": s.mininet}
                        for s in scenarios.values()], True)
     for s in scenarios.values():
         print(f"  {s.name:13} {'lab, mininet' if s.mininet else 'lab':13} {s.summary}")

@@ -40,6 +40,7 @@ from controller.server.ports import PortsMixin
 from controller.server.workloads import WorkloadsMixin
 from controller.server.views import ViewsMixin
 from controller.server.counters import CountersMixin
+from controller.server.access import AccessMixin, Authenticator, AuditTrail
 from tep.driver import Driver, NoDriver
 
 
@@ -56,7 +57,8 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, ViewsMixin, CountersMixin):
+class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, ViewsMixin, CountersMixin,
+           AccessMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
@@ -91,6 +93,8 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, V
         self.verified: dict = {}  # tenant ("" for all) -> (time, ok, violations): the last verify
         self.metrics = Metrics(self)
         self.changes = Changes()  # each create/apply's phase and counts, for the `progress` op (no mutex)
+        self.authenticator = Authenticator(store)  # network API tokens (controller.server.access)
+        self.audit_trail = AuditTrail(store)  # every request, allowed or refused; main starts its writer
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))

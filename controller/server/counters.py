@@ -8,7 +8,7 @@ import time
 
 from dataplane.match_action import COOKIE_TENANT_MAX, COOKIE_TENANT_SHIFT, cookie_tenant
 from controller.analysis import stats as stats_mod
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_tenant
 from controller.server.entry import TenantEntry
 
 STATS_KEEP_SECONDS = 600.0  # readings kept for `nvctl drops` (what dropped recently)
@@ -96,7 +96,7 @@ class CountersMixin:
         """`nvctl stats`: the tenant's counters by intent, summed over its hosts."""
         e = self.tenants.get(tenant)
         if e is None:
-            raise ApiError(f"no tenant {tenant!r}")
+            raise unknown_tenant(tenant)
         inc, stamp = self._incarnation.get(tenant), self.book.stamp()
         readings, errors = self._read_counters({tenant: e})[tenant]
         return self._report(tenant, e, inc, stamp, readings, errors)
@@ -134,7 +134,7 @@ class CountersMixin:
     def logs(self, tenant: str, after: int = 0, limit: int = 1000) -> dict:
         """`nvctl logs`: what the tenant's logged ACL rules wrote, after sequence `after`."""
         if tenant not in self.tenants:
-            raise ApiError(f"no tenant {tenant!r}")
+            raise unknown_tenant(tenant)
         got = self.acl_log.since(tenant, after, limit)
         return {"tenant": tenant, "entries": got, "last": got[-1]["seq"] if got else after,
                 "epoch": self.acl_log.epoch,

@@ -8,3 +8,9 @@ class ApiError(Exception):
     def __init__(self, message: str, errors: list | None = None):
         super().__init__(message)
         self.errors = errors or []
+
+
+def unknown_tenant(name) -> ApiError:
+    """The one answer for a tenant that does not exist: a tenant credential asking about
+    another tenant gets exactly this too (controller.server.access), so it must not vary."""
+    return ApiError(f"no tenant {name!r}")

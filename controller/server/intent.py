@@ -14,7 +14,7 @@ from topology.model import Tenant
 from controller.compile.allocator import Exhausted, InUse, allocate, provider_addresses
 from controller.compile import compiler
 from controller.compile.compiler import VXLAN_OVERHEAD, compile_tenant
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_tenant
 from controller.server.entry import TenantEntry
 from controller.server import change as change_path
 from controller.server.change import TenantChange
@@ -25,7 +25,7 @@ class IntentMixin:
         """(tenant entry, port) or an ApiError naming what is missing."""
         e = self.tenants.get(tenant)
         if e is None:
-            raise ApiError(f"no tenant {tenant!r}")
+            raise unknown_tenant(tenant)
         try:
             return e, e.tenant.port(port)
         except KeyError:
@@ -187,5 +187,5 @@ class IntentMixin:
         with self.mutex:
             old = self.tenants.get(name)
             if old is None:
-                raise ApiError(f"no tenant {name!r}")
+                raise unknown_tenant(name)
             return change_path.run(self, TenantChange(old, None, "deleted", name))

@@ -13,9 +13,9 @@ as one, and an error inside an operation is never blamed on the caller.
   "cluster"  the controller as a whole (every host, every tenant)
   "none"     nothing (ping, this table)
 
-`over`: which server offers it: "unix" (the root-only socket) and/or "network" (the
-join API, for hosts; its arguments `context` come from the connection, never from
-the client). `local`: answered by any member of a cluster; a follower hands the
+`over`: which server offers it: "unix" (the root-only socket and the HTTPS API, both
+behind one dispatcher) and/or "network" (the join API, for hosts; its arguments
+`context` come from the connection, never from the client). `local`: answered by any member of a cluster; a follower hands the
 others to the leader.
 """
 from __future__ import annotations
@@ -157,6 +157,18 @@ OPS: dict[str, Op] = _ops(
     Op("metrics", "metrics_text", scope="cluster", doc="The Prometheus exposition text."),
     Op("progress", "changes.snapshot", {"tenant": opt(None, str), "after": opt(0, int)}, **T,
        doc="The newest change (of `tenant`) after sequence `after`; never waits for the core's lock."),
+    # who may call, and what they did ---------------------------------------------------
+    Op("credential.issue", "credential_issue", {"name": req(str), "role": req(str), "ttl": opt(None, float)},
+       kind="change", scope="cluster",
+       doc="A new credential for the network API (role admin, viewer, tenant:NAME or host:NAME; ttl in "
+           "seconds); its token is in the answer only."),
+    Op("credential.list", "credential_list", scope="cluster", doc="Every credential (never a secret)."),
+    Op("credential.revoke", "credential_revoke", {"name": req(str)}, kind="change", scope="cluster",
+       doc="Refuse a credential from now on (every member within a second)."),
+    Op("audit.list", "audit_list", {"tenant": opt(None, str), "last": opt(50, int)}, **T, local=True,
+       doc="The newest requests, allowed or refused (of a tenant: those its credentials made)."),
+    Op("api.endpoints", "api_endpoints", scope="none", local=True,
+       doc="Every member's network API URL and the CA that signed them (a client finds the cluster)."),
     # a cluster --------------------------------------------------------------------------
     Op("cluster.status", "cluster_status", scope="cluster", local=True),
     Op("member.probe", "member_probe", {"host": req(str)}, kind="change", scope="host", scope_arg="host",

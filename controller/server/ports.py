@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 from topology import schema
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_tenant
 from controller.server import change as change_path
 from controller.server.change import Migration, TenantChange
 
@@ -19,7 +19,7 @@ class PortsMixin:
         """(tenant entry, switch) or an ApiError naming what is missing."""
         e = self.tenants.get(tenant)
         if e is None:
-            raise ApiError(f"no tenant {tenant!r}")
+            raise unknown_tenant(tenant)
         names = [s.name for s in e.tenant.switches]
         if switch not in names:
             raise ApiError(f"tenant {tenant} has no switch {switch!r}", [("--switch", f"one of {', '.join(names)}")])

@@ -11,7 +11,7 @@ from topology import schema
 from controller.compile.pipeline import LAYER_BY_ID
 from controller.switch import reconciler
 from controller.switch.reconciler import HostState
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_tenant
 
 
 class ViewsMixin:
@@ -51,7 +51,7 @@ class ViewsMixin:
     def show(self, name: str) -> dict:
         e = self.tenants.get(name)
         if e is None:
-            raise ApiError(f"no tenant {name!r}")
+            raise unknown_tenant(name)
         ports = []
         for p in e.tenant.ports:
             st = self.state.get(p.host)
@@ -146,7 +146,7 @@ class ViewsMixin:
     def verify(self, tenant: str | None = None, host: str | None = None) -> dict:
         """`nvctl verify`: isolation and policy proved over the flows installed now."""
         if tenant is not None and tenant not in self.tenants:
-            raise ApiError(f"no tenant {tenant!r}")
+            raise unknown_tenant(tenant)
         if host is not None and host not in self.hosts:
             raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
         from controller.analysis import installed

@@ -5,6 +5,8 @@ Keys under one prefix (default /nvctl):
     tenants/NAME    {"doc", "alloc"}: the tenant's revision is the key's etcd version
     hosts/NAME      {"pa", "dpid", "info"}
     invites/NAME    the invitation
+    credentials/NAME  a credential of the network API (a hash of its secret, its role)
+    audit/T-MEMBER-N  one API request answered by MEMBER at time T (ns), allowed or refused
     requests/ID     a write that was done (so a retried request is not done twice)
     leader          the elected controller, on its lease (controller.state.cluster)
     members/NAME    every live controller, on its own lease
@@ -117,11 +119,19 @@ class EtcdClient:
         raise EtcdUnavailable("no etcd member answers: " + "; ".join(errors))
 
     # key-value ------------------------------------------------------------------------
-    def range(self, key: str, prefix: bool = False) -> tuple[list[dict], int]:
-        """(kvs with decoded key and value, the store's revision)."""
+    def range(self, key: str, prefix: bool = False, limit: int = 0, newest_first: bool = False,
+              keys_only: bool = False) -> tuple[list[dict], int]:
+        """(kvs with decoded key and value, the store's revision). `limit` > 0: that many
+        at most, in key order (`newest_first`: the last keys first)."""
         body = {"key": b64(key)}
         if prefix:
             body["range_end"] = prefix_end(key)
+        if limit:
+            body["limit"] = limit
+        if newest_first:
+            body.update(sort_order="DESCEND", sort_target="KEY")
+        if keys_only:
+            body["keys_only"] = True
         out = self.post("kv/range", body)
         kvs = [{"key": unb64(kv["key"]), "value": unb64(kv.get("value", "")),
                 "version": int(kv.get("version", 0)), "create_revision": int(kv.get("create_revision", 0)),
@@ -198,8 +208,8 @@ def put(key: str, value: str, lease: int | None = None) -> dict:
     return {"request_put": {"key": b64(key), "value": b64(value), **({"lease": str(lease)} if lease else {})}}
 
 
-def delete(key: str) -> dict:
-    return {"request_delete_range": {"key": b64(key)}}
+def delete(key: str, range_end: str | None = None) -> dict:
+    return {"request_delete_range": {"key": b64(key), **({"range_end": b64(range_end)} if range_end else {})}}
 
 
 class EtcdStore:
@@ -210,6 +220,7 @@ class EtcdStore:
         self.fence: tuple[str, int] | None = None  # (leader key, its create revision) while we lead
         self.read_only = False  # a cluster's follower: it never writes (the leader does)
         self.request_id = threading.local()  # the API request being served, for requests/ID
+        self._audit_seq = 0
 
     def key(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts])
@@ -287,3 +298,31 @@ class EtcdStore:
 
     def put_invite(self, name: str, doc: dict) -> None:
         self._write([], [put(self.key("invites", name), json.dumps(doc, sort_keys=True))], f"invite {name}")
+
+    # credentials and the audit trail ------------------------------------------------------
+    def credentials(self) -> dict[str, dict]:
+        kvs, _ = self.client.range(self.key("credentials", ""), prefix=True)
+        return {kv["key"].rsplit("/", 1)[1]: json.loads(kv["value"]) for kv in kvs}
+
+    def put_credential(self, name: str, doc: dict) -> None:
+        self._write([], [put(self.key("credentials", name), json.dumps(doc, sort_keys=True))], f"credential {name}")
+
+    def append_audit(self, entries: list[dict]) -> None:
+        """Every member writes its own entries, leader or not (a follower answers and
+        refuses requests too): no fence, keys that never collide."""
+        ops = []
+        for e in entries:
+            self._audit_seq += 1
+            ops.append(put(self.key("audit", f"{int(e['time'] * 1e9):020d}-{e.get('member', '')}-{self._audit_seq}"),
+                           json.dumps(e, sort_keys=True)))
+        self.client.txn([], ops)
+        if self._audit_seq % 500 < len(entries):  # now and then: drop what is past AUDIT_KEEP
+            from controller.state.store import AUDIT_KEEP
+            kvs, _ = self.client.range(self.key("audit", ""), prefix=True, limit=AUDIT_KEEP + 1,
+                                       newest_first=True, keys_only=True)
+            if len(kvs) > AUDIT_KEEP:
+                self.client.txn([], [delete(self.key("audit", ""), kvs[-1]["key"])])
+
+    def audit_entries(self, limit: int) -> list[dict]:
+        kvs, _ = self.client.range(self.key("audit", ""), prefix=True, limit=limit, newest_first=True)
+        return [json.loads(kv["value"]) for kv in reversed(kvs)]

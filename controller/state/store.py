@@ -45,6 +45,13 @@ class Store(Protocol):
     def put_host(self, h: HostRecord) -> None: ...
     def invites(self) -> dict[str, dict]: ...
     def put_invite(self, name: str, doc: dict) -> None: ...
+    def credentials(self) -> dict[str, dict]: ...
+    def put_credential(self, name: str, doc: dict) -> None: ...
+    def append_audit(self, entries: list[dict]) -> None: ...
+    def audit_entries(self, limit: int) -> list[dict]: ...
+
+
+AUDIT_KEEP = 20000  # audit entries kept (the oldest go first)
 
 
 SCHEMA = """
@@ -62,6 +69,14 @@ CREATE TABLE IF NOT EXISTS hosts (
 );
 CREATE TABLE IF NOT EXISTS invites (
     name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     doc TEXT NOT NULL
 );
 """
@@ -147,3 +162,33 @@ class SqliteStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO invites(name, doc) VALUES (?,?)",
                              (name, json.dumps(doc, sort_keys=True)))
+
+    # credentials (who may call the network API; only a hash of each secret) ------------
+    def credentials(self) -> dict[str, dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, doc FROM credentials ORDER BY name").fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def put_credential(self, name: str, doc: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO credentials(name, doc) VALUES (?,?)",
+                             (name, json.dumps(doc, sort_keys=True)))
+
+    # the audit trail: every API request, allowed or refused -----------------------------
+    def append_audit(self, entries: list[dict]) -> None:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany("INSERT INTO audit(doc) VALUES (?)", [(json.dumps(e, sort_keys=True),) for e in entries])
+                cur.execute("DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?", (AUDIT_KEEP,))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def audit_entries(self, limit: int) -> list[dict]:
+        """The newest `limit` entries, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]

@@ -34,6 +34,8 @@ from controller.client.common import DEFAULT_STATE_DIR, state_dir_from  # noqa: 
 from controller.compile.compiler import TUNNEL_OFPORT
 
 OF_PORT = 6653
+API_PORT = 6443  # the network API (HTTPS) on each controller's management address
+ADMIN_CREDENTIAL = "admin.cred"  # in the state directory: an admin credential for the network API
 CONTROLLER_IP = "198.51.100.1"
 MGMT_PREFIX = "198.51.100."
 UNDERLAY_PREFIX = "192.0.2."
@@ -183,7 +185,8 @@ class Lab:
                 continue
             os.makedirs(m["state_dir"], exist_ok=True)
             pids[m["name"]] = spawn_controller(f"/run/netns/{m['netns']}", m["state_dir"], m["address"], OF_PORT,
-                                               self.pki_dir, store=cluster.url, name=m["name"])
+                                               self.pki_dir, store=cluster.url, name=m["name"],
+                                               api_listen=f"{m['address']}:{API_PORT}")
         return pids
 
     def member_pid(self, name: str) -> int | None:
@@ -250,6 +253,7 @@ class Lab:
             self.wait_synced(timeout, tasks[1] and (lambda hs: tasks[1].update(completed=sum(
                 h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hs))))
             self.warm_underlay(plans, tasks[2] and tasks[2].advance)
+            self.write_admin_credential()
             m["status"] = "up"
             self._save(m)
         except BaseException:
@@ -362,7 +366,8 @@ class Lab:
         deepen_instance(self.host_dir(name))  # its ports' sockets are new
 
     def start_controller(self) -> int:
-        return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir)
+        return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir,
+                                api_listen=f"{CONTROLLER_IP}:{API_PORT}")
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
         _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, sig, group=True)
@@ -387,6 +392,23 @@ class Lab:
 
     def wait_synced(self, timeout: float = 60, on_poll=None) -> list[dict]:
         return wait_synced(self.api_path, timeout, on_poll)
+
+    @property
+    def admin_credential(self) -> str:
+        return os.path.join(self.dir, ADMIN_CREDENTIAL)
+
+    def write_admin_credential(self) -> str:
+        """An admin credential for the network API (STATE_DIR/admin.cred, mode 0600): what
+        an operator on another machine needs, issued as any other."""
+        from controller.client.accesscmd import issue, write_credential
+        from controller.client.api import call
+        name = "lab-admin"
+        if any(c["name"] == name and c["state"] == "valid" for c in call(self.api_path, "credential.list")):
+            call(self.api_path, "credential.revoke", name=name)  # a new secret; the old file is gone
+        if any(c["name"] == name for c in call(self.api_path, "credential.list")):
+            name = f"lab-admin-{int(time.time())}"
+        write_credential(self.admin_credential, issue(self.api_path, name, "admin"))
+        return self.admin_credential
 
     # status ---------------------------------------------------------------------------
     def status(self) -> dict:
@@ -451,7 +473,7 @@ class Lab:
                     ipr.link("del", index=link["index"])
                     done.append(f"link {name}")
         for entry in ("hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
-                      "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp"):
+                      "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp", ADMIN_CREDENTIAL):
             path = os.path.join(self.dir, entry)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -467,7 +489,7 @@ class Lab:
 # shared with the mininet overlay ----------------------------------------------------------
 
 def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pki: str | None = None,
-                     store: str | None = None, name: str | None = None) -> int:
+                     store: str | None = None, name: str | None = None, api_listen: str | None = None) -> int:
     """Start the controller inside a network namespace (given as a path: /run/netns/X or
     /proc/PID/ns/net); wait until its API answers. Its PID goes to state_dir/controller.pid."""
     log = open(os.path.join(state_dir, "controller.log"), "ab")
@@ -481,6 +503,8 @@ def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pk
         cmd += ["--store", store]
     if name:
         cmd += ["--name", name]
+    if api_listen and pki:
+        cmd += ["--api-listen", api_listen]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -1,5 +1,9 @@
-"""The client side of the controller's API: `call` (the unix socket, or a cluster's
-members) and `remote_call` (a controller's network join API). The framing is
+"""The client side of the controller's API: `call` (the unix socket, a cluster's
+members, or the network API with a credential) and `remote_call` (a controller's
+network join API).
+
+`call(target, ...)`: a target is a unix socket's path, or a `Remote` (a credential
+file's servers, CA and token: the HTTPS API of controller.transport.https). The framing is
 controller.transport.framing's; nothing here imports the server, so the command line,
 the runtimes' plugins and the scenarios run without it.
 
@@ -37,10 +41,116 @@ def members(path: str) -> list[str]:
     return [path] + [a for a in apis if a != path] if path in apis else apis
 
 
-def call(path: str, op: str, timeout: float = 600, **args):
-    """Send one request; return its result or raise ApiClientError. To a cluster: any
-    member that answers (followers hand it to the leader); while a failover is under
-    way, the same request (one id: a change is made once) again, for FAILOVER_WAIT s."""
+CREDENTIAL_KIND = "nvctl-credential"
+
+
+class Remote:
+    """The network API as a credential file describes it: the servers (every member of
+    the cluster, as they were when it was issued), the CA that signed them, and the
+    token. `server` overrides the servers (--server URL)."""
+
+    def __init__(self, cred: dict, server: str | None = None, source: str = "credential"):
+        self.source = source
+        self.name, self.role, self.token = cred.get("name"), cred.get("role"), cred.get("token")
+        self.servers = [server] if server else list(cred.get("servers") or [])
+        if not self.servers:
+            raise ApiClientError(f"{source}: names no server (give --server https://HOST:PORT)")
+        from controller.transport.https import client_context
+        try:
+            self.ctx = client_context(ca_pem=cred["ca"])
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise ApiClientError(f"{source}: its CA is not a PEM certificate ({e})") from None
+        self._conns: dict = {}
+        self._found = False  # the members asked for their list once
+
+    def __repr__(self) -> str:
+        return f"Remote({self.name}@{','.join(self.servers)})"
+
+    def connection(self, url: str):
+        from controller.transport.https import Connection
+        c = self._conns.get(url)
+        if c is None:
+            c = self._conns[url] = Connection(url, self.ctx)
+        return c
+
+    def post(self, url: str, op: str, args: dict, rid: str, timeout: float) -> dict:
+        status, answer = self.connection(url).post(op, args, self.token, rid, timeout=timeout)
+        if status == 401:
+            raise ApiClientError(f"{url} refused the credential {self.name!r} from {self.source}: "
+                                 f"{answer.get('error')} (revoked, expired or mistyped?)")
+        return answer
+
+    def discover(self, url: str) -> None:
+        """Every member the cluster has now (its members are in etcd), from one that answers."""
+        if self._found:
+            return
+        self._found = True
+        try:
+            answer = self.post(url, "api.endpoints", {}, uuid.uuid4().hex, 5)
+        except (OSError, ApiClientError):
+            return
+        for u in (answer.get("result") or {}).get("servers") or []:
+            if u not in self.servers:
+                self.servers.append(u)
+
+
+def load_credential(path: str, server: str | None = None) -> Remote:
+    """A credential file (`nvctl credential issue`), checked, as a Remote."""
+    try:
+        with open(path) as f:
+            cred = json.load(f)
+    except OSError as e:
+        raise ApiClientError(f"cannot read the credential {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ApiClientError(f"{path} is not a credential file (not JSON: {e})") from None
+    missing = [k for k in ("name", "role", "token", "ca") if not isinstance(cred, dict) or k not in cred]
+    if missing or cred.get("kind") != CREDENTIAL_KIND:
+        raise ApiClientError(f"{path} is not an nvctl credential file (missing {', '.join(missing) or 'kind'})")
+    return Remote(cred, server, source=path)
+
+
+def _call_remote(remote: Remote, op: str, timeout: float, args: dict):
+    """One request over HTTPS: any member that answers; while a failover is under way
+    (a member that cannot be reached, an answer that says retry), the same request
+    again, for FAILOVER_WAIT s."""
+    import ssl
+    rid = uuid.uuid4().hex
+    deadline = time.monotonic() + FAILOVER_WAIT
+    last = None
+    for attempt in itertools.count():
+        url = remote.servers[attempt % len(remote.servers)]
+        try:
+            answer = remote.post(url, op, args, rid, timeout)
+        except ssl.SSLCertVerificationError as e:
+            raise ApiClientError(f"{url} is not the controller {remote.source} names: its certificate is "
+                                 f"not signed by the credential's CA ({e.verify_message})") from None
+        except ssl.SSLError as e:
+            last, answer = f"{url}: TLS failed: {e.reason or e}", None
+        except TimeoutError:
+            raise ApiClientError(f"{url} did not answer {op} within {timeout:.0f}s") from None
+        except OSError as e:
+            last, answer = f"{url}: {e.strerror or e}", None
+        if answer is not None and attempt:
+            remote.discover(url)  # one member was away: learn who else there is
+        if answer is not None and not answer.get("retry"):
+            if not answer.get("ok"):
+                raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
+            return answer["result"]
+        if answer is not None:
+            last = answer.get("error")
+        if time.monotonic() > deadline:
+            raise ApiClientError(f"no controller answered for {FAILOVER_WAIT:.0f}s ({last})")
+        if attempt % len(remote.servers) == len(remote.servers) - 1:
+            time.sleep(0.2)
+
+
+def call(path, op: str, timeout: float = 600, **args):
+    """Send one request; return its result or raise ApiClientError. `path`: the unix
+    socket, or a Remote (the network API). To a cluster: any member that answers
+    (followers hand it to the leader); while a failover is under way, the same request
+    (one id: a change is made once) again, for FAILOVER_WAIT s."""
+    if isinstance(path, Remote):
+        return _call_remote(path, op, timeout, args)
     req = {"op": op, "args": args, "id": uuid.uuid4().hex}
     targets = members(path)
     deadline = time.monotonic() + FAILOVER_WAIT

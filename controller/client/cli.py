@@ -24,7 +24,7 @@ from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
 from controller.client.common import CommandError, api_socket, show, state_dir_from
 from controller.client.render import trace_lines, verify_lines
-from controller.client import hostcmd, labcmd
+from controller.client import accesscmd, hostcmd, labcmd
 
 
 def _observe(name: str):
@@ -278,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lab and controller state (env NVCTL_STATE_DIR; default /var/lib/nvctl)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
+    common.add_argument("--credential", metavar="FILE", default=argparse.SUPPRESS,
+                        help="talk to the controller's network API with this credential (env "
+                             "NVCTL_CREDENTIAL; see 'nvctl credential'); default: the unix socket")
+    common.add_argument("--server", metavar="URL", default=argparse.SUPPRESS,
+                        help="with a credential: this server (https://HOST:PORT) instead of its list")
     ap = argparse.ArgumentParser(prog="nvctl", description=__doc__, parents=[common],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -561,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("op", nargs="?", help="one operation's name, e.g. port.add")
     p.set_defaults(fn=cmd_api)
 
+    accesscmd.add_parsers(sub, common)
+
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])
     p.add_argument("--hosts", type=int, default=3)
@@ -574,6 +581,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     a.state_dir = getattr(a, "state_dir", None)
     a.json = getattr(a, "json", False)
+    a.credential = getattr(a, "credential", None)
+    a.server = getattr(a, "server", None)
     try:
         a.fn(a)
     except ApiClientError as e:

@@ -16,8 +16,21 @@ class CommandError(Exception):
     """A command's failure, said to the user as `nvctl: <message>` with exit code 1."""
 
 
-def api_socket(args) -> str:
-    return os.path.join(state_dir_from(args.state_dir), "nvctl.sock")
+def api_socket(args):
+    """Where this command's requests go: the network API when a credential is given
+    (--credential FILE, else $NVCTL_CREDENTIAL; --server URL picks the server), else
+    the unix socket in the state directory."""
+    path = getattr(args, "credential", None) or os.environ.get("NVCTL_CREDENTIAL")
+    server = getattr(args, "server", None)
+    if path:
+        from controller.client.api import ApiClientError, load_credential
+        try:
+            return load_credential(path, server)
+        except ApiClientError as e:
+            raise CommandError(str(e)) from None
+    if server:
+        raise CommandError("--server needs a credential (--credential FILE or NVCTL_CREDENTIAL)")
+    return os.path.join(state_dir_from(getattr(args, "state_dir", None)), "nvctl.sock")
 
 
 def show(obj, as_json: bool) -> None:

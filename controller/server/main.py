@@ -26,6 +26,9 @@ def main(argv=None) -> int:
                     "created if missing; enables OpenFlow and the join API over TLS")
     ap.add_argument("--tls-port", type=int, default=6654, help="OpenFlow over TLS (default %(default)s)")
     ap.add_argument("--api-port", type=int, default=6655, help="join API for remote hosts (default %(default)s)")
+    ap.add_argument("--api-listen", metavar="ADDR:PORT",
+                    help="serve the API over HTTPS + JSON here (needs --pki: TLS with the controller's CA; "
+                         "callers authenticate with credentials, see 'nvctl credential issue')")
     ap.add_argument("--insecure", action="store_true",
                     help="without --pki: serve the join API over plain TCP (trusted networks only)")
     ap.add_argument("--store", default="sqlite",
@@ -34,6 +37,13 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="controller", help="this member's name in a cluster")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
+    if a.api_listen:
+        if not a.pki:
+            ap.error("--api-listen needs --pki DIR: the network API is served over TLS only")
+        host, sep, port = a.api_listen.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            ap.error(f"--api-listen {a.api_listen!r}: give ADDR:PORT, e.g. 198.51.100.1:6443")
+        a.api_addr = (host.strip("[]"), int(port))
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -63,7 +73,10 @@ def main(argv=None) -> int:
         store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
         _, revision = store.client.range(store.key("leader"))  # follow every change after this read
         core = Core(store, make_driver=LabDriver)
-        member = Member(a.name, store, core, {"address": a.listen, "api": api_path}, watch_from=revision + 1)
+        info = {"address": a.listen, "api": api_path}
+        if a.api_listen:
+            info["url"] = f"https://{a.api_listen}"
+        member = Member(a.name, store, core, info, watch_from=revision + 1)
         core.cluster = member
     else:
         ap.error(f"--store {a.store!r}: sqlite or etcd://HOST:PORT[,HOST:PORT...]")
@@ -80,6 +93,10 @@ def main(argv=None) -> int:
     services += _network_services(core, a)  # before the local API: invitations need the PKI
     api = ApiServer(core, api_path)
     services.append(hub.spawn(api.serve_forever))
+    core.audit_trail.member = a.name
+    services.append(hub.spawn(core.audit_trail.run))
+    if a.api_listen:
+        services.append(hub.spawn(_https_api(core, api, a).serve_forever))
     if member is None:
         core.ensure_workloads_in_background()  # beside the flow sync, outside the core's lock
     else:
@@ -120,6 +137,38 @@ def main(argv=None) -> int:
     finally:
         mgr.close()
     return 0
+
+
+def _https_api(core, api, a):
+    """The network API (controller.server.netapi) on --api-listen, and the client a
+    follower hands requests to the leader with (its own certificate: mutual TLS)."""
+    import json
+
+    from controller.server.netapi import HttpsApiServer, server_context
+    from controller.transport.https import Connection, client_context
+
+    pki = core.pki
+    core.endpoints["api_urls"] = [f"https://{a.api_listen}"]
+    ctx = server_context(pki.ctl_cert, pki.ctl_key, [pki.switch_ca, pki.controller_ca])
+    srv = HttpsApiServer(api, core, a.api_addr[0], a.api_addr[1], ctx)
+    member_ctx = client_context(ca_file=pki.controller_ca, cert=pki.ctl_cert, key=pki.ctl_key)
+    idle: dict[str, list] = {}  # url -> connections not in use (one request at a time on each)
+
+    def member_client(url, op, args, rid, principal):
+        pool = idle.setdefault(url, [])
+        conn = pool.pop() if pool else Connection(url, member_ctx)
+        try:
+            conn.post("ping", {}, timeout=2)  # a stopped leader must not hold us
+            out = conn.post(op, args, rid=rid, headers={"X-Nvctl-On-Behalf": json.dumps(principal.to_json())},
+                            timeout=600)[1]
+        except BaseException:
+            conn.close()
+            raise
+        pool.append(conn)
+        return out
+    api.member_client = member_client
+    logging.info("network API: HTTPS on %s (TLS with %s)", a.api_listen, pki.controller_ca)
+    return srv
 
 
 def _network_services(core, a) -> list:

@@ -213,6 +213,14 @@ class Member:
         except Exception:
             LOG.exception("member %s: following %s %s", self.name, kind, kv["key"])
 
+    def api_urls(self) -> list[str]:
+        """Every live member's network API URL (this one's first): how a client that
+        reached one member finds the others."""
+        kvs, _ = self.client.range(self.store.key("members", ""), prefix=True)
+        urls = [json.loads(kv["value"]).get("url") for kv in sorted(kvs, key=lambda kv: kv["key"])]
+        mine = self.info.get("url")
+        return ([mine] if mine else []) + [u for u in urls if u and u != mine]
+
     # status --------------------------------------------------------------------------
     def status(self) -> dict:
         kvs, _ = self.client.range(self.store.key("members", ""), prefix=True)
@@ -222,7 +230,7 @@ class Member:
             d = json.loads(kv["value"])
             ttl = self.client.time_to_live(kv["lease"]) if kv["lease"] else -1
             members.append({"name": d["name"], "pid": d["pid"], "address": d.get("address"),
-                            "api": d.get("api"),
+                            "api": d.get("api"), "url": d.get("url"),
                             "role": "leader" if leader and leader["name"] == d["name"] else "follower",
                             "lease_s": ttl})
         etcd = []

@@ -11,7 +11,10 @@ Run on the host, with the join bundle the operator made on the controller
   4. ovsdb-server listens on pssl:6640 (ptcp: when insecure) so the controller can
      check this host and plug workloads;
   5. ask the controller to register us over the join API (TLS, client certificate);
-  6. wait until the controller reports our switch connected and its flows installed.
+  6. keep the host credential the controller answers with (role host:NAME, mode 0600,
+     default /etc/nvctl/host.cred): the runtimes on this host (nvctl-cni, nvctl
+     docker-plugin) reach the controller's network API with it;
+  7. wait until the controller reports our switch connected and its flows installed.
 """
 from __future__ import annotations
 
@@ -88,7 +91,7 @@ def _uplink_mtu(uplink: str) -> int:
 
 def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = None, prefixlen: int = 24,
          pki_dir: str = "/etc/nvctl/pki", datapath_type: str | None = None, timeout: float = 60,
-         log=print) -> dict:
+         credential_path: str = "/etc/nvctl/host.cred", log=print) -> dict:
     """Join this host to the controller the bundle names. `connect(creds)` returns the
     controller's join API as a function `api(op, **args)` (TLS with `creds` = (key,
     certificate, CA) files, or plain TCP for None) that raises JoinError when refused;
@@ -133,6 +136,15 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
     res = api("host.join", token=b["token"], mtu=mtu)  # workloads' MTU follows the uplink's
     log(f"[join] {name}: registered with the controller at {ctl['ip']}:{ctl['api_port']} "
         f"({'TLS' if creds else 'plain TCP'}); it checked this host over {res['ovsdb']}")
+    cred = res.pop("credential", None)
+    if cred:
+        os.makedirs(os.path.dirname(os.path.abspath(credential_path)), mode=0o700, exist_ok=True)
+        fd = os.open(credential_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cred, f, indent=1)
+        res["credential"] = credential_path
+        log(f"[join] {name}: host credential {cred['name']} ({cred['role']}) in {credential_path} for the "
+            f"runtimes; network API {', '.join(cred.get('servers') or [])}")
 
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()

@@ -32,8 +32,7 @@ def write_credential(path: str, cred: dict) -> None:
 def issue(target, name: str, role: str, ttl: float | None = None) -> dict:
     """Ask the controller for a credential; the file's contents."""
     r = call(target, "credential.issue", name=name, role=role, ttl=ttl)
-    return {"kind": CREDENTIAL_KIND, "name": r["name"], "role": r["role"], "servers": r["servers"],
-            "ca": r["ca"], "token": r["token"], "expires": r["expires"]}
+    return {"kind": CREDENTIAL_KIND, **{k: r[k] for k in ("name", "role", "servers", "ca", "token", "expires")}}
 
 
 def _when(t) -> str:

@@ -488,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=DEFAULT_DB,
                    help="this host's OVSDB (default %(default)s)")
     p.add_argument("--pki-dir", default="/etc/nvctl/pki", help="where the key and certificates go")
+    p.add_argument("--credential-out", default="/etc/nvctl/host.cred", metavar="FILE",
+                   help="where the host credential for this host's runtimes goes (default %(default)s)")
     p.add_argument("--datapath-type", choices=["system", "netdev"],
                    help="default: system if the openvswitch kernel module is loaded, else netdev")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for flows (default 60)")

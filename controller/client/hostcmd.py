@@ -73,7 +73,7 @@ def cmd_host_join(a):
         b = load_bundle(a.bundle)
         r = join(b, connect=_join_api(b["controller"]), db_remote=a.db, uplink=a.uplink,
                  prefixlen=a.prefixlen, pki_dir=a.pki_dir, datapath_type=a.datapath_type,
-                 timeout=a.timeout)
+                 timeout=a.timeout, credential_path=a.credential_out)
     except JoinError as e:
         print(f"nvctl host join: {e}", file=sys.stderr)
         sys.exit(1)

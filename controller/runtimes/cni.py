@@ -5,8 +5,13 @@ in the environment and the network configuration on stdin:
 
     {"cniVersion": "1.0.0", "name": "blue-web", "type": "nvctl-cni",
      "tenant": "blue", "switch": "web",
-     "host": "hv2",                       optional: default, the host named as this machine
-     "stateDir": "/var/lib/nvctl"}        or "controller": the API socket's path
+     "host": "hv2",                       optional: default, the credential's host, else the
+                                          host named as this machine
+     "credential": "/etc/nvctl/host.cred"}  the controller's network API with this
+                                          credential (a joined host's: `nvctl host join`
+                                          leaves it); or "stateDir": "/var/lib/nvctl" or
+                                          "controller": the API socket's path, on the
+                                          controller's own machine
 
 ADD     makes a port for the container through the API (madeBy: cni; its name from
         K8S_POD_NAME, else "c" + the container id; IP= and MAC= in CNI_ARGS are honoured),
@@ -86,7 +91,20 @@ def _config(stdin: str) -> dict:
     return cfg
 
 
-def _api_path(cfg: dict) -> str:
+_remotes: dict = {}
+
+
+def _api_path(cfg: dict):
+    """The unix socket, or with "credential" (else $NVCTL_CREDENTIAL) the network API."""
+    cred = cfg.get("credential") or os.environ.get("NVCTL_CREDENTIAL")
+    if cred:
+        if cred not in _remotes:
+            from controller.client.api import load_credential
+            try:
+                _remotes[cred] = load_credential(cred)
+            except ApiClientError as e:
+                raise CniError(E_CONFIG, str(e)) from None
+        return _remotes[cred]
     if cfg.get("controller"):
         return cfg["controller"]
     state = cfg.get("stateDir") or os.environ.get("NVCTL_STATE_DIR") or "/var/lib/nvctl"
@@ -142,7 +160,9 @@ def cmd_add(cfg: dict) -> dict:
     env = _env("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
     args = parse_args(os.environ.get("CNI_ARGS", ""))
     name = port_name(env["CNI_CONTAINERID"], args)
-    host = cfg.get("host") or socket.gethostname()
+    api = _api_path(cfg)
+    host = cfg.get("host") or (api.role.split(":", 1)[1] if getattr(api, "role", "").startswith("host:")
+                               else socket.gethostname())
     if not os.path.exists(env["CNI_NETNS"]):
         raise CniError(E_ENV, f"CNI_NETNS {env['CNI_NETNS']} does not exist")
     try:

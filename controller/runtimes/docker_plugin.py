@@ -418,6 +418,8 @@ def serve(plugin: DockerPlugin, path: str) -> None:
 def main(argv=None, state_dir: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nvctl docker-plugin")
     add_arguments(ap)
+    ap.add_argument("--credential", metavar="FILE",
+                    help="reach the controller's network API with this credential (a joined host's)")
     a = ap.parse_args(argv)
     return run(a, state_dir or "/var/lib/nvctl")
 
@@ -437,7 +439,15 @@ def run(a, state_dir: str) -> int:
                         format="%(asctime)s docker-plugin %(levelname)s %(message)s")
     name = os.path.basename(a.socket).removesuffix(".sock")
     state = a.state or os.path.join(state_dir, f"docker-{name}.json")
-    plugin = DockerPlugin(os.path.join(state_dir, "nvctl.sock"), state, a.host, name)
+    api = os.path.join(state_dir, "nvctl.sock")
+    cred = getattr(a, "credential", None) or os.environ.get("NVCTL_CREDENTIAL")
+    host = a.host
+    if cred:  # on a joined host: the controller's network API, as that host
+        from controller.client.api import load_credential
+        api = load_credential(cred)
+        if host is None and (api.role or "").startswith("host:"):
+            host = api.role.split(":", 1)[1]
+    plugin = DockerPlugin(api, state, host, name)
     serve(plugin, a.socket)
     return 0
 

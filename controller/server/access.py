@@ -18,8 +18,8 @@ Roles:
                   without saying whether it exists; lists, verify and progress without a
                   tenant are narrowed to its own
   host:NAME       what a hypervisor and its runtimes need: its own host's operations,
-                  ports placed on itself (add, remove, attach), its tenants' switches
-                  and address holds; nothing on another host
+                  ports placed on itself (add, remove, attach), tenants' switches, specs
+                  and address holds; no change on another host
 
 `decide(principal, op, args, ...)` is the one decision, made by the API server before
 an operation is called (controller.server.api); the operations declare their scope
@@ -41,6 +41,7 @@ from controller.server.ops import Op, scope_of
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 TOKEN_PREFIX = "nvctl1"
+CREDENTIAL_KIND = "nvctl-credential"  # a credential file's "kind" (what the client checks)
 CACHE_SECONDS = 0.5  # a revocation reaches every member within this (each reads the store)
 MAX_TTL = 10 * 365 * 86400
 
@@ -53,8 +54,10 @@ FILTERED = frozenset({"tenant.list"})  # answered with the caller's own rows onl
 # what a read answers for a tenant that does not exist, where that is not unknown_tenant
 HIDDEN_RESULT = {"progress": None}
 # what a host credential may do besides its own host's operations
+# (tenant.show: a runtime's garbage collection lists its ports; the host carries the
+# tenant's flows anyway, so its spec is no secret from it)
 HOST_TENANT_OPS = frozenset({"switch.info", "ipam.hold", "ipam.release", "port.add", "port.del",
-                             "port.attachment", "port.info"})
+                             "port.attachment", "port.info", "tenant.show"})
 HOST_OWN_PORT_OPS = frozenset({"port.del", "port.attachment", "port.info"})
 
 
@@ -273,8 +276,15 @@ class AccessMixin:
                    "expires": now + ttl if ttl else None, "revoked": None}
             self.store.put_credential(name, doc)
         self.authenticator.forget()
-        return {"name": name, "role": role, "token": f"{TOKEN_PREFIX}.{name}.{secret}",
+        return {"kind": CREDENTIAL_KIND, "name": name, "role": role, "token": f"{TOKEN_PREFIX}.{name}.{secret}",
                 "expires": doc["expires"], **self.api_endpoints()}
+
+    def host_credential(self, host: str) -> dict:
+        """A joining host's credential (host:NAME), issued anew at each join."""
+        name = f"host-{host}"
+        if name in self.store.credentials():
+            self.credential_revoke(name)
+        return self.credential_issue(name, f"host:{host}", None)
 
     def credential_list(self) -> list[dict]:
         now = time.time()

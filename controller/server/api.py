@@ -193,8 +193,12 @@ class ApiServer:
         if o is None:
             return self._audit(principal, op, "", rid, {"ok": False, "error": f"unknown operation {op!r}"})
         if "unix" not in o.over:
-            return self._audit(principal, op, "", rid, {
-                "ok": False, "error": f"operation {op!r} is offered only over the network join API"})
+            if principal.via == "unix":
+                return self._audit(principal, op, "", rid, {
+                    "ok": False, "error": f"operation {op!r} is offered only over the network join API"})
+            # a joining host's request, over the network API or handed over by a member:
+            # what the operation takes from the connection comes from the principal
+            context = {"peer_ip": principal.peer, "peer_name": principal.host}
         if rid is not None and not isinstance(rid, str):
             return self._audit(principal, op, "", None, {"ok": False, "error": "bad request: its id must be a string"})
         bad = bad_arguments(o, args)
@@ -219,7 +223,7 @@ class ApiServer:
                             "action": f"already applied ({what}; the request was retried after a failover)"}})
                     self.core.store.request_id.value = rid
                     LOG.info("%s %s: doing it", op, rid)
-            answer = invoke(self.core, o, args, log_id, builtins=self.builtins)
+            answer = invoke(self.core, o, args, log_id, context, builtins=self.builtins)
             if d.filter_tenant is not None and answer.get("ok"):
                 answer["result"] = [r for r in answer["result"] if r.get("name") == d.filter_tenant]
             return self._audit(principal, op, d.scope, log_id, answer)
@@ -236,6 +240,7 @@ class NetworkApiServer:
 
     def __init__(self, core, host: str, port: int, ctx=None):
         self.core, self.ctx = core, ctx
+        self.api = None  # the ApiServer a follower hands joins to the leader through (main sets it)
         self.builtins = {"ping": lambda ctx: {"pong": True, "peer": ctx.get("peer_name")}}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -254,6 +259,12 @@ class NetworkApiServer:
         o = OPS.get(op) if isinstance(op, str) else None
         if o is None or "network" not in o.over:
             return {"ok": False, "error": f"operation {op!r} is not offered over the network"}
+        c = getattr(self.core, "cluster", None)
+        name = context.get("peer_name")
+        if (c is not None and not c.is_leader and o.name not in LOCAL_OPS and name
+                and self.api is not None):  # a follower: the leader does it, for this host
+            return bad_arguments(o, args) or self.api.dispatch(
+                op, args, new_request_id(), principal=Principal(name, f"host:{name}", "cert", context.get("peer_ip")))
         return bad_arguments(o, args) or invoke(self.core, o, args, new_request_id(), context, self.builtins)
 
     def _handle(self, conn: socket.socket, peer_ip: str) -> None:

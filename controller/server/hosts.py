@@ -97,7 +97,10 @@ class HostsMixin:
                 "mgmt": peer_ip, "ovsdb": remote, **({"ovsdb_tls": tls} if tls else {}),
                 **(inv["workloads"] or {})}
         self.register_host(name, inv["pa"], inv["dpid"], info)
-        return {"host": name, "pa": inv["pa"], "dpid": f"{inv['dpid']:016x}", "ovsdb": remote}
+        out = {"host": name, "pa": inv["pa"], "dpid": f"{inv['dpid']:016x}", "ovsdb": remote}
+        if self.endpoints.get("api_urls") or (self.cluster is not None and self.cluster.api_urls()):
+            out["credential"] = self.host_credential(name)  # for the runtimes on the host (role host:NAME)
+        return out
 
     def admit(self, dpid: int, peer_name: str | None) -> bool:
         """May this OpenFlow connection speak for datapath `dpid`? A host that joined

@@ -92,6 +92,8 @@ def main(argv=None) -> int:
 
     services += _network_services(core, a)  # before the local API: invitations need the PKI
     api = ApiServer(core, api_path)
+    if getattr(core, "join_api", None) is not None:
+        core.join_api.api = api  # a follower hands a join to the leader through it
     services.append(hub.spawn(api.serve_forever))
     core.audit_trail.member = a.name
     services.append(hub.spawn(core.audit_trail.run))
@@ -191,11 +193,13 @@ def _network_services(core, a) -> list:
                                   cert_reqs=ssl.CERT_REQUIRED, ca_certs=pki.switch_ca)
         join = NetworkApiServer(core, a.listen, a.api_port,
                                 server_context(pki.ctl_key, pki.ctl_cert, pki.switch_ca))
+        core.join_api = join
         logging.info("OpenFlow over TLS on %s:%d, join API over TLS on %s:%d",
                      a.listen, a.tls_port, a.listen, a.api_port)
         return [hub.spawn(of_tls.serve_forever), hub.spawn(join.serve_forever)]
     if a.insecure:
         join = NetworkApiServer(core, a.listen, a.api_port, None)
+        core.join_api = join
         logging.warning("join API over plain TCP on %s:%d (--insecure)", a.listen, a.api_port)
         return [hub.spawn(join.serve_forever)]
     return []

@@ -149,6 +149,8 @@ class Lab:
         out = []
         for i in range(1, n + 1):
             d = self.dir if i == 1 else os.path.join(self.dir, f"ctl{i}")
+            if self.isolated:  # its own machine: the state directory is the machine's
+                d = os.path.join(self.machine(f"ctl{i}", "").dir, "state")
             out.append({"name": f"ctl{i}", "index": i, "address": f"{MGMT_PREFIX}{i}",
                         "netns": self.ctl_ns if i == 1 else f"{self.prefix}c{i}", "state_dir": d,
                         "api": os.path.join(d, "nvctl.sock")})
@@ -158,6 +160,91 @@ class Lab:
         from scenarios.etcd import EtcdCluster, EtcdMember
         members = [EtcdMember(f"etcd{m['index']}", m["address"], netns=m["netns"]) for m in self.member_plans()]
         return EtcdCluster(os.path.join(self.dir, "etcd"), members, token=self.prefix)
+
+    # isolated mode: machines that share nothing but the network (scenarios/machines.py)
+    @property
+    def isolated(self) -> bool:
+        return bool((self.manifest() or {}).get("isolated"))
+
+    def machine(self, name: str, netns: str | None = None):
+        """The machine `name` (a controller member ctlN or a host hvN) of isolated mode."""
+        from scenarios.machines import Machine
+        if netns is None:
+            netns = self.ctl_ns if name == "ctl1" else (f"{self.prefix}c{name[3:]}" if name.startswith("ctl")
+                                                        else self.host_ns(name))
+        binds = {"ovs": self.host_dir(name)} if name.startswith("hv") else {}
+        return Machine(self.dir, name, netns, binds)
+
+    def machines(self) -> list:
+        d = os.path.join(self.dir, "machines")
+        return [self.machine(n) for n in sorted(os.listdir(d))] if os.path.isdir(d) else []
+
+    def api(self):
+        """Where the lab's own requests go: the unix socket, or in isolated mode the
+        network API with the lab's admin credential (as any operator's)."""
+        if self.isolated and os.path.exists(self.admin_credential):
+            from controller.client.api import load_credential
+            return load_credential(self.admin_credential, netns=self.ctl_ns)  # never from this namespace
+        return self.api_path
+
+    def _provision_member(self, m: dict) -> None:
+        """A controller machine's own /etc/nvctl/pki, as an operator installs one: the
+        CAs (to sign hosts it invites) and a certificate of its own (CN ctlN, signed by
+        the controller CA: its identity toward hosts and the other members)."""
+        from controller.transport.pki import Pki
+        shared = Pki(self.pki_dir).ensure()
+        mine = os.path.join(self.machine(m["name"], m["netns"]).dir, "etc", "pki")
+        if os.path.exists(os.path.join(mine, "ctl-cert.pem")):
+            return
+        os.makedirs(os.path.dirname(mine), exist_ok=True)
+        shutil.copytree(os.path.join(shared.dir, "ca"), os.path.join(mine, "ca"))
+        os.chmod(mine, 0o700)
+        run(["ovs-pki", f"--dir={mine}/ca", f"--log={mine}/ovs-pki.log", "--force", "req+sign", m["name"],
+             "controller"], timeout=120, cwd=mine)
+        os.replace(os.path.join(mine, f"{m['name']}-privkey.pem"), os.path.join(mine, "ctl-privkey.pem"))
+        os.replace(os.path.join(mine, f"{m['name']}-cert.pem"), os.path.join(mine, "ctl-cert.pem"))
+        os.unlink(os.path.join(mine, f"{m['name']}-req.pem"))
+        os.makedirs(m["state_dir"], exist_ok=True)
+
+    def _start_isolated_member(self, m: dict, store: str | None) -> int:
+        from scenarios.machines import INSIDE
+        self._provision_member(m)
+        mach = self.machine(m["name"], m["netns"])
+        mach.start()
+        return spawn_controller(None, m["state_dir"], m["address"], OF_PORT, f"{INSIDE}/etc/pki", store=store,
+                                name=m["name"], api_listen=f"{m['address']}:{API_PORT}", enter=mach.enter(),
+                                inside_state_dir=f"{INSIDE}/state")
+
+    def join_isolated_host(self, p: "HostPlan", via: dict) -> str:
+        """Make host p a machine of its own and join it to the controller member `via`
+        (one of member_plans()) over the network, as a real machine joins: invited by
+        the operator (the lab's admin credential), bundle copied into the machine,
+        `nvctl host join` run inside it. Its host credential stays inside
+        (/mnt/nvctl/etc/host.cred). Returns join's output."""
+        from controller.client.api import call, load_credential
+        from scenarios.machines import INSIDE
+        self._machine(p, ovs=False)
+        mach = self.machine(p.name)
+        mach.start()
+        start_instance(self.host_ns(p), self.host_dir(p.name), mach.enter(), f"{INSIDE}/ovs")  # OVS in it
+        admin = load_credential(self.admin_credential, server=f"https://{via['address']}:{API_PORT}",
+                                netns=self.ctl_ns)
+        bundle = call(admin, "host.invite", name=p.name, pa=p.pa, tls=True, workloads=None)
+        path = os.path.join(mach.dir, "etc", "join.json")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(bundle, f)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        r = mach.run([sys.executable, "-m", "controller.client.cli", "host", "join", f"{INSIDE}/etc/join.json",
+                      "--uplink", "ul0", "--db", f"unix:{INSIDE}/ovs/db.sock", "--pki-dir", f"{INSIDE}/etc/pki",
+                      "--credential-out", f"{INSIDE}/etc/host.cred", "--timeout", "60"],
+                     capture_output=True, text=True, timeout=120, cwd=root,
+                     env={**os.environ, "PYTHONPATH": root})
+        if r.returncode != 0:
+            raise LabError(f"{p.name}: host join via {via['name']} failed: {r.stderr.strip() or r.stdout.strip()}")
+        deepen_instance(self.host_dir(p.name))
+        return r.stdout
 
     @property
     def clustered(self) -> bool:
@@ -171,9 +258,10 @@ class Lab:
             with nsutil.iproute(m["netns"]) as n:
                 n.addr("add", index=n.link_lookup(ifname="mgmt0")[0], address=m["address"], prefixlen=24)
                 n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
-        with open(os.path.join(self.dir, "members.json"), "w") as f:
-            json.dump([{k: m[k] for k in ("name", "address", "api", "state_dir")} for m in self.member_plans()], f,
-                      indent=1)
+        if not self.isolated:  # (isolated: a client finds the members over the network, not in a file)
+            with open(os.path.join(self.dir, "members.json"), "w") as f:
+                json.dump([{k: m[k] for k in ("name", "address", "api", "state_dir")} for m in self.member_plans()],
+                          f, indent=1)
 
     def start_members(self, names: list[str] | None = None) -> dict[str, int]:
         """Start the cluster's controllers (all, or those named), each with its etcd member."""
@@ -184,6 +272,9 @@ class Lab:
             if names is not None and m["name"] not in names:
                 continue
             os.makedirs(m["state_dir"], exist_ok=True)
+            if self.isolated:
+                pids[m["name"]] = self._start_isolated_member(m, cluster.url)
+                continue
             pids[m["name"]] = spawn_controller(f"/run/netns/{m['netns']}", m["state_dir"], m["address"], OF_PORT,
                                                self.pki_dir, store=cluster.url, name=m["name"],
                                                api_listen=f"{m['address']}:{API_PORT}")
@@ -207,7 +298,7 @@ class Lab:
         return [f"tcp:{m['address']}:{OF_PORT}" for m in self.member_plans()]
 
     def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU, controllers: int = 1,
-           progress=None) -> dict:
+           progress=None, isolated: bool = False) -> dict:
         """`progress`: a controller.client.progress.Reporter; hosts built, registered, in sync and
         their underlay warmed are reported to it, host i of N (else one log line per host)."""
         if controllers not in (1, 3, 5):
@@ -225,9 +316,12 @@ class Lab:
         os.makedirs(self.dir, exist_ok=True)
         plans = [HostPlan(i) for i in range(1, hosts + 1)]
         m = {"prefix": self.prefix, "hosts": [p.name for p in plans], "status": "starting",
-             "started": time.time(), "underlay_mtu": underlay_mtu, "controllers": controllers}
+             "started": time.time(), "underlay_mtu": underlay_mtu, "controllers": controllers,
+             "isolated": isolated}
         self._save(m)
         t0 = time.monotonic()
+        if isolated:
+            return self._up_isolated(m, plans, timeout, t0)
         try:
             self._networks(underlay_mtu)
             self.log(f"[lab] underlay {self.ul_ns} (MTU {underlay_mtu}) and management {self.ctl_ns} ready")
@@ -263,6 +357,40 @@ class Lab:
         self.log(f"[lab] up: {hosts} hosts in {time.monotonic() - t0:.1f}s (state {self.dir})")
         return m
 
+    def _up_isolated(self, m: dict, plans: list[HostPlan], timeout: float, t0: float) -> dict:
+        """Every controller member and every host a machine of its own (scenarios/machines.py);
+        the hosts join over the network, alternately through each member; the lab then
+        speaks to the controllers only with its admin credential. No lab workloads (the
+        hosts are joined machines: their runtimes plug ports) and no external network."""
+        try:
+            self._networks(m["underlay_mtu"])
+            if m["controllers"] > 1:
+                self._cluster_networks()
+                self.start_members()
+            else:
+                self._start_isolated_member(self.member_plans()[0], None)
+            members = self.member_plans()
+            self.log(f"[lab] isolated: {len(members)} controller machine(s) up "
+                     "(" + ", ".join(f"{x['name']} {x['address']}:{API_PORT}" for x in members) + ")")
+            sock = os.path.join(members[0]["state_dir"], "nvctl.sock")  # the operator on ctl1's machine, once
+            from controller.client.accesscmd import issue, write_credential
+            write_credential(self.admin_credential, issue(sock, "lab-admin", "admin"))
+            for k, p in enumerate(plans):
+                via = members[k % len(members)]
+                self.join_isolated_host(p, via)
+                self.log(f"[lab] {p.name}: its own machine, joined through {via['name']} over the network")
+            self.wait_synced(timeout)
+            self.warm_underlay(plans)
+            m["status"] = "up"
+            self._save(m)
+        except BaseException:
+            self.log("[lab] bring-up failed; removing what was made")
+            self.down(quiet=True)
+            raise
+        self.log(f"[lab] up (isolated): {len(plans)} hosts in {time.monotonic() - t0:.1f}s (state {self.dir}; "
+                 f"admin credential {self.admin_credential})")
+        return m
+
     def _networks(self, underlay_mtu: int) -> None:
         for ns in (self.ctl_ns, self.ul_ns, self.ext_ns):
             _ns_create(ns)
@@ -280,7 +408,7 @@ class Lab:
             n.addr("add", index=idx, address=CONTROLLER_IP, prefixlen=24)
             n.link("set", index=idx, state="up")
 
-    def _machine(self, p: HostPlan, step=None) -> str:
+    def _machine(self, p: HostPlan, step=None, ovs: bool = True) -> str:
         """Namespace, underlay and management links, and a running OVS with an empty
         database: a freshly installed hypervisor. step(what): the sub-step under way."""
         step = step or (lambda what: None)
@@ -292,8 +420,9 @@ class Lab:
         with nsutil.iproute(ns) as n:
             idx = n.link_lookup(ifname="mgmt0")[0]
             n.addr("add", index=idx, address=p.mgmt_ip, prefixlen=24)
-        step("starting OVS")
-        self.start_ovs(p.name)
+        if ovs:
+            step("starting OVS")
+            self.start_ovs(p.name)
         return ns
 
     def _host(self, p: HostPlan, step=None) -> None:
@@ -391,7 +520,7 @@ class Lab:
                 on_host(p.name)
 
     def wait_synced(self, timeout: float = 60, on_poll=None) -> list[dict]:
-        return wait_synced(self.api_path, timeout, on_poll)
+        return wait_synced(self.api(), timeout, on_poll)
 
     @property
     def admin_credential(self) -> str:
@@ -416,7 +545,7 @@ class Lab:
         if m is None:
             return {"state_dir": self.dir, "status": "down"}
         out = {"state_dir": self.dir, "status": m["status"], "prefix": self.prefix, "hosts": []}
-        ctl_pid = _read_pid(os.path.join(self.dir, "controller.pid"))
+        ctl_pid = _read_pid(os.path.join(self.member_plans()[0]["state_dir"], "controller.pid"))
         out["controller"] = {"pid": ctl_pid, "alive": _alive(ctl_pid, CONTROLLER_CMD)}
         if m.get("controllers", 1) > 1:
             out["controllers"] = [{"name": c["name"], "netns": c["netns"], "address": c["address"],
@@ -427,7 +556,7 @@ class Lab:
         if out["controller"]["alive"]:
             from controller.client.api import ApiClientError, call
             try:
-                live = {h["name"]: h for h in call(self.api_path, "host.list", check=True, timeout=10)}
+                live = {h["name"]: h for h in call(self.api(), "host.list", check=True, timeout=10)}
             except ApiClientError as e:
                 out["controller"]["error"] = str(e)
         for name in m["hosts"]:
@@ -446,10 +575,13 @@ class Lab:
         m = self.manifest() or {}
         if _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, group=True):
             done.append("controller")
-        for member in self.member_plans(m.get("controllers", 1))[1:]:
+        for member in self.member_plans(m.get("controllers", 1))[0 if m.get("isolated") else 1:]:
             if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), CONTROLLER_CMD, group=True):
                 done.append(member["name"])
             shutil.rmtree(member["state_dir"], ignore_errors=True)
+        for mach in self.machines():  # isolated mode: their holders (mounts made inside go with them)
+            if mach.stop():
+                done.append(f"machine {mach.name}")
         if m.get("controllers", 1) > 1 or os.path.isdir(os.path.join(self.dir, "etcd")):
             self.etcd().remove()
             done.append("etcd")
@@ -472,7 +604,7 @@ class Lab:
                 if name and name.startswith(self.prefix):
                     ipr.link("del", index=link["index"])
                     done.append(f"link {name}")
-        for entry in ("hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
+        for entry in ("machines", "hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
                       "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp", ADMIN_CREDENTIAL):
             path = os.path.join(self.dir, entry)
             if os.path.isdir(path):
@@ -488,15 +620,19 @@ class Lab:
 
 # shared with the mininet overlay ----------------------------------------------------------
 
-def spawn_controller(netns_path: str, state_dir: str, listen: str, port: int, pki: str | None = None,
-                     store: str | None = None, name: str | None = None, api_listen: str | None = None) -> int:
+def spawn_controller(netns_path: str | None, state_dir: str, listen: str, port: int, pki: str | None = None,
+                     store: str | None = None, name: str | None = None, api_listen: str | None = None,
+                     enter: list[str] | None = None, inside_state_dir: str | None = None) -> int:
     """Start the controller inside a network namespace (given as a path: /run/netns/X or
-    /proc/PID/ns/net); wait until its API answers. Its PID goes to state_dir/controller.pid."""
+    /proc/PID/ns/net), or inside a machine (`enter`: the command prefix that enters it;
+    `inside_state_dir`: state_dir as the machine sees it); wait until its API answers.
+    Its PID goes to state_dir/controller.pid."""
     log = open(os.path.join(state_dir, "controller.log"), "ab")
     # nsenter, not `ip netns exec`: the latter gives the process a private mount
     # namespace, and workload namespaces it creates would be invisible to everyone else.
-    cmd = ["nsenter", f"--net={netns_path}", sys.executable, "-m", "controller.server.main",
-           "--state-dir", state_dir, "--listen", listen, "--port", str(port)]
+    prefix = enter if enter is not None else ["nsenter", f"--net={netns_path}"]
+    cmd = [*prefix, sys.executable, "-m", "controller.server.main",
+           "--state-dir", inside_state_dir or state_dir, "--listen", listen, "--port", str(port)]
     if pki:
         cmd += ["--pki", pki]
     if store:

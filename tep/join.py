@@ -122,12 +122,16 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
         raise JoinError(f"PA {pa} is not an address of this host: give --uplink IFACE to put it on "
                         f"{PHYSICAL_BRIDGE}, or configure it first")
 
+    every = b.get("controllers") or [ctl]  # a cluster: every member (the leader takes the master role)
     if b["tls"]:
         db.vsctl("set-ssl", *creds)
-        target, manager = f"ssl:{ctl['ip']}:{ctl['of_tls_port']}", f"pssl:{OVSDB_PORT}"
+        targets, manager = [f"ssl:{c['ip']}:{c['of_tls_port']}" for c in every], f"pssl:{OVSDB_PORT}"
     else:
-        target, manager = f"tcp:{ctl['ip']}:{ctl['of_port']}", f"ptcp:{OVSDB_PORT}"
-    db.ensure_integration_bridge(dpid, target, pa, TUNNEL_OFPORT, dp_type)
+        targets, manager = [f"tcp:{c['ip']}:{c['of_port']}" for c in every], f"ptcp:{OVSDB_PORT}"
+    target = ", ".join(targets)
+    db.ensure_integration_bridge(dpid, targets, pa, TUNNEL_OFPORT, dp_type)
+    for uuid in db.vsctl("--bare", "--columns=_uuid", "list", "Controller").split():
+        db.vsctl("set", "controller", uuid, "max_backoff=1000", "inactivity_probe=5000")  # a failover: seconds
     db.vsctl("set-manager", manager)
     log(f"[join] {name}: {INTEGRATION_BRIDGE} dpid {dpid:016x} ({dp_type}), VXLAN on {pa}, "
         f"controller {target}, OVSDB {manager}")

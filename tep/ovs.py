@@ -142,28 +142,31 @@ def instance_env(rundir: str) -> dict:
     return {**os.environ, "OVS_RUNDIR": rundir, "OVS_DBDIR": rundir, "OVS_LOGDIR": rundir}
 
 
-def start_instance(netns: str, rundir: str) -> None:
+def start_instance(netns: str, rundir: str, enter: list[str] | None = None, inside: str | None = None) -> None:
     """Start one host's ovsdb-server and ovs-vswitchd inside network namespace `netns`,
-    with everything in `rundir`: one OVS instance per simulated host."""
+    with everything in `rundir`: one OVS instance per simulated host. `enter`: a command
+    prefix that runs them inside a machine of their own instead (scenarios/machines.py),
+    where `rundir` is seen as `inside`."""
     os.makedirs(rundir, exist_ok=True)
-    d = rundir
-    if not os.path.exists(f"{d}/conf.db"):
-        run(["ovsdb-tool", "create", f"{d}/conf.db", VSWITCH_SCHEMA])
+    d = inside or rundir
+    if not os.path.exists(f"{rundir}/conf.db"):
+        run(["ovsdb-tool", "create", f"{rundir}/conf.db", VSWITCH_SCHEMA])
     # Like Debian's ovs-ctl: managers and TLS settings come from the database, so
     # `ovs-vsctl set-manager pssl:6640` / `set-ssl` (what `nvctl host join` does) work.
-    run(["ip", "netns", "exec", netns, "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+    run([*(enter or ["ip", "netns", "exec", netns]), "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
          "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
          "--private-key=db:Open_vSwitch,SSL,private_key", "--certificate=db:Open_vSwitch,SSL,certificate",
          "--ca-cert=db:Open_vSwitch,SSL,ca_cert",
          f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log", "--detach"], env=instance_env(d))
-    run(["ovs-vsctl", f"--db=unix:{d}/db.sock", "--no-wait", "init"], env=instance_env(d))
-    start_vswitchd(netns, rundir)
+    run(["ovs-vsctl", f"--db=unix:{rundir}/db.sock", "--no-wait", "init"], env=instance_env(rundir))
+    start_vswitchd(netns, rundir, enter, inside)
 
 
-def start_vswitchd(netns: str, rundir: str) -> None:
-    run(["ip", "netns", "exec", netns, "ovs-vswitchd", f"unix:{rundir}/db.sock",
-         f"--pidfile={rundir}/ovs-vswitchd.pid", f"--log-file={rundir}/ovs-vswitchd.log", "--detach"],
-        env=instance_env(rundir))
+def start_vswitchd(netns: str, rundir: str, enter: list[str] | None = None, inside: str | None = None) -> None:
+    d = inside or rundir
+    run([*(enter or ["ip", "netns", "exec", netns]), "ovs-vswitchd", f"unix:{d}/db.sock",
+         f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log", "--detach"],
+        env=instance_env(d))
 
 
 class OvsHost:

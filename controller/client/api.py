@@ -49,8 +49,9 @@ class Remote:
     the cluster, as they were when it was issued), the CA that signed them, and the
     token. `server` overrides the servers (--server URL)."""
 
-    def __init__(self, cred: dict, server: str | None = None, source: str = "credential"):
-        self.source = source
+    def __init__(self, cred: dict, server: str | None = None, source: str = "credential",
+                 netns: str | None = None):
+        self.source, self.netns = source, netns
         self.name, self.role, self.token = cred.get("name"), cred.get("role"), cred.get("token")
         self.servers = [server] if server else list(cred.get("servers") or [])
         if not self.servers:
@@ -70,7 +71,7 @@ class Remote:
         from controller.transport.https import Connection
         c = self._conns.get(url)
         if c is None:
-            c = self._conns[url] = Connection(url, self.ctx)
+            c = self._conns[url] = Connection(url, self.ctx, netns=self.netns)
         return c
 
     def post(self, url: str, op: str, args: dict, rid: str, timeout: float) -> dict:
@@ -94,7 +95,7 @@ class Remote:
                 self.servers.append(u)
 
 
-def load_credential(path: str, server: str | None = None) -> Remote:
+def load_credential(path: str, server: str | None = None, netns: str | None = None) -> Remote:
     """A credential file (`nvctl credential issue`), checked, as a Remote."""
     try:
         with open(path) as f:
@@ -106,7 +107,7 @@ def load_credential(path: str, server: str | None = None) -> Remote:
     missing = [k for k in ("name", "role", "token", "ca") if not isinstance(cred, dict) or k not in cred]
     if missing or cred.get("kind") != CREDENTIAL_KIND:
         raise ApiClientError(f"{path} is not an nvctl credential file (missing {', '.join(missing) or 'kind'})")
-    return Remote(cred, server, source=path)
+    return Remote(cred, server, source=path, netns=netns)
 
 
 def _call_remote(remote: Remote, op: str, timeout: float, args: dict):

@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controllers", type=int, default=1, choices=[1, 3, 5],
                    help="1 (default): one controller on SQLite; 3 or 5: that many controllers, each in its own "
                         "namespace with an etcd member, one leader at a time; every br-int connects to all")
+    p.add_argument("--isolated", action="store_true",
+                   help="machines that share nothing but the network: every controller and every host in its "
+                        "own network and mount namespace, hosts joined over the network (host invite/join), "
+                        "the lab's own requests over the network API with STATE_DIR/admin.cred; no lab "
+                        "workloads and no external network (the hosts' runtimes plug ports)")
     p.set_defaults(fn=labcmd.cmd_lab_up)
     ls.add_parser("status", help="processes, connections and flow sync per host",
                   parents=[common]).set_defaults(fn=labcmd.cmd_lab_status)

@@ -53,12 +53,25 @@ class HostsMixin:
                 dpid += 1
             inv = {"name": name, "pa": pa, "dpid": dpid, "token": secrets.token_hex(16), "tls": bool(tls),
                    "workloads": workloads or None}
-            bundle = {**inv, "controller": dict(self.endpoints)}
+            bundle = {**inv, "controller": dict(self.endpoints), "controllers": self._controllers()}
             if tls:
                 key, cert = self.pki.sign_host(name)
                 bundle.update(key=key, cert=cert, ca=self.pki.read(self.pki.controller_ca))
             self.store.put_invite(name, inv)
             return bundle
+
+    def _controllers(self) -> list[dict]:
+        """Where a joining host's br-int connects: every member of a cluster (the leader
+        takes the master role on it), else this controller."""
+        if self.cluster is None:
+            return [dict(self.endpoints)]
+        out = []
+        for m in self.cluster.member_infos():
+            if m.get("address"):
+                out.append({"ip": m["address"], "of_port": m.get("of_port", self.endpoints.get("of_port")),
+                            "of_tls_port": m.get("of_tls_port", self.endpoints.get("of_tls_port")),
+                            "api_port": m.get("api_port", self.endpoints.get("api_port"))})
+        return out or [dict(self.endpoints)]
 
     def _invitation(self, token: str, peer_name: str | None) -> dict:
         inv = next((i for i in self.store.invites().values()

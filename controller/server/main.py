@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
         _, revision = store.client.range(store.key("leader"))  # follow every change after this read
         core = Core(store, make_driver=LabDriver)
-        info = {"address": a.listen, "api": api_path}
+        info = {"address": a.listen, "api": api_path, "of_port": a.port, "api_port": a.api_port,
+                **({"of_tls_port": a.tls_port} if a.pki else {})}
         if a.api_listen:
             info["url"] = f"https://{a.api_listen}"
         member = Member(a.name, store, core, info, watch_from=revision + 1)

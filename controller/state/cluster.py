@@ -213,11 +213,16 @@ class Member:
         except Exception:
             LOG.exception("member %s: following %s %s", self.name, kind, kv["key"])
 
+    def member_infos(self) -> list[dict]:
+        """What every live member published about itself (this one first)."""
+        kvs, _ = self.client.range(self.store.key("members", ""), prefix=True)
+        out = [json.loads(kv["value"]) for kv in sorted(kvs, key=lambda kv: kv["key"])]
+        return sorted(out, key=lambda d: d.get("name") != self.name)
+
     def api_urls(self) -> list[str]:
         """Every live member's network API URL (this one's first): how a client that
         reached one member finds the others."""
-        kvs, _ = self.client.range(self.store.key("members", ""), prefix=True)
-        urls = [json.loads(kv["value"]).get("url") for kv in sorted(kvs, key=lambda kv: kv["key"])]
+        urls = [d.get("url") for d in self.member_infos()]
         mine = self.info.get("url")
         return ([mine] if mine else []) + [u for u in urls if u and u != mine]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 from urllib.parse import urlparse
 
@@ -55,7 +56,10 @@ def client_context(ca_pem: str | None = None, ca_file: str | None = None,
 class Connection:
     """One kept-alive HTTPS connection to one server (reopened when the server closed it)."""
 
-    def __init__(self, url: str, ctx: ssl.SSLContext, timeout: float = 600):
+    def __init__(self, url: str, ctx: ssl.SSLContext, timeout: float = 600, netns: str | None = None):
+        """`netns`: open the connection from inside that network namespace (the lab's
+        operator speaks from its management namespace; see tep.nsutil.entered)."""
+        self.netns = netns
         u = urlparse(url)
         if u.scheme != "https" or not u.hostname:
             raise ValueError(f"server {url!r}: give https://HOST:PORT")
@@ -81,8 +85,9 @@ class Connection:
         for attempt in (0, 1):
             fresh = self._conn is None
             if fresh:
-                self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx,
-                                                         timeout=timeout or self.timeout)
+                self._conn = (_NetnsHTTPSConnection if self.netns else http.client.HTTPSConnection)(
+                    self.host, self.port, context=self.ctx, timeout=timeout or self.timeout)
+                self._conn.netns = self.netns
             elif timeout:
                 self._conn.timeout = timeout
                 if self._conn.sock is not None:
@@ -109,3 +114,15 @@ class Connection:
                 answer = {"ok": False, "error": f"the server answered HTTP {r.status} without an nvctl answer"}
             return r.status, answer
         raise AssertionError("unreachable")
+
+
+class _NetnsHTTPSConnection(http.client.HTTPSConnection):
+    """Its TCP socket made inside a network namespace (the socket stays there)."""
+
+    netns: str | None = None
+
+    def connect(self):
+        from tep.nsutil import entered
+        with entered(self.netns):
+            sock = socket.create_connection((self.host, self.port), self.timeout, self.source_address)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)

@@ -12,6 +12,8 @@ in the environment and the network configuration on stdin:
                                           leaves it); or "stateDir": "/var/lib/nvctl" or
                                           "controller": the API socket's path, on the
                                           controller's own machine
+     "ovsdb": "unix:/run/openvswitch/db.sock"  optional: this host's OVSDB (default
+                                          Debian's)
 
 ADD     makes a port for the container through the API (madeBy: cni; its name from
         K8S_POD_NAME, else "c" + the container id; IP= and MAC= in CNI_ARGS are honoured),
@@ -130,9 +132,10 @@ def _env(*names: str) -> dict:
     return {n: os.environ[n] for n in names}
 
 
-def _ovsdb(att: dict) -> Ovsdb:
-    """The br-int of the port's host: the lab's per-host OVSDB, else this machine's."""
-    return Ovsdb(att.get("host_ovsdb") or DEFAULT_DB)
+def _ovsdb(att: dict, cfg: dict) -> Ovsdb:
+    """The br-int of the port's host: the lab's per-host OVSDB, else this machine's
+    ("ovsdb" in the configuration, else Debian's default socket)."""
+    return Ovsdb(att.get("host_ovsdb") or cfg.get("ovsdb") or DEFAULT_DB)
 
 
 def result(cfg: dict, att: dict, netns: str, ifname: str) -> dict:
@@ -176,7 +179,7 @@ def cmd_add(cfg: dict) -> dict:
             workload.plug_container(env["CNI_NETNS"], env["CNI_IFNAME"], att.get("host_netns"), att["host_ifname"],
                                     att["mac"], att["mtu"], att["ip"], att["prefixlen"], att.get("gateway"),
                                     att.get("ip6"), att.get("prefixlen6", 64), att.get("gateway6"))
-        _ovsdb(att).plug(att["host_ifname"], att["ofport"],
+        _ovsdb(att, cfg).plug(att["host_ifname"], att["ofport"],
                          {"iface-id": att["iface_id"], "nvctl-tenant": cfg["tenant"], "nvctl-port": name,
                           "attached-mac": att["mac"], "nvctl-cni-container": env["CNI_CONTAINERID"]})
     except (OvsError, OSError) as e:  # nothing half-made stays: the port and its veth go
@@ -195,7 +198,7 @@ def _del(cfg: dict, name: str, netns: str, ifname: str) -> None:
     if att is not None:
         workload.unplug_container(netns, ifname, att.get("host_netns"), att["host_ifname"])
         try:
-            _ovsdb(att).unplug(att["host_ifname"], wait=False)
+            _ovsdb(att, cfg).unplug(att["host_ifname"], wait=False)
         except OvsError:
             pass
         try:

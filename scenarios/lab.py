@@ -246,6 +246,24 @@ class Lab:
         deepen_instance(self.host_dir(p.name))
         return r.stdout
 
+    def add_operator(self, name: str = "op", index: int = 99):
+        """An operator's machine on the management network (MGMT_PREFIX + index), sharing
+        nothing with the lab but the network and a copy of the admin credential
+        (INSIDE/etc/admin.cred): where a person on a second machine types nvctl."""
+        from scenarios.machines import INSIDE
+        ns = f"{self.prefix}{name}"
+        if not nsutil.exists(ns):
+            _ns_create(ns)
+            _veth_between(f"{self.prefix}o{index}", ns, "mgmt0", self.ctl_ns, name, "br-mgmt", 1500)
+            with nsutil.iproute(ns) as n:
+                n.addr("add", index=n.link_lookup(ifname="mgmt0")[0], address=f"{MGMT_PREFIX}{index}", prefixlen=24)
+                n.link("set", index=n.link_lookup(ifname="lo")[0], state="up")
+        mach = self.machine(name, ns)
+        os.makedirs(os.path.join(mach.dir, "etc"), mode=0o700, exist_ok=True)
+        shutil.copy(self.admin_credential, mach.outside(f"{INSIDE}/etc/admin.cred"))
+        mach.start()
+        return mach
+
     @property
     def clustered(self) -> bool:
         return (self.manifest() or {}).get("controllers", 1) > 1

@@ -59,7 +59,7 @@ def fresh_compile_changes(lb: Lab) -> list[dict]:
 def verify_lab(lb: Lab) -> dict:
     """`nvctl verify` over what the lab's switches hold."""
     from controller.client.api import call
-    return call(lb.api_path, "verify", timeout=300)
+    return call(lb.api(), "verify", timeout=300)
 
 
 def running_lab(hosts: int = 3, **up):

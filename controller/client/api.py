@@ -74,8 +74,8 @@ class Remote:
             c = self._conns[url] = Connection(url, self.ctx, netns=self.netns)
         return c
 
-    def post(self, url: str, op: str, args: dict, rid: str, timeout: float) -> dict:
-        status, answer = self.connection(url).post(op, args, self.token, rid, timeout=timeout)
+    def post(self, url: str, op: str, args: dict, rid: str, timeout: float, token: str | None = None) -> dict:
+        status, answer = self.connection(url).post(op, args, token or self.token, rid, timeout=timeout)
         if status == 401:
             raise ApiClientError(f"{url} refused the credential {self.name!r} from {self.source}: "
                                  f"{answer.get('error')} (revoked, expired or mistyped?)")
@@ -110,7 +110,7 @@ def load_credential(path: str, server: str | None = None, netns: str | None = No
     return Remote(cred, server, source=path, netns=netns)
 
 
-def _call_remote(remote: Remote, op: str, timeout: float, args: dict):
+def _call_remote(remote: Remote, op: str, timeout: float, args: dict, token: str | None = None):
     """One request over HTTPS: any member that answers; while a failover is under way
     (a member that cannot be reached, an answer that says retry), the same request
     again, for FAILOVER_WAIT s."""
@@ -121,7 +121,7 @@ def _call_remote(remote: Remote, op: str, timeout: float, args: dict):
     for attempt in itertools.count():
         url = remote.servers[attempt % len(remote.servers)]
         try:
-            answer = remote.post(url, op, args, rid, timeout)
+            answer = remote.post(url, op, args, rid, timeout, token)
         except ssl.SSLCertVerificationError as e:
             raise ApiClientError(f"{url} is not the controller {remote.source} names: its certificate is "
                                  f"not signed by the credential's CA ({e.verify_message})") from None
@@ -145,14 +145,15 @@ def _call_remote(remote: Remote, op: str, timeout: float, args: dict):
             time.sleep(0.2)
 
 
-def call(path, op: str, timeout: float = 600, **args):
+def call(path, op: str, timeout: float = 600, _as: str | None = None, **args):
     """Send one request; return its result or raise ApiClientError. `path`: the unix
     socket, or a Remote (the network API). To a cluster: any member that answers
     (followers hand it to the leader); while a failover is under way, the same request
-    (one id: a change is made once) again, for FAILOVER_WAIT s."""
+    (one id: a change is made once) again, for FAILOVER_WAIT s. `_as`: a token to ask
+    as (the web view asks as the person signed in to it, not as itself)."""
     if isinstance(path, Remote):
-        return _call_remote(path, op, timeout, args)
-    req = {"op": op, "args": args, "id": uuid.uuid4().hex}
+        return _call_remote(path, op, timeout, args, _as)
+    req = {"op": op, "args": args, "id": uuid.uuid4().hex, **({"as": _as} if _as is not None else {})}
     targets = members(path)
     deadline = time.monotonic() + FAILOVER_WAIT
     last = None

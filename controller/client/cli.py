@@ -549,9 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "                    'nvctl trace' prints\n"
                     "  /metrics          the controller's metrics, Prometheus text format\n"
                     "  /api/...          the JSON behind the page (tenants, tenant/NAME, .../stats)\n"
-                    + textwrap.fill("There is no login: anyone who can reach the address sees every "
-                                    "tenant's topology. Keep the default 127.0.0.1 unless the network in "
-                                    "front of it is trusted.", 88),
+                    + textwrap.fill("It asks for a credential: sign in at /login with a token or a "
+                                    "credential file's contents (nvctl credential issue); a program sends "
+                                    "'Authorization: Bearer TOKEN'. Each person sees what their credential "
+                                    "may see (a tenant's: that tenant only). The view itself is plain HTTP: "
+                                    "keep the default 127.0.0.1 unless the network in front of it is "
+                                    "trusted.", 88),
         epilog="examples:\n  nvctl ui                          # then open http://127.0.0.1:8080/\n"
                "  nvctl ui --port 9000 --listen 0.0.0.0\n"
                "  nvctl ui --api /var/lib/nvctl/nvctl.sock")

@@ -14,6 +14,12 @@ line uses, `controller.client.api.call`) and shows:
 Everything put into a page is escaped (Jinja2 autoescaping; the SVG's text by
 matplotlib's SVG writer); the script writes with textContent only. The view changes
 nothing on the controller: `verify` and `trace` only read.
+
+It asks for a credential: a person signs in at /login with a token (or a credential
+file's contents), kept in an HttpOnly cookie; a program sends `Authorization: Bearer
+TOKEN`. Every request is made to the controller as that credential's holder, so a
+tenant's credential sees its own tenant and nothing else, exactly as on the command
+line. Without one: /login for a page, 401 for /api/... and /metrics.
 """
 from __future__ import annotations
 
@@ -262,6 +268,43 @@ nw_ttl, icmp_type, dl_dst, arp_tpa ... e.g. <code>tcp,nw_dst=10.0.1.10,tp_dst=54
 """)
 
 
+LOGIN = _env.from_string("""
+<section>
+<h2>Sign in</h2>
+<p>Paste a token (nvctl1....) or the whole credential file (<code>nvctl credential issue NAME --role ROLE</code>).
+What you see is what that credential may see.</p>
+{% if error %}<p class="error" id="error">{{ error }}</p>{% endif %}
+<form method="post" action="/login">
+<textarea name="token" id="token" rows="4" cols="80" autocomplete="off"></textarea><br>
+<button type="submit" id="sign-in">sign in</button>
+</form>
+</section>
+""")
+COOKIE = "nvctl_token"
+
+
+def status_of_error(e: Exception) -> int:
+    """The HTTP status for the controller's refusal: not signed in, not allowed, not
+    there, or the controller itself away."""
+    text = str(e)
+    if "authentication failed" in text or "refused the credential" in text:
+        return 401
+    if "permission denied" in text:
+        return 403
+    return 404 if text.startswith("no tenant") else 502
+
+
+def token_of(text: str) -> str:
+    """A token pasted as is, or taken from a pasted credential file."""
+    text = (text or "").strip()
+    if text.startswith("{"):
+        try:
+            return str(json.loads(text).get("token") or "")
+        except (ValueError, AttributeError):
+            return ""
+    return text
+
+
 def page(title: str, body: str, tenant: str | None = None) -> str:
     return BASE.render(title=title, body=Markup(body), tenant=tenant, css=Markup(CSS))
 
@@ -445,15 +488,45 @@ class VerifyCache:
         return entry
 
 
-def create_app(api_path: str, call=None):
+def create_app(api_path, call=None, login: bool = True):
     """The Flask application. `call(op, **args)` reaches the controller (default: the API
-    socket at api_path)."""
-    from flask import Flask, Response, jsonify, redirect, request
+    at api_path, a socket's path or a credential's Remote, as the signed-in person)."""
+    from flask import Flask, Response, g, jsonify, redirect, request
 
     if call is None:
         def call(op, timeout=600, **args):
-            return api_call(api_path, op, timeout=timeout, **args)
+            return api_call(api_path, op, timeout=timeout, _as=g.get("token"), **args)
     app = Flask("nvctl-ui")
+
+    @app.before_request
+    def who():
+        auth = request.headers.get("Authorization", "")
+        g.token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE)
+        if not login or g.token or request.path in ("/login", "/logout"):
+            return None
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            return jsonify({"ok": False, "error": "sign in: Authorization: Bearer TOKEN"}), 401
+        return redirect("/login", code=303)
+
+    @app.route("/login", methods=["GET", "POST"])
+    def sign_in():
+        if request.method == "GET":
+            return html(page("sign in", LOGIN.render(error=None)))
+        token = token_of(request.form.get("token", ""))
+        try:
+            me = api_call(api_path, "auth.whoami", timeout=30, _as=token or "-")
+        except (ApiClientError, OSError) as e:
+            return html(page("sign in", LOGIN.render(error=f"not signed in: {e}")), 401)
+        resp = redirect("/", code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+        resp.headers["X-Nvctl-Principal"] = f"{me['name']} ({me['role']})"
+        return resp
+
+    @app.get("/logout")
+    def sign_out():
+        resp = redirect("/login", code=303)
+        resp.delete_cookie(COOKIE)
+        return resp
     app.json.sort_keys = False
     verifies = VerifyCache()
     drawings: dict[str, str] = {}  # the spec and placement drawn -> SVG (drawing takes ~0.1 s)
@@ -478,8 +551,7 @@ def create_app(api_path: str, call=None):
         try:
             return call("tenant.show", name=name, timeout=30), None
         except ApiClientError as e:
-            code = 404 if str(e).startswith("no tenant") else 502
-            return None, html(error_html(name, str(e)), code)
+            return None, html(error_html(name, str(e)), status_of_error(e))
         except OSError as e:
             return None, html(error_html(name, f"controller unavailable: {e}"), 502)
 
@@ -549,7 +621,7 @@ def create_app(api_path: str, call=None):
         try:
             return jsonify({"ok": True, **fn(*args, **kw)})
         except (ApiClientError, OSError) as e:
-            return jsonify({"ok": False, "error": str(e)}), 502
+            return jsonify({"ok": False, "error": str(e)}), status_of_error(e)
 
     @app.get("/api/tenants")
     def api_tenants():
@@ -566,6 +638,10 @@ def create_app(api_path: str, call=None):
 
     @app.get("/api/tenant/<name>/verify")
     def api_verify(name):
+        try:  # the cache is shared: first, may this caller see the tenant at all
+            call("tenant.show", name=name, timeout=30)
+        except (ApiClientError, OSError) as e:
+            return jsonify({"ok": False, "error": str(e)}), 404 if str(e).startswith("no tenant") else 502
         v = verifies.get(name)
         return jsonify({"ok": True, "verify": None if v is None else
                         {k: v[k] for k in ("ok", "verdict", "time", "when", "text")}})

@@ -38,7 +38,8 @@ LOG = logging.getLogger("nvctl.api")
 
 
 # the unix socket's operations answered by the API itself, not by the core: ctx -> result
-BUILTINS = {"ping": lambda ctx: {"pong": True}, "api.operations": lambda ctx: describe()}
+BUILTINS = {"ping": lambda ctx: {"pong": True}, "api.operations": lambda ctx: describe(),
+            "auth.whoami": lambda ctx: ctx.get("principal")}
 
 
 def operations(core) -> dict:
@@ -139,7 +140,17 @@ class ApiServer:
             except (OSError, ValueError) as e:  # a malformed request
                 answer = {"ok": False, "error": f"bad request: {e}"}
             else:
-                answer = self.dispatch(req.get("op"), req.get("args") or {}, req.get("id"))
+                principal, answer = ROOT, None
+                if req.get("as") is not None:  # root acting as a credential's holder (the web view)
+                    p, why = self.core.authenticator.token(req["as"], "unix")
+                    if p is None:
+                        answer = self._audit(Principal("(unauthenticated)", "", "unix"), req.get("op"), "",
+                                             req.get("id"), {"ok": False, "unauthenticated": True,
+                                                             "error": "authentication failed: give a valid credential"},
+                                             refused=True)
+                    principal = Principal(p.name, p.role, "unix-as") if p else ROOT
+                if answer is None:
+                    answer = self.dispatch(req.get("op"), req.get("args") or {}, req.get("id"), principal=principal)
             _answer(conn, answer, req.get("op"), req.get("id"))
 
     def _forward(self, op, args: dict, rid, principal: Principal) -> dict:
@@ -223,6 +234,8 @@ class ApiServer:
                             "action": f"already applied ({what}; the request was retried after a failover)"}})
                     self.core.store.request_id.value = rid
                     LOG.info("%s %s: doing it", op, rid)
+            if o.call is None:  # the server's own answers may say who asks
+                context = {**(context or {}), "principal": principal.to_json()}
             answer = invoke(self.core, o, args, log_id, context, builtins=self.builtins)
             if d.filter_tenant is not None and answer.get("ok"):
                 answer["result"] = [r for r in answer["result"] if r.get("name") == d.filter_tenant]

@@ -167,6 +167,7 @@ OPS: dict[str, Op] = _ops(
        doc="Refuse a credential from now on (every member within a second)."),
     Op("audit.list", "audit_list", {"tenant": opt(None, str), "last": opt(50, int)}, **T, local=True,
        doc="The newest requests, allowed or refused (of a tenant: those its credentials made)."),
+    Op("auth.whoami", None, local=True, doc="Who the API takes the caller for: name, role, how it came."),
     Op("api.endpoints", "api_endpoints", scope="none", local=True,
        doc="Every member's network API URL and the CA that signed them (a client finds the cluster)."),
     # a cluster --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ and /metrics through prometheus_client's parser. Screenshots go to $NVCTL_ARTIFA
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -90,9 +91,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get(url: str, timeout: float = 30):
+TOKENS: dict[str, str] = {}  # who -> token: the admin's is what `get` sends unless told
+
+
+def get(url: str, timeout: float = 30, token: str | None = "admin"):
+    headers = {"Authorization": f"Bearer {TOKENS.get(token, token)}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
             return r.status, r.headers.get("Content-Type"), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type"), e.read().decode()
@@ -102,6 +107,8 @@ def get(url: str, timeout: float = 30):
 def ui_url(lab, twins):
     """`nvctl ui` as its own process in this (the root) namespace; stopped by its PID
     with SIGTERM, which must end it cleanly (exit 0)."""
+    for who, role in (("admin", "admin"), ("twin-a", "tenant:twin-a")):
+        TOKENS[who] = call(lab.api_path, "credential.issue", name=f"ui-{who}", role=role)["token"]
     port = free_port()
     log_path = os.path.join(artifacts_dir(), "nvctl-ui.log")
     log = open(log_path, "w")
@@ -389,6 +396,31 @@ def test_trace_form_shows_what_nvctl_trace_prints(lab, twins, ui_url, browser):
     assert "delivered to: twin-a/web2" in first and "twin-b" not in first
     denied = nvctl(lab, "trace", "twin-a/web1", TRACES[1][1]).stdout
     assert "delivered to: nothing (dropped)" in denied
+
+
+@pytest.fixture(scope="module", autouse=True)
+def signed_in(ui_url, browser):
+    """The browser signs in as a person would: the form at /login, the admin's token."""
+    from selenium.webdriver.common.by import By
+    browser.get(ui_url + "/tenant/twin-a")
+    wait(browser, lambda d: d.current_url.endswith("/login"), what="the sign-in page")
+    browser.find_element(By.ID, "token").send_keys(TOKENS["admin"])
+    browser.find_element(By.ID, "sign-in").click()
+    wait(browser, lambda d: d.current_url.rstrip("/") == ui_url, what="the tenants page after signing in")
+
+
+def test_a_tenants_credential_sees_its_tenant_only(lab, twins, ui_url):
+    names = [t["name"] for t in json.loads(get(f"{ui_url}/api/tenants", token="twin-a")[2])["tenants"]]
+    assert names == ["twin-a"]
+    other = get(f"{ui_url}/tenant/{TWINS[1]}", token="twin-a")
+    ghost = get(f"{ui_url}/tenant/ghost", token="twin-a")
+    assert other[0] == ghost[0] == 404
+    assert other[2].replace(TWINS[1], "X") == ghost[2].replace("ghost", "X")  # not even whether it exists
+    for path in (f"/api/tenant/{TWINS[1]}/stats", f"/api/tenant/{TWINS[1]}/verify", f"/api/tenant/{TWINS[1]}"):
+        status, _, body = get(ui_url + path, token="twin-a")
+        assert status in (404, 502) and "web1" not in body, (path, status, body)
+    assert get(f"{ui_url}/api/tenants", token=None)[0] == 401
+    assert get(f"{ui_url}/api/tenants", token="nvctl1.ui-admin.wrong")[0] == 401  # the controller refused it
 
 
 def test_unknown_tenant_is_a_404(lab, twins, ui_url, browser):

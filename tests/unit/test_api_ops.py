@@ -32,7 +32,7 @@ def hinted_types(hint) -> set:
 
 def test_every_operation_of_before_is_declared_and_the_network_ones_too():
     added = {"api.operations", "host.join", "host.self", "credential.issue", "credential.list", "credential.revoke",
-             "audit.list", "api.endpoints"}
+             "audit.list", "api.endpoints", "auth.whoami"}
     assert BEFORE | added <= set(OPS)
     assert NETWORK_OPS == {"ping", "host.join", "host.self"}
     assert {"ping", "cluster.status", "member.probe", "api.operations", "audit.list", "api.endpoints"} <= LOCAL_OPS

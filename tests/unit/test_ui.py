@@ -112,7 +112,7 @@ class Controller:
 @pytest.fixture
 def client_for():
     def make(ctl):
-        app = ui.create_app("/nonexistent.sock", call=ctl)
+        app = ui.create_app("/nonexistent.sock", call=ctl, login=False)
         app.testing = True
         return app.test_client()
     return make
@@ -334,8 +334,15 @@ def test_nvctl_ui_without_a_controller_says_so_and_stops_on_ctrl_c(tmp_path):
         base = f"http://127.0.0.1:{m.group(1)}"
         for path in ("/", "/tenant/x", "/tenant/x/topology.svg", "/api/tenant/x/stats"):
             with pytest.raises(urllib.error.HTTPError) as e:
-                urllib.request.urlopen(base + path, timeout=10)
+                urllib.request.urlopen(urllib.request.Request(base + path, headers={"Authorization": "Bearer t"}),
+                                       timeout=10)
             assert e.value.code == 502 and "no controller answers" in e.value.read().decode(), path
+        # without a credential: a page sends the person to sign in, the JSON is refused
+        with urllib.request.urlopen(base + "/tenant/x", timeout=10) as r:
+            assert r.url.endswith("/login") and "Sign in" in r.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/api/tenants", timeout=10)
+        assert e.value.code == 401
     finally:
         if p.poll() is None:
             os.kill(p.pid, signal.SIGINT)

@@ -1,9 +1,12 @@
 """Attaching workloads to hosts: the lab's compute driver.
 
 For a host registered by the lab (`info.kind == "lab"`), a tenant port is a workload
-namespace plugged into that host's br-int with the ofport the controller allocated and
-external_ids naming tenant and port. Other kinds of host (real machines) get their
-workloads from whoever runs them; the driver leaves those alone.
+namespace plugged into that host's br-int with external_ids naming tenant and port
+(`iface-id=TENANT/PORT`, by which the controller binds the port wherever OVS numbers
+it) and the ofport the controller allocated as a hint (`ofport_request`: bring-up needs
+no renumbering when OVS grants it, which it does unless another interface holds that
+number). Other kinds of host (real machines) get their workloads from whoever runs
+them; the driver leaves those alone.
 """
 from __future__ import annotations
 
@@ -108,6 +111,7 @@ class Driver(Protocol):
     def finish_move(self, old: Attachment) -> None: ...
     def move(self, old: Attachment, new: Attachment) -> None: ...
     def unplug(self, a: Attachment) -> None: ...
+    def rebind(self, a: Attachment) -> None: ...
     def collect_garbage(self, wanted: set[str]) -> list[str]: ...
 
 
@@ -148,6 +152,9 @@ class NoDriver:
         pass
 
     def unplug(self, a: Attachment) -> None:
+        pass
+
+    def rebind(self, a: Attachment) -> None:
         pass
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:
@@ -292,6 +299,18 @@ class LabDriver:
         ifname = host_ifname(a.tenant, a.port)
         host_db(info).unplug(ifname)
         workload.delete_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"], ifname)
+
+    def rebind(self, a: Attachment) -> None:
+        """The controller moved the port's allocation to `a.ofport`, where OVS put its
+        interface (or away from a number another interface holds): the interface, if it
+        is there, keeps its workload as it is, and only its hint and fingerprint follow,
+        so a restarted vswitchd puts it back at the same number and a restarted
+        controller finds the workload in place (`attached`) instead of making it again."""
+        info = self._lab(a.host)
+        if info is None:
+            return
+        host_db(info).vsctl("--no-wait", "--if-exists", "set", "interface", host_ifname(a.tenant, a.port),
+                            f"ofport_request={a.ofport}", f"external_ids:nvctl-attachment={fingerprint(a)}")
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:
         """Remove this lab's workload namespaces that no tenant port wants any more."""

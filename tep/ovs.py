@@ -103,17 +103,35 @@ class Ovsdb:
                         "external_ids": dict(ext[1]), "options": dict(opts[1])})
         return out
 
-    def plug(self, ifname: str, ofport: int, external_ids: dict[str, str]) -> None:
+    def iface_ids(self) -> dict[str, str | None]:
+        """Every interface's name -> its `external_ids:iface-id` (None without one), in
+        one read: what the controller binds tenant ports by. Which of them are on br-int,
+        and at which ofport, the switch itself says (OpenFlow port descriptions)."""
+        import json
+        raw = json.loads(self.vsctl("--format=json", "--columns=name,external_ids", "find", "Interface"))
+        return {name: dict(ext[1]).get("iface-id") for name, ext in raw["data"]}
+
+    def request_ofport(self, ifname: str, ofport: int) -> None:
+        """Ask ovs-vswitchd to move an interface to `ofport` (it re-adds the port there;
+        a port that holds that number without having asked for it gives way). Returns
+        without waiting: the switch's port events say when it is done."""
+        self.vsctl("--no-wait", "set", "interface", ifname, f"ofport_request={ofport}")
+
+    def plug(self, ifname: str, ofport: int | None, external_ids: dict[str, str]) -> None:
         self.plug_many([(ifname, ofport, external_ids)])
 
-    def plug_many(self, ports: list[tuple[str, int, dict[str, str]]]) -> None:
+    def plug_many(self, ports: list[tuple[str, int | None, dict[str, str]]]) -> None:
         """Ports (ifname, ofport, external_ids) onto br-int in one OVSDB transaction: one
-        ovs-vsctl, and one wait for ovs-vswitchd to open them all."""
+        ovs-vsctl, and one wait for ovs-vswitchd to open them all. `ofport` is only a
+        hint (ofport_request), None for none: the controller binds a port by the
+        external_ids' iface-id at whatever ofport OVS gives it."""
         cmds = []
         for ifname, ofport, external_ids in ports:
             ids = [f"external_ids:{k}={v}" for k, v in sorted(external_ids.items())]
-            cmds += [["--may-exist", "add-port", INTEGRATION_BRIDGE, ifname],
-                     ["set", "interface", ifname, f"ofport_request={ofport}", *ids]]
+            hint = [f"ofport_request={ofport}"] if ofport is not None else []
+            cmds.append(["--may-exist", "add-port", INTEGRATION_BRIDGE, ifname])
+            if hint or ids:
+                cmds.append(["set", "interface", ifname, *hint, *ids])
         if cmds:
             self.txn(*cmds, timeout=max(30, len(ports) // 10))
 

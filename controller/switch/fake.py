@@ -27,6 +27,7 @@ class FakeSwitch:
         self.flow_mods = 0
         self.bundles = 0
         self.refuse: str | None = None  # set to make the next bundle fail (atomically)
+        self.port_names: dict[int, str] = {}  # ofport -> interface name: what port descriptions would say
 
     # the Switch protocol ----------------------------------------------------------------
     def flows(self) -> list[Flow]:
@@ -80,7 +81,7 @@ class FakeSwitch:
         return len(put) + len(delete)
 
     def ports(self) -> dict[int, str]:
-        return {}
+        return dict(self.port_names)
 
     # what a person with ovs-ofctl could do behind the controller's back ------------------
     def ofctl_add(self, f: Flow) -> None:

@@ -60,6 +60,12 @@ class Session:
         self._bundle_ids = iter(range(1, 1 << 31))
         self._lock = threading.Lock()
         self.alive = True
+        # ofport -> name of every port on the switch: complete when the session is made
+        # (os-ken reads the port descriptions before it calls the switch up), then kept
+        # by our own PortStatus handler, in the order of this switch's other messages
+        # (os-ken's own copy, dp.ports, is updated by another app's handler: not
+        # ordered with ours).
+        self._ports: dict[int, str] = {no: _port_name(p) for no, p in (dp.ports or {}).items()}
 
     # replies, routed here by the app -------------------------------------------------
     def on_reply(self, msg, last: bool) -> None:
@@ -303,8 +309,18 @@ class Session:
 
     def ports(self) -> dict[int, str]:
         """ofport -> interface name, as the switch reported them."""
-        return {no: (p.name.decode() if isinstance(p.name, bytes) else p.name)
-                for no, p in (self.dp.ports or {}).items()}
+        return dict(self._ports)
+
+    def on_port_status(self, port_no: int, name: str, gone: bool) -> None:
+        if gone:
+            if self._ports.get(port_no) == name:
+                del self._ports[port_no]
+        else:
+            self._ports[port_no] = name
+
+
+def _port_name(desc) -> str:
+    return desc.name.decode() if isinstance(desc.name, bytes) else desc.name
 
 
 # --------------------------------------------------------------------------------------
@@ -399,6 +415,25 @@ class NvApp(app_manager.OSKenApp):
             self.core.packet_in(s, table.name, regs, m.get("in_port", 0), bytes(msg.data), msg.cookie)
         except Exception:  # one bad packet must not stop the app's event loop
             LOG.exception("packet-in from %016x (table %s)", msg.datapath.id, table.name)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        """A port added, deleted or changed on a switch: the session's port list follows
+        at once (no I/O here), and an added or deleted one asks the core to read that
+        host's interfaces again (in the background: controller.server.bindings)."""
+        msg = ev.msg
+        s = self._session(msg)
+        if s is None:
+            return
+        ofp = msg.datapath.ofproto
+        if msg.reason not in (ofp.OFPPR_ADD, ofp.OFPPR_DELETE, ofp.OFPPR_MODIFY):
+            return
+        s.on_port_status(msg.desc.port_no, _port_name(msg.desc), msg.reason == ofp.OFPPR_DELETE)
+        if self.core is not None and msg.reason != ofp.OFPPR_MODIFY:  # a link's state: not who is there
+            try:
+                self.core.switch_ports_changed(s)
+            except Exception:  # one bad event must not stop the app's event loop
+                LOG.exception("port status from %016x", msg.datapath.id)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev):

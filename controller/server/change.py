@@ -1,5 +1,6 @@
 """The one change path. Every change the server makes (tenant create, apply and delete,
-port add and delete, a port's migration, a host's registration or join) is a `Change`
+port add and delete, a port's migration, a host's registration or join, ports rebound
+to the ofports OVS gave their interfaces) is a `Change`
 handed to `run`, which takes it through the same five steps under the core's mutex:
 
     check    raises ApiError when the change cannot be made; nothing has changed yet
@@ -19,7 +20,9 @@ import ipaddress
 import logging
 from contextlib import nullcontext
 
+from topology import schema
 from topology.model import Tenant
+from controller.compile.compiler import compile_tenant
 from controller.server.errors import ApiError
 from controller.server.entry import TenantEntry
 from controller.state.store import HostRecord
@@ -203,3 +206,98 @@ class HostRegistration(Change):
     def report(self, core, results: dict, attach_errors: list) -> dict:
         return {"host": self.name}
 
+
+
+class Rebinding(Change):
+    """Ports of one host whose interfaces OVS numbered otherwise than the allocation
+    said (controller.server.bindings): each port's allocated ofport becomes the one its
+    interface has, and a port that held that number in the allocation (of any tenant:
+    ofports are unique per host) moves to a free one. Only that host's flows change (an
+    ofport appears only in its own host's flows: classify, delivery, meters); the
+    allocation is stored like any other, so a restart compiles the same flows.
+
+    `moves` is {tenant: {port: ofport}}. Tenants are written one at a time, each when
+    the numbers it takes are free of other tenants' ports, so no number is ever held
+    twice on the host, in the store or in memory (the numbers in use are a set per
+    host); when tenants wait on each other (two ports swapping numbers), one port steps
+    aside to a free number first."""
+
+    def __init__(self, host: str, moves: dict[str, dict[str, int]]):
+        self.host, self.moves = host, moves
+        self.name, self.action = host, "rebound"
+        self.before: dict[str, dict[str, int]] = {}
+
+    def check(self, core) -> None:
+        if self.host not in core.hosts:
+            raise ApiError(f"no host {self.host!r}")
+        for name, ports in self.moves.items():
+            if name not in core.tenants:
+                raise ApiError(f"no tenant {name!r}")
+            for port in ports:
+                if core._port(name, port)[1].host != self.host:
+                    raise ApiError(f"{name}/{port} is not on {self.host}")
+        numbers: dict[int, str] = {}
+        for name, e in core.tenants.items():
+            for p in e.tenant.ports:
+                if p.host == self.host:
+                    n = self.moves.get(name, {}).get(p.name, e.alloc.ofport[p.name])
+                    if n in numbers:
+                        raise ApiError(f"host {self.host}: ofport {n} would be both {numbers[n]}'s and "
+                                       f"{name}/{p.name}'s; nothing was changed")
+                    numbers[n] = f"{name}/{p.name}"
+
+    def commit(self, core) -> set[str]:
+        h = self.host
+        pending = {name: dict(ports) for name, ports in self.moves.items()}
+        self.before = {name: {port: core.tenants[name].alloc.ofport[port] for port in ports}
+                       for name, ports in pending.items()}
+        changed: set[str] = set()
+        while pending:
+            holder = {e.alloc.ofport[p.name]: (name, p.name)
+                      for name, e in core.tenants.items() for p in e.tenant.ports if p.host == h}
+            ready = next((name for name in sorted(pending)
+                          if all(holder.get(n, (name,))[0] == name for n in pending[name].values())), None)
+            if ready is not None:
+                changed |= self._write(core, ready, pending.pop(ready))
+                continue
+            name = min(pending)  # every tenant waits on another's number: one port steps aside
+            blocker, port = holder[min(n for n in pending[name].values() if holder.get(n, (name,))[0] != name)]
+            aside = min(set(range(min(holder), max(holder) + 2)) - set(holder))
+            changed |= self._write(core, blocker, {port: aside})
+        return changed
+
+    def _write(self, core, name: str, ports: dict[str, int]) -> set[str]:
+        """One tenant's ports to new numbers: stored, then in memory; the host's flows only."""
+        h, old = self.host, core.tenants[name]
+        alloc = dataclasses.replace(old.alloc, ofport={**old.alloc.ofport, **ports})
+        mine = compile_tenant(old.tenant, alloc, core._placement()).get(h, [])
+        rev = core.store.put_tenant(name, schema.to_doc(old.tenant), alloc.to_json(), old.revision)
+        core._replace_entry(name, TenantEntry(old.tenant, alloc, rev, {**old.flows, h: mine}))
+        return core.desired.swap({h: old.flows.get(h, [])}, {h: mine})
+
+    def attach(self, core, progress) -> list[str]:
+        """The workloads stay as they are (their interfaces are where the flows now
+        point); the driver only keeps its hints in step."""
+        errors = []
+        for name, ports in self.moves.items():
+            atts = core._attachments(name, core.tenants[name])
+            for port in ports:
+                a = atts.get(port)
+                if a is None:
+                    continue
+                try:
+                    core.driver.rebind(a)
+                except Exception as e:  # noqa: BLE001 - reported with the change
+                    errors.append(f"rebind {name}/{port} on {self.host}: {e}")
+        return errors
+
+    def rollout(self, core, changed: set[str], progress) -> dict:
+        return core.reconcile_many(changed)
+
+    def report(self, core, results: dict, attach_errors: list) -> dict:
+        out = result(core, self.name, self.action, results, attach_errors)
+        out.pop("tenant")
+        out.update(host=self.host, moved={f"{name}/{port}": {"from": self.before[name][port], "to": n}
+                                          for name, ports in sorted(self.moves.items())
+                                          for port, n in sorted(ports.items())})
+        return out

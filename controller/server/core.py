@@ -3,8 +3,9 @@
 `Core` holds the state (host records, tenants' intent and compiled flows, desired state
 per host, switch sessions) and is made of one piece per job: intent.py (parse, check,
 allocate, compile, store), ports.py (ports, IPAM holds, migration), hosts.py (registration
-and join), switches.py (sessions, roles, reconcile, audit), workloads.py (the driver),
-views.py and counters.py (read-only answers). Every change goes through one path,
+and join), switches.py (sessions, roles, reconcile, audit), bindings.py (ports bound to
+the interfaces OVS has, by iface-id), workloads.py (the driver), views.py and counters.py
+(read-only answers). Every change goes through one path,
 change.py (check -> commit -> attach -> rollout -> report), serialized by `mutex`; the
 views kept from the inputs, and what brings each up to date, are declared in derived.py.
 
@@ -37,6 +38,7 @@ from controller.server.intent import IntentMixin
 from controller.server.switches import SwitchesMixin
 from controller.server.hosts import HostsMixin
 from controller.server.ports import PortsMixin
+from controller.server.bindings import BindingsMixin, Watch
 from controller.server.workloads import WorkloadsMixin
 from controller.server.views import ViewsMixin
 from controller.server.counters import CountersMixin
@@ -57,8 +59,8 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, ViewsMixin, CountersMixin,
-           AccessMixin):
+class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin, ViewsMixin,
+           CountersMixin, AccessMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
@@ -95,6 +97,7 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, WorkloadsMixin, V
         self.changes = Changes()  # each create/apply's phase and counts, for the `progress` op (no mutex)
         self.authenticator = Authenticator(store)  # network API tokens (controller.server.access)
         self.audit_trail = AuditTrail(store)  # every request, allowed or refused; main starts its writer
+        self.watch = Watch()  # the interfaces on each host's br-int and the reads due (bindings.py; its own lock)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))

@@ -31,9 +31,10 @@ VIEWS = (
     View("infra", "infra", ("placement",), ("_recompile_all",),
          "each host's own flows (classify, tunnel, gateway), recompiled when the placement changes"),
     View("tenant_flows", "tenants", ("tenants", "placement"),
-         ("_commit", "_follow_tenant", "_recompile_all", "_replace_entry"),
-         "each tenant's compiled flows per host: only the changed tenant is recompiled, all on a host change"),
-    View("desired", "desired", ("infra", "tenant_flows"), ("_commit", "_follow_tenant", "_recompile_all"),
+         ("_commit", "_follow_tenant", "_recompile_all", "_replace_entry", "_bind"),
+         "each tenant's compiled flows per host: only the changed tenant is recompiled, all on a host change; "
+         "a rebinding (_bind: change.Rebinding) takes only the rebound host's flows of the compile"),
+    View("desired", "desired", ("infra", "tenant_flows"), ("_commit", "_follow_tenant", "_recompile_all", "_bind"),
          "per host, every flow by identity: swapped one tenant at a time (DesiredState.swap), rebuilt on a host change"),
     View("in_use", "used", ("tenants",), ("_replace_entry",),
          "every number and provider address any tenant holds, for the allocator"),
@@ -47,6 +48,10 @@ VIEWS = (
          "{cookie: flow} of logged ACL rules per tenant and host; rebuilt like cookie_index"),
     View("installed", "state", ("switches", "desired"), ("reconcile", "audit", "switch_connected", "switch_disconnected"),
          "per host, the flows the switch was last read or told to hold (HostState.installed); forgotten on reconnect"),
+    View("interfaces", "watch.interfaces", ("switches",), ("observe_interfaces",),
+         "per host, the interfaces on its br-int (ofport, name, iface-id): read from its OVSDB on port events, "
+         "or reported by the host; a port's allocated ofport (an input: tenants) follows its interface "
+         "through _bind's Rebinding change"),
     View("verified", "verified", ("switches", "desired"), ("verify", "_replace_entry"),
          "the last verify result per tenant, shown by the web view and metrics; dropped with its tenant"),
 )

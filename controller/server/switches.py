@@ -68,6 +68,8 @@ class SwitchesMixin:
                     self._claim_role(host, st.session)
                     st.forget()
             results = self.reconcile_many(self.hosts)
+        for h in results:  # bind what a follower only watched
+            self.watch_interfaces(h)
         for h, n in results.items():
             st = self.state[h]
             if n is None:
@@ -195,6 +197,7 @@ class SwitchesMixin:
         st = self.state.setdefault(host, HostState())
         st.session = session
         st.forget()
+        self.watch_interfaces(host)  # its port descriptions are in: which iface-id is where
         self._claim_role(host, session)
         if not self.leading():
             LOG.info("host %s connected (this controller follows: nothing sent)", host)

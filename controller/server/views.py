@@ -53,15 +53,14 @@ class ViewsMixin:
         if e is None:
             raise unknown_tenant(name)
         ports = []
+        self.interfaces_settled({p.host for p in e.tenant.ports})  # port events already in: read
+        claims = self._claims()
         for p in e.tenant.ports:
-            st = self.state.get(p.host)
-            bound = None
-            if st is not None and st.session is not None:
-                bound = st.session.ports().get(e.alloc.ofport[p.name]) is not None
+            b = self.port_binding(name, e, p, claims)
             ports.append({"name": p.name, "switch": p.switch, "ip": str(p.ip), "mac": p.mac,
                           **({"ip6": str(p.ip6)} if p.ip6 is not None else {}),
                           "host": p.host, "ofport": e.alloc.ofport[p.name],
-                          "up": p.host in self.hosts and bool(bound), "madeBy": p.made_by,
+                          "up": b["up"], "seen": b["seen"], "madeBy": p.made_by,
                           **({"containerId": p.container_id} if p.container_id else {}),
                           "namespace": self.driver.namespace(name, p.name, p.host) if p.workload else None})
         hosts = {}
@@ -161,8 +160,12 @@ class ViewsMixin:
         return r
 
     def port_info(self, tenant: str, port: str) -> dict:
+        """Where a port is and whether it is up: bound to an interface with its iface-id
+        at its ofport on its host; `seen` says where else its iface-id was found."""
         e, p = self._port(tenant, port)
+        self.interfaces_settled({p.host})
         return {"tenant": tenant, "port": port, "host": p.host, "ip": str(p.ip), "mac": p.mac,
+                "ofport": e.alloc.ofport[port], **self.port_binding(tenant, e, p),
                 "namespace": self.driver.namespace(tenant, port, p.host)}
 
     def flows(self, host: str, read_switch: bool = True) -> dict:

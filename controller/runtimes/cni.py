@@ -179,7 +179,7 @@ def cmd_add(cfg: dict) -> dict:
             workload.plug_container(env["CNI_NETNS"], env["CNI_IFNAME"], att.get("host_netns"), att["host_ifname"],
                                     att["mac"], att["mtu"], att["ip"], att["prefixlen"], att.get("gateway"),
                                     att.get("ip6"), att.get("prefixlen6", 64), att.get("gateway6"))
-        _ovsdb(att, cfg).plug(att["host_ifname"], att["ofport"],
+        _ovsdb(att, cfg).plug(att["host_ifname"], None,
                          {"iface-id": att["iface_id"], "nvctl-tenant": cfg["tenant"], "nvctl-port": name,
                           "attached-mac": att["mac"], "nvctl-cni-container": env["CNI_CONTAINERID"]})
     except (OvsError, OSError) as e:  # nothing half-made stays: the port and its veth go

@@ -217,7 +217,7 @@ class DockerPlugin:
         try:
             container.veth_for_runtime(att.get("host_netns"), att["host_ifname"], name, att["mac"], att["mtu"])
             Ovsdb(att.get("host_ovsdb") or DEFAULT_DB).plug(
-                att["host_ifname"], att["ofport"],
+                att["host_ifname"], None,
                 {"iface-id": att["iface_id"], "nvctl-tenant": net["tenant"], "nvctl-port": att["name"],
                  "attached-mac": att["mac"], "nvctl-docker-endpoint": eid})
         except (OvsError, OSError) as e:

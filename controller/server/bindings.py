@@ -44,6 +44,7 @@ from controller.server import change as change_path
 from controller.server.change import Rebinding
 from controller.server.errors import ApiError
 from tep.driver import host_db
+from tep.ovs import OvsError
 
 LOG = logging.getLogger("nvctl.bindings")
 READ_WORKERS = 4  # hosts read at once
@@ -177,8 +178,10 @@ class BindingsMixin:
                     out = self.observe_interfaces(host, items, complete=True)
                     if out["renumber"]:
                         self._renumber(host, out["renumber"])
-            except Exception as e:  # noqa: BLE001 - the next event or sweep reads again
-                LOG.warning("host %s: interfaces not read: %s", host, e)
+            except (OvsError, ApiError) as e:  # unreachable OVSDB, no free number: the next event or sweep tries again
+                LOG.warning("host %s: interfaces not read or not bound: %s", host, e)
+            except Exception:  # noqa: BLE001 - a bug: said with its stack, and the watch goes on
+                LOG.exception("host %s: interfaces not read or not bound", host)
             with w.cond:
                 w.covered[host] = max(w.covered.get(host, 0), began)
                 w.cond.notify_all()

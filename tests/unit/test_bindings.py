@@ -293,3 +293,23 @@ def test_the_watch_reads_a_host_on_connect_and_on_port_events_in_the_background(
     assert core.interfaces_settled({"hv2"}, timeout=5)
     assert shown(core, "blue")["vm2"]["up"] and ofport(core, "blue", "vm2") == m
     store.close()
+
+
+def test_verify_checks_the_interfaces_where_the_rebound_flows_deliver(core):
+    """`nvctl verify` reads each host's interfaces and checks that every ofport a tenant's
+    flows deliver to carries that port's iface-id: after a rebinding it holds, and an
+    interface with the port's iface-id left at the old number would not be the port's."""
+    from controller.analysis.installed import check_interfaces
+    from controller.spaces.ids import TUNNEL_OFPORT
+    core.create(BLUE)
+    was, new = ofport(core, "blue", "vm1"), 40
+    core.observe_interfaces("hv1", [(new, "tap-vm1", "blue/vm1")])
+    expected = {e.alloc.ofport[p.name]: (n, p.name) for n, e in core.tenants.items()
+                for p in e.tenant.ports if p.host == "hv1"}
+    tunnel = {"ofport": TUNNEL_OFPORT, "name": "vxlan0", "type": "vxlan", "external_ids": {},
+              "options": {"local_ip": "192.0.2.11", "remote_ip": "flow", "key": "flow"}}
+    tap = {"ofport": new, "name": "tap-vm1", "type": "", "external_ids": {"iface-id": "blue/vm1"}, "options": {}}
+    assert check_interfaces("hv1", "192.0.2.11", [tunnel, tap], expected) == []
+    stale = {**tap, "ofport": new, "external_ids": {"iface-id": "blue/vm4"}}
+    assert check_interfaces("hv1", "192.0.2.11", [tunnel, stale], expected)  # someone else's at vm1's number
+    assert was not in expected or expected[was] != ("blue", "vm1")

@@ -113,7 +113,7 @@ def until(lab, name: str, test, timeout: float = 15) -> dict:
 
 
 def flows(lab, host: str) -> list[str]:
-    return sorted(f"{f['table']} {f['flow']}" for f in call(lab.api_path, "flows", host=host)["flows"])
+    return sorted(f"{f['table']} {f['flow']}" for f in call(lab.api(), "flows", host=host)["flows"])
 
 
 def test_a_hand_plugged_interface_with_only_an_iface_id_carries_its_port_and_another_host_is_not_bound(hand, plugged):

@@ -380,8 +380,9 @@ def reported_items(host: str, interfaces: list) -> list[tuple]:
             errors.append((f"{at}.{extra}", "is unknown (an interface has name, ofport and iface_id)"))
         name, ofport, iface_id = item.get("name"), item.get("ofport"), item.get("iface_id")
         if not isinstance(name, str) or not IFNAME.match(name):
+            got = repr(name) if isinstance(name, str) else _json_name(name)
             errors.append((f"{at}.name", "is required: the interface's name, 1 to 255 printable characters, "
-                                         f"no spaces (got {_json_name(name) if not isinstance(name, str) else repr(name)})"))
+                                         f"no spaces (got {got})"))
         elif name in names:
             errors.append((f"{at}.name", f"{name!r} is reported twice (also interfaces[{names[name]}])"))
         else:

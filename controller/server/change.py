@@ -207,7 +207,6 @@ class HostRegistration(Change):
         return {"host": self.name}
 
 
-
 class Rebinding(Change):
     """Ports of one host whose interfaces OVS numbered otherwise than the allocation
     said (controller.server.bindings): each port's allocated ofport becomes the one its
@@ -260,9 +259,12 @@ class Rebinding(Change):
             if ready is not None:
                 changed |= self._write(core, ready, pending.pop(ready))
                 continue
-            name = min(pending)  # every tenant waits on another's number: one port steps aside
+            # every tenant waits on another's number: one port steps aside to a number no
+            # port has and none is to take (its own move, still pending, follows)
+            name = min(pending)
             blocker, port = holder[min(n for n in pending[name].values() if holder.get(n, (name,))[0] != name)]
-            aside = min(set(range(min(holder), max(holder) + 2)) - set(holder))
+            taken = set(holder) | {n for ports in pending.values() for n in ports.values()}
+            aside = min(set(range(min(taken), max(taken) + 2)) - taken)
             changed |= self._write(core, blocker, {port: aside})
         return changed
 

@@ -119,8 +119,9 @@ OPS: dict[str, Op] = _ops(
        doc="A host joins with its invitation's token (the join API)."),
     Op("host.self", "host_self", {"token": req(str)}, scope="host", scope_arg="peer_name",
        over=("network",), context=("peer_name",), doc="What a joined host may ask about itself (the join API)."),
-    Op("host.interfaces", "report_interfaces", {"host": req(str), "interfaces": req(list), "complete": opt(False, bool)},
-       kind="change", scope="host", scope_arg="host",
+    Op("host.interfaces", "report_interfaces",
+       {"host": req(str), "interfaces": req(list), "complete": opt(False, bool)}, kind="change", scope="host",
+       scope_arg="host",
        doc="A host reports the interfaces on its br-int ({name, ofport or null when gone, iface_id}; complete: "
            "all of them), when the controller cannot read its OVSDB: ports are bound by iface-id; answers "
            "what is bound, what moved, and which interfaces to renumber."),

@@ -313,3 +313,23 @@ def test_verify_checks_the_interfaces_where_the_rebound_flows_deliver(core):
     stale = {**tap, "ofport": new, "external_ids": {"iface-id": "blue/vm4"}}
     assert check_interfaces("hv1", "192.0.2.11", [tunnel, stale], expected)  # someone else's at vm1's number
     assert was not in expected or expected[was] != ("blue", "vm1")
+
+
+def test_three_tenants_rotating_numbers_never_hold_one_twice(core):
+    for t in ("ta", "tb", "tc"):
+        core.create(tenant_yaml(t, "web", [("p", "10.0.0.11", "hv1")]))
+    x, y, z = (ofport(core, t, "p") for t in ("ta", "tb", "tc"))
+    seen = []
+    real = core.store.put_tenant
+
+    def put(name, doc, alloc, rev):  # every write leaves one number per port on the host
+        seen.append(name)
+        out = real(name, doc, alloc, rev)
+        numbers = [r.alloc["ofport"]["p"] for r in core.store.tenants()]
+        assert len(numbers) == len(set(numbers)), numbers
+        return out
+    core.store.put_tenant = put
+    core.observe_interfaces("hv1", [(y, "ia", "ta/p"), (z, "ib", "tb/p"), (x, "ic", "tc/p")])
+    assert (ofport(core, "ta", "p"), ofport(core, "tb", "p"), ofport(core, "tc", "p")) == (y, z, x)
+    assert len(seen) == 4  # one steps aside once
+    consistent(core)

@@ -259,6 +259,7 @@ class FakeOvsdb:
 def test_the_watch_reads_a_host_on_connect_and_on_port_events_in_the_background(tmp_path, monkeypatch):
     dbs = {f"unix:/hv{i}.sock": FakeOvsdb() for i in (1, 2)}
     monkeypatch.setattr("controller.server.bindings.host_db", lambda info: dbs[info["ovsdb"]])
+    monkeypatch.setattr("controller.server.bindings.SWEEP_SECONDS", 3600)  # its sweep sleeps past the session
     store = SqliteStore(str(tmp_path / "w.db"))
     core = Core(store)
     for i in (1, 2):

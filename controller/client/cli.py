@@ -227,7 +227,7 @@ def cmd_port_add(a):
         print(f"  workload: namespace {p['namespace']}")
     else:
         print(f"  no workload made: plug an interface into {p['host']}'s br-int with "
-              f"external_ids:iface-id={p['iface_id']} and ofport_request={p['ofport']}")
+              f"external_ids:iface-id={p['iface_id']} (any ofport: the port is bound where OVS puts it)")
     for h, what in r["hosts"].items():
         print(f"  {h}: {what}")
     for e in r.get("attach_errors", []):

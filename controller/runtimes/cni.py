@@ -185,7 +185,26 @@ def cmd_add(cfg: dict) -> dict:
     except (OvsError, OSError) as e:  # nothing half-made stays: the port and its veth go
         _del(cfg, name, env["CNI_NETNS"], env["CNI_IFNAME"])
         raise CniError(E_IO, f"plugging {cfg['tenant']}/{name} failed", str(e)) from None
+    _wait_bound(cfg, name)
     return result(cfg, att, env["CNI_NETNS"], env["CNI_IFNAME"])
+
+
+BIND_WAIT = 5.0  # s: how long ADD waits for the controller to bind the new interface
+
+
+def _wait_bound(cfg: dict, name: str) -> None:
+    """Until the controller has bound the port to the interface just plugged (it finds
+    it by iface-id, and may renumber it first: ~0.1 s), so the container's first packets
+    are not dropped; after BIND_WAIT s the result is given anyway (the binding follows)."""
+    import time
+    deadline = time.monotonic() + BIND_WAIT
+    while time.monotonic() < deadline:
+        try:
+            if _call(cfg, "port.info", tenant=cfg["tenant"], port=name).get("up"):
+                return
+        except CniError:
+            return
+        time.sleep(0.1)
 
 
 def _del(cfg: dict, name: str, netns: str, ifname: str) -> None:

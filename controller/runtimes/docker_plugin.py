@@ -223,12 +223,26 @@ class DockerPlugin:
         except (OvsError, OSError) as e:
             self._unplug(eid)
             raise PluginError(f"nvctl: plugging {net['tenant']}/{att['name']} failed: {e}") from None
+        self._wait_bound(net["tenant"], att["name"])
         out = {"InterfaceName": {"SrcName": name, "DstPrefix": "eth"}}
         if att.get("gateway"):
             out["Gateway"] = att["gateway"]
         else:
             out["DisableGatewayService"] = True  # no docker_gwbridge NIC: the tenant's switch only
         return out
+
+    def _wait_bound(self, tenant: str, port: str, limit: float = 5.0) -> None:
+        """Until the controller has bound the port to the interface just plugged (by its
+        iface-id; ~0.1 s), so the container's first packets are not dropped; after
+        `limit` s Docker gets its answer anyway (the binding follows)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                if self._call("port.info", tenant=tenant, port=port).get("up"):
+                    return
+            except PluginError:
+                return
+            time.sleep(0.1)
 
     def _unplug(self, eid: str) -> None:
         ep = self.state["endpoints"].get(eid)

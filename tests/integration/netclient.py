@@ -1,7 +1,7 @@
 """Requests to the network API made by hand, the way a hostile or broken client would:
 run inside a lab machine by tests (test_shared_nothing.py) with a JSON list of requests:
 
-    {"what": label, "credential": FILE, "op": NAME,
+    {"what": label, "credential": FILE, "op": NAME, "args": {...},
      "mangle": true        one character of the token changed
      "no_token": implied when what == "no-token"
      "foreign_cert": true  a client certificate from a CA the controller never saw
@@ -61,7 +61,7 @@ def one(r: dict, tmp: str) -> dict:
         headers["Authorization"] = f"Bearer {token}"
     try:
         c = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=30)
-        c.request("POST", f"/v1/op/{r['op']}", b"{}", headers)
+        c.request("POST", f"/v1/op/{r['op']}", json.dumps(r.get("args") or {}).encode(), headers)
         resp = c.getresponse()
         out["status"], out["answer"] = resp.status, json.loads(resp.read() or b"null")
     except (OSError, ssl.SSLError, http.client.HTTPException) as e:

@@ -230,10 +230,14 @@ def browser():
 
 def wait(driver, cond, timeout=20, what="the page"):
     """Until cond(driver) is true. An element that went stale or is not there yet (the
-    page is being replaced, as after the verify button's POST and redirect) means: not yet."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    page is being replaced, as after the verify button's POST and redirect) means: not yet.
+    So does Chromium's "Node with given id does not belong to the document", its word for
+    an element of the page being replaced (a WebDriverException, not a stale element)."""
+    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                            WebDriverException)
     return WebDriverWait(driver, timeout, poll_frequency=0.2,
-                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException,
+                                             WebDriverException)).until(
         lambda d: cond(d), message=f"waiting for {what}")
 
 

@@ -11,7 +11,6 @@ Prints a JSON list: {"what", "status" (HTTP status or null), "answer", "error", 
 """
 import http.client
 import json
-import os
 import socket
 import ssl
 import subprocess

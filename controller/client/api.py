@@ -110,39 +110,55 @@ def load_credential(path: str, server: str | None = None, netns: str | None = No
     return Remote(cred, server, source=path, netns=netns)
 
 
-def _call_remote(remote: Remote, op: str, timeout: float, args: dict, token: str | None = None):
-    """One request over HTTPS: any member that answers; while a failover is under way
-    (a member that cannot be reached, an answer that says retry), the same request
-    again, for FAILOVER_WAIT s."""
-    import ssl
-    rid = uuid.uuid4().hex
+class _Away(Exception):
+    """This member could not be reached (why): the next one is asked."""
+
+
+def _first_answer(targets: list, ask, reached_after_failure=None):
+    """The result of the first member that answers for good: `ask(target)` gives its
+    answer or raises _Away; an answer that says retry (a failover under way) or a member
+    away sends the same request to the next member, for FAILOVER_WAIT s in all.
+    `reached_after_failure(target)`: told of a member that answered after another did not."""
     deadline = time.monotonic() + FAILOVER_WAIT
     last = None
     for attempt in itertools.count():
-        url = remote.servers[attempt % len(remote.servers)]
+        target = targets[attempt % len(targets)]
         try:
-            answer = remote.post(url, op, args, rid, timeout, token)
+            answer = ask(target)
+        except _Away as e:
+            last = str(e)
+        else:
+            if attempt and reached_after_failure is not None:
+                reached_after_failure(target)
+            if not answer.get("retry"):
+                if not answer.get("ok"):
+                    raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
+                return answer["result"]
+            last = answer.get("error")
+        if time.monotonic() > deadline:
+            raise ApiClientError(f"no controller answered for {FAILOVER_WAIT:.0f}s ({last})")
+        if attempt % len(targets) == len(targets) - 1:
+            time.sleep(0.2)
+
+
+def _call_remote(remote: Remote, op: str, timeout: float, args: dict, token: str | None = None):
+    """One request over HTTPS: any member that answers; the same request id throughout."""
+    import ssl
+    rid = uuid.uuid4().hex
+
+    def ask(url):
+        try:
+            return remote.post(url, op, args, rid, timeout, token)
         except ssl.SSLCertVerificationError as e:
             raise ApiClientError(f"{url} is not the controller {remote.source} names: its certificate is "
                                  f"not signed by the credential's CA ({e.verify_message})") from None
         except ssl.SSLError as e:
-            last, answer = f"{url}: TLS failed: {e.reason or e}", None
+            raise _Away(f"{url}: TLS failed: {e.reason or e}") from None
         except TimeoutError:
             raise ApiClientError(f"{url} did not answer {op} within {timeout:.0f}s") from None
         except OSError as e:
-            last, answer = f"{url}: {e.strerror or e}", None
-        if answer is not None and attempt:
-            remote.discover(url)  # one member was away: learn who else there is
-        if answer is not None and not answer.get("retry"):
-            if not answer.get("ok"):
-                raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
-            return answer["result"]
-        if answer is not None:
-            last = answer.get("error")
-        if time.monotonic() > deadline:
-            raise ApiClientError(f"no controller answered for {FAILOVER_WAIT:.0f}s ({last})")
-        if attempt % len(remote.servers) == len(remote.servers) - 1:
-            time.sleep(0.2)
+            raise _Away(f"{url}: {e.strerror or e}") from None
+    return _first_answer(remote.servers, ask, remote.discover)  # one member was away: learn who else there is
 
 
 def call(path, op: str, timeout: float = 600, _as: str | None = None, **args):
@@ -155,32 +171,23 @@ def call(path, op: str, timeout: float = 600, _as: str | None = None, **args):
         return _call_remote(path, op, timeout, args, _as)
     req = {"op": op, "args": args, "id": uuid.uuid4().hex, **({"as": _as} if _as is not None else {})}
     targets = members(path)
-    deadline = time.monotonic() + FAILOVER_WAIT
-    last = None
-    for attempt in itertools.count():
-        target = targets[attempt % len(targets)]
+    alone = len(targets) == 1
+
+    def ask(target):
         try:
-            if len(targets) > 1:  # a member that is stopped (not dead) must not hold the client
+            if not alone:  # a member that is stopped (not dead) must not hold the client
                 request(target, {"op": "ping", "args": {}}, 1.0)
             answer = request(target, req, timeout)
         except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError, TimeoutError) as e:
-            if len(targets) == 1:
-                if isinstance(e, TimeoutError):
-                    raise
-                raise ApiClientError(f"no controller answers on {path} (is the lab up? try 'nvctl lab up')") from None
-            last, answer = f"{target}: {e}", None
-        if answer is not None and not answer.get("retry"):
-            if not answer.get("ok"):
-                raise ApiClientError(answer.get("error", "failed"), answer.get("errors"))
-            return answer["result"]
-        if answer is not None:
-            last = answer.get("error")
-            if len(targets) == 1:
-                raise ApiClientError(last or "failed")
-        if time.monotonic() > deadline:
-            raise ApiClientError(f"no controller of the cluster answered for {FAILOVER_WAIT:.0f}s ({last})")
-        if attempt % len(targets) == len(targets) - 1:
-            time.sleep(0.2)
+            if not alone:
+                raise _Away(f"{target}: {e}") from None
+            if isinstance(e, TimeoutError):
+                raise
+            raise ApiClientError(f"no controller answers on {path} (is the lab up? try 'nvctl lab up')") from None
+        if alone and answer.get("retry"):  # one controller: nobody else to ask
+            raise ApiClientError(answer.get("error") or "failed")
+        return answer
+    return _first_answer(targets, ask)
 
 
 def remote_call(ip: str, port: int, op: str, ctx=None, timeout: float = 60, **args):

@@ -188,22 +188,10 @@ class Lab:
         return self.api_path
 
     def _provision_member(self, m: dict) -> None:
-        """A controller machine's own /etc/nvctl/pki, as an operator installs one: the
-        CAs (to sign hosts it invites) and a certificate of its own (CN ctlN, signed by
-        the controller CA: its identity toward hosts and the other members)."""
+        """A controller machine's own /etc/nvctl/pki (controller.transport.pki.Pki.for_member)."""
         from controller.transport.pki import Pki
-        shared = Pki(self.pki_dir).ensure()
-        mine = os.path.join(self.machine(m["name"], m["netns"]).dir, "etc", "pki")
-        if os.path.exists(os.path.join(mine, "ctl-cert.pem")):
-            return
-        os.makedirs(os.path.dirname(mine), exist_ok=True)
-        shutil.copytree(os.path.join(shared.dir, "ca"), os.path.join(mine, "ca"))
-        os.chmod(mine, 0o700)
-        run(["ovs-pki", f"--dir={mine}/ca", f"--log={mine}/ovs-pki.log", "--force", "req+sign", m["name"],
-             "controller"], timeout=120, cwd=mine)
-        os.replace(os.path.join(mine, f"{m['name']}-privkey.pem"), os.path.join(mine, "ctl-privkey.pem"))
-        os.replace(os.path.join(mine, f"{m['name']}-cert.pem"), os.path.join(mine, "ctl-cert.pem"))
-        os.unlink(os.path.join(mine, f"{m['name']}-req.pem"))
+        Pki(self.pki_dir).ensure().for_member(os.path.join(self.machine(m["name"], m["netns"]).dir, "etc", "pki"),
+                                              m["name"])
         os.makedirs(m["state_dir"], exist_ok=True)
 
     def _start_isolated_member(self, m: dict, store: str | None) -> int:
@@ -338,76 +326,71 @@ class Lab:
              "isolated": isolated}
         self._save(m)
         t0 = time.monotonic()
-        if isolated:
-            return self._up_isolated(m, plans, timeout, t0)
         try:
-            self._networks(underlay_mtu)
-            self.log(f"[lab] underlay {self.ul_ns} (MTU {underlay_mtu}) and management {self.ctl_ns} ready")
-            if controllers == 1:
-                self.start_controller()
-                self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
+            if isolated:
+                self._up_isolated(m, plans, timeout)
             else:
-                self._cluster_networks()
-                pids = self.start_members()
-                self.log(f"[lab] {controllers} etcd members and {controllers} controllers started "
-                         f"({', '.join(f'{n} pid {p}' for n, p in pids.items())})")
-            built = progress.task("hosts", hosts, lines="each") if progress else None
-            for p in plans:
-                self._host(p, (lambda what, p=p: built.update(text=f"{p.name}: {what}")) if built else None)
-                done = f"{p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}"
-                if built:
-                    built.advance(done)
-                else:
-                    self.log(f"[lab] {done}")
-            tasks = [progress.task(what, hosts, lines="end") if progress else None
-                     for what in ("hosts registered", "hosts connected and in sync", "underlay warmed")]
-            self._register(plans, tasks[0] and tasks[0].advance)
-            self.wait_synced(timeout, tasks[1] and (lambda hs: tasks[1].update(completed=sum(
-                h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hs))))
-            self.warm_underlay(plans, tasks[2] and tasks[2].advance)
-            self.write_admin_credential()
+                self._up_shared(m, plans, timeout, progress)
             m["status"] = "up"
             self._save(m)
         except BaseException:
             self.log("[lab] bring-up failed; removing what was made")
             self.down(quiet=True)
             raise
-        self.log(f"[lab] up: {hosts} hosts in {time.monotonic() - t0:.1f}s (state {self.dir})")
+        self.log(f"[lab] up{' (isolated)' if isolated else ''}: {hosts} hosts in {time.monotonic() - t0:.1f}s "
+                 f"(state {self.dir}; admin credential {self.admin_credential})")
         return m
 
-    def _up_isolated(self, m: dict, plans: list[HostPlan], timeout: float, t0: float) -> dict:
+    def _up_shared(self, m: dict, plans: list[HostPlan], timeout: float, progress=None) -> None:
+        """The ordinary lab: the controllers and the hosts' OVS started from here, hosts
+        registered by the lab, its workloads made by the controller's lab driver."""
+        self._networks(m["underlay_mtu"])
+        self.log(f"[lab] underlay {self.ul_ns} (MTU {m['underlay_mtu']}) and management {self.ctl_ns} ready")
+        if m["controllers"] == 1:
+            self.start_controller()
+            self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
+        else:
+            self._cluster_networks()
+            pids = self.start_members()
+            self.log(f"[lab] {m['controllers']} etcd members and {m['controllers']} controllers started "
+                     f"({', '.join(f'{n} pid {p}' for n, p in pids.items())})")
+        built = progress.task("hosts", len(plans), lines="each") if progress else None
+        for p in plans:
+            self._host(p, (lambda what, p=p: built.update(text=f"{p.name}: {what}")) if built else None)
+            done = f"{p.name}: OVS up, PA {p.pa}, br-int dpid {p.dpid:016x}"
+            if built:
+                built.advance(done)
+            else:
+                self.log(f"[lab] {done}")
+        tasks = [progress.task(what, len(plans), lines="end") if progress else None
+                 for what in ("hosts registered", "hosts connected and in sync", "underlay warmed")]
+        self._register(plans, tasks[0] and tasks[0].advance)
+        self.wait_synced(timeout, tasks[1] and (lambda hs: tasks[1].update(completed=sum(
+            h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hs))))
+        self.warm_underlay(plans, tasks[2] and tasks[2].advance)
+        self.write_admin_credential()
+
+    def _up_isolated(self, m: dict, plans: list[HostPlan], timeout: float) -> None:
         """Every controller member and every host a machine of its own (scenarios/machines.py);
         the hosts join over the network, alternately through each member; the lab then
         speaks to the controllers only with its admin credential. No lab workloads (the
         hosts are joined machines: their runtimes plug ports) and no external network."""
-        try:
-            self._networks(m["underlay_mtu"])
-            if m["controllers"] > 1:
-                self._cluster_networks()
-                self.start_members()
-            else:
-                self._start_isolated_member(self.member_plans()[0], None)
-            members = self.member_plans()
-            self.log(f"[lab] isolated: {len(members)} controller machine(s) up "
-                     "(" + ", ".join(f"{x['name']} {x['address']}:{API_PORT}" for x in members) + ")")
-            sock = os.path.join(members[0]["state_dir"], "nvctl.sock")  # the operator on ctl1's machine, once
-            from controller.client.accesscmd import issue, write_credential
-            write_credential(self.admin_credential, issue(sock, "lab-admin", "admin"))
-            for k, p in enumerate(plans):
-                via = members[k % len(members)]
-                self.join_isolated_host(p, via)
-                self.log(f"[lab] {p.name}: its own machine, joined through {via['name']} over the network")
-            self.wait_synced(timeout)
-            self.warm_underlay(plans)
-            m["status"] = "up"
-            self._save(m)
-        except BaseException:
-            self.log("[lab] bring-up failed; removing what was made")
-            self.down(quiet=True)
-            raise
-        self.log(f"[lab] up (isolated): {len(plans)} hosts in {time.monotonic() - t0:.1f}s (state {self.dir}; "
-                 f"admin credential {self.admin_credential})")
-        return m
+        self._networks(m["underlay_mtu"])
+        if m["controllers"] > 1:
+            self._cluster_networks()
+            self.start_members()
+        else:
+            self._start_isolated_member(self.member_plans()[0], None)
+        members = self.member_plans()
+        self.log(f"[lab] isolated: {len(members)} controller machine(s) up "
+                 "(" + ", ".join(f"{x['name']} {x['address']}:{API_PORT}" for x in members) + ")")
+        self.write_admin_credential(os.path.join(members[0]["state_dir"], "nvctl.sock"))  # on ctl1's machine, once
+        for k, p in enumerate(plans):
+            via = members[k % len(members)]
+            self.join_isolated_host(p, via)
+            self.log(f"[lab] {p.name}: its own machine, joined through {via['name']} over the network")
+        self.wait_synced(timeout)
+        self.warm_underlay(plans)
 
     def _networks(self, underlay_mtu: int) -> None:
         for ns in (self.ctl_ns, self.ul_ns, self.ext_ns):
@@ -544,17 +527,12 @@ class Lab:
     def admin_credential(self) -> str:
         return os.path.join(self.dir, ADMIN_CREDENTIAL)
 
-    def write_admin_credential(self) -> str:
+    def write_admin_credential(self, api: str | None = None) -> str:
         """An admin credential for the network API (STATE_DIR/admin.cred, mode 0600): what
-        an operator on another machine needs, issued as any other."""
+        an operator on another machine needs, issued as any other, through the unix
+        socket `api` (default: the lab's) of a fresh controller."""
         from controller.client.accesscmd import issue, write_credential
-        from controller.client.api import call
-        name = "lab-admin"
-        if any(c["name"] == name and c["state"] == "valid" for c in call(self.api_path, "credential.list")):
-            call(self.api_path, "credential.revoke", name=name)  # a new secret; the old file is gone
-        if any(c["name"] == name for c in call(self.api_path, "credential.list")):
-            name = f"lab-admin-{int(time.time())}"
-        write_credential(self.admin_credential, issue(self.api_path, name, "admin"))
+        write_credential(self.admin_credential, issue(api or self.api_path, "lab-admin", "admin"))
         return self.admin_credential
 
     # status ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Layout of DIR (mode 0700):  ca/ (ovs-pki's CAs), ctl-privkey.pem, ctl-cert.pem.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import tempfile
 
@@ -61,8 +62,30 @@ class Pki:
 
     def sign_host(self, name: str) -> tuple[str, str]:
         """A new key and a certificate with CN=name signed by switchca: (key PEM, cert PEM)."""
+        return self._sign(name, "switch")
+
+    def for_member(self, dest: str, name: str) -> "Pki":
+        """Another cluster member's PKI in `dest`, as an operator installs it on that
+        machine: the same CAs (it signs the hosts it invites) and a certificate of its own
+        (CN=name, signed by controllerca: its identity toward hosts and the other members)."""
+        other = Pki(dest)
+        if other.exists():
+            return other
+        os.makedirs(other.dir, mode=0o700, exist_ok=True)
+        os.chmod(other.dir, 0o700)
+        shutil.copytree(os.path.join(self.dir, "ca"), os.path.join(other.dir, "ca"), dirs_exist_ok=True)
+        key, cert = other._sign(name, "controller")
+        for path, text in ((other.ctl_key, key), (other.ctl_cert, cert)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        return other
+
+    def _sign(self, name: str, kind: str) -> tuple[str, str]:
+        """A new key and a certificate with CN=name signed by the `kind` CA (switch or
+        controller): (key PEM, cert PEM)."""
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
-            self._ovs_pki("--force", "req+sign", name, "switch", cwd=tmp)
+            self._ovs_pki("--force", "req+sign", name, kind, cwd=tmp)
             with open(os.path.join(tmp, f"{name}-privkey.pem")) as k, \
                     open(os.path.join(tmp, f"{name}-cert.pem")) as c:
                 return k.read(), c.read()

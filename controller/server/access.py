@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from controller.server.errors import ApiError, unknown_tenant
 from controller.server.ops import Op, scope_of
 
+LOG = logging.getLogger("nvctl.audit")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 TOKEN_PREFIX = "nvctl1"
 CREDENTIAL_KIND = "nvctl-credential"  # a credential file's "kind" (what the client checks)
@@ -365,7 +367,6 @@ class AuditTrail:
                 raise
 
     def run(self) -> None:
-        import logging
         while True:
             self._wake.wait(5)
             self._wake.clear()
@@ -373,4 +374,4 @@ class AuditTrail:
             try:
                 self.flush()
             except Exception as e:  # noqa: BLE001
-                logging.getLogger("nvctl.audit").warning("audit trail not written yet: %s", e)
+                LOG.warning("audit trail not written yet: %s", e)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
-from tep import rxqueue, workload
+from tep import rxqueue, vm, workload
 from tep.ovs import Ovsdb, run
 
 
@@ -37,6 +38,7 @@ class Attachment:
     ip6: str | None = None  # dual stack: its IPv6 CA, prefix length and IPv6 gateway
     prefixlen6: int = 64
     gateway6: str | None = None
+    vm: bool = False  # a QEMU guest on a tap (tep.vm), not a namespace on a veth
 
 
 def host_db(info: dict) -> Ovsdb:
@@ -59,7 +61,7 @@ def attachments_of(tenant, ofports: dict[str, int], mtus: dict[str, int] | None 
                                  sw.cidr.prefixlen, p.mac, str(gw[1].ip) if gw else None,
                                  (mtus or {}).get(p.switch, 1500),
                                  str(p.ip6) if p.ip6 else None, sw.cidr6.prefixlen if sw.cidr6 else 64,
-                                 str(gw6) if gw6 else None)
+                                 str(gw6) if gw6 else None, p.vm)
     return out
 
 
@@ -95,6 +97,55 @@ def _deepen(info: dict) -> None:
     default; give the ones it has opened by now a NIC's queue (tep/rxqueue.py)."""
     if info.get("rundir"):
         rxqueue.deepen_instance(info["rundir"])
+
+
+# guests -------------------------------------------------------------------------------
+
+def vm_key(host: str, guest_name: str) -> str:
+    """How a guest is named among the workloads a controller wants (collect_garbage)."""
+    return f"vm:{host}:{guest_name}"
+
+
+def _guest(info: dict, tenant: str, port: str) -> vm.Guest:
+    """A port's guest on a lab host: its files in the host's run directory, named like
+    its tap (and its OVSDB interface): 15 characters, stable per port."""
+    return vm.Guest(os.path.join(info["rundir"], "vm"), host_ifname(tenant, port))
+
+
+def _start_vm(info: dict, a: Attachment, incoming: str | None = None) -> vm.Guest:
+    """The guest's tap in the host's br-int, carrying the port's iface-id (and the
+    allocated number as a hint), then QEMU on it with the port's MAC. Returns at once:
+    the guest boots and asks for its lease on its own."""
+    ifname = host_ifname(a.tenant, a.port)
+    g = _guest(info, a.tenant, a.port)
+    g.stop()
+    vm.remove_tap(info["netns"], ifname)
+    vm.make_tap(info["netns"], ifname, max(workload.VETH_MTU, a.mtu))
+    try:
+        host_db(info).plug(ifname, a.ofport, external_ids(a))
+        g.start(info["netns"], ifname, a.mac, incoming=incoming)
+    except Exception:
+        host_db(info).unplug(ifname, wait=False)
+        vm.remove_tap(info["netns"], ifname)
+        raise
+    _deepen(info)
+    return g
+
+
+def _stop_vm(info: dict, tenant: str, port: str) -> None:
+    """The guest stopped, its tap and files gone (its OVSDB port is the caller's)."""
+    g = _guest(info, tenant, port)
+    g.stop()
+    _remove_files(g)
+    vm.remove_tap(info["netns"], host_ifname(tenant, port))
+
+
+def _remove_files(g: vm.Guest) -> None:
+    """What a stopped guest leaves: its console log."""
+    try:
+        os.unlink(g.path("log"))
+    except FileNotFoundError:
+        pass
 
 
 class Driver(Protocol):
@@ -177,9 +228,17 @@ class LabDriver:
         info = self._lab(host)
         return workload_namespace(info["prefix"], tenant, port) if info else None
 
+    def guest(self, tenant: str, port: str, host: str) -> vm.Guest | None:
+        """The QEMU guest of a `workload: vm` port on a lab host (whether it runs or not)."""
+        info = self._lab(host)
+        return _guest(info, tenant, port) if info else None
+
     def plug(self, a: Attachment) -> None:
         info = self._lab(a.host)
         if info is None:
+            return
+        if a.vm:
+            _start_vm(info, a)
             return
         host_db(info).plug(host_ifname(a.tenant, a.port), a.ofport, external_ids(a))
         _make_workload(info, a)
@@ -190,7 +249,16 @@ class LabDriver:
         one OVSDB transaction per host for all of its ports (ovs-vswitchd opens veths
         that already exist), then the host's new sockets deepened once. Returns an error
         line per attachment that failed; `done()` is called as each workload is made."""
-        mine = [a for a in atts if self._lab(a.host)]
+        mine = [a for a in atts if self._lab(a.host) and not a.vm]
+        errors = []
+        for a in atts:  # guests one by one: each is a QEMU that boots on its own afterwards
+            if a.vm and self._lab(a.host):
+                try:
+                    self.plug(a)
+                except Exception as e:  # noqa: BLE001 - reported per port
+                    errors.append(f"attach {a.tenant}/{a.port} to {a.host}: {e}")
+                if done is not None:
+                    done()
 
         def make(a: Attachment) -> str | None:
             try:
@@ -203,7 +271,7 @@ class LabDriver:
                     done()
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             made = list(pool.map(make, mine))
-        errors = [e for e in made if e]
+        errors += [e for e in made if e]
         by_host: dict[str, list[Attachment]] = {}
         for a, err in zip(mine, made):
             if err is None:
@@ -249,8 +317,10 @@ class LabDriver:
             for a in atts:
                 ifname = host_ifname(a.tenant, a.port)
                 got = have.get(ifname)
-                if (got and got[0] == a.ofport and got[1].get("nvctl-attachment") == fingerprint(a)
-                        and ifname in links and
+                if not (got and got[0] == a.ofport and got[1].get("nvctl-attachment") == fingerprint(a)
+                        and ifname in links):
+                    continue
+                if (_guest(info, a.tenant, a.port).pid() is not None if a.vm else
                         workload_namespace(info["prefix"], a.tenant, a.port) in spaces):
                     ok.add((a.tenant, a.port))
         return ok
@@ -261,7 +331,7 @@ class LabDriver:
         opened the port. Both attachments now deliver; the old one still carries the
         traffic the other hosts send to the old PA."""
         dst = self._lab(new.host)
-        if dst is None:
+        if dst is None or new.vm:
             return
         ns = workload_namespace(dst["prefix"], new.tenant, new.port)
         ifname = host_ifname(new.tenant, new.port)
@@ -278,14 +348,15 @@ class LabDriver:
     def finish_move(self, old: Attachment) -> None:
         """Break: after every host forwards to the new place, the old attachment goes."""
         src = self._lab(old.host)
-        if src is None:
+        if src is None or old.vm:
             return
         workload.detach(workload_namespace(src["prefix"], old.tenant, old.port), src["netns"])
         host_db(src).unplug(host_ifname(old.tenant, old.port), wait=False)
 
     def move(self, old: Attachment, new: Attachment) -> None:
         """Re-home a workload (a tenant apply that changed its host): attach, detach."""
-        if self._lab(new.host) is None or self._lab(old.host) is None:
+        if self._lab(new.host) is None or self._lab(old.host) is None or old.vm or new.vm:
+            # a guest moved by a tenant apply restarts there (a live move is `port migrate`)
             self.unplug(old)
             self.plug(new)
             return
@@ -298,7 +369,35 @@ class LabDriver:
             return
         ifname = host_ifname(a.tenant, a.port)
         host_db(info).unplug(ifname)
+        if a.vm:
+            _stop_vm(info, a.tenant, a.port)
+            return
         workload.delete_workload(workload_namespace(info["prefix"], a.tenant, a.port), info["netns"], ifname)
+
+    # a guest's live migration (controller.server.vmmigrate) ------------------------------
+    def vm_incoming(self, new: Attachment, port: int) -> str:
+        """The destination: the guest's tap on `new.host` with the port's iface-id (at
+        the pending binding's number), and QEMU waiting for the guest on that host's
+        provider address. Returns the URI the source migrates to."""
+        info = self._lab(new.host)
+        uri = f"tcp:{self.hosts[new.host].pa}:{port}"
+        _start_vm(info, new, incoming=uri)
+        return uri
+
+    def vm_migrate(self, old: Attachment, uri: str) -> dict:
+        """QEMU's own migration of the running guest to `uri`; what QEMU reports."""
+        return _guest(self._lab(old.host), old.tenant, old.port).migrate(uri)
+
+    def vm_cancel(self, old: Attachment) -> None:
+        _guest(self._lab(old.host), old.tenant, old.port).cancel_migration()
+
+    def vm_abort(self, new: Attachment) -> None:
+        """A migration that did not happen: the destination's QEMU and tap go."""
+        self.unplug(new)
+
+    def vm_finish(self, old: Attachment) -> None:
+        """A migration that happened: the paused source QEMU and its tap go."""
+        self.unplug(old)
 
     def rebind(self, a: Attachment) -> None:
         """The controller moved the port's allocation to `a.ofport`, where OVS put its
@@ -313,10 +412,24 @@ class LabDriver:
                             f"ofport_request={a.ofport}", f"external_ids:nvctl-attachment={fingerprint(a)}")
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:
-        """Remove this lab's workload namespaces that no tenant port wants any more."""
+        """Remove this lab's workload namespaces and guests that no tenant port wants any
+        more (`wanted`: namespaces, and guests as `vm_key`)."""
         prefixes = {rec.info["prefix"] for rec in self.hosts.values()
                     if rec.info.get("kind") == "lab"}
         gone = []
+        for name, rec in sorted(self.hosts.items()):
+            info = rec.info
+            if info.get("kind") != "lab" or not info.get("rundir"):
+                continue
+            rundir = os.path.join(info["rundir"], "vm")
+            for f in sorted(os.listdir(rundir)) if os.path.isdir(rundir) else ():
+                if f.endswith(".pid") and vm_key(name, f[:-4]) not in wanted:
+                    g = vm.Guest(rundir, f[:-4])
+                    g.stop()
+                    _remove_files(g)
+                    vm.remove_tap(info["netns"], f[:-4])
+                    host_db(info).unplug(f[:-4], wait=False)
+                    gone.append(vm_key(name, f[:-4]))
         for ns in workload.namespaces():
             if "." in ns and any(ns.startswith(p) for p in prefixes) and ns not in wanted:
                 workload.delete_namespace(ns)

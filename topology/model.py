@@ -41,6 +41,10 @@ class Port:
     made_by: str = "yaml"  # "api": added by `nvctl port add` (kept by a `tenant apply` that omits it)
     workload: bool = True  # False: the platform makes no workload; something else plugs it (CNI)
     container_id: str | None = None  # the container a CNI plugin made it for
+    vm: bool = False  # `workload: vm`: the platform's workload is a QEMU guest, not a namespace
+    # A live migration under way: the host where a second binding waits for the guest's
+    # announcement (RARP/GARP) to take over. Controller state, never in the YAML.
+    pending: str | None = None
 
     @property
     def link_local(self) -> ipaddress.IPv6Address:

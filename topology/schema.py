@@ -204,6 +204,21 @@ def _flag(item: dict, key: str, path: str, errs: _Errors, default: bool = True) 
     return v
 
 
+WORKLOADS = {True: (True, False), "namespace": (True, False), "vm": (True, True), False: (False, False),
+             "none": (False, False)}
+
+
+def _workload(item: dict, path: str, errs: _Errors) -> tuple[bool | None, bool]:
+    """`workload:` of a port: (the platform makes one, it is a VM). true or `namespace`
+    (the default): a network namespace; `vm`: a QEMU guest; false or `none`: nothing,
+    something else plugs the port (a container runtime, a hypervisor)."""
+    v = item.get("workload", True)
+    if isinstance(v, (bool, str)) and v in WORKLOADS:
+        return WORKLOADS[v]
+    errs.add(f"{path}.workload", f"{v!r} is not one of namespace (or true), vm, none (or false)")
+    return None, False
+
+
 def _subnet(item: dict, path: str, key: str, kind, seen: list, name: str, errs: _Errors):
     """switches[i].cidr or .cidr6: a network for hosts, overlapping no other switch's
     (added to `seen`). None when absent, False (cidr6) or None (cidr) when wrong."""
@@ -314,7 +329,7 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
         if made_by not in MADE_BY:
             errs.add(f"{path}.madeBy", f"{made_by!r} is not one of {', '.join(MADE_BY)}")
             ok = False
-        workload = _flag(item, "workload", path, errs)
+        workload, vm = _workload(item, path, errs)
         ok &= workload is not None
         cid = item.get("containerId")
         if cid is not None and (not isinstance(cid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", cid)):
@@ -330,7 +345,7 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             macs[(sw.name, mac)] = name or path
         if ok:
             out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum,
-                            ip6 or None, made_by, workload, cid))
+                            ip6 or None, made_by, workload, cid, vm))
     return out
 
 
@@ -747,6 +762,8 @@ def to_doc(t: Tenant) -> dict:
             d["madeBy"] = p.made_by
         if not p.workload:
             d["workload"] = False
+        elif p.vm:
+            d["workload"] = "vm"
         if p.container_id:
             d["containerId"] = p.container_id
         ports.append(d)

@@ -26,6 +26,8 @@ from controller.client.common import CommandError, api_socket, show, state_dir_f
 from controller.client.render import trace_lines, verify_lines
 from controller.client import accesscmd, hostcmd, labcmd
 
+EXEC_TIMEOUT = 600  # seconds a command in a VM may run (nvctl exec)
+
 
 def _observe(name: str):
     """A command of controller.client.observe, run with the API socket found as for every command."""
@@ -180,12 +182,83 @@ def cmd_verify(a):
 def cmd_exec(a):
     tenant, port = _tenant_port(a.target, "exec")
     info = call(api_socket(a), "port.info", tenant=tenant, port=port)
-    if not info["namespace"]:
-        raise SystemExit(f"nvctl exec: {a.target} is on {info['host']}, which is not a lab host")
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     if not cmd:
         raise SystemExit("nvctl exec: no command given (nvctl exec TENANT/PORT -- CMD ...)")
+    if info.get("vm"):
+        return _exec_in_guest(a.target, info["vm"], cmd)
+    if not info["namespace"]:
+        raise SystemExit(f"nvctl exec: {a.target} is on {info['host']}, which is not a lab host")
     os.execvp("ip", ["ip", "netns", "exec", info["namespace"], *cmd])
+
+
+def _exec_in_guest(target: str, guest: dict, cmd: list[str]) -> None:
+    """A command in a VM, through its agent (tep.vm): its output, and its exit code as ours."""
+    import shlex
+    from tep.vm import Guest, VmError
+    if not guest.get("running"):
+        raise SystemExit(f"nvctl exec: {target}'s guest is not running (see nvctl console {target} --log)")
+    g = Guest(os.path.dirname(guest["agent"]), guest["name"])
+    try:
+        rc, out = g.run(" ".join(shlex.quote(c) for c in cmd), timeout=EXEC_TIMEOUT)
+    except (VmError, OSError) as e:
+        raise SystemExit(f"nvctl exec: {target}: {e}") from None
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    sys.exit(rc)
+
+
+def cmd_console(a):
+    """A VM's serial console: its log so far (--log), or the console itself, attached
+    until Ctrl-] (the guest's shell on ttyS0)."""
+    tenant, port = _tenant_port(a.target, "console")
+    info = call(api_socket(a), "port.info", tenant=tenant, port=port)
+    guest = info.get("vm")
+    if not guest:
+        raise SystemExit(f"nvctl console: {a.target} is not a VM (workload: vm) on a lab host; "
+                         f"for a namespace use nvctl exec {a.target} -- sh")
+    if a.log:
+        try:
+            sys.stdout.write(open(guest["log"], errors="replace").read())
+        except FileNotFoundError:
+            raise SystemExit(f"nvctl console: {a.target} has no console log yet") from None
+        return
+    if not guest.get("running"):
+        raise SystemExit(f"nvctl console: {a.target}'s guest is not running (nvctl console {a.target} --log)")
+    _attach_console(guest["console"])
+
+
+def _attach_console(path: str) -> None:
+    import select
+    import socket
+    import termios
+    import tty
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    fd = sys.stdin.fileno()
+    raw = os.isatty(fd)
+    saved = termios.tcgetattr(fd) if raw else None
+    if raw:
+        print("connected to the guest's serial console; Ctrl-] leaves", file=sys.stderr)
+        tty.setraw(fd)
+    try:
+        s.sendall(b"\n")
+        while True:
+            ready, _, _ = select.select([s, fd], [], [])
+            if s in ready:
+                data = s.recv(4096)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if fd in ready:
+                data = os.read(fd, 1024)
+                if not data or (raw and b"\x1d" in data):
+                    break
+                s.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        s.close()
 
 
 def cmd_trace(a):
@@ -200,10 +273,33 @@ def cmd_trace(a):
 
 def cmd_port_migrate(a):
     tenant, port = _tenant_port(a.target, "port migrate")
-    r = call(api_socket(a), "port.migrate", tenant=tenant, port=port, to=a.to)
+    if a.cancel:
+        r = call(api_socket(a), "port.migrate_cancel", tenant=tenant, port=port)
+        return show(r, True) if a.json else print(f"{tenant}/{port}: {r['action']}")
+    if not a.to:
+        raise SystemExit("nvctl port migrate: --to HOST is needed (or --cancel)")
+    r = call(api_socket(a), "port.migrate", tenant=tenant, port=port, to=a.to, prepare=a.prepare)
     if a.json:
         return show(r, True)
+    if a.prepare:
+        print(f"{tenant}/{port}: bound on {r['src']}, and pending on {r['pending']} at ofport "
+              f"{r['pending_ofport']}: its traffic goes to both; {r['pending']} takes over at the guest's "
+              f"first RARP or gratuitous ARP there. Plug the destination's interface with "
+              f"external_ids:iface-id={tenant}/{port}, then migrate.")
+        return
     t = r["timings_ms"]
+    if r.get("vm"):
+        print(f"{tenant}/{port}: VM {r['src']} -> {r['dst']} (ofport {r['ofport']} on {r['dst']}), "
+              f"{t['total']} ms in all")
+        for k, step in enumerate(r["steps"], 1):
+            print(f"  {k}. {step['step']}: {step['ms']} ms")
+        for h, what in r["hosts"].items():
+            print(f"     {h}: {what}")
+        print(f"  QEMU's downtime (the guest paused): {t['qemu_downtime']} ms")
+        if "announcement_to_destination_ready" in t:
+            print(f"  network switch (announcement -> {r['dst']} delivering; the other hosts already sent "
+                  f"to both): {t['announcement_to_destination_ready']} ms")
+        return
     print(f"{tenant}/{port}: {r['src']} -> {r['dst']} (ofport {r['ofport']} on {r['dst']})")
     print(f"  1. {r['dst']} ready (its flows, workload attached there too): {t['destination_ready']} ms")
     print(f"  2. other hosts switched to {r['dst']}'s PA, one bundle each: {t['other_hosts_switched']} ms")
@@ -215,15 +311,20 @@ def cmd_port_migrate(a):
 
 
 def cmd_port_add(a):
+    if a.vm and a.no_workload:
+        raise SystemExit("nvctl port add: --vm and --no-workload exclude each other")
     r = call(api_socket(a), "port.add", tenant=a.tenant, switch=a.switch, name=a.name, ip=a.ip, mac=a.mac,
-             host=a.host, workload=not a.no_workload, ip6=a.ip6)
+             host=a.host, workload="vm" if a.vm else not a.no_workload, ip6=a.ip6)
     if a.json:
         return show(r, True)
     p = r["port"]
     v6 = f", {p['ip6']}/{p['prefixlen6']}" if p.get("ip6") else ""
     print(f"{r['tenant']}/{p['name']}: {p['ip']}/{p['prefixlen']}{v6} {p['mac']} on {p['host']} "
           f"(ofport {p['ofport']}, MTU {p['mtu']}" + (f", gateway {p['gateway']})" if p["gateway"] else ")"))
-    if p["workload"]:
+    if p.get("vm"):
+        print(f"  workload: a VM booting on {p['host']} (DHCP gives it its address); "
+              f"nvctl exec {r['tenant']}/{p['name']} -- CMD, nvctl console {r['tenant']}/{p['name']}")
+    elif p["workload"] and p["namespace"]:
         print(f"  workload: namespace {p['namespace']}")
     else:
         print(f"  no workload made: plug an interface into {p['host']}'s br-int with "
@@ -342,11 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     pts = pt.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = pts.add_parser("migrate", parents=[common],
                        help="live-migrate a port to another host, keeping its addresses and connections",
-                       description="Make-before-break: the destination gets the port's flows, the "
-                                   "workload's attachment moves, then every other host switches to "
-                                   "the new PA in one bundle each.")
+                       description="A namespace, make-before-break: the destination gets the port's flows, "
+                                   "the workload's attachment moves, then every other host switches to "
+                                   "the new PA in one bundle each. A VM (workload: vm), live by QEMU: the "
+                                   "port is bound pending on the destination (traffic to both hosts), QEMU "
+                                   "copies the guest there, and the guest's first RARP/GARP from there "
+                                   "activates it; then the source QEMU goes. Each step is printed with its "
+                                   "time. A failed or cancelled migration leaves the VM where it was.",
+                       epilog="examples:\n  nvctl port migrate blue/vm1 --to hv2\n"
+                              "  nvctl port migrate blue/vm1 --cancel        (from another terminal)\n"
+                              "  nvctl port migrate blue/db1 --to hv3 --prepare   (your hypervisor migrates)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", metavar="TENANT/PORT")
-    p.add_argument("--to", required=True, metavar="HOST", help="destination host")
+    p.add_argument("--to", metavar="HOST", help="destination host")
+    p.add_argument("--prepare", action="store_true",
+                   help="only bind the port pending on HOST, for a hypervisor that migrates the VM itself")
+    p.add_argument("--cancel", action="store_true", help="cancel the port's migration under way")
     p.set_defaults(fn=cmd_port_migrate)
     p = pts.add_parser("add", parents=[common], help="add a port to a tenant's switch (IPAM picks its address)",
                        description="The port is stored with the tenant, marked madeBy: api: it survives "
@@ -363,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="host (default: the one with the fewest ports)")
     p.add_argument("--no-workload", action="store_true",
                    help="make no lab workload: something else (a CNI plugin) plugs the interface")
+    p.add_argument("--vm", action="store_true",
+                   help="the lab's workload is a QEMU guest (workload: vm) that gets its address by DHCP")
     p.set_defaults(fn=cmd_port_add)
     p = pts.add_parser("del", parents=[common], help="remove a port: its flows and workload go")
     p.add_argument("target", metavar="TENANT/PORT")
@@ -396,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TENANT/PORT")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_exec)
+
+    p = sub.add_parser("console", help="a VM's serial console (Ctrl-] leaves), or its log with --log",
+                       parents=[common])
+    p.add_argument("target", metavar="TENANT/PORT")
+    p.add_argument("--log", action="store_true", help="print what the console has shown so far and exit")
+    p.set_defaults(fn=cmd_console)
 
     p = sub.add_parser("trace", help="a packet's path through every host's flows, table by table",
                        parents=[common],

@@ -14,7 +14,8 @@ from controller.spaces.ids import (FIRST_GROUP, FIRST_OFPORT, FIRST_PORT_KEY, FI
                                    FIRST_VNI, FIRST_ZONE, MAX_GROUP, MAX_OFPORT, MAX_PORT_KEY, MAX_TENANT_ID,
                                    MAX_VNI, MAX_ZONE)
 # The names of what a tenant does not name itself; re-exported for older callers.
-from controller.spaces.names import lb_zone_name, router_port_name, router_zone_name, transit_name  # noqa: F401
+from controller.spaces.names import (lb_zone_name, pending_name, router_port_name, router_zone_name,  # noqa: F401
+                                     transit_name)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class InUse:
         self.zones.update(a.zone.values())
         for p in t.ports:
             self.ofports.setdefault(p.host, set()).add(a.ofport[p.name])
+            if p.pending:
+                self.ofports.setdefault(p.pending, set()).add(a.ofport[pending_name(p.name)])
 
     def remove(self, t: Tenant, a: Allocation) -> None:
         for _, ip in provider_addresses(t):
@@ -79,6 +82,8 @@ class InUse:
         self.zones.difference_update(a.zone.values())
         for p in t.ports:
             self.ofports.get(p.host, set()).discard(a.ofport[p.name])
+            if p.pending:
+                self.ofports.get(p.pending, set()).discard(a.ofport[pending_name(p.name)])
 
 
 class Exhausted(RuntimeError):
@@ -112,6 +117,25 @@ def _assign(items: list[tuple[str, str]], prev_values: dict, prev_scope: dict,
     return out
 
 
+def _ofport_items(t: Tenant, old: Tenant | None, prev: Allocation) -> tuple[list, dict, dict]:
+    """(items, previous values, previous scopes) for the ofports: every port on its host,
+    and a migrating port's second binding on the host it is moving to. A port that
+    lands where its second binding was (the migration's activation) takes that number:
+    the destination's interface is already there."""
+    items = [(p.name, p.host) for p in t.ports] + [(pending_name(p.name), p.pending) for p in t.ports if p.pending]
+    values, scopes = dict(prev.ofport), {}
+    for q in old.ports if old else ():
+        scopes[q.name] = q.host
+        if q.pending:
+            scopes[pending_name(q.name)] = q.pending
+    now = {p.name: p for p in t.ports}
+    for q in old.ports if old else ():
+        p = now.get(q.name)
+        if q.pending and p is not None and p.host == q.pending and pending_name(q.name) in prev.ofport:
+            values[q.name], scopes[q.name] = prev.ofport[pending_name(q.name)], q.pending
+    return items, values, scopes
+
+
 def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
              others: InUse) -> Allocation:
     """Allocation for `t`. `others` must not include this tenant's own holdings."""
@@ -132,8 +156,7 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
         old_switch.update({router_port_name(r.name, rp.switch): rp.switch
                            for r in old.routers for rp in r.ports})
     keys = _assign(members, prev.port_key, old_switch, {}, FIRST_PORT_KEY, MAX_PORT_KEY, "port key")
-    ofports = _assign([(p.name, p.host) for p in t.ports], prev.ofport,
-                      {p.name: p.host for p in old.ports} if old else {},
+    ofports = _assign(*_ofport_items(t, old, prev),
                       {h: set(v) for h, v in others.ofports.items()}, FIRST_OFPORT, MAX_OFPORT, "ofport")
     def zoned(tenant):
         return [(p.name, "") for p in tenant.ports] + \

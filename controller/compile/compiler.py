@@ -57,8 +57,9 @@ def switch_mtus(t: Tenant, hosts: Mapping[str, Host]) -> dict[str, int]:
 
 
 def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantView:
-    placed = tuple(p for p in t.ports if p.host in hosts)  # ports on gone hosts are down
-    if len(placed) != len(t.ports):
+    placed = tuple(p if p.pending is None or p.pending in hosts else dataclasses.replace(p, pending=None)
+                   for p in t.ports if p.host in hosts)  # ports on gone hosts are down, bindings there too
+    if placed != t.ports:
         t = dataclasses.replace(t, ports=placed)
     gateway = next(((h.name, *h.external) for h in sorted(hosts.values(), key=lambda h: h.name)
                     if h.external), None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataplane.match_action import Match, Pipeline, Table
 from controller.layers.acl import FromPortAcl, ToPortAcl
+from controller.layers.activation import Activation
 from controller.layers.arp_responder import ArpResponder
 from controller.layers.base import MISS_PRIORITY, Emitter, Layer
 from controller.layers.classify import Classify
@@ -25,10 +26,13 @@ INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Services(),
                               ArpResponder(), Switching(), Routing(), Encap())
 # Egress: towards a workload on this host.
 EGRESS: tuple[Layer, ...] = (LbEgress(), ToPortAcl(), Delivery())
+# Side tables a packet reaches only by a goto from another layer: a migrating port's
+# pending interface (classify -> activation).
+SIDE: tuple[Layer, ...] = (Activation(),)
 # Packets that arrive over VXLAN continue at this layer's first table.
 TUNNEL_ENTRY = "switching"
 
-LAYERS: tuple[Layer, ...] = INGRESS + EGRESS
+LAYERS: tuple[Layer, ...] = INGRESS + EGRESS + SIDE
 
 
 def _build():
@@ -41,7 +45,8 @@ def _build():
     for i, layer in enumerate(LAYERS):
         nxt = LAYERS[i + 1].tables[0].name if i + 1 < len(LAYERS) else None
         sym = {"@egress": first[EGRESS[0].name], "@tunnel_entry": first[TUNNEL_ENTRY]}
-        if nxt is not None and layer is not INGRESS[-1]:  # ingress never falls into egress
+        if nxt is not None and layer is not INGRESS[-1] and layer is not EGRESS[-1] and layer not in SIDE:
+            # ingress never falls into egress, nor egress into a side table
             sym["@next"] = nxt
         symbols_of[layer.name] = sym
     tables = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataplane.match_action import Match
 from controller.layers.base import Layer, TableDecl
 from controller.spaces.ids import EXTERNAL_NET_KEY
-from controller.spaces.names import transit_name
+from controller.spaces.names import pending_name, transit_name
 from controller.spaces.registers import FROM_TUNNEL, INPORT, LOGICAL_SWITCH
 
 # classify: a workload's port, the external port, the tunnel from a known PA; each pins
@@ -23,7 +23,7 @@ class Classify(Layer):
     id = 1
     tables = (
         TableDecl("classify", frozenset({"in_port", "tun_ipv4_src"}),
-                  successors=("port_security", "tunnel_vni", "ext_in"),
+                  successors=("port_security", "tunnel_vni", "ext_in", "activation"),
                   doc="workload port -> logical switch and port; tunnel -> known PAs only"),
         TableDecl("tunnel_vni", frozenset({"tunnel_id"}), successors=("@tunnel_entry", "ext_snat"),
                   doc="VNI -> logical switch, for packets from another host"),
@@ -36,6 +36,10 @@ class Classify(Layer):
                 "classify", PRIO_IN_PORT, Match.of(in_port=t.ofport[p.name]),
                 (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("port_security")),
                 rule=f"port {p.name}", stat=(("port", p.name, "sent"),)))
+            if p.pending:  # its second binding, until the guest announces itself there
+                out.to((p.pending,), out.flow(
+                    "classify", PRIO_IN_PORT, Match.of(in_port=t.ofport[pending_name(p.name)]),
+                    (out.goto("activation"),), rule=f"port {p.name}: pending on {p.pending} (migrating)"))
         for s in t.tenant.switches:
             hosts = t.members[s.name]
             if not hosts:

@@ -91,15 +91,37 @@ class Encap(Layer):
                          f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
             for p in ports:
                 key = OUTPORT.m(t.port_key[p.name])
-                out.to((p.host,), out.flow(
-                    "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
-                    rule=f"port {p.name} is local"))
+                pending = p.pending if p.pending in t.pa else None
+                if pending is None:
+                    out.to((p.host,), out.flow(
+                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
+                        rule=f"port {p.name} is local"))
+                else:  # migrating: what its host's own ports send goes to the pending binding too
+                    out.to((p.host,), out.flow(
+                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(1)),
+                        (out.goto("@egress"),), rule=f"port {p.name} is local"))
+                    out.to((p.host,), out.flow(
+                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
+                        (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[pending]), check,
+                         out.resubmit("tunnel_out"), out.goto("@egress")),
+                        rule=f"port {p.name} is local, and pending on {pending} (migrating)"))
+                # a migrating port's traffic goes to both bindings; the pending one drops
+                # its copy until the guest announces itself there (activation layer)
+                to = (p.host,) if pending is None else (p.host, pending)
+                tunnels = []
+                for h in to:
+                    tunnels += [SetField("tun_ipv4_dst", t.pa[h]), check, out.resubmit("tunnel_out")]
+                tunnels[-1] = out.goto("tunnel_out")
                 remote = out.flow(
                     "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
-                    (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]), check,
-                     out.goto("tunnel_out")),
-                    rule=f"port {p.name} is on {p.host}")
-                out.to((h for h in hosts if h != p.host), remote)
+                    (SetField("tunnel_id", vni), *tunnels),
+                    rule=f"port {p.name} is on {p.host}" + (f", and pending on {pending}" if pending else ""))
+                out.to((h for h in hosts if h != p.host and h != pending), remote)
+                if pending is not None and pending in hosts:
+                    out.to((pending,), out.flow(
+                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
+                        (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]), check,
+                         out.goto("tunnel_out")), rule=f"port {p.name} is on {p.host}"))
             flood = OUTPORT.m(FLOOD_PORT_KEY)
             for h in members:
                 local = []

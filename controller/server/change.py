@@ -24,6 +24,7 @@ from topology import schema
 from topology.model import Tenant
 from controller.compile.compiler import compile_tenant
 from controller.server.errors import ApiError
+from controller.spaces.names import pending_name
 from controller.server.entry import TenantEntry
 from controller.state.store import HostRecord
 from controller.switch.reconciler import HostState
@@ -83,11 +84,28 @@ class Change:
         return result(core, self.name, self.action, results, attach_errors)
 
 
+def with_pending(old: Tenant, new: Tenant) -> Tenant:
+    """`new`, its ports still pending where they were in `old` (a live migration under
+    way is not undone by an unrelated change: an apply, a port added, a rebinding), as
+    long as the port stays on the same host."""
+    pending = {p.name: p for p in old.ports if p.pending}
+    if not pending:
+        return new
+    ports = tuple(dataclasses.replace(p, pending=pending[p.name].pending)
+                  if p.name in pending and p.pending is None and p.host == pending[p.name].host else p
+                  for p in new.ports)
+    return dataclasses.replace(new, ports=ports) if ports != new.ports else new
+
+
 class TenantChange(Change):
     """A tenant's new intent over its old one (None: the tenant is deleted): create,
     apply, port add and port delete."""
 
+    keeps_pending = True  # a VM's pending binding (a live migration under way) outlives the change
+
     def __init__(self, old: TenantEntry | None, new: Tenant | None, action: str, name: str | None = None):
+        if self.keeps_pending and old is not None and new is not None:
+            new = with_pending(old.tenant, new)
         self.old, self.new, self.action = old, new, action
         self.name = name or (new.name if new is not None else old.tenant.name)
         self.entry: TenantEntry | None = None
@@ -122,7 +140,7 @@ class Migration(TenantChange):
     def __init__(self, old: TenantEntry, port: str, to: str):
         self.port, self.src, self.dst = port, old.tenant.port(port).host, to
         t = dataclasses.replace(old.tenant, ports=tuple(
-            dataclasses.replace(q, host=to) if q.name == port else q for q in old.tenant.ports))
+            dataclasses.replace(q, host=to, pending=None) if q.name == port else q for q in old.tenant.ports))
         super().__init__(old, t, f"migrated {port} {self.src} -> {to}")
         self.timings: dict[str, float] = {}
 
@@ -161,6 +179,63 @@ class Migration(TenantChange):
         out = super().report(core, results, attach_errors)
         out.update(port=self.port, src=self.src, dst=self.dst, ofport=self.entry.alloc.ofport[self.port],
                    timings_ms=self.timings)
+        return out
+
+
+class PendingBinding(TenantChange):
+    """A VM's port bound a second time, pending on the host it migrates to (`to`), or
+    that binding dropped (`to=None`: the migration failed or was cancelled). Pending,
+    the port's traffic goes to both hosts and the destination passes only the guest's
+    announcement, to the controller (controller.layers.activation)."""
+
+    keeps_pending = False
+
+    def __init__(self, old: TenantEntry, port: str, to: str | None):
+        self.port, self.dst = port, to
+        p = old.tenant.port(port)
+        self.src = p.host
+        t = dataclasses.replace(old.tenant, ports=tuple(
+            dataclasses.replace(q, pending=to) if q.name == port else q for q in old.tenant.ports))
+        super().__init__(old, t, f"{port} pending on {to} (migrating from {p.host})" if to
+                         else f"{port}: pending binding on {p.pending} dropped; it stays on {p.host}")
+
+    def check(self, core) -> None:
+        super().check(core)
+        if self.dst is not None and self.dst not in core.hosts:
+            raise ApiError(f"no host {self.dst!r} (hosts: {', '.join(sorted(core.hosts))})", [("to", "not registered")])
+        if self.dst == self.src:
+            raise ApiError(f"{self.name}/{self.port} is already on {self.dst}", [("to", "the port's own host")])
+
+    def attach(self, core, progress) -> list[str]:
+        return []  # the hypervisor makes (or removes) the destination's interface
+
+    def report(self, core, results: dict, attach_errors: list) -> dict:
+        out = super().report(core, results, attach_errors)
+        if self.dst is not None:
+            out.update(port=self.port, src=self.src, pending=self.dst,
+                       pending_ofport=self.entry.alloc.ofport[pending_name(self.port)])
+        return out
+
+
+class Activation(Migration):
+    """A pending binding taken up: the guest announced itself from the destination
+    (or its migration completed without a word). The port's placement moves there, the
+    destination's flows first, as any migration's; the interfaces are the hypervisor's."""
+
+    def __init__(self, old: TenantEntry, port: str, by: str, seen_at: float | None):
+        super().__init__(old, port, old.tenant.port(port).pending)
+        self.action = f"activated {port} on {self.dst} ({by})"
+        self.by, self.seen_at = by, seen_at
+
+    def check(self, core) -> None:
+        TenantChange.check(self, core)
+
+    def rollout(self, core, changed: set[str], progress) -> dict:
+        start = core.clock()
+        out = super().rollout(core, changed, progress)
+        if self.seen_at is not None:  # the network's part: from the announcement to the destination delivering
+            self.timings["announcement_to_destination_ready"] = round(
+                (start - self.seen_at) * 1000 + self.timings["destination_ready"], 1)
         return out
 
 

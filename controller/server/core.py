@@ -39,6 +39,7 @@ from controller.server.switches import SwitchesMixin
 from controller.server.hosts import HostsMixin
 from controller.server.ports import PortsMixin
 from controller.server.bindings import BindingsMixin, Watch
+from controller.server.vmmigrate import VmMigrationMixin
 from controller.server.workloads import WorkloadsMixin
 from controller.server.views import ViewsMixin
 from controller.server.counters import CountersMixin
@@ -60,7 +61,7 @@ def freeze_heap() -> None:
 
 
 class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin, ViewsMixin,
-           CountersMixin, AccessMixin):
+           CountersMixin, AccessMixin, VmMigrationMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
@@ -98,6 +99,8 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, Wo
         self.authenticator = Authenticator(store)  # network API tokens (controller.server.access)
         self.audit_trail = AuditTrail(store)  # every request, allowed or refused; main starts its writer
         self.watch = Watch()  # the interfaces on each host's br-int and the reads due (bindings.py; its own lock)
+        self.vm_moves: dict = {}  # (tenant, port) -> VmMove: live migrations under way (vmmigrate.py; the mutex)
+        self.activating: set = set()  # (tenant, port, host) whose announcement is being acted on (vmmigrate.py)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))

@@ -138,12 +138,15 @@ OPS: dict[str, Op] = _ops(
     # ports and addresses ----------------------------------------------------------------
     Op("port.add", "port_add",
        {"tenant": req(str), "switch": req(str), "name": opt(None, str), "ip": opt("auto", str),
-        "mac": opt(None, str), "host": opt(None, str), "workload": opt(True, bool), "ip6": opt(None, str),
+        "mac": opt(None, str), "host": opt(None, str), "workload": opt(True, bool, str), "ip6": opt(None, str),
         "made_by": opt("api", str), "container_id": opt(None, str)},
        kind="change", **T),
     Op("port.del", "port_del", TENANT_PORT, kind="change", **T),
-    Op("port.migrate", "migrate", {**TENANT_PORT, "to": req(str)}, kind="change", **T,
-       doc="Move a port to host `to`, make-before-break."),
+    Op("port.migrate", "migrate", {**TENANT_PORT, "to": req(str), "prepare": opt(False, bool)}, kind="change", **T,
+       doc="Move a port to host `to`: a namespace make-before-break, a VM live by QEMU; "
+           "`prepare`: only bind it pending there, for a hypervisor that migrates it."),
+    Op("port.migrate_cancel", "cancel_migration", TENANT_PORT, kind="change", **T,
+       doc="Cancel a port's migration under way: the VM stays where it was, bound there."),
     Op("port.attachment", "port_attachment", TENANT_PORT, **T, doc="All that plugging the port needs."),
     Op("port.info", "port_info", TENANT_PORT, **T),
     Op("switch.info", "switch_info", {"tenant": req(str), "switch": req(str)}, **T),

@@ -10,6 +10,7 @@ from topology import schema
 from controller.server.errors import ApiError, unknown_tenant
 from controller.server import change as change_path
 from controller.server.change import Migration, TenantChange
+from controller.spaces.names import pending_name
 
 HOLD_SECONDS = 60.0  # how long an address held for a runtime waits for its port
 
@@ -74,7 +75,7 @@ class PortsMixin:
             return {"released": self.holds.get((tenant, switch), {}).pop(ip, None) is not None}
 
     def port_add(self, tenant: str, switch: str, name: str | None = None, ip: str = "auto",
-                 mac: str | None = None, host: str | None = None, workload: bool = True,
+                 mac: str | None = None, host: str | None = None, workload: bool | str = True,
                  ip6: str | None = None, made_by: str = "api", container_id: str | None = None) -> dict:
         """A port made by the API: stored with the tenant (marked madeBy: api), with the
         lowest free address of the switch unless `ip` is given, on the least busy host
@@ -110,8 +111,8 @@ class PortsMixin:
                 item["mac"] = mac
             if ip6:
                 item["ip6"] = ip6
-            if not workload:
-                item["workload"] = False
+            if workload is not True:  # false, or a kind: namespace, vm, none (checked as YAML's)
+                item["workload"] = workload
             if container_id:
                 item["containerId"] = container_id
             doc = schema.to_doc(t)
@@ -140,8 +141,20 @@ class PortsMixin:
                 "dns": str(svc.ip) if sw.dhcp else None, "domain": t.domain,
                 "ofport": e.alloc.ofport[port], "iface_id": f"{tenant}/{port}", "workload": p.workload,
                 "made_by": p.made_by, "container_id": p.container_id, "host_ifname": host_ifname(tenant, port),
-                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload else None,
+                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload and not p.vm else None,
+                "vm": self._guest_info(tenant, port, p.host) if p.vm else None,
+                **({"pending": p.pending, "pending_ofport": e.alloc.ofport.get(pending_name(port))}
+                   if p.pending else {}),
                 "host_netns": info.get("netns"), "host_ovsdb": info.get("ovsdb") if info.get("netns") else None}
+
+    def _guest_info(self, tenant: str, port: str, host: str) -> dict | None:
+        """Where a VM port's guest is reached on its host (the lab's): its agent and
+        serial console sockets, its console log, whether QEMU runs."""
+        g = self.driver.guest(tenant, port, host) if hasattr(self.driver, "guest") else None
+        if g is None:
+            return None
+        return {"name": g.name, "agent": g.path("agent"), "console": g.path("console"), "log": g.path("log"),
+                "running": g.pid() is not None}
 
     def port_del(self, tenant: str, port: str) -> dict:
         """Remove a port (any port; one the YAML names comes back with the next apply)."""
@@ -153,8 +166,15 @@ class PortsMixin:
                                          f"nothing was changed")
             return change_path.run(self, TenantChange(e, new_t, f"deleted port {port}"))
 
-    def migrate(self, tenant: str, port: str, to: str) -> dict:
-        """Move a port to another host, make-before-break (controller.server.change.Migration)."""
+    def migrate(self, tenant: str, port: str, to: str, prepare: bool = False) -> dict:
+        """Move a port to another host: a namespace make-before-break
+        (controller.server.change.Migration); a VM live, by QEMU, the network following
+        its announcement (controller.server.vmmigrate); `prepare`: only bind it pending
+        on `to`, for a hypervisor that migrates it itself."""
         with self.mutex:
-            e, _ = self._port(tenant, port)
-            return change_path.run(self, Migration(e, port, to))
+            e, p = self._port(tenant, port)
+            if to not in self.hosts:
+                raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})", [("to", "not registered")])
+            if not (p.vm or prepare or p.pending):
+                return change_path.run(self, Migration(e, port, to))
+        return self.migrate_vm(tenant, port, to, prepare)

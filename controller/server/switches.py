@@ -299,5 +299,8 @@ class SwitchesMixin:
         if table in ACL_RULE_TABLES:
             self._log_acl(host, cookie, data)
             return
+        if table == "activation":  # a migrating VM's announcement from its new host
+            self.activation_seen(host, in_port, data)
+            return
         for port, frame in self.punt.handle(host, table, regs, in_port, data):
             session.packet_out(port, frame)

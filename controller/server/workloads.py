@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from tep.driver import Attachment, attachments_of
+from tep.driver import Attachment, attachments_of, host_ifname, vm_key
 from controller.server.entry import TenantEntry
 
 LOG = logging.getLogger("nvctl.core")
@@ -68,7 +68,8 @@ class WorkloadsMixin:
         wanted, atts = set(), []
         for name, e in entries:
             for a in self._attachments(name, e).values():
-                ns = self.driver.namespace(a.tenant, a.port, a.host)
+                ns = (vm_key(a.host, host_ifname(a.tenant, a.port)) if a.vm
+                      else self.driver.namespace(a.tenant, a.port, a.host))
                 if ns:
                     wanted.add(ns)
                 atts.append(a)

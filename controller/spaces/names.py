@@ -28,3 +28,10 @@ def lb_zone_name(port: str = "") -> str:
 def router_zone_name(router: str) -> str:
     """The zone name of a router's NAT connections on the gateway host."""
     return f"router:{router}"
+
+
+def pending_name(port: str) -> str:
+    """The ofport name of a port's second binding while it migrates: its number on the
+    host it is moving to, held until the guest announces itself there (see
+    controller.layers.activation)."""
+    return f"pending:{port}"

@@ -115,7 +115,7 @@ def server(stub, tmp_path):
     ("tenant.create", {"yaml": "x", "yml": "x"}, "yml", "is unknown (it takes: yaml)"),
     ("tenant.delete", {}, "name", "is required"),
     ("tenant.create", {"yaml": 7}, "yaml", "must be string, not integer"),
-    ("port.add", {"tenant": "blue", "switch": "web", "workload": "no"}, "workload", "must be boolean, not string"),
+    ("port.add", {"tenant": "blue", "switch": "web", "workload": 1}, "workload", "must be boolean or string, not integer"),
     ("logs", {"tenant": "blue", "after": True}, "after", "must be integer, not boolean"),  # bool is not int
     ("drops", {"tenant": "blue", "window": "60"}, "window", "must be number, not string"),
     ("port.add", {"tenant": "blue", "switch": "web", "ip": None}, "ip", "must be string, not null"),

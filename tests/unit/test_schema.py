@@ -152,3 +152,25 @@ def test_switch_mtu_must_be_a_sane_number_of_bytes():
             load_tenant(doc.replace("MTU", bad), None)
         assert [p for p, _ in e.value.errors] == ["spec.switches[0].mtu"], (bad, e.value.errors)
     assert load_tenant(doc.replace("MTU", "1400"), None).switches[0].mtu == 1400
+
+
+def test_workload_kinds_and_their_round_trip():
+    from topology.schema import to_doc, validate
+    text = GOOD.replace("host: hv1}", "host: hv1, workload: vm}").replace("host: hv3}", "host: hv3, workload: none}")
+    t = load_tenant(text, HOSTS)
+    vm1, vm2, db1 = t.port("vm1"), t.port("vm2"), t.port("db1")
+    assert (vm1.workload, vm1.vm) == (True, True)
+    assert (vm2.workload, vm2.vm) == (True, False)
+    assert (db1.workload, db1.vm) == (False, False)
+    doc = to_doc(t)
+    assert [p.get("workload", True) for p in doc["spec"]["ports"]] == ["vm", True, False]
+    assert validate(doc, HOSTS) == t
+
+
+@pytest.mark.parametrize("value", ["qemu", 1, "VM", [], None])
+def test_workload_must_be_a_known_kind(value):
+    import yaml
+    doc = yaml.safe_load(GOOD)
+    doc["spec"]["ports"][0]["workload"] = value
+    errs = errors_of(yaml.safe_dump(doc))
+    assert errs == [("spec.ports[0].workload", f"{value!r} is not one of namespace (or true), vm, none (or false)")]

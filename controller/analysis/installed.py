@@ -7,6 +7,7 @@ workload, and that the tunnel port is the one the flows assume.
 from __future__ import annotations
 
 import time
+from controller.spaces.names import pending_name
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,6 +68,8 @@ def gather(view: View, hosts: list[str]) -> tuple[dict, list[dict], list[str]]:
         for p in t.ports:
             if p.host in expected:
                 expected[p.host][a.ofport[p.name]] = (name, p.name)
+            if p.pending in expected and pending_name(p.name) in a.ofport:  # a VM migrating there
+                expected[p.pending][a.ofport[pending_name(p.name)]] = (name, p.name)
 
     def one(h):
         session = view.sessions.get(h)

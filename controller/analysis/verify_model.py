@@ -6,6 +6,7 @@ counterexamples). `controller.analysis.verify` proves the checks over them.
 from __future__ import annotations
 
 import ipaddress
+from controller.spaces.names import pending_name
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -123,6 +124,10 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
     """(facts, {(host, ofport): PortRef}) of one tenant from its model and allocation."""
     placed = [p for p in t.ports if p.host in hosts]
     refs = {(p.host, a.ofport[p.name]): PortRef(t.name, p.name, p.switch) for p in placed}
+    # a migrating port's pending interface on its destination is the tenant's too: a
+    # start point whose packets must stay in the tenant (they reach the controller or drop)
+    refs.update({(p.pending, a.ofport[pending_name(p.name)]): PortRef(t.name, pending_name(p.name), p.switch)
+                 for p in placed if p.pending in hosts and pending_name(p.name) in a.ofport})
     owned = {str(r.external_ip) for r in t.routers if r.external_ip is not None}
     owned |= {str(n.external_ip) for n in t.nat if n.type == "floating-ip"}
     endpoints = {p.name: Endpoint(p.host, a.ofport[p.name], p.mac, str(p.ip), p.switch) for p in placed}

@@ -124,3 +124,15 @@ def test_a_pending_binding_on_a_gone_host_is_dropped():
     hosts = {h: v for h, v in HOSTS.items() if h != "hv2"}
     net = Net(pend, hosts=hosts)
     assert all("activation" != f.table.name or f.priority == 0 for fl in net.flows.values() for f in fl.values())
+
+
+def test_verify_holds_during_the_dual_binding_for_twins():
+    from controller.analysis.verify import verify
+    from controller.analysis.verify_model import network_from_compiled
+    red = BLUE.replace("name: blue", "name: red")
+    pend, _ = _pending(world(BLUE, red))
+    pend, _ = _pending(pend, "red")
+    net = Net(pend)
+    r = verify(network_from_compiled(HOSTS, pend, {h: list(f.values()) for h, f in net.flows.items()}))
+    assert r.ok, r.format()
+    assert r.checked["port_starts"] == 10  # 4 ports each, and each pending interface

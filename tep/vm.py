@@ -12,13 +12,36 @@ A guest runs under TCG (`-accel tcg`; a KVM guest here hung in its firmware, so 
 used only where asked), 128 MB, its NIC virtio-net on a tap in the host's br-int that
 carries only `external_ids:iface-id=TENANT/PORT` (the controller binds it wherever OVS
 numbers it) and the port's MAC; `romfile=` skips iPXE.
+
+Each guest has a QMP socket (`Guest.qmp`) for what live migration needs: a destination
+started with `incoming="tcp:ADDR:PORT"` waits (paused, `inmigrate`) for the stream;
+`Guest.migrate(uri)` on the source sends it and returns QEMU's own figures (total time,
+downtime, RAM sent); `Guest.cancel_migration()` stops a migration under way, and
+`Guest.state()` says where a guest stands (running, paused, inmigrate, postmigrate).
+A completed migration leaves the source paused in `postmigrate`: the caller stops it.
+After the switch the destination announces the guest's MAC (see
+tests/integration/test_vm_qemu.py for what is sent and when).
+
+Commands that must keep running in the guest go through `Guest.spawn`, which puts them
+in the background with their stdio on /dev/null (or a log file) and returns at once with
+their pid; `Guest.run` would wait for them. The guest's busybox has what traffic tests
+need, nothing else is installed:
+
+    pid = guest.spawn("nc -ll -p 9000 -e cat")           # a TCP echo server on 9000
+    guest.spawn("yes | nc 192.0.2.1 9001")               # a client that streams to a host
+    guest.run(f"kill -- -{pid}")                         # the server and its children
+
+(busybox nc has no -k: `-ll` with `-e` is its persistent server, one `cat` per
+connection; as a client it ends when its input does.)  `ping` is busybox's too.
 """
 from __future__ import annotations
 
 import glob
 import gzip
 import hashlib
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -81,6 +104,15 @@ esac
 
 class VmError(RuntimeError):
     pass
+
+
+class MigrationFailed(VmError):
+    """A migration that ended `failed` or `cancelled` (or did not end in time: `timeout`)."""
+
+    def __init__(self, status: str, info: dict | None = None):
+        self.status, self.info = status, info or {}
+        detail = self.info.get("error-desc")
+        super().__init__(f"migration {status}" + (f": {detail}" if detail else ""))
 
 
 def kernel() -> tuple[str, str]:
@@ -178,9 +210,7 @@ class Guest:
               incoming: str | None = None) -> int:
         vmlinuz, initrd = image()
         os.makedirs(self.rundir, exist_ok=True)
-        for what in ("agent", "console", "pid"):
-            if os.path.lexists(self.path(what)):
-                os.unlink(self.path(what))
+        self._remove_files()
         cmd = ["nsenter", f"--net=/run/netns/{netns}", "qemu-system-x86_64", "-name", self.name,
                "-accel", accel, "-m", str(memory), "-smp", "1", "-nodefaults", "-no-user-config",
                "-display", "none", "-kernel", vmlinuz, "-initrd", initrd,
@@ -192,8 +222,11 @@ class Guest:
                "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
                "-chardev", f"socket,id=con,path={self.path('console')},server=on,wait=off,logfile={self.path('log')}",
                "-serial", "chardev:con",
+               "-qmp", f"unix:{self.path('qmp')},server=on,wait=off",
                "-pidfile", self.path("pid"), "-daemonize"]
         if incoming:
+            # paused until a migration stream arrives; QEMU listens before -daemonize lets
+            # the parent exit, the wait below only makes sure
             cmd += ["-incoming", incoming]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
@@ -201,22 +234,28 @@ class Guest:
         pid = self.pid()
         if pid is None:
             raise VmError(f"qemu for {self.name} started but its pid file is missing")
+        if incoming:
+            self._wait_state("inmigrate", 10)
         return pid
 
     def stop(self) -> bool:
+        """Stop the guest's QEMU (if it runs) and remove its sockets and pid file (even if
+        QEMU already went, e.g. a destination whose incoming migration failed)."""
         pid = self.pid()
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if os.path.exists(f"/proc/{pid}"):
-            os.kill(pid, signal.SIGKILL)
-        for what in ("agent", "console", "pid"):
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGKILL)
+        self._remove_files()
+        return pid is not None
+
+    def _remove_files(self) -> None:
+        for what in ("agent", "console", "qmp", "pid"):
             if os.path.lexists(self.path(what)):
                 os.unlink(self.path(what))
-        return True
 
     def console_text(self) -> str:
         try:
@@ -260,6 +299,153 @@ class Guest:
         out, _, rc = text.rpartition(RC_MARK)
         return int(rc.strip().splitlines()[0]), out
 
+    def spawn(self, command: str, log: str = "/dev/null") -> int:
+        """Start `command` in the guest in the background and return its pid at once.
+
+        Its stdio goes to /dev/null (or `log`, a path in the guest): the agent's own
+        output file is left alone, and the agent, which waits only for its `sh -c`, is
+        back right away. setsid gives it its own process group: `kill -- -PID` ends it
+        with its children (a pipeline, say)."""
+        rc, out = self.run(f"setsid sh -c {shlex.quote(command)} </dev/null >{shlex.quote(log)} 2>&1 & echo $!")
+        if rc != 0 or not out.strip().isdigit():
+            raise VmError(f"{self.name}: could not start {command!r}: {out.strip()}")
+        return int(out.strip())
+
+    # QMP: QEMU's control socket --------------------------------------------------------
+
+    def qmp(self, command: str, **args):
+        """One QMP command's return value; VmError if QEMU answers with an error.
+
+        Arguments go as they are (QMP's names have hyphens: pass them as
+        **{"downtime-limit": 300}). Each call is its own connection: QEMU serves one
+        client per monitor socket, so a long-held one would lock everybody else out
+        (cancel_migration while migrate polls, say)."""
+        with _Qmp(self.path("qmp")) as q:
+            return q.command(command, **args)
+
+    def state(self) -> str:
+        """QEMU's run state: running, paused, inmigrate, postmigrate, ..."""
+        return self.qmp("query-status")["status"]
+
+    def _wait_state(self, want: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.state()
+                if last == want:
+                    return
+            except (OSError, VmError) as e:  # socket not there yet
+                last = repr(e)
+            time.sleep(0.05)
+        raise VmError(f"{self.name}: not {want} after {timeout:.0f}s (last: {last})")
+
+    def migrate(self, uri: str, downtime_ms: int | None = None, max_bandwidth: int | None = None,
+                progress=None, timeout: float = 120) -> dict:
+        """Migrate this (source) guest to a destination started with `incoming=uri`.
+
+        `downtime_ms` is the most QEMU may pause the guest for the final copy,
+        `max_bandwidth` bytes/s for the stream (QEMU 7.2's defaults: 300 ms, 128 MiB/s).
+        `progress(info)`, if given, sees every `query-migrate` answer (polled every
+        20 ms). Returns QEMU's own figures (times in ms, as QEMU reports them) once it
+        says `completed`; MigrationFailed if it says failed or cancelled, or if it did
+        not finish in `timeout` s (then it is cancelled first). The source is left
+        paused (`postmigrate`): stopping it is the caller's."""
+        params = {}
+        if downtime_ms is not None:
+            params["downtime-limit"] = int(downtime_ms)
+        if max_bandwidth is not None:
+            params["max-bandwidth"] = int(max_bandwidth)
+        if params:
+            self.qmp("migrate-set-parameters", **params)
+        # MIGRATION events on status changes, for whoever listens; we poll anyway
+        self.qmp("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+        self.qmp("migrate", uri=uri)  # returns at once; the stream runs in QEMU's thread
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.qmp("query-migrate")
+            if progress is not None:
+                progress(info)
+            status = info.get("status")
+            if status == "completed":
+                # QEMU 7.2 says `completed` a moment before it has worked out the times:
+                # total-time and downtime read 0 then; ask again until they are in
+                settle = time.monotonic() + 2
+                while not info.get("total-time") and time.monotonic() < settle:
+                    time.sleep(0.005)
+                    info = self.qmp("query-migrate")
+                return _migration_summary(info)
+            if status in ("failed", "cancelled"):
+                raise MigrationFailed(status, info)
+            if time.monotonic() > deadline:
+                self.cancel_migration()
+                raise MigrationFailed("timeout", info)
+            time.sleep(0.02)
+
+    def cancel_migration(self) -> None:
+        """Stop an outgoing migration; the source goes on running (status `cancelled`)."""
+        self.qmp("migrate_cancel")
+
+
+def _migration_summary(info: dict) -> dict:
+    ram = info.get("ram", {})
+    return {"status": info.get("status"), "total_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
+            "setup_ms": info.get("setup-time"), "ram_transferred": ram.get("transferred"),
+            "ram_total": ram.get("total"), "ram_duplicate_pages": ram.get("duplicate"),
+            "ram_normal_pages": ram.get("normal"), "dirty_sync_count": ram.get("dirty-sync-count"),
+            "mbps": ram.get("mbps"), "info": info}
+
+
+class _Qmp:
+    """A QMP connection: the greeting read, capabilities negotiated, then commands one
+    at a time. QEMU writes one JSON object per line; asynchronous events (a MIGRATION
+    status change, say) may come before a reply and are skipped (kept in `events`)."""
+
+    def __init__(self, path: str, timeout: float = 10):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.events: list[dict] = []
+        try:
+            self.sock.connect(path)
+            greeting = self._read()
+            if "QMP" not in greeting:
+                raise VmError(f"{path}: not a QMP greeting: {greeting}")
+            self.command("qmp_capabilities")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+    def _read(self) -> dict:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise VmError("QMP: QEMU closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def command(self, name: str, **args):
+        msg: dict = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                err = reply["error"]
+                raise VmError(f"QMP {name}: {err.get('class')}: {err.get('desc')}")
+            elif "return" in reply:
+                return reply["return"]
+
 
 def make_tap(netns: str, tap: str, mtu: int | None = None) -> None:
     """A tap in the host's namespace, up, for QEMU to open (it opens it by name)."""
@@ -274,4 +460,4 @@ def remove_tap(netns: str, tap: str) -> None:
     subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "del", tap], capture_output=True)
 
 
-__all__ = ["Guest", "VmError", "image", "kernel", "make_tap", "remove_tap"]
+__all__ = ["Guest", "MigrationFailed", "VmError", "image", "kernel", "make_tap", "remove_tap"]

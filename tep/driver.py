@@ -384,9 +384,11 @@ class LabDriver:
         _start_vm(info, new, incoming=uri)
         return uri
 
-    def vm_migrate(self, old: Attachment, uri: str) -> dict:
-        """QEMU's own migration of the running guest to `uri`; what QEMU reports."""
-        return _guest(self._lab(old.host), old.tenant, old.port).migrate(uri)
+    def vm_migrate(self, old: Attachment, uri: str, bandwidth_mbps: float | None = None) -> dict:
+        """QEMU's own migration of the running guest to `uri` (at most `bandwidth_mbps`);
+        what QEMU reports."""
+        return _guest(self._lab(old.host), old.tenant, old.port).migrate(
+            uri, max_bandwidth=int(bandwidth_mbps * 1e6 / 8) if bandwidth_mbps else None)
 
     def vm_cancel(self, old: Attachment) -> None:
         _guest(self._lab(old.host), old.tenant, old.port).cancel_migration()

@@ -278,7 +278,8 @@ def cmd_port_migrate(a):
         return show(r, True) if a.json else print(f"{tenant}/{port}: {r['action']}")
     if not a.to:
         raise SystemExit("nvctl port migrate: --to HOST is needed (or --cancel)")
-    r = call(api_socket(a), "port.migrate", tenant=tenant, port=port, to=a.to, prepare=a.prepare)
+    r = call(api_socket(a), "port.migrate", tenant=tenant, port=port, to=a.to, prepare=a.prepare,
+             bandwidth_mbps=a.bandwidth)
     if a.json:
         return show(r, True)
     if a.prepare:
@@ -459,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepare", action="store_true",
                    help="only bind the port pending on HOST, for a hypervisor that migrates the VM itself")
     p.add_argument("--cancel", action="store_true", help="cancel the port's migration under way")
+    p.add_argument("--bandwidth", type=float, metavar="MBIT/S",
+                   help="a VM's copy at most this fast (QEMU's default: 128 MiB/s)")
     p.set_defaults(fn=cmd_port_migrate)
     p = pts.add_parser("add", parents=[common], help="add a port to a tenant's switch (IPAM picks its address)",
                        description="The port is stored with the tenant, marked madeBy: api: it survives "

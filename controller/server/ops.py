@@ -142,7 +142,8 @@ OPS: dict[str, Op] = _ops(
         "made_by": opt("api", str), "container_id": opt(None, str)},
        kind="change", **T),
     Op("port.del", "port_del", TENANT_PORT, kind="change", **T),
-    Op("port.migrate", "migrate", {**TENANT_PORT, "to": req(str), "prepare": opt(False, bool)}, kind="change", **T,
+    Op("port.migrate", "migrate", {**TENANT_PORT, "to": req(str), "prepare": opt(False, bool),
+                                   "bandwidth_mbps": opt(None, float)}, kind="change", **T,
        doc="Move a port to host `to`: a namespace make-before-break, a VM live by QEMU; "
            "`prepare`: only bind it pending there, for a hypervisor that migrates it."),
     Op("port.migrate_cancel", "cancel_migration", TENANT_PORT, kind="change", **T,

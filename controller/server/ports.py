@@ -166,15 +166,20 @@ class PortsMixin:
                                          f"nothing was changed")
             return change_path.run(self, TenantChange(e, new_t, f"deleted port {port}"))
 
-    def migrate(self, tenant: str, port: str, to: str, prepare: bool = False) -> dict:
+    def migrate(self, tenant: str, port: str, to: str, prepare: bool = False,
+                bandwidth_mbps: float | None = None) -> dict:
         """Move a port to another host: a namespace make-before-break
         (controller.server.change.Migration); a VM live, by QEMU, the network following
-        its announcement (controller.server.vmmigrate); `prepare`: only bind it pending
-        on `to`, for a hypervisor that migrates it itself."""
+        its announcement (controller.server.vmmigrate), its copy at most `bandwidth_mbps`
+        (QEMU's default: 128 MiB/s); `prepare`: only bind it pending on `to`, for a
+        hypervisor that migrates it itself."""
         with self.mutex:
             e, p = self._port(tenant, port)
             if to not in self.hosts:
                 raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})", [("to", "not registered")])
             if not (p.vm or prepare or p.pending):
                 return change_path.run(self, Migration(e, port, to))
-        return self.migrate_vm(tenant, port, to, prepare)
+        if bandwidth_mbps is not None and not 0 < bandwidth_mbps <= 100_000:
+            raise ApiError(f"bandwidth_mbps {bandwidth_mbps!r} is not a rate in Mbit/s (0 < rate <= 100000)",
+                           [("bandwidth_mbps", "out of range")])
+        return self.migrate_vm(tenant, port, to, prepare, bandwidth_mbps)

@@ -64,7 +64,8 @@ def _ms(a: float, b: float) -> float:
 
 class VmMigrationMixin:
     # -- the op ---------------------------------------------------------------------------
-    def migrate_vm(self, tenant: str, port: str, to: str, prepare: bool = False) -> dict:
+    def migrate_vm(self, tenant: str, port: str, to: str, prepare: bool = False,
+                   bandwidth_mbps: float | None = None) -> dict:
         """Steps 1-5 above for a lab VM; with `prepare`, step 1 only (someone else's
         hypervisor migrates). Runs outside the core's mutex but for its changes."""
         key = (tenant, port)
@@ -104,7 +105,7 @@ class VmMigrationMixin:
             mv.copying = True
             if mv.cancelled:
                 raise ApiError("cancelled before the copy began")
-            qemu = self.driver.vm_migrate(src_att, uri)
+            qemu = self.driver.vm_migrate(src_att, uri, bandwidth_mbps)
             mv.copying = False
             t3 = self.clock()
         except Exception as ex:  # noqa: BLE001 - any failure: back to where it was
@@ -113,8 +114,10 @@ class VmMigrationMixin:
             what = "cancelled" if mv.cancelled else "failed"
             raise ApiError(f"migration of {tenant}/{port} to {to} {what}: {ex}; the VM runs on {mv.src}, "
                            f"bound there", [("to", what)]) from None
-        steps.append({"step": f"copy (QEMU: {qemu.get('ram_transferred_mb', '?')} MB, "
-                              f"downtime {qemu.get('downtime_ms')} ms)", "ms": _ms(t2, t3)})
+        qemu = {k: v for k, v in qemu.items() if k != "info"}  # QEMU's figures, not its whole answer
+        mb = round(qemu["ram_transferred"] / 1e6, 1) if qemu.get("ram_transferred") else "?"
+        steps.append({"step": f"copy by QEMU ({mb} MB sent; the guest paused for {qemu.get('downtime_ms')} ms "
+                              f"at its end)", "ms": _ms(t2, t3)})
         if not mv.activated.wait(ACTIVATION_WAIT):
             LOG.warning("%s/%s: no announcement from %s in %.0f s after the copy; activating", tenant, port, to,
                         ACTIVATION_WAIT)

@@ -33,7 +33,7 @@ def test_nvctl_api_one_operation_in_full_and_as_json(core, tmp_path, capsys):
     table = json.loads(capsys.readouterr().out)
     migrate = next(o for o in table if o["name"] == "port.migrate")
     assert migrate["kind"] == "change" and migrate["scope"] == {"kind": "tenant", "arg": "tenant"}
-    assert set(migrate["args"]) == {"tenant", "port", "to", "prepare"}
+    assert set(migrate["args"]) == {"tenant", "port", "to", "prepare", "bandwidth_mbps"}
 
 
 def test_nvctl_api_names_an_unknown_operation(core, tmp_path, capsys):

@@ -44,7 +44,7 @@ class Hypervisor(NoDriver):
         self.calls.append(("incoming", a.host, a.ofport, port))
         return f"tcp:{self.hosts[a.host].pa}:{port}"
 
-    def vm_migrate(self, a, uri):
+    def vm_migrate(self, a, uri, bandwidth_mbps=None):
         self.calls.append(("migrate", a.host, uri))
         self.copying.set()
         self.release.wait(10)

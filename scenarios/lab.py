@@ -28,7 +28,7 @@ from pyroute2 import IPRoute, netns
 from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_uplink, run,
                      start_instance, start_vswitchd)
 from tep.rxqueue import deepen_instance
-from tep import nsutil
+from tep import nsutil, vm
 from tep.workload import IPV4_ONLY_SYSCTLS
 from controller.client.common import DEFAULT_STATE_DIR, state_dir_from  # noqa: F401  (the lab's callers take them from here)
 from controller.compile.compiler import TUNNEL_OFPORT
@@ -587,6 +587,10 @@ class Lab:
             names |= set(os.listdir(hosts_dir))
         for name in sorted(names):
             d = self.host_dir(name)
+            guests = os.path.join(d, "vm")  # the hosts' QEMU guests (tep.driver), each by its pid file
+            for f in sorted(os.listdir(guests)) if os.path.isdir(guests) else ():
+                if f.endswith(".pid") and vm.Guest(guests, f[:-4]).stop():
+                    done.append(f"{name}/guest {f[:-4]}")
             for proc in ("ovs-vswitchd", "ovsdb-server"):
                 if _kill_pidfile(f"{d}/{proc}.pid", proc):
                     done.append(f"{name}/{proc}")

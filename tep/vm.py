@@ -54,6 +54,14 @@ CACHE = "/var/cache/nvctl/vm"
 MEMORY_MB = 128
 AGENT_PORT = "nvctl.agent"
 RC_MARK = "__nvctl_rc="
+# The NIC offers the guest no checksum or segmentation offload (nor takes any from the
+# host): OVS's userspace datapath forwards the frames as they are, into VXLAN, and a TCP
+# segment with a partial checksum (the guest's kernel leaving it to "the hardware") would
+# arrive at the other end with a wrong one and be dropped there; ICMP, always summed in
+# software, works either way. The same reason the lab turns tx offload off on its veths.
+NIC_OFFLOADS_OFF = ",".join(f"{k}=off" for k in (
+    "csum", "guest_csum", "gso", "host_tso4", "host_tso6", "host_ecn", "host_ufo",
+    "guest_tso4", "guest_tso6", "guest_ecn", "guest_ufo"))
 
 INIT = r"""#!/bin/sh
 export PATH=/bin:/sbin
@@ -216,7 +224,7 @@ class Guest:
                "-display", "none", "-kernel", vmlinuz, "-initrd", initrd,
                "-append", "console=ttyS0 quiet panic=1",
                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-               "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+               "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,{NIC_OFFLOADS_OFF}",
                "-device", "virtio-serial-pci",
                "-chardev", f"socket,id=agent,path={self.path('agent')},server=on,wait=off",
                "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",

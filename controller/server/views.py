@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from controller.spaces.names import pending_name
 from dataplane.match_action import cookie_layer, cookie_tenant
 from topology import schema
 from controller.compile.pipeline import LAYER_BY_ID
@@ -166,7 +167,10 @@ class ViewsMixin:
         self.interfaces_settled({p.host})
         return {"tenant": tenant, "port": port, "host": p.host, "ip": str(p.ip), "mac": p.mac,
                 "ofport": e.alloc.ofport[port], **self.port_binding(tenant, e, p),
-                "namespace": self.driver.namespace(tenant, port, p.host)}
+                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload and not p.vm else None,
+                "vm": self._guest_info(tenant, port, p.host) if p.vm else None,
+                **({"pending": p.pending, "pending_ofport": e.alloc.ofport.get(pending_name(port))}
+                   if p.pending else {})}
 
     def flows(self, host: str, read_switch: bool = True) -> dict:
         if host not in self.hosts:

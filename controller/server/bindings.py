@@ -40,6 +40,7 @@ from typing import Iterable, Mapping
 
 from controller.compile.allocator import Exhausted
 from controller.spaces.ids import FIRST_OFPORT, MAX_OFPORT, WORKLOAD_OFPORTS
+from controller.spaces.names import pending_name
 from controller.server import change as change_path
 from controller.server.change import Rebinding
 from controller.server.errors import ApiError
@@ -289,7 +290,8 @@ class BindingsMixin:
             except Exhausted as ex:
                 raise ApiError(f"host {host}: ports not rebound: {ex}; nothing was changed") from None
             out = {"host": host, "interfaces": len(ifaces),
-                   "bound": sorted(f"{t}/{p}" for t, p in pl.bound), "moved": {}, "renumber": pl.renumber}
+                   "bound": sorted(f"{t}/{p}" for t, p in pl.bound), "moved": {},
+                   "renumber": {**pl.renumber, **self._pending_renumber(host, ifaces)}}
             if pl.moves and self.leading():
                 moves: dict[str, dict[str, int]] = {}
                 for (t, p), n in pl.moves.items():
@@ -298,6 +300,22 @@ class BindingsMixin:
                 LOG.info("host %s: ports rebound to their interfaces' ofports: %s", host, r["moved"])
                 out.update(moved=r["moved"], hosts=r["hosts"], attach_errors=r["attach_errors"])
             return out
+
+    def _pending_renumber(self, host: str, ifaces: list[Iface]) -> dict[str, int]:
+        """A migrating VM's interface on its destination is to sit at its pending
+        binding's number (the activation flows match that in_port): interface name ->
+        that number, for each one elsewhere while the number is free."""
+        want = {(name, p.name): e.alloc.ofport.get(pending_name(p.name))
+                for name, e in self.tenants.items() for p in e.tenant.ports if p.pending == host}
+        if not want:
+            return {}
+        held = {i.ofport for i in ifaces}
+        out = {}
+        for i in ifaces:
+            n = want.get(port_of(i.iface_id))
+            if n is not None and i.ofport != n and n not in held:
+                out[i.name] = n
+        return out
 
     # -- a host's own report ---------------------------------------------------------------
     def report_interfaces(self, host: str, interfaces: list, complete: bool = False) -> dict:

@@ -334,3 +334,19 @@ def test_three_tenants_rotating_numbers_never_hold_one_twice(core):
     assert (ofport(core, "ta", "p"), ofport(core, "tb", "p"), ofport(core, "tc", "p")) == (y, z, x)
     assert len(seen) == 4  # one steps aside once
     consistent(core)
+
+
+def test_a_migrating_ports_interface_on_its_destination_is_asked_to_its_pending_number(core):
+    from controller.spaces.names import pending_name
+    core.create(BLUE)
+    core.migrate("blue", "vm1", "hv2", prepare=True)
+    n = core.tenants["blue"].alloc.ofport[pending_name("vm1")]
+    before = desired(core)
+    out = core.observe_interfaces("hv2", [(n + 5, "vnet3", "blue/vm1")], complete=True)
+    assert out["renumber"] == {"vnet3": n} and out["moved"] == {} and out["bound"] == []
+    assert desired(core) == before  # asked to move, nothing rebound
+    out = core.observe_interfaces("hv2", [(n, "vnet3", "blue/vm1")], complete=True)
+    assert out["renumber"] == {}  # where it should be
+    # a number another interface holds is not asked for
+    out = core.observe_interfaces("hv2", [(n + 5, "vnet3", "blue/vm1"), (n, "other", None)], complete=True)
+    assert "vnet3" not in out["renumber"]

@@ -213,9 +213,12 @@ class PingTimeline:
         self.interval = interval
         self.seconds = seconds
         self.started = time.time()
+        # its lines go to a file, not a pipe: nobody reads until result(), and a full pipe
+        # (64 KiB: some 800 lines, 8 s at 10 ms) would stop ping in its write, sending nothing more
+        self.out = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-D", "-O", "-n", "-i", str(interval),
                                       "-W", "1", "-c", str(int(seconds / interval) * 3 + 10), ip],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self.out, stderr=subprocess.STDOUT, text=True)
 
     def result(self, timeout: float = 300) -> dict:
         """{sent, received, lost, lost_seqs, samples: [[t, rtt_ms or None], ...]} where t is
@@ -224,7 +227,10 @@ class PingTimeline:
         time.sleep(max(0.0, self.started + self.seconds - time.time()))
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
+        self.out.seek(0)
+        out = self.out.read()
+        self.out.close()
         replies: dict[int, tuple[float, float]] = {}
         for m in re.finditer(r"\[(\d+\.\d+)\] \d+ bytes from \S+ icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms", out):
             seq = int(m.group(2))

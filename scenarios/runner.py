@@ -20,6 +20,7 @@ import yaml
 
 from controller.client.api import call
 from scenarios import catalog as _  # noqa: F401  (registers the scenarios)
+from scenarios import vms as _vms  # noqa: F401  (and those with VMs)
 from scenarios.registry import SCENARIOS, Scenario, scenario  # noqa: F401  (scenario: for callers)
 
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_ERROR = 0, 1, 2

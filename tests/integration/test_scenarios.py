@@ -10,7 +10,7 @@ from pyroute2 import netns
 
 from tests.integration.helpers import ROOT
 
-LAB_SCENARIOS = ["isolation", "migration", "nat", "lb", "link-failure", "mtu", "dhcp"]
+LAB_SCENARIOS = ["isolation", "migration", "nat", "lb", "link-failure", "mtu", "dhcp", "vm-migration"]
 
 
 def run_cli(tmp_path, *args):

@@ -24,6 +24,7 @@ import pytest
 
 from controller.client.api import call
 from scenarios.netutil import PingTimeline, in_ns, tcp_stream
+from scenarios.vms import RESUME_SLACK_INTERVALS, echo_server, guest
 from tep import vm
 from tep.driver import host_ifname
 from tests.integration.conftest import running_lab, verify_lab
@@ -47,8 +48,7 @@ def doc(name: str) -> str:
 
 
 def guest_of(lab, tenant: str, name: str = "vm1") -> vm.Guest:
-    g = call(lab.api(), "port.info", tenant=tenant, port=name)["vm"]
-    return vm.Guest(os.path.dirname(g["agent"]), g["name"])
+    return guest(lab.api(), tenant, name)
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +141,8 @@ def test_twins_migrate_live_at_once_under_ping_and_tcp_and_keep_their_addresses(
     seconds = 14.0
     loads = {}
     for t in ("blue", "red"):
-        g = guest_of(lab, t)
-        g.spawn(f"nc -ll -p {ECHO} -e cat")
+        echo_server(guest_of(lab, t), ECHO)
         ns = _ports(lab, t)["ns2"]["namespace"]
-        deadline = time.monotonic() + 10
-        while g.run(f"netstat -ltn | grep -q ':{ECHO} '")[0] != 0:
-            assert time.monotonic() < deadline, "the guest's echo server did not listen"
-            time.sleep(0.1)
         loads[t] = (PingTimeline(ns, "10.0.0.11", seconds), tcp_stream(ns, "10.0.0.11", ECHO, seconds, 0.01))
     time.sleep(1.5)
     moves = []
@@ -164,7 +159,7 @@ def test_twins_migrate_live_at_once_under_ping_and_tcp_and_keep_their_addresses(
     for t in ("blue", "red"):
         rs = [m[t] for m in moves]
         downs = [r["qemu"]["downtime_ms"] for r in rs]
-        allowed = sum(math.ceil(d / 10) + 2 for d in downs)
+        allowed = sum(math.ceil(d / 10) + RESUME_SLACK_INTERVALS for d in downs)
         print(f"{t}: {pings[t]['lost']} of {pings[t]['sent']} pings lost over 2 migrations; QEMU downtime {downs} ms; "
               f"network {[r['timings_ms'].get('announcement_to_destination_ready') for r in rs]} ms; "
               f"activated by {[r['activated_by'] for r in rs]}; stream {streams[t]}")

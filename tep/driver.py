@@ -398,8 +398,13 @@ class LabDriver:
         self.unplug(new)
 
     def vm_finish(self, old: Attachment) -> None:
-        """A migration that happened: the paused source QEMU and its tap go."""
-        self.unplug(old)
+        """A migration that happened: the paused source QEMU and its tap go (QEMU first:
+        nothing waits on OVS for a port nobody uses any more)."""
+        info = self._lab(old.host)
+        if info is None:
+            return
+        _stop_vm(info, old.tenant, old.port)
+        host_db(info).unplug(host_ifname(old.tenant, old.port), wait=False)
 
     def rebind(self, a: Attachment) -> None:
         """The controller moved the port's allocation to `a.ofport`, where OVS put its

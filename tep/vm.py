@@ -197,6 +197,17 @@ def _cpio_entry(f, ino: int, name: str, mode: int, data: bytes) -> None:
 
 # a guest on a host ---------------------------------------------------------------------
 
+def _running(pid: int) -> bool:
+    """The process exists and has not exited. A daemonized QEMU is not our child: once
+    it exits it stays a zombie until whoever adopted it reaps it, which can take a
+    second; /proc/PID is there all the while."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Guest:
     """One QEMU guest: its files (pid, agent and console sockets, log) in `rundir`."""
 
@@ -253,9 +264,9 @@ class Guest:
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if os.path.exists(f"/proc/{pid}"):
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _running(pid):
                 os.kill(pid, signal.SIGKILL)
         self._remove_files()
         return pid is not None

@@ -212,7 +212,7 @@ def test_deleting_the_tenants_stops_their_guests_and_leaves_no_tap_or_file(twins
     for t in ("blue", "red"):
         nvctl(lab, "tenant", "delete", t)
     for t, pid in pids.items():
-        assert not os.path.exists(f"/proc/{pid}"), f"{t}'s QEMU {pid} still runs"
+        assert not vm._running(pid), f"{t}'s QEMU {pid} still runs"
     for h in ("hv1", "hv2", "hv3"):
         d = os.path.join(lab.host_dir(h), "vm")
         assert not os.path.isdir(d) or not os.listdir(d), (h, os.listdir(d))

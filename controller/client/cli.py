@@ -27,6 +27,7 @@ from controller.client.render import trace_lines, verify_lines
 from controller.client import accesscmd, hostcmd, labcmd
 
 EXEC_TIMEOUT = 600  # seconds a command in a VM may run (nvctl exec)
+CONSOLE_DRAIN = 1.0  # seconds of a guest's console output still shown after piped input ends
 
 
 def _observe(name: str):
@@ -241,10 +242,14 @@ def _attach_console(path: str) -> None:
     if raw:
         print("connected to the guest's serial console; Ctrl-] leaves", file=sys.stderr)
         tty.setraw(fd)
+    inputs = [s, fd]
     try:
         s.sendall(b"\n")
         while True:
-            ready, _, _ = select.select([s, fd], [], [])
+            # input from a pipe: once it ends, what the guest still prints for a second is shown
+            ready, _, _ = select.select(inputs, [], [], None if fd in inputs else CONSOLE_DRAIN)
+            if not ready:
+                break
             if s in ready:
                 data = s.recv(4096)
                 if not data:
@@ -252,8 +257,11 @@ def _attach_console(path: str) -> None:
                 os.write(sys.stdout.fileno(), data)
             if fd in ready:
                 data = os.read(fd, 1024)
-                if not data or (raw and b"\x1d" in data):
+                if raw and (not data or b"\x1d" in data):
                     break
+                if not data:
+                    inputs.remove(fd)
+                    continue
                 s.sendall(data)
     finally:
         if saved is not None:

@@ -28,7 +28,7 @@ from scenarios.vms import RESUME_SLACK_INTERVALS, echo_server, guest
 from tep import vm
 from tep.driver import host_ifname
 from tests.integration.conftest import running_lab, verify_lab
-from tests.integration.helpers import apply_yaml, nvctl, nvctl_json
+from tests.integration.helpers import ROOT, apply_yaml, nvctl, nvctl_json
 from topology.builder import port, tenant_doc
 
 pytestmark = pytest.mark.skipif(not glob.glob("/boot/vmlinuz-*") or not os.path.exists(vm.BUSYBOX),
@@ -83,6 +83,10 @@ def test_guests_get_address_mtu_and_dns_by_dhcp_and_exec_and_console_reach_them(
     assert failed.returncode == 3  # the guest command's own exit code
     log = nvctl(lab, "console", "blue/vm1", "--log").stdout
     assert "nvctl guest lease 10.0.0.11" in log
+    shell = subprocess.run([sys.executable, "-m", "controller.client.cli", "--state-dir", lab.dir, "console",
+                            "red/vm1"], input="echo con$((6*7))sole\n", capture_output=True, text=True,
+                           timeout=60, cwd=ROOT)
+    assert "con42sole" in shell.stdout, shell  # the guest's shell on its serial console worked it out
     assert "not a VM" in nvctl(lab, "console", "blue/ns2", check=False).stderr
 
 

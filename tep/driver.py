@@ -164,6 +164,14 @@ class Driver(Protocol):
     def unplug(self, a: Attachment) -> None: ...
     def rebind(self, a: Attachment) -> None: ...
     def collect_garbage(self, wanted: set[str]) -> list[str]: ...
+    # VMs (`workload: vm`): the guest of a port on a host, None where the driver runs none;
+    # a live migration's destination, copy, cancel, and its two ends (controller.server.vmmigrate)
+    def guest(self, tenant: str, port: str, host: str) -> vm.Guest | None: ...
+    def vm_incoming(self, new: Attachment, port: int) -> str: ...
+    def vm_migrate(self, old: Attachment, uri: str, bandwidth_mbps: float | None = None) -> dict: ...
+    def vm_cancel(self, old: Attachment) -> None: ...
+    def vm_abort(self, new: Attachment) -> None: ...
+    def vm_finish(self, old: Attachment) -> None: ...
 
 
 class NoDriver:
@@ -210,6 +218,24 @@ class NoDriver:
 
     def collect_garbage(self, wanted: set[str]) -> list[str]:
         return []
+
+    def guest(self, tenant: str, port: str, host: str):
+        return None  # no VM of ours: `port migrate --prepare` binds it pending for its hypervisor
+
+    def vm_incoming(self, new: Attachment, port: int) -> str:
+        raise RuntimeError(f"{new.host}: this driver runs no VM")
+
+    def vm_migrate(self, old: Attachment, uri: str, bandwidth_mbps: float | None = None) -> dict:
+        raise RuntimeError(f"{old.host}: this driver runs no VM")
+
+    def vm_cancel(self, old: Attachment) -> None:
+        pass
+
+    def vm_abort(self, new: Attachment) -> None:
+        pass
+
+    def vm_finish(self, old: Attachment) -> None:
+        pass
 
 
 class LabDriver:

@@ -150,7 +150,7 @@ class PortsMixin:
     def _guest_info(self, tenant: str, port: str, host: str) -> dict | None:
         """Where a VM port's guest is reached on its host (the lab's): its agent and
         serial console sockets, its console log, whether QEMU runs."""
-        g = self.driver.guest(tenant, port, host) if hasattr(self.driver, "guest") else None
+        g = self.driver.guest(tenant, port, host)
         if g is None:
             return None
         return {"name": g.name, "agent": g.path("agent"), "console": g.path("console"), "log": g.path("log"),

@@ -76,8 +76,8 @@ class VmMigrationMixin:
                 raise ApiError(f"{tenant}/{port} is already migrating to {p.pending}", [("port", "migrating")])
             if key in self.vm_moves:
                 raise ApiError(f"{tenant}/{port} is already migrating", [("port", "migrating")])
-            guest_src = self.driver.guest(tenant, port, p.host) if hasattr(self.driver, "guest") else None
-            guest_dst = self.driver.guest(tenant, port, to) if hasattr(self.driver, "guest") and to in self.hosts else None
+            guest_src = self.driver.guest(tenant, port, p.host)
+            guest_dst = self.driver.guest(tenant, port, to)
             if not prepare and (not p.vm or guest_src is None or guest_dst is None):
                 raise ApiError(f"{tenant}/{port}: the platform runs no VM for it on both {p.host} and {to}; "
                                f"its hypervisor migrates it: ask with prepare (nvctl port migrate --prepare)",

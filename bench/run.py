@@ -8,7 +8,9 @@ floors; `verify` is `nvctl verify`'s proof at the compile benchmark's size; `obs
 the counters cost (a refresh in memory at the compile size, the controller's CPU at a
 1 s refresh of a lab); `flood` is a
 tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM limit;
-`mtu` is TCP across hosts on a 1500-byte underlay against a 1600-byte one; `dhcp` is
+`vm` is QEMU guests: boot to lease, live migration against the same QEMU migration on a
+plain Linux bridge (and a namespace's migration); `mtu` is TCP across hosts on a
+1500-byte underlay against a 1600-byte one; `dhcp` is
 DHCP answered by the controller (one port against the per-tenant control meter, the
 controller's capacity over many tenants' meters, another tenant's DHCP under a flood).
 """
@@ -28,7 +30,7 @@ from bench.freshlab import on_fresh_lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp",
-       "cni", "cluster", "observe")
+       "cni", "cluster", "observe", "vm")
 EXTRA = ("scale",)  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
 
 
@@ -70,6 +72,18 @@ def ratios(res: dict) -> dict:
         "mtu_1500_over_1600": ("mtu", "ratio_1500_to_1600"),
         "stats_refresh_over_audit": ("observe", "refresh", "ratio_refresh_all_over_audit"),
         "stats_parse_over_oskens": ("observe", "refresh", "wire_parse_one_host", "ratio_lazy_over_full"),
+        "vm_lost_per_move_over_namespace": ("vm", "ratios", "vm_lost_per_move_over_namespace"),
+        "vm_stream_after_over_before": ("vm", "ratios", "vm_stream_after_over_before"),
+        "vm_lost_per_move_over_bridge": ("vm", "ratios", "vm_lost_per_move_over_bridge"),
+        "vm_lost_total_over_bridge": ("vm", "ratios", "vm_lost_total_over_bridge"),
+        "vm_excess_over_bridge": ("vm", "ratios", "vm_excess_over_bridge"),
+        "vm_lost_per_move_minus_bridge_intervals": ("vm", "ratios", "vm_lost_per_move_minus_bridge_intervals"),
+        "vm_excess_minus_bridge_intervals": ("vm", "ratios", "vm_excess_minus_bridge_intervals"),
+        "vm_longest_gap_over_bridge": ("vm", "ratios", "vm_longest_gap_over_bridge"),
+        "vm_qemu_downtime_over_bridge": ("vm", "ratios", "vm_qemu_downtime_over_bridge"),
+        "vm_stream_lost_per_move_over_bridge_stream": ("vm", "ratios", "vm_stream_lost_per_move_over_bridge_stream"),
+        "vm_stream_excess_minus_bridge_stream_intervals": ("vm", "ratios",
+                                                           "vm_stream_excess_minus_bridge_stream_intervals"),
     }
     for name, path in pick.items():
         v = _get(res, *path)
@@ -218,6 +232,34 @@ def plots(res: dict, out: str) -> list[str]:
         a2.legend(fontsize=8)
         fig.tight_layout()
         made.append(_save(fig, out, "northd.png"))
+    if "vm" in res and "bridge" in res["vm"]:
+        v, b, n = res["vm"]["vm"], res["vm"]["bridge"], res["vm"]["namespace"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for off, x, label, color in ((-0.2, v, "nvctl VM (hv1<->hv2)", "tab:blue"),
+                                     (0.2, b, "same QEMU, plain bridge", "tab:gray")):
+            xs = [i + 1 + off for i in range(len(x["per_move"]))]
+            a1.bar(xs, [p["lost"] for p in x["per_move"]], 0.4, color=color, label=f"{label}: pings lost")
+            a1.plot(xs, [p["downtime_intervals"] for p in x["per_move"]], "_", color="k", ms=12)
+        a1.plot([], [], "_", color="k", ms=12, label="QEMU's downtime, 10 ms intervals")
+        a1.set_xlabel("migration")
+        a1.set_ylabel("pings lost (10 ms interval)")
+        a1.set_ylim(0, max(p["lost"] for x in (v, b) for p in x["per_move"]) * 1.5 + 1)
+        a1.legend(fontsize=7, loc="upper right")
+        groups = [(v, "nvctl VM"), (b, "plain\nbridge")]
+        if "vm_stream" in res["vm"] and "bridge_stream" in res["vm"]:
+            groups += [(res["vm"]["vm_stream"], "nvctl VM\n+ TCP stream"),
+                       (res["vm"]["bridge_stream"], "plain bridge\n+ TCP stream")]
+        groups.append((n, "nvctl\nnamespace"))
+        for off, key, label in ((-0.2, "lost_per_move", "pings lost per move"),
+                                (0.2, "excess_intervals", "excess over QEMU's downtime")):
+            a2.bar([i + off for i, (x, _) in enumerate(groups) if key in x],
+                   [x[key]["median"] for x, _ in groups if key in x], 0.4, label=label)
+        a2.axhline(0, color="k", lw=0.5)
+        a2.set_xticks(range(len(groups)), [name for _, name in groups], fontsize=8)
+        a2.set_ylabel("10 ms intervals, median")
+        a2.legend(fontsize=8)
+        fig.tight_layout()
+        made.append(_save(fig, out, "vm.png"))
     if "scale" in res and res["scale"].get("sizes"):
         sz = res["scale"]["sizes"]
         keys = sorted(sz, key=int)
@@ -371,6 +413,12 @@ def _main(argv, rep) -> int:
                           "cpu": on_fresh_lab(lambda lab: observe.cpu_share(lab, seconds=5 if a.quick else 15,
                                                                              reps=1 if a.quick else 3))}
         print(observe.report(res["observe"]), flush=True)
+    if "vm" in only:
+        suites.next("vm")
+        from bench import vm
+        res["vm"] = on_fresh_lab(lambda lab: vm.vm_bench(lab, boots=2 if a.quick else 5, moves=4 if a.quick else 10,
+                                                         log=lambda m: print(m, flush=True)))
+        print(vm.report(res["vm"]), flush=True)
     if "scale" in only:
         suites.next("scale")
         from bench import scale

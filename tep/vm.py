@@ -428,6 +428,9 @@ class _Qmp:
         try:
             self.sock.connect(path)
             greeting = self._read()
+            while "event" in greeting:  # seen: a MIGRATION_PASS event ahead of the greeting
+                self.events.append(greeting)
+                greeting = self._read()
             if "QMP" not in greeting:
                 raise VmError(f"{path}: not a QMP greeting: {greeting}")
             self.command("qmp_capabilities")

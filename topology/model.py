@@ -12,6 +12,7 @@ class Switch:
     mtu: int | None = None  # None: the largest the underlay of its hosts carries
     dhcp: bool = True  # the platform answers DHCP (and DNS) for this switch's ports
     cidr6: ipaddress.IPv6Network | None = None  # its IPv6 prefix (dual stack), if any
+    labels: tuple = ()  # ((key, value), ...) sorted by key: Kubernetes-style labels (a switch plays a namespace)
 
 
 DEFAULT_LEASE_SECONDS = 3600
@@ -42,6 +43,7 @@ class Port:
     workload: bool = True  # False: the platform makes no workload; something else plugs it (CNI)
     container_id: str | None = None  # the container a CNI plugin made it for
     vm: bool = False  # `workload: vm`: the platform's workload is a QEMU guest, not a namespace
+    labels: tuple = ()  # ((key, value), ...) sorted by key: Kubernetes-style labels
     # A live migration under way: the host where a second binding waits for the guest's
     # announcement (RARP/GARP) to take over. Controller state, never in the YAML.
     pending: str | None = None

@@ -28,11 +28,11 @@ SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False,
              "loadBalancers": False}
 LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
-SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False}
+SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False, "labels": False}
 MIN_MTU, MAX_MTU = 576, 9000
 PORT_KEYS = {"name": True, "switch": True, "ip": True, "mac": False, "host": True,
              "rateLimitMbps": False, "bumLimitPps": False, "ip6": False, "madeBy": False, "workload": False,
-             "containerId": False}
+             "containerId": False, "labels": False}
 MADE_BY = ("yaml", "api", "cni", "docker")
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
@@ -185,13 +185,16 @@ def _switches(raw: Any, errs: _Errors) -> list[Switch]:
             errs.add(f"{path}.mtu", f"{mtu!r} is not an MTU in bytes ({MIN_MTU} <= mtu <= {MAX_MTU})")
             cidr = None
         dhcp = _flag(item, "dhcp", path, errs)
+        labels = labels_of(item.get("labels"), f"{path}.labels", errs)
+        if labels is None:
+            cidr = None
         cidr6 = _subnet(item, path, "cidr6", ipaddress.IPv6Network, cidrs6, name or f"#{i}", errs)
         if cidr6 is False:
             cidr = None
         if name is not None:
             seen[name] = path
             if cidr is not None:
-                out.append(Switch(name, cidr, mtu, dhcp is not False, cidr6 or None))
+                out.append(Switch(name, cidr, mtu, dhcp is not False, cidr6 or None, labels))
     return out
 
 
@@ -202,6 +205,57 @@ def _flag(item: dict, key: str, path: str, errs: _Errors, default: bool = True) 
         errs.add(f"{path}.{key}", f"{v!r} is not true or false")
         return None
     return v
+
+
+# Kubernetes' label syntax and limits: a key is an optional DNS-subdomain prefix (at most
+# 253 characters) and '/', then a name of at most 63 characters: alphanumerics, '-', '_'
+# and '.', beginning and ending with an alphanumeric; a value is such a name, or empty.
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MAX_LABELS = 64  # per port or switch
+
+
+def label_problem(key: Any, value: Any) -> tuple[str, str] | None:
+    """(what, why) when `key: value` is not a Kubernetes label; None when it is.
+    `what` is "key" or "value"."""
+    if not isinstance(key, str):
+        return "key", f"{key!r} is not a string"
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not LABEL_PREFIX.match(prefix)):
+        return "key", (f"{key!r}: the prefix {prefix!r} is not a DNS subdomain (lowercase letters, digits, "
+                       f"'-' and '.', at most 253 characters)")
+    if not LABEL_NAME.match(name):
+        return "key", (f"{key!r}: the name {name!r} must be 1 to 63 characters, letters, digits, '-', '_' "
+                       f"and '.', beginning and ending with a letter or digit")
+    if not isinstance(value, str):
+        if isinstance(value, (bool, int, float)):  # YAML read `true`, `2` or `1.5`: a label is text
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+            return "value", f"{value!r} is not a string (quote it: \"{shown}\")"
+        return "value", f"{value!r} is not a string"
+    if value and not LABEL_NAME.match(value):
+        return "value", (f"{value!r} must be empty or 1 to 63 characters, letters, digits, '-', '_' and '.', "
+                         f"beginning and ending with a letter or digit")
+    return None
+
+
+def labels_of(raw: Any, path: str, errs: _Errors) -> tuple | None:
+    """`labels:` of a port or switch as sorted ((key, value), ...); () when absent; None
+    (each problem reported under `path`.KEY) when it is wrong."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        errs.add(path, f"must be a mapping of key: value, got {type(raw).__name__}")
+        return None
+    if len(raw) > MAX_LABELS:
+        errs.add(path, f"{len(raw)} labels; at most {MAX_LABELS}")
+        return None
+    ok = True
+    for k, v in raw.items():
+        bad = label_problem(k, v)
+        if bad is not None:
+            errs.add(f"{path}.{k}", bad[1])
+            ok = False
+    return tuple(sorted(raw.items())) if ok else None
 
 
 WORKLOADS = {True: (True, False), "namespace": (True, False), "vm": (True, True), False: (False, False),
@@ -331,6 +385,8 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             ok = False
         workload, vm = _workload(item, path, errs)
         ok &= workload is not None
+        labels = labels_of(item.get("labels"), f"{path}.labels", errs)
+        ok &= labels is not None
         cid = item.get("containerId")
         if cid is not None and (not isinstance(cid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", cid)):
             errs.add(f"{path}.containerId", f"{cid!r} is not a container id (letters, digits, _ . -; <= 128)")
@@ -345,7 +401,7 @@ def _ports(raw: Any, switches: dict[str, Switch], hosts: set[str] | None,
             macs[(sw.name, mac)] = name or path
         if ok:
             out.append(Port(name, sw.name, ip, mac, host, float(rate) if rate is not None else None, bum,
-                            ip6 or None, made_by, workload, cid, vm))
+                            ip6 or None, made_by, workload, cid, vm, labels=labels))
     return out
 
 
@@ -766,10 +822,13 @@ def to_doc(t: Tenant) -> dict:
             d["workload"] = "vm"
         if p.container_id:
             d["containerId"] = p.container_id
+        if p.labels:
+            d["labels"] = dict(p.labels)
         ports.append(d)
     spec: dict = {"switches": [{"name": s.name, "cidr": str(s.cidr), **({"mtu": s.mtu} if s.mtu else {}),
                                 **({"cidr6": str(s.cidr6)} if s.cidr6 else {}),
-                                **({} if s.dhcp else {"dhcp": False})}
+                                **({} if s.dhcp else {"dhcp": False}),
+                                **({"labels": dict(s.labels)} if s.labels else {})}
                                for s in t.switches],
                   "ports": ports}
     if t.routers:

@@ -128,10 +128,14 @@ def cmd_tenant_show(a):
           f"VNIs: {', '.join(f'{k}={v}' for k, v in r['ids']['vni'].items())}")
     print(f"  MTU: {', '.join(f'{k}={v}' for k, v in r['mtu'].items())}")
     width = max([12] + [len(p["name"]) for p in r["ports"]])
-    print(f"  {'PORT':{width}} {'HOST':6} {'OFPORT':>6} {'STATE':6} {'MADE BY':7} NAMESPACE")
+    spec = {p["name"]: p for p in r["spec"]["spec"]["ports"]}
+    print(f"  {'PORT':{width}} {'HOST':6} {'OFPORT':>6} {'STATE':6} {'MADE BY':7} {'WORKLOAD':24} LABELS")
     for p in r["ports"]:
+        s = spec.get(p["name"], {})
+        what = ("vm" if s.get("workload") == "vm" else p["namespace"]) or "-"
+        labels = ",".join(f"{k}={v}" for k, v in sorted((s.get("labels") or {}).items())) or "-"
         print(f"  {p['name']:{width}} {p['host']:6} {p['ofport']:>6} {'up' if p['up'] else 'DOWN':6} "
-              f"{p['madeBy']:7} {p['namespace'] or '-'}")
+              f"{p['madeBy']:7} {what:24} {labels}")
     print(f"  {'HOST':6} {'FLOWS':>6} INSTALLED")
     for h, s in r["hosts"].items():
         print(f"  {h:6} {s['flows']:>6} {'yes' if s['installed'] else 'NO'}{'  ' + s['note'] if s.get('note') else ''}")
@@ -322,8 +326,14 @@ def cmd_port_migrate(a):
 def cmd_port_add(a):
     if a.vm and a.no_workload:
         raise SystemExit("nvctl port add: --vm and --no-workload exclude each other")
+    labels = {}
+    for kv in a.label or ():
+        k, eq, v = kv.partition("=")
+        if not eq:
+            raise SystemExit(f"nvctl port add: --label {kv!r}: KEY=VALUE (the value may be empty: KEY=)")
+        labels[k] = v
     r = call(api_socket(a), "port.add", tenant=a.tenant, switch=a.switch, name=a.name, ip=a.ip, mac=a.mac,
-             host=a.host, workload="vm" if a.vm else not a.no_workload, ip6=a.ip6)
+             host=a.host, workload="vm" if a.vm else not a.no_workload, ip6=a.ip6, labels=labels or None)
     if a.json:
         return show(r, True)
     p = r["port"]
@@ -488,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make no lab workload: something else (a CNI plugin) plugs the interface")
     p.add_argument("--vm", action="store_true",
                    help="the lab's workload is a QEMU guest (workload: vm) that gets its address by DHCP")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE",
+                   help="a label (Kubernetes syntax: [prefix/]name=value), repeatable: --label app=web --label tier=front")
     p.set_defaults(fn=cmd_port_add)
     p = pts.add_parser("del", parents=[common], help="remove a port: its flows and workload go")
     p.add_argument("target", metavar="TENANT/PORT")

@@ -139,7 +139,7 @@ OPS: dict[str, Op] = _ops(
     Op("port.add", "port_add",
        {"tenant": req(str), "switch": req(str), "name": opt(None, str), "ip": opt("auto", str),
         "mac": opt(None, str), "host": opt(None, str), "workload": opt(True, bool, str), "ip6": opt(None, str),
-        "made_by": opt("api", str), "container_id": opt(None, str)},
+        "made_by": opt("api", str), "container_id": opt(None, str), "labels": opt(None, dict)},
        kind="change", **T),
     Op("port.del", "port_del", TENANT_PORT, kind="change", **T),
     Op("port.migrate", "migrate", {**TENANT_PORT, "to": req(str), "prepare": opt(False, bool),

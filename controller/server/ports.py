@@ -76,7 +76,8 @@ class PortsMixin:
 
     def port_add(self, tenant: str, switch: str, name: str | None = None, ip: str = "auto",
                  mac: str | None = None, host: str | None = None, workload: bool | str = True,
-                 ip6: str | None = None, made_by: str = "api", container_id: str | None = None) -> dict:
+                 ip6: str | None = None, made_by: str = "api", container_id: str | None = None,
+                 labels: dict | None = None) -> dict:
         """A port made by the API: stored with the tenant (marked madeBy: api), with the
         lowest free address of the switch unless `ip` is given, on the least busy host
         unless `host` is, and every policy a YAML port of that switch gets."""
@@ -113,6 +114,8 @@ class PortsMixin:
                 item["ip6"] = ip6
             if workload is not True:  # false, or a kind: namespace, vm, none (checked as YAML's)
                 item["workload"] = workload
+            if labels:  # checked as YAML's: each bad one named with its key
+                item["labels"] = labels
             if container_id:
                 item["containerId"] = container_id
             doc = schema.to_doc(t)

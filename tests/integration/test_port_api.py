@@ -1,6 +1,7 @@
 """Ports that come and go, on real OVS: `nvctl port add` makes a workload that reaches its
 switch at once, 50 adds from 50 processes get 50 distinct addresses, a full subnet is
-refused with a clear error, and `port del` leaves nothing behind."""
+refused with a clear error, and `port del` leaves nothing behind; labels given on the
+command line show in `tenant show`."""
 import json
 import subprocess
 import sys
@@ -40,6 +41,20 @@ def test_an_added_port_gets_a_workload_that_reaches_its_switch(blue):
     assert p["namespace"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+def test_labels_from_the_command_line_are_shown_and_a_bad_one_is_named(blue):
+    nvctl(blue, "port", "add", "blue", "--switch", "web", "--name", "lbl", "--no-workload",
+          "--label", "app=web", "--label", "example.com/tier=front", "--label", "canary=")
+    out = nvctl(blue, "tenant", "show", "blue").stdout
+    row = next(line for line in out.splitlines() if line.strip().startswith("lbl "))
+    assert row.split()[-1] == "app=web,canary=,example.com/tier=front", row
+    assert "labels:" in out and "example.com/tier: front" in out  # in the spec too
+    bad = nvctl(blue, "port", "add", "blue", "--switch", "web", "--label", "Tier=front end", check=False)
+    assert bad.returncode != 0 and "labels.Tier" in bad.stderr and "'front end'" in bad.stderr, bad.stderr
+    malformed = nvctl(blue, "port", "add", "blue", "--switch", "web", "--label", "app", check=False)
+    assert malformed.returncode != 0 and "KEY=VALUE" in malformed.stderr
+    nvctl(blue, "port", "del", "blue/lbl")
+
+
 def test_fifty_adds_from_fifty_processes_get_fifty_addresses(blue):
     cmd = [sys.executable, "-m", "controller.client.cli", "--state-dir", blue.dir, "port", "add", "blue",
            "--switch", "web", "--no-workload", "--json"]
@@ -65,3 +80,4 @@ def test_fifty_adds_from_fifty_processes_get_fifty_addresses(blue):
     blue.start_controller()
     blue.wait_synced(60)
     assert len(nvctl_json(blue, "tenant", "show", "blue")["ports"]) == 61
+

@@ -110,3 +110,31 @@ def test_concurrent_adds_get_distinct_addresses_and_twins_the_same(core):
         ips = sorted(ip for tt, ip in out if tt == t)
         assert len(set(ips)) == 25 and ips == sorted(f"10.0.0.{i}" for i in range(1, 26))
     assert desired(core) == full(core)
+
+
+def test_labels_given_to_an_api_port_are_stored_shown_and_kept_and_twins_have_their_own(core):
+    core.create(BLUE)
+    core.create(BLUE.replace("name: blue", "name: red"))
+    for t in ("blue", "red"):
+        out = core.port_add(t, "web", name="c1", host="hv2", labels={"app": "web", "example.com/tier": "front"})
+        assert out["port"]["name"] == "c1"
+    for t in ("blue", "red"):
+        p = core.tenants[t].tenant.port("c1")
+        assert dict(p.labels) == {"app": "web", "example.com/tier": "front"}
+        shown = {q["name"]: q for q in core.show(t)["spec"]["spec"]["ports"]}
+        assert shown["c1"]["labels"] == {"app": "web", "example.com/tier": "front"}
+    core.apply(BLUE.replace("10.0.0.14", "10.0.0.24"))  # a YAML that does not name c1 keeps it, labels too
+    assert dict(core.tenants["blue"].tenant.port("c1").labels) == {"app": "web", "example.com/tier": "front"}
+    restarted = Core(core.store)
+    assert dict(restarted.tenants["red"].tenant.port("c1").labels) == {"app": "web", "example.com/tier": "front"}
+
+
+def test_a_bad_label_is_refused_naming_it_and_nothing_is_added(core):
+    core.create(BLUE)
+    before = core.tenants["blue"].revision
+    with pytest.raises(ApiError) as e:
+        core.port_add("blue", "web", name="c1", labels={"app": "web server"})
+    assert any(path.endswith(".labels.app") and "'web server' must be empty or 1 to 63" in why
+               for path, why in e.value.errors), e.value.errors
+    assert core.tenants["blue"].revision == before
+    assert "c1" not in {p.name for p in core.tenants["blue"].tenant.ports}

@@ -174,3 +174,49 @@ def test_workload_must_be_a_known_kind(value):
     doc["spec"]["ports"][0]["workload"] = value
     errs = errors_of(yaml.safe_dump(doc))
     assert errs == [("spec.ports[0].workload", f"{value!r} is not one of namespace (or true), vm, none (or false)")]
+
+
+LABELLED = GOOD.replace("{name: web, cidr: 10.0.0.0/24}", "{name: web, cidr: 10.0.0.0/24, labels: {env: prod}}").replace(
+    "{name: vm1, switch: web, ip: 10.0.0.11, host: hv1}",
+    "{name: vm1, switch: web, ip: 10.0.0.11, host: hv1, labels: {app: web, app.kubernetes.io/tier: front, "
+    "canary: ''}}")
+
+
+def test_labels_on_ports_and_switches_round_trip():
+    from topology.schema import to_doc, validate
+    t = load_tenant(LABELLED, HOSTS)
+    assert dict(t.port("vm1").labels) == {"app": "web", "app.kubernetes.io/tier": "front", "canary": ""}
+    assert dict(t.switch("web").labels) == {"env": "prod"} and t.port("vm2").labels == ()
+    doc = to_doc(t)
+    assert doc["spec"]["ports"][0]["labels"] == {"app": "web", "app.kubernetes.io/tier": "front", "canary": ""}
+    assert "labels" not in doc["spec"]["ports"][1] and doc["spec"]["switches"][0]["labels"] == {"env": "prod"}
+    assert validate(doc, HOSTS) == t
+    # the same labels in another order are the same tenant
+    again = LABELLED.replace("{app: web, app.kubernetes.io/tier: front, canary: ''}",
+                             "{canary: '', app.kubernetes.io/tier: front, app: web}")
+    assert load_tenant(again, HOSTS) == t
+
+
+@pytest.mark.parametrize("labels, field, reason", [
+    ("{version: 2}", "version", "2 is not a string (quote it: \"2\")"),
+    ("{enabled: true}", "enabled", "True is not a string (quote it: \"true\")"),
+    ("{-app: web}", "-app", "'-app': the name '-app' must be 1 to 63 characters, letters, digits, '-', '_' "
+                            "and '.', beginning and ending with a letter or digit"),
+    ("{Example.COM/app: web}", "Example.COM/app", "'Example.COM/app': the prefix 'Example.COM' is not a DNS "
+                                                  "subdomain (lowercase letters, digits, '-' and '.', at most 253 "
+                                                  "characters)"),
+    ("{app: 'web server'}", "app", "'web server' must be empty or 1 to 63 characters, letters, digits, '-', '_' "
+                                   "and '.', beginning and ending with a letter or digit"),
+    ("{app: " + "x" * 64 + "}", "app", f"'{'x' * 64}' must be empty or 1 to 63 characters, letters, digits, '-', "
+                                       "'_' and '.', beginning and ending with a letter or digit"),
+])
+def test_a_label_that_kubernetes_would_refuse_is_refused_naming_it(labels, field, reason):
+    bad = GOOD.replace("{name: vm1, switch: web, ip: 10.0.0.11, host: hv1}",
+                       "{name: vm1, switch: web, ip: 10.0.0.11, host: hv1, labels: " + labels + "}")
+    assert errors_of(bad) == [(f"spec.ports[0].labels.{field}", reason)]
+
+
+def test_labels_must_be_a_mapping():
+    bad = GOOD.replace("{name: web, cidr: 10.0.0.0/24}", "{name: web, cidr: 10.0.0.0/24, labels: [app]}")
+    errs = errors_of(bad)
+    assert ("spec.switches[0].labels", "must be a mapping of key: value, got list") in errs

@@ -16,7 +16,9 @@ in the environment and the network configuration on stdin:
                                           Debian's)
 
 ADD     makes a port for the container through the API (madeBy: cni; its name from
-        K8S_POD_NAME, else "c" + the container id; IP= and MAC= in CNI_ARGS are honoured),
+        K8S_POD_NAME, else "c" + the container id; IP= and MAC= in CNI_ARGS are honoured;
+        labels from the network configuration's args.cni.labels and CNI_ARGS's
+        NVCTL_LABELS=k=v,k2=v2),
         plugs a veth from the container's CNI_IFNAME into that host's br-int, sets the
         port's MAC, MTU, addresses and routes, and prints the result
 DEL     unplugs and deletes the port; idempotent, also when the namespace is gone
@@ -64,6 +66,26 @@ def port_name(container_id: str, args: dict) -> str:
     if not cid:
         raise CniError(E_ENV, "CNI_CONTAINERID is empty")
     return "c" + cid[:31]
+
+
+def request_labels(cfg: dict, args: dict) -> dict:
+    """The labels the runtime asks for the container's port: the CNI convention's
+    `args.cni.labels` in the network configuration ([{"key": K, "value": V}, ...]; in a
+    conflist, or injected by the runtime), then CNI_ARGS's NVCTL_LABELS=K=V,K2=V2 (a
+    container of its own: `cnitool` passes CNI_ARGS through), which wins on the same key.
+    The controller checks them as it checks the YAML's."""
+    out: dict = {}
+    conv = ((cfg.get("args") or {}).get("cni") or {}).get("labels") if isinstance(cfg.get("args"), dict) else None
+    for k, item in enumerate(conv or []):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or "value" not in item:
+            raise CniError(E_CONFIG, f"args.cni.labels[{k}]: must be {{\"key\": ..., \"value\": ...}}")
+        out[item["key"]] = item["value"]
+    for part in filter(None, args.get("NVCTL_LABELS", "").split(",")):
+        k, eq, v = part.partition("=")
+        if not eq or not k:
+            raise CniError(E_ENV, f"CNI_ARGS: NVCTL_LABELS: {part!r} is not KEY=VALUE")
+        out[k] = v
+    return out
 
 
 def parse_args(text: str) -> dict:
@@ -173,7 +195,7 @@ def cmd_add(cfg: dict) -> dict:
     except CniError:
         att = _call(cfg, "port.add", tenant=cfg["tenant"], switch=cfg["switch"], name=name, host=host,
                     ip=args.get("IP", "auto"), mac=args.get("MAC"), workload=False, made_by="cni",
-                    container_id=env["CNI_CONTAINERID"])["port"]
+                    container_id=env["CNI_CONTAINERID"], labels=request_labels(cfg, args) or None)["port"]
     try:
         if workload.container_interface(env["CNI_NETNS"], env["CNI_IFNAME"]) is None:
             workload.plug_container(env["CNI_NETNS"], env["CNI_IFNAME"], att.get("host_netns"), att["host_ifname"],

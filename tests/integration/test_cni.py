@@ -211,11 +211,13 @@ def assert_spec_result(r: dict, version: str) -> None:
 def test_cnitool_through_libcni_adds_checks_and_deletes(lab, podman, cnitool):
     with open(cnitool / "net" / "blue-web.conflist", "w") as f:
         json.dump({"cniVersion": "1.0.0", "name": "blue-web", "plugins": [
-            {"type": "nvctl-cni", "tenant": "blue", "switch": "web", "host": "hv2", "stateDir": lab.dir}]}, f)
+            {"type": "nvctl-cni", "tenant": "blue", "switch": "web", "host": "hv2", "stateDir": lab.dir,
+             "args": {"cni": {"labels": [{"key": "app", "value": "web"}, {"key": "tier", "value": "back"}]}}}]}, f)
     ns = f"nvt-cnitool-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     env = {**os.environ, "NETCONFPATH": str(cnitool / "net"), "CNI_PATH": str(cnitool / "net" / "plugins"),
-           "CNI_CACHEDIR": str(cnitool / "cache"), "CNI_CONTAINERID": "cafe" * 16}
+           "CNI_CACHEDIR": str(cnitool / "cache"), "CNI_CONTAINERID": "cafe" * 16,
+           "CNI_ARGS": "NVCTL_LABELS=tier=front,example.com/team=pay"}
 
     def tool(*args):
         return subprocess.run([str(cnitool / "cnitool"), *args, "blue-web", f"/run/netns/{ns}"], env=env,
@@ -228,6 +230,9 @@ def test_cnitool_through_libcni_adds_checks_and_deletes(lab, podman, cnitool):
         assert_spec_result(r, "1.0.0")
         ip = r["ips"][0]["address"].split("/")[0]
         assert "c" + "cafe" * 7 + "caf" in container_ports(lab, "blue")
+        spec = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["spec"]["spec"]["ports"]}
+        # the conflist's args.cni.labels, and CNI_ARGS's NVCTL_LABELS winning on tier
+        assert spec["c" + "cafe" * 7 + "caf"]["labels"] == {"app": "web", "tier": "front", "example.com/team": "pay"}
         assert tool("check").returncode == 0  # libcni sends ADD's cached result as prevResult
         got = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "2", "-W", "2", "10.0.0.11"],
                              capture_output=True, text=True)

@@ -89,39 +89,41 @@ class Encap(Layer):
                     to_controller(t.tenant_id),
                     rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP"
                          f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
+            def tunnel_copies(dests, then):
+                """Actions sending the packet to each of `dests`' PAs, then `then` (the last
+                copy's own goto, or what comes after the copies)."""
+                acts = [SetField("tunnel_id", vni)]
+                for h in dests:
+                    acts += [SetField("tun_ipv4_dst", t.pa[h]), check, out.resubmit("tunnel_out")]
+                if then is None:
+                    acts[-1] = out.goto("tunnel_out")
+                else:
+                    acts.append(then)
+                return acts
             for p in ports:
                 key = OUTPORT.m(t.port_key[p.name])
+                # a migrating port's traffic goes to both bindings; the pending one drops
+                # its copy until the guest announces itself there (activation layer)
                 pending = p.pending if p.pending in t.pa else None
                 if pending is None:
                     out.to((p.host,), out.flow(
                         "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
                         rule=f"port {p.name} is local"))
-                else:  # migrating: what its host's own ports send goes to the pending binding too
+                else:  # what its host's own ports send goes to the pending binding too
                     out.to((p.host,), out.flow(
                         "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(1)),
                         (out.goto("@egress"),), rule=f"port {p.name} is local"))
                     out.to((p.host,), out.flow(
                         "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
-                        (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[pending]), check,
-                         out.resubmit("tunnel_out"), out.goto("@egress")),
+                        tunnel_copies((pending,), out.goto("@egress")),
                         rule=f"port {p.name} is local, and pending on {pending} (migrating)"))
-                # a migrating port's traffic goes to both bindings; the pending one drops
-                # its copy until the guest announces itself there (activation layer)
-                to = (p.host,) if pending is None else (p.host, pending)
-                tunnels = []
-                for h in to:
-                    tunnels += [SetField("tun_ipv4_dst", t.pa[h]), check, out.resubmit("tunnel_out")]
-                tunnels[-1] = out.goto("tunnel_out")
-                remote = out.flow(
-                    "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
-                    (SetField("tunnel_id", vni), *tunnels),
-                    rule=f"port {p.name} is on {p.host}" + (f", and pending on {pending}" if pending else ""))
-                out.to((h for h in hosts if h != p.host and h != pending), remote)
-                if pending is not None and pending in hosts:
-                    out.to((pending,), out.flow(
-                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
-                        (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", t.pa[p.host]), check,
-                         out.goto("tunnel_out")), rule=f"port {p.name} is on {p.host}"))
+                remote = Match.of(**ls, **key, **FROM_TUNNEL.m(0))
+                out.to((h for h in hosts if h not in (p.host, pending)), out.flow(
+                    "dispatch", PRIO_UNICAST, remote, tunnel_copies((p.host,) + ((pending,) if pending else ()), None),
+                    rule=f"port {p.name} is on {p.host}" + (f", and pending on {pending}" if pending else "")))
+                if pending in hosts:
+                    out.to((pending,), out.flow("dispatch", PRIO_UNICAST, remote, tunnel_copies((p.host,), None),
+                                                rule=f"port {p.name} is on {p.host}"))
             flood = OUTPORT.m(FLOOD_PORT_KEY)
             for h in members:
                 local = []

@@ -43,7 +43,7 @@ from controller.spaces.ids import FIRST_OFPORT, MAX_OFPORT, WORKLOAD_OFPORTS
 from controller.spaces.names import pending_name
 from controller.server import change as change_path
 from controller.server.change import Rebinding
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_host
 from tep.driver import host_db
 from tep.ovs import OvsError
 
@@ -258,7 +258,7 @@ class BindingsMixin:
         bound, what moved, and `renumber`: interfaces to move off infrastructure
         numbers (interface name -> ofport)."""
         if host not in self.hosts:
-            raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})", [("host", "not registered")])
+            raise unknown_host(host, self.hosts, "host")
         w = self.watch
         with w.cond:
             table = {} if complete else dict(w.interfaces.get(host, {}))
@@ -324,7 +324,7 @@ class BindingsMixin:
         null (gone), "iface_id": ... (optional)}. The answer's `renumber` lists the
         interfaces the host should move (set their ofport_request) to be bound."""
         if host not in self.hosts:
-            raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})", [("host", "not registered")])
+            raise unknown_host(host, self.hosts, "host")
         return self.observe_interfaces(host, reported_items(host, interfaces), complete)
 
     # -- for the views ---------------------------------------------------------------------

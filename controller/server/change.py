@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from topology import schema
 from topology.model import Tenant
 from controller.compile.compiler import compile_tenant
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_host
 from controller.spaces.names import pending_name
 from controller.server.entry import TenantEntry
 from controller.state.store import HostRecord
@@ -146,7 +146,7 @@ class Migration(TenantChange):
 
     def check(self, core) -> None:
         if self.dst not in core.hosts:
-            raise ApiError(f"no host {self.dst!r} (hosts: {', '.join(sorted(core.hosts))})")
+            raise unknown_host(self.dst, core.hosts)
         if self.dst == self.src:
             raise ApiError(f"{self.name}/{self.port} is already on {self.dst}")
 
@@ -202,7 +202,7 @@ class PendingBinding(TenantChange):
     def check(self, core) -> None:
         super().check(core)
         if self.dst is not None and self.dst not in core.hosts:
-            raise ApiError(f"no host {self.dst!r} (hosts: {', '.join(sorted(core.hosts))})", [("to", "not registered")])
+            raise unknown_host(self.dst, core.hosts, "to")
         if self.dst == self.src:
             raise ApiError(f"{self.name}/{self.port} is already on {self.dst}", [("to", "the port's own host")])
 

@@ -14,3 +14,10 @@ def unknown_tenant(name) -> ApiError:
     """The one answer for a tenant that does not exist: a tenant credential asking about
     another tenant gets exactly this too (controller.server.access), so it must not vary."""
     return ApiError(f"no tenant {name!r}")
+
+
+def unknown_host(name, hosts, arg: str | None = None) -> ApiError:
+    """A host that is not registered, with the ones that are; `arg`: the argument that
+    named it, for the field list."""
+    return ApiError(f"no host {name!r} (hosts: {', '.join(sorted(hosts))})",
+                    [(arg, "not registered")] if arg else None)

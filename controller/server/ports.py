@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 from topology import schema
-from controller.server.errors import ApiError, unknown_tenant
+from controller.server.errors import ApiError, unknown_host, unknown_tenant
 from controller.server import change as change_path
 from controller.server.change import Migration, TenantChange
 from controller.spaces.names import pending_name
@@ -144,11 +144,16 @@ class PortsMixin:
                 "dns": str(svc.ip) if sw.dhcp else None, "domain": t.domain,
                 "ofport": e.alloc.ofport[port], "iface_id": f"{tenant}/{port}", "workload": p.workload,
                 "made_by": p.made_by, "container_id": p.container_id, "host_ifname": host_ifname(tenant, port),
-                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload and not p.vm else None,
-                "vm": self._guest_info(tenant, port, p.host) if p.vm else None,
-                **({"pending": p.pending, "pending_ofport": e.alloc.ofport.get(pending_name(port))}
-                   if p.pending else {}),
+                **self._workload_fields(tenant, e, p),
                 "host_netns": info.get("netns"), "host_ovsdb": info.get("ovsdb") if info.get("netns") else None}
+
+    def _workload_fields(self, tenant: str, e, p) -> dict:
+        """What port.info and port.attachment say of a port's workload: its namespace or
+        its VM's guest, and a migration's pending binding."""
+        return {"namespace": self.driver.namespace(tenant, p.name, p.host) if p.workload and not p.vm else None,
+                "vm": self._guest_info(tenant, p.name, p.host) if p.vm else None,
+                **({"pending": p.pending, "pending_ofport": e.alloc.ofport.get(pending_name(p.name))}
+                   if p.pending else {})}
 
     def _guest_info(self, tenant: str, port: str, host: str) -> dict | None:
         """Where a VM port's guest is reached on its host (the lab's): its agent and
@@ -179,7 +184,7 @@ class PortsMixin:
         with self.mutex:
             e, p = self._port(tenant, port)
             if to not in self.hosts:
-                raise ApiError(f"no host {to!r} (hosts: {', '.join(sorted(self.hosts))})", [("to", "not registered")])
+                raise unknown_host(to, self.hosts, "to")
             if not (p.vm or prepare or p.pending):
                 return change_path.run(self, Migration(e, port, to))
         if bandwidth_mbps is not None and not 0 < bandwidth_mbps <= 100_000:

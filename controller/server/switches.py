@@ -17,7 +17,7 @@ from controller.layers.acl import FromPortAcl, ToPortAcl
 from controller.switch import reconciler
 from controller.switch.reconciler import HostState
 from controller.state.store import HostRecord
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, unknown_host
 from controller.server.entry import TenantEntry
 from tep.ovs import Ovsdb
 
@@ -259,7 +259,7 @@ class SwitchesMixin:
         difference (flows deleted or added by hand), without reconnecting."""
         st = self.state.get(name)
         if st is None:
-            raise ApiError(f"no host {name!r} (hosts: {', '.join(sorted(self.hosts))})")
+            raise unknown_host(name, self.hosts)
         if st.session is None:
             raise ApiError(f"host {name} is not connected")
         t0 = self.clock()

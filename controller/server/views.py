@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import time
 
-from controller.spaces.names import pending_name
 from dataplane.match_action import cookie_layer, cookie_tenant
 from topology import schema
 from controller.compile.pipeline import LAYER_BY_ID
 from controller.switch import reconciler
 from controller.switch.reconciler import HostState
-from controller.server.errors import ApiError, unknown_tenant
+from controller.server.errors import ApiError, unknown_host, unknown_tenant
 
 
 class ViewsMixin:
@@ -148,7 +147,7 @@ class ViewsMixin:
         if tenant is not None and tenant not in self.tenants:
             raise unknown_tenant(tenant)
         if host is not None and host not in self.hosts:
-            raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
+            raise unknown_host(host, self.hosts)
         from controller.analysis import installed
         with self.mutex:  # one consistent view: intent and the switches, read together
             view = installed.View(self._placement(), {n: (e.tenant, e.alloc) for n, e in self.tenants.items()},
@@ -167,14 +166,11 @@ class ViewsMixin:
         self.interfaces_settled({p.host})
         return {"tenant": tenant, "port": port, "host": p.host, "ip": str(p.ip), "mac": p.mac,
                 "ofport": e.alloc.ofport[port], **self.port_binding(tenant, e, p),
-                "namespace": self.driver.namespace(tenant, port, p.host) if p.workload and not p.vm else None,
-                "vm": self._guest_info(tenant, port, p.host) if p.vm else None,
-                **({"pending": p.pending, "pending_ofport": e.alloc.ofport.get(pending_name(port))}
-                   if p.pending else {})}
+                **self._workload_fields(tenant, e, p)}
 
     def flows(self, host: str, read_switch: bool = True) -> dict:
         if host not in self.hosts:
-            raise ApiError(f"no host {host!r} (hosts: {', '.join(sorted(self.hosts))})")
+            raise unknown_host(host, self.hosts)
         st = self.state[host]
         on_switch = None
         if read_switch and st.session is not None:

@@ -35,6 +35,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from controller.layers.activation import ETH_TYPE_RARP
 from controller.server import change as change_path
 from controller.server.change import Activation, PendingBinding
 from controller.server.errors import ApiError
@@ -56,6 +57,12 @@ class VmMove:
     cancelled: bool = False
     copying: bool = False
     activation: dict = field(default_factory=dict)
+
+
+def _port_of(e, name: str):
+    """A tenant entry's port by name; None when the entry or the port is gone (deleted
+    while its migration ran)."""
+    return next((p for p in e.tenant.ports if p.name == name), None) if e is not None else None
 
 
 def _ms(a: float, b: float) -> float:
@@ -149,7 +156,8 @@ class VmMigrationMixin:
         with self.mutex:
             self.vm_moves.pop((mv.tenant, mv.port), None)
             e = self.tenants.get(mv.tenant)
-            if e is not None and e.tenant.port(mv.port) is not None and e.tenant.port(mv.port).pending:
+            p = _port_of(e, mv.port)
+            if p is not None and p.pending:
                 change_path.run(self, PendingBinding(e, mv.port, None))
 
     def cancel_migration(self, tenant: str, port: str) -> dict:
@@ -189,7 +197,7 @@ class VmMigrationMixin:
                     if key in self.activating:
                         return
                     self.activating.add(key)
-                    kind = "RARP" if data[12:14] == b"\x80\x35" else "gratuitous ARP"
+                    kind = "RARP" if int.from_bytes(data[12:14], "big") == ETH_TYPE_RARP else "gratuitous ARP"
                     threading.Thread(target=self._activate_thread, args=(key, f"its {kind}", seen_at),
                                      name="activation", daemon=True).start()
                     return
@@ -206,9 +214,9 @@ class VmMigrationMixin:
         """The pending binding on `host` becomes the port's placement (change.Activation)."""
         with self.mutex:
             e = self.tenants.get(tenant)
-            p = e.tenant.port(port) if e is not None else None
+            p = _port_of(e, port)
             if p is None or p.pending != host:
-                return None  # activated already, or cancelled meanwhile
+                return None  # activated already, cancelled, or the port (or tenant) deleted meanwhile
             r = change_path.run(self, Activation(e, port, by, seen_at))
             LOG.info("%s/%s activated on %s by %s: %s", tenant, port, host, by, r.get("timings_ms"))
             mv = self.vm_moves.get((tenant, port))

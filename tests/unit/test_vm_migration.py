@@ -198,3 +198,12 @@ def test_cancelling_what_is_not_migrating_is_an_error(vcore):
     vcore.create(BLUE)
     with pytest.raises(ApiError, match="is not migrating"):
         vcore.cancel_migration("blue", "vm1")
+
+
+def test_an_announcement_for_a_port_deleted_meanwhile_activates_nothing(vcore):
+    vcore.create(VM_BLUE)
+    vcore.migrate("blue", "vm1", "hv3", prepare=True)
+    vcore.port_del("blue", "vm1")
+    assert vcore.activate("blue", "vm1", "hv3", by="its RARP") is None
+    vcore.delete("blue")
+    assert vcore.activate("blue", "vm1", "hv3", by="its RARP") is None

@@ -99,16 +99,22 @@ def test_a_podman_container_joins_the_tenant_and_reaches_its_workload_across_hos
     mtu = podman("exec", "cblue", "cat", "/sys/class/net/eth0/mtu").stdout.strip()
     assert mtu == "1450"
     red_vm1 = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "red")["ports"]}["vm1"]
-    # busybox ping has no payload pattern: the probes are tagged by their size instead
-    probe = 777
-    cap = Capture(red_vm1["namespace"], "eth0", f"icmp and ip[2:2] == {probe + 28}")
+    # red's vm1 has the same CA and never hears blue's container
+    assert pings_overheard(podman, "cblue", "10.0.0.11", red_vm1["namespace"], probe=777) == 0
+
+
+def pings_overheard(podman, container: str, dst: str, listener_ns: str, probe: int) -> int:
+    """`container` pings `dst` three times, every one answered; how many of those probes a
+    capture in `listener_ns` saw. busybox ping has no payload pattern: the probes are
+    tagged by their size (`probe` bytes of payload) instead."""
+    cap = Capture(listener_ns, "eth0", f"icmp and ip[2:2] == {probe + 28}")
     try:
-        got = podman("exec", "cblue", "ping", "-c", "3", "-W", "2", "-s", str(probe), "10.0.0.11", check=False)
+        got = podman("exec", container, "ping", "-c", "3", "-W", "2", "-s", str(probe), dst, check=False)
         assert " 0% packet loss" in got.stdout, got.stdout + got.stderr
         time.sleep(0.3)
     finally:
-        leaked = cap.stop()
-    assert leaked == 0  # red's vm1 has the same CA and never hears blue's container
+        heard = cap.stop()
+    return heard
 
 
 def test_the_ip_a_runtime_asks_for_is_honoured(lab, podman):

@@ -18,8 +18,8 @@ from scenarios.machines import INSIDE
 from tep import workload
 from tep.driver import host_ifname
 from tests.integration.conftest import running_lab
-from tests.integration.helpers import ROOT, Capture
-from tests.integration.test_cni import PLUGIN, Podman
+from tests.integration.helpers import ROOT
+from tests.integration.test_cni import PLUGIN, Podman, pings_overheard
 from topology.builder import tenant_yaml
 
 CLIENT = os.path.join(os.path.dirname(__file__), "netclient.py")
@@ -179,15 +179,7 @@ def test_a_podman_container_on_a_joined_host_is_attached_over_the_network(iso, o
     assert b["host"] == r["host"] == "hv2" and b["ip"] == r["ip"]  # twins: the same address
     assert wait_up(op, "blue", b["name"])["up"]
     # blue's container reaches blue's vm1 on hv1; red's vm1 (same CA, same MAC) never hears it
-    probe = 733
-    cap = Capture(twins["red"], "eth0", f"icmp and ip[2:2] == {probe + 28}")
-    try:
-        got = podman("exec", "cblue", "ping", "-c", "3", "-W", "2", "-s", str(probe), "10.0.0.11", check=False)
-        assert " 0% packet loss" in got.stdout, got.stdout + got.stderr
-        time.sleep(0.3)
-    finally:
-        leaked = cap.stop()
-    assert leaked == 0
+    assert pings_overheard(podman, "cblue", "10.0.0.11", twins["red"], probe=733) == 0
     # the plugin asked as host hv2: the audit trail says so
     audit = nvj(op, ADMIN, "audit", "--last", "500")
     assert any(e["who"] == "host-hv2" and e["op"] == "port.add" and e["result"] == "ok" for e in audit)

@@ -22,6 +22,18 @@ def core(tmp_path):
 
 
 @pytest.fixture
+def switched_core(core):
+    """`core` with a fake switch (OpenFlow's semantics, no OVS) connected for each host,
+    in `core.switches`."""
+    from controller.switch.fake import FakeSwitch
+    core.switches = {}
+    for i in (1, 2, 3):
+        sw = core.switches[f"hv{i}"] = FakeSwitch(0x100 + i)
+        core.switch_connected(sw)
+    return core
+
+
+@pytest.fixture
 def blue_red():
     """world(BLUE, RED): two one-switch tenants with the same CIDR and port names."""
     return world(BLUE, RED)

@@ -136,3 +136,24 @@ def test_verify_holds_during_the_dual_binding_for_twins():
     r = verify(network_from_compiled(HOSTS, pend, {h: list(f.values()) for h, f in net.flows.items()}))
     assert r.ok, r.format()
     assert r.checked["port_starts"] == 10  # 4 ports each, and each pending interface
+
+
+def test_verify_finds_a_pending_interface_that_reaches_the_twin():
+    """The leak a dual binding could make: the pending interface's activation flow
+    delivering to the other tenant's port. verify starts from the pending interface too."""
+    from controller.analysis.verify import verify
+    from controller.analysis.verify_model import network_from_compiled
+    from dataplane.match_action import Flow, Output
+    red = BLUE.replace("name: blue", "name: red")
+    pend, _ = _pending(world(BLUE, red))
+    net = Net(pend)
+    n = pend["blue"][1].ofport[pending_name("vm1")]
+    flows = {h: list(f.values()) for h, f in net.flows.items()}
+    f = next(x for x in flows["hv2"] if x.table.name == "activation" and f"in_port={n}," in x.ofctl()
+             and "arp" not in x.ofctl())
+    planted = Flow(f.table, f.priority, f.match, (Output(pend["red"][1].ofport["vm2"]),), f.layer_id,
+                   f.tenant_id, "planted: to red's vm2")
+    flows["hv2"] = [planted if x is f else x for x in flows["hv2"]]
+    r = verify(network_from_compiled(HOSTS, pend, flows))
+    assert not r.ok and r.violations[0].tenants == ["blue", "red"], r.format()
+    assert r.violations[0].in_port == n and r.violations[0].host == "hv2"

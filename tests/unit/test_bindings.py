@@ -18,13 +18,8 @@ from tests.unit.fixtures import BLUE, RED, tenant_yaml
 
 
 @pytest.fixture
-def core(core):
-    """conftest's core with a fake switch connected for each host."""
-    core.switches = {}
-    for i in (1, 2, 3):
-        sw = core.switches[f"hv{i}"] = FakeSwitch(0x100 + i)
-        core.switch_connected(sw)
-    return core
+def core(switched_core):
+    return switched_core
 
 
 def canon(flows) -> list[str]:

@@ -6,19 +6,13 @@ from controller.server.errors import ApiError
 from controller.compile.desired import DesiredState
 from controller.switch.reconciler import differences
 from dataplane.match_action import Flow, Output, meters_of
-from controller.switch.fake import FakeSwitch
 from tests.unit.fixtures import BLUE
 from tests.unit.test_golden import DOC as SHOP
 
 
 @pytest.fixture
-def core(core):
-    """conftest's core with a fake switch connected for each host."""
-    core.switches = {}
-    for i in (1, 2, 3):
-        sw = core.switches[f"hv{i}"] = FakeSwitch(0x100 + i)
-        core.switch_connected(sw)
-    return core
+def core(switched_core):
+    return switched_core
 
 
 def twin(doc: str, name: str, ext: int) -> str:

@@ -20,6 +20,16 @@ Roles:
   host:NAME       what a hypervisor and its runtimes need: its own host's operations,
                   ports placed on itself (add, remove, attach), tenants' switches, specs
                   and address holds; no change on another host
+  layer:LAYER[@TENANT]
+                  a controller that owns one policy layer (LAYER one of
+                  controller.server.owners.LAYERS: acls, networkPolicies, loadBalancers,
+                  nat) of every tenant's spec, or of TENANT's only: it lists those tenants
+                  (names only) and reads and writes that layer (layer.show, layer.put), and
+                  nothing else: not ports, not the rest of the spec, not another layer, not
+                  verify, stats or the audit trail. The first layer.put makes it the
+                  layer's owner; owners.py says what that protects. With @TENANT, another
+                  tenant is hidden as for tenant:NAME (reads: "no tenant 'X'"; writes:
+                  refused without saying whether it exists)
 
 `decide(principal, op, args, ...)` is the one decision, made by the API server before
 an operation is called (controller.server.api); the operations declare their scope
@@ -39,6 +49,7 @@ from dataclasses import dataclass, field
 
 from controller.server.errors import ApiError, unknown_tenant
 from controller.server.ops import Op, scope_of
+from controller.server.owners import LAYERS
 
 LOG = logging.getLogger("nvctl.audit")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -61,6 +72,9 @@ HIDDEN_RESULT = {"progress": None}
 HOST_TENANT_OPS = frozenset({"switch.info", "ipam.hold", "ipam.release", "port.add", "port.del",
                              "port.attachment", "port.info", "tenant.show"})
 HOST_OWN_PORT_OPS = frozenset({"port.del", "port.attachment", "port.info"})
+# what a layer:LAYER credential may do with a tenant (its own layer only)
+LAYER_OPS = frozenset({"layer.show", "layer.put"})
+ROLES = "admin, viewer, tenant:NAME, host:NAME or layer:LAYER[@TENANT]"
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,11 @@ class Principal:
     def host(self) -> str | None:
         return self.role.split(":", 1)[1] if self.role.startswith("host:") else None
 
+    @property
+    def layer(self) -> tuple[str, str | None] | None:
+        """(LAYER, TENANT or None for every tenant) of a layer:LAYER[@TENANT] role."""
+        return parse_layer_role(self.role)
+
     def to_json(self) -> dict:
         return {"name": self.name, "role": self.role, "via": self.via, "peer": self.peer}
 
@@ -89,6 +108,17 @@ class Principal:
 ROOT = Principal("root", "admin", "unix")
 
 
+def parse_layer_role(role) -> tuple[str, str | None] | None:
+    """layer:LAYER -> (LAYER, None); layer:LAYER@TENANT -> (LAYER, TENANT); else None."""
+    kind, sep, rest = str(role).partition(":")
+    if kind != "layer" or not sep:
+        return None
+    layer, at, tenant = rest.partition("@")
+    if layer not in LAYERS or (at and not NAME_RE.match(tenant)):
+        return None
+    return layer, tenant if at else None
+
+
 def check_role(role) -> str:
     """The role, or an ApiError naming what is wrong with it."""
     if role in ("admin", "viewer"):
@@ -96,8 +126,14 @@ def check_role(role) -> str:
     kind, sep, name = str(role).partition(":")
     if sep and kind in ("tenant", "host") and NAME_RE.match(name):
         return role
-    raise ApiError(f"role {role!r}: one of admin, viewer, tenant:NAME, host:NAME",
-                   [["role", "admin, viewer, tenant:NAME or host:NAME"]])
+    if kind == "layer" and sep:
+        if parse_layer_role(role) is not None:
+            return role
+        layer, at, tenant = name.partition("@")
+        why = (f"LAYER {layer!r} is not one of {', '.join(LAYERS)}" if layer not in LAYERS else
+               f"TENANT {tenant!r} is not a name (a-z, 0-9, '-', starting with a letter)")
+        raise ApiError(f"role {role!r}: {why}", [["role", f"layer:LAYER[@TENANT], LAYER one of {', '.join(LAYERS)}"]])
+    raise ApiError(f"role {role!r}: one of {ROLES}", [["role", ROLES]])
 
 
 def digest(secret: str) -> str:
@@ -120,6 +156,7 @@ class Decision:
     answer: dict | None = None  # when refused: the answer to give
     scope: str = ""  # for the audit trail: "tenant:blue", "host:hv1", "cluster", ""
     filter_tenant: str | None = None  # keep only this tenant's rows of a list's answer
+    fields: tuple | None = None  # keep only these keys of each row of a list's answer
 
 
 def _deny(why: str, scope: str) -> Decision:
@@ -150,6 +187,8 @@ def decide(p: Principal, op: Op, args: dict, context: dict | None = None, port_h
         return _decide_tenant(p, p.tenant, op, args, kind, name, scope)
     if p.host is not None:
         return _decide_host(p, p.host, op, args, kind, name, scope, port_host)
+    if p.layer is not None:
+        return _decide_layer(p, *p.layer, op, args, kind, name, scope)
     return _deny(f"unknown role {p.role!r}", scope)
 
 
@@ -184,6 +223,26 @@ def _decide_host(p, mine, op, args, kind, name, scope, port_host) -> Decision:
                 return _deny(f"{p.name} may only touch ports placed on host {mine}", scope)
         return Decision(True, args, scope=scope)
     return _deny(f"{op.name} is not for host credentials ({p.name} is {p.role})", scope)
+
+
+def _decide_layer(p, layer, only, op, args, kind, name, scope) -> Decision:
+    which = f"tenant {only}" if only else "every tenant"
+    may = (f"it may list tenants and read and write spec.{layer} of {which} (layer.show, layer.put), "
+           "nothing else")
+    if kind == "tenant" and op.name in LAYER_OPS and name is not None:
+        if only is not None and name != only:
+            if op.kind == "read":
+                return _hide(name, scope)
+            return _deny(f"{p.name} may only use tenant {only}", scope)
+        if args.get("layer") != layer:
+            return _deny(f"{p.name} ({p.role}) may not touch spec.{args.get('layer')}: {may}", scope)
+        if args.get("release"):
+            return _deny(f"only an admin releases a layer's owner ({p.name} is {p.role})", scope)
+        return Decision(True, args, scope=scope)
+    if kind == "cluster" and op.name == "tenant.list":
+        return Decision(True, args, scope=f"tenant:{only}" if only else "cluster", filter_tenant=only,
+                        fields=("name",))
+    return _deny(f"{p.name} ({p.role}) may not call {op.name}: {may}", scope)
 
 
 # credentials -------------------------------------------------------------------------

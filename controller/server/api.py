@@ -30,7 +30,7 @@ import time
 import uuid
 
 from controller.server.access import ROOT, AuditTrail, Principal, decide
-from controller.server.errors import ApiError
+from controller.server.errors import ApiError, Refused
 from controller.server.ops import LOCAL_OPS, OPS, WRITE_OPS, Op, check_args, describe, resolve
 from controller.transport.framing import receive, request, send
 
@@ -85,7 +85,7 @@ def invoke(core, op: Op, args: dict, rid: str, context: dict | None = None, buil
             result = resolve(core, op)(**args, **{k: (context or {}).get(k) for k in op.context})
         return {"ok": True, "result": result}
     except ApiError as e:
-        return {"ok": False, "error": str(e), "errors": e.errors}
+        return {"ok": False, "error": str(e), "errors": e.errors, **({"denied": True} if isinstance(e, Refused) else {})}
     except Exception as e:
         return failure(op.name, rid, e)
     finally:
@@ -182,7 +182,7 @@ class ApiServer:
         return self.core.port_host(tenant, port)
 
     def _audit(self, principal: Principal, op, scope: str, rid, answer: dict, refused: bool = False) -> dict:
-        if refused:
+        if refused or answer.get("denied"):  # by role (access.decide), or inside the operation (errors.Refused)
             result = "refused: " + str(answer.get("error") or "hidden (answered as for no such tenant)")
         elif answer.get("ok"):
             result = "ok"
@@ -234,11 +234,13 @@ class ApiServer:
                             "action": f"already applied ({what}; the request was retried after a failover)"}})
                     self.core.store.request_id.value = rid
                     LOG.info("%s %s: doing it", op, rid)
-            if o.call is None:  # the server's own answers may say who asks
+            if o.call is None or "principal" in o.context:  # the answer may depend on who asks
                 context = {**(context or {}), "principal": principal.to_json()}
             answer = invoke(self.core, o, args, log_id, context, builtins=self.builtins)
             if d.filter_tenant is not None and answer.get("ok"):
                 answer["result"] = [r for r in answer["result"] if r.get("name") == d.filter_tenant]
+            if d.fields is not None and answer.get("ok"):
+                answer["result"] = [{k: r[k] for k in d.fields if k in r} for r in answer["result"]]
             return self._audit(principal, op, d.scope, log_id, answer)
         except Exception as e:  # around the operation: the dedup's store read, the forwarding
             return self._audit(principal, op, d.scope, log_id, failure(op, log_id, e))

@@ -103,10 +103,13 @@ class TenantChange(Change):
 
     keeps_pending = True  # a VM's pending binding (a live migration under way) outlives the change
 
-    def __init__(self, old: TenantEntry | None, new: Tenant | None, action: str, name: str | None = None):
+    def __init__(self, old: TenantEntry | None, new: Tenant | None, action: str, name: str | None = None,
+                 layers: dict | None = None):
+        """`layers`: the tenant's layer record to store with it (None: the old one's,
+        controller.server.owners)."""
         if self.keeps_pending and old is not None and new is not None:
             new = with_pending(old.tenant, new)
-        self.old, self.new, self.action = old, new, action
+        self.old, self.new, self.action, self.layers = old, new, action, layers
         self.name = name or (new.name if new is not None else old.tenant.name)
         self.entry: TenantEntry | None = None
 
@@ -120,7 +123,7 @@ class TenantChange(Change):
             core.store.delete_tenant(self.name, old.revision)
             core._replace_entry(self.name, None)
             return core.desired.swap(old.flows, {})
-        self.entry, changed = core._commit(self.new, old)
+        self.entry, changed = core._commit(self.new, old, self.layers)
         return changed
 
     def attach(self, core, progress) -> list[str]:
@@ -348,8 +351,8 @@ class Rebinding(Change):
         h, old = self.host, core.tenants[name]
         alloc = dataclasses.replace(old.alloc, ofport={**old.alloc.ofport, **ports})
         mine = compile_tenant(old.tenant, alloc, core._placement()).get(h, [])
-        rev = core.store.put_tenant(name, schema.to_doc(old.tenant), alloc.to_json(), old.revision)
-        core._replace_entry(name, TenantEntry(old.tenant, alloc, rev, {**old.flows, h: mine}))
+        rev = core.store.put_tenant(name, schema.to_doc(old.tenant), alloc.to_json(), old.revision, old.layers)
+        core._replace_entry(name, TenantEntry(old.tenant, alloc, rev, {**old.flows, h: mine}, old.layers))
         return core.desired.swap({h: old.flows.get(h, [])}, {h: mine})
 
     def attach(self, core, progress) -> list[str]:

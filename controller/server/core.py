@@ -5,7 +5,7 @@ per host, switch sessions) and is made of one piece per job: intent.py (parse, c
 allocate, compile, store), ports.py (ports, IPAM holds, migration), hosts.py (registration
 and join), switches.py (sessions, roles, reconcile, audit), bindings.py (ports bound to
 the interfaces OVS has, by iface-id), workloads.py (the driver), views.py and counters.py
-(read-only answers). Every change goes through one path,
+(read-only answers), owners.py (policy layers written by separate controllers). Every change goes through one path,
 change.py (check -> commit -> attach -> rollout -> report), serialized by `mutex`; the
 views kept from the inputs, and what brings each up to date, are declared in derived.py.
 
@@ -44,6 +44,7 @@ from controller.server.workloads import WorkloadsMixin
 from controller.server.views import ViewsMixin
 from controller.server.counters import CountersMixin
 from controller.server.access import AccessMixin, Authenticator, AuditTrail
+from controller.server.owners import OwnersMixin
 from tep.driver import Driver, NoDriver
 
 
@@ -61,7 +62,7 @@ def freeze_heap() -> None:
 
 
 class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin, ViewsMixin,
-           CountersMixin, AccessMixin, VmMigrationMixin):
+           CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
@@ -103,7 +104,8 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, Wo
         self.activating: set = set()  # (tenant, port, host) whose announcement is being acted on (vmmigrate.py)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
-            self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {}))
+            self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {},
+                                                      rec.layers))
         self._recompile_all()
 
     def _placement(self) -> dict[str, Host]:

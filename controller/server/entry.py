@@ -1,7 +1,8 @@
-"""What the server keeps of one tenant: its intent, its numbers, its compiled flows."""
+"""What the server keeps of one tenant: its intent, its numbers, its compiled flows, and
+the record of its policy layers (versions and owners, controller.server.owners)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from topology.model import Tenant
 from controller.compile.allocator import Allocation
@@ -13,3 +14,4 @@ class TenantEntry:
     alloc: Allocation
     revision: int
     flows: dict  # host -> list[Flow]
+    layers: dict = field(default_factory=dict)  # layer -> {"version", "owner", ...}; stored with the spec

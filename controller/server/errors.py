@@ -10,6 +10,12 @@ class ApiError(Exception):
         self.errors = errors or []
 
 
+class Refused(ApiError):
+    """A request the caller may not make, found out inside the operation (a policy layer
+    another credential owns, controller.server.owners): answered as a permission
+    refusal (`denied`, HTTP 403) and recorded in the audit trail as refused."""
+
+
 def unknown_tenant(name) -> ApiError:
     """The one answer for a tenant that does not exist: a tenant credential asking about
     another tenant gets exactly this too (controller.server.access), so it must not vary."""

@@ -45,10 +45,15 @@ class IntentMixin:
             if e is not None:
                 self.used.add(e.tenant, e.alloc)
 
-    def _commit(self, t: Tenant, old: TenantEntry | None) -> tuple[TenantEntry, set[str]]:
+    def _commit(self, t: Tenant, old: TenantEntry | None, layers: dict | None = None
+                ) -> tuple[TenantEntry, set[str]]:
         """Allocate, compile and store a tenant's new intent, then swap it in (under the
         mutex). Returns the new entry and the hosts whose flow sets changed. Nothing in
-        memory changes when allocation, compilation or the store refuses."""
+        memory changes when allocation, compilation or the store refuses. `layers`: its
+        layers' record (controller.server.owners), stored in the same write; None keeps
+        the old one's."""
+        if layers is None:
+            layers = old.layers if old is not None else {}
         with self._held_by_others(t.name) as others:
             self._check_provider_addresses(t, others)
             try:
@@ -62,8 +67,9 @@ class IntentMixin:
             raise ApiError(f"tenant {t.name}: {len(conflicts)} of its flows would replace flows "
                            "that are not its own (the same table, priority and match); nothing was changed",
                            [("flows", c.describe(names)) for c in conflicts[:20]])
-        rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None)
-        new = TenantEntry(t, alloc, rev, flows)
+        rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,
+                                    layers)
+        new = TenantEntry(t, alloc, rev, flows, layers)
         self._replace_entry(t.name, new)
         return new, self.desired.swap(old.flows if old else {}, flows)
 
@@ -160,9 +166,12 @@ class IntentMixin:
             old = self.tenants.get(t.name)
             if must_exist is False and old is not None:
                 raise ApiError(f"tenant {t.name} already exists (use 'nvctl tenant apply' to change it)")
+            layers = None
             if old is not None:
+                t, layers = self._owned_layers_kept(text, t, old)  # controller.server.owners
                 t = self._keep_api_ports(t, old.tenant)
-            return change_path.run(self, TenantChange(old, t, "updated" if old else "created"), change)
+            return change_path.run(self, TenantChange(old, t, "updated" if old else "created", layers=layers),
+                                   change)
 
     def _keep_api_ports(self, t: Tenant, old: Tenant) -> Tenant:
         """A YAML applied over a tenant keeps the ports the API made that it does not name

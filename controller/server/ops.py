@@ -135,6 +135,19 @@ OPS: dict[str, Op] = _ops(
     Op("tenant.delete", "delete", {"name": req(str)}, kind="change", scope="tenant", scope_arg="name"),
     Op("tenant.list", "list_tenants", scope="cluster"),
     Op("tenant.show", "show", {"name": req(str)}, scope="tenant", scope_arg="name"),
+    # policy layers written apart from the spec, by their owners (controller.server.owners) ---
+    Op("layer.show", "layer_show", {"tenant": req(str), "layer": req(str)}, **T,
+       doc="One policy layer of a tenant's spec (acls, networkPolicies, loadBalancers or nat): its "
+           "content, version and owner."),
+    Op("layer.put", "layer_put",
+       {"tenant": req(str), "layer": req(str), "content": req(str, list), "expect_version": opt(None, int),
+        "release": opt(False, bool)}, kind="change", **T, context=("principal",),
+       doc="Replace one policy layer (content: its items, a list or YAML/JSON text of one), validated, "
+           "compiled and installed with the rest of the spec as one change; refused when another "
+           "credential owns it, or when it is not at `expect_version`. A layer:LAYER credential becomes "
+           "its owner; `release` (admin): write it and leave it unowned."),
+    Op("layer.release", "layer_release", {"tenant": req(str), "layer": req(str)}, kind="change", **T,
+       context=("principal",), doc="Leave a policy layer unowned, its content as it is (admin)."),
     # ports and addresses ----------------------------------------------------------------
     Op("port.add", "port_add",
        {"tenant": req(str), "switch": req(str), "name": opt(None, str), "ip": opt("auto", str),
@@ -170,8 +183,8 @@ OPS: dict[str, Op] = _ops(
     # who may call, and what they did ---------------------------------------------------
     Op("credential.issue", "credential_issue", {"name": req(str), "role": req(str), "ttl": opt(None, float)},
        kind="change", scope="cluster",
-       doc="A new credential for the network API (role admin, viewer, tenant:NAME or host:NAME; ttl in "
-           "seconds); its token is in the answer only."),
+       doc="A new credential for the network API (role admin, viewer, tenant:NAME, host:NAME or "
+           "layer:LAYER[@TENANT]; ttl in seconds); its token is in the answer only."),
     Op("credential.list", "credential_list", scope="cluster", doc="Every credential (never a secret)."),
     Op("credential.revoke", "credential_revoke", {"name": req(str)}, kind="change", scope="cluster",
        doc="Refuse a credential from now on (every member within a second)."),

@@ -93,7 +93,7 @@ class SwitchesMixin:
         for name, rec in stored.items():
             e = self.tenants.get(name)
             if e is None or e.revision != rec.revision or schema.to_doc(e.tenant) != rec.doc \
-                    or e.alloc.to_json() != rec.alloc:
+                    or e.alloc.to_json() != rec.alloc or e.layers != rec.layers:
                 self._follow_tenant(name, rec)
 
     def catch_up(self) -> None:
@@ -165,7 +165,7 @@ class SwitchesMixin:
         if rec is not None:
             t = schema.validate(rec.doc, None)
             alloc = Allocation.from_json(rec.alloc)
-            new = TenantEntry(t, alloc, rec.revision, compile_tenant(t, alloc, self._placement()))
+            new = TenantEntry(t, alloc, rec.revision, compile_tenant(t, alloc, self._placement()), rec.layers)
         self._replace_entry(name, new)
         self.desired.swap(old.flows if old else {}, new.flows if new else {})
 
@@ -174,7 +174,8 @@ class SwitchesMixin:
         from controller.state.store import TenantRecord
         with self.mutex:
             self._follow_tenant(name, None if value is None else
-                                TenantRecord(name, value["doc"], value["alloc"], version))
+                                TenantRecord(name, value["doc"], value["alloc"], version,
+                                             value.get("layers") or {}))
 
     def _follow_host(self, rec: HostRecord) -> None:
         self._set_host(rec)

@@ -2,7 +2,7 @@
 
 Keys under one prefix (default /nvctl):
 
-    tenants/NAME    {"doc", "alloc"}: the tenant's revision is the key's etcd version
+    tenants/NAME    {"doc", "alloc", "layers"}: the tenant's revision is the key's etcd version
     hosts/NAME      {"pa", "dpid", "info"}
     invites/NAME    the invitation
     credentials/NAME  a credential of the network API (a hash of its secret, its role)
@@ -254,7 +254,7 @@ class EtcdStore:
     # tenants --------------------------------------------------------------------------
     def _tenant(self, kv: dict) -> TenantRecord:
         d = json.loads(kv["value"])
-        return TenantRecord(kv["key"].rsplit("/", 1)[1], d["doc"], d["alloc"], kv["version"])
+        return TenantRecord(kv["key"].rsplit("/", 1)[1], d["doc"], d["alloc"], kv["version"], d.get("layers") or {})
 
     def tenants(self) -> Iterator[TenantRecord]:
         kvs, _ = self.client.range(self.key("tenants", ""), prefix=True)
@@ -264,9 +264,10 @@ class EtcdStore:
         kvs, _ = self.client.range(self.key("tenants", name))
         return self._tenant(kvs[0]) if kvs else None
 
-    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None) -> int:
+    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None,
+                   layers: dict | None = None) -> int:
         k = self.key("tenants", name)
-        value = json.dumps({"doc": doc, "alloc": alloc}, sort_keys=True)
+        value = json.dumps({"doc": doc, "alloc": alloc, **({"layers": layers} if layers else {})}, sort_keys=True)
         self._write([compare_version(k, expect_revision or 0)], [put(k, value)], f"tenant {name}")
         return (expect_revision or 0) + 1
 

@@ -1,4 +1,5 @@
-"""Desired state, persisted: tenants (spec + allocation) and registered hosts.
+"""Desired state, persisted: tenants (spec + allocation + who owns which policy layer)
+and registered hosts.
 
 `Store` is the interface the controller uses; `SqliteStore` is the embedded default.
 A replicated controller can implement the same few methods over etcd (a compare-and-
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 
@@ -22,6 +23,9 @@ class TenantRecord:
     doc: dict  # the canonical tenant document (topology.schema.to_doc)
     alloc: dict  # Allocation.to_json()
     revision: int
+    # per policy layer written apart from the spec: {"acls": {"version", "owner", ...}}
+    # (controller.server.owners); stored with the spec, in the same transaction
+    layers: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class Conflict(RuntimeError):
 class Store(Protocol):
     def tenants(self) -> Iterator[TenantRecord]: ...
     def tenant(self, name: str) -> TenantRecord | None: ...
-    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None) -> int: ...
+    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None,
+                   layers: dict | None = None) -> int: ...
     def delete_tenant(self, name: str, expect_revision: int | None) -> None: ...
     def hosts(self) -> Iterator[HostRecord]: ...
     def put_host(self, h: HostRecord) -> None: ...
@@ -59,7 +64,8 @@ CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
     doc TEXT NOT NULL,
     alloc TEXT NOT NULL,
-    revision INTEGER NOT NULL
+    revision INTEGER NOT NULL,
+    layers TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY,
@@ -90,6 +96,9 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(tenants)")}
+        if "layers" not in columns:  # a store written before layers had owners
+            self._db.execute("ALTER TABLE tenants ADD COLUMN layers TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         self._db.close()
@@ -97,18 +106,20 @@ class SqliteStore:
     # tenants -------------------------------------------------------------------------
     def tenants(self) -> Iterator[TenantRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT name, doc, alloc, revision FROM tenants ORDER BY name").fetchall()
+            rows = self._db.execute("SELECT name, doc, alloc, revision, layers FROM tenants ORDER BY name").fetchall()
         for r in rows:
-            yield TenantRecord(r[0], json.loads(r[1]), json.loads(r[2]), r[3])
+            yield TenantRecord(r[0], json.loads(r[1]), json.loads(r[2]), r[3], json.loads(r[4]))
 
     def tenant(self, name: str) -> TenantRecord | None:
         with self._lock:
-            r = self._db.execute("SELECT name, doc, alloc, revision FROM tenants WHERE name=?",
+            r = self._db.execute("SELECT name, doc, alloc, revision, layers FROM tenants WHERE name=?",
                                  (name,)).fetchone()
-        return TenantRecord(r[0], json.loads(r[1]), json.loads(r[2]), r[3]) if r else None
+        return TenantRecord(r[0], json.loads(r[1]), json.loads(r[2]), r[3], json.loads(r[4])) if r else None
 
-    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None) -> int:
-        """Create (expect_revision=None: must not exist) or replace (must be at that revision)."""
+    def put_tenant(self, name: str, doc: dict, alloc: dict, expect_revision: int | None,
+                   layers: dict | None = None) -> int:
+        """Create (expect_revision=None: must not exist) or replace (must be at that revision).
+        `layers`: the record of its policy layers' versions and owners (None: none)."""
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -118,8 +129,9 @@ class SqliteStore:
                 if have != expect_revision:
                     raise Conflict(f"tenant {name}: stored revision {have}, expected {expect_revision}")
                 rev = (have or 0) + 1
-                cur.execute("INSERT OR REPLACE INTO tenants(name, doc, alloc, revision) VALUES (?,?,?,?)",
-                            (name, json.dumps(doc, sort_keys=True), json.dumps(alloc, sort_keys=True), rev))
+                cur.execute("INSERT OR REPLACE INTO tenants(name, doc, alloc, revision, layers) VALUES (?,?,?,?,?)",
+                            (name, json.dumps(doc, sort_keys=True), json.dumps(alloc, sort_keys=True), rev,
+                             json.dumps(layers or {}, sort_keys=True)))
                 cur.execute("COMMIT")
                 return rev
             except BaseException:

@@ -46,6 +46,7 @@ READS = {
     "logs": {"tenant": "TENANT"},
     "progress": {"tenant": "TENANT"},
     "audit.list": {"tenant": "TENANT"},
+    "layer.show": {"tenant": "TENANT", "layer": "acls"},
 }
 
 

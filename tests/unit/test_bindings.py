@@ -318,9 +318,9 @@ def test_three_tenants_rotating_numbers_never_hold_one_twice(core):
     seen = []
     real = core.store.put_tenant
 
-    def put(name, doc, alloc, rev):  # every write leaves one number per port on the host
+    def put(name, doc, alloc, rev, layers=None):  # every write leaves one number per port on the host
         seen.append(name)
-        out = real(name, doc, alloc, rev)
+        out = real(name, doc, alloc, rev, layers)
         numbers = [r.alloc["ofport"]["p"] for r in core.store.tenants()]
         assert len(numbers) == len(set(numbers)), numbers
         return out

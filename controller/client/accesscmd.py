@@ -95,17 +95,22 @@ def add_parsers(sub, common) -> None:
                     "  tenant:NAME   that tenant only: create/apply/delete it, show, stats, logs, drops,\n"
                     "                trace, verify, ports; other tenants look as if they did not exist\n"
                     "  host:NAME     what a hypervisor and its runtimes need: ports on that host only\n"
+                    "  layer:LAYER[@TENANT]\n"
+                    "                a controller that owns one policy layer (acls, networkPolicies,\n"
+                    "                loadBalancers, nat) of every tenant, or of TENANT: it lists tenants and\n"
+                    "                reads and writes that layer only (see 'nvctl layer --help')\n"
                     "The file holds every member's URL, the CA that signed them and the token; the "
                     "controller keeps only a hash of the token.",
         epilog="examples:\n"
                "  nvctl credential issue blue-ci --role tenant:blue --ttl 30d -o blue.cred\n"
+               "  nvctl credential issue security-controller --role layer:networkPolicies -o sec.cred\n"
                "  nvctl --credential blue.cred tenant show blue\n"
                "  nvctl credential list\n"
                "  nvctl credential revoke blue-ci")
     cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = cs.add_parser("issue", parents=[common], help="make a credential and write its file (mode 0600)")
     p.add_argument("name", help="who it is for (a-z, 0-9, '-'); shown in the audit trail")
-    p.add_argument("--role", required=True, help="admin, viewer, tenant:NAME or host:NAME")
+    p.add_argument("--role", required=True, help="admin, viewer, tenant:NAME, host:NAME or layer:LAYER[@TENANT]")
     p.add_argument("--ttl", metavar="DURATION", help="valid for this long: 90s, 30m, 12h, 7d, 2w (default: "
                                                     "until revoked)")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write it (default NAME.cred)")

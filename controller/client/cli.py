@@ -24,7 +24,7 @@ from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
 from controller.client.common import CommandError, api_socket, show, state_dir_from
 from controller.client.render import trace_lines, verify_lines
-from controller.client import accesscmd, hostcmd, labcmd
+from controller.client import accesscmd, hostcmd, labcmd, layercmd
 
 EXEC_TIMEOUT = 600  # seconds a command in a VM may run (nvctl exec)
 CONSOLE_DRAIN = 1.0  # seconds of a guest's console output still shown after piped input ends
@@ -113,8 +113,9 @@ def cmd_tenant_list(a):
     if a.json:
         return show(rows, True)
     print(f"{'NAME':20} {'ID':>5} {'SWITCHES':>8} {'PORTS':>6} {'REV':>4}")
-    for r in rows:
-        print(f"{r['name']:20} {r['tenant_id']:>5} {r['switches']:>8} {r['ports']:>6} {r['revision']:>4}")
+    for r in rows:  # a layer credential is told the names only
+        print(f"{r['name']:20} {r.get('tenant_id', '-'):>5} {r.get('switches', '-'):>8} {r.get('ports', '-'):>6} "
+              f"{r.get('revision', '-'):>4}")
 
 
 def cmd_tenant_show(a):
@@ -720,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_api)
 
     accesscmd.add_parsers(sub, common)
+    layercmd.add_parsers(sub, common)
 
     p = sub.add_parser("demo", help="lab up, two tenants with overlapping addresses, pings, isolation",
                        parents=[common])

@@ -109,6 +109,66 @@ class AclRule:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """A Kubernetes label selector: every term must hold; no terms select everything.
+    `match_labels`: ((key, value), ...); `expressions`: ((key, operator, (values...)), ...)
+    with operator In, NotIn, Exists or DoesNotExist."""
+
+    match_labels: tuple = ()
+    expressions: tuple = ()
+
+    def selects(self, labels) -> bool:
+        have = dict(labels)
+        for k, v in self.match_labels:
+            if have.get(k) != v:
+                return False
+        for k, op, values in self.expressions:
+            if op == "In" and have.get(k) not in values:
+                return False
+            if op == "NotIn" and k in have and have[k] in values:
+                return False
+            if op == "Exists" and k not in have:
+                return False
+            if op == "DoesNotExist" and k in have:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class PolicyPeer:
+    """One `from`/`to` entry: ports by selectors, or an ipBlock (cidr minus except)."""
+
+    pod: Selector | None = None
+    namespace: Selector | None = None
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    except_: tuple = ()
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One ingress or egress rule: peers (empty: any address) and ports (empty: any
+    port and protocol): ((protocol, low, high), ...), low None for every port."""
+
+    index: int
+    peers: tuple[PolicyPeer, ...] = ()
+    ports: tuple = ()
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Kubernetes NetworkPolicy v1 semantics, a switch playing the namespace."""
+
+    index: int
+    name: str
+    namespace: str | None  # the switch it lives in; None: every switch of the tenant
+    selector: Selector
+    types: tuple[str, ...]  # "Ingress", "Egress"
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
+    log: bool = False
+
+
+@dataclass(frozen=True)
 class NatRule:
     """type "snat": the router's external address for sources in `cidr`;
     type "floating-ip": `external_ip` is `port`'s, both ways."""
@@ -143,6 +203,7 @@ class Tenant:
     acls: tuple[AclRule, ...] = ()
     nat: tuple[NatRule, ...] = ()
     load_balancers: tuple[LoadBalancer, ...] = ()
+    network_policies: tuple[NetworkPolicy, ...] = ()
 
     def router(self, name: str) -> Router:
         for r in self.routers:

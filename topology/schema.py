@@ -14,8 +14,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from topology.model import (AclRule, LoadBalancer, NatRule, Port, Route, Router, RouterPort, Switch,
-                            Tenant, derived_mac, eui64, service_address)
+from topology.model import (AclRule, LoadBalancer, NatRule, NetworkPolicy, PolicyPeer, PolicyRule, Port,
+                            Route, Router, RouterPort, Selector, Switch, Tenant, derived_mac, eui64,
+                            service_address)
 
 API_VERSION = "nvctl/v1"
 KIND = "Tenant"
@@ -25,7 +26,7 @@ MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 TOP_KEYS = {"apiVersion": True, "kind": True, "metadata": True, "spec": True}
 METADATA_KEYS = {"name": True}
 SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False, "nat": False,
-             "loadBalancers": False}
+             "loadBalancers": False, "networkPolicies": False}
 LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
 SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False, "labels": False}
@@ -45,6 +46,16 @@ ACL_DIRECTIONS = ("to-port", "from-port")
 ACL_ACTIONS = ("allow", "allow-stateless", "deny")
 ACL_PROTOCOLS = ("tcp", "udp", "icmp", "any")
 MAX_ACL_PRIORITY = 32767
+NETPOL_KEYS = {"name": True, "namespace": False, "podSelector": True, "policyTypes": False, "ingress": False,
+               "egress": False, "log": False}
+SELECTOR_KEYS = {"matchLabels": False, "matchExpressions": False}
+EXPRESSION_KEYS = {"key": True, "operator": True, "values": False}
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+PEER_KEYS = {"podSelector": False, "namespaceSelector": False, "ipBlock": False}
+IPBLOCK_KEYS = {"cidr": True, "except": False}
+POLICY_PORT_KEYS = {"protocol": False, "port": False, "endPort": False}
+POLICY_TYPES = ("Ingress", "Egress")
+POLICY_PROTOCOLS = ("TCP", "UDP")
 MAX_RATE_MBPS = 100_000
 MAX_BUM_PPS = 1_000_000
 
@@ -138,11 +149,13 @@ def validate(doc: Any, known_hosts: Iterable[str] | None = None) -> Tenant:
         acls = _acls(spec.get("acls", []), by_switch, ports, errs)
         nat = _nat(spec.get("nat", []), routers, ports, errs)
         lbs = _load_balancers(spec.get("loadBalancers", []), switches, routers, ports, errs)
+        policies = _network_policies(spec.get("networkPolicies", []), by_switch, errs)
     if errs.items:
         raise ValidationError(errs.items)
     return Tenant(name=name, switches=tuple(switches), ports=tuple(ports), routers=tuple(routers),
                   acls=tuple(acls), nat=tuple(nat) if spec is not None else (),
-                  load_balancers=tuple(lbs) if spec is not None else ())
+                  load_balancers=tuple(lbs) if spec is not None else (),
+                  network_policies=tuple(policies) if spec is not None else ())
 
 
 def _service_addresses(switches: list[Switch], ports: list[Port], routers: list[Router],
@@ -798,6 +811,234 @@ def _acls(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Error
     return out
 
 
+def _selector(raw: Any, path: str, errs: _Errors) -> Selector | None:
+    """A Kubernetes label selector ({} selects everything); None when wrong (reported)."""
+    if raw is None:
+        raw = {}
+    if not _keys(raw, path, SELECTOR_KEYS, errs, "matchLabels and/or matchExpressions"):
+        return None
+    ok = True
+    labels = labels_of(raw.get("matchLabels"), f"{path}.matchLabels", errs)
+    ok &= labels is not None
+    exprs = []
+    for k, e in enumerate(_list(raw.get("matchExpressions", []), f"{path}.matchExpressions", errs)):
+        ep = f"{path}.matchExpressions[{k}]"
+        if not _keys(e, ep, EXPRESSION_KEYS, errs, "key, operator, values"):
+            ok = False
+            continue
+        key, op = e.get("key"), e.get("operator")
+        bad = label_problem(key, "") if "key" in e else None
+        if bad is not None:
+            errs.add(f"{ep}.key", bad[1])
+            ok = False
+        if "operator" in e and op not in SELECTOR_OPERATORS:
+            errs.add(f"{ep}.operator", f"{op!r} is not one of {', '.join(SELECTOR_OPERATORS)}")
+            ok = False
+            continue
+        values = e.get("values")
+        if op in ("In", "NotIn"):
+            if not isinstance(values, list) or not values:
+                errs.add(f"{ep}.values", f"{op} needs a non-empty list of values")
+                ok = False
+                continue
+            for j, v in enumerate(values):
+                bad = label_problem("k", v)
+                if bad is not None:
+                    errs.add(f"{ep}.values[{j}]", bad[1])
+                    ok = False
+        elif values not in (None, []):
+            errs.add(f"{ep}.values", f"{op} takes no values")
+            ok = False
+        if ok:
+            exprs.append((key, op, tuple(sorted(set(values or ())))))
+    return Selector(labels, tuple(exprs)) if ok else None
+
+
+def _policy_peer(raw: Any, path: str, errs: _Errors) -> PolicyPeer | None:
+    if not _keys(raw, path, PEER_KEYS, errs, "podSelector, namespaceSelector or ipBlock"):
+        return None
+    if not raw:
+        errs.add(path, "an empty peer selects nothing; give podSelector, namespaceSelector or ipBlock "
+                       "(leave the whole list out to allow every peer)")
+        return None
+    if "ipBlock" in raw:
+        if len(raw) > 1:
+            errs.add(path, "ipBlock cannot be combined with podSelector or namespaceSelector in one peer "
+                           "(make them two peers)")
+            return None
+        ib, ip_path = raw["ipBlock"], f"{path}.ipBlock"
+        if not _keys(ib, ip_path, IPBLOCK_KEYS, errs, "cidr and except"):
+            return None
+        try:
+            cidr = ipaddress.ip_network(str(ib["cidr"]), strict=True)
+        except ValueError:
+            errs.add(f"{ip_path}.cidr", f"{ib['cidr']!r} is not an IPv4 or IPv6 CIDR (host bits must be zero)")
+            return None
+        excepts = []
+        for j, x in enumerate(_list(ib.get("except", []), f"{ip_path}.except", errs)):
+            try:
+                n = ipaddress.ip_network(str(x), strict=True)
+            except ValueError:
+                errs.add(f"{ip_path}.except[{j}]", f"{x!r} is not a CIDR (host bits must be zero)")
+                return None
+            if n.version != cidr.version or not n.subnet_of(cidr) or n == cidr:
+                errs.add(f"{ip_path}.except[{j}]", f"{x} is not strictly inside {cidr}")
+                return None
+            excepts.append(n)
+        return PolicyPeer(cidr=cidr, except_=tuple(excepts))
+    pod = _selector(raw["podSelector"], f"{path}.podSelector", errs) if "podSelector" in raw else None
+    ns = _selector(raw["namespaceSelector"], f"{path}.namespaceSelector", errs) \
+        if "namespaceSelector" in raw else None
+    if ("podSelector" in raw and pod is None) or ("namespaceSelector" in raw and ns is None):
+        return None
+    return PolicyPeer(pod=pod, namespace=ns)
+
+
+def _policy_ports(raw: Any, path: str, errs: _Errors) -> tuple | None:
+    out = []
+    for j, item in enumerate(_list(raw, path, errs)):
+        pp = f"{path}[{j}]"
+        if not _keys(item, pp, POLICY_PORT_KEYS, errs, "protocol, port, endPort"):
+            return None
+        proto = item.get("protocol", "TCP")
+        if proto == "SCTP":
+            errs.add(f"{pp}.protocol", "SCTP is not supported yet (TCP or UDP)")
+            return None
+        if proto not in POLICY_PROTOCOLS:
+            errs.add(f"{pp}.protocol", f"{proto!r} is not one of {', '.join(POLICY_PROTOCOLS)}")
+            return None
+        port, end = item.get("port"), item.get("endPort")
+        if isinstance(port, str):
+            errs.add(f"{pp}.port", f"{port!r}: named ports are not supported (give the number)")
+            return None
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            errs.add(f"{pp}.port", f"{port!r} is not a port number 1-65535")
+            return None
+        if end is not None:
+            if port is None:
+                errs.add(f"{pp}.endPort", "needs port (the start of the range)")
+                return None
+            if isinstance(end, bool) or not isinstance(end, int) or not port <= end <= 65535:
+                errs.add(f"{pp}.endPort", f"{end!r} is not a port number from port ({port}) to 65535")
+                return None
+        out.append((proto.lower(), port, end if end is not None else port))
+    return tuple(out)
+
+
+def _policy_rules(raw: Any, path: str, peer_key: str, errs: _Errors) -> tuple | None:
+    out, ok = [], True
+    for k, item in enumerate(_list(raw, path, errs)):
+        rp = f"{path}[{k}]"
+        if item is None:
+            item = {}
+        if not _keys(item, rp, {peer_key: False, "ports": False}, errs, f"{peer_key} and ports"):
+            ok = False
+            continue
+        peers = [_policy_peer(x, f"{rp}.{peer_key}[{j}]", errs)
+                 for j, x in enumerate(_list(item.get(peer_key) or [], f"{rp}.{peer_key}", errs))]
+        ports = _policy_ports(item.get("ports") or [], f"{rp}.ports", errs)
+        if None in peers or ports is None:
+            ok = False
+            continue
+        out.append(PolicyRule(k, tuple(peers), ports))
+    return tuple(out) if ok else None
+
+
+def _network_policies(raw: Any, switches: dict[str, Switch], errs: _Errors) -> list[NetworkPolicy]:
+    out: list[NetworkPolicy] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(_list(raw, "spec.networkPolicies", errs)):
+        path = f"spec.networkPolicies[{i}]"
+        if not _keys(item, path, NETPOL_KEYS, errs, "name, podSelector, ingress/egress"):
+            continue
+        ok = True
+        name = _name(item.get("name"), f"{path}.name", errs) if "name" in item else None
+        if name is not None and name in names:
+            errs.add(f"{path}.name", f"{name!r} is also the name of spec.networkPolicies[{names[name]}]")
+            ok = False
+        elif name is not None:
+            names[name] = i
+        ok &= name is not None
+        ns = item.get("namespace")
+        if ns is not None and ns not in switches:
+            errs.add(f"{path}.namespace", f"{ns!r} is not a switch of this tenant (a switch plays the namespace)")
+            ok = False
+        sel = _selector(item.get("podSelector"), f"{path}.podSelector", errs) if "podSelector" in item else None
+        ok &= sel is not None
+        ingress = _policy_rules(item.get("ingress") or [], f"{path}.ingress", "from", errs)
+        egress = _policy_rules(item.get("egress") or [], f"{path}.egress", "to", errs)
+        ok &= ingress is not None and egress is not None
+        if "policyTypes" in item:
+            types = _list(item["policyTypes"], f"{path}.policyTypes", errs)
+            bad = [x for x in types if x not in POLICY_TYPES]
+            if bad or not types or len(set(types)) != len(types):
+                errs.add(f"{path}.policyTypes", f"{types!r}: a non-empty list of distinct {' and '.join(POLICY_TYPES)}")
+                ok = False
+            for key, kind in (("ingress", "Ingress"), ("egress", "Egress")):
+                if item.get(key) and kind not in types:
+                    errs.add(f"{path}.{key}", f"rules for {kind}, but policyTypes ({', '.join(map(str, types))}) "
+                                              f"leaves {kind} out, so they would never apply")
+                    ok = False
+        else:
+            types = ["Ingress"] + (["Egress"] if item.get("egress") else [])
+        log = item.get("log", False)
+        if not isinstance(log, bool):
+            errs.add(f"{path}.log", f"{log!r} is not true or false")
+            ok = False
+        if ok:
+            out.append(NetworkPolicy(i, name, ns, sel, tuple(t for t in POLICY_TYPES if t in types),
+                                     ingress, egress, log))
+    return out
+
+
+def _selector_doc(s: Selector) -> dict:
+    d: dict = {}
+    if s.match_labels:
+        d["matchLabels"] = dict(s.match_labels)
+    if s.expressions:
+        d["matchExpressions"] = [{"key": k, "operator": op, **({"values": list(v)} if v else {})}
+                                 for k, op, v in s.expressions]
+    return d
+
+
+def _policy_doc(p: NetworkPolicy) -> dict:
+    def peer(x: PolicyPeer) -> dict:
+        if x.cidr is not None:
+            return {"ipBlock": {"cidr": str(x.cidr), **({"except": [str(e) for e in x.except_]}
+                                                         if x.except_ else {})}}
+        d = {}
+        if x.pod is not None:
+            d["podSelector"] = _selector_doc(x.pod)
+        if x.namespace is not None:
+            d["namespaceSelector"] = _selector_doc(x.namespace)
+        return d
+
+    def rules(rs, key):
+        out = []
+        for r in rs:
+            d = {}
+            if r.peers:
+                d[key] = [peer(x) for x in r.peers]
+            if r.ports:
+                d["ports"] = [{"protocol": proto.upper(), **({"port": lo} if lo is not None else {}),
+                               **({"endPort": hi} if lo is not None and hi != lo else {})}
+                              for proto, lo, hi in r.ports]
+            out.append(d)
+        return out
+    d = {"name": p.name}
+    if p.namespace is not None:
+        d["namespace"] = p.namespace
+    d["podSelector"] = _selector_doc(p.selector)
+    d["policyTypes"] = list(p.types)
+    if p.ingress:
+        d["ingress"] = rules(p.ingress, "from")
+    if p.egress:
+        d["egress"] = rules(p.egress, "to")
+    if p.log:
+        d["log"] = True
+    return d
+
+
 def _range_doc(r: tuple[int, int]):
     return r[0] if r[0] == r[1] else f"{r[0]}-{r[1]}"
 
@@ -873,4 +1114,6 @@ def to_doc(t: Tenant) -> dict:
             if a.log:
                 d["log"] = True
             spec["acls"].append(d)
+    if t.network_policies:
+        spec["networkPolicies"] = [_policy_doc(p) for p in t.network_policies]
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": t.name}, "spec": spec}

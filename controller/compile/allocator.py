@@ -14,7 +14,7 @@ from controller.spaces.ids import (FIRST_GROUP, FIRST_OFPORT, FIRST_PORT_KEY, FI
                                    FIRST_VNI, FIRST_ZONE, MAX_GROUP, MAX_OFPORT, MAX_PORT_KEY, MAX_TENANT_ID,
                                    MAX_VNI, MAX_ZONE)
 # The names of what a tenant does not name itself; re-exported for older callers.
-from controller.spaces.names import (lb_zone_name, pending_name, router_port_name, router_zone_name,  # noqa: F401
+from controller.spaces.names import (lb_zone_name, pending_name, policy_zone_name, router_port_name, router_zone_name,  # noqa: F401
                                      transit_name)
 
 
@@ -161,7 +161,8 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
     def zoned(tenant):
         return [(p.name, "") for p in tenant.ports] + \
             [(router_zone_name(r.name), "") for r in tenant.routers if r.external_ip is not None] + \
-            ([(lb_zone_name(""), "")] if tenant.load_balancers else [])
+            ([(lb_zone_name(""), "")] if tenant.load_balancers else []) + \
+            ([(policy_zone_name(p.name), "") for p in tenant.ports] if tenant.network_policies else [])
     zones = _assign(zoned(t), prev.zone, dict(zoned(old)) if old else {},
                     {"": set(others.zones)}, FIRST_ZONE, MAX_ZONE, "conntrack zone")
     groups = _assign([(lb.name, "") for lb in t.load_balancers], prev.group,

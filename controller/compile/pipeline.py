@@ -15,6 +15,7 @@ from controller.layers.delivery import Delivery
 from controller.layers.encap import Encap
 from controller.layers.gateway import Gateway
 from controller.layers.lb import LbEgress, LbIngress
+from controller.layers.netpol import EgressPolicy, IngressPolicy
 from controller.layers.port_security import PortSecurity
 from controller.layers.qos import Qos
 from controller.layers.routing import Routing
@@ -22,10 +23,12 @@ from controller.layers.services import Services
 from controller.layers.switching import Switching
 
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
+# The ACLs and the network policies are separate layers a packet must pass both of; the
+# policies judge a load-balanced connection by its backend (after lb, before lb_reply).
 INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Services(), Qos(), FromPortAcl(), LbIngress(),
-                              ArpResponder(), Switching(), Routing(), Encap())
+                              EgressPolicy(), ArpResponder(), Switching(), Routing(), Encap())
 # Egress: towards a workload on this host.
-EGRESS: tuple[Layer, ...] = (LbEgress(), ToPortAcl(), Delivery())
+EGRESS: tuple[Layer, ...] = (IngressPolicy(), LbEgress(), ToPortAcl(), Delivery())
 # Side tables a packet reaches only by a goto from another layer: a migrating port's
 # pending interface (classify -> activation).
 SIDE: tuple[Layer, ...] = (Activation(),)

@@ -35,3 +35,9 @@ def pending_name(port: str) -> str:
     host it is moving to, held until the guest announces itself there (see
     controller.layers.activation)."""
     return f"pending:{port}"
+
+
+def policy_zone_name(port: str) -> str:
+    """The conntrack zone of a port's network-policy layer (its own state, apart from
+    the ACL layer's, so each layer remembers only the connections it allowed)."""
+    return f"policy:{port}"

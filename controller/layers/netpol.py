@@ -1,0 +1,327 @@
+"""Network policies (Kubernetes NetworkPolicy v1 semantics; see topology.policy), in two
+stages of their own, apart from the ACL layer's: the sender's Egress policies on its
+host (after its from-port ACLs and the load balancer, so a connection to a VIP is
+judged by the backend it went to, as Kubernetes does), the receiver's Ingress
+policies on its host (before the load balancer puts a VIP back and before the to-port
+ACLs). A packet must pass the ACL layer and this one; each keeps its own conntrack
+state (a port's policy zone is not its ACL zone), so neither remembers a connection
+the other refused.
+
+Groups, so that flows grow with members plus rules, not their product:
+
+  policy_sel    per isolated port (inport/outport): load the bits of the policies of
+                this direction selecting it into POLICY_SELECTED, then conntrack in the
+                port's policy zone. ARP is not IP; neighbour discovery passes before.
+  policy_peer   per address a peer set names (a port's /32 or /128; an ipBlock's
+                prefixes, the longest wins, with its excepts): load the bits of every
+                rule's peer set the far address is in into POLICY_PEER. Per switch of
+                isolated ports on the host (a flow must pin its scope).
+  policy        +inv drops, replies and related pass; then one flow per rule and port
+                range: "selected by policy P" and "far address in rule R's peers" are
+                two masked bit tests, so a rule costs the same for 3 members or 3,000.
+                +new goes to commit, +est (not a reply) on; nothing matched: drop.
+  policy_commit per isolated port: ct(commit) in its policy zone, on.
+
+A policy with `log: true` sends a copy of each new connection one of its rules allows
+to the controller (the tenant's log meter, as ACLs do), and of what its ports drop
+for lack of an allowing rule. Each flow's stat tag names the policy and rule.
+
+Bits are per tenant and direction: at most MAX_POLICIES policies of each type and
+MAX_PEER_SETS distinct peer sets (the validator refuses more).
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ct,
+                                    Match, ct_state)
+from controller.layers.acl import log_meter, range_masks
+from controller.layers.base import Layer, TableDecl
+from controller.spaces.names import policy_zone_name
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT, POLICY_PEER, POLICY_SELECTED
+from topology.policy import addresses, peer_ports, selected
+
+WORD = 32
+MAX_POLICIES = WORD * len(POLICY_SELECTED)
+MAX_PEER_SETS = WORD * len(POLICY_PEER)
+ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
+PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
+ND_TYPES = (133, 134, 135, 136, 137)  # RS, RA, NS, NA, redirect
+
+# policy_sel: neighbour discovery passes before the per-port flows that track IP.
+PRIO_ND = 200
+PRIO_SELECTED = 100
+# policy_peer: a prefix's flow at PRIO_PREFIX + its length (the longest wins); the
+# switch's catch-all (no peer set) below.
+PRIO_PREFIX = 100
+PRIO_NO_PEER = 10
+# policy: invalid, then replies/related, then rules (first listed first), then the
+# isolated port's drop.
+PRIO_INVALID = 65000
+PRIO_REPLY = 64000
+PRIO_RULE_TOP = 63000
+MAX_RULES = 60000
+PRIO_DENY = 1
+# policy_commit: one flow per isolated port.
+PRIO_COMMIT = 100
+
+
+def _bits(indices, slots) -> list:
+    """SetField actions loading the bitmap of `indices` into `slots` (every word of it)."""
+    words = [0] * len(slots)
+    for i in indices:
+        words[i // WORD] |= 1 << (i % WORD)
+    return words
+
+
+def _bit_match(slots, i) -> dict:
+    slot = slots[i // WORD]
+    bit = 1 << (i % WORD)
+    return {slot.field: (bit, bit)}
+
+
+_CACHE: dict = {"tenant": None}  # the last tenant's plans by kind: both stages read both
+
+
+def plan_of(t, kind: str) -> "Plan":
+    if _CACHE["tenant"] is not t.tenant:
+        _CACHE.clear()
+        _CACHE["tenant"] = t.tenant
+    got = _CACHE.get(kind)
+    if got is None or got.view is not t:
+        got = _CACHE[kind] = Plan(t, kind)
+    return got
+
+
+class Plan:
+    """One tenant's policy groups for one direction ("Ingress" or "Egress")."""
+
+    def __init__(self, t, kind: str):
+        self.kind = kind
+        self.view = t
+        tn = t.tenant
+        self.policies = [p for p in tn.network_policies if kind in p.types]
+        self.sel_bit = {p.index: i for i, p in enumerate(self.policies)}
+        self.selected: dict[str, list[int]] = {}  # port -> its policies' bits
+        for p in self.policies:
+            for name in selected(tn, p):
+                self.selected.setdefault(name, []).append(self.sel_bit[p.index])
+        # peer sets: each rule with peers gets the bit of its (ports, blocks) set
+        self.peer_bit: dict[tuple, int] = {}  # (policy index, rule index) -> bit
+        sets: dict[tuple, int] = {}
+        self.set_ports: list[frozenset] = []
+        self.set_blocks: list[tuple] = []
+        for p in self.policies:
+            for r in (p.ingress if kind == "Ingress" else p.egress):
+                if not r.peers:
+                    continue
+                ports = frozenset(n for peer in r.peers for n in peer_ports(tn, p, peer))
+                blocks = tuple(sorted({peer for peer in r.peers if peer.cidr is not None},
+                                      key=lambda x: (x.cidr.version, str(x.cidr), tuple(map(str, x.except_)))))
+                key = (ports, blocks)
+                if key not in sets:
+                    sets[key] = len(sets)
+                    self.set_ports.append(ports)
+                    self.set_blocks.append(blocks)
+                self.peer_bit[(p.index, r.index)] = sets[key]
+        self.n_sets = len(sets)
+
+    def prefixes(self, tn) -> dict:
+        """prefix (ip_network) -> the peer-set bits of every address whose longest
+        listed prefix it is (see the module docstring)."""
+        by_addr: dict = {}
+        for i, ports in enumerate(self.set_ports):
+            for name in ports:
+                for a in addresses(tn.port(name)):
+                    by_addr.setdefault(a, set()).add(i)
+        listed = {ipaddress.ip_network(a): set(bits) for a, bits in by_addr.items()}
+        for blocks in self.set_blocks:
+            for b in blocks:
+                listed.setdefault(b.cidr, set())
+                for e in b.except_:
+                    listed.setdefault(e, set())
+        for prefix, bits in listed.items():
+            for i, blocks in enumerate(self.set_blocks):
+                # every address of this region is in block b iff the prefix lies in b's
+                # cidr and in none of its excepts (prefixes nest or are disjoint)
+                if any(prefix.subnet_of(b.cidr) and not any(prefix.subnet_of(e) for e in b.except_)
+                       for b in blocks if b.cidr.version == prefix.version):
+                    bits.add(i)
+        return listed
+
+
+def _port_matches(rule, v) -> list[dict]:
+    """L4 keyword sets for one rule and IP version: [{}] when it names no ports."""
+    if not rule.ports:
+        return [{}]
+    out = []
+    for proto in ("tcp", "udp"):
+        ranges = sorted((1 if lo is None else lo, 65535 if lo is None else hi)
+                        for pr, lo, hi in rule.ports if pr == proto)
+        merged: list = []
+        for lo, hi in ranges:  # disjoint ranges, so no two of a rule's flows overlap
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        for lo, hi in merged:
+            if (lo, hi) == (1, 65535):
+                out.append({"ip_proto": PROTO[proto]})
+                continue
+            for val, mask in range_masks(lo, hi):
+                out.append({"ip_proto": PROTO[proto], f"{proto}_dst": val if mask == 0xFFFF else (val, mask)})
+    return out
+
+
+class _PolicyStage(Layer):
+    kind = ""
+    port_slot = INPORT
+    far = "dst"  # the address a peer set is matched against
+    sel_table = peer_table = rules_table = commit_table = ""
+
+    def tenant_flows(self, t, out):
+        tn = t.tenant
+        if not tn.network_policies:
+            return
+        plan = plan_of(t, self.kind)
+        # a port isolated in either direction is tracked in both, so that the replies
+        # of what the other direction let in (or out) are known as replies here
+        tracked = set(plan.selected) | set(plan_of(t, "Egress" if self.kind == "Ingress" else "Ingress").selected)
+        if not tracked:
+            return
+        versions = (4, 6) if tn.has_ipv6 else (4,)
+        hosts_of_switch: dict[str, set] = {}
+        by_index = {p.index: p for p in plan.policies}
+        for name in sorted(tracked):
+            bits = plan.selected.get(name, [])
+            p = tn.port(name)
+            hosts_of_switch.setdefault(p.switch, set()).add(p.host)
+            zone = t.zone[policy_zone_name(name)]
+            me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
+            host = (p.host,)
+            words = _bits(bits, POLICY_SELECTED)
+            names = ", ".join(by_index[p_i].name for p_i in sorted(
+                k for k, b in plan.sel_bit.items() if b in bits)) or "nothing (tracked for replies)"
+            loads = tuple(s.load(w) for s, w in zip(POLICY_SELECTED, words))
+            for v in versions:
+                out.to(host, out.flow(self.sel_table, PRIO_SELECTED, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                      loads + (Ct(zone=zone, table=out.table(self.peer_table)),),
+                                      rule=f"port {name}: {self.kind.lower()} isolated by {names}"))
+                out.to(host, out.flow(self.commit_table, PRIO_COMMIT, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                      (Ct(zone=zone, commit=True), out.goto("@next")),
+                                      rule=f"port {name}: remember the allowed connection"))
+            deny_log = (log_meter(t.tenant_id),) if any(
+                by_index[k].log for k, b in plan.sel_bit.items() if b in bits) else ()
+            for v in versions:
+                if not bits:
+                    out.to(host, out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                          (out.goto(self.commit_table),),
+                                          rule=f"port {name}: not {self.kind.lower()} isolated, allow"))
+                    continue
+                out.to(host, out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                      deny_log, rule=f"port {name}: no {self.kind.lower()} rule allows",
+                                      stat=(("port", name, "policy"), ("policyPort", name))))
+        prefixes = plan.prefixes(tn)
+        far_field = {4: f"ipv4_{self.far}", 6: f"ipv6_{self.far}"}
+        for sw, hosts in hosts_of_switch.items():
+            ls = LOGICAL_SWITCH.m(t.vni[sw])
+            if tn.has_ipv6:
+                for nd in ND_TYPES:
+                    out.to(hosts, out.flow(self.sel_table, PRIO_ND,
+                                           Match.of(**ls, eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_ICMPV6,
+                                                    icmpv6_type=nd),
+                                           (out.goto("@next"),), rule=f"switch {sw}: neighbour discovery"))
+            for prefix, bits in sorted(prefixes.items(), key=lambda kv: (kv[0].version, str(kv[0]))):
+                if prefix.version not in versions:
+                    continue
+                words = _bits(bits, POLICY_PEER)
+                out.to(hosts, out.flow(self.peer_table, PRIO_PREFIX + prefix.prefixlen,
+                                       Match.of(**ls, eth_type=ETH_TYPES[prefix.version],
+                                                **{far_field[prefix.version]: str(prefix)}),
+                                       tuple(s.load(w) for s, w in zip(POLICY_PEER, words)) +
+                                       (out.goto(self.rules_table),),
+                                       rule=f"{self.far} {prefix}: in peer sets {sorted(bits) or 'none'}"))
+            for v in versions:
+                out.to(hosts, out.flow(self.peer_table, PRIO_NO_PEER, Match.of(**ls, eth_type=ETH_TYPES[v]),
+                                       tuple(s.load(0) for s in POLICY_PEER) + (out.goto(self.rules_table),),
+                                       rule=f"switch {sw}: {self.far} in no peer set"))
+                ip = {**ls, "eth_type": ETH_TYPES[v]}
+                out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
+                                       Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
+                                       rule=f"switch {sw}: invalid connection state",
+                                       stat=(("switch", sw, "invalid"),)))
+                for flags in (dict(est=True, rpl=True), dict(rel=True)):
+                    out.to(hosts, out.flow(self.rules_table, PRIO_REPLY,
+                                           Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
+                                           (out.goto("@next"),),
+                                           rule=f"switch {sw}: reply of an allowed connection"))
+        # the rules: member-independent; per switch of isolated ports (scope)
+        ordinal = 0
+        for pol in plan.policies:
+            sel = _bit_match(POLICY_SELECTED, plan.sel_bit[pol.index])
+            log = (log_meter(t.tenant_id),) if pol.log else ()
+            for rule in (pol.ingress if self.kind == "Ingress" else pol.egress):
+                ordinal += 1
+                prio = PRIO_RULE_TOP - ordinal
+                peer = _bit_match(POLICY_PEER, plan.peer_bit[(pol.index, rule.index)]) if rule.peers else {}
+                label = f"policy {pol.name} {self.kind.lower()}[{rule.index}] allow"
+                stat = (("policy", pol.index, self.kind, rule.index),)
+                for (sw, hosts), v in itertools.product(sorted(hosts_of_switch.items()), versions):
+                    ls = LOGICAL_SWITCH.m(t.vni[sw])
+                    for l4 in _port_matches(rule, v):
+                        m = {**ls, **sel, **peer, "eth_type": ETH_TYPES[v], **l4}
+                        out.to(hosts, out.flow(self.rules_table, prio,
+                                               Match.of(**m, ct_state=ct_state(trk=True, new=True)),
+                                               log + (out.goto(self.commit_table),), rule=label, stat=stat))
+                        out.to(hosts, out.flow(self.rules_table, prio,
+                                               Match.of(**m, ct_state=ct_state(trk=True, est=True, rpl=False)),
+                                               (out.goto("@next"),), rule=label))
+        if ordinal > MAX_RULES:
+            raise ValueError(f"{ordinal} {self.kind} policy rules; at most {MAX_RULES}")
+
+
+_FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ip_proto", "tcp_dst", "udp_dst"}) | \
+    {s.field for s in POLICY_SELECTED + POLICY_PEER}
+
+
+class EgressPolicy(_PolicyStage):
+    name = "policy_egress"
+    id = 16
+    kind = "Egress"
+    port_slot = INPORT
+    far = "dst"
+    sel_table, peer_table, rules_table, commit_table = \
+        "policy_eg_sel", "policy_eg_peer", "policy_eg", "policy_eg_commit"
+    tables = (
+        TableDecl("policy_eg_sel", frozenset({"reg13", "reg14", "eth_type", "ip_proto", "icmpv6_type"}),
+                  successors=("policy_eg_peer", "@next"), miss="@next",
+                  doc="IP from a port some Egress policy selects -> its policies' bits, conntrack"),
+        TableDecl("policy_eg_peer", frozenset({"reg13", "eth_type", "ipv4_dst", "ipv6_dst"}),
+                  successors=("policy_eg",), doc="destination address -> the peer sets it is in"),
+        TableDecl("policy_eg", _FIELDS | {"reg14"}, successors=("policy_eg_commit", "@next"),
+                  doc="Egress rules: selected-by and peer-set bits, ports"),
+        TableDecl("policy_eg_commit", frozenset({"reg13", "reg14", "eth_type"}), successors=("@next",),
+                  doc="commit an allowed connection in the port's policy zone"),
+    )
+
+
+class IngressPolicy(_PolicyStage):
+    name = "policy_ingress"
+    id = 17
+    kind = "Ingress"
+    port_slot = OUTPORT
+    far = "src"
+    sel_table, peer_table, rules_table, commit_table = \
+        "policy_in_sel", "policy_in_peer", "policy_in", "policy_in_commit"
+    tables = (
+        TableDecl("policy_in_sel", frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv6_type"}),
+                  successors=("policy_in_peer", "@next"), miss="@next",
+                  doc="IP to a port some Ingress policy selects -> its policies' bits, conntrack"),
+        TableDecl("policy_in_peer", frozenset({"reg13", "eth_type", "ipv4_src", "ipv6_src"}),
+                  successors=("policy_in",), doc="source address -> the peer sets it is in"),
+        TableDecl("policy_in", _FIELDS | {"reg15"}, successors=("policy_in_commit", "@next"),
+                  doc="Ingress rules: selected-by and peer-set bits, ports"),
+        TableDecl("policy_in_commit", frozenset({"reg13", "reg15", "eth_type"}), successors=("@next",),
+                  doc="commit an allowed connection in the port's policy zone"),
+    )

@@ -355,6 +355,29 @@ def cmd_port_add(a):
         print(f"  warning: {e}")
 
 
+def cmd_port_label(a):
+    tenant, port = _tenant_port(a.target, "port label")
+    put, remove = {}, []
+    for item in a.labels:
+        if item.endswith("-") and "=" not in item:
+            remove.append(item[:-1])
+            continue
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise SystemExit(f"nvctl port label: {item!r}: KEY=VALUE to set, KEY- to remove")
+        put[k] = v
+    r = call(api_socket(a), "port.label", tenant=tenant, port=port, set=put or None, remove=remove or None)
+    if a.json:
+        return show(r, True)
+    labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "(none)"
+    if not r["changed"]:
+        print(f"{tenant}/{port}: labels unchanged: {labels}")
+        return
+    print(f"{tenant}/{port}: labels {labels}")
+    for h, what in r.get("hosts", {}).items():
+        print(f"  {h}: {what}")
+
+
 def cmd_port_del(a):
     tenant, port = _tenant_port(a.target, "port del")
     _report_change(call(api_socket(a), "port.del", tenant=tenant, port=port), a.json)
@@ -502,6 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", metavar="KEY=VALUE",
                    help="a label (Kubernetes syntax: [prefix/]name=value), repeatable: --label app=web --label tier=front")
     p.set_defaults(fn=cmd_port_add)
+    p = pts.add_parser("label", parents=[common], help="set or remove a port's labels (policies follow)",
+                       description="Labels select ports for network policies: changing them moves the "
+                                   "port into or out of the policies' selectors, as one change. "
+                                   "A port from a tenant's YAML gets the YAML's labels back with the "
+                                   "next apply of that YAML.",
+                       epilog="examples:\n  nvctl port label shop/web3 app=fe tier=front\n"
+                              "  nvctl port label shop/web3 tier-      (remove tier)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", metavar="TENANT/PORT")
+    p.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
+    p.set_defaults(fn=cmd_port_label)
     p = pts.add_parser("del", parents=[common], help="remove a port: its flows and workload go")
     p.add_argument("target", metavar="TENANT/PORT")
     p.set_defaults(fn=cmd_port_del)

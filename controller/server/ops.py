@@ -155,6 +155,9 @@ OPS: dict[str, Op] = _ops(
         "made_by": opt("api", str), "container_id": opt(None, str), "labels": opt(None, dict)},
        kind="change", **T),
     Op("port.del", "port_del", TENANT_PORT, kind="change", **T),
+    Op("port.label", "port_label", {**TENANT_PORT, "set": opt(None, dict), "remove": opt(None, list)},
+       kind="change", **T, doc="Set (`set`: key -> value) and remove (`remove`: keys) a port's labels; "
+                               "the network policies selecting it follow."),
     Op("port.migrate", "migrate", {**TENANT_PORT, "to": req(str), "prepare": opt(False, bool),
                                    "bandwidth_mbps": opt(None, float)}, kind="change", **T,
        doc="Move a port to host `to`: a namespace make-before-break, a VM live by QEMU; "

@@ -126,6 +126,40 @@ class PortsMixin:
         out["port"] = self.port_attachment(tenant, name)
         return out
 
+    def port_label(self, tenant: str, port: str, set: dict | None = None, remove: list | None = None) -> dict:
+        """Set labels (`set`: key -> value) and take some away (`remove`: keys) on a
+        port, as one change: the policies whose selectors it enters or leaves follow.
+        A YAML port's labels come back with the next `tenant apply` of that YAML."""
+        with self.mutex:
+            e = self.tenants.get(tenant)
+            if e is None:
+                raise unknown_tenant(tenant)
+            try:
+                p = e.tenant.port(port)
+            except KeyError:
+                raise ApiError(f"tenant {tenant} has no port {port!r}", [("port", "unknown")]) from None
+            labels = dict(p.labels)
+            missing = [k for k in (remove or []) if k not in labels]
+            if missing:
+                raise ApiError(f"port {tenant}/{port} has no label {', '.join(map(repr, missing))}; nothing "
+                               f"was changed", [(f"labels.{k}", "not set") for k in missing])
+            for k in remove or []:
+                labels.pop(k)
+            labels.update(set or {})
+            doc = schema.to_doc(e.tenant)
+            for item in doc["spec"]["ports"]:
+                if item["name"] == port:
+                    if labels:
+                        item["labels"] = labels
+                    else:
+                        item.pop("labels", None)
+            new_t = self._validated(doc, f"tenant {tenant}: port {port}'s labels are invalid; nothing was changed")
+            if new_t.port(port).labels == p.labels:
+                return {"tenant": tenant, "port": port, "labels": labels, "changed": False}
+            out = change_path.run(self, TenantChange(e, new_t, f"labelled port {port}"))
+        out.update({"port": port, "labels": labels, "changed": True})
+        return out
+
     def port_attachment(self, tenant: str, port: str) -> dict:
         """All that plugging the port's interface needs (a CNI plugin on its host): where
         (host, its br-int's OVSDB and namespace in the lab, ofport, iface-id, the host-side

@@ -62,6 +62,7 @@ class ViewsMixin:
                           "host": p.host, "ofport": e.alloc.ofport[p.name],
                           "up": b["up"], "seen": b["seen"], "madeBy": p.made_by,
                           **({"containerId": p.container_id} if p.container_id else {}),
+                          "labels": dict(p.labels),
                           "namespace": self.driver.namespace(name, p.name, p.host) if p.workload else None})
         hosts = {}
         for h in sorted({p.host for p in e.tenant.ports} | set(e.flows)):

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from controller.spaces.ids import BUM_METER_BASE
 
-PORT_DROP_REASONS = ("portSecurity", "acl", "rateLimit", "bum")
+PORT_DROP_REASONS = ("portSecurity", "acl", "policy", "rateLimit", "bum")
 
 
 @dataclass
@@ -176,6 +176,7 @@ def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None
         on = meters.get(p.host, {})
         dropped = {"portSecurity": _pair(get(("port", p.name, "portSecurity"), zero)),
                    "acl": _pair(get(("port", p.name, "acl"), zero)),
+                   "policy": _pair(get(("port", p.name, "policy"), zero)),
                    "rateLimit": _pair(on.get(ofport, zero) if p.rate_limit_mbps is not None else zero),
                    "bum": _pair(on.get(BUM_METER_BASE + ofport, zero) if ofport is not None else zero)}
         ports.append({"name": p.name, "host": p.host, "switch": p.switch, "ip": str(p.ip),
@@ -185,6 +186,15 @@ def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None
     acls = [{"index": a.index, "name": a.label, "direction": a.direction, "action": a.action,
              "priority": a.priority, "log": a.log, **_pair(get(("acl", a.index), zero))}
             for a in tenant.acls]
+    policies = []
+    for pol in tenant.network_policies:
+        rules = [{"kind": kind, "index": r.index,
+                  "connections": _pair(get(("policy", pol.index, kind, r.index), zero))["packets"]}
+                 for kind, rs in (("Ingress", pol.ingress), ("Egress", pol.egress)) if kind in pol.types
+                 for r in rs]
+        policies.append({"index": pol.index, "name": pol.name, "namespace": pol.namespace,
+                         "types": list(pol.types), "log": pol.log, "rules": rules,
+                         "connections": sum(r["connections"] for r in rules)})
     lbs = []
     for lb in tenant.load_balancers:
         gid = alloc.group.get(lb.name)
@@ -221,7 +231,8 @@ def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None
                 for s in tenant.switches]
     return {"tenant": tenant.name, "time": clock(), "hosts": sorted(readings),
             "unread": dict(sorted((errors or {}).items())),
-            "ports": ports, "acls": acls, "loadBalancers": lbs, "nat": nat, "switches": switches}
+            "ports": ports, "acls": acls, "networkPolicies": policies, "loadBalancers": lbs, "nat": nat,
+            "switches": switches}
 
 
 def drop_counts(r: dict) -> dict:
@@ -252,7 +263,8 @@ def drops(rep: dict, then: dict | None = None) -> list[dict]:
         if not n:
             continue
         row = {"reason": {"portSecurity": "port security", "rateLimit": "rate limit", "bum": "flood (BUM) limit",
-                          "acl": "acl", "invalid": "invalid connection state",
+                          "acl": "acl", "policy": "network policy (isolated, no rule allows)",
+                          "invalid": "invalid connection state",
                           "dhcpServer": "a workload answering DHCP"}[reason],
                "kind": kind, "name": name, "packets": n}
         if kind == "port":

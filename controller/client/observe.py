@@ -39,10 +39,11 @@ def stats_tables(r: dict, prev: dict | None = None) -> list[tuple[str, list[str]
                       _n(p["received"]["packets"]) + _rate(p["received"]["packets"],
                                                            q and q["received"]["packets"], dt),
                       _n(p["received"]["bytes"]),
-                      _n(d["portSecurity"]["packets"]), _n(d["acl"]["packets"]), _n(d["rateLimit"]["packets"]),
+                      _n(d["portSecurity"]["packets"]), _n(d["acl"]["packets"]),
+                      _n(d.get("policy", {}).get("packets", 0)), _n(d["rateLimit"]["packets"]),
                       _n(d["bum"]["packets"])])
     out = [("ports", ["PORT", "HOST", "SENT PKTS", "BYTES", "RECEIVED PKTS", "BYTES", "DROP PORTSEC", "DROP ACL",
-                      "DROP RATE", "DROP BUM"], ports)]
+                      "DROP POLICY", "DROP RATE", "DROP BUM"], ports)]
     if r["acls"]:
         rows = []
         for a in r["acls"]:
@@ -51,6 +52,13 @@ def stats_tables(r: dict, prev: dict | None = None) -> list[tuple[str, list[str]
                          str(a["priority"]), _n(a["packets"]) + _rate(a["packets"], q and q["packets"], dt),
                          _n(a["bytes"])])
         out.append(("acl rules", ["#", "RULE", "DIRECTION", "ACTION", "PRIO", "PACKETS", "BYTES"], rows))
+    if r.get("networkPolicies"):
+        rows = [[p["name"] + (" (log)" if p["log"] else ""), p["namespace"] or "*", f"{x['kind'].lower()}[{x['index']}]",
+                 _n(x["connections"])] for p in r["networkPolicies"] for x in p["rules"]]
+        rows += [[p["name"] + (" (log)" if p["log"] else ""), p["namespace"] or "*",
+                  "(" + "+".join(t.lower() for t in p["types"]) + ": no rules, isolates only)", "-"]
+                 for p in r["networkPolicies"] if not p["rules"]]
+        out.append(("network policies", ["POLICY", "NAMESPACE", "RULE", "CONNECTIONS ALLOWED"], rows))
     if r["loadBalancers"]:
         rows = [[lb["name"], f"{lb['vip']}:{lb['port']}/{lb['protocol']}", f"{b['name']} {b['ip']}:{b['port']}",
                  _n(b["connections"]), _n(b["replyPackets"]), _n(b["replyBytes"])]
@@ -163,7 +171,8 @@ def cmd_drops(a):
 def cmd_logs(a):
     r = call(a.api_path, "logs", tenant=a.tenant, after=0, limit=a.last)
     if not r["logged"] and not r["entries"]:
-        print(f"{a.tenant}: no ACL rule has log: true (add it to a rule to log its connections)", file=sys.stderr)
+        print(f"{a.tenant}: no ACL rule or network policy has log: true (add it to log its connections)",
+              file=sys.stderr)
 
     def show(entries):
         for e in entries:

@@ -221,7 +221,7 @@ class _PolicyStage(Layer):
                     continue
                 out.to(host, out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
                                       deny_log, rule=f"port {name}: no {self.kind.lower()} rule allows",
-                                      stat=(("port", name, "policy"), ("policyPort", name))))
+                                      stat=(("port", name, "policy"), ("policyPort", name, self.kind))))
         prefixes = plan.prefixes(tn)
         far_field = {4: f"ipv4_{self.far}", 6: f"ipv6_{self.far}"}
         for sw, hosts in hosts_of_switch.items():
@@ -266,7 +266,7 @@ class _PolicyStage(Layer):
                 prio = PRIO_RULE_TOP - ordinal
                 peer = _bit_match(POLICY_PEER, plan.peer_bit[(pol.index, rule.index)]) if rule.peers else {}
                 label = f"policy {pol.name} {self.kind.lower()}[{rule.index}] allow"
-                stat = (("policy", pol.index, self.kind, rule.index),)
+                stat = (("policy", pol.index, self.kind, rule.index),) + ((("policyLog", self.kind),) if pol.log else ())
                 for (sw, hosts), v in itertools.product(sorted(hosts_of_switch.items()), versions):
                     ls = LOGICAL_SWITCH.m(t.vni[sw])
                     for l4 in _port_matches(rule, v):

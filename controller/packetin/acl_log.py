@@ -74,10 +74,28 @@ class AclLog:
 
     def add(self, tenant: str, host: str, rule, port: str, frame: bytes) -> dict | None:
         """Log one packet of `rule` (an AclRule) from or to `port`. None if not IP."""
+        return self._add(tenant, host, {"layer": "acl", "index": rule.index, "rule": rule.label,
+                                        "direction": rule.direction, "port": port,
+                                        "verdict": "deny" if rule.action == "deny" else "allow"}, frame)
+
+    def add_policy(self, tenant: str, host: str, policy, kind: str, rule_index: int | None, port: str,
+                   frame: bytes) -> dict | None:
+        """Log one packet a network policy decided: a new connection rule `rule_index` of
+        `policy`'s `kind` ("Ingress"/"Egress") rules allowed, or (rule_index None) one
+        `port`, isolated for `kind`, dropped because no rule allows it. None if not IP."""
+        if rule_index is None:
+            rule, verdict = f"{kind.lower()} isolation ({policy})", "deny"
+        else:
+            rule, verdict = f"policy {policy.name} {kind.lower()}[{rule_index}]", "allow"
+        return self._add(tenant, host, {"layer": "networkPolicies", "index": None if rule_index is None
+                                        else policy.index, "rule": rule,
+                                        "direction": "to-port" if kind == "Ingress" else "from-port",
+                                        "port": port, "verdict": verdict}, frame)
+
+    def _add(self, tenant: str, host: str, fields: dict, frame: bytes) -> dict | None:
         ft = five_tuple(frame)
         if ft is None:
             return None
-        verdict = "deny" if rule.action == "deny" else "allow"
         with self._lock:
             now = self.clock()
             tokens, when = self._bucket.get(tenant, (TENANT_LOG_BURST, now))
@@ -88,9 +106,7 @@ class AclLog:
                 return None
             self._bucket[tenant] = (tokens - 1, now)
             self._seq += 1
-            e = {"seq": self._seq, "time": now, "tenant": tenant, "host": host,
-                 "index": rule.index, "rule": rule.label, "direction": rule.direction, "port": port,
-                 "verdict": verdict, **ft}
+            e = {"seq": self._seq, "time": now, "tenant": tenant, "host": host, **fields, **ft}
             q = self._lines.get(tenant)
             if q is None:
                 q = self._lines[tenant] = deque(maxlen=self.keep)

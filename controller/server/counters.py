@@ -8,7 +8,8 @@ import time
 
 from dataplane.match_action import COOKIE_TENANT_MAX, COOKIE_TENANT_SHIFT, cookie_tenant
 from controller.analysis import stats as stats_mod
-from controller.server.errors import ApiError, unknown_tenant
+from controller.packetin.acl_log import five_tuple
+from controller.server.errors import unknown_tenant
 from controller.server.entry import TenantEntry
 
 STATS_KEEP_SECONDS = 600.0  # readings kept for `nvctl drops` (what dropped recently)
@@ -138,7 +139,26 @@ class CountersMixin:
         got = self.acl_log.since(tenant, after, limit)
         return {"tenant": tenant, "entries": got, "last": got[-1]["seq"] if got else after,
                 "epoch": self.acl_log.epoch,
-                "logged": [r.label for r in self.tenants[tenant].tenant.acls if r.log]}
+                "logged": [r.label for r in self.tenants[tenant].tenant.acls if r.log] +
+                          [f"policy {p.name}" for p in self.tenants[tenant].tenant.network_policies if p.log]}
+
+    def _log_policy(self, name: str, e, host: str, tags: dict, data: bytes) -> None:
+        """A network policy's log line: the allowing rule's (the port is the sender for
+        Egress, the receiver for Ingress: the rule flows are per switch, the frame
+        says whose packet it is), or an isolated port's drop."""
+        if "policyPort" in tags:
+            _, port, kind = tags["policyPort"]
+            names = ", ".join(p.name for p in e.tenant.network_policies if p.log)
+            self.acl_log.add_policy(name, host, names, kind, None, port, data)
+            return
+        _, index, kind, rule_index = tags["policy"]
+        pol = next((p for p in e.tenant.network_policies if p.index == index), None)
+        ft = five_tuple(data)
+        if pol is None or ft is None:
+            return
+        addr = ft["src"] if kind == "Egress" else ft["dst"]
+        port = next((p.name for p in e.tenant.ports if addr in (str(p.ip), str(p.ip6))), "")
+        self.acl_log.add_policy(name, host, pol, kind, rule_index, port, data)
 
     def _log_acl(self, host: str, cookie: int, data: bytes) -> None:
         tid = cookie_tenant(cookie)
@@ -149,10 +169,15 @@ class CountersMixin:
         flows = e.flows.get(host, ())
         cached = self._log_index.get((tid, host))
         if cached is None or cached[0] is not flows:
-            cached = (flows, {f.cookie: f for f in flows if any(t[0] == "aclPort" for t in f.stat)})
+            cached = (flows, {f.cookie: f for f in flows
+                              if any(t[0] in ("aclPort", "policyLog", "policyPort") for t in f.stat)})
             self._log_index[(tid, host)] = cached
         f = cached[1].get(cookie)
         if f is None:
+            return
+        tags = {t[0]: t for t in f.stat}
+        if "policyLog" in tags or "policyPort" in tags:
+            self._log_policy(name, e, host, tags, data)
             return
         index = next(t[1] for t in f.stat if t[0] == "acl")
         port = next(t[1] for t in f.stat if t[0] == "aclPort")

@@ -253,3 +253,56 @@ def test_the_controller_caps_each_tenants_log_lines_and_not_the_twins():
     now[0] += 0.1
     got = sum(1 for _ in range(200) if log.add("blue", "hv1", t.acls[0], "vm2", frame))
     assert got == acl_log.TENANT_LOG_PPS // 10  # refilled at the rate
+
+
+POLICY = {"name": "web-in", "podSelector": {"matchLabels": {"role": "server"}}, "log": True,
+          "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                       "ports": [{"protocol": "TCP", "port": 80}]}]}
+
+
+def policy_twin(name):
+    """Twins: vm1 (client, hv1) and vm2 (server, hv2); vm2 takes TCP 80 from clients only, logged."""
+    return tenant_doc(name, switches=[{"name": "web", "cidr": "10.0.0.0/24"}], networkPolicies=[POLICY],
+                      ports=[port("vm1", "web", "10.0.0.11", "hv1", mac="02:00:0a:00:00:0b", labels={"role": "client"}),
+                             port("vm2", "web", "10.0.0.12", "hv2", mac="02:00:0a:00:00:0c", labels={"role": "server"})])
+
+
+def test_policy_rules_count_connections_and_isolated_ports_count_drops_each_twin_its_own():
+    from types import SimpleNamespace
+    from controller.server.counters import CountersMixin
+    c = Counting.__new__(Counting)
+    c.net = Net(world(policy_twin("blue"), policy_twin("red")))
+    c.hits = {h: Counter() for h in c.net.hosts}
+    allowed = tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40000, 80)
+    denied = tcp("02:00:0a:00:00:0b", "02:00:0a:00:00:0c", "10.0.0.11", "10.0.0.12", 40001, 22)
+    c.send("blue", "vm1", allowed)
+    c.send("blue", "vm1", denied, times=3)
+    c.send("red", "vm1", denied)
+    blue, red = c.report("blue"), c.report("red")
+    assert blue["networkPolicies"][0]["rules"] == [{"kind": "Ingress", "index": 0, "connections": 1}]
+    vm2 = {p["name"]: p for p in blue["ports"]}["vm2"]
+    assert vm2["dropped"]["policy"]["packets"] == 3
+    assert {p["name"]: p for p in red["ports"]}["vm2"]["dropped"]["policy"]["packets"] == 1
+    assert red["networkPolicies"][0]["connections"] == 0
+    assert stats.drops(blue)[0] == {"reason": "network policy (isolated, no rule allows)", "kind": "port",
+                                   "name": "vm2", "packets": 3, "host": "hv2"}
+    # the log lines: what the allowing rule and the isolated port's drop sent to the controller
+    t, a = c.net.tenants["blue"]
+    flows = c.flows("blue")
+    core = SimpleNamespace(tenants={"blue": SimpleNamespace(tenant=t, flows=flows)},
+                           _tid_name={a.tenant_id: "blue"}, _log_index={}, acl_log=AclLog())
+    core._log_policy = CountersMixin._log_policy.__get__(core)
+    from scapy.all import IP, TCP, Ether
+    for pkt, dport in ((dict(allowed, tcp_src=40010), 80), (dict(denied, tcp_src=40011), 22)):  # new connections
+        c.net.fabric.hops.clear()
+        c.net.send("blue", "vm1", pkt)
+        logged = [hop.flow for host, _i, _p, fate in c.net.fabric.hops if host == "hv2" for hop in fate.path
+                  if hop.flow is not None and any(isinstance(x, Log) for x in hop.flow.actions)]
+        assert len(logged) == 1
+        frame = bytes(Ether() / IP(src="10.0.0.11", dst="10.0.0.12") / TCP(sport=40002, dport=dport))
+        CountersMixin._log_acl(core, "hv2", logged[0].cookie, frame)
+    got = core.acl_log.since("blue")
+    assert [(e["rule"], e["verdict"], e["port"], e["direction"]) for e in got] == [
+        ("policy web-in ingress[0]", "allow", "vm2", "to-port"),
+        ("ingress isolation (web-in)", "deny", "vm2", "to-port")]
+    assert "policy web-in ingress[0]" in line(got[0]) and "ALLOW" in line(got[0])

@@ -129,6 +129,35 @@ class TcpServer:
                 self.proc.wait()
 
 
+class EchoServers(TcpServer):
+    """TCP and UDP echo servers on the given ports, in one process in a namespace."""
+
+    def __init__(self, ns: str, tcp=(), udp=()):
+        self.proc = subprocess.Popen(_probe_cmd(ns, "serve-many", "--tcp", ",".join(map(str, tcp)),
+                                                "--udp", ",".join(map(str, udp))), cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            self.stop()
+            raise RuntimeError(f"echo servers in {ns} did not start: {line}")
+
+
+def probe_matrix(targets: dict, timeout: float = 1.0) -> dict:
+    """{ns: ["IP/PROTO/PORT", ...]} -> {(ns, target): "ok" | "timeout" | "refused" | "error"},
+    every namespace's targets at once (one prober process per namespace, in parallel)."""
+    import json as _json
+    procs = {ns: subprocess.Popen(_probe_cmd(ns, "matrix", *ts, "--timeout", str(timeout)), cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ns, ts in targets.items() if ts}
+    out = {}
+    for ns, p in procs.items():
+        stdout, stderr = p.communicate(timeout=timeout * 4 + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"prober in {ns} failed ({p.returncode}): {stderr[-500:]}")
+        out.update({(ns, t): r for t, r in _json.loads(stdout).items()})
+    return out
+
+
 def tcp_connect(ns: str, ip: str, port: int, timeout: float = 2.0) -> str:
     """'connected', 'refused', 'timeout' or 'error'."""
     p = subprocess.run(_probe_cmd(ns, "connect", ip, str(port), "--timeout", str(timeout)),

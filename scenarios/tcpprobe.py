@@ -5,6 +5,11 @@
                                                           greetings (null where none came)
   python -m scenarios.tcpprobe connect IP PORT [--timeout S]
         exit 0: connected and echoed; 3: refused (RST); 4: timed out; 5: other error
+  python -m scenarios.tcpprobe serve-many --tcp 80,81 --udp 80,81
+        TCP echo servers and UDP echo servers (a datagram comes back as it came), until killed
+  python -m scenarios.tcpprobe matrix IP/PROTO/PORT... [--timeout S]
+        every target at once (UDP: a tagged datagram, sent three times, its echo awaited);
+        prints JSON {"IP/PROTO/PORT": "ok" | "timeout" | "refused" | "error"}
   python -m scenarios.tcpprobe stream IP PORT --seconds S [--interval I]
         one connection, a numbered line every I seconds, echo checked; prints JSON
         {"sent", "echoed", "max_gap_s", "error"}; exit 0 only if every line came back
@@ -112,6 +117,76 @@ def stream(ip: str, port: int, seconds: float, interval: float) -> int:
     return 0 if out["error"] is None and out["echoed"] == out["sent"] else 1
 
 
+class _UdpEcho(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
+
+
+class _UdpServer(socketserver.ThreadingUDPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _UdpServer6(_UdpServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def serve_many(tcp: list[int], udp: list[int]) -> int:
+    import threading
+    servers = [_server(p, _Echo) for p in tcp]
+    for p in udp:
+        try:
+            servers.append(_UdpServer6(("::", p), _UdpEcho))
+        except OSError:
+            servers.append(_UdpServer(("0.0.0.0", p), _UdpEcho))
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    print(f"listening on tcp {tcp} udp {udp}", flush=True)
+    threading.Event().wait()
+    return 0
+
+
+def _udp_probe(ip: str, port: int, timeout: float) -> str:
+    import os
+    tag = b"nvctl-probe-" + os.urandom(6).hex().encode()
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.connect((ip, port))
+        s.settimeout(timeout / 3)
+        for _ in range(3):
+            try:
+                s.send(tag)
+                while True:
+                    if s.recv(2048) == tag:
+                        return "ok"
+            except (socket.timeout, TimeoutError):
+                continue
+            except ConnectionRefusedError:
+                return "refused"
+            except OSError:
+                return "error"
+    return "timeout"
+
+
+def matrix(targets: list[str], timeout: float) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(t: str) -> str:
+        ip, proto, port = t.rsplit("/", 2)
+        if proto == "udp":
+            return _udp_probe(ip, int(port), timeout)
+        return {0: "ok", 3: "refused", 4: "timeout"}.get(connect(ip, int(port), timeout), "error")
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
+        got = dict(zip(targets, ex.map(one, targets)))
+    print(json.dumps(got), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="tcpprobe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,7 +208,17 @@ def main(argv=None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--interval", type=float, default=0.05)
+    p = sub.add_parser("serve-many")
+    p.add_argument("--tcp", default="")
+    p.add_argument("--udp", default="")
+    p = sub.add_parser("matrix")
+    p.add_argument("targets", nargs="+")
+    p.add_argument("--timeout", type=float, default=1.0)
     a = ap.parse_args(argv)
+    if a.cmd == "serve-many":
+        return serve_many([int(x) for x in a.tcp.split(",") if x], [int(x) for x in a.udp.split(",") if x])
+    if a.cmd == "matrix":
+        return matrix(a.targets, a.timeout)
     if a.cmd == "serve":
         return serve(a.port, a.name)
     if a.cmd == "whois":

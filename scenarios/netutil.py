@@ -132,9 +132,9 @@ class TcpServer:
 class EchoServers(TcpServer):
     """TCP and UDP echo servers on the given ports, in one process in a namespace."""
 
-    def __init__(self, ns: str, tcp=(), udp=()):
+    def __init__(self, ns: str, tcp=(), udp=(), name: str = ""):
         self.proc = subprocess.Popen(_probe_cmd(ns, "serve-many", "--tcp", ",".join(map(str, tcp)),
-                                                "--udp", ",".join(map(str, udp))), cwd=ROOT,
+                                                "--udp", ",".join(map(str, udp)), "--name", name), cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         if "listening" not in line:
@@ -143,7 +143,7 @@ class EchoServers(TcpServer):
 
 
 def probe_matrix(targets: dict, timeout: float = 1.0) -> dict:
-    """{ns: ["IP/PROTO/PORT", ...]} -> {(ns, target): "ok" | "timeout" | "refused" | "error"},
+    """{ns: ["IP/PROTO/PORT", ...]} -> {(ns, target): "ok:NAME" | "timeout" | "refused" | "error"},
     every namespace's targets at once (one prober process per namespace, in parallel)."""
     import json as _json
     procs = {ns: subprocess.Popen(_probe_cmd(ns, "matrix", *ts, "--timeout", str(timeout)), cwd=ROOT,

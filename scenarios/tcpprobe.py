@@ -5,11 +5,12 @@
                                                           greetings (null where none came)
   python -m scenarios.tcpprobe connect IP PORT [--timeout S]
         exit 0: connected and echoed; 3: refused (RST); 4: timed out; 5: other error
-  python -m scenarios.tcpprobe serve-many --tcp 80,81 --udp 80,81
-        TCP echo servers and UDP echo servers (a datagram comes back as it came), until killed
+  python -m scenarios.tcpprobe serve-many --tcp 80,81 --udp 80,81 [--name N]
+        TCP echo servers (greeting with N) and UDP echo servers (a datagram comes back with
+        "|N" appended), until killed
   python -m scenarios.tcpprobe matrix IP/PROTO/PORT... [--timeout S]
         every target at once (UDP: a tagged datagram, sent three times, its echo awaited);
-        prints JSON {"IP/PROTO/PORT": "ok" | "timeout" | "refused" | "error"}
+        prints JSON {"IP/PROTO/PORT": "ok:N" (N: the server's name) | "timeout" | "refused" | "error"}
   python -m scenarios.tcpprobe stream IP PORT --seconds S [--interval I]
         one connection, a numbered line every I seconds, echo checked; prints JSON
         {"sent", "echoed", "max_gap_s", "error"}; exit 0 only if every line came back
@@ -118,9 +119,11 @@ def stream(ip: str, port: int, seconds: float, interval: float) -> int:
 
 
 class _UdpEcho(socketserver.BaseRequestHandler):
+    name = b""
+
     def handle(self):
         data, sock = self.request
-        sock.sendto(data, self.client_address)
+        sock.sendto(data + b"|" + self.name, self.client_address)
 
 
 class _UdpServer(socketserver.ThreadingUDPServer):
@@ -136,14 +139,16 @@ class _UdpServer6(_UdpServer):
         super().server_bind()
 
 
-def serve_many(tcp: list[int], udp: list[int]) -> int:
+def serve_many(tcp: list[int], udp: list[int], name: str = "") -> int:
     import threading
-    servers = [_server(p, _Echo) for p in tcp]
+    tcp_handler = type("Handler", (_Echo,), {"greeting": f"{name}\n".encode()})
+    udp_handler = type("UdpHandler", (_UdpEcho,), {"name": name.encode()})
+    servers = [_server(p, tcp_handler) for p in tcp]
     for p in udp:
         try:
-            servers.append(_UdpServer6(("::", p), _UdpEcho))
+            servers.append(_UdpServer6(("::", p), udp_handler))
         except OSError:
-            servers.append(_UdpServer(("0.0.0.0", p), _UdpEcho))
+            servers.append(_UdpServer(("0.0.0.0", p), udp_handler))
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
     print(f"listening on tcp {tcp} udp {udp}", flush=True)
@@ -162,8 +167,9 @@ def _udp_probe(ip: str, port: int, timeout: float) -> str:
             try:
                 s.send(tag)
                 while True:
-                    if s.recv(2048) == tag:
-                        return "ok"
+                    got = s.recv(2048)
+                    if got.startswith(tag + b"|"):
+                        return "ok:" + got[len(tag) + 1:].decode(errors="replace")
             except (socket.timeout, TimeoutError):
                 continue
             except ConnectionRefusedError:
@@ -173,6 +179,23 @@ def _udp_probe(ip: str, port: int, timeout: float) -> str:
     return "timeout"
 
 
+def _tcp_probe(ip: str, port: int, timeout: float) -> str:
+    """Connect, read the greeting (the server's name), check one echo."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            f = s.makefile("rb")
+            name = f.readline().decode(errors="replace").strip()
+            s.sendall(b"hello\n")
+            return f"ok:{name}" if f.readline() == b"hello\n" else "error"
+    except ConnectionRefusedError:
+        return "refused"
+    except (socket.timeout, TimeoutError):
+        return "timeout"
+    except OSError:
+        return "error"
+
+
 def matrix(targets: list[str], timeout: float) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -180,7 +203,7 @@ def matrix(targets: list[str], timeout: float) -> int:
         ip, proto, port = t.rsplit("/", 2)
         if proto == "udp":
             return _udp_probe(ip, int(port), timeout)
-        return {0: "ok", 3: "refused", 4: "timeout"}.get(connect(ip, int(port), timeout), "error")
+        return _tcp_probe(ip, int(port), timeout)
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
         got = dict(zip(targets, ex.map(one, targets)))
     print(json.dumps(got), flush=True)
@@ -211,12 +234,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("serve-many")
     p.add_argument("--tcp", default="")
     p.add_argument("--udp", default="")
+    p.add_argument("--name", default="")
     p = sub.add_parser("matrix")
     p.add_argument("targets", nargs="+")
     p.add_argument("--timeout", type=float, default=1.0)
     a = ap.parse_args(argv)
     if a.cmd == "serve-many":
-        return serve_many([int(x) for x in a.tcp.split(",") if x], [int(x) for x in a.udp.split(",") if x])
+        return serve_many([int(x) for x in a.tcp.split(",") if x], [int(x) for x in a.udp.split(",") if x], a.name)
     if a.cmd == "matrix":
         return matrix(a.targets, a.timeout)
     if a.cmd == "serve":

@@ -6,6 +6,7 @@ refusals in the audit trail; ownership kept across a restart. Every request goes
 through the API's one dispatcher, as over the network; switches are fake (OpenFlow's
 semantics, no OVS) so "nothing changed" includes the flows the switches hold."""
 import json
+import os
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from controller.server.ops import OPS
 from controller.server.owners import LAYERS
 from tests.unit.fixtures import BLUE, BLUE_PORTS, RED, tenant_doc
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEC = Principal("security-controller", "layer:acls", "token", "198.51.100.21")
 SEC_BLUE = Principal("sec-blue", "layer:acls@blue", "token", "198.51.100.22")
 OTHER_SEC = Principal("other-sec", "layer:acls", "token", "198.51.100.23")
@@ -314,3 +316,72 @@ def test_the_operations_are_declared_with_their_scope():
     assert OPS["layer.put"].scope == "tenant" and "principal" in OPS["layer.put"].context
     d = decide(SEC, OPS["layer.put"], {"tenant": "blue", "layer": "acls", "content": "[]"})
     assert d.allow and d.scope == "tenant:blue"
+
+
+# networkPolicies, the layer the example security controller owns ---------------------------
+
+SEC_NP = Principal("security-controller", "layer:networkPolicies", "token", "198.51.100.21")
+DEFAULT_POLICY = yaml.safe_load(open(os.path.join(REPO, "examples", "security-controller", "default-policy.yaml")))
+
+
+def test_the_example_policy_owned_on_network_policies_and_the_tenant_kept_from_changing_it(api):
+    core = api.core
+    out = put(api, SEC_NP, "networkPolicies", DEFAULT_POLICY)
+    assert out["ok"] and out["result"]["owner"] == "security-controller", out
+    assert [p.name for p in core.tenants["blue"].tenant.network_policies] == ["tenant-internal-only"]
+    before = state(core)
+    mine = [{"name": "open", "podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}]
+    out = ask(api, BLUE_CI, "tenant.apply", yaml=blue_with(networkPolicies=mine, acls=ALLOW_WEB))
+    assert out["ok"] is False and "spec.networkPolicies is owned by security-controller " \
+        "(layer:networkPolicies); ask it, or an admin" in out["error"]
+    assert state(core) == before  # the acls it also changed were not applied either
+    # the tenant's own ACL layer beside it, and the owner's layer kept by an apply that leaves it out
+    assert ask(api, BLUE_CI, "tenant.apply", yaml=blue_with(acls=ALLOW_WEB))["ok"]
+    t = core.tenants["blue"].tenant
+    assert [p.name for p in t.network_policies] == ["tenant-internal-only"] and len(t.acls) == 1
+    # the owner may not touch the tenant's ACLs
+    assert put(api, SEC_NP, "acls", [])["error"].startswith("permission denied: security-controller "
+                                                            "(layer:networkPolicies) may not touch spec.acls")
+
+
+@pytest.mark.parametrize("policy,field", [
+    ({"name": "p", "podSelector": "x"}, "spec.networkPolicies[0].podSelector"),
+    ({"name": "p"}, "spec.networkPolicies[0].podSelector"),
+    ({"name": "p", "podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]},
+     "spec.networkPolicies[0].ingress[0].ports[0].port"),
+])
+def test_an_invalid_network_policy_is_refused_naming_its_field_and_changes_nothing(api, policy, field):
+    assert put(api, SEC_NP, "networkPolicies", DEFAULT_POLICY)["ok"]
+    before = state(api.core)
+    out = put(api, SEC_NP, "networkPolicies", [policy])
+    assert out["ok"] is False and "spec.networkPolicies is invalid; nothing was changed" in out["error"]
+    assert field in [e[0] for e in out["errors"]], out["errors"]
+    assert state(api.core) == before
+
+
+# the command line ---------------------------------------------------------------------------
+
+def test_nvctl_layer_put_and_show(api, tmp_path, capsys):
+    import threading
+    from controller.client import cli
+    server = ApiServer(api.core, str(tmp_path / "nvctl.sock"))  # root's socket, as nvctl finds it
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    f = tmp_path / "acls.yaml"
+    f.write_text("acls:\n  - {priority: 100, direction: to-port, ports: [vm1], action: deny}\n")
+    d = ["--state-dir", str(tmp_path)]
+    assert cli.main(["layer", "put", "blue", "acls", "-f", str(f), "--expect-version", "0", *d]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tenant blue spec.acls at version 1\n") and "hv1:" in out
+    assert cli.main(["layer", "show", "blue", "acls", *d]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tenant blue spec.acls: version 1, no owner; last written by root")
+    assert "ports: [vm1]" in out
+    assert cli.main(["layer", "show", "blue", "acls", "--json", *d]) == 0
+    assert json.loads(capsys.readouterr().out)["content"][0]["ports"] == ["vm1"]
+    assert cli.main(["layer", "put", "blue", "acls", "-f", str(f), "--expect-version", "0", *d]) == 1
+    err = capsys.readouterr().err
+    assert "spec.acls is at version 1, not 0" in err and "expect_version: the layer is at version 1" in err
+    with pytest.raises(SystemExit):  # not a layer: argparse names the choices
+        cli.main(["layer", "show", "blue", "ports", *d])
+    assert "invalid choice: 'ports'" in capsys.readouterr().err
+    server.sock.close()

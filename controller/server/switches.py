@@ -14,6 +14,7 @@ from topology import schema
 from controller.compile.allocator import Allocation
 from controller.compile.compiler import compile_tenant
 from controller.layers.acl import FromPortAcl, ToPortAcl
+from controller.layers.netpol import EgressPolicy, IngressPolicy
 from controller.switch import reconciler
 from controller.switch.reconciler import HostState
 from controller.state.store import HostRecord
@@ -22,7 +23,9 @@ from controller.server.entry import TenantEntry
 from tep.ovs import Ovsdb
 
 LOG = logging.getLogger("nvctl.core")
-ACL_RULE_TABLES = frozenset({FromPortAcl.rules_table, ToPortAcl.rules_table})  # logged rules' packet-ins
+# logged rules' packet-ins: ACLs' and network policies'
+ACL_RULE_TABLES = frozenset({FromPortAcl.rules_table, ToPortAcl.rules_table,
+                             EgressPolicy.rules_table, IngressPolicy.rules_table})
 
 
 class SwitchesMixin:

@@ -112,3 +112,18 @@ def test_a_core_on_etcd_restarts_with_every_tenant(store):
     assert sorted(again.tenants) == ["blue", "red"] and list(again.hosts) == ["hv1"]
     assert again.tenants["blue"].revision == 2 and len(again.tenants["blue"].tenant.ports) == 2
     assert again.desired.get("hv1") == core.desired.get("hv1")
+
+
+def test_a_tenants_layer_owners_are_stored_with_it_and_survive_a_restart(store):
+    """The record of which credential owns which policy layer (controller.server.owners)
+    is part of the tenant's value: one write with the spec, read back by a new core."""
+    core = Core(store)
+    core.register_host("hv1", "192.0.2.11", 0x101, {"kind": "test"})
+    core.create(tenant_yaml("blue", "web", [("vm1", "10.0.0.11", "hv1")]))
+    acls = [{"priority": 100, "direction": "to-port", "ports": ["vm1"], "action": "deny"}]
+    core.layer_put("blue", "acls", acls, principal={"name": "sec", "role": "layer:acls"})
+    rec = store.tenant("blue")
+    assert (rec.layers["acls"]["owner"], rec.layers["acls"]["version"], rec.revision) == ("sec", 1, 2)
+    again = Core(store)
+    assert again.layer_show("blue", "acls")["owner"] == "sec"
+    assert [a.ports for a in again.tenants["blue"].tenant.acls] == [("vm1",)]

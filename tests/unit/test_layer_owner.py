@@ -385,3 +385,20 @@ def test_nvctl_layer_put_and_show(api, tmp_path, capsys):
         cli.main(["layer", "show", "blue", "ports", *d])
     assert "invalid choice: 'ports'" in capsys.readouterr().err
     server.sock.close()
+
+
+def test_a_store_written_before_layers_had_owners_is_read_and_then_keeps_them(tmp_path):
+    import sqlite3
+    from controller.state.store import SqliteStore
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE tenants (name TEXT PRIMARY KEY, doc TEXT NOT NULL, alloc TEXT NOT NULL, "
+               "revision INTEGER NOT NULL)")
+    db.execute("INSERT INTO tenants VALUES ('t', '{\"a\": 1}', '{}', 4)")
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    assert (s.tenant("t").doc, s.tenant("t").revision, s.tenant("t").layers) == ({"a": 1}, 4, {})
+    s.put_tenant("t", {"a": 2}, {}, 4, {"acls": {"version": 1, "owner": "sec"}})
+    assert [(r.revision, r.layers) for r in s.tenants()] == [(5, {"acls": {"version": 1, "owner": "sec"}})]
+    s.close()

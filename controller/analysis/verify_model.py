@@ -55,6 +55,9 @@ class TenantFacts:
     reach_pairs: frozenset  # (port, port) that must reach each other (one way each)
     endpoints: dict = field(default_factory=dict)  # port -> Endpoint
     router_macs: dict = field(default_factory=dict)  # switch -> its router port's MAC
+    # (port, port) -> PairPolicy, for each ordered pair of ports one of which a network
+    # policy isolates (empty without policies: nothing to check, nothing to constrain)
+    policy: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +67,24 @@ class Network:
     tenants: dict  # name -> TenantFacts
     tunnel_ofport: int = TUNNEL_OFPORT
     external: dict = field(default_factory=dict)  # host -> ofport of the provider network
+
+
+@dataclass(frozen=True)
+class PairPolicy:
+    """What the network policies let through as new IPv4 connections from port a's
+    address to port b's: `allowed` = `egress` (a's Egress policies) AND `ingress` (b's
+    Ingress policies). Each is ALL (None: the side is not isolated, or a rule with no
+    ports allows every protocol, ICMP included) or a tuple of (protocol, low, high)
+    cubes, "tcp"/"udp" over the destination port; () = nothing."""
+    src: str  # a's IPv4 address
+    dst: str  # b's IPv4 address
+    allowed: tuple | None
+    egress: tuple | None
+    ingress: tuple | None
+
+    @property
+    def denies_some(self) -> bool:
+        return self.allowed is not None
 
 
 def _as_flow_list(flows) -> list:
@@ -132,11 +153,13 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
     owned |= {str(n.external_ip) for n in t.nat if n.type == "floating-ip"}
     endpoints = {p.name: Endpoint(p.host, a.ofport[p.name], p.mac, str(p.ip), p.switch) for p in placed}
     router_macs = {rp.switch: rp.mac for r in t.routers for rp in r.ports}
+    policy = policy_pairs(t, placed)
     facts = TenantFacts(
         tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
         meters=frozenset(_port_meters(placed, a) | _control_meters(a, hosts)),
         groups=frozenset(a.group.values()), owned_external=frozenset(owned),
-        reach_pairs=frozenset(reach_pairs(t, placed)), endpoints=endpoints, router_macs=router_macs)
+        reach_pairs=frozenset(reach_pairs(t, placed, policy)), endpoints=endpoints,
+        router_macs=router_macs, policy=policy)
     return facts, refs
 
 
@@ -160,14 +183,16 @@ def _control_meters(a, hosts) -> set:
     return {(h, mid) for h in hosts for mid in mids}
 
 
-def reach_pairs(t, ports=None) -> set:
+def reach_pairs(t, ports=None, policy: dict | None = None) -> set:
     """Ordered pairs (a, b) of ports the topology connects (same switch, or switches of
     one router) and that no ACL necessarily separates: neither a's from-port rules nor
     b's to-port rules, read by priority, reach a deny that matches every a->b packet
-    before an allow that could match one."""
+    before an allow that could match one; and that the network policies let open some
+    new connection (`policy_pairs`: some protocol or port allowed both ways)."""
     from controller.layers.acl import guarded_ports
     ports = list(t.ports if ports is None else ports)
     guarded = guarded_ports(t)
+    pols = policy_pairs(t, ports) if policy is None else policy
     joined = set()
     for r in t.routers:
         sws = {rp.switch for rp in r.ports}
@@ -182,8 +207,100 @@ def reach_pairs(t, ports=None) -> set:
             if _separated(guarded.get(a.name, {}).get("from-port", []), a, b) or \
                     _separated(guarded.get(b.name, {}).get("to-port", []), a, b):
                 continue
+            if pols:
+                pp = pols.get((a.name, b.name))
+                if pp is not None and pp.allowed == ():
+                    continue
             out.add((a.name, b.name))
     return out
+
+
+def policy_pairs(t, ports=None) -> dict:
+    """{(a, b): PairPolicy} for the ordered pairs of `ports` (of tenant `t`) where a is
+    isolated for Egress or b for Ingress (topology.policy's reading of the spec); {}
+    for a tenant without network policies. IPv4 addresses only (verify's scope)."""
+    if not getattr(t, "network_policies", ()):
+        return {}
+    ports = list(t.ports if ports is None else ports)
+    view = _PolicyView(t)
+    eg_iso, in_iso = view.iso["Egress"], view.iso["Ingress"]
+    out = {}
+    for a in ports:
+        for b in ports:
+            if a.name == b.name or (a.name not in eg_iso and b.name not in in_iso):
+                continue
+            eg = view.side("Egress", a.name, b.ip)
+            ing = view.side("Ingress", b.name, a.ip)
+            out[(a.name, b.name)] = PairPolicy(str(a.ip), str(b.ip), _intersect(eg, ing), eg, ing)
+    return out
+
+
+class _PolicyView:
+    """topology.policy's selection, computed once per tenant: who is isolated, and the
+    ports each selector peer picks."""
+
+    def __init__(self, t):
+        from topology.policy import addresses, isolated
+        self.t = t
+        self.iso = isolated(t)
+        self.by_addr = {a: p.name for p in t.ports for a in addresses(p)}
+        self._peers: dict = {}
+
+    def _peer_ports(self, pol, peer) -> frozenset:
+        k = (pol.index, id(peer))
+        got = self._peers.get(k)
+        if got is None:
+            from topology.policy import peer_ports
+            got = self._peers[k] = (frozenset(peer_ports(self.t, pol, peer)), peer)
+        return got[0]
+
+    def side(self, kind: str, me: str, other_addr) -> tuple | None:
+        """What `me`'s policies of `kind` let through with `other_addr` on the far side:
+        None (everything) or the (protocol, low, high) cubes, as `topology.policy.allows`
+        decides for each protocol and port."""
+        from topology.policy import in_block
+        pols = self.iso[kind].get(me)
+        if not pols:
+            return None
+        other = self.by_addr.get(other_addr)
+        cubes = set()
+        for pol in pols:
+            for rule in (pol.ingress if kind == "Ingress" else pol.egress):
+                if rule.peers and not any(
+                        in_block(peer, other_addr) if peer.cidr is not None
+                        else other is not None and other in self._peer_ports(pol, peer)
+                        for peer in rule.peers):
+                    continue
+                if not rule.ports:
+                    return None
+                for pr, lo, hi in rule.ports:
+                    cubes.add((pr, 1, 65535) if lo is None else (pr, lo, hi))
+        return _merged(cubes)
+
+
+def _merged(cubes) -> tuple:
+    """(protocol, low, high) cubes, sorted, overlapping or adjacent ranges merged."""
+    out: list = []
+    for pr, lo, hi in sorted(cubes):
+        if out and out[-1][0] == pr and lo <= out[-1][2] + 1:
+            out[-1] = (pr, out[-1][1], max(out[-1][2], hi))
+        else:
+            out.append((pr, lo, hi))
+    return tuple(out)
+
+
+def _intersect(x, y):
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return _merged({(p, max(lo, lo2), min(hi, hi2)) for p, lo, hi in x for p2, lo2, hi2 in y
+                    if p == p2 and max(lo, lo2) <= min(hi, hi2)})
+
+
+def policy_allows(cubes, proto: str, dport: int) -> bool:
+    """Is (proto, dport) in a PairPolicy side or its `allowed` (None: everything)?"""
+    return cubes is None or any(p == proto and lo <= dport <= hi for p, lo, hi in cubes)
 
 
 def _separated(rules, a, b) -> bool:

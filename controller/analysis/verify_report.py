@@ -61,7 +61,9 @@ class Reporting:
 
     # ---- reachability ----------------------------------------------------------------
 
-    def _reach(self, tenant: str) -> tuple[list, int]:
+    def _reach(self, tenant: str) -> tuple[list, int, int]:
+        """(violations, pairs checked for reachability, pairs checked against the network
+        policies): unreachable pairs, and policy leaks (`_policy_leaks`)."""
         facts = self.net.tenants[tenant]
         out, n = [], 0
         by_port = {}
@@ -69,6 +71,7 @@ class Reporting:
             if sid[0] == "port":
                 ref = self.net.ports[(sid[1], sid[2])]
                 by_port[ref.port] = (sid, self.results[sid])
+        pols = facts.policy
         for a, b in sorted(facts.reach_pairs):
             ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
             if ea is None or eb is None or a not in by_port:
@@ -77,10 +80,70 @@ class Reporting:
                 continue
             n += 1
             sid, r = by_port[a]
-            if self._reaches(r, b, eb):
+            pp = pols.get((a, b)) if pols else None
+            if self._reaches(r, b, eb, pp):
                 continue
-            out.append(self._unreachable(tenant, a, b, ea, eb, facts))
-        return out, n
+            out.append(self._unreachable(tenant, a, b, ea, eb, facts, pp))
+        m = 0
+        if pols:
+            more, m = self._policy_leaks(tenant, facts, by_port)
+            out.extend(more)
+        return out, n, m
+
+    def _policy_leaks(self, tenant: str, facts, by_port: dict) -> tuple[list, int]:
+        """For each ordered pair (a, b) whose new connections the network policies limit
+        (`TenantFacts.policy`): no first packet of a connection from a's address to b's
+        (fresh: every conntrack lookup on its way said +trk+new) that they do not allow is
+        delivered to b, locally or through a tunnel. Replies and established connections
+        (the stateful part) are not looked at."""
+        out, m = [], 0
+        for (a, b), pp in sorted(facts.policy.items()):
+            if pp.allowed is None:
+                continue
+            ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
+            if ea is None or eb is None or a not in by_port:
+                continue
+            if self.only_host is not None and ea.host != self.only_host:
+                continue
+            m += 1
+            sid, r = by_port[a]
+            base, allowed = _policy_items(pp)
+            for s in self._deliveries(r, b, eb):
+                t = s.restrict(base)
+                for items in allowed:
+                    if t is None:
+                        break
+                    t = t.exclude(items)
+                if t is None:
+                    continue
+                sol = t.witness()
+                if sol is not None:
+                    out.append(self._leak(tenant, a, b, eb, pp, sid, t, sol))
+                    break
+        return out, m
+
+    def _leak(self, tenant, a, b, eb: Endpoint, pp, sid, t, sol) -> Violation:
+        from controller.analysis.verify_model import policy_allows
+        from controller.layers.netpol import EgressPolicy, IngressPolicy
+        proto = t.value_at(sol, t.var("ip_proto"))
+        name = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}.get(proto)
+        dport = t.value_at(sol, t.var(f"{name}_dst")) if name else 0
+        what = f"{name} port {dport}" if name else f"ip_proto {proto}"
+        if not policy_allows(pp.egress, name, dport):
+            who, stage = f"{a}'s Egress", EgressPolicy
+        else:
+            who, stage = f"{b}'s Ingress", IngressPolicy
+        flow = None  # the flow that let it through: in the stage's rule table, else the stage's last
+        for want in ((stage.rules_table,), tuple(d.name for d in stage.tables)):
+            for _h, tname, f, _n in reversed(t.path):
+                if f is not None and tname in want:
+                    flow = f
+                    break
+            if flow is not None:
+                break
+        msg = (f"a new connection from {a} ({pp.src}) to {b} ({pp.dst}), {what}, is delivered to {b} "
+               f"({eb.host} ofport {eb.ofport}); {who} policies do not allow it")
+        return self._violation("policy_leak", [tenant], msg, sid, t, sol, len(t.path), flow)
 
     @staticmethod
     def _arrivals(r: _Result, port: str) -> list:
@@ -108,11 +171,32 @@ class Reporting:
             r.lazy[k] = got
         return got
 
-    def _reaches(self, r: _Result, b: str, eb: Endpoint) -> bool:
+    def _reaches(self, r: _Result, b: str, eb: Endpoint, pp=None) -> bool:
+        """Is some fresh packet of r delivered to b? With `pp` (a PairPolicy): some new
+        IPv4 connection from a's address to b's that the policies allow."""
+        if pp is None:
+            for s in self._deliveries(r, b, eb):
+                if s.witness() is not None:
+                    return True
+            return False
+        base, allowed = _policy_items(pp)
+        for s in self._deliveries(r, b, eb):
+            t = s.restrict(base)
+            if t is None:
+                continue
+            for items in allowed:
+                c = t.restrict(items) if items else t
+                if c is not None and c.witness() is not None:
+                    return True
+        return False
+
+    def _deliveries(self, r: _Result, b: str, eb: Endpoint):
+        """r's fresh states delivered to b (composed through the tunnel entry of b's
+        host when r's packets are tunnelled there); possibly empty sets."""
         for s in self._arrivals(r, b):
             s = _state(s)
-            if s is not None and s.witness() is not None:
-                return True
+            if s is not None:
+                yield s
         for vni, s, env in self._tunnels_to(r, eb.host):
             peer = eb.host
             sid = ("tunnel", peer, vni)
@@ -133,18 +217,20 @@ class Reporting:
                 if t is None:
                     continue
                 c = hs.compose(s, t, env_map=env)
-                if c is not None and c.witness() is not None:
-                    return True
-        return False
+                if c is not None:
+                    yield c
 
-    def _unreachable(self, tenant, a, b, ea: Endpoint, eb: Endpoint, facts) -> Violation:
+    def _unreachable(self, tenant, a, b, ea: Endpoint, eb: Endpoint, facts, pp=None) -> Violation:
         dst_mac = eb.mac if ea.switch == eb.switch else facts.router_macs.get(ea.switch, eb.mac)
+        proto, dport = _example(pp.allowed if pp is not None else None)
         pkt = {"eth_src": ea.mac, "eth_dst": dst_mac, "eth_type": ETH_TYPE_IP, "ipv4_src": ea.ip,
-               "ipv4_dst": eb.ip, "ip_proto": IPPROTO_TCP, "ip_ttl": 64, "tcp_src": 40000, "tcp_dst": 80}
+               "ipv4_dst": eb.ip, "ip_proto": IPPROTO_UDP if proto == "udp" else IPPROTO_TCP, "ip_ttl": 64,
+               f"{proto}_src": 40000, f"{proto}_dst": dport}
         path, flow = self._concrete_path(ea.host, ea.ofport, pkt)
+        why = " (one the network policies allow)" if pp is not None else ""
         return Violation("unreachable", [tenant], f"no packet from {a} ({ea.host}) reaches {b} "
-                         f"({eb.host}); e.g. tcp to {eb.ip}:80 ends as shown", ea.host, ea.ofport, pkt,
-                         path, flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
+                         f"({eb.host}); e.g. {proto} to {eb.ip}:{dport}{why} ends as shown", ea.host,
+                         ea.ofport, pkt, path, flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
 
     def _concrete_path(self, host, in_port, pkt, hops: int = 8):
         """The concrete simulator's path for one packet (for unreachable witnesses)."""
@@ -216,8 +302,10 @@ class Reporting:
             hit = self._reach_cache.get(t)
             if hit is None:
                 hit = self._reach_cache[t] = self._reach(t)
-            more, n = hit
+            more, n, m = hit
             counts["reach_pairs"] += n
+            if m:
+                counts["policy_pairs"] = counts.get("policy_pairs", 0) + m
             for v in more:
                 if v.key() not in seen:
                     seen.add(v.key())
@@ -255,6 +343,32 @@ class Reporting:
             msg += f" (conntrack said {_ct_text(cts)})"
         return Violation(kind, tenants, msg, host, in_port, pkt, path,
                          flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
+
+
+def _policy_items(pp) -> tuple:
+    """(field tests every packet of pp's connections has: IPv4 from pp.src to pp.dst,
+    [field tests of each cube pp allows; () for all of them]); over the fields as
+    delivered (after any DNAT: what the policy stages saw)."""
+    from controller.layers.acl import range_masks
+    full = hs.FULL
+    base = (("eth_type", ETH_TYPE_IP, full["eth_type"]),
+            ("ipv4_src", hs.to_int("ipv4_src", pp.src), full["ipv4_src"]),
+            ("ipv4_dst", hs.to_int("ipv4_dst", pp.dst), full["ipv4_dst"]))
+    if pp.allowed is None:
+        return base, [()]
+    allowed = []
+    for proto, lo, hi in pp.allowed:
+        num = IPPROTO_TCP if proto == "tcp" else IPPROTO_UDP
+        for val, mask in range_masks(lo, hi):
+            allowed.append((("ip_proto", num, full["ip_proto"]), (f"{proto}_dst", val, mask)))
+    return base, allowed
+
+
+def _example(allowed) -> tuple[str, int]:
+    """A (protocol, destination port) the cubes allow, for an unreachable pair's witness."""
+    for proto, lo, hi in allowed or ():
+        return proto, 80 if lo <= 80 <= hi else lo
+    return "tcp", 80
 
 
 class _Tables:

@@ -1,0 +1,178 @@
+"""`nvctl verify` and network policies: the pairs the policies separate are not required
+to reach each other, those they allow must reach with a packet they allow, and no first
+packet of a connection the policies deny (fresh: +trk+new in every conntrack zone on its
+way) is delivered, proved over the installed flows. Leaks are planted in compiled flows;
+every counterexample is replayed in the concrete simulator (its conntrack sees a new
+connection) and really delivers."""
+import itertools
+
+from controller.analysis.verify import Verifier, network_from_compiled, verify
+from controller.analysis.verify_model import policy_allows, policy_pairs
+from controller.compile.pipeline import PIPELINE
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT
+from dataplane.match_action import Flow, Goto, Match
+from tests.unit.fixtures import BLUE, HOSTS, RED, world
+from tests.unit.test_netpol import DB_FROM_FE, doc
+from tests.unit.test_verify import flows_of, injected, replay
+from topology.policy import allows
+
+NO_EGRESS = {"name": "web-no-out", "namespace": "web", "podSelector": {"matchLabels": {"app": "fe"}},
+             "policyTypes": ["Egress"],
+             "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"tier": "db"}}}],
+                         "ports": [{"protocol": "UDP", "port": 53}]}]}
+
+
+def compiled(*docs):
+    w = world(*docs)
+    return w, flows_of(HOSTS, w)
+
+
+def planted_allow(w, tenant, stage, port, **match):
+    """A flow above every rule of `stage` ("policy_in"/"policy_eg"; below its +inv drop
+    and its replies) that lets every connection of `port` through to the commit table:
+    what a bug or a hand would add."""
+    t, a = w[tenant]
+    p = t.port(port)
+    slot = OUTPORT if stage == "policy_in" else INPORT
+    m = {**LOGICAL_SWITCH.m(a.vni[p.switch]), **slot.m(a.port_key[port]), "eth_type": 0x0800, **match}
+    return p.host, Flow(PIPELINE[stage], 63500, Match.of(**m), (Goto(PIPELINE[f"{stage}_commit"]),),
+                        layer_id=17 if stage == "policy_in" else 16, tenant_id=a.tenant_id, rule="planted")
+
+
+def delivered(flows, v):
+    return [(d.host, d.port) for d in replay(HOSTS, flows, v)]
+
+
+def test_a_correct_compile_verifies_clean_with_the_policies_expectations():
+    w, flows = compiled(doc([DB_FROM_FE]))
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert r.ok, r.format()
+    # 5 ports routed: 20 ordered pairs, less the 4 into db1 and db2 (app=pg) from other than web's app=fe
+    assert r.checked["reach_pairs"] == 16
+    assert r.checked["policy_pairs"] == 8  # every pair into db1 or db2 is limited (to tcp 5432 at most)
+    facts = network_from_compiled(HOSTS, w, flows).tenants["shop"]
+    assert ("db3", "db1") not in facts.reach_pairs and ("web1", "db1") in facts.reach_pairs
+    assert facts.policy[("web1", "db1")].allowed == (("tcp", 5432, 5432),)
+    assert facts.policy[("db3", "db1")].allowed == ()
+
+
+def test_egress_and_ingress_both_limit_and_verify_clean():
+    w, flows = compiled(doc([DB_FROM_FE, NO_EGRESS]))
+    net = network_from_compiled(HOSTS, w, flows)
+    facts = net.tenants["shop"]
+    assert facts.policy[("web1", "db3")].allowed == (("udp", 53, 53),)
+    assert facts.policy[("web1", "db1")].allowed == ()  # egress udp 53 AND ingress tcp 5432
+    # web1 and web2 are both app=fe: neither may open anything to the other; db1 to web1 is free
+    assert ("web1", "web2") not in facts.reach_pairs and ("web2", "web1") not in facts.reach_pairs
+    assert ("db1", "web1") in facts.reach_pairs and ("db1", "web1") not in facts.policy
+    r = verify(net)
+    assert r.ok, r.format()
+
+
+def test_an_allowed_pair_must_reach_with_a_packet_the_policies_allow():
+    """The allow rule for tcp 5432 removed from the flows: web1 still reaches db1 by ARP
+    and by nothing else; the pair is reported with an example the policies allow."""
+    w, flows = compiled(doc([DB_FROM_FE]))
+    cut = {h: [f for f in fl if not (f.table.name == "policy_in" and "db-from-fe" in f.rule)]
+           for h, fl in flows.items()}
+    r = verify(network_from_compiled(HOSTS, w, cut))
+    got = {v.message.split(";")[0] for v in r.violations if v.kind == "unreachable"}
+    assert "no packet from web1 (hv1) reaches db1 (hv2)" in got
+    (v,) = [v for v in r.violations if v.kind == "unreachable" and v.message.startswith("no packet from web1 (hv1) reaches db1")]
+    assert "tcp to 10.0.1.10:5432" in v.message and v.packet["tcp_dst"] == 5432
+    assert {v.kind for v in r.violations} == {"unreachable"}
+
+
+def test_a_planted_ingress_allow_all_is_a_policy_leak_with_a_counterexample_that_delivers():
+    w, flows = compiled(doc([DB_FROM_FE]))
+    host, bad = planted_allow(w, "shop", "policy_in", "db1")
+    flows = injected(flows, host, bad)
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    leaks = [v for v in r.violations if v.kind == "policy_leak"]
+    assert {v.message.split(" (")[0] for v in leaks} == {
+        f"a new connection from {x}" for x in ("web1", "web2", "db2", "db3")}, r.format()
+    assert not r.ok and {v.kind for v in r.violations} == {"policy_leak"}
+    t, a = w["shop"]
+    for v in leaks:
+        assert v.cookie == f"{bad.cookie:#x}", v.format()
+        assert "db1's Ingress policies do not allow it" in v.message
+        assert "policy_in" in [h["table"] for h in v.path] and v.path[-1]["table"] == "deliver"
+        assert "(conntrack said +new+trk)" in v.message
+        assert (t.port("db1").host, a.ofport["db1"]) in delivered(flows, v), v.format()
+        assert v.packet["eth_type"] == 0x0800 and v.packet["ipv4_dst"] == "10.0.1.10"
+    # web1 may open tcp 5432 to db1: its leak is another port or protocol
+    (v,) = [v for v in leaks if v.message.startswith("a new connection from web1")]
+    assert not (v.packet["ip_proto"] == 6 and v.packet["tcp_dst"] == 5432)
+    assert "VIOLATION policy_leak [shop]" in v.format() and "deciding flow" in v.format()
+
+
+def test_a_planted_allow_of_one_more_port_is_found_for_that_port_only():
+    w, flows = compiled(doc([DB_FROM_FE]))
+    host, bad = planted_allow(w, "shop", "policy_in", "db1", ip_proto=6, tcp_dst=22)
+    flows = injected(flows, host, bad)
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    leaks = [v for v in r.violations if v.kind == "policy_leak"]
+    assert len(leaks) == 4 and all(", tcp port 22," in v.message for v in leaks), r.format()
+    for v in leaks:
+        assert v.packet["tcp_dst"] == 22 and delivered(flows, v)
+
+
+def test_a_planted_egress_allow_all_is_a_policy_leak_across_hosts():
+    w, flows = compiled(doc([NO_EGRESS]))
+    assert verify(network_from_compiled(HOSTS, w, flows)).ok
+    host, bad = planted_allow(w, "shop", "policy_eg", "web1")
+    flows = injected(flows, host, bad)
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    leaks = [v for v in r.violations if v.kind == "policy_leak"]
+    got = {v.message.split(",")[0] for v in leaks}
+    assert got == {f"a new connection from web1 (10.0.0.11) to {p}" for p in (
+        "web2 (10.0.0.12)", "db1 (10.0.1.10)", "db2 (10.0.1.20)", "db3 (10.0.1.30)")}, r.format()
+    t, a = w["shop"]
+    for v in leaks:
+        assert "web1's Egress policies do not allow it" in v.message and v.cookie == f"{bad.cookie:#x}"
+        dst = [p for p in ("web2", "db1", "db2", "db3") if f" to {p} " in v.message][0]
+        assert (t.port(dst).host, a.ofport[dst]) in delivered(flows, v), v.format()
+    # db1 is on hv2: the counterexample's path crosses the tunnel
+    (v,) = [v for v in leaks if " to db1 " in v.message]
+    assert [h["host"] for h in v.path][0] == "hv1" and v.path[-1]["host"] == "hv2"
+
+
+def test_twins_with_identical_policies_verify_clean_and_isolated():
+    w, flows = compiled(doc([DB_FROM_FE], name="red"), doc([DB_FROM_FE], name="blue"))
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert r.ok, r.format()
+    assert r.checked["policy_pairs"] == 16 and r.checked["reach_pairs"] == 32
+    # a leak planted in one twin is that twin's alone
+    host, bad = planted_allow(w, "red", "policy_in", "db1")
+    r = verify(network_from_compiled(HOSTS, w, injected(flows, host, bad)))
+    assert {tuple(v.tenants) for v in r.violations} == {("red",)}
+    assert {v.kind for v in r.violations} == {"policy_leak"}
+
+
+def test_tenants_without_policies_carry_no_policy_work():
+    w, flows = compiled(BLUE, RED)
+    net = network_from_compiled(HOSTS, w, flows)
+    assert all(f.policy == {} for f in net.tenants.values())
+    r = Verifier(net).run()
+    assert r.ok and "policy_pairs" not in r.checked
+
+
+def test_pair_expectations_agree_with_the_policy_selection_for_every_protocol_and_port():
+    """policy_pairs' cubes against topology.policy.allows (what the compiler reads)."""
+    pols = [DB_FROM_FE, NO_EGRESS,
+            {"name": "ranges", "podSelector": {"matchLabels": {"app": "redis"}},
+             "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.12/32"]}}],
+                          "ports": [{"port": 6000, "endPort": 6010}, {"protocol": "UDP"}]},
+                         {"from": [{"podSelector": {"matchLabels": {"app": "pg"}}}]}]}]
+    w = world(doc(pols))
+    t, _a = w["shop"]
+    pairs = policy_pairs(t)
+    for a, b in itertools.permutations([p.name for p in t.ports], 2):
+        pa, pb = t.port(a), t.port(b)
+        pp = pairs.get((a, b))
+        for proto, dport in itertools.product(("tcp", "udp"), (22, 53, 5432, 5999, 6000, 6010, 6011)):
+            want = allows(t, "Egress", a, pb.ip, proto, dport) and allows(t, "Ingress", b, pa.ip, proto, dport)
+            got = pp is None or policy_allows(pp.allowed, proto, dport)
+            assert got == want, (a, b, proto, dport, pp)
+        want_icmp = allows(t, "Egress", a, pb.ip, "icmp", 0) and allows(t, "Ingress", b, pa.ip, "icmp", 0)
+        assert (pp is None or pp.allowed is None) == want_icmp, (a, b, pp)

@@ -5,7 +5,6 @@ counterexamples). `controller.analysis.verify` proves the checks over them.
 """
 from __future__ import annotations
 
-import ipaddress
 from controller.spaces.names import pending_name
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -380,6 +379,7 @@ class Report:
         c = self.checked
         head = (f"verify: {'OK' if self.ok else 'VIOLATIONS'}: {len(self.violations)} violation(s); "
                 f"checked {c.get('port_starts', 0)} ports, {c.get('tunnel_starts', 0)} tunnel entries, "
-                f"{c.get('reach_pairs', 0)} reachable pairs, {c.get('branches', 0)} packet classes "
-                f"in {self.seconds:.2f}s")
+                f"{c.get('reach_pairs', 0)} reachable pairs, "
+                + (f"{c['policy_pairs']} pairs against network policies, " if c.get("policy_pairs") else "")
+                + f"{c.get('branches', 0)} packet classes in {self.seconds:.2f}s")
         return "\n\n".join([head] + [v.format() for v in self.violations])

@@ -50,6 +50,7 @@ def test_a_correct_compile_verifies_clean_with_the_policies_expectations():
     # 5 ports routed: 20 ordered pairs, less the 4 into db1 and db2 (app=pg) from other than web's app=fe
     assert r.checked["reach_pairs"] == 16
     assert r.checked["policy_pairs"] == 8  # every pair into db1 or db2 is limited (to tcp 5432 at most)
+    assert "16 reachable pairs, 8 pairs against network policies," in r.format()
     facts = network_from_compiled(HOSTS, w, flows).tenants["shop"]
     assert ("db3", "db1") not in facts.reach_pairs and ("web1", "db1") in facts.reach_pairs
     assert facts.policy[("web1", "db1")].allowed == (("tcp", 5432, 5432),)
@@ -154,7 +155,7 @@ def test_tenants_without_policies_carry_no_policy_work():
     net = network_from_compiled(HOSTS, w, flows)
     assert all(f.policy == {} for f in net.tenants.values())
     r = Verifier(net).run()
-    assert r.ok and "policy_pairs" not in r.checked
+    assert r.ok and "policy_pairs" not in r.checked and "network policies" not in r.format()
 
 
 def test_pair_expectations_agree_with_the_policy_selection_for_every_protocol_and_port():

@@ -12,7 +12,9 @@ tenant's ping RTT during a neighbour's broadcast flood, with and without the BUM
 plain Linux bridge (and a namespace's migration); `mtu` is TCP across hosts on a
 1500-byte underlay against a 1600-byte one; `dhcp` is
 DHCP answered by the controller (one port against the per-tenant control meter, the
-controller's capacity over many tenants' meters, another tenant's DHCP under a flood).
+controller's capacity over many tenants' meters, another tenant's DHCP under a flood);
+`netpol` is network policies against the same allow-lists written as ACLs (no lab: flows
+per host, the tenant's compile, one labelled port added through the change path).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from bench.freshlab import on_fresh_lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp",
-       "cni", "cluster", "observe", "vm")
+       "cni", "cluster", "observe", "vm", "netpol")
 EXTRA = ("scale",)  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
 
 
@@ -107,6 +109,16 @@ def ratios(res: dict) -> dict:
     verify_s = _median(_get(res, "verify", "full_verify_s"))
     if isinstance(verify_s, (int, float)) and _get(res, "verify", "ports") == 10000:
         out["verify_seconds_10k_ports"] = verify_s
+    for name, path in {
+            "netpol_flows_per_host_max_policies_over_acls": ("netpol", "compile", "ratios", "flows_per_host_max"),
+            "netpol_flows_per_host_mean_policies_over_acls": ("netpol", "compile", "ratios", "flows_per_host_mean"),
+            "netpol_compile_policies_over_acls": ("netpol", "compile", "ratios", "compile"),
+            "netpol_port_add_policies_over_acl_apply": ("netpol", "port_add", "ratios", "ms"),
+            "netpol_port_add_flow_mods_policies_over_acls": ("netpol", "port_add", "ratios", "flow_mods"),
+            "netpol_port_add_policies_over_no_policy": ("netpol", "port_add", "ratios", "ms_over_no_policy")}.items():
+        v = _median(_get(res, *path))
+        if isinstance(v, (int, float)):
+            out[name] = v
     cpu = _median(_get(res, "observe", "cpu", "refresh_share"))
     if isinstance(cpu, (int, float)):
         out["controller_cpu_share_at_1s_stats_refresh"] = cpu
@@ -290,6 +302,35 @@ def plots(res: dict, out: str) -> list[str]:
         a3.legend(fontsize=8)
         fig.tight_layout()
         made.append(_save(fig, out, "scale.png"))
+    if "netpol" in res and "port_add" in res["netpol"]:
+        n, c, p = res["netpol"], res["netpol"]["compile"], res["netpol"]["port_add"]
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4))
+        for off, side, label, color in ((-0.2, "policies", "networkPolicies", "tab:blue"),
+                                        (0.2, "acls", "the same as ACLs", "tab:orange")):
+            f = c[side]["flows_per_host"]
+            a1.bar([i + off for i in range(2)], [f["tenant_max"], f["tenant_mean"]], 0.4, color=color, label=label)
+        a1.set_xticks(range(2), ["busiest host", "mean over hosts"])
+        a1.set_ylabel("the tenant's OpenFlow flows per host")
+        a1.set_title(f"{n['ports']} ports, {n['policies']} policies, {n['hosts']} hosts")
+        a1.legend(fontsize=8)
+
+        def bars(ax, stats, labels, colors):
+            ax.bar(labels, [x["median"] for x in stats], color=colors, capsize=3,
+                   yerr=[[x["median"] - x["min"] for x in stats], [x["max"] - x["median"] for x in stats]])
+        bars(a2, [c["policies"]["compile_s"], c["acls"]["compile_s"]], ["networkPolicies", "ACLs"],
+             ["tab:blue", "tab:orange"])
+        a2.set_ylabel("compile of the tenant, s")
+        a2.set_title(f"median of {n['reps']} (min-max)")
+        bars(a3, [p["policies"]["ms"], p["acls"]["ms"], p["plain"]["ms"]],
+             ["port.add\n(policies)", "tenant apply\n(ACLs rewritten)", "port.add\n(no policy)"],
+             ["tab:blue", "tab:orange", "tab:gray"])
+        a3.set_yscale("log")
+        a3.set_ylabel("one labelled port added, ms (log)")
+        for i, side in enumerate(("policies", "acls", "plain")):
+            a3.text(i, p[side]["ms"]["median"], f"{p[side]['flow_mods']['median']:g} flow-mods\n"
+                    f"{p[side]['hosts_touched']['median']:g} hosts", ha="center", va="bottom", fontsize=7)
+        fig.tight_layout()
+        made.append(_save(fig, out, "netpol.png"))
     return made
 
 
@@ -419,6 +460,12 @@ def _main(argv, rep) -> int:
         res["vm"] = on_fresh_lab(lambda lab: vm.vm_bench(lab, boots=2 if a.quick else 5, moves=4 if a.quick else 10,
                                                          log=lambda m: print(m, flush=True)))
         print(vm.report(res["vm"]), flush=True)
+    if "netpol" in only:
+        suites.next("netpol")
+        from bench import netpol
+        res["netpol"] = netpol.netpol_bench(ports=200 if a.quick else 1000, reps=2 if a.quick else 5,
+                                            samples=200 if a.quick else 300)
+        print(netpol.report(res["netpol"]), flush=True)
     if "scale" in only:
         suites.next("scale")
         from bench import scale

@@ -272,8 +272,8 @@ class _PolicyView:
                     continue
                 if not rule.ports:
                     return None
-                for pr, lo, hi in rule.ports:
-                    cubes.add((pr, 1, 65535) if lo is None else (pr, lo, hi))
+                for pr, lo, hi in rule.ports:  # no port: every one, 0 included (allows)
+                    cubes.add((pr, 0, 65535) if lo is None else (pr, lo, hi))
         return _merged(cubes)
 
 

@@ -359,8 +359,8 @@ def _policy_items(pp) -> tuple:
     allowed = []
     for proto, lo, hi in pp.allowed:
         num = IPPROTO_TCP if proto == "tcp" else IPPROTO_UDP
-        for val, mask in range_masks(lo, hi):
-            allowed.append((("ip_proto", num, full["ip_proto"]), (f"{proto}_dst", val, mask)))
+        for val, mask in range_masks(lo, hi):  # mask 0 (every port): no test of the port
+            allowed.append((("ip_proto", num, full["ip_proto"]),) + (((f"{proto}_dst", val, mask),) if mask else ()))
     return base, allowed
 
 

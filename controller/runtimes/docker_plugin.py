@@ -11,10 +11,15 @@ over it (POST, JSON in and out). What each call does here:
 
 CreateNetwork    checks the network against the switch: its subnet must be the switch's
                  CIDR and its gateway the switch's router address; remembers tenant,
-                 switch and host (options `-o tenant= -o switch= [-o host=]`)
+                 switch and host (options `-o tenant= -o switch= [-o host=]`) and the
+                 labels every container of the network gets (`-o nvctl.label.KEY=VALUE`,
+                 `-o nvctl.labels=K=V,K2=V2`)
 CreateEndpoint   makes the container's port through the API (madeBy: docker, named "d"
                  and the endpoint id's first 12 characters) with the address Docker's
-                 IPAM gave
+                 IPAM gave and its labels: the network's, and the endpoint's driver
+                 options (`docker run --network name=NET,driver-opt=nvctl.label.K=V`,
+                 `docker network connect --driver-opt nvctl.label.K=V NET C`), which win
+                 on a key
 Join             a veth from the port's host's br-int (OVSDB as for every port) to
                  Docker's namespace, with the port's MAC and MTU; Docker moves it into the
                  container as eth0 and routes through the switch's gateway (no second NIC
@@ -55,6 +60,7 @@ from http.server import BaseHTTPRequestHandler
 from controller.client.api import ApiClientError, call
 from tep import container
 from tep.ovs import DEFAULT_DB, Ovsdb, OvsError
+from topology.schema import label_problem
 
 LOG = logging.getLogger("nvctl.docker")
 DEFAULT_SOCKET = "/run/docker/plugins/nvctl.sock"
@@ -62,10 +68,39 @@ CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 GATEWAY_REQUEST = "com.docker.network.gateway"  # RequestAddressType of the gateway's address
 GENERIC = "com.docker.network.generic"  # where `docker network create -o` options arrive
 OPTIONS = ("tenant", "switch", "host")
+LABEL_OPTION = "nvctl.label."  # nvctl.label.KEY=VALUE: one label
+LABELS_OPTION = "nvctl.labels"  # nvctl.labels=K=V,K2=V2: several (the single ones win on a key)
 
 
 class PluginError(Exception):
     """An answer Docker shows to its user (as {"Err": ...})."""
+
+
+def option_labels(opts: dict, where: str) -> dict:
+    """The labels asked for in driver options: `nvctl.labels=K=V,K2=V2`, then each
+    `nvctl.label.KEY=VALUE` (which wins on its key); other options are not looked at.
+    Each is checked as the tenant YAML's labels are; a malformed or bad one is a
+    PluginError naming the option and `where` it was given."""
+    out: dict = {}
+    for part in filter(None, str(opts.get(LABELS_OPTION) or "").split(",")):
+        k, eq, v = part.partition("=")
+        if not eq or not k:
+            raise PluginError(f"nvctl: {where} {LABELS_OPTION}: {part!r} is not KEY=VALUE")
+        out[k] = v
+    for opt in sorted(opts):
+        if opt.startswith(LABEL_OPTION):
+            k = opt[len(LABEL_OPTION):]
+            if not k:
+                raise PluginError(f"nvctl: {where} {opt}: no label key (give {LABEL_OPTION}KEY=VALUE)")
+            out[k] = "" if opts[opt] is None else opts[opt]
+        elif opt.startswith("nvctl.") and opt != LABELS_OPTION:
+            raise PluginError(f"nvctl: {where}: unknown option {opt!r}; nvctl's are {LABEL_OPTION}KEY=VALUE and "
+                              f"{LABELS_OPTION}=K=V,...")
+    for k, v in out.items():
+        problem = label_problem(k, v)
+        if problem:
+            raise PluginError(f"nvctl: {where} label {k}={v}: the {problem[0]} {problem[1]}")
+    return out
 
 
 def port_name(endpoint_id: str) -> str:
@@ -132,10 +167,11 @@ class DockerPlugin:
     def create_network(self, req):
         nid = req["NetworkID"]
         opts = (req.get("Options") or {}).get(GENERIC) or {}
-        unknown = sorted(set(opts) - set(OPTIONS))
+        unknown = sorted(k for k in set(opts) - set(OPTIONS) if not k.startswith("nvctl."))
         if unknown:
             raise PluginError(f"nvctl: unknown option {unknown[0]!r}; the options are -o tenant=, -o switch=, "
-                              f"-o host=")
+                              f"-o host=, -o {LABEL_OPTION}KEY=VALUE, -o {LABELS_OPTION}=K=V,...")
+        labels = option_labels(opts, "the network's option")
         for key in ("tenant", "switch"):
             if not opts.get(key):
                 raise PluginError(f"nvctl: the network needs -o {key}=NAME (the tenant's switch it joins)")
@@ -159,7 +195,7 @@ class DockerPlugin:
             self.state["pools"][pool]["network"] = nid
         self.state["networks"][nid] = {"tenant": opts["tenant"], "switch": opts["switch"],
                                        "host": opts.get("host") or self.default_host,
-                                       "gateway": info["gateway"], "pool": pool}
+                                       "gateway": info["gateway"], "pool": pool, "labels": labels}
         self._save()
         LOG.info("network %s: %s/%s on %s (IPAM %s)", nid[:12], opts["tenant"], opts["switch"],
                  opts.get("host") or self.default_host, "nvctl" if pool else "Docker's")
@@ -184,10 +220,11 @@ class DockerPlugin:
         if not iface.get("Address"):
             raise PluginError(f"nvctl: Docker gave the endpoint no IPv4 address (use --ipam-driver {self.name})")
         ip = iface["Address"].split("/")[0]
+        labels = {**(net.get("labels") or {}), **option_labels(req.get("Options") or {}, "the endpoint's driver-opt")}
         try:
             r = self._call("port.add", tenant=net["tenant"], switch=net["switch"], name=port_name(eid), ip=ip,
                            mac=iface.get("MacAddress") or None, host=net["host"], workload=False,
-                           made_by="docker", container_id=eid)
+                           made_by="docker", container_id=eid, labels=labels or None)
         except PluginError as e:
             hint = "" if net["pool"] else f"; Docker's own IPAM picked it: create the network with --ipam-driver {self.name}"
             raise PluginError(f"{e}{hint}") from None

@@ -6,7 +6,8 @@ import pytest
 
 from controller.server.api import operations
 from controller.server.errors import ApiError
-from controller.runtimes.docker_plugin import GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, port_name
+from controller.runtimes.docker_plugin import (GATEWAY_REQUEST, GENERIC, DockerPlugin, PluginError, option_labels,
+                                               port_name)
 from tests.unit.test_port_api import ROUTED
 
 
@@ -50,10 +51,13 @@ def docker_creates(plugin, nid, tenant):
     return pool["PoolID"]
 
 
-def endpoint(plugin, pool, nid, eid):
+def endpoint(plugin, pool, nid, eid, **driver_opts):
+    """CreateEndpoint as Docker 20.10 sends it: its own options, then the endpoint's
+    driver options (`docker run --network name=NET,driver-opt=K=V`) beside them."""
     addr = plugin.dispatch("IpamDriver.RequestAddress", {"PoolID": pool, "Options": {}})["Address"]
+    opts = {"com.docker.network.endpoint.exposedports": [], "com.docker.network.portmap": [], **driver_opts}
     out = plugin.dispatch("NetworkDriver.CreateEndpoint", {"NetworkID": nid, "EndpointID": eid,
-                                                           "Interface": {"Address": addr}})
+                                                           "Interface": {"Address": addr}, "Options": opts})
     return addr, out
 
 
@@ -114,3 +118,55 @@ def test_deleting_a_network_deletes_the_ports_left_on_it_and_the_record_survives
     assert [p.name for p in core.tenants["blue"].tenant.ports] == ["a"]
     assert again.state["networks"] == {} and again.state["endpoints"] == {}
     assert again.unplugged == ["e" * 64]
+
+
+def test_option_labels_single_ones_win_over_the_list_and_other_options_are_not_looked_at():
+    opts = {"nvctl.labels": "app=web,tier=back,example.com/canary=", "nvctl.label.tier": "front",
+            "com.docker.network.portmap": [], "tenant": "blue"}
+    assert option_labels(opts, "x") == {"app": "web", "tier": "front", "example.com/canary": ""}
+    assert option_labels({}, "x") == {}
+
+
+@pytest.mark.parametrize("opts, says", [
+    ({"nvctl.labels": "app"}, "the endpoint's driver-opt nvctl.labels: 'app' is not KEY=VALUE"),
+    ({"nvctl.labels": "=web"}, "'=web' is not KEY=VALUE"),
+    ({"nvctl.label.": "web"}, "no label key"),
+    ({"nvctl.lable.app": "web"}, "unknown option 'nvctl.lable.app'"),
+    ({"nvctl.label.App!": "web"}, "label App!=web: the key 'App!'"),
+    ({"nvctl.label.app": "-web"}, "label app=-web: the value '-web'"),
+])
+def test_a_bad_label_option_is_refused_naming_it(opts, says):
+    with pytest.raises(PluginError) as e:
+        option_labels(opts, "the endpoint's driver-opt")
+    assert says in str(e.value)
+
+
+def test_a_containers_port_gets_the_networks_labels_and_its_own_driver_opts_win(core, plugin, tmp_path):
+    pool = docker_creates(plugin, "nb", "blue")
+    network(plugin, "nb", "blue", **{"nvctl.label.app": "web", "nvctl.labels": "tier=back,env=prod"})
+    endpoint(plugin, pool, "nb", "e" * 64, **{"nvctl.label.tier": "front"})
+    endpoint(plugin, pool, "nb", "f" * 64)
+    ports = core.tenants["blue"].tenant
+    assert dict(ports.port(port_name("e" * 64)).labels) == {"app": "web", "tier": "front", "env": "prod"}
+    assert dict(ports.port(port_name("f" * 64)).labels) == {"app": "web", "tier": "back", "env": "prod"}
+    again = OnCore(core, str(tmp_path / "docker.json"))  # the network's labels are in the record
+    assert again.state["networks"]["nb"]["labels"] == {"app": "web", "tier": "back", "env": "prod"}
+
+
+def test_a_network_or_endpoint_with_a_bad_label_is_refused_and_makes_nothing(core, plugin):
+    with pytest.raises(PluginError, match="the network's option label App!=web"):
+        network(plugin, "n1", "blue", **{"nvctl.label.App!": "web"})
+    assert plugin.state["networks"] == {}
+    pool = docker_creates(plugin, "nb", "blue")
+    network(plugin, "nb", "blue")
+    with pytest.raises(PluginError, match="the endpoint's driver-opt label tier=-x"):
+        endpoint(plugin, pool, "nb", "e" * 64, **{"nvctl.label.tier": "-x"})
+    assert [p.name for p in core.tenants["blue"].tenant.ports] == ["a"] and plugin.state["endpoints"] == {}
+
+
+def test_a_network_recorded_before_labels_still_serves(core, plugin):
+    pool = docker_creates(plugin, "nb", "blue")
+    network(plugin, "nb", "blue")
+    del plugin.state["networks"]["nb"]["labels"]  # a record written by an older plugin
+    endpoint(plugin, pool, "nb", "e" * 64, **{"nvctl.label.app": "web"})
+    assert dict(core.tenants["blue"].tenant.port(port_name("e" * 64)).labels) == {"app": "web"}

@@ -2,8 +2,9 @@
 remote network driver and IPAM driver): a Docker container, a podman container and a lab
 workload of one tenant reach each other across hosts; the twin's containers, with the
 same addresses, hear none of it; the gateway comes from the switch's router (one NIC);
-ACLs apply; bad networks are refused with what to do; containers that come and go leave
-nothing behind, also across a restart of the plugin."""
+ACLs apply; a container's port carries the labels given as driver options; bad networks
+are refused with what to do; containers that come and go leave nothing behind, also
+across a restart of the plugin."""
 import json
 import os
 import shutil
@@ -164,6 +165,42 @@ def test_acls_apply_to_docker_containers(lab, docker):
     assert not pings(docker("exec", "ddenied", *ping, "10.0.1.11", check=False))  # denied by its CIDR
     assert pings(docker("exec", "ddenied", *ping, "10.0.0.11", check=False))  # vm1 has no such rule
     docker("rm", "-f", "ddenied")
+
+
+def test_a_containers_port_carries_the_labels_docker_passes_as_driver_options(lab, docker):
+    """A network's `-o nvctl.label.K=V` / `-o nvctl.labels=K=V,...` label every container
+    on it; a container's own driver options (`docker run --network name=NET,driver-opt=...`,
+    `docker network connect --driver-opt ...`) win on a key; a bad label is refused, named."""
+    name = docker.plugin.name
+    docker("network", "create", "-d", name, "--ipam-driver", name, "-o", "tenant=blue", "-o", "switch=db",
+           "-o", "nvctl.label.app=shop", "-o", "nvctl.labels=tier=back,env=prod", "--subnet", "10.0.1.0/24",
+           "--gateway", "10.0.1.1", "blue-db")
+    try:
+        run(docker, "lfront", "name=blue-db,driver-opt=nvctl.label.tier=front")
+        run(docker, "lplain", "blue-db")
+        # connected before it starts (Docker 20.10 never tells the driver to Leave an endpoint it
+        # connected to a running container of network mode none, the default without docker0)
+        docker("create", "--name", "lconn", "--network", "none", "nvt-busybox", "sleep", "600")
+        docker("network", "disconnect", "none", "lconn")
+        docker("network", "connect", "--driver-opt", "nvctl.label.role=batch", "blue-db", "lconn")
+        docker("start", "lconn")
+        ports = docker_ports(lab, "blue")
+        labels = {c: ports[port_of(docker, c, "blue-db")]["labels"] for c in ("lfront", "lplain", "lconn")}
+        assert labels == {"lfront": {"app": "shop", "tier": "front", "env": "prod"},
+                          "lplain": {"app": "shop", "tier": "back", "env": "prod"},
+                          "lconn": {"app": "shop", "tier": "back", "env": "prod", "role": "batch"}}, labels
+        assert all(ports[port_of(docker, c, "blue-db")]["switch"] == "db" for c in labels)
+        assert pings(docker("exec", "lfront", "ping", "-c", "2", "-W", "2", "10.0.1.11", check=False))  # vm2
+        bad = docker("run", "-d", "--name", "lbad", "--network", "name=blue-db,driver-opt=nvctl.label.tier=-x",
+                     "nvt-busybox", "sleep", "600", check=False)
+        assert bad.returncode != 0 and "label tier=-x: the value '-x'" in bad.stderr, bad.stderr
+        bad = docker("network", "create", "-d", name, "-o", "tenant=blue", "-o", "switch=db",
+                     "-o", "nvctl.label.Bad!=x", "--subnet", "10.0.1.0/24", "--gateway", "10.0.1.1", "bad", check=False)
+        assert bad.returncode != 0 and "label Bad!=x: the key 'Bad!'" in bad.stderr, bad.stderr
+    finally:
+        docker("rm", "-f", "lfront", "lplain", "lconn", "lbad", check=False)
+        docker("network", "rm", "blue-db", check=False)
+    assert [p for p in docker_ports(lab, "blue").values() if p["switch"] == "db"] == []
 
 
 def test_networks_that_disagree_with_the_switch_are_refused_and_say_what_to_do(lab, docker):

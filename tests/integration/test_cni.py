@@ -250,3 +250,38 @@ def test_cnitool_through_libcni_adds_checks_and_deletes(lab, podman, cnitool):
         assert ip not in [p["ip"] for p in container_ports(lab, "blue").values()]
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_podman_container_gets_the_network_policy_its_cni_labels_select(lab, podman):
+    """No YAML edit for the containers: vm1 takes new connections only from ports labelled
+    app=fe; a network whose conflist gives its containers app=fe (args.cni.labels, how
+    podman passes labels to a CNI plugin) reaches it, the same switch without the label
+    does not, and the twin is untouched."""
+    policy = ("  networkPolicies:\n"
+              "    - {name: vm1-from-fe, podSelector: {matchLabels: {role: vm1}},"
+              " ingress: [{from: [{podSelector: {matchLabels: {app: fe}}}]}]}\n")
+    labelled = tenant("blue").replace("  ports:\n", policy + "  ports:\n", 1) \
+        .replace("host: hv1}", "host: hv1, labels: {role: vm1}}", 1)
+    assert "vm1-from-fe" in labelled and "role: vm1" in labelled
+    with open(os.path.join(podman.base, "net", "blue-web-fe.conflist"), "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "blue-web-fe", "plugins": [
+            {"type": "nvctl-cni", "tenant": "blue", "switch": "web", "host": "hv2", "stateDir": lab.dir,
+             "args": {"cni": {"labels": [{"key": "app", "value": "fe"}]}}}]}, f)
+    apply_yaml(lab, labelled)
+    try:
+        podman.run("cfe", "blue-web-fe")
+        podman.run("cplain", "blue-web")
+        spec = {p["name"]: p for p in nvctl_json(lab, "tenant", "show", "blue")["ports"]}
+        fe = [p for p in spec.values() if p.get("labels") == {"app": "fe"}]
+        assert len(fe) == 1, spec
+        ok = podman("exec", "cfe", "ping", "-c", "2", "-W", "2", "10.0.0.11", check=False)
+        assert " 0% packet loss" in ok.stdout, ok.stdout + ok.stderr
+        no = podman("exec", "cplain", "ping", "-c", "2", "-W", "1", "10.0.0.11", check=False)
+        assert "100% packet loss" in no.stdout, no.stdout + no.stderr
+        # the twin's vm1 (same address, no policy) answers red's containers as before
+        podman.run("cred2", "red-web")
+        red = podman("exec", "cred2", "ping", "-c", "2", "-W", "2", "10.0.0.11", check=False)
+        assert " 0% packet loss" in red.stdout, red.stdout + red.stderr
+    finally:
+        podman("rm", "-f", "-t", "0", "cfe", "cplain", "cred2", check=False)
+        apply_yaml(lab, tenant("blue"))

@@ -203,6 +203,30 @@ def test_a_containers_port_carries_the_labels_docker_passes_as_driver_options(la
     assert [p for p in docker_ports(lab, "blue").values() if p["switch"] == "db"] == []
 
 
+def test_a_docker_container_gets_the_network_policy_its_labels_select(lab, docker):
+    """No YAML edit for the containers: vm2 takes new connections only from ports
+    labelled app=fe (a policy beside its ACLs: a packet must pass both); a container
+    given app=fe as a driver option reaches it, one without does not; relabelling the
+    plain one's port lets it in."""
+    policy = ("  networkPolicies:\n"
+              "    - {name: vm2-from-fe, namespace: db, podSelector: {},"
+              " ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: fe}}}]}]}\n")
+    apply_yaml(lab, TENANT.replace("NAME", "blue") + policy)
+    try:
+        run(docker, "pfe", "name=blue-web,driver-opt=nvctl.label.app=fe")
+        run(docker, "pplain", "blue-web")
+        ping = ["ping", "-c", "2", "-W", "1"]
+        assert pings(docker("exec", "pfe", *ping, "10.0.1.11", check=False))
+        assert not pings(docker("exec", "pplain", *ping, "10.0.1.11", check=False))
+        assert pings(docker("exec", "pplain", *ping, "10.0.0.11", check=False))  # vm1: no policy
+        plain = port_of(docker, "pplain", "blue-web")
+        call(lab.api_path, "port.label", tenant="blue", port=plain, set={"app": "fe"})
+        assert pings(docker("exec", "pplain", *ping, "10.0.1.11", check=False))
+    finally:
+        docker("rm", "-f", "pfe", "pplain", check=False)
+        apply_yaml(lab, TENANT.replace("NAME", "blue"))
+
+
 def test_networks_that_disagree_with_the_switch_are_refused_and_say_what_to_do(lab, docker):
     name = docker.plugin.name
     bad = docker("network", "create", "-d", name, "--ipam-driver", name, "-o", "tenant=blue", "-o", "switch=web",

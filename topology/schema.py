@@ -55,6 +55,10 @@ PEER_KEYS = {"podSelector": False, "namespaceSelector": False, "ipBlock": False}
 IPBLOCK_KEYS = {"cidr": True, "except": False}
 POLICY_PORT_KEYS = {"protocol": False, "port": False, "endPort": False}
 POLICY_TYPES = ("Ingress", "Egress")
+# The policy layers keep a bit per policy of a type and per peer set (rule with peers) of
+# a type in four 32-bit registers each (controller.layers.netpol).
+MAX_POLICIES_PER_TYPE = 128
+MAX_PEER_RULES_PER_TYPE = 128
 POLICY_PROTOCOLS = ("TCP", "UDP")
 MAX_RATE_MBPS = 100_000
 MAX_BUM_PPS = 1_000_000
@@ -988,6 +992,16 @@ def _network_policies(raw: Any, switches: dict[str, Switch], errs: _Errors) -> l
         if ok:
             out.append(NetworkPolicy(i, name, ns, sel, tuple(t for t in POLICY_TYPES if t in types),
                                      ingress, egress, log))
+    for kind in POLICY_TYPES:
+        of_kind = [p for p in out if kind in p.types]
+        rules = [r for p in of_kind for r in (p.ingress if kind == "Ingress" else p.egress) if r.peers]
+        if len(of_kind) > MAX_POLICIES_PER_TYPE:
+            errs.add("spec.networkPolicies", f"{len(of_kind)} policies of type {kind}; at most "
+                                             f"{MAX_POLICIES_PER_TYPE} per tenant (merge some)")
+        if len(rules) > MAX_PEER_RULES_PER_TYPE:
+            errs.add("spec.networkPolicies", f"{len(rules)} {kind.lower()} rules with from/to peers; at most "
+                                             f"{MAX_PEER_RULES_PER_TYPE} per tenant (rules with the same peers "
+                                             f"can share one, listing more ports)")
     return out
 
 

@@ -27,7 +27,8 @@ to the controller (the tenant's log meter, as ACLs do), and of what its ports dr
 for lack of an allowing rule. Each flow's stat tag names the policy and rule.
 
 Bits are per tenant and direction: at most MAX_POLICIES policies of each type and
-MAX_PEER_SETS distinct peer sets (the validator refuses more).
+MAX_PEER_SETS distinct peer sets (the validator refuses more policies, or more rules
+with peers, than that: topology.schema.MAX_POLICIES_PER_TYPE, MAX_PEER_RULES_PER_TYPE).
 """
 from __future__ import annotations
 
@@ -41,10 +42,13 @@ from controller.layers.base import Layer, TableDecl
 from controller.spaces.names import policy_zone_name
 from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT, POLICY_PEER, POLICY_SELECTED
 from topology.policy import addresses, peer_ports, selected
+from topology.schema import MAX_PEER_RULES_PER_TYPE, MAX_POLICIES_PER_TYPE
 
 WORD = 32
 MAX_POLICIES = WORD * len(POLICY_SELECTED)
 MAX_PEER_SETS = WORD * len(POLICY_PEER)
+if MAX_POLICIES < MAX_POLICIES_PER_TYPE or MAX_PEER_SETS < MAX_PEER_RULES_PER_TYPE:
+    raise ValueError("the schema admits more policies or peer sets than the registers hold")
 ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 ND_TYPES = (133, 134, 135, 136, 137)  # RS, RA, NS, NA, redirect

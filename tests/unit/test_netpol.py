@@ -218,3 +218,18 @@ def test_compiled_flows_agree_with_the_kubernetes_oracle_on_every_case():
                     pkt.update(ip_proto=17, udp_src=sport, udp_dst=dport)
                 got = n.who(n.send("np", a, pkt)) == [("np", b)]
                 assert got == ok, f"case {name}: {a} -> {b} {proto}/{dport}: oracle {ok}, flows {got}"
+
+
+def test_more_policies_or_peer_rules_than_the_registers_hold_are_refused_by_name():
+    from topology.schema import MAX_PEER_RULES_PER_TYPE, MAX_POLICIES_PER_TYPE
+    many = [{"name": f"p{i}", "podSelector": {}} for i in range(MAX_POLICIES_PER_TYPE + 1)]
+    with pytest.raises(ValidationError) as e:
+        load_tenant(doc(many))
+    assert any(p == "spec.networkPolicies" and "129 policies of type Ingress" in r for p, r in e.value.errors)
+    load_tenant(doc(many[:-1]))  # at the limit: fine, and it compiles
+    Net(world(doc(many[:-1])))
+    rules = [{"from": [{"podSelector": {"matchLabels": {"app": f"a{i}"}}}]} for i in range(MAX_PEER_RULES_PER_TYPE + 1)]
+    with pytest.raises(ValidationError) as e:
+        load_tenant(doc([{"name": "big", "podSelector": {}, "ingress": rules}]))
+    assert any("129 ingress rules with from/to peers" in r for _, r in e.value.errors)
+    Net(world(doc([{"name": "big", "podSelector": {}, "ingress": rules[:-1]}])))

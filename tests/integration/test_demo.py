@@ -20,6 +20,7 @@ def test_make_demo_passes_and_leaves_nothing_behind():
         assert p.returncode == 0, f"make demo failed ({p.returncode}):\n{out[-4000:]}"
         assert "demo: all claims hold" in out, out[-4000:]
         assert "received by red's workloads: {'vm1': 0, 'vm2': 0, 'vm3': 0, 'vm4': 0}" in out, out[-4000:]
+        assert "web2 (app=blog)            -> db1:5432  timeout" in out, out[-4000:]
         left = [n for n in netns.listnetns() if n.startswith(prefix)]
         assert not left, f"make demo left namespaces behind: {left}"
     finally:

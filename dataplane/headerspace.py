@@ -9,10 +9,11 @@ Header fields are not constrained directly: each field is *bound* to a variable
   set_field f:=c      f is bound to the constant c           (exact)
   move a->b           b is bound to a's variable              (exact: b == a stays known)
   dec_ttl             split ttl<2 (dropped) / ttl>=2, ttl bound to a fresh variable
-  ct(...)             split IPv4 / not; ct_state bound to each state conntrack can give
-                      (+trk with +new, +est[+rpl], +rel[+rpl], +inv); with nat the
-                      translated fields are rebound (to the given address, or to fresh
-                      unconstrained variables for ct(nat) of an existing connection)
+  ct(...)             split IPv4 / IPv6 / neither; for IP, ct_state bound to each state
+                      conntrack can give (+trk with +new, +est[+rpl], +rel[+rpl], +inv),
+                      the rest +trk+inv; with nat the translated fields of the packet's
+                      family are rebound (to the given address, or to fresh unconstrained
+                      variables for ct(nat) of an existing connection)
   group               union over its buckets
   resubmit / goto     the packet set runs through that table and comes back (resubmit)
 
@@ -44,7 +45,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from dataplane.match_action import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_DNAT, CT_SNAT,
-                                    CT_TRK, ETH_TYPE_IP, IN_PORT, IPPROTO_TCP,
+                                    CT_TRK, ETH_TYPE_IP, ETH_TYPE_IPV6, IN_PORT, IPPROTO_TCP,
                                     IPPROTO_UDP, CONTROLLER, CheckPktLarger, Ct, DecTtl, Flow, Goto,
                                     Group, Log, Meter, Move, Output, Resubmit, SetField, Unsupported)
 
@@ -350,13 +351,19 @@ class IndexedHost:
 # The symbolic run
 # --------------------------------------------------------------------------------------
 
-_IP_STATES = (  # what conntrack can say about an IPv4 packet: (value, mask) over ct_state
+_IP_STATES = (  # what conntrack can say about an IP packet: (value, mask) over ct_state
     ("new", (CT_TRK | CT_NEW, FULL["ct_state"])),
     ("est", (CT_TRK | CT_EST, FULL["ct_state"] & ~(CT_RPL | CT_SNAT | CT_DNAT))),
     ("rel", (CT_TRK | CT_REL, FULL["ct_state"] & ~(CT_RPL | CT_SNAT | CT_DNAT))),
     ("inv", (CT_TRK | CT_INV, FULL["ct_state"])),
 )
-_NAT_FIELDS = ("ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst")
+# conntrack's families: (eth_type, its field test, the address fields, what an existing
+# connection's ct(nat) may rewrite). Anything else is +trk+inv (no tuple to track).
+_CT_FAMILIES = tuple(
+    (et, (("eth_type", et, _ETH_TYPE_FULL),), (f"{ip}_src", f"{ip}_dst"),
+     (f"{ip}_src", f"{ip}_dst", "tcp_src", "tcp_dst", "udp_src", "udp_dst"))
+    for et, ip in ((ETH_TYPE_IP, "ipv4"), (ETH_TYPE_IPV6, "ipv6")))
+_NAT_FIELDS = _CT_FAMILIES[0][3]  # IPv4's
 
 
 class Summary:
@@ -847,15 +854,18 @@ class Engine:
         if act.table is None and act.nat is None:
             return [s]  # commit only: nothing the pipeline can observe changes
         branches = []
-        et = s.var("eth_type")
-        ip_only = (("eth_type", ETH_TYPE_IP, _ETH_TYPE_FULL),)
-        ip = s.restrict(ip_only)
-        if ip is not None:
+        etv = s.concrete(s.var("eth_type"))  # the flows that track pin it: one family runs
+        for fam in _CT_FAMILIES:
+            if etv is not None and etv != fam[0]:
+                continue
+            ip = s.restrict(fam[1])
+            if ip is None:
+                continue
             for name, cube in _IP_STATES:
                 c = ip.copy()
                 if name != "new":
                     c.fresh = False
-                cs = self._nat(c, act, name) if act.nat is not None else [c]
+                cs = self._nat(c, act, name, fam) if act.nat is not None else [c]
                 for c2 in cs:
                     if act.table is not None:
                         if cube[1] == FULL["ct_state"]:
@@ -867,8 +877,10 @@ class Engine:
                             c2.cons = cons
                             c2.bind("ct_state", var)
                     branches.append(c2)
-        if not (et.__class__ is tuple and et[0] == ETH_TYPE_IP):
-            other = s.exclude(ip_only)
+        if etv is None or etv not in (ETH_TYPE_IP, ETH_TYPE_IPV6):
+            other = s
+            for fam in _CT_FAMILIES:
+                other = other.exclude(fam[1]) if other is not None else None
             if other is not None:
                 if act.table is not None:
                     other.bind("ct_state", (CT_TRK | CT_INV,))
@@ -881,16 +893,22 @@ class Engine:
             out.extend(self.table(b, act.table.number, depth + 1, tail))
         return out
 
-    def _nat(self, s: State, act: Ct, state: str) -> list[State]:
+    def _nat(self, s: State, act: Ct, state: str, fam: tuple = _CT_FAMILIES[0]) -> list[State]:
         nat = act.nat
         if not nat.kind:
             if state in ("est", "rel"):  # an existing connection's translation: anything
-                for f in _NAT_FIELDS:
+                for f in fam[3]:
                     s.bind(f, s.fresh_var(f))
             return [s]
         if not act.commit or state == "inv":
             return [s]
-        field = "ipv4_src" if nat.kind == "src" else "ipv4_dst"
+        src, dst = fam[2]
+        field = src if nat.kind == "src" else dst
+        if (":" in nat.ip) != (fam[0] == ETH_TYPE_IPV6):  # OVS refuses such a flow
+            s.event(("unsupported", self.host.name, f"ct nat to {nat.ip} of a packet with "
+                     f"eth_type {fam[0]:#06x}", len(s.path)))
+            s.halted = True
+            return [s]
         s.bind(field, (to_int(field, nat.ip),))
         if not nat.port:
             return [s]

@@ -8,7 +8,8 @@ import pytest
 from controller.compile.compiler import TUNNEL_OFPORT, compile_world
 from controller.compile.pipeline import PIPELINE
 from dataplane import headerspace as hs
-from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP, FIELDS, Match, Simulator
+from dataplane.match_action import (CT_EST, ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, FIELDS, Fabric, Match,
+                                    Simulator)
 from tests.unit.fixtures import GW_HOSTS as HOSTS
 
 REGS0 = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
@@ -150,19 +151,107 @@ def test_concrete_fate_is_inside_the_symbolic_result(seed, shop_world):
             concrete.update(tunnel_id=consts["tunnel_id"], tun_ipv4_src=consts["tun_ipv4_src"],
                             tun_ipv4_dst=consts["tun_ipv4_dst"])
         fate = Simulator(PIPELINE, flows[host].values()).run(concrete, in_port)
-        inp = {n: hs.to_int(n, v) for n, v in {**consts, **concrete}.items()}
-        admitted = [s for s in finals if _admits(s, inp)]
-        assert admitted, f"no symbolic branch admits {concrete}"
-        for e in fate.outputs:
-            ok = any(ev[0] == "out" and ev[2] == e.port and _out_matches(s, ev[3], inp, e.packet)
-                     for s in admitted for ev in s.events)
-            assert ok, f"{concrete} -> port {e.port} {e.packet}: not in the symbolic result"
-        if fate.dropped:
-            last = fate.decided_by()
-            assert any(not s.emitted and any(f is last for _h, _t, f, _n in s.path) for s in admitted), \
-                f"{concrete}: dropped by {last} concretely, no symbolic drop there"
+        _assert_inside(finals, fate, consts, concrete)
         checked += 1
     assert checked == 150
+
+
+def _assert_inside(finals, fate, consts, concrete) -> None:
+    """The concrete fate of `concrete` (started with `consts`) is among the symbolic
+    branches `finals`: some branch admits the input, each output is one of an admitting
+    branch's, and a drop is a non-emitting admitting branch's through the same flow."""
+    inp = {n: hs.to_int(n, v) for n, v in {**consts, **concrete}.items()}
+    admitted = [s for s in finals if _admits(s, inp)]
+    assert admitted, f"no symbolic branch admits {concrete}"
+    for e in fate.outputs:
+        ok = any(ev[0] == "out" and ev[2] == e.port and _out_matches(s, ev[3], inp, e.packet)
+                 for s in admitted for ev in s.events)
+        assert ok, f"{concrete} -> port {e.port} {e.packet}: not in the symbolic result"
+    if fate.dropped:
+        last = fate.decided_by()
+        assert any(not s.emitted and any(f is last for _h, _t, f, _n in s.path) for s in admitted), \
+            f"{concrete}: dropped by {last} concretely, no symbolic drop there"
+
+
+def _random_packet6(rng, t, p):
+    """Mostly a well-addressed IPv6 packet from port p to another port of tenant t."""
+    q = rng.choice([x for x in t.ports if x is not p and x.ip6 is not None])
+    gw = t.router_of(p.switch)
+    mac = q.mac if q.switch == p.switch or gw is None else gw[1].mac
+    pkt = {"eth_src": p.mac if rng.random() < 0.95 else q.mac,
+           "eth_dst": mac if rng.random() < 0.9 else rng.choice([q.mac, "33:33:ff:00:00:10"]),
+           "eth_type": ETH_TYPE_IPV6, "ipv6_src": str(p.ip6) if rng.random() < 0.9 else str(q.ip6),
+           "ipv6_dst": str(q.ip6) if rng.random() < 0.9 else "fd00:70:0:9::1", "ip_ttl": rng.choice([1, 2, 64, 64])}
+    proto = rng.choice([58, 6, 17, 6, 17])
+    pkt["ip_proto"] = proto
+    if proto == 58:
+        kind = rng.choice([128, 129, 135, 136])
+        pkt.update(icmpv6_type=kind, icmpv6_code=0)
+        if kind in (135, 136):
+            pkt["ipv6_nd_target"] = rng.choice([str(p.ip6), str(q.ip6)])
+            pkt["ipv6_nd_sll" if kind == 135 else "ipv6_nd_tll"] = pkt["eth_src"]
+    else:
+        l4 = "tcp" if proto == 6 else "udp"
+        pkt[f"{l4}_src"] = rng.choice([40000, 80, 81])
+        pkt[f"{l4}_dst"] = rng.choice([80, 81, 81, 22, 53, 40000])
+    return pkt
+
+
+def _reply(pkt: dict) -> dict:
+    r = {k: v for k, v in pkt.items() if not k.startswith(("tun", "reg", "ct_", "metadata", "in_port"))}
+    r.update(eth_src=pkt["eth_dst"], eth_dst=pkt["eth_src"], ipv6_src=pkt["ipv6_dst"],
+             ipv6_dst=pkt["ipv6_src"], ip_ttl=64)
+    for l4 in ("tcp", "udp"):
+        if f"{l4}_src" in pkt:
+            r[f"{l4}_src"], r[f"{l4}_dst"] = pkt[f"{l4}_dst"], pkt[f"{l4}_src"]
+    return r
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_concrete_ipv6_fate_under_conntrack_is_inside_the_symbolic_result(seed):
+    """IPv6 through conntrack (ACLs and network policies of dual-stack tenants): random
+    IPv6 packets and replies of earlier ones, each host's simulator keeping its
+    connections (so later packets are +est, +rpl), land inside the symbolic result."""
+    import yaml
+    from tests.netpol_cases import CASES, base_tenant, with_policies
+    from tests.unit.fixtures import world
+    from tests.unit.test_ipv6 import dual
+    rng = random.Random(seed)
+    tenants = world(yaml.safe_dump(with_policies(base_tenant("np"), dict(CASES)["several-policies"])),
+                    dual("d6"), hosts=HOSTS)
+    flows = compile_world(HOSTS, tenants)
+    ports = [(name, t, a, p) for name, (t, a) in tenants.items() for p in t.ports if p.ip6 is not None]
+    by_ofport = {(p.host, a.ofport[p.name]): (t, a, p) for _n, t, a, p in ports}
+    engines = {h: hs.Engine(hs.IndexedHost(h, flows[h].values()), TUNNEL_OFPORT,
+                            [PIPELINE["l2_lookup"].number, PIPELINE["lb_reply"].number]) for h in HOSTS}
+    fabric = Fabric(PIPELINE, {h: (flows[h].values(), HOSTS[h].pa) for h in HOSTS}, TUNNEL_OFPORT)
+    results, sent = {}, []
+    est = hops = 0
+    for _ in range(150):
+        if sent and rng.random() < 0.35:  # a reply from where an earlier packet was delivered
+            t, a, p, pkt = rng.choice(sent)
+            pkt = _reply(pkt)
+        else:
+            _n, t, a, p = rng.choice(ports)
+            pkt = _random_packet6(rng, t, p)
+        fabric.hops.clear()
+        for d in fabric.send(p.host, a.ofport[p.name], pkt):
+            got = by_ofport.get((d.host, d.port))
+            if got is not None and d.packet.get("ipv6_dst") == str(got[2].ip6):
+                sent.append(got + (d.packet,))
+        for host, in_port, arrived, fate in fabric.hops:  # the sender's host and every tunnel entry
+            tun = {k: arrived.get(k, 0) for k in ("tunnel_id", "tun_ipv4_src", "tun_ipv4_dst")}
+            consts = {**REGS0, "in_port": in_port, **tun}
+            key = (host, tuple(sorted(consts.items())))
+            if key not in results:
+                results[key] = engines[host].run(hs.start_state(consts))
+            concrete = {k: v for k, v in arrived.items() if k not in consts}
+            _assert_inside(results[key], fate, consts, concrete)
+            hops += 1
+            est += any(h.flow is not None and any(n == "ct_state" and v & m & CT_EST
+                                                  for n, v, m in hs.match_items(h.flow.match))
+                       for h in fate.path)
+    assert hops > 150 and est > 0  # tunnel entries too; some met an established connection
 
 
 def test_match_items_agree_with_match_matches():

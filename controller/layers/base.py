@@ -79,8 +79,11 @@ class TenantView:
 
 # A tenant's flow must pin the scope it belongs to, so that no two tenants' flows can
 # have the same identity (table, priority, match) on a host: the logical switch
-# register, the workload's ofport, or the VNI it arrived with.
-SCOPE_FIELDS = frozenset({"reg13", "in_port", "tunnel_id"})
+# register, the workload's ofport, the VNI it arrived with, or the policy tenant register.
+# reg8 is the network policies' tenant register: only a flow of the tenant's own
+# (keyed by its port, so itself scoped) writes the tenant's id there, so a flow that
+# matches it is the tenant's (controller.layers.netpol).
+SCOPE_FIELDS = frozenset({"reg13", "in_port", "tunnel_id", "reg8"})
 
 
 class ScopeError(ValueError):

@@ -9,17 +9,20 @@ the other refused.
 
 Groups, so that flows grow with members plus rules, not their product:
 
-  policy_sel    per isolated port (inport/outport): load the bits of the policies of
-                this direction selecting it into POLICY_SELECTED, then conntrack in the
-                port's policy zone. ARP is not IP; neighbour discovery passes before.
+  policy_sel    per tracked port (inport/outport): load the tenant's id into
+                POLICY_TENANT and the bits of the policies of this direction selecting
+                the port into POLICY_SELECTED, then conntrack in the port's policy zone.
+                ARP is not IP; neighbour discovery passes before.
   policy_peer   per address a peer set names (a port's /32 or /128; an ipBlock's
                 prefixes, the longest wins, with its excepts): load the bits of every
-                rule's peer set the far address is in into POLICY_PEER. Per switch of
-                isolated ports on the host (a flow must pin its scope).
-  policy        +inv drops, replies and related pass; then one flow per rule and port
-                range: "selected by policy P" and "far address in rule R's peers" are
-                two masked bit tests, so a rule costs the same for 3 members or 3,000.
-                +new goes to commit, +est (not a reply) on; nothing matched: drop.
+                rule's peer set the far address is in into POLICY_PEER. Once per tenant
+                and host: POLICY_TENANT pins the flow's scope (only the tenant's own
+                port flows write its id there), not each switch.
+  policy        per switch: +inv drops, replies and related pass; per tenant, one flow
+                per rule and port range: "selected by policy P" and "far address in rule
+                R's peers" are two masked bit tests, so a rule costs the same for 3
+                members or 3,000. +new goes to commit, +est (not a reply) on; per port:
+                nothing matched, drop (isolated) or commit (tracked for replies only).
   policy_commit per isolated port: ct(commit) in its policy zone, on.
 
 A policy with `log: true` sends a copy of each new connection one of its rules allows
@@ -33,14 +36,13 @@ with peers, than that: topology.schema.MAX_POLICIES_PER_TYPE, MAX_PEER_RULES_PER
 from __future__ import annotations
 
 import ipaddress
-import itertools
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ct,
                                     Match, ct_state)
 from controller.layers.acl import log_meter, range_masks
 from controller.layers.base import Layer, TableDecl
 from controller.spaces.names import policy_zone_name
-from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT, POLICY_PEER, POLICY_SELECTED
+from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT, POLICY_PEER, POLICY_SELECTED, POLICY_TENANT
 from topology.policy import addresses, peer_ports, selected
 from topology.schema import MAX_PEER_RULES_PER_TYPE, MAX_POLICIES_PER_TYPE
 
@@ -105,6 +107,7 @@ class Plan:
         self.kind = kind
         self.view = t
         tn = t.tenant
+        self.ports = {p.name: p for p in tn.ports}
         self.policies = [p for p in tn.network_policies if kind in p.types]
         self.sel_bit = {p.index: i for i, p in enumerate(self.policies)}
         self.selected: dict[str, list[int]] = {}  # port -> its policies' bits
@@ -137,7 +140,7 @@ class Plan:
         by_addr: dict = {}
         for i, ports in enumerate(self.set_ports):
             for name in ports:
-                for a in addresses(tn.port(name)):
+                for a in addresses(self.ports[name]):
                     by_addr.setdefault(a, set()).add(i)
         listed = {ipaddress.ip_network(a): set(bits) for a, bits in by_addr.items()}
         for blocks in self.set_blocks:
@@ -197,9 +200,10 @@ class _PolicyStage(Layer):
         versions = (4, 6) if tn.has_ipv6 else (4,)
         hosts_of_switch: dict[str, set] = {}
         by_index = {p.index: p for p in plan.policies}
+        port_of = plan.ports
         for name in sorted(tracked):
             bits = plan.selected.get(name, [])
-            p = tn.port(name)
+            p = port_of[name]
             hosts_of_switch.setdefault(p.switch, set()).add(p.host)
             zone = t.zone[policy_zone_name(name)]
             me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
@@ -207,7 +211,7 @@ class _PolicyStage(Layer):
             words = _bits(bits, POLICY_SELECTED)
             names = ", ".join(by_index[p_i].name for p_i in sorted(
                 k for k, b in plan.sel_bit.items() if b in bits)) or "nothing (tracked for replies)"
-            loads = tuple(s.load(w) for s, w in zip(POLICY_SELECTED, words))
+            loads = (POLICY_TENANT.load(t.tenant_id),) + tuple(s.load(w) for s, w in zip(POLICY_SELECTED, words))
             for v in versions:
                 out.to(host, out.flow(self.sel_table, PRIO_SELECTED, Match.of(**me, eth_type=ETH_TYPES[v]),
                                       loads + (Ct(zone=zone, table=out.table(self.peer_table)),),
@@ -226,8 +230,8 @@ class _PolicyStage(Layer):
                 out.to(host, out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
                                       deny_log, rule=f"port {name}: no {self.kind.lower()} rule allows",
                                       stat=(("port", name, "policy"), ("policyPort", name, self.kind))))
-        prefixes = plan.prefixes(tn)
-        far_field = {4: f"ipv4_{self.far}", 6: f"ipv6_{self.far}"}
+        # per switch of tracked ports (reg13 scopes them): neighbour discovery passes
+        # before tracking; invalid states drop; replies and related packets pass
         for sw, hosts in hosts_of_switch.items():
             ls = LOGICAL_SWITCH.m(t.vni[sw])
             if tn.has_ipv6:
@@ -236,20 +240,7 @@ class _PolicyStage(Layer):
                                            Match.of(**ls, eth_type=ETH_TYPE_IPV6, ip_proto=IPPROTO_ICMPV6,
                                                     icmpv6_type=nd),
                                            (out.goto("@next"),), rule=f"switch {sw}: neighbour discovery"))
-            for prefix, bits in sorted(prefixes.items(), key=lambda kv: (kv[0].version, str(kv[0]))):
-                if prefix.version not in versions:
-                    continue
-                words = _bits(bits, POLICY_PEER)
-                out.to(hosts, out.flow(self.peer_table, PRIO_PREFIX + prefix.prefixlen,
-                                       Match.of(**ls, eth_type=ETH_TYPES[prefix.version],
-                                                **{far_field[prefix.version]: str(prefix)}),
-                                       tuple(s.load(w) for s, w in zip(POLICY_PEER, words)) +
-                                       (out.goto(self.rules_table),),
-                                       rule=f"{self.far} {prefix}: in peer sets {sorted(bits) or 'none'}"))
             for v in versions:
-                out.to(hosts, out.flow(self.peer_table, PRIO_NO_PEER, Match.of(**ls, eth_type=ETH_TYPES[v]),
-                                       tuple(s.load(0) for s in POLICY_PEER) + (out.goto(self.rules_table),),
-                                       rule=f"switch {sw}: {self.far} in no peer set"))
                 ip = {**ls, "eth_type": ETH_TYPES[v]}
                 out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
                                        Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
@@ -260,7 +251,25 @@ class _PolicyStage(Layer):
                                            Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
                                            (out.goto("@next"),),
                                            rule=f"switch {sw}: reply of an allowed connection"))
-        # the rules: member-independent; per switch of isolated ports (scope)
+        # per tenant (the policy tenant register scopes them), on every host with
+        # tracked ports: the peer sets of the far address, and the rules
+        hosts = set().union(*hosts_of_switch.values())
+        me = POLICY_TENANT.m(t.tenant_id)
+        far_field = {4: f"ipv4_{self.far}", 6: f"ipv6_{self.far}"}
+        for prefix, bits in sorted(plan.prefixes(tn).items(), key=lambda kv: (kv[0].version, str(kv[0]))):
+            if prefix.version not in versions:
+                continue
+            words = _bits(bits, POLICY_PEER)
+            out.to(hosts, out.flow(self.peer_table, PRIO_PREFIX + prefix.prefixlen,
+                                   Match.of(**me, eth_type=ETH_TYPES[prefix.version],
+                                            **{far_field[prefix.version]: str(prefix)}),
+                                   tuple(s.load(w) for s, w in zip(POLICY_PEER, words)) +
+                                   (out.goto(self.rules_table),),
+                                   rule=f"{self.far} {prefix}: in peer sets {sorted(bits) or 'none'}"))
+        for v in versions:
+            out.to(hosts, out.flow(self.peer_table, PRIO_NO_PEER, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                   tuple(s.load(0) for s in POLICY_PEER) + (out.goto(self.rules_table),),
+                                   rule=f"{self.far} in no peer set"))
         ordinal = 0
         for pol in plan.policies:
             sel = _bit_match(POLICY_SELECTED, plan.sel_bit[pol.index])
@@ -271,10 +280,9 @@ class _PolicyStage(Layer):
                 peer = _bit_match(POLICY_PEER, plan.peer_bit[(pol.index, rule.index)]) if rule.peers else {}
                 label = f"policy {pol.name} {self.kind.lower()}[{rule.index}] allow"
                 stat = (("policy", pol.index, self.kind, rule.index),) + ((("policyLog", self.kind),) if pol.log else ())
-                for (sw, hosts), v in itertools.product(sorted(hosts_of_switch.items()), versions):
-                    ls = LOGICAL_SWITCH.m(t.vni[sw])
+                for v in versions:
                     for l4 in _port_matches(rule, v):
-                        m = {**ls, **sel, **peer, "eth_type": ETH_TYPES[v], **l4}
+                        m = {**me, **sel, **peer, "eth_type": ETH_TYPES[v], **l4}
                         out.to(hosts, out.flow(self.rules_table, prio,
                                                Match.of(**m, ct_state=ct_state(trk=True, new=True)),
                                                log + (out.goto(self.commit_table),), rule=label, stat=stat))
@@ -286,7 +294,7 @@ class _PolicyStage(Layer):
 
 
 _FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ip_proto", "tcp_dst", "udp_dst"}) | \
-    {s.field for s in POLICY_SELECTED + POLICY_PEER}
+    {s.field for s in POLICY_SELECTED + POLICY_PEER + (POLICY_TENANT,)}
 
 
 class EgressPolicy(_PolicyStage):
@@ -301,7 +309,7 @@ class EgressPolicy(_PolicyStage):
         TableDecl("policy_eg_sel", frozenset({"reg13", "reg14", "eth_type", "ip_proto", "icmpv6_type"}),
                   successors=("policy_eg_peer", "@next"), miss="@next",
                   doc="IP from a port some Egress policy selects -> its policies' bits, conntrack"),
-        TableDecl("policy_eg_peer", frozenset({"reg13", "eth_type", "ipv4_dst", "ipv6_dst"}),
+        TableDecl("policy_eg_peer", frozenset({POLICY_TENANT.field, "eth_type", "ipv4_dst", "ipv6_dst"}),
                   successors=("policy_eg",), doc="destination address -> the peer sets it is in"),
         TableDecl("policy_eg", _FIELDS | {"reg14"}, successors=("policy_eg_commit", "@next"),
                   doc="Egress rules: selected-by and peer-set bits, ports"),
@@ -322,7 +330,7 @@ class IngressPolicy(_PolicyStage):
         TableDecl("policy_in_sel", frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv6_type"}),
                   successors=("policy_in_peer", "@next"), miss="@next",
                   doc="IP to a port some Ingress policy selects -> its policies' bits, conntrack"),
-        TableDecl("policy_in_peer", frozenset({"reg13", "eth_type", "ipv4_src", "ipv6_src"}),
+        TableDecl("policy_in_peer", frozenset({POLICY_TENANT.field, "eth_type", "ipv4_src", "ipv6_src"}),
                   successors=("policy_in",), doc="source address -> the peer sets it is in"),
         TableDecl("policy_in", _FIELDS | {"reg15"}, successors=("policy_in_commit", "@next"),
                   doc="Ingress rules: selected-by and peer-set bits, ports"),

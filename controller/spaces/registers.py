@@ -52,6 +52,8 @@ SLOTS: tuple[Slot, ...] = (
     Slot("nexthop", "reg12", 0, 32, "IPv4 next hop chosen by ip_routing, resolved by ip_neighbor"),
     Slot("scratch", "reg11", 0, 32, "temporary for swapping fields within one flow's actions"),
     Slot("pkt_larger", "reg9", 0, 1, "1 when check_pkt_larger found the frame too big for the switch's MTU"),
+    Slot("policy_tenant", "reg8", 0, 32, "network policies: the tenant id, loaded with the policies' bits by "
+                                         "the tenant's own flows; scopes its peer and rule flows"),
 ) + tuple(Slot(f"policy_selected{i}", f"reg{i}", 0, 32,
                f"network policies: bits {32 * i}-{32 * i + 31} of the policies selecting the port") for i in range(4)) \
   + tuple(Slot(f"policy_peer{i}", f"reg{4 + i}", 0, 32,
@@ -82,6 +84,7 @@ _check_overlaps(SLOTS)
 LOGICAL_SWITCH = BY_NAME["logical_switch"]
 INPORT = BY_NAME["inport"]
 OUTPORT = BY_NAME["outport"]
+POLICY_TENANT = BY_NAME["policy_tenant"]
 POLICY_SELECTED = tuple(BY_NAME[f"policy_selected{i}"] for i in range(4))
 POLICY_PEER = tuple(BY_NAME[f"policy_peer{i}"] for i in range(4))
 FROM_TUNNEL = BY_NAME["from_tunnel"]

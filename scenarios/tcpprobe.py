@@ -40,13 +40,17 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-class _Server6(_Server):
-    """IPv6 and IPv4 (mapped) on one socket."""
+class _DualStack:
+    """A server on one IPv6 socket that takes IPv4 too (mapped)."""
     address_family = socket.AF_INET6
 
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
+
+
+class _Server6(_DualStack, _Server):
+    pass
 
 
 def _server(port: int, handler):
@@ -131,12 +135,8 @@ class _UdpServer(socketserver.ThreadingUDPServer):
     daemon_threads = True
 
 
-class _UdpServer6(_UdpServer):
-    address_family = socket.AF_INET6
-
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
+class _UdpServer6(_DualStack, _UdpServer):
+    pass
 
 
 def serve_many(tcp: list[int], udp: list[int], name: str = "") -> int:

@@ -22,7 +22,7 @@ import textwrap
 
 from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
-from controller.client.common import CommandError, api_socket, show, state_dir_from
+from controller.client.common import CommandError, api_socket, read_input, show, state_dir_from
 from controller.client.render import trace_lines, verify_lines
 from controller.client import accesscmd, hostcmd, labcmd, layercmd
 
@@ -37,16 +37,6 @@ def _observe(name: str):
         a.api_path = api_socket(a)
         return getattr(observe, name)(a)
     return run
-
-
-def _read_file(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise SystemExit(f"nvctl: cannot read {path}: {e.strerror}")
 
 
 def _tenant_port(target: str, command: str) -> tuple[str, str]:
@@ -75,7 +65,7 @@ def _put_tenant(a, verb: str) -> dict:
     """tenant.create / tenant.apply, with its progress (workloads plugged, hosts synced)
     polled from the controller on a second connection while the request runs."""
     from controller.client.progress import Reporter, follow_change
-    text = _read_file(a.file)
+    text = read_input(a.file)
     try:
         import yaml
         name = yaml.safe_load(text)["metadata"]["name"]
@@ -98,7 +88,7 @@ def cmd_tenant_apply(a):
 
 
 def cmd_tenant_validate(a):
-    r = call(api_socket(a), "tenant.validate", yaml=_read_file(a.file))
+    r = call(api_socket(a), "tenant.validate", yaml=read_input(a.file))
     if a.json:
         return show(r, True)
     print(f"tenant {r['tenant']} is valid: {r['switches']} switches, {r['ports']} ports")

@@ -16,6 +16,19 @@ class CommandError(Exception):
     """A command's failure, said to the user as `nvctl: <message>` with exit code 1."""
 
 
+def read_input(path: str) -> str:
+    """A command's -f FILE: the file's text, or stdin for '-'; a CommandError naming the
+    file when it cannot be read."""
+    import sys
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise CommandError(f"cannot read {path}: {e.strerror}") from None
+
+
 def api_socket(args):
     """Where this command's requests go: the network API when a credential is given
     (--credential FILE, else $NVCTL_CREDENTIAL; --server URL picks the server), else

@@ -2,25 +2,14 @@
 tenant's spec written apart from the rest, by the controller that owns it."""
 from __future__ import annotations
 
-import sys
 import time
 
 import yaml
 
 from controller.client.api import call
-from controller.client.common import CommandError, api_socket, show
+from controller.client.common import api_socket, read_input, show
 
 LAYERS = ("acls", "networkPolicies", "loadBalancers", "nat")  # the controller's list; it refuses others
-
-
-def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise CommandError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _owner(r: dict) -> str:
@@ -58,7 +47,7 @@ def _report(r: dict, as_json: bool) -> None:
 
 
 def cmd_layer_put(a):
-    r = call(api_socket(a), "layer.put", tenant=a.tenant, layer=a.layer, content=_read(a.file),
+    r = call(api_socket(a), "layer.put", tenant=a.tenant, layer=a.layer, content=read_input(a.file),
              expect_version=a.expect_version, release=a.release)
     _report(r, a.json)
 

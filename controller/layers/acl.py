@@ -116,6 +116,18 @@ def rule_matches(rule, versions=(4,)) -> list[dict]:
     return out
 
 
+def tracked_verdicts(out, table: str, hosts, switch: str, vni: int, eth_type: int) -> None:
+    """The flows of a stateful rules table that do not depend on the port, per logical
+    switch: an invalid state drops (counted for the switch), an allowed connection's
+    replies and related packets pass. The ACL and network-policy stages share them."""
+    ip = {**LOGICAL_SWITCH.m(vni), "eth_type": eth_type}
+    out.to(hosts, out.flow(table, PRIO_INVALID, Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
+                           rule=f"switch {switch}: invalid connection state", stat=(("switch", switch, "invalid"),)))
+    for flags in (dict(est=True, rpl=True), dict(rel=True)):
+        out.to(hosts, out.flow(table, PRIO_REPLY, Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
+                               (out.goto("@next"),), rule=f"switch {switch}: reply of an allowed connection"))
+
+
 class _AclStage(Layer):
     direction = ""
     port_slot = INPORT
@@ -163,16 +175,8 @@ class _AclStage(Layer):
                                                ct_state=ct_state(trk=True, new=True)), commit,
                                       rule=f"port {name}: no rule matched, allow"))
         for (sw, hosts), v in itertools.product(hosts_of_switch.items(), versions):
+            tracked_verdicts(out, self.rules_table, hosts, sw, t.vni[sw], ETH_TYPES[v])
             ip = {**LOGICAL_SWITCH.m(t.vni[sw]), "eth_type": ETH_TYPES[v]}
-            out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
-                                   Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
-                                   rule=f"switch {sw}: invalid connection state",
-                                   stat=(("switch", sw, "invalid"),)))
-            for flags in (dict(est=True, rpl=True), dict(rel=True)):
-                out.to(hosts, out.flow(self.rules_table, PRIO_REPLY,
-                                       Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
-                                       (out.goto("@next"),),
-                                       rule=f"switch {sw}: reply of an allowed connection"))
             out.to(hosts, out.flow(self.rules_table, PRIO_DEFAULT,
                                    Match.of(**ip, ct_state=ct_state(trk=True, est=True, rpl=False)),
                                    (out.goto("@next"),),

@@ -39,7 +39,7 @@ import ipaddress
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ct,
                                     Match, ct_state)
-from controller.layers.acl import log_meter, range_masks
+from controller.layers.acl import PRIO_INVALID, PRIO_REPLY, log_meter, range_masks, tracked_verdicts
 from controller.layers.base import Layer, TableDecl
 from controller.spaces.names import policy_zone_name
 from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT, POLICY_PEER, POLICY_SELECTED, POLICY_TENANT
@@ -62,15 +62,16 @@ PRIO_SELECTED = 100
 # switch's catch-all (no peer set) below.
 PRIO_PREFIX = 100
 PRIO_NO_PEER = 10
-# policy: invalid, then replies/related, then rules (first listed first), then the
-# isolated port's drop.
-PRIO_INVALID = 65000
-PRIO_REPLY = 64000
+# policy: invalid (PRIO_INVALID), then replies/related (PRIO_REPLY): the ACL stages'
+# flows and priorities; then rules (first listed first), then the isolated port's drop.
 PRIO_RULE_TOP = 63000
 MAX_RULES = 60000
 PRIO_DENY = 1
 # policy_commit: one flow per isolated port.
 PRIO_COMMIT = 100
+if not PRIO_DENY < PRIO_RULE_TOP - MAX_RULES < PRIO_RULE_TOP < PRIO_REPLY < PRIO_INVALID:
+    raise ValueError("policy priorities: a rule could outrank replies, or fall below the drop")
+
 
 
 def _bits(indices, slots) -> list:
@@ -241,16 +242,7 @@ class _PolicyStage(Layer):
                                                     icmpv6_type=nd),
                                            (out.goto("@next"),), rule=f"switch {sw}: neighbour discovery"))
             for v in versions:
-                ip = {**ls, "eth_type": ETH_TYPES[v]}
-                out.to(hosts, out.flow(self.rules_table, PRIO_INVALID,
-                                       Match.of(**ip, ct_state=ct_state(trk=True, inv=True)), (),
-                                       rule=f"switch {sw}: invalid connection state",
-                                       stat=(("switch", sw, "invalid"),)))
-                for flags in (dict(est=True, rpl=True), dict(rel=True)):
-                    out.to(hosts, out.flow(self.rules_table, PRIO_REPLY,
-                                           Match.of(**ip, ct_state=ct_state(trk=True, **flags)),
-                                           (out.goto("@next"),),
-                                           rule=f"switch {sw}: reply of an allowed connection"))
+                tracked_verdicts(out, self.rules_table, hosts, sw, t.vni[sw], ETH_TYPES[v])
         # per tenant (the policy tenant register scopes them), on every host with
         # tracked ports: the peer sets of the far address, and the rules
         hosts = set().union(*hosts_of_switch.values())
@@ -297,25 +289,31 @@ _FIELDS = frozenset({"reg13", "eth_type", "ct_state", "ip_proto", "tcp_dst", "ud
     {s.field for s in POLICY_SELECTED + POLICY_PEER + (POLICY_TENANT,)}
 
 
+def _stage_tables(short: str, port_reg: str, far: str, kind: str, whose: str) -> tuple:
+    """The four tables of one direction's stage: policy_SHORT_sel/_peer/(rules)/_commit."""
+    sel, peer, rules, commit = (f"policy_{short}_sel", f"policy_{short}_peer", f"policy_{short}",
+                                f"policy_{short}_commit")
+    return (
+        TableDecl(sel, frozenset({"reg13", port_reg, "eth_type", "ip_proto", "icmpv6_type"}),
+                  successors=(peer, "@next"), miss="@next",
+                  doc=f"IP {whose} a port some {kind} policy selects -> its policies' bits, conntrack"),
+        TableDecl(peer, frozenset({POLICY_TENANT.field, "eth_type", f"ipv4_{far}", f"ipv6_{far}"}),
+                  successors=(rules,), doc=f"{far} address -> the peer sets it is in"),
+        TableDecl(rules, _FIELDS | {port_reg}, successors=(commit, "@next"),
+                  doc=f"{kind} rules: selected-by and peer-set bits, ports"),
+        TableDecl(commit, frozenset({"reg13", port_reg, "eth_type"}), successors=("@next",),
+                  doc="commit an allowed connection in the port's policy zone"),
+    )
+
+
 class EgressPolicy(_PolicyStage):
     name = "policy_egress"
     id = 16
     kind = "Egress"
     port_slot = INPORT
     far = "dst"
-    sel_table, peer_table, rules_table, commit_table = \
-        "policy_eg_sel", "policy_eg_peer", "policy_eg", "policy_eg_commit"
-    tables = (
-        TableDecl("policy_eg_sel", frozenset({"reg13", "reg14", "eth_type", "ip_proto", "icmpv6_type"}),
-                  successors=("policy_eg_peer", "@next"), miss="@next",
-                  doc="IP from a port some Egress policy selects -> its policies' bits, conntrack"),
-        TableDecl("policy_eg_peer", frozenset({POLICY_TENANT.field, "eth_type", "ipv4_dst", "ipv6_dst"}),
-                  successors=("policy_eg",), doc="destination address -> the peer sets it is in"),
-        TableDecl("policy_eg", _FIELDS | {"reg14"}, successors=("policy_eg_commit", "@next"),
-                  doc="Egress rules: selected-by and peer-set bits, ports"),
-        TableDecl("policy_eg_commit", frozenset({"reg13", "reg14", "eth_type"}), successors=("@next",),
-                  doc="commit an allowed connection in the port's policy zone"),
-    )
+    tables = _stage_tables("eg", INPORT.field, far, kind, "from")
+    sel_table, peer_table, rules_table, commit_table = (d.name for d in tables)
 
 
 class IngressPolicy(_PolicyStage):
@@ -324,16 +322,5 @@ class IngressPolicy(_PolicyStage):
     kind = "Ingress"
     port_slot = OUTPORT
     far = "src"
-    sel_table, peer_table, rules_table, commit_table = \
-        "policy_in_sel", "policy_in_peer", "policy_in", "policy_in_commit"
-    tables = (
-        TableDecl("policy_in_sel", frozenset({"reg13", "reg15", "eth_type", "ip_proto", "icmpv6_type"}),
-                  successors=("policy_in_peer", "@next"), miss="@next",
-                  doc="IP to a port some Ingress policy selects -> its policies' bits, conntrack"),
-        TableDecl("policy_in_peer", frozenset({POLICY_TENANT.field, "eth_type", "ipv4_src", "ipv6_src"}),
-                  successors=("policy_in",), doc="source address -> the peer sets it is in"),
-        TableDecl("policy_in", _FIELDS | {"reg15"}, successors=("policy_in_commit", "@next"),
-                  doc="Ingress rules: selected-by and peer-set bits, ports"),
-        TableDecl("policy_in_commit", frozenset({"reg13", "reg15", "eth_type"}), successors=("@next",),
-                  doc="commit an allowed connection in the port's policy zone"),
-    )
+    tables = _stage_tables("in", OUTPORT.field, far, kind, "to")
+    sel_table, peer_table, rules_table, commit_table = (d.name for d in tables)

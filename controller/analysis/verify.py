@@ -22,10 +22,11 @@ Checks, each violation with a concrete counterexample packet and its path:
   unreachable          a pair of A's ports its topology connects, its ACLs do not
                        necessarily separate and its network policies let open some new
                        connection, and no packet from one reaches the other (with
-                       policies: no new IPv4 connection of a protocol/port they allow)
+                       policies: no new connection of a protocol/port they allow, over
+                       IPv4, and over IPv6 for ports with an ip6)
   policy_leak          a first packet of a connection (fresh: +trk+new in every conntrack
-                       zone on its way) from one of A's ports to another, of a protocol/
-                       port A's network policies do not allow, is delivered
+                       zone on its way) from one of A's ports to another, IPv4 or IPv6,
+                       of a protocol/port A's network policies do not allow, is delivered
 
 Declared drop: the deciding flow (the last one on the packet's path) has an empty action
 list and is not the priority-0 miss flow of a table whose declared miss continues
@@ -102,7 +103,7 @@ class Verifier(Checks, Reporting):
         self._ports_of = None  # tenant -> its keys in net.ports, once first needed
         self._pa_cache = None
         self.engines: dict = {}
-        self._reach_cache: dict = {}  # tenant -> (violations, pairs checked, policy pairs checked)
+        self._reach_cache: dict = {}  # tenant -> (violations, pairs checked, policy pairs checked, both over IPv6)
         self._epoch = 0  # bumped when facts or ports change: summaries' scans are keyed by it
         self._entries: dict = {}  # host -> _entry_vnis(host)
         self._by_cookie: dict = {}  # host -> {cookie: Flow} as of the last update

@@ -33,6 +33,7 @@ class Endpoint:
     mac: str
     ip: str
     switch: str
+    ip6: str | None = None
 
 
 @dataclass
@@ -57,6 +58,10 @@ class TenantFacts:
     # (port, port) -> PairPolicy, for each ordered pair of ports one of which a network
     # policy isolates (empty without policies: nothing to check, nothing to constrain)
     policy: dict = field(default_factory=dict)
+    # the same over IPv6 (pairs of ports that both have an ip6), and the pairs that must
+    # reach each other with an IPv6 packet: both only for a tenant with network policies
+    policy6: dict = field(default_factory=dict)
+    reach_pairs6: frozenset = frozenset()
 
 
 @dataclass
@@ -70,16 +75,17 @@ class Network:
 
 @dataclass(frozen=True)
 class PairPolicy:
-    """What the network policies let through as new IPv4 connections from port a's
-    address to port b's: `allowed` = `egress` (a's Egress policies) AND `ingress` (b's
-    Ingress policies). Each is ALL (None: the side is not isolated, or a rule with no
-    ports allows every protocol, ICMP included) or a tuple of (protocol, low, high)
-    cubes, "tcp"/"udp" over the destination port; () = nothing."""
-    src: str  # a's IPv4 address
-    dst: str  # b's IPv4 address
+    """What the network policies let through as new connections of IP version `family`
+    from port a's address to port b's: `allowed` = `egress` (a's Egress policies) AND
+    `ingress` (b's Ingress policies). Each is ALL (None: the side is not isolated, or a
+    rule with no ports allows every protocol, ICMP included) or a tuple of (protocol,
+    low, high) cubes, "tcp"/"udp" over the destination port; () = nothing."""
+    src: str  # a's address (IPv4, or IPv6 for family 6)
+    dst: str  # b's address
     allowed: tuple | None
     egress: tuple | None
     ingress: tuple | None
+    family: int = 4
 
     @property
     def denies_some(self) -> bool:
@@ -150,15 +156,20 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
                  for p in placed if p.pending in hosts and pending_name(p.name) in a.ofport})
     owned = {str(r.external_ip) for r in t.routers if r.external_ip is not None}
     owned |= {str(n.external_ip) for n in t.nat if n.type == "floating-ip"}
-    endpoints = {p.name: Endpoint(p.host, a.ofport[p.name], p.mac, str(p.ip), p.switch) for p in placed}
+    endpoints = {p.name: Endpoint(p.host, a.ofport[p.name], p.mac, str(p.ip), p.switch,
+                                  str(p.ip6) if p.ip6 is not None else None) for p in placed}
     router_macs = {rp.switch: rp.mac for r in t.routers for rp in r.ports}
     policy = policy_pairs(t, placed)
+    policy6, reach6 = {}, frozenset()
+    if policy and getattr(t, "has_ipv6", False):
+        policy6 = policy_pairs(t, placed, family=6)
+        reach6 = frozenset(reach_pairs(t, placed, policy6, family=6))
     facts = TenantFacts(
         tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
         meters=frozenset(_port_meters(placed, a) | _control_meters(a, hosts)),
         groups=frozenset(a.group.values()), owned_external=frozenset(owned),
         reach_pairs=frozenset(reach_pairs(t, placed, policy)), endpoints=endpoints,
-        router_macs=router_macs, policy=policy)
+        router_macs=router_macs, policy=policy, policy6=policy6, reach_pairs6=reach6)
     return facts, refs
 
 
@@ -182,19 +193,23 @@ def _control_meters(a, hosts) -> set:
     return {(h, mid) for h in hosts for mid in mids}
 
 
-def reach_pairs(t, ports=None, policy: dict | None = None) -> set:
+def reach_pairs(t, ports=None, policy: dict | None = None, family: int = 4) -> set:
     """Ordered pairs (a, b) of ports the topology connects (same switch, or switches of
     one router) and that no ACL necessarily separates: neither a's from-port rules nor
     b's to-port rules, read by priority, reach a deny that matches every a->b packet
     before an allow that could match one; and that the network policies let open some
-    new connection (`policy_pairs`: some protocol or port allowed both ways)."""
+    new connection (`policy_pairs`: some protocol or port allowed both ways). Over IP
+    version `family`: for 6, ports with an ip6, switches joined by router ports with
+    an ip6 (connected IPv6 routes), the ACL rules that apply to IPv6."""
     from controller.layers.acl import guarded_ports
     ports = list(t.ports if ports is None else ports)
+    if family == 6:
+        ports = [p for p in ports if p.ip6 is not None]
     guarded = guarded_ports(t)
-    pols = policy_pairs(t, ports) if policy is None else policy
+    pols = policy_pairs(t, ports, family) if policy is None else policy
     joined = set()
     for r in t.routers:
-        sws = {rp.switch for rp in r.ports}
+        sws = {rp.switch for rp in r.ports if family == 4 or rp.ip6 is not None}
         joined |= {(x, y) for x in sws for y in sws}
     out = set()
     for a in ports:
@@ -203,8 +218,8 @@ def reach_pairs(t, ports=None, policy: dict | None = None) -> set:
                 continue
             if a.switch != b.switch and (a.switch, b.switch) not in joined:
                 continue
-            if _separated(guarded.get(a.name, {}).get("from-port", []), a, b) or \
-                    _separated(guarded.get(b.name, {}).get("to-port", []), a, b):
+            if _separated(guarded.get(a.name, {}).get("from-port", []), a, b, family) or \
+                    _separated(guarded.get(b.name, {}).get("to-port", []), a, b, family):
                 continue
             if pols:
                 pp = pols.get((a.name, b.name))
@@ -214,13 +229,17 @@ def reach_pairs(t, ports=None, policy: dict | None = None) -> set:
     return out
 
 
-def policy_pairs(t, ports=None) -> dict:
+def policy_pairs(t, ports=None, family: int = 4) -> dict:
     """{(a, b): PairPolicy} for the ordered pairs of `ports` (of tenant `t`) where a is
-    isolated for Egress or b for Ingress (topology.policy's reading of the spec); {}
-    for a tenant without network policies. IPv4 addresses only (verify's scope)."""
+    isolated for Egress or b for Ingress (topology.policy's reading of the spec), over
+    the ports' addresses of IP version `family` (for 6: the ports that have an ip6);
+    {} for a tenant without network policies."""
     if not getattr(t, "network_policies", ()):
         return {}
     ports = list(t.ports if ports is None else ports)
+    if family == 6:
+        ports = [p for p in ports if p.ip6 is not None]
+    addr = (lambda p: p.ip) if family == 4 else (lambda p: p.ip6)
     view = _PolicyView(t)
     eg_iso, in_iso = view.iso["Egress"], view.iso["Ingress"]
     out = {}
@@ -228,9 +247,9 @@ def policy_pairs(t, ports=None) -> dict:
         for b in ports:
             if a.name == b.name or (a.name not in eg_iso and b.name not in in_iso):
                 continue
-            eg = view.side("Egress", a.name, b.ip)
-            ing = view.side("Ingress", b.name, a.ip)
-            out[(a.name, b.name)] = PairPolicy(str(a.ip), str(b.ip), _intersect(eg, ing), eg, ing)
+            eg = view.side("Egress", a.name, addr(b))
+            ing = view.side("Ingress", b.name, addr(a))
+            out[(a.name, b.name)] = PairPolicy(str(addr(a)), str(addr(b)), _intersect(eg, ing), eg, ing, family)
     return out
 
 
@@ -302,11 +321,15 @@ def policy_allows(cubes, proto: str, dport: int) -> bool:
     return cubes is None or any(p == proto and lo <= dport <= hi for p, lo, hi in cubes)
 
 
-def _separated(rules, a, b) -> bool:
+def _separated(rules, a, b, family: int = 4) -> bool:
+    """Do these ACL rules, by priority, deny every packet of IP version `family` from
+    a's address to b's before an allow that could match one? (A rule naming networks of
+    the other version only does not apply: `a.ip6 in` an IPv4 network is False.)"""
+    ax, bx = (a.ip, b.ip) if family == 4 else (a.ip6, b.ip6)
     for r in sorted(rules, key=lambda r: -r.priority):
-        if r.src and not any(a.ip in n for n in r.src):
+        if r.src and not any(ax in n for n in r.src):
             continue
-        if r.dst and not any(b.ip in n for n in r.dst):
+        if r.dst and not any(bx in n for n in r.dst):
             continue
         if r.action != "deny":
             return False
@@ -381,5 +404,7 @@ class Report:
                 f"checked {c.get('port_starts', 0)} ports, {c.get('tunnel_starts', 0)} tunnel entries, "
                 f"{c.get('reach_pairs', 0)} reachable pairs, "
                 + (f"{c['policy_pairs']} pairs against network policies, " if c.get("policy_pairs") else "")
+                + (f"over IPv6 {c.get('reach_pairs6', 0)} reachable pairs and {c.get('policy_pairs6', 0)} "
+                   f"against network policies, " if c.get("reach_pairs6") or c.get("policy_pairs6") else "")
                 + f"{c.get('branches', 0)} packet classes in {self.seconds:.2f}s")
         return "\n\n".join([head] + [v.format() for v in self.violations])

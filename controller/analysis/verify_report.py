@@ -15,11 +15,12 @@ Pure: no I/O.
 from __future__ import annotations
 
 from dataplane import headerspace as hs
-from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-                                    Simulator, Unsupported, cookie_layer, cookie_tenant)
+from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+                                    IPPROTO_TCP, IPPROTO_UDP, Simulator, Unsupported, cookie_layer,
+                                    cookie_tenant)
 
 from controller.analysis.verify_checks import _Result
-from controller.analysis.verify_model import Endpoint, Report, Violation
+from controller.analysis.verify_model import Endpoint, PairPolicy, Report, Violation
 
 
 class _Lazy:
@@ -45,6 +46,32 @@ class _Lazy:
         return None if c is None else c.events[len(c.events) - len(self.chain[-1].events) + self.evi][3]
 
 
+class _Replay:
+    """An iterable over a generator's items that keeps them: each iteration replays those
+    already made and draws the rest only as far as it goes (one that stops at its first
+    witness composes no more than it needs)."""
+    __slots__ = ("gen", "items")
+
+    def __init__(self, gen):
+        self.gen, self.items = gen, []
+
+    def __iter__(self):
+        i = 0
+        while True:
+            if i < len(self.items):
+                yield self.items[i]
+            elif self.gen is None:
+                return
+            else:
+                try:
+                    self.items.append(next(self.gen))
+                except StopIteration:
+                    self.gen = None
+                    return
+                continue
+            i += 1
+
+
 def _state(x):
     return x.state() if x.__class__ is _Lazy else x
 
@@ -53,6 +80,10 @@ _L4 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst"),
        IPPROTO_ICMP: ("icmpv4_type", "icmpv4_code")}
 _ARP_FIELDS = ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")
 _IP_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "ip_ttl")
+_IP6_FIELDS = ("ipv6_src", "ipv6_dst", "ip_proto", "ip_ttl")
+_L4_6 = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst"),
+         IPPROTO_ICMPV6: ("icmpv6_type", "icmpv6_code")}
+_ND6 = {135: ("ipv6_nd_target", "ipv6_nd_sll"), 136: ("ipv6_nd_target", "ipv6_nd_tll")}
 
 
 class Reporting:
@@ -61,9 +92,10 @@ class Reporting:
 
     # ---- reachability ----------------------------------------------------------------
 
-    def _reach(self, tenant: str) -> tuple[list, int, int]:
+    def _reach(self, tenant: str) -> tuple[list, int, int, int, int]:
         """(violations, pairs checked for reachability, pairs checked against the network
-        policies): unreachable pairs, and policy leaks (`_policy_leaks`)."""
+        policies, the same two over IPv6): unreachable pairs, and policy leaks
+        (`_policy_leaks`)."""
         facts = self.net.tenants[tenant]
         out, n = [], 0
         by_port = {}
@@ -72,6 +104,17 @@ class Reporting:
                 ref = self.net.ports[(sid[1], sid[2])]
                 by_port[ref.port] = (sid, self.results[sid])
         pols = facts.policy
+        if facts.policy6 or facts.reach_pairs6:  # both families look at a pair's deliveries: composed once
+            cache: dict = {}
+
+            def deliveries(r, b, eb):
+                k = (id(r), b)
+                got = cache.get(k)
+                if got is None:
+                    got = cache[k] = (r, _Replay(self._deliveries(r, b, eb)))
+                return got[1]
+        else:
+            deliveries = self._deliveries
         for a, b in sorted(facts.reach_pairs):
             ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
             if ea is None or eb is None or a not in by_port:
@@ -81,23 +124,40 @@ class Reporting:
             n += 1
             sid, r = by_port[a]
             pp = pols.get((a, b)) if pols else None
-            if self._reaches(r, b, eb, pp):
+            if self._reaches(r, b, eb, pp, deliveries):
                 continue
             out.append(self._unreachable(tenant, a, b, ea, eb, facts, pp))
-        m = 0
+        n6 = 0
+        for a, b in sorted(facts.reach_pairs6):
+            ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
+            if ea is None or eb is None or a not in by_port or ea.ip6 is None or eb.ip6 is None:
+                continue
+            if self.only_host is not None and ea.host != self.only_host:
+                continue
+            n6 += 1
+            sid, r = by_port[a]
+            pp = facts.policy6.get((a, b))
+            if self._reaches(r, b, eb, pp or PairPolicy(ea.ip6, eb.ip6, None, None, None, 6), deliveries):
+                continue
+            out.append(self._unreachable(tenant, a, b, ea, eb, facts, pp, family=6))
+        m = m6 = 0
         if pols:
-            more, m = self._policy_leaks(tenant, facts, by_port)
+            more, m = self._policy_leaks(tenant, facts, pols, by_port, deliveries)
             out.extend(more)
-        return out, n, m
+        if facts.policy6:
+            more, m6 = self._policy_leaks(tenant, facts, facts.policy6, by_port, deliveries)
+            out.extend(more)
+        return out, n, m, n6, m6
 
-    def _policy_leaks(self, tenant: str, facts, by_port: dict) -> tuple[list, int]:
+    def _policy_leaks(self, tenant: str, facts, policy: dict, by_port: dict, deliveries) -> tuple[list, int]:
         """For each ordered pair (a, b) whose new connections the network policies limit
-        (`TenantFacts.policy`): no first packet of a connection from a's address to b's
-        (fresh: every conntrack lookup on its way said +trk+new) that they do not allow is
-        delivered to b, locally or through a tunnel. Replies and established connections
-        (the stateful part) are not looked at."""
+        (`policy`: `TenantFacts.policy`, or `.policy6` over IPv6): no first packet of a
+        connection from a's address to b's (fresh: every conntrack lookup on its way said
+        +trk+new) that they do not allow is delivered to b, locally or through a tunnel.
+        Replies and established connections (the stateful part) are not looked at, nor
+        IPv6 neighbour discovery, which passes the policy stages by design (as ARP does)."""
         out, m = [], 0
-        for (a, b), pp in sorted(facts.policy.items()):
+        for (a, b), pp in sorted(policy.items()):
             if pp.allowed is None:
                 continue
             ea, eb = facts.endpoints.get(a), facts.endpoints.get(b)
@@ -107,10 +167,10 @@ class Reporting:
                 continue
             m += 1
             sid, r = by_port[a]
-            base, allowed = _policy_items(pp)
-            for s in self._deliveries(r, b, eb):
+            base, allowed, exempt = _policy_items(pp)
+            for s in deliveries(r, b, eb):
                 t = s.restrict(base)
-                for items in allowed:
+                for items in allowed + exempt:
                     if t is None:
                         break
                     t = t.exclude(items)
@@ -171,17 +231,21 @@ class Reporting:
             r.lazy[k] = got
         return got
 
-    def _reaches(self, r: _Result, b: str, eb: Endpoint, pp=None) -> bool:
+    def _reaches(self, r: _Result, b: str, eb: Endpoint, pp=None, deliveries=None) -> bool:
         """Is some fresh packet of r delivered to b? With `pp` (a PairPolicy): some new
-        IPv4 connection from a's address to b's that the policies allow."""
+        connection of pp.family from a's address to b's that the policies allow (over
+        IPv6 not neighbour discovery: it passes everything)."""
+        deliveries = deliveries or self._deliveries
         if pp is None:
-            for s in self._deliveries(r, b, eb):
+            for s in deliveries(r, b, eb):
                 if s.witness() is not None:
                     return True
             return False
-        base, allowed = _policy_items(pp)
-        for s in self._deliveries(r, b, eb):
+        base, allowed, exempt = _policy_items(pp)
+        for s in deliveries(r, b, eb):
             t = s.restrict(base)
+            for items in exempt:
+                t = t.exclude(items) if t is not None else None
             if t is None:
                 continue
             for items in allowed:
@@ -220,16 +284,20 @@ class Reporting:
                 if c is not None:
                     yield c
 
-    def _unreachable(self, tenant, a, b, ea: Endpoint, eb: Endpoint, facts, pp=None) -> Violation:
+    def _unreachable(self, tenant, a, b, ea: Endpoint, eb: Endpoint, facts, pp=None,
+                     family: int = 4) -> Violation:
         dst_mac = eb.mac if ea.switch == eb.switch else facts.router_macs.get(ea.switch, eb.mac)
         proto, dport = _example(pp.allowed if pp is not None else None)
-        pkt = {"eth_src": ea.mac, "eth_dst": dst_mac, "eth_type": ETH_TYPE_IP, "ipv4_src": ea.ip,
-               "ipv4_dst": eb.ip, "ip_proto": IPPROTO_UDP if proto == "udp" else IPPROTO_TCP, "ip_ttl": 64,
+        l3 = {"eth_type": ETH_TYPE_IP, "ipv4_src": ea.ip, "ipv4_dst": eb.ip} if family == 4 else \
+            {"eth_type": ETH_TYPE_IPV6, "ipv6_src": ea.ip6, "ipv6_dst": eb.ip6}
+        pkt = {"eth_src": ea.mac, "eth_dst": dst_mac, **l3,
+               "ip_proto": IPPROTO_UDP if proto == "udp" else IPPROTO_TCP, "ip_ttl": 64,
                f"{proto}_src": 40000, f"{proto}_dst": dport}
         path, flow = self._concrete_path(ea.host, ea.ofport, pkt)
         why = " (one the network policies allow)" if pp is not None else ""
-        return Violation("unreachable", [tenant], f"no packet from {a} ({ea.host}) reaches {b} "
-                         f"({eb.host}); e.g. {proto} to {eb.ip}:{dport}{why} ends as shown", ea.host,
+        what, to = ("packet", eb.ip) if family == 4 else ("IPv6 packet", f"[{eb.ip6}]")
+        return Violation("unreachable", [tenant], f"no {what} from {a} ({ea.host}) reaches {b} "
+                         f"({eb.host}); e.g. {proto} to {to}:{dport}{why} ends as shown", ea.host,
                          ea.ofport, pkt, path, flow.ofctl() if flow else "", f"{flow.cookie:#x}" if flow else "")
 
     def _concrete_path(self, host, in_port, pkt, hops: int = 8):
@@ -302,10 +370,11 @@ class Reporting:
             hit = self._reach_cache.get(t)
             if hit is None:
                 hit = self._reach_cache[t] = self._reach(t)
-            more, n, m = hit
+            more, n, m, n6, m6 = hit
             counts["reach_pairs"] += n
-            if m:
-                counts["policy_pairs"] = counts.get("policy_pairs", 0) + m
+            for key, k in (("policy_pairs", m), ("reach_pairs6", n6), ("policy_pairs6", m6)):
+                if k:
+                    counts[key] = counts.get(key, 0) + k
             for v in more:
                 if v.key() not in seen:
                     seen.add(v.key())
@@ -346,22 +415,36 @@ class Reporting:
 
 
 def _policy_items(pp) -> tuple:
-    """(field tests every packet of pp's connections has: IPv4 from pp.src to pp.dst,
-    [field tests of each cube pp allows; () for all of them]); over the fields as
-    delivered (after any DNAT: what the policy stages saw)."""
+    """(field tests every packet of pp's connections has: IP of pp.family from pp.src to
+    pp.dst, [field tests of each cube pp allows; () for all of them], [field tests of
+    what the policy stages let pass unjudged: IPv6 neighbour discovery]); over the
+    fields as delivered (after any DNAT: what the policy stages saw)."""
     from controller.layers.acl import range_masks
     full = hs.FULL
-    base = (("eth_type", ETH_TYPE_IP, full["eth_type"]),
-            ("ipv4_src", hs.to_int("ipv4_src", pp.src), full["ipv4_src"]),
-            ("ipv4_dst", hs.to_int("ipv4_dst", pp.dst), full["ipv4_dst"]))
+    ip = "ipv4" if pp.family == 4 else "ipv6"
+    base = (("eth_type", ETH_TYPE_IP if pp.family == 4 else ETH_TYPE_IPV6, full["eth_type"]),
+            (f"{ip}_src", hs.to_int(f"{ip}_src", pp.src), full[f"{ip}_src"]),
+            (f"{ip}_dst", hs.to_int(f"{ip}_dst", pp.dst), full[f"{ip}_dst"]))
+    exempt = _nd_items() if pp.family == 6 else []
     if pp.allowed is None:
-        return base, [()]
+        return base, [()], exempt
     allowed = []
     for proto, lo, hi in pp.allowed:
         num = IPPROTO_TCP if proto == "tcp" else IPPROTO_UDP
         for val, mask in range_masks(lo, hi):  # mask 0 (every port): no test of the port
             allowed.append((("ip_proto", num, full["ip_proto"]),) + (((f"{proto}_dst", val, mask),) if mask else ()))
-    return base, allowed
+    return base, allowed, exempt
+
+
+def _nd_items() -> list:
+    """IPv6 neighbour discovery's field tests: what policy_*_sel lets on untracked."""
+    if not _ND_ITEMS:
+        from controller.layers.netpol import ND_TYPES
+        _ND_ITEMS.extend((("ip_proto", IPPROTO_ICMPV6, 0xFF), ("icmpv6_type", t, 0xFF)) for t in ND_TYPES)
+    return _ND_ITEMS
+
+
+_ND_ITEMS: list = []
 
 
 def _example(allowed) -> tuple[str, int]:
@@ -402,6 +485,14 @@ def _packet(s, sol, tunnel: bool) -> dict:
             pkt[f] = hs.from_int(f, val[f])
         for f in _L4.get(val["ip_proto"], ()):
             pkt[f] = val[f]
+    elif val["eth_type"] == ETH_TYPE_IPV6:
+        for f in _IP6_FIELDS:
+            pkt[f] = hs.from_int(f, val[f])
+        for f in _L4_6.get(val["ip_proto"], ()):
+            pkt[f] = val[f]
+        if val["ip_proto"] == IPPROTO_ICMPV6:
+            for f in _ND6.get(val["icmpv6_type"], ()):
+                pkt[f] = hs.from_int(f, val[f])
     elif val["eth_type"] == ETH_TYPE_ARP:
         for f in _ARP_FIELDS:
             pkt[f] = hs.from_int(f, val[f])

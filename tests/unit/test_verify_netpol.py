@@ -189,19 +189,136 @@ def _case_ids():
 @pytest.mark.parametrize("case", _case_ids())
 def test_the_oracle_cases_expectations_agree_with_the_oracle_and_verify_clean(case):
     """tests/netpol_cases.py's policy sets on the x/y/z x a/b/c tenant (dual stack, routed,
-    ports on three hosts): the expectations verify derives agree with the independent
-    Kubernetes oracle (tests/k8s_oracle.py) on the probed services, and the compiled flows
-    verify clean: every allowed pair reaches with an allowed packet, nothing denied leaks."""
+    ports on three hosts): the expectations verify derives, over IPv4 and over IPv6,
+    agree with the independent Kubernetes oracle (tests/k8s_oracle.py) on the probed
+    services, and the compiled flows verify clean: every allowed pair reaches with an
+    allowed packet of each version, nothing denied leaks over either."""
     import yaml
     from tests import k8s_oracle as oracle
     from tests.netpol_cases import CASES, SERVICES, base_tenant, with_policies
     d = with_policies(base_tenant("np"), dict(CASES)[case])
     w, flows = compiled(yaml.safe_dump(d))
     net = network_from_compiled(HOSTS, w, flows)
-    pol = net.tenants["np"].policy
-    for proto, dport in SERVICES + [("udp", 1), ("tcp", 65535)]:
-        for (a, b), want in oracle.matrix(d, proto, dport).items():
-            pp = pol.get((a, b))
-            assert (pp is None or policy_allows(pp.allowed, proto, dport)) == want, (a, b, proto, dport, pp)
+    facts = net.tenants["np"]
+    for family, pol, reach in ((4, facts.policy, facts.reach_pairs), (6, facts.policy6, facts.reach_pairs6)):
+        assert pol, family
+        for proto, dport in SERVICES + [("udp", 1), ("tcp", 65535)]:
+            for (a, b), want in oracle.matrix(d, proto, dport, family=family).items():
+                pp = pol.get((a, b))
+                assert (pp is None or policy_allows(pp.allowed, proto, dport)) == want, \
+                    (family, a, b, proto, dport, pp)
+                if want:  # some new connection allowed: a pair verify must see reach
+                    assert (a, b) in reach, (family, a, b)
+        assert all(pp.family == family and (":" in pp.src) == (family == 6) for pp in pol.values())
     r = verify(net)
     assert r.ok, r.format()
+    assert r.checked["reach_pairs6"] == len(facts.reach_pairs6) and \
+        r.checked.get("policy_pairs6", 0) == sum(pp.allowed is not None for pp in facts.policy6.values())
+
+
+# ---------------------------------------------------------------------------------------
+# IPv6: the same expectations over the ports' ip6, proved with IPv6 packets
+# ---------------------------------------------------------------------------------------
+
+def np_world(case, *names):
+    """The oracle's dual-stack tenant under one of tests/netpol_cases.py's policy sets, as
+    each of `names` (twins: the same addresses)."""
+    import yaml
+    from tests.netpol_cases import CASES, base_tenant, with_policies
+    return compiled(*[yaml.safe_dump(with_policies(base_tenant(n), dict(CASES)[case])) for n in names])
+
+
+def test_a_planted_ipv6_ingress_allow_all_is_a_policy_leak_with_an_ipv6_counterexample_that_delivers():
+    """port-only: xa takes TCP 80 only. A flow above its ingress rules passing every IPv6
+    connection to the commit table: every other port leaks into xa over IPv6 (each
+    counterexample an IPv6 first packet the simulator delivers), nothing over IPv4."""
+    w, flows = np_world("port-only", "np")
+    assert verify(network_from_compiled(HOSTS, w, flows)).ok
+    host, bad = planted_allow(w, "np", "policy_in", "xa", eth_type=0x86DD)
+    flows = injected(flows, host, bad)
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert not r.ok and {v.kind for v in r.violations} == {"policy_leak"}, r.format()
+    t, a = w["np"]
+    others = [p.name for p in t.ports if p.name != "xa"]
+    assert {v.message.split(",")[0] for v in r.violations} == {
+        f"a new connection from {o} ({t.port(o).ip6}) to xa (fd00:70:0:1::10)" for o in others}
+    for v in r.violations:
+        assert v.packet["eth_type"] == 0x86DD and v.packet["ipv6_dst"] == "fd00:70:0:1::10"
+        assert "ipv4_dst" not in v.packet
+        assert not (v.packet["ip_proto"] == 6 and v.packet["tcp_dst"] == 80), v.format()
+        assert v.cookie == f"{bad.cookie:#x}" and "xa's Ingress policies do not allow it" in v.message
+        assert "(conntrack said +new+trk)" in v.message and v.path[-1]["table"] == "deliver"
+        assert (t.port("xa").host, a.ofport["xa"]) in delivered(flows, v), v.format()
+    assert r.checked["policy_pairs6"] == 8 and r.checked["policy_pairs"] == 8
+    # across hosts: yc is on hv1 with xa, ya on hv2
+    (v,) = [v for v in r.violations if v.message.startswith("a new connection from ya ")]
+    assert v.path[0]["host"] == "hv2" and v.path[-1]["host"] == "hv1"
+
+
+def test_an_allowed_pair_must_reach_over_ipv6_with_an_ipv6_packet_the_policies_allow():
+    """The IPv6 flows of xa's TCP 80 rule removed: every pair into xa still reaches over
+    IPv4 and by IPv6 neighbour discovery, and each is reported unreachable over IPv6 with
+    an IPv6 TCP 80 example that the simulator indeed does not deliver."""
+    w, flows = np_world("port-only", "np")
+    cut = {h: [f for f in fl if not (f.table.name == "policy_in" and "xa-tcp-80" in f.rule
+                                     and f.match.get("eth_type") == 0x86DD)] for h, fl in flows.items()}
+    assert sum(map(len, cut.values())) < sum(map(len, flows.values()))
+    r = verify(network_from_compiled(HOSTS, w, cut))
+    assert {v.kind for v in r.violations} == {"unreachable"}, r.format()
+    t, a = w["np"]
+    assert len(r.violations) == 8
+    for v in r.violations:
+        src = v.message.split()[4]
+        assert v.message.startswith(f"no IPv6 packet from {src} ({t.port(src).host}) reaches xa (hv1)")
+        assert "e.g. tcp to [fd00:70:0:1::10]:80 (one the network policies allow)" in v.message
+        assert v.packet["eth_type"] == 0x86DD and v.packet["tcp_dst"] == 80
+        assert (t.port("xa").host, a.ofport["xa"]) not in delivered(cut, v)
+
+
+def test_ipv6_expectations_follow_the_ipv6_addresses_and_blocks():
+    """An ipBlock of IPv4 only: zb takes anything from 10.70.0.0/16 and, over IPv6, nothing;
+    verify expects exactly that of each version (the oracle agrees) and the flows prove it."""
+    import yaml
+    from tests import k8s_oracle as oracle
+    from tests.netpol_cases import base_tenant, with_policies
+    pol = {"name": "zb-v4-block", "namespace": "z", "podSelector": {"matchLabels": {"pod": "b"}},
+           "ingress": [{"from": [{"ipBlock": {"cidr": "10.70.0.0/16"}}]}]}
+    d = with_policies(base_tenant("np"), [pol])
+    w, flows = compiled(yaml.safe_dump(d))
+    net = network_from_compiled(HOSTS, w, flows)
+    facts = net.tenants["np"]
+    assert facts.policy[("xa", "zb")].allowed is None and ("xa", "zb") in facts.reach_pairs
+    assert facts.policy6[("xa", "zb")].allowed == () and ("xa", "zb") not in facts.reach_pairs6
+    assert facts.policy6[("xa", "zb")].src == "fd00:70:0:1::10"
+    for proto, dport in (("tcp", 80), ("udp", 53)):
+        m4, m6 = oracle.matrix(d, proto, dport), oracle.matrix(d, proto, dport, family=6)
+        assert m4[("xa", "zb")] and not m6[("xa", "zb")]
+    r = verify(net)
+    assert r.ok, r.format()
+    assert r.checked["reach_pairs6"] == 64 and r.checked["policy_pairs6"] == 8
+    assert "over IPv6 64 reachable pairs and 8 against network policies" in r.format()
+
+
+def test_dual_stack_twins_with_policies_verify_clean_and_an_ipv6_leak_is_one_twins():
+    w, flows = np_world("port-only", "red", "blue")
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert r.ok, r.format()
+    assert r.checked["policy_pairs6"] == 16 and r.checked["reach_pairs6"] == 144
+    host, bad = planted_allow(w, "blue", "policy_in", "xa", eth_type=0x86DD)
+    flows = injected(flows, host, bad)
+    r = verify(network_from_compiled(HOSTS, w, flows))
+    assert {v.kind for v in r.violations} == {"policy_leak"} and len(r.violations) == 8, r.format()
+    assert {tuple(v.tenants) for v in r.violations} == {("blue",)}
+    t, a = w["blue"]
+    for v in r.violations:
+        got = delivered(flows, v)
+        assert (t.port("xa").host, a.ofport["xa"]) in got and (t.port("xa").host, w["red"][1].ofport["xa"]) not in got
+
+
+def test_dual_stack_tenants_without_policies_carry_no_ipv6_policy_work():
+    from tests.unit.test_ipv6 import dual
+    w, flows = compiled(dual("d6"))
+    net = network_from_compiled(HOSTS, w, flows)
+    assert net.tenants["d6"].policy6 == {} and net.tenants["d6"].reach_pairs6 == frozenset()
+    r = verify(net)
+    assert r.ok and "reach_pairs6" not in r.checked and "over IPv6" not in r.format()

@@ -53,7 +53,7 @@ if MAX_POLICIES < MAX_POLICIES_PER_TYPE or MAX_PEER_SETS < MAX_PEER_RULES_PER_TY
     raise ValueError("the schema admits more policies or peer sets than the registers hold")
 ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
-ND_TYPES = (133, 134, 135, 136, 137)  # RS, RA, NS, NA, redirect
+ND_TYPES = (133, 134, 135, 136)  # RS, RA, NS, NA (a redirect is judged: only routers send them)
 
 # policy_sel: neighbour discovery passes before the per-port flows that track IP.
 PRIO_ND = 200

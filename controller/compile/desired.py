@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from dataplane.match_action import Flow, groups_of, meters_of
+from dataplane.match_action import Flow, Group, Log, Meter, groups_of, meters_of
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,61 @@ class DesiredState:
                     found.append(Conflict(h, other, f))
         return found
 
+    def conflicts_in(self, delta: Mapping[str, "HostDelta"]) -> list[Conflict]:
+        """`conflicts` over a tenant's delta (`tenant_delta`): only the flows it adds are
+        looked at. A flow it keeps held its identity alone before (the tenant's old flows
+        were checked when they came in), so a clash needs an added flow: with another
+        added one, with one it keeps, or with anyone else's."""
+        found: list[Conflict] = []
+        for h, d in delta.items():
+            if not d.added:
+                continue
+            held = self.hosts.get(h, {})
+            seen: dict[tuple, Flow] = {}
+            mine = None
+            for f in d.added:
+                i = f.identity
+                prev = seen.get(i)
+                if prev is not None:
+                    if prev != f:
+                        found.append(Conflict(h, prev, f))
+                    continue
+                seen[i] = f
+                other = held.get(i)
+                if other is None:
+                    continue
+                c = other.cookie
+                if c in d.old:  # the tenant's own (the cookie holds its id): replaced if it goes, a clash if it stays
+                    if c in d.new and other != f:
+                        found.append(Conflict(h, other, f))
+                    continue
+                if mine is None:
+                    mine = {g.identity for g in d.old.values()}
+                if i not in mine:
+                    found.append(Conflict(h, other, f))
+        return found
+
+    def apply_delta(self, delta: Mapping[str, "HostDelta"]) -> set[str]:
+        """`swap` by a tenant's delta (check `conflicts_in` first): only the flows that
+        come and go are touched. Returns the hosts whose desired flows changed."""
+        changed = set()
+        for h, dl in delta.items():
+            d = self.hosts.setdefault(h, {})
+            for f in dl.removed:
+                if d.get(f.identity) == f:
+                    del d[f.identity]
+            for f in dl.added:
+                d[f.identity] = f
+            for f in dl.renamed:  # the same flow, made by a rule named otherwise: the new name
+                if d.get(f.identity) == f:
+                    d[f.identity] = f
+            if dl.extras_changed:  # a meter's band or a group's buckets: the new flows carry them
+                for f in dl.flows:
+                    d[f.identity] = f
+            if dl.removed or dl.added or dl.extras_changed:
+                changed.add(h)
+        return changed
+
     def swap(self, old: Mapping[str, Iterable[Flow]], new: Mapping[str, Iterable[Flow]]) -> set[str]:
         """Replace one tenant's flows (check `conflicts` first); returns the hosts whose
         desired flows changed."""
@@ -137,3 +192,62 @@ def _extras(flows) -> tuple:
     """What a flow's text does not show: the bands of its meters, the buckets of its
     groups. A change to only these changes the host all the same."""
     return (meters_of(flows), {gid: g.buckets_text() for gid, g in groups_of(flows).items()})
+
+
+class HostDelta:
+    """One tenant's flows on one host, before and after a change: by cookie (a compiled
+    flow's cookie hashes its text, so equal cookies are equal flows), the flows that go,
+    the flows that come, and whether the meters or groups they need changed (a band or
+    a bucket is not in a flow's text)."""
+
+    __slots__ = ("old", "new", "removed", "added", "renamed", "old_extras", "new_extras", "flows")
+
+    def __init__(self, old: Iterable[Flow], new: Iterable[Flow]):
+        ob = self.old = {f.cookie: f for f in old}
+        nb = self.new = {f.cookie: f for f in new}
+        self.removed = [f for c, f in ob.items() if c not in nb]
+        added, renamed, kept = [], [], []
+        for c, f in nb.items():
+            o = ob.get(c)
+            if o is None:
+                added.append(f)
+                kept.append(f)
+            elif o.rule != f.rule:
+                renamed.append(f)
+                kept.append(f)
+            else:
+                kept.append(o)
+        self.added, self.renamed = added, renamed
+        self.old_extras = extras(ob.values())
+        self.new_extras = extras(nb.values())
+        # the tenant's flows on the host from now on: the objects already held where the
+        # flow stays (the desired state and the switch's record share them), unless a
+        # meter's band or a group's buckets moved (then the new objects carry them)
+        self.flows = kept if self.old_extras == self.new_extras else list(nb.values())
+
+    @property
+    def extras_changed(self) -> bool:
+        return self.old_extras != self.new_extras
+
+    def __repr__(self):
+        return f"HostDelta(-{len(self.removed)} +{len(self.added)})"
+
+
+def tenant_delta(old: Mapping[str, Iterable[Flow]], new: Mapping[str, Iterable[Flow]]) -> dict[str, HostDelta]:
+    """host -> HostDelta of one tenant's flows `old` and `new` (host -> flows)."""
+    return {h: HostDelta(old.get(h, ()), new.get(h, ())) for h in set(old) | set(new)}
+
+
+_EXTRA = frozenset({Meter, Log, Group})
+
+
+def extras(flows: Iterable[Flow]) -> tuple:
+    """(meters, {group id: bucket text}) these flows need: `_extras` over only the flows
+    with a meter, a log or a group."""
+    some = []
+    for f in flows:
+        for a in f.actions:
+            if type(a) in _EXTRA:
+                some.append(f)
+                break
+    return _extras(some) if some else ({}, {})

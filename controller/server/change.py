@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from topology import schema
 from topology.model import Tenant
 from controller.compile.compiler import compile_tenant
+from controller.compile.desired import tenant_delta
 from controller.server.errors import ApiError, unknown_host
 from controller.spaces.names import pending_name
 from controller.server.entry import TenantEntry
@@ -112,6 +113,7 @@ class TenantChange(Change):
         self.old, self.new, self.action, self.layers = old, new, action, layers
         self.name = name or (new.name if new is not None else old.tenant.name)
         self.entry: TenantEntry | None = None
+        self.delta: dict = {}  # host -> HostDelta, once committed
 
     def check(self, core) -> None:
         if self.new is not None:
@@ -122,16 +124,16 @@ class TenantChange(Change):
         if self.new is None:
             core.store.delete_tenant(self.name, old.revision)
             core._replace_entry(self.name, None)
-            return core.desired.swap(old.flows, {})
-        self.entry, changed = core._commit(self.new, old, self.layers)
+            self.delta = tenant_delta(old.flows, {})
+            return core.desired.apply_delta(self.delta)
+        self.entry, changed, self.delta = core._commit(self.new, old, self.layers)
         return changed
 
     def attach(self, core, progress) -> list[str]:
         return core._reattach(self.name, self.old, self.entry, progress)
 
     def rollout(self, core, changed: set[str], progress) -> dict:
-        return core.reconcile_many(changed, self.old.flows if self.old else {},
-                                   self.entry.flows if self.entry else {}, progress)
+        return core.reconcile_many(changed, self.delta, progress)
 
 
 class Migration(TenantChange):
@@ -161,13 +163,13 @@ class Migration(TenantChange):
         old_att = core._attachments(self.name, old).get(self.port)  # None: not ours to plug
         new_att = core._attachments(self.name, new).get(self.port)
         t0 = core.clock()
-        first = core.reconcile_many({to} & changed, old.flows, new.flows)  # 1. the destination's flows
+        first = core.reconcile_many({to} & changed, self.delta)  # 1. the destination's flows
         if new_att is not None:
             core.driver.prepare_move(new_att)  # 2. and the workload attached there too
         t1 = core.clock()
-        rest = core.reconcile_many(changed - {to, src}, old.flows, new.flows)  # 3. every other host: the new PA
+        rest = core.reconcile_many(changed - {to, src}, self.delta)  # 3. every other host: the new PA
         t2 = core.clock()
-        rest.update(core.reconcile_many({src} & changed, old.flows, new.flows))  # 4. the source: local traffic too
+        rest.update(core.reconcile_many({src} & changed, self.delta))  # 4. the source: local traffic too
         t3 = core.clock()
         if old_att is not None:
             core.driver.finish_move(old_att)  # 5. break: the old attachment goes

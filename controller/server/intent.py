@@ -14,6 +14,7 @@ from topology.model import Tenant
 from controller.compile.allocator import Exhausted, InUse, allocate, provider_addresses
 from controller.compile import compiler
 from controller.compile.compiler import VXLAN_OVERHEAD, compile_tenant
+from controller.compile.desired import tenant_delta
 from controller.server.errors import ApiError, unknown_tenant
 from controller.server.entry import TenantEntry
 from controller.server import change as change_path
@@ -46,12 +47,13 @@ class IntentMixin:
                 self.used.add(e.tenant, e.alloc)
 
     def _commit(self, t: Tenant, old: TenantEntry | None, layers: dict | None = None
-                ) -> tuple[TenantEntry, set[str]]:
+                ) -> tuple[TenantEntry, set[str], dict]:
         """Allocate, compile and store a tenant's new intent, then swap it in (under the
-        mutex). Returns the new entry and the hosts whose flow sets changed. Nothing in
-        memory changes when allocation, compilation or the store refuses. `layers`: its
-        layers' record (controller.server.owners), stored in the same write; None keeps
-        the old one's."""
+        mutex). Returns the new entry, the hosts whose flow sets changed, and the change
+        per host (controller.compile.desired.HostDelta: what goes, what comes). Nothing
+        in memory changes when allocation, compilation or the store refuses. `layers`:
+        its layers' record (controller.server.owners), stored in the same write; None
+        keeps the old one's."""
         if layers is None:
             layers = old.layers if old is not None else {}
         with self._held_by_others(t.name) as others:
@@ -61,7 +63,8 @@ class IntentMixin:
             except Exhausted as ex:  # a number space full: the caller's change cannot be made
                 raise ApiError(f"tenant {t.name}: {ex}; nothing was changed") from None
         flows = compile_tenant(t, alloc, self._placement())
-        conflicts = self.desired.conflicts(old.flows if old else {}, flows)
+        delta = tenant_delta(old.flows if old else {}, flows)  # conflicts and swap look at what changed only
+        conflicts = self.desired.conflicts_in(delta)
         if conflicts:
             names = {**self._tenant_names(), alloc.tenant_id: t.name}
             raise ApiError(f"tenant {t.name}: {len(conflicts)} of its flows would replace flows "
@@ -69,9 +72,9 @@ class IntentMixin:
                            [("flows", c.describe(names)) for c in conflicts[:20]])
         rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,
                                     layers)
-        new = TenantEntry(t, alloc, rev, flows, layers)
+        new = TenantEntry(t, alloc, rev, {h: d.flows for h, d in delta.items() if d.flows}, layers)
         self._replace_entry(t.name, new)
-        return new, self.desired.swap(old.flows if old else {}, flows)
+        return new, self.desired.apply_delta(delta), delta
 
     def _check_provider_addresses(self, t: Tenant, others: InUse) -> None:
         """Router external addresses and floating IPs belong to one tenant each, never

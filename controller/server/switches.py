@@ -17,12 +17,14 @@ from controller.layers.acl import FromPortAcl, ToPortAcl
 from controller.layers.netpol import EgressPolicy, IngressPolicy
 from controller.switch import reconciler
 from controller.switch.reconciler import HostState
+from controller.compile.desired import HostDelta
 from controller.state.store import HostRecord
 from controller.server.errors import ApiError, unknown_host
 from controller.server.entry import TenantEntry
 from tep.ovs import Ovsdb
 
 LOG = logging.getLogger("nvctl.core")
+_NOTHING = HostDelta((), ())  # a host the change did not touch
 # logged rules' packet-ins: ACLs' and network policies'
 ACL_RULE_TABLES = frozenset({FromPortAcl.rules_table, ToPortAcl.rules_table,
                              EgressPolicy.rules_table, IngressPolicy.rules_table})
@@ -222,10 +224,10 @@ class SwitchesMixin:
             st.forget()
             LOG.info("host %s disconnected", host)
 
-    def reconcile(self, host: str, delta: tuple | None = None) -> int | None:
+    def reconcile(self, host: str, delta=None) -> int | None:
         """Bring one host's switch to its desired state (see controller.switch.reconciler).
         Returns messages sent, or None when the host is not connected or refused.
-        `delta` = (old flows, new flows) of the one tenant that changed on this host."""
+        `delta` (controller.compile.desired.HostDelta): the one tenant's change on this host."""
         st = self.state.get(host)
         if st is None or not self.leading():
             return None
@@ -237,11 +239,12 @@ class SwitchesMixin:
             self.metrics.flow_mods.labels(host).inc(n)
         return n
 
-    def reconcile_many(self, hosts, old: dict | None = None, new: dict | None = None,
-                       change=None) -> dict[str, int | None]:
-        """Reconcile several hosts at once. With `old` and `new` (one tenant's flows per
-        host, before and after), each host compares only that tenant's flows. `change`
-        (controller.server.progress.Change) counts the hosts done."""
+    def reconcile_many(self, hosts, deltas: dict | None = None, change=None) -> dict[str, int | None]:
+        """Reconcile several hosts at once. With `deltas` (host -> HostDelta of one
+        tenant's change), each host compares only what that change took away and brought.
+        `change` (controller.server.progress.Change) counts the hosts done. Switches that
+        answer in memory (`inline`) are handed their changes one after another on this
+        thread; real ones in the pool, so that their barrier waits overlap."""
         hosts = sorted(hosts)
         results: dict[str, int | None] = {h: None for h in hosts}
         live = [h for h in hosts if h in self.state and self.state[h].session is not None]
@@ -249,11 +252,12 @@ class SwitchesMixin:
             change.hosts(len(live))
 
         def one(h):
-            results[h] = self.reconcile(h, None if old is None else (old.get(h, ()), new.get(h, ())))
+            results[h] = self.reconcile(h, None if deltas is None else deltas.get(h, _NOTHING))
             if change is not None:
                 change.synced()
-        if len(live) == 1:
-            one(live[0])
+        if len(live) == 1 or all(getattr(self.state[h].session, "inline", False) for h in live):
+            for h in live:
+                one(h)
         else:  # each waits on its own switch's barrier: overlap them
             list(self._reconcilers.map(one, live))
         return results

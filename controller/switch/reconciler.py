@@ -33,6 +33,10 @@ class Switch(Protocol):
 
     dpid: int
     alive: bool
+    # True when the calls below finish in memory, with nothing to wait for (the fake
+    # switch): several hosts are then reconciled one after another on the caller's
+    # thread; a real session waits on each switch's barrier, so those waits overlap
+    inline: bool
 
     def flows(self) -> list[Flow]:
         """Every flow on the switch, as values (cookies as the switch holds them)."""
@@ -88,22 +92,22 @@ def read_switch(st: HostState) -> None:
     st.groups = s.groups()
 
 
-def plan(installed: dict, desired: dict, delta: tuple | None = None) -> tuple[list[Flow], list[Flow]]:
+def plan(installed: dict, desired: dict, delta=None) -> tuple[list[Flow], list[Flow]]:
     """(strict deletes, adds) that take `installed` to `desired` (both identity -> Flow).
-    With `delta` = (old flows, new flows) of the one tenant that changed, only those
-    identities are compared: a change costs the size of the tenant, not of the host."""
+    With `delta` (controller.compile.desired.HostDelta: the flows one tenant's change
+    takes away and brings), only those identities are compared: a change costs what it
+    changed, not the size of the host or of the tenant."""
     if delta is None:
         dels = [f for i, f in installed.items() if i not in desired]
         adds = [f for i, f in desired.items() if installed.get(i) != f]
     else:
-        old_fl, new_fl = delta
         dels, adds, seen = [], [], set()
-        for f in old_fl:
+        for f in delta.removed:
             i = f.identity
             if i not in desired and i in installed and i not in seen:
                 seen.add(i)
                 dels.append(installed[i])
-        for f in new_fl:
+        for f in delta.added:
             i = f.identity
             want = desired.get(i)
             if want is not None and installed.get(i) != want and i not in seen:
@@ -112,11 +116,12 @@ def plan(installed: dict, desired: dict, delta: tuple | None = None) -> tuple[li
     return dels, adds  # in the desired state's own (compile) order: deterministic, and no sort
 
 
-def reconcile(st: HostState, desired: dict, delta: tuple | None = None, found: dict | None = None) -> int | None:
+def reconcile(st: HostState, desired: dict, delta=None, found: dict | None = None) -> int | None:
     """Bring one host's switch to `desired` (identity -> Flow). Returns the OpenFlow
     messages sent (flow-, meter- and group-mods), or None when the host is not connected
-    or refused the change (see st.error). With `found`, the differences the plan saw are
-    counted into it (missing, unexpected, changed flows). Call with st.lock held."""
+    or refused the change (see st.error). `delta` (a HostDelta): only what one tenant's
+    change took away and brought is compared. With `found`, the differences the plan saw
+    are counted into it (missing, unexpected, changed flows). Call with st.lock held."""
     s = st.session
     if s is None:
         return None
@@ -135,11 +140,11 @@ def reconcile(st: HostState, desired: dict, delta: tuple | None = None, found: d
             want_groups = groups_of(desired.values())
             old_meters, old_groups = set(st.meters), set(st.groups)
         else:  # only this tenant's meters (per port) and groups (per LB) moved
-            old_fl, new_fl = delta
-            want_meters = meters_of(new_fl)
-            want_groups = groups_of(new_fl)
-            old_meters = set(meters_of(old_fl)) & set(st.meters)
-            old_groups = set(groups_of(old_fl)) & set(st.groups)
+            (old_m, old_g), (want_meters, new_g) = delta.old_extras, delta.new_extras
+            want_groups = groups_of(f for f in delta.new.values() if any(type(a) is Group for a in f.actions)) \
+                if new_g else {}
+            old_meters = set(old_m) & set(st.meters)
+            old_groups = set(old_g) & set(st.groups)
         put = {m: b for m, b in want_meters.items() if st.meters.get(m) != b}
         n = s.set_meters(put, set(st.meters), [])  # meters and groups before the flows using them
         st.meters.update(put)

@@ -508,6 +508,10 @@ class Engine:
         self._trace: dict | None = None  # the running summary's lookups (with a pool)
         self._by_dep: dict = {}  # (table, key value) -> summary keys that looked it up
         self._by_table: dict = {}  # table -> summary keys that looked it up
+        # a slice's scope guard: `guard.fields` (the scope fields) and `guard.check(state,
+        # field)`, called after every write of one of them (set_field, move, a masked
+        # set); it raises to say that the packet left the slice (verify_slice)
+        self.guard = None
 
     def _keep(self, key, summ: Summary) -> None:
         self.summaries[key] = summ
@@ -732,12 +736,17 @@ class Engine:
         if cls is SetField:
             if act.mask is None:
                 s.bind(act.field, (to_int(act.field, act.value),))
-                return [s]
-            return [self._masked_set(s, act)]
+            else:
+                s = self._masked_set(s, act)
+            if self.guard is not None and act.field in self.guard.fields:
+                self.guard.check(s, act.field)
+            return [s]
         if cls is Output:
             return self._output(s, act)
         if cls is Move:
             s.bind(act.dst, s.var(act.src))
+            if self.guard is not None and act.dst in self.guard.fields:
+                self.guard.check(s, act.dst)
             return [s]
         if cls is Ct:
             return self._ct(s, act, depth, tail)
@@ -745,8 +754,12 @@ class Engine:
             return self._dec_ttl(s)
         if cls is CheckPktLarger:  # the length is not in the header space: both outcomes
             small = s.copy()
-            return [self._masked_set(small, SetField(act.field, 0, 1 << act.bit)),
-                    self._masked_set(s, SetField(act.field, 1 << act.bit, 1 << act.bit))]
+            out = [self._masked_set(small, SetField(act.field, 0, 1 << act.bit)),
+                   self._masked_set(s, SetField(act.field, 1 << act.bit, 1 << act.bit))]
+            if self.guard is not None and act.field in self.guard.fields:
+                for c in out:
+                    self.guard.check(c, act.field)
+            return out
         if cls is Meter:
             s.event(("res", "meter", h, act.meter_id, len(s.path)))
             return [s]

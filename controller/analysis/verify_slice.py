@@ -1,0 +1,663 @@
+"""`nvctl verify` sliced by tenant: the same proof, tenant by tenant, in worker processes.
+
+Every tenant flow pins its scope (`controller.layers.base.SCOPE_FIELDS`: the logical
+switch register reg13, `in_port`, `tunnel_id`, or reg8, the network policies' tenant
+register) to a value of its tenant. So the installed flows fall into one slice per
+tenant and a *shared* part:
+
+  - a flow belongs to tenant T when every scope value it pins exactly that is anybody's
+    is T's (a VNI of T in reg13 or tunnel_id, one of T's ports as in_port on that host,
+    T's id in reg8); or when it is one of T's *entrances* from the provider network: it
+    pins the provider's scope (reg13 = EXTERNAL_NET_KEY, or in_port = the host's external
+    port), matches one of T's external addresses exactly (ipv4_dst or arp_tpa), and writes
+    no scope value but T's;
+  - every other flow is shared (classify's tunnel acceptance, every table's miss flow,
+    the tunnel output, the provider network's classify flow, flows added by hand that
+    pin nothing): every slice holds them.
+
+The shared proof (`shared_violations`), once over the shared flows of every host: no
+shared flow moves a packet into a tenant's scope (writes a tenant's scope value, or a
+packet field, into a scope field), outputs to a tenant's port, or puts a packet in the
+provider's scope other than from the external port. Anything else a packet meets is its
+own tenant's.
+
+Each tenant's slice is then checked alone (`Verifier` over a `Network` whose hosts hold
+the shared flows and the tenant's, its own starts only, its own summaries: its own
+equivalence classes), with a guard on every write of a scope field (`_Guard`, called by
+`hs.Engine`): the value written must be concrete and the tenant's or nobody's (not the
+provider's). While that holds, no flow of another tenant can match the packet on any
+lookup (each pins a value of its own tenant that the packet does not hold), so the slice
+makes exactly the lookups, branches and counterexamples the whole tables would. When it
+does not hold (a flow of the tenant rewrites the packet into another scope), the slice
+is abandoned and that tenant is checked over the whole tables (`Verifier(net,
+tenant=T)`), as before: slower, never wrong.
+
+`Sliced` runs the shared proof, then the slices in `os.cpu_count()` worker processes
+(fork: they read the flows the parent holds, and send back each tenant's violations and
+counts), or in this process for small worlds (`verify` picks). `Sliced.update` re-checks
+the changed tenant's slice, the slices of tenants that own a changed flow or output to a
+port that changed hands, and the shared proof of a host whose shared flows changed (and
+then every slice on it). Counterexamples are the whole-table ones: the same packets,
+paths and deciding flows, in the same order.
+
+Pure but for the worker processes; no I/O.
+"""
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from dataplane import headerspace as hs
+from dataplane.match_action import Group, IN_PORT, CONTROLLER, Move, Output, SetField, cookie_tenant
+
+from controller.layers.base import SCOPE_FIELDS
+from controller.spaces.ids import EXTERNAL_NET_KEY
+from controller.analysis.verify_run import Verifier, _paused_gc
+from controller.analysis.verify_model import (HostTables, Network, Report, TenantFacts, Violation,
+                                               _as_flow_list, host_tables)
+from controller.analysis.verify_report import _packet
+
+MIN_TENANTS_FOR_WORKERS = 64  # below this, forking costs more than it saves
+_ADDR_FIELDS = ("ipv4_dst", "arp_tpa")
+
+
+class ScopeEscape(Exception):
+    """A packet of the slice's tenant may hold a scope value that is not its own."""
+
+
+class Owners:
+    """Who owns each scope value, and each external (provider) address."""
+
+    def __init__(self, net: Network, vni_owner: dict, tid_name: dict):
+        self.net = net
+        self.vni = vni_owner  # reg13 and tunnel_id values
+        self.tid = tid_name  # reg8 values
+        self.addr = {hs.to_int("ipv4_dst", ip): n for n, f in net.tenants.items() for ip in f.owned_external}
+
+    def owner(self, host: str, fld: str, value: int):
+        if fld == "in_port":
+            ref = self.net.ports.get((host, value))
+            return ref.tenant if ref is not None else None
+        if fld == "reg8":
+            return self.tid.get(value)
+        return self.vni.get(value)
+
+    def provider(self, host: str, fld: str, value: int) -> bool:
+        """Is this the provider network's scope (only an entrance flow may take it in)?"""
+        if fld == "reg13":
+            return value == EXTERNAL_NET_KEY
+        if fld == "in_port":
+            return value == self.net.external.get(host)
+        return False
+
+
+def flow_owner(f, host: str, own: Owners):
+    """The tenant whose slice `f` is in, None for a shared flow (see the module docstring)."""
+    full = hs.FULL
+    o = None
+    provider = False
+    items = hs.match_items(f.match)
+    for n, v, m in items:
+        if n in SCOPE_FIELDS and m == full[n]:
+            t = own.owner(host, n, v)
+            if t is None:
+                provider = provider or own.provider(host, n, v)
+            elif o is None:
+                o = t
+            elif t != o:
+                return None  # two tenants' values: it matches no packet that keeps its scope
+    if o is not None or not provider:
+        return o
+    t = None
+    for n, v, m in items:  # an entrance: one of a tenant's external addresses, exactly
+        if n in _ADDR_FIELDS and m == full[n]:
+            t = own.addr.get(v)
+            if t is not None:
+                break
+    if t is None:
+        return None
+    for a in _all_actions(f.actions):
+        c = a.__class__
+        if c is Move and a.dst in SCOPE_FIELDS:
+            return None
+        if c is SetField and a.field in SCOPE_FIELDS:
+            if a.mask is not None or own.owner(host, a.field, hs.to_int(a.field, a.value)) != t:
+                return None
+    return t
+
+
+def _all_actions(actions):
+    for a in actions:
+        yield a
+        if a.__class__ is Group:
+            for b in a.buckets:
+                yield from _all_actions(b)
+
+
+# --------------------------------------------------------------------------------------
+# The shared proof
+# --------------------------------------------------------------------------------------
+
+
+def shared_violations(v: Verifier, own: Owners, host: str, flows) -> list:
+    """The shared flows of `host` that change a packet's scope (kind `scope_change`), each
+    with a packet the flow matches as counterexample."""
+    out = []
+    ext = v.net.external.get(host)
+    groups = v.net.hosts[host].groups if host in v.net.hosts else {}
+    for f in flows:
+        why, others = _scope_change(f, host, own, ext, groups)
+        if why:
+            out.append(_shared_violation(v, host, f, why, others))
+    return out
+
+
+def _scope_change(f, host, own: Owners, ext, groups) -> tuple:
+    pins_ext = any(n == "in_port" and v == ext and m == hs.FULL[n] for n, v, m in hs.match_items(f.match))
+    acts = list(_all_actions(f.actions))
+    for a in list(acts):
+        if a.__class__ is Group and groups.get(a.group_id):
+            for b in groups[a.group_id]:
+                acts.extend(_all_actions(b))
+    for a in acts:
+        c = a.__class__
+        if c is Move and a.dst in SCOPE_FIELDS:
+            return f"copies {a.src} into the scope field {a.dst}", []
+        if c is SetField and a.field in SCOPE_FIELDS:
+            if a.mask is not None:
+                return f"sets bits of the scope field {a.field}", []
+            val = hs.to_int(a.field, a.value)
+            t = own.owner(host, a.field, val)
+            if t is not None:
+                return f"moves every packet it matches into {t}'s scope ({a.field} := {val:#x})", [t]
+            if own.provider(host, a.field, val) and not pins_ext:
+                return (f"moves packets that did not come from the provider network into its scope "
+                        f"({a.field} := {val:#x})"), []
+        if c is Output and a.port not in (IN_PORT, CONTROLLER):
+            ref = own.net.ports.get((host, a.port))
+            if ref is not None:
+                return f"outputs every packet it matches to {ref.tenant}'s port {ref.port}", [ref.tenant]
+    return "", []
+
+
+def _shared_violation(v: Verifier, host: str, f, why: str, others: list) -> Violation:
+    st = hs.State({}).restrict(hs.match_items(f.match))
+    sol = st.witness() if st is not None else None
+    pkt = _packet(st, sol, False) if sol is not None else {}
+    in_port = st.value_at(sol, hs.INPUT["in_port"]) if sol is not None else None
+    msg = f"the shared flow in {f.table.name} on {host} {why}"
+    return Violation("scope_change", sorted(set(others)), msg, host, in_port, pkt,
+                     [v._hop(host, f.table.name, f)], f.ofctl(), f"{f.cookie:#x}")
+
+
+# --------------------------------------------------------------------------------------
+# One tenant's slice
+# --------------------------------------------------------------------------------------
+
+
+class _Guard:
+    """What a slice's engine calls after a write of a scope field (`hs.Engine.guard`)."""
+    fields = SCOPE_FIELDS
+
+    def __init__(self, tenant: str, host: str, own: Owners):
+        self.tenant, self.host, self.own = tenant, host, own
+
+    def check(self, s, fld: str) -> None:
+        val = s.value_of(fld)
+        if val is None:
+            raise ScopeEscape(f"{fld} depends on the packet on {self.host}")
+        t = self.own.owner(self.host, fld, val)
+        if (t is not None and t != self.tenant) or self.own.provider(self.host, fld, val):
+            raise ScopeEscape(f"{fld} := {val:#x} on {self.host}")
+
+
+class _SliceVerifier(Verifier):
+    """A Verifier over one tenant's slice: the fact indexes are borrowed from the whole
+    network's (`base`), the starts are the tenant's own, and every engine is guarded."""
+
+    def __init__(self, net: Network, base: Verifier, tenant: str, own: Owners, ports):
+        self.base, self.own, self._my_ports = base, own, ports
+        super().__init__(net, tenant=tenant, clock=None, memo_tables=base.memo_names)
+
+    def _index_facts(self) -> None:
+        b = self.base
+        self.vni_owner, self.zone_owner, self.group_owner = b.vni_owner, b.zone_owner, b.group_owner
+        self.meter_owner, self.tid_name, self.pa_host = b.meter_owner, b.tid_name, b.pa_host
+        self.static = []
+        b._pa_int()
+        self._pa_cache = b._pa_cache
+
+    def _compute_starts(self) -> list:
+        out = [("port", h, o) for h, o in sorted(self._my_ports) if h in self.net.hosts]
+        for h in sorted(self.net.hosts):
+            for vni in sorted(self._entry_vnis(h)):
+                if self.vni_owner[vni] == self.only_tenant:
+                    out.append(("tunnel", h, vni))
+        return out
+
+    def _peer_pa(self, host: str):
+        return self.base._peer_pa(host)
+
+    def engine(self, host: str) -> hs.Engine:
+        eng = self.engines.get(host)
+        if eng is None:
+            eng = super().engine(host)
+            eng.guard = _Guard(self.only_tenant, host, self.own)
+        return eng
+
+
+@dataclass
+class Outcome:
+    """What one tenant's check found: its starts' violations ((order key, [Violation]),
+    in start order), its reachability and policy violations, the counts, the ports its
+    packets are output to, and whether the slice was left for the whole tables."""
+    tenant: str
+    starts: list
+    reach: list
+    counts: dict
+    targets: frozenset
+    escaped: str = ""
+    misfits: list = field(default_factory=list)  # (host, Flow, owner or None): flows of its cookie not its
+
+
+_COUNT_KEYS = ("port_starts", "tunnel_starts", "external_starts", "branches", "reach_pairs", "policy_pairs",
+               "reach_pairs6", "policy_pairs6")
+
+
+def _order(sid) -> tuple:
+    return ({"port": 0, "tunnel": 1}.get(sid[0], 2), sid[1], sid[2] if sid[2].__class__ is int else 0, str(sid[2]))
+
+
+def _outcome(v: Verifier, tenant: str) -> Outcome:
+    v.run()
+    starts, targets = [], set()
+    counts = dict.fromkeys(_COUNT_KEYS, 0)
+    for sid, r in v.results.items():
+        if r.tenant != tenant or sid in v._extra:
+            continue
+        counts[sid[0] + "_starts"] = counts.get(sid[0] + "_starts", 0) + 1
+        counts["branches"] += r.branches
+        targets |= r.targets
+        if r.violations:
+            starts.append((_order(sid), list(r.violations)))
+    starts.sort(key=lambda x: x[0])
+    more, n, m, n6, m6 = v._reach_cache.get(tenant) or ([], 0, 0, 0, 0)
+    counts.update(reach_pairs=n, policy_pairs=m, reach_pairs6=n6, policy_pairs6=m6)
+    return Outcome(tenant, starts, list(more), counts, frozenset(targets))
+
+
+class Sliced:
+    """`Verifier`'s interface (run, update), the proof sliced by tenant (module docstring).
+    `workers`: processes for a full run (default os.cpu_count(); 1: this process only)."""
+
+    def __init__(self, net: Network, *, workers: int | None = None, clock: Callable[[], float] | None = None,
+                 tenant: str | None = None):
+        self.net = net
+        self.clock = clock
+        self.only_tenant = tenant
+        self.workers = workers if workers is not None else _default_workers()
+        self.base = Verifier(net)  # the fact indexes, the memo tables, the reporting helpers
+        self.own = Owners(net, self.base.vni_owner, self.base.tid_name)
+        self.outcomes: dict = {}  # tenant -> Outcome
+        self.shared_v: dict = {}  # host -> [Violation]
+        self.escaped: dict = {}  # tenant -> why its slice was left (checked over the whole tables)
+        self._misfit_flows: dict = {}  # host -> [(Flow, owner)]: flows whose cookie names another tenant
+        self._has_misfits = False
+        self._group_all()
+
+    # ---- the partition -----------------------------------------------------------------
+
+    def _group_all(self) -> None:
+        """Each host's flows by the tenant id in their cookie (cheap); the cookie-less ones
+        sorted into shared and owned at once, the others checked by their tenant's run."""
+        name_of = self.base.tid_name
+        self.groups: dict = {}  # host -> {tenant id: [Flow]}
+        self.hosts_of: dict = {}  # tenant name -> {host}
+        self.by_cookie: dict = {}  # host -> {cookie: Flow}, once first needed by update
+        for h, ht in self.net.hosts.items():
+            g: dict = {}
+            for f in ht.flows:
+                tid = cookie_tenant(f.cookie)
+                lst = g.get(tid)
+                if lst is None:
+                    lst = g[tid] = []
+                lst.append(f)
+            self.groups[h] = g
+            for tid in g:
+                n = name_of.get(tid)
+                if n is not None:
+                    self.hosts_of.setdefault(n, set()).add(h)
+        for (h, _o), ref in self.net.ports.items():
+            if h in self.net.hosts:
+                self.hosts_of.setdefault(ref.tenant, set()).add(h)
+        self.shared: dict = {}  # host -> [Flow]
+        self.extra: dict = {}  # tenant -> {host: [Flow]}: its flows without its cookie
+        for h in self.net.hosts:
+            self._sort_shared(h)
+
+    def _sort_shared(self, h: str) -> None:
+        own = self.own
+        shared = []
+        for tenant in list(self.extra):
+            self.extra[tenant].pop(h, None)
+        for tid, fl in self.groups[h].items():
+            mine = self.base.tid_name.get(tid)
+            for f in fl:
+                if tid and mine is not None:
+                    continue  # checked by its tenant's run (_misfits)
+                o = flow_owner(f, h, own)
+                if o is None:
+                    shared.append(f)
+                else:
+                    self.extra.setdefault(o, {}).setdefault(h, []).append(f)
+                    self.hosts_of.setdefault(o, set()).add(h)
+        for f, o in self._misfit_flows.get(h, ()):
+            if o is None:
+                shared.append(f)
+            else:
+                self.extra.setdefault(o, {}).setdefault(h, []).append(f)
+                self.hosts_of.setdefault(o, set()).add(h)
+        self.shared[h] = shared
+
+    def _misfits(self, tenant: str) -> list:
+        """The flows with `tenant`'s id in their cookie that are not in its slice."""
+        facts = self.net.tenants.get(tenant)
+        if facts is None:
+            return []
+        tid = facts.tenant_id
+        out = []
+        for h in sorted(self.hosts_of.get(tenant, ())):
+            for f in self.groups.get(h, {}).get(tid, ()):
+                o = flow_owner(f, h, self.own)
+                if o != tenant:
+                    out.append((h, f, o))
+        return out
+
+    def slice_network(self, tenant: str) -> Network:
+        hosts = {}
+        extra = self.extra.get(tenant, {})
+        facts = self.net.tenants[tenant]
+        for h in sorted(self.hosts_of.get(tenant, ())):
+            full = self.net.hosts[h]
+            fl = self.shared[h] + self.groups[h].get(facts.tenant_id, []) + extra.get(h, [])
+            if extra.get(h) or self._has_misfits:
+                fl = list({id(f): f for f in fl}.values())
+            hosts[h] = HostTables(full.pa, fl, full.groups, full.meters)
+        return Network(_SliceHosts(hosts, self, tenant), self.net.ports, self.net.tenants,
+                       self.net.tunnel_ofport, self.net.external)
+
+    def check_tenant(self, tenant: str) -> Outcome:
+        """One tenant's check: its slice, or the whole tables if a packet leaves it."""
+        ports = self.base._tenant_ports(tenant)
+        sv = _SliceVerifier(self.slice_network(tenant), self.base, tenant, self.own, ports)
+        try:
+            out = _outcome(sv, tenant)
+        except ScopeEscape as e:
+            whole = Verifier(self.net, tenant=tenant, memo_tables=self.base.memo_names)
+            out = _outcome(whole, tenant)
+            out.escaped = str(e)
+        out.misfits = self._misfits(tenant)
+        return out
+
+    # ---- running -----------------------------------------------------------------------
+
+    def run(self) -> Report:
+        t0 = self.clock() if self.clock else 0.0
+        with _paused_gc():
+            for h in sorted(self.net.hosts):
+                self.shared_v[h] = shared_violations(self.base, self.own, h, self.shared[h])
+            names = self._tenants()
+            if self.workers > 1 and len(names) >= MIN_TENANTS_FOR_WORKERS:
+                outs = _in_workers(self, names, self.workers)
+            else:
+                outs = [self.check_tenant(n) for n in names]
+            for o in outs:
+                self._keep(o)
+            self._fix_misfits()
+        return self._report(t0)
+
+    def _tenants(self) -> list:
+        if self.only_tenant is not None:
+            return [self.only_tenant] if self.only_tenant in self.net.tenants else []
+        return sorted(self.net.tenants)
+
+    def _keep(self, o: Outcome) -> None:
+        self.outcomes[o.tenant] = o
+        if o.escaped:
+            self.escaped[o.tenant] = o.escaped
+        else:
+            self.escaped.pop(o.tenant, None)
+
+    def _fix_misfits(self) -> None:
+        """Flows a cookie put in the wrong slice: sort them where they belong and check again
+        the tenants whose slice was missing them (every tenant of the host for a shared one)."""
+        found: dict = {}
+        for o in self.outcomes.values():
+            for h, f, owner in o.misfits:
+                found.setdefault(h, []).append((f, owner))
+        if not found and not self._misfit_flows:
+            return
+        again = set()
+        for h in set(found) | set(self._misfit_flows):
+            old = {(id(f), o) for f, o in self._misfit_flows.get(h, ())}
+            new = {(id(f), o) for f, o in found.get(h, ())}
+            if old == new:
+                continue
+            self._misfit_flows[h] = found.get(h, [])
+            self._has_misfits = True
+            for _f, owner in found.get(h, ()):
+                if owner is None:
+                    again |= {t for t, hs_ in self.hosts_of.items() if h in hs_}
+                else:
+                    again.add(owner)
+            self._sort_shared(h)
+            self.shared_v[h] = shared_violations(self.base, self.own, h, self.shared[h])
+        for t in sorted(again & set(self._tenants())):
+            self._keep(self.check_tenant(t))
+
+    def update(self, tenant: str, flows: Mapping, facts: TenantFacts | None = None,
+               ports: Mapping | None = None) -> Report:
+        """As `Verifier.update`: `tenant` changed; `flows` = the new flow sets of the hosts
+        that changed, `facts` / `ports` its new facts and ports (None: unchanged)."""
+        with _paused_gc():
+            return self._update(tenant, flows, facts, ports)
+
+    def _update(self, tenant, flows, facts, ports) -> Report:
+        t0 = self.clock() if self.clock else 0.0
+        base = self.base
+        again = {tenant}
+        moved = set()
+        if ports is not None:
+            for k in [k for k in base._tenant_ports(tenant) if k not in ports]:
+                if self.net.ports.get(k) is not None and self.net.ports[k].tenant == tenant:
+                    del self.net.ports[k]
+                    moved.add(k)
+            base._ports_of[tenant] = set(ports)
+            for k, ref in ports.items():
+                if self.net.ports.get(k) != ref:
+                    moved.add(k)
+                self.net.ports[k] = ref
+        if facts is not None:
+            old = self.net.tenants.get(tenant)
+            self.net.tenants[tenant] = facts
+            if not base._reindex_tenant(tenant, old, facts):
+                base._index_facts()
+                self.own.vni, self.own.tid = base.vni_owner, base.tid_name
+            self.own.addr = {hs.to_int("ipv4_dst", ip): n for n, f in self.net.tenants.items()
+                             for ip in f.owned_external}
+            base._epoch += 1
+        resort = set()
+        for h, new in flows.items():
+            new_list = new.flows if isinstance(new, HostTables) else _as_flow_list(new)
+            old_ht = self.net.hosts.get(h)
+            if old_ht is None:
+                self.net.hosts[h] = new if isinstance(new, HostTables) else host_tables(base.net.hosts[h].pa
+                                                                                      if h in base.net.hosts else "", new_list)
+                base.pa_host = {x.pa: n for n, x in self.net.hosts.items()}
+                self.groups[h] = {}
+                self.by_cookie[h] = {}
+                added, removed = new_list, []
+            else:
+                old_set = self.by_cookie.get(h)
+                if old_set is None:
+                    old_set = {f.cookie: f for f in old_ht.flows}
+                new_set = {f.cookie: f for f in new_list}
+                removed = [old_set[k] for k in old_set.keys() - new_set.keys()]
+                added = [new_set[k] for k in new_set.keys() - old_set.keys()]
+                self.by_cookie[h] = new_set
+                ht = new if isinstance(new, HostTables) else \
+                    HostTables(old_ht.pa, new_list, old_ht.groups, old_ht.meters)
+                if not isinstance(new, HostTables) and (_with_groups(removed) or _with_groups(added)):
+                    ht = host_tables(old_ht.pa, new_list)
+                self.net.hosts[h] = ht
+            g = self.groups.setdefault(h, {})
+            for f in removed:
+                tid = cookie_tenant(f.cookie)
+                lst = g.get(tid, [])
+                for i, x in enumerate(lst):
+                    if x is f or x == f:
+                        del lst[i]
+                        break
+                self._changed_flow(h, f, tid, again, resort)
+            for f in added:
+                tid = cookie_tenant(f.cookie)
+                g.setdefault(tid, []).append(f)
+                n = base.tid_name.get(tid)
+                if n is not None:
+                    self.hosts_of.setdefault(n, set()).add(h)
+                self._changed_flow(h, f, tid, again, resort)
+        if ports is not None:
+            for h, _o in ports:
+                self.hosts_of.setdefault(tenant, set()).add(h)
+        for h in resort:
+            self._sort_shared(h)
+            self.shared_v[h] = shared_violations(base, self.own, h, self.shared[h])
+            again |= {t for t, hs_ in self.hosts_of.items() if h in hs_}
+        if moved:
+            again |= {t for t, o in self.outcomes.items() if not o.targets.isdisjoint(moved)}
+        for t in sorted(again & set(self._tenants())):
+            self._keep(self.check_tenant(t))
+        self._fix_misfits()
+        return self._report(t0)
+
+    def _changed_flow(self, h, f, tid, again: set, resort: set) -> None:
+        mine = self.base.tid_name.get(tid)
+        o = flow_owner(f, h, self.own)
+        if o is not None:
+            again.add(o)
+        if mine is not None:
+            again.add(mine)
+        if o is None or not tid or mine is None or o != mine:
+            resort.add(h)  # the shared part, or who holds a flow besides its cookie's tenant
+
+    # ---- the report ----------------------------------------------------------------------
+
+    def _report(self, t0: float) -> Report:
+        counts = dict.fromkeys(_COUNT_KEYS, 0)
+        starts, reach = [], []
+        for t in sorted(self.outcomes):
+            o = self.outcomes[t]
+            for k, n in o.counts.items():
+                counts[k] = counts.get(k, 0) + n
+            starts.extend(o.starts)
+            reach.append(o.reach)
+        for k in ("external_starts", "policy_pairs", "reach_pairs6", "policy_pairs6"):
+            if not counts.get(k):
+                counts.pop(k, None)
+        counts.update(hosts=len(self.net.hosts), tenants=len(self.net.tenants),
+                      flows=sum(len(h.flows) for h in self.net.hosts.values()))
+        vs, seen = [], set()
+
+        def add(v):
+            if v.key() not in seen:
+                seen.add(v.key())
+                vs.append(v)
+        starts.sort(key=lambda x: x[0])
+        for _k, lst in starts:
+            for v in lst:
+                add(v)
+        for v in self.base.static:
+            if self.only_tenant is None or self.only_tenant in v.tenants:
+                add(v)
+        for lst in reach:
+            for v in lst:
+                add(v)
+        if self.only_tenant is None:
+            for h in sorted(self.shared_v):
+                for v in self.shared_v[h]:
+                    add(v)
+        vs.sort(key=lambda v: (v.kind, v.tenants, v.host, v.message))
+        secs = (self.clock() - t0) if self.clock else 0.0
+        return Report(not vs, vs, counts, secs)
+
+
+def _with_groups(flows) -> bool:
+    for f in flows:
+        for a in f.actions:
+            if a.__class__.__name__ in ("Group", "Meter"):
+                return True
+    return False
+
+
+class _SliceHosts(dict):
+    """A slice's hosts; a host the slice has no flow on (a tunnel's far end, followed by
+    a counterexample's concrete path) is made when first asked for: the shared flows."""
+
+    def __init__(self, hosts, sliced: Sliced, tenant: str):
+        super().__init__(hosts)
+        self.sliced, self.tenant = sliced, tenant
+
+    def __missing__(self, h):
+        s = self.sliced
+        if h not in s.net.hosts:
+            raise KeyError(h)
+        full = s.net.hosts[h]
+        return HostTables(full.pa, list(s.shared.get(h, [])), full.groups, full.meters)
+
+
+# --------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------
+
+_ACTIVE: Sliced | None = None  # the Sliced a forked worker reads (inherited, never sent)
+
+
+def _default_workers() -> int:
+    env = os.environ.get("NVCTL_VERIFY_WORKERS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return os.cpu_count() or 1
+
+
+def _work(chunk: list) -> list:
+    gc.disable()  # the worker's objects live until it exits
+    return [_ACTIVE.check_tenant(n) for n in chunk]
+
+
+def _in_workers(sliced: Sliced, names: list, workers: int) -> list:
+    """Every tenant's Outcome, computed by `workers` forked processes (chunks dealt round
+    robin so that each gets a share of every size)."""
+    import multiprocessing
+    global _ACTIVE
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform: this process
+        return [sliced.check_tenant(n) for n in names]
+    per = max(1, len(names) // (workers * 8))
+    chunks = [names[i::len(names) // per or 1] for i in range(len(names) // per or 1)]
+    _ACTIVE = sliced
+    gc.freeze()  # the parent's heap is read, not collected, in the children
+    try:
+        with ctx.Pool(workers) as pool:
+            outs = []
+            for part in pool.imap_unordered(_work, chunks):
+                outs.extend(part)
+    finally:
+        _ACTIVE = None
+        gc.unfreeze()
+    return outs

@@ -728,7 +728,7 @@ class Flow:
     """
 
     __slots__ = ("table", "priority", "match", "actions", "layer_id", "tenant_id", "rule", "cookie", "reported",
-                 "identity", "stat")
+                 "identity", "stat", "extras", "unit")
 
     def __init__(self, table: Table, priority: int, match: Match, actions: tuple = (),
                  layer_id: int = 0, tenant_id: int = 0, rule: str = "", stat: tuple = ()):
@@ -759,6 +759,13 @@ class Flow:
         # cannot both be on a switch; an ADD of the second replaces the first. One tuple
         # per flow, shared by every host's index that holds the flow.
         self.identity = (table.number, priority, match)
+        # Whether it uses a meter, a log copy or a group: what a host needs besides its
+        # flows (meters_of, groups_of) comes from these flows alone.
+        self.extras = not _EXTRA_ACTIONS.isdisjoint(map(type, actions))
+        # Which part of a compile made it (the compiler's, not the switch's: a layer's
+        # per-port part tags its flows with (layer id, port), so that a change can keep
+        # the flows of the ports it did not touch); not installed, not in the cookie.
+        self.unit = None
 
     @property
     def body(self) -> str:
@@ -796,6 +803,7 @@ class Flow:
 
 
 _blake2b = hashlib.blake2b
+_EXTRA_ACTIONS = frozenset({Meter, Log, Group})
 
 
 @lru_cache(maxsize=1 << 16)

@@ -76,12 +76,66 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
         group=a.group, mtu=switch_mtus(t, hosts))
 
 
-def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> dict[str, list[Flow]]:
+def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
+                   previous: tuple | None = None) -> dict[str, list[Flow]]:
+    """The tenant's flows per host. `previous` = (tenant, allocation, flows) of the same
+    tenant's last compile on these hosts: a layer's per-port part (Layer.sliced) whose
+    inputs for a port are what they were keeps that port's flows from there instead of
+    making them again. The result is the same set of flows per host either way."""
     view = tenant_view(t, a, hosts)
+    old = _units(previous, a, hosts) if previous is not None else None
     sink: dict[str, list[Flow]] = {}
+    ports = view.tenant.ports
     for layer in LAYERS:
-        layer.tenant_flows(view, emitter(layer, sink, a.tenant_id))
+        out = emitter(layer, sink, a.tenant_id)
+        layer.tenant_flows(view, out)
+        if not layer.sliced:
+            continue
+        lid = layer.id
+        for p in ports:
+            inputs = layer.port_inputs(view, p)
+            unit = (lid, p.name)
+            if old is not None:
+                was = old.get(unit)
+                if was is not None and was[0] == inputs:
+                    for h, f in was[1]:
+                        lst = sink.get(h)
+                        if lst is None:
+                            lst = sink[h] = []
+                        lst.append(f)
+                    continue
+            out.unit = unit
+            layer.port_flows(inputs, out)
+        out.unit = None
     return sink
+
+
+SLICED = tuple(layer for layer in LAYERS if layer.sliced)
+
+
+def _units(previous: tuple, a: Allocation, hosts: Mapping[str, Host]) -> dict | None:
+    """(layer id, port) -> (its inputs, [(host, flow)]) of the previous compile."""
+    old_t, old_a, old_flows = previous
+    if old_a.tenant_id != a.tenant_id:  # its id is in every cookie
+        return None
+    made: dict = {}
+    for h, fl in old_flows.items():
+        for f in fl:
+            u = f.unit
+            if u is not None:
+                got = made.get(u)
+                if got is None:
+                    made[u] = [(h, f)]
+                else:
+                    got.append((h, f))
+    view = tenant_view(old_t, old_a, hosts)
+    out = {}
+    for layer in SLICED:
+        lid = layer.id
+        for p in view.tenant.ports:
+            unit = (lid, p.name)
+            out[unit] = (layer.port_inputs(view, p), made.get(unit, ()))
+    return out
 
 
 def compile_host(name: str, hosts: Mapping[str, Host]) -> list[Flow]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from dataplane.match_action import Flow, Group, Log, Meter, groups_of, meters_of
+from dataplane.match_action import Flow, groups_of, meters_of
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class HostDelta:
             if o is None:
                 added.append(f)
                 kept.append(f)
-            elif o.rule != f.rule:
+            elif o.rule != f.rule or o.unit != f.unit:  # kept, but as the new compile made it
                 renamed.append(f)
                 kept.append(f)
             else:
@@ -238,16 +238,8 @@ def tenant_delta(old: Mapping[str, Iterable[Flow]], new: Mapping[str, Iterable[F
     return {h: HostDelta(old.get(h, ()), new.get(h, ())) for h in set(old) | set(new)}
 
 
-_EXTRA = frozenset({Meter, Log, Group})
-
-
 def extras(flows: Iterable[Flow]) -> tuple:
     """(meters, {group id: bucket text}) these flows need: `_extras` over only the flows
-    with a meter, a log or a group."""
-    some = []
-    for f in flows:
-        for a in f.actions:
-            if type(a) in _EXTRA:
-                some.append(f)
-                break
+    with a meter, a log or a group (Flow.extras)."""
+    some = [f for f in flows if f.extras]
     return _extras(some) if some else ({}, {})

@@ -20,10 +20,30 @@ class ArpResponder(Layer):
                   doc="answer ARP for known CAs; anything else goes on"),
     )
 
+    sliced = True
+
+    def port_inputs(self, t, p):
+        return (p.name, t.members[p.switch], t.vni[p.switch], str(p.ip), p.mac)
+
+    def port_flows(self, inputs, out):
+        name, hosts, vni, ip, mac = inputs
+        self._answer(out, hosts, LOGICAL_SWITCH.m(vni), ip, mac, f"port {name}")
+
+    @staticmethod
+    def _answer(out, hosts, ls, ip: str, mac: str, who: str) -> None:
+        out.to(hosts, out.flow(
+            "arp_responder", PRIO_ANSWER,
+            Match.of(**ls, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
+            (Move("eth_src", "eth_dst"), SetField("eth_src", mac),
+             SetField("arp_op", ARP_REPLY),
+             Move("arp_sha", "arp_tha"), Move("arp_spa", "arp_tpa"),
+             SetField("arp_sha", mac), SetField("arp_spa", ip),
+             Output(IN_PORT)),
+            rule=f"arp {ip} is-at {mac} ({who})"))
+
     def tenant_flows(self, t, out):
-        answers = [(p.switch, p.ip, p.mac, f"port {p.name}") for p in t.tenant.ports]
-        answers += [(rp.switch, rp.ip, rp.mac, f"router {r.name}")
-                    for r in t.tenant.routers for rp in r.ports]
+        answers = [(rp.switch, rp.ip, rp.mac, f"router {r.name}")
+                   for r in t.tenant.routers for rp in r.ports]
         answers += [(s.name, lb.vip, lb.mac, f"load balancer {lb.name}")
                     for lb in t.tenant.load_balancers for s in t.tenant.switches if lb.vip in s.cidr]
         for s in t.tenant.switches:  # where DHCP and DNS answer on a switch without a router
@@ -31,15 +51,4 @@ class ArpResponder(Layer):
             if s.dhcp and svc.router is None:
                 answers.append((s.name, svc.ip, svc.mac, "DHCP and DNS service"))
         for switch, ip, mac, who in answers:
-            hosts = t.members[switch]
-            ls = LOGICAL_SWITCH.m(t.vni[switch])
-            ip = str(ip)
-            out.to(hosts, out.flow(
-                "arp_responder", PRIO_ANSWER,
-                Match.of(**ls, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
-                (Move("eth_src", "eth_dst"), SetField("eth_src", mac),
-                 SetField("arp_op", ARP_REPLY),
-                 Move("arp_sha", "arp_tha"), Move("arp_spa", "arp_tpa"),
-                 SetField("arp_sha", mac), SetField("arp_spa", ip),
-                 Output(IN_PORT)),
-                rule=f"arp {ip} is-at {mac} ({who})"))
+            self._answer(out, t.members[switch], LOGICAL_SWITCH.m(t.vni[switch]), str(ip), mac, who)

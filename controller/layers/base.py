@@ -43,7 +43,22 @@ class Layer:
     tables: tuple[TableDecl, ...] = ()
 
     def tenant_flows(self, t: "TenantView", out: "Emitter") -> None:
-        """Flows for one tenant's intent."""
+        """Flows for one tenant's intent (in a layer with a per-port part: all but that)."""
+
+    # A layer may compile each port's own flows apart (`sliced`): `port_inputs` gathers,
+    # as one value, everything those flows depend on, and `port_flows` makes them from
+    # that value alone (it never sees the view). So a port whose inputs are equal before
+    # and after a change has the same flows, and a change recompiles only the ports it
+    # touched (controller.compile.compiler.compile_tenant, `previous`).
+    sliced = False
+
+    def port_inputs(self, t: "TenantView", p) -> tuple:
+        """Everything this layer's flows for port `p` read, as a comparable value."""
+        raise NotImplementedError
+
+    def port_flows(self, inputs: tuple, out: "Emitter") -> None:
+        """The flows of one port, from `port_inputs`' value only."""
+        raise NotImplementedError
 
     def host_flows(self, h: "HostView", out: "Emitter") -> None:
         """Flows that belong to a host rather than a tenant (e.g. accepting tunnels)."""
@@ -102,6 +117,7 @@ class Emitter:
         self.sink = sink
         self.tenant_id = tenant_id
         self._own = {d.name for d in layer.tables}
+        self.unit = None  # (layer id, port name) while a sliced layer compiles one port's flows
 
     def table(self, name: str) -> Table:
         """Resolve a table name or symbol (for goto/resubmit targets)."""
@@ -119,6 +135,7 @@ class Emitter:
             raise PermissionError(f"layer {self.layer.name} does not own table {table}")
         t = self.pipeline.by_name[table]
         f = Flow(t, priority, match, actions, self.layer.id, self.tenant_id, rule, stat)
+        f.unit = self.unit
         t.check(f)
         if self.tenant_id and not any(it[0] in SCOPE_FIELDS for it in match.items):
             raise ScopeError(f"layer {self.layer.name}, table {table}: tenant flow {rule!r} pins no "

@@ -29,17 +29,24 @@ class Classify(Layer):
                   doc="VNI -> logical switch, for packets from another host"),
     )
 
+    sliced = True
+
+    def port_inputs(self, t, p):
+        return (p.name, p.host, t.vni[p.switch], t.ofport[p.name], t.port_key[p.name], p.pending,
+                t.ofport[pending_name(p.name)] if p.pending else None)
+
+    def port_flows(self, inputs, out):
+        name, host, vni, ofport, key, pending, pending_ofport = inputs
+        out.to((host,), out.flow(
+            "classify", PRIO_IN_PORT, Match.of(in_port=ofport),
+            (LOGICAL_SWITCH.load(vni), INPORT.load(key), out.goto("port_security")),
+            rule=f"port {name}", stat=(("port", name, "sent"),)))
+        if pending:  # its second binding, until the guest announces itself there
+            out.to((pending,), out.flow(
+                "classify", PRIO_IN_PORT, Match.of(in_port=pending_ofport),
+                (out.goto("activation"),), rule=f"port {name}: pending on {pending} (migrating)"))
+
     def tenant_flows(self, t, out):
-        for p in t.tenant.ports:
-            vni = t.vni[p.switch]
-            out.to((p.host,), out.flow(
-                "classify", PRIO_IN_PORT, Match.of(in_port=t.ofport[p.name]),
-                (LOGICAL_SWITCH.load(vni), INPORT.load(t.port_key[p.name]), out.goto("port_security")),
-                rule=f"port {p.name}", stat=(("port", p.name, "sent"),)))
-            if p.pending:  # its second binding, until the guest announces itself there
-                out.to((p.pending,), out.flow(
-                    "classify", PRIO_IN_PORT, Match.of(in_port=t.ofport[pending_name(p.name)]),
-                    (out.goto("activation"),), rule=f"port {p.name}: pending on {p.pending} (migrating)"))
         for s in t.tenant.switches:
             hosts = t.members[s.name]
             if not hosts:

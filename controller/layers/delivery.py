@@ -17,10 +17,13 @@ class Delivery(Layer):
                   doc="outport -> ofport of the local workload"),
     )
 
-    def tenant_flows(self, t, out):
-        for p in t.tenant.ports:
-            out.to((p.host,), out.flow(
-                "deliver", PRIO_DELIVER,
-                Match.of(**LOGICAL_SWITCH.m(t.vni[p.switch]), **OUTPORT.m(t.port_key[p.name])),
-                (Output(t.ofport[p.name]),), rule=f"port {p.name}",
-                stat=(("port", p.name, "received"),)))
+    sliced = True  # every flow is one port's
+
+    def port_inputs(self, t, p):
+        return (p.name, p.host, t.vni[p.switch], t.port_key[p.name], t.ofport[p.name])
+
+    def port_flows(self, inputs, out):
+        name, host, vni, key, ofport = inputs
+        out.to((host,), out.flow(
+            "deliver", PRIO_DELIVER, Match.of(**LOGICAL_SWITCH.m(vni), **OUTPORT.m(key)),
+            (Output(ofport),), rule=f"port {name}", stat=(("port", name, "received"),)))

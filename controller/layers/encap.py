@@ -56,6 +56,56 @@ class Encap(Layer):
         out.to((h.name,), out.flow("tunnel_out", PRIO_FITS, Match(), (Output(h.tunnel_port),),
                                    rule="fits: into the tunnel"))
 
+    sliced = True
+
+    def port_inputs(self, t, p):
+        pending = p.pending if p.pending in t.pa else None
+        return (p.name, p.host, pending, t.span[p.switch], t.vni[p.switch], t.port_key[p.name], t.mtu[p.switch],
+                t.pa[p.host], t.pa[pending] if pending else None, t.tunnel_port)
+
+    def port_flows(self, inputs, out):
+        """Unicast to the port: local on its host, through the tunnel from the others."""
+        name, host, pending, hosts, vni, key, mtu, pa, pending_pa, tunnel_port = inputs
+        if not hosts:
+            return
+        ls = LOGICAL_SWITCH.m(vni)
+        check = CheckPktLarger(mtu + ETH_HEADER, PKT_LARGER.field, PKT_LARGER.lo)
+        pas = {host: pa, pending: pending_pa}
+
+        def tunnel_copies(dests, then):
+            """Actions sending the packet to each of `dests`' PAs, then `then` (the last
+            copy's own goto, or what comes after the copies)."""
+            acts = [SetField("tunnel_id", vni)]
+            for h in dests:
+                acts += [SetField("tun_ipv4_dst", pas[h]), check, out.resubmit("tunnel_out")]
+            if then is None:
+                acts[-1] = out.goto("tunnel_out")
+            else:
+                acts.append(then)
+            return acts
+        key = OUTPORT.m(key)
+        # a migrating port's traffic goes to both bindings; the pending one drops
+        # its copy until the guest announces itself there (activation layer)
+        if pending is None:
+            out.to((host,), out.flow(
+                "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
+                rule=f"port {name} is local"))
+        else:  # what its host's own ports send goes to the pending binding too
+            out.to((host,), out.flow(
+                "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(1)),
+                (out.goto("@egress"),), rule=f"port {name} is local"))
+            out.to((host,), out.flow(
+                "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
+                tunnel_copies((pending,), out.goto("@egress")),
+                rule=f"port {name} is local, and pending on {pending} (migrating)"))
+        remote = Match.of(**ls, **key, **FROM_TUNNEL.m(0))
+        out.to((h for h in hosts if h not in (host, pending)), out.flow(
+            "dispatch", PRIO_UNICAST, remote, tunnel_copies((host,) + ((pending,) if pending else ()), None),
+            rule=f"port {name} is on {host}" + (f", and pending on {pending}" if pending else "")))
+        if pending in hosts:
+            out.to((pending,), out.flow("dispatch", PRIO_UNICAST, remote, tunnel_copies((host,), None),
+                                        rule=f"port {name} is on {host}"))
+
     def tenant_flows(self, t, out):
         if t.gateway is not None:
             gw = t.gateway[0]
@@ -79,7 +129,6 @@ class Encap(Layer):
             ls = LOGICAL_SWITCH.m(vni)
             ports = t.tenant.ports_on(s.name)
             mtu = t.mtu[s.name]
-            check = CheckPktLarger(mtu + ETH_HEADER, PKT_LARGER.field, PKT_LARGER.lo)
             senders = {h for h in hosts if any(p.host != h for p in ports)}
             for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6) if senders else ():
                 if eth_type == ETH_TYPE_IPV6 and not t.tenant.has_ipv6:
@@ -89,41 +138,6 @@ class Encap(Layer):
                     to_controller(t.tenant_id),
                     rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP"
                          f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
-            def tunnel_copies(dests, then):
-                """Actions sending the packet to each of `dests`' PAs, then `then` (the last
-                copy's own goto, or what comes after the copies)."""
-                acts = [SetField("tunnel_id", vni)]
-                for h in dests:
-                    acts += [SetField("tun_ipv4_dst", t.pa[h]), check, out.resubmit("tunnel_out")]
-                if then is None:
-                    acts[-1] = out.goto("tunnel_out")
-                else:
-                    acts.append(then)
-                return acts
-            for p in ports:
-                key = OUTPORT.m(t.port_key[p.name])
-                # a migrating port's traffic goes to both bindings; the pending one drops
-                # its copy until the guest announces itself there (activation layer)
-                pending = p.pending if p.pending in t.pa else None
-                if pending is None:
-                    out.to((p.host,), out.flow(
-                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
-                        rule=f"port {p.name} is local"))
-                else:  # what its host's own ports send goes to the pending binding too
-                    out.to((p.host,), out.flow(
-                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(1)),
-                        (out.goto("@egress"),), rule=f"port {p.name} is local"))
-                    out.to((p.host,), out.flow(
-                        "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
-                        tunnel_copies((pending,), out.goto("@egress")),
-                        rule=f"port {p.name} is local, and pending on {pending} (migrating)"))
-                remote = Match.of(**ls, **key, **FROM_TUNNEL.m(0))
-                out.to((h for h in hosts if h not in (p.host, pending)), out.flow(
-                    "dispatch", PRIO_UNICAST, remote, tunnel_copies((p.host,) + ((pending,) if pending else ()), None),
-                    rule=f"port {p.name} is on {p.host}" + (f", and pending on {pending}" if pending else "")))
-                if pending in hosts:
-                    out.to((pending,), out.flow("dispatch", PRIO_UNICAST, remote, tunnel_copies((p.host,), None),
-                                                rule=f"port {p.name} is on {p.host}"))
             flood = OUTPORT.m(FLOOD_PORT_KEY)
             for h in members:
                 local = []

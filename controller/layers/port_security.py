@@ -37,33 +37,41 @@ class PortSecurity(Layer):
                   doc="only the port's own MAC and IP may leave it; everything else drops"),
     )
 
+    sliced = True
+
+    def port_inputs(self, t, p):
+        return (p.name, p.host, t.vni[p.switch], t.port_key[p.name], str(p.ip), p.mac,
+                (p.ip6, p.link_local) if p.ip6 is not None else None)
+
+    def port_flows(self, inputs, out):
+        name, host, vni, key, ip, mac, six = inputs
+        ls = {**LOGICAL_SWITCH.m(vni), **INPORT.m(key)}
+        rule = f"port {name} {mac} {ip}"
+        p_host = (host,)
+        out.to(p_host, out.flow(
+            "port_security", PRIO_OWN_ADDRESS,
+            Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_ARP, arp_spa=ip, arp_sha=mac),
+            (out.goto("@next"),), rule=rule))
+        out.to(p_host, out.flow(
+            "port_security", PRIO_OWN_ADDRESS,
+            Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip),
+            (out.goto("@next"),), rule=rule))
+        if six is not None:
+            for src in (six[0], six[1], "::"):
+                extra = {"ip_proto": IPPROTO_ICMPV6} if src == "::" else {}
+                out.to(p_host, out.flow(
+                    "port_security", PRIO_OWN_ADDRESS,
+                    Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
+                    (out.goto("@next"),), rule=f"port {name} {mac} {src}" +
+                    (" (ICMPv6 only: duplicate address detection, MLD)" if extra else "")))
+        # What else the port sends is not its own: dropped here, by a flow of the
+        # port's own so that `nvctl stats` counts its drops (the table's miss is
+        # shared by every port on the host).
+        out.to(p_host, out.flow(
+            "port_security", PRIO_PORT_DROP, Match.of(**ls), (),
+            rule=f"port {name}: not its own address: drop", stat=(("port", name, "portSecurity"),)))
+
     def tenant_flows(self, t, out):
-        for p in t.tenant.ports:
-            ls = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **INPORT.m(t.port_key[p.name])}
-            ip, mac = str(p.ip), p.mac
-            rule = f"port {p.name} {mac} {ip}"
-            out.to((p.host,), out.flow(
-                "port_security", PRIO_OWN_ADDRESS,
-                Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_ARP, arp_spa=ip, arp_sha=mac),
-                (out.goto("@next"),), rule=rule))
-            out.to((p.host,), out.flow(
-                "port_security", PRIO_OWN_ADDRESS,
-                Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip),
-                (out.goto("@next"),), rule=rule))
-            if p.ip6 is not None:
-                for src in (p.ip6, p.link_local, "::"):
-                    extra = {"ip_proto": IPPROTO_ICMPV6} if src == "::" else {}
-                    out.to((p.host,), out.flow(
-                        "port_security", PRIO_OWN_ADDRESS,
-                        Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
-                        (out.goto("@next"),), rule=f"port {p.name} {mac} {src}" +
-                        (" (ICMPv6 only: duplicate address detection, MLD)" if extra else "")))
-            # What else the port sends is not its own: dropped here, by a flow of the
-            # port's own so that `nvctl stats` counts its drops (the table's miss is
-            # shared by every port on the host).
-            out.to((p.host,), out.flow(
-                "port_security", PRIO_PORT_DROP, Match.of(**ls), (),
-                rule=f"port {p.name}: not its own address: drop", stat=(("port", p.name, "portSecurity"),)))
         for sw in t.tenant.switches:
             if t.members[sw.name]:  # per switch, not per port: one flow where a flow per port would do
                 out.to(t.members[sw.name], out.flow(

@@ -24,17 +24,23 @@ class Switching(Layer):
                   doc="dst MAC -> outport; broadcast/unknown -> FLOOD"),
     )
 
+    sliced = True
+
+    def port_inputs(self, t, p):
+        return (p.name, t.members[p.switch], t.vni[p.switch], p.mac, t.port_key[p.name])
+
+    def port_flows(self, inputs, out):
+        name, hosts, vni, mac, key = inputs
+        out.to(hosts, out.flow(
+            "l2_lookup", PRIO_MAC, Match.of(**LOGICAL_SWITCH.m(vni), eth_dst=mac),
+            (OUTPORT.load(key), out.goto("@next")), rule=f"mac {mac} -> port {name}"))
+
     def tenant_flows(self, t, out):
         for s in t.tenant.switches:
             hosts = t.members[s.name]
             if not hosts:
                 continue
             ls = LOGICAL_SWITCH.m(t.vni[s.name])
-            for p in t.tenant.ports_on(s.name):
-                out.to(hosts, out.flow(
-                    "l2_lookup", PRIO_MAC, Match.of(**ls, eth_dst=p.mac),
-                    (OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
-                    rule=f"mac {p.mac} -> port {p.name}"))
             attached = t.tenant.router_of(s.name)
             if attached is not None:
                 r, rp = attached

@@ -62,7 +62,8 @@ class IntentMixin:
                 alloc = allocate(t, old.tenant if old else None, old.alloc if old else None, others)
             except Exhausted as ex:  # a number space full: the caller's change cannot be made
                 raise ApiError(f"tenant {t.name}: {ex}; nothing was changed") from None
-        flows = compile_tenant(t, alloc, self._placement())
+        # the ports the change did not touch keep their flows (compile_tenant's `previous`)
+        flows = compile_tenant(t, alloc, self._placement(), (old.tenant, old.alloc, old.flows) if old else None)
         delta = tenant_delta(old.flows if old else {}, flows)  # conflicts and swap look at what changed only
         conflicts = self.desired.conflicts_in(delta)
         if conflicts:

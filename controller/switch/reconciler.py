@@ -141,7 +141,7 @@ def reconcile(st: HostState, desired: dict, delta=None, found: dict | None = Non
             old_meters, old_groups = set(st.meters), set(st.groups)
         else:  # only this tenant's meters (per port) and groups (per LB) moved
             (old_m, old_g), (want_meters, new_g) = delta.old_extras, delta.new_extras
-            want_groups = groups_of(f for f in delta.new.values() if any(type(a) is Group for a in f.actions)) \
+            want_groups = groups_of(f for f in delta.new.values() if f.extras) \
                 if new_g else {}
             old_meters = set(old_m) & set(st.meters)
             old_groups = set(old_g) & set(st.groups)

@@ -112,7 +112,7 @@ def test_a_flow_identity_conflict_is_refused_naming_both_tenants_and_nothing_is_
     # and through the core: a compile that collides is refused like invalid YAML
     import controller.server.intent as core_mod
     real = core_mod.compile_tenant
-    core_mod.compile_tenant = lambda t, a, h: {**real(t, a, h), "hv1": real(t, a, h).get("hv1", []) + [
+    core_mod.compile_tenant = lambda t, a, h, *previous: {**real(t, a, h), "hv1": real(t, a, h).get("hv1", []) + [
         Flow(theirs.table, theirs.priority, theirs.match, (Output(42),), theirs.layer_id, a.tenant_id, "evil")]}
     try:
         with pytest.raises(ApiError) as e:

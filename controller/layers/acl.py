@@ -134,46 +134,60 @@ class _AclStage(Layer):
     ct_table = ""
     rules_table = ""
 
+    sliced = True
+
+    def port_inputs(self, t, p):
+        guarded = t.once("acl.guarded", lambda: guarded_ports(t.tenant))
+        by_dir = guarded.get(p.name)
+        if by_dir is None:
+            return None
+        return (p.name, p.host, t.zone[p.name], t.vni[p.switch], t.port_key[p.name],
+                (4, 6) if t.tenant.has_ipv6 else (4,), tuple(by_dir[self.direction]), t.tenant_id)
+
+    def port_flows(self, inputs, out):
+        """A guarded port's tracking, its rules and its default."""
+        if inputs is None:
+            return
+        name, host, zone, vni, key, versions, rules, tenant_id = inputs
+        me = {**LOGICAL_SWITCH.m(vni), **self.port_slot.m(key)}
+        host = (host,)
+        for v in versions:
+            out.to(host, out.flow(self.ct_table, PRIO_TRACK, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                  (Ct(zone=zone, table=out.table(self.rules_table)),),
+                                  rule=f"port {name}: track in zone {zone}"))
+        commit = (Ct(zone=zone, commit=True), out.goto("@next"))
+        for rule in rules:
+            label = f"acl[{rule.index}]{' ' + rule.name if rule.name else ''} {rule.direction} " \
+                    f"{rule.action} (port {name})"
+            log = (log_meter(tenant_id),) if rule.log else ()
+            stat = (("acl", rule.index), ("aclPort", name))  # aclPort: whose packet a log line is
+            if rule.action == "deny":
+                variants = [({}, log)]
+                stat += (("port", name, "acl"),)
+            elif rule.action == "allow-stateless":
+                variants = [({}, log + (out.goto("@next"),))]
+            else:
+                variants = [(dict(new=True), log + commit),
+                            (dict(est=True, rpl=False), (out.goto("@next"),))]
+            prio = PRIO_RULE_BASE + rule.priority
+            for m in rule_matches(rule, versions):
+                for flags, actions in variants:
+                    cs = {"ct_state": ct_state(trk=True, **flags)} if flags else {}
+                    out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
+                                          actions, rule=label, stat=stat))
+        for v in versions:
+            out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
+                                  Match.of(**me, eth_type=ETH_TYPES[v],
+                                           ct_state=ct_state(trk=True, new=True)), commit,
+                                  rule=f"port {name}: no rule matched, allow"))
+
     def tenant_flows(self, t, out):
         tn = t.tenant
-        guarded = guarded_ports(tn)
         versions = (4, 6) if tn.has_ipv6 else (4,)
         hosts_of_switch: dict[str, set] = {}
-        for name, by_dir in guarded.items():
+        for name in t.once("acl.guarded", lambda: guarded_ports(tn)):
             p = tn.port(name)
             hosts_of_switch.setdefault(p.switch, set()).add(p.host)
-            zone = t.zone[name]
-            me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
-            host = (p.host,)
-            for v in versions:
-                out.to(host, out.flow(self.ct_table, PRIO_TRACK, Match.of(**me, eth_type=ETH_TYPES[v]),
-                                      (Ct(zone=zone, table=out.table(self.rules_table)),),
-                                      rule=f"port {name}: track in zone {zone}"))
-            commit = (Ct(zone=zone, commit=True), out.goto("@next"))
-            for rule in by_dir[self.direction]:
-                label = f"acl[{rule.index}]{' ' + rule.name if rule.name else ''} {rule.direction} " \
-                        f"{rule.action} (port {name})"
-                log = (log_meter(t.tenant_id),) if rule.log else ()
-                stat = (("acl", rule.index), ("aclPort", name))  # aclPort: whose packet a log line is
-                if rule.action == "deny":
-                    variants = [({}, log)]
-                    stat += (("port", name, "acl"),)
-                elif rule.action == "allow-stateless":
-                    variants = [({}, log + (out.goto("@next"),))]
-                else:
-                    variants = [(dict(new=True), log + commit),
-                                (dict(est=True, rpl=False), (out.goto("@next"),))]
-                prio = PRIO_RULE_BASE + rule.priority
-                for m in rule_matches(rule, versions):
-                    for flags, actions in variants:
-                        cs = {"ct_state": ct_state(trk=True, **flags)} if flags else {}
-                        out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
-                                              actions, rule=label, stat=stat))
-            for v in versions:
-                out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
-                                      Match.of(**me, eth_type=ETH_TYPES[v],
-                                               ct_state=ct_state(trk=True, new=True)), commit,
-                                      rule=f"port {name}: no rule matched, allow"))
         for (sw, hosts), v in itertools.product(hosts_of_switch.items(), versions):
             tracked_verdicts(out, self.rules_table, hosts, sw, t.vni[sw], ETH_TYPES[v])
             ip = {**LOGICAL_SWITCH.m(t.vni[sw]), "eth_type": ETH_TYPES[v]}

@@ -12,7 +12,7 @@ Successors may name a table or a pipeline symbol, resolved by `controller.compil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from dataplane.match_action import Action, Flow, Goto, Match, Pipeline, Resubmit, Table
@@ -90,6 +90,15 @@ class TenantView:
     gateway: tuple | None = None  # (host, external ofport, next hop MAC) of the gateway host
     group: dict | None = None  # load balancer -> OpenFlow group id
     mtu: dict | None = None  # switch -> its MTU (the largest IP packet its ports may send)
+    # what layers work out once per view (per-port inputs read it for every port)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def once(self, key, make):
+        """`make()`, computed once for this view under `key`."""
+        got = self.memo.get(key)
+        if got is None:
+            got = self.memo[key] = make()
+        return got
 
 
 # A tenant's flow must pin the scope it belongs to, so that no two tenants' flows can

@@ -41,6 +41,14 @@ PRIO_TOO_BIG = 100
 PRIO_FITS = 10
 
 
+def _local_keys(t) -> dict:
+    """(switch, host) -> [(port, its key)] of the ports there, in the tenant's order."""
+    out: dict = {}
+    for p in t.tenant.ports:
+        out.setdefault((p.switch, p.host), []).append((p.name, t.port_key[p.name]))
+    return out
+
+
 class Encap(Layer):
     name = "encap"
     id = 5
@@ -60,14 +68,34 @@ class Encap(Layer):
 
     def port_inputs(self, t, p):
         pending = p.pending if p.pending in t.pa else None
+        local = t.once("encap.local", lambda: _local_keys(t))
+        members = t.members[p.switch]
         return (p.name, p.host, pending, t.span[p.switch], t.vni[p.switch], t.port_key[p.name], t.mtu[p.switch],
-                t.pa[p.host], t.pa[pending] if pending else None, t.tunnel_port)
+                t.pa[p.host], t.pa[pending] if pending else None, t.tunnel_port,
+                # its flood: the other ports on its switch and host, every other member's PA
+                p.switch, t.ofport[p.name], p.bum_limit_pps,
+                tuple(k for n, k in local[p.switch, p.host] if n != p.name),
+                tuple(t.pa[o] for o in sorted(members - {p.host})) if p.host in members else None)
 
     def port_flows(self, inputs, out):
-        """Unicast to the port: local on its host, through the tunnel from the others."""
-        name, host, pending, hosts, vni, key, mtu, pa, pending_pa, tunnel_port = inputs
+        """Unicast to the port: local on its host, through the tunnel from the others;
+        and a flood from the port: to the switch's other ports on its host and every
+        other member host, through its BUM meter."""
+        (name, host, pending, hosts, vni, key, mtu, pa, pending_pa, tunnel_port,
+         switch, ofport, bum_pps, others, member_pas) = inputs
         if not hosts:
             return
+        if member_pas is not None:
+            tunnels = [SetField("tunnel_id", vni)]
+            for other_pa in member_pas:
+                tunnels += [SetField("tun_ipv4_dst", other_pa), Output(tunnel_port)]
+            copies = [a for k in others for a in (OUTPORT.load(k), out.resubmit("@egress"))]
+            out.to((host,), out.flow(
+                "dispatch", PRIO_FLOOD_FROM_PORT, Match.of(**LOGICAL_SWITCH.m(vni), **OUTPORT.m(FLOOD_PORT_KEY),
+                                                           **FROM_TUNNEL.m(0), **INPORT.m(key)),
+                [bum_meter_for(ofport, bum_pps)] + copies + (tunnels if len(tunnels) > 1 else []),
+                rule=f"switch {switch} flood from port {name}, "
+                     f"at most {bum_pps or 'the default'} pps"))
         ls = LOGICAL_SWITCH.m(vni)
         check = CheckPktLarger(mtu + ETH_HEADER, PKT_LARGER.field, PKT_LARGER.lo)
         pas = {host: pa, pending: pending_pa}
@@ -151,19 +179,9 @@ class Encap(Layer):
                 out.to((h,), out.flow(
                     "dispatch", PRIO_FLOOD_LOCAL, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)), copies,
                     rule=f"switch {s.name} flood from a local port"))
-                for p in ports:
-                    if p.host == h:
-                        # not back to the sender (OVS would drop that copy at the end, after
-                        # its egress ACLs and delivery counted it as the sender's own)
-                        mine = [OUTPORT.load(t.port_key[q.name]) for q in ports if q.host == h and q is not p]
-                        others = [a for x in mine for a in (x, out.resubmit("@egress"))]
-                        out.to((h,), out.flow(
-                            "dispatch", PRIO_FLOOD_FROM_PORT, Match.of(**ls, **flood, **FROM_TUNNEL.m(0),
-                                                      **INPORT.m(t.port_key[p.name])),
-                            [bum_meter_for(t.ofport[p.name], p.bum_limit_pps)] + others
-                            + (tunnels if len(tunnels) > 1 else []),
-                            rule=f"switch {s.name} flood from port {p.name}, "
-                                 f"at most {p.bum_limit_pps or 'the default'} pps"))
+                # each local port's own flood (not back to the sender: OVS would drop that
+                # copy at the end, after its egress ACLs and delivery counted it as the
+                # sender's own): port_flows
                 out.to((h,), out.flow(
                     "dispatch", PRIO_FLOOD_FROM_TUNNEL, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
                     local, rule=f"switch {s.name} flood from the tunnel"))

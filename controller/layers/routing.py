@@ -42,6 +42,11 @@ if not MISS_PRIORITY < PRIO_NO_ROUTE < route_priority(0, False) <= route_priorit
     raise ValueError("routing priorities: a route could outrank the router's echo, or fall to no-route")
 
 
+def _router_hosts(t) -> list:
+    """(router, the hosts its flows are on: every host its switches span)."""
+    return [(r, frozenset().union(*(t.span[rp.switch] for rp in r.ports))) for r in t.tenant.routers]
+
+
 def ip_int(ip) -> int:
     return int(ipaddress.IPv4Address(ip))
 
@@ -57,6 +62,29 @@ class Routing(Layer):
         TableDecl("ip_neighbor", frozenset({"reg13", "reg12", "eth_type", "ipv6_dst"}), successors=("@next",),
                   doc="next hop on the destination switch -> its MAC and logical port"),
     )
+
+    sliced = True
+
+    def port_inputs(self, t, p):
+        routers = t.once("routing.routers", lambda: {
+            sw: tuple((r.name, hosts, rp.ip6 is not None) for r, hosts in _router_hosts(t) for rp in r.ports
+                      if rp.switch == sw and hosts) for sw in t.vni})
+        return (p.name, t.vni[p.switch], ip_int(p.ip), p.mac, p.ip6, t.port_key[p.name], routers.get(p.switch, ()))
+
+    def port_flows(self, inputs, out):
+        """The port as the next hop on its switch, for every router attached there."""
+        name, vni, ip, mac, ip6, key, routers = inputs
+        ls = LOGICAL_SWITCH.m(vni)
+        for r, hosts, rp_ip6 in routers:
+            out.to(hosts, out.flow(
+                "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, **NEXTHOP.m(ip)),
+                (SetField("eth_dst", mac), OUTPORT.load(key), out.goto("@next")),
+                rule=f"router {r}: {ipaddress.IPv4Address(ip)} is {mac} (port {name})"))
+            if ip6 is not None and rp_ip6:
+                out.to(hosts, out.flow(
+                    "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(ip6)),
+                    (SetField("eth_dst", mac), OUTPORT.load(key), out.goto("@next")),
+                    rule=f"router {r}: {ip6} is {mac} (port {name})"))
 
     def tenant_flows(self, t, out):
         tn = t.tenant
@@ -112,19 +140,7 @@ class Routing(Layer):
                         rule=f"router {r.name}: default route to the external network"))
                 out.to(hosts, out.flow("ip_routing", PRIO_NO_ROUTE, Match.of(**came), (),
                                        rule=f"router {r.name}: no route"))
-            for rp in r.ports:  # neighbours on every switch of the router
-                ls = LOGICAL_SWITCH.m(t.vni[rp.switch])
-                for p in tn.ports_on(rp.switch):
-                    out.to(hosts, out.flow(
-                        "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, **NEXTHOP.m(ip_int(p.ip))),
-                        (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]),
-                         out.goto("@next")),
-                        rule=f"router {r.name}: {p.ip} is {p.mac} (port {p.name})"))
-                    if p.ip6 is not None and rp.ip6 is not None:
-                        out.to(hosts, out.flow(
-                            "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(p.ip6)),
-                            (SetField("eth_dst", p.mac), OUTPORT.load(t.port_key[p.name]), out.goto("@next")),
-                            rule=f"router {r.name}: {p.ip6} is {p.mac} (port {p.name})"))
+            # the ports, as neighbours on every switch of the router: port_flows
 
     @staticmethod
     def _forward(t, router: str, egress) -> tuple:

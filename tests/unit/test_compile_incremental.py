@@ -38,6 +38,9 @@ def random_tenant(rng, hosts) -> dict:
         router = R1_EXTERNAL if rng.random() < 0.5 else R1
         router = {**router, "routes": [r for r in router["routes"]
                                        if any(p["ip"] == r["nextHop"] for p in ports)]}
+        if rng.random() < 0.5:  # routed IPv6 on web: the ports' IPv6 neighbour flows
+            router["ports"] = [dict(rp, ip6="fd00:0:0:1::1") if rp["switch"] == "web" else rp
+                               for rp in router["ports"]]
         spec["routers"] = [router]
         if router is not R1 and "external" in router and rng.random() < 0.5 and \
                 any(p["name"] == "p1" for p in ports):
@@ -45,15 +48,17 @@ def random_tenant(rng, hosts) -> dict:
     if rng.random() < 0.4 and ports:
         guarded = sorted({p["name"] for p in rng.sample(ports, rng.randint(1, len(ports)))})
         spec["acls"] = [{"priority": 200, "direction": "to-port", "ports": guarded, "from": "web",
-                         "protocol": "tcp", "dstPorts": [5432], "action": "allow"},
-                        {"priority": 100, "direction": "to-port", "ports": guarded, "action": "deny"}]
+                         "protocol": "tcp", "dstPorts": [5432], "action": "allow", "log": rng.random() < 0.5},
+                        {"priority": 100, "direction": "to-port", "ports": guarded, "action": "deny"},
+                        {"priority": 50, "direction": "from-port", "ports": guarded[:1], "to": "db",
+                         "action": rng.choice(["allow", "allow-stateless", "deny"])}]
     return validate(__import__("yaml").safe_load(tenant_doc("t", switches=SWITCHES, ports=ports, **spec)),
                     hosts.keys())
 
 
 def test_sliced_layers_exist():
     assert {layer.name for layer in SLICED} >= {"classify", "delivery", "port_security", "arp_responder",
-                                                "switching", "encap"}
+                                                "switching", "encap", "routing", "acl_from_port", "acl_to_port"}
 
 
 def test_incremental_compile_equals_a_compile_from_scratch():

@@ -179,7 +179,7 @@ def start_state(constants: Mapping[str, object]) -> State:
 # --------------------------------------------------------------------------------------
 
 KEY_FIELDS = ("in_port", "tunnel_id", "reg13")
-KEY2_FIELDS = ("reg15", "reg14", "in_port")  # within a bucket: e.g. a switch's ports
+KEY2_FIELDS = ("reg15", "reg14", "in_port", "tun_ipv4_src")  # within a bucket: a switch's ports, a tunnel's peers
 
 
 class _TableIndex:
@@ -221,6 +221,20 @@ class _TableIndex:
         self.merged2: dict = {}  # key value -> key2 value -> groups
         self.all = None
         self.flat: dict = {}  # (key value, key2 value) -> the candidate flows, in order
+
+    def with_flows(self, flows: list) -> "_TableIndex":
+        """This index with `flows` added, as a new index (this one unchanged): the same key
+        fields, the buckets copied. For a slice: a prebuilt index of the flows every slice
+        shares, plus one tenant's few."""
+        t = _TableIndex.__new__(_TableIndex)
+        t.table, t.key, t.key2 = self.table, self.key, self.key2
+        t.buckets = {k: list(v) for k, v in self.buckets.items()}
+        t.wild = list(self.wild)
+        t.tunnel_matches = self.tunnel_matches
+        t.merged, t.merged2, t.all, t.flat = {}, {}, None, {}
+        for f in flows:
+            t.add((f.priority, match_items(f.match), f))
+        return t
 
     def add(self, e) -> None:
         for it in e[1]:
@@ -318,6 +332,35 @@ class IndexedHost:
             lst.append(f)
         for no, lst in by.items():
             self.tables[no] = _TableIndex(self.table_of[no], lst)
+
+    @classmethod
+    def overlay(cls, base: "IndexedHost", flows: Iterable[Flow], groups: Mapping | None = None) -> "IndexedHost":
+        """`base`'s flows and `flows` (none of them in base), indexed: base's table indexes
+        are reused as they are where `flows` add nothing, extended (`with_flows`) where
+        they do. `groups` is kept as given (not copied)."""
+        h = cls.__new__(cls)
+        h.name = base.name
+        h.groups = groups if groups is not None else base.groups
+        h.tables = dict(base.tables)
+        h.table_of = dict(base.table_of)
+        by: dict[int, list] = {}
+        for f in flows:
+            lst = by.get(f.table.number)
+            if lst is None:
+                lst = by[f.table.number] = []
+            lst.append(f)
+        for no, lst in by.items():
+            ti = base.tables.get(no)
+            if ti is None:
+                h.table_of[no] = lst[0].table
+                h.tables[no] = _TableIndex(lst[0].table, lst)
+            elif len(ti.wild) + sum(map(len, ti.buckets.values())) <= len(lst):
+                # few of its own (a miss flow): indexed afresh, so that the key fits the new flows
+                h.tables[no] = _TableIndex(ti.table, [e[2] for e in ti.wild] +
+                                           [e[2] for b in ti.buckets.values() for e in b] + lst)
+            else:
+                h.tables[no] = ti.with_flows(lst)
+        return h
 
     def change(self, removed: Iterable[Flow], added: Iterable[Flow]) -> set:
         """Apply a flow diff in place; returns the touched lookup keys (table, key value),

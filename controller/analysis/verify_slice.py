@@ -54,7 +54,7 @@ from dataplane.match_action import Group, IN_PORT, CONTROLLER, Move, Output, Set
 
 from controller.layers.base import SCOPE_FIELDS
 from controller.spaces.ids import EXTERNAL_NET_KEY
-from controller.analysis.verify_run import Verifier, _paused_gc
+from controller.analysis.verify_run import Verifier, _MEMO_KEYS, _paused_gc
 from controller.analysis.verify_model import (HostTables, Network, Report, TenantFacts, Violation,
                                                _as_flow_list, host_tables)
 from controller.analysis.verify_report import _packet
@@ -217,8 +217,9 @@ class _SliceVerifier(Verifier):
     """A Verifier over one tenant's slice: the fact indexes are borrowed from the whole
     network's (`base`), the starts are the tenant's own, and every engine is guarded."""
 
-    def __init__(self, net: Network, base: Verifier, tenant: str, own: Owners, ports):
-        self.base, self.own, self._my_ports = base, own, ports
+    def __init__(self, net: Network, sliced: "Sliced", tenant: str, ports):
+        self.sliced, self.base, self.own, self._my_ports = sliced, sliced.base, sliced.own, ports
+        base = self.base
         super().__init__(net, tenant=tenant, clock=None, memo_tables=base.memo_names)
 
     def _index_facts(self) -> None:
@@ -243,7 +244,12 @@ class _SliceVerifier(Verifier):
     def engine(self, host: str) -> hs.Engine:
         eng = self.engines.get(host)
         if eng is None:
-            eng = super().engine(host)
+            s = self.sliced
+            idx = hs.IndexedHost.overlay(s.shared_index(host), s.own_flows(self.only_tenant, host),
+                                         s.net.hosts[host].groups)
+            memo = [t.number for t in idx.table_of.values() if t.name in self.memo_names]
+            eng = self.engines[host] = hs.Engine(idx, self.net.tunnel_ofport, memo, _MEMO_KEYS,
+                                                 nested=True, pool=self.pool)
             eng.guard = _Guard(self.only_tenant, host, self.own)
         return eng
 
@@ -305,6 +311,7 @@ class Sliced:
         self.escaped: dict = {}  # tenant -> why its slice was left (checked over the whole tables)
         self._misfit_flows: dict = {}  # host -> [(Flow, owner)]: flows whose cookie names another tenant
         self._has_misfits = False
+        self._shared_idx: dict = {}  # host -> IndexedHost of its shared flows
         self._group_all()
 
     # ---- the partition -----------------------------------------------------------------
@@ -360,6 +367,7 @@ class Sliced:
                 self.extra.setdefault(o, {}).setdefault(h, []).append(f)
                 self.hosts_of.setdefault(o, set()).add(h)
         self.shared[h] = shared
+        self._shared_idx.pop(h, None)
 
     def _misfits(self, tenant: str) -> list:
         """The flows with `tenant`'s id in their cookie that are not in its slice."""
@@ -374,6 +382,22 @@ class Sliced:
                 if o != tenant:
                     out.append((h, f, o))
         return out
+
+    def shared_index(self, h: str) -> hs.IndexedHost:
+        """The shared flows of `h`, indexed once for every slice (`IndexedHost.overlay`)."""
+        idx = self._shared_idx.get(h)
+        if idx is None:
+            idx = self._shared_idx[h] = hs.IndexedHost(h, self.shared[h], self.net.hosts[h].groups)
+        return idx
+
+    def own_flows(self, tenant: str, h: str) -> list:
+        """`tenant`'s flows on `h` (its cookie's and those sorted to it), none shared."""
+        fl = self.groups.get(h, {}).get(self.net.tenants[tenant].tenant_id, [])
+        extra = self.extra.get(tenant, {}).get(h)
+        if extra or self._has_misfits:
+            shared = {id(f) for f in self.shared.get(h, ())}
+            fl = [f for f in {id(f): f for f in fl + (extra or [])}.values() if id(f) not in shared]
+        return fl
 
     def slice_network(self, tenant: str) -> Network:
         hosts = {}
@@ -391,7 +415,7 @@ class Sliced:
     def check_tenant(self, tenant: str) -> Outcome:
         """One tenant's check: its slice, or the whole tables if a packet leaves it."""
         ports = self.base._tenant_ports(tenant)
-        sv = _SliceVerifier(self.slice_network(tenant), self.base, tenant, self.own, ports)
+        sv = _SliceVerifier(self.slice_network(tenant), self, tenant, ports)
         try:
             out = _outcome(sv, tenant)
         except ScopeEscape as e:

@@ -80,8 +80,9 @@ def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
                    previous: tuple | None = None) -> dict[str, list[Flow]]:
     """The tenant's flows per host. `previous` = (tenant, allocation, flows) of the same
     tenant's last compile on these hosts: a layer's per-port part (Layer.sliced) whose
-    inputs for a port are what they were keeps that port's flows from there instead of
-    making them again. The result is the same set of flows per host either way."""
+    content for a port is what it was keeps that port's flows from there, placed on the
+    hosts its placement names now, instead of making them again. The result is the same
+    set of flows per host either way."""
     view = tenant_view(t, a, hosts)
     old = _units(previous, a, hosts) if previous is not None else None
     sink: dict[str, list[Flow]] = {}
@@ -93,19 +94,22 @@ def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
             continue
         lid = layer.id
         for p in ports:
-            inputs = layer.port_inputs(view, p)
+            content, placement = layer.port_inputs(view, p)
             unit = (lid, p.name)
             if old is not None:
                 was = old.get(unit)
-                if was is not None and was[0] == inputs:
-                    for h, f in was[1]:
-                        lst = sink.get(h)
-                        if lst is None:
-                            lst = sink[h] = []
-                        lst.append(f)
+                # the same content, and flows in the same named sets as before (a set
+                # empty then held flows that are nowhere now)
+                if was is not None and was[0] == content and was[1] == {k for k, v in placement.items() if v}:
+                    for where, f in was[2]:
+                        for h in placement[where]:
+                            lst = sink.get(h)
+                            if lst is None:
+                                lst = sink[h] = []
+                            lst.append(f)
                     continue
-            out.unit = unit
-            layer.port_flows(inputs, out)
+            out.unit, out.placement, out._tags = unit, placement, {}
+            layer.port_flows(content, out)
         out.unit = None
     return sink
 
@@ -114,27 +118,30 @@ SLICED = tuple(layer for layer in LAYERS if layer.sliced)
 
 
 def _units(previous: tuple, a: Allocation, hosts: Mapping[str, Host]) -> dict | None:
-    """(layer id, port) -> (its inputs, [(host, flow)]) of the previous compile."""
+    """(layer id, port) -> (its content, the names of its non-empty host sets, [(where,
+    flow)]) of the previous compile."""
     old_t, old_a, old_flows = previous
     if old_a.tenant_id != a.tenant_id:  # its id is in every cookie
         return None
     made: dict = {}
-    for h, fl in old_flows.items():
+    for fl in old_flows.values():
         for f in fl:
             u = f.unit
             if u is not None:
-                got = made.get(u)
+                got = made.get(u[:2])
                 if got is None:
-                    made[u] = [(h, f)]
+                    made[u[:2]] = {id(f): (u[2], f)}
                 else:
-                    got.append((h, f))
+                    got[id(f)] = (u[2], f)
     view = tenant_view(old_t, old_a, hosts)
     out = {}
     for layer in SLICED:
         lid = layer.id
         for p in view.tenant.ports:
             unit = (lid, p.name)
-            out[unit] = (layer.port_inputs(view, p), made.get(unit, ()))
+            got = made.get(unit)
+            content, placement = layer.port_inputs(view, p)
+            out[unit] = (content, {k for k, v in placement.items() if v}, list(got.values()) if got else ())
     return out
 
 

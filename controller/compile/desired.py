@@ -204,26 +204,29 @@ class HostDelta:
 
     def __init__(self, old: Iterable[Flow], new: Iterable[Flow]):
         ob = self.old = {f.cookie: f for f in old}
-        nb = self.new = {f.cookie: f for f in new}
-        self.removed = [f for c, f in ob.items() if c not in nb]
-        added, renamed, kept = [], [], []
+        nb: dict = {}
+        kept = []
+        for f in new:
+            o = ob.get(f.cookie)
+            kept.append(o if o is not None and o.rule == f.rule and o.unit == f.unit else f)
+            nb[f.cookie] = f
+        added, renamed = [], []
         for c, f in nb.items():
             o = ob.get(c)
             if o is None:
                 added.append(f)
-                kept.append(f)
             elif o.rule != f.rule or o.unit != f.unit:  # kept, but as the new compile made it
                 renamed.append(f)
-                kept.append(f)
-            else:
-                kept.append(o)
+        self.new = nb
+        self.removed = [f for c, f in ob.items() if c not in nb]
         self.added, self.renamed = added, renamed
         self.old_extras = extras(ob.values())
         self.new_extras = extras(nb.values())
-        # the tenant's flows on the host from now on: the objects already held where the
-        # flow stays (the desired state and the switch's record share them), unless a
-        # meter's band or a group's buckets moved (then the new objects carry them)
-        self.flows = kept if self.old_extras == self.new_extras else list(nb.values())
+        # the tenant's flows on the host from now on (every object the compile made, a
+        # flow twice as twice): the objects already held where the flow stays (the
+        # desired state and the switch's record share them), unless a meter's band or a
+        # group's buckets moved (then the new objects carry them)
+        self.flows = kept if self.old_extras == self.new_extras else list(new)
 
     @property
     def extras_changed(self) -> bool:

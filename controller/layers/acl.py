@@ -140,19 +140,19 @@ class _AclStage(Layer):
         guarded = t.once("acl.guarded", lambda: guarded_ports(t.tenant))
         by_dir = guarded.get(p.name)
         if by_dir is None:
-            return None
-        return (p.name, p.host, t.zone[p.name], t.vni[p.switch], t.port_key[p.name],
-                (4, 6) if t.tenant.has_ipv6 else (4,), tuple(by_dir[self.direction]), t.tenant_id)
+            return None, {}
+        return ((p.name, t.zone[p.name], t.vni[p.switch], t.port_key[p.name],
+                 (4, 6) if t.tenant.has_ipv6 else (4,), tuple(by_dir[self.direction]), t.tenant_id),
+                {"own": (p.host,)})
 
-    def port_flows(self, inputs, out):
+    def port_flows(self, content, out):
         """A guarded port's tracking, its rules and its default."""
-        if inputs is None:
+        if content is None:
             return
-        name, host, zone, vni, key, versions, rules, tenant_id = inputs
+        name, zone, vni, key, versions, rules, tenant_id = content
         me = {**LOGICAL_SWITCH.m(vni), **self.port_slot.m(key)}
-        host = (host,)
         for v in versions:
-            out.to(host, out.flow(self.ct_table, PRIO_TRACK, Match.of(**me, eth_type=ETH_TYPES[v]),
+            out.put("own", out.flow(self.ct_table, PRIO_TRACK, Match.of(**me, eth_type=ETH_TYPES[v]),
                                   (Ct(zone=zone, table=out.table(self.rules_table)),),
                                   rule=f"port {name}: track in zone {zone}"))
         commit = (Ct(zone=zone, commit=True), out.goto("@next"))
@@ -173,10 +173,10 @@ class _AclStage(Layer):
             for m in rule_matches(rule, versions):
                 for flags, actions in variants:
                     cs = {"ct_state": ct_state(trk=True, **flags)} if flags else {}
-                    out.to(host, out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
+                    out.put("own", out.flow(self.rules_table, prio, Match.of(**me, **m, **cs),
                                           actions, rule=label, stat=stat))
         for v in versions:
-            out.to(host, out.flow(self.rules_table, PRIO_DEFAULT,
+            out.put("own", out.flow(self.rules_table, PRIO_DEFAULT,
                                   Match.of(**me, eth_type=ETH_TYPES[v],
                                            ct_state=ct_state(trk=True, new=True)), commit,
                                   rule=f"port {name}: no rule matched, allow"))

@@ -23,15 +23,15 @@ class ArpResponder(Layer):
     sliced = True
 
     def port_inputs(self, t, p):
-        return (p.name, t.members[p.switch], t.vni[p.switch], str(p.ip), p.mac)
+        return (p.name, t.vni[p.switch], str(p.ip), p.mac), {"members": t.members[p.switch]}
 
-    def port_flows(self, inputs, out):
-        name, hosts, vni, ip, mac = inputs
-        self._answer(out, hosts, LOGICAL_SWITCH.m(vni), ip, mac, f"port {name}")
+    def port_flows(self, content, out):
+        name, vni, ip, mac = content
+        out.put("members", self._answer(out, LOGICAL_SWITCH.m(vni), ip, mac, f"port {name}"))
 
     @staticmethod
-    def _answer(out, hosts, ls, ip: str, mac: str, who: str) -> None:
-        out.to(hosts, out.flow(
+    def _answer(out, ls, ip: str, mac: str, who: str):
+        return out.flow(
             "arp_responder", PRIO_ANSWER,
             Match.of(**ls, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
             (Move("eth_src", "eth_dst"), SetField("eth_src", mac),
@@ -39,7 +39,7 @@ class ArpResponder(Layer):
              Move("arp_sha", "arp_tha"), Move("arp_spa", "arp_tpa"),
              SetField("arp_sha", mac), SetField("arp_spa", ip),
              Output(IN_PORT)),
-            rule=f"arp {ip} is-at {mac} ({who})"))
+            rule=f"arp {ip} is-at {mac} ({who})")
 
     def tenant_flows(self, t, out):
         answers = [(rp.switch, rp.ip, rp.mac, f"router {r.name}")
@@ -51,4 +51,4 @@ class ArpResponder(Layer):
             if s.dhcp and svc.router is None:
                 answers.append((s.name, svc.ip, svc.mac, "DHCP and DNS service"))
         for switch, ip, mac, who in answers:
-            self._answer(out, t.members[switch], LOGICAL_SWITCH.m(t.vni[switch]), str(ip), mac, who)
+            out.to(t.members[switch], self._answer(out, LOGICAL_SWITCH.m(t.vni[switch]), str(ip), mac, who))

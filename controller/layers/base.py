@@ -45,19 +45,22 @@ class Layer:
     def tenant_flows(self, t: "TenantView", out: "Emitter") -> None:
         """Flows for one tenant's intent (in a layer with a per-port part: all but that)."""
 
-    # A layer may compile each port's own flows apart (`sliced`): `port_inputs` gathers,
-    # as one value, everything those flows depend on, and `port_flows` makes them from
-    # that value alone (it never sees the view). So a port whose inputs are equal before
-    # and after a change has the same flows, and a change recompiles only the ports it
+    # A layer may compile each port's own flows apart (`sliced`). `port_inputs` gives
+    # (content, placement): content, one comparable value, is everything those flows
+    # read; placement names the host sets they go to ({"own": (host,), "members":
+    # hosts, ...}). `port_flows` makes the flows from the content alone (it never sees
+    # the view nor the hosts) and puts each in a named set (`Emitter.put`). So a port
+    # whose content is equal before and after a change has the same flows, placed anew
+    # on the hosts its placement names now: a change recompiles only the ports it
     # touched (controller.compile.compiler.compile_tenant, `previous`).
     sliced = False
 
     def port_inputs(self, t: "TenantView", p) -> tuple:
-        """Everything this layer's flows for port `p` read, as a comparable value."""
+        """(content, placement) of this layer's flows for port `p`."""
         raise NotImplementedError
 
-    def port_flows(self, inputs: tuple, out: "Emitter") -> None:
-        """The flows of one port, from `port_inputs`' value only."""
+    def port_flows(self, content, out: "Emitter") -> None:
+        """The flows of one port, from `port_inputs`' content only, each `out.put`."""
         raise NotImplementedError
 
     def host_flows(self, h: "HostView", out: "Emitter") -> None:
@@ -127,6 +130,8 @@ class Emitter:
         self.tenant_id = tenant_id
         self._own = {d.name for d in layer.tables}
         self.unit = None  # (layer id, port name) while a sliced layer compiles one port's flows
+        self.placement: dict = {}  # and the host sets its flows are put in, by name
+        self._tags: dict = {}
 
     def table(self, name: str) -> Table:
         """Resolve a table name or symbol (for goto/resubmit targets)."""
@@ -144,7 +149,6 @@ class Emitter:
             raise PermissionError(f"layer {self.layer.name} does not own table {table}")
         t = self.pipeline.by_name[table]
         f = Flow(t, priority, match, actions, self.layer.id, self.tenant_id, rule, stat)
-        f.unit = self.unit
         t.check(f)
         if self.tenant_id and not any(it[0] in SCOPE_FIELDS for it in match.items):
             raise ScopeError(f"layer {self.layer.name}, table {table}: tenant flow {rule!r} pins no "
@@ -152,8 +156,23 @@ class Emitter:
                              f"same (table, priority, match): {f.body}")
         return f
 
+    def put(self, where: str, flow: Flow) -> None:
+        """In `Layer.port_flows`: install `flow` on the hosts the port's placement names
+        `where`; the flow carries (layer id, port, where), so that a later compile can
+        place it again without making it."""
+        tag = self._tags.get(where)
+        if tag is None:
+            tag = self._tags[where] = (*self.unit, where)
+        flow.unit = tag
+        self._to(self.placement[where], flow)
+
     def to(self, hosts: Iterable[str], flow: Flow) -> None:
         """Install `flow` on each of `hosts` (the same immutable object is shared)."""
+        if self.unit is not None:
+            raise RuntimeError(f"layer {self.layer.name}: a port's own flows are put by name (Emitter.put)")
+        self._to(hosts, flow)
+
+    def _to(self, hosts: Iterable[str], flow: Flow) -> None:
         for h in hosts:
             lst = self.sink.get(h)
             if lst is None:

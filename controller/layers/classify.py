@@ -32,17 +32,18 @@ class Classify(Layer):
     sliced = True
 
     def port_inputs(self, t, p):
-        return (p.name, p.host, t.vni[p.switch], t.ofport[p.name], t.port_key[p.name], p.pending,
-                t.ofport[pending_name(p.name)] if p.pending else None)
+        return ((p.name, t.vni[p.switch], t.ofport[p.name], t.port_key[p.name], p.pending,
+                 t.ofport[pending_name(p.name)] if p.pending else None),
+                {"own": (p.host,), "pending": (p.pending,) if p.pending else ()})
 
-    def port_flows(self, inputs, out):
-        name, host, vni, ofport, key, pending, pending_ofport = inputs
-        out.to((host,), out.flow(
+    def port_flows(self, content, out):
+        name, vni, ofport, key, pending, pending_ofport = content
+        out.put("own", out.flow(
             "classify", PRIO_IN_PORT, Match.of(in_port=ofport),
             (LOGICAL_SWITCH.load(vni), INPORT.load(key), out.goto("port_security")),
             rule=f"port {name}", stat=(("port", name, "sent"),)))
         if pending:  # its second binding, until the guest announces itself there
-            out.to((pending,), out.flow(
+            out.put("pending", out.flow(
                 "classify", PRIO_IN_PORT, Match.of(in_port=pending_ofport),
                 (out.goto("activation"),), rule=f"port {name}: pending on {pending} (migrating)"))
 

@@ -20,10 +20,10 @@ class Delivery(Layer):
     sliced = True  # every flow is one port's
 
     def port_inputs(self, t, p):
-        return (p.name, p.host, t.vni[p.switch], t.port_key[p.name], t.ofport[p.name])
+        return (p.name, t.vni[p.switch], t.port_key[p.name], t.ofport[p.name]), {"own": (p.host,)}
 
-    def port_flows(self, inputs, out):
-        name, host, vni, key, ofport = inputs
-        out.to((host,), out.flow(
+    def port_flows(self, content, out):
+        name, vni, key, ofport = content
+        out.put("own", out.flow(
             "deliver", PRIO_DELIVER, Match.of(**LOGICAL_SWITCH.m(vni), **OUTPORT.m(key)),
             (Output(ofport),), rule=f"port {name}", stat=(("port", name, "received"),)))

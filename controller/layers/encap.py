@@ -70,27 +70,30 @@ class Encap(Layer):
         pending = p.pending if p.pending in t.pa else None
         local = t.once("encap.local", lambda: _local_keys(t))
         members = t.members[p.switch]
-        return (p.name, p.host, pending, t.span[p.switch], t.vni[p.switch], t.port_key[p.name], t.mtu[p.switch],
-                t.pa[p.host], t.pa[pending] if pending else None, t.tunnel_port,
-                # its flood: the other ports on its switch and host, every other member's PA
-                p.switch, t.ofport[p.name], p.bum_limit_pps,
-                tuple(k for n, k in local[p.switch, p.host] if n != p.name),
-                tuple(t.pa[o] for o in sorted(members - {p.host})) if p.host in members else None)
+        hosts = t.span[p.switch]
+        content = (p.name, p.host, pending, bool(hosts), pending in hosts, t.vni[p.switch], t.port_key[p.name],
+                   t.mtu[p.switch], t.pa[p.host], t.pa[pending] if pending else None, t.tunnel_port,
+                   # its flood: the other ports on its switch and host, every other member's PA
+                   p.switch, t.ofport[p.name], p.bum_limit_pps,
+                   tuple(k for n, k in local[p.switch, p.host] if n != p.name),
+                   tuple(t.pa[o] for o in sorted(members - {p.host})) if p.host in members else None)
+        return content, {"own": (p.host,), "pending": (pending,) if pending else (),
+                         "remote": tuple(h for h in hosts if h not in (p.host, pending))}
 
-    def port_flows(self, inputs, out):
+    def port_flows(self, content, out):
         """Unicast to the port: local on its host, through the tunnel from the others;
         and a flood from the port: to the switch's other ports on its host and every
         other member host, through its BUM meter."""
-        (name, host, pending, hosts, vni, key, mtu, pa, pending_pa, tunnel_port,
-         switch, ofport, bum_pps, others, member_pas) = inputs
-        if not hosts:
+        (name, host, pending, spans, pending_spanned, vni, key, mtu, pa, pending_pa, tunnel_port,
+         switch, ofport, bum_pps, others, member_pas) = content
+        if not spans:
             return
         if member_pas is not None:
             tunnels = [SetField("tunnel_id", vni)]
             for other_pa in member_pas:
                 tunnels += [SetField("tun_ipv4_dst", other_pa), Output(tunnel_port)]
             copies = [a for k in others for a in (OUTPORT.load(k), out.resubmit("@egress"))]
-            out.to((host,), out.flow(
+            out.put("own", out.flow(
                 "dispatch", PRIO_FLOOD_FROM_PORT, Match.of(**LOGICAL_SWITCH.m(vni), **OUTPORT.m(FLOOD_PORT_KEY),
                                                            **FROM_TUNNEL.m(0), **INPORT.m(key)),
                 [bum_meter_for(ofport, bum_pps)] + copies + (tunnels if len(tunnels) > 1 else []),
@@ -115,23 +118,23 @@ class Encap(Layer):
         # a migrating port's traffic goes to both bindings; the pending one drops
         # its copy until the guest announces itself there (activation layer)
         if pending is None:
-            out.to((host,), out.flow(
+            out.put("own", out.flow(
                 "dispatch", PRIO_UNICAST, Match.of(**ls, **key), (out.goto("@egress"),),
                 rule=f"port {name} is local"))
         else:  # what its host's own ports send goes to the pending binding too
-            out.to((host,), out.flow(
+            out.put("own", out.flow(
                 "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(1)),
                 (out.goto("@egress"),), rule=f"port {name} is local"))
-            out.to((host,), out.flow(
+            out.put("own", out.flow(
                 "dispatch", PRIO_UNICAST, Match.of(**ls, **key, **FROM_TUNNEL.m(0)),
                 tunnel_copies((pending,), out.goto("@egress")),
                 rule=f"port {name} is local, and pending on {pending} (migrating)"))
         remote = Match.of(**ls, **key, **FROM_TUNNEL.m(0))
-        out.to((h for h in hosts if h not in (host, pending)), out.flow(
+        out.put("remote", out.flow(
             "dispatch", PRIO_UNICAST, remote, tunnel_copies((host,) + ((pending,) if pending else ()), None),
             rule=f"port {name} is on {host}" + (f", and pending on {pending}" if pending else "")))
-        if pending in hosts:
-            out.to((pending,), out.flow("dispatch", PRIO_UNICAST, remote, tunnel_copies((host,), None),
+        if pending_spanned:
+            out.put("pending", out.flow("dispatch", PRIO_UNICAST, remote, tunnel_copies((host,), None),
                                         rule=f"port {name} is on {host}"))
 
     def tenant_flows(self, t, out):

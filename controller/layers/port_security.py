@@ -40,26 +40,25 @@ class PortSecurity(Layer):
     sliced = True
 
     def port_inputs(self, t, p):
-        return (p.name, p.host, t.vni[p.switch], t.port_key[p.name], str(p.ip), p.mac,
-                (p.ip6, p.link_local) if p.ip6 is not None else None)
+        return ((p.name, t.vni[p.switch], t.port_key[p.name], str(p.ip), p.mac,
+                 (p.ip6, p.link_local) if p.ip6 is not None else None), {"own": (p.host,)})
 
-    def port_flows(self, inputs, out):
-        name, host, vni, key, ip, mac, six = inputs
+    def port_flows(self, content, out):
+        name, vni, key, ip, mac, six = content
         ls = {**LOGICAL_SWITCH.m(vni), **INPORT.m(key)}
         rule = f"port {name} {mac} {ip}"
-        p_host = (host,)
-        out.to(p_host, out.flow(
+        out.put("own", out.flow(
             "port_security", PRIO_OWN_ADDRESS,
             Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_ARP, arp_spa=ip, arp_sha=mac),
             (out.goto("@next"),), rule=rule))
-        out.to(p_host, out.flow(
+        out.put("own", out.flow(
             "port_security", PRIO_OWN_ADDRESS,
             Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip),
             (out.goto("@next"),), rule=rule))
         if six is not None:
             for src in (six[0], six[1], "::"):
                 extra = {"ip_proto": IPPROTO_ICMPV6} if src == "::" else {}
-                out.to(p_host, out.flow(
+                out.put("own", out.flow(
                     "port_security", PRIO_OWN_ADDRESS,
                     Match.of(**ls, eth_src=mac, eth_type=ETH_TYPE_IPV6, ipv6_src=str(src), **extra),
                     (out.goto("@next"),), rule=f"port {name} {mac} {src}" +
@@ -67,7 +66,7 @@ class PortSecurity(Layer):
         # What else the port sends is not its own: dropped here, by a flow of the
         # port's own so that `nvctl stats` counts its drops (the table's miss is
         # shared by every port on the host).
-        out.to(p_host, out.flow(
+        out.put("own", out.flow(
             "port_security", PRIO_PORT_DROP, Match.of(**ls), (),
             rule=f"port {name}: not its own address: drop", stat=(("port", name, "portSecurity"),)))
 

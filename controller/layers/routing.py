@@ -42,9 +42,20 @@ if not MISS_PRIORITY < PRIO_NO_ROUTE < route_priority(0, False) <= route_priorit
     raise ValueError("routing priorities: a route could outrank the router's echo, or fall to no-route")
 
 
-def _router_hosts(t) -> list:
-    """(router, the hosts its flows are on: every host its switches span)."""
-    return [(r, frozenset().union(*(t.span[rp.switch] for rp in r.ports))) for r in t.tenant.routers]
+def _attached(t) -> dict:
+    """switch -> ((router, its port there has IPv6), ...) of the routers attached there
+    that have hosts, and {router: the hosts its flows are on (every host its switches
+    span)}."""
+    out: dict = {}
+    for r in t.tenant.routers:
+        hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
+        if not hosts:
+            continue
+        for rp in r.ports:
+            routers, placement = out.setdefault(rp.switch, ([], {}))
+            routers.append((r.name, rp.ip6 is not None))
+            placement[r.name] = hosts
+    return {sw: (tuple(routers), placement) for sw, (routers, placement) in out.items()}
 
 
 def ip_int(ip) -> int:
@@ -66,22 +77,21 @@ class Routing(Layer):
     sliced = True
 
     def port_inputs(self, t, p):
-        routers = t.once("routing.routers", lambda: {
-            sw: tuple((r.name, hosts, rp.ip6 is not None) for r, hosts in _router_hosts(t) for rp in r.ports
-                      if rp.switch == sw and hosts) for sw in t.vni})
-        return (p.name, t.vni[p.switch], ip_int(p.ip), p.mac, p.ip6, t.port_key[p.name], routers.get(p.switch, ()))
+        routers, placement = t.once("routing.routers", lambda: _attached(t)).get(p.switch, ((), {}))
+        return (p.name, t.vni[p.switch], p.ip, p.mac, p.ip6, t.port_key[p.name], routers), placement
 
-    def port_flows(self, inputs, out):
-        """The port as the next hop on its switch, for every router attached there."""
-        name, vni, ip, mac, ip6, key, routers = inputs
+    def port_flows(self, content, out):
+        """The port as the next hop on its switch, for every router attached there (each
+        router's flows on its own hosts)."""
+        name, vni, ip, mac, ip6, key, routers = content
         ls = LOGICAL_SWITCH.m(vni)
-        for r, hosts, rp_ip6 in routers:
-            out.to(hosts, out.flow(
-                "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, **NEXTHOP.m(ip)),
+        for r, rp_ip6 in routers:
+            out.put(r, out.flow(
+                "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, **NEXTHOP.m(ip_int(ip))),
                 (SetField("eth_dst", mac), OUTPORT.load(key), out.goto("@next")),
-                rule=f"router {r}: {ipaddress.IPv4Address(ip)} is {mac} (port {name})"))
+                rule=f"router {r}: {ip} is {mac} (port {name})"))
             if ip6 is not None and rp_ip6:
-                out.to(hosts, out.flow(
+                out.put(r, out.flow(
                     "ip_neighbor", PRIO_NEIGHBOUR, Match.of(**ls, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(ip6)),
                     (SetField("eth_dst", mac), OUTPORT.load(key), out.goto("@next")),
                     rule=f"router {r}: {ip6} is {mac} (port {name})"))

@@ -27,11 +27,11 @@ class Switching(Layer):
     sliced = True
 
     def port_inputs(self, t, p):
-        return (p.name, t.members[p.switch], t.vni[p.switch], p.mac, t.port_key[p.name])
+        return (p.name, t.vni[p.switch], p.mac, t.port_key[p.name]), {"members": t.members[p.switch]}
 
-    def port_flows(self, inputs, out):
-        name, hosts, vni, mac, key = inputs
-        out.to(hosts, out.flow(
+    def port_flows(self, content, out):
+        name, vni, mac, key = content
+        out.put("members", out.flow(
             "l2_lookup", PRIO_MAC, Match.of(**LOGICAL_SWITCH.m(vni), eth_dst=mac),
             (OUTPORT.load(key), out.goto("@next")), rule=f"mac {mac} -> port {name}"))
 

@@ -206,8 +206,9 @@ class OwnersMixin:
                                      f"{', '.join('spec.' + n for n in kept)}, which it keeps "
                                      f"({', '.join(owner_text(owned[n]) for n in kept)}); nothing was changed")
         layers = dict(old.layers)
+        now, before = schema.to_doc(t)["spec"], schema.to_doc(old.tenant)["spec"]  # once, not per layer
         for layer in LAYERS:
-            if section(t, layer) != section(old.tenant, layer):
+            if (now.get(layer) or []) != (before.get(layer) or []):
                 rec = layers.get(layer) or {}
                 layers[layer] = {**rec, "version": rec.get("version", 0) + 1, "owner": None, "owner_role": None,
                                  "written_by": APPLY, "written_at": time.time()}

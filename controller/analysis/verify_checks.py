@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dataplane import headerspace as hs
-from dataplane.match_action import CONTROLLER, ETH_TYPE_IP, Log, Meter, cookie_tenant
+from dataplane.match_action import CONTROLLER, ETH_TYPE_IP, ETH_TYPE_IPV6, Log, Meter, cookie_tenant
+
+from controller.analysis.verify_model import TenantFacts
 
 
 @dataclass
@@ -32,6 +34,11 @@ class _Result:
     delivered: dict  # tunnel entry: dst port -> [State] (fresh)
     pend: list = field(default_factory=list)  # (fresh State, _Scan): its local/tunnel chains after it
     lazy: dict = field(default_factory=dict)  # what _arrivals / _tunnels_to built
+    # every tunnel output to a known peer with one of its VNIs, fresh or not (loops through
+    # tunnels): (peer host, vni, State, index of the output event); and (State, _Scan) whose
+    # scan has such outputs (_Scan.exits)
+    exits: list = field(default_factory=list)
+    pend_exits: list = field(default_factory=list)
 
 
 @dataclass
@@ -48,10 +55,21 @@ class _Scan:
     count: int = 0  # flat branches
     by_port: dict = field(default_factory=dict)  # local, by port: port -> [chain]
     by_peer: dict = field(default_factory=dict)  # tunnels, by peer: peer -> [(vni, chain, evi)]
+    exits: list = field(default_factory=list)  # as tunnels, fresh or not: (peer host, vni, chain, evi)
 
 
 
 _RES_KINDS = frozenset({"zone", "group", "meter"})
+# whom a provider-network packet addressed to no tenant belongs to: nobody, owning nothing
+_NOBODY = TenantFacts(0, frozenset(), frozenset(), frozenset(), frozenset(), frozenset(), frozenset())
+
+
+def _who(sid, tenant: str) -> str:
+    """The subject of a violation's message: whose packet it is."""
+    if sid[0] != "external":
+        return f"{tenant}'s packet"
+    return f"a packet from the provider network to {sid[2]} ({tenant}'s address)" if sid[2] else \
+        "a packet from the provider network, addressed to no tenant,"
 
 
 class Checks:
@@ -64,7 +82,8 @@ class Checks:
         are kept uncomposed (`_Lazy`) for reachability."""
         kind, host, x = sid
         net = self.net
-        facts = net.tenants[tenant]
+        facts = net.tenants.get(tenant) or _NOBODY
+        who = _who(sid, tenant)
         seen = set()
         targets = set()
         ext_port = net.external.get(host)
@@ -78,8 +97,8 @@ class Checks:
                 if sol is None:
                     return
             seen.add(key)
-            res.violations.append(self._violation(vkind, [tenant] + [o for o in others if o != tenant],
-                                                  msg, sid, s, sol, hop, flow))
+            names = [t for t in [tenant] + [o for o in others if o != tenant] if t]
+            res.violations.append(self._violation(vkind, names, msg, sid, s, sol, hop, flow))
 
         def check(s, final=True):
             for ev in s.events:
@@ -96,7 +115,7 @@ class Checks:
                         continue  # a packet-in: the controller answers from the tenant's spec
                     targets.add((ev[1], port))
                     if port == net.tunnel_ofport:
-                        self._check_tunnel(s, env, ev, facts, tenant, report, res)
+                        self._check_tunnel(s, env, ev, facts, who, report, res)
                     elif port == ext_port:
                         self._check_external(s, env, ev, facts, report)
                     else:
@@ -106,7 +125,7 @@ class Checks:
                                    f"port owns", s, ev[4])
                         elif ref.tenant != tenant:
                             report("isolation_port", [ref.tenant],
-                                   f"{tenant}'s packet is output to {ref.tenant}'s port {ref.port} "
+                                   f"{who} is output to {ref.tenant}'s port {ref.port} "
                                    f"({ev[1]} ofport {port})", s, ev[4])
                         elif s.fresh:
                             reached.setdefault(ref.port, []).append(s)
@@ -114,15 +133,15 @@ class Checks:
                     _, rk, h, rid, hop = ev
                     if rk == "zone" and rid not in facts.zones:
                         other = self.zone_owner.get(rid, "?")
-                        report("shared_zone", [other], f"{tenant}'s packet uses conntrack zone {rid} "
+                        report("shared_zone", [other], f"{who} uses conntrack zone {rid} "
                                f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, hop)
                     elif rk == "group" and rid not in facts.groups:
                         other = self.group_owner.get(rid, "?")
-                        report("shared_group", [other], f"{tenant}'s packet goes to group {rid} "
+                        report("shared_group", [other], f"{who} goes to group {rid} "
                                f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, hop)
                     elif rk == "meter" and (h, rid) not in facts.meters:
                         other = self.meter_owner.get((h, rid), "?")
-                        report("shared_meter", [other], f"{tenant}'s packet passes meter {rid} on {h} "
+                        report("shared_meter", [other], f"{who} passes meter {rid} on {h} "
                                f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, hop)
                 elif k == "overlap":
                     _, h, tname, fa, fb, hop = ev
@@ -159,6 +178,8 @@ class Checks:
             targets.update(scan.targets)
             if p.fresh and (scan.local or scan.tunnels):
                 res.pend.append((p, scan))  # its chains to ports and tunnels: see _arrivals
+            if scan.exits and kind == "tunnel":
+                res.pend_exits.append((p, scan))  # loops through tunnels: see _tunnel_loops
         res.targets = frozenset(targets)
 
     def _scan(self, summ, tenant: str, host: str, stack: tuple = ()) -> "_Scan":
@@ -176,7 +197,7 @@ class Checks:
         if scan is not None and all(eng.summaries.get(k) is s for k, s in scan.subs):
             return scan
         net = self.net
-        facts = net.tenants[tenant]
+        facts = net.tenants.get(tenant) or _NOBODY
         ext_port = net.external.get(host)
         tunnel = net.tunnel_ofport
         pa_int = self._pa_int()
@@ -184,7 +205,7 @@ class Checks:
         scan.count = len(summ.states)
         for b in summ.states:
             bad = False
-            local, tunnels = [], []
+            local, tunnels, exits = [], [], []
             for evi, ev in enumerate(b.events):
                 k = ev[0]
                 if k == "out":
@@ -205,8 +226,10 @@ class Checks:
                         peer = pa_int.get(dst[0])
                         if peer is None:
                             bad = True
-                        elif b.fresh:
-                            tunnels.append((peer, tid[0], (b,), evi))
+                        else:
+                            exits.append((peer, tid[0], (b,), evi))
+                            if b.fresh:
+                                tunnels.append((peer, tid[0], (b,), evi))
                     elif port == ext_port:
                         bad = True
                     else:
@@ -230,6 +253,7 @@ class Checks:
             else:
                 scan.local.extend(local)
                 scan.tunnels.extend(tunnels)
+                scan.exits.extend(exits)
         for b, k2 in summ.calls:
             sub = eng.summary(k2)
             if sub is summ or sub in stack or len(stack) > 16 or \
@@ -245,6 +269,7 @@ class Checks:
             scan.count += sc.count
             scan.targets |= sc.targets
             scan.compose.extend((b,) + ch for ch in sc.compose)
+            scan.exits.extend((peer, vni, (b,) + ch, evi) for peer, vni, ch, evi in sc.exits)
             if b.fresh:
                 scan.local.extend((port, (b,) + ch) for port, ch in sc.local)
                 scan.tunnels.extend((peer, vni, (b,) + ch, evi) for peer, vni, ch, evi in sc.tunnels)
@@ -262,7 +287,7 @@ class Checks:
                     (rk == "group" and rid not in facts.groups) or
                     (rk == "meter" and (h, rid) not in facts.meters) or rk not in _RES_KINDS)
 
-    def _check_tunnel(self, s, env, ev, facts, tenant, report, res) -> None:
+    def _check_tunnel(self, s, env, ev, facts, who, report, res) -> None:
         tid_var = env.get("tunnel_id") or hs.INPUT["tunnel_id"]
         tid = s.concrete(tid_var)
         if tid is None:
@@ -274,12 +299,12 @@ class Checks:
                 if sol is not None:
                     bad = t.value_at(sol, tid_var)
                     other = self.vni_owner.get(bad, "?")
-                    report("isolation_vni", [other], f"{tenant}'s packet is tunnelled with VNI {bad}, "
+                    report("isolation_vni", [other], f"{who} is tunnelled with VNI {bad}, "
                            f"not one of its own", t, ev[4], sol=sol)
             return
         if tid not in facts.vnis:
             other = self.vni_owner.get(tid, "?")
-            report("isolation_vni", [other], f"{tenant}'s packet is tunnelled with VNI {tid} "
+            report("isolation_vni", [other], f"{who} is tunnelled with VNI {tid} "
                    f"({'of ' + other if other != '?' else 'allocated to nobody'})", s, ev[4])
             return
         dst_var = env.get("tun_ipv4_dst") or hs.INPUT["tun_ipv4_dst"]
@@ -289,11 +314,19 @@ class Checks:
             report("tunnel_lost", [], f"tunnelled to {hs.from_int('tun_ipv4_dst', dst) if dst is not None else 'a packet-dependent address'}, "
                    f"which is no host's PA", s, ev[4])
             return
+        res.exits.append((peer, tid, s, s.events.index(ev)))
         if s.fresh:
             res.tunnels.append((peer, tid, s, env))
 
     def _check_external(self, s, env, ev, facts, report) -> None:
         et = env.get("eth_type") or hs.INPUT["eth_type"]
+        t6 = _restrict_var(s, et, ETH_TYPE_IPV6, 0xFFFF)  # no tenant owns an IPv6 external address
+        sol = t6.witness() if t6 is not None else None
+        if sol is not None:
+            src = env.get("ipv6_src") or hs.INPUT["ipv6_src"]
+            bad = hs.from_int("ipv6_src", t6.value_at(sol, src))
+            report("isolation_external", [], f"an IPv6 packet leaves on the external port of {ev[1]} with "
+                   f"source {bad}, which the tenant does not own", t6, ev[4], sol=sol)
         t = _restrict_var(s, et, ETH_TYPE_IP, 0xFFFF)
         src = env.get("ipv4_src") or hs.INPUT["ipv4_src"]
         for ip in facts.owned_external:

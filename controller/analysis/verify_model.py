@@ -161,8 +161,8 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
     router_macs = {rp.switch: rp.mac for r in t.routers for rp in r.ports}
     policy = policy_pairs(t, placed)
     policy6, reach6 = {}, frozenset()
-    if policy and getattr(t, "has_ipv6", False):
-        policy6 = policy_pairs(t, placed, family=6)
+    if getattr(t, "has_ipv6", False):  # IPv6 reachability for every dual-stack tenant
+        policy6 = policy_pairs(t, placed, family=6) if policy else {}
         reach6 = frozenset(reach_pairs(t, placed, policy6, family=6))
     facts = TenantFacts(
         tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
@@ -402,9 +402,11 @@ class Report:
         c = self.checked
         head = (f"verify: {'OK' if self.ok else 'VIOLATIONS'}: {len(self.violations)} violation(s); "
                 f"checked {c.get('port_starts', 0)} ports, {c.get('tunnel_starts', 0)} tunnel entries, "
-                f"{c.get('reach_pairs', 0)} reachable pairs, "
+                + (f"{c['external_starts']} provider-network entries, " if c.get("external_starts") else "")
+                + f"{c.get('reach_pairs', 0)} reachable pairs, "
                 + (f"{c['policy_pairs']} pairs against network policies, " if c.get("policy_pairs") else "")
-                + (f"over IPv6 {c.get('reach_pairs6', 0)} reachable pairs and {c.get('policy_pairs6', 0)} "
-                   f"against network policies, " if c.get("reach_pairs6") or c.get("policy_pairs6") else "")
+                + (f"over IPv6 {c.get('reach_pairs6', 0)} reachable pairs"
+                   + (f" and {c['policy_pairs6']} against network policies" if c.get("policy_pairs6") else "")
+                   + ", " if c.get("reach_pairs6") or c.get("policy_pairs6") else "")
                 + f"{c.get('branches', 0)} packet classes in {self.seconds:.2f}s")
         return "\n\n".join([head] + [v.format() for v in self.violations])

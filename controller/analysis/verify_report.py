@@ -141,6 +141,7 @@ class Reporting:
                 continue
             out.append(self._unreachable(tenant, a, b, ea, eb, facts, pp, family=6))
         m = m6 = 0
+        out.extend(self._tunnel_loops(tenant))
         if pols:
             more, m = self._policy_leaks(tenant, facts, pols, by_port, deliveries)
             out.extend(more)
@@ -148,6 +149,80 @@ class Reporting:
             more, m6 = self._policy_leaks(tenant, facts, facts.policy6, by_port, deliveries)
             out.extend(more)
         return out, n, m, n6, m6
+
+    def _exits(self, r: _Result) -> list:
+        """r's tunnel outputs to known peers with its tenant's VNIs, fresh or not, composed:
+        [(peer, vni, State, index of the output event in it)]."""
+        got = r.lazy.get("exits")
+        if got is None:
+            got = list(r.exits)
+            for p, scan in r.pend_exits:
+                for peer, vni, chain, evi in scan.exits:
+                    c = _Lazy(p, chain).state()
+                    if c is not None:
+                        got.append((peer, vni, c, len(c.events) - len(chain[-1].events) + evi))
+            r.lazy["exits"] = got
+        return got
+
+    def _tunnel_loops(self, tenant: str, limit: int = 4096) -> list:
+        """Loops through tunnels: a packet that arrives on a host over a tunnel and, tunnelled
+        on from host to host, comes back to a tunnel entry it went through. Followed from
+        each of the tenant's tunnel entries, its tunnel outputs composed with the entry
+        they reach on the peer (as reachability composes them), until an entry repeats
+        (a loop, reported with a packet that makes it) or nothing goes on. `limit` bounds
+        the compositions per tenant (a pathological fan-out is reported, not followed)."""
+        out, seen = [], set()
+        budget = [limit]
+        roots = sorted(sid for sid in self._by_tenant.get(tenant, ()) if sid[0] == "tunnel")
+
+        def entry(sid):
+            r = self.results.get(sid)
+            if r is None:
+                if sid[1] not in self.net.hosts or sid[2] not in self._entry_vnis(sid[1]):
+                    return None
+                r = self._run_start(sid)
+                self._put(sid, r, self._is_start(sid))
+            return r
+
+        def walk(root, r, s, evi_of, trail):
+            for peer, vni, t, evi in self._exits(r):
+                if peer == trail[-1][1]:
+                    continue  # to its own PA: no tunnel entry accepts it (classify accepts the peers')
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
+                if s is None:
+                    c, ci = t, evi
+                else:
+                    env = s.events[evi_of][3]
+                    c = hs.compose(s, t, env_map=env)
+                    if c is None:
+                        continue
+                    ci = len(s.events) + evi
+                nxt = ("tunnel", peer, vni)
+                if nxt in trail:
+                    sol = c.witness()
+                    if sol is None:
+                        continue
+                    hosts = " -> ".join([x[1] for x in trail[trail.index(nxt):]] + [peer])
+                    key = (root, hosts)
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(self._violation(
+                            "loop", [tenant], f"the packet comes back to {peer} with VNI {vni} through the "
+                            f"tunnels {hosts} (a loop)", root, c, sol, len(c.path)))
+                    continue
+                r2 = entry(nxt)
+                if r2 is not None and c.witness() is not None:
+                    walk(root, r2, c, ci, trail + (nxt,))
+
+        for root in roots:
+            if root[1] in self.net.hosts:
+                walk(root, self.results[root], None, None, (root,))
+        if budget[0] <= 0:
+            out.append(Violation("unsupported", [tenant], f"{tenant}'s tunnel outputs fan out beyond "
+                                 f"{limit} compositions: loops through tunnels not followed to the end"))
+        return out
 
     def _policy_leaks(self, tenant: str, facts, policy: dict, by_port: dict, deliveries) -> tuple[list, int]:
         """For each ordered pair (a, b) whose new connections the network policies limit
@@ -335,12 +410,13 @@ class Reporting:
 
     def _report(self, t0: float) -> Report:
         vs, seen = [], set()
-        counts = {"port_starts": 0, "tunnel_starts": 0, "branches": 0, "reach_pairs": 0,
+        counts = {"port_starts": 0, "tunnel_starts": 0, "external_starts": 0, "branches": 0, "reach_pairs": 0,
                   "hosts": len(self.net.hosts), "tenants": len(self.net.tenants),
                   "flows": sum(len(h.flows) for h in self.net.hosts.values())}
         tenants = set()
         if not self._extra:  # every result is a start, and every start has one: the tallies
             counts["port_starts"], counts["tunnel_starts"] = self._kinds["port"], self._kinds["tunnel"]
+            counts["external_starts"] = self._kinds["external"]
             counts["branches"] = self._branch_sum
             tenants = {t for t, sids in self._by_tenant.items() if sids}
             order = []
@@ -351,7 +427,7 @@ class Reporting:
             order = []
             for sid in self.starts():
                 r = self.results[sid]
-                counts["port_starts" if sid[0] == "port" else "tunnel_starts"] += 1
+                counts[sid[0] + "_starts"] += 1
                 counts["branches"] += r.branches
                 tenants.add(r.tenant)
                 if r.violations:
@@ -367,6 +443,8 @@ class Reporting:
                     seen.add(v.key())
                     vs.append(v)
         for t in sorted(tenants):
+            if t not in self.net.tenants:
+                continue  # "": provider-network packets addressed to nobody
             hit = self._reach_cache.get(t)
             if hit is None:
                 hit = self._reach_cache[t] = self._reach(t)
@@ -380,6 +458,8 @@ class Reporting:
                     seen.add(v.key())
                     vs.append(v)
         vs.sort(key=lambda v: (v.kind, v.tenants, v.host, v.message))
+        if not counts["external_starts"]:
+            del counts["external_starts"]
         secs = (self.clock() - t0) if self.clock else 0.0
         return Report(not vs, vs, counts, secs)
 
@@ -406,7 +486,8 @@ class Reporting:
                 if f is not None:
                     flow = f
                     break
-        in_port = x if skind == "port" else self.net.tunnel_ofport
+        in_port = x if skind == "port" else self.net.external.get(host) if skind == "external" \
+            else self.net.tunnel_ofport
         cts = s.value_at(sol, s.var("ct_state")) if hop else 0
         if cts:
             msg += f" (conntrack said {_ct_text(cts)})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping
 
 from dataplane import headerspace as hs
+from dataplane.match_action import ETH_TYPE_ARP, ETH_TYPE_IP
 
 from controller.analysis.verify_model import (
     HostTables, TenantFacts, Network, _as_flow_list, _carriers, _carries_groups, host_tables)
@@ -19,6 +20,7 @@ from controller.analysis.verify_checks import Checks, _Result
 from controller.analysis.verify_report import Reporting
 from controller.analysis.verify_model import Report, Violation
 
+START_KINDS = ("port", "tunnel", "external")  # tenant ports, tunnel entries, the provider network
 _STATE_ZERO = {**{f"reg{i}": 0 for i in range(16)}, "metadata": 0, "ct_state": 0, "ct_zone": 0}
 _MEMO_KEYS = ("reg13", "reg15")  # scope registers summaries are keyed by
 
@@ -34,9 +36,11 @@ class Verifier(Checks, Reporting):
     hosts it spans, its dispatch and egress per host."""
 
     def __init__(self, net: Network, *, tenant: str | None = None, host: str | None = None,
-                 memo_tables: Iterable[str] | None = None, clock: Callable[[], float] | None = None):
+                 memo_tables: Iterable[str] | None = None, clock: Callable[[], float] | None = None,
+                 kinds: Iterable[str] = START_KINDS):
         self.net = net
         self.only_tenant, self.only_host = tenant, host
+        self.start_kinds = frozenset(kinds)  # which starts: "port", "tunnel", "external"
         self.clock = clock
         self.memo_names = tuple(memo_tables) if memo_tables is not None else _default_memo()
         self.results: dict = {}  # sid -> _Result; only through _put / _pop (indexes below)
@@ -46,7 +50,7 @@ class Verifier(Checks, Reporting):
         self._viol: set = set()  # sids with violations
         self._branch_sum = 0
         self._extra: set = set()  # results that are not starts (tunnel entries reach needed)
-        self._kinds = {"port": 0, "tunnel": 0}
+        self._kinds = {"port": 0, "tunnel": 0, "external": 0}
         self._starts = None  # starts() until the next update: (list, {sid: position})
         self._ports_of = None  # tenant -> its keys in net.ports, once first needed
         self._pa_cache = None
@@ -68,6 +72,7 @@ class Verifier(Checks, Reporting):
         self.meter_owner = {m: n for n, f in self.net.tenants.items() for m in f.meters}
         self.tid_name = {f.tenant_id: n for n, f in self.net.tenants.items()}
         self.pa_host = {h.pa: n for n, h in self.net.hosts.items()}
+        self.addr_owner = {ip: n for n, f in self.net.tenants.items() for ip in f.owned_external}
         self.static = []  # one number allocated to two tenants
         for what, attr in (("vni", "vnis"), ("zone", "zones"), ("group", "groups"), ("meter", "meters")):
             seen: dict = {}
@@ -78,6 +83,14 @@ class Verifier(Checks, Reporting):
                         self.static.append(Violation(kind, [seen[x], n], f"{what} {x} is allocated to "
                                                      f"both {seen[x]} and {n}"))
                     seen.setdefault(x, n)
+        seen = {}
+        for n in sorted(self.net.tenants):  # a provider address is one tenant's at a time
+            for ip in sorted(self.net.tenants[n].owned_external):
+                if ip in seen and seen[ip] != n:
+                    self.static.append(Violation("isolation_external", [seen[ip], n], f"external address {ip} "
+                                                 f"is owned by both {seen[ip]} and {n}: the provider network's "
+                                                 f"packets to it reach either"))
+                seen.setdefault(ip, n)
 
     def _pa_int(self) -> dict:
         """pa_host keyed by the address as an int (what tun_ipv4_dst holds)."""
@@ -116,6 +129,11 @@ class Verifier(Checks, Reporting):
             del self.tid_name[old.tenant_id]
         self.tid_name[new.tenant_id] = tenant
         self.pa_host = {h.pa: n for n, h in self.net.hosts.items()}
+        for ip in old.owned_external:
+            if self.addr_owner.get(ip) == tenant:
+                del self.addr_owner[ip]
+        for ip in new.owned_external:
+            self.addr_owner.setdefault(ip, tenant)
         return True
 
     def engine(self, host: str) -> hs.Engine:
@@ -142,15 +160,35 @@ class Verifier(Checks, Reporting):
 
     def _compute_starts(self) -> list:
         out = []
-        for (h, ofport), ref in sorted(self.net.ports.items()):
-            if h in self.net.hosts and self._wanted(ref.tenant, h):
-                out.append(("port", h, ofport))
+        kinds = self.start_kinds
+        if "port" in kinds:
+            for (h, ofport), ref in sorted(self.net.ports.items()):
+                if h in self.net.hosts and self._wanted(ref.tenant, h):
+                    out.append(("port", h, ofport))
         for h in sorted(self.net.hosts):
             if self.only_host is not None and h != self.only_host:
                 continue
-            for vni in sorted(self._entry_vnis(h)):
-                if self._wanted(self.vni_owner[vni], h):
-                    out.append(("tunnel", h, vni))
+            if "tunnel" in kinds:
+                for vni in sorted(self._entry_vnis(h)):
+                    if self._wanted(self.vni_owner[vni], h):
+                        out.append(("tunnel", h, vni))
+        if "external" in kinds:
+            out.extend(self._external_starts())
+        return out
+
+    def _external_starts(self) -> list:
+        """Packets from the provider network, on each host with an external port: for each
+        tenant's external address, those addressed to it (IPv4, ARP); and all the others
+        (to no tenant's address, IPv6 and everything else too), which belong to nobody."""
+        out = []
+        for h in sorted(self.net.external):
+            if h not in self.net.hosts or (self.only_host is not None and h != self.only_host):
+                continue
+            for ip in sorted(self.addr_owner):
+                if self._wanted(self.addr_owner[ip], h):
+                    out.append(("external", h, ip))
+            if self.only_tenant is None:
+                out.append(("external", h, ""))
         return out
 
     def _wanted(self, tenant: str, host: str) -> bool:
@@ -328,6 +366,13 @@ class Verifier(Checks, Reporting):
         for h in flows:
             if h in self.net.hosts:
                 todo |= {("tunnel", h, v) for v in self._entry_vnis(h)}
+        if facts is not None and (old_facts is None or old_facts.owned_external != facts.owned_external):
+            for sid in [sid for sid in self.results if sid[0] == "external"]:
+                self._pop(sid)  # the addresses changed: who a provider packet is for
+            todo |= set(self._external_starts())
+        for h in flows:
+            if h in self.net.external:
+                todo |= {sid for sid in self._external_starts() if sid[1] == h}
         if facts is not None:
             new_vnis = facts.vnis - (old_facts.vnis if old_facts is not None else frozenset())
             if new_vnis:
@@ -340,8 +385,11 @@ class Verifier(Checks, Reporting):
 
     def _is_start(self, sid) -> bool:
         kind, h, x = sid
-        if h not in self.net.hosts:
+        if h not in self.net.hosts or kind not in self.start_kinds:
             return False
+        if kind == "external":
+            return self.net.external.get(h) is not None and (self.only_host is None or h == self.only_host) and \
+                (self.only_tenant is None if x == "" else x in self.addr_owner and self._wanted(self.addr_owner[x], h))
         if kind == "port":
             ref = self.net.ports.get((h, x))
             return ref is not None and self._wanted(ref.tenant, h)
@@ -353,6 +401,8 @@ class Verifier(Checks, Reporting):
         eng = self.engine(host)
         eng.deps = set()
         net = self.net
+        if kind == "external":
+            return self._run_external(sid)
         if kind == "port":
             ref = net.ports[(host, x)]
             tenant = ref.tenant
@@ -369,6 +419,42 @@ class Verifier(Checks, Reporting):
         self._check(sid, tenant, finals, res, pending)
         res.deps = frozenset(deps | eng.deps)
         return res
+
+
+    def _run_external(self, sid) -> _Result:
+        """A provider-network start (`_external_starts`): its packet sets run one after the
+        other, their outcomes checked together as the addressee tenant's ("" for nobody)."""
+        _kind, host, ip = sid
+        eng = self.engine(host)
+        eng.deps = set()
+        st = hs.start_state({**_STATE_ZERO, "in_port": self.net.external[host], "tunnel_id": 0,
+                             "tun_ipv4_src": 0, "tun_ipv4_dst": 0})
+        if ip:
+            tenant = self.addr_owner[ip]
+            sets = [st.restrict(_addressed(ip, ETH_TYPE_IP, "ipv4_dst")),
+                    st.restrict(_addressed(ip, ETH_TYPE_ARP, "arp_tpa"))]
+        else:
+            tenant = ""
+            for a in sorted(self.addr_owner):
+                for et, fld in ((ETH_TYPE_IP, "ipv4_dst"), (ETH_TYPE_ARP, "arp_tpa")):
+                    st = st.exclude(_addressed(a, et, fld)) if st is not None else None
+            sets = [st]
+        finals, pending = [], []
+        for s in sets:
+            if s is not None:
+                f, p = eng.run_lazy(s, 0)
+                finals.extend(f)
+                pending.extend(p)
+        deps = eng.deps
+        res = _Result(tenant, [], frozenset(), frozenset(), len(finals), {}, [], {})
+        self._check(sid, tenant, finals, res, pending)
+        res.deps = frozenset(deps | eng.deps)
+        return res
+
+
+def _addressed(ip: str, eth_type: int, fld: str) -> tuple:
+    """The field tests of a packet of `eth_type` whose `fld` is the address `ip`."""
+    return (("eth_type", eth_type, hs.FULL["eth_type"]), (fld, hs.to_int(fld, ip), hs.FULL[fld]))
 
 
 def _paused_gc():

@@ -220,12 +220,13 @@ class _SliceVerifier(Verifier):
     def __init__(self, net: Network, sliced: "Sliced", tenant: str, ports):
         self.sliced, self.base, self.own, self._my_ports = sliced, sliced.base, sliced.own, ports
         base = self.base
-        super().__init__(net, tenant=tenant, clock=None, memo_tables=base.memo_names)
+        super().__init__(net, tenant=tenant, clock=None, memo_tables=base.memo_names, kinds=("port", "tunnel"))
 
     def _index_facts(self) -> None:
         b = self.base
         self.vni_owner, self.zone_owner, self.group_owner = b.vni_owner, b.zone_owner, b.group_owner
         self.meter_owner, self.tid_name, self.pa_host = b.meter_owner, b.tid_name, b.pa_host
+        self.addr_owner = b.addr_owner
         self.static = []
         b._pa_int()
         self._pa_cache = b._pa_cache
@@ -312,6 +313,7 @@ class Sliced:
         self._misfit_flows: dict = {}  # host -> [(Flow, owner)]: flows whose cookie names another tenant
         self._has_misfits = False
         self._shared_idx: dict = {}  # host -> IndexedHost of its shared flows
+        self.provider: Outcome | None = None  # the provider network's starts
         self._group_all()
 
     # ---- the partition -----------------------------------------------------------------
@@ -440,7 +442,28 @@ class Sliced:
             for o in outs:
                 self._keep(o)
             self._fix_misfits()
+            self.provider = self._provider()
         return self._report(t0)
+
+    def _provider(self) -> Outcome | None:
+        """The provider network's starts (packets in from each external port), over the whole
+        tables of the hosts that have one: they enter a tenant's scope only through its
+        entrance flows, which pin the provider's scope, not the tenant's."""
+        if not any(h in self.net.hosts for h in self.net.external):
+            return None
+        v = Verifier(self.net, tenant=self.only_tenant, kinds=("external",), memo_tables=self.base.memo_names)
+        v.run()
+        starts, targets = [], set()
+        counts = dict.fromkeys(_COUNT_KEYS, 0)
+        for sid, r in v.results.items():
+            if sid[0] != "external" or sid in v._extra:
+                continue
+            counts["external_starts"] += 1
+            counts["branches"] += r.branches
+            targets |= r.targets
+            if r.violations:
+                starts.append((_order(sid), list(r.violations)))
+        return Outcome("", sorted(starts, key=lambda x: x[0]), [], counts, frozenset(targets))
 
     def _tenants(self) -> list:
         if self.only_tenant is not None:
@@ -492,6 +515,32 @@ class Sliced:
         t0 = self.clock() if self.clock else 0.0
         base = self.base
         again = {tenant}
+        resort = set()
+        # the flow diffs first, and the removed flows judged by who owned what before
+        diffs = []
+        for h, new in flows.items():
+            new_list = new.flows if isinstance(new, HostTables) else _as_flow_list(new)
+            old_ht = self.net.hosts.get(h)
+            if old_ht is None:
+                diffs.append((h, new, new_list, None, new_list, []))
+                continue
+            old_set = self.by_cookie.get(h)
+            if old_set is None:
+                old_set = {f.cookie: f for f in old_ht.flows}
+            new_set = {f.cookie: f for f in new_list}
+            removed = [old_set[k] for k in old_set.keys() - new_set.keys()]
+            added = [new_set[k] for k in new_set.keys() - old_set.keys()]
+            self.by_cookie[h] = new_set
+            diffs.append((h, new, new_list, old_ht, added, removed))
+            g = self.groups.setdefault(h, {})
+            for f in removed:
+                tid = cookie_tenant(f.cookie)
+                lst = g.get(tid, [])
+                for i, x in enumerate(lst):
+                    if x is f or x == f:
+                        del lst[i]
+                        break
+                self._changed_flow(h, f, tid, again, resort)
         moved = set()
         if ports is not None:
             for k in [k for k in base._tenant_ports(tenant) if k not in ports]:
@@ -503,8 +552,12 @@ class Sliced:
                 if self.net.ports.get(k) != ref:
                     moved.add(k)
                 self.net.ports[k] = ref
+            for h, _o in ports:
+                self.hosts_of.setdefault(tenant, set()).add(h)
+        provider = any(h in self.net.external for h in flows) or any(h in self.net.external for h, _o in moved)
         if facts is not None:
             old = self.net.tenants.get(tenant)
+            provider = provider or old is None or old.owned_external != facts.owned_external
             self.net.tenants[tenant] = facts
             if not base._reindex_tenant(tenant, old, facts):
                 base._index_facts()
@@ -512,39 +565,21 @@ class Sliced:
             self.own.addr = {hs.to_int("ipv4_dst", ip): n for n, f in self.net.tenants.items()
                              for ip in f.owned_external}
             base._epoch += 1
-        resort = set()
-        for h, new in flows.items():
-            new_list = new.flows if isinstance(new, HostTables) else _as_flow_list(new)
-            old_ht = self.net.hosts.get(h)
+        # then the new flows, judged by who owns what now
+        for h, new, new_list, old_ht, added, removed in diffs:
             if old_ht is None:
-                self.net.hosts[h] = new if isinstance(new, HostTables) else host_tables(base.net.hosts[h].pa
-                                                                                      if h in base.net.hosts else "", new_list)
+                pa = new.pa if isinstance(new, HostTables) else ""
+                self.net.hosts[h] = new if isinstance(new, HostTables) else host_tables(pa, new_list)
                 base.pa_host = {x.pa: n for n, x in self.net.hosts.items()}
-                self.groups[h] = {}
-                self.by_cookie[h] = {}
-                added, removed = new_list, []
+                self.by_cookie[h] = {f.cookie: f for f in new_list}
+                resort.add(h)
             else:
-                old_set = self.by_cookie.get(h)
-                if old_set is None:
-                    old_set = {f.cookie: f for f in old_ht.flows}
-                new_set = {f.cookie: f for f in new_list}
-                removed = [old_set[k] for k in old_set.keys() - new_set.keys()]
-                added = [new_set[k] for k in new_set.keys() - old_set.keys()]
-                self.by_cookie[h] = new_set
                 ht = new if isinstance(new, HostTables) else \
                     HostTables(old_ht.pa, new_list, old_ht.groups, old_ht.meters)
                 if not isinstance(new, HostTables) and (_with_groups(removed) or _with_groups(added)):
                     ht = host_tables(old_ht.pa, new_list)
                 self.net.hosts[h] = ht
             g = self.groups.setdefault(h, {})
-            for f in removed:
-                tid = cookie_tenant(f.cookie)
-                lst = g.get(tid, [])
-                for i, x in enumerate(lst):
-                    if x is f or x == f:
-                        del lst[i]
-                        break
-                self._changed_flow(h, f, tid, again, resort)
             for f in added:
                 tid = cookie_tenant(f.cookie)
                 g.setdefault(tid, []).append(f)
@@ -552,9 +587,6 @@ class Sliced:
                 if n is not None:
                     self.hosts_of.setdefault(n, set()).add(h)
                 self._changed_flow(h, f, tid, again, resort)
-        if ports is not None:
-            for h, _o in ports:
-                self.hosts_of.setdefault(tenant, set()).add(h)
         for h in resort:
             self._sort_shared(h)
             self.shared_v[h] = shared_violations(base, self.own, h, self.shared[h])
@@ -564,6 +596,8 @@ class Sliced:
         for t in sorted(again & set(self._tenants())):
             self._keep(self.check_tenant(t))
         self._fix_misfits()
+        if provider:
+            self.provider = self._provider()
         return self._report(t0)
 
     def _changed_flow(self, h, f, tid, again: set, resort: set) -> None:
@@ -581,8 +615,7 @@ class Sliced:
     def _report(self, t0: float) -> Report:
         counts = dict.fromkeys(_COUNT_KEYS, 0)
         starts, reach = [], []
-        for t in sorted(self.outcomes):
-            o = self.outcomes[t]
+        for o in [self.outcomes[t] for t in sorted(self.outcomes)] + ([self.provider] if self.provider else []):
             for k, n in o.counts.items():
                 counts[k] = counts.get(k, 0) + n
             starts.extend(o.starts)

@@ -315,10 +315,23 @@ def test_dual_stack_twins_with_policies_verify_clean_and_an_ipv6_leak_is_one_twi
         assert (t.port("xa").host, a.ofport["xa"]) in got and (t.port("xa").host, w["red"][1].ofport["xa"]) not in got
 
 
-def test_dual_stack_tenants_without_policies_carry_no_ipv6_policy_work():
+def test_dual_stack_tenants_without_policies_carry_no_ipv6_policy_work_but_reach_over_ipv6():
     from tests.unit.test_ipv6 import dual
     w, flows = compiled(dual("d6"))
     net = network_from_compiled(HOSTS, w, flows)
-    assert net.tenants["d6"].policy6 == {} and net.tenants["d6"].reach_pairs6 == frozenset()
+    facts = net.tenants["d6"]
+    assert facts.policy6 == {} and facts.reach_pairs6 and facts.reach_pairs6 <= facts.reach_pairs
     r = verify(net)
-    assert r.ok and "reach_pairs6" not in r.checked and "over IPv6" not in r.format()
+    assert r.ok and r.checked["reach_pairs6"] == len(facts.reach_pairs6) and "policy_pairs6" not in r.checked
+    assert "against network policies" not in r.format()
+    # a drop above one port's deliver flow for IPv6 only: pairs to it are unreachable over
+    # IPv6 (a pair without policies was not checked over IPv6 before), not over IPv4
+    t, a = w["d6"]
+    (host, dl), = [(h, f) for h, fl in flows.items() for f in fl
+                   if f.table.name == "deliver" and f.tenant_id == a.tenant_id and f.rule == "port w1"]
+    cut = Flow(dl.table, dl.priority + 1, Match.of(reg13=a.vni["web"], reg15=a.port_key["w1"], eth_type=0x86DD),
+               (), dl.layer_id, dl.tenant_id, "planted: no IPv6 to w1")
+    r = verify(network_from_compiled(HOSTS, w, injected(flows, host, cut)))
+    un = [v for v in r.violations if v.kind == "unreachable"]
+    assert un and all("IPv6" in v.message and "reaches w1" in v.message for v in un), r.format()
+    assert {v.kind for v in r.violations} == {"unreachable"}

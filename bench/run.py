@@ -106,9 +106,21 @@ def ratios(res: dict) -> dict:
         for k, v in (_get(res, "scale", "growth") or {}).items():
             if isinstance(v, (int, float)):
                 out[f"scale{big}_growth_from_{min(sizes, key=int)}_hosts_{k}"] = v
-    verify_s = _median(_get(res, "verify", "full_verify_s"))
-    if isinstance(verify_s, (int, float)) and _get(res, "verify", "ports") == 10000:
-        out["verify_seconds_10k_ports"] = verify_s
+    if _get(res, "change", "ports") == 10000:  # the target's size: the median, and its spread
+        c = res["change"]
+        if isinstance(c.get("change_ms_median"), (int, float)):
+            out["change_one_port_ms_10k_ports"] = c["change_ms_median"]
+            for k in ("min", "max"):
+                if isinstance(c.get(f"change_ms_{k}"), (int, float)):
+                    out[f"change_one_port_ms_10k_ports_{k}"] = c[f"change_ms_{k}"]
+    if _get(res, "verify", "ports") == 10000:  # the target's size: medians, and their spread
+        for name, path in (("verify_seconds_10k_ports", ("verify", "full_verify_s")),
+                           ("verify_recheck_ms_10k_ports", ("verify", "recheck_ms"))):
+            x = _get(res, *path)
+            if isinstance(_median(x), (int, float)):
+                out[name] = _median(x)
+                if isinstance(x, dict) and isinstance(x.get("min"), (int, float)) and isinstance(x.get("max"), (int, float)):
+                    out[name + "_min"], out[name + "_max"] = x["min"], x["max"]
     for name, path in {
             "netpol_flows_per_host_max_policies_over_acls": ("netpol", "compile", "ratios", "flows_per_host_max"),
             "netpol_flows_per_host_mean_policies_over_acls": ("netpol", "compile", "ratios", "flows_per_host_mean"),

@@ -46,11 +46,13 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from dataplane import headerspace as hs
-from dataplane.match_action import Group, IN_PORT, CONTROLLER, Move, Output, SetField, cookie_tenant
+from dataplane.match_action import (COOKIE_TENANT_MAX as _TENANT_MAX, COOKIE_TENANT_SHIFT as _TENANT_SHIFT,
+                                    Group, IN_PORT, CONTROLLER, Meter, Move, Output, SetField, cookie_tenant)
 
 from controller.layers.base import SCOPE_FIELDS
 from controller.spaces.ids import EXTERNAL_NET_KEY
@@ -267,6 +269,7 @@ class Outcome:
     targets: frozenset
     escaped: str = ""
     misfits: list = field(default_factory=list)  # (host, Flow, owner or None): flows of its cookie not its
+    cpu: float = 0.0  # seconds of CPU its check took (where the time goes)
 
 
 _COUNT_KEYS = ("port_starts", "tunnel_starts", "external_starts", "branches", "reach_pairs", "policy_pairs",
@@ -314,7 +317,10 @@ class Sliced:
         self._has_misfits = False
         self._shared_idx: dict = {}  # host -> IndexedHost of its shared flows
         self.provider: Outcome | None = None  # the provider network's starts
+        self.timing: dict = {}  # where the last run's / update's time went (seconds)
+        t0 = time.perf_counter()
         self._group_all()
+        self.timing["partition"] = time.perf_counter() - t0
 
     # ---- the partition -----------------------------------------------------------------
 
@@ -324,11 +330,14 @@ class Sliced:
         name_of = self.base.tid_name
         self.groups: dict = {}  # host -> {tenant id: [Flow]}
         self.hosts_of: dict = {}  # tenant name -> {host}
-        self.by_cookie: dict = {}  # host -> {cookie: Flow}, once first needed by update
+        self.by_cookie: dict = {}  # host -> {cookie: Flow}: what update diffs against
         for h, ht in self.net.hosts.items():
             g: dict = {}
+            bc = self.by_cookie[h] = {}
             for f in ht.flows:
-                tid = cookie_tenant(f.cookie)
+                c = f.cookie
+                bc[c] = f
+                tid = (c >> _TENANT_SHIFT) & _TENANT_MAX
                 lst = g.get(tid)
                 if lst is None:
                     lst = g[tid] = []
@@ -416,6 +425,7 @@ class Sliced:
 
     def check_tenant(self, tenant: str) -> Outcome:
         """One tenant's check: its slice, or the whole tables if a packet leaves it."""
+        c0 = time.process_time()
         ports = self.base._tenant_ports(tenant)
         sv = _SliceVerifier(self.slice_network(tenant), self, tenant, ports)
         try:
@@ -425,25 +435,40 @@ class Sliced:
             out = _outcome(whole, tenant)
             out.escaped = str(e)
         out.misfits = self._misfits(tenant)
+        out.cpu = time.process_time() - c0
         return out
 
     # ---- running -----------------------------------------------------------------------
 
     def run(self) -> Report:
         t0 = self.clock() if self.clock else 0.0
+        pc = time.perf_counter
+        tm = self.timing
         with _paused_gc():
+            t1 = pc()
             for h in sorted(self.net.hosts):
                 self.shared_v[h] = shared_violations(self.base, self.own, h, self.shared[h])
+                self.shared_index(h)  # before the fork: every worker reads it
+            t2 = pc()
             names = self._tenants()
             if self.workers > 1 and len(names) >= MIN_TENANTS_FOR_WORKERS:
                 outs = _in_workers(self, names, self.workers)
             else:
                 outs = [self.check_tenant(n) for n in names]
+            t3 = pc()
             for o in outs:
                 self._keep(o)
             self._fix_misfits()
+            t4 = pc()
             self.provider = self._provider()
-        return self._report(t0)
+            t5 = pc()
+            rep = self._report(t0)
+        cpu = sorted(o.cpu for o in outs)
+        tm.update(shared_proof=t2 - t1, slices=t3 - t2, misfits=t4 - t3, provider=t5 - t4, report=pc() - t5,
+                  slices_cpu=sum(cpu), tenant_cpu_median=cpu[len(cpu) // 2] if cpu else 0.0,
+                  tenants=len(outs), escaped=len(self.escaped),
+                  workers=self.workers if self.workers > 1 and len(names) >= MIN_TENANTS_FOR_WORKERS else 1)
+        return rep
 
     def _provider(self) -> Outcome | None:
         """The provider network's starts (packets in from each external port), over the whole
@@ -513,6 +538,7 @@ class Sliced:
 
     def _update(self, tenant, flows, facts, ports) -> Report:
         t0 = self.clock() if self.clock else 0.0
+        u0 = time.perf_counter()
         base = self.base
         again = {tenant}
         resort = set()
@@ -574,10 +600,19 @@ class Sliced:
                 self.by_cookie[h] = {f.cookie: f for f in new_list}
                 resort.add(h)
             else:
-                ht = new if isinstance(new, HostTables) else \
-                    HostTables(old_ht.pa, new_list, old_ht.groups, old_ht.meters)
-                if not isinstance(new, HostTables) and (_with_groups(removed) or _with_groups(added)):
-                    ht = host_tables(old_ht.pa, new_list)
+                if isinstance(new, HostTables):
+                    ht = new
+                elif _with_groups(removed) or _with_groups(added):
+                    ht = host_tables(old_ht.pa, new_list)  # a group's buckets: as the flows carry them
+                else:  # meters are not looked at beyond the flows' actions: the new ones noted
+                    meters = old_ht.meters
+                    for f in added:
+                        for a in f.actions:
+                            if a.__class__ is Meter:
+                                if meters is old_ht.meters:
+                                    meters = dict(meters)
+                                meters[a.meter_id] = (a.rate_kbps, a.burst_kb)
+                    ht = HostTables(old_ht.pa, new_list, old_ht.groups, meters)
                 self.net.hosts[h] = ht
             g = self.groups.setdefault(h, {})
             for f in added:
@@ -593,12 +628,18 @@ class Sliced:
             again |= {t for t, hs_ in self.hosts_of.items() if h in hs_}
         if moved:
             again |= {t for t, o in self.outcomes.items() if not o.targets.isdisjoint(moved)}
+        u1 = time.perf_counter()
         for t in sorted(again & set(self._tenants())):
             self._keep(self.check_tenant(t))
         self._fix_misfits()
+        u2 = time.perf_counter()
         if provider:
             self.provider = self._provider()
-        return self._report(t0)
+        u3 = time.perf_counter()
+        rep = self._report(t0)
+        self.timing.update(update_diff=u1 - u0, update_slices=u2 - u1, update_provider=u3 - u2,
+                           update_report=time.perf_counter() - u3, update_tenants=len(again))
+        return rep
 
     def _changed_flow(self, h, f, tid, again: set, resort: set) -> None:
         mine = self.base.tid_name.get(tid)
@@ -653,7 +694,7 @@ class Sliced:
 def _with_groups(flows) -> bool:
     for f in flows:
         for a in f.actions:
-            if a.__class__.__name__ in ("Group", "Meter"):
+            if a.__class__ is Group:
                 return True
     return False
 

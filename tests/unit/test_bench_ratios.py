@@ -6,11 +6,15 @@ from bench.run import ratios
 def test_ratios_keep_the_versus_names_and_add_the_others_only_when_measured():
     res = {"versus": {"ratios": {"flows_per_host_nvctl_over_ovn": 0.49}},
            "install": {"ratio_controller_to_ofctl": 0.94},
-           "verify": {"ports": 10000, "full_verify_s": {"median": 85.8, "min": 66.6, "max": 88.1}},
+           "verify": {"ports": 10000, "full_verify_s": {"median": 85.8, "min": 66.6, "max": 88.1},
+                      "recheck_ms": {"median": 187.2, "min": 158.6, "max": 338.4}},
            "observe": {"cpu": {"refresh_share": {"median": 0.0373}}}}
     got = ratios(res)
     assert got == {"flows_per_host_nvctl_over_ovn": 0.49, "install_controller_over_ofctl_bundle": 0.94,
-                   "verify_seconds_10k_ports": 85.8, "controller_cpu_share_at_1s_stats_refresh": 0.0373}
+                   "verify_seconds_10k_ports": 85.8, "verify_seconds_10k_ports_min": 66.6,
+                   "verify_seconds_10k_ports_max": 88.1, "verify_recheck_ms_10k_ports": 187.2,
+                   "verify_recheck_ms_10k_ports_min": 158.6, "verify_recheck_ms_10k_ports_max": 338.4,
+                   "controller_cpu_share_at_1s_stats_refresh": 0.0373}
     assert list(got) == sorted(got)
 
 

@@ -99,19 +99,47 @@ def _lowest_free(used: set, start: int, stop: int, what: str) -> int:
     return n
 
 
+class _Taken:
+    """The numbers of one scope that others hold, and those this allocation has taken:
+    the former read in place (a change does not copy every tenant's holdings)."""
+
+    __slots__ = ("base", "mine")
+
+    def __init__(self, base=()):
+        self.base, self.mine = base, set()
+
+    def __contains__(self, n) -> bool:
+        return n in self.mine or n in self.base
+
+    def add(self, n) -> None:
+        self.mine.add(n)
+
+
+class _Scopes(dict):
+    """scope -> _Taken over `base` (scope -> the set others hold), made when first asked."""
+
+    def __init__(self, base: dict):
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, scope):
+        t = self[scope] = _Taken(self.base.get(scope, ()))
+        return t
+
+
 def _assign(items: list[tuple[str, str]], prev_values: dict, prev_scope: dict,
-            used: dict[str, set], lo: int, hi: int, what: str) -> dict:
+            used: dict, lo: int, hi: int, what: str) -> dict:
     """items: (name, scope). A name keeps its previous value while its scope (switch,
     host, or "" for global) is unchanged; the others get the lowest free value in their
-    scope. `used` holds what others hold, per scope, and is updated."""
+    scope. `used` (_Scopes) holds what others hold, per scope, and is updated."""
     out: dict = {}
     for name, scope in items:
         if name in prev_values and prev_scope.get(name) == scope:
             out[name] = prev_values[name]
-            used.setdefault(scope, set()).add(out[name])
+            used[scope].add(out[name])
     for name, scope in items:
         if name not in out:
-            taken = used.setdefault(scope, set())
+            taken = used[scope]
             out[name] = _lowest_free(taken, lo, hi, what + (f" on {scope}" if scope else ""))
             taken.add(out[name])
     return out
@@ -147,7 +175,7 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
         return [(s.name, "") for s in tenant.switches] + \
             [(transit_name(r.name), "") for r in tenant.routers if r.external_ip is not None]
     vni = _assign(keyed(t), prev.vni, dict(keyed(old)) if old else {},
-                  {"": set(others.vnis)}, FIRST_VNI, MAX_VNI, "VNI")
+                  _Scopes({"": others.vnis}), FIRST_VNI, MAX_VNI, "VNI")
     members = [(p.name, p.switch) for p in t.ports] + \
         [(router_port_name(r.name, rp.switch), rp.switch) for r in t.routers for rp in r.ports]
     old_switch = {}
@@ -155,17 +183,17 @@ def allocate(t: Tenant, prev_tenant: Tenant | None, prev: Allocation | None,
         old_switch = {p.name: p.switch for p in old.ports}
         old_switch.update({router_port_name(r.name, rp.switch): rp.switch
                            for r in old.routers for rp in r.ports})
-    keys = _assign(members, prev.port_key, old_switch, {}, FIRST_PORT_KEY, MAX_PORT_KEY, "port key")
+    keys = _assign(members, prev.port_key, old_switch, _Scopes({}), FIRST_PORT_KEY, MAX_PORT_KEY, "port key")
     ofports = _assign(*_ofport_items(t, old, prev),
-                      {h: set(v) for h, v in others.ofports.items()}, FIRST_OFPORT, MAX_OFPORT, "ofport")
+                      _Scopes(others.ofports), FIRST_OFPORT, MAX_OFPORT, "ofport")
     def zoned(tenant):
         return [(p.name, "") for p in tenant.ports] + \
             [(router_zone_name(r.name), "") for r in tenant.routers if r.external_ip is not None] + \
             ([(lb_zone_name(""), "")] if tenant.load_balancers else []) + \
             ([(policy_zone_name(p.name), "") for p in tenant.ports] if tenant.network_policies else [])
     zones = _assign(zoned(t), prev.zone, dict(zoned(old)) if old else {},
-                    {"": set(others.zones)}, FIRST_ZONE, MAX_ZONE, "conntrack zone")
+                    _Scopes({"": others.zones}), FIRST_ZONE, MAX_ZONE, "conntrack zone")
     groups = _assign([(lb.name, "") for lb in t.load_balancers], prev.group,
                      {lb.name: "" for lb in old.load_balancers} if old else {},
-                     {"": set(others.groups)}, FIRST_GROUP, MAX_GROUP, "group id")
+                     _Scopes({"": others.groups}), FIRST_GROUP, MAX_GROUP, "group id")
     return Allocation(tid, vni, keys, ofports, zones, groups)

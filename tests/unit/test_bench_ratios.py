@@ -33,3 +33,12 @@ def test_northd_and_the_largest_scale_lab_get_their_stable_names():
     assert got == {"compile_nvctl_over_northd": 0.41, "change_one_port_nvctl_over_northd": 0.006,
                    "scale10_convergence_plugged_nvctl_over_ovn": 0.3,
                    "scale10_growth_from_3_hosts_memory_nvctl": 1.5}
+
+
+def test_the_one_port_change_at_10k_ports_is_reported_with_its_spread():
+    res = {"change": {"ports": 10000, "change_ms_median": 4.1, "change_ms_min": 3.6, "change_ms_max": 9.0,
+                      "ratio_change_to_full": 0.0013}}
+    got = ratios(res)
+    assert got == {"change_one_port_ms_10k_ports": 4.1, "change_one_port_ms_10k_ports_min": 3.6,
+                   "change_one_port_ms_10k_ports_max": 9.0, "change_one_port_over_full_recompile": 0.0013}
+    assert "change_one_port_ms_10k_ports" not in ratios({"change": {"ports": 1000, "change_ms_median": 2.0}})

@@ -732,6 +732,14 @@ def _default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def _may_fork() -> bool:
+    """Not under eventlet's monkey patching (os-ken's hub): a pool's helper threads would
+    be green threads of a hub the children inherit half-way."""
+    import sys
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher is None or not patcher.is_monkey_patched("thread")
+
+
 def _work(chunk: list) -> list:
     gc.disable()  # the worker's objects live until it exits
     return [_ACTIVE.check_tenant(n) for n in chunk]
@@ -745,6 +753,8 @@ def _in_workers(sliced: Sliced, names: list, workers: int) -> list:
     try:
         ctx = multiprocessing.get_context("fork")
     except ValueError:  # no fork on this platform: this process
+        return [sliced.check_tenant(n) for n in names]
+    if not _may_fork():
         return [sliced.check_tenant(n) for n in names]
     per = max(1, len(names) // (workers * 8))
     chunks = [names[i::len(names) // per or 1] for i in range(len(names) // per or 1)]

@@ -88,17 +88,25 @@ def _bit_match(slots, i) -> dict:
     return {slot.field: (bit, bit)}
 
 
-_CACHE: dict = {"tenant": None}  # the last tenant's plans by kind: both stages read both
+# The last few tenants' plans by kind (both stages read both; a change compiles the
+# tenant before and after it): a plan is a function of the tenant value alone.
+_CACHE: dict = {}  # id(tenant) -> (tenant, {kind: Plan})
+_CACHE_SIZE = 4
 
 
 def plan_of(t, kind: str) -> "Plan":
-    if _CACHE["tenant"] is not t.tenant:
-        _CACHE.clear()
-        _CACHE["tenant"] = t.tenant
-    got = _CACHE.get(kind)
-    if got is None or got.view is not t:
-        got = _CACHE[kind] = Plan(t, kind)
-    return got
+    tn = t.tenant
+    got = _CACHE.get(id(tn))
+    if got is None or got[0] is not tn:
+        got = (tn, {})
+        _CACHE[id(tn)] = got
+        while len(_CACHE) > _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+    plans = got[1]
+    plan = plans.get(kind)
+    if plan is None:
+        plan = plans[kind] = Plan(t, kind)
+    return plan
 
 
 class Plan:
@@ -106,7 +114,7 @@ class Plan:
 
     def __init__(self, t, kind: str):
         self.kind = kind
-        self.view = t
+        self._prefixes = None
         tn = t.tenant
         self.ports = {p.name: p for p in tn.ports}
         self.policies = [p for p in tn.network_policies if kind in p.types]
@@ -138,6 +146,11 @@ class Plan:
     def prefixes(self, tn) -> dict:
         """prefix (ip_network) -> the peer-set bits of every address whose longest
         listed prefix it is (see the module docstring)."""
+        if self._prefixes is None:
+            self._prefixes = self._make_prefixes()
+        return self._prefixes
+
+    def _make_prefixes(self) -> dict:
         by_addr: dict = {}
         for i, ports in enumerate(self.set_ports):
             for name in ports:
@@ -149,12 +162,18 @@ class Plan:
                 listed.setdefault(b.cidr, set())
                 for e in b.except_:
                     listed.setdefault(e, set())
+        def within(prefix, net) -> bool:  # prefix.subnet_of(net), on integers
+            return prefix[0] == net[0] and prefix[2] >= net[2] and (prefix[1] & net[3]) == net[1]
+
+        def key(n):  # (version, network as an int, prefix length, netmask as an int)
+            return (n.version, int(n.network_address), n.prefixlen, int(n.netmask))
+        sets = [[(key(b.cidr), [key(e) for e in b.except_]) for b in blocks] for blocks in self.set_blocks]
         for prefix, bits in listed.items():
-            for i, blocks in enumerate(self.set_blocks):
+            pk = key(prefix)
+            for i, blocks in enumerate(sets):
                 # every address of this region is in block b iff the prefix lies in b's
                 # cidr and in none of its excepts (prefixes nest or are disjoint)
-                if any(prefix.subnet_of(b.cidr) and not any(prefix.subnet_of(e) for e in b.except_)
-                       for b in blocks if b.cidr.version == prefix.version):
+                if any(within(pk, cidr) and not any(within(pk, e) for e in excepts) for cidr, excepts in blocks):
                     bits.add(i)
         return listed
 
@@ -188,49 +207,69 @@ class _PolicyStage(Layer):
     far = "dst"  # the address a peer set is matched against
     sel_table = peer_table = rules_table = commit_table = ""
 
+    sliced = True
+
+    def _tracked(self, t) -> set:
+        """The ports this stage tracks: a port isolated in either direction is tracked
+        in both, so that the replies of what the other direction let in (or out) are
+        known as replies here."""
+        return t.once(("netpol.tracked",), lambda: set(plan_of(t, "Ingress").selected) |
+                      set(plan_of(t, "Egress").selected))
+
+    def port_inputs(self, t, p):
+        tn = t.tenant
+        if not tn.network_policies or p.name not in self._tracked(t):
+            return None, {}
+        plan = plan_of(t, self.kind)
+        by_index = {q.index: q for q in plan.policies}
+        bits = tuple(plan.selected.get(p.name, []))
+        names = ", ".join(by_index[p_i].name for p_i in sorted(
+            k for k, b in plan.sel_bit.items() if b in bits)) or "nothing (tracked for replies)"
+        log = any(by_index[k].log for k, b in plan.sel_bit.items() if b in bits)
+        return ((p.name, t.zone[policy_zone_name(p.name)], t.vni[p.switch], t.port_key[p.name],
+                 (4, 6) if tn.has_ipv6 else (4,), bits, names, log, t.tenant_id), {"own": (p.host,)})
+
+    def port_flows(self, content, out):
+        """A tracked port's flows: its policies' bits and its zone, its commit, and
+        what no rule allows."""
+        if content is None:
+            return
+        name, zone, vni, key, versions, bits, names, log, tenant_id = content
+        me = {**LOGICAL_SWITCH.m(vni), **self.port_slot.m(key)}
+        words = _bits(list(bits), POLICY_SELECTED)
+        loads = (POLICY_TENANT.load(tenant_id),) + tuple(s.load(w) for s, w in zip(POLICY_SELECTED, words))
+        for v in versions:
+            out.put("own", out.flow(self.sel_table, PRIO_SELECTED, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                    loads + (Ct(zone=zone, table=out.table(self.peer_table)),),
+                                    rule=f"port {name}: {self.kind.lower()} isolated by {names}"))
+            out.put("own", out.flow(self.commit_table, PRIO_COMMIT, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                    (Ct(zone=zone, commit=True), out.goto("@next")),
+                                    rule=f"port {name}: remember the allowed connection"))
+        deny_log = (log_meter(tenant_id),) if log else ()
+        for v in versions:
+            if not bits:
+                out.put("own", out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                        (out.goto(self.commit_table),),
+                                        rule=f"port {name}: not {self.kind.lower()} isolated, allow"))
+                continue
+            out.put("own", out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
+                                    deny_log, rule=f"port {name}: no {self.kind.lower()} rule allows",
+                                    stat=(("port", name, "policy"), ("policyPort", name, self.kind))))
+
     def tenant_flows(self, t, out):
         tn = t.tenant
         if not tn.network_policies:
             return
         plan = plan_of(t, self.kind)
-        # a port isolated in either direction is tracked in both, so that the replies
-        # of what the other direction let in (or out) are known as replies here
-        tracked = set(plan.selected) | set(plan_of(t, "Egress" if self.kind == "Ingress" else "Ingress").selected)
+        tracked = self._tracked(t)
         if not tracked:
             return
         versions = (4, 6) if tn.has_ipv6 else (4,)
         hosts_of_switch: dict[str, set] = {}
-        by_index = {p.index: p for p in plan.policies}
         port_of = plan.ports
-        for name in sorted(tracked):
-            bits = plan.selected.get(name, [])
+        for name in tracked:  # each tracked port's own flows: port_flows
             p = port_of[name]
             hosts_of_switch.setdefault(p.switch, set()).add(p.host)
-            zone = t.zone[policy_zone_name(name)]
-            me = {**LOGICAL_SWITCH.m(t.vni[p.switch]), **self.port_slot.m(t.port_key[name])}
-            host = (p.host,)
-            words = _bits(bits, POLICY_SELECTED)
-            names = ", ".join(by_index[p_i].name for p_i in sorted(
-                k for k, b in plan.sel_bit.items() if b in bits)) or "nothing (tracked for replies)"
-            loads = (POLICY_TENANT.load(t.tenant_id),) + tuple(s.load(w) for s, w in zip(POLICY_SELECTED, words))
-            for v in versions:
-                out.to(host, out.flow(self.sel_table, PRIO_SELECTED, Match.of(**me, eth_type=ETH_TYPES[v]),
-                                      loads + (Ct(zone=zone, table=out.table(self.peer_table)),),
-                                      rule=f"port {name}: {self.kind.lower()} isolated by {names}"))
-                out.to(host, out.flow(self.commit_table, PRIO_COMMIT, Match.of(**me, eth_type=ETH_TYPES[v]),
-                                      (Ct(zone=zone, commit=True), out.goto("@next")),
-                                      rule=f"port {name}: remember the allowed connection"))
-            deny_log = (log_meter(t.tenant_id),) if any(
-                by_index[k].log for k, b in plan.sel_bit.items() if b in bits) else ()
-            for v in versions:
-                if not bits:
-                    out.to(host, out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
-                                          (out.goto(self.commit_table),),
-                                          rule=f"port {name}: not {self.kind.lower()} isolated, allow"))
-                    continue
-                out.to(host, out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
-                                      deny_log, rule=f"port {name}: no {self.kind.lower()} rule allows",
-                                      stat=(("port", name, "policy"), ("policyPort", name, self.kind))))
         # per switch of tracked ports (reg13 scopes them): neighbour discovery passes
         # before tracking; invalid states drop; replies and related packets pass
         for sw, hosts in hosts_of_switch.items():

@@ -6,10 +6,11 @@ import random
 from controller.compile.allocator import InUse, allocate
 from controller.compile.compiler import SLICED, compile_tenant
 from tests.unit.fixtures import GW_HOSTS, HOSTS, NAT, R1, R1_EXTERNAL
+from tests.unit.test_core import POLICY_POOL
 from topology.builder import port, tenant_doc
 from topology.schema import validate
 
-SWITCHES = [{"name": "web", "cidr": "10.0.0.0/24", "cidr6": "fd00:0:0:1::/64"},
+SWITCHES = [{"name": "web", "cidr": "10.0.0.0/24", "cidr6": "fd00:0:0:1::/64", "labels": {"env": "prod"}},
             {"name": "db", "cidr": "10.0.1.0/24"}, {"name": "lone", "cidr": "10.0.2.0/24", "dhcp": True}]
 
 
@@ -29,6 +30,8 @@ def random_tenant(rng, hosts) -> dict:
             extra["rateLimitMbps"] = rng.choice([10, 20])
         if rng.random() < 0.2:
             extra["bumLimitPps"] = rng.choice([100, 200])
+        if rng.random() < 0.7:
+            extra["labels"] = {"app": rng.choice(["fe", "db", "batch"])}
         ports.append(port(f"p{rng.randint(0, 9)}", sw["name"], f"{net}.{10 + rng.randint(0, 5)}",
                           rng.choice(sorted(hosts)), **extra))
     ports = list({p["name"]: p for p in ports}.values())
@@ -52,13 +55,17 @@ def random_tenant(rng, hosts) -> dict:
                         {"priority": 100, "direction": "to-port", "ports": guarded, "action": "deny"},
                         {"priority": 50, "direction": "from-port", "ports": guarded[:1], "to": "db",
                          "action": rng.choice(["allow", "allow-stateless", "deny"])}]
+    if rng.random() < 0.5:  # network policies over the ports' labels (controller.layers.netpol)
+        spec["networkPolicies"] = [dict(pol, namespace="web") if pol.get("namespace") else pol
+                                   for pol in rng.sample(POLICY_POOL, rng.randint(1, len(POLICY_POOL)))]
     return validate(__import__("yaml").safe_load(tenant_doc("t", switches=SWITCHES, ports=ports, **spec)),
                     hosts.keys())
 
 
 def test_sliced_layers_exist():
     assert {layer.name for layer in SLICED} >= {"classify", "delivery", "port_security", "arp_responder",
-                                                "switching", "encap", "routing", "acl_from_port", "acl_to_port"}
+                                                "switching", "encap", "routing", "acl_from_port", "acl_to_port",
+                                                "policy_egress", "policy_ingress"}
 
 
 def test_incremental_compile_equals_a_compile_from_scratch():
@@ -72,10 +79,10 @@ def test_incremental_compile_equals_a_compile_from_scratch():
         old = compile_tenant(old_t, old_a, hosts)
         for step in range(5):
             r = rng.random()
-            if r < 0.4:  # one port moved, re-addressed or relabelled: the common change
+            if r < 0.4:  # one port moved or relabelled (in or out of selectors): the common change
                 p = rng.choice(old_t.ports)
                 q = dataclasses.replace(p, host=rng.choice(sorted(hosts))) if rng.random() < 0.6 else \
-                    dataclasses.replace(p, labels=(("app", rng.choice("ab")),))
+                    dataclasses.replace(p, labels=(("app", rng.choice(["fe", "db", "x"])),))
                 t = dataclasses.replace(old_t, ports=tuple(q if x is p else x for x in old_t.ports))
             elif r < 0.55:  # a port pending on another host (a VM migrating), or no longer
                 p = rng.choice(old_t.ports)

@@ -318,6 +318,8 @@ class Sliced:
         self._shared_idx: dict = {}  # host -> IndexedHost of its shared flows
         self.provider: Outcome | None = None  # the provider network's starts
         self.timing: dict = {}  # where the last run's / update's time went (seconds)
+        self._totals: dict = {}  # the outcomes' counts, summed
+        self._bad: set = set()  # tenants whose outcome has violations
         t0 = time.perf_counter()
         self._group_all()
         self.timing["partition"] = time.perf_counter() - t0
@@ -496,6 +498,17 @@ class Sliced:
         return sorted(self.net.tenants)
 
     def _keep(self, o: Outcome) -> None:
+        old = self.outcomes.get(o.tenant)
+        tot = self._totals
+        if old is not None:
+            for k, n in old.counts.items():
+                tot[k] = tot.get(k, 0) - n
+        for k, n in o.counts.items():
+            tot[k] = tot.get(k, 0) + n
+        if o.starts or o.reach:
+            self._bad.add(o.tenant)
+        else:
+            self._bad.discard(o.tenant)
         self.outcomes[o.tenant] = o
         if o.escaped:
             self.escaped[o.tenant] = o.escaped
@@ -552,11 +565,14 @@ class Sliced:
                 continue
             old_set = self.by_cookie.get(h)
             if old_set is None:
-                old_set = {f.cookie: f for f in old_ht.flows}
-            new_set = {f.cookie: f for f in new_list}
-            removed = [old_set[k] for k in old_set.keys() - new_set.keys()]
-            added = [new_set[k] for k in new_set.keys() - old_set.keys()]
-            self.by_cookie[h] = new_set
+                old_set = self.by_cookie[h] = {f.cookie: f for f in old_ht.flows}
+            new_keys = {f.cookie for f in new_list}
+            added = [f for f in new_list if f.cookie not in old_set]
+            removed = [old_set[k] for k in old_set.keys() - new_keys]
+            for f in removed:
+                del old_set[f.cookie]
+            for f in added:
+                old_set[f.cookie] = f
             diffs.append((h, new, new_list, old_ht, added, removed))
             g = self.groups.setdefault(h, {})
             for f in removed:
@@ -655,17 +671,21 @@ class Sliced:
 
     def _report(self, t0: float) -> Report:
         counts = dict.fromkeys(_COUNT_KEYS, 0)
+        counts.update(self._totals)
         starts, reach = [], []
-        for o in [self.outcomes[t] for t in sorted(self.outcomes)] + ([self.provider] if self.provider else []):
-            for k, n in o.counts.items():
-                counts[k] = counts.get(k, 0) + n
+        for o in [self.outcomes[t] for t in sorted(self._bad)]:
             starts.extend(o.starts)
             reach.append(o.reach)
+        if self.provider:
+            for k, n in self.provider.counts.items():
+                counts[k] = counts.get(k, 0) + n
+            starts.extend(self.provider.starts)
         for k in ("external_starts", "policy_pairs", "reach_pairs6", "policy_pairs6"):
             if not counts.get(k):
                 counts.pop(k, None)
         counts.update(hosts=len(self.net.hosts), tenants=len(self.net.tenants),
                       flows=sum(len(h.flows) for h in self.net.hosts.values()))
+        counts = {k: v for k, v in counts.items() if k in _COUNT_KEYS or k in ("hosts", "tenants", "flows")}
         vs, seen = [], set()
 
         def add(v):

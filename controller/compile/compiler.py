@@ -79,13 +79,14 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
 def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
                    previous: tuple | None = None) -> dict[str, list[Flow]]:
     """The tenant's flows per host. `previous` = (tenant, allocation, flows) of the same
-    tenant's last compile on these hosts: a layer's per-port part (Layer.sliced) whose
-    content for a port is what it was keeps that port's flows from there, placed on the
-    hosts its placement names now, instead of making them again. The result is the same
-    set of flows per host either way."""
+    tenant's last compile: a layer's per-port part (Layer.sliced) whose content for a
+    port is what it was keeps that port's flows from there, placed on the hosts its
+    placement names now, instead of making them again. The result is the same set of
+    flows per host either way."""
     view = tenant_view(t, a, hosts)
-    old = _units(previous, a, hosts) if previous is not None else None
+    old = _previous_units(previous, a, hosts) if previous is not None else None
     sink: dict[str, list[Flow]] = {}
+    units: dict = {}  # this compile's, for the next one (_RECENT)
     ports = view.tenant.ports
     for layer in LAYERS:
         out = emitter(layer, sink, a.tenant_id)
@@ -98,31 +99,50 @@ def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
             unit = (lid, p.name)
             if old is not None:
                 was = old.get(unit)
-                # the same content, and flows in the same named sets as before (a set
-                # empty then held flows that are nowhere now)
-                if was is not None and was[0] == content and was[1] == {k for k, v in placement.items() if v}:
+                # the same content; for a unit read back from host lists, flows in the
+                # same named sets as before (a set empty then held flows seen nowhere)
+                if was is not None and was[0] == content and (
+                        was[1] is None or was[1] == {k for k, v in placement.items() if v}):
                     for where, f in was[2]:
                         for h in placement[where]:
                             lst = sink.get(h)
                             if lst is None:
                                 lst = sink[h] = []
                             lst.append(f)
+                    units[unit] = was
                     continue
-            out.unit, out.placement, out._tags = unit, placement, {}
+            out.unit, out.placement, out._tags, out.made = unit, placement, {}, []
             layer.port_flows(content, out)
-        out.unit = None
+            units[unit] = (content, None, out.made)  # None: every flow it made, whatever their hosts
+        out.unit = out.made = None
+    _RECENT[id(t)] = (t, a, units)
+    while len(_RECENT) > RECENT_TENANTS:
+        del _RECENT[next(iter(_RECENT))]
     return sink
 
 
 SLICED = tuple(layer for layer in LAYERS if layer.sliced)
+# The per-port units of the last few compiles, by the tenant value compiled: a change's
+# `previous` is usually the tenant's last compile, so its units need not be read back
+# from its flows. A unit's flows are a function of its content, so any record is exact.
+_RECENT: dict = {}  # id(tenant) -> (tenant, allocation, {(layer id, port): (content, None, [(where, flow)])})
+RECENT_TENANTS = 8
 
 
-def _units(previous: tuple, a: Allocation, hosts: Mapping[str, Host]) -> dict | None:
-    """(layer id, port) -> (its content, the names of its non-empty host sets, [(where,
-    flow)]) of the previous compile."""
+def _previous_units(previous: tuple, a: Allocation, hosts: Mapping[str, Host]) -> dict | None:
     old_t, old_a, old_flows = previous
     if old_a.tenant_id != a.tenant_id:  # its id is in every cookie
         return None
+    got = _RECENT.get(id(old_t))
+    if got is not None and got[0] is old_t and got[1] is old_a:
+        return got[2]
+    return _units(previous, hosts)
+
+
+def _units(previous: tuple, hosts: Mapping[str, Host]) -> dict:
+    """(layer id, port) -> (its content, the names of its non-empty host sets, [(where,
+    flow)]) of the previous compile, read back from its flows (each carries its unit)."""
+    old_t, old_a, old_flows = previous
     made: dict = {}
     for fl in old_flows.values():
         for f in fl:

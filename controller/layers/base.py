@@ -131,6 +131,7 @@ class Emitter:
         self._own = {d.name for d in layer.tables}
         self.unit = None  # (layer id, port name) while a sliced layer compiles one port's flows
         self.placement: dict = {}  # and the host sets its flows are put in, by name
+        self.made: list | None = None  # and [(where, flow)] of every flow it puts
         self._tags: dict = {}
 
     def table(self, name: str) -> Table:
@@ -164,6 +165,7 @@ class Emitter:
         if tag is None:
             tag = self._tags[where] = (*self.unit, where)
         flow.unit = tag
+        self.made.append((where, flow))
         self._to(self.placement[where], flow)
 
     def to(self, hosts: Iterable[str], flow: Flow) -> None:

@@ -114,7 +114,7 @@ class Plan:
 
     def __init__(self, t, kind: str):
         self.kind = kind
-        self._prefixes = None
+        self._prefixes = self._ports = None
         tn = t.tenant
         self.ports = {p.name: p for p in tn.ports}
         self.policies = [p for p in tn.network_policies if kind in p.types]
@@ -149,6 +149,12 @@ class Plan:
         if self._prefixes is None:
             self._prefixes = self._make_prefixes()
         return self._prefixes
+
+    def port_prefixes(self) -> set:
+        """Every port's addresses, as prefixes (a port's own peer flows are its)."""
+        if self._ports is None:
+            self._ports = {ipaddress.ip_network(a) for p in self.ports.values() for a in addresses(p)}
+        return self._ports
 
     def _make_prefixes(self) -> dict:
         by_addr: dict = {}
@@ -218,23 +224,40 @@ class _PolicyStage(Layer):
 
     def port_inputs(self, t, p):
         tn = t.tenant
-        if not tn.network_policies or p.name not in self._tracked(t):
-            return None, {}
+        tracked = self._tracked(t) if tn.network_policies else ()
+        if not tracked:
+            return (None, None), {}
         plan = plan_of(t, self.kind)
+        versions = (4, 6) if tn.has_ipv6 else (4,)
+        # its addresses as peers (when some peer set lists them), on every host with
+        # tracked ports
+        prefixes = plan.prefixes(tn)
+        peer = tuple((net, tuple(sorted(prefixes[net]))) for net in map(ipaddress.ip_network, addresses(p))
+                     if net in prefixes and net.version in versions)
+        placement = {"tracked": t.once(("netpol.hosts",), lambda: frozenset(
+            plan.ports[n].host for n in tracked))}
+        if p.name not in tracked:
+            return (None, (t.tenant_id, peer) if peer else None), placement
         by_index = {q.index: q for q in plan.policies}
         bits = tuple(plan.selected.get(p.name, []))
         names = ", ".join(by_index[p_i].name for p_i in sorted(
             k for k, b in plan.sel_bit.items() if b in bits)) or "nothing (tracked for replies)"
         log = any(by_index[k].log for k, b in plan.sel_bit.items() if b in bits)
+        placement["own"] = (p.host,)
         return ((p.name, t.zone[policy_zone_name(p.name)], t.vni[p.switch], t.port_key[p.name],
-                 (4, 6) if tn.has_ipv6 else (4,), bits, names, log, t.tenant_id), {"own": (p.host,)})
+                 versions, bits, names, log, t.tenant_id), (t.tenant_id, peer) if peer else None), placement
 
     def port_flows(self, content, out):
         """A tracked port's flows: its policies' bits and its zone, its commit, and
-        what no rule allows."""
-        if content is None:
+        what no rule allows; and its addresses' peer sets."""
+        own, peer = content
+        if peer is not None:
+            tenant_id, prefixes = peer
+            for prefix, bits in prefixes:
+                out.put("tracked", self._peer_flow(out, tenant_id, prefix, bits))
+        if own is None:
             return
-        name, zone, vni, key, versions, bits, names, log, tenant_id = content
+        name, zone, vni, key, versions, bits, names, log, tenant_id = own
         me = {**LOGICAL_SWITCH.m(vni), **self.port_slot.m(key)}
         words = _bits(list(bits), POLICY_SELECTED)
         loads = (POLICY_TENANT.load(tenant_id),) + tuple(s.load(w) for s, w in zip(POLICY_SELECTED, words))
@@ -255,6 +278,15 @@ class _PolicyStage(Layer):
             out.put("own", out.flow(self.rules_table, PRIO_DENY, Match.of(**me, eth_type=ETH_TYPES[v]),
                                     deny_log, rule=f"port {name}: no {self.kind.lower()} rule allows",
                                     stat=(("port", name, "policy"), ("policyPort", name, self.kind))))
+
+    def _peer_flow(self, out, tenant_id: int, prefix, bits):
+        """The far address in `prefix` is in the peer sets `bits` (sorted)."""
+        words = _bits(bits, POLICY_PEER)
+        far = f"ipv{prefix.version}_{self.far}"
+        return out.flow(self.peer_table, PRIO_PREFIX + prefix.prefixlen,
+                        Match.of(**POLICY_TENANT.m(tenant_id), eth_type=ETH_TYPES[prefix.version], **{far: str(prefix)}),
+                        tuple(s.load(w) for s, w in zip(POLICY_PEER, words)) + (out.goto(self.rules_table),),
+                        rule=f"{self.far} {prefix}: in peer sets {list(bits) or 'none'}")
 
     def tenant_flows(self, t, out):
         tn = t.tenant
@@ -286,17 +318,11 @@ class _PolicyStage(Layer):
         # tracked ports: the peer sets of the far address, and the rules
         hosts = set().union(*hosts_of_switch.values())
         me = POLICY_TENANT.m(t.tenant_id)
-        far_field = {4: f"ipv4_{self.far}", 6: f"ipv6_{self.far}"}
+        ports = plan.port_prefixes()
         for prefix, bits in sorted(plan.prefixes(tn).items(), key=lambda kv: (kv[0].version, str(kv[0]))):
-            if prefix.version not in versions:
+            if prefix.version not in versions or prefix in ports:  # a port's address: port_flows
                 continue
-            words = _bits(bits, POLICY_PEER)
-            out.to(hosts, out.flow(self.peer_table, PRIO_PREFIX + prefix.prefixlen,
-                                   Match.of(**me, eth_type=ETH_TYPES[prefix.version],
-                                            **{far_field[prefix.version]: str(prefix)}),
-                                   tuple(s.load(w) for s, w in zip(POLICY_PEER, words)) +
-                                   (out.goto(self.rules_table),),
-                                   rule=f"{self.far} {prefix}: in peer sets {sorted(bits) or 'none'}"))
+            out.to(hosts, self._peer_flow(out, t.tenant_id, prefix, sorted(bits)))
         for v in versions:
             out.to(hosts, out.flow(self.peer_table, PRIO_NO_PEER, Match.of(**me, eth_type=ETH_TYPES[v]),
                                    tuple(s.load(0) for s in POLICY_PEER) + (out.goto(self.rules_table),),

@@ -146,11 +146,11 @@ def reconcile(st: HostState, desired: dict, delta=None, found: dict | None = Non
             old_meters = set(old_m) & set(st.meters)
             old_groups = set(old_g) & set(st.groups)
         put = {m: b for m, b in want_meters.items() if st.meters.get(m) != b}
-        n = s.set_meters(put, set(st.meters), [])  # meters and groups before the flows using them
+        n = s.set_meters(put, set(st.meters), []) if put else 0  # meters and groups before the flows using them
         st.meters.update(put)
         sigs = {gid: s.group_signature(g) for gid, g in want_groups.items()}
         gput = {gid: g for gid, g in want_groups.items() if st.groups.get(gid) != sigs[gid]}
-        n += s.set_groups(gput, set(st.groups), [])
+        n += s.set_groups(gput, set(st.groups), []) if gput else 0
         st.groups.update({gid: sigs[gid] for gid in gput})
         # An ADD over an installed flow of the same text keeps its counters; if only its
         # cookie differs, it now counts for someone else (a new port with the ofport and
@@ -163,11 +163,11 @@ def reconcile(st: HostState, desired: dict, delta=None, found: dict | None = Non
         for f in adds:
             st.installed[f.identity] = f
         gone = sorted(old_meters - set(want_meters))
-        n += s.set_meters({}, set(st.meters), gone)  # and after the flows that used them
+        n += s.set_meters({}, set(st.meters), gone) if gone else 0  # and after the flows that used them
         for m in gone:
             del st.meters[m]
         ggone = sorted(old_groups - set(want_groups))
-        n += s.set_groups({}, set(st.groups), ggone)
+        n += s.set_groups({}, set(st.groups), ggone) if ggone else 0
         for g in ggone:
             del st.groups[g]
         st.flow_mods += n

@@ -575,14 +575,14 @@ class Sliced:
                 old_set[f.cookie] = f
             diffs.append((h, new, new_list, old_ht, added, removed))
             g = self.groups.setdefault(h, {})
+            gone: dict = {}  # tenant id -> ids of its removed flows (the very objects the groups hold)
             for f in removed:
                 tid = cookie_tenant(f.cookie)
-                lst = g.get(tid, [])
-                for i, x in enumerate(lst):
-                    if x is f or x == f:
-                        del lst[i]
-                        break
+                gone.setdefault(tid, set()).add(id(f))
                 self._changed_flow(h, f, tid, again, resort)
+            for tid, ids in gone.items():
+                if tid in g:
+                    g[tid] = [x for x in g[tid] if id(x) not in ids]
         moved = set()
         if ports is not None:
             for k in [k for k in base._tenant_ports(tenant) if k not in ports]:

@@ -202,7 +202,7 @@ class HostDelta:
 
     __slots__ = ("old", "new", "removed", "added", "renamed", "old_extras", "new_extras", "flows")
 
-    def __init__(self, old: Iterable[Flow], new: Iterable[Flow]):
+    def __init__(self, old: Iterable[Flow], new: Iterable[Flow], old_extras: tuple | None = None):
         ob = self.old = {f.cookie: f for f in old}
         nb: dict = {}
         kept = []
@@ -220,7 +220,7 @@ class HostDelta:
         self.new = nb
         self.removed = [f for c, f in ob.items() if c not in nb]
         self.added, self.renamed = added, renamed
-        self.old_extras = extras(ob.values())
+        self.old_extras = extras(ob.values()) if old_extras is None else old_extras
         self.new_extras = extras(nb.values())
         # the tenant's flows on the host from now on (every object the compile made, a
         # flow twice as twice): the objects already held where the flow stays (the
@@ -236,9 +236,12 @@ class HostDelta:
         return f"HostDelta(-{len(self.removed)} +{len(self.added)})"
 
 
-def tenant_delta(old: Mapping[str, Iterable[Flow]], new: Mapping[str, Iterable[Flow]]) -> dict[str, HostDelta]:
-    """host -> HostDelta of one tenant's flows `old` and `new` (host -> flows)."""
-    return {h: HostDelta(old.get(h, ()), new.get(h, ())) for h in set(old) | set(new)}
+def tenant_delta(old: Mapping[str, Iterable[Flow]], new: Mapping[str, Iterable[Flow]],
+                 old_extras: Mapping[str, tuple] | None = None) -> dict[str, HostDelta]:
+    """host -> HostDelta of one tenant's flows `old` and `new` (host -> flows);
+    `old_extras`: host -> extras(old flows there), where known."""
+    known = old_extras or {}
+    return {h: HostDelta(old.get(h, ()), new.get(h, ()), known.get(h)) for h in set(old) | set(new)}
 
 
 def extras(flows: Iterable[Flow]) -> tuple:

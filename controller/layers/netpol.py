@@ -36,6 +36,7 @@ with peers, than that: topology.schema.MAX_POLICIES_PER_TYPE, MAX_PEER_RULES_PER
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ct,
                                     Match, ct_state)
@@ -86,6 +87,9 @@ def _bit_match(slots, i) -> dict:
     slot = slots[i // WORD]
     bit = 1 << (i % WORD)
     return {slot.field: (bit, bit)}
+
+
+_network = lru_cache(maxsize=1 << 16)(ipaddress.ip_network)  # an address as its own prefix, made once
 
 
 # The last few tenants' plans by kind (both stages read both; a change compiles the
@@ -153,7 +157,7 @@ class Plan:
     def port_prefixes(self) -> set:
         """Every port's addresses, as prefixes (a port's own peer flows are its)."""
         if self._ports is None:
-            self._ports = {ipaddress.ip_network(a) for p in self.ports.values() for a in addresses(p)}
+            self._ports = {_network(a) for p in self.ports.values() for a in addresses(p)}
         return self._ports
 
     def _make_prefixes(self) -> dict:
@@ -162,7 +166,7 @@ class Plan:
             for name in ports:
                 for a in addresses(self.ports[name]):
                     by_addr.setdefault(a, set()).add(i)
-        listed = {ipaddress.ip_network(a): set(bits) for a, bits in by_addr.items()}
+        listed = {_network(a): set(bits) for a, bits in by_addr.items()}
         for blocks in self.set_blocks:
             for b in blocks:
                 listed.setdefault(b.cidr, set())
@@ -232,7 +236,7 @@ class _PolicyStage(Layer):
         # its addresses as peers (when some peer set lists them), on every host with
         # tracked ports
         prefixes = plan.prefixes(tn)
-        peer = tuple((net, tuple(sorted(prefixes[net]))) for net in map(ipaddress.ip_network, addresses(p))
+        peer = tuple((net, tuple(sorted(prefixes[net]))) for net in map(_network, addresses(p))
                      if net in prefixes and net.version in versions)
         placement = {"tracked": t.once(("netpol.hosts",), lambda: frozenset(
             plan.ports[n].host for n in tracked))}

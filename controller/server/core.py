@@ -130,6 +130,7 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, Wo
         self.infra = {h: compile_host(h, hosts) for h in hosts}
         for e in self.tenants.values():
             e.flows = compile_tenant(e.tenant, e.alloc, hosts)
+            e.extras = {}
         self.desired, conflicts = DesiredState.build(self.infra, (e.flows for e in self.tenants.values()))
         names = self._tenant_names()
         for c in conflicts:  # stored by a version that did not refuse them: the first holder keeps it

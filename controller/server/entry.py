@@ -15,3 +15,6 @@ class TenantEntry:
     revision: int
     flows: dict  # host -> list[Flow]
     layers: dict = field(default_factory=dict)  # layer -> {"version", "owner", ...}; stored with the spec
+    # host -> the meters and groups its flows there need (controller.compile.desired.extras),
+    # as the last change worked them out; empty: not known (worked out when needed)
+    extras: dict = field(default_factory=dict, compare=False)

@@ -64,7 +64,7 @@ class IntentMixin:
                 raise ApiError(f"tenant {t.name}: {ex}; nothing was changed") from None
         # the ports the change did not touch keep their flows (compile_tenant's `previous`)
         flows = compile_tenant(t, alloc, self._placement(), (old.tenant, old.alloc, old.flows) if old else None)
-        delta = tenant_delta(old.flows if old else {}, flows)  # conflicts and swap look at what changed only
+        delta = tenant_delta(old.flows if old else {}, flows, old.extras if old else None)  # what changed only
         conflicts = self.desired.conflicts_in(delta)
         if conflicts:
             names = {**self._tenant_names(), alloc.tenant_id: t.name}
@@ -73,7 +73,8 @@ class IntentMixin:
                            [("flows", c.describe(names)) for c in conflicts[:20]])
         rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,
                                     layers)
-        new = TenantEntry(t, alloc, rev, {h: d.flows for h, d in delta.items() if d.flows}, layers)
+        new = TenantEntry(t, alloc, rev, {h: d.flows for h, d in delta.items() if d.flows}, layers,
+                          {h: d.new_extras for h, d in delta.items() if d.flows})
         self._replace_entry(t.name, new)
         return new, self.desired.apply_delta(delta), delta
 

@@ -12,6 +12,26 @@ import networkx as nx
 from topology.model import Tenant
 
 
+def _per_tenant(fn):
+    """`fn(t)` kept for the last few tenant values (a change asks several times about
+    the same one: its MTU check, its compile, its workloads). Tenants are immutable, so
+    the answer is too; callers must not change it."""
+    cache: dict = {}  # id(tenant) -> (tenant, answer)
+
+    def cached(t: Tenant):
+        got = cache.get(id(t))
+        if got is not None and got[0] is t:
+            return got[1]
+        out = fn(t)
+        cache[id(t)] = (t, out)
+        while len(cache) > 8:
+            del cache[next(iter(cache))]
+        return out
+    cached.__doc__, cached.__name__ = fn.__doc__, fn.__name__
+    return cached
+
+
+@_per_tenant
 def switch_members(t: Tenant) -> dict[str, frozenset[str]]:
     """switch name -> hosts with a port on it (where its broadcast goes)."""
     members: dict[str, set[str]] = {s.name: set() for s in t.switches}
@@ -20,6 +40,7 @@ def switch_members(t: Tenant) -> dict[str, frozenset[str]]:
     return {k: frozenset(v) for k, v in members.items()}
 
 
+@_per_tenant
 def switch_spans(t: Tenant) -> dict[str, frozenset[str]]:
     """switch name -> hosts that may send to it: the members of every switch routed to
     it (its connected component through routers; hosts are not part of the path)."""

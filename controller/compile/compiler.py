@@ -63,7 +63,7 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
         t = dataclasses.replace(t, ports=placed)
     gateway = next(((h.name, *h.external) for h in sorted(hosts.values(), key=lambda h: h.name)
                     if h.external), None)
-    span = switch_spans(t)
+    span = dict(switch_spans(t))  # a copy: the gateway joins it below
     if gateway is not None:  # return traffic is routed on the gateway host
         for r in t.routers:
             if r.external_ip is not None:

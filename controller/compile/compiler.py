@@ -87,16 +87,14 @@ def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
     old = _previous_units(previous, a, hosts) if previous is not None else None
     sink: dict[str, list[Flow]] = {}
     units: dict = {}  # this compile's, for the next one (_RECENT)
-    ports = view.tenant.ports
     for layer in LAYERS:
         out = emitter(layer, sink, a.tenant_id)
         layer.tenant_flows(view, out)
         if not layer.sliced:
             continue
         lid = layer.id
-        for p in ports:
-            content, placement = layer.port_inputs(view, p)
-            unit = (lid, p.name)
+        for name, content, placement in layer.units(view):
+            unit = (lid, name)
             if old is not None:
                 was = old.get(unit)
                 # the same content; for a unit read back from host lists, flows in the
@@ -157,10 +155,9 @@ def _units(previous: tuple, hosts: Mapping[str, Host]) -> dict:
     out = {}
     for layer in SLICED:
         lid = layer.id
-        for p in view.tenant.ports:
-            unit = (lid, p.name)
+        for name, content, placement in layer.units(view):
+            unit = (lid, name)
             got = made.get(unit)
-            content, placement = layer.port_inputs(view, p)
             out[unit] = (content, {k for k, v in placement.items() if v}, list(got.values()) if got else ())
     return out
 

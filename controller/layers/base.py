@@ -59,6 +59,14 @@ class Layer:
         """(content, placement) of this layer's flows for port `p`."""
         raise NotImplementedError
 
+    def units(self, t: "TenantView"):
+        """(name, content, placement) of every part this layer compiles apart: one per
+        port (named by the port); a layer may add others (named "kind:name", which no
+        port name can be), whose flows `port_flows` makes from their content as well."""
+        for p in t.tenant.ports:
+            content, placement = self.port_inputs(t, p)
+            yield p.name, content, placement
+
     def port_flows(self, content, out: "Emitter") -> None:
         """The flows of one port, from `port_inputs`' content only, each `out.put`."""
         raise NotImplementedError

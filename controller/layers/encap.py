@@ -80,7 +80,7 @@ class Encap(Layer):
         return content, {"own": (p.host,), "pending": (pending,) if pending else (),
                          "remote": tuple(h for h in hosts if h not in (p.host, pending))}
 
-    def port_flows(self, content, out):
+    def _port_flows(self, content, out):
         """Unicast to the port: local on its host, through the tunnel from the others;
         and a flood from the port: to the switch's other ports on its host and every
         other member host, through its BUM meter."""
@@ -152,39 +152,56 @@ class Encap(Layer):
                     rule=f"router {r.name}: to the gateway {gw}"))
                 out.to((gw,), out.flow("dispatch", PRIO_TRANSIT, m, (out.resubmit("ext_snat"),),
                                        rule=f"router {r.name}: this host is the gateway"))
-        for s in t.tenant.switches:
+        # per switch, too big for its MTU (from every host that sends into the tunnel),
+        # and the floods of each member host: units
+
+    def units(self, t):
+        """Each port (its unicast and its own flood); each switch's too-big flows; each
+        member host's floods on a switch (from its local ports, from the tunnel)."""
+        yield from super().units(t)
+        tn = t.tenant
+        local = t.once("encap.local", lambda: _local_keys(t))
+        for s in tn.switches:
             hosts, members = t.span[s.name], t.members[s.name]
             if not hosts:
                 continue
             vni = t.vni[s.name]
-            ls = LOGICAL_SWITCH.m(vni)
-            ports = t.tenant.ports_on(s.name)
-            mtu = t.mtu[s.name]
-            senders = {h for h in hosts if any(p.host != h for p in ports)}
-            for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6) if senders else ():
-                if eth_type == ETH_TYPE_IPV6 and not t.tenant.has_ipv6:
-                    continue
-                out.to(senders, out.flow(
-                    "tunnel_out", PRIO_TOO_BIG, Match.of(**ls, **PKT_LARGER.m(1), eth_type=eth_type),
-                    to_controller(t.tenant_id),
-                    rule=f"switch {s.name}: longer than its MTU {mtu}: ICMP"
-                         f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
-            flood = OUTPORT.m(FLOOD_PORT_KEY)
+            ports = tn.ports_on(s.name)
+            senders = frozenset(h for h in hosts if any(p.host != h for p in ports))
+            yield (f"mtu:{s.name}", ("mtu", s.name, vni, t.mtu[s.name], tn.has_ipv6, t.tenant_id, bool(senders)),
+                   {"senders": senders})
             for h in members:
-                local = []
-                for p in ports:
-                    if p.host == h:
-                        local += [OUTPORT.load(t.port_key[p.name]), out.resubmit("@egress")]
-                tunnels = [SetField("tunnel_id", vni)]
-                for other in sorted(members - {h}):
-                    tunnels += [SetField("tun_ipv4_dst", t.pa[other]), Output(t.tunnel_port)]
-                copies = local + (tunnels if len(tunnels) > 1 else [])
-                out.to((h,), out.flow(
-                    "dispatch", PRIO_FLOOD_LOCAL, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)), copies,
-                    rule=f"switch {s.name} flood from a local port"))
-                # each local port's own flood (not back to the sender: OVS would drop that
-                # copy at the end, after its egress ACLs and delivery counted it as the
-                # sender's own): port_flows
-                out.to((h,), out.flow(
-                    "dispatch", PRIO_FLOOD_FROM_TUNNEL, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
-                    local, rule=f"switch {s.name} flood from the tunnel"))
+                yield (f"flood:{s.name}:{h}",
+                       ("flood", s.name, vni, tuple(k for _, k in local.get((s.name, h), ())),
+                        tuple(t.pa[o] for o in sorted(members - {h})), t.tunnel_port), {"own": (h,)})
+
+    def port_flows(self, content, out):
+        kind = content[0]
+        if kind == "mtu":
+            _, name, vni, mtu, ipv6, tenant_id, senders = content
+            for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6) if senders else ():
+                if eth_type == ETH_TYPE_IPV6 and not ipv6:
+                    continue
+                out.put("senders", out.flow(
+                    "tunnel_out", PRIO_TOO_BIG, Match.of(**LOGICAL_SWITCH.m(vni), **PKT_LARGER.m(1), eth_type=eth_type),
+                    to_controller(tenant_id),
+                    rule=f"switch {name}: longer than its MTU {mtu}: ICMP"
+                         f"{'v6 packet too big' if eth_type == ETH_TYPE_IPV6 else ' frag needed'}, by the controller"))
+        elif kind == "flood":
+            _, name, vni, keys, pas, tunnel_port = content
+            ls, flood = LOGICAL_SWITCH.m(vni), OUTPORT.m(FLOOD_PORT_KEY)
+            local = [a for k in keys for a in (OUTPORT.load(k), out.resubmit("@egress"))]
+            tunnels = [SetField("tunnel_id", vni)]
+            for pa in pas:
+                tunnels += [SetField("tun_ipv4_dst", pa), Output(tunnel_port)]
+            out.put("own", out.flow(
+                "dispatch", PRIO_FLOOD_LOCAL, Match.of(**ls, **flood, **FROM_TUNNEL.m(0)),
+                local + (tunnels if len(tunnels) > 1 else []), rule=f"switch {name} flood from a local port"))
+            # each local port's own flood (not back to the sender: OVS would drop that
+            # copy at the end, after its egress ACLs and delivery counted it as the
+            # sender's own) is the port's
+            out.put("own", out.flow(
+                "dispatch", PRIO_FLOOD_FROM_TUNNEL, Match.of(**ls, **flood, **FROM_TUNNEL.m(1)),
+                local, rule=f"switch {name} flood from the tunnel"))
+        else:
+            self._port_flows(content, out)

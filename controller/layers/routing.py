@@ -80,7 +80,7 @@ class Routing(Layer):
         routers, placement = t.once("routing.routers", lambda: _attached(t)).get(p.switch, ((), {}))
         return (p.name, t.vni[p.switch], p.ip, p.mac, p.ip6, t.port_key[p.name], routers), placement
 
-    def port_flows(self, content, out):
+    def _neighbour_flows(self, content, out):
         """The port as the next hop on its switch, for every router attached there (each
         router's flows on its own hosts)."""
         name, vni, ip, mac, ip6, key, routers = content
@@ -96,65 +96,80 @@ class Routing(Layer):
                     (SetField("eth_dst", mac), OUTPORT.load(key), out.goto("@next")),
                     rule=f"router {r}: {ip6} is {mac} (port {name})"))
 
-    def tenant_flows(self, t, out):
+    def units(self, t):
+        """Each port (its neighbour flows) and each router with hosts: its echo, its
+        connected and static routes, its default route, on every host it spans."""
+        yield from super().units(t)
         tn = t.tenant
         for r in tn.routers:
             hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
             if not hosts:
                 continue
-            addrs = [rp.ip for rp in r.ports]
-            for rp in r.ports:
-                came = {**LOGICAL_SWITCH.m(t.vni[rp.switch]),
-                        **OUTPORT.m(t.port_key[router_port_name(r.name, rp.switch)])}
-                for ip in addrs:  # ping the router on any of its addresses
-                    out.to(hosts, out.flow(
-                        "ip_routing", PRIO_ECHO,
-                        Match.of(**came, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_ICMP,
-                                 icmpv4_type=ICMP_ECHO_REQUEST, ipv4_dst=str(ip)),
-                        (Move("eth_src", "eth_dst"), SetField("eth_src", rp.mac),
-                         Move("ipv4_src", SCRATCH.field), Move("ipv4_dst", "ipv4_src"),
-                         Move(SCRATCH.field, "ipv4_dst"), SetField("icmpv4_type", ICMP_ECHO_REPLY),
-                         Output(IN_PORT)),
-                        rule=f"router {r.name} answers ping on {ip}"))
-                for egress in r.ports:  # connected networks
-                    sw = tn.switch(egress.switch)
-                    out.to(hosts, out.flow(
-                        "ip_routing", route_priority(sw.cidr.prefixlen, True),
-                        Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(sw.cidr)),
-                        self._forward(t, r.name, egress) + (Move("ipv4_dst", NEXTHOP.field),
-                                                            out.goto("ip_neighbor")),
-                        rule=f"router {r.name}: {sw.cidr} is connected ({sw.name})"))
-                for egress in r.ports if rp.ip6 is not None else ():  # connected IPv6 networks
-                    sw = tn.switch(egress.switch)
-                    if egress.ip6 is None or sw.cidr6 is None:
-                        continue
-                    out.to(hosts, out.flow(
-                        "ip_routing", route_priority(sw.cidr6.prefixlen, True),
-                        Match.of(**came, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(sw.cidr6)),
-                        self._forward(t, r.name, egress) + (out.goto("ip_neighbor"),),
-                        rule=f"router {r.name}: {sw.cidr6} is connected ({sw.name})"))
-                for route in r.routes:
-                    nh_port = next(p for p in tn.ports if p.ip == route.next_hop)
-                    egress = r.port_on(nh_port.switch)
-                    out.to(hosts, out.flow(
-                        "ip_routing", route_priority(route.prefix.prefixlen, False),
-                        Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(route.prefix)),
-                        self._forward(t, r.name, egress) + (NEXTHOP.load(ip_int(route.next_hop)),
-                                                            out.goto("ip_neighbor")),
-                        rule=f"router {r.name}: {route.prefix} via {route.next_hop}"))
-                if r.external_ip is not None and t.gateway is not None:
-                    out.to(hosts, out.flow(
-                        "ip_routing", route_priority(0, False), Match.of(**came, eth_type=ETH_TYPE_IP),
-                        (DecTtl(), SetField("eth_src", derived_mac(r.external_ip, 1)),
-                         LOGICAL_SWITCH.load(t.vni[transit_name(r.name)]), out.goto("dispatch")),
-                        rule=f"router {r.name}: default route to the external network"))
-                out.to(hosts, out.flow("ip_routing", PRIO_NO_ROUTE, Match.of(**came), (),
-                                       rule=f"router {r.name}: no route"))
-            # the ports, as neighbours on every switch of the router: port_flows
+            switches = tuple((rp.switch, t.vni[rp.switch], t.port_key[router_port_name(r.name, rp.switch)],
+                              tn.switch(rp.switch)) for rp in r.ports)
+            next_hops = tuple(next(p for p in tn.ports if p.ip == route.next_hop).switch for route in r.routes)
+            yield (f"router:{r.name}", ("router", r, switches, next_hops, t.gateway is not None,
+                                        t.vni.get(transit_name(r.name))), {"hosts": hosts})
 
-    @staticmethod
-    def _forward(t, router: str, egress) -> tuple:
-        """Leave through router port `egress`: TTL, source MAC, destination switch."""
-        return (DecTtl(), SetField("eth_src", egress.mac),
-                LOGICAL_SWITCH.load(t.vni[egress.switch]),
-                INPORT.load(t.port_key[router_port_name(router, egress.switch)]))
+    def port_flows(self, content, out):
+        if content[0] == "router":
+            self._router_flows(content, out)
+        else:
+            self._neighbour_flows(content, out)
+
+    def _router_flows(self, content, out):
+        _, r, switches, next_hops, gateway, transit = content
+        on = {sw: (vni, key, s) for sw, vni, key, s in switches}
+
+        def forward(egress) -> tuple:
+            """Leave through router port `egress`: TTL, source MAC, destination switch."""
+            vni, key, _ = on[egress.switch]
+            return (DecTtl(), SetField("eth_src", egress.mac), LOGICAL_SWITCH.load(vni), INPORT.load(key))
+        addrs = [rp.ip for rp in r.ports]
+        for rp in r.ports:
+            vni, key, _ = on[rp.switch]
+            came = {**LOGICAL_SWITCH.m(vni), **OUTPORT.m(key)}
+            for ip in addrs:  # ping the router on any of its addresses
+                out.put("hosts", out.flow(
+                    "ip_routing", PRIO_ECHO,
+                    Match.of(**came, eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_ICMP,
+                             icmpv4_type=ICMP_ECHO_REQUEST, ipv4_dst=str(ip)),
+                    (Move("eth_src", "eth_dst"), SetField("eth_src", rp.mac),
+                     Move("ipv4_src", SCRATCH.field), Move("ipv4_dst", "ipv4_src"),
+                     Move(SCRATCH.field, "ipv4_dst"), SetField("icmpv4_type", ICMP_ECHO_REPLY),
+                     Output(IN_PORT)),
+                    rule=f"router {r.name} answers ping on {ip}"))
+            for egress in r.ports:  # connected networks
+                sw = on[egress.switch][2]
+                out.put("hosts", out.flow(
+                    "ip_routing", route_priority(sw.cidr.prefixlen, True),
+                    Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(sw.cidr)),
+                    forward(egress) + (Move("ipv4_dst", NEXTHOP.field), out.goto("ip_neighbor")),
+                    rule=f"router {r.name}: {sw.cidr} is connected ({sw.name})"))
+            for egress in r.ports if rp.ip6 is not None else ():  # connected IPv6 networks
+                sw = on[egress.switch][2]
+                if egress.ip6 is None or sw.cidr6 is None:
+                    continue
+                out.put("hosts", out.flow(
+                    "ip_routing", route_priority(sw.cidr6.prefixlen, True),
+                    Match.of(**came, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(sw.cidr6)),
+                    forward(egress) + (out.goto("ip_neighbor"),),
+                    rule=f"router {r.name}: {sw.cidr6} is connected ({sw.name})"))
+            for route, nh_switch in zip(r.routes, next_hops):
+                egress = r.port_on(nh_switch)
+                out.put("hosts", out.flow(
+                    "ip_routing", route_priority(route.prefix.prefixlen, False),
+                    Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(route.prefix)),
+                    forward(egress) + (NEXTHOP.load(ip_int(route.next_hop)), out.goto("ip_neighbor")),
+                    rule=f"router {r.name}: {route.prefix} via {route.next_hop}"))
+            if r.external_ip is not None and gateway:
+                out.put("hosts", out.flow(
+                    "ip_routing", route_priority(0, False), Match.of(**came, eth_type=ETH_TYPE_IP),
+                    (DecTtl(), SetField("eth_src", derived_mac(r.external_ip, 1)),
+                     LOGICAL_SWITCH.load(transit), out.goto("dispatch")),
+                    rule=f"router {r.name}: default route to the external network"))
+            out.put("hosts", out.flow("ip_routing", PRIO_NO_ROUTE, Match.of(**came), (),
+                                      rule=f"router {r.name}: no route"))
+
+    def tenant_flows(self, t, out):
+        """Every flow is a unit's (units): nothing per tenant."""

@@ -728,7 +728,7 @@ class Flow:
     """
 
     __slots__ = ("table", "priority", "match", "actions", "layer_id", "tenant_id", "rule", "cookie", "reported",
-                 "identity", "stat", "extras", "unit")
+                 "identity", "stat", "extras", "unit", "where")
 
     def __init__(self, table: Table, priority: int, match: Match, actions: tuple = (),
                  layer_id: int = 0, tenant_id: int = 0, rule: str = "", stat: tuple = ()):
@@ -763,9 +763,11 @@ class Flow:
         # flows (meters_of, groups_of) comes from these flows alone.
         self.extras = not _EXTRA_ACTIONS.isdisjoint(map(type, actions))
         # Which part of a compile made it (the compiler's, not the switch's: a layer's
-        # per-port part tags its flows with (layer id, port), so that a change can keep
-        # the flows of the ports it did not touch); not installed, not in the cookie.
-        self.unit = None
+        # part, such as a port's, marks its flows with its name and the host set it put
+        # them in, so that a change can keep the flows of the parts it did not touch);
+        # not installed, not in the cookie. Two references to strings held anyway: no
+        # object per flow.
+        self.unit = self.where = None
 
     @property
     def body(self) -> str:

@@ -109,7 +109,7 @@ def compile_tenant(t: Tenant, a: Allocation, hosts: Mapping[str, Host],
                             lst.append(f)
                     units[unit] = was
                     continue
-            out.unit, out.placement, out._tags, out.made = unit, placement, {}, []
+            out.unit, out.placement, out.made = unit, placement, []
             layer.port_flows(content, out)
             units[unit] = (content, None, out.made)  # None: every flow it made, whatever their hosts
         out.unit = out.made = None
@@ -146,11 +146,12 @@ def _units(previous: tuple, hosts: Mapping[str, Host]) -> dict:
         for f in fl:
             u = f.unit
             if u is not None:
-                got = made.get(u[:2])
+                k = (f.layer_id, u)
+                got = made.get(k)
                 if got is None:
-                    made[u[:2]] = {id(f): (u[2], f)}
+                    made[k] = {id(f): (f.where, f)}
                 else:
-                    got[id(f)] = (u[2], f)
+                    got[id(f)] = (f.where, f)
     view = tenant_view(old_t, old_a, hosts)
     out = {}
     for layer in SLICED:

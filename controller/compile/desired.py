@@ -208,14 +208,14 @@ class HostDelta:
         kept = []
         for f in new:
             o = ob.get(f.cookie)
-            kept.append(o if o is not None and o.rule == f.rule and o.unit == f.unit else f)
+            kept.append(o if o is not None and o.rule == f.rule and o.unit == f.unit and o.where == f.where else f)
             nb[f.cookie] = f
         added, renamed = [], []
         for c, f in nb.items():
             o = ob.get(c)
             if o is None:
                 added.append(f)
-            elif o.rule != f.rule or o.unit != f.unit:  # kept, but as the new compile made it
+            elif o.rule != f.rule or o.unit != f.unit or o.where != f.where:  # kept, but as the new compile made it
                 renamed.append(f)
         self.new = nb
         self.removed = [f for c, f in ob.items() if c not in nb]

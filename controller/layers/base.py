@@ -140,7 +140,6 @@ class Emitter:
         self.unit = None  # (layer id, port name) while a sliced layer compiles one port's flows
         self.placement: dict = {}  # and the host sets its flows are put in, by name
         self.made: list | None = None  # and [(where, flow)] of every flow it puts
-        self._tags: dict = {}
 
     def table(self, name: str) -> Table:
         """Resolve a table name or symbol (for goto/resubmit targets)."""
@@ -167,12 +166,9 @@ class Emitter:
 
     def put(self, where: str, flow: Flow) -> None:
         """In `Layer.port_flows`: install `flow` on the hosts the port's placement names
-        `where`; the flow carries (layer id, port, where), so that a later compile can
-        place it again without making it."""
-        tag = self._tags.get(where)
-        if tag is None:
-            tag = self._tags[where] = (*self.unit, where)
-        flow.unit = tag
+        `where`; the flow carries its part's name and `where` (its layer id it has), so
+        that a later compile can place it again without making it."""
+        flow.unit, flow.where = self.unit[1], where
         self.made.append((where, flow))
         self._to(self.placement[where], flow)
 

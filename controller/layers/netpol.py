@@ -38,10 +38,12 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ct,
-                                    Match, ct_state)
+from dataplane.match_action import (ETH_TYPE_IP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ND_NA, ND_NS,
+                                    Ct, Match, ct_state)
 from controller.layers.acl import PRIO_INVALID, PRIO_REPLY, log_meter, range_masks, tracked_verdicts
 from controller.layers.base import Layer, TableDecl
+from controller.layers.port_security import ND_RA
+from controller.layers.services import ND_RS
 from controller.spaces.names import policy_zone_name
 from controller.spaces.registers import INPORT, LOGICAL_SWITCH, OUTPORT, POLICY_PEER, POLICY_SELECTED, POLICY_TENANT
 from topology.policy import addresses, peer_ports, selected
@@ -54,7 +56,7 @@ if MAX_POLICIES < MAX_POLICIES_PER_TYPE or MAX_PEER_SETS < MAX_PEER_RULES_PER_TY
     raise ValueError("the schema admits more policies or peer sets than the registers hold")
 ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
 PROTO = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
-ND_TYPES = (133, 134, 135, 136)  # RS, RA, NS, NA (a redirect is judged: only routers send them)
+ND_TYPES = (ND_RS, ND_RA, ND_NS, ND_NA)  # a redirect is judged: only routers send them
 
 # policy_sel: neighbour discovery passes before the per-port flows that track IP.
 PRIO_ND = 200

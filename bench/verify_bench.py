@@ -1,7 +1,7 @@
 """Benchmark of `nvctl verify`'s engine on the synthetic deployment (bench/synth.py:
 N tenants x 10 ports on N/10 hosts): a full proof sliced by tenant in os.cpu_count()
 worker processes (median of 3), the re-check after a one-tenant change (median of
-several), where the time goes in both, and as baselines measured in the same run the
+several, given to `Sliced.update_delta` as the compiler's diff), where the time goes in both, and as baselines measured in the same run the
 full compile of the same topology and one proof over the whole tables in one process
 (the verifier as it was before slicing).
 
@@ -19,6 +19,7 @@ import time
 from bench.synth import deployment, tenant_doc
 from controller.compile.allocator import InUse, allocate
 from controller.compile.compiler import compile_tenant, compile_world, paused_gc
+from controller.compile.desired import tenant_delta
 from controller.analysis.verify import Verifier, network_from_compiled, tenant_facts
 from controller.analysis.verify_slice import Sliced
 from topology.schema import validate
@@ -31,7 +32,8 @@ def _stats(xs: list[float]) -> dict:
 
 
 def _one_tenant_change(hs, world, docs, flows, name: str, step: int):
-    """Move one port of `name` to the next host: (changed host flow lists, facts, refs, world)."""
+    """Move one port of `name` to the next host: (changed host flow lists, the compiler's
+    diff {host: HostDelta} of the tenant's flows, facts, refs)."""
     names = sorted(hs, key=lambda h: int(h[2:]))
     doc = json.loads(json.dumps(docs[name]))
     port = doc["spec"]["ports"][step % PORTS_PER_TENANT]
@@ -49,6 +51,7 @@ def _one_tenant_change(hs, world, docs, flows, name: str, step: int):
     a = allocate(t, t_old, a_old, used)
     old_f = compile_tenant(t_old, a_old, hs)
     new_f = compile_tenant(t, a, hs)
+    deltas = {h: d for h, d in tenant_delta(old_f, new_f).items() if d.removed or d.added or d.renamed}
     changed = {}
     for h in set(old_f) | set(new_f):
         o = {f.cookie for f in old_f.get(h, [])}
@@ -59,7 +62,7 @@ def _one_tenant_change(hs, world, docs, flows, name: str, step: int):
     facts, refs = tenant_facts(t, a, hs)
     docs[name] = doc
     world[name] = (t, a)
-    return changed, facts, refs
+    return changed, deltas, facts, refs
 
 
 @paused_gc()
@@ -124,10 +127,10 @@ def main(argv=None, log=print) -> dict:
     rechecks, update_timings = [], []
     for step in range(args.changes):
         name = f"t{(step * 37) % args.tenants}"
-        changed, facts, refs = _one_tenant_change(hs, world, docs, flows, name, step)
+        changed, deltas, facts, refs = _one_tenant_change(hs, world, docs, flows, name, step)
         flows.update(changed)
         t0 = time.perf_counter()
-        r = verifier.update(name, changed, facts, refs)
+        r = verifier.update_delta(name, deltas, facts, refs)  # the compiler's diff, as the controller has it
         rechecks.append(time.perf_counter() - t0)
         ut = {k: v for k, v in verifier.timing.items() if k.startswith("update_")}
         update_timings.append(ut)

@@ -333,7 +333,9 @@ class Sliced:
         self.groups: dict = {}  # host -> {tenant id: [Flow]}
         self.hosts_of: dict = {}  # tenant name -> {host}
         self.by_cookie: dict = {}  # host -> {cookie: Flow}: what update diffs against
+        self._nflows: dict = {}  # host -> how many flows it holds (the report's count)
         for h, ht in self.net.hosts.items():
+            self._nflows[h] = len(ht.flows)
             g: dict = {}
             bc = self.by_cookie[h] = {}
             for f in ht.flows:
@@ -545,44 +547,118 @@ class Sliced:
     def update(self, tenant: str, flows: Mapping, facts: TenantFacts | None = None,
                ports: Mapping | None = None) -> Report:
         """As `Verifier.update`: `tenant` changed; `flows` = the new flow sets of the hosts
-        that changed, `facts` / `ports` its new facts and ports (None: unchanged)."""
+        that changed ({host: HostTables | {cookie: Flow} | [Flow]}), `facts` / `ports` its
+        new facts and ports (None: unchanged). Each list is diffed by cookie against the
+        flows held, then checked as `update_delta` checks a delta."""
         with _paused_gc():
-            return self._update(tenant, flows, facts, ports)
+            u0 = time.perf_counter()
+            t0 = self.clock() if self.clock else 0.0
+            deltas, whole = {}, {}
+            for h, new in flows.items():
+                new_list = new.flows if isinstance(new, HostTables) else _as_flow_list(new)
+                old_ht = self.net.hosts.get(h)
+                if old_ht is None:
+                    whole[h] = new if isinstance(new, HostTables) else host_tables("", new_list)
+                    continue
+                held = self._held(h)
+                new_keys = {f.cookie for f in new_list}
+                added = [f for f in new_list if f.cookie not in held]
+                removed = [held[k] for k in held.keys() - new_keys]
+                deltas[h] = (removed, added)
+                if isinstance(new, HostTables):
+                    whole[h] = new  # its groups and meters as given
+                elif _with_groups(removed) or _with_groups(added):
+                    whole[h] = host_tables(old_ht.pa, new_list)  # a group's buckets: as the flows carry them
+            return self._apply(tenant, deltas, whole, facts, ports, u0, t0)
 
-    def _update(self, tenant, flows, facts, ports) -> Report:
-        t0 = self.clock() if self.clock else 0.0
-        u0 = time.perf_counter()
+    def update_delta(self, tenant: str, deltas: Mapping, facts: TenantFacts | None = None,
+                     ports: Mapping | None = None) -> Report:
+        """`tenant` changed, given as the compiler's diff: `deltas` = {host: (removed, added)}
+        (sequences of Flow) or {host: HostDelta} (`controller.compile.desired`: its
+        `.removed` and `.added`; its `.renamed` flows and, when `.extras_changed`, those of
+        its `.flows` that carry a group or meter, replace the held flows of their cookie).
+        A flow is known by its cookie (it hashes the flow's text): a removed flow need not
+        be the object held, an added flow whose cookie is held and not removed is ignored.
+        `facts` / `ports`: the tenant's new facts and {(host, ofport): PortRef} (None:
+        unchanged). A host not held yet takes `added` as its whole flow list. Re-checks
+        what `update` re-checks (the tenant's slice, the slices of tenants that own a
+        changed flow or output to a port that changed hands, the shared proof of a host
+        whose shared flows changed and every slice on it) and returns the whole report,
+        the same a full run over the changed tables gives. Nothing is copied per host:
+        the cost is the change's, not the host's."""
+        with _paused_gc():
+            u0 = time.perf_counter()
+            t0 = self.clock() if self.clock else 0.0
+            out, whole = {}, {}
+            for h, d in deltas.items():
+                if isinstance(d, (tuple, list)):
+                    removed, added = d
+                    swap = ()
+                else:
+                    removed, added = d.removed, d.added
+                    swap = list(getattr(d, "renamed", ()))
+                    if getattr(d, "extras_changed", False):
+                        swap += [f for f in _as_flow_list(d.flows) if _with_extras(f)]
+                if h not in self.net.hosts:
+                    whole[h] = host_tables("", list(added) + swap)
+                    continue
+                held = self._held(h)
+                rem, gone = [], set()
+                for f in removed:
+                    x = held.get(f.cookie)
+                    if x is not None and f.cookie not in gone:
+                        gone.add(f.cookie)
+                        rem.append(x)
+                add, new = [], set()
+                for f in added:
+                    if f.cookie not in new and (f.cookie in gone or f.cookie not in held):
+                        new.add(f.cookie)
+                        add.append(f)
+                for f in swap:
+                    x = held.get(f.cookie)
+                    if x is not None and x is not f and f.cookie not in gone:
+                        gone.add(f.cookie)
+                        rem.append(x)
+                    if f.cookie not in new and (f.cookie in gone or f.cookie not in held):
+                        new.add(f.cookie)
+                        add.append(f)
+                out[h] = (rem, add)
+            return self._apply(tenant, out, whole, facts, ports, u0, t0)
+
+    def _held(self, h: str) -> dict:
+        """{cookie: Flow} of the flows held for `h`."""
+        held = self.by_cookie.get(h)
+        if held is None:
+            held = self.by_cookie[h] = {f.cookie: f for f in self.net.hosts[h].flows}
+        return held
+
+    def _apply(self, tenant, deltas: dict, whole: dict, facts, ports, u0: float, t0: float) -> Report:
+        """The core of `update` and `update_delta`: `deltas` = {host: (removed, added)}, the
+        removed flows being the objects held; `whole` = {host: HostTables} for a host not
+        held yet, or one whose tables are given whole (its groups and meters)."""
         base = self.base
         again = {tenant}
         resort = set()
-        # the flow diffs first, and the removed flows judged by who owned what before
-        diffs = []
-        for h, new in flows.items():
-            new_list = new.flows if isinstance(new, HostTables) else _as_flow_list(new)
-            old_ht = self.net.hosts.get(h)
-            if old_ht is None:
-                diffs.append((h, new, new_list, None, new_list, []))
-                continue
-            old_set = self.by_cookie.get(h)
-            if old_set is None:
-                old_set = self.by_cookie[h] = {f.cookie: f for f in old_ht.flows}
-            new_keys = {f.cookie for f in new_list}
-            added = [f for f in new_list if f.cookie not in old_set]
-            removed = [old_set[k] for k in old_set.keys() - new_keys]
-            for f in removed:
-                del old_set[f.cookie]
-            for f in added:
-                old_set[f.cookie] = f
-            diffs.append((h, new, new_list, old_ht, added, removed))
+        # the removed flows first, judged by who owned what before
+        for h, (removed, added) in deltas.items():
+            held = self.by_cookie[h]
             g = self.groups.setdefault(h, {})
             gone: dict = {}  # tenant id -> ids of its removed flows (the very objects the groups hold)
             for f in removed:
+                if held.get(f.cookie) is f:
+                    del held[f.cookie]
                 tid = cookie_tenant(f.cookie)
                 gone.setdefault(tid, set()).add(id(f))
                 self._changed_flow(h, f, tid, again, resort)
+            n = 0
             for tid, ids in gone.items():
                 if tid in g:
+                    before = len(g[tid])
                     g[tid] = [x for x in g[tid] if id(x) not in ids]
+                    n += before - len(g[tid])
+            for f in added:
+                held[f.cookie] = f
+            self._count(h, len(added) - n)
         moved = set()
         if ports is not None:
             for k in [k for k in base._tenant_ports(tenant) if k not in ports]:
@@ -596,7 +672,8 @@ class Sliced:
                 self.net.ports[k] = ref
             for h, _o in ports:
                 self.hosts_of.setdefault(tenant, set()).add(h)
-        provider = any(h in self.net.external for h in flows) or any(h in self.net.external for h, _o in moved)
+        provider = any(h in self.net.external for h in deltas) or any(h in self.net.external for h in whole) \
+            or any(h in self.net.external for h, _o in moved)
         if facts is not None:
             old = self.net.tenants.get(tenant)
             provider = provider or old is None or old.owned_external != facts.owned_external
@@ -608,29 +685,41 @@ class Sliced:
                              for ip in f.owned_external}
             base._epoch += 1
         # then the new flows, judged by who owns what now
-        for h, new, new_list, old_ht, added, removed in diffs:
-            if old_ht is None:
-                pa = new.pa if isinstance(new, HostTables) else ""
-                self.net.hosts[h] = new if isinstance(new, HostTables) else host_tables(pa, new_list)
-                base.pa_host = {x.pa: n for n, x in self.net.hosts.items()}
-                self.by_cookie[h] = {f.cookie: f for f in new_list}
-                resort.add(h)
-            else:
-                if isinstance(new, HostTables):
-                    ht = new
-                elif _with_groups(removed) or _with_groups(added):
-                    ht = host_tables(old_ht.pa, new_list)  # a group's buckets: as the flows carry them
-                else:  # meters are not looked at beyond the flows' actions: the new ones noted
-                    meters = old_ht.meters
-                    for f in added:
-                        for a in f.actions:
-                            if a.__class__ is Meter:
-                                if meters is old_ht.meters:
-                                    meters = dict(meters)
-                                meters[a.meter_id] = (a.rate_kbps, a.burst_kb)
-                    ht = HostTables(old_ht.pa, new_list, old_ht.groups, meters)
+        for h, ht in whole.items():
+            if h not in deltas:  # a host not held before
                 self.net.hosts[h] = ht
-            g = self.groups.setdefault(h, {})
+                base.pa_host = {x.pa: n for n, x in self.net.hosts.items()}
+                self.by_cookie[h] = {f.cookie: f for f in ht.flows}
+                g = self.groups[h] = {}
+                for f in ht.flows:
+                    tid = cookie_tenant(f.cookie)
+                    g.setdefault(tid, []).append(f)
+                    n = base.tid_name.get(tid)
+                    if n is not None:
+                        self.hosts_of.setdefault(n, set()).add(h)
+                self._nflows[h] = len(ht.flows)
+                resort.add(h)
+        for h, (removed, added) in deltas.items():
+            old_ht = self.net.hosts[h]
+            g = self.groups[h]
+            if h in whole:
+                ht = whole[h]
+                self._nflows[h] = len(ht.flows)
+            else:
+                groups, meters = old_ht.groups, old_ht.meters
+                for f in added:  # the groups and meters the new flows carry (an unused one is never looked at)
+                    for a in _all_actions(f.actions):
+                        c = a.__class__
+                        if c is Group:
+                            if groups is old_ht.groups:
+                                groups = dict(groups)
+                            groups[a.group_id] = list(a.buckets)
+                        elif c is Meter:
+                            if meters is old_ht.meters:
+                                meters = dict(meters)
+                            meters[a.meter_id] = (a.rate_kbps, a.burst_kb)
+                ht = _HeldTables(old_ht.pa, g, groups, meters)
+            self.net.hosts[h] = ht
             for f in added:
                 tid = cookie_tenant(f.cookie)
                 g.setdefault(tid, []).append(f)
@@ -656,6 +745,9 @@ class Sliced:
         self.timing.update(update_diff=u1 - u0, update_slices=u2 - u1, update_provider=u3 - u2,
                            update_report=time.perf_counter() - u3, update_tenants=len(again))
         return rep
+
+    def _count(self, h: str, n: int) -> None:
+        self._nflows[h] = self._nflows.get(h, 0) + n
 
     def _changed_flow(self, h, f, tid, again: set, resort: set) -> None:
         mine = self.base.tid_name.get(tid)
@@ -684,7 +776,7 @@ class Sliced:
             if not counts.get(k):
                 counts.pop(k, None)
         counts.update(hosts=len(self.net.hosts), tenants=len(self.net.tenants),
-                      flows=sum(len(h.flows) for h in self.net.hosts.values()))
+                      flows=sum(self._nflows.get(h, 0) for h in self.net.hosts))
         counts = {k: v for k, v in counts.items() if k in _COUNT_KEYS or k in ("hosts", "tenants", "flows")}
         vs, seen = [], set()
 
@@ -709,6 +801,34 @@ class Sliced:
         vs.sort(key=lambda v: (v.kind, v.tenants, v.host, v.message))
         secs = (self.clock() - t0) if self.clock else 0.0
         return Report(not vs, vs, counts, secs)
+
+
+def _with_extras(f) -> bool:
+    """Does `f` carry a group or a meter (whose buckets or bands are not in its text)?"""
+    for a in f.actions:
+        if a.__class__ is Group or a.__class__ is Meter:
+            return True
+    return False
+
+
+class _HeldTables(HostTables):
+    """A host's tables after a delta: its flows are the ones `Sliced` holds for it by
+    tenant id (`Sliced.groups[host]`), listed only when something asks for the whole list
+    (the whole tables' check of a tenant that left its slice, the provider's starts)."""
+
+    def __init__(self, pa: str, by_tenant: dict, groups: dict, meters: dict):
+        self.pa, self.groups, self.meters = pa, groups, meters
+        self._by_tenant, self._flows = by_tenant, None
+
+    @property
+    def flows(self) -> list:
+        if self._flows is None:
+            self._flows = [f for lst in self._by_tenant.values() for f in lst]
+        return self._flows
+
+    @flows.setter
+    def flows(self, value) -> None:
+        self._flows = value
 
 
 def _with_groups(flows) -> bool:

@@ -77,6 +77,20 @@ class _Live:
         yield ok
         yield bad
         yield when
+        g = core.guard  # verify before install (controller.server.guard)
+        yield GaugeMetricFamily("nvctl_verify_changes_enabled", "1 if every tenant change is proved before install",
+                                value=1 if g.enabled else 0)
+        done = _counter("nvctl_verify_changes", "Tenant changes proved before install, by result", ["result"])
+        with g.lock:
+            refused, checked, last = g.counts["refused"], g.counts["checked"], g.last
+        done.add_metric(["refused"], refused)
+        done.add_metric(["checked"], checked)
+        yield done
+        if last is not None:
+            yield GaugeMetricFamily("nvctl_verify_change_last_ms", "How long the last change's proof took",
+                                    value=last["ms"])
+            yield GaugeMetricFamily("nvctl_verify_change_last_ok", "1 if the last change proved was let through",
+                                    value=1 if last["result"] != "refused" else 0)
 
         logged = _counter("nvctl_acl_log_lines", "Lines written by logged ACL rules", ["tenant"])
         for t, n in sorted(core.acl_log.written.items()):

@@ -23,7 +23,7 @@ import textwrap
 from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
 from controller.client.common import CommandError, api_socket, read_input, show, state_dir_from
-from controller.client.render import trace_lines, verify_lines
+from controller.client.render import change_proof_lines, trace_lines, verify_lines
 from controller.client import accesscmd, hostcmd, labcmd, layercmd
 
 EXEC_TIMEOUT = 600  # seconds a command in a VM may run (nvctl exec)
@@ -161,6 +161,8 @@ def cmd_flows(a):
 
 def cmd_verify(a):
     """Exit 0: every check holds; 1: a violation (with its counterexample); 2: could not verify."""
+    if a.watch:
+        return _watch_changes(a)
     try:
         r = call(api_socket(a), "verify", tenant=a.tenant, host=a.host)
     except ApiClientError as e:
@@ -173,6 +175,38 @@ def cmd_verify(a):
     if r["errors"]:
         sys.exit(2)
     sys.exit(0 if r["ok"] else 1)
+
+
+def _watch_changes(a):
+    """`nvctl verify --watch`: every change's verify-before-install result as it comes
+    (the last one first), until interrupted; --json: one object per line."""
+    import time
+    after, first = 0, True
+    try:
+        while True:
+            try:
+                r = call(api_socket(a), "verify.changes", after=after, tenant=a.tenant)
+            except ApiClientError as e:
+                print(f"nvctl verify --watch: {e}", file=sys.stderr)
+                sys.exit(2)
+            if first:
+                if not r["enabled"]:
+                    print("nvctl verify --watch: the controller runs with --no-verify-changes; changes are not "
+                          "proved before install (run `nvctl verify` to prove what is installed)", file=sys.stderr)
+                    sys.exit(2)
+                rows = r["changes"][-1:]  # the newest first, then what follows
+                if not a.json:
+                    print(f"# verify before install: {r['seq']} change(s) proved so far; following "
+                          f"{'tenant ' + a.tenant if a.tenant else 'every tenant'} (Ctrl-C ends)", flush=True)
+                first = False
+            else:
+                rows = r["changes"]
+            for e in rows:
+                print(json.dumps(e) if a.json else "\n".join(change_proof_lines(e)), flush=True)
+            after = r["seq"]
+            time.sleep(a.interval)
+    except KeyboardInterrupt:
+        sys.exit(0)
 
 
 def cmd_exec(a):
@@ -547,10 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "loop; no drop that is not a declared drop. Exit 0 when everything holds, 1 with a "
                     "counterexample (header values and its path, table by table, with the deciding "
                     "flow and cookie), 2 when the check could not run.", 88),
-        epilog="examples:\n  nvctl verify\n  nvctl verify --tenant blue --json\n  nvctl verify --host hv2",
+        epilog="examples:\n  nvctl verify\n  nvctl verify --tenant blue --json\n  nvctl verify --host hv2\n"
+               "  nvctl verify --watch            every change's proof before install, as it comes\n\n"
+               "The controller also proves each tenant change before it installs it (--verify-changes,\n"
+               "on by default): a change whose flows would break isolation is refused with its\n"
+               "counterexample and nothing is installed. --watch follows those results.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tenant", help="only start points (ports, VNIs) of this tenant")
     p.add_argument("--host", help="only start points on this host")
+    p.add_argument("--watch", action="store_true",
+                   help="follow verify before install: one line per tenant change (OK, or REFUSED with "
+                        "the violation), until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch: seconds between polls (default 1)")
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("exec", help="run a command inside a workload: nvctl exec blue/vm1 -- ping 10.0.0.12",

@@ -41,6 +41,7 @@ from controller.client.render import trace_lines, verify_lines
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 STATS_TIMEOUT = 5      # s: the page polls every second, a slow answer is shown as one
 VERIFY_TIMEOUT = 300
+CHANGES_SHOWN = 10  # verify-before-install results on a tenant page, newest first
 TRACE_TIMEOUT = 120
 
 _env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -166,6 +167,19 @@ TENANT = _env.from_string("""
 <p id="verify-status" class="muted">not run yet</p>
 {% endif %}
 <form method="post" action="/tenant/{{ name | urlencode }}/verify"><button id="verify-run" type="submit">run verify again</button></form>
+<h3>Before install</h3>
+{% if changes is none %}
+<p id="verify-changes" class="muted">the controller does not prove changes before it installs them</p>
+{% elif not changes %}
+<p id="verify-changes" class="muted">no change of this tenant proved since the controller started</p>
+{% else %}
+<table id="verify-changes"><thead><tr><th class="num">#</th><th>when</th><th>change</th><th>result</th>
+<th class="num">ms</th><th>violations</th></tr></thead><tbody>
+{% for e in changes %}<tr><td class="num">{{ e.seq }}</td><td>{{ e.when }}</td><td>{{ e.action }}</td>
+<td class="{{ 'bad' if e.result == 'refused' else 'ok' }}">{{ e.result }}</td><td class="num">{{ e.ms }}</td>
+<td>{% for v in e.violations %}{{ v.kind }}: {{ v.message }}<br>{% endfor %}</td></tr>{% endfor %}
+</tbody></table>
+{% endif %}
 </section>
 
 <section id="trace"><h2>Trace a packet</h2>
@@ -317,11 +331,16 @@ def error_html(title: str, message: str) -> str:
     return page(title, ERROR.render(message=message))
 
 
-def tenant_html(name: str, show: dict, svg: str, verify: dict | None, trace: dict | None = None) -> str:
+def tenant_html(name: str, show: dict, svg: str, verify: dict | None, trace: dict | None = None,
+                changes: list | None = None) -> str:
     """The tenant's page. `verify`: {"ok", "verdict", "when", "text"} or None; `trace`:
-    {"port", "packet", "real", "lines", "error"} or None."""
+    {"port", "packet", "real", "lines", "error"} or None; `changes`: the tenant's newest
+    verify-before-install results (verify.changes), None when the controller does not prove them."""
     trace = {"port": "", "packet": "", "real": False, "lines": None, "error": None, **(trace or {})}
-    body = TENANT.render(name=name, show=show, svg=Markup(svg), verify=verify, trace=trace,
+    if changes is not None:
+        changes = [{**e, "when": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))}
+                   for e in reversed(changes[-CHANGES_SHOWN:])]
+    body = TENANT.render(name=name, show=show, svg=Markup(svg), verify=verify, trace=trace, changes=changes,
                          stats_url=f"/api/tenant/{quote(name, safe='')}/stats")
     return page(name, body, tenant=name)
 
@@ -571,7 +590,14 @@ def create_app(api_path, call=None, login: bool = True):
         except Exception as e:  # the rest of the page is still worth having
             svg = str(Markup("<p class='error'>drawing failed: {}</p>").format(f"{type(e).__name__}: {e}"))
         v = verifies.get(name, (show["ids"]["tenant_id"], show["revision"])) or verifies.run(call, name)
-        return html(tenant_html(name, show, svg, v, trace))
+        return html(tenant_html(name, show, svg, v, trace, proved_changes(name)))
+
+    def proved_changes(name: str) -> list | None:
+        try:
+            r = call("verify.changes", tenant=name, timeout=30)
+        except (ApiClientError, OSError):
+            return None
+        return r["changes"] if r["enabled"] else None
 
     @app.get("/tenant/<name>")
     def tenant(name):
@@ -644,7 +670,8 @@ def create_app(api_path, call=None, login: bool = True):
             return jsonify({"ok": False, "error": str(e)}), 404 if str(e).startswith("no tenant") else 502
         v = verifies.get(name)
         return jsonify({"ok": True, "verify": None if v is None else
-                        {k: v[k] for k in ("ok", "verdict", "time", "when", "text")}})
+                        {k: v[k] for k in ("ok", "verdict", "time", "when", "text")},
+                        "before_install": proved_changes(name)})
 
     @app.get("/api/tenant/<name>/trace")
     def api_trace(name):

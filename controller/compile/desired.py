@@ -62,6 +62,7 @@ class DesiredState:
 
     def __init__(self):
         self.hosts: dict[str, dict[tuple, Flow]] = {}
+        self.generation = 0  # bumped by every apply_delta and swap: who holds a view of it knows it moved
 
     @staticmethod
     def build(infra: Mapping[str, Iterable[Flow]],
@@ -153,6 +154,7 @@ class DesiredState:
         """`swap` by a tenant's delta (check `conflicts_in` first): only the flows that
         come and go are touched. Returns the hosts whose desired flows changed."""
         changed = set()
+        self.generation += 1
         for h, dl in delta.items():
             d = self.hosts.setdefault(h, {})
             for f in dl.removed:
@@ -174,6 +176,7 @@ class DesiredState:
         """Replace one tenant's flows (check `conflicts` first); returns the hosts whose
         desired flows changed."""
         changed = set()
+        self.generation += 1
         for h in set(old) | set(new):
             before = old.get(h, ())
             after = new.get(h, ())

@@ -62,7 +62,7 @@ MAX_TTL = 10 * 365 * 86400
 ADMIN_ONLY = frozenset({"credential.issue", "credential.list", "credential.revoke", "host.register",
                         "host.invite", "member.probe"})
 # cluster-wide reads a tenant gets narrowed to its own tenant: op -> the argument to set
-NARROWED = {"verify": "tenant", "progress": "tenant", "audit.list": "tenant"}
+NARROWED = {"verify": "tenant", "verify.changes": "tenant", "progress": "tenant", "audit.list": "tenant"}
 FILTERED = frozenset({"tenant.list"})  # answered with the caller's own rows only
 # what a read answers for a tenant that does not exist, where that is not unknown_tenant
 HIDDEN_RESULT = {"progress": None}

@@ -114,6 +114,7 @@ class TenantChange(Change):
         self.name = name or (new.name if new is not None else old.tenant.name)
         self.entry: TenantEntry | None = None
         self.delta: dict = {}  # host -> HostDelta, once committed
+        self.proved: dict | None = None  # verify before install's entry (controller.server.guard)
 
     def check(self, core) -> None:
         if self.new is not None:
@@ -126,7 +127,8 @@ class TenantChange(Change):
             core._replace_entry(self.name, None)
             self.delta = tenant_delta(old.flows, {})
             return core.desired.apply_delta(self.delta)
-        self.entry, changed, self.delta = core._commit(self.new, old, self.layers)
+        self.entry, changed, self.delta = core._commit(self.new, old, self.layers, self.action)
+        self.proved = core.proved
         return changed
 
     def attach(self, core, progress) -> list[str]:
@@ -134,6 +136,13 @@ class TenantChange(Change):
 
     def rollout(self, core, changed: set[str], progress) -> dict:
         return core.reconcile_many(changed, self.delta, progress)
+
+    def report(self, core, results: dict, attach_errors: list) -> dict:
+        out = super().report(core, results, attach_errors)
+        if self.proved is not None:  # verify before install: how long, and what it noted
+            out["verified"] = {"ms": self.proved["ms"], "result": self.proved["result"],
+                               "warnings": self.proved["warnings"]}
+        return out
 
 
 class Migration(TenantChange):

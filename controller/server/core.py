@@ -26,6 +26,7 @@ from topology import schema
 from controller.compile.allocator import Allocation, InUse
 from controller.compile.compiler import Host, compile_host, compile_tenant, paused_gc
 from controller.compile.desired import DesiredState
+from controller.server.guard import Guard
 from controller.server.progress import Changes
 from controller.packetin.punt import Punt
 from controller.analysis import stats as stats_mod
@@ -95,6 +96,8 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, Wo
         self._log_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}) of logged rules
         self._cookie_index: dict = {}  # (tenant id, host) -> (flows list, {cookie: Flow}), for stats
         self.verified: dict = {}  # tenant ("" for all) -> (time, ok, violations): the last verify
+        self.guard = Guard()  # verify before install (controller.server.guard); main may switch it off
+        self.proved: dict | None = None  # the guard's entry for the change being committed
         self.metrics = Metrics(self)
         self.changes = Changes()  # each create/apply's phase and counts, for the `progress` op (no mutex)
         self.authenticator = Authenticator(store)  # network API tokens (controller.server.access)

@@ -52,6 +52,11 @@ VIEWS = (
          "per host, the interfaces on its br-int (ofport, name, iface-id): read from its OVSDB on port events, "
          "or reported by the host; a port's allocated ofport (an input: tenants) follows its interface "
          "through _bind's Rebinding change"),
+    View("change_proof", "guard", ("placement", "tenants", "desired"), ("_commit",),
+         "verify before install: one proof over the desired flows, updated by each tenant change it lets "
+         "through; rebuilt on its next check when the desired state moved by another path (its generation)"),
+    View("proved", "proved", ("change_proof",), ("_commit",),
+         "the guard's entry for the change being committed, read by the change's report"),
     View("verified", "verified", ("switches", "desired"), ("verify", "_replace_entry"),
          "the last verify result per tenant, shown by the web view and metrics; dropped with its tenant"),
 )

@@ -46,14 +46,16 @@ class IntentMixin:
             if e is not None:
                 self.used.add(e.tenant, e.alloc)
 
-    def _commit(self, t: Tenant, old: TenantEntry | None, layers: dict | None = None
+    def _commit(self, t: Tenant, old: TenantEntry | None, layers: dict | None = None, action: str = ""
                 ) -> tuple[TenantEntry, set[str], dict]:
         """Allocate, compile and store a tenant's new intent, then swap it in (under the
         mutex). Returns the new entry, the hosts whose flow sets changed, and the change
         per host (controller.compile.desired.HostDelta: what goes, what comes). Nothing
         in memory changes when allocation, compilation or the store refuses. `layers`:
         its layers' record (controller.server.owners), stored in the same write; None
-        keeps the old one's."""
+        keeps the old one's. With the guard on (controller.server.guard), the change is
+        proved over the flows it leaves before the store is written; `self.proved` is
+        the guard's entry for it (None: the guard is off)."""
         if layers is None:
             layers = old.layers if old is not None else {}
         with self._held_by_others(t.name) as others:
@@ -71,12 +73,20 @@ class IntentMixin:
             raise ApiError(f"tenant {t.name}: {len(conflicts)} of its flows would replace flows "
                            "that are not its own (the same table, priority and match); nothing was changed",
                            [("flows", c.describe(names)) for c in conflicts[:20]])
-        rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,
-                                    layers)
+        # verify before install: refused (controller.server.guard.Unproved) before the store
+        self.proved = self.guard.check(self, t.name, t, alloc, delta, action)
+        try:
+            rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,
+                                        layers)
+        except BaseException:
+            self.guard.stale()  # the proof holds a change that did not happen
+            raise
         new = TenantEntry(t, alloc, rev, {h: d.flows for h, d in delta.items() if d.flows}, layers,
                           {h: d.new_extras for h, d in delta.items() if d.flows})
         self._replace_entry(t.name, new)
-        return new, self.desired.apply_delta(delta), delta
+        changed = self.desired.apply_delta(delta)
+        self.guard.committed(self)
+        return new, changed, delta
 
     def _check_provider_addresses(self, t: Tenant, others: InUse) -> None:
         """Router external addresses and floating IPs belong to one tenant each, never

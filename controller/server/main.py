@@ -35,6 +35,10 @@ def main(argv=None) -> int:
                     help="where the desired state lives: sqlite (STATE_DIR/desired.db, one controller) or "
                          "etcd://HOST:PORT[,HOST:PORT...] (a cluster: one leader, the others follow)")
     ap.add_argument("--name", default="controller", help="this member's name in a cluster")
+    ap.add_argument("--verify-changes", action=argparse.BooleanOptionalAction, default=True,
+                    help="prove every tenant change's compiled flows (isolation, shared state, network "
+                         "policies) before anything is stored or sent, and refuse one that breaks them, with "
+                         "its counterexample (default: on; see docs/verify.md)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     if a.api_listen:
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
         core.cluster = member
     else:
         ap.error(f"--store {a.store!r}: sqlite or etcd://HOST:PORT[,HOST:PORT...]")
+    core.guard.enabled = a.verify_changes
     core.acl_log.path = os.path.join(a.state_dir, "acl.log")  # logged ACL rules' lines, as JSON lines
     freeze_heap()
 

@@ -177,6 +177,9 @@ OPS: dict[str, Op] = _ops(
     Op("flows", "flows", {"host": req(str), "read_switch": opt(True, bool)}, scope="host", scope_arg="host"),
     Op("verify", "verify", {"tenant": opt(None, str), "host": opt(None, str)}, **T,
        doc="Isolation and policy proved over the installed flows (no tenant: every tenant)."),
+    Op("verify.changes", "verify_changes", {"after": opt(0, int), "tenant": opt(None, str)}, **T,
+       doc="Verify before install's results after sequence `after` (of `tenant` only: other tenants a "
+           "counterexample names are not named), newest last; `nvctl verify --watch` follows them."),
     Op("stats", "stats", {"tenant": req(str)}, **T),
     Op("drops", "drops", {"tenant": req(str), "window": opt(60.0, float)}, **T),
     Op("logs", "logs", {"tenant": req(str), "after": opt(0, int), "limit": opt(1000, int)}, **T),

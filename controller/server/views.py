@@ -160,6 +160,12 @@ class ViewsMixin:
             self.verified[tenant or ""] = (time.time(), bool(r.get("ok")), len(r.get("violations") or ()))
         return r
 
+    def verify_changes(self, after: int = 0, tenant: str | None = None) -> dict:
+        """Verify before install's results (controller.server.guard) after sequence `after`."""
+        if tenant is not None and tenant not in self.tenants:
+            raise unknown_tenant(tenant)
+        return self.guard.since(after, tenant)
+
     def port_info(self, tenant: str, port: str) -> dict:
         """Where a port is and whether it is up: bound to an interface with its iface-id
         at its ofport on its host; `seen` says where else its iface-id was found."""

@@ -41,6 +41,7 @@ READS = {
     "switch.info": {"tenant": "TENANT", "switch": "web"},
     "trace": {"tenant": "TENANT", "port": "vm1", "packet": "icmp to 10.0.0.12"},
     "verify": {"tenant": "TENANT"},
+    "verify.changes": {"tenant": "TENANT"},
     "stats": {"tenant": "TENANT"},
     "drops": {"tenant": "TENANT"},
     "logs": {"tenant": "TENANT"},

@@ -1,0 +1,177 @@
+"""Verify before install (`controller --verify-changes`, the default): a tenant's change
+is proved over the flows it would leave on every host before anything is stored or sent.
+
+The guard keeps one sliced proof (controller.analysis.verify_slice.Sliced) over the
+desired state, the flows the compiler wants on every host, not over what the switches
+hold (that is `nvctl verify`'s job). A change's compiled flows go into the proof as the
+tenant's update: only its slice, the shared proof and the tenants whose flows it
+touches are checked again. A violation of a kind in `BLOCKING` that the proof did not
+have before the change refuses the change like invalid YAML, with the counterexample,
+and nothing is stored, installed or plugged; other new findings (a pair that no longer
+reaches, an undeclared drop) are the tenant's own business and come back as warnings
+in the change's answer.
+
+The proof is rebuilt from the desired state (a full run) when the state changed by
+another path (a host registered, ports rebound, a tenant deleted, a store write that
+failed after the check): `stale()` marks it, the next check rebuilds it first.
+
+A piece of `Core`: `core.guard` (controller.server.derived lists it)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from controller.analysis import verify as vf
+from controller.analysis.verify_slice import Sliced
+from controller.server.errors import ApiError
+
+LOG = logging.getLogger("nvctl.guard")
+
+# what refuses a change: one tenant's packet reaching another's port, VNI, conntrack zone,
+# meter or group, the provider network with an address it does not own, a shared table
+# changing a packet's tenant, or a connection its network policies deny
+BLOCKING = frozenset({"isolation_port", "isolation_vni", "isolation_external", "shared_zone",
+                      "shared_meter", "shared_group", "scope_change", "policy_leak"})
+HISTORY = 200  # the results `verify.changes` can return (nvctl verify --watch)
+
+
+class Unproved(ApiError):
+    """A change the proof refused: ApiError's message and field errors (the counterexamples,
+    other tenants unnamed), and the violations as JSON."""
+
+    def __init__(self, message: str, errors: list, violations: list):
+        super().__init__(message, errors)
+        self.violations = violations
+
+
+class Guard:
+    def __init__(self, enabled: bool = True, clock=time.perf_counter):
+        self.enabled = enabled
+        self.clock = clock
+        self.proof: Sliced | None = None
+        self._desired = None  # (the DesiredState object, its generation) the proof stands for
+        self._known: set = set()  # keys of the violations the proof holds now
+        self.lock = threading.Lock()  # the history, read without the core's mutex
+        self.history: deque = deque(maxlen=HISTORY)
+        self.seq = 0
+        self.counts = {"checked": 0, "refused": 0, "rebuilt": 0}
+        self.last: dict | None = None  # the newest entry
+
+    # ---- the proof over the desired state -------------------------------------------------
+
+    def stale(self) -> None:
+        """The desired state changed other than through `check`: rebuild before the next."""
+        self.proof = None
+
+    def _build(self, core) -> None:
+        t0 = self.clock()
+        placement = core._placement()
+        tenants = {n: (e.tenant, e.alloc) for n, e in core.tenants.items()}
+        flows = {h: list(core.desired.get(h, {}).values()) for h in placement}
+        net = vf.network_from_compiled(placement, tenants, flows)
+        self.proof = Sliced(net, workers=1, clock=self.clock)
+        rep = self.proof.run()
+        self._desired = (core.desired, core.desired.generation)
+        self._known = {v.key() for v in rep.violations}
+        self.counts["rebuilt"] += 1
+        LOG.info("change proof built over %d hosts, %d tenants, %d flows in %.0f ms (%d findings kept)",
+                 len(placement), len(tenants), sum(len(x) for x in flows.values()),
+                 (self.clock() - t0) * 1000, len(self._known))
+
+    # ---- a change -----------------------------------------------------------------------
+
+    def check(self, core, name: str, tenant, alloc, delta: dict, action: str = "") -> dict | None:
+        """Prove the tenant `name`'s new intent (`tenant`, `alloc`, and its flows as
+        `delta`: host -> HostDelta) before it is committed. Raises Unproved; returns the
+        entry recorded (with warnings), or None when the guard is off."""
+        if not self.enabled:
+            return None
+        if self.proof is None or self._desired != (core.desired, core.desired.generation):
+            self._build(core)
+        t0 = self.clock()
+        placement = core._placement()
+        hosts = {}
+        for h, d in delta.items():
+            if not (d.removed or d.added or d.renamed or d.extras_changed):
+                continue
+            cur = dict(core.desired.get(h, {}))
+            for f in d.removed:
+                if cur.get(f.identity) == f:
+                    del cur[f.identity]
+            for f in d.added:
+                cur[f.identity] = f
+            if d.extras_changed:
+                for f in d.flows:
+                    cur[f.identity] = f
+            hosts[h] = list(cur.values())
+        facts, ports = vf.tenant_facts(tenant, alloc, placement)
+        try:
+            rep = self.proof.update(name, hosts, facts, ports)
+        except Exception:  # noqa: BLE001 - the proof cannot say: the change is not held back by its bug
+            LOG.exception("verify before install of %s failed; the change goes ahead unproved", name)
+            self.stale()
+            return self._record(name, action, "error", self.clock() - t0, [], [])
+        new = [v for v in rep.violations if v.key() not in self._known]
+        blocking = [v for v in new if v.kind in BLOCKING]
+        warnings = [v for v in new if v.kind not in BLOCKING]
+        secs = self.clock() - t0
+        if blocking:
+            self.stale()  # the proof holds the refused flows: built again from the desired state
+            others = {t for v in blocking for t in v.tenants if t != name}
+            self._record(name, action, "refused", secs, blocking, warnings, others)
+            raise Unproved(
+                f"tenant {name}: the change would break isolation ({len(blocking)} violation(s) found by verify "
+                "before install); nothing was changed",
+                [(f"verify.{v.kind}", _redact(v.format(), others)) for v in blocking[:5]],
+                [_redact_json(v.to_json(), others) for v in blocking]) from None
+        self._known = {v.key() for v in rep.violations}
+        return self._record(name, action, "ok", secs, [], warnings)
+
+    def committed(self, core) -> None:
+        """The change the last `check` passed is in the desired state now."""
+        if self.proof is not None:
+            self._desired = (core.desired, core.desired.generation)
+
+    def _record(self, name, action, result, secs, blocking, warnings, others=frozenset()) -> dict:
+        with self.lock:
+            self.seq += 1
+            self.counts["checked"] += 1
+            if result == "refused":
+                self.counts["refused"] += 1
+            e = {"seq": self.seq, "time": time.time(), "tenant": name, "action": action, "result": result,
+                 "ms": round(secs * 1000, 2), "violations": [v.to_json() for v in blocking],
+                 "warnings": [{"kind": v.kind, "message": v.message} for v in warnings],
+                 "_others": frozenset(others)}
+            self.history.append(e)
+            self.last = e
+            return {k: v for k, v in e.items() if k != "_others"}
+
+    def since(self, after: int = 0, tenant: str | None = None) -> dict:
+        """The results after sequence `after` (of `tenant` only, when given)."""
+        with self.lock:
+            rows = [e for e in self.history if e["seq"] > after and (tenant is None or e["tenant"] == tenant)]
+            seq, counts = self.seq, dict(self.counts)
+        out = []
+        for e in rows:
+            others = e["_others"]
+            e = {k: v for k, v in e.items() if k != "_others"}
+            if tenant is not None:  # a tenant's view: the other tenants a counterexample names are not named
+                e["violations"] = [_redact_json(v, others) for v in e["violations"]]
+            out.append(e)
+        return {"enabled": self.enabled, "seq": seq, "changes": out, "counts": counts if tenant is None else None}
+
+
+def _redact(text: str, others: set) -> str:
+    """A counterexample as the changing tenant may read it: other tenants unnamed."""
+    for o in sorted(others, key=len, reverse=True):
+        text = text.replace(o, "(another tenant)")
+    return text
+
+
+def _redact_json(d: dict, others: set) -> dict:
+    d = dict(d)
+    d["tenants"] = [t if t not in others else "(another tenant)" for t in d["tenants"]]
+    d["message"] = _redact(d["message"], others)
+    return d

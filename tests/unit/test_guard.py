@@ -1,0 +1,109 @@
+"""Verify before install (controller.server.guard): a change whose compiled flows would
+break isolation is refused before the store, the desired state or any switch sees it;
+twins with identical specs pass; the proof follows changes made by other paths."""
+import pytest
+
+from controller.server.errors import ApiError
+from controller.server.guard import BLOCKING
+from tests.planted import plant
+from tests.unit.fixtures import tenant_yaml
+from tests.unit.test_core import desired, held, held_from_scratch
+
+TWIN_PORTS = [("p1", "10.0.0.11", "hv1"), ("p2", "10.0.0.12", "hv2")]
+
+
+def twins(core):
+    for name in ("twin-a", "twin-b"):
+        r = core.create(tenant_yaml(name, "s", TWIN_PORTS))
+        assert r["verified"]["result"] == "ok", r
+    return core.tenants["twin-b"].alloc.ofport["p1"]  # twin-b's p1 on hv1
+
+
+def test_identical_twins_pass_and_each_change_is_proved(core):
+    twins(core)
+    r = core.port_add("twin-a", "s", name="p3", host="hv1")
+    assert r["verified"]["result"] == "ok" and r["verified"]["warnings"] == []
+    seen = core.guard.since(0)
+    assert [(e["tenant"], e["result"]) for e in seen["changes"]] == \
+        [("twin-a", "ok"), ("twin-b", "ok"), ("twin-a", "ok")]
+    assert seen["counts"]["refused"] == 0
+
+
+def test_a_planted_leak_is_refused_with_nothing_changed(core):
+    victim = twins(core)
+    before, rev = desired(core), core.store.tenant("twin-a").revision
+    ports_before = [p.name for p in core.tenants["twin-a"].tenant.ports]
+    undo = plant("hv1", victim)
+    try:
+        with pytest.raises(ApiError) as e:
+            core.port_add("twin-a", "s", name="planted1", host="hv1")
+    finally:
+        undo()
+    err = e.value
+    assert "would break isolation" in str(err) and "nothing was changed" in str(err)
+    fields = [f for f, _ in err.errors]
+    assert fields and set(fields) <= {f"verify.{k}" for k in BLOCKING} and "verify.isolation_port" in fields
+    text = "\n".join(m for _, m in err.errors)
+    assert "planted: a compiler bug" in text  # the counterexample names the deciding flow
+    assert "twin-b" not in text and "(another tenant)" in text  # the other tenant is not named to this one
+    # nothing stored, nothing in memory, nothing for the switches
+    assert desired(core) == before
+    assert core.store.tenant("twin-a").revision == rev
+    assert [p.name for p in core.tenants["twin-a"].tenant.ports] == ports_before
+    assert held(core.used) == held_from_scratch(core)
+    last = core.guard.since(0)["changes"][-1]
+    assert last["result"] == "refused" and last["violations"][0]["kind"] == "isolation_port"
+    assert "twin-b" in last["violations"][0]["tenants"]  # the operator's view names both
+    mine = core.guard.since(0, tenant="twin-a")["changes"][-1]
+    assert "twin-b" not in str(mine)
+    # the proof was left for a rebuild: the next clean change is proved against the real state
+    r = core.port_add("twin-a", "s", name="p3", host="hv1")
+    assert r["verified"]["result"] == "ok"
+
+
+def test_the_same_plant_goes_through_when_the_guard_is_off(core):
+    victim = twins(core)
+    core.guard.enabled = False
+    undo = plant("hv1", victim)
+    try:
+        r = core.port_add("twin-a", "s", name="planted1", host="hv1")
+    finally:
+        undo()
+    assert "verified" not in r
+    assert any(f.rule == "planted: a compiler bug" for f in core.desired["hv1"].values())
+
+
+def test_a_leak_planted_through_another_path_is_not_blamed_on_the_next_change(core):
+    """The proof follows the desired state's generation: a change made by another path
+    (here a tenant deleted) rebuilds it; findings it already had do not refuse others."""
+    twins(core)
+    rebuilt = core.guard.counts["rebuilt"]
+    core.delete("twin-b")
+    r = core.port_add("twin-a", "s", name="p3", host="hv2")
+    assert r["verified"]["result"] == "ok"
+    assert core.guard.counts["rebuilt"] == rebuilt + 1
+
+
+def test_watch_lines_metrics_and_the_page_show_a_refusal(core):
+    from controller.client.render import change_proof_lines
+    from controller.client.ui import tenant_html
+    victim = twins(core)
+    undo = plant("hv1", victim)
+    try:
+        with pytest.raises(ApiError):
+            core.port_add("twin-a", "s", name="planted1", host="hv1")
+    finally:
+        undo()
+    mine = core.verify_changes(0, "twin-a")["changes"]
+    lines = change_proof_lines(mine[-1])
+    assert "REFUSED" in lines[0] and "twin-a" in lines[0]
+    assert any(line.strip().startswith("VIOLATION isolation_port") for line in lines[1:])
+    assert "twin-b" not in "\n".join(lines)
+    text = core.metrics.text()
+    assert 'nvctl_verify_changes_total{result="refused"} 1.0' in text
+    assert "nvctl_verify_change_last_ok 0.0" in text
+    show = core.show("twin-a")
+    page = tenant_html("twin-a", show, "<svg></svg>", None, None, mine)
+    assert page.count('class="bad">refused') == 1 and page.count('class="ok">ok') == 1
+    with pytest.raises(ApiError):
+        core.verify_changes(0, "ghost")

@@ -113,6 +113,12 @@ def ratios(res: dict) -> dict:
             for k in ("min", "max"):
                 if isinstance(c.get(f"change_ms_{k}"), (int, float)):
                     out[f"change_one_port_ms_10k_ports_{k}"] = c[f"change_ms_{k}"]
+        g = c.get("verify_before_install") or {}
+        if isinstance(g.get("proof_ms_median"), (int, float)):  # the proof's own cost on a one-port change
+            out["verify_before_install_ms_one_port"] = g["proof_ms_median"]
+            out["verify_before_install_ms_one_port_min"] = g["proof_ms_min"]
+            out["verify_before_install_ms_one_port_max"] = g["proof_ms_max"]
+            out["change_one_port_proved_over_unproved"] = g["over_unguarded"]
     if _get(res, "verify", "ports") == 10000:  # the target's size: medians, and their spread
         for name, path in (("verify_seconds_10k_ports", ("verify", "full_verify_s")),
                            ("verify_recheck_ms_10k_ports", ("verify", "recheck_ms"))):

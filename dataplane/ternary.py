@@ -224,4 +224,7 @@ def solve(cons: dict, negs: tuple, budget: int = 20000) -> dict | None:
     r = _prune(cons, negs) if negs else (cons, negs)
     if r is None:
         return None
-    return rec(*r)
+    try:
+        return rec(*r)
+    finally:
+        rec = None  # it calls itself through this cell: a cycle the collector would have to find

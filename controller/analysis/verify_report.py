@@ -25,20 +25,17 @@ from controller.analysis.verify_model import Endpoint, PairPolicy, Report, Viola
 
 class _Lazy:
     """The chain composed after p, computed when first needed; `evi`: an event of the
-    chain's last branch (a tunnel output)."""
-    __slots__ = ("p", "chain", "evi", "_c")
+    chain's last branch (a tunnel output). `pre`: {(id p, id of each link so far): p
+    composed with them}, shared by the lazies of one result, so that chains with a
+    common start compose it once (and an empty start ends them all at once)."""
+    __slots__ = ("p", "chain", "evi", "_c", "pre")
 
-    def __init__(self, p, chain, evi=None):
-        self.p, self.chain, self.evi, self._c = p, chain, evi, False
+    def __init__(self, p, chain, evi=None, pre=None):
+        self.p, self.chain, self.evi, self._c, self.pre = p, chain, evi, False, pre
 
     def state(self):
         if self._c is False:
-            c = self.p
-            for b in self.chain:
-                c = hs.compose(c, b)
-                if c is None:
-                    break
-            self._c = c
+            self._c = _compose_chain(self.p, self.chain, self.pre)
         return self._c
 
     def env(self):
@@ -70,6 +67,36 @@ class _Replay:
                     return
                 continue
             i += 1
+
+
+def _compose_chain(p, chain, pre=None):
+    """p composed with each branch of `chain` in turn (None once empty); the prefixes
+    kept in `pre` (see _Lazy)."""
+    if pre is None:
+        c = p
+        for b in chain:
+            c = hs.compose(c, b)
+            if c is None:
+                break
+        return c
+    c, k = p, (id(p),)
+    for b in chain:
+        k = k + (id(b),)
+        got = pre.get(k, False)
+        if got is False:
+            got = pre[k] = hs.compose(c, b)
+        c = got
+        if c is None:
+            break
+    return c
+
+
+def _prefixes(r) -> dict:
+    """The prefix cache of r's lazies (_Lazy.pre): it holds p and the links, so ids stay theirs."""
+    pre = r.lazy.get("pre")
+    if pre is None:
+        pre = r.lazy["pre"] = {}
+    return pre
 
 
 def _state(x):
@@ -156,13 +183,64 @@ class Reporting:
         got = r.lazy.get("exits")
         if got is None:
             got = list(r.exits)
+            pre = _prefixes(r)
             for p, scan in r.pend_exits:
                 for peer, vni, chain, evi in scan.exits:
-                    c = _Lazy(p, chain).state()
+                    c = _compose_chain(p, chain, pre)
                     if c is not None:
                         got.append((peer, vni, c, len(c.events) - len(chain[-1].events) + evi))
             r.lazy["exits"] = got
         return got
+
+    def _no_tunnel_loop(self, roots: list, limit: int) -> bool:
+        """Can `_tunnel_loops` be skipped, finding nothing? Its walk follows each entry's tunnel
+        exits (peer and VNI are known from the scans, before any composition) to the entry
+        they reach: when the graph of those edges, from `roots`, has no cycle, no walk comes
+        back to an entry it went through; and when the walk's compositions along every path
+        (at most one per edge followed, an edge's composition may only prune) stay within
+        `limit`, no fan-out is reported either. An edge's packets may be empty: the graph
+        holds more than the walk follows, never less. False (walk) otherwise, and when an
+        exit reaches an entry that has no result yet."""
+        results = self.results
+        cost: dict = {}  # sid -> compositions the walk makes below it; None while on the stack
+
+        def edges(sid):
+            r = results[sid]
+            out = [(peer, vni) for peer, vni, _c, _e in r.exits]
+            for _p, scan in r.pend_exits:
+                out.extend((peer, vni) for peer, vni, _ch, _e in scan.exits)
+            return [("tunnel", peer, vni) for peer, vni in out if peer != sid[1]]
+
+        total = 0
+        for root in roots:
+            if root[1] not in self.net.hosts:
+                continue
+            stack = [(root, iter(edges(root)), 0)]
+            cost[root] = None
+            while stack:
+                sid, it, n = stack[-1]
+                nxt = next(it, False)
+                if nxt is False:
+                    stack.pop()
+                    cost[sid] = n
+                    if stack:
+                        up, uit, un = stack[-1]
+                        stack[-1] = (up, uit, un + 1 + n)
+                    continue
+                if nxt not in results:
+                    return False
+                if nxt in cost:
+                    c = cost[nxt]
+                    if c is None:
+                        return False  # a cycle: the walk may find a loop
+                    stack[-1] = (sid, it, n + 1 + c)
+                    continue
+                cost[nxt] = None
+                stack.append((nxt, iter(edges(nxt)), 0))
+            total += cost[root]
+            if total > limit:
+                return False
+        return True
 
     def _tunnel_loops(self, tenant: str, limit: int = 4096) -> list:
         """Loops through tunnels: a packet that arrives on a host over a tunnel and, tunnelled
@@ -174,6 +252,8 @@ class Reporting:
         out, seen = [], set()
         budget = [limit]
         roots = sorted(sid for sid in self._by_tenant.get(tenant, ()) if sid[0] == "tunnel")
+        if self._no_tunnel_loop(roots, limit):
+            return out
 
         def entry(sid):
             r = self.results.get(sid)
@@ -216,9 +296,12 @@ class Reporting:
                 if r2 is not None and c.witness() is not None:
                     walk(root, r2, c, ci, trail + (nxt,))
 
-        for root in roots:
-            if root[1] in self.net.hosts:
-                walk(root, self.results[root], None, None, (root,))
+        try:
+            for root in roots:
+                if root[1] in self.net.hosts:
+                    walk(root, self.results[root], None, None, (root,))
+        finally:
+            walk = entry = None  # walk calls itself through its cell, which holds self: a cycle
         if budget[0] <= 0:
             out.append(Violation("unsupported", [tenant], f"{tenant}'s tunnel outputs fan out beyond "
                                  f"{limit} compositions: loops through tunnels not followed to the end"))
@@ -288,8 +371,9 @@ class Reporting:
         got = r.lazy.get(k)
         if got is None:
             got = list(r.local.get(port, ())) + list(r.delivered.get(port, ()))
+            pre = _prefixes(r)
             for p, scan in r.pend:
-                got.extend(_Lazy(p, chain) for chain in scan.by_port.get(port, ()))
+                got.extend(_Lazy(p, chain, None, pre) for chain in scan.by_port.get(port, ()))
             r.lazy[k] = got
         return got
 
@@ -300,8 +384,9 @@ class Reporting:
         got = r.lazy.get(k)
         if got is None:
             got = [(vni, s, env) for peer, vni, s, env in r.tunnels if peer == host]
+            pre = _prefixes(r)
             for p, scan in r.pend:
-                got.extend((vni, _Lazy(p, chain, evi), None)
+                got.extend((vni, _Lazy(p, chain, evi, pre), None)
                            for vni, chain, evi in scan.by_peer.get(host, ()))
             r.lazy[k] = got
         return got

@@ -301,7 +301,7 @@ class Reporting:
                 if root[1] in self.net.hosts:
                     walk(root, self.results[root], None, None, (root,))
         finally:
-            walk = entry = None  # walk calls itself through its cell, which holds self: a cycle
+            walk = None  # walk calls itself through its cell, which holds self: a cycle
         if budget[0] <= 0:
             out.append(Violation("unsupported", [tenant], f"{tenant}'s tunnel outputs fan out beyond "
                                  f"{limit} compositions: loops through tunnels not followed to the end"))

@@ -270,6 +270,7 @@ class Outcome:
     escaped: str = ""
     misfits: list = field(default_factory=list)  # (host, Flow, owner or None): flows of its cookie not its
     cpu: float = 0.0  # seconds of CPU its check took (where the time goes)
+    twin: str = ""  # the tenant whose clean verdict it was given (verify_twins), "" if checked
 
 
 _COUNT_KEYS = ("port_starts", "tunnel_starts", "external_starts", "branches", "reach_pairs", "policy_pairs",
@@ -303,8 +304,11 @@ class Sliced:
     `workers`: processes for a full run (default os.cpu_count(); 1: this process only)."""
 
     def __init__(self, net: Network, *, workers: int | None = None, clock: Callable[[], float] | None = None,
-                 tenant: str | None = None):
+                 tenant: str | None = None, twins: bool = True):
         self.net = net
+        self.twins = twins  # a full run gives a tenant its twin's clean verdict (verify_twins)
+        self._sinfo = None  # verify_twins.SharedInfo, until the shared flows change
+        self.twinned = 0  # tenants of the last full run given their twin's verdict
         self.clock = clock
         self.only_tenant = tenant
         self.workers = workers if workers is not None else _default_workers()
@@ -383,6 +387,7 @@ class Sliced:
                 self.hosts_of.setdefault(o, set()).add(h)
         self.shared[h] = shared
         self._shared_idx.pop(h, None)
+        self._sinfo = None
 
     def _misfits(self, tenant: str) -> list:
         """The flows with `tenant`'s id in their cookie that are not in its slice."""
@@ -442,6 +447,54 @@ class Sliced:
         out.cpu = time.process_time() - c0
         return out
 
+    # ---- twins ---------------------------------------------------------------------------
+
+    def twin_groups(self, names: list) -> list:
+        """`names` in groups that may be twins (verify_twins): the same hosts, each port
+        name on the same host, the same number of own flows on each host; each group in name order, the groups largest first.
+        Without twins (or for a tenant alone), one group per tenant."""
+        if not self.twins:
+            return [[n] for n in names]
+        by: dict = {}
+        for n in names:
+            hosts = tuple(sorted(self.hosts_of.get(n, ())))
+            tid = self.net.tenants[n].tenant_id
+            places = tuple(sorted((self.net.ports[k].port, k[0]) for k in self.base._tenant_ports(n)))
+            key = (hosts, places, tuple(len(self.groups.get(h, {}).get(tid, ())) for h in hosts))
+            by.setdefault(key, []).append(n)
+        return sorted(by.values(), key=lambda g: (-len(g), g[0]))
+
+    def shared_info(self):
+        if self._sinfo is None:
+            from controller.analysis.verify_twins import SharedInfo
+            self._sinfo = SharedInfo(self)
+        return self._sinfo
+
+    def check_group(self, names: list) -> list:
+        """The Outcomes of a group of possible twins: the first checked; each other given
+        the verdict of a clean one it is a twin of (`verify_twins.twin_map`), or checked."""
+        from controller.analysis.verify_twins import transfer, twin_map
+        outs, clean = [], []
+        for n in names:
+            got = None
+            for o in clean[:2]:
+                c0 = time.process_time()
+                pi = twin_map(self, o.tenant, n, self.shared_info())
+                if pi is not None:
+                    got = transfer(o, n, pi)
+                    got.misfits = self._misfits(n)
+                    got.twin = o.tenant
+                    got.cpu = time.process_time() - c0
+                    if got.misfits:
+                        got = None
+                    break
+            if got is None:
+                got = self.check_tenant(n)
+                if not (got.starts or got.reach or got.escaped or got.misfits):
+                    clean.append(got)
+            outs.append(got)
+        return outs
+
     # ---- running -----------------------------------------------------------------------
 
     def run(self) -> Report:
@@ -453,13 +506,17 @@ class Sliced:
             for h in sorted(self.net.hosts):
                 self.shared_v[h] = shared_violations(self.base, self.own, h, self.shared[h])
                 self.shared_index(h)  # before the fork: every worker reads it
-            t2 = pc()
             names = self._tenants()
+            groups = self.twin_groups(names)
+            if len(groups) < len(names):
+                self.shared_info()  # before the fork: every worker reads it
+            t2 = pc()
             if self.workers > 1 and len(names) >= MIN_TENANTS_FOR_WORKERS:
-                outs = _in_workers(self, names, self.workers)
+                outs = _in_workers(self, groups, self.workers)
             else:
-                outs = [self.check_tenant(n) for n in names]
+                outs = [o for g in groups for o in self.check_group(g)]
             t3 = pc()
+            self.twinned = sum(1 for o in outs if o.twin)
             for o in outs:
                 self._keep(o)
             self._fix_misfits()
@@ -468,7 +525,7 @@ class Sliced:
             t5 = pc()
             rep = self._report(t0)
         cpu = sorted(o.cpu for o in outs)
-        tm.update(shared_proof=t2 - t1, slices=t3 - t2, misfits=t4 - t3, provider=t5 - t4, report=pc() - t5,
+        tm.update(shared_proof=t2 - t1, slices=t3 - t2, twinned=self.twinned, misfits=t4 - t3, provider=t5 - t4, report=pc() - t5,
                   slices_cpu=sum(cpu), tenant_cpu_median=cpu[len(cpu) // 2] if cpu else 0.0,
                   tenants=len(outs), escaped=len(self.escaped),
                   workers=self.workers if self.workers > 1 and len(names) >= MIN_TENANTS_FOR_WORKERS else 1)
@@ -882,20 +939,22 @@ def _may_fork() -> bool:
 
 def _work(chunk: list) -> list:
     gc.disable()  # the worker's objects live until it exits
-    return [_ACTIVE.check_tenant(n) for n in chunk]
+    return [o for g in chunk for o in _ACTIVE.check_group(g)]
 
 
-def _in_workers(sliced: Sliced, names: list, workers: int) -> list:
-    """Every tenant's Outcome, computed by `workers` forked processes (chunks dealt round
-    robin so that each gets a share of every size)."""
+def _in_workers(sliced: Sliced, groups: list, workers: int) -> list:
+    """Every tenant's Outcome, computed by `workers` forked processes from `groups` of
+    possible twins (Sliced.twin_groups; a group stays in one process), the chunks dealt
+    round robin so that each gets a share of every size."""
     import multiprocessing
     global _ACTIVE
     try:
         ctx = multiprocessing.get_context("fork")
     except ValueError:  # no fork on this platform: this process
-        return [sliced.check_tenant(n) for n in names]
+        return [o for g in groups for o in sliced.check_group(g)]
     if not _may_fork():
-        return [sliced.check_tenant(n) for n in names]
+        return [o for g in groups for o in sliced.check_group(g)]
+    names = groups
     per = max(1, len(names) // (workers * 8))
     chunks = [names[i::len(names) // per or 1] for i in range(len(names) // per or 1)]
     _ACTIVE = sliced

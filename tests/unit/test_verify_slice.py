@@ -309,3 +309,82 @@ def test_the_delta_entry_agrees_with_a_full_run_over_random_changes(blue_red):
         if planted:
             assert not inc.ok
     assert {"isolation_port", "scope_change"} <= seen  # the leaks planted were caught by the delta entry
+
+
+def _synth(tenants=30, hosts=10):
+    from bench.synth import deployment
+    from controller.compile.compiler import compile_world
+    hs_, w, _docs = deployment(tenants, 10, hosts)
+    return hs_, w, {h: list(fl.values()) for h, fl in compile_world(hs_, w).items()}
+
+
+def _twins_agree(hs_, w, flows):
+    """A full run that gives twins their twin's verdict reports what one that checks every
+    tenant does: the same violations and counts, each tenant's counts and targets."""
+    a = Sliced(net_of(hs_, w, flows), workers=1)
+    b = Sliced(net_of(hs_, w, flows), workers=1, twins=False)
+    ra, rb = a.run(), b.run()
+    assert [v.format() for v in ra.violations] == [v.format() for v in rb.violations]
+    assert ra.checked == rb.checked
+    for n, o in a.outcomes.items():
+        assert (o.counts, o.targets) == (b.outcomes[n].counts, b.outcomes[n].targets), n
+    return a, ra
+
+
+def test_twins_are_given_their_twins_verdict_and_it_is_the_same():
+    hs_, w, flows = _synth()
+    s, r = _twins_agree(hs_, w, flows)
+    assert r.ok and s.twinned == 20  # t0, t10, t20 are twins (same hosts, ports, shape): 10 groups of 3
+    assert all(int(o.twin[1:]) % 10 == int(n[1:]) % 10 for n, o in s.outcomes.items() if o.twin)
+
+
+def test_a_twin_that_leaks_is_checked_and_its_leak_caught():
+    from dataplane.match_action import Output as Out
+    hs_, w, flows = _synth()
+    t0, a0 = w["t0"]
+    _t, a10 = w["t10"]
+    (h, x), = [(k[0], k[1]) for k in [(p.host, a0.ofport[p.name]) for p in t0.ports if p.name == "p2"]]
+    # t10's delivery to its own port on that host goes to t0's port instead: same shape, same count
+    mine = [f for f in flows[h] if f.tenant_id == a10.tenant_id and any(
+        act.__class__ is Out and act.port.__class__ is int and act.port != TUNNEL_OFPORT for act in f.actions)]
+    victim = mine[0]
+    bad = Flow(victim.table, victim.priority, victim.match,
+               tuple(Out(x) if act.__class__ is Out else act for act in victim.actions),
+               victim.layer_id, victim.tenant_id, "planted")
+    leaked = {k: [bad if f is victim else f for f in fl] for k, fl in flows.items()}
+    s, r = _twins_agree(hs_, w, leaked)
+    assert any(v.kind == "isolation_port" and v.tenants == ["t10", "t0"] for v in r.violations), r.format()
+    assert not s.outcomes["t10"].twin and s.twinned == 19
+    # the same leak in the group's first tenant: it is checked, its twins too (or given a clean one's verdict)
+    _t, a20 = w["t20"]
+    (y,) = [a20.ofport[p.name] for p in w["t20"][0].ports if p.name == "p2"]
+    mine = [f for f in flows[h] if f.tenant_id == a0.tenant_id and any(
+        act.__class__ is Out and act.port.__class__ is int and act.port != TUNNEL_OFPORT for act in f.actions)]
+    victim = mine[0]
+    bad = Flow(victim.table, victim.priority, victim.match,
+               tuple(Out(y) if act.__class__ is Out else act for act in victim.actions),
+               victim.layer_id, victim.tenant_id, "planted")
+    leaked = {k: [bad if f is victim else f for f in fl] for k, fl in flows.items()}
+    s, r = _twins_agree(hs_, w, leaked)
+    assert any(v.kind == "isolation_port" and v.tenants == ["t0", "t20"] for v in r.violations), r.format()
+    assert not s.outcomes["t0"].twin
+
+
+def test_a_twin_rewritten_into_its_twins_vni_is_not_given_its_verdict():
+    hs_, w, flows = _synth()
+    _t, a0 = w["t0"]
+    _t, a10 = w["t10"]
+    vni0, vni10 = sorted(a0.vni.values()), sorted(a10.vni.values())
+    h = "hv1"
+    mine = [f for f in flows[h] if f.tenant_id == a10.tenant_id and any(
+        act.__class__ is SetField and act.field == "tunnel_id" for act in f.actions)]
+    assert mine
+    victim = mine[0]
+    bad = Flow(victim.table, victim.priority, victim.match,
+               tuple(SetField("tunnel_id", vni0[vni10.index(act.value)] if act.value in vni10 else act.value)
+                     if act.__class__ is SetField and act.field == "tunnel_id" else act for act in victim.actions),
+               victim.layer_id, victim.tenant_id, "planted")
+    leaked = {k: [bad if f is victim else f for f in fl] for k, fl in flows.items()}
+    s, r = _twins_agree(hs_, w, leaked)
+    assert not r.ok and not s.outcomes["t10"].twin
+    assert any("t10" in v.tenants and "t0" in v.tenants for v in r.violations), r.format()

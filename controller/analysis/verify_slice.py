@@ -453,7 +453,7 @@ class Sliced:
         """`names` in groups that may be twins (verify_twins): the same hosts, each port
         name on the same host, the same number of own flows on each host; each group in name order, the groups largest first.
         Without twins (or for a tenant alone), one group per tenant."""
-        if not self.twins:
+        if not self.twins or self.base.static:  # a number allocated twice: owners are not one-to-one
             return [[n] for n in names]
         by: dict = {}
         for n in names:

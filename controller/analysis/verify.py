@@ -38,7 +38,10 @@ table whose miss is "continue", a flow with actions but no output.
 The proof is sliced by tenant (`verify_slice`): a shared proof over the flows no tenant
 owns (no packet changes scope but through declared paths), then each tenant's flows with
 the shared ones, alone, in worker processes for a large network; a packet that could
-leave its tenant's slice has that tenant checked over the whole tables. `verify_run`'s
+leave its tenant's slice has that tenant checked over the whole tables. A tenant whose
+slice is another's with other numbers (VNIs, ofports, MACs, zones...: `verify_twins`
+checks the renaming flow by flow) is given that one's verdict when it is clean; a
+change re-checks through `Sliced.update_delta` (the compiler's diff). `verify_run`'s
 Verifier runs the starts through the tables (symbolically, with `hs.Engine`) and keeps
 their results up to date as flows, facts and ports change; `verify_checks` checks each
 start's final states; `verify_report` checks reachability, builds the report and the

@@ -60,7 +60,7 @@ class _Walk:
     """What a side-by-side walk of two flow lists relates and requires."""
 
     def __init__(self):
-        self.pairs: dict = {}  # field -> {(host or None, a, b)}
+        self.fwd: dict = {}  # (field, host for in_port else None, a) -> b: one image per value
         self.parent: dict = {}  # union-find over field names
         self.masks: dict = {}  # field -> {mask}: partial masks tested or written
         self.masked_writes: set = set()  # fields written with a mask
@@ -79,7 +79,19 @@ class _Walk:
             self.parent[ra] = rb
 
     def rel(self, field: str, host, a, b) -> None:
-        self.pairs.setdefault(field, set()).add((host if field == "in_port" else None, a, b))
+        k = (field, host if field == "in_port" else None, a)
+        got = self.fwd.get(k)
+        if got is None:
+            self.fwd[k] = b
+        elif got != b:
+            raise Mismatch
+
+    def by_field(self) -> dict:
+        """field -> [(host or None, a, b)]"""
+        out: dict = {}
+        for (f, h, a), b in self.fwd.items():
+            out.setdefault(f, []).append((h, a, b))
+        return out
 
 
 def _same_match(w: _Walk, host: str, fa, fb) -> None:
@@ -87,11 +99,17 @@ def _same_match(w: _Walk, host: str, fa, fb) -> None:
     if len(ia) != len(ib):
         raise Mismatch
     full = hs.FULL
+    fwd = w.fwd
     for (n, v, m), (n2, v2, m2) in zip(ia, ib):
         if n != n2 or m != m2:
             raise Mismatch
         if m == full[n]:
-            w.rel(n, host, v, v2)
+            k = (n, host if n == "in_port" else None, v)
+            got = fwd.get(k)
+            if got is None:
+                fwd[k] = v2
+            elif got != v2:
+                raise Mismatch
         else:
             if v != v2:
                 raise Mismatch
@@ -178,8 +196,8 @@ class SharedInfo:
                     _same_actions(v, h, groups, groups, f.actions, f.actions)
                 except Mismatch:  # pragma: no cover - a flow equals itself
                     raise
-                for fld, ps in v.pairs.items():
-                    values.setdefault(fld, set()).update(a for _h, a, _b in ps)
+                for (fld, _h, a), _b in v.fwd.items():
+                    values.setdefault(fld, set()).add(a)
                 for fld, ms in v.masks.items():
                     w.masks.setdefault(fld, set()).update(ms)
                 w.masked_writes |= v.masked_writes
@@ -247,7 +265,8 @@ def _twin_map(sliced, rep: str, other: str, shared: SharedInfo):
         w.union(a, sw.find(a))
     # the classes, and each one's relation: one-to-one, the constants left alone
     classes: dict = {}  # root -> {fields}
-    for f in set(w.pairs) | set(w.masks) | set(sw.masks) | w.masked_writes | sw.masked_writes | \
+    pairs = w.by_field()
+    for f in set(pairs) | set(w.masks) | set(sw.masks) | w.masked_writes | sw.masked_writes | \
             set(shared.values):
         classes.setdefault(w.find(f), set()).add(f)
     pi: dict = {}
@@ -256,7 +275,7 @@ def _twin_map(sliced, rep: str, other: str, shared: SharedInfo):
         bwd: dict = {}
         moved = set()
         for f in fields:
-            for h, a, b in w.pairs.get(f, ()):
+            for h, a, b in pairs.get(f, ()):
                 key = h if "in_port" in fields else None
                 if fwd.setdefault((key, a), b) != b or bwd.setdefault((key, b), a) != a:
                     raise Mismatch
@@ -301,7 +320,7 @@ def _twin_map(sliced, rep: str, other: str, shared: SharedInfo):
         if mf.setdefault((h, a), b) != b or mb.setdefault((h, b), a) != a:
             raise Mismatch
     for f, ok in (("ct_zone", fa.zones), ("group", fa.groups)):
-        for _h, a, b in w.pairs.get(f, ()):
+        for _h, a, b in pairs.get(f, ()):
             if (a in ok) != (b in (fb.zones if f == "ct_zone" else fb.groups)):
                 raise Mismatch
     return pi

@@ -60,6 +60,7 @@ from controller.analysis.verify_run import Verifier, _MEMO_KEYS, _paused_gc
 from controller.analysis.verify_model import (HostTables, Network, Report, TenantFacts, Violation,
                                                _as_flow_list, host_tables)
 from controller.analysis.verify_report import _packet
+from controller.analysis.verify_twins import SharedInfo, renamed_targets, twin_map
 
 MIN_TENANTS_FOR_WORKERS = 64  # below this, forking costs more than it saves
 _ADDR_FIELDS = ("ipv4_dst", "arp_tpa")
@@ -466,14 +467,12 @@ class Sliced:
 
     def shared_info(self):
         if self._sinfo is None:
-            from controller.analysis.verify_twins import SharedInfo
             self._sinfo = SharedInfo(self)
         return self._sinfo
 
     def check_group(self, names: list) -> list:
         """The Outcomes of a group of possible twins: the first checked; each other given
         the verdict of a clean one it is a twin of (`verify_twins.twin_map`), or checked."""
-        from controller.analysis.verify_twins import transfer, twin_map
         outs, clean = [], []
         for n in names:
             got = None
@@ -481,7 +480,7 @@ class Sliced:
                 c0 = time.process_time()
                 pi = twin_map(self, o.tenant, n, self.shared_info())
                 if pi is not None:
-                    got = transfer(o, n, pi)
+                    got = Outcome(n, [], [], dict(o.counts), renamed_targets(o.targets, pi))
                     got.misfits = self._misfits(n)
                     got.twin = o.tenant
                     got.cpu = time.process_time() - c0

@@ -8,7 +8,7 @@ walks both tenants' own flows on each host side by side, flow by flow, and retur
 renaming `pi` (value in `rep`'s slice -> value in `other`'s, per class of fields) under
 which `other`'s slice is exactly `rep`'s, or None. When it exists, and `rep`'s check
 found nothing (no violation, no escape, no misfit), `other`'s check would find nothing
-either, with the same counts, and its targets are `rep`'s renamed (`transfer`).
+either, with the same counts, and its targets are `rep`'s renamed (`renamed_targets`).
 
 Why that is a proof. The engine (`hs.Engine`) and the checks treat the values renamed
 only through equality: lookups keyed by a value, matches of the whole field (a cube),
@@ -349,10 +349,9 @@ def _owned_alike(sliced, rep: str, other: str, fields: set, scope: set, fwd: dic
             raise Mismatch
 
 
-def transfer(outcome, other: str, pi: dict):
-    """`outcome` (a clean one of the twin) as `other`'s: the same counts, its targets renamed."""
-    from controller.analysis.verify_slice import Outcome
+def renamed_targets(targets, pi: dict) -> frozenset:
+    """A clean twin's targets ((host, ofport) its packets are output to) as the other's:
+    every port of the twin's is related (its starts); the others are constants (the
+    tunnel's)."""
     ports = pi.get("in_port@", {})
-    # every port of the twin's is related (its starts); the others are constants (the tunnel's)
-    targets = frozenset((h, ports.get((h, p), p)) for h, p in outcome.targets)
-    return Outcome(other, [], [], dict(outcome.counts), targets)
+    return frozenset((h, ports.get((h, p), p)) for h, p in targets)

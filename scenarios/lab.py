@@ -495,9 +495,10 @@ class Lab:
             n.link("set", index=idx, state="up")
         deepen_instance(self.host_dir(name))  # its ports' sockets are new
 
-    def start_controller(self) -> int:
+    def start_controller(self, preamble: str | None = None, env: dict | None = None) -> int:
+        """(Again) the lab's controller; `preamble`, `env`: see spawn_controller (tests)."""
         return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir,
-                                api_listen=f"{CONTROLLER_IP}:{API_PORT}")
+                                api_listen=f"{CONTROLLER_IP}:{API_PORT}", preamble=preamble, env=env)
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
         _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, sig, group=True)
@@ -622,16 +623,21 @@ class Lab:
 
 def spawn_controller(netns_path: str | None, state_dir: str, listen: str, port: int, pki: str | None = None,
                      store: str | None = None, name: str | None = None, api_listen: str | None = None,
-                     enter: list[str] | None = None, inside_state_dir: str | None = None) -> int:
+                     enter: list[str] | None = None, inside_state_dir: str | None = None,
+                     preamble: str | None = None, env: dict | None = None) -> int:
     """Start the controller inside a network namespace (given as a path: /run/netns/X or
     /proc/PID/ns/net), or inside a machine (`enter`: the command prefix that enters it;
     `inside_state_dir`: state_dir as the machine sees it); wait until its API answers.
-    Its PID goes to state_dir/controller.pid."""
+    Its PID goes to state_dir/controller.pid. `preamble`: Python run before the
+    controller's main in its process (a test's planted bug, tests/planted.py); `env`:
+    added to its environment."""
     log = open(os.path.join(state_dir, "controller.log"), "ab")
     # nsenter, not `ip netns exec`: the latter gives the process a private mount
     # namespace, and workload namespaces it creates would be invisible to everyone else.
     prefix = enter if enter is not None else ["nsenter", f"--net={netns_path}"]
-    cmd = [*prefix, sys.executable, "-m", "controller.server.main",
+    main = (["-m", "controller.server.main"] if preamble is None else
+            ["-c", f"{preamble}\nimport runpy; runpy.run_module('controller.server.main', run_name='__main__')"])
+    cmd = [*prefix, sys.executable, *main,
            "--state-dir", inside_state_dir or state_dir, "--listen", listen, "--port", str(port)]
     if pki:
         cmd += ["--pki", pki]
@@ -642,7 +648,7 @@ def spawn_controller(netns_path: str | None, state_dir: str, listen: str, port: 
     if api_listen and pki:
         cmd += ["--api-listen", api_listen]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env, cwd=root)
     log.close()

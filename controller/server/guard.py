@@ -19,6 +19,7 @@ A piece of `Core`: `core.guard` (controller.server.derived lists it)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -164,9 +165,10 @@ class Guard:
 
 
 def _redact(text: str, others: set) -> str:
-    """A counterexample as the changing tenant may read it: other tenants unnamed."""
+    """A counterexample as the changing tenant may read it: other tenants unnamed (as
+    whole names: a tenant called "s" leaves the word "ports" alone)."""
     for o in sorted(others, key=len, reverse=True):
-        text = text.replace(o, "(another tenant)")
+        text = re.sub(rf"(?<![\w.'-]){re.escape(o)}(?![\w.-])", "(another tenant)", text)
     return text
 
 

@@ -107,3 +107,10 @@ def test_watch_lines_metrics_and_the_page_show_a_refusal(core):
     assert page.count('class="bad">refused') == 1 and page.count('class="ok">ok') == 1
     with pytest.raises(ApiError):
         core.verify_changes(0, "ghost")
+
+
+def test_other_tenants_are_unnamed_as_whole_names_only():
+    from controller.server.guard import _redact
+    assert _redact("s's packet is output to s's port ports-1 (hosts: s.x)", {"s"}) == \
+        "(another tenant)'s packet is output to (another tenant)'s port ports-1 (hosts: s.x)"
+    assert _redact("twin-b/p1 and twin-bb", {"twin-b"}) == "(another tenant)/p1 and twin-bb"

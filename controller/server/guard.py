@@ -93,23 +93,10 @@ class Guard:
             self._build(core)
         t0 = self.clock()
         placement = core._placement()
-        hosts = {}
-        for h, d in delta.items():
-            if not (d.removed or d.added or d.renamed or d.extras_changed):
-                continue
-            cur = dict(core.desired.get(h, {}))
-            for f in d.removed:
-                if cur.get(f.identity) == f:
-                    del cur[f.identity]
-            for f in d.added:
-                cur[f.identity] = f
-            if d.extras_changed:
-                for f in d.flows:
-                    cur[f.identity] = f
-            hosts[h] = list(cur.values())
+        deltas = {h: d for h, d in delta.items() if d.removed or d.added or d.renamed or d.extras_changed}
         facts, ports = vf.tenant_facts(tenant, alloc, placement)
         try:
-            rep = self.proof.update(name, hosts, facts, ports)
+            rep = self.proof.update_delta(name, deltas, facts, ports)  # the compiler's diff, as it is
         except Exception:  # noqa: BLE001 - the proof cannot say: the change is not held back by its bug
             LOG.exception("verify before install of %s failed; the change goes ahead unproved", name)
             self.stale()

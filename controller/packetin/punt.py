@@ -29,13 +29,32 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from controller.packetin import responder
 from controller.layers.services import DNS_PORT, ICMPV6_ECHO_REQUEST, ND_RS
 from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, ND_NS
 from controller.layers.port_security import DHCP_SERVER_PORT
 from topology.model import DEFAULT_LEASE_SECONDS, DNS_SUFFIX, Port, Tenant
 
 DNS_QTYPE_A, DNS_QTYPE_AAAA = 1, 28
+
+
+class _Responder:
+    """`controller.packetin.responder`, imported when first used: it builds its answers
+    with scapy, whose import is about 0.4 s of a controller's start-up (a restart's
+    switches wait for it). `warm()` imports it ahead of the first packet."""
+
+    def __getattr__(self, name):
+        return getattr(warm(), name)
+
+
+def warm():
+    """Import the responder (and scapy) now; returns the module."""
+    global responder
+    from controller.packetin import responder as module
+    responder = module
+    return module
+
+
+responder = _Responder()
 
 
 @dataclass

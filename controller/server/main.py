@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 
 def main(argv=None) -> int:
@@ -35,10 +36,12 @@ def main(argv=None) -> int:
                     help="where the desired state lives: sqlite (STATE_DIR/desired.db, one controller) or "
                          "etcd://HOST:PORT[,HOST:PORT...] (a cluster: one leader, the others follow)")
     ap.add_argument("--name", default="controller", help="this member's name in a cluster")
-    ap.add_argument("--verify-changes", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--verify-changes", action=argparse.BooleanOptionalAction,
+                    default=os.environ.get("NVCTL_VERIFY_CHANGES", "1") != "0",
                     help="prove every tenant change's compiled flows (isolation, shared state, network "
                          "policies) before anything is stored or sent, and refuse one that breaks them, with "
-                         "its counterexample (default: on; see docs/verify.md)")
+                         "its counterexample (default: on, unless NVCTL_VERIFY_CHANGES=0 in the environment; "
+                         "see docs/verify.md)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     if a.api_listen:
@@ -61,41 +64,29 @@ def main(argv=None) -> int:
     cfg.CONF.set_override("ofp_listen_host", a.listen)
     cfg.CONF.set_override("ofp_tcp_listen_port", a.port)
 
-    from controller.server.api import ApiServer
-    from controller.server.core import Core, freeze_heap
-    from controller.state.store import SqliteStore
-    from tep.driver import LabDriver
-
+    if a.store != "sqlite" and not a.store.startswith("etcd://"):
+        ap.error(f"--store {a.store!r}: sqlite or etcd://HOST:PORT[,HOST:PORT...]")
     os.makedirs(a.state_dir, exist_ok=True)
     api_path = os.path.join(a.state_dir, "nvctl.sock")
-    member = None
-    if a.store == "sqlite":
-        core = Core(SqliteStore(os.path.join(a.state_dir, "desired.db")), make_driver=LabDriver)
-    elif a.store.startswith("etcd://"):
-        from controller.state.cluster import Member
-        from controller.state.etcd_store import EtcdClient, EtcdStore, parse_endpoints
-        store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
-        _, revision = store.client.range(store.key("leader"))  # follow every change after this read
-        core = Core(store, make_driver=LabDriver)
-        info = {"address": a.listen, "api": api_path, "of_port": a.port, "api_port": a.api_port,
-                **({"of_tls_port": a.tls_port} if a.pki else {})}
-        if a.api_listen:
-            info["url"] = f"https://{a.api_listen}"
-        member = Member(a.name, store, core, info, watch_from=revision + 1)
-        core.cluster = member
-    else:
-        ap.error(f"--store {a.store!r}: sqlite or etcd://HOST:PORT[,HOST:PORT...]")
-    core.guard.enabled = a.verify_changes
-    core.acl_log.path = os.path.join(a.state_dir, "acl.log")  # logged ACL rules' lines, as JSON lines
-    freeze_heap()
 
+    # OpenFlow listens first: the switches reconnect (OVS retries once a second) while the
+    # state loads and compiles, and their sessions wait in the app until it is attached.
     mgr = AppManager.get_instance()
     mgr.load_apps(["controller.switch.ofadapter"])
     contexts = mgr.create_contexts()
     services = mgr.instantiate_apps(**contexts)
     app = next(x for x in mgr.applications.values() if type(x).__name__ == "NvApp")
+    t0 = time.monotonic()
+    if a.store == "sqlite":  # in a native thread: the green threads meanwhile answer the switches
+        from eventlet import tpool
+        core, member = tpool.execute(_load, a, api_path)
+    else:  # etcd's client talks through green sockets: here
+        core, member = _load(a, api_path)
+    logging.info("state loaded and compiled in %.0f ms: %d tenants, %d hosts", (time.monotonic() - t0) * 1000,
+                 len(core.tenants), len(core.hosts))
     app.attach(core)
 
+    from controller.server.api import ApiServer
     services += _network_services(core, a)  # before the local API: invitations need the PKI
     api = ApiServer(core, api_path)
     if getattr(core, "join_api", None) is not None:
@@ -109,6 +100,7 @@ def main(argv=None) -> int:
         core.ensure_workloads_in_background()  # beside the flow sync, outside the core's lock
     else:
         member.start()  # the leader, once elected, checks the workloads
+    hub.spawn(_warm, core)
     logging.info("controller up: OpenFlow on %s:%d, API on %s, store %s", a.listen, a.port, api.path, a.store)
     import signal
 
@@ -145,6 +137,47 @@ def main(argv=None) -> int:
     finally:
         mgr.close()
     return 0
+
+
+def _warm(core) -> None:
+    """Import what the first DHCP, DNS or too-big packet needs (scapy), once the start-up's
+    workload check is done (or after 10 s): not in a restart's way. (Here, not in a
+    native thread: scapy's import waits forever there under eventlet.)"""
+    from os_ken.lib import hub
+    from controller.packetin import punt
+    deadline = time.monotonic() + 10
+    while core.plugging and time.monotonic() < deadline:
+        hub.sleep(0.1)
+    t0 = time.monotonic()
+    punt.warm()
+    logging.info("packet-in responder imported in %.0f ms", (time.monotonic() - t0) * 1000)
+
+
+def _load(a, api_path: str):
+    """The core with the stored state, compiled: (core, cluster member or None)."""
+    from controller.server.core import Core, freeze_heap
+    from controller.state.store import SqliteStore
+    from tep.driver import LabDriver
+
+    member = None
+    if a.store == "sqlite":
+        core = Core(SqliteStore(os.path.join(a.state_dir, "desired.db")), make_driver=LabDriver)
+    else:
+        from controller.state.cluster import Member
+        from controller.state.etcd_store import EtcdClient, EtcdStore, parse_endpoints
+        store = EtcdStore(EtcdClient(parse_endpoints(a.store)))
+        _, revision = store.client.range(store.key("leader"))  # follow every change after this read
+        core = Core(store, make_driver=LabDriver)
+        info = {"address": a.listen, "api": api_path, "of_port": a.port, "api_port": a.api_port,
+                **({"of_tls_port": a.tls_port} if a.pki else {})}
+        if a.api_listen:
+            info["url"] = f"https://{a.api_listen}"
+        member = Member(a.name, store, core, info, watch_from=revision + 1)
+        core.cluster = member
+    core.guard.enabled = a.verify_changes
+    core.acl_log.path = os.path.join(a.state_dir, "acl.log")  # logged ACL rules' lines, as JSON lines
+    freeze_heap()
+    return core, member
 
 
 def _https_api(core, api, a):

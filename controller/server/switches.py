@@ -208,11 +208,12 @@ class SwitchesMixin:
         if not self.leading():
             LOG.info("host %s connected (this controller follows: nothing sent)", host)
             return
+        t0 = time.perf_counter()
         n = self.reconcile(host)
         st.syncs += 1
         st.last_sync_mods = n
         st.synced_session = session  # last: in_sync is not reported before the figures above
-        LOG.info("host %s connected: sync sent %s flow-mods", host, n)
+        LOG.info("host %s connected: sync sent %s flow-mods in %.0f ms", host, n, (time.perf_counter() - t0) * 1000)
 
     def switch_disconnected(self, session) -> None:
         if self.unclaimed.get(session.dpid) is session:

@@ -118,11 +118,12 @@ class Session:
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
                                          0, 0, parser.OFPMatch())
         w = _Waiter()
-        xid = self._send(req, w)
-        out: list[Flow] = []
-        for reply in self._wait(w, [xid], "flow stats"):
-            for st in reply.body:
-                out.append(ofcodec.flow_from_stats(st, PIPELINE))
+        with ofcodec.READBACK as cache:  # entries other switches report too are parsed once
+            xid = self._send(req, w)
+            out: list[Flow] = []
+            for reply in self._wait(w, [xid], "flow stats"):
+                for st in reply.body:
+                    out.append(ofcodec.flow_from_entry(st, PIPELINE, cache))
         return out
 
     def flow_counts(self, cookie: int = 0, cookie_mask: int = 0) -> list[tuple[int, int, int]]:
@@ -334,10 +335,17 @@ class NvApp(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.core = None
         self.sessions: dict[int, Session] = {}
+        # switches that connected before the core was attached (it loads its state while
+        # OpenFlow already listens): handed to it by attach, those still connected
+        self.waiting: dict[int, Session] = {}
 
     def attach(self, core) -> None:
         self.core = core
         hub.spawn(self._watch_liveness)
+        waiting, self.waiting = self.waiting, {}
+        for dpid, s in waiting.items():
+            if s.dp.is_active and getattr(s.dp, "socket", None) is not None:
+                self._admit(s)
 
     def _watch_liveness(self) -> None:
         """os-ken 4.2 does not always emit the DEAD state change when a switch's
@@ -363,23 +371,34 @@ class NvApp(app_manager.OSKenApp):
             return
         if ev.state == MAIN_DISPATCHER:
             s = Session(dp)
-            if not self.core.admit(dp.id, s.peer_name):
-                LOG.warning("switch %016x refused: certificate %r does not belong to its host",
-                            dp.id, s.peer_name)
-                dp.close()
+            if self.core is None:  # the core is still loading: attach hands it over
+                self.waiting[dp.id] = s
                 return
-            old = self.sessions.get(dp.id)
-            if old is not None:
-                old.close()
-            self.sessions[dp.id] = s
-            hub.spawn(self.core.switch_connected, s)
+            self._admit(s)
         elif ev.state == DEAD_DISPATCHER:
+            w = self.waiting.get(dp.id)
+            if w is not None and w.dp is dp:
+                del self.waiting[dp.id]
+                w.close()
             s = self.sessions.get(dp.id)
             if s is not None and s.dp is dp:
                 self._gone(dp.id, s)
 
+    def _admit(self, s: "Session") -> None:
+        dp = s.dp
+        if not self.core.admit(dp.id, s.peer_name):
+            LOG.warning("switch %016x refused: certificate %r does not belong to its host",
+                        dp.id, s.peer_name)
+            dp.close()
+            return
+        old = self.sessions.get(dp.id)
+        if old is not None:
+            old.close()
+        self.sessions[dp.id] = s
+        hub.spawn(self.core.switch_connected, s)
+
     def _session(self, msg) -> Session | None:
-        s = self.sessions.get(msg.datapath.id)
+        s = self.sessions.get(msg.datapath.id) or self.waiting.get(msg.datapath.id)  # waiting: its ports follow
         return s if s is not None and s.dp is msg.datapath else None
 
     @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply,

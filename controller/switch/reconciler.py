@@ -158,10 +158,16 @@ def reconcile(st: HostState, desired: dict, delta=None, found: dict | None = Non
         reset = frozenset(f.identity for f in adds if (old := st.installed.get(f.identity)) is not None
                           and old.cookie != f.cookie and old.body == f.body)
         n += s.push(dels, adds, reset) if reset else s.push(dels, adds)
-        for f in dels:
-            st.installed.pop(f.identity, None)
-        for f in adds:
-            st.installed[f.identity] = f
+        if delta is None:
+            # the switch now holds exactly the snapshot: keep the desired objects, not the
+            # equal ones read back, so that comparing with the desired state later (in_sync,
+            # asked for every host.list) is by identity, not by rendering each flow's text
+            st.installed = desired
+        else:
+            for f in dels:
+                st.installed.pop(f.identity, None)
+            for f in adds:
+                st.installed[f.identity] = f
         gone = sorted(old_meters - set(want_meters))
         n += s.set_meters({}, set(st.meters), gone) if gone else 0  # and after the flows that used them
         for m in gone:

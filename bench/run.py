@@ -137,6 +137,14 @@ def ratios(res: dict) -> dict:
         v = _median(_get(res, *path))
         if isinstance(v, (int, float)):
             out[name] = v
+    rs = _get(res, "cluster", "restart")  # a controller restart to every host in sync, at the target's size
+    if isinstance(rs, dict) and rs.get("hosts") == 10 and rs.get("ports") == 1000:
+        x = rs.get("restart_to_in_sync_s") or {}
+        if isinstance(x.get("median"), (int, float)):
+            out["restart_seconds_10_hosts_1000_ports"] = x["median"]
+            for k in ("min", "max"):
+                if isinstance(x.get(k), (int, float)):
+                    out[f"restart_seconds_10_hosts_1000_ports_{k}"] = x[k]
     cpu = _median(_get(res, "observe", "cpu", "refresh_share"))
     if isinstance(cpu, (int, float)):
         out["controller_cpu_share_at_1s_stats_refresh"] = cpu

@@ -42,3 +42,12 @@ def test_the_one_port_change_at_10k_ports_is_reported_with_its_spread():
     assert got == {"change_one_port_ms_10k_ports": 4.1, "change_one_port_ms_10k_ports_min": 3.6,
                    "change_one_port_ms_10k_ports_max": 9.0, "change_one_port_over_full_recompile": 0.0013}
     assert "change_one_port_ms_10k_ports" not in ratios({"change": {"ports": 1000, "change_ms_median": 2.0}})
+
+
+def test_a_controller_restart_at_10_hosts_1000_ports_is_reported_with_its_spread():
+    res = {"cluster": {"restart": {"hosts": 10, "ports": 1000,
+                                   "restart_to_in_sync_s": {"median": 2.9, "min": 2.5, "max": 3.4, "n": 3}}}}
+    assert ratios(res) == {"restart_seconds_10_hosts_1000_ports": 2.9, "restart_seconds_10_hosts_1000_ports_min": 2.5,
+                           "restart_seconds_10_hosts_1000_ports_max": 3.4}
+    quick = {"cluster": {"restart": {"hosts": 3, "ports": 60, "restart_to_in_sync_s": {"median": 1.0}}}}
+    assert "restart_seconds_10_hosts_1000_ports" not in ratios(quick)

@@ -331,11 +331,18 @@ def _twins_agree(hs_, w, flows):
     return a, ra
 
 
-def test_twins_are_given_their_twins_verdict_and_it_is_the_same():
+def test_twins_are_given_their_twins_verdict_and_it_is_the_same(monkeypatch):
     hs_, w, flows = _synth()
     s, r = _twins_agree(hs_, w, flows)
     assert r.ok and s.twinned == 20  # t0, t10, t20 are twins (same hosts, ports, shape): 10 groups of 3
     assert all(int(o.twin[1:]) % 10 == int(n[1:]) % 10 for n, o in s.outcomes.items() if o.twin)
+    # in worker processes (a group stays in one): the same
+    monkeypatch.setattr(verify_slice, "MIN_TENANTS_FOR_WORKERS", 1)
+    two = Sliced(net_of(hs_, w, flows), workers=2)
+    r2 = two.run()
+    assert r2.checked == r.checked and r2.ok and two.twinned == 20
+    assert {n: (o.counts, o.targets) for n, o in two.outcomes.items()} == \
+        {n: (o.counts, o.targets) for n, o in s.outcomes.items()}
 
 
 def test_a_twin_that_leaks_is_checked_and_its_leak_caught():

@@ -140,13 +140,18 @@ def main(argv=None) -> int:
 
 
 def _warm(core) -> None:
-    """Import what the first DHCP, DNS or too-big packet needs (scapy), once the start-up's
-    workload check is done (or after 10 s): not in a restart's way. (Here, not in a
-    native thread: scapy's import waits forever there under eventlet.)"""
+    """Import what the first DHCP, DNS or too-big packet needs (scapy), once the start-up
+    is done: the workloads checked and every switch synced since it connected (or after
+    10 s), not in a restart's way. (Here, not in a native thread: scapy's import waits
+    forever there under eventlet.)"""
     from os_ken.lib import hub
     from controller.packetin import punt
+
+    def started() -> bool:
+        return not core.plugging and all(st.session is not None and st.synced_session is st.session
+                                         for st in list(core.state.values()))
     deadline = time.monotonic() + 10
-    while core.plugging and time.monotonic() < deadline:
+    while not started() and time.monotonic() < deadline:
         hub.sleep(0.1)
     t0 = time.monotonic()
     punt.warm()

@@ -399,11 +399,24 @@ def _main(argv, rep) -> int:
     ap.add_argument("--only", default=",".join(ALL),
                     help=f"comma-separated subset of {','.join(ALL + EXTRA)} (default: all but {','.join(EXTRA)})")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for reporting)")
+    ap.add_argument("--cpu-hog", nargs="?", const="any", default=None, metavar="CPU",
+                    help="keep one core busy for the whole run: a busy-loop process of the bench's own (pinned to "
+                         "CPU if given, as taskset -c CPU), stopped by its PID at the end; recorded in the results")
     a = ap.parse_args(argv)
     only = [x for x in a.only.split(",") if x]
     bad = [x for x in only if x not in ALL + EXTRA]
     if bad:
         ap.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(ALL + EXTRA)})")
+    from bench.hog import CpuHog
+    hog = CpuHog(None if a.cpu_hog == "any" else int(a.cpu_hog)).start() if a.cpu_hog is not None else None
+    try:
+        return _suites(a, only, rep, hog)
+    finally:
+        if hog:
+            print(f"[bench] CPU hog stopped: {hog.stop()}", flush=True)
+
+
+def _suites(a, only: list[str], rep, hog) -> int:
     os.makedirs(a.out, exist_ok=True)
     from bench import live, pure
     t0 = time.monotonic()
@@ -446,6 +459,7 @@ def _main(argv, rep) -> int:
         from bench.versus import versus
         res["versus"] = on_fresh_lab(lambda lab: versus(lab, ports=20 if a.quick else 100, reps=1 if a.quick else 3,
                                                          path_reps=1 if a.quick else 5))
+        res["versus"]["cpu_hog"] = hog.info() if hog else None  # what else kept the machine busy
     if "verify" in only:
         suites.next("verify")
         from bench import verify_bench
@@ -503,6 +517,7 @@ def _main(argv, rep) -> int:
         print(scale.report(res["scale"]), flush=True)
     suites.next(None)
     res["seconds"] = round(time.monotonic() - t0, 1)
+    res["cpu_hog"] = hog.info() if hog else None
     path = os.path.join(a.out, "results.json")
     if set(only) != set(ALL + EXTRA) and os.path.exists(path):  # a partial run keeps the other figures
         with open(path) as f:

@@ -39,6 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+from bench import drops
 from bench.reach import Reach
 from bench.stats import percentile, ratio, spread
 from controller.client.api import call
@@ -128,19 +129,33 @@ def _path(src: dict, dst: dict, seconds: float = 3) -> dict:
     return {"mbps": r["mbps"], "retransmits": r["retransmits"], **_ping(src["namespace"], dst["ip"])}
 
 
-def reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120, groups=None) -> float:
-    """Seconds until every pair answers; a timeout is an error (which pairs, and whether
-    every switch is still running), never a figure."""
+def probe(sources: list[tuple[str, str]], targets=None, timeout: float = 120, groups=None) -> dict:
+    """{"s": seconds until every pair answers, "load": what the paced probe offered
+    (Reach.load), "workloads": the workloads' own drop counters}; a timeout is an error
+    (which pairs, what was offered, what the workloads dropped), never a figure."""
     r = Reach(sources, targets, groups)
     try:
         t = r.wait(timeout)
         if t is None:
             some = sorted(r.pending)[:5]
             raise RuntimeError(f"{len(r.pending)} of {r.total} pairs still unanswered after {timeout:.0f}s, e.g. "
-                               + ", ".join(f"{sources[i][1]}@{sources[i][0]} -> {r.targets[j]}" for i, j in some))
-        return round(t, 3)
+                               + ", ".join(f"{sources[i][1]}@{sources[i][0]} -> {r.targets[j]}" for i, j in some)
+                               + f"; offered {r.load()}; workloads dropped {r.workload_drops()}")
+        return {"s": round(t, 3), "load": r.load(), "workloads": r.workload_drops()}
     finally:
         r.close()
+
+
+def reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120, groups=None) -> float:
+    """Seconds until every pair answers (probe(), the figure alone)."""
+    return probe(sources, targets, timeout, groups)["s"]
+
+
+def load_text(load: dict) -> str:
+    """The offered load, to print beside a convergence figure."""
+    return (f"{load['requests']} echo requests ({load['requests_per_pair']} per pair), mean {load['mean_pps']}/s, "
+            f"peak {load['peak_pps']}/s (cap {load['rate_cap_pps']:.0f}/s); last pair's requests "
+            f"{load['last_pair_gap_s']}s apart")
 
 
 def flush_conntrack(lab: Lab) -> None:
@@ -274,18 +289,22 @@ def nvctl_converge(lab: Lab, ports: list[dict], plugged: bool, log=print) -> dic
         off = Offline(lab)
         plug(lab, off.put(TENANT, nvctl_yaml(ports)))
     cpu0 = datapath_clear(lab)
+    d0 = drops.snapshot(lab)
     t0 = time.monotonic()
     call(lab.api_path, "tenant.create", yaml=nvctl_yaml(ports, workloads=not plugged), timeout=300)
     t_create = time.monotonic() - t0
     spaces = {p["name"]: workload_namespace(lab.prefix, TENANT, p["name"]) for p in ports}
-    reach([(spaces[p["name"]], p["ip"]) for p in ports])
+    pr = probe([(spaces[p["name"]], p["ip"]) for p in ports])
     converge = round(time.monotonic() - t0, 3)
     dp = datapath_read(lab, cpu0)
+    lost = {**drops.delta(d0, drops.snapshot(lab)), "workloads": pr["workloads"]}
     if off:
         off.check(TENANT)
     log(f"[bench] nvctl, workloads {'plugged before the clock' if plugged else 'made by the controller'}: "
-        f"create {t_create:.2f}s, every pair reachable after {converge}s")
-    return {"create_s": round(t_create, 3), "converge_s": converge, "offline": off, "datapath": dp}
+        f"create {t_create:.2f}s, every pair reachable after {converge}s; probe: {load_text(pr['load'])}; "
+        f"dropped: {drops.brief(lost)}")
+    return {"create_s": round(t_create, 3), "converge_s": converge, "offline": off, "datapath": dp,
+            "load": pr["load"], "drops": lost}
 
 
 def nvctl_remove(lab: Lab, ports: list[dict], plugged: bool, name: str = TENANT) -> None:
@@ -419,16 +438,18 @@ def ovn_converge(ovn: Ovn, lab: Lab, ports: list[dict], plugged: bool, log=print
     """One convergence run of OVN; its topology and VIFs are left in place (ovn_remove)."""
     vifs = plug_ovn(lab, ports) if plugged else None
     cpu0 = datapath_clear(lab)
+    d0 = drops.snapshot(lab)
     t0 = time.monotonic()
     ovn.nbctl(*ovn_topology_cmds(ports))
     if vifs is None:
         vifs = plug_ovn(lab, ports)
-    reach([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
+    pr = probe([(vifs[p["name"]]["namespace"], p["ip"]) for p in ports])
     converge = round(time.monotonic() - t0, 3)
     dp = datapath_read(lab, cpu0)
+    lost = {**drops.delta(d0, drops.snapshot(lab)), "workloads": pr["workloads"]}
     log(f"[bench] OVN, VIFs {'plugged before the clock' if plugged else 'plugged after the NB transaction'}: "
-        f"every pair reachable after {converge}s")
-    return {"converge_s": converge, "datapath": dp}
+        f"every pair reachable after {converge}s; probe: {load_text(pr['load'])}; dropped: {drops.brief(lost)}")
+    return {"converge_s": converge, "datapath": dp, "load": pr["load"], "drops": lost}
 
 
 def ovn_remove(ovn: Ovn, lab: Lab, ports: list[dict], prefixes: list[str] = ("",)) -> None:
@@ -543,7 +564,7 @@ def datapath_read(lab: Lab, since: dict) -> dict:
     out = {}
     for h in sorted(lab.manifest()["hosts"]):
         st = _pmd_stats(_appctl(lab, h, "dpif-netdev/pmd-stats-show"))
-        out[h] = {k: st.get(k) for k in ("packets", "upcalls", "recirculations")}
+        out[h] = {k: st.get(k) for k in ("packets", "upcalls", "lost", "recirculations")}
         now = _vswitchd_cpu_s(lab, h)
         if now is not None and since.get(h) is not None:
             out[h]["vswitchd_cpu_s"] = round(now - since[h], 2)
@@ -570,6 +591,24 @@ def datapath_profile(lab: Lab, src: dict, dst: dict, seconds: float = 3) -> dict
 
 # the whole comparison ----------------------------------------------------------------------
 
+def load_summary(loads: list[dict]) -> dict:
+    """The probe's offered load over a case's repetitions: each figure's median and spread."""
+    out = {k: spread([x[k] for x in loads], 3) for k in ("requests", "requests_per_pair", "mean_pps", "peak_pps",
+                                                          "last_pair_gap_s")}
+    out["rate_cap_pps"] = loads[0]["rate_cap_pps"] if loads else None
+    out["interval_s"] = loads[0]["interval_s"] if loads else None
+    out["send_errors"] = sum(x["send_errors"] for x in loads)
+    return out
+
+
+def drops_summary(ds: list[dict]) -> dict:
+    """A case's drop counters: every repetition's sums over the hosts (and the machine's
+    and workloads'), and the last repetition per host."""
+    reps = [{**{k: v for k, v in d["all"].items()}, "machine": d["machine"], "workloads": d["workloads"]}
+            for d in ds]
+    return {"runs": reps, "last_per_host": ds[-1]["hosts"] if ds else None}
+
+
 def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=print) -> dict:
     """Everything above on one lab (already up with 3 hosts)."""
     hosts = sorted(lab.manifest()["hosts"])
@@ -577,6 +616,8 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
     extras = extra_ports(topo, reps)
     runs = {k: [] for k in ("nvctl_plugged", "ovn_plugged", "nvctl_unplugged", "ovn_unplugged")}
     creates = {"plugged": [], "unplugged": []}
+    loads: dict = {k: [] for k in runs}
+    lost: dict = {k: [] for k in runs}
     dps: dict = {}
     ovn = Ovn(lab, hosts)
     out: dict = {"ports": ports, "hosts": len(hosts), "reps": reps}
@@ -591,11 +632,15 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
                 n = nvctl_converge(lab, topo, plugged, log)
                 off = n["offline"]
                 runs[f"nvctl_{key}"].append(n["converge_s"])
+                loads[f"nvctl_{key}"].append(n["load"])
+                lost[f"nvctl_{key}"].append(n["drops"])
                 creates[key].append(n["create_s"])
                 if not (last and plugged):
                     nvctl_remove(lab, topo, plugged)
                 o = ovn_converge(ovn, lab, topo, plugged, log)
                 runs[f"ovn_{key}"].append(o["converge_s"])
+                loads[f"ovn_{key}"].append(o["load"])
+                lost[f"ovn_{key}"].append(o["drops"])
                 if last:
                     dps[f"nvctl_{key}"], dps[f"ovn_{key}"] = n["datapath"], o["datapath"]
                 if not (last and plugged):
@@ -604,6 +649,8 @@ def versus(lab: Lab, ports: int = 100, reps: int = 3, path_reps: int = 5, log=pr
         conv["nvctl_create_s"] = {k: spread(v) for k, v in creates.items()}
         out["convergence"] = conv
         out["convergence_datapath"] = dps  # the last repetition's, per host
+        out["convergence_load"] = {k: load_summary(v) for k, v in loads.items()}
+        out["convergence_drops"] = {k: drops_summary(v) for k, v in lost.items()}
         time.sleep(0.5)  # every host done installing before counting
         out["flows_per_host"] = {"nvctl": {h: count_flows(lab, h, INTEGRATION_BRIDGE) for h in hosts},
                                  "ovn": {h: count_flows(lab, h, OVN_BRIDGE) for h in hosts}}

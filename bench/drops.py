@@ -10,7 +10,9 @@ Per host (each its own ovs-vswitchd in its own namespace):
   queue that was full when the kernel had a frame for it) and the host-side veths'
   rx/tx dropped (`ip -s link`);
 - machine-wide: /proc/net/softnet_stat (frames dropped from a CPU's backlog queue,
-  netdev_max_backlog, and its time squeezes), shared with whatever else runs.
+  netdev_max_backlog, and its time squeezes) and the neighbour tables' counters
+  (/proc/net/stat/arp_cache: one table for every namespace, see tep/neigh.py), shared
+  with whatever else runs.
 """
 from __future__ import annotations
 
@@ -97,6 +99,23 @@ def parse_softnet(text: str) -> dict[str, int]:
     return out
 
 
+def parse_neigh_stat(text: str, prefix: str) -> dict[str, int]:
+    """/proc/net/stat/arp_cache (or ndisc_cache) summed over CPUs: one table for every
+    namespace, so the machine's: new entries refused because the table was full
+    (table_fulls: the packet that needed one is dropped), packets dropped waiting for
+    resolution (unresolved_discards), forced garbage collections."""
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+    out = {f"{prefix}_table_fulls": 0, f"{prefix}_unresolved_discards": 0, f"{prefix}_forced_gc_runs": 0}
+    if not lines:
+        return out
+    head = lines[0]
+    for row in lines[1:]:
+        for col in ("table_fulls", "unresolved_discards", "forced_gc_runs"):
+            if col in head:
+                out[f"{prefix}_{col}"] += int(row[head.index(col)], 16)
+    return out
+
+
 def _run(cmd: list[str], env=None) -> str:
     try:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30).stdout
@@ -117,6 +136,12 @@ def host_snapshot(lab, host: str) -> dict:
 def snapshot(lab) -> dict:
     with open("/proc/net/softnet_stat") as f:
         softnet = parse_softnet(f.read())
+    for name, prefix in (("arp_cache", "arp"), ("ndisc_cache", "nd")):
+        try:
+            with open(f"/proc/net/stat/{name}") as f:
+                softnet.update(parse_neigh_stat(f.read(), prefix))
+        except OSError:
+            pass
     return {"hosts": {h: host_snapshot(lab, h) for h in sorted(lab.manifest()["hosts"])}, "softnet": softnet}
 
 

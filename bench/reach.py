@@ -234,18 +234,18 @@ class Reach:
     def workload_drops(self) -> dict:
         """Drops on the workloads' side, summed over the source namespaces (each counted
         since it was made, so fresh namespaces give this run's): the probe's own receive
-        queues (raw sockets' drops), the workload veths' (eth0) rx/tx drops, requests
-        dropped waiting for ARP (unresolved_discards), IP discards, ICMP input errors and
-        replies the kernel's ICMP rate limit held back."""
+        queues (raw sockets' drops), the workloads' eth0 rx/tx drops, IP discards (an
+        output discard: e.g. no neighbour entry could be made, see tep/neigh.py), ICMP
+        input errors and replies the kernel's ICMP rate limit held back. (The ARP
+        table's own counters are the machine's: drops.snapshot.)"""
         from pyroute2.netns import popns, pushns
         inodes = {os.fstat(s.fileno()).st_ino for s in self.socks}
-        out = {"raw_socket_drops": 0, "eth_rx_dropped": 0, "eth_tx_dropped": 0, "arp_unresolved_discards": 0,
-               "ip_in_discards": 0, "ip_out_discards": 0, "icmp_in_errors": 0,
+        out = {"raw_socket_drops": 0, "eth_rx_dropped": 0, "eth_tx_dropped": 0, "ip_in_discards": 0, "ip_out_discards": 0, "icmp_in_errors": 0,
                "icmp_out_rate_limited": 0}
         for ns, _ in dict.fromkeys(self.sources):
             pushns(ns)
             try:
-                read = {k: _read_proc(f"/proc/thread-self/net/{k}") for k in ("raw", "dev", "stat/arp_cache", "snmp")}
+                read = {k: _read_proc(f"/proc/thread-self/net/{k}") for k in ("raw", "dev", "snmp")}
             finally:
                 popns()
             for k, v in parse_workload_counters(read, inodes).items():
@@ -262,8 +262,7 @@ def _read_proc(path: str) -> str:
 
 
 def parse_workload_counters(read: dict, inodes: set) -> dict:
-    """One workload namespace's drop counters from its /proc/net files (raw, dev,
-    stat/arp_cache, snmp)."""
+    """One workload namespace's drop counters from its /proc/net files (raw, dev, snmp)."""
     out = {}
     drops = 0
     for ln in read.get("raw", "").splitlines()[1:]:
@@ -276,10 +275,6 @@ def parse_workload_counters(read: dict, inodes: set) -> dict:
         if name.strip() == "eth0":
             f = rest.split()
             out["eth_rx_dropped"], out["eth_tx_dropped"] = int(f[3]), int(f[11])
-    arp = read.get("stat/arp_cache", "").splitlines()
-    if len(arp) > 1:
-        col = arp[0].split().index("unresolved_discards")
-        out["arp_unresolved_discards"] = sum(int(ln.split()[col], 16) for ln in arp[1:] if ln.strip())
     snmp = read.get("snmp", "").splitlines()
     for a, b in zip(snmp, snmp[1:]):
         ka, kb = a.split(), b.split()

@@ -319,6 +319,8 @@ class Lab:
             raise LabError(f"a lab already exists in {self.dir} (status {m.get('status')}); "
                            "run 'nvctl lab down' first")
         _check_tools()
+        from tep.neigh import make_room
+        make_room(self.log)  # one ARP table for every namespace: room for every workload's neighbours
         os.makedirs(self.dir, exist_ok=True)
         plans = [HostPlan(i) for i in range(1, hosts + 1)]
         m = {"prefix": self.prefix, "hosts": [p.name for p in plans], "status": "starting",

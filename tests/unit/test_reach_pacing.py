@@ -108,7 +108,7 @@ def test_workload_counters_are_read_from_a_namespaces_proc_files():
     arp = ("entries  allocs   destroys hash_grows lookups  hits     res_failed rcv_probes_mcast rcv_probes_ucast "
            "periodic_gc_runs forced_gc_runs unresolved_discards table_fulls\n"
            "00000002 00000001 00000000 00000000 00000004 00000000 00000000 00000000 00000000 00000000 00000000 "
-           "0000000a 00000000\n"
+           "0000000a 00000002\n"
            "00000002 00000001 00000000 00000000 00000004 00000000 00000000 00000000 00000000 00000000 00000000 "
            "00000001 00000000\n")
     snmp = ("Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams InUnknownProtos InDiscards "
@@ -116,9 +116,12 @@ def test_workload_counters_are_read_from_a_namespaces_proc_files():
             "Ip: 2 64 100 0 0 0 0 6 94 50 7\n"
             "Icmp: InMsgs InErrors InCsumErrors OutRateLimitGlobal OutRateLimitHost\n"
             "Icmp: 10 2 0 1 1\n")
-    got = parse_workload_counters({"raw": raw, "dev": dev, "stat/arp_cache": arp, "snmp": snmp}, {4242})
-    assert got == {"raw_socket_drops": 17, "eth_rx_dropped": 3, "eth_tx_dropped": 4, "arp_unresolved_discards": 11,
-                   "ip_in_discards": 6, "ip_out_discards": 7, "icmp_in_errors": 2, "icmp_out_rate_limited": 2}
+    got = parse_workload_counters({"raw": raw, "dev": dev, "snmp": snmp}, {4242})
+    assert got == {"raw_socket_drops": 17, "eth_rx_dropped": 3, "eth_tx_dropped": 4, "ip_in_discards": 6,
+                   "ip_out_discards": 7, "icmp_in_errors": 2, "icmp_out_rate_limited": 2}
+    # the ARP table is one for every namespace: its counters are the machine's, per CPU in hex
+    assert drops.parse_neigh_stat(arp, "arp") == {"arp_table_fulls": 2, "arp_unresolved_discards": 11,
+                                                  "arp_forced_gc_runs": 0}
 
 
 def test_switch_drop_counters_and_their_difference():

@@ -154,7 +154,8 @@ def reach(sources: list[tuple[str, str]], targets=None, timeout: float = 120, gr
 def load_text(load: dict) -> str:
     """The offered load, to print beside a convergence figure."""
     return (f"{load['requests']} echo requests ({load['requests_per_pair']} per pair), mean {load['mean_pps']}/s, "
-            f"peak {load['peak_pps']}/s (cap {load['rate_cap_pps']:.0f}/s); last pair's requests "
+            f"peak {load['peak_pps']}/s (cap {load['rate_cap_pps']:.0f}/s: no figure below {load['floor_s']}s); "
+            f"last pair's requests "
             f"{load['last_pair_gap_s']}s apart")
 
 
@@ -596,6 +597,7 @@ def load_summary(loads: list[dict]) -> dict:
     out = {k: spread([x[k] for x in loads], 3) for k in ("requests", "requests_per_pair", "mean_pps", "peak_pps",
                                                           "last_pair_gap_s")}
     out["rate_cap_pps"] = loads[0]["rate_cap_pps"] if loads else None
+    out["floor_s"] = loads[0].get("floor_s") if loads else None
     out["interval_s"] = loads[0]["interval_s"] if loads else None
     out["send_errors"] = sum(x["send_errors"] for x in loads)
     return out

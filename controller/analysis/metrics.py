@@ -82,9 +82,9 @@ class _Live:
                                 value=1 if g.enabled else 0)
         done = _counter("nvctl_verify_changes", "Tenant changes proved before install, by result", ["result"])
         with g.lock:
-            refused, checked, last = g.counts["refused"], g.counts["checked"], g.last
-        done.add_metric(["refused"], refused)
-        done.add_metric(["checked"], checked)
+            counts, last = dict(g.counts), g.last
+        for k in ("checked", "refused", "unproved"):  # unproved: over the guard's size budget
+            done.add_metric([k], counts[k])
         yield done
         if last is not None:
             yield GaugeMetricFamily("nvctl_verify_change_last_ms", "How long the last change's proof took",

@@ -325,6 +325,7 @@ class Sliced:
         self.timing: dict = {}  # where the last run's / update's time went (seconds)
         self._totals: dict = {}  # the outcomes' counts, summed
         self._bad: set = set()  # tenants whose outcome has violations
+        self.skip: set = set()  # tenants whose own starts are not run (skip_tenant); their flows stay
         t0 = time.perf_counter()
         self._group_all()
         self.timing["partition"] = time.perf_counter() - t0
@@ -552,8 +553,24 @@ class Sliced:
 
     def _tenants(self) -> list:
         if self.only_tenant is not None:
-            return [self.only_tenant] if self.only_tenant in self.net.tenants else []
-        return sorted(self.net.tenants)
+            return [self.only_tenant] if self.only_tenant in self.net.tenants and self.only_tenant not in self.skip else []
+        return sorted(t for t in self.net.tenants if t not in self.skip)
+
+    def skip_tenant(self, tenant: str, skip: bool = True) -> None:
+        """Leave `tenant`'s own starts out of the runs and updates from now on (skip=False:
+        take them back; the next update that names it checks it). Its flows stay in the
+        tables: the other tenants' packets still meet them. What it held is dropped from
+        the report."""
+        if not skip:
+            self.skip.discard(tenant)
+            return
+        self.skip.add(tenant)
+        old = self.outcomes.pop(tenant, None)
+        if old is not None:
+            for k, n in old.counts.items():
+                self._totals[k] = self._totals.get(k, 0) - n
+        self._bad.discard(tenant)
+        self.escaped.pop(tenant, None)
 
     def _keep(self, o: Outcome) -> None:
         old = self.outcomes.get(o.tenant)

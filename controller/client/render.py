@@ -66,7 +66,8 @@ def change_proof_lines(e: dict) -> list[str]:
     """One verify-before-install result as `nvctl verify --watch` prints it."""
     import time as _time
     when = _time.strftime("%H:%M:%S", _time.localtime(e["time"]))
-    verdict = {"ok": "OK", "refused": "REFUSED", "error": "NOT PROVED"}.get(e["result"], e["result"])
+    verdict = {"ok": "OK", "refused": "REFUSED", "error": "NOT PROVED", "unproved": "UNPROVED"}.get(
+        e["result"], e["result"])
     lines = [f"{when}  #{e['seq']:<5} {verdict:<8} {e['tenant']}: {e['action'] or 'change'}  ({e['ms']:.1f} ms)"]
     for v in e["violations"]:
         lines.append(f"    VIOLATION {v['kind']} [{', '.join(v['tenants'])}]: {v['message']}")
@@ -74,4 +75,6 @@ def change_proof_lines(e: dict) -> list[str]:
             lines.append(f"      deciding flow: {v['flow']}")
     for w in e["warnings"]:
         lines.append(f"    note {w['kind']}: {w['message']}")
+    if e.get("note"):
+        lines.append(f"    {e['note']}")
     return lines

@@ -141,7 +141,8 @@ class TenantChange(Change):
         out = super().report(core, results, attach_errors)
         if self.proved is not None:  # verify before install: how long, and what it noted
             out["verified"] = {"ms": self.proved["ms"], "result": self.proved["result"],
-                               "warnings": self.proved["warnings"]}
+                               "warnings": self.proved["warnings"],
+                               **({"note": self.proved["note"]} if self.proved.get("note") else {})}
         return out
 
 

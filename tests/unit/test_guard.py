@@ -122,6 +122,7 @@ def test_the_proof_kept_by_changes_equals_one_built_from_scratch(core):
     desired state holds: the same violations and the same counts."""
     from controller.analysis import verify as vf
     from controller.analysis.verify_slice import Sliced
+    from controller.server.guard import _unpaired
     twins(core)
     core.port_add("twin-a", "s", name="p3", host="hv3")
     core.migrate("twin-b", "p2", "hv3")
@@ -132,7 +133,33 @@ def test_the_proof_kept_by_changes_equals_one_built_from_scratch(core):
     placement = core._placement()
     net = vf.network_from_compiled(placement, {n: (e.tenant, e.alloc) for n, e in core.tenants.items()},
                                    {h: list(core.desired.get(h, {}).values()) for h in placement})
+    net.tenants = {n: _unpaired(f) for n, f in net.tenants.items()}  # as the guard proves: no pairs
     fresh = Sliced(net, workers=1).run()
     assert [v.key() for v in kept.violations] == [v.key() for v in fresh.violations]
     assert kept.checked == fresh.checked
     assert fresh.checked["port_starts"] == 4
+
+
+def test_a_tenant_over_the_budget_goes_through_unproved_and_said_so(core):
+    """A change to a tenant whose proof would cost too much (ports per switch, squared)
+    is let through, marked unproved; the other tenants are still proved, and a leak the
+    big tenant's flows would make into them is still refused (it is found from their side
+    only when their packets meet it, so here: the big tenant is the victim)."""
+    victim = twins(core)
+    core.guard.budget = 9  # 3 ports on a switch (9) fit; 4 (16) do not
+    assert core.port_add("twin-b", "s", name="p3", host="hv3")["verified"]["result"] == "ok"
+    r = core.port_add("twin-b", "s", name="p4", host="hv3")
+    assert r["verified"]["result"] == "unproved" and "16 (ports per switch" in r["verified"]["note"]
+    assert core.guard.counts["unproved"] == 1
+    assert 'nvctl_verify_changes_total{result="unproved"} 1.0' in core.metrics.text()
+    undo = plant("hv1", victim)  # twin-a (proved) leaking into twin-b's p1 (unproved, too large)
+    try:
+        with pytest.raises(ApiError) as e:
+            core.port_add("twin-a", "s", name="planted1", host="hv1")
+    finally:
+        undo()
+    assert "verify.isolation_port" in [f for f, _ in e.value.errors]
+    # the budget follows the tenant: back under it, it is proved again
+    r = core.port_del("twin-b", "p4")
+    assert r["verified"]["result"] == "ok"
+    assert core.guard.proof.outcomes["twin-b"].counts["port_starts"] == 3

@@ -19,13 +19,13 @@ ROOM = {"gc_thresh1": 16384, "gc_thresh2": 65536, "gc_thresh3": 131072}
 _FAMILIES = ("ipv4", "ipv6")
 
 
-def make_room(log=None, room: dict | None = None) -> dict:
+def make_room(log=None, room: dict | None = None, base: str = "/proc/sys/net") -> dict:
     """Raise the neighbour tables' limits to `room` where they are lower; returns
     {path: (before, after)} of what changed. Root; a kernel without the files is left."""
     changed = {}
     for fam in _FAMILIES:
         for key, want in (room or ROOM).items():
-            path = f"/proc/sys/net/{fam}/neigh/default/{key}"
+            path = f"{base}/{fam}/neigh/default/{key}"
             try:
                 with open(path) as f:
                     have = int(f.read().strip())
@@ -37,5 +37,5 @@ def make_room(log=None, room: dict | None = None) -> dict:
                 continue
     if changed and log:
         log("[lab] neighbour tables (one for every namespace) raised: "
-            + ", ".join(f"{p.split('/')[4]} {p.rsplit('/', 1)[1]} {a}->{b}" for p, (a, b) in changed.items()))
+            + ", ".join(f"{p.split('/')[-4]} {p.rsplit('/', 1)[1]} {a}->{b}" for p, (a, b) in changed.items()))
     return changed

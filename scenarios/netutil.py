@@ -356,23 +356,40 @@ class Dhclient:
                 "exit": self.proc.returncode, "log": out[-1500:]}
 
     def stop(self) -> None:
-        """End the daemon dhclient left behind, by the PID in our own pid file (and only if
-        that PID is a dhclient using that file)."""
-        try:
-            with open(self.pidfile) as f:
-                pid = int(f.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return
-        if b"dhclient" in os.path.basename(cmd[0]) and self.pidfile.encode() in cmd:
+        """End the daemon dhclient left behind: every dhclient whose command line names our
+        own pid file (a path only this run uses). The daemon may write its pid file a
+        moment after the foreground dhclient exits, so it is looked for by its command line,
+        for up to a second when dhclient said it got a lease."""
+        deadline = time.monotonic() + (1.0 if self.proc.poll() == 0 else 0.0)
+        while True:
+            pids = _dhclients_with(self.pidfile)
+            if pids or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            deadline = time.monotonic() + 5
-            while _running(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _dhclients_with(pidfile: str) -> list[int]:
+    """PIDs of the dhclient processes whose command line has `pidfile` as an argument."""
+    out, want = [], pidfile.encode()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if cmd and b"dhclient" in os.path.basename(cmd[0]) and want in cmd:
+            out.append(int(d))
+    return out
 
 
 def _running(pid: int) -> bool:

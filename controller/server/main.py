@@ -77,10 +77,14 @@ def main(argv=None) -> int:
     services = mgr.instantiate_apps(**contexts)
     app = next(x for x in mgr.applications.values() if type(x).__name__ == "NvApp")
     t0 = time.monotonic()
+    core = member = None
     if a.store == "sqlite":  # in a native thread: the green threads meanwhile answer the switches
         from eventlet import tpool
-        core, member = tpool.execute(_load, a, api_path)
-    else:  # etcd's client talks through green sockets: here
+        try:
+            core, member = tpool.execute(_load, a, api_path)
+        except OSError as e:  # tpool talks to its threads over 127.0.0.1: a namespace whose lo is down has none
+            logging.warning("state loaded in this thread (no native thread for it: %s)", e)
+    if core is None:  # etcd's client talks through green sockets: here
         core, member = _load(a, api_path)
     logging.info("state loaded and compiled in %.0f ms: %d tenants, %d hosts", (time.monotonic() - t0) * 1000,
                  len(core.tenants), len(core.hosts))

@@ -9,6 +9,7 @@ environment (scenarios.lab.spawn_controller's `preamble`)."""
 import os
 
 from controller.compile.pipeline import PIPELINE
+from controller.layers.switching import Switching
 from controller.server import intent
 from dataplane.match_action import Flow, Match, Output
 
@@ -21,7 +22,7 @@ def planted_compile(host: str, ofport: int):
         for p in t.ports:
             if p.name.startswith("planted") and p.host == host:
                 leak = Flow(PIPELINE["l2_lookup"], 200, Match.of(reg13=alloc.vni[p.switch], eth_src=p.mac),
-                            (Output(ofport),), layer_id=4, tenant_id=alloc.tenant_id, rule="planted: a compiler bug")
+                            (Output(ofport),), layer_id=Switching.id, tenant_id=alloc.tenant_id, rule="planted: a compiler bug")
                 flows = {**flows, host: [*flows.get(host, ()), leak]}
         return flows
     return compile_tenant

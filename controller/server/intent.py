@@ -73,7 +73,7 @@ class IntentMixin:
             raise ApiError(f"tenant {t.name}: {len(conflicts)} of its flows would replace flows "
                            "that are not its own (the same table, priority and match); nothing was changed",
                            [("flows", c.describe(names)) for c in conflicts[:20]])
-        # verify before install: refused (controller.server.guard.Unproved) before the store
+        # verify before install: refused (an ApiError) before the store
         self.proved = self.guard.check(self, t.name, t, alloc, delta, action)
         try:
             rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,

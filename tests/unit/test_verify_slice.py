@@ -345,34 +345,30 @@ def test_twins_are_given_their_twins_verdict_and_it_is_the_same(monkeypatch):
         {n: (o.counts, o.targets) for n, o in s.outcomes.items()}
 
 
+def _delivered_elsewhere(flows, host, tenant_id, ofport):
+    """`flows` with the tenant's first delivery to a local port on `host` sent to `ofport`
+    instead (a planted leak: same shape, same flow count)."""
+    victim = next(f for f in flows[host] if f.tenant_id == tenant_id and any(
+        act.__class__ is Output and act.port.__class__ is int and act.port != TUNNEL_OFPORT for act in f.actions))
+    bad = Flow(victim.table, victim.priority, victim.match,
+               tuple(Output(ofport) if act.__class__ is Output else act for act in victim.actions),
+               victim.layer_id, victim.tenant_id, "planted")
+    return {k: [bad if f is victim else f for f in fl] for k, fl in flows.items()}
+
+
 def test_a_twin_that_leaks_is_checked_and_its_leak_caught():
-    from dataplane.match_action import Output as Out
     hs_, w, flows = _synth()
     t0, a0 = w["t0"]
     _t, a10 = w["t10"]
     (h, x), = [(k[0], k[1]) for k in [(p.host, a0.ofport[p.name]) for p in t0.ports if p.name == "p2"]]
     # t10's delivery to its own port on that host goes to t0's port instead: same shape, same count
-    mine = [f for f in flows[h] if f.tenant_id == a10.tenant_id and any(
-        act.__class__ is Out and act.port.__class__ is int and act.port != TUNNEL_OFPORT for act in f.actions)]
-    victim = mine[0]
-    bad = Flow(victim.table, victim.priority, victim.match,
-               tuple(Out(x) if act.__class__ is Out else act for act in victim.actions),
-               victim.layer_id, victim.tenant_id, "planted")
-    leaked = {k: [bad if f is victim else f for f in fl] for k, fl in flows.items()}
-    s, r = _twins_agree(hs_, w, leaked)
+    s, r = _twins_agree(hs_, w, _delivered_elsewhere(flows, h, a10.tenant_id, x))
     assert any(v.kind == "isolation_port" and v.tenants == ["t10", "t0"] for v in r.violations), r.format()
     assert not s.outcomes["t10"].twin and s.twinned == 19
     # the same leak in the group's first tenant: it is checked, its twins too (or given a clean one's verdict)
     _t, a20 = w["t20"]
     (y,) = [a20.ofport[p.name] for p in w["t20"][0].ports if p.name == "p2"]
-    mine = [f for f in flows[h] if f.tenant_id == a0.tenant_id and any(
-        act.__class__ is Out and act.port.__class__ is int and act.port != TUNNEL_OFPORT for act in f.actions)]
-    victim = mine[0]
-    bad = Flow(victim.table, victim.priority, victim.match,
-               tuple(Out(y) if act.__class__ is Out else act for act in victim.actions),
-               victim.layer_id, victim.tenant_id, "planted")
-    leaked = {k: [bad if f is victim else f for f in fl] for k, fl in flows.items()}
-    s, r = _twins_agree(hs_, w, leaked)
+    s, r = _twins_agree(hs_, w, _delivered_elsewhere(flows, h, a0.tenant_id, y))
     assert any(v.kind == "isolation_port" and v.tenants == ["t0", "t20"] for v in r.violations), r.format()
     assert not s.outcomes["t0"].twin
 

@@ -63,7 +63,8 @@ MAX_DEPTH = 64
 # --------------------------------------------------------------------------------------
 
 # Hops: (host, table name, flow or None, note); note "" (a flow decided), "miss" (no
-# flow matched: OpenFlow table-miss drop), "ttl" (dec_ttl expired), "group" (bucket).
+# flow matched: OpenFlow table-miss drop), "ttl" (dec_ttl expired), "group" (bucket),
+# "group-drop" (an empty bucket: a declared drop).
 # Events: ("out", host, port, env, hop), ("res", kind, host, id, hop),
 # ("overlap", host, table, flow_a, flow_b, hop), ("loop", host, table, hop),
 # ("hairpin", host, port, hop), ("unsupported", host, message, hop).
@@ -821,7 +822,8 @@ class Engine:
             out = []
             for i, b in enumerate(buckets):
                 c = s.copy()
-                c.hop(h, f"(group {act.group_id}: bucket {i} of {len(buckets)})", None, "group")
+                c.hop(h, f"(group {act.group_id}: bucket {i} of {len(buckets)}"
+                         + (", empty: a declared drop)" if not b else ")"), None, "group" if b else "group-drop")
                 out.extend(self.actions(c, b, depth + 1, tail))
             return out
         s.event(("unsupported", h, f"action {act!r} is not modelled", len(s.path)))

@@ -19,7 +19,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 # --------------------------------------------------------------------------------------
 # Fields
@@ -574,17 +574,37 @@ def meters_of(flows: Iterable["Flow"]) -> dict[int, tuple]:
 
 @dataclass(frozen=True)
 class Group(Action):
-    """Send to a select group; the buckets (tuples of actions) travel with the action,
-    so a host's groups follow from its flows. Only the id is part of the flow's text."""
+    """Send to a group; the buckets (tuples of actions) travel with the action, so a
+    host's groups follow from its flows. Only the id is part of the flow's text.
+
+    kind "select": one bucket per connection (a hash). kind "ff" (fast failover): the
+    first live bucket, `watch[i]` being the ofport whose liveness bucket i follows (OVS
+    wants one for every bucket: a port that is always live, such as a tunnel port
+    without BFD, makes a bucket unconditional), as the switch itself decides, without
+    the controller; an empty bucket drops."""
 
     group_id: int
     buckets: tuple = field(default=(), compare=False)
+    kind: str = field(default="select", compare=False)
+    watch: tuple = field(default=(), compare=False)
 
     def ofctl(self):
         return f"group:{self.group_id}"
 
     def buckets_text(self) -> str:
-        return ";".join(",".join(a.ofctl() for a in b) for b in self.buckets)
+        text = ";".join(",".join(a.ofctl() for a in b) for b in self.buckets)
+        if self.kind == "select":
+            return text
+        return f"{self.kind}[{','.join(str(w) for w in self.watch)}]:{text}"
+
+    def live_bucket(self, live: Callable[[int], bool] | None = None) -> int | None:
+        """A fast-failover group's chosen bucket, given which ofports are live (default:
+        every one): the first whose watched port is, or None (the packet drops)."""
+        for i in range(len(self.buckets)):
+            w = self.watch[i] if i < len(self.watch) else None
+            if w is None or live is None or live(w):
+                return i
+        return None
 
 
 def groups_of(flows: Iterable["Flow"]) -> dict[int, "Group"]:
@@ -973,8 +993,10 @@ class Simulator:
         self.ct = Conntrack()
         self.pkt_len = 64
         flows = list(flows)
-        self.groups = {gid: g.buckets for gid, g in groups_of(flows).items()}
+        self.kinds = groups_of(flows)  # id -> Group: its kind and watched ports
+        self.groups = {gid: g.buckets for gid, g in self.kinds.items()}
         self.groups.update(groups or {})  # id -> list of buckets (action tuples)
+        self.live: Callable[[int], bool] | None = None  # which watched ofports are live (None: all)
         self.by_table: dict[int, list[Flow]] = {}
         for f in flows:
             self.by_table.setdefault(f.table.number, []).append(f)
@@ -1075,6 +1097,16 @@ class Simulator:
                 buckets = self.groups.get(act.group_id)
                 if not buckets:
                     raise Unsupported(f"group {act.group_id} is not known to the simulator")
+                g = self.kinds.get(act.group_id)
+                if g is not None and g.kind == "ff":
+                    pick = g.live_bucket(self.live)
+                    if pick is None:
+                        fate.path.append(Hop(f"(group {act.group_id}: no live bucket, dropped)", None))
+                        return
+                    fate.path.append(Hop(f"(fast-failover group {act.group_id}: bucket {pick} of {len(buckets)}, "
+                                         f"the first live)", None))
+                    self._actions(buckets[pick], pkt, fate, depth + 1)
+                    continue
                 t = _tuple(pkt) or ()
                 pick = int(hashlib.blake2b(repr(t).encode(), digest_size=4).hexdigest(), 16) % len(buckets)
                 fate.path.append(Hop(f"(group {act.group_id}: bucket {pick} of {len(buckets)})", None))

@@ -52,8 +52,7 @@ CONTROLLER_CMD = ("controller.server.main", "controller.main")
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
 EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
 OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
-EXTERNAL_OFPORT = 2  # ext0 on the gateway host's br-int
-GATEWAY_HOST = 1  # hv1 carries the external network
+EXTERNAL_OFPORT = 2  # ext0 on each host's br-int: every lab host reaches the provider network
 MAX_HOSTS = 200
 
 
@@ -443,11 +442,11 @@ class Lab:
         db.ensure_integration_bridge(p.dpid, self.controller_targets(), p.pa, TUNNEL_OFPORT)
         for uuid in db.vsctl("--bare", "--columns=_uuid", "list", "Controller").split():
             db.vsctl("set", "controller", uuid, "max_backoff=1000", "inactivity_probe=5000")
-        if p.index == GATEWAY_HOST:
-            _veth_between(f"{self.prefix}x{p.index}", ns, "ext0", self.ext_ns, p.name, "br-ext", 1500)
-            db.plug("ext0", EXTERNAL_OFPORT, {"nvctl-role": "external"})
-            for dev in ("br-ext", p.name):  # the outside host's packets reach the userspace datapath
-                run(["ip", "netns", "exec", self.ext_ns, "ethtool", "-K", dev, "tx", "off"])
+        # every host has the provider network: ext0, on br-ext (the outside's bridge)
+        _veth_between(f"{self.prefix}x{p.index}", ns, "ext0", self.ext_ns, p.name, "br-ext", 1500)
+        db.plug("ext0", EXTERNAL_OFPORT, {"nvctl-role": "external"})
+        for dev in ("br-ext", p.name):  # the outside host's packets reach the userspace datapath
+            run(["ip", "netns", "exec", self.ext_ns, "ethtool", "-K", dev, "tx", "off"])
         deepen_instance(self.host_dir(p.name))  # ul0 (and ext0): a NIC's queue, not 92 frames
 
     def add_bare_host(self, index: int) -> HostPlan:
@@ -515,10 +514,9 @@ class Lab:
         with nsutil.iproute(self.ext_ns) as n:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
-            info = self.host_info(p.name)
-            if p.index == GATEWAY_HOST:
-                info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,
-                                    "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}
+            info = self.host_info(p.name)  # every lab host has the provider network
+            info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,
+                                "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}
             call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info=info)
             if on_host:
                 on_host(p.name)

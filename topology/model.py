@@ -77,6 +77,9 @@ class Router:
     ports: tuple[RouterPort, ...]
     routes: tuple[Route, ...] = ()
     external_ip: ipaddress.IPv4Address | None = None
+    # the hosts that may carry its external port, most preferred first (`external.gateways`);
+    # empty: the controller places it on hosts with the provider network
+    gateways: tuple[str, ...] = ()
 
     def port_on(self, switch: str) -> RouterPort | None:
         for rp in self.ports:

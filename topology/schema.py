@@ -38,7 +38,7 @@ MADE_BY = ("yaml", "api", "cni", "docker")
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
-EXTERNAL_KEYS = {"ip": True}
+EXTERNAL_KEYS = {"ip": True, "gateways": False}
 ACL_KEYS = {"priority": True, "direction": True, "ports": False, "from": False, "to": False,
             "protocol": False, "srcPorts": False, "dstPorts": False, "action": True,
             "name": False, "log": False}
@@ -559,16 +559,36 @@ def _routers(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Er
                 ok = False
                 continue
             routes.append(Route(prefix, nh))
-        ext = None
+        ext, gateways = None, ()
         if "external" in item:
             if _keys(item["external"], f"{path}.external", EXTERNAL_KEYS, errs, "ip"):
                 ext = _ip(item["external"].get("ip"), f"{path}.external.ip", errs) if "ip" in item["external"] else None
+                gateways = _gateways(item["external"].get("gateways", []), f"{path}.external.gateways", errs)
+                ok &= gateways is not None
             ok &= ext is not None
         if name is not None:
             names.add(name)
         if ok:
-            out.append(Router(name, tuple(rports), tuple(routes), ext))
+            out.append(Router(name, tuple(rports), tuple(routes), ext, gateways))
     return out
+
+
+MAX_GATEWAYS = 8  # a gateway group larger than this buys nothing but BFD sessions
+
+
+def _gateways(raw: Any, path: str, errs: "_Errors") -> tuple[str, ...] | None:
+    """`external.gateways`: host names, most preferred first, each once."""
+    if not isinstance(raw, list) or not all(isinstance(h, str) and h for h in raw):
+        errs.add(path, "must be a list of host names (most preferred first)")
+        return None
+    if len(set(raw)) != len(raw):
+        dup = next(h for h in raw if raw.count(h) > 1)
+        errs.add(path, f"host {dup} is listed twice")
+        return None
+    if len(raw) > MAX_GATEWAYS:
+        errs.add(path, f"{len(raw)} hosts: at most {MAX_GATEWAYS}")
+        return None
+    return tuple(raw)
 
 
 def _nat(raw: Any, routers: list[Router], ports: list[Port], errs: _Errors) -> list[NatRule]:
@@ -1096,6 +1116,8 @@ def to_doc(t: Tenant) -> dict:
                 d["routes"] = [{"prefix": str(x.prefix), "nextHop": str(x.next_hop)} for x in r.routes]
             if r.external_ip is not None:
                 d["external"] = {"ip": str(r.external_ip)}
+                if r.gateways:
+                    d["external"]["gateways"] = list(r.gateways)
             spec["routers"].append(d)
     if t.nat:
         spec["nat"] = []

@@ -246,7 +246,7 @@ class Checks:
             if not bad and not b.emitted and not b.halted:
                 # the composed path ends with b's path, and p has no events but "res": the
                 # verdict is b's own, unless b's path holds only group hops
-                if not any(note != "group" for _h, _t, _f, note in b.path) or _undeclared(b):
+                if not any(note not in ("group", "group-drop") for _h, _t, _f, note in b.path) or _undeclared(b):
                     bad = True
             if bad:
                 scan.compose.append((b,))
@@ -377,7 +377,7 @@ def _undeclared(s) -> str:
     for h, t, f, note in reversed(s.path):
         if note == "group":
             continue
-        if note == "ttl":
+        if note == "ttl" or note == "group-drop":  # an empty fast-failover bucket drops on purpose
             return ""
         if note == "miss":
             return f"no flow matched in {t} on {h} (table-miss drop without an explicit miss flow)"

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from dataplane.match_action import Group, Meter
 from controller.spaces.ids import BUM_METER_BASE, TUNNEL_OFPORT
+from controller.layers.gateway import gateway_groups
 
 
 # --------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def tenant_facts(t, a, hosts: Mapping) -> tuple[TenantFacts, dict]:
     facts = TenantFacts(
         tenant_id=a.tenant_id, vnis=frozenset(a.vni.values()), zones=frozenset(a.zone.values()),
         meters=frozenset(_port_meters(placed, a) | _control_meters(a, hosts)),
-        groups=frozenset(a.group.values()), owned_external=frozenset(owned),
+        groups=frozenset(a.group.values()) | gateway_groups(t, a), owned_external=frozenset(owned),
         reach_pairs=frozenset(reach_pairs(t, placed, policy)), endpoints=endpoints,
         router_macs=router_macs, policy=policy, policy6=policy6, reach_pairs6=reach6)
     return facts, refs

@@ -32,6 +32,20 @@ class Host:
     pa: str
     external: tuple | None = None  # (ofport, next_hop_mac) where the external network is attached
     mtu: int = DEFAULT_UPLINK_MTU - VXLAN_OVERHEAD  # the largest frame its uplink carries encapsulated
+    peer_port: int | None = None  # with `external`: the ofport of the BFD tunnel toward it on other hosts
+
+
+DEFAULT_GATEWAYS = 3  # a router without `external.gateways`: this many hosts with the provider network
+
+
+def gateway_hosts(r, hosts: Mapping[str, Host]) -> tuple[str, ...]:
+    """Router `r`'s gateway group, most preferred first: its `external.gateways` that
+    have the provider network, else the first DEFAULT_GATEWAYS such hosts by name."""
+    if r.external_ip is None:
+        return ()
+    if r.gateways:
+        return tuple(h for h in r.gateways if h in hosts and hosts[h].external)
+    return tuple(sorted(h.name for h in hosts.values() if h.external))[:DEFAULT_GATEWAYS]
 
 
 def underlay_mtus(t: Tenant, hosts: Mapping[str, Host]) -> dict[str, tuple[int, list[str]]]:
@@ -61,18 +75,22 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
                    for p in t.ports if p.host in hosts)  # ports on gone hosts are down, bindings there too
     if placed != t.ports:
         t = dataclasses.replace(t, ports=placed)
-    gateway = next(((h.name, *h.external) for h in sorted(hosts.values(), key=lambda h: h.name)
-                    if h.external), None)
-    span = dict(switch_spans(t))  # a copy: the gateway joins it below
-    if gateway is not None:  # return traffic is routed on the gateway host
-        for r in t.routers:
-            if r.external_ip is not None:
-                for rp in r.ports:
-                    span[rp.switch] = span[rp.switch] | {gateway[0]}
+    gateways = {}
+    for r in t.routers:
+        g = gateway_hosts(r, hosts)
+        if g:
+            gateways[r.name] = tuple((h, *hosts[h].external) for h in g)
+    span = dict(switch_spans(t))  # a copy: the gateways join it below
+    for r in t.routers:  # return traffic is routed on the gateway hosts
+        for h, _, _ in gateways.get(r.name, ()):
+            for rp in r.ports:
+                span[rp.switch] = span[rp.switch] | {h}
     return TenantView(
         tenant=t, tenant_id=a.tenant_id, vni=a.vni, port_key=a.port_key, ofport=a.ofport,
         members=switch_members(t), span=span, zone=a.zone,
-        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateway=gateway,
+        pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateways=gateways,
+        externals={h.name: h.external for h in hosts.values() if h.external},
+        peer_port={h.name: h.peer_port for h in hosts.values() if h.peer_port},
         group=a.group, mtu=switch_mtus(t, hosts))
 
 

@@ -98,7 +98,11 @@ class TenantView:
     zone: dict  # port -> conntrack zone (its ACLs' state lives there, on its host)
     pa: dict  # host -> PA, for every host
     tunnel_port: int  # ofport of the VXLAN port, the same on every host
-    gateway: tuple | None = None  # (host, external ofport, next hop MAC) of the gateway host
+    # router -> its gateway group: ((host, external ofport, next hop MAC), ...), the most
+    # preferred first; only routers with an external address and a host to carry it
+    gateways: dict = field(default_factory=dict)
+    externals: dict = field(default_factory=dict)  # host -> (external ofport, next hop MAC): the provider network
+    peer_port: dict = field(default_factory=dict)  # host -> ofport of the BFD tunnel port toward it (on any other host)
     group: dict | None = None  # load balancer -> OpenFlow group id
     mtu: dict | None = None  # switch -> its MTU (the largest IP packet its ports may send)
     # what layers work out once per view (per-port inputs read it for every port)

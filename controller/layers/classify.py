@@ -58,14 +58,14 @@ class Classify(Layer):
                  out.goto("@tunnel_entry")),
                 rule=f"switch {s.name} vni {t.vni[s.name]}"))
 
-        if t.gateway is not None:
-            for r in t.tenant.routers:
-                if r.external_ip is not None:
-                    transit = t.vni[transit_name(r.name)]
-                    out.to((t.gateway[0],), out.flow(
-                        "tunnel_vni", PRIO_VNI, Match.of(tunnel_id=transit),
-                        (LOGICAL_SWITCH.load(transit), out.goto("ext_snat")),
-                        rule=f"router {r.name}: to the external network (vni {transit})"))
+        for r in t.tenant.routers:
+            group = t.gateways.get(r.name)
+            if group:  # every host of its gateway group takes what is sent to it
+                transit = t.vni[transit_name(r.name)]
+                out.to(tuple(h for h, _, _ in group), out.flow(
+                    "tunnel_vni", PRIO_VNI, Match.of(tunnel_id=transit),
+                    (LOGICAL_SWITCH.load(transit), out.goto("ext_snat")),
+                    rule=f"router {r.name}: to the external network (vni {transit})"))
 
     def host_flows(self, h, out):
         if h.external is not None:

@@ -15,11 +15,12 @@ its MTU. Switched and routed packets alike: routing happens before dispatch.
 """
 from __future__ import annotations
 
-from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, CheckPktLarger, Match, Output, SetField
+from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, CheckPktLarger, Group, Match, Output, SetField
 from controller.layers.base import Layer, TableDecl
 from controller.layers.qos import bum_meter_for
 from controller.layers.services import to_controller
-from controller.spaces.ids import FLOOD_PORT_KEY
+from controller.layers.gateway import distributed
+from controller.spaces.ids import FLOOD_PORT_KEY, GATEWAY_GROUP_BASE
 from controller.spaces.names import transit_name
 from controller.spaces.registers import FROM_TUNNEL, INPORT, LOGICAL_SWITCH, OUTPORT, PKT_LARGER
 
@@ -32,6 +33,7 @@ ETH_HEADER = 14  # check_pkt_larger counts the Ethernet header; an MTU does not
 # told apart by from_tunnel. Anything else (from the tunnel to a port not here) drops.
 PRIO_UNICAST = 100
 PRIO_TRANSIT = 100
+PRIO_FLOATING = 110  # a distributed floating IP's port leaves here, not through the gateway
 PRIO_FLOOD_FROM_PORT = 100
 PRIO_FLOOD_FROM_TUNNEL = 100
 PRIO_FLOOD_LOCAL = 90
@@ -49,11 +51,30 @@ def _local_keys(t) -> dict:
     return out
 
 
+def _to_gateway(t, gws: tuple, h: str, transit: int, out) -> tuple:
+    """On host `h`: a router's external traffic to the first of its gateways `gws` that
+    is alive, as `h`'s BFD session toward it says (a fast-failover group), or handled
+    here when `h` is that gateway. A single choice needs no group."""
+    buckets, watch = [], []
+    for g in gws:
+        if g == h:  # watching the flow-based tunnel port (no BFD: always live) = always taken
+            buckets.append((out.resubmit("ext_snat"),))
+            watch.append(t.tunnel_port)
+            break
+        buckets.append((SetField("tunnel_id", transit), SetField("tun_ipv4_dst", t.pa[g]), Output(t.tunnel_port)))
+        watch.append(t.peer_port.get(g, t.tunnel_port))
+        if watch[-1] == t.tunnel_port:  # no BFD toward it: never known down, so nothing after it counts
+            break
+    if len(buckets) == 1:
+        return buckets[0]
+    return (Group(GATEWAY_GROUP_BASE + transit, tuple(buckets), kind="ff", watch=tuple(watch)),)
+
+
 class Encap(Layer):
     name = "encap"
     id = 5
     tables = (
-        TableDecl("dispatch", frozenset({"reg13", "reg14", "reg15", "reg10"}),
+        TableDecl("dispatch", frozenset({"reg13", "reg14", "reg15", "reg10", "eth_type", "ipv4_src"}),
                   successors=("@egress", "ext_snat", "tunnel_out"),
                   doc="outport -> local egress, VXLAN to the owner's PA, or flood"),
         TableDecl("tunnel_out", frozenset({"reg13", "reg9", "eth_type"}), successors=(), miss="drop",
@@ -138,20 +159,28 @@ class Encap(Layer):
                                         rule=f"port {name} is on {host}"))
 
     def tenant_flows(self, t, out):
-        if t.gateway is not None:
-            gw = t.gateway[0]
-            for r in t.tenant.routers:
-                if r.external_ip is None:
-                    continue
-                transit = t.vni[transit_name(r.name)]
-                hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
-                m = Match.of(**LOGICAL_SWITCH.m(transit))
-                out.to((h for h in hosts if h != gw), out.flow(
-                    "dispatch", PRIO_TRANSIT, m, (SetField("tunnel_id", transit), SetField("tun_ipv4_dst", t.pa[gw]),
-                                         Output(t.tunnel_port)),
-                    rule=f"router {r.name}: to the gateway {gw}"))
-                out.to((gw,), out.flow("dispatch", PRIO_TRANSIT, m, (out.resubmit("ext_snat"),),
-                                       rule=f"router {r.name}: this host is the gateway"))
+        for r in t.tenant.routers:
+            group = t.gateways.get(r.name)
+            if not group:
+                continue
+            transit = t.vni[transit_name(r.name)]
+            hosts = frozenset().union(*(t.span[rp.switch] for rp in r.ports))
+            m = Match.of(**LOGICAL_SWITCH.m(transit))
+            gws = tuple(h for h, _, _ in group)
+            for h in sorted(hosts):
+                out.to((h,), out.flow(
+                    "dispatch", PRIO_TRANSIT, m, _to_gateway(t, gws, h, transit, out),
+                    rule=f"router {r.name}: " + (
+                        "this host is the gateway" if h == gws[0] else f"to the gateway {gws[0]}" if len(gws) == 1
+                        else f"to the first live gateway of {', '.join(gws)}")))
+            for n in t.tenant.nat:  # a distributed floating IP leaves from its port's host
+                if n.type == "floating-ip" and n.router == r.name and distributed(t, n) is not None:
+                    p = t.tenant.port(n.port)
+                    out.to((p.host,), out.flow(
+                        "dispatch", PRIO_FLOATING,
+                        Match.of(**LOGICAL_SWITCH.m(transit), eth_type=ETH_TYPE_IP, ipv4_src=str(p.ip)),
+                        (out.resubmit("ext_snat"),),
+                        rule=f"floating IP {n.external_ip} of {p.name}: out from this host"))
         # per switch, too big for its MTU (from every host that sends into the tunnel),
         # and the floods of each member host: units
 

@@ -108,7 +108,7 @@ class Routing(Layer):
             switches = tuple((rp.switch, t.vni[rp.switch], t.port_key[router_port_name(r.name, rp.switch)],
                               tn.switch(rp.switch)) for rp in r.ports)
             next_hops = tuple(next(p for p in tn.ports if p.ip == route.next_hop).switch for route in r.routes)
-            yield (f"router:{r.name}", ("router", r, switches, next_hops, t.gateway is not None,
+            yield (f"router:{r.name}", ("router", r, switches, next_hops, r.name in t.gateways,
                                         t.vni.get(transit_name(r.name))), {"hosts": hosts})
 
     def port_flows(self, content, out):

@@ -25,6 +25,8 @@ from topology.model import Tenant
 from controller.compile.compiler import compile_tenant
 from controller.compile.desired import tenant_delta
 from controller.server.errors import ApiError, unknown_host
+from controller.server.announce import announce
+from controller.server.peers import assign_peer_port
 from controller.spaces.names import pending_name
 from controller.server.entry import TenantEntry
 from controller.state.store import HostRecord
@@ -135,7 +137,14 @@ class TenantChange(Change):
         return core._reattach(self.name, self.old, self.entry, progress)
 
     def rollout(self, core, changed: set[str], progress) -> dict:
-        return core.reconcile_many(changed, self.delta, progress)
+        out = core.reconcile_many(changed, self.delta, progress)
+        self.announce(core)
+        return out
+
+    def announce(self, core) -> None:
+        """Floating IPs now on another host: that host says so (controller.server.announce)."""
+        announce(core, self.old.tenant if self.old is not None else None,
+                 self.entry.tenant if self.entry is not None else None)
 
     def report(self, core, results: dict, attach_errors: list) -> dict:
         out = super().report(core, results, attach_errors)
@@ -188,6 +197,7 @@ class Migration(TenantChange):
         self.timings = {"destination_ready": ms(t0, t1), "other_hosts_switched": ms(t1, t2),
                         "source_switched": ms(t2, t3), "old_attachment_removed": ms(t3, t4),
                         "switch_window": ms(t1, t3)}
+        self.announce(core)
         return {**first, **rest}
 
     def report(self, core, results: dict, attach_errors: list) -> dict:
@@ -279,6 +289,10 @@ class HostRegistration(Change):
         if mtu is not None and not (isinstance(mtu, int) and not isinstance(mtu, bool) and low <= mtu <= high):
             raise ApiError(f"host {rec.name}: uplink MTU {mtu!r} is not a number of bytes ({low}..{high})",
                            [("info.mtu", f"an integer from {low} to {high}")])
+        try:  # a possible gateway: the number of the BFD port toward it, on every other host
+            self.rec = HostRecord(rec.name, rec.pa, rec.dpid, assign_peer_port(rec.info, rec.name, core.hosts))
+        except ValueError as e:
+            raise ApiError(f"host {rec.name}: {e}", [("info.external", str(e))]) from None
 
     def commit(self, core) -> set[str]:
         core.store.put_host(self.rec)
@@ -291,7 +305,9 @@ class HostRegistration(Change):
     def rollout(self, core, changed: set[str], progress) -> dict:
         if self.waiting is not None and self.waiting.alive:
             core.switch_connected(self.waiting)
-        return core.reconcile_many(changed)
+        out = core.reconcile_many(changed)
+        core.ensure_peer_tunnels(changed)  # a new possible gateway: every host watches it
+        return out
 
     def report(self, core, results: dict, attach_errors: list) -> dict:
         return {"host": self.name}

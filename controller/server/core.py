@@ -27,6 +27,7 @@ from controller.compile.allocator import Allocation, InUse
 from controller.compile.compiler import Host, compile_host, compile_tenant, paused_gc
 from controller.compile.desired import DesiredState
 from controller.server.guard import Guard
+from controller.server.peers import PeerTunnels
 from controller.server.progress import Changes
 from controller.packetin.punt import Punt
 from controller.analysis import stats as stats_mod
@@ -104,6 +105,7 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, Wo
         self.audit_trail = AuditTrail(store)  # every request, allowed or refused; main starts its writer
         self.watch = Watch()  # the interfaces on each host's br-int and the reads due (bindings.py; its own lock)
         self.vm_moves: dict = {}  # (tenant, port) -> VmMove: live migrations under way (vmmigrate.py; the mutex)
+        self.peers = PeerTunnels()  # each host's BFD ports toward possible gateways (peers.py)
         self.activating: set = set()  # (tenant, port, host) whose announcement is being acted on (vmmigrate.py)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
@@ -118,7 +120,8 @@ class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, Wo
             out = {}
             for n, h in self.hosts.items():
                 ext = h.info.get("external")
-                out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None, self.host_mtu(n))
+                out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None, self.host_mtu(n),
+                              h.info.get("peer_port") if ext else None)
             self._placement_cache = out
         return self._placement_cache
 

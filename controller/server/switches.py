@@ -214,6 +214,18 @@ class SwitchesMixin:
         st.last_sync_mods = n
         st.synced_session = session  # last: in_sync is not reported before the figures above
         LOG.info("host %s connected: sync sent %s flow-mods in %.0f ms", host, n, (time.perf_counter() - t0) * 1000)
+        if n is not None:  # its flows are in: its peers may choose it again (peers.py)
+            self.ensure_peer_tunnels([host])
+
+    def ensure_peer_tunnels(self, hosts) -> None:
+        """Each of `hosts`' BFD ports toward the possible gateways, BFD on where the
+        host's switch is connected and in sync (leader only)."""
+        if not self.leading():
+            return
+        for h in hosts:
+            st = self.state.get(h)
+            on = st is not None and st.session is not None and st.synced_session is st.session
+            self.peers.ensure(h, self.hosts.get(h), self.hosts, on)
 
     def switch_disconnected(self, session) -> None:
         if self.unclaimed.get(session.dpid) is session:
@@ -224,6 +236,7 @@ class SwitchesMixin:
             st.session = None
             st.forget()
             LOG.info("host %s disconnected", host)
+            self.ensure_peer_tunnels([host])  # BFD off: not chosen again before its flows are back
 
     def reconcile(self, host: str, delta=None) -> int | None:
         """Bring one host's switch to its desired state (see controller.switch.reconciler).

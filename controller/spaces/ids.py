@@ -19,7 +19,10 @@ from dataplane.match_action import COOKIE_TENANT_MAX
 # --- ofports on br-int -------------------------------------------------------------
 TUNNEL_OFPORT = 1  # the flow-based VXLAN port's ofport on every br-int
 FIRST_OFPORT = 10  # below: reserved for infrastructure ports (the tunnel is 1)
-MAX_OFPORT = 0xFEFF  # the largest ofport OVS lets one request (OFPP_MAX is 0xff00)
+MAX_OFPORT = 0xEFFF  # the largest workload ofport; above it, up to what OVS lets one request, peer tunnels
+# a host with the provider network gets one number here (HostRecord.info["peer_port"]): on every
+# other host, the VXLAN port with a fixed remote_ip toward it, which runs BFD (gateway liveness)
+FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT = 0xF000, 0xFEFF  # OFPP_MAX is 0xff00
 
 # --- tenants ------------------------------------------------------------------------
 FIRST_TENANT_ID = 1  # 0 in a cookie means "no tenant" (infrastructure flows)
@@ -27,6 +30,7 @@ MAX_TENANT_ID = COOKIE_TENANT_MAX  # a tenant id rides in every flow's cookie
 
 # --- logical switches (VNI = the logical_switch register's value) ----------------------
 FIRST_VNI = 1000
+BFD_VNI = 1  # the key of the BFD ports between hosts (controller.server.peers): below every switch's VNI
 MAX_VNI = (1 << 24) - 1  # VXLAN's VNI is 24 bits
 EXTERNAL_NET_KEY = 1 << 24  # logical_switch value of the provider's external network (no VNI is this big)
 
@@ -38,7 +42,12 @@ MAX_PORT_KEY = FLOOD_PORT_KEY - 1
 # --- conntrack zones, OpenFlow groups -------------------------------------------------
 FIRST_ZONE, MAX_ZONE = 1, 0xFFFF
 FIRST_GROUP = 1
-MAX_GROUP = 0xFFFFFF00
+MAX_GROUP = 0x0FFFFFFF  # load balancers' (allocated)
+# a router's gateway groups are its transit VNI's, in two ranges: on every host of the
+# router, the fast-failover choice of its active gateway; on a standby gateway, whether
+# the gateways before it are alive (then it stays quiet)
+GATEWAY_GROUP_BASE = 0x10000000
+STANDBY_GROUP_BASE = 0x20000000
 
 # --- meters: one table per host, four uses -------------------------------------------
 # port rate limit (qos):  id = the port's ofport
@@ -80,20 +89,26 @@ def _offset(kind: str, name: str, base: int, of: Space, doc: str) -> Space:
 INFRA_OFPORTS = Space("ofport", "infrastructure ports", 1, FIRST_OFPORT - 1,
                       "the VXLAN tunnel (TUNNEL_OFPORT) and a gateway host's external port")
 WORKLOAD_OFPORTS = Space("ofport", "workload ports", FIRST_OFPORT, MAX_OFPORT, "handed out per host by the allocator")
+PEER_TUNNEL_OFPORTS = Space("ofport", "peer tunnels", FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT,
+                            "a VXLAN port with BFD toward each host with the provider network")
 TENANT_IDS = Space("tenant_id", "tenant ids", FIRST_TENANT_ID, MAX_TENANT_ID)
 VNIS = Space("vni", "VNIs", FIRST_VNI, MAX_VNI, "a switch's, and a router's transit path to its gateway")
 
 SPACES: tuple[Space, ...] = (
     INFRA_OFPORTS,
     WORKLOAD_OFPORTS,
+    PEER_TUNNEL_OFPORTS,
     TENANT_IDS,
     VNIS,
+    Space("vni", "BFD between hosts", BFD_VNI, BFD_VNI, "the peer tunnels' key: BFD only"),
     Space("logical_switch", "switch VNIs", FIRST_VNI, MAX_VNI, "a switch's logical_switch value is its VNI"),
     Space("logical_switch", "external network", EXTERNAL_NET_KEY, EXTERNAL_NET_KEY),
     Space("port_key", "logical ports", FIRST_PORT_KEY, MAX_PORT_KEY, "unique within a switch"),
     Space("port_key", "flood", FLOOD_PORT_KEY, FLOOD_PORT_KEY, "outport: every port of the switch"),
     Space("zone", "conntrack zones", FIRST_ZONE, MAX_ZONE, "a guarded port's, a router's NAT, a tenant's LB"),
     Space("group", "load balancer groups", FIRST_GROUP, MAX_GROUP),
+    _offset("group", "gateway groups", GATEWAY_GROUP_BASE, VNIS, "id = GATEWAY_GROUP_BASE + transit VNI"),
+    _offset("group", "standby gateway groups", STANDBY_GROUP_BASE, VNIS, "id = STANDBY_GROUP_BASE + transit VNI"),
     Space("meter", "port rate meters", WORKLOAD_OFPORTS.first, WORKLOAD_OFPORTS.last, "id = ofport"),
     _offset("meter", "BUM meters", BUM_METER_BASE, WORKLOAD_OFPORTS, "id = BUM_METER_BASE + ofport"),
     _offset("meter", "control-plane meters", CONTROL_METER_BASE, TENANT_IDS, "id = CONTROL_METER_BASE + tenant id"),

@@ -270,7 +270,7 @@ class Session:
         dp = self.dp
         ofp, parser = dp.ofproto, dp.ofproto_parser
         msgs = [parser.OFPGroupMod(dp, command=ofp.OFPGC_MODIFY if gid in existing else ofp.OFPGC_ADD,
-                                   type_=ofp.OFPGT_SELECT, group_id=gid, buckets=ofcodec.to_buckets(dp, g))
+                                   type_=ofcodec.group_type(ofp, g), group_id=gid, buckets=ofcodec.to_buckets(dp, g))
                 for gid, g in sorted(put.items())]
         msgs += [parser.OFPGroupMod(dp, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_SELECT, group_id=gid,
                                     buckets=[]) for gid in sorted(delete)]

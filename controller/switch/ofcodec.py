@@ -320,9 +320,17 @@ def to_flow_mod(dp, f: Flow):
 
 def to_buckets(dp, g: Group) -> list:
     ofp, parser = dp.ofproto, dp.ofproto_parser
+    if g.kind == "ff":  # fast failover: no weights; each bucket watches a port (or none)
+        return [parser.OFPBucket(weight=0, watch_port=ofp.OFPP_ANY if w is None else w,
+                                 watch_group=ofp.OFPG_ANY, actions=[to_action(parser, ofp, a) for a in bucket])
+                for bucket, w in zip(g.buckets, g.watch)]
     return [parser.OFPBucket(weight=100, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
                              actions=[to_action(parser, ofp, a) for a in bucket])
             for bucket in g.buckets]
+
+
+def group_type(ofp, g: Group) -> int:
+    return ofp.OFPGT_FF if g.kind == "ff" else ofp.OFPGT_SELECT
 
 
 def buckets_signature(buckets) -> bytes:

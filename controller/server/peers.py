@@ -1,0 +1,130 @@
+"""BFD between hosts and the gateways they may use: one VXLAN port per such peer.
+
+A router's gateway group is chosen by the switches themselves (controller.layers.gateway):
+fast-failover groups watch, on each host, a port per gateway host whose liveness is the
+BFD session toward it. OVS runs BFD only on a tunnel port with a fixed remote_ip, so
+every host gets, beside its flow-based VXLAN port, one port per other host that has the
+provider network (a possible gateway):
+
+  bfd<N>  type=vxlan  remote_ip=<the peer's PA>  key=BFD_VNI  bfd:enable=true
+          ofport_request = the peer's `peer_port` (the same number on every host)
+
+Tenant traffic does not use these ports: it leaves through the flow-based port, and
+arrives there too, since these ports take only VNI BFD_VNI (which no switch has).
+
+A host's own BFD goes off when the controller loses its switch (its OVSDB usually
+stays), and on again once its flows are installed after it comes back: so a gateway
+that restarts is not chosen again by its peers before it can carry the traffic.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from controller.spaces.ids import BFD_VNI, FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT
+from tep.driver import host_db
+from tep.ovs import INTEGRATION_BRIDGE
+
+LOG = logging.getLogger("nvctl.peers")
+
+ROLE = "peer-tunnel"  # external_ids:nvctl-role of the ports this module owns
+BFD_INTERVAL_MS = 100  # min_tx = min_rx: a peer is down after 3 missed (OVS's multiplier), ~300 ms
+
+
+def port_name(peer_port: int) -> str:
+    return f"bfd{peer_port - FIRST_PEER_TUNNEL_OFPORT}"
+
+
+def assign_peer_port(info: dict, name: str, hosts: dict) -> dict:
+    """`info` with a peer_port when the host has the provider network: the one it had,
+    else the lowest number no other host holds."""
+    if not info.get("external"):
+        return {k: v for k, v in info.items() if k != "peer_port"}
+    old = hosts.get(name)
+    keep = old.info.get("peer_port") if old is not None else None
+    taken = {h.info.get("peer_port") for n, h in hosts.items() if n != name}
+    if keep is not None and keep not in taken:
+        return {**info, "peer_port": keep}
+    n = FIRST_PEER_TUNNEL_OFPORT
+    while n in taken:
+        n += 1
+    if n > MAX_PEER_TUNNEL_OFPORT:
+        raise ValueError(f"no peer-tunnel ofport left ({FIRST_PEER_TUNNEL_OFPORT}..{MAX_PEER_TUNNEL_OFPORT})")
+    return {**info, "peer_port": n}
+
+
+def wanted(host: str, hosts: dict) -> dict[str, tuple[str, int]]:
+    """port name -> (the peer's PA, ofport) of the BFD ports `host` should have."""
+    return {port_name(h.info["peer_port"]): (h.pa, h.info["peer_port"])
+            for n, h in hosts.items() if n != host and h.info.get("peer_port")}
+
+
+class PeerTunnels:
+    """Keeps each host's BFD ports as `wanted` says, in the background (OVSDB calls
+    take tens of ms; one at a time per host, the latest wish winning)."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple] = {}  # host -> (info, pa, wanted, bfd on) still to apply
+        self._busy: set[str] = set()
+        self.errors: dict[str, str] = {}  # host -> the last failure to configure it
+
+    def ensure(self, host: str, rec, hosts: dict, bfd: bool) -> None:
+        if rec is None or not rec.info.get("ovsdb"):
+            return  # a host whose OVSDB we do not reach configures itself
+        want = wanted(host, hosts)
+        with self._lock:
+            self._pending[host] = (rec.info, rec.pa, want, bfd)
+            if host in self._busy:
+                return
+            self._busy.add(host)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer-tunnels")
+        self._pool.submit(self._run, host)
+
+    def _run(self, host: str) -> None:
+        while True:
+            with self._lock:
+                job = self._pending.pop(host, None)
+                if job is None:
+                    self._busy.discard(host)
+                    return
+            try:
+                apply(*job)
+                self.errors.pop(host, None)
+            except Exception as e:  # noqa: BLE001 - logged and kept for status; the next change retries
+                self.errors[host] = str(e)
+                LOG.warning("host %s: BFD ports: %s", host, e)
+
+
+def apply(info: dict, pa: str, want: dict[str, tuple[str, int]], bfd: bool) -> None:
+    """One OVSDB transaction: add or fix the wanted ports, remove ours that are not."""
+    db = host_db(info)
+    have = {i["name"]: i for i in db.interfaces() if i["external_ids"].get("nvctl-role") == ROLE}
+    cmds = []
+    on = "true" if bfd else "false"
+    for name, (remote, ofport) in sorted(want.items()):
+        if name not in have:
+            cmds.append(["--may-exist", "add-port", INTEGRATION_BRIDGE, name])
+        cmds.append(["set", "interface", name, "type=vxlan", f"options:remote_ip={remote}",
+                     f"options:local_ip={pa}", f"options:key={BFD_VNI}", f"ofport_request={ofport}",
+                     f"bfd:enable={on}", f"bfd:min_tx={BFD_INTERVAL_MS}", f"bfd:min_rx={BFD_INTERVAL_MS}",
+                     f"external_ids:nvctl-role={ROLE}"])
+    for name in sorted(set(have) - set(want)):
+        cmds.append(["--if-exists", "del-port", INTEGRATION_BRIDGE, name])
+    if cmds:
+        db.txn(*cmds)
+
+
+def bfd_status(info: dict) -> dict[str, dict]:
+    """port name -> its bfd_status (state, remote state, diagnostic), as OVS reports."""
+    import json
+    db = host_db(info)
+    raw = json.loads(db.vsctl("--format=json", "--columns=name,bfd_status,external_ids", "find", "Interface",
+                              f"external_ids:nvctl-role={ROLE}"))
+    out = {}
+    for name, status, _ids in raw["data"]:
+        out[name] = dict(status[1]) if isinstance(status, list) and status[0] == "map" else {}
+    return out

@@ -1146,8 +1146,13 @@ class Fabric:
     host owns is reported as lost (`lost`), not silently dropped."""
 
     def __init__(self, pipeline: Pipeline, hosts: Mapping[str, tuple[Iterable[Flow], str]],
-                 tunnel_port: int, max_hops: int = 8):
+                 tunnel_port: int, max_hops: int = 8, live: Mapping[str, Mapping[int, bool]] | None = None):
+        """`live`: host -> {ofport: live} as its switch holds them (fast-failover groups
+        take the first bucket whose watched port is live; a port not listed is)."""
         self.sims = {h: Simulator(pipeline, flows) for h, (flows, _pa) in hosts.items()}
+        for h, ports in (live or {}).items():
+            if h in self.sims:
+                self.sims[h].live = lambda port, ports=ports: ports.get(port, True)
         self.pa = {h: pa for h, (_f, pa) in hosts.items()}
         self.by_pa = {pa: h for h, pa in self.pa.items()}
         self.tunnel_port = tunnel_port

@@ -153,10 +153,11 @@ def hop_outputs(fate: Fate, tunnel_port: int = TUNNEL_OFPORT) -> list:
     return sorted(set(out), key=str)
 
 
-def simulate(desired: dict, pas: dict, host: str, in_port: int, packet: dict) -> Fabric:
+def simulate(desired: dict, pas: dict, host: str, in_port: int, packet: dict, live: dict | None = None) -> Fabric:
     """Run `packet` from `in_port` on `host` through the desired flows of all hosts, as
-    the first packet of a connection; the returned fabric holds every hop."""
-    fabric = Fabric(PIPELINE, {h: (desired[h].values(), pas[h]) for h in desired}, TUNNEL_OFPORT)
+    the first packet of a connection; the returned fabric holds every hop. `live`: the
+    switches' port liveness (host -> {ofport: live}), which fast-failover groups follow."""
+    fabric = Fabric(PIPELINE, {h: (desired[h].values(), pas[h]) for h in desired}, TUNNEL_OFPORT, live=live)
     fabric.send(host, in_port, packet)
     return fabric
 

@@ -130,6 +130,13 @@ def cmd_tenant_show(a):
     print(f"  {'HOST':6} {'FLOWS':>6} INSTALLED")
     for h, s in r["hosts"].items():
         print(f"  {h:6} {s['flows']:>6} {'yes' if s['installed'] else 'NO'}{'  ' + s['note'] if s.get('note') else ''}")
+    for g in r.get("gateways", ()):
+        group = ", ".join(f"{x['host']}{'*' if x['active'] else ''}{'' if x['alive'] else ' (down)'}"
+                          for x in g["gateways"]) or "none: no host with the provider network"
+        print(f"  router {g['router']} {g['externalIp']}: gateways {group}   (* active)")
+        for f in g["floatingIps"]:
+            how = f"distributed, on {f['host']}" if f["distributed"] else f"through the gateway {f['host'] or '-'}"
+            print(f"    floating IP {f['ip']} -> {f['port']}: {how}")
 
 
 # flows, exec ---------------------------------------------------------------------------

@@ -81,6 +81,13 @@ def distributed(t, n) -> str | None:
     return p.host if p is not None and p.host in t.externals else None
 
 
+def distributed_host(tenant, n, hosts) -> str | None:
+    """The same from a tenant and the compiler's hosts (controller.compile.compiler.Host)."""
+    p = tenant.port(n.port)
+    h = hosts.get(p.host) if p is not None else None
+    return p.host if h is not None and h.external else None
+
+
 def arp_reply(mac: str, ip: str) -> tuple:
     return (Move("eth_src", "eth_dst"), SetField("eth_src", mac), SetField("arp_op", ARP_REPLY),
             Move("arp_sha", "arp_tha"), Move("arp_spa", "arp_tpa"), SetField("arp_sha", mac),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from controller.layers.gateway import floating_mac
+from controller.layers.gateway import distributed_host, floating_mac
 
 LOG = logging.getLogger("nvctl.announce")
 ETH_TYPE_ARP = 0x0806
@@ -35,10 +35,9 @@ def _distributed(t, hosts) -> dict:
     for n in t.nat:
         if n.type != "floating-ip":
             continue
-        p = t.port(n.port)
-        h = hosts.get(p.host) if p is not None else None
-        if h is not None and h.external:
-            out[str(n.external_ip)] = (p.host, h.external[0], floating_mac(n))
+        h = distributed_host(t, n, hosts)
+        if h is not None:
+            out[str(n.external_ip)] = (h, hosts[h].external[0], floating_mac(n))
     return out
 
 

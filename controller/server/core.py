@@ -28,6 +28,7 @@ from controller.compile.compiler import Host, compile_host, compile_tenant, paus
 from controller.compile.desired import DesiredState
 from controller.server.guard import Guard
 from controller.server.peers import PeerTunnels
+from controller.server.gateways import GatewaysMixin
 from controller.server.progress import Changes
 from controller.packetin.punt import Punt
 from controller.analysis import stats as stats_mod
@@ -63,8 +64,8 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-class Core(SwitchesMixin, HostsMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin, ViewsMixin,
-           CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin):
+class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin,
+           ViewsMixin, CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:

@@ -79,7 +79,7 @@ class ViewsMixin:
         return {"spec": schema.to_doc(e.tenant), "revision": e.revision,
                 "ids": {"tenant_id": e.alloc.tenant_id, "vni": e.alloc.vni},
                 "mtu": self.switch_mtus(e.tenant),
-                "ports": ports, "hosts": hosts}
+                "ports": ports, "hosts": hosts, "gateways": self.gateway_status(e.tenant)}
 
     def trace(self, tenant: str, port: str, packet: str, real: bool = False) -> dict:
         """Simulate `packet` sent by tenant/port through every host it crosses; with
@@ -101,7 +101,7 @@ class ViewsMixin:
         for n, e2 in self.tenants.items():
             for q in e2.tenant.ports:
                 where[(q.host, e2.alloc.ofport[q.name])] = f"{n}/{q.name}"
-        fabric = tr.simulate(self.desired, pas, p.host, e.alloc.ofport[p.name], pkt)
+        fabric = tr.simulate(self.desired, pas, p.host, e.alloc.ofport[p.name], pkt, live=self.liveness())
 
         def label(host, item):
             if item[0] == "tunnel":

@@ -17,6 +17,7 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
+OFPPS_LIVE = ofproto_v1_3.OFPPS_LIVE  # a port state bit: fast failover may use it
 
 from controller.switch import ofcodec
 from controller.switch import ofwire
@@ -66,6 +67,9 @@ class Session:
         # (os-ken's own copy, dp.ports, is updated by another app's handler: not
         # ordered with ours).
         self._ports: dict[int, str] = {no: _port_name(p) for no, p in (dp.ports or {}).items()}
+        # ofport -> OpenFlow's LIVE state bit (what a fast-failover bucket watching it sees;
+        # a BFD tunnel's follows its session), kept the same way
+        self._live: dict[int, bool] = {no: bool(p.state & OFPPS_LIVE) for no, p in (dp.ports or {}).items()}
 
     # replies, routed here by the app -------------------------------------------------
     def on_reply(self, msg, last: bool) -> None:
@@ -312,12 +316,23 @@ class Session:
         """ofport -> interface name, as the switch reported them."""
         return dict(self._ports)
 
-    def on_port_status(self, port_no: int, name: str, gone: bool) -> None:
+    def live(self) -> dict[int, bool]:
+        """ofport -> whether the switch holds it live (fast-failover's view)."""
+        return dict(self._live)
+
+    def on_port_status(self, port_no: int, name: str, gone: bool, live: bool | None = None) -> bool:
+        """Follow a port status; True when it changed the port's liveness."""
         if gone:
             if self._ports.get(port_no) == name:
                 del self._ports[port_no]
-        else:
-            self._ports[port_no] = name
+                self._live.pop(port_no, None)
+            return False
+        self._ports[port_no] = name
+        if live is None:
+            return False
+        was = self._live.get(port_no)
+        self._live[port_no] = live
+        return was is not None and was != live
 
 
 def _port_name(desc) -> str:
@@ -447,7 +462,14 @@ class NvApp(app_manager.OSKenApp):
         ofp = msg.datapath.ofproto
         if msg.reason not in (ofp.OFPPR_ADD, ofp.OFPPR_DELETE, ofp.OFPPR_MODIFY):
             return
-        s.on_port_status(msg.desc.port_no, _port_name(msg.desc), msg.reason == ofp.OFPPR_DELETE)
+        state = getattr(msg.desc, "state", None)
+        flipped = s.on_port_status(msg.desc.port_no, _port_name(msg.desc), msg.reason == ofp.OFPPR_DELETE,
+                                   None if state is None else bool(state & OFPPS_LIVE))
+        if self.core is not None and flipped:  # a BFD session came up or went down
+            try:
+                self.core.port_liveness_changed(s, msg.desc.port_no, s.live()[msg.desc.port_no])
+            except Exception:  # one bad event must not stop the app's event loop
+                LOG.exception("port liveness from %016x", msg.datapath.id)
         if self.core is not None and msg.reason != ofp.OFPPR_MODIFY:  # a link's state: not who is there
             try:
                 self.core.switch_ports_changed(s)

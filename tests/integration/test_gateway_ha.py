@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from scenarios.lab import OUTSIDE_IP
+from scenarios.lab import EXTERNAL_OFPORT, OUTSIDE_IP
 from scenarios.netutil import Capture, PingTimeline, ping_many, tagged
 from tests.integration.helpers import apply_yaml, nvctl, nvctl_json
 
@@ -113,7 +113,9 @@ def test_snat_survives_its_active_gateway_dying_and_coming_back(lab, twins):
         time.sleep(2)
         killed = time.time() - t0
         assert lab.kill_vswitchd("hv1")
-        time.sleep(4)
+        time.sleep(2)
+        during = {n: _gateway_view(lab, n) for n in TWINS}
+        time.sleep(2)
         back = time.time() - t0
         lab.start_vswitchd("hv1")
         results = {n: p.result() for n, p in pings.items()}
@@ -121,6 +123,11 @@ def test_snat_survives_its_active_gateway_dying_and_coming_back(lab, twins):
         for p in pings.values():
             p.stop()
     lab.wait_synced(60)
+    for n, (active, alive, delivered, agree) in during.items():
+        # while hv1 was down: the controller saw it (the other hosts' BFD) and trace followed
+        # the switches' fast-failover choice, as OVS's own trace of hv3 did
+        assert active == "hv2" and alive == {"hv1": False, "hv2": True}, during
+        assert delivered == [f"hv2:{EXTERNAL_OFPORT}"] and agree is True, during
     for n, r in results.items():
         lost_kill = _timeline_losses(r, killed, back)
         lost_back = _timeline_losses(r, back, 1e9)
@@ -135,5 +142,20 @@ def test_snat_survives_its_active_gateway_dying_and_coming_back(lab, twins):
                               _links(lab, "hv1", "hv2"), count=3)
     assert res == {n: (3, 3) for n in TWINS}, res
     assert seen[f"{ext}:hv1"] == 2 * 2 * 3 and seen[f"{ext}:hv2"] == 0, seen
+    for n in TWINS:
+        active, alive, delivered, agree = _gateway_view(lab, n)
+        assert active == "hv1" and alive == {"hv1": True, "hv2": True}, (n, active, alive)
+        assert delivered == [f"hv1:{EXTERNAL_OFPORT}"] and agree is True, (n, delivered)
     proof = nvctl_json(lab, "verify")
     assert proof["ok"], proof
+
+
+def _gateway_view(lab, tenant):
+    """(active gateway, {gateway: alive}) of router r1 as `tenant show` has them, where
+    trace says a ping from web1 to the outside leaves, and whether OVS's own trace of
+    the first hop (hv3, where the fast-failover group chooses) agrees."""
+    from controller.client.api import call
+    g = next(x for x in nvctl_json(lab, "tenant", "show", tenant)["gateways"] if x["router"] == "r1")
+    out = call(lab.api_path, "trace", tenant=tenant, port="web1", packet=f"icmp,nw_dst={OUTSIDE_IP}", real=True)
+    assert out["hops"][0]["host"] == "hv3", out
+    return g["active"], {x["host"]: x["alive"] for x in g["gateways"]}, out["delivered"], out["hops"][0]["real"]["agree"]

@@ -1,0 +1,105 @@
+"""What the controller knows of gateway groups: which gateway is alive and active, and
+the announcement when a gateway takes over.
+
+The switches choose the active gateway themselves (controller.layers.gateway); the
+controller only watches. Each switch reports its ports' OpenFlow LIVE bit, which for a
+BFD tunnel port (controller.server.peers) follows the BFD session toward that peer, so
+the controller sees what every fast-failover group sees, with no extra reads. From it:
+
+- `port_liveness_changed`: a host's BFD session toward a peer came up or went down. If
+  that makes the host the active gateway of a router, it announces the router's
+  external address (and the floating IPs that go through the gateway) with gratuitous
+  ARP out of its external port, so the provider's switches learn at once where the MAC
+  is now. (Outbound traffic through the new gateway teaches them too; the announcement
+  covers an address that only receives.)
+- `gateway_status`: per router, its gateways in order, each alive or not (as the other
+  hosts' BFD sessions see it) and which one is active; `tenant show` shows it.
+- `liveness`: per host, the LIVE bit of its ports, for `trace` to follow the bucket a
+  fast-failover group takes now.
+"""
+from __future__ import annotations
+
+import logging
+
+from controller.compile.compiler import gateway_hosts
+from controller.layers.gateway import distributed_host, external_mac
+from controller.server.announce import garp
+from controller.spaces.ids import FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT
+
+LOG = logging.getLogger("nvctl.gateways")
+
+
+class GatewaysMixin:
+    def liveness(self) -> dict:
+        """host -> {ofport: live} of every connected switch."""
+        return {h: st.session.live() for h, st in self.state.items()
+                if st.session is not None and hasattr(st.session, "live")}
+
+    def _alive(self, host: str, live: dict, placement: dict) -> bool | None:
+        """Is gateway `host` alive, as the other hosts' BFD sessions toward it say (any
+        one up: yes)? Without such a session: whether its switch is connected."""
+        port = placement[host].peer_port if host in placement else None
+        seen = [ports[port] for h, ports in live.items() if h != host and port is not None and port in ports]
+        if seen:
+            return any(seen)
+        st = self.state.get(host)
+        return st is not None and st.session is not None
+
+    def gateway_status(self, t) -> list[dict]:
+        """Per router with an external address: its gateways, alive and active."""
+        placement = self._placement()
+        live = self.liveness()
+        out = []
+        for r in t.routers:
+            if r.external_ip is None:
+                continue
+            gws = gateway_hosts(r, placement)
+            alive = {g: self._alive(g, live, placement) for g in gws}
+            active = next((g for g in gws if alive[g]), None)
+            fips = []
+            for n in t.nat:
+                if n.type == "floating-ip" and n.router == r.name:
+                    h = distributed_host(t, n, placement)
+                    fips.append({"ip": str(n.external_ip), "port": n.port,
+                                 "host": h or active, "distributed": h is not None})
+            out.append({"router": r.name, "externalIp": str(r.external_ip),
+                        "gateways": [{"host": g, "priority": i + 1, "alive": alive[g], "active": g == active}
+                                     for i, g in enumerate(gws)],
+                        "requested": list(r.gateways), "active": active, "floatingIps": fips})
+        return out
+
+    def port_liveness_changed(self, session, port: int, live: bool) -> None:
+        """A host's BFD session toward a peer came up or went down (the OpenFlow app's
+        thread: no I/O but packet-outs). Announce what it now carries as the active gateway."""
+        host = self.host_of_dpid(session.dpid)
+        if host is None or not FIRST_PEER_TUNNEL_OFPORT <= port <= MAX_PEER_TUNNEL_OFPORT:
+            return
+        placement = self._placement()
+        peer = next((h.name for h in placement.values() if h.peer_port == port), None)
+        LOG.info("host %s: BFD toward %s is %s", host, peer or f"port {port}", "up" if live else "down")
+        me = placement.get(host)
+        if not self.leading() or me is None or not me.external:
+            return
+        ports = session.live()
+        sent = 0
+        for name, e in list(self.tenants.items()):
+            t = e.tenant
+            for r in t.routers:
+                gws = gateway_hosts(r, placement)
+                if host not in gws:
+                    continue
+                before = gws[:gws.index(host)]
+                if any(ports.get(placement[g].peer_port, True) for g in before):
+                    continue  # a gateway before it is alive: it stays quiet
+                mac = external_mac(r)
+                addrs = [str(r.external_ip)] + [str(n.external_ip) for n in t.nat
+                                                if n.type == "floating-ip" and n.router == r.name
+                                                and distributed_host(t, n, placement) is None]
+                for ip in addrs:
+                    try:
+                        session.packet_out(me.external[0], garp(mac, ip))
+                        sent += 1
+                    except Exception as ex:  # noqa: BLE001 - a lost announcement only delays learning
+                        LOG.warning("gratuitous ARP for %s on %s: %s", ip, host, ex)
+        if sent:
+            LOG.info("host %s: active gateway, %d addresses announced", host, sent)

@@ -14,7 +14,10 @@ plain Linux bridge (and a namespace's migration); `mtu` is TCP across hosts on a
 DHCP answered by the controller (one port against the per-tenant control meter, the
 controller's capacity over many tenants' meters, another tenant's DHCP under a flood);
 `netpol` is network policies against the same allow-lists written as ACLs (no lab: flows
-per host, the tenant's compile, one labelled port added through the change path).
+per host, the tenant's compile, one labelled port added through the change path);
+`health` (opt-in, `--only health`) is load-balancer health checks: a backend that stops
+listening to out of the select group, and back, against the protocol's window and a
+`tenant apply` that takes the backend out by hand.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ from bench.freshlab import on_fresh_lab
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp",
        "cni", "cluster", "observe", "vm", "netpol")
-EXTRA = ("scale",)  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
+EXTRA = ("scale",  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
+         "health")  # load-balancer health checks' detection time (a lab, ~1 min): `--only health`
 
 
 def machine() -> dict:
@@ -148,6 +152,14 @@ def ratios(res: dict) -> dict:
             for k in ("min", "max"):
                 if isinstance(x.get(k), (int, float)):
                     out[f"restart_seconds_10_hosts_1000_ports_{k}"] = x[k]
+    for name, path in (("health_down_detected_over_protocol_window", ("health", "ratio_down_over_window_max")),
+                       ("health_down_detected_s", ("health", "down_detected_s")),
+                       ("health_up_detected_s", ("health", "up_detected_s"))):
+        x = _get(res, *path)
+        if isinstance(_median(x), (int, float)):
+            out[name] = _median(x)
+            if isinstance(x, dict) and isinstance(x.get("min"), (int, float)):
+                out[name + "_min"], out[name + "_max"] = x["min"], x["max"]
     cpu = _median(_get(res, "observe", "cpu", "refresh_share"))
     if isinstance(cpu, (int, float)):
         out["controller_cpu_share_at_1s_stats_refresh"] = cpu
@@ -509,6 +521,11 @@ def _suites(a, only: list[str], rep, hog) -> int:
         res["netpol"] = netpol.netpol_bench(ports=200 if a.quick else 1000, reps=2 if a.quick else 5,
                                             samples=200 if a.quick else 300)
         print(netpol.report(res["netpol"]), flush=True)
+    if "health" in only:
+        suites.next("health")
+        from bench import lb_health
+        res["health"] = on_fresh_lab(lambda lab: lb_health.lb_health(lab, repeats=3 if a.quick else 7))
+        print(lb_health.report(res["health"]), flush=True)
     if "scale" in only:
         suites.next("scale")
         from bench import scale

@@ -184,12 +184,35 @@ class NatRule:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A load balancer's backend probes (controller.packetin.health): every `interval`
+    seconds a TCP SYN (UDP: a datagram) from the backend's host; no answer within
+    `timeout` seconds (UDP: an ICMP port unreachable) is a failure. `failure_count`
+    failures in a row take a backend out, `success_count` successes put it back."""
+
+    interval: float = 5.0
+    timeout: float = 2.0
+    success_count: int = 2
+    failure_count: int = 3
+
+
+@dataclass(frozen=True)
 class LoadBalancer:
     name: str
     vip: ipaddress.IPv4Address
     protocol: str  # "tcp" or "udp"
     port: int
     backends: tuple[tuple[str, int], ...]  # (tenant port name, its listening port)
+    health_check: HealthCheck | None = None
+    # Backends its health checks found down, taken out of the select group. Controller
+    # state (operational, like Port.pending), never in the YAML: it does not change the
+    # tenant's spec, and a change of the spec keeps it (controller.server.health).
+    down: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def live(self) -> tuple[tuple[str, int], ...]:
+        """The backends new connections may go to: all but those found down."""
+        return tuple(b for b in self.backends if b not in self.down) if self.down else self.backends
 
     @property
     def mac(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from topology.model import (AclRule, LoadBalancer, NatRule, NetworkPolicy, PolicyPeer, PolicyRule, Port,
+from topology.model import (AclRule, HealthCheck, LoadBalancer, NatRule, NetworkPolicy, PolicyPeer, PolicyRule, Port,
                             Route, Router, RouterPort, Selector, Switch, Tenant, derived_mac, eui64,
                             service_address)
 
@@ -27,7 +27,10 @@ TOP_KEYS = {"apiVersion": True, "kind": True, "metadata": True, "spec": True}
 METADATA_KEYS = {"name": True}
 SPEC_KEYS = {"switches": False, "ports": False, "routers": False, "acls": False, "nat": False,
              "loadBalancers": False, "networkPolicies": False}
-LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True}
+LB_KEYS = {"name": True, "vip": True, "protocol": True, "port": True, "backends": True, "healthCheck": False}
+HEALTH_KEYS = {"interval": False, "timeout": False, "successCount": False, "failureCount": False}
+MAX_HEALTH_SECONDS = 3600
+MAX_HEALTH_COUNT = 100
 NAT_KEYS = {"type": True, "router": False, "cidr": False, "port": False, "externalIp": False}
 SWITCH_KEYS = {"name": True, "cidr": True, "mtu": False, "dhcp": False, "cidr6": False, "labels": False}
 MIN_MTU, MAX_MTU = 576, 9000
@@ -707,11 +710,57 @@ def _load_balancers(raw: Any, switches: list[Switch], routers: list[Router], por
         if len(set(backends)) != len(backends):
             errs.add(f"{path}.backends", "a backend is listed twice")
             ok = False
+        hc = None
+        if "healthCheck" in item:
+            hc = _health_check(item["healthCheck"], f"{path}.healthCheck", errs)
+            ok &= hc is not None
         if ok:
             names.add(name)
             vips[(vip, proto, port)] = name
-            out.append(LoadBalancer(name, vip, proto, port, tuple(backends)))
+            out.append(LoadBalancer(name, vip, proto, port, tuple(backends), hc))
     return out
+
+
+def _health_check(raw: Any, path: str, errs: _Errors) -> HealthCheck | None:
+    """A load balancer's healthCheck ({} takes every default); None when wrong (reported)."""
+    if raw is None:
+        raw = {}
+    if not _keys(raw, path, HEALTH_KEYS, errs, "interval, timeout, successCount, failureCount"):
+        return None
+    d = HealthCheck()
+    ok = True
+    got = {}
+    for key, attr in (("interval", "interval"), ("timeout", "timeout")):
+        v = raw.get(key, getattr(d, attr))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            errs.add(f"{path}.{key}", f"{v!r} must be > 0 (seconds)")
+            ok = False
+        elif v > MAX_HEALTH_SECONDS:
+            errs.add(f"{path}.{key}", f"{v!r} must be at most {MAX_HEALTH_SECONDS} (seconds)")
+            ok = False
+        else:
+            got[attr] = float(v)
+    for key, attr in (("successCount", "success_count"), ("failureCount", "failure_count")):
+        v = raw.get(key, getattr(d, attr))
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_HEALTH_COUNT:
+            errs.add(f"{path}.{key}", f"{v!r} must be an integer from 1 to {MAX_HEALTH_COUNT}")
+            ok = False
+        else:
+            got[attr] = v
+    if ok and got["timeout"] > got["interval"]:
+        errs.add(f"{path}.timeout", f"{raw.get('timeout', d.timeout)!r} must be at most the interval "
+                                    f"({got['interval']:g}): one probe at a time per backend")
+        ok = False
+    return HealthCheck(**got) if ok else None
+
+
+def _health_doc(hc: HealthCheck) -> dict:
+    return {"interval": _num(hc.interval), "timeout": _num(hc.timeout), "successCount": hc.success_count,
+            "failureCount": hc.failure_count}
+
+
+def _num(x: float):
+    return int(x) if float(x).is_integer() else x
 
 
 def _port_range(value: Any, path: str, errs: _Errors) -> tuple[int, int] | None:
@@ -1128,7 +1177,8 @@ def to_doc(t: Tenant) -> dict:
                 spec["nat"].append({"type": "floating-ip", "port": n.port, "externalIp": str(n.external_ip)})
     if t.load_balancers:
         spec["loadBalancers"] = [{"name": lb.name, "vip": str(lb.vip), "protocol": lb.protocol,
-                                  "port": lb.port, "backends": [f"{p}:{n}" for p, n in lb.backends]}
+                                  "port": lb.port, "backends": [f"{p}:{n}" for p, n in lb.backends],
+                                  **({"healthCheck": _health_doc(lb.health_check)} if lb.health_check else {})}
                                  for lb in t.load_balancers]
     if t.acls:
         spec["acls"] = []

@@ -21,7 +21,9 @@ What counts where:
                     of each connection and the rest of it (replies pass by the
                     switch's "reply of an allowed connection" flow, not the rule)
   lb backend        connections: new connections sent to it (its bucket);
-                    replyPackets/Bytes: what came back from it through the VIP
+                    replyPackets/Bytes: what came back from it through the VIP;
+                    health: its health check's state (up, down, unknown), since
+                    when (wall clock), the last probe's result (None: not checked)
   nat               packets translated, per rule and direction
 
 Counters survive reconcile: a flow modified in place (same table, priority and match)
@@ -161,9 +163,11 @@ def _pair(c) -> dict:
 
 
 def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None = None,
-           errors: dict | None = None, clock=time.time, cookies=None, key=None, stamp: int | None = None) -> dict:
+           errors: dict | None = None, clock=time.time, cookies=None, key=None, stamp: int | None = None,
+           health: dict | None = None) -> dict:
     """The `nvctl stats --json` document for one tenant (`key`: its entry in `book`,
-    by default its name)."""
+    by default its name; `health`: its backends' health checks, {(load balancer, port,
+    l4 port): {"state", "since", "last", ...}}, controller.packetin.health)."""
     counts, seen = tag_counts(flows_by_host, readings, cookies)
     if book is not None:
         book.settle(tenant.name if key is None else key, flows_by_host, readings, counts, seen, stamp)
@@ -198,16 +202,22 @@ def report(tenant, alloc, flows_by_host: dict, readings: dict, book: Book | None
     lbs = []
     for lb in tenant.load_balancers:
         gid = alloc.group.get(lb.name)
-        buckets = [[0, 0] for _ in lb.backends]
+        live = lb.live  # the group's buckets, in order: a backend found down has none
+        buckets = [[0, 0] for _ in live]
         for r in readings.values():
             for i, (bp, _bb) in enumerate(r.groups.get(gid, ())[:len(buckets)]):
                 buckets[i][0] += bp
+        by_backend = dict(zip(live, buckets))
         backends = []
-        for (pname, port), b in zip(lb.backends, buckets):
+        for pname, port in lb.backends:
+            b = by_backend.get((pname, port), (0, 0))
             ip = str(tenant.port(pname).ip)
             reply = get(("lbReply", lb.protocol, ip, port), zero)
+            h = (health or {}).get((lb.name, pname, port)) if lb.health_check is not None else None
             backends.append({"name": pname, "ip": ip, "port": port, "connections": b[0],
-                             "replyPackets": reply[0], "replyBytes": reply[1]})
+                             "replyPackets": reply[0], "replyBytes": reply[1],
+                             "inService": (pname, port) not in lb.down,
+                             "health": None if h is None else dict(h)})
         lbs.append({"name": lb.name, "vip": str(lb.vip), "port": lb.port, "protocol": lb.protocol,
                     "connections": _pair(get(("lb", lb.name), zero))["packets"], "backends": backends})
     nat = []

@@ -640,7 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                               rate limit (rateLimitMbps), by the flood limit (bumLimitPps)
               acl rules       every packet the rule decided in its direction (the first
                               packet of each connection and the rest of it)
-              load balancers  new connections per backend, and what came back from it
+              load balancers  new connections per backend, and what came back from it;
+                              with a healthCheck, each backend's state (up, down,
+                              unknown) and since when
               nat             packets translated per rule and direction
             Counters keep counting across tenant changes (a flow changed in place keeps
             its counts; a port's counts follow it when it migrates, as far as they were

@@ -61,14 +61,24 @@ def stats_tables(r: dict, prev: dict | None = None) -> list[tuple[str, list[str]
         out.append(("network policies", ["POLICY", "NAMESPACE", "RULE", "CONNECTIONS ALLOWED"], rows))
     if r["loadBalancers"]:
         rows = [[lb["name"], f"{lb['vip']}:{lb['port']}/{lb['protocol']}", f"{b['name']} {b['ip']}:{b['port']}",
-                 _n(b["connections"]), _n(b["replyPackets"]), _n(b["replyBytes"])]
+                 _health(b.get("health")), _n(b["connections"]), _n(b["replyPackets"]), _n(b["replyBytes"])]
                 for lb in r["loadBalancers"] for b in lb["backends"]]
-        out.append(("load balancers", ["LB", "VIP", "BACKEND", "CONNECTIONS", "REPLY PKTS", "REPLY BYTES"], rows))
+        out.append(("load balancers", ["LB", "VIP", "BACKEND", "HEALTH", "CONNECTIONS", "REPLY PKTS", "REPLY BYTES"],
+                    rows))
     if r["nat"]:
         rows = [[n["kind"], n["name"], n["router"], n["externalIp"], n["direction"], _n(n["packets"]),
                  _n(n["bytes"])] for n in r["nat"]]
         out.append(("nat", ["KIND", "RULE", "ROUTER", "EXTERNAL IP", "DIR", "PACKETS", "BYTES"], rows))
     return out
+
+
+def _health(h) -> str:
+    """A backend's health check in a word and since when: "up since 12:03:04", "-" unchecked."""
+    if not h:
+        return "-"
+    if h.get("since") is None:
+        return h["state"]
+    return f"{h['state']} since {time.strftime('%H:%M:%S', time.localtime(h['since']))}"
 
 
 def render_plain(tables) -> str:

@@ -14,7 +14,7 @@ from controller.layers.classify import Classify
 from controller.layers.delivery import Delivery
 from controller.layers.encap import Encap
 from controller.layers.gateway import Gateway
-from controller.layers.lb import LbEgress, LbIngress
+from controller.layers.lb import LbEgress, LbIngress, LbMonitor
 from controller.layers.netpol import EgressPolicy, IngressPolicy
 from controller.layers.port_security import PortSecurity
 from controller.layers.qos import Qos
@@ -25,7 +25,8 @@ from controller.layers.switching import Switching
 # Ingress: a packet from a workload (or from the tunnel, entering at TUNNEL_ENTRY).
 # The ACLs and the network policies are separate layers a packet must pass both of; the
 # policies judge a load-balanced connection by its backend (after lb, before lb_reply).
-INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Services(), Qos(), FromPortAcl(), LbIngress(),
+INGRESS: tuple[Layer, ...] = (Classify(), Gateway(), PortSecurity(), Services(), LbMonitor(), Qos(), FromPortAcl(),
+                              LbIngress(),
                               EgressPolicy(), ArpResponder(), Switching(), Routing(), Encap())
 # Egress: towards a workload on this host.
 EGRESS: tuple[Layer, ...] = (IngressPolicy(), LbEgress(), ToPortAcl(), Delivery())

@@ -15,6 +15,9 @@ host (see `controller.layers.services`):
   tunnel_out table            a packet too big for its switch's MTU: ICMP
                               "fragmentation needed" (ICMPv6 "packet too big") with
                               that MTU, back to the sender
+  lb_dnat table               a new connection to a load balancer whose backends
+                              health checks all found down: a TCP reset (UDP: ICMP
+                              port unreachable) from the VIP (controller.packetin.health)
 
 The spec is the only state: a lease is what the port's YAML says, so a controller
 restart or failover loses nothing, and two tenants with identical specs get their own
@@ -32,6 +35,7 @@ from typing import Callable, Mapping
 from controller.layers.services import DNS_PORT, ICMPV6_ECHO_REQUEST, ND_RS
 from dataplane.match_action import ETH_TYPE_IP, ETH_TYPE_IPV6, ND_NS
 from controller.layers.port_security import DHCP_SERVER_PORT
+from controller.packetin.health import refusal
 from topology.model import DEFAULT_LEASE_SECONDS, DNS_SUFFIX, Port, Tenant
 
 DNS_QTYPE_A, DNS_QTYPE_AAAA = 1, 28
@@ -108,6 +112,10 @@ class Punt:
         f = self._facts_of(name)
         if table == "tunnel_out":
             return self._too_big(f, switch, host, in_port, data)
+        if table == "lb_dnat":
+            reply = refusal(data)
+            self.counts[("lb", "refused" if reply else "ignored")] += 1
+            return [(in_port, reply)] if reply else []
         if table == "services" and _icmp6_type(data) is not None:
             return self._icmp6(f, switch, host, in_port, data)
         l4 = _udp_dst(data)

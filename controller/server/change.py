@@ -100,11 +100,25 @@ def with_pending(old: Tenant, new: Tenant) -> Tenant:
     return dataclasses.replace(new, ports=ports) if ports != new.ports else new
 
 
+def with_health(old: Tenant, new: Tenant) -> Tenant:
+    """`new`, each load balancer still without the backends health checks found down in
+    `old` (controller.server.health): health is not intent, so a change of the spec
+    keeps it, for the backends and health checks the new spec still has."""
+    was = {lb.name: lb.down for lb in old.load_balancers if lb.down}
+    if not was:
+        return new
+    lbs = tuple(dataclasses.replace(lb, down=tuple(b for b in was[lb.name] if b in lb.backends))
+                if lb.name in was and lb.health_check is not None and not lb.down else lb
+                for lb in new.load_balancers)
+    return dataclasses.replace(new, load_balancers=lbs) if lbs != new.load_balancers else new
+
+
 class TenantChange(Change):
     """A tenant's new intent over its old one (None: the tenant is deleted): create,
     apply, port add and port delete."""
 
     keeps_pending = True  # a VM's pending binding (a live migration under way) outlives the change
+    keeps_health = True  # so do the backends its load balancers' health checks found down
 
     def __init__(self, old: TenantEntry | None, new: Tenant | None, action: str, name: str | None = None,
                  layers: dict | None = None):
@@ -112,6 +126,8 @@ class TenantChange(Change):
         controller.server.owners)."""
         if self.keeps_pending and old is not None and new is not None:
             new = with_pending(old.tenant, new)
+        if self.keeps_health and old is not None and new is not None:
+            new = with_health(old.tenant, new)
         self.old, self.new, self.action, self.layers = old, new, action, layers
         self.name = name or (new.name if new is not None else old.tenant.name)
         self.entry: TenantEntry | None = None
@@ -153,6 +169,38 @@ class TenantChange(Change):
                                "warnings": self.proved["warnings"],
                                **({"note": self.proved["note"]} if self.proved.get("note") else {})}
         return out
+
+
+class HealthChange(TenantChange):
+    """Load-balancer backends found down or up again by their health checks
+    (controller.server.health): `down` is {load balancer: ((port, l4 port), ...)} for
+    the whole tenant. Operational state, not intent: the tenant is compiled and rolled
+    out as for any change (only its flows that differ are sent: the load balancers'
+    select groups), and nothing is stored: its spec and revision stay."""
+
+    keeps_health = False
+
+    def __init__(self, old: TenantEntry, down: dict):
+        t = old.tenant
+        lbs = tuple(dataclasses.replace(lb, down=tuple(down.get(lb.name, ()))) for lb in t.load_balancers)
+        words = []
+        for was, now in zip(t.load_balancers, lbs):
+            gone = [f"{p}:{n}" for p, n in now.down if (p, n) not in was.down]
+            back = [f"{p}:{n}" for p, n in was.down if (p, n) not in now.down]
+            if gone:
+                words.append(f"{was.name}: {', '.join(gone)} down")
+            if back:
+                words.append(f"{was.name}: {', '.join(back)} up")
+        super().__init__(old, dataclasses.replace(t, load_balancers=lbs),
+                         "health: " + ("; ".join(words) or "unchanged"))
+
+    def commit(self, core) -> set[str]:
+        self.entry, changed, self.delta = core._commit(self.new, self.old, None, self.action, stored=False)
+        self.proved = core.proved
+        return changed
+
+    def attach(self, core, progress) -> list[str]:
+        return []  # no workload changes
 
 
 class Migration(TenantChange):

@@ -48,6 +48,8 @@ from controller.server.views import ViewsMixin
 from controller.server.counters import CountersMixin
 from controller.server.access import AccessMixin, Authenticator, AuditTrail
 from controller.server.owners import OwnersMixin
+from controller.server.health import HealthMixin
+from controller.packetin.health import Monitor
 from tep.driver import Driver, NoDriver
 
 
@@ -65,7 +67,7 @@ def freeze_heap() -> None:
 
 
 class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin,
-           ViewsMixin, CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin):
+           ViewsMixin, CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin, HealthMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
@@ -108,6 +110,7 @@ class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, Bi
         self.vm_moves: dict = {}  # (tenant, port) -> VmMove: live migrations under way (vmmigrate.py; the mutex)
         self.peers = PeerTunnels()  # each host's BFD ports toward possible gateways (peers.py)
         self.activating: set = set()  # (tenant, port, host) whose announcement is being acted on (vmmigrate.py)
+        self.health = Monitor()  # load balancers' backend health checks (health.py)
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {},

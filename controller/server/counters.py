@@ -83,7 +83,8 @@ class CountersMixin:
         finishes after the tenant was deleted (and maybe made again) changes neither."""
         same = inc is not None and self._incarnation.get(name) == inc
         rep = stats_mod.report(e.tenant, e.alloc, e.flows, readings, self.book if same else None, errors,
-                               cookies=lambda h: self._cookies(e, h), key=(name, inc), stamp=stamp)
+                               cookies=lambda h: self._cookies(e, h), key=(name, inc), stamp=stamp,
+                               health=self.health_of(name))
         if same:
             with self._samples_lock:
                 keep = self.samples.setdefault(name, [])

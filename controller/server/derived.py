@@ -57,6 +57,9 @@ VIEWS = (
          "through; rebuilt on its next check when the desired state moved by another path (its generation)"),
     View("proved", "proved", ("change_proof",), ("_commit",),
          "the guard's entry for the change being committed, read by the change's report"),
+    View("lb_health", "health", ("tenants", "switches"), ("health_tick", "apply_health"),
+         "each health-checked load-balancer backend's state (up, down, unknown) from its probes' answers; "
+         "what is down is compiled into the tenant through a HealthChange (never stored)"),
     View("verified", "verified", ("switches", "desired"), ("verify", "_replace_entry"),
          "the last verify result per tenant, shown by the web view and metrics; dropped with its tenant"),
 )

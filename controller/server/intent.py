@@ -46,8 +46,8 @@ class IntentMixin:
             if e is not None:
                 self.used.add(e.tenant, e.alloc)
 
-    def _commit(self, t: Tenant, old: TenantEntry | None, layers: dict | None = None, action: str = ""
-                ) -> tuple[TenantEntry, set[str], dict]:
+    def _commit(self, t: Tenant, old: TenantEntry | None, layers: dict | None = None, action: str = "",
+                stored: bool = True) -> tuple[TenantEntry, set[str], dict]:
         """Allocate, compile and store a tenant's new intent, then swap it in (under the
         mutex). Returns the new entry, the hosts whose flow sets changed, and the change
         per host (controller.compile.desired.HostDelta: what goes, what comes). Nothing
@@ -55,7 +55,9 @@ class IntentMixin:
         its layers' record (controller.server.owners), stored in the same write; None
         keeps the old one's. With the guard on (controller.server.guard), the change is
         proved over the flows it leaves before the store is written; `self.proved` is
-        the guard's entry for it (None: the guard is off)."""
+        the guard's entry for it (None: the guard is off). `stored=False`: a change of
+        controller state only (load-balancer health), not written to the store when the
+        allocation is the stored one (the spec is: `schema.to_doc` has no such state)."""
         if layers is None:
             layers = old.layers if old is not None else {}
         with self._held_by_others(t.name) as others:
@@ -76,8 +78,11 @@ class IntentMixin:
         # verify before install: refused (an ApiError) before the store
         self.proved = self.guard.check(self, t.name, t, alloc, delta, action)
         try:
-            rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(), old.revision if old else None,
-                                        layers)
+            if not stored and old is not None and alloc == old.alloc:
+                rev = old.revision
+            else:
+                rev = self.store.put_tenant(t.name, schema.to_doc(t), alloc.to_json(),
+                                            old.revision if old else None, layers)
         except BaseException:
             self.guard.stale()  # the proof holds a change that did not happen
             raise

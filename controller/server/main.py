@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     else:
         member.start()  # the leader, once elected, checks the workloads
     hub.spawn(_warm, core)
+    services.append(hub.spawn(core.health_loop))  # load balancers' health checks (controller.server.health)
     logging.info("controller up: OpenFlow on %s:%d, API on %s, store %s", a.listen, a.port, api.path, a.store)
     import signal
 

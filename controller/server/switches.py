@@ -324,5 +324,9 @@ class SwitchesMixin:
         if table == "activation":  # a migrating VM's announcement from its new host
             self.activation_seen(host, in_port, data)
             return
+        if table == "lb_monitor":  # a backend's answer to a health probe (health.py)
+            for frame in self.health_answer(host, regs, data):
+                session.packet_out(in_port, frame)
+            return
         for port, frame in self.punt.handle(host, table, regs, in_port, data):
             session.packet_out(port, frame)

@@ -75,18 +75,22 @@ def twins(lab):
             s.stop()
 
 
-def health(lab, tenant) -> dict:
+def health(lab, tenant, in_service=False) -> dict:
+    """{backend: its health state}; with `in_service`, {backend: (state, in the group)}."""
     from controller.client.api import call
     (lb,) = call(lab.api_path, "stats", tenant=tenant)["loadBalancers"]
-    return {b["name"]: (b["health"] or {}).get("state") for b in lb["backends"]}
+    return {b["name"]: ((b["health"] or {}).get("state"), b["inService"]) if in_service
+            else (b["health"] or {}).get("state") for b in lb["backends"]}
 
 
 def wait_health(lab, tenant, want: dict, timeout=20.0) -> float:
-    """Seconds until the tenant's backends are in the states `want` names."""
+    """Seconds until the tenant's backends are in the states `want` names, and the
+    select group follows (a backend up is in it, one down is not): the probes decide a
+    state first, the change that follows it is made on the controller's next tick."""
     t0 = time.monotonic()
     while True:
-        got = health(lab, tenant)
-        if all(got.get(b) == s for b, s in want.items()):
+        got = health(lab, tenant, in_service=True)
+        if all(got.get(b) == (s, s != "down") for b, s in want.items()):
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"{tenant}: backends {got}, waited {timeout:g} s for {want}")

@@ -198,6 +198,16 @@ class Monitor:
             self.transitions += 1
 
     # what the server reads --------------------------------------------------------------
+    def down_all(self) -> dict[str, dict[str, tuple]]:
+        """{tenant: {load balancer: ((port, l4 port), ...) found down}} of every tenant
+        with a health-checked load balancer ({} for one with nothing down)."""
+        with self._lock:
+            out: dict[str, dict[str, list]] = {t: {} for t in self._seen}
+            for (t, lb, port, l4), b in self.backends.items():
+                if b.state == DOWN:
+                    out.setdefault(t, {}).setdefault(lb, []).append((port, l4))
+        return {t: {lb: tuple(sorted(v)) for lb, v in lbs.items()} for t, lbs in out.items()}
+
     def down(self, tenant: str) -> dict[str, tuple]:
         """{load balancer: ((port, l4 port), ...) found down}, of one tenant."""
         out: dict[str, list] = {}

@@ -37,10 +37,10 @@ class HealthMixin:
         now = self.clock()
         entries = dict(self.tenants)
         self.health.sync({n: e.tenant for n, e in entries.items()
-                          if any(lb.health_check for lb in e.tenant.load_balancers)})
+                          if e.tenant.load_balancers and any(lb.health_check for lb in e.tenant.load_balancers)})
         self.health.expire(now, wall())
         live = {h for h, st in self.state.items() if st.session is not None and st.synced_session is st.session}
-        ofports = {n: e.alloc.ofport for n, e in entries.items()}
+        ofports = {n: e.alloc.ofport for n, e in entries.items() if e.tenant.load_balancers}
         for probe in self.health.due(now, ofports, live):
             st = self.state.get(probe.host)
             session = st.session if st is not None else None
@@ -55,12 +55,9 @@ class HealthMixin:
         """Every tenant whose compiled `down` differs from what its probes found, changed
         (one HealthChange each); returns their names."""
         done = []
-        for name in sorted(self.tenants):
+        for name, want in sorted(self.health.down_all().items()):  # only tenants with health checks
             e = self.tenants.get(name)
-            if e is None or not any(lb.health_check for lb in e.tenant.load_balancers):
-                continue
-            want = self.health.down(name)
-            if all(lb.down == want.get(lb.name, ()) for lb in e.tenant.load_balancers):
+            if e is None or all(lb.down == want.get(lb.name, ()) for lb in e.tenant.load_balancers):
                 continue
             with self.mutex:
                 e = self.tenants.get(name)

@@ -2,6 +2,7 @@
 that stops listening taken out of the select group (established connections to the
 others untouched), put back when it listens again; twins keep their own health; with
 every backend down a new connection is reset at once."""
+import json
 import os
 import subprocess
 import sys
@@ -135,6 +136,14 @@ def test_a_backend_that_stops_listening_is_taken_out_and_put_back(lab, twins):
         (b,) = [x for x in r["loadBalancers"][0]["backends"] if x["name"] == victim]
         assert b["health"]["state"] == "down" and b["health"]["since"] and not b["inService"], b
         assert "down since" in nvctl(lab, "stats", "shop").stdout
+        # trace takes a new connection to a backend in service, and says which is out
+        from controller.client.api import call
+        r = call(lab.api_path, "trace", tenant="shop", port="web1", packet="tcp,nw_dst=10.0.0.100,tp_dst=80")
+        assert r["delivered"] and r["delivered"][0] != f"shop/{victim}", r["delivered"]
+        assert f"{victim}:8080 down" in json.dumps(r["hops"]), "trace does not say the backend is out"
+        # and verify proves the tenants isolated as ever
+        proof = call(lab.api_path, "verify", timeout=300)
+        assert proof["ok"], proof["text"]
         # it listens again: back after two successes
         restart(servers, ports, "shop", victim)
         took = wait_health(lab, "shop", {victim: "up"}, timeout=15)
@@ -164,6 +173,9 @@ def test_every_backend_down_a_new_connection_is_reset(lab, twins):
         took = time.monotonic() - t0
         print(f"\nevery backend down: connect -> {got} in {took:.2f} s")
         assert got == "refused", got  # a reset from the controller, not a black hole
+        from controller.client.api import call
+        proof = call(lab.api_path, "verify", timeout=300)
+        assert proof["ok"], proof["text"]
         assert health(lab, "twin") == {b: "up" for b in BACKENDS}
         assert tcp_whois(ports["twin"]["web1"]["namespace"], "10.0.0.100", 80, count=1)[0] in BACKENDS
     finally:

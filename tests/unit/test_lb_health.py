@@ -253,6 +253,20 @@ def test_every_backend_down_a_syn_gets_a_reset_from_the_vip():
     assert refusal(rst) is None  # never a reset for a reset
 
 
+def test_every_backend_down_a_udp_datagram_gets_port_unreachable_from_the_vip():
+    dgram = health.udp_frame("02:00:0a:00:00:0b", "02:02:0a:00:00:64", "10.0.0.11", "10.0.0.100", 41000, 53,
+                             b"query")
+    icmp = refusal(dgram)
+    assert icmp[0:6] == dgram[6:12] and icmp[23] == 1  # back to the sender, ICMP
+    assert icmp[26:30] == dgram[30:34] and icmp[30:34] == dgram[26:30]
+    assert (icmp[34], icmp[35]) == (3, 3)  # destination unreachable, port unreachable
+    assert health._csum(icmp[34:]) == 0
+    assert icmp[42:42 + 28] == dgram[14:14 + 28]  # the datagram's IP header and 8 bytes, quoted
+    # what a backend says the same way is a health probe's failure
+    kind, ip, l4, sport, _ = parse_answer(icmp[:26] + dgram[30:34] + icmp[30:])
+    assert (kind, l4, sport) == ("unreachable", 53, 41000)
+
+
 # --- the compiler ---------------------------------------------------------------------------
 
 def _lb_dnat(flows):

@@ -152,7 +152,7 @@ TENANT = _env.from_string("""
 <div><h3>ACLs</h3><table id="acl-counters"><thead><tr><th class="num">#</th><th>name</th><th>direction</th>
 <th>action</th><th class="num">priority</th><th class="num">pkts</th><th class="num">bytes</th></tr></thead><tbody></tbody></table></div>
 <div><h3>Load balancers</h3><table id="lb-counters"><thead><tr><th>load balancer</th><th>backend</th>
-<th class="num">connections</th><th class="num">reply pkts</th><th class="num">reply bytes</th></tr></thead><tbody></tbody></table></div>
+<th>health</th><th class="num">connections</th><th class="num">reply pkts</th><th class="num">reply bytes</th></tr></thead><tbody></tbody></table></div>
 <div><h3>NAT</h3><table id="nat-counters"><thead><tr><th>kind</th><th>name</th><th>external IP</th>
 <th>direction</th><th class="num">pkts</th><th class="num">bytes</th></tr></thead><tbody></tbody></table></div>
 </div>
@@ -252,7 +252,8 @@ nw_ttl, icmp_type, dl_dst, arp_tpa ... e.g. <code>tcp,nw_dst=10.0.1.10,tp_dst=54
     (s.loadBalancers || []).forEach(function (lb) {
       (lb.backends || []).forEach(function (b) {
         lbs.push([[lb.name + " " + lb.vip + ":" + lb.port + "/" + lb.protocol], [b.name + " " + b.ip],
-                  [b.connections, "num"], [b.replyPackets, "num"], [b.replyBytes, "num"]]); }); });
+                  [b.health ? b.health.state : "-"], [b.connections, "num"], [b.replyPackets, "num"],
+                  [b.replyBytes, "num"]]); }); });
     fill("lb-counters", lbs);
     fill("nat-counters", (s.nat || []).map(function (n) {
       return [[n.kind], [n.name], [n.externalIp], [n.direction], [n.packets, "num"], [n.bytes, "num"]]; }));

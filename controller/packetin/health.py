@@ -85,7 +85,7 @@ class Monitor:
         self._lock = threading.Lock()
         self.backends: dict[tuple, Backend] = {}
         self._by_probe: dict[tuple, tuple] = {}  # (tenant, backend ip, l4 port, source port) -> key
-        self._seen: dict[str, int] = {}  # tenant -> id() of the Tenant value last synced
+        self._seen: dict[str, object] = {}  # tenant -> the Tenant value last synced (kept: compared by `is`)
         self._sports = itertools.count(random.Random().randrange(SPORTS))
         self._rng = rng or random.Random()
         self.transitions = 0  # how many changes of state, ever (tests and the benchmark wait on it)
@@ -99,9 +99,9 @@ class Monitor:
                 del self._seen[name]
                 self._drop(lambda k, n=name: k[0] == n)
             for name, t in tenants.items():
-                if self._seen.get(name) == id(t):
+                if self._seen.get(name) is t:
                     continue
-                self._seen[name] = id(t)
+                self._seen[name] = t
                 want = {}
                 for lb in t.load_balancers:
                     if lb.health_check is None:

@@ -111,6 +111,7 @@ class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, Bi
         self.peers = PeerTunnels()  # each host's BFD ports toward possible gateways (peers.py)
         self.activating: set = set()  # (tenant, port, host) whose announcement is being acted on (vmmigrate.py)
         self.health = Monitor()  # load balancers' backend health checks (health.py)
+        self._health_retry: dict = {}  # tenant -> when a health change that failed may be tried again
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {},

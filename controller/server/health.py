@@ -27,6 +27,7 @@ from controller.server import change as change_path
 
 LOG = logging.getLogger("nvctl.health")
 TICK = 0.05  # seconds between two looks at what is due
+RETRY = 1.0  # seconds before a health change that failed is tried again (not every tick)
 
 
 class HealthMixin:
@@ -55,9 +56,13 @@ class HealthMixin:
         """Every tenant whose compiled `down` differs from what its probes found, changed
         (one HealthChange each); returns their names."""
         done = []
+        retry = self._health_retry  # tenant -> not before (clock)
         for name, want in sorted(self.health.down_all().items()):  # only tenants with health checks
             e = self.tenants.get(name)
             if e is None or all(lb.down == want.get(lb.name, ()) for lb in e.tenant.load_balancers):
+                retry.pop(name, None)
+                continue
+            if self.clock() < retry.get(name, 0.0):
                 continue
             with self.mutex:
                 e = self.tenants.get(name)
@@ -68,9 +73,11 @@ class HealthMixin:
                     continue
                 try:
                     r = change_path.run(self, change_path.HealthChange(e, want))
-                except Exception as ex:  # noqa: BLE001 - tried again on the next tick
-                    LOG.warning("tenant %s: health change not made: %s", name, ex)
+                except Exception as ex:  # noqa: BLE001 - tried again in RETRY seconds
+                    LOG.warning("tenant %s: health change not made (again in %g s): %s", name, RETRY, ex)
+                    retry[name] = self.clock() + RETRY
                     continue
+            retry.pop(name, None)
             LOG.info("tenant %s: %s (%s)", name, r.get("action"), r.get("hosts"))
             done.append(name)
         return done

@@ -424,6 +424,30 @@ def test_a_backend_found_down_leaves_the_group_without_touching_the_spec(probed)
     assert set(_buckets(core, "shop").values()) == {3}
 
 
+def test_a_health_change_that_fails_is_tried_again_later_not_every_tick(probed, monkeypatch):
+    from controller.server import change as change_path
+    from controller.server.health import RETRY
+    core, now = probed
+    core.create(lb_doc())
+    runs = []
+    real = change_path.run
+
+    def refused(c, change, *a, **kw):
+        runs.append(now[0])
+        raise RuntimeError("refused")
+    monkeypatch.setattr(change_path, "run", refused)
+    _round(core, now, 0.0, silent={("shop", "db2")})
+    _round(core, now, 1.0, silent={("shop", "db2")})  # down at 1.6: the change is refused
+    assert runs == [1.6]
+    now[0] = 1.6 + RETRY / 2
+    core.health_tick(lambda: 0.0)
+    assert runs == [1.6]  # not again at once
+    monkeypatch.setattr(change_path, "run", real)
+    now[0] = 1.6 + RETRY
+    core.health_tick(lambda: 0.0)
+    assert core.tenants["shop"].tenant.load_balancers[0].down == (("db2", 8080),)
+
+
 def test_twins_on_the_same_hosts_each_their_own_health(probed):
     core, now = probed
     core.create(lb_doc("blue"))

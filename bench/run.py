@@ -17,7 +17,9 @@ controller's capacity over many tenants' meters, another tenant's DHCP under a f
 per host, the tenant's compile, one labelled port added through the change path);
 `health` (opt-in, `--only health`) is load-balancer health checks: a backend that stops
 listening to out of the select group, and back, against the protocol's window and a
-`tenant apply` that takes the backend out by hand.
+`tenant apply` that takes the backend out by hand; `gateway` (opt-in, `--only gateway`) is
+an HA gateway's failover: SNAT interrupted while the active gateway's switch dies, against
+BFD's own detection in the same repetition, and what its return costs.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus", "verify", "flood", "mtu", "dhcp",
        "cni", "cluster", "observe", "vm", "netpol")
 EXTRA = ("scale",  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
-         "health")  # load-balancer health checks' detection time (a lab, ~1 min): `--only health`
+         "health",  # load-balancer health checks' detection time (a lab, ~1 min): `--only health`
+         "gateway")  # HA gateway failover against BFD's detection (a lab, ~2 min): `--only gateway`
 
 
 def machine() -> dict:
@@ -152,7 +155,10 @@ def ratios(res: dict) -> dict:
             for k in ("min", "max"):
                 if isinstance(x.get(k), (int, float)):
                     out[f"restart_seconds_10_hosts_1000_ports_{k}"] = x[k]
-    for name, path in (("health_down_detected_over_protocol_window", ("health", "ratio_down_over_window_max")),
+    for name, path in (("gateway_snat_interruption_over_bfd_detection",
+                        ("gateway", "ratio_interruption_over_bfd_detection")),
+                       ("gateway_snat_interruption_s", ("gateway", "snat_interruption_s")),
+                       ("health_down_detected_over_protocol_window", ("health", "ratio_down_over_window_max")),
                        ("health_down_detected_s", ("health", "down_detected_s")),
                        ("health_up_detected_s", ("health", "up_detected_s"))):
         x = _get(res, *path)
@@ -521,6 +527,11 @@ def _suites(a, only: list[str], rep, hog) -> int:
         res["netpol"] = netpol.netpol_bench(ports=200 if a.quick else 1000, reps=2 if a.quick else 5,
                                             samples=200 if a.quick else 300)
         print(netpol.report(res["netpol"]), flush=True)
+    if "gateway" in only:
+        suites.next("gateway")
+        from bench import gateway
+        res["gateway"] = on_fresh_lab(lambda lab: gateway.gateway_failover(lab, repeats=3 if a.quick else 10))
+        print(gateway.report(res["gateway"]), flush=True)
     if "health" in only:
         suites.next("health")
         from bench import lb_health

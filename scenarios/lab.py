@@ -52,7 +52,9 @@ CONTROLLER_CMD = ("controller.server.main", "controller.main")
 MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
 EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
 OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
+OUTSIDE_MAC = "02:cb:00:71:00:01"  # its MAC (br-ext's)
 EXTERNAL_OFPORT = 2  # ext0 on each host's br-int: every lab host reaches the provider network
+PROVIDER_NETWORK = "external"  # its name (`nvctl host join --provider-network external=ext0`)
 MAX_HOSTS = 200
 
 
@@ -399,6 +401,10 @@ class Lab:
         with nsutil.iproute(self.ext_ns) as n:
             n.link("add", ifname="br-ext", kind="bridge")
             idx = n.link_lookup(ifname="br-ext")[0]
+            # a fixed MAC: a bridge without one takes its ports' lowest, so a host's link
+            # added later (a joined host's provider network) would change the next hop's
+            # MAC under every host's flows
+            n.link("set", index=idx, address=OUTSIDE_MAC)
             n.addr("add", index=idx, address=OUTSIDE_IP, prefixlen=24)
             n.link("set", index=idx, state="up")
         with nsutil.iproute(self.ul_ns) as n:
@@ -449,10 +455,11 @@ class Lab:
             run(["ip", "netns", "exec", self.ext_ns, "ethtool", "-K", dev, "tx", "off"])
         deepen_instance(self.host_dir(p.name))  # ul0 (and ext0): a NIC's queue, not 92 frames
 
-    def add_bare_host(self, index: int) -> HostPlan:
+    def add_bare_host(self, index: int, provider: bool = False) -> HostPlan:
         """A machine for `nvctl host join`: namespace hv{index} on the underlay and the
         management network, OVS running with an empty database, not registered. What
-        it becomes is up to `nvctl host join` run inside it (`ip netns exec`)."""
+        it becomes is up to `nvctl host join` run inside it (`ip netns exec`). With
+        `provider`, it also has a link ext0 to the provider network (not on OVS yet)."""
         m = self.manifest()
         if m is None or m.get("status") != "up":
             raise LabError("the lab is not up")
@@ -461,8 +468,13 @@ class Lab:
             raise LabError(f"{p.name} already exists in this lab")
         m.setdefault("bare_hosts", []).append(p.name)
         self._save(m)
-        self._machine(p)
-        self.log(f"[lab] {p.name}: bare host (OVS running, nothing configured), management {p.mgmt_ip}")
+        ns = self._machine(p)
+        if provider:
+            _veth_between(f"{self.prefix}x{p.index}", ns, "ext0", self.ext_ns, p.name, "br-ext", 1500)
+            for dev in ("br-ext", p.name):
+                run(["ip", "netns", "exec", self.ext_ns, "ethtool", "-K", dev, "tx", "off"])
+        self.log(f"[lab] {p.name}: bare host (OVS running, nothing configured), management {p.mgmt_ip}"
+                 + (", ext0 on the provider network" if provider else ""))
         return p
 
     def warm_underlay(self, plans: list[HostPlan], on_host=None) -> None:
@@ -515,7 +527,7 @@ class Lab:
             outside_mac = n.get_links(n.link_lookup(ifname="br-ext")[0])[0].get_attr("IFLA_ADDRESS")
         for p in plans:
             info = self.host_info(p.name)  # every lab host has the provider network
-            info["external"] = {"ofport": EXTERNAL_OFPORT, "network": EXTERNAL_NET,
+            info["external"] = {"ofport": EXTERNAL_OFPORT, "name": PROVIDER_NETWORK, "network": EXTERNAL_NET,
                                 "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}
             call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info=info)
             if on_host:

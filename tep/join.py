@@ -26,9 +26,10 @@ import time
 from pyroute2 import IPRoute
 
 from tep.ovs import (DEFAULT_DB, INTEGRATION_BRIDGE, OVSDB_PORT, PHYSICAL_BRIDGE, TUNNEL_OFPORT,  # noqa: F401
-                     Ovsdb, OvsError, quiet_uplink)
+                     Ovsdb, OvsError, quiet_uplink, run)
 
 BUNDLE_KEYS = ("name", "pa", "dpid", "token", "tls", "controller")
+EXTERNAL_OFPORT = 2  # a provider network's interface on br-int (the lab uses the same number)
 
 
 class JoinError(RuntimeError):
@@ -91,7 +92,8 @@ def _uplink_mtu(uplink: str) -> int:
 
 def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = None, prefixlen: int = 24,
          pki_dir: str = "/etc/nvctl/pki", datapath_type: str | None = None, timeout: float = 60,
-         credential_path: str = "/etc/nvctl/host.cred", log=print) -> dict:
+         credential_path: str = "/etc/nvctl/host.cred", provider: tuple[str, str] | None = None,
+         log=print) -> dict:
     """Join this host to the controller the bundle names. `connect(creds)` returns the
     controller's join API as a function `api(op, **args)` (TLS with `creds` = (key,
     certificate, CA) files, or plain TCP for None) that raises JoinError when refused;
@@ -136,8 +138,20 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
     log(f"[join] {name}: {INTEGRATION_BRIDGE} dpid {dpid:016x} ({dp_type}), VXLAN on {pa}, "
         f"controller {target}, OVSDB {manager}")
 
+    networks = None
+    if provider is not None:  # (NAME, IFACE): IFACE reaches provider network NAME
+        net, iface = provider
+        if not os.path.exists(f"/sys/class/net/{iface}"):
+            raise JoinError(f"--provider-network {net}={iface}: this host has no interface {iface}")
+        quiet_uplink(iface)  # OVS carries its frames; the kernel keeps out of its ARP
+        run(["ip", "link", "set", "dev", iface, "up"])
+        db.plug(iface, EXTERNAL_OFPORT, {"nvctl-role": "external", "nvctl-provider": net})
+        networks = {net: EXTERNAL_OFPORT}
+        log(f"[join] {name}: provider network {net} on {iface} ({INTEGRATION_BRIDGE} port {EXTERNAL_OFPORT})")
+
     api = connect(creds)
-    res = api("host.join", token=b["token"], mtu=mtu)  # workloads' MTU follows the uplink's
+    res = api("host.join", token=b["token"], mtu=mtu,  # workloads' MTU follows the uplink's
+              **({"provider_networks": networks} if networks else {}))
     log(f"[join] {name}: registered with the controller at {ctl['ip']}:{ctl['api_port']} "
         f"({'TLS' if creds else 'plain TCP'}); it checked this host over {res['ovsdb']}")
     cred = res.pop("credential", None)

@@ -709,6 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="underlay interface: added to br-phy, which gets the PA (userspace datapath). "
                         "Without it the PA must already be on this host")
     p.add_argument("--prefixlen", type=int, default=24, help="PA prefix length with --uplink (default 24)")
+    p.add_argument("--provider-network", metavar="NAME=IFACE",
+                   help="IFACE reaches provider network NAME (the one the other hosts call NAME, e.g. "
+                        "external): it goes on br-int, and this host can carry floating IPs of its ports "
+                        "and be a router's gateway")
     p.add_argument("--db", default=DEFAULT_DB,
                    help="this host's OVSDB (default %(default)s)")
     p.add_argument("--pki-dir", default="/etc/nvctl/pki", help="where the key and certificates go")

@@ -21,10 +21,13 @@ def cmd_hosts(a):
     rows = call(api_socket(a), "host.list", check=True)  # every switch read again, drift corrected
     if a.json:
         return show(rows, True)
-    print(f"{'HOST':8} {'PA':14} {'DPID':18} {'OPENFLOW':10} {'FLOWS':>6} {'MODS SENT':>9}  SYNC")
+    print(f"{'HOST':8} {'PA':14} {'DPID':18} {'OPENFLOW':10} {'FLOWS':>6} {'MODS SENT':>9}  {'PROVIDER':9} "
+          f"{'BFD DOWN':9} SYNC")
     for h in rows:
+        bfd = h.get("bfd") or {}
+        down = ",".join(p for p, up in sorted(bfd.items()) if not up) or ("-" if not bfd else "none")
         print(f"{h['name']:8} {h['pa']:14} {h['dpid']:18} {'connected' if h['connected'] else 'down':10} "
-              f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  "
+              f"{h['flows_desired']:>6} {h['flow_mods_sent']:>9}  {h.get('provider_network') or '-':9} {down:9} "
               f"{'in sync' if h['in_sync'] else h['error'] or 'pending'}{_drift_note(h.get('drift'))}")
 
 
@@ -69,11 +72,19 @@ def _join_api(ctl: dict):
 
 def cmd_host_join(a):
     from tep.join import JoinError, join, load_bundle
+    provider = None
+    if a.provider_network:
+        net, eq, iface = a.provider_network.partition("=")
+        if not (net and eq and iface):
+            print(f"nvctl host join: --provider-network {a.provider_network!r}: expected NAME=IFACE "
+                  f"(e.g. external=eth2)", file=sys.stderr)
+            sys.exit(2)
+        provider = (net, iface)
     try:
         b = load_bundle(a.bundle)
         r = join(b, connect=_join_api(b["controller"]), db_remote=a.db, uplink=a.uplink,
                  prefixlen=a.prefixlen, pki_dir=a.pki_dir, datapath_type=a.datapath_type,
-                 timeout=a.timeout, credential_path=a.credential_out)
+                 timeout=a.timeout, credential_path=a.credential_out, provider=provider)
     except JoinError as e:
         print(f"nvctl host join: {e}", file=sys.stderr)
         sys.exit(1)

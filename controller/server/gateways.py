@@ -35,6 +35,16 @@ class GatewaysMixin:
         return {h: st.session.live() for h, st in self.state.items()
                 if st.session is not None and hasattr(st.session, "live")}
 
+    def bfd_view(self, host: str, live: dict | None = None) -> dict:
+        """{peer: up} of `host`'s BFD sessions toward the possible gateways, as its
+        switch reports them (empty while it is not connected)."""
+        live = self.liveness() if live is None else live
+        ports = live.get(host)
+        if not ports:
+            return {}
+        return {h.name: ports[h.peer_port] for h in self._placement().values()
+                if h.name != host and h.peer_port in ports}
+
     def _alive(self, host: str, live: dict, placement: dict) -> bool | None:
         """Is gateway `host` alive, as the other hosts' BFD sessions toward it say (any
         one up: yes)? Without such a session: whether its switch is connected."""

@@ -12,6 +12,7 @@ import secrets
 
 from controller.compile.compiler import DEFAULT_UPLINK_MTU, VXLAN_OVERHEAD
 from controller.state.store import HostRecord
+from controller.spaces.ids import FIRST_OFPORT
 from controller.server.errors import ApiError
 from controller.server import change as change_path
 from controller.server.change import HostRegistration
@@ -84,7 +85,8 @@ class HostsMixin:
                            f"{'is plain TCP' if peer_name is None else 'presents a certificate for ' + repr(peer_name)}")
         return inv
 
-    def join_host(self, token: str, peer_ip: str, peer_name: str | None, mtu: int | None = None) -> dict:
+    def join_host(self, token: str, peer_ip: str, peer_name: str | None, mtu: int | None = None,
+                  provider_networks: dict | None = None) -> dict:
         """A host asks to join (called by the network API with the connection's facts).
         Refused unless an invitation matches its token and, with TLS, its certificate's
         name; then its OVS is checked over OVSDB before it is registered."""
@@ -105,8 +107,10 @@ class HostsMixin:
         if int(got_dpid, 16) != inv["dpid"] or got_ip != inv["pa"]:
             raise ApiError(f"host {name}: its br-int has datapath-id {got_dpid} and tunnel IP {got_ip}, "
                            f"expected {inv['dpid']:016x} and {inv['pa']}")
+        external = self._provider_network(name, provider_networks) if provider_networks else None
         info = {"kind": "lab" if inv["workloads"] else "remote", "joined": True, "tls": inv["tls"],
                 **({"mtu": mtu} if mtu is not None else {}),  # checked with the registration
+                **({"external": external} if external else {}),
                 "mgmt": peer_ip, "ovsdb": remote, **({"ovsdb_tls": tls} if tls else {}),
                 **(inv["workloads"] or {})}
         self.register_host(name, inv["pa"], inv["dpid"], info)
@@ -114,6 +118,28 @@ class HostsMixin:
         if self.endpoints.get("api_urls") or (self.cluster is not None and self.cluster.api_urls()):
             out["credential"] = self.host_credential(name)  # for the runtimes on the host (role host:NAME)
         return out
+
+    def _provider_network(self, host: str, networks: dict) -> dict:
+        """A joining host's provider network {NAME: its ofport on br-int}: the network's
+        facts (prefix, next hop and its MAC) are those the hosts already on it have."""
+        if len(networks) != 1:
+            raise ApiError(f"host {host}: {len(networks)} provider networks; one per host is supported",
+                           [("provider_networks", "give one NAME=IFACE")])
+        (net, ofport), = networks.items()
+        if not isinstance(ofport, int) or not 1 <= ofport < FIRST_OFPORT:
+            raise ApiError(f"host {host}: provider network {net}: ofport {ofport!r} is not an infrastructure "
+                           f"port (1..{FIRST_OFPORT - 1})", [(f"provider_networks.{net}", "an ofport")])
+        known = {}
+        for other in self.hosts.values():
+            ext = other.info.get("external")
+            if ext and other.name != host:
+                known.setdefault(ext.get("name", "external"), ext)
+        facts = known.get(net)
+        if facts is None:
+            raise ApiError(f"host {host}: no host is on provider network {net!r} to take its facts from "
+                           f"(known: {', '.join(sorted(known)) or 'none'})",
+                           [(f"provider_networks.{net}", "unknown provider network")])
+        return {**{k: v for k, v in facts.items() if k not in ("ofport", "peer_port")}, "name": net, "ofport": ofport}
 
     def admit(self, dpid: int, peer_name: str | None) -> bool:
         """May this OpenFlow connection speak for datapath `dpid`? A host that joined

@@ -114,7 +114,8 @@ OPS: dict[str, Op] = _ops(
     Op("host.list", "list_hosts", {"check": opt(False, bool)}, scope="cluster",
        doc="Every host and whether its switch holds its desired state (check: read every switch "
            "again first, correcting drift)."),
-    Op("host.join", "join_host", {"token": req(str), "mtu": opt(None, int)}, kind="change",
+    Op("host.join", "join_host", {"token": req(str), "mtu": opt(None, int), "provider_networks": opt(None, dict)},
+       kind="change",
        scope="host", scope_arg="peer_name", over=("network",), context=("peer_ip", "peer_name"),
        doc="A host joins with its invitation's token (the join API)."),
     Op("host.self", "host_self", {"token": req(str)}, scope="host", scope_arg="peer_name",

@@ -4,10 +4,14 @@ A router's gateway group is chosen by the switches themselves (controller.layers
 fast-failover groups watch, on each host, a port per gateway host whose liveness is the
 BFD session toward it. OVS runs BFD only on a tunnel port with a fixed remote_ip, so
 every host gets, beside its flow-based VXLAN port, one port per other host that has the
-provider network (a possible gateway):
+provider network (a possible gateway); and since a session needs both ends, a host with
+the provider network has one toward every other host:
 
   bfd<N>  type=vxlan  remote_ip=<the peer's PA>  key=BFD_VNI  bfd:enable=true
           ofport_request = the peer's `peer_port` (the same number on every host)
+
+With G possible gateways among H hosts that is G * (H - 1) sessions per direction, not
+H * (H - 1): hosts without the provider network do not watch each other.
 
 Tenant traffic does not use these ports: it leaves through the flow-based port, and
 arrives there too, since these ports take only VNI BFD_VNI (which no switch has).
@@ -37,10 +41,9 @@ def port_name(peer_port: int) -> str:
 
 
 def assign_peer_port(info: dict, name: str, hosts: dict) -> dict:
-    """`info` with a peer_port when the host has the provider network: the one it had,
-    else the lowest number no other host holds."""
-    if not info.get("external"):
-        return {k: v for k, v in info.items() if k != "peer_port"}
+    """`info` with the host's peer_port: the one it had, else the lowest number no other
+    host holds. Every host has one (a gateway's BFD port toward any host that may use it
+    has that host's number), the same on every host."""
     old = hosts.get(name)
     keep = old.info.get("peer_port") if old is not None else None
     taken = {h.info.get("peer_port") for n, h in hosts.items() if n != name}
@@ -55,9 +58,14 @@ def assign_peer_port(info: dict, name: str, hosts: dict) -> dict:
 
 
 def wanted(host: str, hosts: dict) -> dict[str, tuple[str, int]]:
-    """port name -> (the peer's PA, ofport) of the BFD ports `host` should have."""
+    """port name -> (the peer's PA, ofport) of the BFD ports `host` should have: toward
+    every possible gateway, and, on a possible gateway, toward every other host (a BFD
+    session needs both ends)."""
+    me = hosts.get(host)
+    gateway = me is not None and bool(me.info.get("external"))
     return {port_name(h.info["peer_port"]): (h.pa, h.info["peer_port"])
-            for n, h in hosts.items() if n != host and h.info.get("peer_port")}
+            for n, h in hosts.items()
+            if n != host and h.info.get("peer_port") and (gateway or h.info.get("external"))}
 
 
 class PeerTunnels:

@@ -38,8 +38,11 @@ class ViewsMixin:
         `check`, each switch is read again first (and any drift corrected), so the answer
         is about the switches, not the controller's memory of them."""
         found = self.audit_all() if check else {}
+        live = self.liveness()
         return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", "uplink_mtu": h.info.get("mtu"),
                  "overlay_mtu": self.host_mtu(h.name), **self.host_status(h.name),
+                 "provider_network": (h.info["external"].get("name", "external") if h.info.get("external") else None),
+                 "bfd": self.bfd_view(h.name, live),
                  **({"drift": found[h.name]} if h.name in found else {})}
                 for h in sorted(self.hosts.values(), key=lambda h: h.name)]
 

@@ -172,3 +172,55 @@ def test_invite_refuses_bad_input(jlab):
     assert p.returncode == 1 and "already used by hv1" in p.stderr
     p = nvctl(jlab, "host", "invite", "hv9", "--pa", "not-an-ip", check=False)
     assert p.returncode == 1 and "--pa" in p.stderr
+
+
+FIP_TENANT = """
+apiVersion: nvctl/v1
+kind: Tenant
+metadata: {name: jf}
+spec:
+  switches: [{name: s, cidr: 10.8.0.0/24}]
+  routers:
+    - name: r
+      ports: [{switch: s, ip: 10.8.0.1}]
+      external: {ip: 203.0.113.40, gateways: [hv1]}
+  nat:
+    - {type: floating-ip, port: d, externalIp: 203.0.113.41}
+  ports:
+    - {name: d, switch: s, ip: 10.8.0.15, host: hv5}
+"""
+TAG = "6e76706e65747735"  # the probes' payload: captures count only them
+
+
+def test_a_host_joins_with_its_provider_network_and_carries_a_floating_ip(joined):
+    from scenarios.netutil import Capture, tagged
+    lb, _ = joined
+    lb.add_bare_host(5, provider=True)
+    bundle = invite(lb, "hv5", HostPlan(5).pa)
+    p = join_in(lb, 5, bundle, "--provider-network", "nope=ext0", check=False)
+    assert p.returncode == 1 and "no host is on provider network 'nope'" in p.stderr, p.stderr
+    p = join_in(lb, 5, bundle, "--provider-network", "external=ext0")
+    assert "provider network external on ext0" in p.stdout, p.stdout
+    lb.warm_underlay([HostPlan(i) for i in (1, 2, 5)])
+    # every host watches hv5, now a possible gateway, with BFD; hv5 watches hv1 and hv2
+    deadline = time.monotonic() + 30
+    while True:
+        hosts = {h["name"]: h for h in nvctl_json(lb, "hosts")}
+        up = {n: h["bfd"] for n, h in hosts.items()}
+        if all(up[n].get("hv5") for n in ("hv1", "hv2", "hv3")) and up["hv5"] == {"hv1": True, "hv2": True}:
+            break
+        assert time.monotonic() < deadline, up
+        time.sleep(0.5)
+    assert hosts["hv5"]["provider_network"] == "external" and hosts["hv3"]["provider_network"] is None
+    apply_yaml(lb, FIP_TENANT, "create")
+    t0 = time.monotonic()  # the workload on hv5 answers its first ping (its namespace is new)
+    while ping_many([(lb.ext_ns, "203.0.113.41", "warm")], count=1)["warm"] != (1, 1):
+        assert time.monotonic() - t0 < 15, "the floating IP never answered"
+    print(f"\nfloating IP on the joined host answered after {time.monotonic() - t0:.1f} s")
+    caps = {h: Capture(lb.ext_ns, h) for h in ("hv1", "hv5")}
+    try:
+        res = ping_many([(lb.ext_ns, "203.0.113.41", "fip")], count=3, pattern=TAG)
+    finally:
+        seen = {h: tagged(c.packets(), bytes.fromhex(TAG)) for h, c in caps.items()}
+    assert res["fip"] == (3, 3), res
+    assert seen == {"hv1": 0, "hv5": 6}, seen  # in and out at the joined host, not through the gateway

@@ -163,10 +163,14 @@ def test_peer_ports_are_numbered_once_per_host_with_the_provider_network():
     assert [h.info["peer_port"] for h in hosts.values()] == [FIRST_PEER_TUNNEL_OFPORT + i for i in range(3)]
     again = assign_peer_port({**ext}, "hv2", hosts)  # re-registered: keeps its number
     assert again["peer_port"] == FIRST_PEER_TUNNEL_OFPORT + 1
-    assert "peer_port" not in assign_peer_port({"peer_port": 5}, "hv4", hosts)  # no provider network: none
-    hosts["hv4"] = HostRecord("hv4", "192.0.2.4", 4, {})
+    hosts["hv4"] = HostRecord("hv4", "192.0.2.4", 4, assign_peer_port({}, "hv4", hosts))  # no provider network
+    hosts["hv5"] = HostRecord("hv5", "192.0.2.5", 5, assign_peer_port({}, "hv5", hosts))
+    assert (hosts["hv4"].info["peer_port"], hosts["hv5"].info["peer_port"]) == \
+        (FIRST_PEER_TUNNEL_OFPORT + 3, FIRST_PEER_TUNNEL_OFPORT + 4)
+    # hv4 watches the three possible gateways; a gateway has a port toward every other host
+    # (both ends of each session); hv4 and hv5 do not watch each other
     assert set(wanted("hv4", hosts)) == {port_name(FIRST_PEER_TUNNEL_OFPORT + i) for i in range(3)}
-    assert set(wanted("hv1", hosts)) == {port_name(FIRST_PEER_TUNNEL_OFPORT + i) for i in (1, 2)}
+    assert set(wanted("hv1", hosts)) == {port_name(FIRST_PEER_TUNNEL_OFPORT + i) for i in (1, 2, 3, 4)}
 
 
 def test_a_moved_floating_ip_is_announced_from_its_new_host():

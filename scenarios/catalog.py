@@ -271,7 +271,7 @@ def nat(run):
                              f"web2 -> outside\nseen as {', '.join(sources['web2']) or 'nothing'}",
                              f"db1 -> outside\nseen as {', '.join(sources['db1']) or 'nothing'}"])
     ax.set_ylabel("RTT (ms), 20 pings")
-    ax.set_title("NAT paths through the gateway host hv1")
+    ax.set_title("NAT paths: SNAT through the gateway hv1, the floating IP on its port's host")
     run.figure("nat_paths", fig)
 
 

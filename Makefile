@@ -27,7 +27,7 @@ bench-scale: deps $(STAMP)
 
 # everything, slo tests included
 test: deps $(STAMP)
-	NVCTL_REQUIRE_INTEGRATION=1 $(PY) -m pytest -v tests
+	NVCTL_REQUIRE_INTEGRATION=1 $(PY) -m pytest -v --durations=25 tests
 
 # no root, no lab: the venv is all it needs (about 40 s)
 unit: $(STAMP)

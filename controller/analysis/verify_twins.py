@@ -164,6 +164,8 @@ def _same_actions(w: _Walk, host: str, groups_a: dict, groups_b: dict, aa, ab) -
                 raise Mismatch
             w.meters.add((host, a.meter_id, b.meter_id))
         elif c is Group:
+            if (a.kind, a.watch) != (b.kind, b.watch):  # a fast-failover group: the same choices
+                raise Mismatch
             w.rel("group", host, a.group_id, b.group_id)
             ba = groups_a.get(a.group_id) or a.buckets
             bb = groups_b.get(b.group_id) or b.buckets

@@ -18,6 +18,7 @@ from topology.graph import switch_members, switch_spans
 from topology.model import Tenant
 from controller.compile.allocator import Allocation
 from controller.layers.base import HostView, TenantView
+from controller.layers.gateway import DEFAULT_GATEWAYS, gateway_hosts  # noqa: F401 (the compiler's too)
 from controller.compile.pipeline import LAYERS, emitter, miss_flows
 from controller.spaces.ids import TUNNEL_OFPORT  # how tep builds br-int; declared with the other ofports
 
@@ -35,17 +36,6 @@ class Host:
     peer_port: int | None = None  # with `external`: the ofport of the BFD tunnel toward it on other hosts
 
 
-DEFAULT_GATEWAYS = 3  # a router without `external.gateways`: this many hosts with the provider network
-
-
-def gateway_hosts(r, hosts: Mapping[str, Host]) -> tuple[str, ...]:
-    """Router `r`'s gateway group, most preferred first: its `external.gateways` that
-    have the provider network, else the first DEFAULT_GATEWAYS such hosts by name."""
-    if r.external_ip is None:
-        return ()
-    if r.gateways:
-        return tuple(h for h in r.gateways if h in hosts and hosts[h].external)
-    return tuple(sorted(h.name for h in hosts.values() if h.external))[:DEFAULT_GATEWAYS]
 
 
 def underlay_mtus(t: Tenant, hosts: Mapping[str, Host]) -> dict[str, tuple[int, list[str]]]:

@@ -65,6 +65,8 @@ def _to_gateway(t, gws: tuple, h: str, transit: int, out) -> tuple:
         watch.append(t.peer_port.get(g, t.tunnel_port))
         if watch[-1] == t.tunnel_port:  # no BFD toward it: never known down, so nothing after it counts
             break
+    else:  # the last gateway is tried whatever its BFD says: a group with no live bucket would drop
+        watch[-1] = t.tunnel_port  # everything, also when a BFD port is missing (not made yet, no OVSDB)
     if len(buckets) == 1:
         return buckets[0]
     return (Group(GATEWAY_GROUP_BASE + transit, tuple(buckets), kind="ff", watch=tuple(watch)),)

@@ -58,6 +58,20 @@ def external_mac(router) -> str:
     return derived_mac(router.external_ip, 1)
 
 
+DEFAULT_GATEWAYS = 3  # a router without `external.gateways`: this many hosts with the provider network
+
+
+def gateway_hosts(r, hosts) -> tuple[str, ...]:
+    """Router `r`'s gateway group, most preferred first: its `external.gateways` that
+    have the provider network, else the first DEFAULT_GATEWAYS such hosts by name.
+    `hosts`: name -> the compiler's Host (its `external`)."""
+    if r.external_ip is None:
+        return ()
+    if r.gateways:
+        return tuple(h for h in r.gateways if h in hosts and hosts[h].external)
+    return tuple(sorted(h.name for h in hosts.values() if h.external))[:DEFAULT_GATEWAYS]
+
+
 def floating_mac(n) -> str:
     """A distributed floating IP's own MAC, so the provider's switches learn its host."""
     return derived_mac(n.external_ip, 1)
@@ -76,16 +90,19 @@ def gateway_groups(t, a) -> frozenset:
 
 def distributed(t, n) -> str | None:
     """The host that carries floating IP `n` itself (its port's, with the provider
-    network), or None: it goes through the router's gateway."""
+    network), or None: it goes through the router's gateway. A router without any
+    gateway has no way out, and its floating IPs are not answered anywhere."""
     p = t.tenant.port(n.port)
-    return p.host if p is not None and p.host in t.externals else None
+    return p.host if p is not None and p.host in t.externals and n.router in t.gateways else None
 
 
 def distributed_host(tenant, n, hosts) -> str | None:
     """The same from a tenant and the compiler's hosts (controller.compile.compiler.Host)."""
     p = tenant.port(n.port)
     h = hosts.get(p.host) if p is not None else None
-    return p.host if h is not None and h.external else None
+    if h is None or not h.external or not gateway_hosts(tenant.router(n.router), hosts):
+        return None
+    return p.host
 
 
 def arp_reply(mac: str, ip: str) -> tuple:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from controller.layers.gateway import distributed_host, floating_mac
+from controller.layers.gateway import distributed_host, external_mac, floating_mac
 
 LOG = logging.getLogger("nvctl.announce")
 ETH_TYPE_ARP = 0x0806
@@ -48,13 +48,31 @@ def moved(old, new, hosts) -> list[tuple[str, int, str, str]]:
     return [(h, port, mac, ip) for ip, (h, port, mac) in sorted(after.items()) if before.get(ip) != (h, port, mac)]
 
 
+def centralized(old, new, hosts) -> list[tuple[str, str]]:
+    """(router, IP) of new tenant `new`'s floating IPs that were distributed in `old` and
+    now go through their router's gateway (the port moved to a host without the provider
+    network): the provider must learn the router's MAC for them again."""
+    before, after = _distributed(old, hosts), _distributed(new, hosts)
+    return [(n.router, str(n.external_ip)) for n in (new.nat if new is not None else ())
+            if n.type == "floating-ip" and str(n.external_ip) in before and str(n.external_ip) not in after]
+
+
 def announce(core, old, new) -> list[tuple[str, str]]:
     """Send the gratuitous ARPs for what moved between tenants `old` and `new`; returns
     [(host, IP)] sent (a host not connected is skipped: its sync is the next chance)."""
     if not core.leading():
         return []
+    placement = core._placement()
+    todo = moved(old, new, placement)
+    back = centralized(old, new, placement)
+    if back:  # from the router's active gateway, with the router's MAC
+        status = {g["router"]: g for g in core.gateway_status(new)}
+        for router, ip in back:
+            active = (status.get(router) or {}).get("active")
+            if active is not None and placement[active].external:
+                todo.append((active, placement[active].external[0], external_mac(new.router(router)), ip))
     sent = []
-    for host, port, mac, ip in moved(old, new, core._placement()):
+    for host, port, mac, ip in todo:
         st = core.state.get(host)
         if st is None or st.session is None:
             continue

@@ -20,16 +20,57 @@ the controller sees what every fast-failover group sees, with no extra reads. Fr
 from __future__ import annotations
 
 import logging
+import threading
 
 from controller.compile.compiler import gateway_hosts
 from controller.layers.gateway import distributed_host, external_mac
 from controller.server.announce import garp
+from controller.server.peers import assign_peer_port
 from controller.spaces.ids import FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT
+from controller.state.store import HostRecord
 
 LOG = logging.getLogger("nvctl.gateways")
+FENCE_AFTER = 1.0  # seconds after losing a switch: its peers' BFD (about 0.3 s) has decided by then
 
 
 class GatewaysMixin:
+    def fence_later(self, host: str) -> None:
+        """The controller lost `host`'s switch. If its peers' BFD sessions see it down too
+        (its ovs-vswitchd or machine died, not only our connection), switch its own BFD
+        off, so that when it comes back its peers do not choose it before its flows are
+        in (switch_connected turns it on after the sync). A switch that still forwards
+        (peers see it up) is left alone: fencing it would split its gateways."""
+        def check():
+            st = self.state.get(host)
+            if st is None or st.session is not None or not self.leading():
+                return
+            if self._alive(host, self.liveness(), self._placement()):
+                LOG.info("host %s: disconnected, but its peers' BFD sees it forwarding: left alone", host)
+                return
+            LOG.info("host %s: disconnected and down for its peers: its BFD off until its flows are back", host)
+            self.ensure_peer_tunnels([host])
+        t = threading.Timer(FENCE_AFTER, check)
+        t.daemon = True
+        t.start()
+
+    def number_hosts(self) -> None:
+        """Give a peer-tunnel number to hosts stored without one (registered by an older
+        version), in one change: store, recompile, reconcile. Leader only."""
+        if not self.leading():
+            return
+        with self.mutex:
+            missing = [rec for rec in self.hosts.values() if not rec.info.get("peer_port")]
+            if not missing:
+                return
+            for rec in missing:
+                new = HostRecord(rec.name, rec.pa, rec.dpid, assign_peer_port(rec.info, rec.name, self.hosts))
+                self.store.put_host(new)
+                self._set_host(new)
+            self._recompile_all()
+        LOG.info("peer-tunnel numbers given to %s", ", ".join(r.name for r in missing))
+        self.reconcile_many(self.hosts)
+        self.ensure_peer_tunnels(list(self.hosts))
+
     def liveness(self) -> dict:
         """host -> {ofport: live} of every connected switch."""
         return {h: st.session.live() for h, st in self.state.items()

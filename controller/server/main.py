@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     if a.api_listen:
         services.append(hub.spawn(_https_api(core, api, a).serve_forever))
     if member is None:
+        core.number_hosts()  # hosts stored before peer-tunnel numbers existed (controller.server.peers)
         core.ensure_workloads_in_background()  # beside the flow sync, outside the core's lock
     else:
         member.start()  # the leader, once elected, checks the workloads

@@ -122,8 +122,11 @@ def apply(info: dict, pa: str, want: dict[str, tuple[str, int]], bfd: bool) -> N
                      f"external_ids:nvctl-role={ROLE}"])
     for name in sorted(set(have) - set(want)):
         cmds.append(["--if-exists", "del-port", INTEGRATION_BRIDGE, name])
-    if cmds:
-        db.txn(*cmds)
+    if cmds:  # one transaction; not waiting for ovs-vswitchd, which may be the one that died
+        args: list[str] = []
+        for c in cmds:
+            args += ["--", *c]
+        db.vsctl("--no-wait", *args)
 
 
 def bfd_status(info: dict) -> dict[str, dict]:

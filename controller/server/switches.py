@@ -84,6 +84,8 @@ class SwitchesMixin:
             st.synced_session = st.session
         LOG.info("took over as leader (generation %d) in %.0f ms: flow-mods %s", generation,
                  (self.clock() - t0) * 1000, results)
+        self.number_hosts()  # hosts stored before peer-tunnel numbers existed
+        self.ensure_peer_tunnels(list(self.hosts))  # what the last leader left half-done (a host fenced)
         self.ensure_workloads_in_background()
         return results
 
@@ -236,7 +238,7 @@ class SwitchesMixin:
             st.session = None
             st.forget()
             LOG.info("host %s disconnected", host)
-            self.ensure_peer_tunnels([host])  # BFD off: not chosen again before its flows are back
+            self.fence_later(host)  # if its switch died: BFD off, not chosen again before its flows are back
 
     def reconcile(self, host: str, delta=None) -> int | None:
         """Bring one host's switch to its desired state (see controller.switch.reconciler).

@@ -370,6 +370,7 @@ class Lab:
         self._register(plans, tasks[0] and tasks[0].advance)
         self.wait_synced(timeout, tasks[1] and (lambda hs: tasks[1].update(completed=sum(
             h["connected"] and h["in_sync"] and h.get("workloads_ready", True) for h in hs))))
+        self.wait_bfd(len(plans) - 1, timeout)  # every host has the provider network: each watches every other
         self.warm_underlay(plans, tasks[2] and tasks[2].advance)
         self.write_admin_credential()
 
@@ -535,6 +536,21 @@ class Lab:
 
     def wait_synced(self, timeout: float = 60, on_poll=None) -> list[dict]:
         return wait_synced(self.api(), timeout, on_poll)
+
+    def wait_bfd(self, peers: int, timeout: float = 60) -> None:
+        """Until every host's BFD sessions toward `peers` others are up: the controller adds
+        the ports after each host's sync, and a lab is not ready (gateway failover, a
+        quiet bridge) before they are."""
+        from controller.client.api import call
+        deadline = time.monotonic() + timeout
+        while True:
+            hosts = call(self.api(), "host.list")
+            if all(len(h.get("bfd") or {}) >= peers and all(h["bfd"].values()) for h in hosts):
+                return
+            if time.monotonic() > deadline:
+                raise LabError("BFD sessions not up after {:.0f}s: {}".format(
+                    timeout, {h["name"]: h.get("bfd") for h in hosts}))
+            time.sleep(0.1)
 
     @property
     def admin_credential(self) -> str:

@@ -107,14 +107,33 @@ class PeerTunnels:
                 LOG.warning("host %s: BFD ports: %s", host, e)
 
 
+def _ours(db) -> dict[str, dict]:
+    """name -> {options, bfd, ofport_request} of the ports this module made on a host."""
+    import json
+    raw = json.loads(db.vsctl("--format=json", "--columns=name,options,bfd,ofport_request", "find", "Interface",
+                              f"external_ids:nvctl-role={ROLE}"))
+    out = {}
+    for name, options, bfd, req in raw["data"]:
+        out[name] = {"options": dict(options[1]), "bfd": dict(bfd[1]),
+                     "ofport_request": req if isinstance(req, int) else None}
+    return out
+
+
 def apply(info: dict, pa: str, want: dict[str, tuple[str, int]], bfd: bool) -> None:
-    """One OVSDB transaction: add or fix the wanted ports, remove ours that are not."""
+    """One OVSDB transaction: add or fix the wanted ports, remove ours that are not. A
+    port already as wanted is not written again (a write makes ovs-vswitchd reconfigure
+    the bridge, and a port added to a userspace datapath now and then costs a packet)."""
     db = host_db(info)
-    have = {i["name"]: i for i in db.interfaces() if i["external_ids"].get("nvctl-role") == ROLE}
+    have = _ours(db)
     cmds = []
     on = "true" if bfd else "false"
     for name, (remote, ofport) in sorted(want.items()):
-        if name not in have:
+        got = have.get(name)
+        if got is not None and got["ofport_request"] == ofport and got["bfd"].get("enable") == on \
+                and got["options"] == {"remote_ip": remote, "local_ip": pa, "key": str(BFD_VNI)} \
+                and got["bfd"].get("min_tx") == str(BFD_INTERVAL_MS) and got["bfd"].get("min_rx") == str(BFD_INTERVAL_MS):
+            continue
+        if got is None:
             cmds.append(["--may-exist", "add-port", INTEGRATION_BRIDGE, name])
         cmds.append(["set", "interface", name, "type=vxlan", f"options:remote_ip={remote}",
                      f"options:local_ip={pa}", f"options:key={BFD_VNI}", f"ofport_request={ofport}",

@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 
+from controller.server.peers import BFD_INTERVAL_MS
 from scenarios.lab import OUTSIDE_IP
 from scenarios.netutil import PingTimeline
 
@@ -114,7 +115,7 @@ def gateway_failover(lab, repeats: int = 10) -> dict:
     finally:
         call(lab.api_path, "tenant.delete", name="gw")
     ratios = [c / d for c, d in zip(cut, detect) if c is not None and d]
-    return {"repeats": repeats, "interval_s": INTERVAL, "bfd_interval_ms": 100,
+    return {"repeats": repeats, "interval_s": INTERVAL, "bfd_interval_ms": BFD_INTERVAL_MS,
             "snat_interruption_s": _spread(cut), "bfd_detection_s": _spread(detect),
             "snat_lost_pings": _spread(snat_lost), "comeback_lost_pings": _spread(back_lost),
             "floating_ip_lost_pings": _spread(fip_lost),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute, netns
 
+from tep.join import EXTERNAL_OFPORT  # noqa: F401 (tests take it from here)
 from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_uplink, run,
                      start_instance, start_vswitchd)
 from tep.rxqueue import deepen_instance
@@ -53,7 +54,7 @@ MIN_UNDERLAY_MTU, MAX_UNDERLAY_MTU = 1280, 9000
 EXTERNAL_NET = "203.0.113.0/24"  # the provider's "outside" network (documentation range)
 OUTSIDE_IP = "203.0.113.1"  # the outside host, also the external next hop
 OUTSIDE_MAC = "02:cb:00:71:00:01"  # its MAC (br-ext's)
-EXTERNAL_OFPORT = 2  # ext0 on each host's br-int: every lab host reaches the provider network
+# EXTERNAL_OFPORT (tep.join): ext0 on each host's br-int: every lab host reaches the provider network
 PROVIDER_NETWORK = "external"  # its name (`nvctl host join --provider-network external=ext0`)
 MAX_HOSTS = 200
 

@@ -18,7 +18,7 @@ from topology.graph import switch_members, switch_spans
 from topology.model import Tenant
 from controller.compile.allocator import Allocation
 from controller.layers.base import HostView, TenantView
-from controller.layers.gateway import DEFAULT_GATEWAYS, gateway_hosts  # noqa: F401 (the compiler's too)
+from controller.layers.gateway import gateway_hosts
 from controller.compile.pipeline import LAYERS, emitter, miss_flows
 from controller.spaces.ids import TUNNEL_OFPORT  # how tep builds br-int; declared with the other ofports
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from controller.compile.compiler import gateway_hosts
-from controller.layers.gateway import distributed_host, external_mac
+from controller.layers.gateway import distributed_host, external_mac, gateway_hosts
 from controller.server.announce import garp
 from controller.server.peers import assign_peer_port
 from controller.spaces.ids import FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT

@@ -147,14 +147,3 @@ def apply(info: dict, pa: str, want: dict[str, tuple[str, int]], bfd: bool) -> N
             args += ["--", *c]
         db.vsctl("--no-wait", *args)
 
-
-def bfd_status(info: dict) -> dict[str, dict]:
-    """port name -> its bfd_status (state, remote state, diagnostic), as OVS reports."""
-    import json
-    db = host_db(info)
-    raw = json.loads(db.vsctl("--format=json", "--columns=name,bfd_status,external_ids", "find", "Interface",
-                              f"external_ids:nvctl-role={ROLE}"))
-    out = {}
-    for name, status, _ids in raw["data"]:
-        out[name] = dict(status[1]) if isinstance(status, list) and status[0] == "map" else {}
-    return out

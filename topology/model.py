@@ -72,6 +72,18 @@ class Route:
 
 
 @dataclass(frozen=True)
+class LearnedRoute:
+    """A route a routing protocol brought in (controller.bgp): controller state, never in
+    the YAML. Traffic to `prefix` leaves through the router's gateway, like its default
+    route; `peer` (AS `peer_asn`) announced it with next hop `next_hop`."""
+
+    prefix: ipaddress.IPv4Network
+    next_hop: ipaddress.IPv4Address
+    peer: str
+    peer_asn: int
+
+
+@dataclass(frozen=True)
 class Router:
     name: str
     ports: tuple[RouterPort, ...]
@@ -80,6 +92,16 @@ class Router:
     # the hosts that may carry its external port, most preferred first (`external.gateways`);
     # empty: the controller places it on hosts with the provider network
     gateways: tuple[str, ...] = ()
+    # `external.importRoutes`: prefixes inside which routes learned from the provider (BGP)
+    # are taken in. None: no import, the router has a default route to the external
+    # network; a tuple (even empty): its external routes are exactly the learned ones.
+    import_routes: tuple[ipaddress.IPv4Network, ...] | None = None
+    # the learned routes its filters let in (controller state, like a load balancer's `down`)
+    learned: tuple[LearnedRoute, ...] = ()
+
+    def imports(self, prefix: ipaddress.IPv4Network) -> bool:
+        """Does `external.importRoutes` let a learned route for `prefix` in?"""
+        return self.import_routes is not None and any(prefix.subnet_of(f) for f in self.import_routes)
 
     def port_on(self, switch: str) -> RouterPort | None:
         for rp in self.ports:
@@ -297,6 +319,7 @@ def service_address(cidr: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
 def derived_mac(ip: ipaddress.IPv4Address, kind: int = 0) -> str:
     """A locally administered unicast MAC from the IP: unique within a switch because
     IPs are, and stable when the port moves between hosts. kind 0: workload ports,
-    kind 1: router ports, 2: load balancers, 3: a switch's DHCP/DNS service address."""
+    kind 1: router ports, 2: load balancers, 3: a switch's DHCP/DNS service address,
+    4: a host's own address on a provider network."""
     b = ip.packed
     return f"02:{kind:02x}:" + ":".join(f"{x:02x}" for x in b)

@@ -41,7 +41,7 @@ MADE_BY = ("yaml", "api", "cni", "docker")
 ROUTER_KEYS = {"name": True, "ports": True, "routes": False, "external": False}
 ROUTER_PORT_KEYS = {"switch": True, "ip": True, "mac": False, "ip6": False}
 ROUTE_KEYS = {"prefix": True, "nextHop": True}
-EXTERNAL_KEYS = {"ip": True, "gateways": False}
+EXTERNAL_KEYS = {"ip": True, "gateways": False, "importRoutes": False}
 ACL_KEYS = {"priority": True, "direction": True, "ports": False, "from": False, "to": False,
             "protocol": False, "srcPorts": False, "dstPorts": False, "action": True,
             "name": False, "log": False}
@@ -562,17 +562,20 @@ def _routers(raw: Any, switches: dict[str, Switch], ports: list[Port], errs: _Er
                 ok = False
                 continue
             routes.append(Route(prefix, nh))
-        ext, gateways = None, ()
+        ext, gateways, imports = None, (), None
         if "external" in item:
             if _keys(item["external"], f"{path}.external", EXTERNAL_KEYS, errs, "ip"):
                 ext = _ip(item["external"].get("ip"), f"{path}.external.ip", errs) if "ip" in item["external"] else None
                 gateways = _gateways(item["external"].get("gateways", []), f"{path}.external.gateways", errs)
                 ok &= gateways is not None
+                if "importRoutes" in item["external"]:
+                    imports = _import_routes(item["external"]["importRoutes"], f"{path}.external.importRoutes", errs)
+                    ok &= imports is not None
             ok &= ext is not None
         if name is not None:
             names.add(name)
         if ok:
-            out.append(Router(name, tuple(rports), tuple(routes), ext, gateways))
+            out.append(Router(name, tuple(rports), tuple(routes), ext, gateways, imports))
     return out
 
 
@@ -592,6 +595,33 @@ def _gateways(raw: Any, path: str, errs: "_Errors") -> tuple[str, ...] | None:
         errs.add(path, f"{len(raw)} hosts: at most {MAX_GATEWAYS}")
         return None
     return tuple(raw)
+
+
+MAX_IMPORT_FILTERS = 64
+
+
+def _import_routes(raw: Any, path: str, errs: "_Errors") -> tuple | None:
+    """`external.importRoutes`: IPv4 prefixes; a route learned from the provider is taken
+    in when its prefix lies inside one of them ("0.0.0.0/0": every route)."""
+    if not isinstance(raw, list):
+        errs.add(path, "must be a list of IPv4 prefixes (e.g. [198.18.0.0/15]): learned routes inside them "
+                       "are imported")
+        return None
+    out = []
+    for i, v in enumerate(raw):
+        try:
+            net = ipaddress.IPv4Network(str(v), strict=True)
+        except ValueError as e:
+            errs.add(f"{path}[{i}]", f"{v!r} is not an IPv4 prefix: {e}")
+            return None
+        if net in out:
+            errs.add(f"{path}[{i}]", f"{net} is listed twice")
+            return None
+        out.append(net)
+    if len(out) > MAX_IMPORT_FILTERS:
+        errs.add(path, f"{len(out)} prefixes: at most {MAX_IMPORT_FILTERS}")
+        return None
+    return tuple(out)
 
 
 def _nat(raw: Any, routers: list[Router], ports: list[Port], errs: _Errors) -> list[NatRule]:
@@ -1167,6 +1197,8 @@ def to_doc(t: Tenant) -> dict:
                 d["external"] = {"ip": str(r.external_ip)}
                 if r.gateways:
                     d["external"]["gateways"] = list(r.gateways)
+                if r.import_routes is not None:
+                    d["external"]["importRoutes"] = [str(n) for n in r.import_routes]
             spec["routers"].append(d)
     if t.nat:
         spec["nat"] = []

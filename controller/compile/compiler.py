@@ -34,6 +34,8 @@ class Host:
     external: tuple | None = None  # (ofport, next_hop_mac) where the external network is attached
     mtu: int = DEFAULT_UPLINK_MTU - VXLAN_OVERHEAD  # the largest frame its uplink carries encapsulated
     peer_port: int | None = None  # with `external`: the ofport of the BFD tunnel toward it on other hosts
+    provider_address: str | None = None  # with `external`: its own address there, BGP's next hop toward it
+    provider_prefix: str | None = None  # with `external`: the provider network's prefix (its connected route)
 
 
 
@@ -81,6 +83,8 @@ def tenant_view(t: Tenant, a: Allocation, hosts: Mapping[str, Host]) -> TenantVi
         pa={h.name: h.pa for h in hosts.values()}, tunnel_port=TUNNEL_OFPORT, gateways=gateways,
         externals={h.name: h.external for h in hosts.values() if h.external},
         peer_port={h.name: h.peer_port for h in hosts.values() if h.peer_port},
+        provider_prefix={r: hosts[g[0][0]].provider_prefix for r, g in gateways.items()
+                         if hosts[g[0][0]].provider_prefix},
         group=a.group, mtu=switch_mtus(t, hosts))
 
 
@@ -175,7 +179,7 @@ def compile_host(name: str, hosts: Mapping[str, Host]) -> list[Flow]:
     h = hosts[name]
     view = HostView(name, h.pa, TUNNEL_OFPORT,
                     tuple(sorted((o.name, o.pa) for o in hosts.values() if o.name != name)),
-                    h.external)
+                    h.external, h.provider_address)
     sink: dict[str, list[Flow]] = {}
     for layer in LAYERS:
         layer.host_flows(view, emitter(layer, sink))

@@ -82,6 +82,7 @@ class HostView:
     tunnel_port: int  # ofport of the flow-based VXLAN port on br-int
     peers: tuple[tuple[str, str], ...]  # (host, PA) of every other host
     external: tuple | None = None  # (ofport, next_hop_mac) if the external network is here
+    provider_address: str | None = None  # with `external`: the host's own address there (BGP's next hop)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class TenantView:
     gateways: dict = field(default_factory=dict)
     externals: dict = field(default_factory=dict)  # host -> (external ofport, next hop MAC): the provider network
     peer_port: dict = field(default_factory=dict)  # host -> ofport of the BFD tunnel port toward it (on any other host)
+    provider_prefix: dict = field(default_factory=dict)  # router -> the prefix of the provider network it is on
     group: dict | None = None  # load balancer -> OpenFlow group id
     mtu: dict | None = None  # switch -> its MTU (the largest IP packet its ports may send)
     # what layers work out once per view (per-port inputs read it for every port)

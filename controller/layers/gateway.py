@@ -30,6 +30,8 @@ from outside.
 """
 from __future__ import annotations
 
+import ipaddress
+
 from dataplane.match_action import (ETH_TYPE_ARP, ETH_TYPE_IP, IN_PORT, Ct, DecTtl, Group, Match, Move,
                                     Nat, Output, SetField, ct_state)
 from controller.layers.arp_responder import ARP_REPLY, ARP_REQUEST
@@ -70,6 +72,11 @@ def gateway_hosts(r, hosts) -> tuple[str, ...]:
     if r.gateways:
         return tuple(h for h in r.gateways if h in hosts and hosts[h].external)
     return tuple(sorted(h.name for h in hosts.values() if h.external))[:DEFAULT_GATEWAYS]
+
+
+def host_external_mac(ip: str) -> str:
+    """The MAC a host answers for its own provider-network address."""
+    return derived_mac(ipaddress.IPv4Address(ip), 4)
 
 
 def floating_mac(n) -> str:
@@ -130,6 +137,18 @@ class Gateway(Layer):
                       "IP's with its own MAC); conntrack's invalid packets (which NAT did not "
                       "translate) are dropped"),
     )
+
+    def host_flows(self, h, out):
+        """The host's own address on the provider network, where BGP sends what this host
+        carries (controller.server.routes): answered here only, with a MAC of its own."""
+        if h.external is None or not h.provider_address:
+            return
+        ip = h.provider_address
+        mac = host_external_mac(ip)
+        out.to((h.name,), out.flow(
+            "ext_in", PRIO_EXT_ARP,
+            Match.of(**LOGICAL_SWITCH.m(EXTERNAL_NET_KEY), eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST, arp_tpa=ip),
+            arp_reply(mac, ip), rule=f"host {h.name}: its provider-network address {ip} is-at {mac} (BGP next hop)"))
 
     def tenant_flows(self, t, out):
         tn = t.tenant

@@ -4,8 +4,12 @@ router port, moved onto the destination switch, next hop resolved to a MAC, then
 dispatched (one underlay crossing to the destination's host). The router answers
 ICMP echo on its own addresses.
 
-Longest prefix wins through priority; a connected route beats a static route of the
-same length.
+Longest prefix wins through priority; at the same length a connected route beats a
+static route, which beats a route learned from the provider (BGP, `external.importRoutes`,
+controller.server.routes) and the default route to the external network. A learned route
+leaves like the default route: through the router's gateway. A router that imports
+routes has no default route unless one is learned: what it reaches outside is what the
+provider announces.
 
 IPv6: between the switches whose router ports have an ip6, connected routes only (no
 static IPv6 routes, no external IPv6 yet); the next hop is the destination itself, so
@@ -24,8 +28,8 @@ from controller.spaces.registers import INPORT, LOGICAL_SWITCH, NEXTHOP, OUTPORT
 
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 # ip_routing, highest first: an echo request to one of the router's addresses is
-# answered; then routes, longest prefix first and connected before static at the same
-# length (route_priority, PRIO_ROUTE_BASE up to PRIO_ROUTE_BASE + 2*128 + 1); then the
+# answered; then routes, longest prefix first and connected before static before learned
+# at the same length (route_priority, PRIO_ROUTE_BASE up to PRIO_ROUTE_BASE + 3*128 + 2); then the
 # router's "no route" drop. A packet not to a router port misses (on).
 PRIO_ECHO = 3000
 PRIO_ROUTE_BASE = 100
@@ -34,11 +38,14 @@ PRIO_NO_ROUTE = 1
 PRIO_NEIGHBOUR = 100
 
 
-def route_priority(prefixlen: int, connected: bool) -> int:
-    return PRIO_ROUTE_BASE + prefixlen * 2 + (1 if connected else 0)
+LEARNED, STATIC, CONNECTED = 0, 1, 2  # a route's rank among those of the same length
 
 
-if not MISS_PRIORITY < PRIO_NO_ROUTE < route_priority(0, False) <= route_priority(128, True) < PRIO_ECHO:
+def route_priority(prefixlen: int, rank: int) -> int:
+    return PRIO_ROUTE_BASE + prefixlen * 3 + rank
+
+
+if not MISS_PRIORITY < PRIO_NO_ROUTE < route_priority(0, LEARNED) <= route_priority(128, CONNECTED) < PRIO_ECHO:
     raise ValueError("routing priorities: a route could outrank the router's echo, or fall to no-route")
 
 
@@ -109,7 +116,8 @@ class Routing(Layer):
                               tn.switch(rp.switch)) for rp in r.ports)
             next_hops = tuple(next(p for p in tn.ports if p.ip == route.next_hop).switch for route in r.routes)
             yield (f"router:{r.name}", ("router", r, switches, next_hops, r.name in t.gateways,
-                                        t.vni.get(transit_name(r.name))), {"hosts": hosts})
+                                        t.vni.get(transit_name(r.name)), t.provider_prefix.get(r.name)),
+                   {"hosts": hosts})
 
     def port_flows(self, content, out):
         if content[0] == "router":
@@ -118,7 +126,7 @@ class Routing(Layer):
             self._neighbour_flows(content, out)
 
     def _router_flows(self, content, out):
-        _, r, switches, next_hops, gateway, transit = content
+        _, r, switches, next_hops, gateway, transit, provider_prefix = content
         on = {sw: (vni, key, s) for sw, vni, key, s in switches}
 
         def forward(egress) -> tuple:
@@ -142,7 +150,7 @@ class Routing(Layer):
             for egress in r.ports:  # connected networks
                 sw = on[egress.switch][2]
                 out.put("hosts", out.flow(
-                    "ip_routing", route_priority(sw.cidr.prefixlen, True),
+                    "ip_routing", route_priority(sw.cidr.prefixlen, CONNECTED),
                     Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(sw.cidr)),
                     forward(egress) + (Move("ipv4_dst", NEXTHOP.field), out.goto("ip_neighbor")),
                     rule=f"router {r.name}: {sw.cidr} is connected ({sw.name})"))
@@ -151,23 +159,35 @@ class Routing(Layer):
                 if egress.ip6 is None or sw.cidr6 is None:
                     continue
                 out.put("hosts", out.flow(
-                    "ip_routing", route_priority(sw.cidr6.prefixlen, True),
+                    "ip_routing", route_priority(sw.cidr6.prefixlen, CONNECTED),
                     Match.of(**came, eth_type=ETH_TYPE_IPV6, ipv6_dst=str(sw.cidr6)),
                     forward(egress) + (out.goto("ip_neighbor"),),
                     rule=f"router {r.name}: {sw.cidr6} is connected ({sw.name})"))
             for route, nh_switch in zip(r.routes, next_hops):
                 egress = r.port_on(nh_switch)
                 out.put("hosts", out.flow(
-                    "ip_routing", route_priority(route.prefix.prefixlen, False),
+                    "ip_routing", route_priority(route.prefix.prefixlen, STATIC),
                     Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(route.prefix)),
                     forward(egress) + (NEXTHOP.load(ip_int(route.next_hop)), out.goto("ip_neighbor")),
                     rule=f"router {r.name}: {route.prefix} via {route.next_hop}"))
             if r.external_ip is not None and gateway:
-                out.put("hosts", out.flow(
-                    "ip_routing", route_priority(0, False), Match.of(**came, eth_type=ETH_TYPE_IP),
-                    (DecTtl(), SetField("eth_src", derived_mac(r.external_ip, 1)),
-                     LOGICAL_SWITCH.load(transit), out.goto("dispatch")),
-                    rule=f"router {r.name}: default route to the external network"))
+                outside = (DecTtl(), SetField("eth_src", derived_mac(r.external_ip, 1)),
+                           LOGICAL_SWITCH.load(transit), out.goto("dispatch"))
+                for lr in r.learned:
+                    out.put("hosts", out.flow(
+                        "ip_routing", route_priority(lr.prefix.prefixlen, LEARNED),
+                        Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=str(lr.prefix)), outside,
+                        rule=f"router {r.name}: {lr.prefix} learned from {lr.peer} (AS {lr.peer_asn}) "
+                             f"via {lr.next_hop}"))
+                if r.import_routes is not None and provider_prefix:  # without a default route: the
+                    out.put("hosts", out.flow(                          # provider network is connected
+                        "ip_routing", route_priority(ipaddress.IPv4Network(provider_prefix).prefixlen, CONNECTED),
+                        Match.of(**came, eth_type=ETH_TYPE_IP, ipv4_dst=provider_prefix), outside,
+                        rule=f"router {r.name}: {provider_prefix} is connected (the provider network)"))
+                if r.import_routes is None:
+                    out.put("hosts", out.flow(
+                        "ip_routing", route_priority(0, LEARNED), Match.of(**came, eth_type=ETH_TYPE_IP), outside,
+                        rule=f"router {r.name}: default route to the external network"))
             out.put("hosts", out.flow("ip_routing", PRIO_NO_ROUTE, Match.of(**came), (),
                                       rule=f"router {r.name}: no route"))
 

@@ -138,9 +138,10 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
     log(f"[join] {name}: {INTEGRATION_BRIDGE} dpid {dpid:016x} ({dp_type}), VXLAN on {pa}, "
         f"controller {target}, OVSDB {manager}")
 
-    networks = None
-    if provider is not None:  # (NAME, IFACE): IFACE reaches provider network NAME
-        net, iface = provider
+    networks, address = None, None
+    if provider is not None:  # (NAME, IFACE[, ADDRESS]): IFACE reaches provider network NAME
+        net, iface, *rest = provider
+        address = rest[0] if rest and rest[0] else None
         if not os.path.exists(f"/sys/class/net/{iface}"):
             raise JoinError(f"--provider-network {net}={iface}: this host has no interface {iface}")
         quiet_uplink(iface)  # OVS carries its frames; the kernel keeps out of its ARP
@@ -151,7 +152,8 @@ def join(b: dict, *, connect, db_remote: str = DEFAULT_DB, uplink: str | None = 
 
     api = connect(creds)
     res = api("host.join", token=b["token"], mtu=mtu,  # workloads' MTU follows the uplink's
-              **({"provider_networks": networks} if networks else {}))
+              **({"provider_networks": networks} if networks else {}),
+              **({"provider_address": address} if address else {}))
     log(f"[join] {name}: registered with the controller at {ctl['ip']}:{ctl['api_port']} "
         f"({'TLS' if creds else 'plain TCP'}); it checked this host over {res['ovsdb']}")
     cred = res.pop("credential", None)

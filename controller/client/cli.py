@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 
 from controller.client.api import ApiClientError, call
 from tep.join import DEFAULT_DB
@@ -137,6 +138,45 @@ def cmd_tenant_show(a):
         for f in g["floatingIps"]:
             how = f"distributed, on {f['host']}" if f["distributed"] else f"through the gateway {f['host'] or '-'}"
             print(f"    floating IP {f['ip']} -> {f['port']}: {how}")
+    for rt in r.get("routes", ()):
+        if rt["importRoutes"] is not None:
+            print(f"  router {rt['router']}: imports routes inside {', '.join(rt['importRoutes']) or 'nothing'}")
+            for x in rt["learned"]:
+                print(f"    learned {x['prefix']} via {x['nextHop']} from {x['peer']} (AS {x['peerAsn']})")
+            for x in rt["refused"]:
+                print(f"    refused {x['prefix']}: {x['why']}")
+            if not rt["learned"] and not rt["refused"]:
+                print("    nothing learned (no route inside the filters, or no BGP session)")
+        for x in rt["announced"]:
+            if x["nextHop"]:
+                print(f"  router {rt['router']}: announces {x['prefix']} via {x['nextHop']} ({x['host']})")
+
+
+def cmd_bgp(a):
+    r = call(api_socket(a), "bgp.status")
+    if a.json:
+        return show(r, True)
+    if not r["configured"]:
+        print("BGP is not configured (the controller's --bgp FILE; see docs/bgp.md)")
+        return 0
+    if not r["leading"]:
+        print("this controller is not the leader: the leader speaks BGP")
+    for n in r["networks"]:
+        print(f"provider network {n['network']}, AS {n['asn']}")
+        print(f"  {'PEER':16} {'AS':>10} {'STATE':12} {'SINCE':>8} {'RECEIVED':>8} {'SENT':>6}  GR   ERROR")
+        for s in n["sessions"]:
+            since = f"{max(0, time.time() - s['since']):.0f}s" if s.get("since") else "-"
+            print(f"  {s['peer']:16} {s['asn']:>10} {s['state']:12} {since:>8} {s['received']:>8} {s['sent']:>6}  "
+                  f"{'yes' if s.get('graceful_restart') else 'no ':4} {s.get('error') or ''}")
+        print(f"  announced ({len(n['announced'])}):")
+        for x in n["announced"]:
+            print(f"    {x['prefix']:20} via {x['nextHop']}")
+        print(f"  learned ({len(n['learned'])}):")
+        for x in n["learned"]:
+            path = " ".join(str(a) for a in x["asPath"]) or "-"
+            print(f"    {x['prefix']:20} via {x['nextHop']:15} from {x['peer']} AS path {path}"
+                  f"{'  (stale: the peer restarts)' if x['stale'] else ''}")
+    return 0
 
 
 # flows, exec ---------------------------------------------------------------------------
@@ -479,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "own network and mount namespace, hosts joined over the network (host invite/join), "
                         "the lab's own requests over the network API with STATE_DIR/admin.cred; no lab "
                         "workloads and no external network (the hosts' runtimes plug ports)")
+    p.add_argument("--bgp", action="store_true",
+                   help="the provider's router speaks BGP: BIRD 2 on the outside network (AS 65001, announcing "
+                        "198.18.0.0/24), the controller peered with it (AS 65000) from a leg on that network; "
+                        "`nvctl bgp` shows the sessions (one controller, not --isolated)")
     p.set_defaults(fn=labcmd.cmd_lab_up)
     ls.add_parser("status", help="processes, connections and flow sync per host",
                   parents=[common]).set_defaults(fn=labcmd.cmd_lab_status)
@@ -680,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("hosts", help="registered hosts and their OpenFlow state",
                    parents=[common]).set_defaults(fn=hostcmd.cmd_hosts)
+    sub.add_parser("bgp", parents=[common], help="BGP sessions with the provider's routers, announced and learned routes",
+                   description="The BGP sessions the leader keeps with the provider's routers (the controller's "
+                               "--bgp FILE), the /32s it announces for the platform's addresses (next hop: the "
+                               "provider-network address of the host that carries each now) and the routes it "
+                               "learned, which tenant routers with external.importRoutes take in. See docs/bgp.md."
+                   ).set_defaults(fn=cmd_bgp)
 
     hp = sub.add_parser("host", help="invite a machine, or join this machine to a controller",
                         parents=[common],
@@ -709,10 +759,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="underlay interface: added to br-phy, which gets the PA (userspace datapath). "
                         "Without it the PA must already be on this host")
     p.add_argument("--prefixlen", type=int, default=24, help="PA prefix length with --uplink (default 24)")
-    p.add_argument("--provider-network", metavar="NAME=IFACE",
+    p.add_argument("--provider-network", metavar="NAME=IFACE[@ADDRESS]",
                    help="IFACE reaches provider network NAME (the one the other hosts call NAME, e.g. "
                         "external): it goes on br-int, and this host can carry floating IPs of its ports "
-                        "and be a router's gateway")
+                        "and be a router's gateway. @ADDRESS: this host's own address on that network, "
+                        "the next hop BGP announces for what it carries (see docs/bgp.md)")
     p.add_argument("--db", default=DEFAULT_DB,
                    help="this host's OVSDB (default %(default)s)")
     p.add_argument("--pki-dir", default="/etc/nvctl/pki", help="where the key and certificates go")

@@ -74,12 +74,13 @@ def cmd_host_join(a):
     from tep.join import JoinError, join, load_bundle
     provider = None
     if a.provider_network:
-        net, eq, iface = a.provider_network.partition("=")
-        if not (net and eq and iface):
-            print(f"nvctl host join: --provider-network {a.provider_network!r}: expected NAME=IFACE "
-                  f"(e.g. external=eth2)", file=sys.stderr)
+        net, eq, rest = a.provider_network.partition("=")
+        iface, at, address = rest.partition("@")
+        if not (net and eq and iface) or (at and not address):
+            print(f"nvctl host join: --provider-network {a.provider_network!r}: expected NAME=IFACE[@ADDRESS] "
+                  f"(e.g. external=eth2 or external=eth2@203.0.113.15)", file=sys.stderr)
             sys.exit(2)
-        provider = (net, iface)
+        provider = (net, iface, address or None)
     try:
         b = load_bundle(a.bundle)
         r = join(b, connect=_join_api(b["controller"]), db_remote=a.db, uplink=a.uplink,

@@ -33,7 +33,7 @@ def cmd_lab_up(a):
     with Reporter("lab up") as rep:  # progress and the lab's own lines on stderr: stdout is the status
         lab = _lab(a.state_dir, log=rep.note)
         lab.up(hosts=a.hosts, underlay_mtu=a.underlay_mtu, controllers=a.controllers, progress=rep,
-               isolated=a.isolated)
+               isolated=a.isolated, bgp=a.bgp)
     _lab_status(lab, a.json)
 
 

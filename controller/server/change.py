@@ -26,7 +26,7 @@ from controller.compile.compiler import compile_tenant
 from controller.compile.desired import tenant_delta
 from controller.server.errors import ApiError, unknown_host
 from controller.server.announce import announce
-from controller.server.peers import assign_peer_port
+from controller.server.peers import assign_peer_port, check_host_address
 from controller.spaces.names import pending_name
 from controller.server.entry import TenantEntry
 from controller.state.store import HostRecord
@@ -158,7 +158,9 @@ class TenantChange(Change):
         return out
 
     def announce(self, core) -> None:
-        """Floating IPs now on another host: that host says so (controller.server.announce)."""
+        """Floating IPs now on another host: that host says so (controller.server.announce),
+        and BGP's announcements follow (controller.server.routes)."""
+        core.routes_changed()
         announce(core, self.old.tenant if self.old is not None else None,
                  self.entry.tenant if self.entry is not None else None)
 
@@ -197,6 +199,33 @@ class HealthChange(TenantChange):
     def commit(self, core) -> set[str]:
         self.entry, changed, self.delta = core._commit(self.new, self.old, None, self.action, stored=False)
         self.proved = core.proved
+        return changed
+
+    def attach(self, core, progress) -> list[str]:
+        return []  # no workload changes
+
+
+class RoutesChange(TenantChange):
+    """The routes a tenant's routers learn from the provider changed (controller.server.
+    routes): the tenant is compiled again with them (IntentMixin._commit takes them in for
+    every change) and rolled out; nothing is stored: learned routes are state, not intent."""
+
+    def __init__(self, old: TenantEntry):
+        super().__init__(old, old.tenant, "learned routes")
+
+    def commit(self, core) -> set[str]:
+        self.entry, changed, self.delta = core._commit(self.new, self.old, None, self.action, stored=False)
+        self.proved = core.proved
+        new = {r.name: r.learned for r in self.entry.tenant.routers}
+        words = []
+        for r in self.old.tenant.routers:
+            gone = [str(x.prefix) for x in r.learned if x not in new.get(r.name, ())]
+            came = [str(x.prefix) for x in new.get(r.name, ()) if x not in r.learned]
+            if came:
+                words.append(f"{r.name}: learned {', '.join(came)}")
+            if gone:
+                words.append(f"{r.name}: withdrawn {', '.join(gone)}")
+        self.action = "routes: " + ("; ".join(words) or "unchanged")
         return changed
 
     def attach(self, core, progress) -> list[str]:
@@ -337,6 +366,7 @@ class HostRegistration(Change):
         if mtu is not None and not (isinstance(mtu, int) and not isinstance(mtu, bool) and low <= mtu <= high):
             raise ApiError(f"host {rec.name}: uplink MTU {mtu!r} is not a number of bytes ({low}..{high})",
                            [("info.mtu", f"an integer from {low} to {high}")])
+        check_host_address(rec.info, rec.name, core.hosts)
         try:  # a possible gateway: the number of the BFD port toward it, on every other host
             self.rec = HostRecord(rec.name, rec.pa, rec.dpid, assign_peer_port(rec.info, rec.name, core.hosts))
         except ValueError as e:
@@ -355,6 +385,7 @@ class HostRegistration(Change):
             core.switch_connected(self.waiting)
         out = core.reconcile_many(changed)
         core.ensure_peer_tunnels(changed)  # a new possible gateway: every host watches it
+        core.routes_changed()  # a new provider-network address: BGP's next hops may change
         return out
 
     def report(self, core, results: dict, attach_errors: list) -> dict:

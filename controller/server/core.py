@@ -49,6 +49,7 @@ from controller.server.counters import CountersMixin
 from controller.server.access import AccessMixin, Authenticator, AuditTrail
 from controller.server.owners import OwnersMixin
 from controller.server.health import HealthMixin
+from controller.server.routes import Bgp, RoutesMixin
 from controller.packetin.health import Monitor
 from tep.driver import Driver, NoDriver
 
@@ -67,7 +68,7 @@ def freeze_heap() -> None:
 
 
 class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, BindingsMixin, WorkloadsMixin,
-           ViewsMixin, CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin, HealthMixin):
+           ViewsMixin, CountersMixin, AccessMixin, VmMigrationMixin, OwnersMixin, HealthMixin, RoutesMixin):
     def __init__(self, store: Store, make_driver: Callable[[Mapping[str, HostRecord]], Driver] = NoDriver,
                  clock=time.monotonic):
         """`make_driver(hosts)` gives the compute driver that plugs workloads (the lab's:
@@ -112,6 +113,7 @@ class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, Bi
         self.activating: set = set()  # (tenant, port, host) whose announcement is being acted on (vmmigrate.py)
         self.health = Monitor()  # load balancers' backend health checks (health.py)
         self._health_retry: dict = {}  # tenant -> when a health change that failed may be tried again
+        self.bgp = Bgp()  # BGP speakers toward the provider's routers (routes.py); main starts them
         for rec in store.tenants():
             t = schema.validate(rec.doc, None)
             self._replace_entry(rec.name, TenantEntry(t, Allocation.from_json(rec.alloc), rec.revision, {},
@@ -126,7 +128,8 @@ class Core(SwitchesMixin, HostsMixin, GatewaysMixin, IntentMixin, PortsMixin, Bi
             for n, h in self.hosts.items():
                 ext = h.info.get("external")
                 out[n] = Host(n, h.pa, (ext["ofport"], ext["next_hop_mac"]) if ext else None, self.host_mtu(n),
-                              h.info.get("peer_port") if ext else None)
+                              h.info.get("peer_port") if ext else None, ext.get("address") if ext else None,
+                              ext.get("network") if ext else None)
             self._placement_cache = out
         return self._placement_cache
 

@@ -7,13 +7,14 @@ the `inputs` column to find every view that must follow it, and makes the change
 the methods in `kept_by`, never by writing the view directly.
 
 The inputs are the store's records: host records (`hosts`) and tenants' intent with their
-allocations (`tenants`); and what switches report (`switches`).
+allocations (`tenants`); what switches report (`switches`); and what the provider's
+routers announce over BGP (`bgp`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-INPUTS = ("hosts", "tenants", "switches")
+INPUTS = ("hosts", "tenants", "switches", "bgp")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ VIEWS = (
     View("lb_health", "health", ("tenants", "switches"), ("health_tick", "apply_health"),
          "each health-checked load-balancer backend's state (up, down, unknown) from its probes' answers; "
          "what is down is compiled into the tenant through a HealthChange (never stored)"),
+    View("bgp_routes", "bgp", ("bgp", "tenants", "placement", "switches"), ("routes_tick", "apply_learned"),
+         "what each BGP speaker announces (every provider address, next hop: the host that carries it, "
+         "as BFD says) and the routes tenant routers import, compiled in through a RoutesChange (never stored)"),
     View("verified", "verified", ("switches", "desired"), ("verify", "_replace_entry"),
          "the last verify result per tenant, shown by the web view and metrics; dropped with its tenant"),
 )

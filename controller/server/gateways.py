@@ -128,6 +128,7 @@ class GatewaysMixin:
         peer = next((h.name for h in placement.values() if h.peer_port == port), None)
         LOG.info("host %s: BFD toward %s is %s", host, peer or f"port {port}", "up" if live else "down")
         me = placement.get(host)
+        self.routes_changed()  # BGP's next hops follow the active gateways (routes.py)
         if not self.leading() or me is None or not me.external:
             return
         ports = session.live()

@@ -86,7 +86,7 @@ class HostsMixin:
         return inv
 
     def join_host(self, token: str, peer_ip: str, peer_name: str | None, mtu: int | None = None,
-                  provider_networks: dict | None = None) -> dict:
+                  provider_networks: dict | None = None, provider_address: str | None = None) -> dict:
         """A host asks to join (called by the network API with the connection's facts).
         Refused unless an invitation matches its token and, with TLS, its certificate's
         name; then its OVS is checked over OVSDB before it is registered."""
@@ -108,6 +108,11 @@ class HostsMixin:
             raise ApiError(f"host {name}: its br-int has datapath-id {got_dpid} and tunnel IP {got_ip}, "
                            f"expected {inv['dpid']:016x} and {inv['pa']}")
         external = self._provider_network(name, provider_networks) if provider_networks else None
+        if provider_address is not None:
+            if external is None:
+                raise ApiError(f"host {name}: a provider-network address without a provider network",
+                               [("provider_address", "give --provider-network NAME=IFACE@ADDRESS")])
+            external["address"] = provider_address  # checked with the registration (peers.check_host_address)
         info = {"kind": "lab" if inv["workloads"] else "remote", "joined": True, "tls": inv["tls"],
                 **({"mtu": mtu} if mtu is not None else {}),  # checked with the registration
                 **({"external": external} if external else {}),
@@ -139,7 +144,8 @@ class HostsMixin:
             raise ApiError(f"host {host}: no host is on provider network {net!r} to take its facts from "
                            f"(known: {', '.join(sorted(known)) or 'none'})",
                            [(f"provider_networks.{net}", "unknown provider network")])
-        return {**{k: v for k, v in facts.items() if k not in ("ofport", "peer_port")}, "name": net, "ofport": ofport}
+        return {**{k: v for k, v in facts.items() if k not in ("ofport", "peer_port", "address")},
+                "name": net, "ofport": ofport}
 
     def admit(self, dpid: int, peer_name: str | None) -> bool:
         """May this OpenFlow connection speak for datapath `dpid`? A host that joined

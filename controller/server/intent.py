@@ -60,6 +60,7 @@ class IntentMixin:
         allocation is the stored one (the spec is: `schema.to_doc` has no such state)."""
         if layers is None:
             layers = old.layers if old is not None else {}
+        t = self.with_learned(t)  # routes learned from the provider: state, compiled with every change
         with self._held_by_others(t.name) as others:
             self._check_provider_addresses(t, others)
             try:
@@ -98,10 +99,16 @@ class IntentMixin:
         to the provider's own gear, and lie on the provider network they are used on."""
         errors = []
         gateways = [h.info["external"] for h in self.hosts.values() if h.info.get("external")]
+        host_addresses = {ext["address"]: h.name for h in self.hosts.values()
+                          if (ext := h.info.get("external")) and ext.get("address")}
         for path, ip in provider_addresses(t):
             owner = others.addresses.get(ip)
             if owner is not None:
                 errors.append((path, f"{ip} belongs to tenant {owner}"))
+                continue
+            if ip in host_addresses:
+                errors.append((path, f"{ip} is host {host_addresses[ip]}'s own address on the provider network "
+                                     "(the next hop BGP announces for it)"))
                 continue
             for ext in gateways:
                 net = ipaddress.IPv4Network(ext["network"]) if ext.get("network") else None

@@ -42,6 +42,11 @@ def main(argv=None) -> int:
                          "policies) before anything is stored or sent, and refuse one that breaks them, with "
                          "its counterexample (default: on, unless NVCTL_VERIFY_CHANGES=0 in the environment; "
                          "see docs/verify.md)")
+    ap.add_argument("--bgp", metavar="FILE",
+                    help="BGP toward the provider's routers, per provider network (YAML: bgp: {NETWORK: "
+                         "{asn, peers: [{address, asn}]}}; see docs/bgp.md). The leader announces the "
+                         "platform's addresses from the hosts that carry them and learns the routes "
+                         "tenant routers import")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     if a.api_listen:
@@ -51,6 +56,15 @@ def main(argv=None) -> int:
         if not sep or not port.isdigit() or not host:
             ap.error(f"--api-listen {a.api_listen!r}: give ADDR:PORT, e.g. 198.51.100.1:6443")
         a.api_addr = (host.strip("[]"), int(port))
+    bgp = None
+    if a.bgp:
+        import yaml
+        from controller.server.routes import load_config
+        try:
+            with open(a.bgp) as f:
+                bgp = load_config(yaml.safe_load(f))
+        except (OSError, yaml.YAMLError, ValueError) as e:
+            ap.error(f"--bgp {a.bgp}: {e}")
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -88,7 +102,12 @@ def main(argv=None) -> int:
         core, member = _load(a, api_path)
     logging.info("state loaded and compiled in %.0f ms: %d tenants, %d hosts", (time.monotonic() - t0) * 1000,
                  len(core.tenants), len(core.hosts))
+    if bgp:  # before the switches sync: the routes learned before a restart are compiled in
+        core.bgp.config = bgp
+        core.load_learned(os.path.join(a.state_dir, "bgp-learned.json"))
     app.attach(core)
+    if bgp and member is None:
+        core.start_bgp()  # the leader speaks (take_over); a standalone controller now
 
     from controller.server.api import ApiServer
     services += _network_services(core, a)  # before the local API: invitations need the PKI

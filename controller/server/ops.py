@@ -114,7 +114,8 @@ OPS: dict[str, Op] = _ops(
     Op("host.list", "list_hosts", {"check": opt(False, bool)}, scope="cluster",
        doc="Every host and whether its switch holds its desired state (check: read every switch "
            "again first, correcting drift)."),
-    Op("host.join", "join_host", {"token": req(str), "mtu": opt(None, int), "provider_networks": opt(None, dict)},
+    Op("host.join", "join_host", {"token": req(str), "mtu": opt(None, int), "provider_networks": opt(None, dict),
+                                  "provider_address": opt(None, str)},
        kind="change",
        scope="host", scope_arg="peer_name", over=("network",), context=("peer_ip", "peer_name"),
        doc="A host joins with its invitation's token (the join API)."),
@@ -202,6 +203,9 @@ OPS: dict[str, Op] = _ops(
        doc="Every member's network API URL and the CA that signed them (a client finds the cluster)."),
     # a cluster --------------------------------------------------------------------------
     Op("cluster.status", "cluster_status", scope="cluster", local=True),
+    Op("bgp.status", "bgp_status", scope="cluster",
+       doc="BGP toward the provider's routers: each session, what is announced (and from which "
+           "host's address) and what was learned."),
     Op("member.probe", "member_probe", {"host": req(str)}, kind="change", scope="host", scope_arg="host",
        local=True, doc="Ask a switch for the master role and send it a flow-mod that changes nothing."),
 )

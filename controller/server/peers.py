@@ -22,10 +22,13 @@ that restarts is not chosen again by its peers before it can carry the traffic.
 """
 from __future__ import annotations
 
+import ipaddress
+
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from controller.server.errors import ApiError
 from controller.spaces.ids import BFD_VNI, FIRST_PEER_TUNNEL_OFPORT, MAX_PEER_TUNNEL_OFPORT
 from tep.driver import host_db
 from tep.ovs import INTEGRATION_BRIDGE
@@ -146,4 +149,30 @@ def apply(info: dict, pa: str, want: dict[str, tuple[str, int]], bfd: bool) -> N
         for c in cmds:
             args += ["--", *c]
         db.vsctl("--no-wait", *args)
+
+
+def check_host_address(info: dict, host: str, hosts: dict) -> None:
+    """A host's provider-network address (`external.address`): on the network, not its
+    gateway, not another host's. Raises ApiError naming the field."""
+    ext = info.get("external") or {}
+    addr = ext.get("address")
+    if addr is None:
+        return
+    try:
+        a = ipaddress.IPv4Address(str(addr))
+    except ValueError:
+        raise ApiError(f"host {host}: external.address {addr!r} is not an IPv4 address",
+                       [("external.address", "not IPv4")]) from None
+    net = ipaddress.IPv4Network(ext["network"]) if ext.get("network") else None
+    if net is not None and (a not in net or a in (net.network_address, net.broadcast_address)):
+        raise ApiError(f"host {host}: external.address {a} is not a host address of the provider network {net}",
+                       [("external.address", f"outside {net}")])
+    if str(a) == ext.get("next_hop"):
+        raise ApiError(f"host {host}: external.address {a} is the provider network's gateway",
+                       [("external.address", "the gateway's")])
+    for name, rec in hosts.items():
+        o = rec.info.get("external") or {}
+        if name != host and o.get("address") == str(a):
+            raise ApiError(f"host {host}: external.address {a} is host {name}'s",
+                           [("external.address", f"host {name}'s")])
 

@@ -87,6 +87,7 @@ class SwitchesMixin:
         self.number_hosts()  # hosts stored before peer-tunnel numbers existed
         self.ensure_peer_tunnels(list(self.hosts))  # what the last leader left half-done (a host fenced)
         self.ensure_workloads_in_background()
+        self.start_bgp()  # the leader speaks BGP for the platform (routes.py)
         return results
 
     def _catch_up(self) -> None:
@@ -109,6 +110,7 @@ class SwitchesMixin:
 
     def hand_over(self, generation: int) -> None:
         """No longer leading: stop writing; say slave to the switches that still listen."""
+        self.stop_bgp(graceful=True)  # the peers keep our routes until the next leader speaks
         for host, st in self.state.items():
             if st.session is not None:
                 self._claim_role(host, st.session)

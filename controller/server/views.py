@@ -42,6 +42,7 @@ class ViewsMixin:
         return [{"name": h.name, "pa": h.pa, "dpid": f"{h.dpid:016x}", "uplink_mtu": h.info.get("mtu"),
                  "overlay_mtu": self.host_mtu(h.name), **self.host_status(h.name),
                  "provider_network": (h.info["external"].get("name", "external") if h.info.get("external") else None),
+                 "provider_address": (h.info.get("external") or {}).get("address"),
                  "bfd": self.bfd_view(h.name, live),
                  **({"drift": found[h.name]} if h.name in found else {})}
                 for h in sorted(self.hosts.values(), key=lambda h: h.name)]
@@ -82,7 +83,8 @@ class ViewsMixin:
         return {"spec": schema.to_doc(e.tenant), "revision": e.revision,
                 "ids": {"tenant_id": e.alloc.tenant_id, "vni": e.alloc.vni},
                 "mtu": self.switch_mtus(e.tenant),
-                "ports": ports, "hosts": hosts, "gateways": self.gateway_status(e.tenant)}
+                "ports": ports, "hosts": hosts, "gateways": self.gateway_status(e.tenant),
+                "routes": self.routes_view(e.tenant)}
 
     def trace(self, tenant: str, port: str, packet: str, real: bool = False) -> dict:
         """Simulate `packet` sent by tenant/port through every host it crosses; with

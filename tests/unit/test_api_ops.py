@@ -215,7 +215,7 @@ def test_the_join_api_checks_the_same_way_and_fills_what_the_connection_says():
         assert net.dispatch("ping", {}, ctx) == {"ok": True, "result": {"pong": True, "peer": "hv7"}}
         assert net.dispatch("host.join", {"token": "t", "mtu": 9000}, ctx)["ok"]
         forged = net.dispatch("host.join", {"token": "t", "peer_name": "hv1"}, ctx)  # never from the client
-        assert forged["errors"] == [["peer_name", "is unknown (it takes: token, mtu, provider_networks)"]]
+        assert forged["errors"] == [["peer_name", "is unknown (it takes: token, mtu, provider_networks, provider_address)"]]
         assert net.dispatch("host.self", {"token": 5}, ctx)["errors"] == [["token", "must be string, not integer"]]
         assert net.dispatch("tenant.create", {"yaml": BLUE}, ctx) == {
             "ok": False, "error": "operation 'tenant.create' is not offered over the network"}

@@ -25,7 +25,8 @@ MAY_IMPORT = {
     "controller.compile": BASE | {"controller.spaces", "controller.layers"},
 }
 BELOW_SERVER = ("controller.spaces", "controller.layers", "controller.compile", "controller.switch",
-                "controller.state", "controller.packetin", "controller.analysis", "controller.transport")
+                "controller.state", "controller.packetin", "controller.analysis", "controller.transport",
+                "controller.bgp")
 ABOVE = ("controller.server", "controller.client", "controller.runtimes")
 # The client reaches the server only through the API: none of the server's rooms.
 CLIENT_MUST_NOT = ("controller.server", "controller.state", "controller.switch", "controller.packetin",

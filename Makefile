@@ -9,7 +9,7 @@ DEBS   := openvswitch-switch openvswitch-common iperf3 ethtool tcpdump iputils-p
           iproute2 mininet bridge-utils python3-venv ovn-central ovn-host \
           isc-dhcp-client busybox-static dnsutils podman runc containernetworking-plugins \
           docker.io golang-go golang-github-appc-cni-dev etcd-server etcd-client \
-          chromium chromium-driver qemu-system-x86 linux-image-amd64
+          chromium chromium-driver qemu-system-x86 linux-image-amd64 bird2
 
 .PHONY: demo test unit integration slo bench bench-scale deps venv clean
 # prerequisites in the order written: the Debian packages (python3-venv among them) before the venv

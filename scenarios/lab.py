@@ -30,6 +30,7 @@ from tep.ovs import (DPID_PREFIX, PHYSICAL_BRIDGE, Ovsdb, instance_env, quiet_up
                      start_instance, start_vswitchd)
 from tep.rxqueue import deepen_instance
 from tep import nsutil, vm
+from scenarios import provider_router
 from tep.workload import IPV4_ONLY_SYSCTLS
 from controller.client.common import DEFAULT_STATE_DIR, state_dir_from  # noqa: F401  (the lab's callers take them from here)
 from controller.compile.compiler import TUNNEL_OFPORT
@@ -82,6 +83,12 @@ class HostPlan:
     @property
     def dpid(self) -> int:
         return DPID_PREFIX + self.index
+
+    @property
+    def provider_address(self) -> str | None:
+        """Its own address on the provider network (BGP's next hop toward it): hv1 .101
+        up to hv100 .200; hosts beyond have none (BGP does not announce through them)."""
+        return f"203.0.113.{100 + self.index}" if self.index <= 100 else None
 
 
 class Lab:
@@ -306,11 +313,14 @@ class Lab:
         return [f"tcp:{m['address']}:{OF_PORT}" for m in self.member_plans()]
 
     def up(self, hosts: int = 3, timeout: float = 60, underlay_mtu: int = UNDERLAY_MTU, controllers: int = 1,
-           progress=None, isolated: bool = False) -> dict:
+           progress=None, isolated: bool = False, bgp: bool = False) -> dict:
         """`progress`: a controller.client.progress.Reporter; hosts built, registered, in sync and
         their underlay warmed are reported to it, host i of N (else one log line per host)."""
         if controllers not in (1, 3, 5):
             raise LabError(f"--controllers must be 1, 3 or 5 (an etcd cluster needs an odd size), got {controllers}")
+        if bgp and (isolated or controllers != 1):
+            raise LabError("--bgp: the lab's provider router peers with one controller (not --isolated, "
+                           "not --controllers 3 or 5)")
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
         if not MIN_UNDERLAY_MTU <= underlay_mtu <= MAX_UNDERLAY_MTU:
@@ -327,7 +337,7 @@ class Lab:
         plans = [HostPlan(i) for i in range(1, hosts + 1)]
         m = {"prefix": self.prefix, "hosts": [p.name for p in plans], "status": "starting",
              "started": time.time(), "underlay_mtu": underlay_mtu, "controllers": controllers,
-             "isolated": isolated}
+             "isolated": isolated, "bgp": bgp}
         self._save(m)
         t0 = time.monotonic()
         try:
@@ -350,6 +360,11 @@ class Lab:
         registered by the lab, its workloads made by the controller's lab driver."""
         self._networks(m["underlay_mtu"])
         self.log(f"[lab] underlay {self.ul_ns} (MTU {m['underlay_mtu']}) and management {self.ctl_ns} ready")
+        if m.get("bgp"):
+            self._provider_router()
+            self.log(f"[lab] provider router: BIRD in {self.ext_ns} (AS {provider_router.PROVIDER_ASN}, "
+                     f"announcing {provider_router.OUTSIDE_PREFIX}), the controller's leg "
+                     f"{provider_router.CONTROLLER_PROVIDER_IP}")
         if m["controllers"] == 1:
             self.start_controller()
             self.log(f"[lab] controller started in {self.ctl_ns} (OpenFlow {CONTROLLER_IP}:{OF_PORT})")
@@ -417,6 +432,16 @@ class Lab:
             idx = n.link_lookup(ifname="br-mgmt")[0]
             n.addr("add", index=idx, address=CONTROLLER_IP, prefixlen=24)
             n.link("set", index=idx, state="up")
+
+    def _provider_router(self) -> None:
+        """BIRD on the outside network, and the controller's leg there (scenarios.provider_router)."""
+        _veth_between(f"{self.prefix}pr", self.ctl_ns, "prov0", self.ext_ns, "ctl", "br-ext", 1500)
+        with nsutil.iproute(self.ctl_ns) as n:
+            n.addr("add", index=n.link_lookup(ifname="prov0")[0], address=provider_router.CONTROLLER_PROVIDER_IP,
+                   prefixlen=24)
+        with open(os.path.join(self.dir, "bgp.yaml"), "w") as f:
+            f.write(provider_router.platform_config(OUTSIDE_IP, PROVIDER_NETWORK))
+        provider_router.start(self.dir, self.ext_ns, OUTSIDE_IP)
 
     def _machine(self, p: HostPlan, step=None, ovs: bool = True) -> str:
         """Namespace, underlay and management links, and a running OVS with an empty
@@ -512,8 +537,10 @@ class Lab:
 
     def start_controller(self, preamble: str | None = None, env: dict | None = None) -> int:
         """(Again) the lab's controller; `preamble`, `env`: see spawn_controller (tests)."""
+        bgp = os.path.join(self.dir, "bgp.yaml")
         return spawn_controller(f"/run/netns/{self.ctl_ns}", self.dir, CONTROLLER_IP, OF_PORT, self.pki_dir,
-                                api_listen=f"{CONTROLLER_IP}:{API_PORT}", preamble=preamble, env=env)
+                                api_listen=f"{CONTROLLER_IP}:{API_PORT}", preamble=preamble, env=env,
+                                extra=["--bgp", bgp] if (self.manifest() or {}).get("bgp") else None)
 
     def stop_controller(self, sig=signal.SIGTERM) -> None:
         _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, sig, group=True)
@@ -530,7 +557,8 @@ class Lab:
         for p in plans:
             info = self.host_info(p.name)  # every lab host has the provider network
             info["external"] = {"ofport": EXTERNAL_OFPORT, "name": PROVIDER_NETWORK, "network": EXTERNAL_NET,
-                                "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac}
+                                "next_hop": OUTSIDE_IP, "next_hop_mac": outside_mac,
+                                **({"address": p.provider_address} if p.provider_address else {})}
             call(self.api_path, "host.register", name=p.name, pa=p.pa, dpid=p.dpid, info=info)
             if on_host:
                 on_host(p.name)
@@ -601,6 +629,8 @@ class Lab:
         m = self.manifest() or {}
         if _kill_pidfile(os.path.join(self.dir, "controller.pid"), CONTROLLER_CMD, group=True):
             done.append("controller")
+        if _kill_pidfile(os.path.join(self.dir, "bird.pid"), "bird"):
+            done.append("bird")
         for member in self.member_plans(m.get("controllers", 1))[0 if m.get("isolated") else 1:]:
             if _kill_pidfile(os.path.join(member["state_dir"], "controller.pid"), CONTROLLER_CMD, group=True):
                 done.append(member["name"])
@@ -635,7 +665,8 @@ class Lab:
                     ipr.link("del", index=link["index"])
                     done.append(f"link {name}")
         for entry in ("machines", "hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
-                      "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp", ADMIN_CREDENTIAL):
+                      "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp", ADMIN_CREDENTIAL,
+                      *provider_router.FILES, "bgp-learned.json"):
             path = os.path.join(self.dir, entry)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -653,7 +684,7 @@ class Lab:
 def spawn_controller(netns_path: str | None, state_dir: str, listen: str, port: int, pki: str | None = None,
                      store: str | None = None, name: str | None = None, api_listen: str | None = None,
                      enter: list[str] | None = None, inside_state_dir: str | None = None,
-                     preamble: str | None = None, env: dict | None = None) -> int:
+                     preamble: str | None = None, env: dict | None = None, extra: list[str] | None = None) -> int:
     """Start the controller inside a network namespace (given as a path: /run/netns/X or
     /proc/PID/ns/net), or inside a machine (`enter`: the command prefix that enters it;
     `inside_state_dir`: state_dir as the machine sees it); wait until its API answers.
@@ -676,6 +707,7 @@ def spawn_controller(netns_path: str | None, state_dir: str, listen: str, port: 
         cmd += ["--name", name]
     if api_listen and pki:
         cmd += ["--api-listen", api_listen]
+    cmd += extra or []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, **(env or {}), "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -666,7 +666,7 @@ class Lab:
                     done.append(f"link {name}")
         for entry in ("machines", "hosts", "pki", "controller.log", "controller.pid", "desired.db", "desired.db-wal",
                       "desired.db-shm", "nvctl.sock", "members.json", "lab.json", "lab.json.tmp", ADMIN_CREDENTIAL,
-                      *provider_router.FILES, "bgp-learned.json"):
+                      *provider_router.FILES):
             path = os.path.join(self.dir, entry)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)

@@ -213,6 +213,7 @@ class _Peer:
         self.rib: dict[str, Learned] = {}    # learned, guarded by the speaker's lock
         self.sent: dict[str, str] = {}       # what this session announced: prefix -> next hop
         self.peer_gr = False                 # the peer advertised graceful restart (last OPEN)
+        self.eor = False                     # this session's peer sent End-of-RIB: its table is complete
         self.peer_restart_time = 0
         self.stale_until: float | None = None
         self.four_octet = False
@@ -241,7 +242,7 @@ class _Peer:
     def status(self) -> dict:
         return {"peer": self.cfg.address, "asn": self.cfg.asn, "state": self.state, "since": self.since,
                 "received": len(self.rib), "sent": len(self.sent), "error": self.error,
-                "graceful_restart": self.peer_gr}
+                "graceful_restart": self.peer_gr, "eor_received": self.eor}
 
     # -- the thread --
 
@@ -489,6 +490,7 @@ class _Peer:
 
     def _on_established(self) -> None:
         self.error = None
+        self.eor = False
         self._set_state("established")
         self.sent = {}
         self._sync()
@@ -541,6 +543,8 @@ class _Peer:
         attrs = msg.pathattr_map
         if not msg.withdrawn_routes and not msg.nlri and _is_ipv4_eor(attrs):
             self._drop_stale()
+            self.eor = True
+            self.sp.changed()  # a complete table: whoever waits for it (controller.server.routes) looks again
             return
         learned = {}
         if msg.nlri:
@@ -570,6 +574,7 @@ class _Peer:
             self.sp.changed()
 
     def _session_lost(self, keep: bool) -> None:
+        self.eor = False
         with self.sp._lock:
             if not self.rib:
                 return

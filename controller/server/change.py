@@ -366,7 +366,7 @@ class HostRegistration(Change):
         if mtu is not None and not (isinstance(mtu, int) and not isinstance(mtu, bool) and low <= mtu <= high):
             raise ApiError(f"host {rec.name}: uplink MTU {mtu!r} is not a number of bytes ({low}..{high})",
                            [("info.mtu", f"an integer from {low} to {high}")])
-        check_host_address(rec.info, rec.name, core.hosts)
+        check_host_address(rec.info, rec.name, core.hosts, core.used.addresses)
         try:  # a possible gateway: the number of the BFD port toward it, on every other host
             self.rec = HostRecord(rec.name, rec.pa, rec.dpid, assign_peer_port(rec.info, rec.name, core.hosts))
         except ValueError as e:

@@ -101,6 +101,7 @@ class IntentMixin:
         gateways = [h.info["external"] for h in self.hosts.values() if h.info.get("external")]
         host_addresses = {ext["address"]: h.name for h in self.hosts.values()
                           if (ext := h.info.get("external")) and ext.get("address")}
+        reserved = self.bgp_reserved()
         for path, ip in provider_addresses(t):
             owner = others.addresses.get(ip)
             if owner is not None:
@@ -109,6 +110,9 @@ class IntentMixin:
             if ip in host_addresses:
                 errors.append((path, f"{ip} is host {host_addresses[ip]}'s own address on the provider network "
                                      "(the next hop BGP announces for it)"))
+                continue
+            if ip in reserved:
+                errors.append((path, f"{ip} is {reserved[ip]}"))
                 continue
             for ext in gateways:
                 net = ipaddress.IPv4Network(ext["network"]) if ext.get("network") else None

@@ -104,7 +104,8 @@ def main(argv=None) -> int:
                  len(core.tenants), len(core.hosts))
     if bgp:  # before the switches sync: the routes learned before a restart are compiled in
         core.bgp.config = bgp
-        core.load_learned(os.path.join(a.state_dir, "bgp-learned.json"))
+        with core.mutex:
+            core.load_learned()
     app.attach(core)
     if bgp and member is None:
         core.start_bgp()  # the leader speaks (take_over); a standalone controller now

@@ -151,9 +151,10 @@ def apply(info: dict, pa: str, want: dict[str, tuple[str, int]], bfd: bool) -> N
         db.vsctl("--no-wait", *args)
 
 
-def check_host_address(info: dict, host: str, hosts: dict) -> None:
+def check_host_address(info: dict, host: str, hosts: dict, held: dict | None = None) -> None:
     """A host's provider-network address (`external.address`): on the network, not its
-    gateway, not another host's. Raises ApiError naming the field."""
+    gateway, not another host's, not a tenant's (`held`: address -> tenant). Raises
+    ApiError naming the field."""
     ext = info.get("external") or {}
     addr = ext.get("address")
     if addr is None:
@@ -170,6 +171,10 @@ def check_host_address(info: dict, host: str, hosts: dict) -> None:
     if str(a) == ext.get("next_hop"):
         raise ApiError(f"host {host}: external.address {a} is the provider network's gateway",
                        [("external.address", "the gateway's")])
+    owner = (held or {}).get(str(a))
+    if owner is not None:
+        raise ApiError(f"host {host}: external.address {a} belongs to tenant {owner}",
+                       [("external.address", f"tenant {owner}'s")])
     for name, rec in hosts.items():
         o = rec.info.get("external") or {}
         if name != host and o.get("address") == str(a):

@@ -37,18 +37,17 @@ are not in the store. `nvctl verify` sees them as it sees every compiled route.
 **Restarts.** Our speaker advertises graceful restart: when the controller restarts (or
 a new leader takes over), the provider's routers keep our routes as stale until the new
 session's End-of-RIB, so nothing the data plane still carries is withdrawn. On our side
-the controller keeps what it learned in STATE_DIR/bgp-learned.json, compiles tenants
-with those routes at start (the switches keep their flows: nothing is sent to them), and
-uses them until a session of that network is back and its peer has sent End-of-RIB
-(or CACHE_HOLD passes).
+the leader keeps what it learned in the store (runtime state STATE_NAME, etcd in a
+cluster); a restarted controller, or a new leader before it reconciles, compiles
+tenants with those routes (the switches keep their flows: nothing is sent to them) and
+uses them until a session of that network is complete (its peer's End-of-RIB), or
+CACHE_HOLD passes.
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import logging
-import os
 import threading
 import time
 
@@ -135,11 +134,14 @@ class Bgp:
         self.announced: dict = {}  # network -> {prefix: next hop} last handed to the speaker
         self.wake = threading.Event()
         self.running = False
+        self.generation = 0  # each start_bgp's loop knows its own: a quick stop and start leaves one loop
         self.retry: dict = {}  # tenant -> not before (clock)
-        self.cache: dict = {}  # network -> [Learned] learned before a restart (bgp-learned.json)
+        self.cache: dict = {}  # network -> [Learned] the last leader learned (the store's STATE_NAME)
         self.cache_until = 0.0  # clock: after this the cache no longer stands in
-        self.cache_path: str | None = None
-        self.saved: dict | None = None  # what the cache file holds
+        self.saved: dict | None = None  # what the store holds
+
+
+STATE_NAME = "bgp-learned"  # the store's runtime state: {network: [learned route...]}
 
 
 class RoutesMixin:
@@ -163,22 +165,23 @@ class RoutesMixin:
             LOG.info("bgp %s: AS %d, router id %s, peers %s", net, c["asn"], rid,
                      ", ".join(f"{p.address} (AS {p.asn})" for p in peers))
         b.running = True
-        threading.Thread(target=self._routes_loop, name="bgp-routes", daemon=True).start()
+        b.generation += 1
+        threading.Thread(target=self._routes_loop, args=(b.generation,), name="bgp-routes", daemon=True).start()
 
     def stop_bgp(self, graceful: bool = True) -> None:
         """Stop every speaker: `graceful` (a restart, a new leader coming) closes the
         sessions as a crash would, so the peers keep our routes under graceful restart."""
         b = self.bgp
         b.running = False
+        b.generation += 1
         b.wake.set()
-        for sp in b.speakers.values():
+        for sp in list(b.speakers.values()):
             sp.stop(graceful=graceful)
         b.speakers.clear()
 
     def _router_id(self, net: str) -> str:
-        """A router id when none is configured: the first peer's address with its last
-        octet's low bit flipped would collide in a lab; use a fixed private id from the
-        controller's name instead (stable across restarts)."""
+        """A router id when none is configured: a fixed private one from the member's
+        name and the network (stable across restarts)."""
         import zlib
         n = zlib.crc32(f"{getattr(self, 'name', 'nvctl')}/{net}".encode())
         return str(ipaddress.IPv4Address((10 << 24) | (n & 0xFFFFFF)))
@@ -187,12 +190,12 @@ class RoutesMixin:
         """Something that decides announcements or learned routes changed: recompute soon."""
         self.bgp.wake.set()
 
-    def _routes_loop(self) -> None:
+    def _routes_loop(self, generation: int) -> None:
         b = self.bgp
-        while b.running:
+        while b.running and b.generation == generation:
             b.wake.wait(TICK)
             b.wake.clear()
-            if not b.running:
+            if not b.running or b.generation != generation:
                 return
             try:
                 self.routes_tick()
@@ -215,22 +218,36 @@ class RoutesMixin:
 
     # -- what we announce -------------------------------------------------------------
 
+    def _networks(self) -> dict:
+        """provider network -> its facts (prefix, gateway), from the hosts on it."""
+        out = {}
+        for rec in list(self.hosts.values()):
+            ext = rec.info.get("external")
+            if ext:
+                out.setdefault(ext.get("name", "external"), ext)
+        return out
+
     def announcements(self) -> dict:
         """{network: {"a.b.c.d/32": next hop}} of every provider address the platform
-        carries now, from the host that carries it."""
+        carries now, from the host that carries it (only addresses on the network)."""
         placement = self._placement()
         live = self.liveness()
         net_of, addr_of = {}, {}
-        for name, rec in self.hosts.items():
+        for name, rec in list(self.hosts.items()):
             ext = rec.info.get("external")
             if ext:
                 net_of[name] = ext.get("name", "external")
                 addr_of[name] = ext.get("address")
+        prefixes = {n: ipaddress.IPv4Network(e["network"]) for n, e in self._networks().items() if e.get("network")}
         out: dict = {}
         for e in list(self.tenants.values()):
             for ip, host in self.carriers(e.tenant, placement, live):
-                if host is not None and addr_of.get(host):
-                    out.setdefault(net_of[host], {})[f"{ip}/32"] = addr_of[host]
+                if host is None or not addr_of.get(host):
+                    continue
+                net = net_of[host]
+                if net in prefixes and ipaddress.IPv4Address(ip) not in prefixes[net]:
+                    continue  # never announce what is not on the network (ownership checks say so too)
+                out.setdefault(net, {})[f"{ip}/32"] = addr_of[host]
         return out
 
     def carriers(self, t: Tenant, placement: dict, live: dict) -> list[tuple[str, str | None]]:
@@ -249,80 +266,92 @@ class RoutesMixin:
                     out.append((str(n.external_ip), distributed_host(t, n, placement) or active))
         return out
 
+    def bgp_reserved(self) -> dict:
+        """address -> what it is, of the BGP configuration's own addresses on the provider
+        networks (peers, router ids): no tenant may take one."""
+        out = {}
+        for net, c in self.bgp.config.items():
+            for p in c["peers"]:
+                out[p["address"]] = f"the BGP peer of provider network {net}"
+            if c.get("routerId"):
+                out[c["routerId"]] = f"the platform's BGP router id on provider network {net}"
+        return out
+
     # -- what we learn ----------------------------------------------------------------
 
-    def load_learned(self, path: str) -> None:
-        """At start, before the switches are synced: the routes learned before the restart
-        (written by apply_learned), compiled into the tenants that import them."""
+    def load_learned(self) -> None:
+        """What the last leader learned (the store's runtime state), compiled into the
+        tenants that import it, so the switches keep those flows while our sessions come
+        back. Called with the mutex held (or before anything else runs): at start before
+        the switches sync, and by take_over before it reconciles."""
         from controller.bgp.speaker import Learned
         from controller.server.entry import TenantEntry
         b = self.bgp
-        b.cache_path = path
+        if not b.config:
+            return
         try:
-            with open(path) as f:
-                doc = json.load(f)
+            doc = self.store.runtime_state(STATE_NAME)
+        except Exception as e:  # noqa: BLE001 - without it, learned routes come with the sessions
+            LOG.warning("bgp: the routes learned before could not be read (%s)", e)
+            return
+        if not doc:
+            return
+        try:
             b.cache = {net: [Learned(x["prefix"], x["next_hop"], x["peer"], x["peer_asn"], tuple(x["as_path"]), True)
                              for x in rows] for net, rows in doc.items() if net in b.config}
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            LOG.warning("bgp: %s unreadable (%s): learned routes come with the sessions", path, e)
+        except (KeyError, TypeError, ValueError) as e:
+            LOG.warning("bgp: the stored learned routes are unreadable (%s): they come with the sessions", e)
             return
         b.saved = doc
         b.cache_until = self.clock() + CACHE_HOLD
-        with self.mutex:
-            changed = False
-            for name, e in list(self.tenants.items()):
-                t = self.with_learned(e.tenant)
-                if t is not e.tenant:
-                    self._replace_entry(name, TenantEntry(t, e.alloc, e.revision, {}, e.layers))
-                    changed = True
-            if changed:
-                self._recompile_all()
-        LOG.info("bgp: %d routes learned before the restart stand in until the sessions are back",
+        changed = False
+        for name, e in list(self.tenants.items()):
+            t = self.with_learned(e.tenant)
+            if t is not e.tenant:
+                self._replace_entry(name, TenantEntry(t, e.alloc, e.revision, {}, e.layers))
+                changed = True
+        if changed:
+            self._recompile_all()
+        LOG.info("bgp: %d routes learned before stand in until the sessions are complete",
                  sum(len(v) for v in b.cache.values()))
 
     def _complete(self, sp) -> bool:
-        """Has a session of this speaker given us its whole table (End-of-RIB, or up a while)?"""
+        """Has a session of this speaker given us its whole table? End-of-RIB received;
+        a peer without graceful restart may send none: up EOR_GRACE seconds then."""
         now = time.time()
-        return any(s.get("eor_received") or (s.get("state") == "established" and s.get("since")
-                                             and now - s["since"] >= EOR_GRACE) for s in sp.status())
+        return any(s.get("eor_received") or (s.get("state") == "established" and not s.get("graceful_restart")
+                                             and now - (s.get("since") or now) >= EOR_GRACE)
+                   for s in sp.status())
 
     def _rib(self) -> dict:
-        """network -> [Learned] from its speaker (best per prefix: shortest AS path, then
-        the lowest peer address); the routes learned before a restart while its sessions
-        are not complete yet."""
+        """network -> [Learned] from every peer of its speaker; what the last leader
+        learned while its sessions are not complete yet."""
         out = {}
         b = self.bgp
-        for net in b.config:
+        for net in list(b.config):
             sp = b.speakers.get(net)
             if net in b.cache and self.clock() < b.cache_until and (sp is None or not self._complete(sp)):
                 out[net] = list(b.cache[net])
                 continue
             b.cache.pop(net, None)
-            if sp is None:
-                continue
-            best: dict = {}
-            for lr in sp.learned():
-                cur = best.get(lr.prefix)
-                key = (len(lr.as_path), ipaddress.IPv4Address(lr.peer))
-                if cur is None or key < (len(cur.as_path), ipaddress.IPv4Address(cur.peer)):
-                    best[lr.prefix] = lr
-            out[net] = [best[p] for p in sorted(best, key=lambda p: ipaddress.IPv4Network(p))]
+            if sp is not None:
+                out[net] = sorted(sp.learned(), key=lambda lr: (ipaddress.IPv4Network(lr.prefix), lr.peer))
         return out
 
     def _carried(self) -> set:
         """Every provider address the platform holds: tenants' and hosts' own."""
         out = {ipaddress.IPv4Address(ip) for e in list(self.tenants.values()) for _, ip in provider_addresses(e.tenant)}
-        for rec in self.hosts.values():
+        for rec in list(self.hosts.values()):
             addr = (rec.info.get("external") or {}).get("address")
             if addr:
                 out.add(ipaddress.IPv4Address(addr))
         return out
 
     def learned_for(self, t: Tenant, rib: dict | None = None, carried: set | None = None) -> dict:
-        """{router: (LearnedRoute, ...)} a tenant's routers take in now, and {router:
-        [(prefix, why not)]} of the routes its filters matched but that were refused."""
+        """{"taken": {router: (LearnedRoute, ...)}, "refused": {router: [(prefix, why)]}}:
+        the learned routes a tenant's routers take in now (per prefix, the best of those
+        that may be taken: shortest AS path, then the lowest peer address), and those its
+        filters matched but no candidate could be taken."""
         rib = self._rib() if rib is None else rib
         carried = self._carried() if carried is None else carried
         placement = self._placement()
@@ -331,24 +360,29 @@ class RoutesMixin:
             if r.import_routes is None or r.external_ip is None:
                 continue
             gws = gateway_hosts(r, placement)
-            ext = self.hosts[gws[0]].info.get("external") if gws else None
+            ext = self.hosts[gws[0]].info.get("external") if gws and gws[0] in self.hosts else None
             if not ext:
                 continue
-            got = []
+            net = ipaddress.IPv4Network(ext["network"]) if ext.get("network") else None
+            inside = [(s.name, s.cidr) for s in t.switches if r.port_on(s.name) is not None]
+            best, why = {}, {}
             for lr in rib.get(ext.get("name", "external"), ()):
                 prefix = ipaddress.IPv4Network(lr.prefix)
                 if not r.imports(prefix):
                     continue
-                why = None
-                if any(a in prefix for a in carried):
-                    why = "covers an address the platform carries"
-                elif lr.next_hop != ext.get("next_hop"):
-                    why = f"next hop {lr.next_hop} is not the provider network's gateway {ext.get('next_hop')}"
-                if why:
-                    refused.setdefault(r.name, []).append((lr.prefix, why))
+                no = _refusal(prefix, lr, ext, net, carried, inside)
+                if no:
+                    why.setdefault(lr.prefix, no)
                     continue
-                got.append(LearnedRoute(prefix, ipaddress.IPv4Address(lr.next_hop), lr.peer, lr.peer_asn))
-            taken[r.name] = tuple(got)
+                key = (len(lr.as_path), ipaddress.IPv4Address(lr.peer))
+                cur = best.get(prefix)
+                if cur is None or key < cur[0]:
+                    best[prefix] = (key, lr)
+            taken[r.name] = tuple(LearnedRoute(p, ipaddress.IPv4Address(lr.next_hop), lr.peer, lr.peer_asn)
+                                  for p, (_, lr) in sorted(best.items()))
+            no = [(p, w) for p, w in why.items() if ipaddress.IPv4Network(p) not in best]
+            if no:
+                refused[r.name] = no
         return {"taken": taken, "refused": refused}
 
     def with_learned(self, t: Tenant) -> Tenant:
@@ -383,7 +417,7 @@ class RoutesMixin:
                 continue
             with self.mutex:
                 e = self.tenants.get(name)
-                if e is None:
+                if e is None or not b.running or not self.leading():
                     continue
                 try:
                     r = change_path.run(self, change_path.RoutesChange(e))
@@ -397,22 +431,21 @@ class RoutesMixin:
         return done
 
     def _save_learned(self, rib: dict) -> None:
-        """Keep what the sessions gave us for the next start (load_learned)."""
+        """Keep what the sessions gave us in the store, for the next start or leader
+        (load_learned). Not while the cache stands in, nor once this member stopped leading."""
         b = self.bgp
-        if b.cache_path is None or b.cache:
+        if b.cache or not b.running or not self.leading():
             return
         doc = {net: [{"prefix": x.prefix, "next_hop": x.next_hop, "peer": x.peer, "peer_asn": x.peer_asn,
                       "as_path": list(x.as_path)} for x in rows] for net, rows in rib.items()}
         if doc == b.saved:
             return
-        tmp = b.cache_path + ".tmp"
         try:
-            with open(tmp, "w") as f:
-                json.dump(doc, f)
-            os.replace(tmp, b.cache_path)
+            self.store.put_runtime_state(STATE_NAME, doc)
             b.saved = doc
-        except OSError as e:
-            LOG.warning("bgp: learned routes not kept in %s: %s", b.cache_path, e)
+        except Exception as e:  # noqa: BLE001 - tried again at the next change
+            LOG.warning("bgp: learned routes not kept in the store: %s", e)
+
 
     # -- what the operator and the tenant see -----------------------------------------
 
@@ -439,7 +472,7 @@ class RoutesMixin:
             return []
         placement, live = self._placement(), self.liveness()
         refused = self.learned_for(t)["refused"] if self.bgp.speakers or self.bgp.cache else {}
-        addr_of = {n: (rec.info.get("external") or {}).get("address") for n, rec in self.hosts.items()}
+        addr_of = {n: (rec.info.get("external") or {}).get("address") for n, rec in list(self.hosts.items())}
         carriers = dict(self.carriers(t, placement, live))
         out = []
         for r in t.routers:
@@ -457,3 +490,18 @@ class RoutesMixin:
                                "nextHop": addr_of.get(carriers.get(ip)) if self.bgp.config else None}
                               for ip in mine]})
         return out
+
+
+def _refusal(prefix, lr, ext: dict, net, carried: set, inside: list) -> str | None:
+    """Why a learned route may not be taken into a router, or None."""
+    if lr.next_hop != ext.get("next_hop"):
+        return f"next hop {lr.next_hop} is not the provider network's gateway {ext.get('next_hop')}"
+    # inside the provider network, a route would beat the network's connected route for
+    # an address the platform carries (another tenant's floating IP, a host's own):
+    # refused; a shorter one (a default route, an aggregate) takes nothing from anyone
+    if (net is None or prefix.subnet_of(net)) and any(a in prefix for a in carried):
+        return "covers an address the platform carries"
+    for name, cidr in inside:  # longer than a connected network it lies in: it would take its traffic
+        if prefix.subnet_of(cidr):
+            return f"lies inside the router's connected network {cidr} ({name})"
+    return None

@@ -68,6 +68,7 @@ class SwitchesMixin:
         t0 = self.clock()
         with self.mutex:
             self._catch_up()
+            self.load_learned()  # what the last leader learned over BGP: its flows stay (routes.py)
             for host, st in self.state.items():
                 if st.session is not None:
                     self._claim_role(host, st.session)

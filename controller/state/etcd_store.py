@@ -300,6 +300,14 @@ class EtcdStore:
     def put_invite(self, name: str, doc: dict) -> None:
         self._write([], [put(self.key("invites", name), json.dumps(doc, sort_keys=True))], f"invite {name}")
 
+    # operational state for the next leader (controller.server.routes) -------------------
+    def runtime_state(self, name: str) -> dict | None:
+        kvs, _ = self.client.range(self.key("runtime", name))
+        return json.loads(kvs[0]["value"]) if kvs else None
+
+    def put_runtime_state(self, name: str, doc: dict) -> None:
+        self._write([], [put(self.key("runtime", name), json.dumps(doc, sort_keys=True))], f"runtime state {name}")
+
     # credentials and the audit trail ------------------------------------------------------
     def credentials(self) -> dict[str, dict]:
         kvs, _ = self.client.range(self.key("credentials", ""), prefix=True)

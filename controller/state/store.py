@@ -54,6 +54,10 @@ class Store(Protocol):
     def put_credential(self, name: str, doc: dict) -> None: ...
     def append_audit(self, entries: list[dict]) -> None: ...
     def audit_entries(self, limit: int) -> list[dict]: ...
+    # operational state the leader keeps for whoever leads next (not intent: e.g. the
+    # routes BGP learned, controller.server.routes)
+    def runtime_state(self, name: str) -> dict | None: ...
+    def put_runtime_state(self, name: str, doc: dict) -> None: ...
 
 
 AUDIT_KEEP = 20000  # audit entries kept (the oldest go first)
@@ -78,6 +82,10 @@ CREATE TABLE IF NOT EXISTS invites (
     doc TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS credentials (
+    name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runtime_state (
     name TEXT PRIMARY KEY,
     doc TEXT NOT NULL
 );
@@ -173,6 +181,17 @@ class SqliteStore:
     def put_invite(self, name: str, doc: dict) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO invites(name, doc) VALUES (?,?)",
+                             (name, json.dumps(doc, sort_keys=True)))
+
+    # operational state for the next leader (controller.server.routes) -----------------
+    def runtime_state(self, name: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM runtime_state WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_runtime_state(self, name: str, doc: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO runtime_state(name, doc) VALUES (?,?)",
                              (name, json.dumps(doc, sort_keys=True)))
 
     # credentials (who may call the network API; only a hash of each secret) ------------

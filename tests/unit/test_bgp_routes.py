@@ -110,8 +110,9 @@ class FakeSpeaker:
     def learned(self):
         return list(self.routes)
 
-    def status(self):
-        return [{"state": "established", "since": 0, "eor_received": True}]
+    def status(self):  # Speaker.status()'s keys
+        return [{"peer": PROVIDER, "asn": 65001, "state": "established", "since": 0.0, "received": len(self.routes),
+                 "sent": 0, "error": None, "graceful_restart": True, "eor_received": True}]
 
     def announce(self, routes):
         self.sent = dict(routes)
@@ -151,8 +152,8 @@ class Core(RoutesMixin, GatewaysMixin):
         return 0.0
 
 
-def rib(*rows):
-    return [Learned(p, nh, PROVIDER, 65001, (65001,)) for p, nh in rows]
+def rib(*rows, peer=PROVIDER, path=(65001,)):
+    return [Learned(p, nh, peer, 65001, path) for p, nh in rows]
 
 
 def twin_docs():
@@ -163,23 +164,41 @@ def twin_docs():
 
 def test_a_router_takes_in_what_its_filters_allow_and_never_a_route_to_another_tenants_address():
     c = Core(twin_docs(), rib(("198.18.0.0/24", PROVIDER), ("10.9.0.0/16", PROVIDER),
-                              ("203.0.113.21/32", PROVIDER), ("198.19.0.0/24", "203.0.113.9"),
-                              ("198.18.0.0/16", PROVIDER)))
+                              ("198.19.0.0/24", "203.0.113.9"), ("198.18.0.0/16", PROVIDER)))
     got = {n: c.learned_for(e.tenant) for n, e in c.tenants.items()}
     for name in ("shop", "twin"):  # twins: the same routes, each in its own router
         assert [str(x.prefix) for x in got[name]["taken"]["r1"]] == ["198.18.0.0/16", "198.18.0.0/24"], got[name]
-    # 10.9/16 is outside the filters; 203.0.113.21/32 is the twin's floating IP (198.18/15
-    # does not cover it, but a tenant importing 0.0.0.0/0 would be refused it); the
-    # 198.19 route's next hop is not the provider network's gateway
+    # 10.9/16 is outside the filters; the 198.19 route's next hop is not the provider
+    # network's gateway (our way out sends to the gateway's MAC)
     assert got["shop"]["refused"] == {"r1": [("198.19.0.0/24", "next hop 203.0.113.9 is not the provider "
                                                                 "network's gateway 203.0.113.1")]}
-    c2 = Core(twin_docs(), rib(("203.0.113.21/32", PROVIDER), ("203.0.113.102/32", PROVIDER)))
     everything = {**IMPORTING, "external": {**IMPORTING["external"], "importRoutes": ["0.0.0.0/0"]}}
     t = load_tenant(doc(router=everything), HOSTS.keys())
+    c2 = Core(twin_docs(), rib(("203.0.113.21/32", PROVIDER), ("203.0.113.102/32", PROVIDER),
+                               ("203.0.113.0/25", PROVIDER), ("0.0.0.0/0", PROVIDER), ("10.0.1.128/25", PROVIDER),
+                               ("10.0.0.0/8", PROVIDER)))
     out = c2.learned_for(t)
-    assert out["taken"] == {"r1": ()}
-    assert [p for p, _ in out["refused"]["r1"]] == ["203.0.113.21/32", "203.0.113.102/32"]
-    assert {w for _, w in out["refused"]["r1"]} == {"covers an address the platform carries"}
+    # a default route takes nothing from anyone; the twin's floating IP, a host's address or
+    # a part of the provider network holding them would beat the connected provider
+    # network: refused; so is a route into one of the router's own networks (one that
+    # holds them, 10/8, takes nothing from them: connected routes are longer)
+    assert [str(x.prefix) for x in out["taken"]["r1"]] == ["0.0.0.0/0", "10.0.0.0/8"], out
+    assert dict(out["refused"]["r1"]) == {
+        "203.0.113.21/32": "covers an address the platform carries",
+        "203.0.113.102/32": "covers an address the platform carries",
+        "203.0.113.0/25": "covers an address the platform carries",
+        "10.0.1.128/25": "lies inside the router's connected network 10.0.1.0/24 (db)"}, out["refused"]
+
+
+def test_the_best_route_is_chosen_among_those_that_may_be_taken():
+    # a second provider router (.2) offers a shorter AS path, but its next hop is not the
+    # network's gateway: the gateway's longer path is taken, not nothing
+    two = rib(("198.18.0.0/24", PROVIDER), peer=PROVIDER, path=(65001, 65010)) \
+        + rib(("198.18.0.0/24", "203.0.113.2"), peer="203.0.113.2", path=(65001,))
+    c = Core(twin_docs(), two)
+    out = c.learned_for(c.tenants["shop"].tenant)
+    (lr,) = out["taken"]["r1"]
+    assert (str(lr.prefix), lr.peer) == ("198.18.0.0/24", PROVIDER) and out["refused"] == {}, out
 
 
 def test_with_learned_compiles_them_in_and_drops_them_when_the_filter_goes():
@@ -223,9 +242,70 @@ def test_bgp_configuration_is_checked_field_by_field():
 def test_a_hosts_provider_address_is_checked():
     hosts = {"hv1": HostRecord("hv1", "192.0.2.11", 1, {"external": {"address": "203.0.113.101"}})}
     base = {"network": "203.0.113.0/24", "next_hop": PROVIDER}
-    check_host_address({"external": {**base, "address": "203.0.113.102"}}, "hv2", hosts)
+    held = {"203.0.113.11": "shop"}
+    check_host_address({"external": {**base, "address": "203.0.113.102"}}, "hv2", hosts, held)
     for addr, says in (("203.0.113.101", "is host hv1's"), ("198.51.100.7", "is not a host address"),
-                       (PROVIDER, "is the provider network's gateway"), ("x", "is not an IPv4 address")):
+                       (PROVIDER, "is the provider network's gateway"), ("x", "is not an IPv4 address"),
+                       ("203.0.113.11", "belongs to tenant shop")):
         with pytest.raises(ApiError) as e:
-            check_host_address({"external": {**base, "address": addr}}, "hv2", hosts)
+            check_host_address({"external": {**base, "address": addr}}, "hv2", hosts, held)
         assert says in str(e.value), str(e.value)
+
+
+def test_no_tenant_takes_the_bgp_peers_or_the_platforms_router_id(tmp_path):
+    from controller.server.core import Core as RealCore
+    from controller.state.store import SqliteStore
+    from tests.unit.test_golden import DOC as SHOP  # router external 203.0.113.10, floating IP .11
+    c = RealCore(SqliteStore(str(tmp_path / "desired.db")))
+    c.bgp.config = load_config({"bgp": {"external": {"asn": 65000, "routerId": "203.0.113.253",
+                                                     "peers": [{"address": "203.0.113.2", "asn": 65001}]}}})
+    ext = {"ofport": 2, "network": "203.0.113.0/24", "next_hop": PROVIDER, "next_hop_mac": NEXT_HOP_MAC}
+    c.register_host("hv1", "192.0.2.11", 0x101, {"kind": "test", "external": {**ext, "address": "203.0.113.101"}})
+    for i in (2, 3):
+        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i, {"kind": "test"})
+    for bad, why in (("203.0.113.2", "the BGP peer of provider network external"),
+                     ("203.0.113.253", "the platform's BGP router id"),
+                     ("203.0.113.101", "host hv1's own address")):
+        with pytest.raises(ApiError) as e:
+            c.create(SHOP.replace("203.0.113.11", bad))
+        assert why in dict(e.value.errors)["spec.nat[1].externalIp"], e.value.errors
+    c.create(SHOP)
+    with pytest.raises(ApiError) as e:  # and no host joins with a tenant's address
+        c.register_host("hv4", "192.0.2.14", 0x104, {"kind": "test", "external": {**ext, "address": "203.0.113.11"}})
+    assert "belongs to tenant shop" in str(e.value)
+
+
+def test_a_new_leader_or_a_restart_compiles_what_the_last_leader_learned(tmp_path):
+    """The store's runtime state stands in until a session is complete: the switches keep
+    the learned routes' flows through a restart or a failover (nothing to send)."""
+    from controller.server.core import Core as RealCore
+    from controller.server.routes import STATE_NAME
+    from controller.state.store import SqliteStore
+    store = SqliteStore(str(tmp_path / "desired.db"))
+    c = RealCore(store)
+    c.bgp.config = load_config({"bgp": {"external": {"asn": 65000, "peers": [{"address": PROVIDER, "asn": 65001}]}}})
+    ext = {"name": "external", "ofport": 2, "network": "203.0.113.0/24", "next_hop": PROVIDER,
+           "next_hop_mac": NEXT_HOP_MAC}
+    for i in (1, 2, 3):
+        c.register_host(f"hv{i}", f"192.0.2.{10 + i}", 0x100 + i,
+                        {"kind": "test", "external": {**ext, "address": f"203.0.113.{100 + i}"}})
+    c.create(doc())
+    assert c.tenants["shop"].tenant.router("r1").learned == ()
+    store.put_runtime_state(STATE_NAME, {"external": [{"prefix": "198.18.0.0/24", "next_hop": PROVIDER,
+                                                       "peer": PROVIDER, "peer_asn": 65001, "as_path": [65001]}]})
+    c2 = RealCore(store)  # a restart (or a follower about to lead): what it compiled from the store alone
+    c2.bgp.config = c.bgp.config
+    before = {h: set(f) for h, f in c2.tenants["shop"].flows.items()}
+    with c2.mutex:
+        c2.load_learned()
+    e = c2.tenants["shop"]
+    assert [str(x.prefix) for x in e.tenant.router("r1").learned] == ["198.18.0.0/24"]
+    added = {f.rule for h, fl in e.flows.items() for f in fl if f not in before.get(h, ())}
+    assert "router r1: 198.18.0.0/24 learned from 203.0.113.1 (AS 65001) via 203.0.113.1" in added, added
+    # a session that is up but not complete yet leaves the cache in place; End-of-RIB ends it
+    sp = FakeSpeaker([])
+    sp.status = lambda: [{"state": "established", "since": 0.0, "graceful_restart": True, "eor_received": False}]
+    c2.bgp.speakers = {"external": sp}
+    assert [x.prefix for x in c2._rib()["external"]] == ["198.18.0.0/24"]
+    sp.status = lambda: [{"state": "established", "since": 0.0, "graceful_restart": True, "eor_received": True}]
+    assert c2._rib()["external"] == [] and not c2.bgp.cache

@@ -5,13 +5,14 @@ import shutil
 import tempfile
 
 
-def on_fresh_lab(fn, hosts: int = 3):
-    """fn(lab) on a lab of `hosts` hosts of its own, removed afterwards whatever happens."""
+def on_fresh_lab(fn, hosts: int = 3, **up):
+    """fn(lab) on a lab of `hosts` hosts of its own (`up`: Lab.up's options), removed
+    afterwards whatever happens."""
     from scenarios.lab import Lab
     d = tempfile.mkdtemp(prefix="nvbench-")
     lab = Lab(d, log=lambda m: print(m, flush=True))
     try:
-        lab.up(hosts=hosts)
+        lab.up(hosts=hosts, **up)
         return fn(lab)
     finally:
         lab.down(quiet=True)

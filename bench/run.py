@@ -19,7 +19,10 @@ per host, the tenant's compile, one labelled port added through the change path)
 listening to out of the select group, and back, against the protocol's window and a
 `tenant apply` that takes the backend out by hand; `gateway` (opt-in, `--only gateway`) is
 an HA gateway's failover: SNAT interrupted while the active gateway's switch dies, against
-BFD's own detection in the same repetition, and what its return costs.
+BFD's own detection in the same repetition, and what its return costs; `bgp` (opt-in,
+`--only bgp`) is BGP with BIRD on the outside: how long after a gateway failover (against
+BFD's detection) and a floating IP's migration BIRD's routes follow, and how long a
+prefix BIRD withdraws or announces takes to become unreachable or reachable for a tenant.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ ALL = ("compile", "northd", "change", "memory", "install", "migration", "versus"
        "cni", "cluster", "observe", "vm", "netpol")
 EXTRA = ("scale",  # not in a plain `make bench`: `make bench-scale` (10 hosts, 1,000 ports; ~25 min)
          "health",  # load-balancer health checks' detection time (a lab, ~1 min): `--only health`
-         "gateway")  # HA gateway failover against BFD's detection (a lab, ~2 min): `--only gateway`
+         "gateway",  # HA gateway failover against BFD's detection (a lab, ~2 min): `--only gateway`
+         "bgp")  # BGP with BIRD: announcements following failover and migration, learned routes (~1 min)
 
 
 def machine() -> dict:
@@ -158,6 +162,11 @@ def ratios(res: dict) -> dict:
     for name, path in (("gateway_snat_interruption_over_bfd_detection",
                         ("gateway", "ratio_interruption_over_bfd_detection")),
                        ("gateway_snat_interruption_s", ("gateway", "snat_interruption_s")),
+                       ("bgp_failover_announced_over_bfd_detection", ("bgp", "ratio_announced_over_bfd_detection")),
+                       ("bgp_failover_announced_s", ("bgp", "failover_announced_s")),
+                       ("bgp_withdrawn_to_unreachable_s", ("bgp", "withdrawn_s")),
+                       ("bgp_announced_to_reachable_s", ("bgp", "learned_s")),
+                       ("bgp_migration_announced_s", ("bgp", "migration_announced_s")),
                        ("health_down_detected_over_protocol_window", ("health", "ratio_down_over_window_max")),
                        ("health_down_detected_s", ("health", "down_detected_s")),
                        ("health_up_detected_s", ("health", "up_detected_s"))):
@@ -532,6 +541,11 @@ def _suites(a, only: list[str], rep, hog) -> int:
         from bench import gateway
         res["gateway"] = on_fresh_lab(lambda lab: gateway.gateway_failover(lab, repeats=3 if a.quick else 10))
         print(gateway.report(res["gateway"]), flush=True)
+    if "bgp" in only:
+        suites.next("bgp")
+        from bench import bgp
+        res["bgp"] = on_fresh_lab(lambda lab: bgp.bgp_routes(lab, repeats=3 if a.quick else 5), bgp=True)
+        print(bgp.report(res["bgp"]), flush=True)
     if "health" in only:
         suites.next("health")
         from bench import lb_health

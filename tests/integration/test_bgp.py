@@ -18,6 +18,7 @@ from scenarios.lab import EXTERNAL_OFPORT
 from scenarios.netutil import Capture, ping_many, tagged
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import apply_yaml, nvctl, nvctl_json
+from tests.waiting import wait_for
 
 TENANT = """apiVersion: nvctl/v1
 kind: Tenant
@@ -59,16 +60,6 @@ def bird_routes(lab):
     return pr.routes(lab.dir)
 
 
-def wait_for(what, check, timeout=15.0, every=0.1):
-    """Poll `check()` until it returns something true; that value, or fail saying `what`."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
 
 
 def expected(ext_host="hv1", fip_host=("hv3", "hv3")):

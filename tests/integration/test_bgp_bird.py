@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tests.integration.helpers import ROOT
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,14 +66,7 @@ def run(*cmd):
 
 
 def wait_until(fn, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {got!r}")
-        time.sleep(0.1)
+    return wait_for(what, fn, timeout)
 
 
 class Net:

@@ -199,7 +199,10 @@ def test_a_host_joins_with_its_provider_network_and_carries_a_floating_ip(joined
     bundle = invite(lb, "hv5", HostPlan(5).pa)
     p = join_in(lb, 5, bundle, "--provider-network", "nope=ext0", check=False)
     assert p.returncode == 1 and "no host is on provider network 'nope'" in p.stderr, p.stderr
-    p = join_in(lb, 5, bundle, "--provider-network", "external=ext0")
+    p = join_in(lb, 5, bundle, "--provider-network", "external=ext0@203.0.113.101", check=False)
+    assert p.returncode == 1 and "external.address 203.0.113.101 is host hv1's" in p.stderr, p.stderr
+    # its own address on the provider network: BGP's next hop for what it carries
+    p = join_in(lb, 5, bundle, "--provider-network", "external=ext0@203.0.113.105")
     assert "provider network external on ext0" in p.stdout, p.stdout
     lb.warm_underlay([HostPlan(i) for i in (1, 2, 5)])
     # every host watches hv5, now a possible gateway, with BFD; hv5 watches hv1 and hv2
@@ -212,6 +215,13 @@ def test_a_host_joins_with_its_provider_network_and_carries_a_floating_ip(joined
         assert time.monotonic() < deadline, up
         time.sleep(0.5)
     assert hosts["hv5"]["provider_network"] == "external" and hosts["hv3"]["provider_network"] is None
+    assert hosts["hv5"]["provider_address"] == "203.0.113.105", hosts["hv5"]
+    # only hv5 answers ARP for it, with its own MAC: the outside's bridge learned it on hv5's link
+    in_ns(lb.ext_ns, "ping", "-c", "1", "-W", "1", "203.0.113.105")
+    neigh = in_ns(lb.ext_ns, "ip", "neigh", "show", "203.0.113.105").stdout
+    assert "lladdr 02:04:cb:00:71:69" in neigh, neigh
+    fdb = in_ns(lb.ext_ns, "bridge", "fdb", "show", "br", "br-ext").stdout
+    assert [ln.split()[2] for ln in fdb.splitlines() if ln.startswith("02:04:cb:00:71:69 ")] == ["hv5"], fdb
     apply_yaml(lb, FIP_TENANT, "create")
     t0 = time.monotonic()  # the workload on hv5 answers its first ping (its namespace is new)
     while ping_many([(lb.ext_ns, "203.0.113.41", "warm")], count=1)["warm"] != (1, 1):

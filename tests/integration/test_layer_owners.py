@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from controller.client.api import call
 from tests.integration.helpers import ROOT, nvctl, nvctl_json, ping_many
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +49,6 @@ def security_controller(lab, cred, *args, **kw):
 
 def layer(lab, tenant, name):
     return call(lab.api_path, "layer.show", tenant=tenant, layer=name)
-
-
-def wait_for(what, fn, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")

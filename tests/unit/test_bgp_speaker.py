@@ -9,19 +9,13 @@ import pytest
 from os_ken.lib.packet import bgp
 
 from controller.bgp.speaker import Learned, PeerConfig, Speaker
+from tests.waiting import wait_for
 
 OUR_AS, THEIR_AS = 65000, 65001
 
 
 def wait_until(fn, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {got!r}")
-        time.sleep(0.02)
+    return wait_for(what, fn, timeout, 0.02)
 
 
 class Endpoint:

@@ -25,6 +25,7 @@ import time
 
 from bench.gateway import _bfd_down_after, _bfd_port, _spread
 from scenarios import provider_router as pr
+from scenarios.lab import HostPlan
 from scenarios.netutil import PingTimeline
 
 TENANT = """apiVersion: nvctl/v1
@@ -46,7 +47,7 @@ spec:
     - {name: db1, switch: db, ip: 10.0.1.10, host: hv3}
 """
 RIP, FIP = "203.0.113.20/32", "203.0.113.21/32"
-ADDR = {f"hv{i}": f"203.0.113.{100 + i}" for i in (1, 2, 3)}
+ADDR = {f"hv{i}": HostPlan(i).provider_address for i in (1, 2, 3)}
 INTERVAL = 0.01
 
 
@@ -102,11 +103,10 @@ def bgp_routes(lab, repeats: int = 5) -> dict:
             withdraw.append(last - off + INTERVAL)
             learn.append(first - on if first is not None else None)
 
-            for to, back in (("hv2", "hv3"),):
-                call(lab.api_path, "port.migrate", tenant="bgpb", port="db1", to=to)
-                migrate.append(_until(lambda: _via(lab, FIP) == ADDR[to], 10))
-                call(lab.api_path, "port.migrate", tenant="bgpb", port="db1", to=back)
-                _until(lambda: _via(lab, FIP) == ADDR[back], 10)
+            call(lab.api_path, "port.migrate", tenant="bgpb", port="db1", to="hv2")
+            migrate.append(_until(lambda: _via(lab, FIP) == ADDR["hv2"], 10))
+            call(lab.api_path, "port.migrate", tenant="bgpb", port="db1", to="hv3")
+            _until(lambda: _via(lab, FIP) == ADDR["hv3"], 10)
             print(f"[bgp] {i + 1}/{repeats}: failover announced in {_ms(moved[-1])} ms (BFD {_ms(detect[-1])} ms); "
                   f"withdrawn in {_ms(withdraw[-1])} ms, learned in {_ms(learn[-1])} ms; "
                   f"migration announced {_ms(migrate[-1])} ms after the command", flush=True)

@@ -14,6 +14,7 @@ Only processes this lab started are ended, by the PIDs it recorded.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -88,7 +89,7 @@ class HostPlan:
     def provider_address(self) -> str | None:
         """Its own address on the provider network (BGP's next hop toward it): hv1 .101
         up to hv100 .200; hosts beyond have none (BGP does not announce through them)."""
-        return f"203.0.113.{100 + self.index}" if self.index <= 100 else None
+        return str(ipaddress.IPv4Network(EXTERNAL_NET)[100 + self.index]) if self.index <= 100 else None
 
 
 class Lab:

@@ -95,6 +95,10 @@ class GatewaysMixin:
         st = self.state.get(host)
         return st is not None and st.session is not None
 
+    def active_gateway(self, gws, live: dict, placement: dict) -> str | None:
+        """The first of gateways `gws` that is alive: the one the switches choose."""
+        return next((g for g in gws if self._alive(g, live, placement)), None)
+
     def gateway_status(self, t) -> list[dict]:
         """Per router with an external address: its gateways, alive and active."""
         placement = self._placement()
@@ -105,7 +109,7 @@ class GatewaysMixin:
                 continue
             gws = gateway_hosts(r, placement)
             alive = {g: self._alive(g, live, placement) for g in gws}
-            active = next((g for g in gws if alive[g]), None)
+            active = self.active_gateway(gws, live, placement)
             fips = []
             for n in t.nat:
                 if n.type == "floating-ip" and n.router == r.name:

@@ -71,7 +71,7 @@ def load_config(doc) -> dict:
         bgp:
           external:              # the provider network's name (`nvctl hosts`: PROVIDER)
             asn: 65000           # the platform's AS on it
-            routerId: 203.0.113.250   # optional: else the first peer's local address
+            routerId: 203.0.113.250   # optional: else a fixed private id (_router_id)
             peers:
               - {address: 203.0.113.1, asn: 65001}
 
@@ -259,7 +259,7 @@ class RoutesMixin:
             if r.external_ip is None:
                 continue
             gws = gateway_hosts(r, placement)
-            active = next((g for g in gws if self._alive(g, live, placement)), None)
+            active = self.active_gateway(gws, live, placement)
             out.append((str(r.external_ip), active))
             for n in t.nat:
                 if n.type == "floating-ip" and n.router == r.name:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from scenarios import provider_router as pr
-from scenarios.lab import EXTERNAL_OFPORT
+from scenarios.lab import EXTERNAL_OFPORT, HostPlan
 from scenarios.netutil import Capture, ping_many, tagged
 from tests.integration.conftest import running_lab
 from tests.integration.helpers import apply_yaml, nvctl, nvctl_json
@@ -39,7 +39,7 @@ spec:
     - {{name: db1, switch: db, ip: 10.0.1.10, mac: "02:00:0a:00:01:0a", host: hv3}}
 """
 TWINS = {"bgp": ("203.0.113.40", "203.0.113.41"), "bgp-twin": ("203.0.113.50", "203.0.113.51")}
-ADDR = {f"hv{i}": f"203.0.113.{100 + i}" for i in (1, 2, 3)}
+ADDR = {f"hv{i}": HostPlan(i).provider_address for i in (1, 2, 3)}
 TAG = "6e766267702d7072"  # "nvbgp-pr": the probes' payload
 OUT = pr.OUTSIDE_PREFIX_HOST
 
@@ -106,7 +106,7 @@ def test_an_outside_prefix_is_reachable_only_while_it_is_learned(lab, twins):
     assert res == {n: (3, 3) for n in TWINS}, res
     trace = nvctl(lab, "trace", "bgp/web1", f"icmp,nw_dst={OUT}").stdout
     assert "198.18.0.0/24 learned from 203.0.113.1 (AS 65001)" in trace, trace
-    assert f"{EXTERNAL_OFPORT}" in trace
+    assert f"delivered to: hv1:{EXTERNAL_OFPORT}" in trace, trace  # SNAT at the first gateway
     proof = nvctl_json(lab, "verify")
     assert proof["ok"], proof["text"]
 
